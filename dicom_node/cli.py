@@ -1,0 +1,250 @@
+"""The ``dicom-node`` command: serve, db, user, demo, config."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+
+from dicom_node import __version__
+from dicom_node.db import migrate
+from dicom_node.db.engine import redact_url
+from dicom_node.domain.enums import Role
+from dicom_node.domain.errors import DomainError
+from dicom_node.logging_setup import configure_logging
+from dicom_node.node import Node, StartupError, ensure_schema, open_database
+from dicom_node.settings import ConfigError, Settings, load_settings
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+log = logging.getLogger("dicom_node")
+
+
+class CommandError(Exception):
+    """A command could not do what was asked; one line for the operator."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        settings = load_settings(args.config)
+        configure_logging(settings.log_level)
+        result: int = args.run(settings, args)
+        return result
+    except ConfigError as exc:
+        return _fail(f"configuration: {exc}", EXIT_USAGE)
+    except (StartupError, CommandError, DomainError) as exc:
+        return _fail(str(exc), EXIT_FAILURE)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"dicom-node: error: {message}", file=sys.stderr)
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dicom-node",
+        description="DICOM network node and radiology workflow backend.",
+        epilog="Every setting can be given as DICOM_NODE_<NAME> in the environment; "
+        "see config/node.toml for the list.",
+    )
+    parser.add_argument("--version", action="version", version=f"dicom-node {__version__}")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="TOML config file (default: $DICOM_NODE_CONFIG, else ./config/node.toml if present)",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve", help="run the DICOM SCP, the HTTP API and the scheduler until SIGINT/SIGTERM"
+    )
+    serve.set_defaults(run=cmd_serve)
+
+    db = commands.add_parser("db", help="database schema").add_subparsers(
+        title="db commands", metavar="DB_COMMAND", required=True
+    )
+    db.add_parser("upgrade", help="create or update the schema to this version").set_defaults(
+        run=cmd_db_upgrade
+    )
+    db.add_parser("current", help="show the schema revision of the database").set_defaults(
+        run=cmd_db_current
+    )
+
+    user = commands.add_parser("user", help="user accounts").add_subparsers(
+        title="user commands", metavar="USER_COMMAND", required=True
+    )
+    add = user.add_parser("add", help="create a user (the first admin included)")
+    add.add_argument("username")
+    add.add_argument("--role", required=True, choices=[role.value for role in Role])
+    add.add_argument("--email")
+    add.add_argument("--display-name")
+    add.add_argument("--specialty")
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    add.set_defaults(run=cmd_user_add)
+
+    demo = commands.add_parser(
+        "demo", help="load demo centers, modalities, users and orders matching sample_dicom/"
+    )
+    demo.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the demo users' password from standard input (default: generated, printed)",
+    )
+    demo.set_defaults(run=cmd_demo)
+
+    config = commands.add_parser("config", help="configuration").add_subparsers(
+        title="config commands", metavar="CONFIG_COMMAND", required=True
+    )
+    config.add_parser("show", help="print the effective settings").set_defaults(run=cmd_config_show)
+    return parser
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    node = Node(settings)
+    stop = threading.Event()
+    with _signals_set(stop):
+        node.start()
+        log.info("dicom-node %s running (SIGINT or SIGTERM to stop)", __version__)
+        stop.wait()
+        log.info("stopping")
+        node.stop()
+    log.info("stopped")
+    return EXIT_OK
+
+
+class _signals_set:
+    """SIGINT/SIGTERM set an event instead of interrupting whatever is running."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self._event = event
+        self._previous: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
+
+    def __enter__(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        self._event.set()
+
+
+# --------------------------------------------------------------------------- db
+
+
+def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
+    db = open_database(settings)
+    try:
+        before = migrate.current_revision(db.engine)
+        migrate.upgrade(settings.database_url)
+        after = migrate.current_revision(db.engine)
+    finally:
+        db.dispose()
+    where = redact_url(settings.database_url)
+    if before == after:
+        print(f"{where}: schema already at revision {after}")
+    else:
+        print(f"{where}: schema upgraded from {before or 'empty'} to {after}")
+    return EXIT_OK
+
+
+def cmd_db_current(settings: Settings, args: argparse.Namespace) -> int:
+    db = open_database(settings)
+    try:
+        current = migrate.current_revision(db.engine)
+    finally:
+        db.dispose()
+    head = migrate.head_revision()
+    state = "up to date" if current == head else f"this version needs {head}"
+    print(f"{redact_url(settings.database_url)}: revision {current or 'none'} ({state})")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- users, demo
+
+
+def _read_password(from_stdin: bool, prompt: str) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise CommandError("no terminal to ask for a password: use --password-stdin")
+    first = getpass.getpass(prompt)
+    if getpass.getpass("Repeat: ") != first:
+        raise CommandError("the two passwords differ")
+    return first
+
+
+def cmd_user_add(settings: Settings, args: argparse.Namespace) -> int:
+    from dicom_node.services.users import create_user
+
+    password = _read_password(args.password_stdin, f"Password for {args.username}: ")
+    db = open_database(settings)
+    try:
+        ensure_schema(db, upgrade_if_empty=True)
+        with db.unit_of_work() as session:
+            user = create_user(
+                session,
+                username=args.username,
+                password=password,
+                role=args.role,
+                email=args.email,
+                display_name=args.display_name,
+                specialty=args.specialty,
+                actor="cli",
+            )
+    finally:
+        db.dispose()
+    print(f"created user {user.username} (role {user.role.value}, id {user.id})")
+    return EXIT_OK
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from dicom_node.services.demo import generate_demo_password, load_demo
+
+    password = _read_password(True, "") if args.password_stdin else generate_demo_password()
+    db = open_database(settings)
+    try:
+        ensure_schema(db, upgrade_if_empty=True)
+        with db.unit_of_work() as session:
+            summary = load_demo(session, password=password, actor="cli")
+    finally:
+        db.dispose()
+    print(summary.describe())
+    if summary.users_created and not args.password_stdin:
+        print(f"demo users' password: {password}")
+    return EXIT_OK
+
+
+def cmd_config_show(settings: Settings, args: argparse.Namespace) -> int:
+    for name, value in settings.model_dump().items():
+        if name == "database_url":
+            value = redact_url(value)
+        elif name == "peers":
+            value = ",".join(str(peer) for peer in settings.peers.values())
+        elif isinstance(value, list):
+            value = ",".join(value)
+        print(f"{name} = {value}")
+    return EXIT_OK

@@ -1,0 +1,423 @@
+"""SQLAlchemy models: the brief's entities plus the DICOM index and workflow records.
+
+Field names follow the brief (snake_case). What must never break is enforced by
+the database: unique UIDs, accession per issuer, usernames, foreign keys, and
+(in the migration) triggers that make ``audit_events`` append-only.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from dicom_node.db.types import UTCDateTime, utcnow
+from dicom_node.domain.enums import (
+    AuditOutcome,
+    Completeness,
+    MetadataStatus,
+    ModalityStatus,
+    MppsStatus,
+    Priority,
+    QueueType,
+    ReportStatus,
+    RequestStatus,
+    Role,
+    StudyStatus,
+    WorklistStatus,
+)
+
+# Deterministic constraint names so alembic migrations are portable.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# DICOM value lengths (PS3.5 table 6.2-1), in characters.
+UID = String(64)
+LO = String(64)
+SH = String(16)
+CS = String(16)
+PN = String(324)  # up to three component groups of 64 chars plus delimiters
+AE = String(16)
+ID = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrement needs INTEGER
+
+
+def _enum_check(column: str, values: type[Any]) -> CheckConstraint:
+    allowed = ", ".join(f"'{member.value}'" for member in values)
+    return CheckConstraint(f"{column} IN ({allowed})", name=f"{column}_allowed")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Timestamped:
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+# --------------------------------------------------------------------------- people
+
+
+class User(Timestamped, Base):
+    __tablename__ = "users"
+    __table_args__ = (_enum_check("role", Role),)
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    email: Mapped[str | None] = mapped_column(String(254))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(32))
+    display_name: Mapped[str | None] = mapped_column(String(128))
+    specialty: Mapped[str | None] = mapped_column(String(128))
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    failed_sign_ins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class ImagingCenter(Timestamped, Base):
+    __tablename__ = "imaging_centers"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    code: Mapped[str] = mapped_column(String(32), unique=True)
+    location: Mapped[str | None] = mapped_column(String(256))
+    contact_number: Mapped[str | None] = mapped_column(String(64))
+
+    modalities: Mapped[list[Modality]] = relationship(back_populates="imaging_center")
+
+
+class Modality(Timestamped, Base):
+    """A device (or its DICOM AE) at a center; ``type`` is the DICOM Modality code."""
+
+    __tablename__ = "modalities"
+    __table_args__ = (_enum_check("status", ModalityStatus),)
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    imaging_center_id: Mapped[int] = mapped_column(ForeignKey("imaging_centers.id"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    type: Mapped[str] = mapped_column(CS)
+    dicom_ae_title: Mapped[str] = mapped_column(AE, unique=True)
+    station_name: Mapped[str | None] = mapped_column(SH)
+    status: Mapped[str] = mapped_column(String(16), default=ModalityStatus.ACTIVE.value)
+
+    imaging_center: Mapped[ImagingCenter] = relationship(back_populates="modalities")
+
+
+# --------------------------------------------------------------------------- orders
+
+
+class ImagingRequest(Timestamped, Base):
+    """The order. Accession and StudyInstanceUID are assigned once, at scheduling."""
+
+    __tablename__ = "imaging_requests"
+    __table_args__ = (
+        UniqueConstraint("accession_number", "accession_issuer"),
+        _enum_check("status", RequestStatus),
+        _enum_check("priority", Priority),
+        Index("ix_imaging_requests_patient", "patient_id", "issuer_of_patient_id"),
+        Index("ix_imaging_requests_status_scheduled_at", "status", "scheduled_at"),
+    )
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    patient_id: Mapped[str] = mapped_column(LO)
+    issuer_of_patient_id: Mapped[str] = mapped_column(LO, default="")
+    patient_name: Mapped[str] = mapped_column(PN)
+    patient_name_folded: Mapped[str] = mapped_column(PN, index=True)
+    patient_birth_date: Mapped[str | None] = mapped_column(String(8))
+    patient_sex: Mapped[str | None] = mapped_column(CS)
+    accession_number: Mapped[str | None] = mapped_column(SH)
+    accession_issuer: Mapped[str] = mapped_column(LO, default="")
+    study_instance_uid: Mapped[str | None] = mapped_column(UID, unique=True)
+    requested_procedure_id: Mapped[str | None] = mapped_column(SH)
+    scheduled_procedure_step_id: Mapped[str | None] = mapped_column(SH)
+    study_description: Mapped[str | None] = mapped_column(LO)
+    requested_modality: Mapped[str | None] = mapped_column(CS)
+    priority: Mapped[str] = mapped_column(String(16), default=Priority.ROUTINE.value)
+    status: Mapped[str] = mapped_column(String(16), default=RequestStatus.REQUESTED.value)
+    requested_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    referring_physician_name: Mapped[str | None] = mapped_column(PN)
+    imaging_center_id: Mapped[int | None] = mapped_column(ForeignKey("imaging_centers.id"))
+    scheduled_modality_id: Mapped[int | None] = mapped_column(ForeignKey("modalities.id"))
+    scheduled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    clinical_indication: Mapped[str | None] = mapped_column(Text)
+    cancel_reason: Mapped[str | None] = mapped_column(Text)
+    # Turnaround timestamps (DOMAIN.md): when each step actually happened.
+    scheduled_on: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    exam_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    exam_completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    studies: Mapped[list[DicomStudy]] = relationship(back_populates="imaging_request")
+
+
+# --------------------------------------------------------------------------- DICOM index
+
+
+class Patient(Timestamped, Base):
+    __tablename__ = "patients"
+    __table_args__ = (UniqueConstraint("patient_id", "issuer_of_patient_id"),)
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    patient_id: Mapped[str] = mapped_column(LO)
+    issuer_of_patient_id: Mapped[str] = mapped_column(LO, default="")
+    patient_name: Mapped[str | None] = mapped_column(PN)
+    # casefolded copy: PN matching is case-insensitive and SQL upper() is ASCII-only
+    patient_name_folded: Mapped[str | None] = mapped_column(PN, index=True)
+    patient_birth_date: Mapped[str | None] = mapped_column(String(8))
+    patient_sex: Mapped[str | None] = mapped_column(CS)
+
+    studies: Mapped[list[DicomStudy]] = relationship(back_populates="patient")
+
+
+class DicomStudy(Timestamped, Base):
+    __tablename__ = "dicom_studies"
+    __table_args__ = (
+        _enum_check("metadata_status", MetadataStatus),
+        _enum_check("status", StudyStatus),
+        _enum_check("completeness", Completeness),
+        Index("ix_dicom_studies_study_date", "study_date"),
+        Index("ix_dicom_studies_accession", "accession_number"),
+        Index("ix_dicom_studies_completeness", "completeness", "last_received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    patient_pk: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    imaging_request_id: Mapped[int | None] = mapped_column(
+        ForeignKey("imaging_requests.id"), index=True
+    )
+    accession_number: Mapped[str | None] = mapped_column(SH)
+    accession_issuer: Mapped[str] = mapped_column(LO, default="")
+    study_id: Mapped[str | None] = mapped_column(SH)
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    study_time: Mapped[str | None] = mapped_column(String(16))
+    study_description: Mapped[str | None] = mapped_column(LO)
+    referring_physician_name: Mapped[str | None] = mapped_column(PN)
+    body_part_examined: Mapped[str | None] = mapped_column(CS)
+    modality_type: Mapped[str | None] = mapped_column(CS)
+    modalities_in_study: Mapped[str | None] = mapped_column(String(128))
+    series_count: Mapped[int] = mapped_column(Integer, default=0)
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    performed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    pacs_location: Mapped[str | None] = mapped_column(String(256))
+    metadata_status: Mapped[str] = mapped_column(String(16), default=MetadataStatus.PENDING.value)
+    status: Mapped[str] = mapped_column(String(16), default=StudyStatus.QUEUED.value)
+    completeness: Mapped[str] = mapped_column(String(16), default=Completeness.RECEIVING.value)
+    completeness_evidence: Mapped[str | None] = mapped_column(String(32))
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    first_received_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_received_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    released_to_reading: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    patient: Mapped[Patient] = relationship(back_populates="studies")
+    imaging_request: Mapped[ImagingRequest | None] = relationship(back_populates="studies")
+    series: Mapped[list[DicomSeries]] = relationship(back_populates="study")
+
+
+class DicomSeries(Timestamped, Base):
+    __tablename__ = "dicom_series"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("dicom_studies.id"), index=True)
+    modality: Mapped[str | None] = mapped_column(CS, index=True)
+    series_number: Mapped[int | None] = mapped_column(Integer)
+    series_description: Mapped[str | None] = mapped_column(LO)
+    body_part_examined: Mapped[str | None] = mapped_column(CS)
+    station_name: Mapped[str | None] = mapped_column(SH)
+    series_date: Mapped[str | None] = mapped_column(String(8))
+    series_time: Mapped[str | None] = mapped_column(String(16))
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+
+    study: Mapped[DicomStudy] = relationship(back_populates="series")
+    instances: Mapped[list[DicomInstance]] = relationship(back_populates="series")
+
+
+class DicomInstance(Base):
+    __tablename__ = "dicom_instances"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    series_pk: Mapped[int] = mapped_column(ForeignKey("dicom_series.id"), index=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    # relative to the store root, built only from validated UIDs
+    file_path: Mapped[str] = mapped_column(String(512))
+    file_size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    calling_ae_title: Mapped[str | None] = mapped_column(AE)
+    source_address: Mapped[str | None] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    request_attributes: Mapped[list[dict[str, str]] | None] = mapped_column(JSON)
+
+    series: Mapped[DicomSeries] = relationship(back_populates="instances")
+
+
+# --------------------------------------------------------------------------- MPPS
+
+
+class PerformedProcedureStep(Timestamped, Base):
+    __tablename__ = "performed_procedure_steps"
+    __table_args__ = (_enum_check("status", MppsStatus),)
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    imaging_request_id: Mapped[int | None] = mapped_column(
+        ForeignKey("imaging_requests.id"), index=True
+    )
+    status: Mapped[str] = mapped_column(String(16))
+    study_instance_uid: Mapped[str | None] = mapped_column(UID, index=True)
+    accession_number: Mapped[str | None] = mapped_column(SH)
+    performed_station_ae_title: Mapped[str | None] = mapped_column(AE)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    discontinuation_reason: Mapped[str | None] = mapped_column(Text)
+    # SeriesInstanceUID -> list of SOPInstanceUIDs the modality says it made
+    performed_series: Mapped[dict[str, list[str]] | None] = mapped_column(JSON)
+    calling_ae_title: Mapped[str | None] = mapped_column(AE)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class WorklistItem(Timestamped, Base):
+    __tablename__ = "worklist_items"
+    __table_args__ = (
+        _enum_check("queue_type", QueueType),
+        _enum_check("status", WorklistStatus),
+        _enum_check("priority", Priority),
+        Index("ix_worklist_items_queue", "queue_type", "status", "priority_rank", "due_at"),
+    )
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    imaging_request_id: Mapped[int | None] = mapped_column(
+        ForeignKey("imaging_requests.id"), index=True
+    )
+    dicom_study_id: Mapped[int | None] = mapped_column(ForeignKey("dicom_studies.id"), index=True)
+    assigned_to_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    queue_type: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default=WorklistStatus.PENDING.value)
+    priority: Mapped[str] = mapped_column(String(16), default=Priority.ROUTINE.value)
+    # 0 = stat, 1 = urgent, 2 = routine: sorts the reading queue in one index
+    priority_rank: Mapped[int] = mapped_column(Integer, default=2)
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    overdue: Mapped[bool] = mapped_column(Boolean, default=False)
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    notes: Mapped[str | None] = mapped_column(Text)
+    # compare-and-set version: a claim succeeds only against the version it read
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class Report(Timestamped, Base):
+    """The current state of a report; every submitted text lives in ReportVersion."""
+
+    __tablename__ = "reports"
+    __table_args__ = (_enum_check("status", ReportStatus),)
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    dicom_study_id: Mapped[int] = mapped_column(ForeignKey("dicom_studies.id"), index=True)
+    radiologist_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    reviewer_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    status: Mapped[str] = mapped_column(String(16), default=ReportStatus.DRAFT.value)
+    findings: Mapped[str] = mapped_column(Text, default="")
+    impression: Mapped[str] = mapped_column(Text, default="")
+    critical_flag: Mapped[bool] = mapped_column(Boolean, default=False)
+    signed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    preliminary_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    first_addendum_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    versions: Mapped[list[ReportVersion]] = relationship(
+        back_populates="report", order_by="ReportVersion.version"
+    )
+
+
+class ReportVersion(Base):
+    """An immutable snapshot: preliminary, final, addendum or correction."""
+
+    __tablename__ = "report_versions"
+    __table_args__ = (UniqueConstraint("report_id", "version"),)
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("reports.id"))
+    version: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # preliminary | final | addendum | correction
+    status: Mapped[str] = mapped_column(String(16))
+    findings: Mapped[str] = mapped_column(Text)
+    impression: Mapped[str] = mapped_column(Text)
+    author_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    signed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    comment: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    report: Mapped[Report] = relationship(back_populates="versions")
+
+
+class CriticalResultCommunication(Base):
+    """Who told whom about a critical finding, how, when, and whether it was acknowledged."""
+
+    __tablename__ = "critical_communications"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("reports.id"), index=True)
+    finding: Mapped[str] = mapped_column(Text)
+    identified_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    deadline_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    communicated_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    communicated_to: Mapped[str | None] = mapped_column(String(256))
+    method: Mapped[str | None] = mapped_column(String(32))
+    communicated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    escalated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+# --------------------------------------------------------------------------- audit
+
+
+class AuditEvent(Base):
+    """Append-only (no update or delete path; database triggers refuse both)."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        _enum_check("outcome", AuditOutcome),
+        Index("ix_audit_events_timestamp", "timestamp"),
+        Index("ix_audit_events_target", "target_class", "target_id"),
+        Index("ix_audit_events_patient", "patient_id"),
+    )
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    timestamp: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    event_code: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))
+    actor_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    actor: Mapped[str | None] = mapped_column(String(64))
+    actor_role: Mapped[str | None] = mapped_column(String(32))
+    source_address: Mapped[str | None] = mapped_column(String(64))
+    target_class: Mapped[str | None] = mapped_column(String(64))
+    target_id: Mapped[str | None] = mapped_column(String(128))
+    patient_id: Mapped[str | None] = mapped_column(LO)
+    study_instance_uid: Mapped[str | None] = mapped_column(UID)
+    accession_number: Mapped[str | None] = mapped_column(SH)
+    reason: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -1,0 +1,180 @@
+"""Composition root: settings -> database -> DICOM SCP, HTTP API, scheduler.
+
+The only module that knows all three front-ends. ``Node`` is used the same way
+by ``dicom-node serve`` and by the test fixtures.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import threading
+import time
+
+import uvicorn
+from sqlalchemy import inspect
+from sqlalchemy.exc import SQLAlchemyError
+
+from api.app import create_app
+from api.deps import ApiContext
+from dicom_node.db import migrate
+from dicom_node.db.engine import Database, redact_url
+from dicom_node.jobs.scheduler import JobSpec, build_scheduler
+from dicom_node.scp.server import DicomServer, configure_pynetdicom
+from dicom_node.settings import Settings
+
+log = logging.getLogger("dicom_node")
+
+HTTP_START_TIMEOUT_SECONDS = 15.0
+
+
+class StartupError(Exception):
+    """The node cannot start; the message is one line for the operator."""
+
+
+def open_database(settings: Settings) -> Database:
+    """Create the data dir (SQLite) and check that the database answers."""
+    if settings.is_sqlite:
+        try:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot create data dir {settings.data_dir}: {exc.strerror}"
+            ) from None
+    db = Database(settings.database_url)
+    try:
+        with db.engine.connect():
+            pass
+    except SQLAlchemyError as exc:
+        db.dispose()
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        raise StartupError(
+            f"database {redact_url(settings.database_url)} is unreachable: {reason}"
+        ) from None
+    return db
+
+
+def ensure_schema(db: Database, *, upgrade_if_empty: bool) -> None:
+    """Upgrade an empty database; refuse one that is behind, ahead or foreign."""
+    current = migrate.current_revision(db.engine)
+    head = migrate.head_revision()
+    if current == head:
+        return
+    if current is None:
+        if inspect(db.engine).get_table_names():
+            raise StartupError("the database has tables but no dicom-node schema version")
+        if not upgrade_if_empty:
+            raise StartupError("the database is empty: run `dicom-node db upgrade`")
+        log.info("empty database: creating the schema")
+        migrate.upgrade(db.url)
+        return
+    raise StartupError(
+        f"the database schema is at revision {current}, this version needs {head}: "
+        "run `dicom-node db upgrade`"
+    )
+
+
+def bind_http_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise StartupError(_bind_error("HTTP", host, port, exc)) from None
+
+
+def _bind_error(what: str, host: str, port: int, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return f"{what} port {host}:{port} is already in use"
+    if exc.errno == errno.EACCES:
+        return f"{what} port {host}:{port} needs privileges this process does not have"
+    return f"cannot listen for {what} on {host}:{port}: {exc.strerror or exc}"
+
+
+class Node:
+    """One running node: SCP, API and scheduler over one database."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db: Database | None = None
+        self.dicom: DicomServer | None = None
+        self._http_server: uvicorn.Server | None = None
+        self._http_thread: threading.Thread | None = None
+        self._http_socket: socket.socket | None = None
+        self._scheduler = build_scheduler(self._jobs())
+        self.http_port = 0
+        self.dicom_port = 0
+
+    def _jobs(self) -> list[JobSpec]:
+        return []
+
+    def start(self) -> None:
+        """Start everything, or nothing: a failure stops what already started."""
+        configure_pynetdicom(log_phi=self.settings.log_phi)
+        try:
+            self.db = open_database(self.settings)
+            ensure_schema(self.db, upgrade_if_empty=True)
+            # Bind the HTTP port first: the socket is only held, nothing served yet.
+            self._http_socket = bind_http_socket(self.settings.bind_host, self.settings.http_port)
+            self.dicom = DicomServer(self.settings, self.db)
+            try:
+                self.dicom.start()
+            except OSError as exc:
+                raise StartupError(
+                    _bind_error("DICOM", self.settings.bind_host, self.settings.dicom_port, exc)
+                ) from None
+            self.dicom_port = self.dicom.port
+            self._scheduler.start()
+            log.info("scheduler started with %d jobs", len(self._scheduler.get_jobs()))
+            self._start_http()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_http(self) -> None:
+        assert self.db is not None and self.dicom is not None and self._http_socket is not None
+        dicom = self.dicom
+        context = ApiContext(
+            db=self.db,
+            probes={"dicom": dicom.is_listening, "scheduler": lambda: self._scheduler.running},
+        )
+        config = uvicorn.Config(
+            create_app(context),
+            log_config=None,
+            # access logs would carry query strings, which may carry PHI
+            access_log=False,
+            lifespan="off",
+        )
+        server = uvicorn.Server(config)
+        # In a thread, uvicorn leaves signal handling to us (see serve_until_signalled).
+        thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [self._http_socket]}, name="http", daemon=True
+        )
+        thread.start()
+        deadline = time.monotonic() + HTTP_START_TIMEOUT_SECONDS
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise StartupError("the HTTP server did not start")
+            time.sleep(0.01)
+        self._http_server, self._http_thread = server, thread
+        host, port = self._http_socket.getsockname()[:2]
+        self.http_port = int(port)
+        log.info("HTTP API listening on http://%s:%s (OpenAPI at /docs)", host, port)
+
+    def stop(self) -> None:
+        """Stop serving HTTP, then DICOM (in-flight associations get a grace period)."""
+        if self._http_server is not None and self._http_thread is not None:
+            self._http_server.should_exit = True
+            self._http_thread.join(timeout=10)
+            self._http_server = self._http_thread = None
+        if self._http_socket is not None:
+            self._http_socket.close()
+            self._http_socket = None
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=True)
+        if self.dicom is not None:
+            self.dicom.stop(self.settings.shutdown_grace_seconds)
+            self.dicom = None
+        if self.db is not None:
+            self.db.dispose()
+            self.db = None

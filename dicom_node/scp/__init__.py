@@ -1,0 +1,1 @@
+"""The DICOM front-end: a pynetdicom AE whose handlers call the services."""

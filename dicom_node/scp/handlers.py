@@ -1,0 +1,85 @@
+"""DICOM event handlers: decode, call one service, map the result to a status.
+
+Registered in one place, ``build_handlers``, so what the SCP does is readable
+at a glance.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from pynetdicom import evt
+from pynetdicom.events import Event
+
+from dicom_node.db.engine import Database
+from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.enums import AuditOutcome
+from dicom_node.scp import status
+from dicom_node.services.audit import record_audit_event
+
+log = logging.getLogger("dicom_node.scp")
+
+HandlerList = list[
+    tuple[evt.EventType, Callable[..., Any]] | tuple[evt.EventType, Callable[..., Any], list[Any]]
+]
+
+
+def build_handlers(db: Database) -> HandlerList:
+    return [
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_ACCEPTED, handle_accepted),
+        (evt.EVT_REJECTED, handle_rejected, [db]),
+    ]
+
+
+def _peer(event: Event) -> tuple[str, str]:
+    requestor = event.assoc.requestor
+    return requestor.ae_title, f"{requestor.address}:{requestor.port}"
+
+
+def handle_echo(event: Event) -> int:
+    """Verification (PS3.4 A.4): nothing to do but answer."""
+    return status.SUCCESS
+
+
+def handle_accepted(event: Event) -> None:
+    calling, address = _peer(event)
+    log.info("association accepted from %s at %s", calling, address)
+
+
+def handle_rejected(event: Event, db: Database) -> None:
+    """Audit a refused association (security alert: node authentication failed)."""
+    assoc = event.assoc
+    calling, address = _peer(event)
+    called = assoc.acceptor.ae_title
+    requested = getattr(assoc.requestor.primitive, "called_ae_title", None) or ""
+    allowed = assoc.ae.require_calling_aet
+    if allowed and calling not in allowed:
+        reason = "calling AE title not recognised"
+    elif requested.strip() != called.strip():
+        reason = "called AE title not recognised"
+    else:
+        reason = "too many associations"
+    log.warning(
+        "association rejected from %s at %s (called %r): %s", calling, address, requested, reason
+    )
+    try:
+        with db.unit_of_work() as session:
+            record_audit_event(
+                session,
+                AuditRecord(
+                    event_code=AuditEventCode.SECURITY_ALERT,
+                    action="association_rejected",
+                    outcome=AuditOutcome.MINOR_FAILURE,
+                    actor=calling,
+                    source_address=address,
+                    target_class="AE",
+                    target_id=requested.strip(),
+                    reason=reason,
+                ),
+            )
+    except Exception:
+        # The rejection has already been sent; failing to audit it must not crash the thread.
+        log.exception("could not write the audit event for a rejected association")

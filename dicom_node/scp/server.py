@@ -1,0 +1,92 @@
+"""The pynetdicom Application Entity and its listening server."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicom_node.db.engine import Database
+from dicom_node.scp.handlers import build_handlers
+from dicom_node.settings import Settings
+
+log = logging.getLogger("dicom_node.scp")
+
+
+def configure_pynetdicom(*, log_phi: bool) -> None:
+    """Process-wide pynetdicom switches; called once by the composition root."""
+    # pynetdicom logs request/response identifiers (patient names, IDs) at INFO.
+    _config.LOG_REQUEST_IDENTIFIERS = log_phi
+    _config.LOG_RESPONSE_IDENTIFIERS = log_phi
+    # The "standard" handlers decode every PDU just to log it: costly and chatty.
+    _config.LOG_HANDLER_LEVEL = "none"
+
+
+def build_ae(settings: Settings) -> AE:
+    ae = AE(ae_title=settings.ae_title)
+    ae.require_called_aet = True
+    ae.require_calling_aet = list(settings.allowed_calling_aets)
+    ae.maximum_pdu_size = settings.max_pdu_size
+    ae.maximum_associations = settings.max_associations
+    ae.acse_timeout = settings.acse_timeout_seconds
+    ae.dimse_timeout = settings.dimse_timeout_seconds
+    ae.network_timeout = settings.network_timeout_seconds
+    ae.add_supported_context(Verification)
+    return ae
+
+
+class DicomServer:
+    """Starts the SCP without blocking and stops it gracefully."""
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self._settings = settings
+        self._db = db
+        self._ae = build_ae(settings)
+        self._server: ThreadedAssociationServer | None = None
+
+    def start(self) -> tuple[str, int]:
+        """Bind and serve; raises OSError if the address is unavailable."""
+        server = self._ae.start_server(
+            (self._settings.bind_host, self._settings.dicom_port),
+            block=False,
+            evt_handlers=build_handlers(self._db),
+        )
+        assert server is not None
+        self._server = server
+        host, port = server.server_address[:2]
+        log.info("DICOM SCP listening on %s:%s as AE %s", host, port, self._settings.ae_title)
+        return str(host), int(port)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.server_address[1])
+
+    def is_listening(self) -> bool:
+        server = self._server
+        return server is not None and server.socket is not None and server.socket.fileno() != -1
+
+    def active_associations(self) -> int:
+        return len(self._server.active_associations) if self._server is not None else 0
+
+    def stop(self, grace_seconds: float) -> None:
+        """Stop accepting, let associations in flight finish, then abort the rest."""
+        server = self._server
+        if server is None:
+            return
+        server.shutdown()
+        deadline = time.monotonic() + grace_seconds
+        while server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        remaining: list[Any] = server.active_associations
+        for assoc in remaining:
+            log.warning("aborting association from %s at shutdown", assoc.requestor.ae_title)
+            assoc.abort()
+        for assoc in remaining:
+            assoc.join(timeout=2)
+        self._server = None
+        log.info("DICOM SCP stopped")

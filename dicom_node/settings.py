@@ -1,0 +1,192 @@
+"""All configuration in one pydantic-settings object.
+
+Sources, strongest first: explicit arguments, environment variables
+``DICOM_NODE_<NAME>``, the TOML config file (``--config`` or ``DICOM_NODE_CONFIG``,
+else ``config/node.toml`` when it exists in the working directory), defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from dicom_node.domain.aetitle import Peer, parse_peer, parse_peer_list, validate_ae_title
+from dicom_node.domain.errors import InvalidValue
+
+ENV_PREFIX = "DICOM_NODE_"
+CONFIG_ENV = "DICOM_NODE_CONFIG"
+DEFAULT_CONFIG_PATH = Path("config/node.toml")
+
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    # --- identity and network -------------------------------------------------
+    ae_title: str = "DICOM_NODE"
+    bind_host: str = "127.0.0.1"
+    dicom_port: Port = 11112
+    http_port: Port = 8000
+    allowed_calling_aets: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    peers: Annotated[dict[str, Peer], NoDecode] = Field(default_factory=dict)
+    max_pdu_size: Annotated[int, Field(ge=0)] = 1_048_576
+    max_associations: Annotated[int, Field(ge=1, le=1000)] = 32
+    acse_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+    dimse_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+    network_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+    shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 10.0
+
+    # --- storage and database -------------------------------------------------
+    data_dir: Path = Path("data")
+    database_url: str = ""
+
+    # --- workflow -------------------------------------------------------------
+    study_stable_seconds: Annotated[int, Field(gt=0)] = 60
+
+    # --- logging --------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_phi: bool = False
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae_title(cls, value: str) -> str:
+        title: str = _as_value_error(validate_ae_title, value)
+        return title
+
+    @field_validator("allowed_calling_aets", mode="before")
+    @classmethod
+    def _split_aets(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            return [_as_value_error(validate_ae_title, str(item)) for item in value]
+        return value
+
+    @field_validator("peers", mode="before")
+    @classmethod
+    def _parse_peers(cls, value: Any) -> Any:
+        # Accepted forms: "AE@host:port,AE2@host:port" (env), a TOML list of such
+        # strings, or a TOML table {AE = "host:port"}.
+        if isinstance(value, str):
+            peers = _as_value_error(parse_peer_list, value)
+        elif isinstance(value, list):
+            peers = _as_value_error(parse_peer_list, ",".join(str(item) for item in value))
+        elif isinstance(value, dict):
+            peers = [
+                _as_value_error(parse_peer, f"{ae}@{address}") for ae, address in value.items()
+            ]
+        else:
+            return value
+        return {peer.ae_title: peer for peer in peers}
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _default_database(self) -> Settings:
+        if not self.database_url:
+            # frozen model: set through object.__setattr__ once, during validation
+            sqlite_path = (self.data_dir / "dicom-node.sqlite3").resolve()
+            object.__setattr__(self, "database_url", f"sqlite:///{sqlite_path}")
+        if not (
+            self.database_url.startswith("sqlite") or self.database_url.startswith("postgresql")
+        ):
+            raise ValueError("database_url must be a sqlite:/// or postgresql+psycopg:// URL")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_path = _config_path()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if config_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_path))
+        return tuple(sources)
+
+
+def _as_value_error(func: Any, value: Any) -> Any:
+    try:
+        return func(value)
+    except InvalidValue as exc:
+        # pydantic turns ValueError into a validation error on the field
+        raise ValueError(str(exc)) from None
+
+
+_explicit_config: Path | None = None
+
+
+def _config_path() -> Path | None:
+    if _explicit_config is not None:
+        return _explicit_config
+    from_env = os.environ.get(CONFIG_ENV)
+    if from_env:
+        return Path(from_env)
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
+
+
+class ConfigError(Exception):
+    """Configuration that cannot be used; the message is one line for the operator."""
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings, turning every failure into a one-line ConfigError."""
+    global _explicit_config
+    _explicit_config = config_file
+    try:
+        path = _config_path()
+        if path is not None and not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        if path is not None:
+            try:
+                tomllib.loads(path.read_text(encoding="utf-8"))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+    finally:
+        _explicit_config = None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per bad setting, naming both the TOML key and the environment variable."""
+    lines = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else "configuration"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            lines.append(f"unknown setting {name!r} in the config file")
+            continue
+        value = error.get("input")
+        shown = f" (got {value!r})" if isinstance(value, str | int | float) else ""
+        lines.append(f"setting {name} / {ENV_PREFIX}{name.upper()}: {message}{shown}")
+    return "; ".join(lines)
