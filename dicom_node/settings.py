@@ -20,6 +20,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from dicom_node.domain.aetitle import Peer, parse_peer, parse_peer_list, validate_ae_title
 from dicom_node.domain.errors import InvalidValue
@@ -107,11 +109,20 @@ class Settings(BaseSettings):
             # frozen model: set through object.__setattr__ once, during validation
             sqlite_path = (self.data_dir / "dicom-node.sqlite3").resolve()
             object.__setattr__(self, "database_url", f"sqlite:///{sqlite_path}")
-        if not (
-            self.database_url.startswith("sqlite") or self.database_url.startswith("postgresql")
-        ):
-            raise ValueError("database_url must be a sqlite:/// or postgresql+psycopg:// URL")
         return self
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if not value:
+            return value  # filled in from data_dir by _default_database
+        try:
+            backend = make_url(value).get_backend_name()
+        except ArgumentError:
+            raise ValueError("not a database URL") from None
+        if backend not in ("sqlite", "postgresql"):
+            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+        return value
 
     @property
     def is_sqlite(self) -> bool:

@@ -1,0 +1,110 @@
+"""Fixtures: every database test runs on SQLite and on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from dicom_node.db import migrate
+from dicom_node.db.engine import Database
+from dicom_node.node import Node
+from dicom_node.settings import Settings
+from tests.support import PostgresServer, run_postgres
+
+PG_TEMPLATE = "dicom_node_template"
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    with run_postgres() as server:
+        with psycopg.connect(server.psycopg_dsn(), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {PG_TEMPLATE}")
+        # migrate once; every test gets a copy (CREATE DATABASE ... TEMPLATE is a file copy)
+        migrate.upgrade(server.url(PG_TEMPLATE))
+        yield server
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.sqlite3"
+    migrate.upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a fresh database with the current schema, on the chosen backend."""
+    if backend == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        path = tmp_path / "test.sqlite3"
+        shutil.copyfile(template, path)
+        return f"sqlite:///{path}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    name = f"test_{next(_counter)}"
+    with psycopg.connect(server.psycopg_dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {PG_TEMPLATE}")
+    return server.url(name)
+
+
+@pytest.fixture
+def empty_db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database with no schema at all, on the chosen backend."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'empty.sqlite3'}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    name = f"empty_{next(_counter)}"
+    with psycopg.connect(server.psycopg_dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return server.url(name)
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    database = Database(db_url)
+    yield database
+    database.dispose()
+
+
+def node_settings(db_url: str, data_dir: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "database_url": db_url,
+        "data_dir": data_dir,
+        "bind_host": "127.0.0.1",
+        "dicom_port": 0,
+        "http_port": 0,
+        "shutdown_grace_seconds": 1.0,
+        **overrides,
+    }
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def make_node(db_url: str, tmp_path: Path) -> Iterator[object]:
+    """Start a node in-process on ephemeral ports; ``make_node(**settings)``."""
+    nodes: list[Node] = []
+
+    def start(**overrides: object) -> Node:
+        node = Node(node_settings(db_url, tmp_path / "data", **overrides))
+        node.start()
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        node.stop()
+
+
+@pytest.fixture
+def node(make_node) -> Node:  # type: ignore[no-untyped-def]
+    return make_node()  # type: ignore[no-any-return]

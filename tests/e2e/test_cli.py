@@ -1,0 +1,292 @@
+"""The `dicom-node` command as an operator runs it: real processes, real signals."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from tests.support import dcmtk_env, dcmtk_tool, free_port
+
+COMMAND = [sys.executable, "-m", "dicom_node"]
+
+
+def clean_env(tmp_path: Path, **settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOM_NODE_")}
+    env["DICOM_NODE_DATA_DIR"] = str(tmp_path / "data")
+    env.update({f"DICOM_NODE_{name.upper()}": value for name, value in settings.items()})
+    return env
+
+
+def run(
+    tmp_path: Path, *args: str, stdin: str = "", **settings: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*COMMAND, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=clean_env(tmp_path, **settings),
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, text: str) -> None:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("dicom-node: error:")]
+    assert len(errors) == 1, result.stderr
+    assert text in errors[0]
+
+
+class Served:
+    """`dicom-node serve` in the background, its log read as it runs."""
+
+    def __init__(self, tmp_path: Path, **settings: str) -> None:
+        settings = {"dicom_port": "0", "http_port": "0", **settings}
+        self.process = subprocess.Popen(
+            [*COMMAND, "serve"],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            cwd=tmp_path,
+            env=clean_env(tmp_path, **settings),
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+
+    def wait_for_line(self, pattern: str, timeout: float = 60) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if match := re.search(pattern, line):
+                    return match
+            if self.process.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no log line matching {pattern!r}:\n{''.join(self.lines)}")
+
+    def ports(self) -> tuple[int, int]:
+        self.wait_for_line(r"running \(SIGINT or SIGTERM to stop\)")
+        dicom = int(self.wait_for_line(r"DICOM SCP listening on [\d.]+:(\d+)").group(1))
+        http = int(self.wait_for_line(r"HTTP API listening on http://[\d.]+:(\d+)").group(1))
+        return dicom, http
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        self.process.send_signal(sig)
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return code
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[list[Served]]:
+    started: list[Served] = []
+    yield started
+    for server in started:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
+
+
+def test_help_documents_every_command(tmp_path: Path) -> None:
+    result = run(tmp_path, "--help")
+    assert result.returncode == 0
+    for command in ("serve", "db", "user", "demo", "config"):
+        assert re.search(rf"^\s+{command}\s", result.stdout, re.MULTILINE), command
+    assert "DICOM_NODE_" in result.stdout
+    for sub in (("db", "--help"), ("user", "add", "--help")):
+        assert run(tmp_path, *sub).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "text"),
+    [
+        ("dicom_port", "abc", "DICOM_NODE_DICOM_PORT"),
+        ("ae_title", "THIS_AE_TITLE_IS_TOO_LONG", "DICOM_NODE_AE_TITLE"),
+        ("peers", "PACS@nowhere", "DICOM_NODE_PEERS"),
+    ],
+)
+def test_invalid_setting_stops_serve_with_one_line_and_creates_nothing(
+    tmp_path: Path, setting: str, value: str, text: str
+) -> None:
+    result = run(tmp_path, "serve", **{setting: value})
+    assert_one_line_error(result, 2, text)
+    assert not (tmp_path / "data").exists()
+
+
+def test_broken_config_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_text("dicom_port = = 1\n")
+    result = run(tmp_path, "--config", "bad.toml", "serve")
+    assert_one_line_error(result, 2, "bad.toml is not valid TOML")
+
+
+def test_unreachable_database_is_one_line_and_nothing_is_created(tmp_path: Path) -> None:
+    url = f"postgresql+psycopg://node:secret@127.0.0.1:{free_port()}/dicom"
+    result = run(tmp_path, "serve", database_url=url)
+    assert_one_line_error(result, 1, "is unreachable")
+    assert "secret" not in result.stderr  # the password never reaches the log
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("which", ["dicom_port", "http_port"])
+def test_port_already_in_use_is_one_line(tmp_path: Path, which: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = {"dicom_port": "0", "http_port": "0", which: str(port)}
+        result = run(tmp_path, "serve", **ports)
+    label = "DICOM" if which == "dicom_port" else "HTTP"
+    assert_one_line_error(result, 1, f"{label} port 127.0.0.1:{port} is already in use")
+
+
+def test_database_with_foreign_tables_is_refused(tmp_path: Path) -> None:
+    import sqlite3
+
+    (tmp_path / "data").mkdir()
+    path = tmp_path / "data" / "dicom-node.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE someone_elses (id INTEGER)")
+    result = run(tmp_path, "serve")
+    assert_one_line_error(result, 1, "has tables but no dicom-node schema version")
+
+
+def test_db_upgrade_creates_then_reports_the_schema(tmp_path: Path, empty_db_url: str) -> None:
+    first = run(tmp_path, "db", "upgrade", database_url=empty_db_url)
+    assert first.returncode == 0, first.stderr
+    assert "upgraded from empty to 0001" in first.stdout
+    again = run(tmp_path, "db", "upgrade", database_url=empty_db_url)
+    assert "already at revision 0001" in again.stdout
+    current = run(tmp_path, "db", "current", database_url=empty_db_url)
+    assert "revision 0001 (up to date)" in current.stdout
+
+
+def test_user_add_reads_the_password_from_stdin(tmp_path: Path, db_url: str) -> None:
+    created = run(
+        tmp_path,
+        "user",
+        "add",
+        "chief",
+        "--role",
+        "admin",
+        "--password-stdin",
+        stdin="a long enough password\n",
+        database_url=db_url,
+    )
+    assert created.returncode == 0, created.stderr
+    assert "created user chief (role admin" in created.stdout
+    again = run(
+        tmp_path,
+        "user",
+        "add",
+        "chief",
+        "--role",
+        "admin",
+        "--password-stdin",
+        stdin="a long enough password\n",
+        database_url=db_url,
+    )
+    assert_one_line_error(again, 1, "already exists")
+    short = run(
+        tmp_path,
+        "user",
+        "add",
+        "shorty",
+        "--role",
+        "admin",
+        "--password-stdin",
+        stdin="short\n",
+        database_url=db_url,
+    )
+    assert_one_line_error(short, 1, "at least 10 characters")
+
+
+def test_user_add_without_a_terminal_asks_for_password_stdin(tmp_path: Path) -> None:
+    result = run(tmp_path, "user", "add", "chief", "--role", "admin")
+    assert_one_line_error(result, 1, "--password-stdin")
+
+
+def test_demo_loads_on_a_fresh_embedded_node(tmp_path: Path) -> None:
+    result = run(tmp_path, "demo")
+    assert result.returncode == 0, result.stderr
+    assert "3 scheduled orders created" in result.stdout
+    assert "demo users' password:" in result.stdout
+    assert (tmp_path / "data" / "dicom-node.sqlite3").exists()
+
+
+def test_config_show_hides_the_database_password(tmp_path: Path) -> None:
+    result = run(
+        tmp_path,
+        "config",
+        "show",
+        database_url="postgresql+psycopg://node:secret@db/dicom",
+        peers="PACS@h:104",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "secret" not in result.stdout
+    assert "peers = PACS@h:104" in result.stdout
+
+
+def test_serve_starts_everything_answers_and_stops_on_sigterm(
+    tmp_path: Path, empty_db_url: str, served: list[Served]
+) -> None:
+    server = Served(tmp_path, database_url=empty_db_url)
+    served.append(server)
+    dicom_port, http_port = server.ports()
+    echo = subprocess.run(
+        [dcmtk_tool("echoscu"), "-aec", "DICOM_NODE", "127.0.0.1", str(dicom_port)],
+        capture_output=True,
+        env=dcmtk_env(),
+        timeout=30,
+    )
+    assert echo.returncode == 0
+    health = httpx.get(f"http://127.0.0.1:{http_port}/health", timeout=10)
+    assert health.status_code == 200
+    assert health.json()["status"] == "ok"
+    assert server.stop(signal.SIGTERM) == 0
+    assert server.wait_for_line(r"INFO dicom_node: stopped")
+
+
+def test_sigint_aborts_an_association_still_open_after_the_grace_period(
+    tmp_path: Path, served: list[Served]
+) -> None:
+    server = Served(tmp_path, shutdown_grace_seconds="1")
+    served.append(server)
+    dicom_port, _ = server.ports()
+    ae = AE(ae_title="LINGERER")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", dicom_port, ae_title="DICOM_NODE")
+    assert assoc.is_established
+    started = time.monotonic()
+    assert server.stop(signal.SIGINT) == 0
+    assert time.monotonic() - started < 15
+    server.wait_for_line(r"aborting association from LINGERER at shutdown")
+    deadline = time.monotonic() + 5
+    while assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert assoc.is_aborted
+    # the database is left consistent: the node starts again on it
+    restarted = Served(tmp_path)
+    served.append(restarted)
+    restarted.ports()
+    assert restarted.stop() == 0

@@ -1,0 +1,151 @@
+"""Helpers shared by the test suites: external tools, free ports, PostgreSQL."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_DIR = REPO / "sample_dicom"
+
+
+def require(condition: bool, why: str) -> None:
+    """Skip outside CI; in CI a missing prerequisite is a failure, never a skip."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"CI is missing a prerequisite: {why}")
+    pytest.skip(why)
+
+
+def dcmtk_tool(name: str) -> str:
+    """The DCMTK binary itself: pynetdicom installs scripts of the same names in the venv."""
+    path = Path("/usr/bin") / name
+    require(path.exists(), f"DCMTK's {name} is not installed (apt-get install dcmtk)")
+    return str(path)
+
+
+def dcmtk_env() -> dict[str, str]:
+    # DCMTK leaves Nagle on unless told otherwise: 40 ms stalls per request.
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def postgres_bin_dir() -> Path | None:
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: (
+            int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0
+        ),
+    )
+    return Path(candidates[-1]).parent if candidates else None
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    host: str
+    port: int
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@{self.host}:{self.port}/{database}"
+
+    def psycopg_dsn(self, database: str = "postgres") -> str:
+        return f"host={self.host} port={self.port} user=postgres dbname={database}"
+
+
+@contextmanager
+def run_postgres() -> Iterator[PostgresServer]:
+    """A throw-away PostgreSQL server in a temp dir on a free loopback port.
+
+    initdb refuses to run as root, so as root the server runs as the `postgres`
+    user the Debian package creates.
+    """
+    bin_dir = postgres_bin_dir()
+    require(
+        bin_dir is not None, "PostgreSQL server binaries not found (apt-get install postgresql)"
+    )
+    assert bin_dir is not None
+    as_root = os.geteuid() == 0
+    prefix: list[str] = ["runuser", "-u", "postgres", "--"] if as_root else []
+    base = Path(tempfile.mkdtemp(prefix="dicom-node-pg-"))
+    data, log = base / "data", base / "server.log"
+    if as_root:
+        shutil.chown(base, "postgres", "postgres")
+    port = free_port()
+    subprocess.run(
+        [
+            *prefix,
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    options = (
+        f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c max_connections=200 "
+        # test data is disposable: skip the flushes that make a real server durable
+        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    )
+    subprocess.run(
+        [
+            *prefix,
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(log),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield PostgresServer("127.0.0.1", port)
+    finally:
+        subprocess.run(
+            [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+        )
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
