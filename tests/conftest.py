@@ -50,11 +50,7 @@ def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
         path = tmp_path / "test.sqlite3"
         shutil.copyfile(template, path)
         return f"sqlite:///{path}"
-    server: PostgresServer = request.getfixturevalue("postgres")
-    name = f"test_{next(_counter)}"
-    with psycopg.connect(server.psycopg_dsn(), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE {PG_TEMPLATE}")
-    return server.url(name)
+    return _new_postgres_database(request, template=PG_TEMPLATE)
 
 
 @pytest.fixture
@@ -62,10 +58,15 @@ def empty_db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -
     """A database with no schema at all, on the chosen backend."""
     if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'empty.sqlite3'}"
+    return _new_postgres_database(request, template=None)
+
+
+def _new_postgres_database(request: pytest.FixtureRequest, *, template: str | None) -> str:
     server: PostgresServer = request.getfixturevalue("postgres")
-    name = f"empty_{next(_counter)}"
+    name = f"test_{next(_counter)}"
+    clause = f" TEMPLATE {template}" if template else ""
     with psycopg.connect(server.psycopg_dsn(), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
+        conn.execute(f"CREATE DATABASE {name}{clause}")
     return server.url(name)
 
 

@@ -182,43 +182,24 @@ def test_db_upgrade_creates_then_reports_the_schema(tmp_path: Path, empty_db_url
 
 
 def test_user_add_reads_the_password_from_stdin(tmp_path: Path, db_url: str) -> None:
-    created = run(
-        tmp_path,
-        "user",
-        "add",
-        "chief",
-        "--role",
-        "admin",
-        "--password-stdin",
-        stdin="a long enough password\n",
-        database_url=db_url,
-    )
+    def add(name: str, password: str) -> subprocess.CompletedProcess[str]:
+        return run(
+            tmp_path,
+            "user",
+            "add",
+            name,
+            "--role",
+            "admin",
+            "--password-stdin",
+            stdin=f"{password}\n",
+            database_url=db_url,
+        )
+
+    created = add("chief", "a long enough password")
     assert created.returncode == 0, created.stderr
     assert "created user chief (role admin" in created.stdout
-    again = run(
-        tmp_path,
-        "user",
-        "add",
-        "chief",
-        "--role",
-        "admin",
-        "--password-stdin",
-        stdin="a long enough password\n",
-        database_url=db_url,
-    )
-    assert_one_line_error(again, 1, "already exists")
-    short = run(
-        tmp_path,
-        "user",
-        "add",
-        "shorty",
-        "--role",
-        "admin",
-        "--password-stdin",
-        stdin="short\n",
-        database_url=db_url,
-    )
-    assert_one_line_error(short, 1, "at least 10 characters")
+    assert_one_line_error(add("chief", "a long enough password"), 1, "already exists")
+    assert_one_line_error(add("shorty", "short"), 1, "at least 10 characters")
 
 
 def test_user_add_without_a_terminal_asks_for_password_stdin(tmp_path: Path) -> None:
