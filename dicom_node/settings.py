@@ -58,9 +58,22 @@ class Settings(BaseSettings):
     # --- storage and database -------------------------------------------------
     data_dir: Path = Path("data")
     database_url: str = ""
+    # fsync each instance file and its directory before acknowledging it
+    fsync: bool = True
+    # same SOPInstanceUID, different content: keep the first copy or replace it
+    duplicate_policy: Literal["keep", "replace"] = "keep"
+    # accept storage SOP classes pynetdicom does not know (private ones)
+    accept_unknown_sop_classes: bool = False
+    # temp files older than this are leftovers of interrupted transfers
+    temp_file_max_age_seconds: Annotated[int, Field(gt=0)] = 3600
 
     # --- workflow -------------------------------------------------------------
     study_stable_seconds: Annotated[int, Field(gt=0)] = 60
+    stability_check_interval_seconds: Annotated[float, Field(gt=0)] = 10.0
+    # reading-worklist due time after a study completes, by priority
+    sla_stat_minutes: Annotated[int, Field(gt=0)] = 60
+    sla_urgent_minutes: Annotated[int, Field(gt=0)] = 720
+    sla_routine_minutes: Annotated[int, Field(gt=0)] = 1440
 
     # --- logging --------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

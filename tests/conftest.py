@@ -14,7 +14,7 @@ from dicom_node.db import migrate
 from dicom_node.db.engine import Database
 from dicom_node.node import Node
 from dicom_node.settings import Settings
-from tests.support import PostgresServer, run_postgres
+from tests.support import PostgresServer, Served, run_postgres
 
 PG_TEMPLATE = "dicom_node_template"
 _counter = itertools.count()
@@ -109,3 +109,13 @@ def make_node(db_url: str, tmp_path: Path) -> Iterator[object]:
 @pytest.fixture
 def node(make_node) -> Node:  # type: ignore[no-untyped-def]
     return make_node()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[list[Served]]:
+    started: list[Served] = []
+    yield started
+    for server in started:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()

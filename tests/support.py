@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +23,7 @@ import pytest
 IN_CI = os.environ.get("CI", "").lower() == "true"
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = REPO / "sample_dicom"
+COMMAND = [sys.executable, "-m", "dicom_node"]
 
 
 def require(condition: bool, why: str) -> None:
@@ -149,3 +154,59 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool: 
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+# --------------------------------------------------------------------------- dicom-node serve
+
+
+def clean_env(tmp_path: Path, **settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOM_NODE_")}
+    env["DICOM_NODE_DATA_DIR"] = str(tmp_path / "data")
+    env.update({f"DICOM_NODE_{name.upper()}": value for name, value in settings.items()})
+    return env
+
+
+class Served:
+    """`dicom-node serve` in the background, its log read as it runs."""
+
+    def __init__(self, tmp_path: Path, **settings: str) -> None:
+        settings = {"dicom_port": "0", "http_port": "0", **settings}
+        self.process = subprocess.Popen(
+            [*COMMAND, "serve"],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            cwd=tmp_path,
+            env=clean_env(tmp_path, **settings),
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+
+    def wait_for_line(self, pattern: str, timeout: float = 60) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if match := re.search(pattern, line):
+                    return match
+            if self.process.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no log line matching {pattern!r}:\n{''.join(self.lines)}")
+
+    def ports(self) -> tuple[int, int]:
+        self.wait_for_line(r"running \(SIGINT or SIGTERM to stop\)")
+        dicom = int(self.wait_for_line(r"DICOM SCP listening on [\d.]+:(\d+)").group(1))
+        http = int(self.wait_for_line(r"HTTP API listening on http://[\d.]+:(\d+)").group(1))
+        return dicom, http
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        self.process.send_signal(sig)
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return code

@@ -268,6 +268,11 @@ class DicomInstance(Base):
     source_address: Mapped[str | None] = mapped_column(String(64))
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     request_attributes: Mapped[list[dict[str, str]] | None] = mapped_column(JSON)
+    # The PatientID the instance carried; differs from the study's patient when the
+    # instance arrived under a known StudyInstanceUID for another patient.
+    received_patient_id: Mapped[str | None] = mapped_column(LO)
+    # held in the study but flagged: never merged into another patient's study
+    quarantined: Mapped[bool] = mapped_column(Boolean, default=False)
 
     series: Mapped[DicomSeries] = relationship(back_populates="instances")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import delete, inspect, text, update
+from sqlalchemy import delete, inspect, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
@@ -203,3 +203,31 @@ def test_audit_events_refuse_truncate_on_postgresql(db: Database) -> None:
         session.execute(text("TRUNCATE audit_events"))
     with db.read() as session:
         assert session.query(AuditEvent).count() == 1
+
+
+def test_upgrade_from_the_first_revision_keeps_existing_rows(empty_db_url: str) -> None:
+    migrate.upgrade(empty_db_url, "0001")
+    db = Database(empty_db_url)
+    try:
+        with db.unit_of_work() as session:
+            study = _study(session, "1.2.3", _patient(session))
+            series = DicomSeries(series_instance_uid="1.2.3.1", study_pk=study.id)
+            session.add(series)
+            session.flush()
+            session.execute(
+                text(
+                    "INSERT INTO dicom_instances (sop_instance_uid, series_pk, sop_class_uid, "
+                    "transfer_syntax_uid, file_path, file_size, sha256, received_at) "
+                    "VALUES ('1.2.3.1.1', :series, '1.2', '1.2.840.10008.1.2.1', 'x', 1, '0', "
+                    ":now)"
+                ),
+                {"series": series.id, "now": datetime.now(UTC).replace(tzinfo=None)},
+            )
+        migrate.upgrade(empty_db_url)
+        assert migrate.is_up_to_date(db.engine)
+        with db.read() as session:
+            instance = session.scalars(select(DicomInstance)).one()
+            assert instance.quarantined is False
+            assert instance.received_patient_id is None
+    finally:
+        db.dispose()

@@ -1,0 +1,280 @@
+"""Reading the indexed attributes of one instance (DOMAIN.md "What to index").
+
+On the C-STORE hot path: only the needed tags are parsed, pixel data is never
+read, and text is decoded with the dataset's SpecificCharacterSet.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import BinaryIO
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.tag import Tag
+
+from dicom_node.domain.errors import DomainError
+from dicom_node.domain.part10 import dataset_offset
+from dicom_node.domain.uids import is_valid_uid
+
+
+class InvalidHeader(DomainError):
+    """The dataset cannot be indexed. ``reason`` names attributes, never patient data.
+
+    ``mismatch`` marks a dataset that is readable but contradicts its SOP class or
+    its file meta (PS3.4 status A900), as opposed to unreadable data (C000).
+    """
+
+    def __init__(self, reason: str, *, mismatch: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.mismatch = mismatch
+
+
+@dataclass(frozen=True, slots=True)
+class RequestAttributes:
+    """One item of RequestAttributesSequence (0040,0275)."""
+
+    accession_number: str | None
+    accession_issuer: str
+    requested_procedure_id: str | None
+    scheduled_procedure_step_id: str | None
+    study_instance_uid: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceHeader:
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    patient_id: str
+    issuer_of_patient_id: str
+    patient_name: str | None
+    patient_birth_date: str | None
+    patient_sex: str | None
+    accession_number: str | None
+    accession_issuer: str
+    modality: str | None
+    body_part_examined: str | None
+    study_date: str | None
+    study_time: str | None
+    study_description: str | None
+    study_id: str | None
+    referring_physician_name: str | None
+    series_number: int | None
+    series_description: str | None
+    series_date: str | None
+    series_time: str | None
+    station_name: str | None
+    instance_number: int | None
+    request_attributes: tuple[RequestAttributes, ...]
+
+
+_KEYWORDS = (
+    "SpecificCharacterSet",  # must be read, or names decode as ASCII
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+    "PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate", "PatientSex",
+    "AccessionNumber", "IssuerOfAccessionNumberSequence", "Modality", "BodyPartExamined",
+    "StudyDate", "StudyTime", "StudyDescription", "StudyID", "ReferringPhysicianName",
+    "SeriesNumber", "SeriesDescription", "SeriesDate", "SeriesTime", "StationName",
+    "InstanceNumber", "RequestAttributesSequence",
+)  # fmt: skip
+_TAGS = [Tag(keyword) for keyword in _KEYWORDS]
+_REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
+def read_header(part10: bytes | BinaryIO | str | os.PathLike[str]) -> InstanceHeader:
+    """Read a complete Part 10 file (preamble, DICM, file meta, dataset)."""
+    if isinstance(part10, bytes | bytearray):
+        data = bytes(part10)
+    elif isinstance(part10, str | os.PathLike):
+        data = Path(part10).read_bytes()
+    else:
+        data = part10.read()
+    stream = BytesIO(data)
+    try:
+        ds = pydicom.dcmread(stream, stop_before_pixels=True, specific_tags=_TAGS)
+        transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
+        check_structure(data, dataset_offset(data), transfer_syntax)
+        return header_from_dataset(ds, transfer_syntax_uid=transfer_syntax)
+    except InvalidHeader:
+        raise
+    except Exception as exc:
+        # pydicom signals malformed input with many exception types (InvalidDicomError,
+        # EOFError, struct.error, ValueError, KeyError...): all mean "cannot understand".
+        raise InvalidHeader(f"unreadable dataset ({type(exc).__name__})") from None
+
+
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+_EXPLICIT_BE = "1.2.840.10008.1.2.2"
+_LONG_VRS = {
+    b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV",
+}  # fmt: skip
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xE000, 0xE00D, 0xE0DD
+_MAX_DEPTH = 64
+
+
+class _Truncated(Exception):
+    pass
+
+
+def check_structure(data: bytes, offset: int, transfer_syntax: str) -> None:
+    """Walk every element header of the dataset (values skipped) and refuse one
+    that is cut short: each length must fit, each sequence and item must close.
+
+    pydicom alone does not notice: it skips unrequested values by seeking and
+    stops quietly at the end of the data. A deflated stream is skipped here; a
+    cut there fails pydicom's inflate instead.
+    """
+    if transfer_syntax == _DEFLATED:
+        return
+    order = ">" if transfer_syntax == _EXPLICIT_BE else "<"
+    try:
+        end = _walk(data, offset, order, transfer_syntax == _IMPLICIT_LE, depth=0)
+    except (_Truncated, struct.error):
+        raise InvalidHeader("dataset is truncated") from None
+    if end != len(data):
+        raise InvalidHeader("dataset is truncated")
+
+
+def _walk(data: bytes, position: int, order: str, implicit: bool, *, depth: int) -> int:
+    """Elements until the end of the data, or past the item delimiter closing them."""
+    if depth > _MAX_DEPTH:
+        raise _Truncated
+    while position < len(data):
+        group, element = struct.unpack_from(f"{order}HH", data, position)
+        if group == 0xFFFE:
+            if element == _ITEM_END and depth > 0:
+                return position + 8
+            raise _Truncated
+        vr = b""
+        if implicit:
+            length, header = struct.unpack_from(f"{order}I", data, position + 4)[0], 8
+        else:
+            vr = data[position + 4 : position + 6]
+            if vr in _LONG_VRS:
+                length, header = struct.unpack_from(f"{order}I", data, position + 8)[0], 12
+            else:
+                length, header = struct.unpack_from(f"{order}H", data, position + 6)[0], 8
+        if length == _UNDEFINED:
+            # UN of undefined length holds implicit VR little endian (PS3.5 6.2.2)
+            inner_implicit, inner_order = (True, "<") if vr == b"UN" else (implicit, order)
+            position = _walk_items(data, position + header, inner_order, inner_implicit, depth)
+        else:
+            position += header + length
+    if position > len(data) or depth > 0:
+        raise _Truncated
+    return position
+
+
+def _walk_items(data: bytes, position: int, order: str, implicit: bool, depth: int) -> int:
+    """Items of an undefined-length sequence (or pixel fragments), past its delimiter."""
+    while True:
+        group, element, length = struct.unpack_from(f"{order}HHI", data, position)
+        if group != 0xFFFE:
+            raise _Truncated
+        if element == _SEQUENCE_END:
+            return position + 8
+        if element != _ITEM:
+            raise _Truncated
+        if length == _UNDEFINED:
+            position = _walk(data, position + 8, order, implicit, depth=depth + 1)
+        else:
+            position += 8 + length
+            if position > len(data):
+                raise _Truncated
+
+
+def header_from_dataset(ds: Dataset, *, transfer_syntax_uid: str) -> InstanceHeader:
+    if not is_valid_uid(transfer_syntax_uid.rstrip("\x00 ")):
+        raise InvalidHeader("file meta TransferSyntaxUID is missing or invalid")
+    uids = {keyword: _uid(ds, keyword) for keyword in _REQUIRED_UIDS}
+    accession_issuer = _issuer(ds)
+    return InstanceHeader(
+        sop_class_uid=uids["SOPClassUID"],
+        sop_instance_uid=uids["SOPInstanceUID"],
+        study_instance_uid=uids["StudyInstanceUID"],
+        series_instance_uid=uids["SeriesInstanceUID"],
+        transfer_syntax_uid=transfer_syntax_uid.rstrip("\x00 "),
+        patient_id=_text(ds, "PatientID") or "",
+        issuer_of_patient_id=_text(ds, "IssuerOfPatientID") or "",
+        patient_name=_text(ds, "PatientName"),
+        patient_birth_date=_text(ds, "PatientBirthDate"),
+        patient_sex=_text(ds, "PatientSex"),
+        accession_number=_text(ds, "AccessionNumber"),
+        accession_issuer=accession_issuer,
+        modality=_text(ds, "Modality"),
+        body_part_examined=_text(ds, "BodyPartExamined"),
+        study_date=_text(ds, "StudyDate"),
+        study_time=_text(ds, "StudyTime"),
+        study_description=_text(ds, "StudyDescription"),
+        study_id=_text(ds, "StudyID"),
+        referring_physician_name=_text(ds, "ReferringPhysicianName"),
+        series_number=_integer(ds, "SeriesNumber"),
+        series_description=_text(ds, "SeriesDescription"),
+        series_date=_text(ds, "SeriesDate"),
+        series_time=_text(ds, "SeriesTime"),
+        station_name=_text(ds, "StationName"),
+        instance_number=_integer(ds, "InstanceNumber"),
+        request_attributes=tuple(_request_items(ds)),
+    )
+
+
+def _uid(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    text = str(value or "").rstrip("\x00 ")
+    if not text:
+        raise InvalidHeader(f"{keyword} is missing", mismatch=True)
+    if not is_valid_uid(text):
+        raise InvalidHeader(f"{keyword} is not a valid UID", mismatch=True)
+    return text
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    # A multi-valued element where one value is expected: keep all, DICOM-style.
+    text = "\\".join(str(v) for v in value) if isinstance(value, MultiValue) else str(value)
+    text = text.strip(" \x00")
+    return text or None
+
+
+def _integer(ds: Dataset, keyword: str) -> int | None:
+    # A malformed IS (e.g. "1.5", "abc") must not cost the instance: index it as unknown.
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _issuer(item: Dataset) -> str:
+    issuers = item.get("IssuerOfAccessionNumberSequence")
+    if not issuers:
+        return ""
+    first = issuers[0]
+    return _text(first, "LocalNamespaceEntityID") or _text(first, "UniversalEntityID") or ""
+
+
+def _request_items(ds: Dataset) -> list[RequestAttributes]:
+    items = ds.get("RequestAttributesSequence") or []
+    return [
+        RequestAttributes(
+            accession_number=_text(item, "AccessionNumber"),
+            accession_issuer=_issuer(item),
+            requested_procedure_id=_text(item, "RequestedProcedureID"),
+            scheduled_procedure_step_id=_text(item, "ScheduledProcedureStepID"),
+            study_instance_uid=_text(item, "StudyInstanceUID"),
+        )
+        for item in items
+    ]

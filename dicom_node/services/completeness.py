@@ -1,0 +1,217 @@
+"""Study completeness: receiving -> quiet -> complete, with the evidence recorded.
+
+The state lives in the database, so whichever node (or restarted process) runs
+the job next carries on. Unlike a per-process inactivity timer, a study whose
+order has an MPPS still IN PROGRESS stays quiet instead of being declared
+complete on a pause between series.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session
+
+from dicom_node.db.models import DicomStudy, ImagingRequest, PerformedProcedureStep, WorklistItem
+from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.enums import (
+    Completeness,
+    CompletenessEvidence,
+    MetadataStatus,
+    MppsStatus,
+    Priority,
+    QueueType,
+    RequestStatus,
+    WorklistStatus,
+)
+from dicom_node.domain.matching import PRIORITY_RANK, SlaPolicy
+from dicom_node.services.audit import record_audit_event
+
+_READABLE = (MetadataStatus.MATCHED.value, MetadataStatus.CORRECTED.value)
+
+
+@dataclass(frozen=True)
+class SettleSummary:
+    became_quiet: int
+    completed: int
+    waiting_for_mpps: int
+
+    def __str__(self) -> str:
+        return (
+            f"{self.became_quiet} quiet, {self.completed} complete, "
+            f"{self.waiting_for_mpps} waiting for MPPS"
+        )
+
+
+def settle_studies(
+    session: Session, *, now: datetime, stable_seconds: int, sla: SlaPolicy, actor: str
+) -> SettleSummary:
+    """One pass of the stability timer over studies that stopped receiving."""
+    cutoff = now - timedelta(seconds=stable_seconds)
+    newly_quiet = session.scalars(
+        select(DicomStudy)
+        .where(
+            DicomStudy.completeness == Completeness.RECEIVING.value,
+            DicomStudy.last_received_at <= cutoff,
+        )
+        .with_for_update(skip_locked=True)
+    ).all()
+    for study in newly_quiet:
+        _transition(session, study, Completeness.QUIET, actor=actor, evidence=None)
+
+    quiet = session.scalars(
+        select(DicomStudy)
+        .where(DicomStudy.completeness == Completeness.QUIET.value)
+        .with_for_update(skip_locked=True)
+    ).all()
+    completed = waiting = 0
+    for study in quiet:
+        if _mpps_in_progress(session, study):
+            waiting += 1
+            continue
+        complete_study(
+            session,
+            study,
+            evidence=CompletenessEvidence.STABILITY_TIMER,
+            now=now,
+            sla=sla,
+            actor=actor,
+        )
+        completed += 1
+    return SettleSummary(len(newly_quiet), completed, waiting)
+
+
+def _mpps_in_progress(session: Session, study: DicomStudy) -> bool:
+    if study.imaging_request_id is None:
+        return False
+    return bool(
+        session.scalar(
+            select(
+                exists().where(
+                    PerformedProcedureStep.imaging_request_id == study.imaging_request_id,
+                    PerformedProcedureStep.status == MppsStatus.IN_PROGRESS.value,
+                )
+            )
+        )
+    )
+
+
+def complete_study(
+    session: Session,
+    study: DicomStudy,
+    *,
+    evidence: CompletenessEvidence,
+    now: datetime,
+    sla: SlaPolicy,
+    actor: str,
+) -> None:
+    """Declare the acquisition over; the order is performed and the study queued."""
+    _transition(session, study, Completeness.COMPLETE, actor=actor, evidence=evidence)
+    study.completeness_evidence = evidence.value
+    study.completed_at = now
+    order = (
+        session.get(ImagingRequest, study.imaging_request_id) if study.imaging_request_id else None
+    )
+    readable = study.metadata_status in _READABLE or study.released_to_reading
+    if order is not None and readable:
+        _perform_order(session, order, now=now, actor=actor)
+    priority = Priority(order.priority) if order is not None else Priority.ROUTINE
+    queue = QueueType.READING if readable else QueueType.RECONCILIATION
+    _ensure_worklist_item(
+        session, study, order, queue=queue, priority=priority, due_at=sla.due(priority, now)
+    )
+
+
+def _transition(
+    session: Session,
+    study: DicomStudy,
+    to: Completeness,
+    *,
+    actor: str,
+    evidence: CompletenessEvidence | None,
+) -> None:
+    before = study.completeness
+    study.completeness = to.value
+    record_audit_event(
+        session,
+        AuditRecord(
+            event_code=AuditEventCode.PROCEDURE_RECORD,
+            action=f"study_{to.value}",
+            actor=actor,
+            target_class="DicomStudy",
+            target_id=str(study.id),
+            study_instance_uid=study.study_instance_uid,
+            accession_number=study.accession_number,
+            details={
+                "before": {"completeness": before},
+                "after": {"completeness": to.value},
+                "evidence": evidence.value if evidence else None,
+                "instance_count": study.instance_count,
+                "series_count": study.series_count,
+            },
+        ),
+    )
+
+
+def _perform_order(session: Session, order: ImagingRequest, *, now: datetime, actor: str) -> None:
+    if order.status not in (
+        RequestStatus.REQUESTED.value,
+        RequestStatus.SCHEDULED.value,
+        RequestStatus.IN_PROGRESS.value,
+    ):
+        return  # already performed (MPPS said so) or discontinued: leave it
+    before = order.status
+    order.status = RequestStatus.PERFORMED.value
+    order.exam_completed_at = order.exam_completed_at or now
+    record_audit_event(
+        session,
+        AuditRecord(
+            event_code=AuditEventCode.ORDER_RECORD,
+            action="order_performed",
+            actor=actor,
+            target_class="ImagingRequest",
+            target_id=str(order.id),
+            patient_id=order.patient_id,
+            study_instance_uid=order.study_instance_uid,
+            accession_number=order.accession_number,
+            reason="study complete",
+            details={"before": {"status": before}, "after": {"status": order.status}},
+        ),
+    )
+
+
+def _ensure_worklist_item(
+    session: Session,
+    study: DicomStudy,
+    order: ImagingRequest | None,
+    *,
+    queue: QueueType,
+    priority: Priority,
+    due_at: datetime,
+) -> None:
+    already = session.scalar(
+        select(
+            exists().where(
+                WorklistItem.dicom_study_id == study.id,
+                WorklistItem.queue_type == queue.value,
+                WorklistItem.status.in_(
+                    [WorklistStatus.PENDING.value, WorklistStatus.CLAIMED.value]
+                ),
+            )
+        )
+    )
+    if already:
+        return  # a re-opened study that completes again keeps its item
+    session.add(
+        WorklistItem(
+            imaging_request_id=order.id if order else None,
+            dicom_study_id=study.id,
+            queue_type=queue.value,
+            status=WorklistStatus.PENDING.value,
+            priority=priority.value,
+            priority_rank=PRIORITY_RANK[priority],
+            due_at=due_at,
+        )
+    )

@@ -1,0 +1,88 @@
+"""`dicom-node import` and `dicom-node reindex`: files through the C-STORE path."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dicom_node.db.engine import Database
+from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.enums import AuditOutcome
+from dicom_node.services.audit import record_audit_event
+from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
+from dicom_node.storage import FileStore
+
+_REFUSED = (StoreOutcome.REJECTED, StoreOutcome.MISMATCH, StoreOutcome.FAILED)
+
+
+@dataclass
+class ImportSummary:
+    outcomes: Counter[str] = field(default_factory=Counter)
+    # reason -> how many files, and the first few paths as examples
+    refused: dict[str, list[str]] = field(default_factory=dict)
+    unreadable: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.outcomes.values()) + self.unreadable
+
+    @property
+    def ok(self) -> bool:
+        return self.unreadable == 0 and not any(self.outcomes[o.value] for o in _REFUSED)
+
+    def describe(self) -> str:
+        counts = ", ".join(
+            f"{self.outcomes[o.value]} {o.value}" for o in StoreOutcome if self.outcomes[o.value]
+        )
+        lines = [f"{self.total} files: {counts or 'nothing stored'}"]
+        if self.unreadable:
+            lines.append(f"  {self.unreadable} could not be read")
+        for reason, paths in sorted(self.refused.items()):
+            lines.append(f"  refused ({len(paths)}): {reason}, e.g. {paths[0]}")
+        return "\n".join(lines)
+
+
+def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file())
+        else:
+            yield path
+
+
+def import_files(
+    db: Database,
+    store: FileStore,
+    files: list[Path],
+    *,
+    policy: IngestPolicy,
+    actor: str,
+    progress: Callable[[int], None] | None = None,
+) -> ImportSummary:
+    summary = ImportSummary()
+    for done, path in enumerate(files, start=1):
+        try:
+            data = path.read_bytes()
+        except OSError:
+            summary.unreadable += 1
+            continue
+        result = store_instance(db, store, part10=data, source=Source(actor=actor), policy=policy)
+        summary.outcomes[result.outcome.value] += 1
+        if result.outcome in _REFUSED:
+            summary.refused.setdefault(result.reason or "unknown", []).append(str(path))
+        if progress is not None:
+            progress(done)
+    with db.unit_of_work() as session:
+        record_audit_event(
+            session,
+            AuditRecord(
+                event_code=AuditEventCode.INSTANCES_TRANSFERRED,
+                action="instances_imported",
+                outcome=AuditOutcome.SUCCESS if summary.ok else AuditOutcome.MINOR_FAILURE,
+                actor=actor,
+                details={"counts": dict(summary.outcomes), "unreadable": summary.unreadable},
+            ),
+        )
+    return summary

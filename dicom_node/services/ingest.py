@@ -1,0 +1,473 @@
+"""Storing one instance: the single path behind C-STORE, `dicom-node import` and reindex.
+
+Order of work, chosen so that nothing acknowledged is ever lost and nothing
+half-written is ever indexed:
+
+1. read the header from the bytes (no pixel decoding) and refuse what cannot be
+   indexed;
+2. write the bytes to a temp file in the store (fsync);
+3. in one database transaction: upsert patient, study, series; insert the
+   instance; bump counters; match a new study to its order;
+4. rename the temp file into its final place, *then* commit. A crash before the
+   commit leaves at most an unindexed file (found by verify/reindex, never
+   acknowledged); a failed commit removes the file it had just placed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from dicom_node.db.engine import Database
+from dicom_node.db.models import DicomInstance, DicomSeries, DicomStudy, Patient
+from dicom_node.db.upsert import insert_ignoring_conflict
+from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.dataset_header import InstanceHeader, InvalidHeader, read_header
+from dicom_node.domain.enums import AuditOutcome, Completeness, MetadataStatus, StudyStatus
+from dicom_node.domain.errors import InvalidValue
+from dicom_node.domain.names import fold_person_name
+from dicom_node.domain.part10 import dataset_offset
+from dicom_node.services.audit import record_audit_event
+from dicom_node.services.matching import match_new_study
+from dicom_node.storage import FileStore
+
+log = logging.getLogger("dicom_node.ingest")
+
+
+class StoreOutcome(StrEnum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"  # same UID, same content: nothing to do
+    KEPT_EXISTING = "kept_existing"  # same UID, other content, policy keep
+    REPLACED = "replaced"  # same UID, other content, policy replace
+    MISMATCH = "mismatch"  # the dataset contradicts the command that carried it
+    REJECTED = "rejected"  # the data cannot be indexed (the sender's fault)
+    FAILED = "failed"  # we could not store it (disk, database): worth a retry
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where an instance came from, for the index and the audit trail."""
+
+    calling_ae_title: str | None = None
+    address: str | None = None
+    actor: str = "dicom"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    outcome: StoreOutcome
+    reason: str | None = None
+    sop_instance_uid: str | None = None
+    study_instance_uid: str | None = None
+    patient_id: str | None = None
+    accession_number: str | None = None
+    new_study: bool = False
+
+
+@dataclass(frozen=True)
+class IngestPolicy:
+    duplicate_policy: str = "keep"  # "keep" | "replace"
+
+
+@dataclass
+class _Indexed:
+    outcome: StoreOutcome
+    relative_path: str
+    old_path: str | None = None
+    new_study: bool = False
+    audit_reason: str | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def store_instance(
+    db: Database,
+    store: FileStore,
+    *,
+    part10: bytes,
+    source: Source,
+    policy: IngestPolicy,
+    expected_sop_class_uid: str | None = None,
+    expected_sop_instance_uid: str | None = None,
+) -> StoreResult:
+    """Store and index one DICOM Part 10 file given as bytes.
+
+    ``expected_*`` are the C-STORE command's Affected SOP Class/Instance UIDs: a
+    dataset that contradicts its command is refused (status A900). Files read
+    from disk have no command; their often sloppy file meta is not held against them.
+    """
+    try:
+        header = read_header(part10)
+        offset = dataset_offset(part10)
+    except InvalidHeader as exc:
+        log.warning("instance from %s refused: %s", source.calling_ae_title, exc.reason)
+        outcome = StoreOutcome.MISMATCH if exc.mismatch else StoreOutcome.REJECTED
+        return StoreResult(outcome, exc.reason)
+    except InvalidValue as exc:
+        log.warning("instance from %s refused: %s", source.calling_ae_title, exc)
+        return StoreResult(StoreOutcome.REJECTED, str(exc))
+    mismatch = None
+    if expected_sop_class_uid is not None and header.sop_class_uid != expected_sop_class_uid:
+        mismatch = "SOPClassUID differs from the command's Affected SOP Class"
+    if (
+        expected_sop_instance_uid is not None
+        and header.sop_instance_uid != expected_sop_instance_uid
+    ):
+        mismatch = "SOPInstanceUID differs from the command's Affected SOP Instance"
+    if mismatch:
+        log.warning("instance from %s refused: %s", source.calling_ae_title, mismatch)
+        return _result(StoreOutcome.MISMATCH, mismatch, header)
+
+    # Content identity excludes the file meta, which differs between senders.
+    digest = hashlib.sha256(memoryview(part10)[offset:]).hexdigest()
+    try:
+        temp = store.write_temp(part10)
+    except OSError as exc:
+        log.error("cannot write instance to the store: %s", exc.strerror or exc)
+        return _result(StoreOutcome.FAILED, f"storage: {exc.strerror or exc}", header)
+
+    installed: Path | None = None
+    indexed: _Indexed | None = None
+    try:
+        for attempt in (1, 2):
+            try:
+                with db.unit_of_work() as session:
+                    indexed = _index(session, header, digest, len(part10), source, policy)
+                    if indexed.outcome in (StoreOutcome.STORED, StoreOutcome.REPLACED):
+                        installed = store.install(temp, indexed.relative_path)
+                break
+            except _LostInsertRace:
+                if attempt == 2:
+                    raise
+    except (SQLAlchemyError, OSError, _LostInsertRace) as exc:
+        if installed is not None and (indexed is None or indexed.old_path is None):
+            installed.unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
+        kind = "database" if isinstance(exc, SQLAlchemyError) else "storage"
+        log.error("instance not stored (%s unavailable): %s", kind, _short(exc))
+        return _result(StoreOutcome.FAILED, f"{kind} unavailable", header)
+    finally:
+        if installed is None:
+            temp.unlink(missing_ok=True)
+
+    assert indexed is not None
+    if indexed.old_path is not None and indexed.old_path != indexed.relative_path:
+        store.remove(indexed.old_path)  # only now that the new copy is committed
+    if indexed.outcome in (StoreOutcome.KEPT_EXISTING, StoreOutcome.REPLACED):
+        log.warning(
+            "SOP instance received again with different content from %s: %s",
+            source.calling_ae_title,
+            indexed.outcome.value,
+        )
+    return _result(indexed.outcome, indexed.audit_reason, header, new_study=indexed.new_study)
+
+
+def _result(
+    outcome: StoreOutcome, reason: str | None, header: InstanceHeader, *, new_study: bool = False
+) -> StoreResult:
+    return StoreResult(
+        outcome,
+        reason,
+        sop_instance_uid=header.sop_instance_uid,
+        study_instance_uid=header.study_instance_uid,
+        patient_id=header.patient_id,
+        accession_number=header.accession_number,
+        new_study=new_study,
+    )
+
+
+def _short(exc: Exception) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _index(
+    session: Session,
+    header: InstanceHeader,
+    digest: str,
+    size: int,
+    source: Source,
+    policy: IngestPolicy,
+) -> _Indexed:
+    now = datetime.now(UTC)
+    existing = session.scalar(
+        select(DicomInstance).where(DicomInstance.sop_instance_uid == header.sop_instance_uid)
+    )
+    if existing is not None:
+        return _index_resend(session, existing, header, digest, size, source, policy)
+
+    patient = _upsert_patient(session, header)
+    study, new_study = _upsert_study(session, header, patient, now)
+    quarantined = study.patient_pk != patient.id
+    if quarantined:
+        _quarantine(session, study, header, source)
+    series, new_series = _upsert_series(session, header, study)
+
+    relative = _relative_path(header)
+    inserted = insert_ignoring_conflict(
+        session,
+        DicomInstance,
+        {
+            "sop_instance_uid": header.sop_instance_uid,
+            "series_pk": series.id,
+            "sop_class_uid": header.sop_class_uid,
+            "instance_number": header.instance_number,
+            "transfer_syntax_uid": header.transfer_syntax_uid,
+            "file_path": relative,
+            "file_size": size,
+            "sha256": digest,
+            "calling_ae_title": source.calling_ae_title,
+            "source_address": source.address,
+            "received_at": now,
+            "request_attributes": [
+                {k: v for k, v in asdict(item).items() if v} for item in header.request_attributes
+            ]
+            or None,
+            "received_patient_id": header.patient_id,
+            "quarantined": quarantined,
+        },
+        unique=["sop_instance_uid"],
+    )
+    if not inserted:
+        raise _LostInsertRace()
+
+    session.execute(
+        update(DicomSeries)
+        .where(DicomSeries.id == series.id)
+        .values(instance_count=DicomSeries.instance_count + 1)
+    )
+    reopened = study.completeness == Completeness.COMPLETE.value
+    values: dict[str, object] = {
+        "instance_count": DicomStudy.instance_count + 1,
+        "last_received_at": now,
+        "completeness": Completeness.RECEIVING.value,
+    }
+    if new_series:
+        values["series_count"] = DicomStudy.series_count + 1
+    session.execute(update(DicomStudy).where(DicomStudy.id == study.id).values(**values))
+    if new_series and header.modality:
+        _add_modality(session, study, header.modality)
+    if reopened:
+        record_audit_event(
+            session,
+            AuditRecord(
+                event_code=AuditEventCode.PROCEDURE_RECORD,
+                action="study_reopened",
+                actor=source.calling_ae_title or source.actor,
+                source_address=source.address,
+                target_class="DicomStudy",
+                target_id=str(study.id),
+                patient_id=header.patient_id,
+                study_instance_uid=header.study_instance_uid,
+                reason="an instance arrived after the study was complete",
+                details={
+                    "before": {"completeness": Completeness.COMPLETE.value},
+                    "after": {"completeness": Completeness.RECEIVING.value},
+                },
+            ),
+        )
+    if new_study:
+        match_new_study(session, study_id=study.id, header=header, now=now, actor=source.actor)
+    return _Indexed(StoreOutcome.STORED, relative, new_study=new_study)
+
+
+class _LostInsertRace(Exception):
+    """Another receiver committed the same SOPInstanceUID first: redo as a resend."""
+
+
+def _relative_path(header: InstanceHeader, variant: str | None = None) -> str:
+    return FileStore.relative_path(
+        header.study_instance_uid,
+        header.series_instance_uid,
+        header.sop_instance_uid,
+        variant=variant,
+    )
+
+
+def _index_resend(
+    session: Session,
+    existing: DicomInstance,
+    header: InstanceHeader,
+    digest: str,
+    size: int,
+    source: Source,
+    policy: IngestPolicy,
+) -> _Indexed:
+    if existing.sha256 == digest:
+        return _Indexed(StoreOutcome.DUPLICATE, existing.file_path)
+    details: dict[str, object] = {
+        "before": {"sha256": existing.sha256, "file_size": existing.file_size},
+        "after": {"sha256": digest, "file_size": size},
+        "policy": policy.duplicate_policy,
+    }
+    if policy.duplicate_policy == "replace":
+        relative = _relative_path(header, variant=digest[:16])
+        old = existing.file_path
+        existing.file_path = relative
+        existing.sha256 = digest
+        existing.file_size = size
+        existing.transfer_syntax_uid = header.transfer_syntax_uid
+        existing.received_at = datetime.now(UTC)
+        outcome, reason = StoreOutcome.REPLACED, "new content replaced the stored copy"
+    else:
+        relative, old = existing.file_path, None
+        outcome, reason = StoreOutcome.KEPT_EXISTING, "stored copy kept, new content discarded"
+    record_audit_event(
+        session,
+        AuditRecord(
+            event_code=AuditEventCode.INSTANCES_TRANSFERRED,
+            action="instance_content_conflict",
+            outcome=AuditOutcome.MINOR_FAILURE,
+            actor=source.calling_ae_title or source.actor,
+            source_address=source.address,
+            target_class="DicomInstance",
+            target_id=header.sop_instance_uid,
+            patient_id=header.patient_id,
+            study_instance_uid=header.study_instance_uid,
+            accession_number=header.accession_number,
+            reason=reason,
+            details=details,
+        ),
+    )
+    return _Indexed(outcome, relative, old_path=old, audit_reason=reason)
+
+
+def _upsert_patient(session: Session, header: InstanceHeader) -> Patient:
+    insert_ignoring_conflict(
+        session,
+        Patient,
+        {
+            "patient_id": header.patient_id,
+            "issuer_of_patient_id": header.issuer_of_patient_id,
+            "patient_name": header.patient_name,
+            "patient_name_folded": fold_person_name(header.patient_name)
+            if header.patient_name
+            else None,
+            "patient_birth_date": header.patient_birth_date,
+            "patient_sex": header.patient_sex,
+        },
+        unique=["patient_id", "issuer_of_patient_id"],
+    )
+    patient = session.scalar(
+        select(Patient).where(
+            Patient.patient_id == header.patient_id,
+            Patient.issuer_of_patient_id == header.issuer_of_patient_id,
+        )
+    )
+    assert patient is not None
+    return patient
+
+
+def _upsert_study(
+    session: Session, header: InstanceHeader, patient: Patient, now: datetime
+) -> tuple[DicomStudy, bool]:
+    created = insert_ignoring_conflict(
+        session,
+        DicomStudy,
+        {
+            "study_instance_uid": header.study_instance_uid,
+            "patient_pk": patient.id,
+            "accession_number": header.accession_number,
+            "accession_issuer": header.accession_issuer,
+            "study_id": header.study_id,
+            "study_date": header.study_date,
+            "study_time": header.study_time,
+            "study_description": header.study_description,
+            "referring_physician_name": header.referring_physician_name,
+            "body_part_examined": header.body_part_examined,
+            "modality_type": header.modality,
+            "metadata_status": MetadataStatus.PENDING.value,
+            "status": StudyStatus.ACQUIRED.value,
+            "completeness": Completeness.RECEIVING.value,
+            "first_received_at": now,
+            "last_received_at": now,
+        },
+        unique=["study_instance_uid"],
+    )
+    study = session.scalar(
+        select(DicomStudy).where(DicomStudy.study_instance_uid == header.study_instance_uid)
+    )
+    assert study is not None
+    return study, created
+
+
+def _upsert_series(
+    session: Session, header: InstanceHeader, study: DicomStudy
+) -> tuple[DicomSeries, bool]:
+    created = insert_ignoring_conflict(
+        session,
+        DicomSeries,
+        {
+            "series_instance_uid": header.series_instance_uid,
+            "study_pk": study.id,
+            "modality": header.modality,
+            "series_number": header.series_number,
+            "series_description": header.series_description,
+            "body_part_examined": header.body_part_examined,
+            "station_name": header.station_name,
+            "series_date": header.series_date,
+            "series_time": header.series_time,
+        },
+        unique=["series_instance_uid"],
+    )
+    series = session.scalar(
+        select(DicomSeries).where(DicomSeries.series_instance_uid == header.series_instance_uid)
+    )
+    assert series is not None
+    return series, created
+
+
+def _add_modality(session: Session, study: DicomStudy, modality: str) -> None:
+    # Re-read under the row lock the counter update just took: no lost update.
+    current = session.scalar(
+        select(DicomStudy.modalities_in_study).where(DicomStudy.id == study.id)
+    )
+    values = set(filter(None, (current or "").split("\\")))
+    if modality not in values:
+        values.add(modality)
+        session.execute(
+            update(DicomStudy)
+            .where(DicomStudy.id == study.id)
+            .values(modalities_in_study="\\".join(sorted(values)))
+        )
+
+
+def _quarantine(
+    session: Session, study: DicomStudy, header: InstanceHeader, source: Source
+) -> None:
+    """A known StudyInstanceUID for another patient: flag, never merge."""
+    before = study.metadata_status
+    if before != MetadataStatus.CONFLICT.value:
+        session.execute(
+            update(DicomStudy)
+            .where(DicomStudy.id == study.id)
+            .values(metadata_status=MetadataStatus.CONFLICT.value)
+        )
+    record_audit_event(
+        session,
+        AuditRecord(
+            event_code=AuditEventCode.PATIENT_RECORD,
+            action="study_patient_conflict",
+            outcome=AuditOutcome.MINOR_FAILURE,
+            actor=source.calling_ae_title or source.actor,
+            source_address=source.address,
+            target_class="DicomStudy",
+            target_id=str(study.id),
+            patient_id=header.patient_id,
+            study_instance_uid=header.study_instance_uid,
+            accession_number=header.accession_number,
+            reason="instance carries a known StudyInstanceUID with a different PatientID",
+            details={
+                "before": {"metadata_status": before},
+                "after": {"metadata_status": MetadataStatus.CONFLICT.value},
+                "sop_instance_uid": header.sop_instance_uid,
+            },
+        ),
+    )

@@ -1,0 +1,144 @@
+"""Tying a newly seen study to the order it fulfils (DOMAIN.md, reconciliation)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dicom_node.db.models import DicomStudy, ImagingRequest
+from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.dataset_header import InstanceHeader
+from dicom_node.domain.enums import AuditOutcome, MetadataStatus, RequestStatus
+from dicom_node.domain.matching import Demographics, demographic_mismatches
+from dicom_node.services.audit import record_audit_event
+
+log = logging.getLogger("dicom_node.matching")
+
+# An order can receive images unless it was cancelled before anything happened.
+_OPEN_FOR_IMAGES = [
+    RequestStatus.REQUESTED.value,
+    RequestStatus.SCHEDULED.value,
+    RequestStatus.IN_PROGRESS.value,
+    RequestStatus.PERFORMED.value,
+    RequestStatus.DISCONTINUED.value,
+]
+
+
+def find_order(session: Session, header: InstanceHeader) -> tuple[ImagingRequest | None, str]:
+    """The order for these images, by the DOMAIN.md precedence, and what matched."""
+    order = session.scalar(
+        select(ImagingRequest).where(
+            ImagingRequest.study_instance_uid == header.study_instance_uid,
+            ImagingRequest.status.in_(_OPEN_FOR_IMAGES),
+        )
+    )
+    if order is not None:
+        return order, "StudyInstanceUID"
+    candidates: list[tuple[str | None, str, str]] = [
+        (header.accession_number, header.accession_issuer, "AccessionNumber")
+    ]
+    candidates += [
+        (item.accession_number, item.accession_issuer, "RequestAttributesSequence")
+        for item in header.request_attributes
+    ]
+    for accession, issuer, how in candidates:
+        if not accession:
+            continue
+        query = select(ImagingRequest).where(
+            ImagingRequest.accession_number == accession,
+            ImagingRequest.status.in_(_OPEN_FOR_IMAGES),
+        )
+        if issuer:
+            query = query.where(ImagingRequest.accession_issuer.in_([issuer, ""]))
+        order = session.scalars(query.order_by(ImagingRequest.id)).first()
+        if order is not None:
+            return order, how
+    return None, ""
+
+
+def match_new_study(
+    session: Session, *, study_id: int, header: InstanceHeader, now: datetime, actor: str
+) -> MetadataStatus:
+    """Set the new study's metadataStatus and link it to its order; audit the result."""
+    study = session.get(DicomStudy, study_id)
+    assert study is not None
+    order, matched_by = find_order(session, header)
+    if order is None:
+        status, mismatches = MetadataStatus.UNMATCHED, []
+    else:
+        mismatches = demographic_mismatches(
+            Demographics(
+                order.patient_id,
+                order.issuer_of_patient_id,
+                order.patient_name,
+                order.patient_birth_date,
+                order.patient_sex,
+            ),
+            Demographics(
+                header.patient_id,
+                header.issuer_of_patient_id,
+                header.patient_name,
+                header.patient_birth_date,
+                header.patient_sex,
+            ),
+        )
+        status = MetadataStatus.CONFLICT if mismatches else MetadataStatus.MATCHED
+        # Linked either way: a conflict is reviewed against the order it claims.
+        study.imaging_request_id = order.id
+    if study.metadata_status != MetadataStatus.CONFLICT.value:
+        study.metadata_status = status.value
+    else:
+        status = MetadataStatus.CONFLICT
+
+    if order is not None and status is MetadataStatus.MATCHED:
+        _start_exam(session, order, now=now, actor=actor)
+    record_audit_event(
+        session,
+        AuditRecord(
+            event_code=AuditEventCode.PROCEDURE_RECORD,
+            action=f"study_{status.value}",
+            outcome=AuditOutcome.SUCCESS
+            if status is MetadataStatus.MATCHED
+            else AuditOutcome.MINOR_FAILURE,
+            actor=actor,
+            target_class="DicomStudy",
+            target_id=str(study.id),
+            patient_id=header.patient_id,
+            study_instance_uid=header.study_instance_uid,
+            accession_number=header.accession_number,
+            details={
+                "order_id": order.id if order else None,
+                "matched_by": matched_by or None,
+                "mismatched_attributes": mismatches,
+            },
+        ),
+    )
+    return status
+
+
+def _start_exam(session: Session, order: ImagingRequest, *, now: datetime, actor: str) -> None:
+    """First image of a requested or scheduled order: the exam is in progress."""
+    if order.status not in (RequestStatus.REQUESTED.value, RequestStatus.SCHEDULED.value):
+        return
+    before = order.status
+    order.status = RequestStatus.IN_PROGRESS.value
+    if order.exam_started_at is None:
+        order.exam_started_at = now
+    record_audit_event(
+        session,
+        AuditRecord(
+            event_code=AuditEventCode.ORDER_RECORD,
+            action="order_in_progress",
+            actor=actor,
+            target_class="ImagingRequest",
+            target_id=str(order.id),
+            patient_id=order.patient_id,
+            study_instance_uid=order.study_instance_uid,
+            accession_number=order.accession_number,
+            reason="first image received",
+            details={"before": {"status": before}, "after": {"status": order.status}},
+        ),
+    )

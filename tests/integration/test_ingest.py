@@ -1,0 +1,413 @@
+"""store_instance against real databases and a real file store."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+from pydicom.uid import generate_uid
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+from dicom_node.db.engine import Database
+from dicom_node.db.models import (
+    AuditEvent,
+    DicomInstance,
+    DicomSeries,
+    DicomStudy,
+    ImagingRequest,
+    Patient,
+    PerformedProcedureStep,
+    WorklistItem,
+)
+from dicom_node.domain.demo import DEMO_STUDIES
+from dicom_node.domain.enums import Priority
+from dicom_node.domain.matching import SlaPolicy
+from dicom_node.domain.part10 import dataset_offset
+from dicom_node.jobs.workflow import run_study_stability
+from dicom_node.services.demo import load_demo
+from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
+from dicom_node.storage import FileStore
+from tests.dicomfiles import ct_dataset, to_bytes
+from tests.support import SAMPLE_DIR
+
+KEEP = IngestPolicy(duplicate_policy="keep")
+SOURCE = Source(calling_ae_title="CT_MAIN_1", address="127.0.0.1:5000")
+SLA = SlaPolicy()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FileStore:
+    return FileStore(tmp_path / "store", fsync=True)
+
+
+def put(db: Database, store: FileStore, data: bytes, policy: IngestPolicy = KEEP):  # type: ignore[no-untyped-def]
+    return store_instance(db, store, part10=data, source=SOURCE, policy=policy)
+
+
+def count(db: Database, model: type) -> int:  # type: ignore[type-arg]
+    with db.read() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def study_row(db: Database, uid: str) -> DicomStudy:
+    with db.read() as session:
+        study = session.scalar(select(DicomStudy).where(DicomStudy.study_instance_uid == uid))
+        assert study is not None
+        return study
+
+
+def test_sample_studies_are_indexed_with_exact_counts(db: Database, store: FileStore) -> None:
+    for path in sorted(SAMPLE_DIR.rglob("*.dcm")):
+        assert put(db, store, path.read_bytes()).outcome is StoreOutcome.STORED
+    for demo in DEMO_STUDIES:
+        study = study_row(db, demo.study_instance_uid)
+        assert study.series_count == len(demo.series)
+        assert study.instance_count == sum(s.instances for s in demo.series)
+        assert study.modalities_in_study == demo.modality
+        assert study.accession_number == demo.accession_number
+    assert count(db, Patient) == len(DEMO_STUDIES)
+    with db.read() as session:
+        names = set(session.scalars(select(Patient.patient_name)))
+    assert "Yamada^Tarou=山田^太郎=やまだ^たろう" in names
+    assert "MÜLLER^HANS" in names
+
+
+def test_stored_file_is_the_received_bytes_at_a_uid_path(db: Database, store: FileStore) -> None:
+    sample = next(iter(sorted(SAMPLE_DIR.rglob("*.dcm"))))
+    data = sample.read_bytes()
+    put(db, store, data)
+    with db.read() as session:
+        instance = session.scalars(select(DicomInstance)).one()
+        series = session.get(DicomSeries, instance.series_pk)
+        study = session.get(DicomStudy, series.study_pk)  # type: ignore[union-attr]
+    expected = (
+        f"{study.study_instance_uid}/{series.series_instance_uid}/{instance.sop_instance_uid}.dcm"  # type: ignore[union-attr]
+    )
+    assert instance.file_path == expected
+    assert store.absolute(instance.file_path).read_bytes() == data
+    assert instance.sha256 == hashlib.sha256(data[dataset_offset(data) :]).hexdigest()
+    assert instance.calling_ae_title == "CT_MAIN_1"
+    assert instance.file_size == len(data)
+    assert list(store.tmp.iterdir()) == []
+
+
+def test_resending_identical_content_changes_nothing(db: Database, store: FileStore) -> None:
+    data = to_bytes(ct_dataset(study_uid=generate_uid()))
+    assert put(db, store, data).outcome is StoreOutcome.STORED
+    assert put(db, store, data).outcome is StoreOutcome.DUPLICATE
+    assert (count(db, DicomInstance), count(db, DicomSeries), count(db, DicomStudy)) == (1, 1, 1)
+    with db.read() as session:
+        assert session.scalars(select(DicomStudy.instance_count)).one() == 1
+    assert list(store.tmp.iterdir()) == []
+
+
+def test_different_content_under_a_known_uid_is_kept_out_and_audited(
+    db: Database, store: FileStore
+) -> None:
+    first = ct_dataset(study_uid=generate_uid(), pixel_seed=1)
+    second = ct_dataset(
+        study_uid=first.StudyInstanceUID,
+        series_uid=first.SeriesInstanceUID,
+        sop_uid=first.SOPInstanceUID,
+        pixel_seed=2,
+    )
+    put(db, store, to_bytes(first))
+    result = put(db, store, to_bytes(second))
+    assert result.outcome is StoreOutcome.KEPT_EXISTING
+    with db.read() as session:
+        instance = session.scalars(select(DicomInstance)).one()
+        event = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "instance_content_conflict")
+        ).one()
+    assert store.absolute(instance.file_path).read_bytes() == to_bytes(first)
+    assert event.details["policy"] == "keep"
+    assert event.target_id == first.SOPInstanceUID
+
+
+def test_replace_policy_swaps_the_file_only_after_the_new_copy_is_in_place(
+    db: Database, store: FileStore
+) -> None:
+    first = ct_dataset(study_uid=generate_uid(), pixel_seed=1)
+    second = ct_dataset(
+        study_uid=first.StudyInstanceUID,
+        series_uid=first.SeriesInstanceUID,
+        sop_uid=first.SOPInstanceUID,
+        pixel_seed=2,
+    )
+    put(db, store, to_bytes(first))
+    with db.read() as session:
+        old_path = session.scalars(select(DicomInstance.file_path)).one()
+    result = put(db, store, to_bytes(second), IngestPolicy(duplicate_policy="replace"))
+    assert result.outcome is StoreOutcome.REPLACED
+    with db.read() as session:
+        instance = session.scalars(select(DicomInstance)).one()
+        study = session.scalars(select(DicomStudy)).one()
+    assert instance.file_path != old_path
+    assert store.absolute(instance.file_path).read_bytes() == to_bytes(second)
+    assert not store.absolute(old_path).exists()
+    assert study.instance_count == 1
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"garbage" * 100, b"\x00" * 128 + b"DICM" + b"\x02\x00"],
+    ids=["empty", "garbage", "truncated-meta"],
+)
+def test_unreadable_data_is_rejected_and_leaves_nothing(
+    db: Database, store: FileStore, data: bytes
+) -> None:
+    result = put(db, store, data)
+    assert result.outcome is StoreOutcome.REJECTED
+    assert result.reason
+    assert count(db, DicomInstance) == 0
+    assert count(db, DicomStudy) == 0
+    assert list(store.tmp.iterdir()) == []
+    assert store.iter_files() == []
+
+
+def test_truncated_real_file_is_rejected(db: Database, store: FileStore) -> None:
+    data = to_bytes(ct_dataset(study_uid=generate_uid()))
+    result = put(db, store, data[: len(data) // 2])
+    assert result.outcome in (StoreOutcome.REJECTED, StoreOutcome.MISMATCH)
+    assert count(db, DicomInstance) == 0
+
+
+def test_hostile_uid_never_becomes_a_path(db: Database, store: FileStore) -> None:
+    ds = ct_dataset(study_uid="../../../../etc")
+    result = put(db, store, to_bytes(ds))
+    assert result.outcome is StoreOutcome.MISMATCH
+    assert result.reason == "StudyInstanceUID is not a valid UID"
+    assert store.iter_files() == []
+
+
+# --------------------------------------------------------------------------- matching
+
+
+def _load_demo(db: Database) -> None:
+    with db.unit_of_work() as session:
+        load_demo(session, password="demo-password-1", actor="test")
+
+
+def test_samples_match_their_demo_orders_by_study_uid(db: Database, store: FileStore) -> None:
+    _load_demo(db)
+    for path in sorted(SAMPLE_DIR.rglob("*.dcm")):
+        put(db, store, path.read_bytes())
+    with db.read() as session:
+        for demo in DEMO_STUDIES:
+            study = session.scalar(
+                select(DicomStudy).where(DicomStudy.study_instance_uid == demo.study_instance_uid)
+            )
+            assert study is not None
+            if demo.ordered:
+                order = session.get(ImagingRequest, study.imaging_request_id)
+                assert study.metadata_status == "matched"
+                assert order is not None and order.accession_number == demo.accession_number
+                assert order.status == "in_progress"
+                assert order.exam_started_at is not None
+            else:
+                assert study.metadata_status == "unmatched"
+                assert study.imaging_request_id is None
+
+
+def _order(db: Database, **values: object) -> int:
+    defaults: dict[str, object] = {
+        "patient_id": "PAT1",
+        "patient_name": "DOE^JANE",
+        "patient_name_folded": "doe^jane",
+        "patient_birth_date": "19700101",
+        "patient_sex": "F",
+        "status": "scheduled",
+        "priority": "routine",
+    }
+    with db.unit_of_work() as session:
+        order = ImagingRequest(**{**defaults, **values})
+        session.add(order)
+        session.flush()
+        return order.id
+
+
+@pytest.mark.parametrize("how", ["accession", "request_attributes"])
+def test_study_matches_by_accession_or_request_attributes(
+    db: Database, store: FileStore, how: str
+) -> None:
+    order_id = _order(db, accession_number="ACC77")
+    study_uid = generate_uid()
+    ds = (
+        ct_dataset(study_uid=study_uid, accession="ACC77")
+        if how == "accession"
+        else ct_dataset(study_uid=study_uid, request_accessions=("OTHER", "ACC77"))
+    )
+    put(db, store, to_bytes(ds))
+    study = study_row(db, study_uid)
+    assert (study.metadata_status, study.imaging_request_id) == ("matched", order_id)
+    with db.read() as session:
+        event = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "study_matched")
+        ).one()
+    assert event.details["matched_by"] == (
+        "AccessionNumber" if how == "accession" else "RequestAttributesSequence"
+    )
+
+
+def test_demographic_disagreement_with_the_order_is_a_conflict(
+    db: Database, store: FileStore
+) -> None:
+    _order(db, accession_number="ACC88", patient_birth_date="19800101")
+    study_uid = generate_uid()
+    put(db, store, to_bytes(ct_dataset(study_uid=study_uid, accession="ACC88")))
+    assert study_row(db, study_uid).metadata_status == "conflict"
+    with db.read() as session:
+        event = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "study_conflict")
+        ).one()
+        order = session.scalars(select(ImagingRequest)).one()
+    assert event.details["mismatched_attributes"] == ["PatientBirthDate"]
+    assert order.status == "scheduled"  # a conflict does not start the exam
+
+
+def test_known_study_uid_for_another_patient_is_quarantined_not_merged(
+    db: Database, store: FileStore
+) -> None:
+    study_uid = generate_uid()
+    put(db, store, to_bytes(ct_dataset(study_uid=study_uid, patient_id="PAT1")))
+    intruder = ct_dataset(study_uid=study_uid, patient_id="PAT2", patient_name="ROE^RICHARD")
+    assert put(db, store, to_bytes(intruder)).outcome is StoreOutcome.STORED
+    study = study_row(db, study_uid)
+    assert study.metadata_status == "conflict"
+    with db.read() as session:
+        flagged = session.scalars(
+            select(DicomInstance).where(DicomInstance.quarantined.is_(True))
+        ).one()
+        patient = session.get(Patient, study.patient_pk)
+        audit = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "study_patient_conflict")
+        ).one()
+    assert flagged.sop_instance_uid == intruder.SOPInstanceUID
+    assert flagged.received_patient_id == "PAT2"
+    assert patient is not None and patient.patient_id == "PAT1"  # the study keeps its patient
+    assert audit.patient_id == "PAT2"
+
+
+# --------------------------------------------------------------------------- completeness
+
+
+def _settle(db: Database, after_seconds: float, stable: int = 60):  # type: ignore[no-untyped-def]
+    with db.read() as session:
+        last = session.scalar(select(func.max(DicomStudy.last_received_at)))
+    assert last is not None
+    return run_study_stability(
+        db, stable_seconds=stable, sla=SLA, now=last + timedelta(seconds=after_seconds)
+    )
+
+
+def test_matched_study_completes_after_the_quiet_period_and_is_queued_for_reading(
+    db: Database, store: FileStore
+) -> None:
+    order_id = _order(db, accession_number="ACC1", priority="stat")
+    study_uid = generate_uid()
+    series_uid = generate_uid()
+    for n in range(3):
+        put(
+            db,
+            store,
+            to_bytes(
+                ct_dataset(
+                    study_uid=study_uid, series_uid=series_uid, accession="ACC1", instance_number=n
+                )
+            ),
+        )
+    summary = _settle(db, after_seconds=30)
+    assert (summary.became_quiet, summary.completed) == (0, 0)
+    assert study_row(db, study_uid).completeness == "receiving"
+    summary = _settle(db, after_seconds=61)
+    assert (summary.became_quiet, summary.completed) == (1, 1)
+    study = study_row(db, study_uid)
+    assert (study.completeness, study.completeness_evidence) == ("complete", "stability_timer")
+    with db.read() as session:
+        order = session.get(ImagingRequest, order_id)
+        item = session.scalars(select(WorklistItem)).one()
+    assert order is not None and order.status == "performed"
+    assert (item.queue_type, item.priority, item.dicom_study_id) == ("reading", "stat", study.id)
+    assert study.completed_at is not None
+    assert item.due_at == SLA.due(Priority.STAT, study.completed_at)
+
+
+def test_unmatched_study_goes_to_reconciliation_not_reading(db: Database, store: FileStore) -> None:
+    put(db, store, to_bytes(ct_dataset(study_uid=generate_uid(), accession="NOORDER")))
+    _settle(db, after_seconds=61)
+    with db.read() as session:
+        item = session.scalars(select(WorklistItem)).one()
+    assert item.queue_type == "reconciliation"
+
+
+def test_late_image_reopens_a_complete_study_without_a_second_work_item(
+    db: Database, store: FileStore
+) -> None:
+    _order(db, accession_number="ACC2")
+    study_uid, series_uid = generate_uid(), generate_uid()
+    put(
+        db,
+        store,
+        to_bytes(ct_dataset(study_uid=study_uid, series_uid=series_uid, accession="ACC2")),
+    )
+    _settle(db, after_seconds=61)
+    put(db, store, to_bytes(ct_dataset(study_uid=study_uid, accession="ACC2", instance_number=9)))
+    study = study_row(db, study_uid)
+    assert (study.completeness, study.instance_count, study.series_count) == ("receiving", 2, 2)
+    _settle(db, after_seconds=61)
+    assert study_row(db, study_uid).completeness == "complete"
+    assert count(db, WorklistItem) == 1
+    with db.read() as session:
+        assert session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "study_reopened")
+        ).one()
+
+
+def test_study_with_mpps_in_progress_waits_quiet_instead_of_completing(
+    db: Database, store: FileStore
+) -> None:
+    order_id = _order(db, accession_number="ACC3")
+    with db.unit_of_work() as session:
+        session.add(
+            PerformedProcedureStep(
+                sop_instance_uid=generate_uid(), status="IN PROGRESS", imaging_request_id=order_id
+            )
+        )
+    study_uid = generate_uid()
+    put(db, store, to_bytes(ct_dataset(study_uid=study_uid, accession="ACC3")))
+    summary = _settle(db, after_seconds=600)
+    assert (summary.became_quiet, summary.completed, summary.waiting_for_mpps) == (1, 0, 1)
+    assert study_row(db, study_uid).completeness == "quiet"
+    assert count(db, WorklistItem) == 0
+
+
+# --------------------------------------------------------------------------- outages
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_database_outage_fails_the_store_and_leaves_no_file(
+    db: Database,
+    store: FileStore,
+    db_url: str,
+    postgres,  # type: ignore[no-untyped-def]
+) -> None:
+    name = make_url(db_url).database
+    db.dispose()
+    with psycopg.connect(postgres.psycopg_dsn(), autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+        )
+    result = put(db, store, to_bytes(ct_dataset(study_uid=generate_uid())))
+    assert result.outcome is StoreOutcome.FAILED
+    assert result.reason == "database unavailable"
+    assert store.iter_files() == []
+    assert list(store.tmp.iterdir()) == []
+    with psycopg.connect(postgres.psycopg_dsn(), autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+    retry = put(db, store, to_bytes(ct_dataset(study_uid=generate_uid())))
+    assert retry.outcome is StoreOutcome.STORED  # recovers without a restart
