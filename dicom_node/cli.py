@@ -18,7 +18,7 @@ from dicom_node.db.engine import redact_url
 from dicom_node.domain.enums import Role
 from dicom_node.domain.errors import DomainError
 from dicom_node.logging_setup import configure_logging
-from dicom_node.node import Node, StartupError, ensure_schema, open_database
+from dicom_node.node import Node, StartupError, ensure_schema, open_database, open_store
 from dicom_node.settings import ConfigError, Settings, load_settings
 
 EXIT_OK = 0
@@ -109,6 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the demo users' password from standard input (default: generated, printed)",
     )
     demo.set_defaults(run=cmd_demo)
+
+    importing = commands.add_parser(
+        "import", help="store and index DICOM files and folders through the C-STORE path"
+    )
+    importing.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    importing.set_defaults(run=cmd_import)
+
+    commands.add_parser(
+        "reindex", help="rebuild the index from the files in the store"
+    ).set_defaults(run=cmd_reindex)
 
     config = commands.add_parser("config", help="configuration").add_subparsers(
         title="config commands", metavar="CONFIG_COMMAND", required=True
@@ -236,6 +246,58 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     if summary.users_created and not args.password_stdin:
         print(f"demo users' password: {password}")
     return EXIT_OK
+
+
+def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
+    missing = [str(path) for path in args.paths if not path.exists()]
+    if missing:
+        raise CommandError(f"no such file or directory: {', '.join(missing)}")
+    from dicom_node.services.importing import iter_files
+
+    return _import(settings, list(iter_files(args.paths)), actor="import")
+
+
+def cmd_reindex(settings: Settings, args: argparse.Namespace) -> int:
+    store = open_store(settings)
+    return _import(settings, store.iter_files(), actor="reindex")
+
+
+def _import(settings: Settings, files: list[Path], *, actor: str) -> int:
+    from dicom_node.services.importing import import_files
+    from dicom_node.services.ingest import IngestPolicy
+
+    db = open_database(settings)
+    try:
+        ensure_schema(db, upgrade_if_empty=True)
+        store = open_store(settings)
+        summary = import_files(
+            db,
+            store,
+            files,
+            policy=IngestPolicy(duplicate_policy=settings.duplicate_policy),
+            actor=actor,
+            progress=_progress_bar(len(files)) if sys.stderr.isatty() else None,
+        )
+    finally:
+        db.dispose()
+    print(summary.describe())
+    return EXIT_OK if summary.ok else EXIT_FAILURE
+
+
+def _progress_bar(total: int) -> Callable[[int], None]:
+    width = 40
+
+    def show(done: int) -> None:
+        filled = width * done // max(total, 1)
+        end = "\n" if done == total else ""
+        print(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}",
+            end=end,
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return show
 
 
 def cmd_config_show(settings: Settings, args: argparse.Namespace) -> int:

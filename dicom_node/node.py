@@ -11,8 +11,10 @@ import logging
 import socket
 import threading
 import time
+from functools import partial
 
 import uvicorn
+from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import inspect
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -20,9 +22,12 @@ from api.app import create_app
 from api.deps import ApiContext
 from dicom_node.db import migrate
 from dicom_node.db.engine import Database, redact_url
+from dicom_node.domain.matching import SlaPolicy
 from dicom_node.jobs.scheduler import JobSpec, build_scheduler
+from dicom_node.jobs.workflow import run_study_stability, run_temp_sweep
 from dicom_node.scp.server import DicomServer, configure_pynetdicom
 from dicom_node.settings import Settings
+from dicom_node.storage import FileStore
 
 log = logging.getLogger("dicom_node")
 
@@ -53,6 +58,21 @@ def open_database(settings: Settings) -> Database:
             f"database {redact_url(settings.database_url)} is unreachable: {reason}"
         ) from None
     return db
+
+
+def open_store(settings: Settings) -> FileStore:
+    try:
+        return FileStore(settings.data_dir, fsync=settings.fsync)
+    except OSError as exc:
+        raise StartupError(f"cannot use data dir {settings.data_dir}: {exc.strerror}") from None
+
+
+def sla_policy(settings: Settings) -> SlaPolicy:
+    return SlaPolicy(
+        stat_minutes=settings.sla_stat_minutes,
+        urgent_minutes=settings.sla_urgent_minutes,
+        routine_minutes=settings.sla_routine_minutes,
+    )
 
 
 def ensure_schema(db: Database, *, upgrade_if_empty: bool) -> None:
@@ -101,22 +121,43 @@ class Node:
         self._http_server: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
         self._http_socket: socket.socket | None = None
-        self._scheduler = build_scheduler(self._jobs())
+        self._scheduler: BackgroundScheduler | None = None
+        self.store: FileStore | None = None
         self.http_port = 0
         self.dicom_port = 0
 
-    def _jobs(self) -> list[JobSpec]:
-        return []
+    def _jobs(self, db: Database, store: FileStore) -> list[JobSpec]:
+        """Every scheduled job of the node, registered here and only here."""
+        settings = self.settings
+        sla = sla_policy(settings)
+        return [
+            JobSpec(
+                "study-stability",
+                partial(
+                    run_study_stability, db, stable_seconds=settings.study_stable_seconds, sla=sla
+                ),
+                settings.stability_check_interval_seconds,
+            ),
+            JobSpec(
+                "temp-file-sweep",
+                partial(run_temp_sweep, store, max_age_seconds=settings.temp_file_max_age_seconds),
+                max(60.0, settings.temp_file_max_age_seconds / 4),
+            ),
+        ]
 
     def start(self) -> None:
         """Start everything, or nothing: a failure stops what already started."""
-        configure_pynetdicom(log_phi=self.settings.log_phi)
+        configure_pynetdicom(
+            log_phi=self.settings.log_phi,
+            accept_unknown_sop_classes=self.settings.accept_unknown_sop_classes,
+        )
         try:
             self.db = open_database(self.settings)
             ensure_schema(self.db, upgrade_if_empty=True)
+            self.store = open_store(self.settings)
             # Bind the HTTP port first: the socket is only held, nothing served yet.
             self._http_socket = bind_http_socket(self.settings.bind_host, self.settings.http_port)
-            self.dicom = DicomServer(self.settings, self.db)
+            self.dicom = DicomServer(self.settings, self.db, self.store)
             try:
                 self.dicom.start()
             except OSError as exc:
@@ -124,6 +165,7 @@ class Node:
                     _bind_error("DICOM", self.settings.bind_host, self.settings.dicom_port, exc)
                 ) from None
             self.dicom_port = self.dicom.port
+            self._scheduler = build_scheduler(self._jobs(self.db, self.store))
             self._scheduler.start()
             log.info("scheduler started with %d jobs", len(self._scheduler.get_jobs()))
             self._start_http()
@@ -133,10 +175,11 @@ class Node:
 
     def _start_http(self) -> None:
         assert self.db is not None and self.dicom is not None and self._http_socket is not None
-        dicom = self.dicom
+        dicom, scheduler = self.dicom, self._scheduler
+        assert scheduler is not None
         context = ApiContext(
             db=self.db,
-            probes={"dicom": dicom.is_listening, "scheduler": lambda: self._scheduler.running},
+            probes={"dicom": dicom.is_listening, "scheduler": lambda: bool(scheduler.running)},
         )
         config = uvicorn.Config(
             create_app(context),
@@ -170,7 +213,7 @@ class Node:
         if self._http_socket is not None:
             self._http_socket.close()
             self._http_socket = None
-        if self._scheduler.running:
+        if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=True)
         if self.dicom is not None:
             self.dicom.stop(self.settings.shutdown_grace_seconds)

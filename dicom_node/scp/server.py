@@ -6,24 +6,60 @@ import logging
 import time
 from typing import Any
 
-from pynetdicom import AE, _config
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.db.engine import Database
 from dicom_node.scp.handlers import build_handlers
+from dicom_node.scp.store import StoreHandler
+from dicom_node.services.ingest import IngestPolicy
 from dicom_node.settings import Settings
+from dicom_node.storage import FileStore
+
+_LOSSLESS_COMPRESSED = [
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.92",  # JPEG 2000 Multi-component Lossless
+    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+]
+_UNCOMPRESSED = [
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian: keeps the VRs of private tags
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired)
+]
+# pynetdicom accepts, within one proposed context, the first syntax of *our* list
+# that the peer offers. Senders (storescu included) propose a file's own syntax in
+# a context of its own, so it is kept as sent and nothing here decompresses. For a
+# context that mixes syntaxes: lossless compressed first, then uncompressed, lossy
+# last, so we never make a modality compress an original image lossily.
+STORAGE_TRANSFER_SYNTAXES = [
+    *[uid for uid in _LOSSLESS_COMPRESSED if uid in ALL_TRANSFER_SYNTAXES],
+    *_UNCOMPRESSED,
+    *[
+        uid
+        for uid in ALL_TRANSFER_SYNTAXES
+        if uid not in _LOSSLESS_COMPRESSED and uid not in _UNCOMPRESSED
+    ],
+]
 
 log = logging.getLogger("dicom_node.scp")
 
 
-def configure_pynetdicom(*, log_phi: bool) -> None:
+def configure_pynetdicom(*, log_phi: bool, accept_unknown_sop_classes: bool) -> None:
     """Process-wide pynetdicom switches; called once by the composition root."""
     # pynetdicom logs request/response identifiers (patient names, IDs) at INFO.
     _config.LOG_REQUEST_IDENTIFIERS = log_phi
     _config.LOG_RESPONSE_IDENTIFIERS = log_phi
     # The "standard" handlers decode every PDU just to log it: costly and chatty.
     _config.LOG_HANDLER_LEVEL = "none"
+    # Private storage SOP classes pynetdicom does not know: refused unless configured.
+    _config.UNRESTRICTED_STORAGE_SERVICE = accept_unknown_sop_classes
 
 
 def build_ae(settings: Settings) -> AE:
@@ -36,16 +72,21 @@ def build_ae(settings: Settings) -> AE:
     ae.dimse_timeout = settings.dimse_timeout_seconds
     ae.network_timeout = settings.network_timeout_seconds
     ae.add_supported_context(Verification)
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(str(context.abstract_syntax), STORAGE_TRANSFER_SYNTAXES)
     return ae
 
 
 class DicomServer:
     """Starts the SCP without blocking and stops it gracefully."""
 
-    def __init__(self, settings: Settings, db: Database) -> None:
+    def __init__(self, settings: Settings, db: Database, store: FileStore) -> None:
         self._settings = settings
         self._db = db
         self._ae = build_ae(settings)
+        self._store_handler = StoreHandler(
+            db, store, IngestPolicy(duplicate_policy=settings.duplicate_policy)
+        )
         self._server: ThreadedAssociationServer | None = None
 
     def start(self) -> tuple[str, int]:
@@ -53,7 +94,7 @@ class DicomServer:
         server = self._ae.start_server(
             (self._settings.bind_host, self._settings.dicom_port),
             block=False,
-            evt_handlers=build_handlers(self._db),
+            evt_handlers=build_handlers(self._db, self._store_handler),
         )
         assert server is not None
         self._server = server

@@ -1,7 +1,15 @@
-"""DIMSE status codes the node answers with (PS3.7 Annex C, PS3.4)."""
+"""DIMSE status codes the node answers with (PS3.7 Annex C, PS3.4 B.2.3)."""
 
 SUCCESS = 0x0000
 PROCESSING_FAILURE = 0x0110
+
+# C-STORE (PS3.4 table B.2-1)
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+
+# ErrorComment (0000,0902) is LO: at most 64 characters
+ERROR_COMMENT_MAX = 64
 
 # A-ASSOCIATE-RJ (PS3.8 9.3.4): result, source, reason
 REJECTED_PERMANENT = 0x01

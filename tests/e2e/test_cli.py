@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
 import subprocess
-import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,16 +14,7 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from tests.support import dcmtk_env, dcmtk_tool, free_port
-
-COMMAND = [sys.executable, "-m", "dicom_node"]
-
-
-def clean_env(tmp_path: Path, **settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOM_NODE_")}
-    env["DICOM_NODE_DATA_DIR"] = str(tmp_path / "data")
-    env.update({f"DICOM_NODE_{name.upper()}": value for name, value in settings.items()})
-    return env
+from tests.support import COMMAND, Served, clean_env, dcmtk_env, dcmtk_tool, free_port
 
 
 def run(
@@ -50,62 +37,6 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, t
     errors = [line for line in result.stderr.splitlines() if line.startswith("dicom-node: error:")]
     assert len(errors) == 1, result.stderr
     assert text in errors[0]
-
-
-class Served:
-    """`dicom-node serve` in the background, its log read as it runs."""
-
-    def __init__(self, tmp_path: Path, **settings: str) -> None:
-        settings = {"dicom_port": "0", "http_port": "0", **settings}
-        self.process = subprocess.Popen(
-            [*COMMAND, "serve"],
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-            cwd=tmp_path,
-            env=clean_env(tmp_path, **settings),
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line)
-
-    def wait_for_line(self, pattern: str, timeout: float = 60) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if match := re.search(pattern, line):
-                    return match
-            if self.process.poll() is not None and not self._reader.is_alive():
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"no log line matching {pattern!r}:\n{''.join(self.lines)}")
-
-    def ports(self) -> tuple[int, int]:
-        self.wait_for_line(r"running \(SIGINT or SIGTERM to stop\)")
-        dicom = int(self.wait_for_line(r"DICOM SCP listening on [\d.]+:(\d+)").group(1))
-        http = int(self.wait_for_line(r"HTTP API listening on http://[\d.]+:(\d+)").group(1))
-        return dicom, http
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        self.process.send_signal(sig)
-        code = self.process.wait(timeout=timeout)
-        self._reader.join(timeout=5)
-        return code
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[list[Served]]:
-    started: list[Served] = []
-    yield started
-    for server in started:
-        if server.process.poll() is None:
-            server.process.kill()
-            server.process.wait()
 
 
 def test_help_documents_every_command(tmp_path: Path) -> None:
@@ -174,11 +105,11 @@ def test_database_with_foreign_tables_is_refused(tmp_path: Path) -> None:
 def test_db_upgrade_creates_then_reports_the_schema(tmp_path: Path, empty_db_url: str) -> None:
     first = run(tmp_path, "db", "upgrade", database_url=empty_db_url)
     assert first.returncode == 0, first.stderr
-    assert "upgraded from empty to 0001" in first.stdout
+    assert "upgraded from empty to 0002" in first.stdout
     again = run(tmp_path, "db", "upgrade", database_url=empty_db_url)
-    assert "already at revision 0001" in again.stdout
+    assert "already at revision 0002" in again.stdout
     current = run(tmp_path, "db", "current", database_url=empty_db_url)
-    assert "revision 0001 (up to date)" in current.stdout
+    assert "revision 0002 (up to date)" in current.stdout
 
 
 def test_user_add_reads_the_password_from_stdin(tmp_path: Path, db_url: str) -> None:
