@@ -28,6 +28,7 @@ from dicom_node.jobs.workflow import run_study_stability, run_temp_sweep
 from dicom_node.scp.server import DicomServer, configure_pynetdicom
 from dicom_node.settings import Settings
 from dicom_node.storage import FileStore
+from dicom_node.workers import WorkerPool, WorkerStartError
 
 log = logging.getLogger("dicom_node")
 
@@ -117,7 +118,8 @@ class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.db: Database | None = None
-        self.dicom: DicomServer | None = None
+        # the SCP in this process, or worker processes sharing its port
+        self.dicom: DicomServer | WorkerPool | None = None
         self._http_server: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
         self._http_socket: socket.socket | None = None
@@ -157,13 +159,20 @@ class Node:
             self.store = open_store(self.settings)
             # Bind the HTTP port first: the socket is only held, nothing served yet.
             self._http_socket = bind_http_socket(self.settings.bind_host, self.settings.http_port)
-            self.dicom = DicomServer(self.settings, self.db, self.store)
+            workers = self.settings.dicom_worker_count
+            self.dicom = (
+                DicomServer(self.settings, self.db, self.store)
+                if workers == 1
+                else WorkerPool(self.settings, workers)
+            )
             try:
                 self.dicom.start()
             except OSError as exc:
                 raise StartupError(
                     _bind_error("DICOM", self.settings.bind_host, self.settings.dicom_port, exc)
                 ) from None
+            except WorkerStartError as exc:
+                raise StartupError(str(exc)) from None
             self.dicom_port = self.dicom.port
             self._scheduler = build_scheduler(self._jobs(self.db, self.store))
             self._scheduler.start()

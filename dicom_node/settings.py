@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     dimse_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
     network_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 10.0
+    # Processes receiving DICOM on the one port: 0 = one per CPU core, 1 = inside the
+    # main process. Threads cannot spread C-STORE over cores (the GIL); processes can.
+    dicom_workers: Annotated[int, Field(ge=0, le=64)] = 0
 
     # --- storage and database -------------------------------------------------
     data_dir: Path = Path("data")
@@ -78,6 +81,10 @@ class Settings(BaseSettings):
     # --- logging --------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_phi: bool = False
+
+    @property
+    def dicom_worker_count(self) -> int:
+        return self.dicom_workers or max(1, os.cpu_count() or 1)
 
     @field_validator("ae_title")
     @classmethod

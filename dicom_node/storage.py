@@ -77,18 +77,29 @@ class FileStore:
         return path
 
     def install(self, temp: Path, relative: str) -> Path:
-        """Move a temp file to its final place, replacing what is there atomically."""
+        """Move a temp file to its final place, replacing what is there atomically.
+
+        The rename is durable only once ``sync_directory`` has run on the result:
+        the ingest path does that after its database commit, so the commit's lock
+        is not held across a directory fsync.
+        """
         final = self.absolute(relative)
         if not final.parent.is_dir():
             final.parent.mkdir(parents=True, exist_ok=True)
             if self.fsync:
-                # the new directories' own entries must be durable too
+                # the new directories' own entries must be durable too (rare: a new series)
                 _fsync_dir(final.parent.parent)
                 _fsync_dir(final.parent.parent.parent)
         os.replace(temp, final)
-        if self.fsync:
-            _fsync_dir(final.parent)
         return final
+
+    def sync_directory(self, installed: Path) -> None:
+        """Make an ``install`` durable (a no-op with fsync off)."""
+        if self.fsync:
+            _fsync_dir(installed.parent)
+
+    def exists(self, relative: str) -> bool:
+        return self.absolute(relative).is_file()
 
     def remove(self, relative: str) -> None:
         self.absolute(relative).unlink(missing_ok=True)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,6 +88,8 @@ def node_settings(db_url: str, data_dir: Path, **overrides: object) -> Settings:
         "dicom_port": 0,
         "http_port": 0,
         "shutdown_grace_seconds": 1.0,
+        # in-process SCP unless a test asks for worker processes
+        "dicom_workers": 1,
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]
@@ -117,5 +122,7 @@ def served(tmp_path: Path) -> Iterator[list[Served]]:
     yield started
     for server in started:
         if server.process.poll() is None:
-            server.process.kill()
-            server.process.wait()
+            server.kill_all()
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.process.pid, signal.SIGKILL)  # orphaned workers

@@ -178,6 +178,8 @@ class Served:
             text=True,
             cwd=tmp_path,
             env=clean_env(tmp_path, **settings),
+            # its own process group, so a test can kill the node and its workers at once
+            start_new_session=True,
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -204,6 +206,11 @@ class Served:
         dicom = int(self.wait_for_line(r"DICOM SCP listening on [\d.]+:(\d+)").group(1))
         http = int(self.wait_for_line(r"HTTP API listening on http://[\d.]+:(\d+)").group(1))
         return dicom, http
+
+    def kill_all(self) -> None:
+        """SIGKILL the main process and its DICOM workers together, as a crash would."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         self.process.send_signal(sig)

@@ -17,6 +17,7 @@ from dicom_node.db.engine import Database
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import AuditOutcome
 from dicom_node.scp import status
+from dicom_node.scp.polling import connection_closed, poll_adaptively
 from dicom_node.scp.store import StoreHandler
 from dicom_node.services.audit import record_audit_event
 
@@ -29,17 +30,27 @@ HandlerList = list[
 
 def build_handlers(db: Database, store: StoreHandler) -> HandlerList:
     return [
+        (evt.EVT_CONN_OPEN, handle_connection_opened),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, store.handle_store),
         (evt.EVT_ACCEPTED, handle_accepted),
         (evt.EVT_REJECTED, handle_rejected, [db]),
         (evt.EVT_CONN_CLOSE, store.handle_closed),
+        (evt.EVT_CONN_CLOSE, handle_connection_closed),
     ]
 
 
 def _peer(event: Event) -> tuple[str, str]:
     requestor = event.assoc.requestor
     return requestor.ae_title, f"{requestor.address}:{requestor.port}"
+
+
+def handle_connection_opened(event: Event) -> None:
+    poll_adaptively(event.assoc)
+
+
+def handle_connection_closed(event: Event) -> None:
+    connection_closed(event.assoc)
 
 
 def handle_echo(event: Event) -> int:

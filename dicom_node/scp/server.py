@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 import time
 from typing import Any
 
@@ -77,13 +79,50 @@ def build_ae(settings: Settings) -> AE:
     return ae
 
 
-class DicomServer:
-    """Starts the SCP without blocking and stops it gracefully."""
+def _adopting(listener: socket.socket) -> type[ThreadedAssociationServer]:
+    """A pynetdicom server class that serves an already listening socket.
 
-    def __init__(self, settings: Settings, db: Database, store: FileStore) -> None:
+    Worker processes inherit the main process's listening socket and all accept
+    on it; the kernel hands each connection to one of them. The socket is
+    non-blocking, so a worker that loses the race for a connection gets
+    EAGAIN (which socketserver ignores) instead of blocking its accept loop.
+    """
+
+    class AdoptingServer(ThreadedAssociationServer):
+        def server_bind(self) -> None:
+            assert self.socket is not None
+            self.socket.close()  # the unbound one socketserver made
+            self.socket = listener
+            self.server_address = listener.getsockname()
+
+        def server_activate(self) -> None:
+            """Already listening."""
+
+    return AdoptingServer
+
+
+class DicomServer:
+    """Starts the SCP without blocking and stops it gracefully.
+
+    It binds its own socket, or serves ``listener`` (a worker process's share of
+    the main process's listening socket).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        store: FileStore,
+        *,
+        listener: socket.socket | None = None,
+        max_associations: int | None = None,
+    ) -> None:
         self._settings = settings
         self._db = db
+        self._listener = listener
         self._ae = build_ae(settings)
+        if max_associations is not None:
+            self._ae.maximum_associations = max_associations
         self._store_handler = StoreHandler(
             db, store, IngestPolicy(duplicate_policy=settings.duplicate_policy)
         )
@@ -91,15 +130,22 @@ class DicomServer:
 
     def start(self) -> tuple[str, int]:
         """Bind and serve; raises OSError if the address is unavailable."""
-        server = self._ae.start_server(
-            (self._settings.bind_host, self._settings.dicom_port),
-            block=False,
-            evt_handlers=build_handlers(self._db, self._store_handler),
-        )
-        assert server is not None
+        handlers = build_handlers(self._db, self._store_handler)
+        address = (self._settings.bind_host, self._settings.dicom_port)
+        if self._listener is None:
+            server = self._ae.start_server(address, block=False, evt_handlers=handlers)
+            assert server is not None
+        else:
+            server = self._ae.make_server(
+                address, evt_handlers=handlers, server_class=_adopting(self._listener)
+            )
+            # as start_server does: the server's shutdown() removes itself from here
+            self._ae._servers.append(server)
+            threading.Thread(target=server.serve_forever, name="dicom-accept", daemon=True).start()
         self._server = server
         host, port = server.server_address[:2]
-        log.info("DICOM SCP listening on %s:%s as AE %s", host, port, self._settings.ae_title)
+        if self._listener is None:
+            log.info("DICOM SCP listening on %s:%s as AE %s", host, port, self._settings.ae_title)
         return str(host), int(port)
 
     @property

@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -135,19 +136,25 @@ def store_instance(
 
     installed: Path | None = None
     indexed: _Indexed | None = None
+    committed = False
     try:
         for attempt in (1, 2):
             try:
                 with db.unit_of_work() as session:
                     indexed = _index(session, header, digest, len(part10), source, policy)
-                    if indexed.outcome in (StoreOutcome.STORED, StoreOutcome.REPLACED):
+                    if _needs_file(indexed, store):
                         installed = store.install(temp, indexed.relative_path)
+                committed = True
                 break
             except _LostInsertRace:
+                installed = None
                 if attempt == 2:
                     raise
+        if installed is not None:
+            store.sync_directory(installed)  # before Success: the rename is durable
     except (SQLAlchemyError, OSError, _LostInsertRace) as exc:
-        if installed is not None and (indexed is None or indexed.old_path is None):
+        if installed is not None and not committed:
+            # the transaction that would have pointed at this file rolled back
             installed.unlink(missing_ok=True)
         temp.unlink(missing_ok=True)
         kind = "database" if isinstance(exc, SQLAlchemyError) else "storage"
@@ -169,6 +176,18 @@ def store_instance(
     return _result(indexed.outcome, indexed.audit_reason, header, new_study=indexed.new_study)
 
 
+def _needs_file(indexed: _Indexed, store: FileStore) -> bool:
+    """New content goes in; so does a resend of an indexed instance whose file is
+    missing (a crash between commit and directory sync, or a lost disk): the
+    resend restores it instead of being waved through as a duplicate."""
+    if indexed.outcome in (StoreOutcome.STORED, StoreOutcome.REPLACED):
+        return True
+    if indexed.outcome is StoreOutcome.DUPLICATE and not store.exists(indexed.relative_path):
+        log.warning("indexed instance file was missing; restored from the resend")
+        return True
+    return False
+
+
 def _result(
     outcome: StoreOutcome, reason: str | None, header: InstanceHeader, *, new_study: bool = False
 ) -> StoreResult:
@@ -188,6 +207,18 @@ def _short(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+@dataclass(frozen=True, slots=True)
+class _Parents:
+    """Where a new instance goes: its series and study, and what indexing them did."""
+
+    series_pk: int
+    study_pk: int
+    completeness: str
+    new_study: bool = False
+    new_series: bool = False
+    quarantined: bool = False
+
+
 def _index(
     session: Session,
     header: InstanceHeader,
@@ -197,26 +228,21 @@ def _index(
     policy: IngestPolicy,
 ) -> _Indexed:
     now = datetime.now(UTC)
-    existing = session.scalar(
-        select(DicomInstance).where(DicomInstance.sop_instance_uid == header.sop_instance_uid)
-    )
-    if existing is not None:
+    connection = session.connection()
+    existing_pk = connection.execute(_SQL.instance_pk, {"uid": header.sop_instance_uid}).scalar()
+    if existing_pk is not None:
+        existing = session.get(DicomInstance, existing_pk)
+        assert existing is not None
         return _index_resend(session, existing, header, digest, size, source, policy)
 
-    patient = _upsert_patient(session, header)
-    study, new_study = _upsert_study(session, header, patient, now)
-    quarantined = study.patient_pk != patient.id
-    if quarantined:
-        _quarantine(session, study, header, source)
-    series, new_series = _upsert_series(session, header, study)
-
+    parents = _known_parents(session, header) or _create_parents(session, header, source, now)
     relative = _relative_path(header)
     inserted = insert_ignoring_conflict(
         session,
         DicomInstance,
         {
             "sop_instance_uid": header.sop_instance_uid,
-            "series_pk": series.id,
+            "series_pk": parents.series_pk,
             "sop_class_uid": header.sop_class_uid,
             "instance_number": header.instance_number,
             "transfer_syntax_uid": header.transfer_syntax_uid,
@@ -231,30 +257,25 @@ def _index(
             ]
             or None,
             "received_patient_id": header.patient_id,
-            "quarantined": quarantined,
+            "quarantined": parents.quarantined,
         },
         unique=["sop_instance_uid"],
     )
-    if not inserted:
+    if inserted is None:
         raise _LostInsertRace()
 
-    session.execute(
-        update(DicomSeries)
-        .where(DicomSeries.id == series.id)
-        .values(instance_count=DicomSeries.instance_count + 1)
+    # Counters move by atomic increments in this transaction: concurrent receivers
+    # of one study (threads, processes, nodes) never lose an update.
+    connection.execute(_SQL.count_series_instance, {"pk": parents.series_pk})
+    connection.execute(
+        _SQL.count_study_instance_in_new_series
+        if parents.new_series
+        else _SQL.count_study_instance,
+        {"pk": parents.study_pk, "now": now},
     )
-    reopened = study.completeness == Completeness.COMPLETE.value
-    values: dict[str, object] = {
-        "instance_count": DicomStudy.instance_count + 1,
-        "last_received_at": now,
-        "completeness": Completeness.RECEIVING.value,
-    }
-    if new_series:
-        values["series_count"] = DicomStudy.series_count + 1
-    session.execute(update(DicomStudy).where(DicomStudy.id == study.id).values(**values))
-    if new_series and header.modality:
-        _add_modality(session, study, header.modality)
-    if reopened:
+    if parents.new_series and header.modality:
+        _add_modality(session, parents.study_pk, header.modality)
+    if parents.completeness == Completeness.COMPLETE.value:
         record_audit_event(
             session,
             AuditRecord(
@@ -263,7 +284,7 @@ def _index(
                 actor=source.calling_ae_title or source.actor,
                 source_address=source.address,
                 target_class="DicomStudy",
-                target_id=str(study.id),
+                target_id=str(parents.study_pk),
                 patient_id=header.patient_id,
                 study_instance_uid=header.study_instance_uid,
                 reason="an instance arrived after the study was complete",
@@ -273,9 +294,94 @@ def _index(
                 },
             ),
         )
-    if new_study:
-        match_new_study(session, study_id=study.id, header=header, now=now, actor=source.actor)
-    return _Indexed(StoreOutcome.STORED, relative, new_study=new_study)
+    if parents.new_study:
+        match_new_study(
+            session, study_id=parents.study_pk, header=header, now=now, actor=source.actor
+        )
+    return _Indexed(StoreOutcome.STORED, relative, new_study=parents.new_study)
+
+
+def _known_parents(session: Session, header: InstanceHeader) -> _Parents | None:
+    """The common case, one query: the series exists, in this study, for this patient.
+
+    The study row is locked (PostgreSQL) so that its completeness read here is the
+    one this transaction overwrites: a concurrent stability run cannot complete
+    the study between the read and the counter update unnoticed.
+    """
+    connection = session.connection()
+    statement = (
+        _SQL.known_series_locked if connection.dialect.name == "postgresql" else (_SQL.known_series)
+    )
+    row = connection.execute(statement, {"uid": header.series_instance_uid}).one_or_none()
+    if row is None or (row.study_instance_uid, row.patient_id, row.issuer_of_patient_id) != (
+        header.study_instance_uid,
+        header.patient_id,
+        header.issuer_of_patient_id,
+    ):
+        return None  # new series, or one that needs the careful path (quarantine...)
+    return _Parents(row.series_pk, row.study_pk, row.completeness)
+
+
+def _create_parents(
+    session: Session, header: InstanceHeader, source: Source, now: datetime
+) -> _Parents:
+    """First instance of a series (or a patient mismatch): upsert patient, study, series."""
+    patient = _upsert_patient(session, header)
+    study, new_study = _upsert_study(session, header, patient, now)
+    quarantined = study.patient_pk != patient.id
+    if quarantined:
+        _quarantine(session, study, header, source)
+    series, new_series = _upsert_series(session, header, study)
+    return _Parents(
+        series.id,
+        study.id,
+        study.completeness,
+        new_study=new_study,
+        new_series=new_series,
+        quarantined=quarantined,
+    )
+
+
+class _SQL:
+    """The per-instance statements, built once: parameters bound at execution."""
+
+    _series = cast(Table, DicomSeries.__table__)
+    _study = cast(Table, DicomStudy.__table__)
+    _patient = cast(Table, Patient.__table__)
+    _instance = cast(Table, DicomInstance.__table__)
+    instance_pk = select(_instance.c.id).where(_instance.c.sop_instance_uid == bindparam("uid"))
+    known_series = (
+        select(
+            _series.c.id.label("series_pk"),
+            _study.c.id.label("study_pk"),
+            _study.c.study_instance_uid,
+            _study.c.completeness,
+            _patient.c.patient_id,
+            _patient.c.issuer_of_patient_id,
+        )
+        .join_from(_series, _study, _series.c.study_pk == _study.c.id)
+        .join(_patient, _study.c.patient_pk == _patient.c.id)
+        .where(_series.c.series_instance_uid == bindparam("uid"))
+    )
+    known_series_locked = known_series.with_for_update(of=_study)
+    count_series_instance = (
+        update(_series)
+        .where(_series.c.id == bindparam("pk"))
+        .values(instance_count=_series.c.instance_count + 1)
+    )
+    _study_counts = {
+        "instance_count": _study.c.instance_count + 1,
+        "last_received_at": bindparam("now"),
+        "completeness": Completeness.RECEIVING.value,
+    }
+    count_study_instance = (
+        update(_study).where(_study.c.id == bindparam("pk")).values(**_study_counts)
+    )
+    count_study_instance_in_new_series = (
+        update(_study)
+        .where(_study.c.id == bindparam("pk"))
+        .values(**_study_counts, series_count=_study.c.series_count + 1)
+    )
 
 
 class _LostInsertRace(Exception):
@@ -368,7 +474,7 @@ def _upsert_patient(session: Session, header: InstanceHeader) -> Patient:
 def _upsert_study(
     session: Session, header: InstanceHeader, patient: Patient, now: datetime
 ) -> tuple[DicomStudy, bool]:
-    created = insert_ignoring_conflict(
+    created = None is not insert_ignoring_conflict(
         session,
         DicomStudy,
         {
@@ -401,7 +507,7 @@ def _upsert_study(
 def _upsert_series(
     session: Session, header: InstanceHeader, study: DicomStudy
 ) -> tuple[DicomSeries, bool]:
-    created = insert_ignoring_conflict(
+    created = None is not insert_ignoring_conflict(
         session,
         DicomSeries,
         {
@@ -424,17 +530,17 @@ def _upsert_series(
     return series, created
 
 
-def _add_modality(session: Session, study: DicomStudy, modality: str) -> None:
+def _add_modality(session: Session, study_pk: int, modality: str) -> None:
     # Re-read under the row lock the counter update just took: no lost update.
     current = session.scalar(
-        select(DicomStudy.modalities_in_study).where(DicomStudy.id == study.id)
+        select(DicomStudy.modalities_in_study).where(DicomStudy.id == study_pk)
     )
     values = set(filter(None, (current or "").split("\\")))
     if modality not in values:
         values.add(modality)
         session.execute(
             update(DicomStudy)
-            .where(DicomStudy.id == study.id)
+            .where(DicomStudy.id == study_pk)
             .values(modalities_in_study="\\".join(sorted(values)))
         )
 

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import re
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pydicom
+import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from dicom_node.db.engine import Database
-from dicom_node.db.models import DicomInstance
+from dicom_node.db.models import DicomInstance, DicomStudy
 from dicom_node.domain.part10 import dataset_offset
 from dicom_node.storage import FileStore
 from tests.dicomfiles import ct_dataset, write
@@ -33,8 +32,9 @@ def _acknowledged(storescu_log: str) -> list[str]:
     return done
 
 
+@pytest.mark.parametrize("workers", ["1", "2"], ids=["in-process", "2-workers"])
 def test_sigkill_mid_transfer_loses_no_acknowledged_instance(
-    tmp_path: Path, empty_db_url: str, served: list[Served]
+    tmp_path: Path, empty_db_url: str, served: list[Served], workers: str
 ) -> None:
     study = generate_uid()
     files = [
@@ -44,7 +44,7 @@ def test_sigkill_mid_transfer_loses_no_acknowledged_instance(
         )
         for n in range(400)
     ]
-    node = Served(tmp_path, database_url=empty_db_url)
+    node = Served(tmp_path, database_url=empty_db_url, dicom_workers=workers)
     served.append(node)
     dicom_port, _ = node.ports()
     client = subprocess.Popen(
@@ -63,15 +63,19 @@ def test_sigkill_mid_transfer_loses_no_acknowledged_instance(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    # Let part of the study through, then kill the node without warning.
-    time.sleep(1.0)
-    node.process.send_signal(signal.SIGKILL)
-    node.process.wait(timeout=30)
-    output, _ = client.communicate(timeout=60)
-    acknowledged = _acknowledged(output)
-    assert 0 < len(acknowledged) < len(files), output[-2000:]
+    # Let part of the study through, then kill every node process without warning.
+    assert client.stdout is not None
+    lines: list[str] = []
+    for line in client.stdout:
+        lines.append(line)
+        if len(_acknowledged("".join(lines))) >= 50:
+            break
+    node.kill_all()
+    rest, _ = client.communicate(timeout=60)
+    acknowledged = _acknowledged("".join(lines) + rest)
+    assert 50 <= len(acknowledged) < len(files), rest[-2000:]
 
-    restarted = Served(tmp_path, database_url=empty_db_url)
+    restarted = Served(tmp_path, database_url=empty_db_url, dicom_workers=workers)
     served.append(restarted)
     restarted.ports()
     assert restarted.stop() == 0
@@ -81,6 +85,9 @@ def test_sigkill_mid_transfer_loses_no_acknowledged_instance(
     try:
         with db.read() as session:
             indexed = {i.sop_instance_uid: i for i in session.scalars(select(DicomInstance))}
+            counts = session.execute(
+                select(DicomStudy.instance_count, DicomStudy.series_count)
+            ).one()
     finally:
         db.dispose()
     for path in acknowledged:
@@ -89,4 +96,6 @@ def test_sigkill_mid_transfer_loses_no_acknowledged_instance(
     for instance in indexed.values():  # every indexed row has its complete file
         data = store.absolute(instance.file_path).read_bytes()
         assert hashlib.sha256(data[dataset_offset(data) :]).hexdigest() == instance.sha256
+    # the counters agree with the rows: no increment without its instance, none lost
+    assert tuple(counts) == (len(indexed), len({i.series_pk for i in indexed.values()}))
     assert store.sweep_temp(older_than_seconds=0) <= 1  # at most the one in flight

@@ -244,9 +244,11 @@ def test_broken_datasets_get_failure_statuses_and_the_association_goes_on(
     assert _transfer_audits(node)[0].outcome == "minor_failure"
 
 
+@pytest.mark.parametrize("workers", [1, 2], ids=["in-process", "2-workers"])
 def test_four_clients_two_sending_the_same_study_give_one_study_with_exact_counts(
-    node: Node, tmp_path: Path
+    make_node, tmp_path: Path, workers: int
 ) -> None:
+    node = make_node(dicom_workers=workers)
     shared_study = generate_uid()
     series = [generate_uid(), generate_uid()]
     shared = [

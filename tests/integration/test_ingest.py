@@ -48,6 +48,12 @@ def put(db: Database, store: FileStore, data: bytes, policy: IngestPolicy = KEEP
     return store_instance(db, store, part10=data, source=SOURCE, policy=policy)
 
 
+def _study_uid(data: bytes) -> str:
+    from dicom_node.domain.dataset_header import read_header
+
+    return read_header(data).study_instance_uid
+
+
 def count(db: Database, model: type) -> int:  # type: ignore[type-arg]
     with db.read() as session:
         return int(session.scalar(select(func.count()).select_from(model)) or 0)
@@ -102,6 +108,18 @@ def test_resending_identical_content_changes_nothing(db: Database, store: FileSt
     assert (count(db, DicomInstance), count(db, DicomSeries), count(db, DicomStudy)) == (1, 1, 1)
     with db.read() as session:
         assert session.scalars(select(DicomStudy.instance_count)).one() == 1
+    assert list(store.tmp.iterdir()) == []
+
+
+def test_resend_restores_an_indexed_file_that_went_missing(db: Database, store: FileStore) -> None:
+    data = to_bytes(ct_dataset(study_uid=generate_uid()))
+    assert put(db, store, data).outcome is StoreOutcome.STORED
+    with db.read() as session:
+        relative = session.scalars(select(DicomInstance.file_path)).one()
+    store.absolute(relative).unlink()  # as after a crash between commit and directory sync
+    assert put(db, store, data).outcome is StoreOutcome.DUPLICATE
+    assert store.absolute(relative).read_bytes() == data
+    assert study_row(db, _study_uid(data)).instance_count == 1
     assert list(store.tmp.iterdir()) == []
 
 

@@ -1,0 +1,237 @@
+"""DICOM worker processes: several receivers on one port.
+
+pynetdicom runs every association on Python threads, so one process uses one
+core for C-STORE however many modalities send at once (the GIL). The main
+process binds the DICOM port once and starts ``dicom_workers`` processes that
+inherit the listening socket; each runs the same SCP (handlers, services,
+database) and the kernel gives every new connection to one of them. The main
+process keeps the HTTP API and the scheduler, restarts a worker that dies, and
+on shutdown passes SIGTERM on so every worker gives its associations the grace
+period.
+
+Run as ``python -m dicom_node.workers FD``: the settings arrive as JSON on
+stdin (never in argv or the environment, where other users could read a
+database password), and the worker prints ``ready`` once it serves.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from types import FrameType
+
+from dicom_node.db.engine import Database
+from dicom_node.logging_setup import configure_logging
+from dicom_node.scp.server import DicomServer, configure_pynetdicom
+from dicom_node.settings import Settings
+from dicom_node.storage import FileStore
+
+log = logging.getLogger("dicom_node.scp")
+
+READY = "ready"
+START_TIMEOUT_SECONDS = 60.0
+# A worker that keeps dying is not restarted in a tight loop.
+RESTART_LIMIT = 5
+RESTART_WINDOW_SECONDS = 60.0
+
+
+class WorkerStartError(RuntimeError):
+    pass
+
+
+class WorkerPool:
+    """The main process's side: the listening socket and the worker processes."""
+
+    def __init__(self, settings: Settings, workers: int) -> None:
+        self._settings = settings
+        self._count = workers
+        self._listener: socket.socket | None = None
+        self._workers: list[subprocess.Popen[str]] = []
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._restarts: list[float] = []
+        self._monitor: threading.Thread | None = None
+
+    def start(self) -> tuple[str, int]:
+        """Bind, start every worker and wait until all serve; raises OSError on bind."""
+        host = self._settings.bind_host
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.create_server(
+            (host, self._settings.dicom_port), family=family, backlog=128
+        )
+        listener.setblocking(False)
+        self._listener = listener
+        try:
+            for _ in range(self._count):
+                self._workers.append(self._spawn())
+        except BaseException:
+            self.stop(0)
+            raise
+        self._monitor = threading.Thread(target=self._watch, name="dicom-workers", daemon=True)
+        self._monitor.start()
+        bound_host, port = listener.getsockname()[:2]
+        log.info(
+            "DICOM SCP listening on %s:%s as AE %s (%d worker processes)",
+            bound_host,
+            port,
+            self._settings.ae_title,
+            self._count,
+        )
+        return str(bound_host), int(port)
+
+    @property
+    def port(self) -> int:
+        assert self._listener is not None
+        return int(self._listener.getsockname()[1])
+
+    @property
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [worker.pid for worker in self._workers if worker.poll() is None]
+
+    def is_listening(self) -> bool:
+        listener = self._listener
+        return listener is not None and listener.fileno() != -1 and bool(self.pids)
+
+    def _spawn(self) -> subprocess.Popen[str]:
+        assert self._listener is not None
+        fd = self._listener.fileno()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dicom_node.workers", str(fd)],
+            pass_fds=[fd],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write(self._settings.model_dump_json())
+        process.stdin.close()
+        if not _wait_for_ready(process, START_TIMEOUT_SECONDS):
+            process.kill()
+            process.wait()
+            raise WorkerStartError("a DICOM worker process did not start (see the log above)")
+        return process
+
+    def _watch(self) -> None:
+        """Restart a worker that died; give up on one that keeps dying."""
+        while not self._stopping.wait(0.5):
+            with self._lock:
+                dead = [w for w in self._workers if w.poll() is not None]
+            for worker in dead:
+                if self._stopping.is_set():
+                    return
+                log.error(
+                    "DICOM worker %d exited with code %s; its associations were lost",
+                    worker.pid,
+                    worker.returncode,
+                )
+                now = time.monotonic()
+                self._restarts = [t for t in self._restarts if now - t < RESTART_WINDOW_SECONDS]
+                with self._lock:
+                    self._workers.remove(worker)
+                if len(self._restarts) >= RESTART_LIMIT:
+                    log.error(
+                        "DICOM workers keep exiting: not restarting (%d left)", len(self.pids)
+                    )
+                    continue
+                self._restarts.append(now)
+                try:
+                    replacement = self._spawn()
+                except (OSError, WorkerStartError) as exc:
+                    log.error("could not restart a DICOM worker: %s", exc)
+                    continue
+                with self._lock:
+                    self._workers.append(replacement)
+                log.info("DICOM worker %d started in its place", replacement.pid)
+
+    def stop(self, grace_seconds: float) -> None:
+        """SIGTERM every worker (each lets its associations finish within the grace
+        period, then aborts them), wait, and close the listening socket."""
+        self._stopping.set()
+        if self._monitor is not None:
+            self._monitor.join(timeout=5)
+        with self._lock:
+            workers = list(self._workers)
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_seconds + 10
+        for worker in workers:
+            try:
+                worker.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("DICOM worker %d did not stop; killing it", worker.pid)
+                worker.kill()
+                worker.wait()
+            if worker.stdout is not None:
+                worker.stdout.close()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        log.info("DICOM SCP stopped")
+
+
+def _wait_for_ready(process: subprocess.Popen[str], timeout: float) -> bool:
+    stdout = process.stdout
+    assert stdout is not None
+    result: list[str] = []
+    reader = threading.Thread(target=lambda: result.append(stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return bool(result) and result[0].strip() == READY
+
+
+def per_worker_associations(settings: Settings, workers: int) -> int:
+    """Each worker's share of ``max_associations`` (rounded up)."""
+    return math.ceil(settings.max_associations / workers)
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+def run_worker(fd: int) -> int:
+    settings = Settings.model_validate_json(sys.stdin.read())
+    configure_logging(settings.log_level)
+    configure_pynetdicom(
+        log_phi=settings.log_phi, accept_unknown_sop_classes=settings.accept_unknown_sop_classes
+    )
+    parent = os.getppid()
+    stop = threading.Event()
+
+    def request_stop(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    listener = socket.socket(fileno=fd)
+    db = Database(settings.database_url)
+    server = DicomServer(
+        settings,
+        db,
+        FileStore(settings.data_dir, fsync=settings.fsync),
+        listener=listener,
+        max_associations=per_worker_associations(settings, settings.dicom_worker_count),
+    )
+    try:
+        server.start()
+        print(READY, flush=True)
+        # An orphaned worker (the main process was killed) stops by itself.
+        while not stop.wait(1.0):
+            if os.getppid() != parent:
+                log.warning("main process gone: DICOM worker %d stopping", os.getpid())
+                break
+        server.stop(settings.shutdown_grace_seconds)
+    finally:
+        db.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_worker(int(sys.argv[1])))

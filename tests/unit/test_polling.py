@@ -1,0 +1,53 @@
+"""The adaptive poll relies on pynetdicom internals: these tests fail on an upgrade
+that removes them, instead of the node silently losing its speed or breaking."""
+
+from __future__ import annotations
+
+import time
+
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+
+from dicom_node.scp.polling import (
+    BUSY_DELAY,
+    IDLE_DELAY,
+    AdaptiveDUL,
+    connection_closed,
+    poll_adaptively,
+)
+
+
+def _association() -> Association:
+    return Association(AE("TEST"), "acceptor")
+
+
+def test_pynetdicom_still_has_the_fixed_delay_and_idle_timer_we_replace() -> None:
+    dul = _association().dul
+    assert type(dul) is DULServiceProvider
+    assert dul.__dict__["_run_loop_delay"] == 0.001
+    assert hasattr(dul._idle_timer, "_start_time")
+
+
+def test_delay_is_short_right_after_a_pdu_and_long_when_quiet() -> None:
+    assoc = _association()
+    poll_adaptively(assoc)
+    dul = assoc.dul
+    assert isinstance(dul, AdaptiveDUL)
+    assert dul._run_loop_delay == IDLE_DELAY  # idle timer not started: no PDU yet
+    dul._idle_timer.start()  # what pynetdicom does when a PDU arrives
+    assert dul._run_loop_delay == BUSY_DELAY
+    dul._idle_timer._start_time = time.time() - 5
+    assert dul._run_loop_delay == IDLE_DELAY
+    connection_closed(assoc)
+
+
+def test_delay_stays_long_while_other_associations_share_the_process() -> None:
+    first, second = _association(), _association()
+    poll_adaptively(first)
+    poll_adaptively(second)
+    first.dul._idle_timer.start()
+    assert first.dul._run_loop_delay == IDLE_DELAY
+    connection_closed(second)
+    assert first.dul._run_loop_delay == BUSY_DELAY
+    connection_closed(first)
