@@ -259,10 +259,10 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_reindex(settings: Settings, args: argparse.Namespace) -> int:
     store = open_store(settings)
-    return _import(settings, store.iter_files(), actor="reindex")
+    return _import(settings, store.iter_files(), actor="reindex", in_store=True)
 
 
-def _import(settings: Settings, files: list[Path], *, actor: str) -> int:
+def _import(settings: Settings, files: list[Path], *, actor: str, in_store: bool = False) -> int:
     from dicom_node.services.importing import import_files
     from dicom_node.services.ingest import IngestPolicy
 
@@ -277,6 +277,7 @@ def _import(settings: Settings, files: list[Path], *, actor: str) -> int:
             policy=IngestPolicy(duplicate_policy=settings.duplicate_policy),
             actor=actor,
             progress=_progress_bar(len(files)) if sys.stderr.isatty() else None,
+            in_store=in_store,
         )
     finally:
         db.dispose()

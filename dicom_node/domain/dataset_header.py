@@ -194,6 +194,12 @@ def _walk_items(data: bytes, position: int, order: str, implicit: bool, depth: i
                 raise _Truncated
 
 
+# The index keeps each value within its VR's maximum length (PS3.5 6.2), the width
+# of its column. Senders exceed them (long accession numbers, multi-valued CS):
+# the index then holds the first characters and the file keeps the whole value.
+_SH, _LO, _CS, _PN, _TM = 16, 64, 16, 324, 16
+
+
 def header_from_dataset(ds: Dataset, *, transfer_syntax_uid: str) -> InstanceHeader:
     if not is_valid_uid(transfer_syntax_uid.rstrip("\x00 ")):
         raise InvalidHeader("file meta TransferSyntaxUID is missing or invalid")
@@ -205,25 +211,25 @@ def header_from_dataset(ds: Dataset, *, transfer_syntax_uid: str) -> InstanceHea
         study_instance_uid=uids["StudyInstanceUID"],
         series_instance_uid=uids["SeriesInstanceUID"],
         transfer_syntax_uid=transfer_syntax_uid.rstrip("\x00 "),
-        patient_id=_text(ds, "PatientID") or "",
-        issuer_of_patient_id=_text(ds, "IssuerOfPatientID") or "",
-        patient_name=_text(ds, "PatientName"),
-        patient_birth_date=_text(ds, "PatientBirthDate"),
-        patient_sex=_text(ds, "PatientSex"),
-        accession_number=_text(ds, "AccessionNumber"),
+        patient_id=_text(ds, "PatientID", _LO) or "",
+        issuer_of_patient_id=_text(ds, "IssuerOfPatientID", _LO) or "",
+        patient_name=_text(ds, "PatientName", _PN),
+        patient_birth_date=_date(ds, "PatientBirthDate"),
+        patient_sex=_text(ds, "PatientSex", _CS),
+        accession_number=_text(ds, "AccessionNumber", _SH),
         accession_issuer=accession_issuer,
-        modality=_text(ds, "Modality"),
-        body_part_examined=_text(ds, "BodyPartExamined"),
-        study_date=_text(ds, "StudyDate"),
-        study_time=_text(ds, "StudyTime"),
-        study_description=_text(ds, "StudyDescription"),
-        study_id=_text(ds, "StudyID"),
-        referring_physician_name=_text(ds, "ReferringPhysicianName"),
+        modality=_text(ds, "Modality", _CS),
+        body_part_examined=_text(ds, "BodyPartExamined", _CS),
+        study_date=_date(ds, "StudyDate"),
+        study_time=_text(ds, "StudyTime", _TM),
+        study_description=_text(ds, "StudyDescription", _LO),
+        study_id=_text(ds, "StudyID", _SH),
+        referring_physician_name=_text(ds, "ReferringPhysicianName", _PN),
         series_number=_integer(ds, "SeriesNumber"),
-        series_description=_text(ds, "SeriesDescription"),
-        series_date=_text(ds, "SeriesDate"),
-        series_time=_text(ds, "SeriesTime"),
-        station_name=_text(ds, "StationName"),
+        series_description=_text(ds, "SeriesDescription", _LO),
+        series_date=_date(ds, "SeriesDate"),
+        series_time=_text(ds, "SeriesTime", _TM),
+        station_name=_text(ds, "StationName", _SH),
         instance_number=_integer(ds, "InstanceNumber"),
         request_attributes=tuple(_request_items(ds)),
     )
@@ -239,14 +245,21 @@ def _uid(ds: Dataset, keyword: str) -> str:
     return text
 
 
-def _text(ds: Dataset, keyword: str) -> str | None:
+def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
     value = ds.get(keyword)
     if value is None or value == "":
         return None
     # A multi-valued element where one value is expected: keep all, DICOM-style.
     text = "\\".join(str(v) for v in value) if isinstance(value, MultiValue) else str(value)
-    text = text.strip(" \x00")
+    text = text.strip(" \x00")[:limit].rstrip(" ")
     return text or None
+
+
+def _date(ds: Dataset, keyword: str) -> str | None:
+    """DA as YYYYMMDD; the old ACR-NEMA form YYYY.MM.DD is read too; anything
+    else is not indexed (the file keeps it)."""
+    text = (_text(ds, keyword, 10) or "").replace(".", "")
+    return text if len(text) == 8 and text.isdigit() else None
 
 
 def _integer(ds: Dataset, keyword: str) -> int | None:
@@ -263,18 +276,20 @@ def _issuer(item: Dataset) -> str:
     if not issuers:
         return ""
     first = issuers[0]
-    return _text(first, "LocalNamespaceEntityID") or _text(first, "UniversalEntityID") or ""
+    return (
+        _text(first, "LocalNamespaceEntityID", _LO) or _text(first, "UniversalEntityID", _LO) or ""
+    )
 
 
 def _request_items(ds: Dataset) -> list[RequestAttributes]:
     items = ds.get("RequestAttributesSequence") or []
     return [
         RequestAttributes(
-            accession_number=_text(item, "AccessionNumber"),
+            accession_number=_text(item, "AccessionNumber", _SH),
             accession_issuer=_issuer(item),
-            requested_procedure_id=_text(item, "RequestedProcedureID"),
-            scheduled_procedure_step_id=_text(item, "ScheduledProcedureStepID"),
-            study_instance_uid=_text(item, "StudyInstanceUID"),
+            requested_procedure_id=_text(item, "RequestedProcedureID", _SH),
+            scheduled_procedure_step_id=_text(item, "ScheduledProcedureStepID", _SH),
+            study_instance_uid=_text(item, "StudyInstanceUID", 64),
         )
         for item in items
     ]

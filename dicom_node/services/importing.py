@@ -10,6 +10,7 @@ from pathlib import Path
 from dicom_node.db.engine import Database
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import AuditOutcome
+from dicom_node.domain.part10 import PREAMBLE_LENGTH, PREFIX
 from dicom_node.services.audit import record_audit_event
 from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
 from dicom_node.storage import FileStore
@@ -23,10 +24,11 @@ class ImportSummary:
     # reason -> how many files, and the first few paths as examples
     refused: dict[str, list[str]] = field(default_factory=dict)
     unreadable: int = 0
+    skipped: int = 0  # DICOMDIR media indexes and files that are not DICOM Part 10
 
     @property
     def total(self) -> int:
-        return sum(self.outcomes.values()) + self.unreadable
+        return sum(self.outcomes.values()) + self.unreadable + self.skipped
 
     @property
     def ok(self) -> bool:
@@ -39,6 +41,8 @@ class ImportSummary:
         lines = [f"{self.total} files: {counts or 'nothing stored'}"]
         if self.unreadable:
             lines.append(f"  {self.unreadable} could not be read")
+        if self.skipped:
+            lines.append(f"  {self.skipped} skipped (DICOMDIR or not DICOM Part 10)")
         for reason, paths in sorted(self.refused.items()):
             lines.append(f"  refused ({len(paths)}): {reason}, e.g. {paths[0]}")
         return "\n".join(lines)
@@ -60,15 +64,31 @@ def import_files(
     policy: IngestPolicy,
     actor: str,
     progress: Callable[[int], None] | None = None,
+    in_store: bool = False,
 ) -> ImportSummary:
+    """Store each file as C-STORE would. ``in_store``: the files are the store's
+    own (reindex): each is indexed where it lies, none is copied."""
     summary = ImportSummary()
     for done, path in enumerate(files, start=1):
+        if path.name.upper() == "DICOMDIR":
+            summary.skipped += 1
+            continue
         try:
             data = path.read_bytes()
         except OSError:
             summary.unreadable += 1
             continue
-        result = store_instance(db, store, part10=data, source=Source(actor=actor), policy=policy)
+        if data[PREAMBLE_LENGTH : PREAMBLE_LENGTH + 4] != PREFIX:
+            summary.skipped += 1  # a README, a viewer on the CD...: not ours to refuse
+            continue
+        result = store_instance(
+            db,
+            store,
+            part10=data,
+            source=Source(actor=actor),
+            policy=policy,
+            stored_at=path.resolve() if in_store else None,
+        )
         summary.outcomes[result.outcome.value] += 1
         if result.outcome in _REFUSED:
             summary.refused.setdefault(result.reason or "unknown", []).append(str(path))
@@ -82,7 +102,11 @@ def import_files(
                 action="instances_imported",
                 outcome=AuditOutcome.SUCCESS if summary.ok else AuditOutcome.MINOR_FAILURE,
                 actor=actor,
-                details={"counts": dict(summary.outcomes), "unreadable": summary.unreadable},
+                details={
+                    "counts": dict(summary.outcomes),
+                    "unreadable": summary.unreadable,
+                    "skipped": summary.skipped,
+                },
             ),
         )
     return summary

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import cast
 
 from sqlalchemy import Table, bindparam, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from dicom_node.db.engine import Database
@@ -97,12 +97,15 @@ def store_instance(
     policy: IngestPolicy,
     expected_sop_class_uid: str | None = None,
     expected_sop_instance_uid: str | None = None,
+    stored_at: Path | None = None,
 ) -> StoreResult:
     """Store and index one DICOM Part 10 file given as bytes.
 
     ``expected_*`` are the C-STORE command's Affected SOP Class/Instance UIDs: a
     dataset that contradicts its command is refused (status A900). Files read
     from disk have no command; their often sloppy file meta is not held against them.
+    ``stored_at``: where the bytes already lie in the store (reindex); a file at
+    its own UID path is indexed where it is instead of being copied over itself.
     """
     try:
         header = read_header(part10)
@@ -128,8 +131,9 @@ def store_instance(
 
     # Content identity excludes the file meta, which differs between senders.
     digest = hashlib.sha256(memoryview(part10)[offset:]).hexdigest()
+    in_place = stored_at is not None and stored_at == store.absolute(_relative_path(header))
     try:
-        temp = store.write_temp(part10)
+        temp = None if in_place else store.write_temp(part10)
     except OSError as exc:
         log.error("cannot write instance to the store: %s", exc.strerror or exc)
         return _result(StoreOutcome.FAILED, f"storage: {exc.strerror or exc}", header)
@@ -142,7 +146,7 @@ def store_instance(
             try:
                 with db.unit_of_work() as session:
                     indexed = _index(session, header, digest, len(part10), source, policy)
-                    if _needs_file(indexed, store):
+                    if temp is not None and _needs_file(indexed, store):
                         installed = store.install(temp, indexed.relative_path)
                 committed = True
                 break
@@ -153,15 +157,20 @@ def store_instance(
         if installed is not None:
             store.sync_directory(installed)  # before Success: the rename is durable
     except (SQLAlchemyError, OSError, _LostInsertRace) as exc:
-        if installed is not None and not committed:
+        if installed is not None and not committed and not _row_points_at(db, installed, store):
             # the transaction that would have pointed at this file rolled back
             installed.unlink(missing_ok=True)
-        temp.unlink(missing_ok=True)
+        if temp is not None:
+            temp.unlink(missing_ok=True)
+        if isinstance(exc, DataError):
+            # a value the database refuses: resending cannot help (C000, not A700)
+            log.warning("instance refused: a value cannot be indexed: %s", _short(exc))
+            return _result(StoreOutcome.REJECTED, "a value cannot be indexed", header)
         kind = "database" if isinstance(exc, SQLAlchemyError) else "storage"
         log.error("instance not stored (%s unavailable): %s", kind, _short(exc))
         return _result(StoreOutcome.FAILED, f"{kind} unavailable", header)
     finally:
-        if installed is None:
+        if installed is None and temp is not None:
             temp.unlink(missing_ok=True)
 
     assert indexed is not None
@@ -174,6 +183,22 @@ def store_instance(
             indexed.outcome.value,
         )
     return _result(indexed.outcome, indexed.audit_reason, header, new_study=indexed.new_study)
+
+
+def _row_points_at(db: Database, installed: Path, store: FileStore) -> bool:
+    """After a failed COMMIT: did it go through all the same? (A connection lost
+    during COMMIT on PostgreSQL leaves that unknown.) A file an index row points
+    at is never removed; if the database cannot say, the file is kept too: an
+    orphan file is found by verify, a missing one would be a lost image."""
+    relative = installed.relative_to(store.instances).as_posix()
+    try:
+        with db.read() as session:
+            return (
+                session.scalar(select(DicomInstance.id).where(DicomInstance.file_path == relative))
+                is not None
+            )
+    except SQLAlchemyError:
+        return True
 
 
 def _needs_file(indexed: _Indexed, store: FileStore) -> bool:
@@ -264,6 +289,10 @@ def _index(
     if inserted is None:
         raise _LostInsertRace()
 
+    if parents.quarantined:
+        # Held (stored, indexed, flagged) but not merged: the other patient's study
+        # keeps its counts and modalities until reconciliation decides.
+        return _Indexed(StoreOutcome.STORED, relative)
     # Counters move by atomic increments in this transaction: concurrent receivers
     # of one study (threads, processes, nodes) never lose an update.
     connection.execute(_SQL.count_series_instance, {"pk": parents.series_pk})
@@ -328,6 +357,11 @@ def _create_parents(
     """First instance of a series (or a patient mismatch): upsert patient, study, series."""
     patient = _upsert_patient(session, header)
     study, new_study = _upsert_study(session, header, patient, now)
+    # As in _known_parents: the study row is locked before the instance insert
+    # (same lock order on both paths) and its completeness read under the lock.
+    completeness = (
+        session.connection().execute(_SQL.study_completeness_locked, {"pk": study.id}).scalar_one()
+    )
     quarantined = study.patient_pk != patient.id
     if quarantined:
         _quarantine(session, study, header, source)
@@ -335,7 +369,7 @@ def _create_parents(
     return _Parents(
         series.id,
         study.id,
-        study.completeness,
+        completeness,
         new_study=new_study,
         new_series=new_series,
         quarantined=quarantined,
@@ -364,6 +398,10 @@ class _SQL:
         .where(_series.c.series_instance_uid == bindparam("uid"))
     )
     known_series_locked = known_series.with_for_update(of=_study)
+    # FOR UPDATE is PostgreSQL's; SQLite's BEGIN IMMEDIATE already serialises writers
+    study_completeness_locked = (
+        select(_study.c.completeness).where(_study.c.id == bindparam("pk")).with_for_update()
+    )
     count_series_instance = (
         update(_series)
         .where(_series.c.id == bindparam("pk"))
@@ -408,18 +446,34 @@ def _index_resend(
 ) -> _Indexed:
     if existing.sha256 == digest:
         return _Indexed(StoreOutcome.DUPLICATE, existing.file_path)
+    after: dict[str, object] = {"sha256": digest, "file_size": size}
     details: dict[str, object] = {
         "before": {"sha256": existing.sha256, "file_size": existing.file_size},
-        "after": {"sha256": digest, "file_size": size},
+        "after": after,
         "policy": policy.duplicate_policy,
     }
-    if policy.duplicate_policy == "replace":
+    series = existing.series
+    moved = (series.series_instance_uid, series.study.study_instance_uid) != (
+        header.series_instance_uid,
+        header.study_instance_uid,
+    ) or existing.received_patient_id != header.patient_id
+    if moved:
+        # Replacing would move an instance between series, studies or patients
+        # behind the index's back: that is a correction for a person to make.
+        relative, old = existing.file_path, None
+        outcome = StoreOutcome.KEPT_EXISTING
+        reason = "stored copy kept: the new copy names another series, study or patient"
+        after["series_instance_uid"] = header.series_instance_uid
+        after["study_instance_uid"] = header.study_instance_uid
+    elif policy.duplicate_policy == "replace":
         relative = _relative_path(header, variant=digest[:16])
         old = existing.file_path
         existing.file_path = relative
         existing.sha256 = digest
         existing.file_size = size
         existing.transfer_syntax_uid = header.transfer_syntax_uid
+        existing.sop_class_uid = header.sop_class_uid
+        existing.instance_number = header.instance_number
         existing.received_at = datetime.now(UTC)
         outcome, reason = StoreOutcome.REPLACED, "new content replaced the stored copy"
     else:

@@ -53,9 +53,14 @@ def find_order(session: Session, header: InstanceHeader) -> tuple[ImagingRequest
         )
         if issuer:
             query = query.where(ImagingRequest.accession_issuer.in_([issuer, ""]))
-        order = session.scalars(query.order_by(ImagingRequest.id)).first()
-        if order is not None:
-            return order, how
+        orders = session.scalars(query.order_by(ImagingRequest.id).limit(2)).all()
+        if len(orders) > 1:
+            # The same accession under several issuers and none on the images: a
+            # person must pick the order (reconciliation), never the lowest id.
+            log.warning("accession number matches several orders: left unmatched")
+            return None, "ambiguous"
+        if orders:
+            return orders[0], how
     return None, ""
 
 
@@ -66,7 +71,7 @@ def match_new_study(
     study = session.get(DicomStudy, study_id)
     assert study is not None
     order, matched_by = find_order(session, header)
-    if order is None:
+    if order is None:  # no order, or an ambiguous accession number
         status, mismatches = MetadataStatus.UNMATCHED, []
     else:
         mismatches = demographic_mismatches(

@@ -146,6 +146,25 @@ def test_different_content_under_a_known_uid_is_kept_out_and_audited(
     assert event.target_id == first.SOPInstanceUID
 
 
+def test_replace_policy_never_moves_an_instance_to_another_series(
+    db: Database, store: FileStore
+) -> None:
+    first = ct_dataset(study_uid=generate_uid(), pixel_seed=1)
+    moved = ct_dataset(study_uid=generate_uid(), sop_uid=first.SOPInstanceUID, pixel_seed=2)
+    put(db, store, to_bytes(first))
+    result = put(db, store, to_bytes(moved), IngestPolicy(duplicate_policy="replace"))
+    assert result.outcome is StoreOutcome.KEPT_EXISTING
+    with db.read() as session:
+        instance = session.scalars(select(DicomInstance)).one()
+        audit = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "instance_content_conflict")
+        ).one()
+    assert store.absolute(instance.file_path).read_bytes() == to_bytes(first)
+    assert audit.details["after"]["study_instance_uid"] == moved.StudyInstanceUID
+    assert count(db, DicomStudy) == 1  # the other study never appeared
+    assert store.iter_files() == [store.absolute(instance.file_path)]
+
+
 def test_replace_policy_swaps_the_file_only_after_the_new_copy_is_in_place(
     db: Database, store: FileStore
 ) -> None:
@@ -308,6 +327,52 @@ def test_known_study_uid_for_another_patient_is_quarantined_not_merged(
     assert flagged.received_patient_id == "PAT2"
     assert patient is not None and patient.patient_id == "PAT1"  # the study keeps its patient
     assert audit.patient_id == "PAT2"
+    # held, not merged: the study's counts and modalities are still PAT1's alone
+    assert (study.instance_count, study.series_count, study.modalities_in_study) == (1, 1, "CT")
+
+
+def test_accession_without_issuer_matching_orders_of_two_issuers_is_left_unmatched(
+    db: Database, store: FileStore
+) -> None:
+    _order(db, accession_number="ACC55", accession_issuer="HOSP_A")
+    _order(db, accession_number="ACC55", accession_issuer="HOSP_B")
+    study_uid = generate_uid()
+    put(db, store, to_bytes(ct_dataset(study_uid=study_uid, accession="ACC55")))
+    study = study_row(db, study_uid)
+    assert (study.metadata_status, study.imaging_request_id) == ("unmatched", None)
+    with db.read() as session:
+        event = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "study_unmatched")
+        ).one()
+    assert event.details["matched_by"] == "ambiguous"
+
+
+def test_values_longer_than_their_vr_allows_are_indexed_cut_and_kept_whole_in_the_file(
+    db: Database, store: FileStore
+) -> None:
+    ds = ct_dataset(study_uid=generate_uid(), accession="A" * 30)
+    ds.StationName = "STATION-NAME-FAR-TOO-LONG"
+    ds.StudyDescription = "D" * 100
+    ds.PatientBirthDate = "1970-01-01"  # not DA at all: not indexed
+    data = to_bytes(ds)
+    assert put(db, store, data).outcome is StoreOutcome.STORED
+    study = study_row(db, ds.StudyInstanceUID)
+    assert study.accession_number == "A" * 16
+    assert study.study_description == "D" * 64
+    with db.read() as session:
+        series = session.scalars(select(DicomSeries)).one()
+        patient = session.scalars(select(Patient)).one()
+        path = session.scalars(select(DicomInstance.file_path)).one()
+    assert series.station_name == "STATION-NAME-FAR"
+    assert patient.patient_birth_date is None
+    assert store.absolute(path).read_bytes() == data
+
+
+def test_acr_nema_dates_are_indexed_as_da(db: Database, store: FileStore) -> None:
+    ds = ct_dataset(study_uid=generate_uid())
+    ds.StudyDate = "2026.01.05"
+    put(db, store, to_bytes(ds))
+    assert study_row(db, ds.StudyInstanceUID).study_date == "20260105"
 
 
 # --------------------------------------------------------------------------- completeness
