@@ -136,7 +136,11 @@ class Node:
             JobSpec(
                 "study-stability",
                 partial(
-                    run_study_stability, db, stable_seconds=settings.study_stable_seconds, sla=sla
+                    run_study_stability,
+                    db,
+                    stable_seconds=settings.study_stable_seconds,
+                    sla=sla,
+                    mpps_wait_seconds=settings.mpps_wait_max_seconds,
                 ),
                 settings.stability_check_interval_seconds,
             ),

@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     # --- workflow -------------------------------------------------------------
     study_stable_seconds: Annotated[int, Field(gt=0)] = 60
     stability_check_interval_seconds: Annotated[float, Field(gt=0)] = 10.0
+    # a quiet study waits for its order's MPPS IN PROGRESS at most this long
+    mpps_wait_max_seconds: Annotated[int, Field(gt=0)] = 7200
     # reading-worklist due time after a study completes, by priority
     sla_stat_minutes: Annotated[int, Field(gt=0)] = 60
     sla_urgent_minutes: Annotated[int, Field(gt=0)] = 720

@@ -6,12 +6,21 @@ from datetime import UTC, datetime
 
 from dicom_node.db.engine import Database
 from dicom_node.domain.matching import SlaPolicy
-from dicom_node.services.completeness import SettleSummary, settle_studies
+from dicom_node.services.completeness import (
+    DEFAULT_MPPS_WAIT_SECONDS,
+    SettleSummary,
+    settle_studies,
+)
 from dicom_node.storage import FileStore
 
 
 def run_study_stability(
-    db: Database, *, stable_seconds: int, sla: SlaPolicy, now: datetime | None = None
+    db: Database,
+    *,
+    stable_seconds: int,
+    sla: SlaPolicy,
+    now: datetime | None = None,
+    mpps_wait_seconds: int = DEFAULT_MPPS_WAIT_SECONDS,
 ) -> SettleSummary:
     with db.unit_of_work() as session:
         return settle_studies(
@@ -20,6 +29,7 @@ def run_study_stability(
             stable_seconds=stable_seconds,
             sla=sla,
             actor="scheduler",
+            mpps_wait_seconds=mpps_wait_seconds,
         )
 
 

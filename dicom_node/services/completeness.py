@@ -11,10 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
-from dicom_node.db.models import DicomStudy, ImagingRequest, PerformedProcedureStep, WorklistItem
+from dicom_node.db.models import (
+    DicomInstance,
+    DicomSeries,
+    DicomStudy,
+    ImagingRequest,
+    PerformedProcedureStep,
+    WorklistItem,
+)
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import (
     Completeness,
@@ -37,18 +44,44 @@ class SettleSummary:
     became_quiet: int
     completed: int
     waiting_for_mpps: int
+    completed_by_mpps: int = 0
 
     def __str__(self) -> str:
         return (
-            f"{self.became_quiet} quiet, {self.completed} complete, "
-            f"{self.waiting_for_mpps} waiting for MPPS"
+            f"{self.became_quiet} quiet, {self.completed} complete "
+            f"({self.completed_by_mpps} by MPPS), {self.waiting_for_mpps} waiting for MPPS"
         )
 
 
+# A modality that never sends MPPS COMPLETED must not hold a study back forever.
+DEFAULT_MPPS_WAIT_SECONDS = 7200
+
+
 def settle_studies(
-    session: Session, *, now: datetime, stable_seconds: int, sla: SlaPolicy, actor: str
+    session: Session,
+    *,
+    now: datetime,
+    stable_seconds: int,
+    sla: SlaPolicy,
+    actor: str,
+    mpps_wait_seconds: int = DEFAULT_MPPS_WAIT_SECONDS,
 ) -> SettleSummary:
-    """One pass of the stability timer over studies that stopped receiving."""
+    """One pass over the studies still acquiring.
+
+    Evidence, strongest first: an MPPS COMPLETED whose every listed instance is
+    indexed completes a study at once, even mid-quiet-period; otherwise a study
+    with no new instance for ``stable_seconds`` goes quiet and completes on the
+    timer, unless its order's MPPS is still IN PROGRESS (then it waits, at most
+    ``mpps_wait_seconds`` after its last instance).
+    """
+    by_mpps = 0
+    for study in _acquiring_with_completed_mpps(session):
+        if _mpps_satisfied(session, study):
+            complete_study(
+                session, study, evidence=CompletenessEvidence.MPPS, now=now, sla=sla, actor=actor
+            )
+            by_mpps += 1
+
     cutoff = now - timedelta(seconds=stable_seconds)
     newly_quiet = session.scalars(
         select(DicomStudy)
@@ -67,8 +100,10 @@ def settle_studies(
         .with_for_update(skip_locked=True)
     ).all()
     completed = waiting = 0
+    give_up = now - timedelta(seconds=mpps_wait_seconds)
     for study in quiet:
-        if _mpps_in_progress(session, study):
+        last = study.last_received_at
+        if _mpps_in_progress(session, study) and (last is None or last > give_up):
             waiting += 1
             continue
         complete_study(
@@ -80,7 +115,55 @@ def settle_studies(
             actor=actor,
         )
         completed += 1
-    return SettleSummary(len(newly_quiet), completed, waiting)
+    return SettleSummary(len(newly_quiet), completed + by_mpps, waiting, by_mpps)
+
+
+def _acquiring_with_completed_mpps(session: Session) -> list[DicomStudy]:
+    # EXISTS, not a join with DISTINCT: PostgreSQL refuses FOR UPDATE with DISTINCT
+    completed_mpps = exists().where(
+        PerformedProcedureStep.imaging_request_id == DicomStudy.imaging_request_id,
+        PerformedProcedureStep.status == MppsStatus.COMPLETED.value,
+        PerformedProcedureStep.performed_series.is_not(None),
+    )
+    return list(
+        session.scalars(
+            select(DicomStudy)
+            .where(DicomStudy.completeness != Completeness.COMPLETE.value, completed_mpps)
+            .with_for_update(skip_locked=True)
+        )
+    )
+
+
+def _mpps_satisfied(session: Session, study: DicomStudy) -> bool:
+    """Every SOP instance the order's completed MPPS steps list is in this study."""
+    listed: dict[str, set[str]] = {}
+    for performed in session.scalars(
+        select(PerformedProcedureStep.performed_series).where(
+            PerformedProcedureStep.imaging_request_id == study.imaging_request_id,
+            PerformedProcedureStep.status == MppsStatus.COMPLETED.value,
+        )
+    ):
+        for series_uid, sop_uids in (performed or {}).items():
+            listed.setdefault(series_uid, set()).update(sop_uids)
+    if not listed:
+        return False
+    wanted = sum(len(uids) for uids in listed.values())
+    present = 0
+    for series_uid, uids in listed.items():
+        present += int(
+            session.scalar(
+                select(func.count(DicomInstance.id))
+                .join(DicomSeries, DicomInstance.series_pk == DicomSeries.id)
+                .where(
+                    DicomSeries.study_pk == study.id,
+                    DicomSeries.series_instance_uid == series_uid,
+                    DicomInstance.sop_instance_uid.in_(uids),
+                    DicomInstance.quarantined.is_(False),
+                )
+            )
+            or 0
+        )
+    return present == wanted
 
 
 def _mpps_in_progress(session: Session, study: DicomStudy) -> bool:

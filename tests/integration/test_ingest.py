@@ -468,6 +468,65 @@ def test_study_with_mpps_in_progress_waits_quiet_instead_of_completing(
     assert count(db, WorklistItem) == 0
 
 
+def _mpps(db: Database, order_id: int, status: str, series: dict[str, list[str]] | None) -> None:
+    with db.unit_of_work() as session:
+        session.add(
+            PerformedProcedureStep(
+                sop_instance_uid=generate_uid(),
+                status=status,
+                imaging_request_id=order_id,
+                performed_series=series,
+            )
+        )
+
+
+def test_completed_mpps_completes_the_study_once_every_listed_instance_arrived(
+    db: Database, store: FileStore
+) -> None:
+    order_id = _order(db, accession_number="ACC4")
+    study_uid, series_uid = generate_uid(), generate_uid()
+    sent = [
+        ct_dataset(study_uid=study_uid, series_uid=series_uid, accession="ACC4", instance_number=n)
+        for n in range(3)
+    ]
+    _mpps(db, order_id, "COMPLETED", {series_uid: [ds.SOPInstanceUID for ds in sent]})
+    for ds in sent[:2]:
+        put(db, store, to_bytes(ds))
+    summary = _settle(db, after_seconds=1)
+    assert summary.completed_by_mpps == 0  # one listed instance is still missing
+    assert study_row(db, study_uid).completeness == "receiving"
+    put(db, store, to_bytes(sent[2]))
+    summary = _settle(db, after_seconds=1)  # well within the quiet period
+    assert summary.completed_by_mpps == 1
+    study = study_row(db, study_uid)
+    assert (study.completeness, study.completeness_evidence) == ("complete", "mpps")
+    with db.read() as session:
+        order = session.get(ImagingRequest, order_id)
+    assert order is not None and order.status == "performed"
+    assert count(db, WorklistItem) == 1
+
+
+def test_mpps_left_in_progress_holds_a_study_at_most_the_configured_wait(
+    db: Database, store: FileStore
+) -> None:
+    order_id = _order(db, accession_number="ACC5")
+    _mpps(db, order_id, "IN PROGRESS", None)
+    study_uid = generate_uid()
+    put(db, store, to_bytes(ct_dataset(study_uid=study_uid, accession="ACC5")))
+    with db.read() as session:
+        last = session.scalar(select(DicomStudy.last_received_at))
+    assert last is not None
+    held = run_study_stability(
+        db, stable_seconds=60, sla=SLA, now=last + timedelta(seconds=3000), mpps_wait_seconds=3600
+    )
+    assert held.waiting_for_mpps == 1
+    released = run_study_stability(
+        db, stable_seconds=60, sla=SLA, now=last + timedelta(seconds=3601), mpps_wait_seconds=3600
+    )
+    assert released.completed == 1
+    assert study_row(db, study_uid).completeness_evidence == "stability_timer"
+
+
 # --------------------------------------------------------------------------- outages
 
 
