@@ -303,7 +303,7 @@ def _index(
         {"pk": parents.study_pk, "now": now},
     )
     if parents.new_series and header.modality:
-        _add_modality(session, parents.study_pk, header.modality)
+        _add_modality(session, parents.study_pk, header.modality, new_study=parents.new_study)
     if parents.completeness == Completeness.COMPLETE.value:
         record_audit_event(
             session,
@@ -354,21 +354,30 @@ def _known_parents(session: Session, header: InstanceHeader) -> _Parents | None:
 def _create_parents(
     session: Session, header: InstanceHeader, source: Source, now: datetime
 ) -> _Parents:
-    """First instance of a series (or a patient mismatch): upsert patient, study, series."""
-    patient = _upsert_patient(session, header)
-    study, new_study = _upsert_study(session, header, patient, now)
-    # As in _known_parents: the study row is locked before the instance insert
-    # (same lock order on both paths) and its completeness read under the lock.
-    completeness = (
-        session.connection().execute(_SQL.study_completeness_locked, {"pk": study.id}).scalar_one()
-    )
-    quarantined = study.patient_pk != patient.id
+    """First instance of a series (or a patient mismatch): upsert patient, study, series.
+
+    An insert that wins returns its id and needs no further read; only a row that
+    already existed is looked up.
+    """
+    patient_pk = _upsert_patient(session, header)
+    study_pk, study_patient_pk, new_study = _upsert_study(session, header, patient_pk, now)
+    if new_study:
+        completeness = Completeness.RECEIVING.value  # ours, uncommitted: no one else sees it
+    else:
+        # As in _known_parents: the study row is locked before the instance insert
+        # (same lock order on both paths) and its completeness read under the lock.
+        completeness = (
+            session.connection()
+            .execute(_SQL.study_completeness_locked, {"pk": study_pk})
+            .scalar_one()
+        )
+    quarantined = study_patient_pk != patient_pk
     if quarantined:
-        _quarantine(session, study, header, source)
-    series, new_series = _upsert_series(session, header, study)
+        _quarantine(session, study_pk, header, source)
+    series_pk, new_series = _upsert_series(session, header, study_pk)
     return _Parents(
-        series.id,
-        study.id,
+        series_pk,
+        study_pk,
         completeness,
         new_study=new_study,
         new_series=new_series,
@@ -398,6 +407,14 @@ class _SQL:
         .where(_series.c.series_instance_uid == bindparam("uid"))
     )
     known_series_locked = known_series.with_for_update(of=_study)
+    patient_pk = select(_patient.c.id).where(
+        _patient.c.patient_id == bindparam("patient_id"),
+        _patient.c.issuer_of_patient_id == bindparam("issuer"),
+    )
+    study_by_uid = select(_study.c.id, _study.c.patient_pk).where(
+        _study.c.study_instance_uid == bindparam("uid")
+    )
+    series_pk = select(_series.c.id).where(_series.c.series_instance_uid == bindparam("uid"))
     # FOR UPDATE is PostgreSQL's; SQLite's BEGIN IMMEDIATE already serialises writers
     study_completeness_locked = (
         select(_study.c.completeness).where(_study.c.id == bindparam("pk")).with_for_update()
@@ -499,8 +516,8 @@ def _index_resend(
     return _Indexed(outcome, relative, old_path=old, audit_reason=reason)
 
 
-def _upsert_patient(session: Session, header: InstanceHeader) -> Patient:
-    insert_ignoring_conflict(
+def _upsert_patient(session: Session, header: InstanceHeader) -> int:
+    created = insert_ignoring_conflict(
         session,
         Patient,
         {
@@ -515,25 +532,29 @@ def _upsert_patient(session: Session, header: InstanceHeader) -> Patient:
         },
         unique=["patient_id", "issuer_of_patient_id"],
     )
-    patient = session.scalar(
-        select(Patient).where(
-            Patient.patient_id == header.patient_id,
-            Patient.issuer_of_patient_id == header.issuer_of_patient_id,
+    if created is not None:
+        return created
+    found: int = (
+        session.connection()
+        .execute(
+            _SQL.patient_pk,
+            {"patient_id": header.patient_id, "issuer": header.issuer_of_patient_id},
         )
+        .scalar_one()
     )
-    assert patient is not None
-    return patient
+    return found
 
 
 def _upsert_study(
-    session: Session, header: InstanceHeader, patient: Patient, now: datetime
-) -> tuple[DicomStudy, bool]:
-    created = None is not insert_ignoring_conflict(
+    session: Session, header: InstanceHeader, patient_pk: int, now: datetime
+) -> tuple[int, int, bool]:
+    """(study pk, the study's patient pk, created)."""
+    created = insert_ignoring_conflict(
         session,
         DicomStudy,
         {
             "study_instance_uid": header.study_instance_uid,
-            "patient_pk": patient.id,
+            "patient_pk": patient_pk,
             "accession_number": header.accession_number,
             "accession_issuer": header.accession_issuer,
             "study_id": header.study_id,
@@ -551,22 +572,19 @@ def _upsert_study(
         },
         unique=["study_instance_uid"],
     )
-    study = session.scalar(
-        select(DicomStudy).where(DicomStudy.study_instance_uid == header.study_instance_uid)
-    )
-    assert study is not None
-    return study, created
+    if created is not None:
+        return created, patient_pk, True
+    row = session.connection().execute(_SQL.study_by_uid, {"uid": header.study_instance_uid}).one()
+    return int(row.id), int(row.patient_pk), False
 
 
-def _upsert_series(
-    session: Session, header: InstanceHeader, study: DicomStudy
-) -> tuple[DicomSeries, bool]:
-    created = None is not insert_ignoring_conflict(
+def _upsert_series(session: Session, header: InstanceHeader, study_pk: int) -> tuple[int, bool]:
+    created = insert_ignoring_conflict(
         session,
         DicomSeries,
         {
             "series_instance_uid": header.series_instance_uid,
-            "study_pk": study.id,
+            "study_pk": study_pk,
             "modality": header.modality,
             "series_number": header.series_number,
             "series_description": header.series_description,
@@ -577,17 +595,23 @@ def _upsert_series(
         },
         unique=["series_instance_uid"],
     )
-    series = session.scalar(
-        select(DicomSeries).where(DicomSeries.series_instance_uid == header.series_instance_uid)
+    if created is not None:
+        return created, True
+    found: int = (
+        session.connection()
+        .execute(_SQL.series_pk, {"uid": header.series_instance_uid})
+        .scalar_one()
     )
-    assert series is not None
-    return series, created
+    return found, False
 
 
-def _add_modality(session: Session, study_pk: int, modality: str) -> None:
+def _add_modality(session: Session, study_pk: int, modality: str, *, new_study: bool) -> None:
     # Re-read under the row lock the counter update just took: no lost update.
-    current = session.scalar(
-        select(DicomStudy.modalities_in_study).where(DicomStudy.id == study_pk)
+    # A study this transaction created has none yet.
+    current = (
+        None
+        if new_study
+        else session.scalar(select(DicomStudy.modalities_in_study).where(DicomStudy.id == study_pk))
     )
     values = set(filter(None, (current or "").split("\\")))
     if modality not in values:
@@ -599,15 +623,13 @@ def _add_modality(session: Session, study_pk: int, modality: str) -> None:
         )
 
 
-def _quarantine(
-    session: Session, study: DicomStudy, header: InstanceHeader, source: Source
-) -> None:
+def _quarantine(session: Session, study_pk: int, header: InstanceHeader, source: Source) -> None:
     """A known StudyInstanceUID for another patient: flag, never merge."""
-    before = study.metadata_status
+    before = session.scalar(select(DicomStudy.metadata_status).where(DicomStudy.id == study_pk))
     if before != MetadataStatus.CONFLICT.value:
         session.execute(
             update(DicomStudy)
-            .where(DicomStudy.id == study.id)
+            .where(DicomStudy.id == study_pk)
             .values(metadata_status=MetadataStatus.CONFLICT.value)
         )
     record_audit_event(
@@ -619,7 +641,7 @@ def _quarantine(
             actor=source.calling_ae_title or source.actor,
             source_address=source.address,
             target_class="DicomStudy",
-            target_id=str(study.id),
+            target_id=str(study_pk),
             patient_id=header.patient_id,
             study_instance_uid=header.study_instance_uid,
             accession_number=header.accession_number,
