@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -54,12 +57,55 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
+class _WriterQueue:
+    """Queues SQLite writers of every process on one file lock, in the kernel.
+
+    SQLite lets one writer in at a time and makes the others poll: its busy
+    handler sleeps 1, 2, 5, 10... ms between tries, so with two DICOM worker
+    processes a writer often slept well past the moment the lock came free
+    (measured: an eighth of the C-STORE handler's time). A blocking ``flock``
+    wakes the next writer as soon as the current one releases it; SQLite's own
+    lock is then free when BEGIN IMMEDIATE asks. Threads of one process queue on
+    a mutex first (flock is held per open file, not per thread). Readers never
+    wait here (WAL).
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._mutex = threading.Lock()
+        self._fd: int | None = None
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._mutex:
+            if self._fd is None:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o640)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _writer_queue(url: str) -> _WriterQueue | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return _WriterQueue(f"{parsed.database}.writers")
+
+
 class Database:
     """The engine and its two kinds of unit of work: read and write."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
+        self._writers = _writer_queue(url)
         self._reader = sessionmaker(self.engine, expire_on_commit=False)
         self._writer = sessionmaker(
             self.engine.execution_options(sqlite_immediate=True), expire_on_commit=False
@@ -72,7 +118,11 @@ class Database:
     @contextmanager
     def unit_of_work(self) -> Iterator[Session]:
         """A write transaction: committed when the block ends, rolled back on error."""
-        with self._writer() as session, session.begin():
+        if self._writers is None:
+            with self._writer() as session, session.begin():
+                yield session
+            return
+        with self._writers.held(), self._writer() as session, session.begin():
             yield session
 
     @contextmanager
@@ -90,3 +140,5 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._writers is not None:
+            self._writers.close()
