@@ -25,6 +25,7 @@ def ct_dataset(
     instance_number: int = 1,
     pixel_seed: int = 0,
     request_accessions: tuple[str, ...] = (),
+    request_study_uids: tuple[str, ...] = (),
 ) -> Dataset:
     ds = Dataset()
     ds.SOPClassUID = CT_IMAGE_STORAGE
@@ -41,11 +42,15 @@ def ct_dataset(
     ds.StudyTime = "101500"
     ds.SeriesNumber = 1
     ds.InstanceNumber = instance_number
-    if request_accessions:
+    if request_accessions or request_study_uids:
         items = []
         for number in request_accessions:
             item = Dataset()
             item.AccessionNumber = number
+            items.append(item)
+        for uid in request_study_uids:
+            item = Dataset()
+            item.StudyInstanceUID = uid
             items.append(item)
         ds.RequestAttributesSequence = items
     ds.Rows = ds.Columns = 4

@@ -28,40 +28,57 @@ _OPEN_FOR_IMAGES = [
 
 
 def find_order(session: Session, header: InstanceHeader) -> tuple[ImagingRequest | None, str]:
-    """The order for these images, by the DOMAIN.md precedence, and what matched."""
-    order = session.scalar(
+    """The order for these images, by the DOMAIN.md precedence, and what matched:
+    the images' StudyInstanceUID (pre-assigned by scheduling), their
+    AccessionNumber (+ issuer), then each RequestAttributesSequence item's
+    StudyInstanceUID and AccessionNumber."""
+    order = _by_study_uid(session, header.study_instance_uid)
+    if order is not None:
+        return order, "StudyInstanceUID"
+    order, ambiguous = _by_accession(session, header.accession_number, header.accession_issuer)
+    if order is not None or ambiguous:
+        return order, "AccessionNumber" if order is not None else "ambiguous"
+    for item in header.request_attributes:
+        order = _by_study_uid(session, item.study_instance_uid)
+        if order is None:
+            order, ambiguous = _by_accession(session, item.accession_number, item.accession_issuer)
+            if ambiguous:
+                return None, "ambiguous"
+        if order is not None:
+            return order, "RequestAttributesSequence"
+    return None, ""
+
+
+def _by_study_uid(session: Session, uid: str | None) -> ImagingRequest | None:
+    if not uid:
+        return None
+    return session.scalar(
         select(ImagingRequest).where(
-            ImagingRequest.study_instance_uid == header.study_instance_uid,
+            ImagingRequest.study_instance_uid == uid,
             ImagingRequest.status.in_(_OPEN_FOR_IMAGES),
         )
     )
-    if order is not None:
-        return order, "StudyInstanceUID"
-    candidates: list[tuple[str | None, str, str]] = [
-        (header.accession_number, header.accession_issuer, "AccessionNumber")
-    ]
-    candidates += [
-        (item.accession_number, item.accession_issuer, "RequestAttributesSequence")
-        for item in header.request_attributes
-    ]
-    for accession, issuer, how in candidates:
-        if not accession:
-            continue
-        query = select(ImagingRequest).where(
-            ImagingRequest.accession_number == accession,
-            ImagingRequest.status.in_(_OPEN_FOR_IMAGES),
-        )
-        if issuer:
-            query = query.where(ImagingRequest.accession_issuer.in_([issuer, ""]))
-        orders = session.scalars(query.order_by(ImagingRequest.id).limit(2)).all()
-        if len(orders) > 1:
-            # The same accession under several issuers and none on the images: a
-            # person must pick the order (reconciliation), never the lowest id.
-            log.warning("accession number matches several orders: left unmatched")
-            return None, "ambiguous"
-        if orders:
-            return orders[0], how
-    return None, ""
+
+
+def _by_accession(
+    session: Session, accession: str | None, issuer: str
+) -> tuple[ImagingRequest | None, bool]:
+    """The one open order with this accession number; (None, True) if several fit."""
+    if not accession:
+        return None, False
+    query = select(ImagingRequest).where(
+        ImagingRequest.accession_number == accession,
+        ImagingRequest.status.in_(_OPEN_FOR_IMAGES),
+    )
+    if issuer:
+        query = query.where(ImagingRequest.accession_issuer.in_([issuer, ""]))
+    orders = session.scalars(query.order_by(ImagingRequest.id).limit(2)).all()
+    if len(orders) > 1:
+        # The same accession under several issuers and none on the images: a
+        # person must pick the order (reconciliation), never the lowest id.
+        log.warning("accession number matches several orders: left unmatched")
+        return None, True
+    return (orders[0] if orders else None), False
 
 
 def match_new_study(

@@ -290,6 +290,18 @@ def test_study_matches_by_accession_or_request_attributes(
     )
 
 
+def test_study_matches_by_the_study_uid_in_a_request_attributes_item(
+    db: Database, store: FileStore
+) -> None:
+    # a modality that made its own StudyInstanceUID but kept the order's in the item
+    order_uid = generate_uid()
+    order_id = _order(db, accession_number="ACC78", study_instance_uid=order_uid)
+    study_uid = generate_uid()
+    put(db, store, to_bytes(ct_dataset(study_uid=study_uid, request_study_uids=(order_uid,))))
+    study = study_row(db, study_uid)
+    assert (study.metadata_status, study.imaging_request_id) == ("matched", order_id)
+
+
 def test_demographic_disagreement_with_the_order_is_a_conflict(
     db: Database, store: FileStore
 ) -> None:
