@@ -45,6 +45,9 @@ def _sqlite_engine(url: str) -> Engine:
         # FULL: a commit reported to a modality survives a power cut, WAL included.
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        # C-FIND matching is case-sensitive (PS3.4 C.2.2.2); SQLite's LIKE is not,
+        # unless told. PN matches case-insensitively through its folded column.
+        cursor.execute("PRAGMA case_sensitive_like=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -1,0 +1,129 @@
+"""C-FIND matching keys (PS3.4 C.2.2.2), parsed into a form any back-end compiles.
+
+Pure code: attribute values in, match descriptions out; no SQL, no pynetdicom.
+The same keys serve the DICOM C-FIND SCP and the HTTP study search.
+
+Implemented here: universal matching (C.2.2.2.3), single value matching
+(C.2.2.2.1), wildcard matching (C.2.2.2.4) for the VRs that allow it, list of
+UID matching (C.2.2.2.2) and range matching for DA (C.2.2.2.5). TM/DT ranges and
+sequence matching are not parsed yet: a query using them is refused as
+unsupported rather than answered wrongly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from dicom_node.domain.errors import InvalidValue
+from dicom_node.domain.uids import is_valid_uid
+
+
+class Level(StrEnum):
+    PATIENT = "PATIENT"
+    STUDY = "STUDY"
+    SERIES = "SERIES"
+    IMAGE = "IMAGE"
+
+
+LEVEL_ORDER = (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE)
+
+
+class InvalidQuery(InvalidValue):
+    """A malformed matching key (PS3.4: 0xA900 / 0xC000 class failures)."""
+
+
+class UnsupportedQuery(InvalidValue):
+    """A well-formed key this node cannot match yet (never answered wrongly)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Universal:
+    """Empty value: matches everything, and asks for the attribute's value."""
+
+
+@dataclass(frozen=True, slots=True)
+class Single:
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Wildcard:
+    """``*`` any run of characters, ``?`` exactly one."""
+
+    pattern: str
+
+
+@dataclass(frozen=True, slots=True)
+class UidList:
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """Inclusive; an open end is None."""
+
+    low: str | None
+    high: str | None
+
+
+Match = Universal | Single | Wildcard | UidList | Range
+
+# PS3.4 C.2.2.2.4: wildcards only for these VRs; elsewhere * and ? are literal.
+WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
+
+
+def parse_match(vr: str, raw: str | None, *, keyword: str) -> Match:
+    """The match a C-FIND identifier's value asks for. Raises InvalidQuery."""
+    value = (raw or "").strip(" \x00")
+    if not value:
+        return Universal()
+    if vr == "UI":
+        uids = tuple(part.strip(" \x00") for part in value.split("\\"))
+        bad = [uid for uid in uids if not is_valid_uid(uid)]
+        if bad:
+            raise InvalidQuery(f"{keyword}: not a valid UID (list)")
+        return Single(uids[0]) if len(uids) == 1 else UidList(uids)
+    if vr == "DA":
+        return _date_match(value, keyword)
+    if vr in ("TM", "DT"):
+        if "-" in value:
+            raise UnsupportedQuery(f"{keyword}: {vr} range matching is not supported yet")
+        return Single(value)
+    if vr in WILDCARD_VRS and ("*" in value or "?" in value):
+        if set(value) == {"*"}:
+            return Universal()  # C.2.2.2.4: a lone * is universal matching
+        return Wildcard(value)
+    return Single(value)
+
+
+def _date_match(value: str, keyword: str) -> Match:
+    if value.count("-") > 1:
+        raise InvalidQuery(f"{keyword}: malformed date range")
+    if "-" not in value:
+        return Single(_date(value, keyword))
+    low, high = (part.strip() for part in value.split("-"))
+    if not low and not high:
+        raise InvalidQuery(f"{keyword}: a date range needs at least one end")
+    range_ = Range(_date(low, keyword) if low else None, _date(high, keyword) if high else None)
+    if range_.low and range_.high and range_.low > range_.high:
+        raise InvalidQuery(f"{keyword}: date range ends before it starts")
+    return range_
+
+
+def _date(value: str, keyword: str) -> str:
+    # ACR-NEMA YYYY.MM.DD is still sent by old workstations (PS3.5 6.2 note)
+    text = value.replace(".", "")
+    if len(text) != 8 or not text.isdigit() or not ("01" <= text[4:6] <= "12"):
+        raise InvalidQuery(f"{keyword}: not a DA value (YYYYMMDD)")
+    return text
+
+
+def like_pattern(pattern: str) -> str:
+    """A DICOM wildcard pattern as SQL LIKE with ``\\`` as the escape character.
+
+    LIKE's own ``%``, ``_`` and ``\\`` in the value are escaped, so they match
+    only themselves (PS3.4: they are not DICOM wildcards).
+    """
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")

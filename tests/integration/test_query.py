@@ -1,0 +1,256 @@
+"""The query compiler against real databases: PS3.4 C.2.2.2 matching, table-driven."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydicom.uid import generate_uid
+
+from dicom_node.db.engine import Database
+from dicom_node.domain.query import InvalidQuery, Level, UnsupportedQuery
+from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
+from dicom_node.services.query import find_entities
+from dicom_node.storage import FileStore
+from tests.dicomfiles import ct_dataset, to_bytes
+
+UID = {name: generate_uid() for name in ("A", "B", "C", "D", "A1", "A2", "B1", "C1", "D1")}
+
+# study label -> patient, study attributes; series label -> study, modality, instances
+PATIENTS = {
+    "A": ("PAT1", "DOE^JANE"),
+    "B": ("PAT2", "doe^john"),
+    "C": ("PAT3", "Διονυσιος"),
+    "D": ("PAT4", "O'NEIL^ANN"),
+}
+STUDIES = {
+    "A": {"StudyDate": "20260105", "AccessionNumber": "ACC100", "StudyDescription": "CT CHEST"},
+    "B": {"StudyDate": "20251231", "AccessionNumber": "ACC_200", "StudyDescription": "50% DOSE"},
+    "C": {"StudyDate": "20260110", "AccessionNumber": "ACC300", "StudyDescription": "ct chest"},
+    "D": {"StudyDate": "20250101", "AccessionNumber": "X%Y", "StudyDescription": "HEAD"},
+}
+SERIES = {"A1": ("A", "CT", 2), "A2": ("A", "MR", 1), "B1": ("B", "CT", 1)}
+SERIES |= {"C1": ("C", "MR", 1), "D1": ("D", "CR", 1)}
+
+
+@pytest.fixture
+def indexed(db: Database, tmp_path: Path) -> Database:
+    store = FileStore(tmp_path / "store", fsync=False)
+    for series_label, (study, modality, count) in SERIES.items():
+        patient_id, name = PATIENTS[study]
+        for number in range(1, count + 1):
+            ds = ct_dataset(
+                study_uid=UID[study],
+                series_uid=UID[series_label],
+                patient_id=patient_id,
+                patient_name=name,
+                modality=modality,
+                instance_number=number,
+            )
+            ds.SpecificCharacterSet = "ISO_IR 192"
+            ds.SeriesDescription = series_label
+            ds.ReferringPhysicianName = "WHO^DR" if study == "A" else "OTHER^DR"
+            for keyword, value in STUDIES[study].items():
+                setattr(ds, keyword, value)
+            result = store_instance(
+                db,
+                store,
+                part10=to_bytes(ds),
+                source=Source(calling_ae_title="TEST"),
+                policy=IngestPolicy(),
+            )
+            assert result.outcome is StoreOutcome.STORED
+    return db
+
+
+def studies(db: Database, **keys: str) -> set[str]:
+    """Labels of the studies matching ``keys`` (asking for StudyInstanceUID)."""
+    by_uid = {uid: label for label, uid in UID.items()}
+    with db.read() as session:
+        result = find_entities(
+            session, level=Level.STUDY, keys={"StudyInstanceUID": "", **keys}, limit=100
+        )
+    return {by_uid[row["StudyInstanceUID"]] for row in result.matches}
+
+
+STUDY_CASES = [
+    # PN: case-insensitive, wildcards, non-ASCII (C.2.2.2.1, C.2.2.2.4)
+    ({"PatientName": "DOE^JANE"}, {"A"}),
+    ({"PatientName": "doe^jane"}, {"A"}),
+    ({"PatientName": "doe*"}, {"A", "B"}),
+    ({"PatientName": "D?E^J*"}, {"A", "B"}),
+    ({"PatientName": "*JOHN"}, {"B"}),
+    ({"PatientName": "διονυσιος"}, {"C"}),
+    ({"PatientName": "ΔΙΟΝΥΣΙΟΣ"}, {"C"}),
+    ({"PatientName": "Διον*"}, {"C"}),
+    ({"PatientName": "O'NEIL^ANN"}, {"D"}),
+    ({"PatientName": "DOE"}, set()),  # single value: the whole name, not a prefix
+    # other strings: case-sensitive single value
+    ({"StudyDescription": "CT CHEST"}, {"A"}),
+    ({"StudyDescription": "ct chest"}, {"C"}),
+    ({"StudyDescription": "ct*"}, {"C"}),
+    ({"StudyDescription": "*CHEST"}, {"A"}),
+    ({"PatientID": "PAT1"}, {"A"}),
+    ({"PatientID": "pat1"}, set()),
+    ({"ReferringPhysicianName": "WHO^DR"}, {"A"}),
+    # SQL LIKE's own characters are literal (never wildcards)
+    ({"StudyDescription": "50%*"}, {"B"}),
+    ({"StudyDescription": "5_*"}, set()),
+    ({"AccessionNumber": "ACC_200"}, {"B"}),
+    ({"AccessionNumber": "ACC_*"}, {"B"}),
+    ({"AccessionNumber": "ACC?00"}, {"A", "C"}),
+    ({"AccessionNumber": "X%Y"}, {"D"}),
+    ({"AccessionNumber": "X?Y"}, {"D"}),
+    ({"AccessionNumber": "X_Y"}, set()),
+    # universal (C.2.2.2.3)
+    ({"StudyDescription": ""}, {"A", "B", "C", "D"}),
+    ({"StudyDescription": "*"}, {"A", "B", "C", "D"}),
+    # DA single and ranges, open ends inclusive (C.2.2.2.5)
+    ({"StudyDate": "20260105"}, {"A"}),
+    ({"StudyDate": "2026.01.05"}, {"A"}),
+    ({"StudyDate": "20260101-20260131"}, {"A", "C"}),
+    ({"StudyDate": "20260105-20260110"}, {"A", "C"}),
+    ({"StudyDate": "-20251231"}, {"B", "D"}),
+    ({"StudyDate": "20260106-"}, {"C"}),
+    ({"StudyDate": "20240101"}, set()),
+    # UID list (C.2.2.2.2)
+    ({"StudyInstanceUID": f"{UID['A']}\\{UID['C']}"}, {"A", "C"}),
+    ({"StudyInstanceUID": UID["B"]}, {"B"}),
+    # ModalitiesInStudy: one of its values
+    ({"ModalitiesInStudy": "MR"}, {"A", "C"}),
+    ({"ModalitiesInStudy": "CT"}, {"A", "B"}),
+    ({"ModalitiesInStudy": "CR"}, {"D"}),
+    ({"ModalitiesInStudy": "C"}, set()),
+    # keys combine with AND
+    ({"PatientName": "doe*", "StudyDate": "20260101-"}, {"A"}),
+    ({"PatientName": "doe*", "ModalitiesInStudy": "CT", "StudyDate": "-20251231"}, {"B"}),
+]
+
+
+@pytest.mark.parametrize(("keys", "expected"), STUDY_CASES, ids=[str(c[0]) for c in STUDY_CASES])
+def test_study_level_matching(indexed: Database, keys: dict[str, str], expected: set[str]) -> None:
+    assert studies(indexed, **keys) == expected
+
+
+def test_series_and_image_levels_return_one_row_per_entity(indexed: Database) -> None:
+    with indexed.read() as session:
+        series = find_entities(
+            session,
+            level=Level.SERIES,
+            keys={
+                "StudyInstanceUID": UID["A"],
+                "SeriesDescription": "",
+                "NumberOfSeriesRelatedInstances": "",
+            },
+            limit=100,
+        )
+        mr = find_entities(
+            session, level=Level.SERIES, keys={"Modality": "MR", "SeriesDescription": ""}, limit=9
+        )
+        images = find_entities(
+            session,
+            level=Level.IMAGE,
+            keys={"SeriesInstanceUID": UID["A1"], "InstanceNumber": "", "SOPInstanceUID": ""},
+            limit=100,
+        )
+        second = find_entities(
+            session,
+            level=Level.IMAGE,
+            keys={"SeriesInstanceUID": UID["A1"], "InstanceNumber": "2"},
+            limit=100,
+        )
+    assert {
+        (r["SeriesDescription"], r["NumberOfSeriesRelatedInstances"]) for r in series.matches
+    } == {
+        ("A1", 2),
+        ("A2", 1),
+    }
+    assert {r["SeriesDescription"] for r in mr.matches} == {"A2", "C1"}
+    assert sorted(r["InstanceNumber"] for r in images.matches) == [1, 2]
+    assert len(second.matches) == 1
+
+
+def test_patient_level_answers_the_computed_counts(indexed: Database) -> None:
+    with indexed.read() as session:
+        result = find_entities(
+            session,
+            level=Level.PATIENT,
+            keys={
+                "PatientName": "doe*",
+                "PatientID": "",
+                "NumberOfPatientRelatedStudies": "",
+                "NumberOfPatientRelatedSeries": "",
+                "NumberOfPatientRelatedInstances": "",
+            },
+            limit=100,
+        )
+    counts = {
+        r["PatientID"]: (
+            r["NumberOfPatientRelatedStudies"],
+            r["NumberOfPatientRelatedSeries"],
+            r["NumberOfPatientRelatedInstances"],
+        )
+        for r in result.matches
+    }
+    assert counts == {"PAT1": (1, 2, 3), "PAT2": (1, 1, 1)}
+
+
+def test_study_level_answers_counts_and_modalities(indexed: Database) -> None:
+    with indexed.read() as session:
+        result = find_entities(
+            session,
+            level=Level.STUDY,
+            keys={
+                "StudyInstanceUID": UID["A"],
+                "ModalitiesInStudy": "",
+                "NumberOfStudyRelatedSeries": "",
+                "NumberOfStudyRelatedInstances": "",
+            },
+            limit=100,
+        )
+    (row,) = result.matches
+    assert (row["ModalitiesInStudy"], row["NumberOfStudyRelatedSeries"]) == ("CT\\MR", 2)
+    assert row["NumberOfStudyRelatedInstances"] == 3
+
+
+def test_the_cap_truncates_and_says_so(indexed: Database) -> None:
+    with indexed.read() as session:
+        capped = find_entities(session, level=Level.STUDY, keys={"StudyDate": ""}, limit=3)
+        whole = find_entities(session, level=Level.STUDY, keys={"StudyDate": ""}, limit=4)
+    assert (len(capped.matches), capped.truncated) == (3, True)
+    assert (len(whole.matches), whole.truncated) == (4, False)
+
+
+def test_keys_the_node_does_not_index_are_reported_not_matched(indexed: Database) -> None:
+    with indexed.read() as session:
+        result = find_entities(
+            session,
+            level=Level.STUDY,
+            keys={"AccessionNumber": "ACC100", "OperatorsName": "SMITH"},
+            limit=10,
+        )
+    assert len(result.matches) == 1
+    assert result.unsupported == ["OperatorsName"]
+
+
+BAD_KEYS = [
+    (Level.STUDY, {"StudyDate": "2026-01-05"}, InvalidQuery),  # two dashes
+    (Level.STUDY, {"StudyDate": "20261301"}, InvalidQuery),  # no 13th month
+    (Level.STUDY, {"StudyDate": "20260131-20260101"}, InvalidQuery),  # ends before start
+    (Level.STUDY, {"StudyDate": "-"}, InvalidQuery),
+    (Level.STUDY, {"StudyInstanceUID": "1.2.abc"}, InvalidQuery),
+    (Level.STUDY, {"StudyInstanceUID": "1.2.3\\../../etc"}, InvalidQuery),
+    (Level.STUDY, {"SOPInstanceUID": "1.2.3"}, InvalidQuery),  # a key below the level
+    (Level.PATIENT, {"StudyDate": ""}, InvalidQuery),
+    (Level.IMAGE, {"InstanceNumber": "two"}, InvalidQuery),
+    (Level.STUDY, {"StudyTime": "1000-1100"}, UnsupportedQuery),
+    (Level.STUDY, {"NumberOfStudyRelatedInstances": "3"}, UnsupportedQuery),
+]
+
+
+@pytest.mark.parametrize(("level", "keys", "error"), BAD_KEYS, ids=[str(c[1]) for c in BAD_KEYS])
+def test_malformed_or_unsupported_keys_are_refused_not_guessed(
+    indexed: Database, level: Level, keys: dict[str, str], error: type[Exception]
+) -> None:
+    with indexed.read() as session, pytest.raises(error):
+        find_entities(session, level=level, keys=keys, limit=10)
