@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     # Processes receiving DICOM on the one port: 0 = one per CPU core, 1 = inside the
     # main process. Threads cannot spread C-STORE over cores (the GIL); processes can.
     dicom_workers: Annotated[int, Field(ge=0, le=64)] = 0
+    # C-FIND answers at most this many matches, then fails with 0xA700 (narrow it)
+    max_find_matches: Annotated[int, Field(ge=1)] = 1000
 
     # --- storage and database -------------------------------------------------
     data_dir: Path = Path("data")

@@ -17,6 +17,7 @@ from dicom_node.db.engine import Database
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import AuditOutcome
 from dicom_node.scp import status
+from dicom_node.scp.find import FindHandler
 from dicom_node.scp.polling import connection_closed, poll_adaptively
 from dicom_node.scp.store import StoreHandler
 from dicom_node.services.audit import record_audit_event
@@ -28,11 +29,12 @@ HandlerList = list[
 ]
 
 
-def build_handlers(db: Database, store: StoreHandler) -> HandlerList:
+def build_handlers(db: Database, store: StoreHandler, find: FindHandler) -> HandlerList:
     return [
         (evt.EVT_CONN_OPEN, handle_connection_opened),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, store.handle_store),
+        (evt.EVT_C_FIND, find.handle_find),
         (evt.EVT_ACCEPTED, handle_accepted),
         (evt.EVT_REJECTED, handle_rejected, [db]),
         (evt.EVT_CONN_CLOSE, store.handle_closed),

@@ -13,6 +13,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.db.engine import Database
+from dicom_node.scp.find import FIND_MODELS, FindHandler
 from dicom_node.scp.handlers import build_handlers
 from dicom_node.scp.store import StoreHandler
 from dicom_node.services.ingest import IngestPolicy
@@ -74,6 +75,8 @@ def build_ae(settings: Settings) -> AE:
     ae.dimse_timeout = settings.dimse_timeout_seconds
     ae.network_timeout = settings.network_timeout_seconds
     ae.add_supported_context(Verification)
+    for find_model in FIND_MODELS:
+        ae.add_supported_context(find_model)
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(str(context.abstract_syntax), STORAGE_TRANSFER_SYNTAXES)
     return ae
@@ -126,11 +129,12 @@ class DicomServer:
         self._store_handler = StoreHandler(
             db, store, IngestPolicy(duplicate_policy=settings.duplicate_policy)
         )
+        self._find_handler = FindHandler(db, max_matches=settings.max_find_matches)
         self._server: ThreadedAssociationServer | None = None
 
     def start(self) -> tuple[str, int]:
         """Bind and serve; raises OSError if the address is unavailable."""
-        handlers = build_handlers(self._db, self._store_handler)
+        handlers = build_handlers(self._db, self._store_handler, self._find_handler)
         address = (self._settings.bind_host, self._settings.dicom_port)
         if self._listener is None:
             server = self._ae.start_server(address, block=False, evt_handlers=handlers)

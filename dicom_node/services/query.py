@@ -14,8 +14,12 @@ from typing import Any
 from pydicom.datadict import dictionary_VR
 from sqlalchemy.orm import Session
 
+from dicom_node.db.engine import Database
 from dicom_node.db.query import ATTRIBUTES, compile_query
-from dicom_node.domain.query import Level, Match, parse_match
+from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.enums import AuditOutcome
+from dicom_node.domain.query import InvalidQuery, Level, Match, UnsupportedQuery, parse_match
+from dicom_node.services.audit import record_audit_event
 
 
 @dataclass(frozen=True)
@@ -49,3 +53,40 @@ def find_entities(
         truncated=len(rows) > limit,
         unsupported=unsupported,
     )
+
+
+def query_index(
+    db: Database,
+    *,
+    level: Level,
+    keys: Mapping[str, str | None],
+    limit: int,
+    actor: str,
+    source_address: str | None = None,
+) -> QueryResult:
+    """``find_entities`` in its own read transaction, then the Query audit event
+    (PS3.15 A.5.3.11: the query is recorded, never the results). Refused queries
+    are audited too, then re-raised for the caller to answer."""
+    outcome, reason = AuditOutcome.SUCCESS, None
+    try:
+        with db.read() as session:
+            result = find_entities(session, level=level, keys=keys, limit=limit)
+    except (InvalidQuery, UnsupportedQuery) as exc:
+        outcome, reason = AuditOutcome.MINOR_FAILURE, str(exc)
+        raise
+    finally:
+        with db.unit_of_work() as session:
+            record_audit_event(
+                session,
+                AuditRecord(
+                    event_code=AuditEventCode.QUERY,
+                    action="query",
+                    outcome=outcome,
+                    actor=actor,
+                    source_address=source_address,
+                    target_class=level.value,
+                    reason=reason,
+                    details={"keys": {k: v for k, v in keys.items() if v}, "level": level.value},
+                ),
+            )
+    return result

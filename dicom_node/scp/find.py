@@ -1,0 +1,171 @@
+"""C-FIND for the Patient Root and Study Root Query/Retrieve models (PS3.4 C.4.1).
+
+Decode the identifier -> one ``query_index`` call -> one pending response per
+match. The database session is closed before the first response is sent, so a
+slow or cancelling peer never holds a connection or a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pynetdicom.events import Event
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+)
+
+from dicom_node.db.engine import Database
+from dicom_node.domain.query import InvalidQuery, Level, UnsupportedQuery
+from dicom_node.scp import status
+from dicom_node.services.query import query_index
+
+log = logging.getLogger("dicom_node.scp")
+
+FIND_MODELS = {
+    str(PatientRootQueryRetrieveInformationModelFind): (
+        Level.PATIENT,
+        Level.STUDY,
+        Level.SERIES,
+        Level.IMAGE,
+    ),
+    str(StudyRootQueryRetrieveInformationModelFind): (Level.STUDY, Level.SERIES, Level.IMAGE),
+}
+_NOT_KEYS = {"QueryRetrieveLevel", "SpecificCharacterSet"}
+_UTF8 = "ISO_IR 192"
+# a peer that stops reading is the network timeout's business, not this loop's
+SEND_WAIT_SECONDS = 5.0
+
+Response = tuple[int | Dataset, Dataset | None]
+
+
+class FindHandler:
+    def __init__(self, db: Database, *, max_matches: int) -> None:
+        self._db = db
+        self._max_matches = max_matches
+
+    def handle_find(self, event: Event) -> Iterator[Response]:
+        requestor = event.assoc.requestor
+        try:
+            identifier = event.identifier
+            level = _level(identifier, str(event.request.AffectedSOPClassUID))
+            keys = _keys(identifier)
+        except (InvalidQuery, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("C-FIND from %s refused: %s", requestor.ae_title, _reason(exc))
+            yield _failure(status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, _reason(exc))
+            return
+        try:
+            result = query_index(
+                self._db,
+                level=level,
+                keys=keys,
+                limit=self._max_matches,
+                actor=requestor.ae_title,
+                source_address=f"{requestor.address}:{requestor.port}",
+            )
+        except InvalidQuery as exc:
+            log.warning("C-FIND from %s refused: %s", requestor.ae_title, exc)
+            yield _failure(status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc))
+            return
+        except UnsupportedQuery as exc:
+            log.warning("C-FIND from %s not supported: %s", requestor.ae_title, exc)
+            yield _failure(status.UNABLE_TO_PROCESS, str(exc))
+            return
+        except Exception:
+            log.exception("C-FIND from %s failed", requestor.ae_title)
+            yield _failure(status.OUT_OF_RESOURCES, "query failed")
+            return
+
+        pending = status.PENDING_WARNING if result.unsupported else status.PENDING
+        for match in result.matches:
+            if event.is_cancelled:
+                log.info("C-FIND from %s cancelled", requestor.ae_title)
+                yield status.CANCEL, None
+                return
+            yield pending, _response(level, keys, match)
+            _wait_until_sent(event)
+        if result.truncated:
+            log.warning(
+                "C-FIND from %s stopped at the cap of %d matches",
+                requestor.ae_title,
+                self._max_matches,
+            )
+            yield _failure(
+                status.OUT_OF_RESOURCES,
+                f"more than {self._max_matches} matches: narrow the query",
+            )
+            return
+        yield status.SUCCESS, None
+
+
+def _wait_until_sent(event: Event) -> None:
+    """Backpressure: let pynetdicom send one response before the next is made.
+
+    Its DUL loop sends queued responses before it reads anything, so a result
+    queued all at once would only see the peer's C-CANCEL after the last match
+    (and would sit in memory meanwhile). Waiting for the send queue to empty lets
+    the cancel in between two responses.
+    """
+    queue = event.assoc.dul.to_provider_queue
+    deadline = time.monotonic() + SEND_WAIT_SECONDS
+    while not queue.empty() and event.assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.0002)
+
+
+def _level(identifier: Dataset, sop_class: str) -> Level:
+    value = str(identifier.get("QueryRetrieveLevel", "") or "").strip()
+    if not value:
+        raise InvalidQuery("QueryRetrieveLevel is missing")
+    try:
+        level = Level(value)
+    except ValueError:
+        raise InvalidQuery("QueryRetrieveLevel is not PATIENT, STUDY, SERIES or IMAGE") from None
+    if level not in FIND_MODELS.get(sop_class, ()):
+        raise InvalidQuery(f"level {level} is not part of this information model")
+    return level
+
+
+def _keys(identifier: Dataset) -> dict[str, str | None]:
+    """keyword -> value as text, decoded with the identifier's character set."""
+    keys: dict[str, str | None] = {}
+    for element in identifier:
+        keyword = element.keyword
+        if not keyword or keyword in _NOT_KEYS:
+            continue  # private or unknown tags: never matched, never answered
+        value = element.value
+        if element.VR == "SQ":
+            keys[keyword] = None  # sequence matching: not supported yet (reported)
+        elif isinstance(value, MultiValue):
+            keys[keyword] = "\\".join(str(v) for v in value)
+        else:
+            keys[keyword] = "" if value is None else str(value)
+    return keys
+
+
+def _response(level: Level, keys: dict[str, str | None], match: dict[str, Any]) -> Dataset:
+    """Exactly the requested keys, plus QueryRetrieveLevel and SpecificCharacterSet."""
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level.value
+    values = {keyword: match.get(keyword) for keyword in keys}
+    if any(isinstance(v, str) and not v.isascii() for v in values.values()):
+        ds.SpecificCharacterSet = _UTF8
+    for keyword, value in values.items():
+        setattr(ds, keyword, "" if value is None else value)
+    return ds
+
+
+def _failure(code: int, comment: str) -> Response:
+    """A final status with its ErrorComment (LO, at most 64 characters)."""
+    ds = Dataset()
+    ds.Status = code
+    ds.ErrorComment = comment[: status.ERROR_COMMENT_MAX]
+    return ds, None
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, InvalidQuery) else "identifier cannot be decoded"

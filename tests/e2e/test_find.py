@@ -1,0 +1,225 @@
+"""C-FIND over real associations: DCMTK findscu and a pynetdicom SCU."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+)
+from sqlalchemy import select
+
+from dicom_node.db.models import AuditEvent
+from dicom_node.node import Node
+from dicom_node.services.importing import import_files, iter_files
+from dicom_node.services.ingest import IngestPolicy, Source, store_instance
+from tests.dicomfiles import ct_dataset, to_bytes
+from tests.support import SAMPLE_DIR, dcmtk_env, dcmtk_tool
+
+SAMPLES = list(iter_files([SAMPLE_DIR]))
+
+
+def _load_samples(node: Node) -> None:
+    assert node.db is not None and node.store is not None
+    summary = import_files(node.db, node.store, SAMPLES, policy=IngestPolicy(), actor="test")
+    assert summary.outcomes["stored"] == 31
+
+
+@pytest.fixture
+def loaded(make_node) -> Node:  # type: ignore[no-untyped-def]
+    node: Node = make_node()
+    _load_samples(node)
+    return node
+
+
+def findscu(
+    node: Node, out: Path, *keys: str, model: str = "-S", extra: tuple[str, ...] = ()
+) -> tuple[subprocess.CompletedProcess[str], list[Dataset]]:
+    out.mkdir(parents=True, exist_ok=True)
+    args = [dcmtk_tool("findscu"), model, "-aec", "DICOM_NODE", "-X", "-od", str(out), *extra]
+    for key in keys:
+        args += ["-k", key]
+    result = subprocess.run(
+        [*args, "127.0.0.1", str(node.dicom_port)],
+        capture_output=True,
+        text=True,
+        env=dcmtk_env(),
+        timeout=60,
+    )
+    return result, [pydicom.dcmread(path) for path in sorted(out.glob("rsp*.dcm"))]
+
+
+def pynetdicom_find(
+    node: Node, identifier: Dataset, model: str = StudyRootQueryRetrieveInformationModelFind
+) -> list[tuple[int, Dataset | None]]:
+    ae = AE(ae_title="PYFIND")
+    ae.add_requested_context(model)
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title="DICOM_NODE")
+    assert assoc.is_established
+    try:
+        return [(int(s.Status), i) for s, i in assoc.send_c_find(identifier, model) if s]
+    finally:
+        assoc.release()
+
+
+def test_findscu_study_query_returns_exactly_the_requested_keys_and_counts(
+    loaded: Node, tmp_path: Path
+) -> None:
+    result, responses = findscu(
+        loaded,
+        tmp_path,
+        "QueryRetrieveLevel=STUDY",
+        "PatientName=smith*",  # PN: case-insensitive here
+        "StudyInstanceUID",
+        "AccessionNumber",
+        "ModalitiesInStudy",
+        "NumberOfStudyRelatedSeries",
+        "NumberOfStudyRelatedInstances",
+    )
+    assert result.returncode == 0, result.stderr
+    (response,) = responses
+    assert response.PatientName == "SMITH^JOHN^A"
+    assert response.AccessionNumber == "DEMOACC0002"
+    assert response.ModalitiesInStudy == "MR"
+    assert int(response.NumberOfStudyRelatedSeries) == 3
+    keywords = {element.keyword for element in response}
+    assert keywords == {
+        "QueryRetrieveLevel",
+        "PatientName",
+        "StudyInstanceUID",
+        "AccessionNumber",
+        "ModalitiesInStudy",
+        "NumberOfStudyRelatedSeries",
+        "NumberOfStudyRelatedInstances",
+    }
+
+
+def test_japanese_name_matches_and_comes_back_in_utf8(loaded: Node, tmp_path: Path) -> None:
+    result, responses = findscu(
+        loaded,
+        tmp_path,
+        "QueryRetrieveLevel=STUDY",
+        "SpecificCharacterSet=ISO_IR 192",
+        "PatientName=Yamada^Tarou=山田^太郎=やまだ^たろう",
+        "PatientID",
+    )
+    assert result.returncode == 0, result.stderr
+    (response,) = responses
+    assert response.SpecificCharacterSet == "ISO_IR 192"
+    assert str(response.PatientName) == "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    assert response.PatientID == "DEMO0003"
+
+
+def test_patient_root_series_and_image_levels(loaded: Node, tmp_path: Path) -> None:
+    _, series = findscu(
+        loaded,
+        tmp_path / "series",
+        "QueryRetrieveLevel=SERIES",
+        "PatientID=DEMO0002",
+        "Modality=MR",
+        "SeriesInstanceUID",
+        "NumberOfSeriesRelatedInstances",
+        model="-P",
+    )
+    assert len(series) == 3
+    first = series[0].SeriesInstanceUID
+    _, images = findscu(
+        loaded,
+        tmp_path / "images",
+        "QueryRetrieveLevel=IMAGE",
+        f"SeriesInstanceUID={first}",
+        "SOPInstanceUID",
+        "InstanceNumber",
+        model="-P",
+    )
+    assert len(images) == int(series[0].NumberOfSeriesRelatedInstances) > 0
+
+
+def test_a_broad_query_stops_at_the_cap_with_a700(make_node) -> None:  # type: ignore[no-untyped-def]
+    capped: Node = make_node(max_find_matches=3)
+    _load_samples(capped)
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = ""
+    statuses = [code for code, _ in pynetdicom_find(capped, identifier)]
+    assert statuses == [0xFF00, 0xFF00, 0xFF00, 0xA700]  # 4 studies, cap of 3
+
+
+def test_findscu_cancel_is_honoured_and_the_node_goes_on(loaded: Node, tmp_path: Path) -> None:
+    # long enough an answer (300 matches) for the cancel to arrive mid-stream
+    assert loaded.db is not None and loaded.store is not None
+    study, series = generate_uid(), generate_uid()
+    for n in range(300):
+        data = to_bytes(ct_dataset(study_uid=study, series_uid=series, instance_number=n))
+        store_instance(loaded.db, loaded.store, part10=data, source=Source(), policy=IngestPolicy())
+    result, responses = findscu(
+        loaded,
+        tmp_path / "cancelled",
+        "QueryRetrieveLevel=IMAGE",
+        f"StudyInstanceUID={study}",
+        f"SeriesInstanceUID={series}",
+        "SOPInstanceUID",
+        model="-S",
+        extra=("--cancel", "1", "-v"),
+    )
+    assert "Cancel" in result.stdout + result.stderr
+    assert 1 <= len(responses) < 300
+    again, answers = findscu(
+        loaded, tmp_path / "after", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}"
+    )
+    assert again.returncode == 0, again.stderr
+    assert len(answers) == 1
+
+
+BAD_IDENTIFIERS = [
+    ({"PatientID": "X"}, 0xA900),  # no QueryRetrieveLevel
+    ({"QueryRetrieveLevel": "STUDIES", "PatientID": "X"}, 0xA900),
+    ({"QueryRetrieveLevel": "PATIENT", "PatientID": "X"}, 0xA900),  # not in Study Root
+    ({"QueryRetrieveLevel": "STUDY", "SOPInstanceUID": "1.2.3"}, 0xA900),  # key below level
+    ({"QueryRetrieveLevel": "STUDY", "StudyDate": "20261301"}, 0xA900),
+    ({"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "1.2.x"}, 0xA900),
+    ({"QueryRetrieveLevel": "STUDY", "StudyTime": "0800-1000"}, 0xC000),  # not yet supported
+]
+
+
+@pytest.mark.parametrize(
+    ("keys", "code"), BAD_IDENTIFIERS, ids=[str(k) for k, _ in BAD_IDENTIFIERS]
+)
+def test_bad_identifiers_get_a_failure_status_and_are_audited(
+    loaded: Node, keys: dict[str, str], code: int
+) -> None:
+    identifier = Dataset()
+    for keyword, value in keys.items():
+        setattr(identifier, keyword, value)
+    responses = pynetdicom_find(loaded, identifier)
+    assert [status for status, _ in responses] == [code]
+    assert loaded.db is not None
+    with loaded.db.read() as session:
+        audits = session.scalars(select(AuditEvent).where(AuditEvent.action == "query")).all()
+    if "QueryRetrieveLevel" in keys and code == 0xC000:
+        assert audits and audits[-1].outcome == "minor_failure"
+
+
+def test_every_query_is_audited_with_its_keys_not_its_results(loaded: Node) -> None:
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "PATIENT"
+    identifier.PatientName = "DOE*"
+    identifier.NumberOfPatientRelatedStudies = ""
+    responses = pynetdicom_find(loaded, identifier, PatientRootQueryRetrieveInformationModelFind)
+    assert [status for status, _ in responses] == [0xFF00, 0x0000]
+    (_, match), _ = responses
+    assert match is not None and int(match.NumberOfPatientRelatedStudies) == 1
+    assert loaded.db is not None
+    with loaded.db.read() as session:
+        (audit,) = session.scalars(select(AuditEvent).where(AuditEvent.action == "query")).all()
+    assert audit.event_code == "110112"
+    assert audit.actor == "PYFIND"
+    assert audit.details["keys"] == {"PatientName": "DOE*"}
+    assert "DOE^JANE" not in str(audit.details)
