@@ -219,6 +219,8 @@ class Node:
 
     def stop(self) -> None:
         """Stop serving HTTP, then DICOM (in-flight associations get a grace period)."""
+        if isinstance(self.dicom, WorkerPool):
+            self.dicom.begin_stop()  # a worker exiting from here on is not replaced
         if self._http_server is not None and self._http_thread is not None:
             self._http_server.should_exit = True
             self._http_thread.join(timeout=10)

@@ -116,7 +116,14 @@ class Settings(BaseSettings):
             peers = _as_value_error(parse_peer_list, ",".join(str(item) for item in value))
         elif isinstance(value, dict):
             peers = [
-                _as_value_error(parse_peer, f"{ae}@{address}") for ae, address in value.items()
+                # already parsed (Peer) or serialised (the settings JSON the main
+                # process hands its DICOM workers): taken as they are
+                address
+                if isinstance(address, Peer)
+                else Peer(**address)
+                if isinstance(address, dict)
+                else _as_value_error(parse_peer, f"{ae}@{address}")
+                for ae, address in value.items()
             ]
         else:
             return value

@@ -17,7 +17,6 @@ database password), and the worker prints ``ready`` once it serves.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import signal
 import socket
@@ -104,7 +103,7 @@ class WorkerPool:
         assert self._listener is not None
         fd = self._listener.fileno()
         process = subprocess.Popen(
-            [sys.executable, "-m", "dicom_node.workers", str(fd)],
+            [sys.executable, "-m", "dicom_node.workers", str(fd), str(os.getpid())],
             pass_fds=[fd],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -120,27 +119,31 @@ class WorkerPool:
         return process
 
     def _watch(self) -> None:
-        """Restart a worker that died; give up on one that keeps dying."""
+        """Reap workers that died and keep the pool full, at most RESTART_LIMIT
+        starts a minute (a crash loop is logged, and refilled once it calms)."""
+        warned = False
         while not self._stopping.wait(0.5):
             with self._lock:
                 dead = [w for w in self._workers if w.poll() is not None]
+                for worker in dead:
+                    self._workers.remove(worker)
+                missing = self._count - len(self._workers)
             for worker in dead:
-                if self._stopping.is_set():
-                    return
+                _close_pipe(worker)
                 log.error(
                     "DICOM worker %d exited with code %s; its associations were lost",
                     worker.pid,
                     worker.returncode,
                 )
+            for _ in range(missing):
                 now = time.monotonic()
                 self._restarts = [t for t in self._restarts if now - t < RESTART_WINDOW_SECONDS]
-                with self._lock:
-                    self._workers.remove(worker)
                 if len(self._restarts) >= RESTART_LIMIT:
-                    log.error(
-                        "DICOM workers keep exiting: not restarting (%d left)", len(self.pids)
-                    )
-                    continue
+                    if not warned:
+                        log.error("DICOM workers keep exiting: restarts paused for a minute")
+                        warned = True
+                    break
+                warned = False
                 self._restarts.append(now)
                 try:
                     replacement = self._spawn()
@@ -148,15 +151,26 @@ class WorkerPool:
                     log.error("could not restart a DICOM worker: %s", exc)
                     continue
                 with self._lock:
+                    if self._stopping.is_set():  # stop() began while it started
+                        replacement.terminate()
+                        replacement.wait()
+                        _close_pipe(replacement)
+                        return
                     self._workers.append(replacement)
-                log.info("DICOM worker %d started in its place", replacement.pid)
+                log.info("DICOM worker %d started", replacement.pid)
+
+    def begin_stop(self) -> None:
+        """No more restarts: called first thing at shutdown, before the HTTP
+        server and the scheduler stop, so a worker exiting meanwhile is not replaced."""
+        with self._lock:
+            self._stopping.set()
 
     def stop(self, grace_seconds: float) -> None:
         """SIGTERM every worker (each lets its associations finish within the grace
         period, then aborts them), wait, and close the listening socket."""
-        self._stopping.set()
+        self.begin_stop()
         if self._monitor is not None:
-            self._monitor.join(timeout=5)
+            self._monitor.join(timeout=START_TIMEOUT_SECONDS + 5)
         with self._lock:
             workers = list(self._workers)
         for worker in workers:
@@ -170,12 +184,16 @@ class WorkerPool:
                 log.error("DICOM worker %d did not stop; killing it", worker.pid)
                 worker.kill()
                 worker.wait()
-            if worker.stdout is not None:
-                worker.stdout.close()
+            _close_pipe(worker)
         if self._listener is not None:
             self._listener.close()
             self._listener = None
         log.info("DICOM SCP stopped")
+
+
+def _close_pipe(process: subprocess.Popen[str]) -> None:
+    if process.stdout is not None:
+        process.stdout.close()
 
 
 def _wait_for_ready(process: subprocess.Popen[str], timeout: float) -> bool:
@@ -188,28 +206,24 @@ def _wait_for_ready(process: subprocess.Popen[str], timeout: float) -> bool:
     return bool(result) and result[0].strip() == READY
 
 
-def per_worker_associations(settings: Settings, workers: int) -> int:
-    """Each worker's share of ``max_associations`` (rounded up)."""
-    return math.ceil(settings.max_associations / workers)
-
-
 # --------------------------------------------------------------------------- worker side
 
 
-def run_worker(fd: int) -> int:
+def run_worker(fd: int, parent: int) -> int:
+    # Ctrl-C reaches the whole process group: the main process handles it and
+    # passes SIGTERM on, in the order shutdown needs.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     settings = Settings.model_validate_json(sys.stdin.read())
     configure_logging(settings.log_level)
     configure_pynetdicom(
         log_phi=settings.log_phi, accept_unknown_sop_classes=settings.accept_unknown_sop_classes
     )
-    parent = os.getppid()
     stop = threading.Event()
 
     def request_stop(_signum: int, _frame: FrameType | None) -> None:
         stop.set()
 
     signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
     listener = socket.socket(fileno=fd)
     db = Database(settings.database_url)
     server = DicomServer(
@@ -217,12 +231,15 @@ def run_worker(fd: int) -> int:
         db,
         FileStore(settings.data_dir, fsync=settings.fsync),
         listener=listener,
-        max_associations=per_worker_associations(settings, settings.dicom_worker_count),
+        # Each worker takes the node's whole limit: the kernel hands a connection to
+        # whichever worker accepts first, not the least loaded, so a per-worker
+        # share refused associations while another worker sat idle.
     )
     try:
         server.start()
         print(READY, flush=True)
-        # An orphaned worker (the main process was killed) stops by itself.
+        # An orphaned worker (the main process was killed) stops by itself; the
+        # parent's pid came in argv, so a parent gone before now is noticed too.
         while not stop.wait(1.0):
             if os.getppid() != parent:
                 log.warning("main process gone: DICOM worker %d stopping", os.getpid())
@@ -234,4 +251,4 @@ def run_worker(fd: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_worker(int(sys.argv[1])))
+    sys.exit(run_worker(int(sys.argv[1]), int(sys.argv[2])))

@@ -90,9 +90,10 @@ class _WriterQueue:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        with self._mutex:  # never under a writer that still holds it
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 def _writer_queue(url: str) -> _WriterQueue | None:

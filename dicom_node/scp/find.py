@@ -17,7 +17,11 @@ from pydicom.multival import MultiValue
 from pynetdicom.events import Event
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
 )
 
 from dicom_node.db.engine import Database
@@ -27,15 +31,22 @@ from dicom_node.services.query import query_index
 
 log = logging.getLogger("dicom_node.scp")
 
+_PATIENT_ROOT = (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE)
+_STUDY_ROOT = (Level.STUDY, Level.SERIES, Level.IMAGE)
 FIND_MODELS = {
-    str(PatientRootQueryRetrieveInformationModelFind): (
-        Level.PATIENT,
-        Level.STUDY,
-        Level.SERIES,
-        Level.IMAGE,
-    ),
-    str(StudyRootQueryRetrieveInformationModelFind): (Level.STUDY, Level.SERIES, Level.IMAGE),
+    str(PatientRootQueryRetrieveInformationModelFind): _PATIENT_ROOT,
+    str(StudyRootQueryRetrieveInformationModelFind): _STUDY_ROOT,
 }
+MOVE_MODELS = {
+    str(PatientRootQueryRetrieveInformationModelMove): _PATIENT_ROOT,
+    str(StudyRootQueryRetrieveInformationModelMove): _STUDY_ROOT,
+}
+GET_MODELS = {
+    str(PatientRootQueryRetrieveInformationModelGet): _PATIENT_ROOT,
+    str(StudyRootQueryRetrieveInformationModelGet): _STUDY_ROOT,
+}
+# the levels each Query/Retrieve information model has (PS3.4 C.6)
+MODEL_LEVELS = {**FIND_MODELS, **MOVE_MODELS, **GET_MODELS}
 _NOT_KEYS = {"QueryRetrieveLevel", "SpecificCharacterSet"}
 _UTF8 = "ISO_IR 192"
 # a peer that stops reading is the network timeout's business, not this loop's
@@ -53,11 +64,11 @@ class FindHandler:
         requestor = event.assoc.requestor
         try:
             identifier = event.identifier
-            level = _level(identifier, str(event.request.AffectedSOPClassUID))
-            keys = _keys(identifier)
+            level = parse_level(identifier, str(event.request.AffectedSOPClassUID))
+            keys = identifier_keys(identifier)
         except (InvalidQuery, ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("C-FIND from %s refused: %s", requestor.ae_title, _reason(exc))
-            yield _failure(status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, _reason(exc))
+            log.warning("C-FIND from %s refused: %s", requestor.ae_title, reason(exc))
+            yield failure(status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, reason(exc))
             return
         try:
             result = query_index(
@@ -70,15 +81,15 @@ class FindHandler:
             )
         except InvalidQuery as exc:
             log.warning("C-FIND from %s refused: %s", requestor.ae_title, exc)
-            yield _failure(status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc))
+            yield failure(status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc))
             return
         except UnsupportedQuery as exc:
             log.warning("C-FIND from %s not supported: %s", requestor.ae_title, exc)
-            yield _failure(status.UNABLE_TO_PROCESS, str(exc))
+            yield failure(status.UNABLE_TO_PROCESS, str(exc))
             return
         except Exception:
             log.exception("C-FIND from %s failed", requestor.ae_title)
-            yield _failure(status.OUT_OF_RESOURCES, "query failed")
+            yield failure(status.OUT_OF_RESOURCES, "query failed")
             return
 
         pending = status.PENDING_WARNING if result.unsupported else status.PENDING
@@ -95,7 +106,7 @@ class FindHandler:
                 requestor.ae_title,
                 self._max_matches,
             )
-            yield _failure(
+            yield failure(
                 status.OUT_OF_RESOURCES,
                 f"more than {self._max_matches} matches: narrow the query",
             )
@@ -117,7 +128,7 @@ def _wait_until_sent(event: Event) -> None:
         time.sleep(0.0002)
 
 
-def _level(identifier: Dataset, sop_class: str) -> Level:
+def parse_level(identifier: Dataset, sop_class: str) -> Level:
     value = str(identifier.get("QueryRetrieveLevel", "") or "").strip()
     if not value:
         raise InvalidQuery("QueryRetrieveLevel is missing")
@@ -125,12 +136,12 @@ def _level(identifier: Dataset, sop_class: str) -> Level:
         level = Level(value)
     except ValueError:
         raise InvalidQuery("QueryRetrieveLevel is not PATIENT, STUDY, SERIES or IMAGE") from None
-    if level not in FIND_MODELS.get(sop_class, ()):
+    if level not in MODEL_LEVELS.get(sop_class, ()):
         raise InvalidQuery(f"level {level} is not part of this information model")
     return level
 
 
-def _keys(identifier: Dataset) -> dict[str, str | None]:
+def identifier_keys(identifier: Dataset) -> dict[str, str | None]:
     """keyword -> value as text, decoded with the identifier's character set."""
     keys: dict[str, str | None] = {}
     for element in identifier:
@@ -159,7 +170,7 @@ def _response(level: Level, keys: dict[str, str | None], match: dict[str, Any]) 
     return ds
 
 
-def _failure(code: int, comment: str) -> Response:
+def failure(code: int, comment: str) -> Response:
     """A final status with its ErrorComment (LO, at most 64 characters)."""
     ds = Dataset()
     ds.Status = code
@@ -167,5 +178,5 @@ def _failure(code: int, comment: str) -> Response:
     return ds, None
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, InvalidQuery) else "identifier cannot be decoded"

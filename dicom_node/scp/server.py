@@ -101,6 +101,12 @@ def _adopting(listener: socket.socket) -> type[ThreadedAssociationServer]:
         def server_activate(self) -> None:
             """Already listening."""
 
+        def server_close(self) -> None:
+            # Close this process's descriptor only. pynetdicom's server_close()
+            # calls shutdown(SHUT_RDWR), which acts on the socket itself and so
+            # would stop every other worker from accepting.
+            listener.close()
+
     return AdoptingServer
 
 
@@ -118,14 +124,11 @@ class DicomServer:
         store: FileStore,
         *,
         listener: socket.socket | None = None,
-        max_associations: int | None = None,
     ) -> None:
         self._settings = settings
         self._db = db
         self._listener = listener
         self._ae = build_ae(settings)
-        if max_associations is not None:
-            self._ae.maximum_associations = max_associations
         self._store_handler = StoreHandler(
             db, store, IngestPolicy(duplicate_policy=settings.duplicate_policy)
         )

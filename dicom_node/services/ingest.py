@@ -134,6 +134,9 @@ def store_instance(
     in_place = stored_at is not None and stored_at == store.absolute(_relative_path(header))
     try:
         temp = None if in_place else store.write_temp(part10)
+        # which file is ours once renamed: another receiver of the same SOP
+        # instance may have renamed its own copy over the path since
+        temp_inode = temp.stat().st_ino if temp is not None else None
     except OSError as exc:
         log.error("cannot write instance to the store: %s", exc.strerror or exc)
         return _result(StoreOutcome.FAILED, f"storage: {exc.strerror or exc}", header)
@@ -157,7 +160,12 @@ def store_instance(
         if installed is not None:
             store.sync_directory(installed)  # before Success: the rename is durable
     except (SQLAlchemyError, OSError, _LostInsertRace) as exc:
-        if installed is not None and not committed and not _row_points_at(db, installed, store):
+        if (
+            installed is not None
+            and not committed
+            and _still_ours(installed, temp_inode)
+            and not _row_points_at(db, installed, store)
+        ):
             # the transaction that would have pointed at this file rolled back
             installed.unlink(missing_ok=True)
         if temp is not None:
@@ -183,6 +191,13 @@ def store_instance(
             indexed.outcome.value,
         )
     return _result(indexed.outcome, indexed.audit_reason, header, new_study=indexed.new_study)
+
+
+def _still_ours(installed: Path, inode: int | None) -> bool:
+    try:
+        return inode is not None and installed.stat().st_ino == inode
+    except OSError:
+        return False
 
 
 def _row_points_at(db: Database, installed: Path, store: FileStore) -> bool:

@@ -47,6 +47,18 @@ def test_workers_serve_one_port_and_a_killed_worker_is_replaced(make_node) -> No
     assert health.json()["components"]["dicom"] is True
 
 
+def test_a_worker_stopped_cleanly_leaves_the_port_to_the_others(make_node) -> None:
+    # a clean stop closes the worker's copy of the listening socket: it must not
+    # shut the shared socket down for every worker
+    node = make_node(dicom_workers=2, peers="PACS@127.0.0.1:104")
+    workers = pool(node)
+    before = workers.pids
+    os.kill(before[0], signal.SIGTERM)
+    assert wait_for(lambda: before[0] not in workers.pids and len(workers.pids) == 2, timeout=30)
+    for _ in range(8):
+        assert echoscu(node.dicom_port).returncode == 0
+
+
 def test_rejections_and_transfers_in_workers_are_audited(make_node, tmp_path: Path) -> None:
     node = make_node(dicom_workers=2, allowed_calling_aets=["STORESCU"])
     files = [
