@@ -19,7 +19,9 @@ from dicom_node.domain.enums import AuditOutcome
 from dicom_node.scp import status
 from dicom_node.scp.find import FindHandler
 from dicom_node.scp.polling import connection_closed, poll_adaptively
+from dicom_node.scp.retrieve import RetrieveHandler
 from dicom_node.scp.store import StoreHandler
+from dicom_node.scp.transport import set_nodelay
 from dicom_node.services.audit import record_audit_event
 
 log = logging.getLogger("dicom_node.scp")
@@ -29,12 +31,16 @@ HandlerList = list[
 ]
 
 
-def build_handlers(db: Database, store: StoreHandler, find: FindHandler) -> HandlerList:
+def build_handlers(
+    db: Database, store: StoreHandler, find: FindHandler, retrieve: RetrieveHandler
+) -> HandlerList:
     return [
         (evt.EVT_CONN_OPEN, handle_connection_opened),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, store.handle_store),
         (evt.EVT_C_FIND, find.handle_find),
+        (evt.EVT_C_MOVE, retrieve.handle_move),
+        (evt.EVT_C_GET, retrieve.handle_get),
         (evt.EVT_ACCEPTED, handle_accepted),
         (evt.EVT_REJECTED, handle_rejected, [db]),
         (evt.EVT_CONN_CLOSE, store.handle_closed),
@@ -48,6 +54,7 @@ def _peer(event: Event) -> tuple[str, str]:
 
 
 def handle_connection_opened(event: Event) -> None:
+    set_nodelay(event)
     poll_adaptively(event.assoc)
 
 

@@ -13,8 +13,9 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.db.engine import Database
-from dicom_node.scp.find import FIND_MODELS, FindHandler
+from dicom_node.scp.find import FIND_MODELS, GET_MODELS, MOVE_MODELS, FindHandler
 from dicom_node.scp.handlers import build_handlers
+from dicom_node.scp.retrieve import RetrieveHandler
 from dicom_node.scp.store import StoreHandler
 from dicom_node.services.ingest import IngestPolicy
 from dicom_node.settings import Settings
@@ -75,10 +76,14 @@ def build_ae(settings: Settings) -> AE:
     ae.dimse_timeout = settings.dimse_timeout_seconds
     ae.network_timeout = settings.network_timeout_seconds
     ae.add_supported_context(Verification)
-    for find_model in FIND_MODELS:
-        ae.add_supported_context(find_model)
+    for model in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS):
+        ae.add_supported_context(model)
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(str(context.abstract_syntax), STORAGE_TRANSFER_SYNTAXES)
+        # both roles: C-STORE to us, and C-GET's sub-operations from us to a peer
+        # that proposes the SCP role for itself (PS3.7 D.3.3.4 role selection)
+        ae.add_supported_context(
+            str(context.abstract_syntax), STORAGE_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
+        )
     return ae
 
 
@@ -133,11 +138,16 @@ class DicomServer:
             db, store, IngestPolicy(duplicate_policy=settings.duplicate_policy)
         )
         self._find_handler = FindHandler(db, max_matches=settings.max_find_matches)
+        self._retrieve_handler = RetrieveHandler(
+            db, store, dict(settings.peers), max_pdu=settings.max_pdu_size
+        )
         self._server: ThreadedAssociationServer | None = None
 
     def start(self) -> tuple[str, int]:
         """Bind and serve; raises OSError if the address is unavailable."""
-        handlers = build_handlers(self._db, self._store_handler, self._find_handler)
+        handlers = build_handlers(
+            self._db, self._store_handler, self._find_handler, self._retrieve_handler
+        )
         address = (self._settings.bind_host, self._settings.dicom_port)
         if self._listener is None:
             server = self._ae.start_server(address, block=False, evt_handlers=handlers)
