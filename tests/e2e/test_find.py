@@ -21,6 +21,7 @@ from dicom_node.node import Node
 from dicom_node.services.importing import import_files, iter_files
 from dicom_node.services.ingest import IngestPolicy, Source, store_instance
 from tests.dicomfiles import ct_dataset, to_bytes
+from tests.integration.test_query import STUDY_CASES, UID, indexed
 from tests.support import SAMPLE_DIR, dcmtk_env, dcmtk_tool
 
 SAMPLES = list(iter_files([SAMPLE_DIR]))
@@ -223,3 +224,30 @@ def test_every_query_is_audited_with_its_keys_not_its_results(loaded: Node) -> N
     assert audit.actor == "PYFIND"
     assert audit.details["keys"] == {"PatientName": "DOE*"}
     assert "DOE^JANE" not in str(audit.details)
+
+
+def test_the_matching_table_gives_the_same_answers_through_findscu(
+    make_node,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """Every service-level case of tests/integration/test_query.py, sent by DCMTK."""
+    node: Node = make_node()
+    assert node.db is not None and node.store is not None
+    indexed(node.db, tmp_path / "table")  # the same studies, into this node
+    by_uid = {uid: label for label, uid in UID.items()}
+    answers: dict[str, set[str]] = {}
+    expected: dict[str, set[str]] = {}
+    for n, (keys, labels) in enumerate(STUDY_CASES):
+        args = [f"{k}={v}" for k, v in keys.items()]
+        result, responses = findscu(
+            node,
+            tmp_path / f"case{n}",
+            "QueryRetrieveLevel=STUDY",
+            "SpecificCharacterSet=ISO_IR 192",
+            "StudyInstanceUID",
+            *args,
+        )
+        assert result.returncode == 0, result.stderr
+        answers[str(keys)] = {by_uid[str(r.StudyInstanceUID)] for r in responses}
+        expected[str(keys)] = labels
+    assert answers == expected

@@ -33,8 +33,13 @@ SERIES = {"A1": ("A", "CT", 2), "A2": ("A", "MR", 1), "B1": ("B", "CT", 1)}
 SERIES |= {"C1": ("C", "MR", 1), "D1": ("D", "CR", 1)}
 
 
-@pytest.fixture
+@pytest.fixture(name="indexed")
+def indexed_fixture(db: Database, tmp_path: Path) -> Database:
+    return indexed(db, tmp_path)
+
+
 def indexed(db: Database, tmp_path: Path) -> Database:
+    """Store the table's studies into ``db`` (also used by the findscu test)."""
     store = FileStore(tmp_path / "store", fsync=False)
     for series_label, (study, modality, count) in SERIES.items():
         patient_id, name = PATIENTS[study]
