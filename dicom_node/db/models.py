@@ -209,6 +209,8 @@ class DicomStudy(Timestamped, Base):
     study_id: Mapped[str | None] = mapped_column(SH)
     study_date: Mapped[str | None] = mapped_column(String(8))
     study_time: Mapped[str | None] = mapped_column(String(16))
+    # StudyTime as HHMMSS.FFFFFF, comparable as text: what TM range matching uses
+    study_time_norm: Mapped[str | None] = mapped_column(String(13))
     study_description: Mapped[str | None] = mapped_column(LO)
     referring_physician_name: Mapped[str | None] = mapped_column(PN)
     body_part_examined: Mapped[str | None] = mapped_column(CS)
@@ -245,6 +247,7 @@ class DicomSeries(Timestamped, Base):
     station_name: Mapped[str | None] = mapped_column(SH)
     series_date: Mapped[str | None] = mapped_column(String(8))
     series_time: Mapped[str | None] = mapped_column(String(16))
+    series_time_norm: Mapped[str | None] = mapped_column(String(13))
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
 
     study: Mapped[DicomStudy] = relationship(back_populates="series")

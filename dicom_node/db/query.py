@@ -40,6 +40,8 @@ class Attribute:
     column: ColumnElement[Any] | InstrumentedAttribute[Any]
     # PN: matched case-insensitively on the folded copy (SQL upper() is ASCII-only)
     folded: InstrumentedAttribute[Any] | None = None
+    # TM: matched on the normalised copy (HHMMSS.FFFFFF), so ranges compare as text
+    normalized: InstrumentedAttribute[Any] | None = None
     # ModalitiesInStudy: a backslash-joined set, matched per value
     multi_valued: bool = False
     # counts the node computes: returned, never matched on
@@ -90,7 +92,13 @@ _ATTRIBUTES = [
     ),
     Attribute("StudyInstanceUID", Level.STUDY, "UI", DicomStudy.study_instance_uid),
     Attribute("StudyDate", Level.STUDY, "DA", DicomStudy.study_date),
-    Attribute("StudyTime", Level.STUDY, "TM", DicomStudy.study_time),
+    Attribute(
+        "StudyTime",
+        Level.STUDY,
+        "TM",
+        DicomStudy.study_time,
+        normalized=DicomStudy.study_time_norm,
+    ),
     Attribute("AccessionNumber", Level.STUDY, "SH", DicomStudy.accession_number),
     Attribute("StudyID", Level.STUDY, "SH", DicomStudy.study_id),
     Attribute("StudyDescription", Level.STUDY, "LO", DicomStudy.study_description),
@@ -119,6 +127,13 @@ _ATTRIBUTES = [
     Attribute("BodyPartExamined", Level.SERIES, "CS", DicomSeries.body_part_examined),
     Attribute("StationName", Level.SERIES, "SH", DicomSeries.station_name),
     Attribute("SeriesDate", Level.SERIES, "DA", DicomSeries.series_date),
+    Attribute(
+        "SeriesTime",
+        Level.SERIES,
+        "TM",
+        DicomSeries.series_time,
+        normalized=DicomSeries.series_time_norm,
+    ),
     Attribute(
         "NumberOfSeriesRelatedInstances",
         Level.SERIES,
@@ -181,6 +196,8 @@ def _condition(attribute: Attribute, match: Match) -> ColumnElement[bool] | None
         raise UnsupportedQuery(f"{attribute.keyword} is returned, not matched")
     if attribute.vr == "IS":
         return column == _integer(attribute.keyword, match)
+    if attribute.normalized is not None:
+        column = cast(ColumnElement[Any], attribute.normalized)
     if attribute.folded is not None:
         # PS3.4 C.2.2.2.1 lets PN match case-insensitively; this node does
         column = cast(ColumnElement[Any], attribute.folded)

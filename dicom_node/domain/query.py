@@ -5,9 +5,11 @@ The same keys serve the DICOM C-FIND SCP and the HTTP study search.
 
 Implemented here: universal matching (C.2.2.2.3), single value matching
 (C.2.2.2.1), wildcard matching (C.2.2.2.4) for the VRs that allow it, list of
-UID matching (C.2.2.2.2) and range matching for DA (C.2.2.2.5). TM/DT ranges and
-sequence matching are not parsed yet: a query using them is refused as
-unsupported rather than answered wrongly.
+UID matching (C.2.2.2.2) and range matching for DA and TM (C.2.2.2.5). TM is
+compared at the precision the query gives: ``1015`` means 10:15:00.000000 to
+10:15:59.999999, as a single value and as a range end. DT ranges and sequence
+matching are not parsed yet: a query using them is refused as unsupported
+rather than answered wrongly.
 """
 
 from __future__ import annotations
@@ -86,9 +88,11 @@ def parse_match(vr: str, raw: str | None, *, keyword: str) -> Match:
         return Single(uids[0]) if len(uids) == 1 else UidList(uids)
     if vr == "DA":
         return _date_match(value, keyword)
-    if vr in ("TM", "DT"):
+    if vr == "TM":
+        return _time_match(value, keyword)
+    if vr == "DT":
         if "-" in value:
-            raise UnsupportedQuery(f"{keyword}: {vr} range matching is not supported yet")
+            raise UnsupportedQuery(f"{keyword}: DT range matching is not supported yet")
         return Single(value)
     if vr in WILDCARD_VRS and ("*" in value or "?" in value):
         if set(value) == {"*"}:
@@ -117,6 +121,46 @@ def _date(value: str, keyword: str) -> str:
     if len(text) != 8 or not text.isdigit() or not ("01" <= text[4:6] <= "12"):
         raise InvalidQuery(f"{keyword}: not a DA value (YYYYMMDD)")
     return text
+
+
+def _time_match(value: str, keyword: str) -> Range:
+    if value.count("-") > 1:
+        raise InvalidQuery(f"{keyword}: malformed time range")
+    low_text, separator, high_text = (part.strip() for part in value.partition("-"))
+    if not separator:
+        high_text = low_text  # a single value: everything within its precision
+    if not low_text and not high_text:
+        raise InvalidQuery(f"{keyword}: a time range needs at least one end")
+    low = normalize_tm(low_text, upper=False) if low_text else None
+    high = normalize_tm(high_text, upper=True) if high_text else None
+    if (low_text and low is None) or (high_text and high is None):
+        raise InvalidQuery(f"{keyword}: not a TM value (HHMMSS.FFFFFF)")
+    if low is not None and high is not None and low > high:
+        raise InvalidQuery(f"{keyword}: time range ends before it starts")
+    return Range(low, high)
+
+
+def normalize_tm(value: str | None, *, upper: bool = False) -> str | None:
+    """TM (PS3.5 6.2) as ``HHMMSS.FFFFFF``, comparable as text; None if not TM.
+
+    Missing trailing parts are filled with the lowest value, or with the highest
+    for the upper end of a range, so values compare at the precision given. The
+    old ``HH:MM:SS`` form is read too.
+    """
+    text = (value or "").strip(" \x00").replace(":", "")
+    whole, _, fraction = text.partition(".")
+    if not whole.isdigit() or len(whole) not in (2, 4, 6) or (fraction and not whole[4:]):
+        return None
+    if fraction and (not fraction.isdigit() or len(fraction) > 6):
+        return None
+    parts = [whole[i : i + 2] for i in range(0, len(whole), 2)]
+    limits = ("23", "59", "60")
+    if any(part > limit for part, limit in zip(parts, limits, strict=False)):
+        return None
+    filler = "59" if upper else "00"
+    parts += [filler] * (3 - len(parts))
+    digits = (fraction + ("9" if upper else "0") * 6)[:6]
+    return f"{''.join(parts)}.{digits}"
 
 
 def like_pattern(pattern: str) -> str:

@@ -36,6 +36,7 @@ from dicom_node.domain.enums import AuditOutcome, Completeness, MetadataStatus, 
 from dicom_node.domain.errors import InvalidValue
 from dicom_node.domain.names import fold_person_name
 from dicom_node.domain.part10 import dataset_offset
+from dicom_node.domain.query import normalize_tm
 from dicom_node.services.audit import record_audit_event
 from dicom_node.services.matching import match_new_study
 from dicom_node.storage import FileStore
@@ -575,6 +576,7 @@ def _upsert_study(
             "study_id": header.study_id,
             "study_date": header.study_date,
             "study_time": header.study_time,
+            "study_time_norm": normalize_tm(header.study_time),
             "study_description": header.study_description,
             "referring_physician_name": header.referring_physician_name,
             "body_part_examined": header.body_part_examined,
@@ -607,6 +609,7 @@ def _upsert_series(session: Session, header: InstanceHeader, study_pk: int) -> t
             "station_name": header.station_name,
             "series_date": header.series_date,
             "series_time": header.series_time,
+            "series_time_norm": normalize_tm(header.series_time),
         },
         unique=["series_instance_uid"],
     )

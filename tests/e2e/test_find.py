@@ -186,7 +186,8 @@ BAD_IDENTIFIERS = [
     ({"QueryRetrieveLevel": "STUDY", "SOPInstanceUID": "1.2.3"}, 0xA900),  # key below level
     ({"QueryRetrieveLevel": "STUDY", "StudyDate": "20261301"}, 0xA900),
     ({"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "1.2.x"}, 0xA900),
-    ({"QueryRetrieveLevel": "STUDY", "StudyTime": "0800-1000"}, 0xC000),  # not yet supported
+    ({"QueryRetrieveLevel": "STUDY", "StudyTime": "2500"}, 0xA900),
+    ({"QueryRetrieveLevel": "STUDY", "ModalitiesInStudy": "C*"}, 0xC000),  # not supported
 ]
 
 

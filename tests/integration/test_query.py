@@ -24,10 +24,30 @@ PATIENTS = {
     "D": ("PAT4", "O'NEIL^ANN"),
 }
 STUDIES = {
-    "A": {"StudyDate": "20260105", "AccessionNumber": "ACC100", "StudyDescription": "CT CHEST"},
-    "B": {"StudyDate": "20251231", "AccessionNumber": "ACC_200", "StudyDescription": "50% DOSE"},
-    "C": {"StudyDate": "20260110", "AccessionNumber": "ACC300", "StudyDescription": "ct chest"},
-    "D": {"StudyDate": "20250101", "AccessionNumber": "X%Y", "StudyDescription": "HEAD"},
+    "A": {
+        "StudyDate": "20260105",
+        "StudyTime": "101500",
+        "AccessionNumber": "ACC100",
+        "StudyDescription": "CT CHEST",
+    },
+    "B": {
+        "StudyDate": "20251231",
+        "StudyTime": "0930",
+        "AccessionNumber": "ACC_200",
+        "StudyDescription": "50% DOSE",
+    },
+    "C": {
+        "StudyDate": "20260110",
+        "StudyTime": "141530.25",
+        "AccessionNumber": "ACC300",
+        "StudyDescription": "ct chest",
+    },
+    "D": {
+        "StudyDate": "20250101",
+        "StudyTime": "23",
+        "AccessionNumber": "X%Y",
+        "StudyDescription": "HEAD",
+    },
 }
 SERIES = {"A1": ("A", "CT", 2), "A2": ("A", "MR", 1), "B1": ("B", "CT", 1)}
 SERIES |= {"C1": ("C", "MR", 1), "D1": ("D", "CR", 1)}
@@ -118,6 +138,15 @@ STUDY_CASES = [
     ({"StudyDate": "-20251231"}, {"B", "D"}),
     ({"StudyDate": "20260106-"}, {"C"}),
     ({"StudyDate": "20240101"}, set()),
+    # TM at the precision the query gives, single value and ranges (C.2.2.2.5)
+    ({"StudyTime": "1015"}, {"A"}),
+    ({"StudyTime": "10"}, {"A"}),
+    ({"StudyTime": "101501"}, set()),
+    ({"StudyTime": "0900-1100"}, {"A", "B"}),
+    ({"StudyTime": "-0930"}, {"B"}),
+    ({"StudyTime": "1415-"}, {"C", "D"}),
+    ({"StudyTime": "141530.25"}, {"C"}),
+    ({"StudyTime": "14:15:30"}, {"C"}),
     # UID list (C.2.2.2.2)
     ({"StudyInstanceUID": f"{UID['A']}\\{UID['C']}"}, {"A", "C"}),
     ({"StudyInstanceUID": UID["B"]}, {"B"}),
@@ -248,7 +277,9 @@ BAD_KEYS = [
     (Level.STUDY, {"SOPInstanceUID": "1.2.3"}, InvalidQuery),  # a key below the level
     (Level.PATIENT, {"StudyDate": ""}, InvalidQuery),
     (Level.IMAGE, {"InstanceNumber": "two"}, InvalidQuery),
-    (Level.STUDY, {"StudyTime": "1000-1100"}, UnsupportedQuery),
+    (Level.STUDY, {"StudyTime": "2500"}, InvalidQuery),
+    (Level.STUDY, {"StudyTime": "1100-0900"}, InvalidQuery),
+    (Level.STUDY, {"ModalitiesInStudy": "C*"}, UnsupportedQuery),
     (Level.STUDY, {"NumberOfStudyRelatedInstances": "3"}, UnsupportedQuery),
 ]
 

@@ -205,15 +205,60 @@ def test_audit_events_refuse_truncate_on_postgresql(db: Database) -> None:
         assert session.query(AuditEvent).count() == 1
 
 
+def test_upgrade_to_0003_fills_the_normalised_times_of_existing_studies(
+    empty_db_url: str,
+) -> None:
+    migrate.upgrade(empty_db_url, "0002")
+    db = Database(empty_db_url)
+    try:
+        with db.unit_of_work() as session:
+            patient = _patient(session)
+            session.execute(
+                text(
+                    "INSERT INTO dicom_studies (study_instance_uid, patient_pk, accession_issuer, "
+                    "study_time, series_count, instance_count, metadata_status, status, "
+                    "completeness, released_to_reading, created_at, updated_at) VALUES "
+                    "('1.2.9', :patient, '', '1015', 0, 0, 'pending', 'queued', 'receiving', "
+                    ":no, :now, :now)"
+                ),
+                {
+                    "patient": patient.id,
+                    "no": False,
+                    "now": datetime.now(UTC).replace(tzinfo=None),
+                },
+            )
+        migrate.upgrade(empty_db_url)
+        with db.read() as session:
+            study = session.scalars(select(DicomStudy)).one()
+        assert study.study_time_norm == "101500.000000"
+    finally:
+        db.dispose()
+
+
 def test_upgrade_from_the_first_revision_keeps_existing_rows(empty_db_url: str) -> None:
     migrate.upgrade(empty_db_url, "0001")
     db = Database(empty_db_url)
     try:
         with db.unit_of_work() as session:
-            study = _study(session, "1.2.3", _patient(session))
-            series = DicomSeries(series_instance_uid="1.2.3.1", study_pk=study.id)
-            session.add(series)
-            session.flush()
+            # plain SQL: the models describe the newest schema, not revision 0001's
+            now = datetime.now(UTC).replace(tzinfo=None)
+            study_pk = session.execute(
+                text(
+                    "INSERT INTO dicom_studies (study_instance_uid, patient_pk, accession_issuer, "
+                    "series_count, instance_count, metadata_status, status, completeness, "
+                    "released_to_reading, created_at, updated_at) VALUES ('1.2.3', :patient, '', "
+                    "0, 0, 'pending', 'queued', 'receiving', :no, :now, :now) RETURNING id"
+                ),
+                {"patient": _patient(session).id, "no": False, "now": now},
+            ).scalar_one()
+            series_pk = session.execute(
+                text(
+                    "INSERT INTO dicom_series (series_instance_uid, study_pk, instance_count, "
+                    "created_at, updated_at) VALUES ('1.2.3.1', :study, 0, :now, :now) "
+                    "RETURNING id"
+                ),
+                {"study": study_pk, "now": now},
+            ).scalar_one()
             session.execute(
                 text(
                     "INSERT INTO dicom_instances (sop_instance_uid, series_pk, sop_class_uid, "
@@ -221,7 +266,7 @@ def test_upgrade_from_the_first_revision_keeps_existing_rows(empty_db_url: str) 
                     "VALUES ('1.2.3.1.1', :series, '1.2', '1.2.840.10008.1.2.1', 'x', 1, '0', "
                     ":now)"
                 ),
-                {"series": series.id, "now": datetime.now(UTC).replace(tzinfo=None)},
+                {"series": series_pk, "now": now},
             )
         migrate.upgrade(empty_db_url)
         assert migrate.is_up_to_date(db.engine)
