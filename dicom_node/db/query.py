@@ -19,6 +19,7 @@ from dicom_node.domain.enums import MetadataStatus
 from dicom_node.domain.names import fold_person_name
 from dicom_node.domain.query import (
     LEVEL_ORDER,
+    AnyOf,
     InvalidQuery,
     Level,
     Match,
@@ -51,7 +52,11 @@ class Attribute:
 def _patient_count(column: ColumnElement[Any]) -> ColumnElement[Any]:
     return (
         select(func.coalesce(column, 0))
-        .where(DicomStudy.patient_pk == Patient.id)
+        .where(
+            DicomStudy.patient_pk == Patient.id,
+            # withdrawn studies are hidden at every level, counts included
+            DicomStudy.metadata_status != MetadataStatus.REJECTED.value,
+        )
         .correlate(Patient)
         .scalar_subquery()
     )
@@ -192,6 +197,9 @@ def _condition(attribute: Attribute, match: Match) -> ColumnElement[bool] | None
     column = cast(ColumnElement[Any], attribute.column)
     if isinstance(match, Universal):
         return None
+    if isinstance(match, AnyOf):
+        parts = [_condition(attribute, part) for part in match.matches]
+        return or_(*(part for part in parts if part is not None))
     if attribute.computed:
         raise UnsupportedQuery(f"{attribute.keyword} is returned, not matched")
     if attribute.vr == "IS":
@@ -202,6 +210,8 @@ def _condition(attribute: Attribute, match: Match) -> ColumnElement[bool] | None
         # PS3.4 C.2.2.2.1 lets PN match case-insensitively; this node does
         column = cast(ColumnElement[Any], attribute.folded)
         match = _folded(match)
+        if isinstance(match, Single | Wildcard) and "=" not in _text(match):
+            return _in_a_component_group(column, match)
     if isinstance(match, Single):
         if attribute.multi_valued:
             return _has_value(column, match.value)
@@ -220,6 +230,25 @@ def _condition(attribute: Attribute, match: Match) -> ColumnElement[bool] | None
             bounds.append(column <= match.high)
         return and_(*bounds)
     raise AssertionError(match)
+
+
+def _text(match: Single | Wildcard) -> str:
+    return match.value if isinstance(match, Single) else match.pattern
+
+
+def _in_a_component_group(
+    column: ColumnElement[Any], match: Single | Wildcard
+) -> ColumnElement[bool]:
+    """A PN value with no ``=`` matches the whole name or any one of its component
+    groups (alphabetic, ideographic, phonetic): ``山田^太郎`` finds
+    ``Yamada^Tarou=山田^太郎=やまだ^たろう``."""
+    pattern = like_pattern(_text(match))
+    return or_(
+        column.like(pattern, escape="\\"),
+        column.like(f"{pattern}=%", escape="\\"),
+        column.like(f"%={pattern}", escape="\\"),
+        column.like(f"%={pattern}=%", escape="\\"),
+    )
 
 
 def _folded(match: Match) -> Match:

@@ -15,6 +15,7 @@ rather than answered wrongly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 from dicom_node.domain.errors import InvalidValue
@@ -69,7 +70,14 @@ class Range:
     high: str | None
 
 
-Match = Universal | Single | Wildcard | UidList | Range
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    """A value with several values (``CT\\MR``): an entity matches if any does."""
+
+    matches: tuple[Single | Wildcard, ...]
+
+
+Match = Universal | Single | Wildcard | UidList | Range | AnyOf
 
 # PS3.4 C.2.2.2.4: wildcards only for these VRs; elsewhere * and ? are literal.
 WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
@@ -94,6 +102,18 @@ def parse_match(vr: str, raw: str | None, *, keyword: str) -> Match:
         if "-" in value:
             raise UnsupportedQuery(f"{keyword}: DT range matching is not supported yet")
         return Single(value)
+    if "\\" in value:
+        parts = [part for part in value.split("\\") if part.strip(" \x00")]
+        if not parts:
+            return Universal()
+        matches = [_text_match(vr, part.strip(" \x00")) for part in parts]
+        if any(isinstance(m, Universal) for m in matches):
+            return Universal()
+        return AnyOf(tuple(m for m in matches if isinstance(m, Single | Wildcard)))
+    return _text_match(vr, value)
+
+
+def _text_match(vr: str, value: str) -> Universal | Single | Wildcard:
     if vr in WILDCARD_VRS and ("*" in value or "?" in value):
         if set(value) == {"*"}:
             return Universal()  # C.2.2.2.4: a lone * is universal matching
@@ -118,8 +138,12 @@ def _date_match(value: str, keyword: str) -> Match:
 def _date(value: str, keyword: str) -> str:
     # ACR-NEMA YYYY.MM.DD is still sent by old workstations (PS3.5 6.2 note)
     text = value.replace(".", "")
-    if len(text) != 8 or not text.isdigit() or not ("01" <= text[4:6] <= "12"):
-        raise InvalidQuery(f"{keyword}: not a DA value (YYYYMMDD)")
+    try:
+        if len(text) != 8 or not text.isdigit():
+            raise ValueError
+        datetime.strptime(text, "%Y%m%d")  # a real calendar date: no 31 February
+    except ValueError:
+        raise InvalidQuery(f"{keyword}: not a DA value (YYYYMMDD)") from None
     return text
 
 

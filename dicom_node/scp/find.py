@@ -27,7 +27,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from dicom_node.db.engine import Database
 from dicom_node.domain.query import InvalidQuery, Level, UnsupportedQuery
 from dicom_node.scp import status
-from dicom_node.services.query import query_index
+from dicom_node.services.query import query_index, record_query
 
 log = logging.getLogger("dicom_node.scp")
 
@@ -62,12 +62,19 @@ class FindHandler:
 
     def handle_find(self, event: Event) -> Iterator[Response]:
         requestor = event.assoc.requestor
+        address = f"{requestor.address}:{requestor.port}"
         try:
             identifier = event.identifier
             level = parse_level(identifier, str(event.request.AffectedSOPClassUID))
             keys = identifier_keys(identifier)
+        except UnsupportedQuery as exc:
+            log.warning("C-FIND from %s not supported: %s", requestor.ae_title, exc)
+            self._refused(requestor.ae_title, address, str(exc))
+            yield failure(status.UNABLE_TO_PROCESS, str(exc))
+            return
         except (InvalidQuery, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("C-FIND from %s refused: %s", requestor.ae_title, reason(exc))
+            self._refused(requestor.ae_title, address, reason(exc))
             yield failure(status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, reason(exc))
             return
         try:
@@ -77,7 +84,7 @@ class FindHandler:
                 keys=keys,
                 limit=self._max_matches,
                 actor=requestor.ae_title,
-                source_address=f"{requestor.address}:{requestor.port}",
+                source_address=address,
             )
         except InvalidQuery as exc:
             log.warning("C-FIND from %s refused: %s", requestor.ae_title, exc)
@@ -89,10 +96,12 @@ class FindHandler:
             return
         except Exception:
             log.exception("C-FIND from %s failed", requestor.ae_title)
-            yield failure(status.OUT_OF_RESOURCES, "query failed")
+            yield failure(status.UNABLE_TO_PROCESS_INTERNAL, "query failed")
             return
 
-        pending = status.PENDING_WARNING if result.unsupported else status.PENDING
+        # private tags are never matched or answered: the peer is warned (FF01)
+        ignored = result.unsupported or any(not element.keyword for element in identifier)
+        pending = status.PENDING_WARNING if ignored else status.PENDING
         for match in result.matches:
             if event.is_cancelled:
                 log.info("C-FIND from %s cancelled", requestor.ae_title)
@@ -112,6 +121,14 @@ class FindHandler:
             )
             return
         yield status.SUCCESS, None
+
+    def _refused(self, actor: str, address: str, why: str) -> None:
+        try:
+            record_query(
+                self._db, level=None, keys={}, actor=actor, source_address=address, failure=why
+            )
+        except Exception:
+            log.exception("could not audit a refused C-FIND")
 
 
 def _wait_until_sent(event: Event) -> None:
@@ -150,7 +167,12 @@ def identifier_keys(identifier: Dataset) -> dict[str, str | None]:
             continue  # private or unknown tags: never matched, never answered
         value = element.value
         if element.VR == "SQ":
-            keys[keyword] = None  # sequence matching: not supported yet (reported)
+            if any(
+                str(item_element.value or "").strip() for item in value for item_element in item
+            ):
+                # refused, never ignored: ignoring it would return non-matching entities
+                raise UnsupportedQuery(f"{keyword}: sequence matching is not supported yet")
+            keys[keyword] = None  # asked for, not matched: answered empty with FF01
         elif isinstance(value, MultiValue):
             keys[keyword] = "\\".join(str(v) for v in value)
         else:

@@ -6,7 +6,8 @@ open; each file is read from the store only when its turn comes, so memory does
 not grow with the size of the study. pynetdicom's retrieve loop takes a decoded
 dataset per sub-operation and encodes it in the transfer syntax it was stored in
 (proposed first for each SOP class, with explicit and implicit little endian as
-fallbacks).
+fallbacks; a compressed instance reaches only a peer that accepts its stored
+syntax: nothing is transcoded).
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context, evt
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_node.db.engine import Database
 from dicom_node.domain.aetitle import Peer
-from dicom_node.domain.query import InvalidQuery, Level
+from dicom_node.domain.query import InvalidQuery, Level, UnsupportedQuery
 from dicom_node.scp import status
 from dicom_node.scp.find import failure, identifier_keys, parse_level, reason
 from dicom_node.scp.transport import set_nodelay
@@ -54,30 +56,42 @@ class RetrieveHandler:
         peer = self._peers.get(destination)
         if peer is None:
             log.warning("C-MOVE from %s to unknown destination refused", requestor.ae_title)
+            self._audit(event, destination, None, {}, Counter(), [], "unknown destination")
             yield None, None  # pynetdicom answers 0xA801 Move Destination unknown
             return
         try:
             level, keys, items = self._plan(event)
         except InvalidQuery as exc:
             log.warning("C-MOVE from %s refused: %s", requestor.ae_title, exc)
-            # pynetdicom has no way to fail before the destination step without
-            # a traceback (0xC514): one announced sub-operation, then the failure
-            yield peer.host, peer.port
+            self._audit(event, destination, None, {}, Counter(), [], str(exc))
+            # pynetdicom cannot fail a C-MOVE before its destination step without
+            # a traceback (0xC514): one announced sub-operation, then the failure;
+            # the destination association needs one context, any will do
+            yield peer.host, peer.port, {"contexts": [build_context(Verification)]}
             yield 1
             yield failure(status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc))
             return
-        items, missing = self._present(items)
-        yield (
-            peer.host,
-            peer.port,
-            {
-                "contexts": _contexts(items),
-                "max_pdu": self._max_pdu,  # pynetdicom's default for associate() is 16 KB
-                "evt_handlers": [(evt.EVT_CONN_OPEN, set_nodelay)],
-            },
-        )
-        yield len(items)
-        yield from self._sub_operations(event, items, missing, level, keys, destination)
+        reached = False
+        try:
+            yield (
+                peer.host,
+                peer.port,
+                {
+                    "contexts": _contexts(items),
+                    "max_pdu": self._max_pdu,  # pynetdicom's associate() default is 16 KB
+                    "evt_handlers": [(evt.EVT_CONN_OPEN, set_nodelay)],
+                },
+            )
+            yield len(items)
+            reached = True
+            yield from self._sub_operations(event, items, level, keys, destination)
+        finally:
+            if not reached and items:
+                # pynetdicom stopped after the count: the destination did not answer
+                log.warning("C-MOVE from %s: %s unreachable", requestor.ae_title, destination)
+                self._audit(
+                    event, destination, level, keys, Counter(), [], "destination unreachable"
+                )
 
     # ------------------------------------------------------------------ C-GET
 
@@ -87,12 +101,12 @@ class RetrieveHandler:
             level, keys, items = self._plan(event)
         except InvalidQuery as exc:
             log.warning("C-GET from %s refused: %s", requestor.ae_title, exc)
+            self._audit(event, requestor.ae_title, None, {}, Counter(), [], str(exc))
             yield 1
             yield failure(status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc))
             return
-        items, missing = self._present(items)
         yield len(items)
-        yield from self._sub_operations(event, items, missing, level, keys, requestor.ae_title)
+        yield from self._sub_operations(event, items, level, keys, requestor.ae_title)
 
     # ------------------------------------------------------------------ shared
 
@@ -103,47 +117,58 @@ class RetrieveHandler:
             keys = identifier_keys(identifier)
         except InvalidQuery:
             raise
+        except UnsupportedQuery as exc:
+            raise InvalidQuery(str(exc)) from None
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InvalidQuery(reason(exc)) from None
         return level, keys, instances_to_retrieve(self._db, level=level, keys=keys)
-
-    def _present(self, items: list[RetrieveItem]) -> tuple[list[RetrieveItem], list[str]]:
-        """Split off instances whose file is gone (an indexed file that went
-        missing is an incident for `verify`): pynetdicom can only count a failed
-        sub-operation it attempted, so these are logged and audited as failed
-        and the others announced."""
-        present = [item for item in items if self._store.exists(item.file_path)]
-        missing = [item.sop_instance_uid for item in items if item not in present]
-        if missing:
-            log.error("%d indexed instances have no file and cannot be sent", len(missing))
-        return present, missing
 
     def _sub_operations(
         self,
         event: Event,
         items: list[RetrieveItem],
-        missing: list[str],
         level: Level,
         keys: dict[str, str | None],
         destination: str,
     ) -> Iterator[Any]:
-        requestor = event.assoc.requestor
-        counts: Counter[str] = Counter(missing=len(missing))
-        failed = list(missing)
+        """One C-STORE sub-operation per readable instance. An instance whose file
+        is missing or unreadable is a failed sub-operation: after the others, a
+        final 0xB000 lists them (pynetdicom counts the ones never offered as
+        failed). The Export audit counts what was offered to pynetdicom."""
+        counts: Counter[str] = Counter()
+        failed: list[str] = []
         try:
             for item in items:
                 if event.is_cancelled:
-                    counts["cancelled"] = len(items) - counts["sent"] - counts["failed"]
+                    counts["cancelled"] = len(items) - counts["offered"] - len(failed)
                     yield status.CANCEL, None
                     return
                 dataset = self._read(item)
                 if dataset is None:
-                    counts["failed"] += 1
                     failed.append(item.sop_instance_uid)
-                    continue  # a missing file is one failed sub-operation, not the end
-                counts["sent"] += 1
+                    continue
+                counts["offered"] += 1
                 yield status.PENDING, dataset
+            if failed:
+                report = Dataset()
+                report.FailedSOPInstanceUIDList = failed
+                yield status.SUB_OPERATIONS_COMPLETE_WITH_FAILURES, report
         finally:
+            counts["unreadable"] = len(failed)
+            self._audit(event, destination, level, keys, counts, failed, None)
+
+    def _audit(
+        self,
+        event: Event,
+        destination: str,
+        level: Level | None,
+        keys: dict[str, str | None],
+        counts: Counter[str],
+        failed: list[str],
+        refused: str | None,
+    ) -> None:
+        requestor = event.assoc.requestor
+        try:
             record_export(
                 self._db,
                 actor=requestor.ae_title,
@@ -153,13 +178,17 @@ class RetrieveHandler:
                 keys=keys,
                 counts=counts,
                 failed=failed,
+                refused=refused,
             )
+        except Exception:
+            log.exception("could not audit a retrieve")
 
     def _read(self, item: RetrieveItem) -> Dataset | None:
+        """The stored instance, or None (logged) if its file is gone or unreadable."""
         try:
             return pydicom.dcmread(self._store.absolute(item.file_path))
-        except (OSError, ValueError) as exc:
-            log.error("stored instance cannot be read for a retrieve: %s", exc)
+        except Exception as exc:  # missing, truncated, garbage: pydicom raises many kinds
+            log.error("stored instance cannot be read for a retrieve: %s", type(exc).__name__)
             return None
 
 

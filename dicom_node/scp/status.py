@@ -14,6 +14,10 @@ PENDING_WARNING = 0xFF01  # an optional key was not supported: answered without 
 CANCEL = 0xFE00
 IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 UNABLE_TO_PROCESS = 0xC000
+UNABLE_TO_PROCESS_INTERNAL = 0xC001  # an error of ours, not the peer's (e.g. the database)
+
+# C-MOVE / C-GET (PS3.4 C.4.2.1.5)
+SUB_OPERATIONS_COMPLETE_WITH_FAILURES = 0xB000
 
 # ErrorComment (0000,0902) is LO: at most 64 characters
 ERROR_COMMENT_MAX = 64

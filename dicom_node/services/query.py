@@ -65,28 +65,49 @@ def query_index(
     source_address: str | None = None,
 ) -> QueryResult:
     """``find_entities`` in its own read transaction, then the Query audit event
-    (PS3.15 A.5.3.11: the query is recorded, never the results). Refused queries
-    are audited too, then re-raised for the caller to answer."""
-    outcome, reason = AuditOutcome.SUCCESS, None
+    (PS3.15 A.5.3.11: the query is recorded, never the results). A refused or
+    failed query is audited too, then re-raised for the caller to answer."""
+    failure: str | None = "query failed"
     try:
         with db.read() as session:
             result = find_entities(session, level=level, keys=keys, limit=limit)
+        failure = None
     except (InvalidQuery, UnsupportedQuery) as exc:
-        outcome, reason = AuditOutcome.MINOR_FAILURE, str(exc)
+        failure = str(exc)
         raise
     finally:
-        with db.unit_of_work() as session:
-            record_audit_event(
-                session,
-                AuditRecord(
-                    event_code=AuditEventCode.QUERY,
-                    action="query",
-                    outcome=outcome,
-                    actor=actor,
-                    source_address=source_address,
-                    target_class=level.value,
-                    reason=reason,
-                    details={"keys": {k: v for k, v in keys.items() if v}, "level": level.value},
-                ),
-            )
+        record_query(
+            db,
+            level=level.value,
+            keys=keys,
+            actor=actor,
+            source_address=source_address,
+            failure=failure,
+        )
     return result
+
+
+def record_query(
+    db: Database,
+    *,
+    level: str | None,
+    keys: Mapping[str, str | None],
+    actor: str,
+    source_address: str | None,
+    failure: str | None = None,
+) -> None:
+    """110112 Query: the keys asked (never the results); ``failure`` if refused."""
+    with db.unit_of_work() as session:
+        record_audit_event(
+            session,
+            AuditRecord(
+                event_code=AuditEventCode.QUERY,
+                action="query",
+                outcome=AuditOutcome.MINOR_FAILURE if failure else AuditOutcome.SUCCESS,
+                actor=actor,
+                source_address=source_address,
+                target_class=level,
+                reason=failure,
+                details={"keys": {k: v for k, v in keys.items() if v}, "level": level},
+            ),
+        )

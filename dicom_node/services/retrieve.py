@@ -56,6 +56,7 @@ def instances_to_retrieve(
     parsed: dict[str, Match] = {}
     depth = LEVEL_ORDER.index(level)
     allowed = dict(UNIQUE_KEYS[upper] for upper in LEVEL_ORDER[: depth + 1])
+    allowed["IssuerOfPatientID"] = "LO"  # narrows a PatientID shared by two issuers
     for keyword, raw in keys.items():
         if keyword not in allowed:
             continue  # not a unique key: PS3.4 says it is not there; ignore, never match
@@ -88,22 +89,25 @@ def record_export(
     actor: str,
     source_address: str,
     destination: str,
-    level: Level,
+    level: Level | None,
     keys: Mapping[str, str | None],
     counts: Mapping[str, int],
     failed: list[str],
+    refused: str | None = None,
 ) -> None:
-    """110106 Export: who took which instances where (C-MOVE and C-GET)."""
+    """110106 Export: who took which instances where (C-MOVE and C-GET); a
+    refused retrieve (``refused`` says why) is recorded too."""
     with db.unit_of_work() as session:
         record_audit_event(
             session,
             AuditRecord(
                 event_code=AuditEventCode.EXPORT,
                 action="instances_exported",
-                outcome=AuditOutcome.MINOR_FAILURE if failed else AuditOutcome.SUCCESS,
+                outcome=AuditOutcome.MINOR_FAILURE if failed or refused else AuditOutcome.SUCCESS,
                 actor=actor,
                 source_address=source_address,
-                target_class=level.value,
+                target_class=level.value if level is not None else None,
+                reason=refused,
                 study_instance_uid=keys.get("StudyInstanceUID") or None,
                 details={
                     "destination": destination,

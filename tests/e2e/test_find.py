@@ -188,6 +188,7 @@ BAD_IDENTIFIERS = [
     ({"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "1.2.x"}, 0xA900),
     ({"QueryRetrieveLevel": "STUDY", "StudyTime": "2500"}, 0xA900),
     ({"QueryRetrieveLevel": "STUDY", "ModalitiesInStudy": "C*"}, 0xC000),  # not supported
+    ({"QueryRetrieveLevel": "STUDY", "StudyDate": "20260231"}, 0xA900),
 ]
 
 
@@ -205,8 +206,29 @@ def test_bad_identifiers_get_a_failure_status_and_are_audited(
     assert loaded.db is not None
     with loaded.db.read() as session:
         audits = session.scalars(select(AuditEvent).where(AuditEvent.action == "query")).all()
-    if "QueryRetrieveLevel" in keys and code == 0xC000:
-        assert audits and audits[-1].outcome == "minor_failure"
+    (audit,) = audits  # refused queries are audited too, however early refused
+    assert audit.outcome == "minor_failure" and audit.reason
+
+
+def test_a_sequence_key_with_values_is_refused_not_ignored(loaded: Node) -> None:
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    item = Dataset()
+    item.AccessionNumber = "NOPE"
+    identifier.RequestAttributesSequence = [item]
+    assert [code for code, _ in pynetdicom_find(loaded, identifier)] == [0xC000]
+
+
+def test_keys_not_answered_get_the_ff01_warning(loaded: Node) -> None:
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.AccessionNumber = "DEMOACC0001"
+    identifier.OperatorsName = ""  # not indexed
+    identifier.add_new(0x00091010, "LO", "")  # private
+    responses = pynetdicom_find(loaded, identifier)
+    assert [code for code, _ in responses] == [0xFF01, 0x0000]
+    (_, match), _ = responses
+    assert match is not None and match.OperatorsName == ""
 
 
 def test_every_query_is_audited_with_its_keys_not_its_results(loaded: Node) -> None:

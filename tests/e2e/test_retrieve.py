@@ -6,11 +6,13 @@ import subprocess
 from pathlib import Path
 
 import pydicom
+import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
+    Verification,
 )
 from sqlalchemy import select
 
@@ -93,7 +95,7 @@ def test_movescu_retrieves_a_study_byte_identical(make_node, tmp_path: Path) -> 
     (export,) = _exports(node)
     assert export.event_code == "110106"
     assert export.details["destination"] == "MOVESCU"
-    assert export.details["counts"] == {"missing": 0, "sent": count}
+    assert export.details["counts"] == {"offered": count, "unreadable": 0}
 
 
 def test_getscu_retrieves_one_series_on_its_own_association(make_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -150,7 +152,8 @@ def test_unknown_move_destination_is_a801(make_node) -> None:  # type: ignore[no
     node = _loaded(make_node)
     study_uid, _ = _biggest_study(node)
     assert _move(node, _study_identifier(study_uid), "NOBODY") == [0xA801]
-    assert _exports(node) == []
+    (refused,) = _exports(node)
+    assert (refused.outcome, refused.reason) == ("minor_failure", "unknown destination")
 
 
 def test_move_to_an_unreachable_peer_fails_and_the_node_goes_on(make_node) -> None:  # type: ignore[no-untyped-def]
@@ -160,6 +163,7 @@ def test_move_to_an_unreachable_peer_fails_and_the_node_goes_on(make_node) -> No
     assert _move(node, _study_identifier(study_uid), "GONE") == [0xA801]
     again = _move(node, _study_identifier(study_uid), "NOBODY")
     assert again == [0xA801]
+    assert [e.reason for e in _exports(node)] == ["destination unreachable", "unknown destination"]
 
 
 def test_a_get_without_its_unique_key_is_refused_with_a900(make_node) -> None:  # type: ignore[no-untyped-def]
@@ -182,9 +186,11 @@ def test_a_get_without_its_unique_key_is_refused_with_a900(make_node) -> None:  
     assert statuses == [0xA900]
 
 
-def test_a_missing_file_is_left_out_logged_and_audited_the_rest_is_sent(
+@pytest.mark.parametrize("damage", ["missing", "garbage"])
+def test_a_missing_or_unreadable_file_is_a_failed_sub_operation_the_rest_is_sent(
     make_node,  # type: ignore[no-untyped-def]
     tmp_path: Path,
+    damage: str,
 ) -> None:
     port = free_port()
     node = _loaded(make_node, peers=f"MOVESCU@127.0.0.1:{port}", dicom_workers=2)
@@ -197,20 +203,42 @@ def test_a_missing_file_is_left_out_logged_and_audited_the_rest_is_sent(
             .join(DicomStudy)
             .where(DicomStudy.study_instance_uid == study_uid)
         ).first()  # type: ignore[misc]
-    node.store.absolute(lost_path).unlink()
+    if damage == "missing":
+        node.store.absolute(lost_path).unlink()
+    else:
+        node.store.absolute(lost_path).write_bytes(b"garbage" * 10)
     out = tmp_path / "moved"
     out.mkdir()
     result = subprocess.run(
-        [dcmtk_tool("movescu"), "-S", "-aet", "MOVESCU", "-aem", "MOVESCU", "-aec",
+        [dcmtk_tool("movescu"), "-v", "-S", "-aet", "MOVESCU", "-aem", "MOVESCU", "-aec",
          "DICOM_NODE", "--port", str(port), "-od", str(out),
          "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
          "127.0.0.1", str(node.dicom_port)],
         capture_output=True, text=True, env=dcmtk_env(), timeout=120,
     )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
+    output = result.stdout + result.stderr
     received = _received_datasets(out)
     assert len(received) == count - 1 and lost_uid not in received
+    # the SCU is told: a warning with one failed sub-operation
+    assert "Final Move Response (Warning: SubOperationsCompleteOneOrMoreFailures)" in output
     (export,) = _exports(node)
     assert export.outcome == "minor_failure"
-    assert export.details["counts"] == {"missing": 1, "sent": count - 1}
+    assert export.details["counts"] == {"offered": count - 1, "unreadable": 1}
     assert export.details["failed_sop_instance_uids"] == [lost_uid]
+
+
+def test_a_bad_move_identifier_is_a900_even_with_a_live_destination(make_node) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    destination = AE(ae_title="DEST")
+    destination.add_supported_context(Verification)
+    server = destination.start_server(("127.0.0.1", port), block=False)
+    try:
+        node = _loaded(make_node, peers=f"DEST@127.0.0.1:{port}")
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = "1.2.x"
+        assert _move(node, identifier, "DEST") == [0xA900]
+        (refused,) = _exports(node)
+        assert refused.outcome == "minor_failure"
+    finally:
+        server.shutdown()

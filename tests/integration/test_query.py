@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 from pydicom.uid import generate_uid
+from sqlalchemy import update
 
 from dicom_node.db.engine import Database
+from dicom_node.db.models import DicomStudy
 from dicom_node.domain.query import InvalidQuery, Level, UnsupportedQuery
 from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
 from dicom_node.services.query import find_entities
@@ -20,7 +22,7 @@ UID = {name: generate_uid() for name in ("A", "B", "C", "D", "A1", "A2", "B1", "
 PATIENTS = {
     "A": ("PAT1", "DOE^JANE"),
     "B": ("PAT2", "doe^john"),
-    "C": ("PAT3", "Διονυσιος"),
+    "C": ("PAT3", "Διονυσιος=ΔΙΟΝ^ΤΕΣΤ"),
     "D": ("PAT4", "O'NEIL^ANN"),
 }
 STUDIES = {
@@ -110,6 +112,14 @@ STUDY_CASES = [
     ({"PatientName": "Διον*"}, {"C"}),
     ({"PatientName": "O'NEIL^ANN"}, {"D"}),
     ({"PatientName": "DOE"}, set()),  # single value: the whole name, not a prefix
+    # a value with no "=" matches any one component group (alphabetic, ideographic...)
+    ({"PatientName": "διον^τεστ"}, {"C"}),
+    ({"PatientName": "ΔΙΟΝ*"}, {"C"}),
+    ({"PatientName": "Διονυσιος=ΔΙΟΝ^ΤΕΣΤ"}, {"C"}),
+    ({"PatientName": "Διονυσιος=ΨΩ"}, set()),
+    # several values: any of them (backslash-separated)
+    ({"PatientID": "PAT1\\PAT4"}, {"A", "D"}),
+    ({"PatientName": "doe^jane\\O'N*"}, {"A", "D"}),
     # other strings: case-sensitive single value
     ({"StudyDescription": "CT CHEST"}, {"A"}),
     ({"StudyDescription": "ct chest"}, {"C"}),
@@ -155,6 +165,8 @@ STUDY_CASES = [
     ({"ModalitiesInStudy": "CT"}, {"A", "B"}),
     ({"ModalitiesInStudy": "CR"}, {"D"}),
     ({"ModalitiesInStudy": "C"}, set()),
+    ({"ModalitiesInStudy": "CR\\US"}, {"D"}),
+    ({"ModalitiesInStudy": "CT\\CR"}, {"A", "B", "D"}),
     # keys combine with AND
     ({"PatientName": "doe*", "StudyDate": "20260101-"}, {"A"}),
     ({"PatientName": "doe*", "ModalitiesInStudy": "CT", "StudyDate": "-20251231"}, {"B"}),
@@ -270,6 +282,7 @@ def test_keys_the_node_does_not_index_are_reported_not_matched(indexed: Database
 BAD_KEYS = [
     (Level.STUDY, {"StudyDate": "2026-01-05"}, InvalidQuery),  # two dashes
     (Level.STUDY, {"StudyDate": "20261301"}, InvalidQuery),  # no 13th month
+    (Level.STUDY, {"StudyDate": "20260231"}, InvalidQuery),  # no 31 February
     (Level.STUDY, {"StudyDate": "20260131-20260101"}, InvalidQuery),  # ends before start
     (Level.STUDY, {"StudyDate": "-"}, InvalidQuery),
     (Level.STUDY, {"StudyInstanceUID": "1.2.abc"}, InvalidQuery),
@@ -290,3 +303,21 @@ def test_malformed_or_unsupported_keys_are_refused_not_guessed(
 ) -> None:
     with indexed.read() as session, pytest.raises(error):
         find_entities(session, level=level, keys=keys, limit=10)
+
+
+def test_a_rejected_study_is_hidden_at_every_level_counts_included(indexed: Database) -> None:
+    with indexed.unit_of_work() as session:
+        session.execute(
+            update(DicomStudy)
+            .where(DicomStudy.study_instance_uid == UID["A"])
+            .values(metadata_status="rejected")
+        )
+    assert "A" not in studies(indexed, PatientID="PAT1")
+    with indexed.read() as session:
+        result = find_entities(
+            session,
+            level=Level.PATIENT,
+            keys={"PatientID": "PAT1", "NumberOfPatientRelatedStudies": ""},
+            limit=10,
+        )
+    assert [row["NumberOfPatientRelatedStudies"] for row in result.matches] == [0]
