@@ -35,6 +35,7 @@ from dicom_node.domain.enums import (
 )
 from dicom_node.domain.matching import PRIORITY_RANK, SlaPolicy
 from dicom_node.services.audit import record_audit_event
+from dicom_node.services.orders import advance_order
 
 _READABLE = (MetadataStatus.MATCHED.value, MetadataStatus.CORRECTED.value)
 
@@ -239,30 +240,16 @@ def _transition(
 
 
 def _perform_order(session: Session, order: ImagingRequest, *, now: datetime, actor: str) -> None:
-    if order.status not in (
-        RequestStatus.REQUESTED.value,
-        RequestStatus.SCHEDULED.value,
-        RequestStatus.IN_PROGRESS.value,
-    ):
-        return  # already performed (MPPS said so) or discontinued: leave it
-    before = order.status
-    order.status = RequestStatus.PERFORMED.value
-    order.exam_completed_at = order.exam_completed_at or now
-    record_audit_event(
+    # already performed (MPPS said so) or discontinued: left as it is
+    if advance_order(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.ORDER_RECORD,
-            action="order_performed",
-            actor=actor,
-            target_class="ImagingRequest",
-            target_id=str(order.id),
-            patient_id=order.patient_id,
-            study_instance_uid=order.study_instance_uid,
-            accession_number=order.accession_number,
-            reason="study complete",
-            details={"before": {"status": before}, "after": {"status": order.status}},
-        ),
-    )
+        order,
+        RequestStatus.PERFORMED,
+        allowed_from=(RequestStatus.REQUESTED, RequestStatus.SCHEDULED, RequestStatus.IN_PROGRESS),
+        actor=actor,
+        reason="study complete",
+    ):
+        order.exam_completed_at = order.exam_completed_at or now
 
 
 def _ensure_worklist_item(

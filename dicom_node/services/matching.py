@@ -14,6 +14,7 @@ from dicom_node.domain.dataset_header import InstanceHeader
 from dicom_node.domain.enums import AuditOutcome, MetadataStatus, RequestStatus
 from dicom_node.domain.matching import Demographics, demographic_mismatches
 from dicom_node.services.audit import record_audit_event
+from dicom_node.services.orders import advance_order
 
 log = logging.getLogger("dicom_node.matching")
 
@@ -143,24 +144,12 @@ def match_new_study(
 
 def _start_exam(session: Session, order: ImagingRequest, *, now: datetime, actor: str) -> None:
     """First image of a requested or scheduled order: the exam is in progress."""
-    if order.status not in (RequestStatus.REQUESTED.value, RequestStatus.SCHEDULED.value):
-        return
-    before = order.status
-    order.status = RequestStatus.IN_PROGRESS.value
-    if order.exam_started_at is None:
-        order.exam_started_at = now
-    record_audit_event(
+    if advance_order(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.ORDER_RECORD,
-            action="order_in_progress",
-            actor=actor,
-            target_class="ImagingRequest",
-            target_id=str(order.id),
-            patient_id=order.patient_id,
-            study_instance_uid=order.study_instance_uid,
-            accession_number=order.accession_number,
-            reason="first image received",
-            details={"before": {"status": before}, "after": {"status": order.status}},
-        ),
-    )
+        order,
+        RequestStatus.IN_PROGRESS,
+        allowed_from=(RequestStatus.REQUESTED, RequestStatus.SCHEDULED),
+        actor=actor,
+        reason="first image received",
+    ):
+        order.exam_started_at = order.exam_started_at or now
