@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     dicom_workers: Annotated[int, Field(ge=0, le=64)] = 0
     # C-FIND answers at most this many matches, then fails with 0xA700 (narrow it)
     max_find_matches: Annotated[int, Field(ge=1)] = 1000
+    # a worklist query that leaves ScheduledStationAETitle empty gets the calling
+    # AE's own steps only (for modalities that do not fill it in)
+    worklist_by_calling_ae: bool = False
 
     # --- storage and database -------------------------------------------------
     data_dir: Path = Path("data")

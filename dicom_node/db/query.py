@@ -172,7 +172,7 @@ def compile_query(level: Level, keys: Mapping[str, Match], *, limit: int | None)
         if LEVEL_ORDER.index(attribute.level) > depth:
             raise InvalidQuery(f"{keyword} is a {attribute.level} key, below {level} level")
         columns.append(cast(ColumnElement[Any], attribute.column).label(keyword))
-        condition = _condition(attribute, match)
+        condition = match_condition(attribute, match)
         if condition is not None:
             conditions.append(condition)
 
@@ -193,12 +193,13 @@ def compile_query(level: Level, keys: Mapping[str, Match], *, limit: int | None)
     return statement.limit(limit) if limit is not None else statement
 
 
-def _condition(attribute: Attribute, match: Match) -> ColumnElement[bool] | None:
+def match_condition(attribute: Attribute, match: Match) -> ColumnElement[bool] | None:
+    """The WHERE clause one matching key asks for; None for universal matching."""
     column = cast(ColumnElement[Any], attribute.column)
     if isinstance(match, Universal):
         return None
     if isinstance(match, AnyOf):
-        parts = [_condition(attribute, part) for part in match.matches]
+        parts = [match_condition(attribute, part) for part in match.matches]
         return or_(*(part for part in parts if part is not None))
     if attribute.computed:
         raise UnsupportedQuery(f"{attribute.keyword} is returned, not matched")

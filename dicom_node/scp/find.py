@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pynetdicom.events import Event
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    ModalityWorklistInformationFind,
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
@@ -28,6 +29,7 @@ from dicom_node.db.engine import Database
 from dicom_node.domain.query import InvalidQuery, Level, UnsupportedQuery
 from dicom_node.scp import status
 from dicom_node.services.query import query_index, record_query
+from dicom_node.services.worklist_query import ScheduledStep, find_scheduled_steps
 
 log = logging.getLogger("dicom_node.scp")
 
@@ -47,6 +49,7 @@ GET_MODELS = {
 }
 # the levels each Query/Retrieve information model has (PS3.4 C.6)
 MODEL_LEVELS = {**FIND_MODELS, **MOVE_MODELS, **GET_MODELS}
+WORKLIST_MODEL = str(ModalityWorklistInformationFind)
 _NOT_KEYS = {"QueryRetrieveLevel", "SpecificCharacterSet"}
 _UTF8 = "ISO_IR 192"
 # a peer that stops reading is the network timeout's business, not this loop's
@@ -56,11 +59,61 @@ Response = tuple[int | Dataset, Dataset | None]
 
 
 class FindHandler:
-    def __init__(self, db: Database, *, max_matches: int) -> None:
+    def __init__(self, db: Database, *, max_matches: int, worklist_by_calling_ae: bool) -> None:
         self._db = db
         self._max_matches = max_matches
+        self._worklist_by_calling_ae = worklist_by_calling_ae
 
     def handle_find(self, event: Event) -> Iterator[Response]:
+        if str(event.request.AffectedSOPClassUID) == WORKLIST_MODEL:
+            yield from self._handle_worklist(event)
+            return
+        yield from self._handle_query(event)
+
+    def _handle_worklist(self, event: Event) -> Iterator[Response]:
+        """Modality Worklist (PS3.4 K): one response per scheduled step."""
+        requestor = event.assoc.requestor
+        address = f"{requestor.address}:{requestor.port}"
+        try:
+            identifier = event.identifier
+            top, step, step_requested = _worklist_keys(identifier)
+            result = find_scheduled_steps(
+                self._db,
+                top=top,
+                step=step,
+                limit=self._max_matches,
+                actor=requestor.ae_title,
+                source_address=address,
+                station_ae_title=requestor.ae_title if self._worklist_by_calling_ae else None,
+            )
+        except UnsupportedQuery as exc:
+            log.warning("worklist query from %s not supported: %s", requestor.ae_title, exc)
+            yield failure(status.UNABLE_TO_PROCESS, str(exc))
+            return
+        except (InvalidQuery, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("worklist query from %s refused: %s", requestor.ae_title, reason(exc))
+            yield failure(status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, reason(exc))
+            return
+        except Exception:
+            log.exception("worklist query from %s failed", requestor.ae_title)
+            yield failure(status.UNABLE_TO_PROCESS_INTERNAL, "query failed")
+            return
+        pending = status.PENDING_WARNING if result.unsupported else status.PENDING
+        for scheduled in result.steps:
+            if event.is_cancelled:
+                yield status.CANCEL, None
+                return
+            yield pending, _worklist_response(top, step, step_requested, scheduled)
+            _wait_until_sent(event)
+        if result.truncated:
+            yield failure(
+                status.OUT_OF_RESOURCES,
+                f"more than {self._max_matches} matches: narrow the query",
+            )
+            return
+        yield status.SUCCESS, None
+
+    def _handle_query(self, event: Event) -> Iterator[Response]:
         requestor = event.assoc.requestor
         address = f"{requestor.address}:{requestor.port}"
         try:
@@ -178,6 +231,59 @@ def identifier_keys(identifier: Dataset) -> dict[str, str | None]:
         else:
             keys[keyword] = "" if value is None else str(value)
     return keys
+
+
+def _worklist_keys(
+    identifier: Dataset,
+) -> tuple[dict[str, str | None], dict[str, str | None], bool]:
+    """(top-level keys, keys of the ScheduledProcedureStepSequence item, whether
+    the sequence was asked for). A stray QueryRetrieveLevel is tolerated."""
+    top: dict[str, str | None] = {}
+    step: dict[str, str | None] = {}
+    requested = False
+    for element in identifier:
+        keyword = element.keyword
+        if not keyword or keyword in _NOT_KEYS:
+            continue
+        if keyword == "ScheduledProcedureStepSequence":
+            requested = True
+            items = list(element.value or [])
+            if len(items) > 1:
+                raise InvalidQuery("ScheduledProcedureStepSequence: one item at most")
+            if items:
+                step = identifier_keys(items[0])
+            continue
+        top.update(identifier_keys(_only(element)))
+    return top, step, requested
+
+
+def _only(element: Any) -> Dataset:
+    ds = Dataset()
+    ds.add(element)
+    return ds
+
+
+def _worklist_response(
+    top: dict[str, str | None],
+    step: dict[str, str | None],
+    step_requested: bool,
+    scheduled: ScheduledStep,
+) -> Dataset:
+    """The requested keys at top level and in the step item, nothing else."""
+    ds = Dataset()
+    values = {keyword: scheduled.top.get(keyword) for keyword in top}
+    item_values = {keyword: scheduled.step.get(keyword) for keyword in step}
+    texts = [*values.values(), *item_values.values()]
+    if any(isinstance(v, str) and not v.isascii() for v in texts):
+        ds.SpecificCharacterSet = _UTF8
+    for keyword, value in values.items():
+        setattr(ds, keyword, "" if value is None else value)
+    if step_requested:
+        item = Dataset()
+        for keyword, value in item_values.items():
+            setattr(item, keyword, "" if value is None else value)
+        ds.ScheduledProcedureStepSequence = [item]
+    return ds
 
 
 def _response(level: Level, keys: dict[str, str | None], match: dict[str, Any]) -> Dataset:

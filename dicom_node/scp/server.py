@@ -13,7 +13,13 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.db.engine import Database
-from dicom_node.scp.find import FIND_MODELS, GET_MODELS, MOVE_MODELS, FindHandler
+from dicom_node.scp.find import (
+    FIND_MODELS,
+    GET_MODELS,
+    MOVE_MODELS,
+    WORKLIST_MODEL,
+    FindHandler,
+)
 from dicom_node.scp.handlers import build_handlers
 from dicom_node.scp.retrieve import RetrieveHandler
 from dicom_node.scp.store import StoreHandler
@@ -76,7 +82,7 @@ def build_ae(settings: Settings) -> AE:
     ae.dimse_timeout = settings.dimse_timeout_seconds
     ae.network_timeout = settings.network_timeout_seconds
     ae.add_supported_context(Verification)
-    for model in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS):
+    for model in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS, WORKLIST_MODEL):
         ae.add_supported_context(model)
     for context in AllStoragePresentationContexts:
         # both roles: C-STORE to us, and C-GET's sub-operations from us to a peer
@@ -137,7 +143,11 @@ class DicomServer:
         self._store_handler = StoreHandler(
             db, store, IngestPolicy(duplicate_policy=settings.duplicate_policy)
         )
-        self._find_handler = FindHandler(db, max_matches=settings.max_find_matches)
+        self._find_handler = FindHandler(
+            db,
+            max_matches=settings.max_find_matches,
+            worklist_by_calling_ae=settings.worklist_by_calling_ae,
+        )
         self._retrieve_handler = RetrieveHandler(
             db, store, dict(settings.peers), max_pdu=settings.max_pdu_size
         )

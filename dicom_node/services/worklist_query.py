@@ -1,0 +1,132 @@
+"""Modality Worklist: the scheduled procedure steps a modality asks for (RAD-5).
+
+Keys are matched with the same C-FIND rules as the Query/Retrieve models; the
+steps are read in one transaction that ends before the first answer is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.datadict import dictionary_VR
+
+from dicom_node.db.engine import Database
+from dicom_node.db.models import ImagingCenter, ImagingRequest, Modality
+from dicom_node.db.worklist import COMPUTED_STEP, COMPUTED_TOP, STEP, TOP_LEVEL, compile_worklist
+from dicom_node.domain.query import (
+    InvalidQuery,
+    Match,
+    Single,
+    Universal,
+    UnsupportedQuery,
+    parse_match,
+)
+from dicom_node.services.query import record_query
+
+# RequestedProcedurePriority defined terms (PS3.3 C.4.11)
+_PRIORITY = {"stat": "STAT", "urgent": "HIGH", "routine": "ROUTINE"}
+
+
+@dataclass(frozen=True)
+class ScheduledStep:
+    top: dict[str, Any]  # keyword -> value, for every attribute the worklist answers
+    step: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class WorklistResult:
+    steps: list[ScheduledStep]
+    truncated: bool = False
+    unsupported: list[str] = field(default_factory=list)
+
+
+def find_scheduled_steps(
+    db: Database,
+    *,
+    top: Mapping[str, str | None],
+    step: Mapping[str, str | None],
+    limit: int,
+    actor: str,
+    source_address: str | None = None,
+    station_ae_title: str | None = None,
+) -> WorklistResult:
+    """``station_ae_title``: when given and the query leaves ScheduledStationAETitle
+    empty, only that station's steps (for modalities that do not fill it in)."""
+    failure: str | None = "query failed"
+    try:
+        unsupported: list[str] = []
+        top_matches = _parse(top, TOP_LEVEL.keys() | COMPUTED_TOP, unsupported)
+        step_matches = _parse(step, STEP.keys() | COMPUTED_STEP, unsupported)
+        station = step_matches.get("ScheduledStationAETitle", Universal())
+        if station_ae_title and isinstance(station, Universal):
+            step_matches["ScheduledStationAETitle"] = Single(station_ae_title)
+        with db.read() as session:
+            rows = session.execute(
+                compile_worklist(top_matches, step_matches, limit=limit + 1)
+            ).all()
+        failure = None
+    except (InvalidQuery, UnsupportedQuery) as exc:
+        failure = str(exc)
+        raise
+    finally:
+        record_query(
+            db,
+            level="WORKLIST",
+            keys={**top, **{f"ScheduledProcedureStepSequence.{k}": v for k, v in step.items()}},
+            actor=actor,
+            source_address=source_address,
+            failure=failure,
+        )
+    return WorklistResult(
+        steps=[_step(order, modality, center) for order, modality, center in rows[:limit]],
+        truncated=len(rows) > limit,
+        unsupported=unsupported,
+    )
+
+
+def _parse(
+    keys: Mapping[str, str | None], known: set[str], unsupported: list[str]
+) -> dict[str, Match]:
+    parsed: dict[str, Match] = {}
+    for keyword, raw in keys.items():
+        if keyword not in known:
+            unsupported.append(keyword)
+            continue
+        parsed[keyword] = parse_match(dictionary_VR(keyword), raw, keyword=keyword)
+    return parsed
+
+
+def _step(
+    order: ImagingRequest, modality: Modality | None, center: ImagingCenter | None
+) -> ScheduledStep:
+    start = order.scheduled_at.astimezone() if order.scheduled_at else None  # local time
+    top = {
+        "PatientName": order.patient_name,
+        "PatientID": order.patient_id,
+        "IssuerOfPatientID": order.issuer_of_patient_id or None,
+        "PatientBirthDate": order.patient_birth_date,
+        "PatientSex": order.patient_sex,
+        "AccessionNumber": order.accession_number,
+        "StudyInstanceUID": order.study_instance_uid,
+        "RequestedProcedureID": order.requested_procedure_id,
+        "RequestedProcedureDescription": order.study_description,
+        "RequestedProcedurePriority": _PRIORITY.get(order.priority),
+        "ReferringPhysicianName": order.referring_physician_name,
+        "RequestingPhysician": None,
+        "ReasonForTheRequestedProcedure": (order.clinical_indication or "")[:64] or None,
+    }
+    step = {
+        "ScheduledStationAETitle": modality.dicom_ae_title if modality else None,
+        "ScheduledStationName": modality.station_name if modality else None,
+        "Modality": order.requested_modality or (modality.type if modality else None),
+        "ScheduledProcedureStepStartDate": start.strftime("%Y%m%d") if start else None,
+        "ScheduledProcedureStepStartTime": start.strftime("%H%M%S") if start else None,
+        "ScheduledPerformingPhysicianName": None,
+        "ScheduledProcedureStepDescription": order.study_description,
+        "ScheduledProcedureStepID": order.scheduled_procedure_step_id,
+        "ScheduledProcedureStepLocation": (center.name[:16] if center else None),
+        "ScheduledProcedureStepStatus": "SCHEDULED",
+    }
+    return ScheduledStep(top, step)
