@@ -18,6 +18,7 @@ from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import AuditOutcome
 from dicom_node.scp import status
 from dicom_node.scp.find import FindHandler
+from dicom_node.scp.mpps import MppsHandler
 from dicom_node.scp.polling import connection_closed, poll_adaptively
 from dicom_node.scp.retrieve import RetrieveHandler
 from dicom_node.scp.store import StoreHandler
@@ -32,7 +33,11 @@ HandlerList = list[
 
 
 def build_handlers(
-    db: Database, store: StoreHandler, find: FindHandler, retrieve: RetrieveHandler
+    db: Database,
+    store: StoreHandler,
+    find: FindHandler,
+    retrieve: RetrieveHandler,
+    mpps: MppsHandler,
 ) -> HandlerList:
     return [
         (evt.EVT_CONN_OPEN, handle_connection_opened),
@@ -41,6 +46,8 @@ def build_handlers(
         (evt.EVT_C_FIND, find.handle_find),
         (evt.EVT_C_MOVE, retrieve.handle_move),
         (evt.EVT_C_GET, retrieve.handle_get),
+        (evt.EVT_N_CREATE, mpps.handle_create),
+        (evt.EVT_N_SET, mpps.handle_set),
         (evt.EVT_ACCEPTED, handle_accepted),
         (evt.EVT_REJECTED, handle_rejected, [db]),
         (evt.EVT_CONN_CLOSE, store.handle_closed),

@@ -21,6 +21,7 @@ from dicom_node.scp.find import (
     FindHandler,
 )
 from dicom_node.scp.handlers import build_handlers
+from dicom_node.scp.mpps import MPPS_MODEL, MppsHandler
 from dicom_node.scp.retrieve import RetrieveHandler
 from dicom_node.scp.store import StoreHandler
 from dicom_node.services.ingest import IngestPolicy
@@ -82,7 +83,7 @@ def build_ae(settings: Settings) -> AE:
     ae.dimse_timeout = settings.dimse_timeout_seconds
     ae.network_timeout = settings.network_timeout_seconds
     ae.add_supported_context(Verification)
-    for model in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS, WORKLIST_MODEL):
+    for model in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS, WORKLIST_MODEL, MPPS_MODEL):
         ae.add_supported_context(model)
     for context in AllStoragePresentationContexts:
         # both roles: C-STORE to us, and C-GET's sub-operations from us to a peer
@@ -156,7 +157,11 @@ class DicomServer:
     def start(self) -> tuple[str, int]:
         """Bind and serve; raises OSError if the address is unavailable."""
         handlers = build_handlers(
-            self._db, self._store_handler, self._find_handler, self._retrieve_handler
+            self._db,
+            self._store_handler,
+            self._find_handler,
+            self._retrieve_handler,
+            MppsHandler(self._db),
         )
         address = (self._settings.bind_host, self._settings.dicom_port)
         if self._listener is None:

@@ -1,0 +1,154 @@
+"""MPPS SCP (PS3.4 F.7): N-CREATE and N-SET -> one service call -> a status."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import cast
+
+from pydicom.dataset import Dataset
+from pynetdicom.dimse_primitives import N_CREATE, N_SET
+from pynetdicom.events import Event
+from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
+
+from dicom_node.db.engine import Database
+from dicom_node.domain.uids import is_valid_uid
+from dicom_node.scp import status
+from dicom_node.services.mpps import (
+    MppsCreate,
+    MppsError,
+    MppsProblem,
+    MppsSet,
+    ScheduledStepRef,
+    create_mpps,
+    update_mpps,
+)
+
+log = logging.getLogger("dicom_node.scp")
+
+MPPS_MODEL = str(ModalityPerformedProcedureStep)
+
+# PS3.7 C.4 / PS3.4 F.7.2
+_STATUS = {
+    MppsProblem.DUPLICATE: 0x0111,  # Duplicate SOP Instance
+    MppsProblem.NO_SUCH_INSTANCE: 0x0112,  # No Such SOP Instance
+    MppsProblem.NOT_IN_PROGRESS: 0x0110,  # Processing failure
+    MppsProblem.INVALID_VALUE: 0x0106,  # Invalid attribute value
+    MppsProblem.MISSING_ATTRIBUTE: 0x0120,  # Missing attribute
+}
+
+Answer = tuple[int | Dataset, Dataset | None]
+
+
+class MppsHandler:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def handle_create(self, event: Event) -> Answer:
+        calling = event.assoc.requestor.ae_title
+        try:
+            uid = str(cast(N_CREATE, event.request).AffectedSOPInstanceUID or "").strip()
+            if not is_valid_uid(uid):
+                raise MppsError(MppsProblem.MISSING_ATTRIBUTE, "Affected SOP Instance UID")
+            attributes = event.attribute_list
+            create_mpps(
+                self._db,
+                MppsCreate(
+                    sop_instance_uid=uid,
+                    status=_text(attributes, "PerformedProcedureStepStatus"),
+                    scheduled_steps=[
+                        ScheduledStepRef(
+                            _text(item, "StudyInstanceUID") or None,
+                            _text(item, "AccessionNumber") or None,
+                        )
+                        for item in attributes.get("ScheduledStepAttributesSequence", [])
+                    ],
+                    station_ae_title=_text(attributes, "PerformedStationAETitle") or None,
+                    started_at=_moment(
+                        attributes,
+                        "PerformedProcedureStepStartDate",
+                        "PerformedProcedureStepStartTime",
+                    ),
+                ),
+                actor=calling,
+            )
+        except MppsError as exc:
+            log.warning("MPPS N-CREATE from %s refused: %s", calling, exc)
+            return _failure(_STATUS[exc.problem], str(exc))
+        except Exception as exc:  # undecodable attribute list and the like
+            log.warning("MPPS N-CREATE from %s refused: %s", calling, type(exc).__name__)
+            return _failure(0x0106, "attribute list cannot be processed")
+        return status.SUCCESS, attributes
+
+    def handle_set(self, event: Event) -> Answer:
+        calling = event.assoc.requestor.ae_title
+        try:
+            request = cast(N_SET, event.request)
+            uid = str(request.RequestedSOPInstanceUID or "").strip()
+            changes = event.modification_list
+            update_mpps(
+                self._db,
+                MppsSet(
+                    sop_instance_uid=uid,
+                    status=_text(changes, "PerformedProcedureStepStatus") or None,
+                    ended_at=_moment(
+                        changes, "PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime"
+                    ),
+                    performed_series=_performed_series(changes),
+                    discontinuation_reason=_reason(changes),
+                ),
+                actor=calling,
+            )
+        except MppsError as exc:
+            log.warning("MPPS N-SET from %s refused: %s", calling, exc)
+            return _failure(_STATUS[exc.problem], str(exc))
+        except Exception as exc:
+            log.warning("MPPS N-SET from %s refused: %s", calling, type(exc).__name__)
+            return _failure(0x0106, "modification list cannot be processed")
+        return status.SUCCESS, changes
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    return str(ds.get(keyword, "") or "").strip()
+
+
+def _moment(ds: Dataset, date_keyword: str, time_keyword: str) -> datetime | None:
+    """DA + TM in the modality's local time (taken as the node's) -> aware datetime."""
+    day, clock = _text(ds, date_keyword), _text(ds, time_keyword).split(".")[0]
+    if not day:
+        return None
+    if len(day) != 8 or not day.isdigit() or (clock and not clock.isdigit()):
+        raise MppsError(MppsProblem.INVALID_VALUE, f"{date_keyword}/{time_keyword}")
+    clock = (clock + "000000")[:6]
+    try:
+        return datetime.strptime(day + clock, "%Y%m%d%H%M%S").astimezone()
+    except ValueError:
+        raise MppsError(MppsProblem.INVALID_VALUE, f"{date_keyword}/{time_keyword}") from None
+
+
+def _performed_series(ds: Dataset) -> dict[str, list[str]] | None:
+    if "PerformedSeriesSequence" not in ds:
+        return None
+    series: dict[str, list[str]] = {}
+    for item in ds.PerformedSeriesSequence:
+        uid = _text(item, "SeriesInstanceUID")
+        if not is_valid_uid(uid):
+            raise MppsError(MppsProblem.INVALID_VALUE, "PerformedSeriesSequence SeriesInstanceUID")
+        references = [
+            *item.get("ReferencedImageSequence", []),
+            *item.get("ReferencedNonImageCompositeSOPInstanceSequence", []),
+        ]
+        series[uid] = [_text(ref, "ReferencedSOPInstanceUID") for ref in references]
+    return series
+
+
+def _reason(ds: Dataset) -> str | None:
+    codes = ds.get("PerformedProcedureStepDiscontinuationReasonCodeSequence") or []
+    return next((_text(code, "CodeMeaning") for code in codes if "CodeMeaning" in code), None)
+
+
+def _failure(code: int, comment: str) -> Answer:
+    ds = Dataset()
+    ds.Status = code
+    ds.ErrorComment = comment[: status.ERROR_COMMENT_MAX]
+    return ds, None

@@ -1,0 +1,240 @@
+"""Modality Performed Procedure Step (RAD-6/7, PS3.4 F.7): the exam's start and end.
+
+N-CREATE (IN PROGRESS) puts the scheduled order in progress; N-SET COMPLETED
+makes it performed and records which series and instances the modality says it
+made (completeness uses that as evidence, DOMAIN.md); N-SET DISCONTINUED
+discontinues it with the reason. N-CREATE and N-SET may come on different
+associations: everything lives in the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from dicom_node.db.engine import Database
+from dicom_node.db.models import DicomSeries, DicomStudy, ImagingRequest, PerformedProcedureStep
+from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.enums import AuditOutcome, MppsStatus, RequestStatus
+from dicom_node.domain.errors import DomainError
+from dicom_node.services.audit import record_audit_event
+from dicom_node.services.orders import advance_order
+
+
+class MppsProblem(StrEnum):
+    """What went wrong, in the terms of the N-CREATE/N-SET statuses (PS3.7 C)."""
+
+    DUPLICATE = "duplicate SOP instance"  # 0x0111
+    NO_SUCH_INSTANCE = "no such SOP instance"  # 0x0112
+    NOT_IN_PROGRESS = "the step is no longer IN PROGRESS"  # 0x0110
+    INVALID_VALUE = "invalid attribute value"  # 0x0106
+    MISSING_ATTRIBUTE = "missing attribute"  # 0x0120
+
+
+class MppsError(DomainError):
+    def __init__(self, problem: MppsProblem, detail: str) -> None:
+        super().__init__(f"{problem.value}: {detail}")
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class ScheduledStepRef:
+    """One item of ScheduledStepAttributesSequence (0040,0270)."""
+
+    study_instance_uid: str | None
+    accession_number: str | None
+
+
+@dataclass(frozen=True)
+class MppsCreate:
+    sop_instance_uid: str
+    status: str
+    scheduled_steps: list[ScheduledStepRef] = field(default_factory=list)
+    station_ae_title: str | None = None
+    started_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class MppsSet:
+    sop_instance_uid: str
+    status: str | None  # None: other attributes only
+    ended_at: datetime | None = None
+    # SeriesInstanceUID -> SOPInstanceUIDs (PerformedSeriesSequence); None if absent
+    performed_series: dict[str, list[str]] | None = None
+    discontinuation_reason: str | None = None
+
+
+def create_mpps(db: Database, request: MppsCreate, *, actor: str) -> PerformedProcedureStep:
+    if request.status != MppsStatus.IN_PROGRESS.value:
+        raise MppsError(MppsProblem.INVALID_VALUE, "N-CREATE status must be IN PROGRESS")
+    try:
+        with db.unit_of_work() as session:
+            if session.scalar(
+                select(PerformedProcedureStep.id).where(
+                    PerformedProcedureStep.sop_instance_uid == request.sop_instance_uid
+                )
+            ):
+                raise MppsError(MppsProblem.DUPLICATE, request.sop_instance_uid)
+            order = _scheduled_order(session, request.scheduled_steps)
+            step = PerformedProcedureStep(
+                sop_instance_uid=request.sop_instance_uid,
+                imaging_request_id=order.id if order else None,
+                status=MppsStatus.IN_PROGRESS.value,
+                study_instance_uid=next(
+                    (s.study_instance_uid for s in request.scheduled_steps if s.study_instance_uid),
+                    None,
+                ),
+                accession_number=next(
+                    (s.accession_number for s in request.scheduled_steps if s.accession_number),
+                    None,
+                ),
+                performed_station_ae_title=request.station_ae_title,
+                started_at=request.started_at or datetime.now(UTC),
+                calling_ae_title=actor,
+            )
+            session.add(step)
+            session.flush()
+            if order is not None and advance_order(
+                session,
+                order,
+                RequestStatus.IN_PROGRESS,
+                allowed_from=(RequestStatus.REQUESTED, RequestStatus.SCHEDULED),
+                actor=actor,
+                reason="MPPS IN PROGRESS",
+            ):
+                order.exam_started_at = order.exam_started_at or step.started_at
+            _audit(session, step, "mpps_in_progress", actor, order, unscheduled=order is None)
+            return step
+    except IntegrityError:
+        # another association created the same instance between our check and insert
+        raise MppsError(MppsProblem.DUPLICATE, request.sop_instance_uid) from None
+
+
+def update_mpps(db: Database, request: MppsSet, *, actor: str) -> PerformedProcedureStep:
+    with db.unit_of_work() as session:
+        step = session.scalar(
+            select(PerformedProcedureStep)
+            .where(PerformedProcedureStep.sop_instance_uid == request.sop_instance_uid)
+            .with_for_update()
+        )
+        if step is None:
+            raise MppsError(MppsProblem.NO_SUCH_INSTANCE, request.sop_instance_uid)
+        if step.status != MppsStatus.IN_PROGRESS.value:
+            raise MppsError(MppsProblem.NOT_IN_PROGRESS, step.status)
+        order = (
+            session.get(ImagingRequest, step.imaging_request_id)
+            if step.imaging_request_id
+            else None
+        )
+        if request.status in (None, MppsStatus.IN_PROGRESS.value):
+            if request.performed_series is not None:
+                step.performed_series = request.performed_series
+            _audit(session, step, "mpps_updated", actor, order)
+            return step
+        if request.status == MppsStatus.COMPLETED.value:
+            if request.ended_at is None or not request.performed_series:
+                raise MppsError(
+                    MppsProblem.MISSING_ATTRIBUTE,
+                    "COMPLETED needs the end date/time and PerformedSeriesSequence",
+                )
+            step.status, step.ended_at = request.status, request.ended_at
+            step.performed_series = request.performed_series
+            if order is not None and advance_order(
+                session,
+                order,
+                RequestStatus.PERFORMED,
+                allowed_from=(RequestStatus.IN_PROGRESS, RequestStatus.SCHEDULED),
+                actor=actor,
+                reason="MPPS COMPLETED",
+            ):
+                order.exam_completed_at = request.ended_at
+            missing = _series_not_received(session, step)
+            _audit(session, step, "mpps_completed", actor, order, series_not_received=missing)
+            return step
+        if request.status == MppsStatus.DISCONTINUED.value:
+            step.status = request.status
+            step.ended_at = request.ended_at or datetime.now(UTC)
+            step.discontinuation_reason = request.discontinuation_reason
+            if order is not None:
+                advance_order(
+                    session,
+                    order,
+                    RequestStatus.DISCONTINUED,
+                    allowed_from=(RequestStatus.IN_PROGRESS,),
+                    actor=actor,
+                    reason=request.discontinuation_reason or "MPPS DISCONTINUED",
+                )
+            _audit(session, step, "mpps_discontinued", actor, order)
+            return step
+        raise MppsError(MppsProblem.INVALID_VALUE, f"status {request.status!r}")
+
+
+def _scheduled_order(session: Session, refs: list[ScheduledStepRef]) -> ImagingRequest | None:
+    """The order the step performs: its StudyInstanceUID, else its accession."""
+    for ref in refs:
+        if ref.study_instance_uid:
+            order = session.scalar(
+                select(ImagingRequest).where(
+                    ImagingRequest.study_instance_uid == ref.study_instance_uid
+                )
+            )
+            if order is not None:
+                return order
+    for ref in refs:
+        if ref.accession_number:
+            orders = session.scalars(
+                select(ImagingRequest)
+                .where(ImagingRequest.accession_number == ref.accession_number)
+                .limit(2)
+            ).all()
+            if len(orders) == 1:
+                return orders[0]
+    return None  # an unscheduled exam: for reconciliation
+
+
+def _series_not_received(session: Session, step: PerformedProcedureStep) -> list[str]:
+    """Series the modality says it made that have not arrived (flagged, not refused:
+    images often arrive after the MPPS COMPLETED)."""
+    listed = list(step.performed_series or {})
+    if not listed:
+        return []
+    received = set(
+        session.scalars(
+            select(DicomSeries.series_instance_uid)
+            .join(DicomStudy)
+            .where(DicomSeries.series_instance_uid.in_(listed))
+        )
+    )
+    return [uid for uid in listed if uid not in received]
+
+
+def _audit(
+    session: Session,
+    step: PerformedProcedureStep,
+    action: str,
+    actor: str,
+    order: ImagingRequest | None,
+    **details: object,
+) -> None:
+    record_audit_event(
+        session,
+        AuditRecord(
+            event_code=AuditEventCode.PROCEDURE_RECORD,
+            action=action,
+            outcome=AuditOutcome.MINOR_FAILURE
+            if details.get("unscheduled") or details.get("series_not_received")
+            else AuditOutcome.SUCCESS,
+            actor=actor,
+            target_class="PerformedProcedureStep",
+            target_id=step.sop_instance_uid,
+            patient_id=order.patient_id if order else None,
+            study_instance_uid=step.study_instance_uid,
+            accession_number=step.accession_number,
+            details={"status": step.status, "order_id": order.id if order else None, **details},
+        ),
+    )
