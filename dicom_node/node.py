@@ -69,11 +69,7 @@ def open_store(settings: Settings) -> FileStore:
 
 
 def sla_policy(settings: Settings) -> SlaPolicy:
-    return SlaPolicy(
-        stat_minutes=settings.sla_stat_minutes,
-        urgent_minutes=settings.sla_urgent_minutes,
-        routine_minutes=settings.sla_routine_minutes,
-    )
+    return settings.sla()
 
 
 def ensure_schema(db: Database, *, upgrade_if_empty: bool) -> None:

@@ -25,6 +25,7 @@ from sqlalchemy.exc import ArgumentError
 
 from dicom_node.domain.aetitle import Peer, parse_peer, parse_peer_list, validate_ae_title
 from dicom_node.domain.errors import InvalidValue
+from dicom_node.domain.matching import SlaPolicy
 
 ENV_PREFIX = "DICOM_NODE_"
 CONFIG_ENV = "DICOM_NODE_CONFIG"
@@ -88,6 +89,14 @@ class Settings(BaseSettings):
     # --- logging --------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_phi: bool = False
+
+    def sla(self) -> SlaPolicy:
+        """Reading turnaround targets by priority."""
+        return SlaPolicy(
+            stat_minutes=self.sla_stat_minutes,
+            urgent_minutes=self.sla_urgent_minutes,
+            routine_minutes=self.sla_routine_minutes,
+        )
 
     @property
     def dicom_worker_count(self) -> int:

@@ -17,6 +17,7 @@ from dicom_node.db.engine import Database
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import AuditOutcome
 from dicom_node.scp import status
+from dicom_node.scp.commitment import CommitmentHandler
 from dicom_node.scp.find import FindHandler
 from dicom_node.scp.mpps import MppsHandler
 from dicom_node.scp.polling import connection_closed, poll_adaptively
@@ -38,6 +39,7 @@ def build_handlers(
     find: FindHandler,
     retrieve: RetrieveHandler,
     mpps: MppsHandler,
+    commitment: CommitmentHandler,
 ) -> HandlerList:
     return [
         (evt.EVT_CONN_OPEN, handle_connection_opened),
@@ -48,6 +50,7 @@ def build_handlers(
         (evt.EVT_C_GET, retrieve.handle_get),
         (evt.EVT_N_CREATE, mpps.handle_create),
         (evt.EVT_N_SET, mpps.handle_set),
+        (evt.EVT_N_ACTION, commitment.handle_action),
         (evt.EVT_ACCEPTED, handle_accepted),
         (evt.EVT_REJECTED, handle_rejected, [db]),
         (evt.EVT_CONN_CLOSE, store.handle_closed),

@@ -13,6 +13,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.db.engine import Database
+from dicom_node.scp.commitment import COMMITMENT_MODEL, CommitmentHandler
 from dicom_node.scp.find import (
     FIND_MODELS,
     GET_MODELS,
@@ -83,7 +84,14 @@ def build_ae(settings: Settings) -> AE:
     ae.dimse_timeout = settings.dimse_timeout_seconds
     ae.network_timeout = settings.network_timeout_seconds
     ae.add_supported_context(Verification)
-    for model in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS, WORKLIST_MODEL, MPPS_MODEL):
+    for model in (
+        *FIND_MODELS,
+        *MOVE_MODELS,
+        *GET_MODELS,
+        WORKLIST_MODEL,
+        MPPS_MODEL,
+        COMMITMENT_MODEL,
+    ):
         ae.add_supported_context(model)
     for context in AllStoragePresentationContexts:
         # both roles: C-STORE to us, and C-GET's sub-operations from us to a peer
@@ -149,6 +157,14 @@ class DicomServer:
             max_matches=settings.max_find_matches,
             worklist_by_calling_ae=settings.worklist_by_calling_ae,
         )
+        self._commitment_handler = CommitmentHandler(
+            db,
+            store,
+            dict(settings.peers),
+            ae_title=settings.ae_title,
+            sla=settings.sla(),
+            max_pdu=settings.max_pdu_size,
+        )
         self._retrieve_handler = RetrieveHandler(
             db, store, dict(settings.peers), max_pdu=settings.max_pdu_size
         )
@@ -162,6 +178,7 @@ class DicomServer:
             self._find_handler,
             self._retrieve_handler,
             MppsHandler(self._db),
+            self._commitment_handler,
         )
         address = (self._settings.bind_host, self._settings.dicom_port)
         if self._listener is None:
