@@ -321,6 +321,10 @@ class WorklistItem(Timestamped, Base):
         ForeignKey("imaging_requests.id"), index=True
     )
     dicom_study_id: Mapped[int | None] = mapped_column(ForeignKey("dicom_studies.id"), index=True)
+    # an unscheduled exam to reconcile: the MPPS that reported it
+    performed_procedure_step_id: Mapped[int | None] = mapped_column(
+        ForeignKey("performed_procedure_steps.id")
+    )
     assigned_to_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
     queue_type: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16), default=WorklistStatus.PENDING.value)

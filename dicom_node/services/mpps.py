@@ -18,10 +18,24 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dicom_node.db.engine import Database
-from dicom_node.db.models import DicomSeries, DicomStudy, ImagingRequest, PerformedProcedureStep
+from dicom_node.db.models import (
+    DicomSeries,
+    DicomStudy,
+    ImagingRequest,
+    PerformedProcedureStep,
+    WorklistItem,
+)
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
-from dicom_node.domain.enums import AuditOutcome, MppsStatus, RequestStatus
+from dicom_node.domain.enums import (
+    AuditOutcome,
+    MppsStatus,
+    Priority,
+    QueueType,
+    RequestStatus,
+    WorklistStatus,
+)
 from dicom_node.domain.errors import DomainError
+from dicom_node.domain.matching import PRIORITY_RANK
 from dicom_node.services.audit import record_audit_event
 from dicom_node.services.orders import advance_order
 
@@ -108,6 +122,18 @@ def create_mpps(db: Database, request: MppsCreate, *, actor: str) -> PerformedPr
                 reason="MPPS IN PROGRESS",
             ):
                 order.exam_started_at = order.exam_started_at or step.started_at
+            if order is None:
+                # an unscheduled exam (no accession, or none that fits): a person
+                # links it to an order or creates one (DOMAIN.md reconciliation)
+                session.add(
+                    WorklistItem(
+                        performed_procedure_step_id=step.id,
+                        queue_type=QueueType.RECONCILIATION.value,
+                        status=WorklistStatus.PENDING.value,
+                        priority=Priority.ROUTINE.value,
+                        priority_rank=PRIORITY_RANK[Priority.ROUTINE],
+                    )
+                )
             _audit(session, step, "mpps_in_progress", actor, order, unscheduled=order is None)
             return step
     except IntegrityError:

@@ -8,7 +8,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
 from sqlalchemy import select
 
-from dicom_node.db.models import AuditEvent, ImagingRequest, PerformedProcedureStep
+from dicom_node.db.models import AuditEvent, ImagingRequest, PerformedProcedureStep, WorklistItem
 from dicom_node.node import Node
 from dicom_node.services.demo import load_demo
 
@@ -151,6 +151,8 @@ def test_an_unscheduled_exam_is_recorded_for_reconciliation(make_node) -> None: 
         audit = session.scalars(
             select(AuditEvent).where(AuditEvent.action == "mpps_in_progress")
         ).one()
+        item = session.scalars(select(WorklistItem)).one()
     assert step.imaging_request_id is None
     assert (audit.outcome, audit.details["unscheduled"]) == ("minor_failure", True)
+    assert (item.queue_type, item.performed_procedure_step_id) == ("reconciliation", step.id)
     assert all(o.status == "scheduled" for o in _orders(node).values())
