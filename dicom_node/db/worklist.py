@@ -66,6 +66,11 @@ COMPUTED_STEP = {
 }
 
 
+# RequestedProcedurePriority defined terms (PS3.3 C.4.11) <-> order priority
+PRIORITY_TERMS = {"stat": "STAT", "urgent": "HIGH", "routine": "ROUTINE"}
+_PRIORITY_BY_TERM = {term: priority for priority, term in PRIORITY_TERMS.items()}
+
+
 def compile_worklist(
     top: Mapping[str, Match],
     step: Mapping[str, Match],
@@ -73,20 +78,20 @@ def compile_worklist(
     limit: int,
 ) -> Select[ImagingRequest, Modality, ImagingCenter]:
     conditions: list[ColumnElement[bool]] = [ImagingRequest.status == RequestStatus.SCHEDULED.value]
-    for keyword, match in top.items():
-        if keyword in TOP_LEVEL:
-            condition = match_condition(TOP_LEVEL[keyword], match)
-        else:
-            condition = _computed_condition(keyword, match)
-        if condition is not None:
-            conditions.append(condition)
-    for keyword, match in step.items():
-        if keyword in STEP:
-            condition = match_condition(STEP[keyword], match)
-        else:
-            condition = _computed_condition(keyword, match)
-        if condition is not None:
-            conditions.append(condition)
+    for keys, attributes in ((top, TOP_LEVEL), (step, STEP)):
+        for keyword, match in keys.items():
+            if keyword in attributes:
+                condition = match_condition(attributes[keyword], match)
+            else:
+                condition = _computed_condition(keyword, match)
+            if condition is not None:
+                conditions.append(condition)
+    when = _scheduled_between(
+        step.get("ScheduledProcedureStepStartDate", Universal()),
+        step.get("ScheduledProcedureStepStartTime", Universal()),
+    )
+    if when is not None:
+        conditions.append(when)
     return (
         select(ImagingRequest, Modality, ImagingCenter)
         .outerjoin(Modality, Modality.id == ImagingRequest.scheduled_modality_id)
@@ -98,33 +103,66 @@ def compile_worklist(
 
 
 def _computed_condition(keyword: str, match: Match) -> ColumnElement[bool] | None:
-    if isinstance(match, Universal):
+    if isinstance(match, Universal) or keyword in (
+        "ScheduledProcedureStepStartDate",
+        "ScheduledProcedureStepStartTime",  # matched together, in _scheduled_between
+    ):
         return None
-    if keyword == "ScheduledProcedureStepStartDate":
-        return _scheduled_between(match)
     if keyword == "ScheduledProcedureStepStatus":
         # only scheduled steps are listed: SCHEDULED matches all, anything else none
         return None if match == Single("SCHEDULED") else literal(False)
+    if keyword in ("ScheduledPerformingPhysicianName", "RequestingPhysician"):
+        return literal(False)  # not recorded: no step has the value asked for
+    if keyword == "RequestedProcedurePriority" and isinstance(match, Single):
+        priority = _PRIORITY_BY_TERM.get(match.value)
+        return ImagingRequest.priority == priority if priority else literal(False)
     raise UnsupportedQuery(f"{keyword}: matching on it is not supported")
 
 
-def _scheduled_between(match: Match) -> ColumnElement[bool]:
-    """A DA value or range in local dates -> bounds on the UTC scheduled_at."""
+def _scheduled_between(date_match: Match, time_match: Match) -> ColumnElement[bool] | None:
+    """SPS start date and time, combined as PS3.4 C.2.2.2.5 says (the time range
+    applies to the first and last day of the date range), in local time, as
+    bounds on the UTC scheduled_at. A time without a date is filtered afterwards
+    (time_of_day_matches)."""
+    if isinstance(date_match, Universal):
+        return None
     low: str | None
     high: str | None
-    if isinstance(match, Single):
-        low = high = match.value
-    elif isinstance(match, Range):
-        low, high = match.low, match.high
+    if isinstance(date_match, Single):
+        low = high = date_match.value
+    elif isinstance(date_match, Range):
+        low, high = date_match.low, date_match.high
     else:
         raise UnsupportedQuery("ScheduledProcedureStepStartDate: a date or a date range")
+    first, last = time_bounds(time_match)
     column = cast(ColumnElement[datetime], ImagingRequest.scheduled_at)
     bounds = []
     if low is not None:
-        bounds.append(column >= _local(low, time.min))
+        bounds.append(column >= _local(low, first))
     if high is not None:
-        bounds.append(column <= _local(high, time.max))
+        bounds.append(column <= _local(high, last))
     return and_(*bounds)
+
+
+def time_bounds(match: Match) -> tuple[time, time]:
+    """A TM match (normalised HHMMSS.FFFFFF bounds) as times of day."""
+    if isinstance(match, Universal):
+        return time.min, time.max
+    if not isinstance(match, Range):
+        raise UnsupportedQuery("ScheduledProcedureStepStartTime: a time or a time range")
+    return (
+        _time(match.low) if match.low else time.min,
+        _time(match.high) if match.high else time.max,
+    )
+
+
+def _time(normalised: str) -> time:
+    return time(
+        int(normalised[0:2]) % 24,
+        int(normalised[2:4]),
+        min(int(normalised[4:6]), 59),
+        int(normalised[7:13]),
+    )
 
 
 def _local(value: str, at: time) -> datetime:

@@ -23,7 +23,12 @@ from dicom_node.domain.matching import SlaPolicy
 from dicom_node.domain.uids import is_valid_uid
 from dicom_node.scp import status
 from dicom_node.scp.transport import set_nodelay
-from dicom_node.services.commitment import CommitmentResult, Reference, check_commitment
+from dicom_node.services.commitment import (
+    PROCESSING_FAILURE,
+    CommitmentResult,
+    Reference,
+    check_commitment,
+)
 from dicom_node.storage import FileStore
 
 log = logging.getLogger("dicom_node.scp")
@@ -98,13 +103,23 @@ class CommitmentHandler:
                 now=datetime.now(UTC),
             )
         except Exception:
+            # the modality must hear back either way: nothing could be confirmed
             log.exception("storage commitment %s could not be checked", transaction)
-            return
+            result = CommitmentResult(transaction, failed=[(r, PROCESSING_FAILURE) for r in refs])
         for attempt in range(1, REPORT_ATTEMPTS + 1):
-            if self._report(peer, result):
-                return
+            try:
+                if self._report(peer, result):
+                    log.info("storage commitment report delivered to %s", peer.ae_title)
+                    return
+            except Exception:
+                log.exception("storage commitment report to %s failed", peer.ae_title)
             time.sleep(REPORT_RETRY_SECONDS * attempt)
-        log.error("storage commitment report to %s not delivered", peer.ae_title)
+        log.error(
+            "storage commitment report %s to %s not delivered after %d attempts",
+            transaction,
+            peer.ae_title,
+            REPORT_ATTEMPTS,
+        )
 
     def _report(self, peer: Peer, result: CommitmentResult) -> bool:
         ae = AE(ae_title=self._ae_title)

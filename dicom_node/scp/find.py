@@ -74,9 +74,11 @@ class FindHandler:
         """Modality Worklist (PS3.4 K): one response per scheduled step."""
         requestor = event.assoc.requestor
         address = f"{requestor.address}:{requestor.port}"
+        audited = False  # find_scheduled_steps audits what reaches it
         try:
             identifier = event.identifier
             top, step, step_requested = _worklist_keys(identifier)
+            audited = True
             result = find_scheduled_steps(
                 self._db,
                 top=top,
@@ -88,10 +90,14 @@ class FindHandler:
             )
         except UnsupportedQuery as exc:
             log.warning("worklist query from %s not supported: %s", requestor.ae_title, exc)
+            if not audited:
+                self._refused(requestor.ae_title, address, str(exc))
             yield failure(status.UNABLE_TO_PROCESS, str(exc))
             return
         except (InvalidQuery, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("worklist query from %s refused: %s", requestor.ae_title, reason(exc))
+            if not audited:
+                self._refused(requestor.ae_title, address, reason(exc))
             yield failure(status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, reason(exc))
             return
         except Exception:
@@ -220,9 +226,7 @@ def identifier_keys(identifier: Dataset) -> dict[str, str | None]:
             continue  # private or unknown tags: never matched, never answered
         value = element.value
         if element.VR == "SQ":
-            if any(
-                str(item_element.value or "").strip() for item in value for item_element in item
-            ):
+            if any(_carries_values(item) for item in value):
                 # refused, never ignored: ignoring it would return non-matching entities
                 raise UnsupportedQuery(f"{keyword}: sequence matching is not supported yet")
             keys[keyword] = None  # asked for, not matched: answered empty with FF01
@@ -231,6 +235,18 @@ def identifier_keys(identifier: Dataset) -> dict[str, str | None]:
         else:
             keys[keyword] = "" if value is None else str(value)
     return keys
+
+
+def _carries_values(item: Dataset) -> bool:
+    """A sequence item with a value somewhere in it (nested empty sequences and
+    empty elements are return keys, not matching keys)."""
+    for element in item:
+        if element.VR == "SQ":
+            if any(_carries_values(sub) for sub in element.value or []):
+                return True
+        elif str(element.value if element.value is not None else "").strip():
+            return True
+    return False
 
 
 def _worklist_keys(

@@ -10,6 +10,7 @@ from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import N_CREATE, N_SET
 from pynetdicom.events import Event
 from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
+from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node.db.engine import Database
 from dicom_node.domain.uids import is_valid_uid
@@ -51,6 +52,9 @@ class MppsHandler:
             if not is_valid_uid(uid):
                 raise MppsError(MppsProblem.MISSING_ATTRIBUTE, "Affected SOP Instance UID")
             attributes = event.attribute_list
+            for required in ("PerformedProcedureStepStatus", "ScheduledStepAttributesSequence"):
+                if required not in attributes:  # Type 1 (PS3.4 F.7.2.1)
+                    raise MppsError(MppsProblem.MISSING_ATTRIBUTE, required)
             create_mpps(
                 self._db,
                 MppsCreate(
@@ -75,6 +79,9 @@ class MppsHandler:
         except MppsError as exc:
             log.warning("MPPS N-CREATE from %s refused: %s", calling, exc)
             return _failure(_STATUS[exc.problem], str(exc))
+        except SQLAlchemyError:
+            log.exception("MPPS N-CREATE from %s failed", calling)
+            return _failure(status.PROCESSING_FAILURE, "not recorded: try again")
         except Exception as exc:  # undecodable attribute list and the like
             log.warning("MPPS N-CREATE from %s refused: %s", calling, type(exc).__name__)
             return _failure(0x0106, "attribute list cannot be processed")
@@ -102,6 +109,9 @@ class MppsHandler:
         except MppsError as exc:
             log.warning("MPPS N-SET from %s refused: %s", calling, exc)
             return _failure(_STATUS[exc.problem], str(exc))
+        except SQLAlchemyError:
+            log.exception("MPPS N-SET from %s failed", calling)
+            return _failure(status.PROCESSING_FAILURE, "not recorded: try again")
         except Exception as exc:
             log.warning("MPPS N-SET from %s refused: %s", calling, type(exc).__name__)
             return _failure(0x0106, "modification list cannot be processed")

@@ -74,7 +74,7 @@ def check_commitment(
                 .where(DicomInstance.sop_instance_uid.in_(uids[start : start + _CHUNK]))
             ).all()
             held.update({row[0]: (row[1], row[2], row[3], row[4]) for row in rows})
-        per_study: dict[int, int] = {}
+        per_study: dict[int, set[str]] = {}  # distinct instances: a repeat counts once
         for ref in references:
             row = held.get(ref.sop_instance_uid)
             if row is None:
@@ -86,13 +86,13 @@ def check_commitment(
             else:
                 result.committed.append(ref)
                 if not row[3]:
-                    per_study[row[2]] = per_study.get(row[2], 0) + 1
+                    per_study.setdefault(row[2], set()).add(ref.sop_instance_uid)
         for study_pk, committed in per_study.items():
             study = session.get(DicomStudy, study_pk)
             if (
                 study is not None
                 and study.completeness != Completeness.COMPLETE.value
-                and committed >= study.instance_count > 0
+                and len(committed) >= study.instance_count > 0
             ):
                 complete_study(
                     session,

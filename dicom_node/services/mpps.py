@@ -39,6 +39,12 @@ from dicom_node.domain.matching import PRIORITY_RANK
 from dicom_node.services.audit import record_audit_event
 from dicom_node.services.orders import advance_order
 
+_STARTABLE = (
+    RequestStatus.REQUESTED.value,
+    RequestStatus.SCHEDULED.value,
+    RequestStatus.IN_PROGRESS.value,
+)
+
 
 class MppsProblem(StrEnum):
     """What went wrong, in the terms of the N-CREATE/N-SET statuses (PS3.7 C)."""
@@ -95,6 +101,9 @@ def create_mpps(db: Database, request: MppsCreate, *, actor: str) -> PerformedPr
             ):
                 raise MppsError(MppsProblem.DUPLICATE, request.sop_instance_uid)
             order = _scheduled_order(session, request.scheduled_steps)
+            # an order already cancelled, discontinued or performed is not started
+            # again behind a person's back: linked, and sent to reconciliation
+            reconcile = order is None or order.status not in _STARTABLE
             step = PerformedProcedureStep(
                 sop_instance_uid=request.sop_instance_uid,
                 imaging_request_id=order.id if order else None,
@@ -113,20 +122,25 @@ def create_mpps(db: Database, request: MppsCreate, *, actor: str) -> PerformedPr
             )
             session.add(step)
             session.flush()
-            if order is not None and advance_order(
-                session,
-                order,
-                RequestStatus.IN_PROGRESS,
-                allowed_from=(RequestStatus.REQUESTED, RequestStatus.SCHEDULED),
-                actor=actor,
-                reason="MPPS IN PROGRESS",
+            if (
+                order is not None
+                and not reconcile
+                and advance_order(
+                    session,
+                    order,
+                    RequestStatus.IN_PROGRESS,
+                    allowed_from=(RequestStatus.REQUESTED, RequestStatus.SCHEDULED),
+                    actor=actor,
+                    reason="MPPS IN PROGRESS",
+                )
             ):
                 order.exam_started_at = order.exam_started_at or step.started_at
-            if order is None:
-                # an unscheduled exam (no accession, or none that fits): a person
-                # links it to an order or creates one (DOMAIN.md reconciliation)
+            if reconcile:
+                # an unscheduled exam (no accession, or none that fits), or one for
+                # an order that is closed: a person decides (DOMAIN.md reconciliation)
                 session.add(
                     WorklistItem(
+                        imaging_request_id=order.id if order else None,
                         performed_procedure_step_id=step.id,
                         queue_type=QueueType.RECONCILIATION.value,
                         status=WorklistStatus.PENDING.value,
@@ -134,11 +148,28 @@ def create_mpps(db: Database, request: MppsCreate, *, actor: str) -> PerformedPr
                         priority_rank=PRIORITY_RANK[Priority.ROUTINE],
                     )
                 )
-            _audit(session, step, "mpps_in_progress", actor, order, unscheduled=order is None)
+            _audit(
+                session,
+                step,
+                "mpps_in_progress",
+                actor,
+                order,
+                unscheduled=order is None,
+                order_closed=order.status if order is not None and reconcile else None,
+            )
             return step
     except IntegrityError:
-        # another association created the same instance between our check and insert
-        raise MppsError(MppsProblem.DUPLICATE, request.sop_instance_uid) from None
+        # another association created the same instance between our check and
+        # insert; any other integrity error is ours, not the modality's
+        with db.read() as session:
+            exists = session.scalar(
+                select(PerformedProcedureStep.id).where(
+                    PerformedProcedureStep.sop_instance_uid == request.sop_instance_uid
+                )
+            )
+        if exists:
+            raise MppsError(MppsProblem.DUPLICATE, request.sop_instance_uid) from None
+        raise
 
 
 def update_mpps(db: Database, request: MppsSet, *, actor: str) -> PerformedProcedureStep:
@@ -163,13 +194,16 @@ def update_mpps(db: Database, request: MppsSet, *, actor: str) -> PerformedProce
             _audit(session, step, "mpps_updated", actor, order)
             return step
         if request.status == MppsStatus.COMPLETED.value:
-            if request.ended_at is None or not request.performed_series:
+            # the final state's requirements apply to the step as stored (F.7.2.2):
+            # an earlier N-SET may have sent the series
+            ended_at = request.ended_at or step.ended_at
+            performed = request.performed_series or step.performed_series
+            if ended_at is None or not performed:
                 raise MppsError(
                     MppsProblem.MISSING_ATTRIBUTE,
                     "COMPLETED needs the end date/time and PerformedSeriesSequence",
                 )
-            step.status, step.ended_at = request.status, request.ended_at
-            step.performed_series = request.performed_series
+            step.status, step.ended_at, step.performed_series = request.status, ended_at, performed
             if order is not None and advance_order(
                 session,
                 order,
@@ -178,7 +212,7 @@ def update_mpps(db: Database, request: MppsSet, *, actor: str) -> PerformedProce
                 actor=actor,
                 reason="MPPS COMPLETED",
             ):
-                order.exam_completed_at = request.ended_at
+                order.exam_completed_at = ended_at
             missing = _series_not_received(session, step)
             _audit(session, step, "mpps_completed", actor, order, series_not_received=missing)
             return step
@@ -253,7 +287,7 @@ def _audit(
             event_code=AuditEventCode.PROCEDURE_RECORD,
             action=action,
             outcome=AuditOutcome.MINOR_FAILURE
-            if details.get("unscheduled") or details.get("series_not_received")
+            if any(details.get(k) for k in ("unscheduled", "series_not_received", "order_closed"))
             else AuditOutcome.SUCCESS,
             actor=actor,
             target_class="PerformedProcedureStep",

@@ -30,7 +30,15 @@ def advance_order(
     actor: str,
     reason: str,
 ) -> bool:
-    """Move ``order`` to ``to`` if it is in one of ``allowed_from``; True if moved."""
+    """Move ``order`` to ``to`` if it is in one of ``allowed_from``; True if moved.
+
+    The status is re-read under a row lock (PostgreSQL; SQLite writers are
+    serialised anyway), so two transitions racing on one order (MPPS on one
+    association, the first image or the stability job on another) never both
+    pass the check on the same old status.
+    """
+    session.flush()  # the caller's own pending changes first: refresh keeps them
+    session.refresh(order, attribute_names=["status"], with_for_update=True)
     if order.status not in {status.value for status in allowed_from}:
         return False
     before = order.status

@@ -14,7 +14,15 @@ from pydicom.datadict import dictionary_VR
 
 from dicom_node.db.engine import Database
 from dicom_node.db.models import ImagingCenter, ImagingRequest, Modality
-from dicom_node.db.worklist import COMPUTED_STEP, COMPUTED_TOP, STEP, TOP_LEVEL, compile_worklist
+from dicom_node.db.worklist import (
+    COMPUTED_STEP,
+    COMPUTED_TOP,
+    PRIORITY_TERMS,
+    STEP,
+    TOP_LEVEL,
+    compile_worklist,
+    time_bounds,
+)
 from dicom_node.domain.query import (
     InvalidQuery,
     Match,
@@ -24,9 +32,6 @@ from dicom_node.domain.query import (
     parse_match,
 )
 from dicom_node.services.query import record_query
-
-# RequestedProcedurePriority defined terms (PS3.3 C.4.11)
-_PRIORITY = {"stat": "STAT", "urgent": "HIGH", "routine": "ROUTINE"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,19 @@ def find_scheduled_steps(
             rows = session.execute(
                 compile_worklist(top_matches, step_matches, limit=limit + 1)
             ).all()
+        if "ScheduledProcedureStepStartDate" not in step_matches or isinstance(
+            step_matches["ScheduledProcedureStepStartDate"], Universal
+        ):
+            # a start time with no date: compared with each step's local time of day
+            first, last = time_bounds(
+                step_matches.get("ScheduledProcedureStepStartTime", Universal())
+            )
+            rows = [
+                row
+                for row in rows
+                if row[0].scheduled_at is None
+                or first <= row[0].scheduled_at.astimezone().time() <= last
+            ]
         failure = None
     except (InvalidQuery, UnsupportedQuery) as exc:
         failure = str(exc)
@@ -112,7 +130,7 @@ def _step(
         "StudyInstanceUID": order.study_instance_uid,
         "RequestedProcedureID": order.requested_procedure_id,
         "RequestedProcedureDescription": order.study_description,
-        "RequestedProcedurePriority": _PRIORITY.get(order.priority),
+        "RequestedProcedurePriority": PRIORITY_TERMS.get(order.priority),
         "ReferringPhysicianName": order.referring_physician_name,
         "RequestingPhysician": None,
         "ReasonForTheRequestedProcedure": (order.clinical_indication or "")[:64] or None,

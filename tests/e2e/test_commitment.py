@@ -109,6 +109,33 @@ def test_commitment_reports_held_and_failed_instances_and_completes_the_study(ma
         modality.server.shutdown()
 
 
+def test_one_instance_named_many_times_does_not_complete_a_study(make_node) -> None:  # type: ignore[no-untyped-def]
+    modality = Modality()
+    try:
+        node: Node = make_node(peers=f"MODALITY@127.0.0.1:{modality.port}")
+        assert node.db is not None and node.store is not None
+        import_files(
+            node.db, node.store, list(iter_files([SAMPLE_DIR])), policy=IngestPolicy(), actor="t"
+        )
+        with node.db.read() as session:
+            study = session.scalars(select(DicomStudy).where(DicomStudy.instance_count > 1)).first()
+            assert study is not None
+            one = session.execute(
+                select(DicomInstance.sop_class_uid, DicomInstance.sop_instance_uid)
+                .join(DicomSeries)
+                .where(DicomSeries.study_pk == study.id)
+            ).first()
+            assert one is not None
+        repeated = [(one[0], one[1])] * study.instance_count
+        assert modality.request(node, repeated) == 0x0000
+        assert modality.received.wait(timeout=30)
+        with node.db.read() as session:
+            after = session.get(DicomStudy, study.id)
+        assert after is not None and after.completeness != "complete"
+    finally:
+        modality.server.shutdown()
+
+
 def test_a_requester_that_is_not_a_known_peer_is_refused(make_node) -> None:  # type: ignore[no-untyped-def]
     modality = Modality()
     try:

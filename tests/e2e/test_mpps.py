@@ -156,3 +156,46 @@ def test_an_unscheduled_exam_is_recorded_for_reconciliation(make_node) -> None: 
     assert (audit.outcome, audit.details["unscheduled"]) == ("minor_failure", True)
     assert (item.queue_type, item.performed_procedure_step_id) == ("reconciliation", step.id)
     assert all(o.status == "scheduled" for o in _orders(node).values())
+
+
+def test_series_sent_in_an_earlier_n_set_satisfy_completion(make_node) -> None:  # type: ignore[no-untyped-def]
+    node: Node = make_node()
+    order = _demo(node)["DEMOACC0001"]
+    uid = generate_uid()
+    assert _send(node, "create", _in_progress(order), uid) == 0x0000
+    series_only = _completed({generate_uid(): [generate_uid()]})
+    series_only.PerformedProcedureStepStatus = "IN PROGRESS"
+    assert _send(node, "set", series_only, uid) == 0x0000
+    finish = Dataset()
+    finish.PerformedProcedureStepStatus = "COMPLETED"
+    finish.PerformedProcedureStepEndDate = "20261124"
+    finish.PerformedProcedureStepEndTime = "110000"
+    assert _send(node, "set", finish, uid) == 0x0000
+    assert _orders(node)["DEMOACC0001"].status == "performed"
+
+
+def test_an_mpps_for_a_cancelled_order_goes_to_reconciliation(make_node) -> None:  # type: ignore[no-untyped-def]
+    node: Node = make_node()
+    order = _demo(node)["DEMOACC0002"]
+    assert node.db is not None
+    with node.db.unit_of_work() as session:
+        row = session.get(ImagingRequest, order.id)
+        assert row is not None
+        row.status = "cancelled"
+    assert _send(node, "create", _in_progress(order), generate_uid()) == 0x0000
+    assert _orders(node)["DEMOACC0002"].status == "cancelled"  # not restarted
+    with node.db.read() as session:
+        item = session.scalars(select(WorklistItem)).one()
+    assert (item.queue_type, item.imaging_request_id) == ("reconciliation", order.id)
+
+
+def test_missing_type_1_attributes_are_0120(make_node) -> None:  # type: ignore[no-untyped-def]
+    node: Node = make_node()
+    order = _demo(node)["DEMOACC0003"]
+    no_status = _in_progress(order)
+    del no_status.PerformedProcedureStepStatus
+    assert _send(node, "create", no_status, generate_uid()) == 0x0120
+    no_steps = _in_progress(order)
+    del no_steps.ScheduledStepAttributesSequence
+    assert _send(node, "create", no_steps, generate_uid()) == 0x0120
+    assert _orders(node)["DEMOACC0003"].status == "scheduled"

@@ -156,7 +156,7 @@ def _query(**step: str) -> Dataset:
 
 
 def _accessions(responses: list[tuple[int, Dataset | None]]) -> set[str]:
-    return {str(ds.AccessionNumber) for code, ds in responses if code == 0xFF00 and ds}
+    return {str(ds.AccessionNumber) for code, ds in responses if code in (0xFF00, 0xFF01) and ds}
 
 
 def test_date_ranges_station_and_modality_filter_inside_the_sequence(
@@ -217,3 +217,51 @@ def test_the_calling_ae_filter_serves_modalities_that_leave_the_station_empty(ma
         "DEMOACC0001",
         "DEMOACC0003",
     }
+
+
+def test_start_time_performing_physician_and_priority_keys(
+    scheduled: tuple[Node, dict[str, ImagingRequest]],
+) -> None:
+    node, orders = scheduled
+    first = orders["DEMOACC0001"]
+    assert first.scheduled_at is not None
+    local = first.scheduled_at.astimezone()
+    day, clock = local.strftime("%Y%m%d"), local.strftime("%H%M")
+    # with the date: a combined date-time range; without: the time of day
+    around = f"{clock}-{clock}"
+    assert _accessions(
+        _find(
+            node,
+            _query(ScheduledProcedureStepStartDate=day, ScheduledProcedureStepStartTime=around),
+        )
+    ) == {"DEMOACC0001"}
+    assert _accessions(_find(node, _query(ScheduledProcedureStepStartTime=around))) == {
+        "DEMOACC0001"
+    }
+    assert _accessions(_find(node, _query(ScheduledPerformingPhysicianName="SMITH*"))) == set()
+    routine = _query()
+    routine.RequestedProcedurePriority = "ROUTINE"
+    assert _accessions(_find(node, routine)) == {
+        o for o in orders if orders[o].priority == "routine"
+    }
+
+
+def test_nested_empty_sequences_are_return_keys_and_two_step_items_are_refused(
+    scheduled: tuple[Node, dict[str, ImagingRequest]],
+) -> None:
+    node, _ = scheduled
+    nested = _query(Modality="MR")
+    protocol = Dataset()
+    protocol.CodeValue = ""
+    protocol.ProtocolContextSequence = [Dataset()]
+    nested.ScheduledProcedureStepSequence[0].ScheduledProtocolCodeSequence = [protocol]
+    answers = _find(node, nested)
+    assert _accessions(answers) == {"DEMOACC0002"}
+    assert answers[0][0] == 0xFF01  # the protocol code is not recorded: warned
+    two = _query()
+    two.ScheduledProcedureStepSequence = [Dataset(), Dataset()]
+    assert [code for code, _ in _find(node, two)] == [0xA900]
+    assert node.db is not None
+    with node.db.read() as session:
+        last = session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc())).first()
+    assert last is not None and (last.action, last.outcome) == ("query", "minor_failure")
