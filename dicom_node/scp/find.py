@@ -88,55 +88,27 @@ class FindHandler:
                 source_address=address,
                 station_ae_title=requestor.ae_title if self._worklist_by_calling_ae else None,
             )
-        except UnsupportedQuery as exc:
-            log.warning("worklist query from %s not supported: %s", requestor.ae_title, exc)
-            if not audited:
-                self._refused(requestor.ae_title, address, str(exc))
-            yield failure(status.UNABLE_TO_PROCESS, str(exc))
-            return
-        except (InvalidQuery, ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("worklist query from %s refused: %s", requestor.ae_title, reason(exc))
-            if not audited:
-                self._refused(requestor.ae_title, address, reason(exc))
-            yield failure(status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, reason(exc))
-            return
-        except Exception:
-            log.exception("worklist query from %s failed", requestor.ae_title)
-            yield failure(status.UNABLE_TO_PROCESS_INTERNAL, "query failed")
-            return
-        pending = status.PENDING_WARNING if result.unsupported else status.PENDING
-        for scheduled in result.steps:
-            if event.is_cancelled:
-                yield status.CANCEL, None
-                return
-            yield pending, _worklist_response(top, step, step_requested, scheduled)
-            _wait_until_sent(event)
-        if result.truncated:
-            yield failure(
-                status.OUT_OF_RESOURCES,
-                f"more than {self._max_matches} matches: narrow the query",
+        except Exception as exc:
+            yield self._refusal(
+                exc, "worklist query", requestor.ae_title, address, audit=not audited
             )
             return
-        yield status.SUCCESS, None
+        yield from self._stream(
+            event,
+            (_worklist_response(top, step, step_requested, s) for s in result.steps),
+            warn=bool(result.unsupported),
+            truncated=result.truncated,
+        )
 
     def _handle_query(self, event: Event) -> Iterator[Response]:
         requestor = event.assoc.requestor
         address = f"{requestor.address}:{requestor.port}"
+        audited = False  # query_index audits what reaches it
         try:
             identifier = event.identifier
             level = parse_level(identifier, str(event.request.AffectedSOPClassUID))
             keys = identifier_keys(identifier)
-        except UnsupportedQuery as exc:
-            log.warning("C-FIND from %s not supported: %s", requestor.ae_title, exc)
-            self._refused(requestor.ae_title, address, str(exc))
-            yield failure(status.UNABLE_TO_PROCESS, str(exc))
-            return
-        except (InvalidQuery, ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("C-FIND from %s refused: %s", requestor.ae_title, reason(exc))
-            self._refused(requestor.ae_title, address, reason(exc))
-            yield failure(status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, reason(exc))
-            return
-        try:
+            audited = True
             result = query_index(
                 self._db,
                 level=level,
@@ -145,33 +117,34 @@ class FindHandler:
                 actor=requestor.ae_title,
                 source_address=address,
             )
-        except InvalidQuery as exc:
-            log.warning("C-FIND from %s refused: %s", requestor.ae_title, exc)
-            yield failure(status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc))
+        except Exception as exc:
+            yield self._refusal(exc, "C-FIND", requestor.ae_title, address, audit=not audited)
             return
-        except UnsupportedQuery as exc:
-            log.warning("C-FIND from %s not supported: %s", requestor.ae_title, exc)
-            yield failure(status.UNABLE_TO_PROCESS, str(exc))
-            return
-        except Exception:
-            log.exception("C-FIND from %s failed", requestor.ae_title)
-            yield failure(status.UNABLE_TO_PROCESS_INTERNAL, "query failed")
-            return
-
         # private tags are never matched or answered: the peer is warned (FF01)
-        ignored = result.unsupported or any(not element.keyword for element in identifier)
-        pending = status.PENDING_WARNING if ignored else status.PENDING
-        for match in result.matches:
+        private = any(not element.keyword for element in identifier)
+        yield from self._stream(
+            event,
+            (_response(level, keys, match) for match in result.matches),
+            warn=bool(result.unsupported) or private,
+            truncated=result.truncated,
+        )
+
+    def _stream(
+        self, event: Event, answers: Iterator[Dataset], *, warn: bool, truncated: bool
+    ) -> Iterator[Response]:
+        """Pending per answer, cancel honoured between answers, then the cap or Success."""
+        pending = status.PENDING_WARNING if warn else status.PENDING
+        for answer in answers:
             if event.is_cancelled:
-                log.info("C-FIND from %s cancelled", requestor.ae_title)
+                log.info("C-FIND from %s cancelled", event.assoc.requestor.ae_title)
                 yield status.CANCEL, None
                 return
-            yield pending, _response(level, keys, match)
+            yield pending, answer
             _wait_until_sent(event)
-        if result.truncated:
+        if truncated:
             log.warning(
                 "C-FIND from %s stopped at the cap of %d matches",
-                requestor.ae_title,
+                event.assoc.requestor.ae_title,
                 self._max_matches,
             )
             yield failure(
@@ -180,6 +153,24 @@ class FindHandler:
             )
             return
         yield status.SUCCESS, None
+
+    def _refusal(
+        self, exc: Exception, what: str, actor: str, address: str, *, audit: bool
+    ) -> Response:
+        """The failure status for what went wrong (PS3.4 C.4.1.1.4); refusals that
+        never reached the audited service are audited here."""
+        if isinstance(exc, UnsupportedQuery):
+            log.warning("%s from %s not supported: %s", what, actor, exc)
+            code, comment = status.UNABLE_TO_PROCESS, str(exc)
+        elif isinstance(exc, InvalidQuery | ValueError | KeyError | TypeError | AttributeError):
+            log.warning("%s from %s refused: %s", what, actor, reason(exc))
+            code, comment = status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, reason(exc)
+        else:
+            log.exception("%s from %s failed", what, actor)
+            return failure(status.UNABLE_TO_PROCESS_INTERNAL, "query failed")
+        if audit:
+            self._refused(actor, address, comment)
+        return failure(code, comment)
 
     def _refused(self, actor: str, address: str, why: str) -> None:
         try:
