@@ -5,8 +5,37 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from api.deps import ApiContext
-from api.routes import health
+from api.errors import install_error_handlers
+from api.routes import (
+    audit,
+    auth,
+    changes,
+    facilities,
+    health,
+    orders,
+    reconciliation,
+    reports,
+    studies,
+    turnaround,
+    users,
+    worklist,
+)
 from dicom_node import __version__
+
+ROUTERS = (
+    health.router,
+    auth.router,
+    users.router,
+    facilities.router,
+    orders.router,
+    studies.router,
+    reconciliation.router,
+    worklist.router,
+    reports.router,
+    audit.router,
+    turnaround.router,
+    changes.router,
+)
 
 
 def create_app(context: ApiContext) -> FastAPI:
@@ -16,5 +45,7 @@ def create_app(context: ApiContext) -> FastAPI:
         description="Radiology workflow API of the dicom-node DICOM node.",
     )
     app.state.context = context
-    app.include_router(health.router)
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
     return app

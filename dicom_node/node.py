@@ -188,6 +188,7 @@ class Node:
         assert scheduler is not None
         context = ApiContext(
             db=self.db,
+            settings=self.settings,
             probes={"dicom": dicom.is_listening, "scheduler": lambda: bool(scheduler.running)},
         )
         config = uvicorn.Config(

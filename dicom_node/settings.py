@@ -85,6 +85,20 @@ class Settings(BaseSettings):
     sla_stat_minutes: Annotated[int, Field(gt=0)] = 60
     sla_urgent_minutes: Annotated[int, Field(gt=0)] = 720
     sla_routine_minutes: Annotated[int, Field(gt=0)] = 1440
+    # a critical finding must be communicated within this many minutes
+    critical_result_deadline_minutes: Annotated[int, Field(gt=0)] = 60
+    # an open order for the same patient and modality/procedure within this window
+    # is a duplicate (HTTP 409) unless forced with a reason
+    duplicate_order_window_hours: Annotated[float, Field(ge=0)] = 24.0
+    # may the author of a report also finalize it (no second reader)?
+    report_self_review: bool = False
+
+    # --- HTTP API -------------------------------------------------------------
+    # bearer tokens expire this long after sign-in
+    api_token_ttl_minutes: Annotated[int, Field(gt=0)] = 480
+    # consecutive failed sign-ins that lock an account, and for how long
+    sign_in_max_failures: Annotated[int, Field(ge=1)] = 5
+    sign_in_lockout_minutes: Annotated[int, Field(gt=0)] = 15
 
     # --- logging --------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

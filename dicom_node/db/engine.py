@@ -14,6 +14,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+# registers the change-feed hooks on every session of every process (see changes.py)
+from dicom_node.db import changes as _changes  # noqa: F401
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 

@@ -91,6 +91,23 @@ class User(Timestamped, Base):
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     failed_sign_ins: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # a lead radiologist may reassign reading work, like an admin
+    is_lead: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ApiToken(Base):
+    """A bearer token of the HTTP API. Only its SHA-256 is stored: a copy of the
+    database does not let anyone sign in. Revocable (sign-out) and shared by every
+    node on one database, which a signed stateless token would not be."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class ImagingCenter(Timestamped, Base):
@@ -401,6 +418,30 @@ class CriticalResultCommunication(Base):
     communicated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     escalated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+# --------------------------------------------------------------------------- change feed
+
+
+class ChangeLogEntry(Base):
+    """One change to an order, study, worklist item or report, in commit order.
+
+    Written in the transaction of the change itself (services/changes.py), so
+    the feed and the data never disagree. ``seq`` is the feed position a client
+    resumes from; the payload carries ids and states, not patient data.
+    """
+
+    __tablename__ = "change_log"
+
+    seq: Mapped[int] = mapped_column(ID, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    entity: Mapped[str] = mapped_column(String(32))
+    entity_id: Mapped[int] = mapped_column(BigInteger)
+    action: Mapped[str] = mapped_column(String(16))  # created | updated | deleted
+    # the referring physician who owns the order behind the change, if any:
+    # they see the change, other referring physicians do not
+    owner_user_id: Mapped[int | None] = mapped_column(BigInteger)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 # --------------------------------------------------------------------------- audit

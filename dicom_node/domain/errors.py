@@ -6,7 +6,14 @@ class DomainError(Exception):
 
 
 class InvalidValue(DomainError):
-    """A value does not have the form the standard or the domain requires."""
+    """A value does not have the form the standard or the domain requires.
+
+    ``field`` names the offending input when there is one (HTTP answers 422 with it).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class NotFound(DomainError):
@@ -15,3 +22,23 @@ class NotFound(DomainError):
 
 class AlreadyExists(DomainError):
     """A unique identifier is already taken."""
+
+
+class Conflict(DomainError):
+    """The request clashes with the current state (e.g. an invalid transition).
+
+    ``current`` names the state the entity is in, for the caller to show.
+    """
+
+    def __init__(self, message: str, *, current: str | None = None, existing: object = None):
+        super().__init__(message)
+        self.current = current
+        self.existing = existing
+
+
+class Forbidden(DomainError):
+    """The caller may use this kind of action, but not on this record."""
+
+
+class AuthenticationFailed(DomainError):
+    """Wrong credentials, an expired or revoked token, or a locked account."""

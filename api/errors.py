@@ -1,0 +1,109 @@
+"""One JSON error shape for every failure, and the domain-error -> HTTP map.
+
+Every error body is ``{"error": {"status", "code", "message", ...}}``:
+- 401 ``unauthenticated``: no token, an unknown, expired or revoked one, or a
+  failed sign-in (with ``WWW-Authenticate: Bearer``);
+- 403 ``forbidden``: signed in, but the role lacks the permission, or the record
+  belongs to someone else in a way the caller may know exists (an order of
+  another referring physician answers 404 instead: it is not theirs to see);
+- 404 ``not_found``; 409 ``conflict`` with ``current_state`` (an invalid
+  transition names the state the record is in) or ``existing`` (a duplicate);
+- 422 ``validation_error`` with ``field`` (the first bad field) and ``errors``;
+- 500 ``internal_error``: logged with a traceback, the body says nothing more.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from dicom_node.domain.errors import (
+    AlreadyExists,
+    AuthenticationFailed,
+    Conflict,
+    DomainError,
+    Forbidden,
+    InvalidValue,
+    NotFound,
+)
+
+log = logging.getLogger(__name__)
+
+_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    422: "validation_error",
+    429: "too_many_requests",
+}
+
+
+def error_response(
+    status: int, message: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "status": status,
+        "code": _CODES.get(status, "error"),
+        "message": message,
+    }
+    body.update({key: value for key, value in extra.items() if value is not None})
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
+    message = str(exc)
+    if isinstance(exc, AuthenticationFailed):
+        return error_response(401, message, headers={"WWW-Authenticate": "Bearer"})
+    if isinstance(exc, Forbidden):
+        return error_response(403, message)
+    if isinstance(exc, NotFound):
+        return error_response(404, message)
+    if isinstance(exc, Conflict):
+        return error_response(409, message, current_state=exc.current, existing=exc.existing)
+    if isinstance(exc, AlreadyExists):
+        return error_response(409, message)
+    if isinstance(exc, InvalidValue):
+        return error_response(422, message, field=getattr(exc, "field", None))
+    log.error("unmapped domain error %s: %s", type(exc).__name__, message)
+    return error_response(400, message)
+
+
+def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {
+            "field": ".".join(str(part) for part in error.get("loc", ()) if part != "body"),
+            "message": str(error.get("msg", "")),
+        }
+        for error in exc.errors()
+    ]
+    first = errors[0] if errors else {"field": "", "message": "invalid request"}
+    return error_response(
+        422, f"{first['field']}: {first['message']}", field=first["field"], errors=errors
+    )
+
+
+def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers) if exc.headers else None
+    return error_response(exc.status_code, str(exc.detail), headers=headers)
+
+
+def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error in an HTTP request", exc_info=exc)
+    return error_response(500, "internal error; see the node's log")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(DomainError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,7 @@
+"""Routes for audit (to be filled in)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/api", tags=["audit"])

@@ -1,0 +1,92 @@
+"""Sign-in (OAuth2 password flow), sign-out and the caller's own profile."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.security import OAuth2PasswordRequestForm
+from pydantic import BaseModel
+
+from api.deps import Context, CurrentUser, bearer_token, client_address
+from api.schemas.common import AUTH_ERRORS, ErrorResponse
+from dicom_node.domain.errors import AuthenticationFailed
+from dicom_node.domain.permissions import ROLE_PERMISSIONS
+from dicom_node.services.auth import SignInPolicy, sign_in, sign_out
+
+router = APIRouter(prefix="/api", tags=["auth"])
+
+
+class TokenPublic(BaseModel):
+    access_token: str
+    token_type: str = "bearer"  # noqa: S105 (the OAuth2 token type, not a secret)
+    expires_at: datetime
+    role: str
+
+
+class MePublic(BaseModel):
+    id: int
+    username: str
+    role: str
+    display_name: str | None
+    is_lead: bool
+    permissions: list[str]
+
+
+@router.post(
+    "/auth/token",
+    response_model=TokenPublic,
+    responses={401: {"model": ErrorResponse, "description": "wrong credentials or locked"}},
+)
+def issue_token(
+    form: Annotated[OAuth2PasswordRequestForm, Depends()], context: Context, request: Request
+) -> TokenPublic:
+    """Sign in with username and password (form fields); returns an expiring token."""
+    settings = context.settings
+    policy = SignInPolicy(
+        token_ttl=timedelta(minutes=settings.api_token_ttl_minutes),
+        max_failures=settings.sign_in_max_failures,
+        lockout=timedelta(minutes=settings.sign_in_lockout_minutes),
+    )
+    failure: AuthenticationFailed | None = None
+    # a failed sign-in is committed too: its count and its audit event must stay
+    with context.db.unit_of_work() as session:
+        try:
+            issued = sign_in(
+                session,
+                username=form.username,
+                password=form.password,
+                policy=policy,
+                source_address=client_address(request),
+            )
+        except AuthenticationFailed as exc:
+            failure = exc
+    if failure is not None:
+        raise failure
+    return TokenPublic(
+        access_token=issued.token, expires_at=issued.expires_at, role=issued.principal.role.value
+    )
+
+
+@router.post("/auth/logout", status_code=204, responses=AUTH_ERRORS)
+def revoke_token(
+    context: Context, _user: CurrentUser, token: Annotated[str, Depends(bearer_token)]
+) -> Response:
+    """Revoke the token this request carries."""
+    with context.db.unit_of_work() as session:
+        sign_out(session, token)
+    return Response(status_code=204)
+
+
+@router.get("/me", response_model=MePublic, responses=AUTH_ERRORS)
+def me(user: CurrentUser) -> MePublic:
+    """Who the token belongs to, and what their role may do."""
+    return MePublic(
+        id=user.user_id,
+        username=user.username,
+        role=user.role.value,
+        display_name=user.display_name,
+        is_lead=user.is_lead,
+        permissions=[p.value for p, roles in ROLE_PERMISSIONS.items() if user.role in roles],
+    )

@@ -1,0 +1,151 @@
+"""The change feed: paged (``/api/changes``) and live (``/api/events``, SSE).
+
+Both read ``change_log`` (written in the same transaction as each change, also
+for changes that came in over DICOM), filtered to what the caller's role may
+see. The SSE stream uses the feed sequence number as the event id, so a client
+that reconnects with ``Last-Event-ID`` (browsers do this by themselves) resumes
+exactly after the last event it got. The stream polls the database, which
+works across processes and nodes sharing it; it re-checks the token at every
+poll, so a revoked or expired token ends the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from api.deps import Context, bearer_token, require
+from api.schemas.common import AUTH_ERRORS
+from dicom_node.domain.errors import AuthenticationFailed
+from dicom_node.domain.permissions import Permission, Principal
+from dicom_node.services.auth import authenticate
+from dicom_node.services.changes import Change, latest_seq, list_changes
+
+router = APIRouter(prefix="/api", tags=["changes"])
+
+POLL_SECONDS = 0.25
+HEARTBEAT_SECONDS = 15.0
+BATCH = 200
+ENTITIES = ("order", "study", "worklist_item", "report")
+
+
+class ChangePublic(BaseModel):
+    seq: int
+    at: datetime
+    entity: str
+    entity_id: int
+    action: str
+    payload: dict[str, Any]
+
+
+class ChangePage(BaseModel):
+    items: list[ChangePublic]
+    # pass as ``since`` for the next page; equal to ``since`` when nothing is new
+    next_since: int
+    latest: int
+
+
+def _public(change: Change) -> ChangePublic:
+    return ChangePublic(
+        seq=change.seq,
+        at=change.at,
+        entity=change.entity,
+        entity_id=change.entity_id,
+        action=change.action,
+        payload=change.payload,
+    )
+
+
+def _entities(entity: list[str] | None) -> set[str] | None:
+    return {name for name in entity if name in ENTITIES} or None if entity else None
+
+
+@router.get("/changes", response_model=ChangePage, responses=AUTH_ERRORS)
+def page_changes(
+    context: Context,
+    user: Annotated[Principal, Depends(require(Permission.CHANGES_READ))],
+    since: Annotated[int, Query(ge=0, description="the last seq already seen")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    entity: Annotated[list[str] | None, Query(description="order, study, ...")] = None,
+) -> ChangePage:
+    """Changes after ``since`` that the caller may see, oldest first."""
+    with context.db.read() as session:
+        changes = list_changes(
+            session, principal=user, since=since, limit=limit, entities=_entities(entity)
+        )
+        latest = latest_seq(session)
+    return ChangePage(
+        items=[_public(change) for change in changes],
+        next_since=changes[-1].seq if changes else since,
+        latest=latest,
+    )
+
+
+@router.get(
+    "/events",
+    responses={
+        **AUTH_ERRORS,
+        200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"},
+    },
+)
+def stream_events(
+    context: Context,
+    user: Annotated[Principal, Depends(require(Permission.CHANGES_READ))],
+    token: Annotated[str, Depends(bearer_token)],
+    last_event_id: Annotated[int | None, Header(ge=0)] = None,
+    since: Annotated[int | None, Query(ge=0, description="start after this seq")] = None,
+    entity: Annotated[list[str] | None, Query()] = None,
+) -> StreamingResponse:
+    """Live changes as Server-Sent Events; ``id`` is the feed seq (resume with
+    ``Last-Event-ID``). Without either, the stream starts at the present."""
+    wanted = _entities(entity)
+    start = last_event_id if last_event_id is not None else since
+
+    def poll(after: int) -> list[Change] | None:
+        with context.db.read() as session:
+            try:
+                principal = authenticate(session, token)
+            except AuthenticationFailed:
+                return None
+            return list_changes(
+                session, principal=principal, since=after, limit=BATCH, entities=wanted
+            )
+
+    def current() -> int:
+        with context.db.read() as session:
+            return latest_seq(session)
+
+    async def events() -> AsyncIterator[str]:
+        after = start if start is not None else await run_in_threadpool(current)
+        yield f"retry: 2000\n: stream for {user.username} after {after}\n\n"
+        idle = 0.0
+        while True:
+            changes = await run_in_threadpool(poll, after)
+            if changes is None:
+                yield 'event: end\ndata: {"reason": "token expired or revoked"}\n\n'
+                return
+            for change in changes:
+                after = change.seq
+                data = _public(change).model_dump_json()
+                yield f"id: {change.seq}\nevent: {change.entity}.{change.action}\ndata: {data}\n\n"
+            if changes:
+                idle = 0.0
+                continue
+            await asyncio.sleep(POLL_SECONDS)
+            idle += POLL_SECONDS
+            if idle >= HEARTBEAT_SECONDS:
+                idle = 0.0
+                yield ": heartbeat\n\n"
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,7 @@
+"""Routes for reconciliation (to be filled in)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/api", tags=["reconciliation"])

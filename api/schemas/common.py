@@ -1,0 +1,53 @@
+"""Shapes shared by every resource: the error body and a page of results."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, Field
+
+T = TypeVar("T")
+
+MAX_PAGE_SIZE = 500
+
+
+class ErrorDetail(BaseModel):
+    status: int
+    code: str
+    message: str
+    field: str | None = None
+    current_state: str | None = None
+    existing: Any = None
+    errors: list[dict[str, str]] | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Page(BaseModel, Generic[T]):
+    """``items`` from ``offset``; ``total`` counts every match of the filters."""
+
+    items: list[T]
+    total: int
+    offset: int
+    limit: int
+
+
+class PageParams(BaseModel):
+    offset: int = Field(0, ge=0)
+    limit: int = Field(50, ge=1, le=MAX_PAGE_SIZE)
+
+
+# the error answers every authenticated route can give, for the OpenAPI document
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "no valid bearer token"},
+    403: {"model": ErrorResponse, "description": "the role lacks the permission"},
+    422: {"model": ErrorResponse, "description": "invalid input; `field` names it"},
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "no such record (or not yours to see)"},
+}
+CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorResponse, "description": "invalid in the record's current state"},
+}

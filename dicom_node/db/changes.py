@@ -1,0 +1,202 @@
+"""The change feed, written in the same transaction as the change it describes.
+
+Any ORM flush that creates or modifies an order, study, worklist item or report
+queues one entry per object (``after_flush``); just before the transaction
+commits the entries are inserted into ``change_log`` (``before_commit``). So a
+committed change always has its entry, and a rolled-back one never does.
+
+Feed order must be commit order, or a client paging with ``since=N`` could skip
+an entry that committed late with a lower number. SQLite has one writer at a
+time, so that holds by itself. On PostgreSQL the entries are inserted under a
+transaction-scoped advisory lock taken as the very last step before COMMIT: the
+sequence numbers are then handed out in commit order, and the lock holder never
+waits for anything else, so the lock cannot take part in a deadlock.
+
+Core statements (the C-STORE hot path) bypass the ORM; ingest records its own
+entries with :func:`record_change`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import event, insert, select, text
+from sqlalchemy.orm import Session
+
+from dicom_node.db.models import (
+    ChangeLogEntry,
+    DicomStudy,
+    ImagingRequest,
+    Report,
+    WorklistItem,
+)
+from dicom_node.db.types import utcnow
+
+_PENDING = "dicom_node.pending_changes"
+# arbitrary but fixed: the advisory lock key of the change feed
+FEED_LOCK_KEY = 7_406_001
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _describe(obj: object) -> tuple[str, dict[str, Any], int | None] | None:
+    """(entity name, payload, owner order id) for a tracked object, else None."""
+    if isinstance(obj, ImagingRequest):
+        return (
+            "order",
+            {
+                "status": obj.status,
+                "priority": obj.priority,
+                "scheduled_at": _iso(obj.scheduled_at),
+            },
+            obj.id,
+        )
+    if isinstance(obj, DicomStudy):
+        return (
+            "study",
+            {
+                "status": obj.status,
+                "metadata_status": obj.metadata_status,
+                "completeness": obj.completeness,
+                "order_id": obj.imaging_request_id,
+            },
+            obj.imaging_request_id,
+        )
+    if isinstance(obj, WorklistItem):
+        return (
+            "worklist_item",
+            {
+                "queue_type": obj.queue_type,
+                "status": obj.status,
+                "priority": obj.priority,
+                "assigned_to_id": obj.assigned_to_id,
+                "study_id": obj.dicom_study_id,
+                "order_id": obj.imaging_request_id,
+                "overdue": obj.overdue,
+                "version": obj.version,
+            },
+            obj.imaging_request_id,
+        )
+    if isinstance(obj, Report):
+        return (
+            "report",
+            {
+                "status": obj.status,
+                "version": obj.version,
+                "study_id": obj.dicom_study_id,
+                "critical_flag": obj.critical_flag,
+            },
+            None,
+        )
+    return None
+
+
+@event.listens_for(Session, "after_flush")
+def _collect(session: Session, _context: Any) -> None:
+    pending: list[dict[str, Any]] = session.info.setdefault(_PENDING, [])
+    for action, objects in (
+        ("created", session.new),
+        ("updated", session.dirty),
+        ("deleted", session.deleted),
+    ):
+        for obj in objects:
+            if action == "updated" and not session.is_modified(obj):
+                continue
+            described = _describe(obj)
+            if described is None:
+                continue
+            entity, payload, order_id = described
+            study_id = payload.get("study_id") if entity == "report" else None
+            pending.append(
+                {
+                    "entity": entity,
+                    "entity_id": obj.id,
+                    "action": action,
+                    "payload": payload,
+                    "_order_id": order_id,
+                    "_study_id": study_id,
+                }
+            )
+
+
+@event.listens_for(Session, "before_commit")
+def _write(session: Session) -> None:
+    session.flush()
+    pending: list[dict[str, Any]] = session.info.pop(_PENDING, [])
+    if pending:
+        _insert(session, pending)
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget(session: Session) -> None:
+    session.info.pop(_PENDING, None)
+
+
+def record_change(
+    session: Session,
+    *,
+    entity: str,
+    entity_id: int,
+    action: str,
+    payload: dict[str, Any],
+    order_id: int | None = None,
+) -> None:
+    """Queue an entry for a change made with Core statements (ingest)."""
+    session.info.setdefault(_PENDING, []).append(
+        {
+            "entity": entity,
+            "entity_id": entity_id,
+            "action": action,
+            "payload": payload,
+            "_order_id": order_id,
+            "_study_id": None,
+        }
+    )
+
+
+def _insert(session: Session, pending: list[dict[str, Any]]) -> None:
+    connection = session.connection()
+    # the owner of an entry is the user who placed the order behind it
+    study_ids = {e["_study_id"] for e in pending if e["_study_id"] is not None}
+    study_orders: dict[int, int | None] = {}
+    if study_ids:
+        study_orders = dict(
+            connection.execute(
+                select(DicomStudy.id, DicomStudy.imaging_request_id).where(
+                    DicomStudy.id.in_(study_ids)
+                )
+            ).all()
+        )
+    order_ids = {e["_order_id"] for e in pending if e["_order_id"] is not None}
+    order_ids |= {o for o in study_orders.values() if o is not None}
+    owners: dict[int, int | None] = {}
+    if order_ids:
+        owners = dict(
+            connection.execute(
+                select(ImagingRequest.id, ImagingRequest.requested_by_id).where(
+                    ImagingRequest.id.in_(order_ids)
+                )
+            ).all()
+        )
+    now = utcnow()
+    rows = []
+    for entry in pending:
+        order_id = entry["_order_id"]
+        if order_id is None and entry["_study_id"] is not None:
+            order_id = study_orders.get(entry["_study_id"])
+        rows.append(
+            {
+                "at": now,
+                "entity": entry["entity"],
+                "entity_id": entry["entity_id"],
+                "action": entry["action"],
+                "payload": entry["payload"],
+                "owner_user_id": owners.get(order_id) if order_id is not None else None,
+            }
+        )
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": FEED_LOCK_KEY})
+    connection.execute(insert(ChangeLogEntry), rows)

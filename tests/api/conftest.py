@@ -1,0 +1,111 @@
+"""The HTTP API served for real (uvicorn on an ephemeral port) over the test database."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from api.app import create_app
+from api.deps import ApiContext
+from dicom_node.db.engine import Database
+from dicom_node.services.users import create_user
+from dicom_node.settings import Settings
+from tests.conftest import node_settings
+
+PASSWORD = "correct horse battery"
+_names = itertools.count()
+
+
+@dataclass
+class ApiServer:
+    base_url: str
+    db: Database
+    settings: Settings
+    clients: list[httpx.Client] = field(default_factory=list)
+
+    def anonymous(self) -> httpx.Client:
+        client = httpx.Client(base_url=self.base_url, timeout=30)
+        self.clients.append(client)
+        return client
+
+    def user(self, role: str, *, username: str | None = None, **extra: Any) -> str:
+        """Create a user with the test password; returns the username."""
+        name = username or f"{role.replace('_', '-')}{next(_names)}"
+        with self.db.unit_of_work() as session:
+            create_user(
+                session,
+                username=name,
+                password=PASSWORD,
+                role=role,
+                display_name=extra.pop("display_name", name.title()),
+                actor="test",
+                **extra,
+            )
+        return name
+
+    def token(self, username: str, password: str = PASSWORD) -> str:
+        response = self.anonymous().post(
+            "/api/auth/token", data={"username": username, "password": password}
+        )
+        assert response.status_code == 200, response.text
+        return str(response.json()["access_token"])
+
+    def client(self, role: str, **extra: Any) -> httpx.Client:
+        """A signed-in client for a new user of ``role``; ``client.username`` names it."""
+        name = self.user(role, **extra)
+        client = httpx.Client(
+            base_url=self.base_url,
+            timeout=30,
+            headers={"Authorization": f"Bearer {self.token(name)}"},
+        )
+        client.username = name  # type: ignore[attr-defined]
+        self.clients.append(client)
+        return client
+
+
+def serve(db: Database, settings: Settings) -> tuple[uvicorn.Server, threading.Thread, int]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(ApiContext(db=db, settings=settings)),
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "API did not start"
+        time.sleep(0.01)
+    return server, thread, port
+
+
+@pytest.fixture
+def api_settings(db_url: str, tmp_path: Path) -> Settings:
+    """Override in a test module to change settings (e.g. the duplicate window)."""
+    return node_settings(db_url, tmp_path / "data")
+
+
+@pytest.fixture
+def api(db: Database, api_settings: Settings) -> Iterator[ApiServer]:
+    server, thread, port = serve(db, api_settings)
+    served = ApiServer(base_url=f"http://127.0.0.1:{port}", db=db, settings=api_settings)
+    yield served
+    for client in served.clients:
+        client.close()
+    server.should_exit = True
+    thread.join(timeout=10)

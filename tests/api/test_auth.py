@@ -1,0 +1,83 @@
+"""Sign-in, tokens, lock-out, and the change feed's basic contract."""
+
+from __future__ import annotations
+
+from sqlalchemy import select, text
+
+from dicom_node.db.models import AuditEvent, User
+from tests.api.conftest import PASSWORD, ApiServer
+
+
+def test_sign_in_returns_an_expiring_bearer_token_that_me_accepts(api: ApiServer) -> None:
+    name = api.user("radiologist")
+    response = api.anonymous().post(
+        "/api/auth/token", data={"username": name, "password": PASSWORD}
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert body["token_type"] == "bearer" and body["role"] == "radiologist"
+    me = api.anonymous().get("/api/me", headers={"Authorization": f"Bearer {body['access_token']}"})
+    assert me.status_code == 200
+    assert me.json()["username"] == name
+    assert "reports:write" in me.json()["permissions"]
+
+
+def test_routes_refuse_missing_and_bogus_tokens_with_401_json(api: ApiServer) -> None:
+    for headers in ({}, {"Authorization": "Bearer not-a-token"}):
+        response = api.anonymous().get("/api/me", headers=headers)
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert response.json()["error"]["code"] == "unauthenticated"
+
+
+def test_wrong_password_is_401_and_audited_and_locks_after_repeated_failures(
+    api: ApiServer,
+) -> None:
+    name = api.user("scheduler")
+    client = api.anonymous()
+    for _ in range(api.settings.sign_in_max_failures):
+        response = client.post("/api/auth/token", data={"username": name, "password": "wrong" * 3})
+        assert response.status_code == 401
+    # locked: even the right password is refused now
+    response = client.post("/api/auth/token", data={"username": name, "password": PASSWORD})
+    assert response.status_code == 401
+    assert "locked" in response.json()["error"]["message"]
+    with api.db.read() as session:
+        failures = session.scalars(
+            select(AuditEvent.reason).where(
+                AuditEvent.action == "sign_in_failed", AuditEvent.actor == name
+            )
+        ).all()
+        locked_until = session.scalar(select(User.locked_until).where(User.username == name))
+    assert len(failures) == api.settings.sign_in_max_failures + 1
+    assert any("account locked" in (reason or "") for reason in failures)
+    assert locked_until is not None
+
+
+def test_unknown_user_sign_in_is_audited_as_a_failure(api: ApiServer) -> None:
+    response = api.anonymous().post(
+        "/api/auth/token", data={"username": "nobody", "password": PASSWORD}
+    )
+    assert response.status_code == 401
+    with api.db.read() as session:
+        count = session.scalar(
+            text(
+                "SELECT count(*) FROM audit_events WHERE action = 'sign_in_failed' "
+                "AND actor = 'nobody'"
+            )
+        )
+    assert count == 1
+
+
+def test_logout_revokes_the_token(api: ApiServer) -> None:
+    client = api.client("technologist")
+    assert client.get("/api/me").status_code == 200
+    assert client.post("/api/auth/logout").status_code == 204
+    assert client.get("/api/me").status_code == 401
+
+
+def test_password_is_stored_as_argon2_only(api: ApiServer) -> None:
+    name = api.user("admin")
+    with api.db.read() as session:
+        stored = session.scalar(select(User.password_hash).where(User.username == name))
+    assert stored is not None and stored.startswith("$argon2id$") and PASSWORD not in stored
