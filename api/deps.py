@@ -63,6 +63,7 @@ def require(permission: Permission) -> Callable[[Principal], Principal]:
             raise Forbidden(f"role {principal.role.value} may not {permission.value}")
         return principal
 
+    check.permission = permission  # type: ignore[attr-defined]  # read by the route-matrix test
     return check
 
 

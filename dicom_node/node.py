@@ -197,6 +197,8 @@ class Node:
             # access logs would carry query strings, which may carry PHI
             access_log=False,
             lifespan="off",
+            # open SSE streams must not hold up a shutdown
+            timeout_graceful_shutdown=3,
         )
         server = uvicorn.Server(config)
         # In a thread, uvicorn leaves signal handling to us (see serve_until_signalled).

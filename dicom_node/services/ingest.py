@@ -27,6 +27,7 @@ from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from dicom_node.db.changes import record_change
 from dicom_node.db.engine import Database
 from dicom_node.db.models import DicomInstance, DicomSeries, DicomStudy, Patient
 from dicom_node.db.upsert import insert_ignoring_conflict
@@ -339,7 +340,25 @@ def _index(
                 },
             ),
         )
+        record_change(
+            session,
+            entity="study",
+            entity_id=parents.study_pk,
+            action="updated",
+            payload={"completeness": Completeness.RECEIVING.value},
+        )
     if parents.new_study:
+        # the row was made by a Core statement, which the feed's ORM hooks do not see
+        record_change(
+            session,
+            entity="study",
+            entity_id=parents.study_pk,
+            action="created",
+            payload={
+                "status": StudyStatus.ACQUIRED.value,
+                "completeness": Completeness.RECEIVING.value,
+            },
+        )
         match_new_study(
             session, study_id=parents.study_pk, header=header, now=now, actor=source.actor
         )

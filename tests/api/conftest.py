@@ -83,6 +83,7 @@ def serve(db: Database, settings: Settings) -> tuple[uvicorn.Server, threading.T
         log_config=None,
         access_log=False,
         lifespan="off",
+        timeout_graceful_shutdown=3,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
