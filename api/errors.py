@@ -43,6 +43,7 @@ _CODES = {
     409: "conflict",
     422: "validation_error",
     429: "too_many_requests",
+    500: "internal_error",
 }
 
 

@@ -1,0 +1,244 @@
+"""API benchmark: the reading worklist under 64 concurrent clients, idle and during ingest.
+
+A script, not a timed test. Run from the repository (root not needed):
+
+    .venv/bin/python bench/api.py                     # 10,000 open items, 64 clients, SQLite
+    .venv/bin/python bench/api.py --postgres          # the same on a PostgreSQL it starts
+    .venv/bin/python bench/api.py --quick             # small numbers, to check the setup
+
+What it does:
+
+1. creates a database with the current schema and fills it straight through SQL
+   with ``--items`` open reading worklist items (each with its patient, order and
+   study: what the listing joins), plus one radiologist account;
+2. starts ``dicom-node serve`` on it (DICOM in worker processes, the API in the
+   main process, as in production) and signs in;
+3. idle: ``--clients`` concurrent HTTP clients (one asyncio loop in this process,
+   keep-alive connections) list the reading worklist (``GET /api/worklist``, 50 a
+   page, STAT -> urgent -> routine, then due time) for ``--seconds``; every
+   request's latency is kept;
+4. during ingest: the same while 4 ``/usr/bin/storescu`` send the small set of
+   bench/ingest.py to the node's DICOM port over and over;
+5. prints p50, p95, p99, max latency and requests/s for both phases, against the
+   issue's targets (p99 < 100 ms idle, < 250 ms during ingest).
+
+The clients run on the same 2 cores as the node, so the figures include their
+CPU cost; a real deployment's clients are elsewhere. There is no Orthanc figure:
+Orthanc has no reading worklist to compare with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+from sqlalchemy import insert
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.ingest import (  # noqa: E402
+    DICOM_NODE,
+    STORESCU,
+    _env,
+    _free_port,
+    _spawn,
+    _stop,
+    _wait_for_health,
+    client_dirs,
+    prepare_set,
+)
+from dicom_node.db import migrate  # noqa: E402
+from dicom_node.db.engine import Database  # noqa: E402
+from dicom_node.db.models import DicomStudy, ImagingRequest, Patient, WorklistItem  # noqa: E402
+from dicom_node.services.users import create_user  # noqa: E402
+from tests.support import run_postgres  # noqa: E402
+
+PASSWORD = "bench-password-1"
+PRIORITIES = (("stat", 0), ("urgent", 1), ("routine", 2), ("routine", 2), ("routine", 2))
+
+
+def seed(url: str, items: int) -> None:
+    """``items`` open reading items, each with patient, order and complete study."""
+    migrate.upgrade(url)
+    db = Database(url)
+    now = datetime.now(UTC)
+    batch = 2000
+    with db.unit_of_work() as session:
+        create_user(session, username="reader", password=PASSWORD, role="radiologist",
+                    actor="bench")
+    for start in range(0, items, batch):
+        rows = range(start, min(start + batch, items))
+        with db.unit_of_work() as session:
+            session.execute(insert(Patient), [
+                {"id": i + 1, "patient_id": f"P{i:07d}", "issuer_of_patient_id": "",
+                 "patient_name": f"PATIENT^{i:07d}", "patient_name_folded": f"patient^{i:07d}",
+                 "created_at": now, "updated_at": now}
+                for i in rows
+            ])
+            session.execute(insert(ImagingRequest), [
+                {"id": i + 1, "patient_id": f"P{i:07d}", "issuer_of_patient_id": "",
+                 "patient_name": f"PATIENT^{i:07d}", "patient_name_folded": f"patient^{i:07d}",
+                 "accession_number": f"A{i:09d}", "accession_issuer": "",
+                 "study_instance_uid": f"2.25.{1000 + i}", "requested_modality": "CT",
+                 "priority": PRIORITIES[i % 5][0], "status": "performed",
+                 "created_at": now, "updated_at": now}
+                for i in rows
+            ])
+            session.execute(insert(DicomStudy), [
+                {"id": i + 1, "study_instance_uid": f"2.25.{1000 + i}", "patient_pk": i + 1,
+                 "imaging_request_id": i + 1, "accession_number": f"A{i:09d}",
+                 "accession_issuer": "", "study_date": "20261124", "modality_type": "CT",
+                 "modalities_in_study": "CT", "study_description": "CT HEAD",
+                 "series_count": 2, "instance_count": 200, "metadata_status": "matched",
+                 "status": "acquired", "completeness": "complete",
+                 "released_to_reading": True, "created_at": now, "updated_at": now}
+                for i in rows
+            ])
+            session.execute(insert(WorklistItem), [
+                {"imaging_request_id": i + 1, "dicom_study_id": i + 1,
+                 "queue_type": "reading", "status": "pending",
+                 "priority": PRIORITIES[i % 5][0], "priority_rank": PRIORITIES[i % 5][1],
+                 "due_at": now + timedelta(minutes=(i * 7) % 2000 - 300), "overdue": False,
+                 "version": 1, "created_at": now, "updated_at": now}
+                for i in rows
+            ])
+    db.dispose()
+
+
+async def load(base: str, token: str, clients: int, seconds: float) -> list[float]:
+    latencies: list[float] = []
+    failures = 0
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits,
+                                 timeout=30) as client:
+
+        async def one_client() -> None:
+            nonlocal failures
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                response = await client.get("/api/worklist",
+                                            params={"queue": "reading", "limit": 50})
+                latencies.append((time.perf_counter() - started) * 1000)
+                if response.status_code != 200:
+                    failures += 1
+
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+    if failures:
+        print(f"  {failures} requests failed", flush=True)
+    return latencies
+
+
+def summary(name: str, latencies: list[float], seconds: float, target: float) -> str:
+    ordered = sorted(latencies)
+
+    def pct(p: float) -> float:
+        return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+    verdict = "met" if pct(0.99) < target else "NOT met"
+    return (f"| {name} | {len(ordered)} | {len(ordered) / seconds:.0f} | "
+            f"{statistics.median(ordered):.1f} | {pct(0.95):.1f} | {pct(0.99):.1f} | "
+            f"{ordered[-1]:.1f} | < {target:.0f} ms: {verdict} |")
+
+
+class Ingest(threading.Thread):
+    """4 storescu sending the small set again and again until stopped."""
+
+    def __init__(self, dirs: list[Path], port: int, logs: Path) -> None:
+        super().__init__(daemon=True)
+        self.dirs, self.port, self.logs = dirs, port, logs
+        self.stopping = threading.Event()
+        self.rounds = 0
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            procs = [
+                _spawn([STORESCU, "-aet", f"BENCH{k}", "-aec", "DICOM_NODE", "+sd",
+                        "127.0.0.1", str(self.port), d], log=self.logs / f"storescu{k}.log",
+                       env=_env())
+                for k, d in enumerate(self.dirs)
+            ]
+            for proc in procs:
+                while proc.poll() is None and not self.stopping.is_set():
+                    time.sleep(0.1)
+                _stop(proc, grace=2)
+            self.rounds += 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--postgres", action="store_true")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--root", type=Path, default=Path("/tmp/dicom-node-bench"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.items, args.clients, args.seconds = 500, 8, 3.0
+    small = prepare_set(args.root / "data", "small", 2000, 400)
+    with tempfile.TemporaryDirectory() as tmp, (
+        run_postgres() if args.postgres else _no_server()
+    ) as pg:
+        work = Path(tmp)
+        url = pg.url("postgres") if pg else f"sqlite:///{work / 'index.sqlite3'}"
+        print(f"seeding {args.items} open worklist items ...", flush=True)
+        started = time.monotonic()
+        seed(url, args.items)
+        print(f"  {time.monotonic() - started:.0f} s", flush=True)
+        port, http = _free_port(), _free_port()
+        config = work / "node.toml"
+        config.write_text("")
+        env = _env({
+            "DICOM_NODE_CONFIG": str(config), "DICOM_NODE_DATA_DIR": str(work / "data"),
+            "DICOM_NODE_DATABASE_URL": url, "DICOM_NODE_DICOM_PORT": str(port),
+            "DICOM_NODE_HTTP_PORT": str(http), "DICOM_NODE_LOG_LEVEL": "WARNING",
+        })
+        log = work / "node.log"
+        node = _spawn([DICOM_NODE, "serve"], log=log, env=env, cwd=work)
+        try:
+            _wait_for_health(http, node, log, timeout=60)
+            base = f"http://127.0.0.1:{http}"
+            token = httpx.post(f"{base}/api/auth/token",
+                               data={"username": "reader", "password": PASSWORD}).json()
+            rows = ["| phase | requests | req/s | p50 ms | p95 ms | p99 ms | max ms | target |",
+                    "|---|---:|---:|---:|---:|---:|---:|---|"]
+            asyncio.run(load(base, token["access_token"], args.clients, 2.0))  # warm-up
+            idle = asyncio.run(load(base, token["access_token"], args.clients, args.seconds))
+            rows.append(summary("idle", idle, args.seconds, 100))
+            links = work / "links"
+            ingest = Ingest(client_dirs(small, 4, links), port, work)
+            ingest.start()
+            time.sleep(2.0)  # associations up and storing
+            busy = asyncio.run(load(base, token["access_token"], args.clients, args.seconds))
+            ingest.stopping.set()
+            ingest.join()
+            rows.append(summary("during 4-client C-STORE", busy, args.seconds, 250))
+        finally:
+            _stop(node)
+        backend = "PostgreSQL" if args.postgres else "SQLite"
+        print(f"\nworklist listing, {args.items} open items, {args.clients} clients, "
+              f"{args.seconds:.0f} s per phase, {backend}:\n")
+        print("\n".join(rows))
+    return 0
+
+
+class _no_server:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

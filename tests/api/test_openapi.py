@@ -1,0 +1,61 @@
+"""The OpenAPI document is complete and the API keeps to it (schemathesis).
+
+Every operation is called with generated input, as an admin (who may use most
+routes) and as a referring physician (the most restricted role): no answer may
+be a 5xx, and every answer must match the documented status codes and schemas.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+
+from tests.api.conftest import ApiServer
+
+# enough to reach every documented answer of most operations, small enough for CI
+EXAMPLES_PER_OPERATION = 12
+
+
+def test_every_api_operation_documents_security_and_error_answers(api: ApiServer) -> None:
+    spec = httpx.get(f"{api.base_url}/openapi.json").json()
+    assert "OAuth2PasswordBearer" in spec["components"]["securitySchemes"]
+    for path, operations in spec["paths"].items():
+        if not path.startswith("/api/") or path == "/api/auth/token":
+            continue
+        for method, operation in operations.items():
+            where = f"{method.upper()} {path}"
+            assert operation.get("security"), f"{where} does not declare its security"
+            assert {"401", "403"} <= set(operation["responses"]), where
+            assert operation.get("summary") or operation.get("description"), where
+
+
+@pytest.mark.parametrize("role", ["admin", "referring_physician"])
+def test_generated_requests_get_no_server_error_and_match_the_schema(
+    api: ApiServer, role: str
+) -> None:
+    client = api.client(role)
+    headers = {"Authorization": client.headers["Authorization"]}
+    schema = schemathesis.openapi.from_url(f"{api.base_url}/openapi.json")
+    failures: list[str] = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        if operation.path in ("/api/events", "/api/auth/logout"):
+            continue  # an endless stream; and logout would end the run's own token
+
+        @settings(
+            max_examples=EXAMPLES_PER_OPERATION,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(case=operation.as_strategy())
+        def run(case: schemathesis.Case) -> None:
+            case.call_and_validate(base_url=api.base_url, headers=headers)
+
+        try:
+            run()
+        except Exception as exc:  # collect all, report together
+            failures.append(f"{operation.method.upper()} {operation.path}: {exc}")
+    assert not failures, "\n\n".join(failures)
