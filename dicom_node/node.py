@@ -95,9 +95,14 @@ def ensure_schema(db: Database, *, upgrade_if_empty: bool) -> None:
 def bind_http_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        return socket.create_server((host, port), family=family)
+        listener = socket.create_server((host, port), family=family)
     except OSError as exc:
         raise StartupError(_bind_error("HTTP", host, port, exc)) from None
+    # asyncio sets TCP_NODELAY on accepted connections only when the socket says
+    # proto == IPPROTO_TCP, and create_server() leaves proto 0. Without it every
+    # keep-alive response after the first waited ~40 ms for the client's delayed
+    # ACK (Nagle): measured 45 ms per GET /health, 1.4 ms with it.
+    return socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, fileno=listener.detach())
 
 
 def _bind_error(what: str, host: str, port: int, exc: OSError) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ import uvicorn
 from api.app import create_app
 from api.deps import ApiContext
 from dicom_node.db.engine import Database
+from dicom_node.node import bind_http_socket
 from dicom_node.services.users import create_user
 from dicom_node.settings import Settings
 from tests.conftest import node_settings
@@ -74,9 +74,7 @@ class ApiServer:
 
 
 def serve(db: Database, settings: Settings) -> tuple[uvicorn.Server, threading.Thread, int]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock = bind_http_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
     config = uvicorn.Config(
         create_app(ApiContext(db=db, settings=settings)),

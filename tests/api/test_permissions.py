@@ -60,8 +60,8 @@ def test_every_route_answers_each_role_as_the_permission_table_says(api: ApiServ
     clients = {role: api.client(role.value) for role in Role}
     wrong: list[str] = []
     for method, path, permission in routes:
-        if path == "/api/events":
-            continue  # a stream: its check is covered in test_changes
+        if path in ("/api/events", "/api/auth/logout"):
+            continue  # a stream, and a sign-out: both covered in their own tests
         for role, client in clients.items():
             body = None if method in ("GET", "DELETE") else {}
             response = client.request(method, _concrete(path), json=body)
