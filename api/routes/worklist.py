@@ -1,7 +1,173 @@
-"""Routes for worklist (to be filled in)."""
+"""The reading worklist: queues, claim (atomic), release, reassign, item detail.
+
+Listing a queue is not audited per call (it is polled; see
+services/worklist.py); opening one item is, as a patient record access.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+
+from api.deps import Context, client_address, require
+from api.schemas.common import AUTH_ERRORS, CONFLICT, MAX_PAGE_SIZE, NOT_FOUND, Page
+from api.schemas.worklist import (
+    MAX_ID,
+    ClaimRequest,
+    ReassignRequest,
+    WorklistItemDetailPublic,
+    WorklistItemPublic,
+)
+from dicom_node.domain.enums import Priority, QueueType, WorklistStatus
+from dicom_node.domain.permissions import Permission, Principal
+from dicom_node.services.worklist import (
+    OPEN_STATUSES,
+    UNASSIGNED,
+    WorklistFilter,
+    claim_worklist_item,
+    list_worklist,
+    reassign_worklist_item,
+    release_worklist_item,
+    worklist_item_detail,
+)
 
 router = APIRouter(prefix="/api", tags=["worklist"])
+
+ItemId = Annotated[int, Path(ge=1, le=MAX_ID, description="worklist item id")]
+Reader = Annotated[Principal, Depends(require(Permission.WORKLIST_READ))]
+
+
+def _assignee(value: str | None, principal: Principal) -> int | None:
+    if value is None:
+        return None
+    if value == "me":
+        return principal.user_id
+    if value == "none":
+        return UNASSIGNED
+    return int(value)
+
+
+@router.get("/worklist", response_model=Page[WorklistItemPublic], responses=AUTH_ERRORS)
+def list_queue(
+    context: Context,
+    user: Reader,
+    queue: Annotated[QueueType, Query(description="which queue")] = QueueType.READING,
+    status: Annotated[
+        list[WorklistStatus] | None, Query(description="default: pending and claimed")
+    ] = None,
+    assigned_to: Annotated[
+        str | None,
+        Query(pattern=r"^(me|none|[1-9][0-9]{0,17})$", description="me, none or a user id"),
+    ] = None,
+    modality: Annotated[
+        str | None, Query(pattern=r"^[A-Za-z0-9]{1,16}$", description="e.g. CT")
+    ] = None,
+    priority: Annotated[Priority | None, Query()] = None,
+    overdue: Annotated[bool | None, Query(description="past due now (or escalated)")] = None,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
+) -> Page[WorklistItemPublic]:
+    """A queue, STAT -> urgent -> routine, then earliest due first.
+
+    ``overdue`` on each item is computed now (due time passed), not only the
+    flag the escalation job stores. Not audited per call."""
+    query = WorklistFilter(
+        queue=queue,
+        statuses=tuple(dict.fromkeys(status)) if status else OPEN_STATUSES,
+        assigned_to=_assignee(assigned_to, user),
+        modality=modality.upper() if modality else None,
+        priority=priority,
+        overdue=overdue,
+    )
+    with context.db.read() as session:
+        page = list_worklist(session, query=query, offset=offset, limit=limit)
+    return Page[WorklistItemPublic](
+        items=[WorklistItemPublic.of(entry) for entry in page.items],
+        total=page.total,
+        offset=offset,
+        limit=limit,
+    )
+
+
+@router.get(
+    "/worklist/{item_id}",
+    response_model=WorklistItemDetailPublic,
+    responses={**AUTH_ERRORS, **NOT_FOUND},
+)
+def read_item(
+    context: Context, user: Reader, item_id: ItemId, request: Request
+) -> WorklistItemDetailPublic:
+    """One item with its patient's demographics and report id (audited: 110110)."""
+    with context.db.unit_of_work() as session:
+        detail = worklist_item_detail(
+            session, item_id=item_id, principal=user, source_address=client_address(request)
+        )
+    return WorklistItemDetailPublic.of_detail(detail)
+
+
+@router.post(
+    "/worklist/{item_id}/claim",
+    response_model=WorklistItemPublic,
+    responses={**AUTH_ERRORS, **NOT_FOUND, **CONFLICT},
+)
+def claim_item(
+    context: Context,
+    user: Annotated[Principal, Depends(require(Permission.WORKLIST_CLAIM))],
+    item_id: ItemId,
+    request: Request,
+    body: ClaimRequest | None = None,
+) -> WorklistItemPublic:
+    """Claim a pending item (atomic compare-and-set: of two concurrent claims
+    exactly one wins; the other gets 409 with the holder in ``existing``).
+    Claiming a reading item moves its study acquired -> reading."""
+    with context.db.unit_of_work() as session:
+        entry = claim_worklist_item(
+            session,
+            item_id=item_id,
+            principal=user,
+            expected_version=body.version if body else None,
+            allow_self_review=context.settings.report_self_review,
+            source_address=client_address(request),
+        )
+    return WorklistItemPublic.of(entry)
+
+
+@router.post(
+    "/worklist/{item_id}/release",
+    response_model=WorklistItemPublic,
+    responses={**AUTH_ERRORS, **NOT_FOUND, **CONFLICT},
+)
+def release_item(
+    context: Context, user: Reader, item_id: ItemId, request: Request
+) -> WorklistItemPublic:
+    """claimed -> pending: by the holder, an admin or a lead radiologist."""
+    with context.db.unit_of_work() as session:
+        entry = release_worklist_item(
+            session, item_id=item_id, principal=user, source_address=client_address(request)
+        )
+    return WorklistItemPublic.of(entry)
+
+
+@router.post(
+    "/worklist/{item_id}/reassign",
+    response_model=WorklistItemPublic,
+    responses={**AUTH_ERRORS, **NOT_FOUND, **CONFLICT},
+)
+def reassign_item(
+    context: Context,
+    user: Annotated[Principal, Depends(require(Permission.WORKLIST_REASSIGN))],
+    item_id: ItemId,
+    body: ReassignRequest,
+    request: Request,
+) -> WorklistItemPublic:
+    """Give an open item to an active radiologist (admin, or a lead radiologist)."""
+    with context.db.unit_of_work() as session:
+        entry = reassign_worklist_item(
+            session,
+            item_id=item_id,
+            user_id=body.user_id,
+            principal=user,
+            source_address=client_address(request),
+        )
+    return WorklistItemPublic.of(entry)

@@ -1,0 +1,425 @@
+"""The reading worklist over real HTTP: ordering, filters, claim, release, reassign."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import httpx
+from pydicom.uid import generate_uid
+from sqlalchemy import select, update
+
+from dicom_node.db.engine import Database
+from dicom_node.db.models import (
+    AuditEvent,
+    ChangeLogEntry,
+    DicomStudy,
+    ImagingRequest,
+    Patient,
+    User,
+    WorklistItem,
+)
+from dicom_node.domain.enums import Priority
+from dicom_node.domain.matching import PRIORITY_RANK
+from tests.api.conftest import ApiServer
+
+_numbers = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Seeded:
+    study_id: int
+    item_id: int
+    order_id: int
+    study_uid: str
+    patient_id: str
+
+
+def seed_study(
+    db: Database,
+    *,
+    priority: str = "routine",
+    due_in: timedelta | None = timedelta(hours=4),
+    modality: str = "CT",
+    queue: str = "reading",
+    status: str = "pending",
+    requested_by_id: int | None = None,
+) -> Seeded:
+    """A complete, matched study of a scheduled order, with one worklist item."""
+    n = next(_numbers)
+    now = datetime.now(UTC)
+    with db.unit_of_work() as session:
+        patient = Patient(
+            patient_id=f"WL{n}",
+            patient_name=f"PATIENT^{n}",
+            patient_name_folded=f"patient^{n}",
+            patient_birth_date="19800101",
+            patient_sex="F",
+        )
+        order = ImagingRequest(
+            patient_id=f"WL{n}",
+            patient_name=f"PATIENT^{n}",
+            patient_name_folded=f"patient^{n}",
+            accession_number=f"ACC{n}",
+            priority=priority,
+            status="performed",
+            requested_modality=modality,
+            requested_by_id=requested_by_id,
+        )
+        session.add_all([patient, order])
+        session.flush()
+        study = DicomStudy(
+            study_instance_uid=generate_uid(),
+            patient_pk=patient.id,
+            imaging_request_id=order.id,
+            accession_number=f"ACC{n}",
+            study_description=f"{modality} STUDY {n}",
+            modality_type=modality,
+            series_count=1,
+            instance_count=3,
+            metadata_status="matched",
+            status="acquired",
+            completeness="complete",
+        )
+        session.add(study)
+        session.flush()
+        item = WorklistItem(
+            imaging_request_id=order.id,
+            dicom_study_id=study.id,
+            queue_type=queue,
+            status=status,
+            priority=priority,
+            priority_rank=PRIORITY_RANK[Priority(priority)],
+            due_at=now + due_in if due_in is not None else None,
+        )
+        session.add(item)
+        session.flush()
+        return Seeded(study.id, item.id, order.id, study.study_instance_uid, patient.patient_id)
+
+
+def user_id(api: ApiServer, username: str) -> int:
+    with api.db.read() as session:
+        found = session.scalar(select(User.id).where(User.username == username))
+    assert found is not None
+    return found
+
+
+def audit_actions(api: ApiServer, target_class: str, target_id: int) -> list[AuditEvent]:
+    with api.db.read() as session:
+        return list(
+            session.scalars(
+                select(AuditEvent)
+                .where(
+                    AuditEvent.target_class == target_class,
+                    AuditEvent.target_id == str(target_id),
+                )
+                .order_by(AuditEvent.id)
+            )
+        )
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def test_reading_queue_is_ordered_stat_urgent_routine_then_due_time(api: ApiServer) -> None:
+    routine_soon = seed_study(api.db, priority="routine", due_in=timedelta(hours=1))
+    stat_late = seed_study(api.db, priority="stat", due_in=timedelta(hours=3))
+    urgent = seed_study(api.db, priority="urgent", due_in=timedelta(hours=2))
+    stat_early = seed_study(api.db, priority="stat", due_in=timedelta(minutes=30))
+    routine_later = seed_study(api.db, priority="routine", due_in=timedelta(hours=5))
+    seed_study(api.db, queue="reconciliation")
+    seed_study(api.db, status="completed")
+
+    response = api.client("radiologist").get("/api/worklist")
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [item["id"] for item in body["items"]] == [
+        stat_early.item_id,
+        stat_late.item_id,
+        urgent.item_id,
+        routine_soon.item_id,
+        routine_later.item_id,
+    ]
+    assert body["total"] == 5 and body["offset"] == 0
+    first = body["items"][0]
+    assert first["study"]["study_instance_uid"] == stat_early.study_uid
+    assert first["study"]["patient_id"] == stat_early.patient_id
+    assert first["study"]["modality"] == "CT" and first["study"]["instance_count"] == 3
+    assert first["order_id"] == stat_early.order_id
+    assert first["overdue"] is False and first["status"] == "pending"
+
+
+def test_overdue_is_computed_from_due_time_not_only_the_stored_flag(api: ApiServer) -> None:
+    late = seed_study(api.db, due_in=timedelta(minutes=-5))
+    on_time = seed_study(api.db, due_in=timedelta(hours=2))
+    client = api.client("radiologist")
+
+    items = {item["id"]: item for item in client.get("/api/worklist").json()["items"]}
+    assert items[late.item_id]["overdue"] is True
+    assert items[on_time.item_id]["overdue"] is False
+    only_late = client.get("/api/worklist", params={"overdue": "true"}).json()
+    assert [item["id"] for item in only_late["items"]] == [late.item_id]
+    not_late = client.get("/api/worklist", params={"overdue": "false"}).json()
+    assert [item["id"] for item in not_late["items"]] == [on_time.item_id]
+
+
+def test_worklist_filters_by_queue_status_assignee_modality_and_priority(
+    api: ApiServer,
+) -> None:
+    ct = seed_study(api.db, modality="CT", priority="urgent")
+    mr = seed_study(api.db, modality="MR")
+    reconciliation = seed_study(api.db, queue="reconciliation")
+    done = seed_study(api.db, status="completed")
+    client = api.client("radiologist")
+    assert client.post(f"/api/worklist/{mr.item_id}/claim").status_code == 200
+
+    def ids(**params: str) -> list[int]:
+        response = client.get("/api/worklist", params=params)
+        assert response.status_code == 200, response.text
+        return [item["id"] for item in response.json()["items"]]
+
+    assert ids(modality="MR") == [mr.item_id]
+    assert ids(priority="urgent") == [ct.item_id]
+    assert ids(assigned_to="me") == [mr.item_id]
+    assert ids(assigned_to=str(user_id(api, client.username))) == [mr.item_id]  # type: ignore[attr-defined]
+    assert ids(assigned_to="none") == [ct.item_id]
+    assert ids(status="claimed") == [mr.item_id]
+    assert ids(status="completed") == [done.item_id]
+    assert ids(queue="reconciliation") == [reconciliation.item_id]
+    assert client.get("/api/worklist", params={"queue": "nonsense"}).status_code == 422
+    assert client.get("/api/worklist", params={"assigned_to": "you"}).status_code == 422
+
+
+def test_worklist_pages_with_total(api: ApiServer) -> None:
+    seeded = [seed_study(api.db, due_in=timedelta(minutes=10 + n)) for n in range(5)]
+    client = api.client("technologist")
+    page = client.get("/api/worklist", params={"offset": 2, "limit": 2}).json()
+    assert [item["id"] for item in page["items"]] == [s.item_id for s in seeded[2:4]]
+    assert (page["total"], page["offset"], page["limit"]) == (5, 2, 2)
+    beyond = client.get("/api/worklist", params={"offset": 50}).json()
+    assert beyond["items"] == [] and beyond["total"] == 5
+
+
+def test_listing_is_not_audited_but_opening_an_item_is(api: ApiServer) -> None:
+    seeded = seed_study(api.db)
+    client = api.client("radiologist")
+    with api.db.read() as session:
+        before = session.scalar(select(AuditEvent.id).order_by(AuditEvent.id.desc()).limit(1))
+    assert client.get("/api/worklist").status_code == 200
+    with api.db.read() as session:
+        after = session.scalar(select(AuditEvent.id).order_by(AuditEvent.id.desc()).limit(1))
+    assert after == before
+
+    detail = client.get(f"/api/worklist/{seeded.item_id}")
+    assert detail.status_code == 200, detail.text
+    assert detail.json()["patient_birth_date"] == "19800101"
+    (event,) = audit_actions(api, "WorklistItem", seeded.item_id)
+    assert (event.action, event.event_code) == ("worklist_item_read", "110110")
+    assert event.patient_id == seeded.patient_id and event.actor == client.username  # type: ignore[attr-defined]
+    assert client.get("/api/worklist/999999").status_code == 404
+
+
+def test_roles_without_worklist_permissions_are_refused(api: ApiServer) -> None:
+    seeded = seed_study(api.db)
+    referring = api.client("referring_physician")
+    assert referring.get("/api/worklist").status_code == 403
+    technologist = api.client("technologist")
+    assert technologist.post(f"/api/worklist/{seeded.item_id}/claim").status_code == 403
+    assert api.anonymous().get("/api/worklist").status_code == 401
+
+
+# --------------------------------------------------------------------------- claiming
+
+
+def test_claim_takes_a_pending_item_moves_the_study_to_reading_and_is_audited(
+    api: ApiServer,
+) -> None:
+    seeded = seed_study(api.db)
+    client = api.client("radiologist")
+    me = user_id(api, client.username)  # type: ignore[attr-defined]
+    with api.db.read() as session:
+        feed_before = session.scalar(select(ChangeLogEntry.seq).order_by(ChangeLogEntry.seq.desc()))
+
+    response = client.post(f"/api/worklist/{seeded.item_id}/claim", json={"version": 1})
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["status"], body["assigned_to_id"], body["version"]) == ("claimed", me, 2)
+    assert body["assigned_to"] == client.username  # type: ignore[attr-defined]
+    assert body["claimed_at"] is not None and body["study"]["status"] == "reading"
+    with api.db.read() as session:
+        study = session.get(DicomStudy, seeded.study_id)
+        feed = session.scalars(
+            select(ChangeLogEntry).where(ChangeLogEntry.seq > (feed_before or 0))
+        ).all()
+    assert study is not None and study.status == "reading"
+    claim_entries = [
+        e for e in feed if e.entity == "worklist_item" and e.entity_id == seeded.item_id
+    ]
+    assert claim_entries and claim_entries[-1].payload["status"] == "claimed"
+    assert claim_entries[-1].payload["assigned_to_id"] == me
+    assert any(e.entity == "study" and e.payload["status"] == "reading" for e in feed)
+    (claimed,) = audit_actions(api, "WorklistItem", seeded.item_id)
+    assert claimed.action == "worklist_item_claimed"
+    assert claimed.details["before"]["status"] == "pending"
+    assert claimed.details["after"] == {"status": "claimed", "assigned_to_id": me}
+    study_events = audit_actions(api, "DicomStudy", seeded.study_id)
+    assert [e.details["after"]["status"] for e in study_events] == ["reading"]
+
+
+def test_claiming_a_claimed_item_is_409_naming_the_holder(api: ApiServer) -> None:
+    seeded = seed_study(api.db)
+    first, second = api.client("radiologist"), api.client("radiologist")
+    assert first.post(f"/api/worklist/{seeded.item_id}/claim").status_code == 200
+
+    response = second.post(f"/api/worklist/{seeded.item_id}/claim")
+
+    assert response.status_code == 409
+    error = response.json()["error"]
+    assert error["current_state"] == "claimed"
+    assert error["existing"]["assigned_to"] == first.username  # type: ignore[attr-defined]
+
+
+def test_claim_with_a_stale_version_is_409_even_when_pending(api: ApiServer) -> None:
+    seeded = seed_study(api.db)
+    client = api.client("radiologist")
+    response = client.post(f"/api/worklist/{seeded.item_id}/claim", json={"version": 7})
+    assert response.status_code == 409
+    assert response.json()["error"]["current_state"] == "pending"
+    assert response.json()["error"]["existing"]["version"] == 1
+
+
+def race_claims(clients: list[httpx.Client], item_id: int) -> list[httpx.Response]:
+    """Every client claims the item at the same moment (released by a barrier)."""
+    barrier = threading.Barrier(len(clients))
+    results: list[httpx.Response] = []
+    lock = threading.Lock()
+
+    def claim(client: httpx.Client) -> None:
+        barrier.wait()
+        response = client.post(f"/api/worklist/{item_id}/claim")
+        with lock:
+            results.append(response)
+
+    threads = [threading.Thread(target=claim, args=(client,)) for client in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return results
+
+
+def test_concurrent_claims_have_exactly_one_winner_every_round(api: ApiServer) -> None:
+    claimants = [api.client("radiologist") for _ in range(4)]
+    for _ in range(15):
+        seeded = seed_study(api.db)
+        results = race_claims(claimants, seeded.item_id)
+        codes = sorted(response.status_code for response in results)
+        assert codes == [200] + [409] * (len(claimants) - 1), [r.text for r in results]
+        winner = next(r for r in results if r.status_code == 200).json()["assigned_to_id"]
+        with api.db.read() as session:
+            item = session.get(WorklistItem, seeded.item_id)
+            claims = session.scalars(
+                select(AuditEvent).where(
+                    AuditEvent.action == "worklist_item_claimed",
+                    AuditEvent.target_id == str(seeded.item_id),
+                )
+            ).all()
+        assert item is not None and item.assigned_to_id == winner and item.version == 2
+        assert len(claims) == 1
+
+
+def test_reconciliation_items_are_not_claimed_by_radiologists(api: ApiServer) -> None:
+    seeded = seed_study(api.db, queue="reconciliation")
+    response = api.client("radiologist").post(f"/api/worklist/{seeded.item_id}/claim")
+    assert response.status_code == 403
+
+
+# --------------------------------------------------------------------------- release, reassign
+
+
+def test_release_by_the_holder_returns_the_item_to_pending(api: ApiServer) -> None:
+    seeded = seed_study(api.db)
+    holder, other = api.client("radiologist"), api.client("radiologist")
+    assert holder.post(f"/api/worklist/{seeded.item_id}/claim").status_code == 200
+
+    assert other.post(f"/api/worklist/{seeded.item_id}/release").status_code == 403
+    response = holder.post(f"/api/worklist/{seeded.item_id}/release")
+
+    assert response.status_code == 200, response.text
+    assert (response.json()["status"], response.json()["assigned_to_id"]) == ("pending", None)
+    assert response.json()["study"]["status"] == "acquired"  # nobody reads it now
+    again = holder.post(f"/api/worklist/{seeded.item_id}/release")
+    assert again.status_code == 409 and again.json()["error"]["current_state"] == "pending"
+    released = audit_actions(api, "WorklistItem", seeded.item_id)[-1]
+    assert released.action == "worklist_item_released"
+    assert released.details["before"]["status"] == "claimed"
+    assert released.details["after"] == {"status": "pending", "assigned_to_id": None}
+    assert other.post(f"/api/worklist/{seeded.item_id}/claim").status_code == 200
+
+
+def test_admin_may_release_someone_elses_claim(api: ApiServer) -> None:
+    seeded = seed_study(api.db)
+    holder, admin = api.client("radiologist"), api.client("admin")
+    assert holder.post(f"/api/worklist/{seeded.item_id}/claim").status_code == 200
+    response = admin.post(f"/api/worklist/{seeded.item_id}/release")
+    assert response.status_code == 200 and response.json()["status"] == "pending"
+
+
+def test_reassign_by_admin_or_lead_to_an_active_radiologist_only(api: ApiServer) -> None:
+    seeded = seed_study(api.db)
+    holder = api.client("radiologist")
+    target_name = api.user("radiologist")
+    target = user_id(api, target_name)
+    assert holder.post(f"/api/worklist/{seeded.item_id}/claim").status_code == 200
+    plain = api.client("radiologist")
+    lead = api.client("radiologist")
+    with api.db.unit_of_work() as session:
+        session.execute(
+            update(User).where(User.username == lead.username).values(is_lead=True)  # type: ignore[attr-defined]
+        )
+    admin = api.client("admin")
+    url = f"/api/worklist/{seeded.item_id}/reassign"
+
+    assert plain.post(url, json={"user_id": target}).status_code == 403
+    assert api.client("scheduler").post(url, json={"user_id": target}).status_code == 403
+    technologist = user_id(api, api.user("technologist"))
+    refused = admin.post(url, json={"user_id": technologist})
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "user_id"
+    assert admin.post(url, json={"user_id": 99_999_999}).status_code == 422
+
+    response = lead.post(url, json={"user_id": target})
+
+    assert response.status_code == 200, response.text
+    assert (response.json()["status"], response.json()["assigned_to_id"]) == ("claimed", target)
+    reassigned = audit_actions(api, "WorklistItem", seeded.item_id)[-1]
+    assert reassigned.action == "worklist_item_reassigned"
+    assert reassigned.details["before"]["assigned_to_id"] == user_id(api, holder.username)  # type: ignore[attr-defined]
+    assert reassigned.details["after"]["assigned_to_id"] == target
+    assert admin.post(url, json={"user_id": user_id(api, holder.username)}).status_code == 200  # type: ignore[attr-defined]
+
+
+def test_inactive_radiologist_cannot_receive_work(api: ApiServer) -> None:
+    seeded = seed_study(api.db)
+    name = api.user("radiologist")
+    with api.db.unit_of_work() as session:
+        session.execute(update(User).where(User.username == name).values(is_active=False))
+    response = api.client("admin").post(
+        f"/api/worklist/{seeded.item_id}/reassign", json={"user_id": user_id(api, name)}
+    )
+    assert response.status_code == 422
+
+
+def test_completed_items_cannot_be_claimed_or_reassigned(api: ApiServer) -> None:
+    seeded = seed_study(api.db, status="completed")
+    claim = api.client("radiologist").post(f"/api/worklist/{seeded.item_id}/claim")
+    assert claim.status_code == 409 and claim.json()["error"]["current_state"] == "completed"
+    target = user_id(api, api.user("radiologist"))
+    reassign = api.client("admin").post(
+        f"/api/worklist/{seeded.item_id}/reassign", json={"user_id": target}
+    )
+    assert reassign.status_code == 409
+    assert reassign.json()["error"]["current_state"] == "completed"
