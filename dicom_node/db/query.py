@@ -3,6 +3,18 @@
 Used by the C-FIND SCP and the HTTP study search alike. Each level's entity is
 joined to its parents only (patient <- study <- series <- instance), so the
 SELECT returns exactly one row per entity at the query level (PS3.4 C.4.1.3.1).
+
+Two matching rules span more than one column:
+- a DA key with its TM partner (StudyDate + StudyTime, SeriesDate + SeriesTime)
+  both given is ONE combined date-time range (PS3.4 C.2.2.2.5.1, the rule the
+  worklist applies to the SPS start date and time): ``20260105-20260107`` with
+  ``1000-1800`` runs from 5 January 10:00 to 7 January 18:00; the time bounds
+  apply to the first and the last day only;
+- sequence matching (C.2.2.2.6) on RequestAttributesSequence: the one query
+  item's keys must all match ONE stored item of an instance of the entity. The
+  items are JSON in dicom_instances.request_attributes; each database expands
+  them with its own table function (SQLite ``json_each``, PostgreSQL
+  ``json_array_elements``), so the whole match stays in SQL.
 """
 
 from __future__ import annotations
@@ -11,8 +23,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    Text,
+    and_,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+)
+from sqlalchemy import cast as sql_cast
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import InstrumentedAttribute, aliased
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from dicom_node.db.models import DicomInstance, DicomSeries, DicomStudy, Patient
 from dicom_node.domain.enums import MetadataStatus
@@ -24,6 +52,7 @@ from dicom_node.domain.query import (
     Level,
     Match,
     Range,
+    SequenceMatch,
     Single,
     UidList,
     Universal,
@@ -47,6 +76,8 @@ class Attribute:
     multi_valued: bool = False
     # counts the node computes: returned, never matched on
     computed: bool = False
+    # DA: the TM key it pairs with and that key's normalised column (C.2.2.2.5.1)
+    time_partner: tuple[str, InstrumentedAttribute[Any]] | None = None
 
 
 def _patient_count(column: ColumnElement[Any]) -> ColumnElement[Any]:
@@ -96,7 +127,13 @@ _ATTRIBUTES = [
         computed=True,
     ),
     Attribute("StudyInstanceUID", Level.STUDY, "UI", DicomStudy.study_instance_uid),
-    Attribute("StudyDate", Level.STUDY, "DA", DicomStudy.study_date),
+    Attribute(
+        "StudyDate",
+        Level.STUDY,
+        "DA",
+        DicomStudy.study_date,
+        time_partner=("StudyTime", DicomStudy.study_time_norm),
+    ),
     Attribute(
         "StudyTime",
         Level.STUDY,
@@ -131,7 +168,13 @@ _ATTRIBUTES = [
     Attribute("SeriesDescription", Level.SERIES, "LO", DicomSeries.series_description),
     Attribute("BodyPartExamined", Level.SERIES, "CS", DicomSeries.body_part_examined),
     Attribute("StationName", Level.SERIES, "SH", DicomSeries.station_name),
-    Attribute("SeriesDate", Level.SERIES, "DA", DicomSeries.series_date),
+    Attribute(
+        "SeriesDate",
+        Level.SERIES,
+        "DA",
+        DicomSeries.series_date,
+        time_partner=("SeriesTime", DicomSeries.series_time_norm),
+    ),
     Attribute(
         "SeriesTime",
         Level.SERIES,
@@ -161,22 +204,49 @@ _ENTITY_PK: Mapping[Level, InstrumentedAttribute[int]] = {
 }
 
 
-def compile_query(level: Level, keys: Mapping[str, Match], *, limit: int | None) -> Select[Any]:
+# the column find_entities asks for to answer sequence keys (never a DICOM keyword)
+ENTITY_KEY = "_entity_pk"
+
+
+def compile_query(
+    level: Level,
+    keys: Mapping[str, Match],
+    *,
+    limit: int | None,
+    sequences: Mapping[str, SequenceMatch] | None = None,
+    with_entity_key: bool = False,
+) -> Select[Any]:
     """SELECT one row per matching entity at ``level``; a column per key, labelled
-    with its keyword. Keys must be known (see ATTRIBUTES) and not below ``level``."""
+    with its keyword. Keys must be known (see ATTRIBUTES) and not below ``level``.
+    ``sequences`` are sequence keys (see SEQUENCES) matched in the same SELECT;
+    their values are read afterwards (``sequence_items``), for which
+    ``with_entity_key`` adds the entity's primary key as ``ENTITY_KEY``."""
     depth = LEVEL_ORDER.index(level)
     columns: list[ColumnElement[Any]] = []
     conditions: list[ColumnElement[bool]] = []
+    paired, paired_conditions = _combined_date_times(keys)
     for keyword, match in keys.items():
         attribute = ATTRIBUTES[keyword]
         if LEVEL_ORDER.index(attribute.level) > depth:
             raise InvalidQuery(f"{keyword} is a {attribute.level} key, below {level} level")
         columns.append(cast(ColumnElement[Any], attribute.column).label(keyword))
+        if keyword in paired:
+            continue  # matched with its partner, below
         condition = match_condition(attribute, match)
+        if condition is not None:
+            conditions.append(condition)
+    conditions.extend(paired_conditions)
+    for keyword, sequence_match in (sequences or {}).items():
+        sequence = SEQUENCES[keyword]
+        if LEVEL_ORDER.index(sequence.level) > depth:
+            raise InvalidQuery(f"{keyword} is a {sequence.level} key, below {level} level")
+        condition = sequence_condition(level, sequence, sequence_match)
         if condition is not None:
             conditions.append(condition)
 
     entity_pk = _ENTITY_PK[level]
+    if with_entity_key:
+        columns.append(entity_pk.label(ENTITY_KEY))
     statement = select(*columns) if columns else select(entity_pk)
     statement = statement.select_from(Patient)
     if depth >= 1:
@@ -191,6 +261,218 @@ def compile_query(level: Level, keys: Mapping[str, Match], *, limit: int | None)
         conditions.append(DicomInstance.quarantined.is_(False))
     statement = statement.where(and_(*conditions)).order_by(entity_pk)
     return statement.limit(limit) if limit is not None else statement
+
+
+# ------------------------------------------------------- combined date and time
+
+
+def _combined_date_times(
+    keys: Mapping[str, Match],
+) -> tuple[set[str], list[ColumnElement[bool]]]:
+    """(keywords matched in pairs, one condition per pair) for each DA/TM pair
+    given together, neither universal: one date-time range (PS3.4 C.2.2.2.5.1)."""
+    paired: set[str] = set()
+    conditions: list[ColumnElement[bool]] = []
+    for keyword, date_match in keys.items():
+        attribute = ATTRIBUTES.get(keyword)
+        if attribute is None or attribute.time_partner is None:
+            continue
+        time_keyword, time_column = attribute.time_partner
+        time_match = keys.get(time_keyword, Universal())
+        if isinstance(date_match, Universal) or isinstance(time_match, Universal):
+            continue
+        conditions.append(
+            date_time_range(
+                cast(ColumnElement[str], attribute.column),
+                cast(ColumnElement[str], time_column),
+                date_match,
+                time_match,
+                keyword=keyword,
+            )
+        )
+        paired |= {keyword, time_keyword}
+    return paired, conditions
+
+
+def date_time_range(
+    date_column: ColumnElement[str],
+    time_column: ColumnElement[str],
+    date_match: Match,
+    time_match: Match,
+    *,
+    keyword: str,
+) -> ColumnElement[bool]:
+    """A date (single or range) and a time (TM: always a Range of normalised
+    bounds) as one date-time range: the time bounds hold on the first and the
+    last day, every time of day in between. A stored time that is empty matches
+    only strictly inside the date range (its instant on a boundary day is unknown)."""
+    first: str | None
+    last: str | None
+    if isinstance(date_match, Single):
+        first, last = date_match.value, date_match.value
+    elif isinstance(date_match, Range):
+        first, last = date_match.low, date_match.high
+    else:
+        raise UnsupportedQuery(f"{keyword}: a date or a date range")
+    if not isinstance(time_match, Range):
+        raise UnsupportedQuery(f"{keyword}: a time or a time range with the date")
+    bounds: list[ColumnElement[bool]] = []
+    if first is not None:
+        bounds.append(
+            date_column >= first
+            if time_match.low is None
+            else or_(date_column > first, and_(date_column == first, time_column >= time_match.low))
+        )
+    if last is not None:
+        bounds.append(
+            date_column <= last
+            if time_match.high is None
+            else or_(date_column < last, and_(date_column == last, time_column <= time_match.high))
+        )
+    if not bounds:
+        return date_column.is_not(None)  # "-" is refused by the parser; kept total
+    return and_(*bounds)
+
+
+# ------------------------------------------------------------------- sequences
+
+
+@dataclass(frozen=True)
+class SequenceAttribute:
+    keyword: str
+    # the highest level it is answered at (it is matched on the entity's instances)
+    level: Level
+    # item keyword -> (key in the stored JSON item, VR)
+    fields: Mapping[str, tuple[str, str]]
+
+
+# RequestAttributesSequence (0040,0275) belongs to the General Series module, but
+# the orders a study fulfils are what an SCU asks a study for (IHE SWF: find the
+# study of an accession in its request attributes), so it is answered at STUDY
+# level too: the items of all the study's instances.
+SEQUENCES: Mapping[str, SequenceAttribute] = {
+    "RequestAttributesSequence": SequenceAttribute(
+        "RequestAttributesSequence",
+        Level.STUDY,
+        {
+            "AccessionNumber": ("accession_number", "SH"),
+            "RequestedProcedureID": ("requested_procedure_id", "SH"),
+            "ScheduledProcedureStepID": ("scheduled_procedure_step_id", "SH"),
+            "StudyInstanceUID": ("study_instance_uid", "UI"),
+        },
+    )
+}
+
+
+class json_array_items(FunctionElement[Any]):
+    """The elements of a JSON array column, one row each, in a column ``value``.
+    Anything but an array (NULL, JSON null) gives no rows."""
+
+    name = "json_array_items"
+    inherit_cache = True
+
+
+@compiles(json_array_items, "sqlite")
+def _sqlite_items(element: json_array_items, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"json_each({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(json_array_items, "postgresql")
+def _postgresql_items(element: json_array_items, compiler: SQLCompiler, **kw: Any) -> str:
+    column = compiler.process(element.clauses, **kw)
+    # json_array_elements fails on a scalar (a JSON null): give it an empty array
+    return (
+        f"json_array_elements(CASE WHEN json_typeof({column}) = 'array' "
+        f"THEN {column} ELSE '[]'::json END)"
+    )
+
+
+class json_text_field(FunctionElement[str]):
+    """One key of a JSON object, as text (NULL when absent)."""
+
+    type = String()
+    name = "json_text_field"
+    inherit_cache = True
+
+
+@compiles(json_text_field, "sqlite")
+def _sqlite_field(element: json_text_field, compiler: SQLCompiler, **kw: Any) -> str:
+    item, key = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"json_extract({item}, '$.' || {key})"
+
+
+@compiles(json_text_field, "postgresql")
+def _postgresql_field(element: json_text_field, compiler: SQLCompiler, **kw: Any) -> str:
+    item, key = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"({item} ->> {key})"
+
+
+def sequence_condition(
+    level: Level, sequence: SequenceAttribute, match: SequenceMatch
+) -> ColumnElement[bool] | None:
+    """EXISTS one stored item, of an instance of the entity at ``level``, that
+    matches every key of the query's item (PS3.4 C.2.2.2.6); None if universal."""
+    if match.is_universal:
+        return None
+    if level is Level.IMAGE:
+        owner: Any = DicomInstance  # the outer query's instance itself
+        scope: list[ColumnElement[bool]] = []
+    else:
+        owner = aliased(DicomInstance, name="rq_instance")
+        scope = [owner.quarantined.is_(False)]
+    items = json_array_items(owner.request_attributes).table_valued("value").alias("rq_item")
+    conditions: list[ColumnElement[bool]] = []
+    for keyword, item_match in match.items.items():
+        field = sequence.fields.get(keyword)
+        if field is None:
+            continue  # not indexed: ignored, reported as unsupported (FF01)
+        key, vr = field
+        text = json_text_field(items.c.value, literal(key))
+        condition = match_condition(Attribute(keyword, level, vr, text), item_match)
+        if condition is not None:
+            conditions.append(condition)
+    if not conditions:
+        return None
+    if level is Level.IMAGE:
+        return exists(select(literal(1)).select_from(items).where(*conditions))
+    statement = select(literal(1)).select_from(owner).join(items, true())
+    if level is Level.SERIES:
+        scope.append(owner.series_pk == DicomSeries.id)
+    elif level is Level.STUDY:
+        series = aliased(DicomSeries, name="rq_series")
+        statement = statement.join(series, series.id == owner.series_pk)
+        scope.append(series.study_pk == DicomStudy.id)
+    else:
+        raise InvalidQuery(f"{sequence.keyword} is not a {level} key")
+    return exists(statement.where(*scope, *conditions))
+
+
+def sequence_items(level: Level, entity_pks: list[int]) -> Select[int, str]:
+    """(entity pk, request_attributes as JSON text) of the entities' instances,
+    each distinct value once: what find_entities answers sequence keys from."""
+    text = cast_text(DicomInstance.request_attributes)
+    conditions = [
+        DicomInstance.quarantined.is_(False),
+        DicomInstance.request_attributes.is_not(None),
+    ]
+    if level is Level.IMAGE:
+        return select(DicomInstance.id, text).where(DicomInstance.id.in_(entity_pks), *conditions)
+    if level is Level.SERIES:
+        return (
+            select(DicomInstance.series_pk, text)
+            .where(DicomInstance.series_pk.in_(entity_pks), *conditions)
+            .distinct()
+        )
+    return (
+        select(DicomSeries.study_pk, text)
+        .join(DicomInstance, DicomInstance.series_pk == DicomSeries.id)
+        .where(DicomSeries.study_pk.in_(entity_pks), *conditions)
+        .distinct()
+    )
+
+
+def cast_text(column: InstrumentedAttribute[Any]) -> ColumnElement[str]:
+    return sql_cast(column, Text)
 
 
 def match_condition(attribute: Attribute, match: Match) -> ColumnElement[bool] | None:

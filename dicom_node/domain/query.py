@@ -5,17 +5,23 @@ The same keys serve the DICOM C-FIND SCP and the HTTP study search.
 
 Implemented here: universal matching (C.2.2.2.3), single value matching
 (C.2.2.2.1), wildcard matching (C.2.2.2.4) for the VRs that allow it, list of
-UID matching (C.2.2.2.2) and range matching for DA and TM (C.2.2.2.5). TM is
-compared at the precision the query gives: ``1015`` means 10:15:00.000000 to
-10:15:59.999999, as a single value and as a range end. DT ranges and sequence
-matching are not parsed yet: a query using them is refused as unsupported
-rather than answered wrongly.
+UID matching (C.2.2.2.2), range matching for DA, TM and DT (C.2.2.2.5) and
+sequence matching (C.2.2.2.6, see ``SequenceMatch``). TM is compared at the
+precision the query gives: ``1015`` means 10:15:00.000000 to 10:15:59.999999, as
+a single value and as a range end. DT is compared the same way, after applying
+its UTC offset: every DT match is a ``Range`` of ``YYYYMMDDHHMMSS.FFFFFF`` UTC
+texts (``normalize_dt``). A DA key and its TM partner (StudyDate + StudyTime)
+given together are one combined date-time range (C.2.2.2.5.1): the compiler
+sees both matches and builds it.
 """
 
 from __future__ import annotations
 
+import calendar
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from enum import StrEnum
 
 from dicom_node.domain.errors import InvalidValue
@@ -99,9 +105,7 @@ def parse_match(vr: str, raw: str | None, *, keyword: str) -> Match:
     if vr == "TM":
         return _time_match(value, keyword)
     if vr == "DT":
-        if "-" in value:
-            raise UnsupportedQuery(f"{keyword}: DT range matching is not supported yet")
-        return Single(value)
+        return datetime_match(value, keyword=keyword)
     if "\\" in value:
         parts = [part for part in value.split("\\") if part.strip(" \x00")]
         if not parts:
@@ -195,3 +199,130 @@ def like_pattern(pattern: str) -> str:
     """
     escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped.replace("*", "%").replace("?", "_")
+
+
+# ------------------------------------------------------------------------ DT
+
+# YYYY[MM[DD[HH[MM[SS[.F{1,6}]]]]]] then an optional UTC offset &HHMM (PS3.5 6.2)
+_DT = r"\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?)?)?(?:[+-]\d{4})?"
+_DT_SINGLE = re.compile(f"({_DT})")
+_DT_RANGE = re.compile(f"({_DT})?-({_DT})?")
+
+
+def datetime_match(value: str, *, keyword: str, local: tzinfo | None = None) -> Range:
+    """A DT single value or range (PS3.4 C.2.2.2.5) as a Range of UTC texts.
+
+    The ``-`` of a UTC offset is not the range separator: a value that reads as
+    one DT with an offset is one (``20260105-0500`` is 5 January at UTC-5, not a
+    range up to the year 500). A value without an offset is in ``local`` time
+    (default: the node's time zone, as PS3.4 C.2.2.2.5 leaves it to the SCP
+    unless the query carries Timezone Offset From UTC). A single value matches
+    everything within its precision, like TM.
+    """
+    text = value.strip(" \x00")
+    # ``2026-2027`` reads as a year with offset -2027 too: an impossible offset
+    # means it is a range after all
+    if _DT_SINGLE.fullmatch(text) and normalize_dt(text, local=local) is not None:
+        low_text = high_text = text
+    else:
+        ranged = _DT_RANGE.fullmatch(text)
+        if ranged is None or not (ranged.group(1) or ranged.group(2)):
+            raise InvalidQuery(f"{keyword}: not a DT value or range")
+        low_text, high_text = ranged.group(1), ranged.group(2)
+    low = normalize_dt(low_text, upper=False, local=local) if low_text else None
+    high = normalize_dt(high_text, upper=True, local=local) if high_text else None
+    if (low_text and low is None) or (high_text and high is None):
+        raise InvalidQuery(f"{keyword}: not a DT value (YYYYMMDDHHMMSS.FFFFFF&ZZXX)")
+    if low is not None and high is not None and low > high:
+        raise InvalidQuery(f"{keyword}: date-time range ends before it starts")
+    return Range(low, high)
+
+
+def normalize_dt(
+    value: str | None, *, upper: bool = False, local: tzinfo | None = None
+) -> str | None:
+    """DT as ``YYYYMMDDHHMMSS.FFFFFF`` in UTC, comparable as text; None if not DT.
+
+    Missing trailing parts are the earliest instant of the precision given, or
+    the latest one for the upper end (``2026`` ends at 20261231235959.999999).
+    The offset (``+0100``) is applied; without one, ``local`` time is assumed.
+    """
+    text = (value or "").strip(" \x00")
+    if not _DT_SINGLE.fullmatch(text):
+        return None
+    offset: tzinfo | None = None
+    if len(text) >= 9 and text[-5] in "+-" and text[-4:].isdigit():
+        sign = -1 if text[-5] == "-" else 1
+        hours, minutes = int(text[-4:-2]), int(text[-2:])
+        if hours > 14 or minutes > 59:  # PS3.5: -1200 to +1400
+            return None
+        offset = timezone(sign * timedelta(hours=hours, minutes=minutes))
+        text = text[:-5]
+    whole, _, fraction = text.partition(".")
+    if fraction and len(whole) != 14:
+        return None  # a fraction only after whole seconds
+    try:
+        year = int(whole[0:4])
+        month = int(whole[4:6]) if len(whole) >= 6 else (12 if upper else 1)
+        last_day = calendar.monthrange(year, month)[1] if 1 <= month <= 12 else 0
+        day = int(whole[6:8]) if len(whole) >= 8 else (last_day if upper else 1)
+        hour = int(whole[8:10]) if len(whole) >= 10 else (23 if upper else 0)
+        minute = int(whole[10:12]) if len(whole) >= 12 else (59 if upper else 0)
+        second = int(whole[12:14]) if len(whole) >= 14 else (59 if upper else 0)
+        micro = int((fraction + ("9" if upper else "0") * 6)[:6])
+        # a leap second (60) is kept at 59.999999: still after every other instant
+        if second == 60:
+            second, micro = 59, 999999
+        instant = datetime(year, month, day, hour, minute, second, micro)
+    except ValueError:
+        return None
+    zone = offset or local
+    # naive astimezone(): the instant read in the node's own time zone
+    aware = instant.replace(tzinfo=zone) if zone else instant.astimezone()
+    return aware.astimezone(UTC).strftime("%Y%m%d%H%M%S.%f")
+
+
+# ---------------------------------------------------------------- sequences
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceMatch:
+    """A sequence key (PS3.4 C.2.2.2.6): its one item's keys, parsed.
+
+    ``items`` is keyword -> Match for every key of the query's item; an empty
+    mapping (empty item or zero-length sequence) is universal matching. An
+    entity matches when ONE stored item matches all the item's keys.
+    """
+
+    items: Mapping[str, Match]
+
+    @property
+    def is_universal(self) -> bool:
+        return all(isinstance(m, Universal) for m in self.items.values())
+
+
+def value_matches(match: Match, value: str | None) -> bool:
+    """The same rules as the SQL compiler, on one stored text value (used for
+    sequence items, whose values are checked after the SQL prefilter)."""
+    if isinstance(match, Universal):
+        return True
+    if value is None:
+        return False
+    if isinstance(match, Single):
+        return value == match.value
+    if isinstance(match, Wildcard):
+        return _wildcard_regex(match.pattern).fullmatch(value) is not None
+    if isinstance(match, UidList):
+        return value in match.values
+    if isinstance(match, AnyOf):
+        return any(value_matches(part, value) for part in match.matches)
+    if isinstance(match, Range):
+        return (match.low is None or value >= match.low) and (
+            match.high is None or value <= match.high
+        )
+    raise AssertionError(match)
+
+
+def _wildcard_regex(pattern: str) -> re.Pattern[str]:
+    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.compile("".join(parts), re.DOTALL)

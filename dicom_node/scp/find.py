@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pynetdicom.events import Event
@@ -107,7 +108,8 @@ class FindHandler:
         try:
             identifier = event.identifier
             level = parse_level(identifier, str(event.request.AffectedSOPClassUID))
-            keys = identifier_keys(identifier)
+            sequences: dict[str, dict[str, str | None] | None] = {}
+            keys = identifier_keys(identifier, sequences)
             audited = True
             result = query_index(
                 self._db,
@@ -116,6 +118,7 @@ class FindHandler:
                 limit=self._max_matches,
                 actor=requestor.ae_title,
                 source_address=address,
+                sequences=sequences,
             )
         except Exception as exc:
             yield self._refusal(exc, "C-FIND", requestor.ae_title, address, audit=not audited)
@@ -208,8 +211,16 @@ def parse_level(identifier: Dataset, sop_class: str) -> Level:
     return level
 
 
-def identifier_keys(identifier: Dataset) -> dict[str, str | None]:
-    """keyword -> value as text, decoded with the identifier's character set."""
+def identifier_keys(
+    identifier: Dataset, sequences: dict[str, dict[str, str | None] | None] | None = None
+) -> dict[str, str | None]:
+    """keyword -> value as text, decoded with the identifier's character set.
+
+    A sequence key is in the result valued None (asked for). With ``sequences``,
+    the keys of its one item go there (None for a zero-length sequence), for the
+    query service to match (PS3.4 C.2.2.2.6); without it, a sequence carrying
+    values is refused (the caller cannot match it, and ignoring it silently
+    would answer entities that do not match)."""
     keys: dict[str, str | None] = {}
     for element in identifier:
         keyword = element.keyword
@@ -217,10 +228,15 @@ def identifier_keys(identifier: Dataset) -> dict[str, str | None]:
             continue  # private or unknown tags: never matched, never answered
         value = element.value
         if element.VR == "SQ":
-            if any(_carries_values(item) for item in value):
-                # refused, never ignored: ignoring it would return non-matching entities
-                raise UnsupportedQuery(f"{keyword}: sequence matching is not supported yet")
-            keys[keyword] = None  # asked for, not matched: answered empty with FF01
+            items = list(value or [])
+            if sequences is not None:
+                if len(items) > 1:
+                    raise InvalidQuery(f"{keyword}: a query sequence has one item at most")
+                # nested sequences in the item: asked for, never matched (FF01)
+                sequences[keyword] = identifier_keys(items[0], {}) if items else None
+            elif any(_carries_values(item) for item in items):
+                raise UnsupportedQuery(f"{keyword}: sequence matching is not supported here")
+            keys[keyword] = None  # asked for; answered with its items, or empty with FF01
         elif isinstance(value, MultiValue):
             keys[keyword] = "\\".join(str(v) for v in value)
         else:
@@ -294,15 +310,37 @@ def _worklist_response(
 
 
 def _response(level: Level, keys: dict[str, str | None], match: dict[str, Any]) -> Dataset:
-    """Exactly the requested keys, plus QueryRetrieveLevel and SpecificCharacterSet."""
+    """Exactly the requested keys, plus QueryRetrieveLevel and SpecificCharacterSet.
+    A sequence key carries the stored items that matched (requested item keys only)."""
     ds = Dataset()
     ds.QueryRetrieveLevel = level.value
     values = {keyword: match.get(keyword) for keyword in keys}
-    if any(isinstance(v, str) and not v.isascii() for v in values.values()):
+    if any(not text.isascii() for text in _texts(values.values())):
         ds.SpecificCharacterSet = _UTF8
     for keyword, value in values.items():
-        setattr(ds, keyword, "" if value is None else value)
+        if isinstance(value, list):
+            setattr(ds, keyword, [_item(item) for item in value])
+        elif dictionary_VR(keyword) == "SQ":
+            setattr(ds, keyword, [])  # a sequence the node does not hold: zero items
+        else:
+            setattr(ds, keyword, "" if value is None else value)
     return ds
+
+
+def _item(values: dict[str, Any]) -> Dataset:
+    item = Dataset()
+    for keyword, value in values.items():
+        setattr(item, keyword, "" if value is None else value)
+    return item
+
+
+def _texts(values: Any) -> Iterator[str]:
+    for value in values:
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, list):
+            for item in value:
+                yield from _texts(item.values())
 
 
 def failure(code: int, comment: str) -> Response:

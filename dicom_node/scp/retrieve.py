@@ -13,6 +13,7 @@ syntax: nothing is transcoded).
 from __future__ import annotations
 
 import logging
+import socket
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import build_context, evt
+from pynetdicom import AE, build_context, evt
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -37,6 +38,9 @@ from dicom_node.storage import FileStore
 log = logging.getLogger("dicom_node.scp")
 
 MAX_CONTEXTS = 128  # PS3.8: presentation context IDs are odd numbers 1..255
+# PS3.4 C.4.2.1.5 Failure: Unable to perform sub-operations (kept here: status.py
+# is shared and this is the only user)
+UNABLE_TO_PERFORM_SUB_OPERATIONS = 0xA702
 
 
 class RetrieveHandler:
@@ -64,12 +68,27 @@ class RetrieveHandler:
         except InvalidQuery as exc:
             log.warning("C-MOVE from %s refused: %s", requestor.ae_title, exc)
             self._audit(event, destination, None, {}, Counter(), [], str(exc))
-            # pynetdicom cannot fail a C-MOVE before its destination step without
-            # a traceback (0xC514): one announced sub-operation, then the failure;
-            # the destination association needs one context, any will do
-            yield peer.host, peer.port, {"contexts": [build_context(Verification)]}
-            yield 1
-            yield failure(status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc))
+            yield from _final_only(1, failure(status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc)))
+            return
+        if items and not _listening(peer, timeout=event.assoc.ae.connection_timeout):
+            # A known peer that does not answer: PS3.4 C.4.2.1.4 wants every
+            # sub-operation counted as failed and listed (0xA702), not 0xA801
+            # (that one says the AE title is unknown, which is not the case)
+            log.warning("C-MOVE from %s: %s unreachable", requestor.ae_title, destination)
+            failed = [item.sop_instance_uid for item in items]
+            self._audit(
+                event,
+                destination,
+                level,
+                keys,
+                Counter(unreachable=len(items)),
+                failed,
+                "destination unreachable",
+            )
+            report = Dataset()
+            report.FailedSOPInstanceUIDList = failed
+            code, _ = failure(UNABLE_TO_PERFORM_SUB_OPERATIONS, "destination unreachable")
+            yield from _final_only(len(items), (code, report))
             return
         reached = False
         try:
@@ -87,11 +106,11 @@ class RetrieveHandler:
             yield from self._sub_operations(event, items, level, keys, destination)
         finally:
             if not reached and items:
-                # pynetdicom stopped after the count: the destination did not answer
-                log.warning("C-MOVE from %s: %s unreachable", requestor.ae_title, destination)
-                self._audit(
-                    event, destination, level, keys, Counter(), [], "destination unreachable"
+                # listening, but the association failed (rejected, aborted): 0xA801
+                log.warning(
+                    "C-MOVE from %s: %s refused the association", requestor.ae_title, destination
                 )
+                self._audit(event, destination, level, keys, Counter(), [], "destination refused")
 
     # ------------------------------------------------------------------ C-GET
 
@@ -114,7 +133,8 @@ class RetrieveHandler:
         try:
             identifier = event.identifier
             level = parse_level(identifier, str(event.request.AffectedSOPClassUID))
-            keys = identifier_keys(identifier)
+            # sequences are not unique keys: collected apart and ignored, like the rest
+            keys = identifier_keys(identifier, {})
         except InvalidQuery:
             raise
         except UnsupportedQuery as exc:
@@ -190,6 +210,39 @@ class RetrieveHandler:
         except Exception as exc:  # missing, truncated, garbage: pydicom raises many kinds
             log.error("stored instance cannot be read for a retrieve: %s", type(exc).__name__)
             return None
+
+
+def _listening(peer: Peer, *, timeout: float | None) -> bool:
+    """Whether something accepts TCP connections at the peer's address: a plain
+    connect, closed at once (far cheaper than a second association)."""
+    try:
+        with socket.create_connection((peer.host, peer.port), timeout=timeout or 5.0):
+            return True
+    except OSError:
+        return False
+
+
+def _final_only(announced: int, final: tuple[int | Dataset, Dataset | None]) -> Iterator[Any]:
+    """Answer a C-MOVE with one final status and no sub-operation sent.
+
+    pynetdicom's move loop associates with the destination before it takes any
+    status from the handler, and answers 0xA801 when that fails; so the loop is
+    pointed at a throwaway Verification-only acceptor on the loopback, which it
+    reaches, and the handler's final status goes out with its counts: pynetdicom
+    counts the ``announced`` sub-operations never offered as failed.
+    """
+    sink = AE(ae_title="MOVE_SINK")
+    sink.add_supported_context(Verification)
+    sink.acse_timeout = sink.dimse_timeout = sink.network_timeout = 5
+    server = sink.start_server(("127.0.0.1", 0), block=False)
+    assert server is not None  # block=False returns the running server
+    try:
+        host, port = server.server_address[:2]
+        yield host, port, {"ae_title": "MOVE_SINK", "contexts": [build_context(Verification)]}
+        yield announced
+        yield final
+    finally:
+        server.shutdown()
 
 
 def _contexts(items: list[RetrieveItem]) -> list[PresentationContext]:

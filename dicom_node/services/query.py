@@ -7,6 +7,8 @@ session open (a slow peer must not hold a database connection or lock).
 
 from __future__ import annotations
 
+import json
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,16 +17,37 @@ from pydicom.datadict import dictionary_VR
 from sqlalchemy.orm import Session
 
 from dicom_node.db.engine import Database
-from dicom_node.db.query import ATTRIBUTES, compile_query
+from dicom_node.db.query import (
+    ATTRIBUTES,
+    ENTITY_KEY,
+    SEQUENCES,
+    SequenceAttribute,
+    compile_query,
+    sequence_items,
+)
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import AuditOutcome
-from dicom_node.domain.query import InvalidQuery, Level, Match, UnsupportedQuery, parse_match
+from dicom_node.domain.query import (
+    InvalidQuery,
+    Level,
+    Match,
+    SequenceMatch,
+    Universal,
+    UnsupportedQuery,
+    parse_match,
+    value_matches,
+)
 from dicom_node.services.audit import record_audit_event
+
+# sequence keyword -> the keys of its one query item (None: zero-length sequence)
+SequenceKeys = Mapping[str, Mapping[str, str | None] | None]
+_IN_CHUNK = 500  # entity keys per IN (...) when reading sequence items
 
 
 @dataclass(frozen=True)
 class QueryResult:
-    # one mapping per matching entity: keyword -> indexed value (None if unknown)
+    # one mapping per matching entity: keyword -> indexed value (None if unknown);
+    # a sequence key's value is a list of items (keyword -> value)
     matches: list[dict[str, Any]]
     # more entities matched than the cap allowed; ``matches`` holds the first ones
     truncated: bool = False
@@ -33,26 +56,104 @@ class QueryResult:
 
 
 def find_entities(
-    session: Session, *, level: Level, keys: Mapping[str, str | None], limit: int
+    session: Session,
+    *,
+    level: Level,
+    keys: Mapping[str, str | None],
+    limit: int,
+    sequences: SequenceKeys | None = None,
 ) -> QueryResult:
     """Match ``keys`` (keyword -> value as received; "" asks for the value)
     at ``level``. Raises InvalidQuery or UnsupportedQuery for keys it cannot
-    honour; unknown keywords are reported in ``unsupported``, not matched."""
+    honour; unknown keywords are reported in ``unsupported``, not matched.
+
+    ``sequences`` holds the item of each sequence key (its keyword is in ``keys``
+    too, valued None). RequestAttributesSequence is matched (PS3.4 C.2.2.2.6) and
+    answered with the stored items that match; a sequence the index does not hold
+    is an optional key it cannot match: ignored and reported in ``unsupported``
+    (PS3.4 C.4.1.1.4 status FF01), never guessed."""
     parsed: dict[str, Match] = {}
+    parsed_sequences: dict[str, SequenceMatch] = {}
     unsupported: list[str] = []
     for keyword, raw in keys.items():
+        sequence = SEQUENCES.get(keyword)
+        if sequence is not None:
+            item = (sequences or {}).get(keyword) or {}
+            parsed_sequences[keyword] = _sequence_match(sequence, item, unsupported)
+            continue
         attribute = ATTRIBUTES.get(keyword)
         if attribute is None:
             unsupported.append(keyword)
             continue
         # the VR comes from the dictionary, not from what the peer encoded
         parsed[keyword] = parse_match(dictionary_VR(keyword), raw, keyword=keyword)
-    rows = session.execute(compile_query(level, parsed, limit=limit + 1)).mappings().all()
-    return QueryResult(
-        matches=[dict(row) for row in rows[:limit]],
-        truncated=len(rows) > limit,
-        unsupported=unsupported,
+    statement = compile_query(
+        level,
+        parsed,
+        limit=limit + 1,
+        sequences=parsed_sequences,
+        with_entity_key=bool(parsed_sequences),
     )
+    rows = [dict(row) for row in session.execute(statement).mappings().all()]
+    matches = rows[:limit]
+    if parsed_sequences:
+        _answer_sequences(session, level, matches, parsed_sequences)
+    return QueryResult(matches=matches, truncated=len(rows) > limit, unsupported=unsupported)
+
+
+def _sequence_match(
+    sequence: SequenceAttribute, item: Mapping[str, str | None], unsupported: list[str]
+) -> SequenceMatch:
+    matches: dict[str, Match] = {}
+    for keyword, raw in item.items():
+        if keyword in sequence.fields:
+            vr = sequence.fields[keyword][1]
+            matches[keyword] = parse_match(vr, raw, keyword=f"{sequence.keyword}>{keyword}")
+        else:
+            unsupported.append(f"{sequence.keyword}>{keyword}")
+            matches[keyword] = Universal()  # answered empty, never matched
+    if not matches:  # zero-length sequence or empty item: universal, every field back
+        matches = {keyword: Universal() for keyword in sequence.fields}
+    return SequenceMatch(matches)
+
+
+def _answer_sequences(
+    session: Session,
+    level: Level,
+    matches: list[dict[str, Any]],
+    sequences: Mapping[str, SequenceMatch],
+) -> None:
+    """Each match's sequence keys: the stored items that match the query item
+    (the SQL found the entity; this picks its items), requested keys only."""
+    stored: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    pks = [int(row[ENTITY_KEY]) for row in matches]
+    for start in range(0, len(pks), _IN_CHUNK):
+        for pk, text in session.execute(sequence_items(level, pks[start : start + _IN_CHUNK])):
+            items = json.loads(text) if text else None
+            if isinstance(items, list):
+                stored[pk].extend(item for item in items if isinstance(item, dict))
+    for row in matches:
+        pk = int(row.pop(ENTITY_KEY))
+        for keyword, sequence_match in sequences.items():
+            row[keyword] = _matching_items(SEQUENCES[keyword], sequence_match, stored[pk])
+
+
+def _matching_items(
+    sequence: SequenceAttribute, match: SequenceMatch, stored: list[dict[str, Any]]
+) -> list[dict[str, str | None]]:
+    answer: list[dict[str, str | None]] = []
+    for item in stored:
+        values: dict[str, str | None] = {}
+        for keyword, item_match in match.items.items():
+            field_key = sequence.fields[keyword][0] if keyword in sequence.fields else None
+            value = item.get(field_key) if field_key else None
+            if not value_matches(item_match, None if value is None else str(value)):
+                break
+            values[keyword] = None if value is None else str(value)
+        else:
+            if values not in answer:  # the same order on every instance of a study
+                answer.append(values)
+    return answer
 
 
 def query_index(
@@ -63,6 +164,7 @@ def query_index(
     limit: int,
     actor: str,
     source_address: str | None = None,
+    sequences: SequenceKeys | None = None,
 ) -> QueryResult:
     """``find_entities`` in its own read transaction, then the Query audit event
     (PS3.15 A.5.3.11: the query is recorded, never the results). A refused or
@@ -70,7 +172,9 @@ def query_index(
     failure: str | None = "query failed"
     try:
         with db.read() as session:
-            result = find_entities(session, level=level, keys=keys, limit=limit)
+            result = find_entities(
+                session, level=level, keys=keys, limit=limit, sequences=sequences
+            )
         failure = None
     except (InvalidQuery, UnsupportedQuery) as exc:
         failure = str(exc)
@@ -79,7 +183,7 @@ def query_index(
         record_query(
             db,
             level=level.value,
-            keys=keys,
+            keys={**keys, **_flattened(sequences)},
             actor=actor,
             source_address=source_address,
             failure=failure,
@@ -111,3 +215,12 @@ def record_query(
                 details={"keys": {k: v for k, v in keys.items() if v}, "level": level},
             ),
         )
+
+
+def _flattened(sequences: SequenceKeys | None) -> dict[str, str | None]:
+    """Sequence item keys as ``Sequence>Key`` for the audit record."""
+    return {
+        f"{keyword}>{item_keyword}": value
+        for keyword, item in (sequences or {}).items()
+        for item_keyword, value in (item or {}).items()
+    }

@@ -21,7 +21,7 @@ from dicom_node.node import Node
 from dicom_node.services.importing import import_files, iter_files
 from dicom_node.services.ingest import IngestPolicy, Source, store_instance
 from tests.dicomfiles import ct_dataset, to_bytes
-from tests.integration.test_query import STUDY_CASES, UID, indexed
+from tests.integration.test_query import SEQUENCE_CASES, STUDY_CASES, UID, indexed
 from tests.support import SAMPLE_DIR, dcmtk_env, dcmtk_tool
 
 SAMPLES = list(iter_files([SAMPLE_DIR]))
@@ -210,13 +210,46 @@ def test_bad_identifiers_get_a_failure_status_and_are_audited(
     assert audit.outcome == "minor_failure" and audit.reason
 
 
-def test_a_sequence_key_with_values_is_refused_not_ignored(loaded: Node) -> None:
+def test_a_sequence_the_index_does_not_hold_is_ignored_with_ff01(loaded: Node) -> None:
+    # PS3.4 C.4.1.1.4: FF01 is the status for an optional key not supported for
+    # matching; the entity is answered with the sequence empty (zero items)
     identifier = Dataset()
     identifier.QueryRetrieveLevel = "STUDY"
+    identifier.AccessionNumber = "DEMOACC0001"
     item = Dataset()
-    item.AccessionNumber = "NOPE"
+    item.CodeValue = "NOPE"
+    identifier.ProcedureCodeSequence = [item]
+    responses = pynetdicom_find(loaded, identifier)
+    assert [code for code, _ in responses] == [0xFF01, 0x0000]
+    (_, match), _ = responses
+    assert match is not None and list(match.ProcedureCodeSequence) == []
+
+
+def test_request_attributes_sequence_is_matched_and_answered_with_its_items(
+    make_node,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    node: Node = make_node()
+    assert node.db is not None
+    indexed(node.db, tmp_path / "table")
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = ""
+    item = Dataset()
+    item.AccessionNumber = "ACC_*"
+    item.RequestedProcedureID = ""
     identifier.RequestAttributesSequence = [item]
-    assert [code for code, _ in pynetdicom_find(loaded, identifier)] == [0xC000]
+    responses = pynetdicom_find(node, identifier)
+    assert [code for code, _ in responses] == [0xFF00, 0x0000]
+    (_, match), _ = responses
+    assert match is not None and match.StudyInstanceUID == UID["B"]
+    (answered,) = match.RequestAttributesSequence
+    assert (answered.AccessionNumber, answered.RequestedProcedureID) == ("ACC_200", "RP1")
+    assert {element.keyword for element in answered} == {"AccessionNumber", "RequestedProcedureID"}
+    two = Dataset()
+    two.QueryRetrieveLevel = "STUDY"
+    two.RequestAttributesSequence = [Dataset(), Dataset()]
+    assert [code for code, _ in pynetdicom_find(node, two)] == [0xA900]  # one item at most
 
 
 def test_keys_not_answered_get_the_ff01_warning(loaded: Node) -> None:
@@ -273,4 +306,37 @@ def test_the_matching_table_gives_the_same_answers_through_findscu(
         assert result.returncode == 0, result.stderr
         answers[str(keys)] = {by_uid[str(r.StudyInstanceUID)] for r in responses}
         expected[str(keys)] = labels
+    assert answers == expected
+
+
+def _sequence_args(item: dict[str, str] | None) -> list[str]:
+    if item is None:
+        return ["RequestAttributesSequence"]  # zero-length: universal
+    if not item:
+        return ["RequestAttributesSequence[0]"]  # one empty item: universal
+    return [f"RequestAttributesSequence[0].{k}={v}" for k, v in item.items()]
+
+
+def test_the_sequence_matching_table_gives_the_same_answers_through_findscu(
+    make_node,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """Every RequestAttributesSequence case of tests/integration/test_query.py, by DCMTK."""
+    node: Node = make_node()
+    assert node.db is not None
+    indexed(node.db, tmp_path / "table")
+    by_uid = {uid: label for label, uid in UID.items()}
+    answers: dict[str, set[str]] = {}
+    expected: dict[str, set[str]] = {}
+    for n, (item, labels) in enumerate(SEQUENCE_CASES):
+        result, responses = findscu(
+            node,
+            tmp_path / f"seq{n}",
+            "QueryRetrieveLevel=STUDY",
+            "StudyInstanceUID",
+            *_sequence_args(item),
+        )
+        assert result.returncode == 0, result.stderr
+        answers[str(item)] = {by_uid[str(r.StudyInstanceUID)] for r in responses}
+        expected[str(item)] = labels
     assert answers == expected

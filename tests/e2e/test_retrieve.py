@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -156,14 +157,54 @@ def test_unknown_move_destination_is_a801(make_node) -> None:  # type: ignore[no
     assert (refused.outcome, refused.reason) == ("minor_failure", "unknown destination")
 
 
-def test_move_to_an_unreachable_peer_fails_and_the_node_goes_on(make_node) -> None:  # type: ignore[no-untyped-def]
+def test_move_to_an_unreachable_peer_reports_every_sub_operation_failed(make_node) -> None:  # type: ignore[no-untyped-def]
     node = _loaded(make_node, peers=f"GONE@127.0.0.1:{free_port()}")  # nothing listens
-    study_uid, _ = _biggest_study(node)
-    # pynetdicom answers a destination it cannot associate with 0xA801
-    assert _move(node, _study_identifier(study_uid), "GONE") == [0xA801]
-    again = _move(node, _study_identifier(study_uid), "NOBODY")
-    assert again == [0xA801]
-    assert [e.reason for e in _exports(node)] == ["destination unreachable", "unknown destination"]
+    study_uid, count = _biggest_study(node)
+    ae = AE(ae_title="PYMOVE")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title="DICOM_NODE")
+    assert assoc.is_established
+    try:
+        responses = list(
+            assoc.send_c_move(
+                _study_identifier(study_uid), "GONE", StudyRootQueryRetrieveInformationModelMove
+            )
+        )
+    finally:
+        assoc.release()
+    ((final, report),) = responses
+    assert final.Status == 0xA702  # unable to perform sub-operations, not A801
+    assert final.NumberOfFailedSuboperations == count
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfWarningSuboperations) == (0, 0)
+    assert report is not None
+    assert sorted(report.FailedSOPInstanceUIDList) == sorted(_stored_datasets(node, study_uid))
+    # the node goes on; an unknown AE title is still A801
+    assert _move(node, _study_identifier(study_uid), "NOBODY") == [0xA801]
+    unreachable, unknown = _exports(node)
+    assert (unreachable.reason, unknown.reason) == (
+        "destination unreachable",
+        "unknown destination",
+    )
+    assert unreachable.details["counts"] == {"unreachable": count}
+    assert len(unreachable.details["failed_sop_instance_uids"]) == min(count, 100)
+
+
+def test_movescu_to_an_unreachable_peer_is_told_the_failed_count(make_node) -> None:  # type: ignore[no-untyped-def]
+    node = _loaded(make_node, peers=f"GONE@127.0.0.1:{free_port()}")
+    study_uid, count = _biggest_study(node)
+    result = subprocess.run(
+        [dcmtk_tool("movescu"), "-d", "-S", "-aet", "MOVESCU", "-aem", "GONE", "-aec",
+         "DICOM_NODE", "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
+         "127.0.0.1", str(node.dicom_port)],
+        capture_output=True, text=True, env=dcmtk_env(), timeout=60,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    # DCMTK's name for 0xA702 (PS3.4: Refused: Out of Resources - Unable to
+    # perform sub-operations)
+    assert "DIMSE Status                  : 0xa702" in output, output
+    assert re.search(rf"Failed Suboperations\s+: {count}\b", output), output
+    assert "Completed Suboperations       : 0" in output
+    assert re.search(rf"# +\d+,{count} FailedSOPInstanceUIDList", output), output
 
 
 def test_a_get_without_its_unique_key_is_refused_with_a900(make_node) -> None:  # type: ignore[no-untyped-def]

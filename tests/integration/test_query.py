@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import update
 
@@ -53,6 +54,15 @@ STUDIES = {
 }
 SERIES = {"A1": ("A", "CT", 2), "A2": ("A", "MR", 1), "B1": ("B", "CT", 1)}
 SERIES |= {"C1": ("C", "MR", 1), "D1": ("D", "CR", 1)}
+# series label -> RequestAttributesSequence items (AccessionNumber, RequestedProcedureID,
+# ScheduledProcedureStepID, StudyInstanceUID); study C has none
+REQUESTS = {
+    "A1": [("ACC100", "RP1", "SPS1", None), ("ACC101", "RP2", "SPS2", None)],
+    "A2": [("ACC102", "RP3", "SPS3", None)],
+    "B1": [("ACC_200", "RP1", "SPS9", "B")],
+    "D1": [("X%Y", "RP%", None, None)],
+}
+_REQUEST_KEYS = ("AccessionNumber", "RequestedProcedureID", "ScheduledProcedureStepID")
 
 
 @pytest.fixture(name="indexed")
@@ -79,6 +89,10 @@ def indexed(db: Database, tmp_path: Path) -> Database:
             ds.ReferringPhysicianName = "WHO^DR" if study == "A" else "OTHER^DR"
             for keyword, value in STUDIES[study].items():
                 setattr(ds, keyword, value)
+            if series_label in REQUESTS:
+                ds.RequestAttributesSequence = [
+                    _request_item(*values) for values in REQUESTS[series_label]
+                ]
             result = store_instance(
                 db,
                 store,
@@ -88,6 +102,16 @@ def indexed(db: Database, tmp_path: Path) -> Database:
             )
             assert result.outcome is StoreOutcome.STORED
     return db
+
+
+def _request_item(*values: str | None) -> Dataset:
+    item = Dataset()
+    for keyword, value in zip(_REQUEST_KEYS, values, strict=False):
+        if value is not None:
+            setattr(item, keyword, value)
+    if values[3] is not None:
+        item.StudyInstanceUID = UID[values[3]]
+    return item
 
 
 def studies(db: Database, **keys: str) -> set[str]:
@@ -167,6 +191,17 @@ STUDY_CASES = [
     ({"ModalitiesInStudy": "C"}, set()),
     ({"ModalitiesInStudy": "CR\\US"}, {"D"}),
     ({"ModalitiesInStudy": "CT\\CR"}, {"A", "B", "D"}),
+    # StudyDate + StudyTime together: one combined date-time range (C.2.2.2.5.1);
+    # the time bounds hold on the first and last day, any time of day in between
+    ({"StudyDate": "20251231-20260110", "StudyTime": "1200-1500"}, {"A", "C"}),
+    ({"StudyDate": "-20260105", "StudyTime": "-1000"}, {"B", "D"}),
+    ({"StudyDate": "20260105-", "StudyTime": "1100-"}, {"C"}),
+    ({"StudyDate": "20260105-", "StudyTime": "1015"}, {"A", "C"}),
+    ({"StudyDate": "20251231-20260105", "StudyTime": "0930-1015"}, {"A", "B"}),
+    ({"StudyDate": "20251231-20260105", "StudyTime": "0931-1014"}, set()),
+    ({"StudyDate": "20260105", "StudyTime": "1015"}, {"A"}),
+    ({"StudyDate": "20260105", "StudyTime": "1100-"}, set()),
+    ({"StudyDate": "20240101-20260131", "StudyTime": "2300-"}, {"A", "B", "C", "D"}),
     # keys combine with AND
     ({"PatientName": "doe*", "StudyDate": "20260101-"}, {"A"}),
     ({"PatientName": "doe*", "ModalitiesInStudy": "CT", "StudyDate": "-20251231"}, {"B"}),
@@ -176,6 +211,157 @@ STUDY_CASES = [
 @pytest.mark.parametrize(("keys", "expected"), STUDY_CASES, ids=[str(c[0]) for c in STUDY_CASES])
 def test_study_level_matching(indexed: Database, keys: dict[str, str], expected: set[str]) -> None:
     assert studies(indexed, **keys) == expected
+
+
+def studies_by_request(
+    db: Database, item: dict[str, str] | None, level: Level = Level.STUDY, **keys: str
+) -> set[str]:
+    """Labels of the studies matching a RequestAttributesSequence with ``item``
+    (None: a zero-length sequence), at ``level``."""
+    by_uid = {uid: label for label, uid in UID.items()}
+    with db.read() as session:
+        result = find_entities(
+            session,
+            level=level,
+            keys={"StudyInstanceUID": "", "RequestAttributesSequence": None, **keys},
+            limit=100,
+            sequences={"RequestAttributesSequence": item},
+        )
+    return {by_uid[row["StudyInstanceUID"]] for row in result.matches}
+
+
+# PS3.4 C.2.2.2.6: the query item's keys must all match ONE stored item
+SEQUENCE_CASES: list[tuple[dict[str, str] | None, set[str]]] = [
+    ({"AccessionNumber": "ACC100"}, {"A"}),
+    ({"AccessionNumber": "ACC100", "RequestedProcedureID": "RP1"}, {"A"}),
+    ({"AccessionNumber": "ACC100", "RequestedProcedureID": "RP2"}, set()),  # two items
+    ({"AccessionNumber": "ACC102", "ScheduledProcedureStepID": "SPS3"}, {"A"}),  # 2nd series
+    ({"RequestedProcedureID": "RP1"}, {"A", "B"}),
+    ({"AccessionNumber": "acc100"}, set()),  # case-sensitive
+    ({"AccessionNumber": "ACC10?"}, {"A"}),
+    ({"AccessionNumber": "ACC*"}, {"A", "B"}),
+    ({"AccessionNumber": "ACC_*"}, {"B"}),  # LIKE's _ is literal
+    ({"RequestedProcedureID": "RP_"}, set()),
+    ({"RequestedProcedureID": "RP%"}, {"D"}),
+    ({"RequestedProcedureID": "RP?"}, {"A", "B", "D"}),
+    ({"AccessionNumber": "ACC100\\X%Y"}, {"A", "D"}),
+    ({"StudyInstanceUID": UID["B"]}, {"B"}),
+    ({"StudyInstanceUID": f"{UID['A']}\\{UID['B']}"}, {"B"}),
+    ({"ScheduledProcedureStepID": "SPS9", "StudyInstanceUID": UID["A"]}, set()),
+    # universal: zero-length sequence, empty item, empty or * values
+    (None, {"A", "B", "C", "D"}),
+    ({}, {"A", "B", "C", "D"}),
+    ({"AccessionNumber": ""}, {"A", "B", "C", "D"}),
+    ({"AccessionNumber": "*"}, {"A", "B", "C", "D"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"), SEQUENCE_CASES, ids=[str(c[0]) for c in SEQUENCE_CASES]
+)
+def test_request_attributes_sequence_matching(
+    indexed: Database, item: dict[str, str] | None, expected: set[str]
+) -> None:
+    assert studies_by_request(indexed, item) == expected
+
+
+def test_sequence_matching_combines_with_the_other_keys_and_levels(indexed: Database) -> None:
+    item = {"RequestedProcedureID": "RP1"}
+    assert studies_by_request(indexed, item, PatientID="PAT2") == {"B"}
+    assert studies_by_request(indexed, item, PatientID="PAT3") == set()
+    with indexed.read() as session:
+        series = find_entities(
+            session,
+            level=Level.SERIES,
+            keys={"SeriesDescription": "", "RequestAttributesSequence": None},
+            limit=100,
+            sequences={"RequestAttributesSequence": {"AccessionNumber": "ACC10*"}},
+        )
+        images = find_entities(
+            session,
+            level=Level.IMAGE,
+            keys={"SeriesInstanceUID": UID["A1"], "RequestAttributesSequence": None},
+            limit=100,
+            sequences={"RequestAttributesSequence": {"ScheduledProcedureStepID": "SPS2"}},
+        )
+    assert sorted(r["SeriesDescription"] for r in series.matches) == ["A1", "A2"]
+    assert len(images.matches) == 2
+
+
+def test_a_sequence_key_answers_the_matching_stored_items_with_the_requested_keys(
+    indexed: Database,
+) -> None:
+    with indexed.read() as session:
+        study = find_entities(
+            session,
+            level=Level.STUDY,
+            keys={"StudyInstanceUID": UID["A"], "RequestAttributesSequence": None},
+            limit=10,
+            sequences={
+                "RequestAttributesSequence": {
+                    "AccessionNumber": "ACC10?",
+                    "RequestedProcedureID": "",
+                }
+            },
+        )
+        narrowed = find_entities(
+            session,
+            level=Level.SERIES,
+            keys={"SeriesInstanceUID": UID["A1"], "RequestAttributesSequence": None},
+            limit=10,
+            sequences={"RequestAttributesSequence": {"RequestedProcedureID": "RP2"}},
+        )
+        everything = find_entities(
+            session,
+            level=Level.STUDY,
+            keys={"StudyInstanceUID": UID["B"], "RequestAttributesSequence": None},
+            limit=10,
+            sequences={"RequestAttributesSequence": None},
+        )
+        none_stored = find_entities(
+            session,
+            level=Level.STUDY,
+            keys={"StudyInstanceUID": UID["C"], "RequestAttributesSequence": None},
+            limit=10,
+        )
+    (row,) = study.matches
+    assert row["RequestAttributesSequence"] == [  # each item once, not once per instance
+        {"AccessionNumber": "ACC100", "RequestedProcedureID": "RP1"},
+        {"AccessionNumber": "ACC101", "RequestedProcedureID": "RP2"},
+        {"AccessionNumber": "ACC102", "RequestedProcedureID": "RP3"},
+    ]
+    assert [r["RequestAttributesSequence"] for r in narrowed.matches] == [
+        [{"RequestedProcedureID": "RP2"}]
+    ]
+    assert everything.matches[0]["RequestAttributesSequence"] == [
+        {
+            "AccessionNumber": "ACC_200",
+            "RequestedProcedureID": "RP1",
+            "ScheduledProcedureStepID": "SPS9",
+            "StudyInstanceUID": UID["B"],
+        }
+    ]
+    assert none_stored.matches[0]["RequestAttributesSequence"] == []
+
+
+def test_item_keys_the_node_does_not_index_are_reported_not_matched(indexed: Database) -> None:
+    with indexed.read() as session:
+        result = find_entities(
+            session,
+            level=Level.STUDY,
+            keys={"StudyInstanceUID": "", "RequestAttributesSequence": None},
+            limit=10,
+            sequences={
+                "RequestAttributesSequence": {
+                    "AccessionNumber": "ACC100",
+                    "RequestedProcedureDescription": "NOT STORED",
+                }
+            },
+        )
+    assert [row["StudyInstanceUID"] for row in result.matches] == [UID["A"]]
+    assert result.unsupported == ["RequestAttributesSequence>RequestedProcedureDescription"]
+    (item,) = result.matches[0]["RequestAttributesSequence"]
+    assert item == {"AccessionNumber": "ACC100", "RequestedProcedureDescription": None}
 
 
 def test_series_and_image_levels_return_one_row_per_entity(indexed: Database) -> None:
@@ -294,6 +480,7 @@ BAD_KEYS = [
     (Level.STUDY, {"StudyTime": "1100-0900"}, InvalidQuery),
     (Level.STUDY, {"ModalitiesInStudy": "C*"}, UnsupportedQuery),
     (Level.STUDY, {"NumberOfStudyRelatedInstances": "3"}, UnsupportedQuery),
+    (Level.PATIENT, {"RequestAttributesSequence": None}, InvalidQuery),  # below PATIENT
 ]
 
 
