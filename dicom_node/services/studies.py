@@ -1,0 +1,766 @@
+"""Studies over HTTP: search, detail, metadata corrections and rejection.
+
+Search goes through the one C-FIND query compiler (``db/query.py``): the same
+keywords, the same matching (PS3.4 C.2.2.2: wildcards, ranges, UID lists, PN
+case-insensitive) and the same withdrawal of rejected studies. This module only
+adapts HTTP query parameters to matching keys and adds what DICOM has no key
+for: workflow filters, paging, sorting and the referring physician's scope.
+
+Corrections change the index, never the stored files: an instance file stays
+byte-identical to what the modality sent, and the audit trail keeps the old and
+new values (DOMAIN.md: matched -> corrected, old values kept in the audit diff).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydicom.datadict import dictionary_VR
+from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from dicom_node.db.models import (
+    DicomInstance,
+    DicomSeries,
+    DicomStudy,
+    ImagingRequest,
+    Patient,
+    Report,
+)
+from dicom_node.db.query import ATTRIBUTES, compile_query
+from dicom_node.db.types import utcnow
+from dicom_node.db.upsert import insert_ignoring_conflict
+from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.enums import (
+    AuditOutcome,
+    Completeness,
+    MetadataStatus,
+    Role,
+    StudyStatus,
+)
+from dicom_node.domain.errors import Conflict, InvalidValue, NotFound
+from dicom_node.domain.names import fold_person_name
+from dicom_node.domain.permissions import Principal
+from dicom_node.domain.query import LEVEL_ORDER, InvalidQuery, Level, Match, parse_match
+from dicom_node.services.audit import record_audit_event
+
+# --------------------------------------------------------------------------- search
+
+
+# longer values are refused: SQLite refuses LIKE patterns beyond 50,000 bytes
+MAX_KEY_LENGTH = 1024
+
+
+class StudySort(StrEnum):
+    STUDY_DATE = "study_date"
+    ACCESSION = "accession"
+    RECEIVED = "received"
+
+
+def searchable_keywords() -> list[str]:
+    """The DICOM keywords the search accepts: every matchable key of the compiler.
+
+    Counts the node computes are returned by C-FIND but never matched on, and
+    sequences cannot be written as one query parameter: neither is offered."""
+    return [
+        keyword
+        for keyword, attribute in ATTRIBUTES.items()
+        if not attribute.computed and dictionary_VR(keyword) != "SQ"
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class StudyFilters:
+    """Workflow filters DICOM has no key for."""
+
+    metadata_status: MetadataStatus | None = None
+    completeness: Completeness | None = None
+    status: StudyStatus | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StudySummary:
+    id: int
+    study_instance_uid: str
+    accession_number: str | None
+    patient_id: str
+    issuer_of_patient_id: str
+    patient_name: str | None
+    patient_birth_date: str | None
+    patient_sex: str | None
+    study_date: str | None
+    study_time: str | None
+    study_description: str | None
+    referring_physician_name: str | None
+    body_part_examined: str | None
+    modalities: list[str]
+    series_count: int
+    instance_count: int
+    status: str
+    metadata_status: str
+    completeness: str
+    order_id: int | None
+    first_received_at: datetime | None
+    last_received_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class StudyPage:
+    items: list[StudySummary]
+    total: int
+
+
+def parse_study_keys(keys: Mapping[str, str]) -> dict[str, Match]:
+    """HTTP query parameters (DICOM keyword -> value) as matching keys.
+
+    Parsed by the C-FIND parser with the VR from the data dictionary, then each
+    key is compiled once on its own so a key the compiler refuses (a wildcard in
+    ModalitiesInStudy, a non-integer SeriesNumber) names itself. Raises
+    InvalidValue with ``field`` set to the keyword.
+    """
+    allowed = set(searchable_keywords())
+    parsed: dict[str, Match] = {}
+    for keyword, raw in keys.items():
+        if keyword not in allowed:
+            raise InvalidValue(
+                f"{keyword} is not a searchable attribute (DICOM keywords, case-sensitive)",
+                field=keyword,
+            )
+        check_text(keyword, raw)
+        if len(raw) > MAX_KEY_LENGTH:
+            raise InvalidValue(f"{keyword}: at most {MAX_KEY_LENGTH} characters", field=keyword)
+        try:
+            match = parse_match(dictionary_VR(keyword), raw, keyword=keyword)
+            compile_query(_level_of([keyword]), {keyword: match}, limit=None)
+        except InvalidValue as exc:
+            raise InvalidQuery(str(exc), field=keyword) from exc
+        parsed[keyword] = match
+    return parsed
+
+
+def search_studies(
+    session: Session,
+    *,
+    principal: Principal,
+    keys: Mapping[str, str],
+    filters: StudyFilters,
+    sort: StudySort,
+    descending: bool,
+    offset: int,
+    limit: int,
+) -> StudyPage:
+    """One page of the studies matching ``keys`` (C-FIND semantics) and ``filters``.
+
+    Keys may be at patient, study, series or image level: a study matches when
+    any of its series (instances) does. Rejected studies are withdrawn, as from
+    C-FIND. A referring physician sees only studies of orders they placed.
+    """
+    if filters.metadata_status is MetadataStatus.REJECTED:
+        raise InvalidValue(
+            "rejected studies are withdrawn from search (as from C-FIND); "
+            "GET /api/studies/{id} still shows one",
+            field="metadata_status",
+        )
+    parsed = parse_study_keys(keys)
+    matched = compile_query(_level_of(parsed), parsed, limit=None)
+    study_ids = matched.with_only_columns(DicomStudy.id).order_by(None)
+
+    conditions: list[ColumnElement[bool]] = [DicomStudy.id.in_(study_ids)]
+    if filters.metadata_status is not None:
+        conditions.append(DicomStudy.metadata_status == filters.metadata_status.value)
+    if filters.completeness is not None:
+        conditions.append(DicomStudy.completeness == filters.completeness.value)
+    if filters.status is not None:
+        conditions.append(DicomStudy.status == filters.status.value)
+    if principal.role is Role.REFERRING_PHYSICIAN:
+        conditions.append(_ordered_by(principal.user_id))
+
+    total = session.scalar(select(func.count(DicomStudy.id)).where(*conditions)) or 0
+    statement = (
+        select(DicomStudy, Patient)
+        .join(Patient, DicomStudy.patient_pk == Patient.id)
+        .where(*conditions)
+        .order_by(*_ordering(sort, descending))
+        .offset(offset)
+        .limit(limit)
+    )
+    items = [_summary(study, patient) for study, patient in session.execute(statement)]
+    return StudyPage(items=items, total=int(total))
+
+
+def record_study_search(
+    session: Session,
+    *,
+    principal: Principal,
+    keys: Mapping[str, str],
+    filters: StudyFilters,
+    source_address: str | None,
+    failure: str | None = None,
+) -> None:
+    """110112 Query with the keys and filters asked (never the results)."""
+    workflow = {
+        name: value.value
+        for name, value in (
+            ("metadata_status", filters.metadata_status),
+            ("completeness", filters.completeness),
+            ("status", filters.status),
+        )
+        if value is not None
+    }
+    record_audit_event(
+        session,
+        AuditRecord(
+            event_code=AuditEventCode.QUERY,
+            action="study_search",
+            outcome=AuditOutcome.MINOR_FAILURE if failure else AuditOutcome.SUCCESS,
+            **_actor(principal, source_address),
+            target_class="STUDY",
+            reason=failure,
+            details={"keys": dict(keys), "filters": workflow, "level": "STUDY"},
+        ),
+    )
+
+
+def _level_of(keywords: Mapping[str, Any] | list[str]) -> Level:
+    depth = max([1, *(LEVEL_ORDER.index(ATTRIBUTES[keyword].level) for keyword in keywords)])
+    return LEVEL_ORDER[depth]
+
+
+def _ordered_by(user_id: int) -> ColumnElement[bool]:
+    return DicomStudy.imaging_request_id.in_(
+        select(ImagingRequest.id).where(ImagingRequest.requested_by_id == user_id)
+    )
+
+
+def _ordering(sort: StudySort, descending: bool) -> list[ColumnElement[Any]]:
+    by_sort: dict[StudySort, list[Any]] = {
+        StudySort.STUDY_DATE: [DicomStudy.study_date, DicomStudy.study_time_norm],
+        StudySort.ACCESSION: [DicomStudy.accession_number],
+        StudySort.RECEIVED: [DicomStudy.first_received_at],
+    }
+    columns = by_sort[sort]
+    ordered = [
+        # NULLS LAST on both backends (their defaults differ)
+        (column.desc() if descending else column.asc()).nulls_last()
+        for column in columns
+    ]
+    return [*ordered, DicomStudy.id.desc() if descending else DicomStudy.id.asc()]
+
+
+def _summary(study: DicomStudy, patient: Patient) -> StudySummary:
+    return StudySummary(
+        id=study.id,
+        study_instance_uid=study.study_instance_uid,
+        accession_number=study.accession_number,
+        patient_id=patient.patient_id,
+        issuer_of_patient_id=patient.issuer_of_patient_id,
+        patient_name=patient.patient_name,
+        patient_birth_date=patient.patient_birth_date,
+        patient_sex=patient.patient_sex,
+        study_date=study.study_date,
+        study_time=study.study_time,
+        study_description=study.study_description,
+        referring_physician_name=study.referring_physician_name,
+        body_part_examined=study.body_part_examined,
+        modalities=[m for m in (study.modalities_in_study or "").split("\\") if m],
+        series_count=study.series_count,
+        instance_count=study.instance_count,
+        status=study.status,
+        metadata_status=study.metadata_status,
+        completeness=study.completeness,
+        order_id=study.imaging_request_id,
+        first_received_at=study.first_received_at,
+        last_received_at=study.last_received_at,
+    )
+
+
+# --------------------------------------------------------------------------- detail
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesInfo:
+    id: int
+    series_instance_uid: str
+    modality: str | None
+    series_number: int | None
+    series_description: str | None
+    body_part_examined: str | None
+    station_name: str | None
+    instance_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceInfo:
+    id: int
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    instance_number: int | None
+    transfer_syntax_uid: str
+    file_size: int
+    received_at: datetime
+    calling_ae_title: str | None
+    quarantined: bool
+
+
+@dataclass(frozen=True, slots=True)
+class OrderInfo:
+    id: int
+    status: str
+    priority: str
+    accession_number: str | None
+    requested_modality: str | None
+    study_description: str | None
+    requested_by_id: int | None
+    referring_physician_name: str | None
+    scheduled_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class StudyDetail:
+    study: StudySummary
+    series: list[SeriesInfo]
+    instances: list[InstanceInfo]
+    instance_total: int
+    order: OrderInfo | None
+    report_ids: list[int]
+
+
+def get_study(
+    session: Session,
+    *,
+    principal: Principal,
+    study_id: int,
+    instance_offset: int = 0,
+    instance_limit: int = 500,
+) -> StudyDetail:
+    """The study with its series, one page of its instances, its order and reports.
+
+    Rejected studies are shown (with their status): withdrawn from search, never
+    lost. A study outside a referring physician's orders is NotFound to them."""
+    row = session.execute(
+        select(DicomStudy, Patient)
+        .join(Patient, DicomStudy.patient_pk == Patient.id)
+        .where(DicomStudy.id == study_id)
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"no study {study_id}")
+    study, patient = row
+    order = (
+        session.get(ImagingRequest, study.imaging_request_id) if study.imaging_request_id else None
+    )
+    if principal.role is Role.REFERRING_PHYSICIAN and (
+        order is None or order.requested_by_id != principal.user_id
+    ):
+        raise NotFound(f"no study {study_id}")
+
+    series = session.scalars(
+        select(DicomSeries)
+        .where(DicomSeries.study_pk == study.id)
+        .order_by(DicomSeries.series_number.asc().nulls_last(), DicomSeries.id)
+    ).all()
+    in_study = (
+        select(DicomInstance, DicomSeries.series_instance_uid)
+        .join(DicomSeries, DicomInstance.series_pk == DicomSeries.id)
+        .where(DicomSeries.study_pk == study.id)
+    )
+    instance_total = session.scalar(
+        select(func.count(DicomInstance.id))
+        .join(DicomSeries, DicomInstance.series_pk == DicomSeries.id)
+        .where(DicomSeries.study_pk == study.id)
+    )
+    instances = session.execute(
+        in_study.order_by(
+            DicomSeries.series_number.asc().nulls_last(),
+            DicomSeries.id,
+            DicomInstance.instance_number.asc().nulls_last(),
+            DicomInstance.id,
+        )
+        .offset(instance_offset)
+        .limit(instance_limit)
+    )
+    report_ids = session.scalars(
+        select(Report.id).where(Report.dicom_study_id == study.id).order_by(Report.id)
+    ).all()
+    return StudyDetail(
+        study=_summary(study, patient),
+        series=[
+            SeriesInfo(
+                id=s.id,
+                series_instance_uid=s.series_instance_uid,
+                modality=s.modality,
+                series_number=s.series_number,
+                series_description=s.series_description,
+                body_part_examined=s.body_part_examined,
+                station_name=s.station_name,
+                instance_count=s.instance_count,
+            )
+            for s in series
+        ],
+        instances=[
+            InstanceInfo(
+                id=instance.id,
+                sop_instance_uid=instance.sop_instance_uid,
+                sop_class_uid=instance.sop_class_uid,
+                series_instance_uid=series_uid,
+                instance_number=instance.instance_number,
+                transfer_syntax_uid=instance.transfer_syntax_uid,
+                file_size=instance.file_size,
+                received_at=instance.received_at,
+                calling_ae_title=instance.calling_ae_title,
+                quarantined=instance.quarantined,
+            )
+            for instance, series_uid in instances
+        ],
+        instance_total=int(instance_total or 0),
+        order=_order_info(order) if order is not None else None,
+        report_ids=list(report_ids),
+    )
+
+
+def record_study_access(
+    session: Session, *, principal: Principal, study: StudySummary, source_address: str | None
+) -> None:
+    """110103 Instances Accessed: who looked at which study's index record."""
+    record_audit_event(
+        session,
+        AuditRecord(
+            event_code=AuditEventCode.INSTANCES_ACCESSED,
+            action="study_viewed",
+            **_actor(principal, source_address),
+            target_class="DicomStudy",
+            target_id=str(study.id),
+            patient_id=study.patient_id,
+            study_instance_uid=study.study_instance_uid,
+            accession_number=study.accession_number,
+        ),
+    )
+
+
+def _order_info(order: ImagingRequest) -> OrderInfo:
+    return OrderInfo(
+        id=order.id,
+        status=order.status,
+        priority=order.priority,
+        accession_number=order.accession_number,
+        requested_modality=order.requested_modality,
+        study_description=order.study_description,
+        requested_by_id=order.requested_by_id,
+        referring_physician_name=order.referring_physician_name,
+        scheduled_at=order.scheduled_at,
+    )
+
+
+# --------------------------------------------------------------------------- corrections
+
+PATIENT_FIELDS = ("patient_name", "patient_birth_date", "patient_sex")
+IDENTITY_FIELDS = ("patient_id", "issuer_of_patient_id")
+STUDY_FIELDS = (
+    "accession_number",
+    "study_description",
+    "body_part_examined",
+    "referring_physician_name",
+)
+CORRECTABLE = IDENTITY_FIELDS + PATIENT_FIELDS + STUDY_FIELDS
+
+# maximum lengths of the VRs (PS3.5 table 6.2-1), in characters
+_MAX_LENGTH = {
+    "patient_id": 64,
+    "issuer_of_patient_id": 64,
+    "patient_name": 324,
+    "accession_number": 16,
+    "study_description": 64,
+    "body_part_examined": 16,
+    "referring_physician_name": 324,
+}
+_CS = re.compile(r"[A-Z0-9 _]*")
+_SEXES = ("M", "F", "O")
+
+
+def check_text(field: str, value: str | None, *, allow_newlines: bool = False) -> None:
+    """No control characters (a NUL cannot even be stored on PostgreSQL) and no
+    lone surrogates (not encodable as UTF-8; JSON can carry them)."""
+    allowed = "\t\n\r" if allow_newlines else ""
+    if value and any(
+        unicodedata.category(char) in ("Cc", "Cs") and char not in allowed for char in value
+    ):
+        raise InvalidValue(f"{field}: control characters are not allowed", field=field)
+
+
+def _clean(field: str, value: str | None) -> str | None:
+    """The corrected value as the index stores it (None clears it); or InvalidValue."""
+    text = (value or "").strip()
+    check_text(field, text)
+    if not text:
+        if field == "patient_id":
+            raise InvalidValue("patient_id cannot be empty", field=field)
+        return "" if field == "issuer_of_patient_id" else None
+    if "\\" in text:
+        raise InvalidValue(f"{field}: one value only (no backslash)", field=field)
+    limit = _MAX_LENGTH.get(field)
+    if limit is not None and len(text) > limit:
+        raise InvalidValue(f"{field}: at most {limit} characters", field=field)
+    if field == "patient_birth_date":
+        try:
+            if len(text) != 8 or not text.isdigit():
+                raise ValueError
+            datetime.strptime(text, "%Y%m%d")
+        except ValueError:
+            raise InvalidValue("patient_birth_date: a DA value, YYYYMMDD", field=field) from None
+    if field == "patient_sex" and text not in _SEXES:
+        raise InvalidValue("patient_sex: M, F or O", field=field)
+    if field == "body_part_examined" and not _CS.fullmatch(text):
+        raise InvalidValue("body_part_examined: a CS value (A-Z, 0-9, space, _)", field=field)
+    return text
+
+
+def correct_study(
+    session: Session,
+    *,
+    principal: Principal,
+    study_id: int,
+    changes: Mapping[str, str | None],
+    reason: str,
+    source_address: str | None,
+) -> StudySummary:
+    """Correct the indexed metadata of a study; audited with before and after.
+
+    - Patient name, birth date and sex belong to the patient: they are corrected
+      on the patient record the study belongs to (all of that patient's studies
+      show the corrected values).
+    - A new PatientID (or issuer) moves the study to that patient: the record is
+      renamed when the study is its only one, else the study moves to the
+      existing record of that ID or a new one copied from the old. Moving onto an
+      existing patient whose name, birth date or sex disagree with values given
+      in the same correction is refused (409): two patients are never merged
+      silently.
+    - metadata_status matched -> corrected; pending, unmatched and conflict keep
+      their status (reconciliation decides those); a rejected study is 409.
+    - Stored files are not rewritten. A correction that changes nothing is
+      answered with the study as it is and writes no audit event.
+    """
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidValue("a correction needs a reason", field="reason")
+    check_text("reason", reason, allow_newlines=True)
+    unknown = sorted(set(changes) - set(CORRECTABLE))
+    if unknown:
+        raise InvalidValue(f"{unknown[0]} cannot be corrected", field=unknown[0])
+    wanted = {field: _clean(field, value) for field, value in changes.items()}
+
+    study = session.scalar(select(DicomStudy).where(DicomStudy.id == study_id).with_for_update())
+    if study is None:
+        raise NotFound(f"no study {study_id}")
+    if study.metadata_status == MetadataStatus.REJECTED.value:
+        raise Conflict("a rejected study cannot be corrected", current=study.metadata_status)
+    patient = session.scalar(
+        select(Patient).where(Patient.id == study.patient_pk).with_for_update()
+    )
+    assert patient is not None  # foreign key
+    before = _effective(study, patient)
+    changed = {field: value for field, value in wanted.items() if before[field] != value}
+    if not changed:
+        return _summary(study, patient)
+
+    moved: dict[str, Any] = {}
+    if any(field in changed for field in IDENTITY_FIELDS):
+        patient, moved = _move_to_patient(session, study, patient, wanted)
+    for field in PATIENT_FIELDS:
+        if field in changed:
+            setattr(patient, field, changed[field])
+            if field == "patient_name":
+                name = changed[field]
+                patient.patient_name_folded = fold_person_name(name) if name else None
+    for field in STUDY_FIELDS:
+        if field in changed:
+            setattr(study, field, changed[field])
+    if "body_part_examined" in changed:
+        # C-FIND matches BodyPartExamined at series level: keep the two in step
+        session.execute(
+            update(DicomSeries)
+            .where(DicomSeries.study_pk == study.id)
+            .values(body_part_examined=changed["body_part_examined"])
+        )
+    status_before = study.metadata_status
+    if status_before == MetadataStatus.MATCHED.value:
+        study.metadata_status = MetadataStatus.CORRECTED.value
+    # also a patient-only correction puts the study in the change feed
+    study.updated_at = utcnow()
+    session.flush()
+
+    after = _effective(study, patient)
+    diff_before = {field: before[field] for field in CORRECTABLE if before[field] != after[field]}
+    diff_after = {field: after[field] for field in diff_before}
+    if study.metadata_status != status_before:
+        diff_before["metadata_status"] = status_before
+        diff_after["metadata_status"] = study.metadata_status
+    others = session.scalar(
+        select(func.count(DicomStudy.id)).where(
+            DicomStudy.patient_pk == patient.id, DicomStudy.id != study.id
+        )
+    )
+    details: dict[str, Any] = {
+        "before": diff_before,
+        "after": diff_after,
+        "other_studies_of_patient": int(others or 0),
+        "files_rewritten": False,
+    }
+    if moved:
+        details["patient_move"] = moved
+    record_audit_event(
+        session,
+        AuditRecord(
+            event_code=AuditEventCode.INSTANCES_ACCESSED,
+            action="study_corrected",
+            **_actor(principal, source_address),
+            target_class="DicomStudy",
+            target_id=str(study.id),
+            patient_id=patient.patient_id,
+            study_instance_uid=study.study_instance_uid,
+            accession_number=study.accession_number,
+            reason=reason,
+            details=details,
+        ),
+    )
+    return _summary(study, patient)
+
+
+def _effective(study: DicomStudy, patient: Patient) -> dict[str, str | None]:
+    """The correctable values as the study shows them now."""
+    values: dict[str, str | None] = {field: getattr(patient, field) for field in IDENTITY_FIELDS}
+    values |= {field: getattr(patient, field) for field in PATIENT_FIELDS}
+    values |= {field: getattr(study, field) for field in STUDY_FIELDS}
+    return values
+
+
+def _move_to_patient(
+    session: Session, study: DicomStudy, old: Patient, wanted: Mapping[str, str | None]
+) -> tuple[Patient, dict[str, Any]]:
+    """The patient record the study belongs to under its corrected identity."""
+    new_id = wanted.get("patient_id") or old.patient_id
+    new_issuer = wanted.get("issuer_of_patient_id", old.issuer_of_patient_id) or ""
+    move = {
+        "from": {"patient_pk": old.id, "patient_id": old.patient_id},
+        "to": {"patient_id": new_id, "issuer_of_patient_id": new_issuer},
+    }
+    alone = not session.scalar(
+        select(func.count(DicomStudy.id)).where(
+            DicomStudy.patient_pk == old.id, DicomStudy.id != study.id
+        )
+    )
+    if alone and _find_patient(session, new_id, new_issuer) is None:
+        try:
+            # a savepoint: a receiver may create that patient at this very moment
+            with session.begin_nested():
+                old.patient_id = new_id
+                old.issuer_of_patient_id = new_issuer
+                session.flush()
+            return old, move | {"how": "renamed", "patient_pk": old.id}
+        except IntegrityError:
+            session.refresh(old)
+    created = insert_ignoring_conflict(
+        session,
+        Patient,
+        {
+            "patient_id": new_id,
+            "issuer_of_patient_id": new_issuer,
+            "patient_name": old.patient_name,
+            "patient_name_folded": old.patient_name_folded,
+            "patient_birth_date": old.patient_birth_date,
+            "patient_sex": old.patient_sex,
+        },
+        unique=["patient_id", "issuer_of_patient_id"],
+    )
+    target = _find_patient(session, new_id, new_issuer, lock=True)
+    assert target is not None
+    if created is None:
+        clashes = [
+            field
+            for field in PATIENT_FIELDS
+            if field in wanted and getattr(target, field) not in (None, wanted[field])
+        ]
+        if clashes:
+            raise Conflict(
+                f"patient {new_id!r} already exists with another {clashes[0]}: correct "
+                "that patient's demographics first, or move the study without them",
+                existing={field: getattr(target, field) for field in PATIENT_FIELDS}
+                | {"patient_id": target.patient_id},
+            )
+    study.patient_pk = target.id
+    how = "created" if created is not None else "joined_existing"
+    return target, move | {"how": how, "patient_pk": target.id}
+
+
+def _find_patient(
+    session: Session, patient_id: str, issuer: str, *, lock: bool = False
+) -> Patient | None:
+    statement = select(Patient).where(
+        Patient.patient_id == patient_id, Patient.issuer_of_patient_id == issuer
+    )
+    if lock:
+        statement = statement.with_for_update()
+    return session.scalar(statement)
+
+
+# --------------------------------------------------------------------------- rejection
+
+
+def reject_study(
+    session: Session,
+    *,
+    principal: Principal,
+    study_id: int,
+    reason: str,
+    source_address: str | None,
+) -> StudySummary:
+    """metadata_status -> rejected: withdrawn from C-FIND and search, never deleted
+    (files and index rows stay; GET by id still shows it). Audited with the reason."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidValue("a rejection needs a reason", field="reason")
+    check_text("reason", reason, allow_newlines=True)
+    study = session.scalar(select(DicomStudy).where(DicomStudy.id == study_id).with_for_update())
+    if study is None:
+        raise NotFound(f"no study {study_id}")
+    if study.metadata_status == MetadataStatus.REJECTED.value:
+        raise Conflict("the study is already rejected", current=study.metadata_status)
+    patient = session.get(Patient, study.patient_pk)
+    assert patient is not None
+    before = study.metadata_status
+    study.metadata_status = MetadataStatus.REJECTED.value
+    session.flush()
+    record_audit_event(
+        session,
+        AuditRecord(
+            event_code=AuditEventCode.INSTANCES_ACCESSED,
+            action="study_rejected",
+            **_actor(principal, source_address),
+            target_class="DicomStudy",
+            target_id=str(study.id),
+            patient_id=patient.patient_id,
+            study_instance_uid=study.study_instance_uid,
+            accession_number=study.accession_number,
+            reason=reason,
+            details={
+                "before": {"metadata_status": before},
+                "after": {"metadata_status": study.metadata_status},
+            },
+        ),
+    )
+    return _summary(study, patient)
+
+
+def _actor(principal: Principal, source_address: str | None) -> dict[str, Any]:
+    return {
+        "actor": principal.username,
+        "actor_user_id": principal.user_id,
+        "actor_role": principal.role.value,
+        "source_address": source_address,
+    }
