@@ -1,7 +1,134 @@
-"""Routes for reconciliation (to be filled in)."""
+"""Reconciliation: studies no order claims or that disagree with their order,
+and unscheduled exams; link a study to an order, or create an order from it."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+
+from api.deps import Context, client_address, require
+from api.schemas.common import AUTH_ERRORS, CONFLICT, MAX_PAGE_SIZE, NOT_FOUND, Page
+from api.schemas.orders import MAX_ID, OrderPublic, Text, sort_pattern
+from api.schemas.reconciliation import (
+    CreateOrderRequest,
+    LinkRequest,
+    ReconciledPublic,
+    ReconciliationEntryPublic,
+)
+from dicom_node.domain.permissions import Permission, Principal
+from dicom_node.services.reconciliation import (
+    RECONCILIATION_SORTS,
+    ReconciledStudy,
+    create_order_from_study,
+    link_study,
+    list_reconciliation,
+)
 
 router = APIRouter(prefix="/api", tags=["reconciliation"])
+
+Reconciler = Annotated[Principal, Depends(require(Permission.RECONCILE))]
+StudyId = Annotated[int, Path(ge=1, le=MAX_ID)]
+SORT_HELP = "studies: comma-separated; '-' for descending; one of: " + ", ".join(
+    sorted(RECONCILIATION_SORTS)
+)
+CHANGE = {**AUTH_ERRORS, **NOT_FOUND, **CONFLICT}
+
+
+def _public(result: ReconciledStudy) -> ReconciledPublic:
+    return ReconciledPublic(
+        study=ReconciliationEntryPublic.model_validate(result.entry, from_attributes=True),
+        order=OrderPublic.model_validate(result.order, from_attributes=True),
+        reading_item_id=result.reading_item_id,
+    )
+
+
+@router.get(
+    "/reconciliation", response_model=Page[ReconciliationEntryPublic], responses=AUTH_ERRORS
+)
+def list_to_reconcile(
+    context: Context,
+    user: Reconciler,
+    request: Request,
+    metadata_status: Literal["unmatched", "conflict"] | None = None,
+    patient_id: Annotated[Text | None, Query(max_length=64)] = None,
+    sort: Annotated[
+        str | None,
+        Query(max_length=200, pattern=sort_pattern(RECONCILIATION_SORTS), description=SORT_HELP),
+    ] = None,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
+) -> Page[ReconciliationEntryPublic]:
+    """Unmatched and conflicting studies (oldest first unless ``sort``), then open
+    reconciliation items without such a study (e.g. an unscheduled exam's MPPS)."""
+    with context.db.unit_of_work() if patient_id is not None else context.db.read() as session:
+        listed = list_reconciliation(
+            session,
+            principal=user,
+            metadata_status=metadata_status,
+            patient_id=patient_id,
+            sort=sort,
+            offset=offset,
+            limit=limit,
+            source_address=client_address(request),
+        )
+    return Page[ReconciliationEntryPublic](
+        items=[
+            ReconciliationEntryPublic.model_validate(e, from_attributes=True) for e in listed.items
+        ],
+        total=listed.total,
+        offset=offset,
+        limit=limit,
+    )
+
+
+@router.post("/reconciliation/{study_id}/link", response_model=ReconciledPublic, responses=CHANGE)
+def link_study_to_order(
+    context: Context, user: Reconciler, study_id: StudyId, body: LinkRequest, request: Request
+) -> ReconciledPublic:
+    """Link the study to an order (metadata matched, audited). The order starts,
+    and if the acquisition is complete it is performed and the study joins the
+    reading worklist. 409 if the study is not unmatched/conflict, the order was
+    cancelled, or the order is another patient's (unless ``force``)."""
+    with context.db.unit_of_work() as session:
+        result = link_study(
+            session,
+            study_id,
+            order_id=body.order_id,
+            reason=body.reason,
+            force=body.force,
+            principal=user,
+            sla=context.settings.sla(),
+            source_address=client_address(request),
+        )
+    return _public(result)
+
+
+@router.post(
+    "/reconciliation/{study_id}/create-order",
+    response_model=ReconciledPublic,
+    status_code=201,
+    responses=CHANGE,
+)
+def create_order_for_study(
+    context: Context,
+    user: Reconciler,
+    study_id: StudyId,
+    body: CreateOrderRequest,
+    request: Request,
+) -> ReconciledPublic:
+    """Create an order from the study's patient, accession, StudyInstanceUID and
+    modality, and link it as ``link`` does. 409 if an order already holds that
+    UID or accession number (link to it instead)."""
+    with context.db.unit_of_work() as session:
+        result = create_order_from_study(
+            session,
+            study_id,
+            reason=body.reason,
+            priority=body.priority,
+            imaging_center_id=body.imaging_center_id,
+            principal=user,
+            sla=context.settings.sla(),
+            source_address=client_address(request),
+        )
+    return _public(result)

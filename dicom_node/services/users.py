@@ -1,19 +1,29 @@
-"""User accounts: creation and password hashing (argon2id)."""
+"""User accounts: creation, listing, changes and password resets (argon2id).
+
+Every change is audited with before and after; passwords and their hashes never
+appear in an answer or an audit event. A password reset revokes the user's
+bearer tokens, so a leaked password stops working at once.
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from argon2 import PasswordHasher
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from dicom_node.db.models import User
+from dicom_node.db.models import ApiToken, User
+from dicom_node.db.types import utcnow
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import Role
-from dicom_node.domain.errors import AlreadyExists, InvalidValue
+from dicom_node.domain.errors import AlreadyExists, Conflict, InvalidValue, NotFound
+from dicom_node.domain.permissions import Principal
 from dicom_node.services.audit import record_audit_event
+from dicom_node.services.orders import Listed, escape_like, order_by
 
 MIN_PASSWORD_LENGTH = 10
 _USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,63}")
@@ -28,11 +38,21 @@ class UserInfo:
     email: str | None
     display_name: str | None
     is_active: bool
+    is_lead: bool = False
+    specialty: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+# what an audit event shows of a user: never the password hash
+_AUDITED = ("username", "role", "email", "display_name", "specialty", "is_active", "is_lead")
 
 
 def hash_password(password: str) -> str:
     if len(password) < MIN_PASSWORD_LENGTH:
-        raise InvalidValue(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
+        raise InvalidValue(
+            f"a password needs at least {MIN_PASSWORD_LENGTH} characters", field="password"
+        )
     return _hasher.hash(password)
 
 
@@ -45,18 +65,18 @@ def create_user(
     email: str | None = None,
     display_name: str | None = None,
     specialty: str | None = None,
+    is_lead: bool = False,
     actor: str,
+    actor_user_id: int | None = None,
+    source_address: str | None = None,
 ) -> UserInfo:
     username = username.strip().lower()
     if not _USERNAME.fullmatch(username):
         raise InvalidValue(
-            "a username is 2-64 characters of a-z, 0-9, '.', '_' or '-', starting alphanumeric"
+            "a username is 2-64 characters of a-z, 0-9, '.', '_' or '-', starting alphanumeric",
+            field="username",
         )
-    try:
-        role_value = Role(role)
-    except ValueError:
-        allowed = ", ".join(member.value for member in Role)
-        raise InvalidValue(f"unknown role {role!r} (one of: {allowed})") from None
+    role_value = _role(role)
     password_hash = hash_password(password)
     # The unique constraint is the real guard; this check only gives a clear message.
     if session.scalar(select(User.id).where(User.username == username)) is not None:
@@ -68,6 +88,8 @@ def create_user(
         email=email,
         display_name=display_name,
         specialty=specialty,
+        is_active=True,
+        is_lead=is_lead,
     )
     session.add(user)
     session.flush()
@@ -77,9 +99,11 @@ def create_user(
             event_code=AuditEventCode.USER_AUTHENTICATION,
             action="user_created",
             actor=actor,
+            actor_user_id=actor_user_id,
+            source_address=source_address,
             target_class="User",
             target_id=str(user.id),
-            details={"after": {"username": username, "role": role_value.value}},
+            details={"after": _audited(user)},
         ),
     )
     return _info(user)
@@ -90,6 +114,188 @@ def find_user(session: Session, username: str) -> UserInfo | None:
     return _info(user) if user is not None else None
 
 
+USER_SORTS = {
+    "id": User.id,
+    "username": User.username,
+    "role": User.role,
+    "created_at": User.created_at,
+    "display_name": User.display_name,
+}
+
+
+def list_users(
+    session: Session,
+    *,
+    role: str | None = None,
+    is_active: bool | None = None,
+    search: str | None = None,
+    sort: str | None = None,
+    offset: int = 0,
+    limit: int = 50,
+) -> Listed[UserInfo]:
+    """Users matching every given filter; ``search`` is a substring of the
+    username or display name (case-insensitive for ASCII)."""
+    query = select(User)
+    if role is not None:
+        query = query.where(User.role == _role(role, field="role").value)
+    if is_active is not None:
+        query = query.where(User.is_active.is_(is_active))
+    if search:
+        pattern = f"%{escape_like(search.strip().lower())}%"
+        query = query.where(
+            User.username.like(pattern, escape="\\")
+            | func.lower(User.display_name).like(pattern, escape="\\")
+        )
+    total = int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
+    rows = session.scalars(
+        query.order_by(*order_by(sort, USER_SORTS, default="username", tiebreak=User.id))
+        .offset(offset)
+        .limit(limit)
+    ).all()
+    return Listed(items=[_info(user) for user in rows], total=total)
+
+
+def get_user(session: Session, user_id: int) -> UserInfo:
+    return _info(_load(session, user_id))
+
+
+def update_user(
+    session: Session,
+    user_id: int,
+    *,
+    changes: dict[str, Any],
+    actor: Principal,
+    source_address: str | None = None,
+) -> UserInfo:
+    """Change role, display_name, email, specialty, is_active or is_lead.
+
+    ``changes`` holds only the fields the caller sent. The last active admin
+    cannot be demoted or deactivated (nobody could manage users any more).
+    """
+    unknown = set(changes) - {"role", "display_name", "email", "specialty", "is_active", "is_lead"}
+    if unknown:
+        raise InvalidValue(f"not editable: {', '.join(sorted(unknown))}", field=min(unknown))
+    for name in ("role", "is_active", "is_lead"):
+        if name in changes and changes[name] is None:
+            raise InvalidValue(f"{name} cannot be null", field=name)
+    user = _load(session, user_id, lock=True)
+    before = _audited(user)
+    role = _role(changes["role"], field="role") if "role" in changes else Role(user.role)
+    is_active = bool(changes.get("is_active", user.is_active))
+    is_lead = bool(changes.get("is_lead", user.is_lead))
+    if "role" in changes and "is_lead" not in changes and role is not Role.RADIOLOGIST:
+        is_lead = False  # a lead who stops being a radiologist stops being lead
+    if (
+        Role(user.role) is Role.ADMIN
+        and user.is_active
+        and (role is not Role.ADMIN or not is_active)
+    ):
+        others = session.scalar(
+            select(func.count(User.id)).where(
+                User.role == Role.ADMIN.value, User.is_active.is_(True), User.id != user.id
+            )
+        )
+        if not others:
+            raise Conflict(
+                "the last active admin cannot be demoted or deactivated", current="admin"
+            )
+    user.role = role.value
+    user.is_active = is_active
+    user.is_lead = is_lead
+    for name in ("display_name", "email", "specialty"):
+        if name in changes:
+            value = changes[name]
+            setattr(user, name, value.strip() or None if isinstance(value, str) else None)
+    after = _audited(user)
+    if after != before:
+        session.flush()
+        if not is_active:
+            _revoke_tokens(session, user.id)
+        record_audit_event(
+            session,
+            AuditRecord(
+                event_code=AuditEventCode.USER_AUTHENTICATION,
+                action="user_updated",
+                actor=actor.username,
+                actor_user_id=actor.user_id,
+                actor_role=actor.role.value,
+                source_address=source_address,
+                target_class="User",
+                target_id=str(user.id),
+                details=_diff(before, after),
+            ),
+        )
+    return _info(user)
+
+
+def reset_password(
+    session: Session,
+    user_id: int,
+    *,
+    password: str,
+    actor: Principal,
+    source_address: str | None = None,
+) -> UserInfo:
+    """Set a new password and revoke every token of the user (audited, no secret)."""
+    user = _load(session, user_id, lock=True)
+    user.password_hash = hash_password(password)
+    user.failed_sign_ins = 0
+    user.locked_until = None
+    revoked = _revoke_tokens(session, user.id)
+    record_audit_event(
+        session,
+        AuditRecord(
+            event_code=AuditEventCode.USER_AUTHENTICATION,
+            action="user_password_reset",
+            actor=actor.username,
+            actor_user_id=actor.user_id,
+            actor_role=actor.role.value,
+            source_address=source_address,
+            target_class="User",
+            target_id=str(user.id),
+            details={"tokens_revoked": revoked},
+        ),
+    )
+    return _info(user)
+
+
+def _revoke_tokens(session: Session, user_id: int) -> int:
+    result = session.execute(
+        update(ApiToken)
+        .where(ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _load(session: Session, user_id: int, *, lock: bool = False) -> User:
+    query = select(User).where(User.id == user_id)
+    user = session.scalar(query.with_for_update() if lock else query)
+    if user is None:
+        raise NotFound(f"no user {user_id}")
+    return user
+
+
+def _role(value: str, *, field: str = "role") -> Role:
+    try:
+        return Role(value)
+    except ValueError:
+        allowed = ", ".join(member.value for member in Role)
+        raise InvalidValue(f"unknown role {value!r} (one of: {allowed})", field=field) from None
+
+
+def _audited(user: User) -> dict[str, Any]:
+    return {name: getattr(user, name) for name in _AUDITED}
+
+
+def _diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    changed = [name for name in after if before.get(name) != after[name]]
+    return {
+        "before": {name: before.get(name) for name in changed},
+        "after": {name: after[name] for name in changed},
+    }
+
+
 def _info(user: User) -> UserInfo:
     return UserInfo(
         id=user.id,
@@ -98,4 +304,8 @@ def _info(user: User) -> UserInfo:
         email=user.email,
         display_name=user.display_name,
         is_active=user.is_active,
+        is_lead=user.is_lead,
+        specialty=user.specialty,
+        created_at=user.created_at,
+        updated_at=user.updated_at,
     )

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from dicom_node.db.engine import Database
 from dicom_node.db.models import AuditEvent, DicomStudy, ImagingCenter, ImagingRequest, Modality
-from dicom_node.domain.errors import InvalidValue
+from dicom_node.domain.errors import Conflict
 from dicom_node.domain.uids import is_valid_uid
 from dicom_node.services.ingest import IngestPolicy, Source, store_instance
 from dicom_node.services.orders import schedule_order
@@ -90,12 +90,15 @@ def test_scheduling_assigns_identifiers_once_and_the_worklist_returns_them(
     assert actions == ["order_scheduled", "order_rescheduled", "order_in_progress"]
 
 
-def test_an_order_past_scheduling_cannot_be_scheduled_again(db: Database) -> None:
+def test_an_order_past_scheduling_cannot_be_scheduled_again_and_the_conflict_names_its_state(
+    db: Database,
+) -> None:
     order_id, modality_id = _order_and_modality(db)
     _schedule(db, order_id, modality_id, SLOT)
     with db.unit_of_work() as session:
         order = session.get(ImagingRequest, order_id)
         assert order is not None
         order.status = "performed"
-    with pytest.raises(InvalidValue):
+    with pytest.raises(Conflict) as refused:
         _schedule(db, order_id, modality_id, SLOT)
+    assert refused.value.current == "performed"

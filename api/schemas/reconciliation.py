@@ -1,0 +1,65 @@
+"""Reconciliation shapes: what is left to reconcile, and the two ways to resolve it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.schemas.orders import Id, OrderPublic, RequiredText
+from dicom_node.domain.enums import Priority
+
+Reason = Annotated[RequiredText, Field(max_length=1000)]
+
+
+class ReconciliationEntryPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    kind: Literal["study", "procedure_step"] = Field(
+        description="a study, or an unscheduled exam known only from its MPPS"
+    )
+    study_id: int | None
+    study_instance_uid: str | None
+    metadata_status: str | None
+    completeness: str | None
+    patient_id: str | None
+    issuer_of_patient_id: str | None
+    patient_name: str | None
+    patient_birth_date: str | None
+    patient_sex: str | None
+    accession_number: str | None
+    modality: str | None
+    study_date: str | None
+    study_description: str | None
+    instance_count: int | None
+    linked_order_id: int | None = Field(description="the order a conflicting study claims")
+    worklist_item_id: int | None
+    worklist_status: str | None
+    performed_procedure_step_id: int | None
+    performed_station_ae_title: str | None
+    created_at: datetime
+
+
+class ReconciledPublic(BaseModel):
+    study: ReconciliationEntryPublic
+    order: OrderPublic
+    reading_item_id: int | None = Field(
+        description="the reading worklist item, when the study is complete"
+    )
+
+
+class LinkRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    order_id: Id
+    reason: Reason
+    force: bool = Field(False, description="link even though the order is for another patient")
+
+
+class CreateOrderRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Reason
+    priority: Priority = Priority.ROUTINE
+    imaging_center_id: Id | None = None

@@ -1,0 +1,430 @@
+"""Reconciliation over real HTTP, with studies that arrived through the ingest service."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydicom.uid import generate_uid
+from sqlalchemy import select, update
+
+from dicom_node.db.models import (
+    AuditEvent,
+    DicomStudy,
+    ImagingCenter,
+    ImagingRequest,
+    Modality,
+    PerformedProcedureStep,
+    WorklistItem,
+)
+from dicom_node.domain.enums import CompletenessEvidence
+from dicom_node.domain.matching import SlaPolicy
+from dicom_node.services.completeness import complete_study
+from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
+from dicom_node.storage import FileStore
+from tests.api.conftest import ApiServer
+from tests.dicomfiles import ct_dataset, to_bytes
+
+SLOT = "2026-11-24T14:30:00Z"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FileStore:
+    return FileStore(tmp_path / "store", fsync=False)
+
+
+def error(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()["error"]
+    return body
+
+
+def events(api: ApiServer, action: str, target_id: object | None = None) -> list[AuditEvent]:
+    with api.db.read() as session:
+        query = select(AuditEvent).where(AuditEvent.action == action)
+        if target_id is not None:
+            query = query.where(AuditEvent.target_id == str(target_id))
+        return list(session.scalars(query.order_by(AuditEvent.id)))
+
+
+def complete(api: ApiServer, study_id: int) -> None:
+    with api.db.unit_of_work() as session:
+        study = session.get(DicomStudy, study_id)
+        assert study is not None
+        complete_study(
+            session,
+            study,
+            evidence=CompletenessEvidence.MANUAL,
+            now=datetime.now(UTC),
+            sla=SlaPolicy(),
+            actor="test",
+        )
+
+
+def arrive(
+    api: ApiServer,
+    store: FileStore,
+    *,
+    study_uid: str | None = None,
+    patient_id: str = "PAT1",
+    patient_name: str = "DOE^JANE",
+    accession: str = "",
+    complete_it: bool = True,
+) -> int:
+    """A one-image CT study received through the ingest service; its id."""
+    uid = study_uid or generate_uid()
+    image = ct_dataset(
+        study_uid=uid, patient_id=patient_id, patient_name=patient_name, accession=accession
+    )
+    result = store_instance(
+        api.db,
+        store,
+        part10=to_bytes(image),
+        source=Source(calling_ae_title="CT_MAIN_1"),
+        policy=IngestPolicy(),
+    )
+    assert result.outcome is StoreOutcome.STORED
+    with api.db.read() as session:
+        study_id = session.scalar(select(DicomStudy.id).where(DicomStudy.study_instance_uid == uid))
+    assert study_id is not None
+    if complete_it:
+        complete(api, study_id)
+    return study_id
+
+
+def study(api: ApiServer, study_id: int) -> DicomStudy:
+    with api.db.read() as session:
+        row = session.get(DicomStudy, study_id)
+        assert row is not None
+        return row
+
+
+def order_row(api: ApiServer, order_id: int) -> ImagingRequest:
+    with api.db.read() as session:
+        row = session.get(ImagingRequest, order_id)
+        assert row is not None
+        return row
+
+
+def items(api: ApiServer, study_id: int) -> list[tuple[str, str, str]]:
+    with api.db.read() as session:
+        rows = session.execute(
+            select(WorklistItem.queue_type, WorklistItem.status, WorklistItem.priority)
+            .where(WorklistItem.dicom_study_id == study_id)
+            .order_by(WorklistItem.id)
+        ).all()
+    return [(row[0], row[1], row[2]) for row in rows]
+
+
+def scheduled_order(
+    api: ApiServer, scheduler: httpx.Client, *, patient_id: str = "PAT1", **fields: Any
+) -> dict[str, Any]:
+    with api.db.unit_of_work() as session:
+        modality_id = session.scalar(select(Modality.id).where(Modality.dicom_ae_title == "CT_1"))
+        if modality_id is None:
+            center = ImagingCenter(name="Main", code="MAIN")
+            session.add(center)
+            session.flush()
+            device = Modality(
+                imaging_center_id=center.id, name="CT", type="CT", dicom_ae_title="CT_1"
+            )
+            session.add(device)
+            session.flush()
+            modality_id = device.id
+    body = {
+        "patient_id": patient_id,
+        "patient_name": "DOE^JANE",
+        "patient_birth_date": "19700101",
+        "patient_sex": "F",
+        "requested_modality": "CT",
+        "study_description": f"CT {generate_uid()[-6:]}",
+        "priority": "urgent",
+    } | fields
+    created = scheduler.post("/api/orders", json=body)
+    assert created.status_code == 201, created.text
+    response = scheduler.post(
+        f"/api/orders/{created.json()['id']}/schedule",
+        json={"modality_id": modality_id, "scheduled_at": SLOT},
+    )
+    assert response.status_code == 200, response.text
+    order: dict[str, Any] = response.json()
+    return order
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def test_listing_shows_unmatched_and_conflicting_studies_then_unscheduled_exams(
+    api: ApiServer, store: FileStore
+) -> None:
+    scheduler = api.client("scheduler")
+    unmatched = arrive(api, store, patient_id="U1")
+    conflict_order = scheduled_order(api, scheduler, patient_id="C1")
+    conflict = arrive(
+        api,
+        store,
+        study_uid=conflict_order["study_instance_uid"],
+        patient_id="C1",
+        patient_name="SOMEONE^ELSE",
+    )
+    matched_order = scheduled_order(api, scheduler, patient_id="M1")
+    matched = arrive(api, store, study_uid=matched_order["study_instance_uid"], patient_id="M1")
+    assert (study(api, conflict).metadata_status, study(api, matched).metadata_status) == (
+        "conflict",
+        "matched",
+    )
+    with api.db.unit_of_work() as session:
+        step = PerformedProcedureStep(
+            sop_instance_uid=generate_uid(),
+            status="IN PROGRESS",
+            performed_station_ae_title="US_1",
+            accession_number=None,
+        )
+        session.add(step)
+        session.flush()
+        session.add(
+            WorklistItem(
+                performed_procedure_step_id=step.id, queue_type="reconciliation", status="pending"
+            )
+        )
+
+    page = scheduler.get("/api/reconciliation")
+    assert page.status_code == 200, page.text
+    body = page.json()
+    assert body["total"] == 3
+    kinds = [(e["kind"], e["study_id"], e["metadata_status"]) for e in body["items"]]
+    assert kinds == [
+        ("study", unmatched, "unmatched"),
+        ("study", conflict, "conflict"),
+        ("procedure_step", None, None),
+    ]
+    first, second, third = body["items"]
+    assert first["worklist_item_id"] is not None and first["worklist_status"] == "pending"
+    assert (first["patient_id"], first["modality"]) == ("U1", "CT")
+    assert second["linked_order_id"] == conflict_order["id"]
+    assert third["performed_station_ae_title"] == "US_1"
+
+    only = scheduler.get("/api/reconciliation", params={"metadata_status": "conflict"}).json()
+    assert [e["study_id"] for e in only["items"]] == [conflict]
+    tail = scheduler.get("/api/reconciliation", params={"offset": 2, "limit": 1}).json()
+    assert (tail["total"], [e["kind"] for e in tail["items"]]) == (3, ["procedure_step"])
+    newest = scheduler.get("/api/reconciliation", params={"sort": "-created_at", "limit": 2})
+    assert [e["study_id"] for e in newest.json()["items"]] == [conflict, unmatched]
+    bad_sort = scheduler.get("/api/reconciliation", params={"sort": "secret"})
+    assert error(bad_sort, 422)["field"] == "query.sort"
+
+    by_patient = scheduler.get("/api/reconciliation", params={"patient_id": "U1"}).json()
+    assert [e["study_id"] for e in by_patient["items"]] == [unmatched]
+    (query,) = events(api, "reconciliation_queried")
+    assert query.event_code == "110112" and query.patient_id == "U1"
+
+    for role in ("technologist", "radiologist", "referring_physician", "auditor"):
+        assert api.client(role).get("/api/reconciliation").status_code == 403
+
+
+# --------------------------------------------------------------------------- link
+
+
+def test_linking_a_complete_unmatched_study_performs_the_order_and_queues_it_for_reading(
+    api: ApiServer, store: FileStore
+) -> None:
+    scheduler = api.client("scheduler")
+    order = scheduled_order(api, scheduler)
+    study_id = arrive(api, store)  # no UID or accession of the order: unmatched
+    assert items(api, study_id) == [("reconciliation", "pending", "routine")]
+
+    response = scheduler.post(
+        f"/api/reconciliation/{study_id}/link",
+        json={"order_id": order["id"], "reason": "modality operator typed no accession"},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["study"]["metadata_status"] == "matched"
+    assert body["order"]["status"] == "performed"
+    assert body["reading_item_id"] is not None
+
+    row = study(api, study_id)
+    assert (row.metadata_status, row.imaging_request_id) == ("matched", order["id"])
+    linked = order_row(api, order["id"])
+    assert linked.status == "performed"
+    assert linked.exam_started_at is not None and linked.exam_completed_at is not None
+    # the reconciliation item is closed; reading work is queued at the order's priority
+    assert items(api, study_id) == [
+        ("reconciliation", "completed", "routine"),
+        ("reading", "pending", "urgent"),
+    ]
+    (event,) = events(api, "study_linked", study_id)
+    assert event.reason == "modality operator typed no accession"
+    assert event.details["before"] == {"metadata_status": "unmatched", "imaging_request_id": None}
+    assert event.details["after"] == {
+        "metadata_status": "matched",
+        "imaging_request_id": order["id"],
+    }
+    assert event.actor == scheduler.username  # type: ignore[attr-defined]
+    transitions = [e.action for e in events(api, "order_in_progress", order["id"])] + [
+        e.action for e in events(api, "order_performed", order["id"])
+    ]
+    assert transitions == ["order_in_progress", "order_performed"]
+    assert len(events(api, "worklist_item_completed")) == 1
+
+    assert scheduler.get("/api/reconciliation").json()["total"] == 0
+    again = scheduler.post(
+        f"/api/reconciliation/{study_id}/link", json={"order_id": order["id"], "reason": "again"}
+    )
+    assert error(again, 409)["current_state"] == "matched"
+
+
+def test_a_linked_study_still_arriving_starts_the_order_and_is_read_once_complete(
+    api: ApiServer, store: FileStore
+) -> None:
+    scheduler = api.client("scheduler")
+    order = scheduled_order(api, scheduler)
+    study_id = arrive(api, store, complete_it=False)
+    body = scheduler.post(
+        f"/api/reconciliation/{study_id}/link", json={"order_id": order["id"], "reason": "same"}
+    ).json()
+    assert (body["order"]["status"], body["reading_item_id"]) == ("in_progress", None)
+    assert items(api, study_id) == []
+    complete(api, study_id)  # what the stability job does later
+    assert items(api, study_id) == [("reading", "pending", "urgent")]
+    assert order_row(api, order["id"]).status == "performed"
+
+
+def test_another_patients_order_needs_force_and_the_override_is_audited(
+    api: ApiServer, store: FileStore
+) -> None:
+    admin = api.client("admin")
+    order = scheduled_order(api, admin, patient_id="PAT9")
+    study_id = arrive(api, store, patient_id="PAT1")
+    url = f"/api/reconciliation/{study_id}/link"
+    refused = admin.post(url, json={"order_id": order["id"], "reason": "same person"})
+    body = error(refused, 409)
+    assert body["existing"]["id"] == order["id"] and body["existing"]["patient_id"] == "PAT9"
+    assert study(api, study_id).metadata_status == "unmatched"
+
+    forced = admin.post(url, json={"order_id": order["id"], "reason": "MRN merged", "force": True})
+    assert forced.status_code == 200, forced.text
+    (event,) = events(api, "study_linked", study_id)
+    assert event.details["forced"] is True
+    assert "PatientID" in event.details["mismatched_attributes"]
+    assert event.reason == "MRN merged"
+
+
+def test_a_conflicting_study_links_to_the_order_it_claims_without_force(
+    api: ApiServer, store: FileStore
+) -> None:
+    scheduler = api.client("scheduler")
+    order = scheduled_order(api, scheduler)
+    study_id = arrive(api, store, study_uid=order["study_instance_uid"], patient_name="DOE^JANET")
+    assert study(api, study_id).metadata_status == "conflict"
+    assert items(api, study_id) == [("reconciliation", "pending", "urgent")]
+    response = scheduler.post(
+        f"/api/reconciliation/{study_id}/link",
+        json={"order_id": order["id"], "reason": "name typo at the modality"},
+    )
+    assert response.status_code == 200, response.text
+    (event,) = events(api, "study_linked", study_id)
+    assert event.details["before"]["metadata_status"] == "conflict"
+    assert event.details["mismatched_attributes"] == ["PatientName"]
+    assert event.details["forced"] is False
+    assert items(api, study_id) == [
+        ("reconciliation", "completed", "urgent"),
+        ("reading", "pending", "urgent"),
+    ]
+
+
+def test_link_refuses_bad_input_rejected_studies_and_cancelled_orders(
+    api: ApiServer, store: FileStore
+) -> None:
+    scheduler = api.client("scheduler")
+    order = scheduled_order(api, scheduler)
+    study_id = arrive(api, store)
+    url = f"/api/reconciliation/{study_id}/link"
+    assert error(scheduler.post(url, json={"order_id": order["id"]}), 422)["field"] == "reason"
+    blank = scheduler.post(url, json={"order_id": order["id"], "reason": "  "})
+    assert error(blank, 422)["field"] == "reason"
+    unknown = scheduler.post(url, json={"order_id": 987654, "reason": "x"})
+    assert "no order" in error(unknown, 404)["message"]
+    assert error(
+        scheduler.post("/api/reconciliation/987654/link", json={"order_id": 1, "reason": "x"}), 404
+    )
+    assert (
+        api.client("technologist")
+        .post(url, json={"order_id": order["id"], "reason": "x"})
+        .status_code
+        == 403
+    )
+
+    scheduler.post(f"/api/orders/{order['id']}/cancel", json={"reason": "wrong patient"})
+    cancelled = scheduler.post(url, json={"order_id": order["id"], "reason": "x"})
+    assert error(cancelled, 409)["current_state"] == "cancelled"
+
+    with api.db.unit_of_work() as session:
+        session.execute(
+            update(DicomStudy).where(DicomStudy.id == study_id).values(metadata_status="rejected")
+        )
+    other = scheduled_order(api, scheduler)
+    rejected = scheduler.post(url, json={"order_id": other["id"], "reason": "x"})
+    assert error(rejected, 409)["current_state"] == "rejected"
+    assert order_row(api, other["id"]).status == "scheduled"
+
+
+# --------------------------------------------------------------------------- create order
+
+
+def test_an_order_created_from_a_study_carries_its_identifiers_and_is_linked(
+    api: ApiServer, store: FileStore
+) -> None:
+    scheduler = api.client("scheduler")
+    study_id = arrive(api, store, patient_id="WALKIN", accession="ACC77")
+    url = f"/api/reconciliation/{study_id}/create-order"
+    assert error(scheduler.post(url, json={}), 422)["field"] == "reason"
+    response = scheduler.post(url, json={"reason": "walk-in trauma", "priority": "stat"})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    order = body["order"]
+    row = study(api, study_id)
+    assert (order["patient_id"], order["patient_name"]) == ("WALKIN", "DOE^JANE")
+    assert order["accession_number"] == "ACC77"
+    assert order["study_instance_uid"] == row.study_instance_uid
+    assert (order["requested_modality"], order["priority"], order["status"]) == (
+        "CT",
+        "stat",
+        "performed",
+    )
+    assert (row.metadata_status, row.imaging_request_id) == ("matched", order["id"])
+    assert items(api, study_id) == [
+        ("reconciliation", "completed", "routine"),
+        ("reading", "pending", "stat"),
+    ]
+    (created,) = events(api, "order_created", order["id"])
+    assert created.reason == "walk-in trauma"
+    assert created.details["from_study_id"] == study_id
+    assert created.details["after"]["accession_number"] == "ACC77"
+    (linked,) = events(api, "study_linked_to_new_order", study_id)
+    assert linked.details["after"] == {
+        "metadata_status": "matched",
+        "imaging_request_id": order["id"],
+    }
+
+    again = scheduler.post(url, json={"reason": "twice"})
+    assert error(again, 409)["current_state"] == "matched"
+
+
+def test_create_order_is_refused_when_an_order_already_holds_the_study_uid(
+    api: ApiServer, store: FileStore
+) -> None:
+    scheduler = api.client("scheduler")
+    order = scheduled_order(api, scheduler)
+    study_id = arrive(
+        api, store, study_uid=order["study_instance_uid"], patient_name="SOMEBODY^ELSE"
+    )
+    assert study(api, study_id).metadata_status == "conflict"
+    response = scheduler.post(
+        f"/api/reconciliation/{study_id}/create-order", json={"reason": "new order"}
+    )
+    assert error(response, 409)["existing"]["id"] == order["id"]
+    assert study(api, study_id).metadata_status == "conflict"
