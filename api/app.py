@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from api.cache import FeedCache
 from api.deps import ApiContext
 from api.errors import install_error_handlers
 from api.routes import (
@@ -45,6 +46,7 @@ def create_app(context: ApiContext) -> FastAPI:
         description="Radiology workflow API of the dicom-node DICOM node.",
     )
     app.state.context = context
+    app.state.worklist_cache = FeedCache(ttl=1.0)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -13,10 +13,13 @@ What it does:
    study: what the listing joins), plus one radiologist account;
 2. starts ``dicom-node serve`` on it (DICOM in worker processes, the API in the
    main process, as in production) and signs in;
-3. idle: ``--clients`` concurrent HTTP clients (one asyncio loop in this process,
-   keep-alive connections) list the reading worklist (``GET /api/worklist``, 50 a
-   page, STAT -> urgent -> routine, then due time) for ``--seconds``; every
-   request's latency is kept;
+3. idle: ``--clients`` keep-alive connections (one asyncio loop in this process,
+   a minimal HTTP/1.1 client so the load generator's own CPU stays small) list
+   the reading worklist (``GET /api/worklist``, 50 a page, STAT -> urgent ->
+   routine, then due time) for ``--seconds``, in two modes: back to back (each
+   client asks again as soon as it has its answer: a stress test, the latency
+   is then mostly queueing) and paced (each client asks once per ``--interval``
+   seconds, as a workstation polling its queue does); every latency is kept;
 4. during ingest: the same while 4 ``/usr/bin/storescu`` send the small set of
    bench/ingest.py to the node's DICOM port over and over;
 5. prints p50, p95, p99, max latency and requests/s for both phases, against the
@@ -44,7 +47,7 @@ from sqlalchemy import insert
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.ingest import (  # noqa: E402
+from bench.ingest import (
     DICOM_NODE,
     STORESCU,
     _env,
@@ -55,13 +58,13 @@ from bench.ingest import (  # noqa: E402
     client_dirs,
     prepare_set,
 )
-from dicom_node.db import migrate  # noqa: E402
-from dicom_node.db.engine import Database  # noqa: E402
-from dicom_node.db.models import DicomStudy, ImagingRequest, Patient, WorklistItem  # noqa: E402
-from dicom_node.services.users import create_user  # noqa: E402
-from tests.support import run_postgres  # noqa: E402
+from dicom_node.db import migrate
+from dicom_node.db.engine import Database
+from dicom_node.db.models import DicomStudy, ImagingRequest, Patient, WorklistItem
+from dicom_node.services.users import create_user
+from tests.support import run_postgres
 
-PASSWORD = "bench-password-1"
+PASSWORD = "bench-password-1"  # noqa: S105 (a throw-away bench account)
 PRIORITIES = (("stat", 0), ("urgent", 1), ("routine", 2), ("routine", 2), ("routine", 2))
 
 
@@ -72,67 +75,140 @@ def seed(url: str, items: int) -> None:
     now = datetime.now(UTC)
     batch = 2000
     with db.unit_of_work() as session:
-        create_user(session, username="reader", password=PASSWORD, role="radiologist",
-                    actor="bench")
+        create_user(
+            session, username="reader", password=PASSWORD, role="radiologist", actor="bench"
+        )
     for start in range(0, items, batch):
         rows = range(start, min(start + batch, items))
         with db.unit_of_work() as session:
-            session.execute(insert(Patient), [
-                {"id": i + 1, "patient_id": f"P{i:07d}", "issuer_of_patient_id": "",
-                 "patient_name": f"PATIENT^{i:07d}", "patient_name_folded": f"patient^{i:07d}",
-                 "created_at": now, "updated_at": now}
-                for i in rows
-            ])
-            session.execute(insert(ImagingRequest), [
-                {"id": i + 1, "patient_id": f"P{i:07d}", "issuer_of_patient_id": "",
-                 "patient_name": f"PATIENT^{i:07d}", "patient_name_folded": f"patient^{i:07d}",
-                 "accession_number": f"A{i:09d}", "accession_issuer": "",
-                 "study_instance_uid": f"2.25.{1000 + i}", "requested_modality": "CT",
-                 "priority": PRIORITIES[i % 5][0], "status": "performed",
-                 "created_at": now, "updated_at": now}
-                for i in rows
-            ])
-            session.execute(insert(DicomStudy), [
-                {"id": i + 1, "study_instance_uid": f"2.25.{1000 + i}", "patient_pk": i + 1,
-                 "imaging_request_id": i + 1, "accession_number": f"A{i:09d}",
-                 "accession_issuer": "", "study_date": "20261124", "modality_type": "CT",
-                 "modalities_in_study": "CT", "study_description": "CT HEAD",
-                 "series_count": 2, "instance_count": 200, "metadata_status": "matched",
-                 "status": "acquired", "completeness": "complete",
-                 "released_to_reading": True, "created_at": now, "updated_at": now}
-                for i in rows
-            ])
-            session.execute(insert(WorklistItem), [
-                {"imaging_request_id": i + 1, "dicom_study_id": i + 1,
-                 "queue_type": "reading", "status": "pending",
-                 "priority": PRIORITIES[i % 5][0], "priority_rank": PRIORITIES[i % 5][1],
-                 "due_at": now + timedelta(minutes=(i * 7) % 2000 - 300), "overdue": False,
-                 "version": 1, "created_at": now, "updated_at": now}
-                for i in rows
-            ])
+            session.execute(
+                insert(Patient),
+                [
+                    {
+                        "id": i + 1,
+                        "patient_id": f"P{i:07d}",
+                        "issuer_of_patient_id": "",
+                        "patient_name": f"PATIENT^{i:07d}",
+                        "patient_name_folded": f"patient^{i:07d}",
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for i in rows
+                ],
+            )
+            session.execute(
+                insert(ImagingRequest),
+                [
+                    {
+                        "id": i + 1,
+                        "patient_id": f"P{i:07d}",
+                        "issuer_of_patient_id": "",
+                        "patient_name": f"PATIENT^{i:07d}",
+                        "patient_name_folded": f"patient^{i:07d}",
+                        "accession_number": f"A{i:09d}",
+                        "accession_issuer": "",
+                        "study_instance_uid": f"2.25.{1000 + i}",
+                        "requested_modality": "CT",
+                        "priority": PRIORITIES[i % 5][0],
+                        "status": "performed",
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for i in rows
+                ],
+            )
+            session.execute(
+                insert(DicomStudy),
+                [
+                    {
+                        "id": i + 1,
+                        "study_instance_uid": f"2.25.{1000 + i}",
+                        "patient_pk": i + 1,
+                        "imaging_request_id": i + 1,
+                        "accession_number": f"A{i:09d}",
+                        "accession_issuer": "",
+                        "study_date": "20261124",
+                        "modality_type": "CT",
+                        "modalities_in_study": "CT",
+                        "study_description": "CT HEAD",
+                        "series_count": 2,
+                        "instance_count": 200,
+                        "metadata_status": "matched",
+                        "status": "acquired",
+                        "completeness": "complete",
+                        "released_to_reading": True,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for i in rows
+                ],
+            )
+            session.execute(
+                insert(WorklistItem),
+                [
+                    {
+                        "imaging_request_id": i + 1,
+                        "dicom_study_id": i + 1,
+                        "queue_type": "reading",
+                        "status": "pending",
+                        "priority": PRIORITIES[i % 5][0],
+                        "priority_rank": PRIORITIES[i % 5][1],
+                        "due_at": now + timedelta(minutes=(i * 7) % 2000 - 300),
+                        "overdue": False,
+                        "version": 1,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for i in rows
+                ],
+            )
     db.dispose()
 
 
-async def load(base: str, token: str, clients: int, seconds: float) -> list[float]:
+async def _get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
+    """One keep-alive GET; returns the status. A minimal client: httpx's own CPU
+    cost per request, on the same 2 cores as the node, would be measured too."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    await reader.readexactly(length)
+    return status
+
+
+async def load(
+    port: int, token: str, clients: int, seconds: float, interval: float = 0.0
+) -> list[float]:
+    """``clients`` connections asking for the first reading page; back to back
+    (``interval`` 0) or each once per ``interval`` seconds, started at random."""
     latencies: list[float] = []
     failures = 0
+    request = (
+        "GET /api/worklist?queue=reading&limit=50 HTTP/1.1\r\nHost: bench\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n"
+    ).encode()
     deadline = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits,
-                                 timeout=30) as client:
 
-        async def one_client() -> None:
-            nonlocal failures
-            while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                response = await client.get("/api/worklist",
-                                            params={"queue": "reading", "limit": 50})
-                latencies.append((time.perf_counter() - started) * 1000)
-                if response.status_code != 200:
-                    failures += 1
+    async def one_client(k: int) -> None:
+        nonlocal failures
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        if interval:
+            await asyncio.sleep(interval * k / clients)
+        next_at = time.perf_counter()
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            if await _get(reader, writer, request) != 200:
+                failures += 1
+            latencies.append((time.perf_counter() - started) * 1000)
+            if interval:
+                next_at += interval
+                await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+        writer.close()
 
-        await asyncio.gather(*(one_client() for _ in range(clients)))
+    await asyncio.gather(*(one_client(k) for k in range(clients)))
     if failures:
         print(f"  {failures} requests failed", flush=True)
     return latencies
@@ -145,9 +221,11 @@ def summary(name: str, latencies: list[float], seconds: float, target: float) ->
         return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
 
     verdict = "met" if pct(0.99) < target else "NOT met"
-    return (f"| {name} | {len(ordered)} | {len(ordered) / seconds:.0f} | "
-            f"{statistics.median(ordered):.1f} | {pct(0.95):.1f} | {pct(0.99):.1f} | "
-            f"{ordered[-1]:.1f} | < {target:.0f} ms: {verdict} |")
+    return (
+        f"| {name} | {len(ordered)} | {len(ordered) / seconds:.0f} | "
+        f"{statistics.median(ordered):.1f} | {pct(0.95):.1f} | {pct(0.99):.1f} | "
+        f"{ordered[-1]:.1f} | < {target:.0f} ms: {verdict} |"
+    )
 
 
 class Ingest(threading.Thread):
@@ -162,9 +240,21 @@ class Ingest(threading.Thread):
     def run(self) -> None:
         while not self.stopping.is_set():
             procs = [
-                _spawn([STORESCU, "-aet", f"BENCH{k}", "-aec", "DICOM_NODE", "+sd",
-                        "127.0.0.1", str(self.port), d], log=self.logs / f"storescu{k}.log",
-                       env=_env())
+                _spawn(
+                    [
+                        STORESCU,
+                        "-aet",
+                        f"BENCH{k}",
+                        "-aec",
+                        "DICOM_NODE",
+                        "+sd",
+                        "127.0.0.1",
+                        str(self.port),
+                        d,
+                    ],
+                    log=self.logs / f"storescu{k}.log",
+                    env=_env(),
+                )
                 for k, d in enumerate(self.dirs)
             ]
             for proc in procs:
@@ -179,6 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        help="the paced mode: each client asks once per this many seconds",
+    )
     parser.add_argument("--postgres", action="store_true")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--root", type=Path, default=Path("/tmp/dicom-node-bench"))
@@ -186,9 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.items, args.clients, args.seconds = 500, 8, 3.0
     small = prepare_set(args.root / "data", "small", 2000, 400)
-    with tempfile.TemporaryDirectory() as tmp, (
-        run_postgres() if args.postgres else _no_server()
-    ) as pg:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        run_postgres() if args.postgres else _no_server() as pg,
+    ):
         work = Path(tmp)
         url = pg.url("postgres") if pg else f"sqlite:///{work / 'index.sqlite3'}"
         print(f"seeding {args.items} open worklist items ...", flush=True)
@@ -198,36 +295,51 @@ def main(argv: list[str] | None = None) -> int:
         port, http = _free_port(), _free_port()
         config = work / "node.toml"
         config.write_text("")
-        env = _env({
-            "DICOM_NODE_CONFIG": str(config), "DICOM_NODE_DATA_DIR": str(work / "data"),
-            "DICOM_NODE_DATABASE_URL": url, "DICOM_NODE_DICOM_PORT": str(port),
-            "DICOM_NODE_HTTP_PORT": str(http), "DICOM_NODE_LOG_LEVEL": "WARNING",
-        })
+        env = _env(
+            {
+                "DICOM_NODE_CONFIG": str(config),
+                "DICOM_NODE_DATA_DIR": str(work / "data"),
+                "DICOM_NODE_DATABASE_URL": url,
+                "DICOM_NODE_DICOM_PORT": str(port),
+                "DICOM_NODE_HTTP_PORT": str(http),
+                "DICOM_NODE_LOG_LEVEL": "WARNING",
+            }
+        )
         log = work / "node.log"
         node = _spawn([DICOM_NODE, "serve"], log=log, env=env, cwd=work)
         try:
             _wait_for_health(http, node, log, timeout=60)
             base = f"http://127.0.0.1:{http}"
-            token = httpx.post(f"{base}/api/auth/token",
-                               data={"username": "reader", "password": PASSWORD}).json()
-            rows = ["| phase | requests | req/s | p50 ms | p95 ms | p99 ms | max ms | target |",
-                    "|---|---:|---:|---:|---:|---:|---:|---|"]
-            asyncio.run(load(base, token["access_token"], args.clients, 2.0))  # warm-up
-            idle = asyncio.run(load(base, token["access_token"], args.clients, args.seconds))
-            rows.append(summary("idle", idle, args.seconds, 100))
+            token = httpx.post(
+                f"{base}/api/auth/token", data={"username": "reader", "password": PASSWORD}
+            ).json()
+            rows = [
+                "| phase | requests | req/s | p50 ms | p95 ms | p99 ms | max ms | target |",
+                "|---|---:|---:|---:|---:|---:|---:|---|",
+            ]
+            bearer = token["access_token"]
+            asyncio.run(load(http, bearer, args.clients, 2.0))  # warm-up
+            modes = [("back to back", 0.0), (f"each every {args.interval:g} s", args.interval)]
+            for mode, interval in modes:
+                idle = asyncio.run(load(http, bearer, args.clients, args.seconds, interval))
+                rows.append(summary(f"idle, {mode}", idle, args.seconds, 100))
             links = work / "links"
             ingest = Ingest(client_dirs(small, 4, links), port, work)
             ingest.start()
             time.sleep(2.0)  # associations up and storing
-            busy = asyncio.run(load(base, token["access_token"], args.clients, args.seconds))
+            for mode, interval in modes:
+                busy = asyncio.run(load(http, bearer, args.clients, args.seconds, interval))
+                rows.append(summary(f"4-client C-STORE, {mode}", busy, args.seconds, 250))
             ingest.stopping.set()
             ingest.join()
-            rows.append(summary("during 4-client C-STORE", busy, args.seconds, 250))
+            print(f"  storescu rounds during the ingest phases: {ingest.rounds}", flush=True)
         finally:
             _stop(node)
         backend = "PostgreSQL" if args.postgres else "SQLite"
-        print(f"\nworklist listing, {args.items} open items, {args.clients} clients, "
-              f"{args.seconds:.0f} s per phase, {backend}:\n")
+        print(
+            f"\nworklist listing, {args.items} open items, {args.clients} clients, "
+            f"{args.seconds:.0f} s per phase, {backend}:\n"
+        )
         print("\n".join(rows))
     return 0
 

@@ -33,6 +33,8 @@ router = APIRouter(prefix="/api", tags=["changes"])
 POLL_SECONDS = 0.25
 HEARTBEAT_SECONDS = 15.0
 BATCH = 200
+# as for every id of the API: within what a JSON number holds exactly (larger: 422)
+MAX_SEQ = 2**53 - 1
 ENTITIES = ("order", "study", "worklist_item", "report")
 
 
@@ -71,7 +73,7 @@ def _entities(entity: list[str] | None) -> set[str] | None:
 def page_changes(
     context: Context,
     user: Annotated[Principal, Depends(require(Permission.CHANGES_READ))],
-    since: Annotated[int, Query(ge=0, description="the last seq already seen")] = 0,
+    since: Annotated[int, Query(ge=0, le=MAX_SEQ, description="the last seq already seen")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     entity: Annotated[list[str] | None, Query(description="order, study, ...")] = None,
 ) -> ChangePage:
@@ -99,8 +101,10 @@ def stream_events(
     context: Context,
     user: Annotated[Principal, Depends(require(Permission.CHANGES_READ))],
     token: Annotated[str, Depends(bearer_token)],
-    last_event_id: Annotated[int | None, Header(ge=0)] = None,
-    since: Annotated[int | None, Query(ge=0, description="start after this seq")] = None,
+    last_event_id: Annotated[int | None, Header(ge=0, le=MAX_SEQ)] = None,
+    since: Annotated[
+        int | None, Query(ge=0, le=MAX_SEQ, description="start after this seq")
+    ] = None,
     entity: Annotated[list[str] | None, Query()] = None,
 ) -> StreamingResponse:
     """Live changes as Server-Sent Events; ``id`` is the feed seq (resume with

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
+from api.cache import FeedCache
 from api.deps import Context, client_address, require
 from api.schemas.common import AUTH_ERRORS, CONFLICT, MAX_PAGE_SIZE, NOT_FOUND, Page
 from api.schemas.worklist import (
@@ -21,6 +22,7 @@ from api.schemas.worklist import (
 )
 from dicom_node.domain.enums import Priority, QueueType, WorklistStatus
 from dicom_node.domain.permissions import Permission, Principal
+from dicom_node.services.changes import latest_seq
 from dicom_node.services.worklist import (
     OPEN_STATUSES,
     UNASSIGNED,
@@ -52,6 +54,7 @@ def _assignee(value: str | None, principal: Principal) -> int | None:
 def list_queue(
     context: Context,
     user: Reader,
+    request: Request,
     queue: Annotated[QueueType, Query(description="which queue")] = QueueType.READING,
     status: Annotated[
         list[WorklistStatus] | None, Query(description="default: pending and claimed")
@@ -67,11 +70,12 @@ def list_queue(
     overdue: Annotated[bool | None, Query(description="past due now (or escalated)")] = None,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
-) -> Page[WorklistItemPublic]:
+) -> Response:
     """A queue, STAT -> urgent -> routine, then earliest due first.
 
     ``overdue`` on each item is computed now (due time passed), not only the
-    flag the escalation job stores. Not audited per call."""
+    flag the escalation job stores. Not audited per call. Pages are reused
+    while the change feed has not moved, for at most a second (api/cache.py)."""
     query = WorklistFilter(
         queue=queue,
         statuses=tuple(dict.fromkeys(status)) if status else OPEN_STATUSES,
@@ -80,14 +84,26 @@ def list_queue(
         priority=priority,
         overdue=overdue,
     )
+    cache: FeedCache = request.app.state.worklist_cache
+    key = (query, offset, limit)
     with context.db.read() as session:
-        page = list_worklist(session, query=query, offset=offset, limit=limit)
-    return Page[WorklistItemPublic](
-        items=[WorklistItemPublic.of(entry) for entry in page.items],
-        total=page.total,
-        offset=offset,
-        limit=limit,
-    )
+        seq = latest_seq(session)
+        body = cache.get(key, seq)
+        if body is None:
+            page = list_worklist(session, query=query, offset=offset, limit=limit)
+            body = (
+                Page[WorklistItemPublic](
+                    items=[WorklistItemPublic.of(entry) for entry in page.items],
+                    total=page.total,
+                    offset=offset,
+                    limit=limit,
+                )
+                .model_dump_json()
+                .encode()
+            )
+            cache.put(key, seq, body)
+    # already validated and serialized once: sent as is
+    return Response(body, media_type="application/json")
 
 
 @router.get(
