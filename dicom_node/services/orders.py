@@ -599,6 +599,14 @@ def create_order(
         now=moment,
     )
     if existing is not None and not force:
+        if not _visible_to(existing, principal):
+            # Another physician's order: its content is not this caller's to see
+            # (GET would be 404). Saying that one exists is the point of the rule.
+            raise Conflict(
+                f"patient {patient_id} already has an open {modality} order for this "
+                "procedure, placed by someone else; contact scheduling, or send force with "
+                "a force_reason to order it again"
+            )
         raise Conflict(
             f"patient {patient_id} already has an open {modality} order for this procedure "
             f"(order {existing.id}, {existing.status}); send force with a force_reason to "
@@ -981,13 +989,24 @@ def cancel_order(
     if not text_reason:
         raise InvalidValue("a cancellation needs a reason", field="reason")
     order = load_order(session, order_id, principal=principal)
-    if principal.role is Role.REFERRING_PHYSICIAN and order.status == RequestStatus.SCHEDULED.value:
+    referrer = principal.role is Role.REFERRING_PHYSICIAN
+    if referrer and order.status == RequestStatus.SCHEDULED.value:
         raise Forbidden("a referring physician may cancel an order only while it is requested")
+    # the status read above was not locked: advance_order re-checks under the row
+    # lock, so a scheduling that commits in between still stops a referrer's cancel
+    allowed = (
+        (RequestStatus.REQUESTED,)
+        if referrer
+        else (
+            RequestStatus.REQUESTED,
+            RequestStatus.SCHEDULED,
+        )
+    )
     if not advance_order(
         session,
         order,
         RequestStatus.CANCELLED,
-        allowed_from=(RequestStatus.REQUESTED, RequestStatus.SCHEDULED),
+        allowed_from=allowed,
         reason=text_reason,
         **_who(principal, source_address),
     ):
