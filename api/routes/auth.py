@@ -11,7 +11,6 @@ from pydantic import BaseModel
 
 from api.deps import Context, CurrentUser, bearer_token, client_address
 from api.schemas.common import AUTH_ERRORS, ErrorResponse
-from dicom_node.domain.errors import AuthenticationFailed
 from dicom_node.domain.permissions import ROLE_PERMISSIONS
 from dicom_node.services.auth import SignInPolicy, sign_in, sign_out
 
@@ -49,21 +48,13 @@ def issue_token(
         max_failures=settings.sign_in_max_failures,
         lockout=timedelta(minutes=settings.sign_in_lockout_minutes),
     )
-    failure: AuthenticationFailed | None = None
-    # a failed sign-in is committed too: its count and its audit event must stay
-    with context.db.unit_of_work() as session:
-        try:
-            issued = sign_in(
-                session,
-                username=form.username,
-                password=form.password,
-                policy=policy,
-                source_address=client_address(request),
-            )
-        except AuthenticationFailed as exc:
-            failure = exc
-    if failure is not None:
-        raise failure
+    issued = sign_in(
+        context.db,
+        username=form.username,
+        password=form.password,
+        policy=policy,
+        source_address=client_address(request),
+    )
     return TokenPublic(
         access_token=issued.token, expires_at=issued.expires_at, role=issued.principal.role.value
     )
@@ -71,11 +62,14 @@ def issue_token(
 
 @router.post("/auth/logout", status_code=204, responses=AUTH_ERRORS)
 def revoke_token(
-    context: Context, _user: CurrentUser, token: Annotated[str, Depends(bearer_token)]
+    context: Context,
+    user: CurrentUser,
+    token: Annotated[str, Depends(bearer_token)],
+    request: Request,
 ) -> Response:
-    """Revoke the token this request carries."""
+    """Revoke the token this request carries (audited)."""
     with context.db.unit_of_work() as session:
-        sign_out(session, token)
+        sign_out(session, token, principal=user, source_address=client_address(request))
     return Response(status_code=204)
 
 

@@ -187,6 +187,9 @@ def _insert(session: Session, pending: list[dict[str, Any]]) -> None:
         order_id = entry["_order_id"]
         if order_id is None and entry["_study_id"] is not None:
             order_id = study_orders.get(entry["_study_id"])
+        if entry["entity"] == "report" and entry["payload"].get("status") != "final":
+            # the ordering physician sees a report once it is signed, not its drafts
+            order_id = None
         rows.append(
             {
                 "at": now,

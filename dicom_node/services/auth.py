@@ -20,6 +20,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from dicom_node.db.engine import Database
 from dicom_node.db.models import ApiToken, User
 from dicom_node.db.types import utcnow
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
@@ -61,8 +62,19 @@ def _principal(user: User) -> Principal:
     )
 
 
+SIGN_IN_FAILED = (
+    "sign-in failed: wrong username or password, or the account is locked after repeated failures"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Credentials:
+    user_id: int | None
+    password_hash: str
+
+
 def sign_in(
-    session: Session,
+    db: Database,
     *,
     username: str,
     password: str,
@@ -72,20 +84,69 @@ def sign_in(
 ) -> IssuedToken:
     """A new token for the user, or AuthenticationFailed (audited either way).
 
-    The caller commits even on failure: the failure count and its audit event
-    must persist (the route commits, then answers 401).
+    Three steps, so that the argon2 verification (tens of milliseconds, on
+    purpose) runs outside any transaction: on SQLite a write transaction holds
+    the one writer lock that C-STORE ingest queues on too. Every path (unknown
+    user, locked account, wrong password) costs one verification and gives the
+    same message, so neither the answer nor its timing tells whether an account
+    exists or is locked; the audit event records which it was. A failure is
+    committed (its count and its audit event must stay) before the error is
+    raised.
     """
-    moment = now or utcnow()
     name = username.strip().lower()
-    user = session.scalar(select(User).where(User.username == name).with_for_update())
+    with db.read() as session:
+        credentials = _load_credentials(session, name)
+    verified = _verify(credentials.password_hash, password)
+    failure: AuthenticationFailed | None = None
+    with db.unit_of_work() as session:
+        try:
+            return _record(
+                session,
+                name,
+                credentials,
+                verified=verified,
+                password=password,
+                policy=policy,
+                source_address=source_address,
+                moment=now or utcnow(),
+            )
+        except AuthenticationFailed as exc:
+            failure = exc
+    raise failure
+
+
+def _load_credentials(session: Session, name: str) -> _Credentials:
+    row = session.execute(select(User.id, User.password_hash).where(User.username == name)).first()
+    if row is None:
+        return _Credentials(user_id=None, password_hash=_DUMMY_HASH)
+    return _Credentials(user_id=row[0], password_hash=row[1])
+
+
+def _record(
+    session: Session,
+    name: str,
+    credentials: _Credentials,
+    *,
+    verified: bool,
+    password: str,
+    policy: SignInPolicy,
+    source_address: str | None,
+    moment: datetime,
+) -> IssuedToken:
+    user = (
+        session.scalar(select(User).where(User.id == credentials.user_id).with_for_update())
+        if credentials.user_id is not None
+        else None
+    )
     if user is None:
-        _verify(_DUMMY_HASH, password)
         _audit_failure(session, name, None, source_address, "unknown user")
-        raise AuthenticationFailed("wrong username or password")
+        raise AuthenticationFailed(SIGN_IN_FAILED)
     if user.locked_until is not None and user.locked_until > moment:
         _audit_failure(session, name, user, source_address, "account locked")
-        raise AuthenticationFailed("account locked after repeated failed sign-ins; try later")
-    if not _verify(user.password_hash, password) or not user.is_active:
+        raise AuthenticationFailed(SIGN_IN_FAILED)
+    # a password reset between the check and here: the old password no longer counts
+    verified = verified and user.password_hash == credentials.password_hash
+    if not verified or not user.is_active:
         user.failed_sign_ins = (user.failed_sign_ins or 0) + 1
         reason = "inactive account" if user.is_active is False else "wrong password"
         if user.failed_sign_ins >= policy.max_failures:
@@ -93,7 +154,7 @@ def sign_in(
             user.failed_sign_ins = 0
             reason += "; account locked"
         _audit_failure(session, name, user, source_address, reason)
-        raise AuthenticationFailed("wrong username or password")
+        raise AuthenticationFailed(SIGN_IN_FAILED)
     user.failed_sign_ins = 0
     user.locked_until = None
     if _hasher.check_needs_rehash(user.password_hash):
@@ -165,9 +226,29 @@ def authenticate(session: Session, token: str, *, now: datetime | None = None) -
     return _principal(user)
 
 
-def sign_out(session: Session, token: str, *, now: datetime | None = None) -> None:
+def sign_out(
+    session: Session,
+    token: str,
+    *,
+    principal: Principal,
+    source_address: str | None = None,
+    now: datetime | None = None,
+) -> None:
     session.execute(
         update(ApiToken)
         .where(ApiToken.token_sha256 == _digest(token), ApiToken.revoked_at.is_(None))
         .values(revoked_at=now or utcnow())
+    )
+    record_audit_event(
+        session,
+        AuditRecord(
+            event_code=AuditEventCode.USER_AUTHENTICATION,
+            action="sign_out",
+            actor=principal.username,
+            actor_user_id=principal.user_id,
+            actor_role=principal.role.value,
+            source_address=source_address,
+            target_class="User",
+            target_id=str(principal.user_id),
+        ),
     )

@@ -38,10 +38,12 @@ def test_wrong_password_is_401_and_audited_and_locks_after_repeated_failures(
     for _ in range(api.settings.sign_in_max_failures):
         response = client.post("/api/auth/token", data={"username": name, "password": "wrong" * 3})
         assert response.status_code == 401
-    # locked: even the right password is refused now
+    # locked: even the right password is refused now, with the same answer an
+    # unknown user gets (the audit event says which it was)
     response = client.post("/api/auth/token", data={"username": name, "password": PASSWORD})
     assert response.status_code == 401
-    assert "locked" in response.json()["error"]["message"]
+    unknown = client.post("/api/auth/token", data={"username": "nobody", "password": PASSWORD})
+    assert response.json() == unknown.json()
     with api.db.read() as session:
         failures = session.scalars(
             select(AuditEvent.reason).where(
@@ -50,7 +52,8 @@ def test_wrong_password_is_401_and_audited_and_locks_after_repeated_failures(
         ).all()
         locked_until = session.scalar(select(User.locked_until).where(User.username == name))
     assert len(failures) == api.settings.sign_in_max_failures + 1
-    assert any("account locked" in (reason or "") for reason in failures)
+    assert failures.count("account locked") == 1  # the try with the right password
+    assert any("; account locked" in (reason or "") for reason in failures)
     assert locked_until is not None
 
 
@@ -69,11 +72,16 @@ def test_unknown_user_sign_in_is_audited_as_a_failure(api: ApiServer) -> None:
     assert count == 1
 
 
-def test_logout_revokes_the_token(api: ApiServer) -> None:
+def test_logout_revokes_the_token_and_is_audited(api: ApiServer) -> None:
     client = api.client("technologist")
     assert client.get("/api/me").status_code == 200
     assert client.post("/api/auth/logout").status_code == 204
     assert client.get("/api/me").status_code == 401
+    with api.db.read() as session:
+        actors = session.scalars(
+            select(AuditEvent.actor).where(AuditEvent.action == "sign_out")
+        ).all()
+    assert actors == [client.username]  # type: ignore[attr-defined]
 
 
 def test_password_is_stored_as_argon2_only(api: ApiServer) -> None:

@@ -13,7 +13,14 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import event, select
 
-from dicom_node.db.models import ChangeLogEntry, ImagingRequest, User
+from dicom_node.db.models import (
+    ChangeLogEntry,
+    DicomStudy,
+    ImagingRequest,
+    Patient,
+    Report,
+    User,
+)
 from dicom_node.services.ingest import IngestPolicy, Source, store_instance
 from dicom_node.storage import FileStore
 from tests.api.conftest import ApiServer
@@ -207,3 +214,33 @@ def test_a_late_committing_change_is_not_skipped_by_a_reader_that_saw_a_later_on
     finally:
         event.remove(api.db.engine, "commit", slow_commit)
     assert len(seen) == 2, seen
+
+
+def test_the_ordering_physician_sees_report_entries_only_once_signed(api: ApiServer) -> None:
+    physician = api.client("referring_physician")
+    radiologist = api.user("radiologist")
+    order_id = _add_order(api, owner=physician.username)  # type: ignore[attr-defined]
+    with api.db.unit_of_work() as session:
+        patient = Patient(patient_id="P1", patient_name="DOE^JANE")
+        session.add(patient)
+        session.flush()
+        study = DicomStudy(
+            study_instance_uid=generate_uid(), patient_pk=patient.id, imaging_request_id=order_id
+        )
+        session.add(study)
+        session.flush()
+        report = Report(dicom_study_id=study.id, radiologist_id=_user_id(api, radiologist))
+        session.add(report)
+        session.flush()
+        report_id = report.id
+
+    def report_entries() -> list[str]:
+        items = physician.get("/api/changes", params={"entity": "report"}).json()["items"]
+        return [item["payload"]["status"] for item in items]
+
+    assert report_entries() == []  # the draft is not announced to them
+    with api.db.unit_of_work() as session:
+        stored = session.get(Report, report_id)
+        assert stored is not None
+        stored.status = "final"
+    assert report_entries() == ["final"]
