@@ -15,7 +15,9 @@ from api.schemas.reconciliation import (
     LinkRequest,
     ReconciledPublic,
     ReconciliationEntryPublic,
+    ResolveRequest,
 )
+from dicom_node.domain.enums import WorklistStatus
 from dicom_node.domain.permissions import Permission, Principal
 from dicom_node.services.reconciliation import (
     RECONCILIATION_SORTS,
@@ -23,12 +25,14 @@ from dicom_node.services.reconciliation import (
     create_order_from_study,
     link_study,
     list_reconciliation,
+    resolve_reconciliation_item,
 )
 
 router = APIRouter(prefix="/api", tags=["reconciliation"])
 
 Reconciler = Annotated[Principal, Depends(require(Permission.RECONCILE))]
 StudyId = Annotated[int, Path(ge=1, le=MAX_ID)]
+ItemId = Annotated[int, Path(ge=1, le=MAX_ID)]
 SORT_HELP = "studies: comma-separated; '-' for descending; one of: " + ", ".join(
     sorted(RECONCILIATION_SORTS)
 )
@@ -88,8 +92,11 @@ def link_study_to_order(
 ) -> ReconciledPublic:
     """Link the study to an order (metadata matched, audited). The order starts,
     and if the acquisition is complete it is performed and the study joins the
-    reading worklist. 409 if the study is not unmatched/conflict, the order was
-    cancelled, or the order is another patient's (unless ``force``)."""
+    reading worklist. 409 if the study is not unmatched/conflict, or, unless
+    ``force``, the order was cancelled or is another patient's. Forced, a
+    cancelled order is reinstated (cancelled -> in_progress, audited
+    ``order_reinstated``). Open reconciliation items of an MPPS for the same
+    StudyInstanceUID are completed and the step is linked to the order."""
     with context.db.unit_of_work() as session:
         result = link_study(
             session,
@@ -119,7 +126,7 @@ def create_order_for_study(
 ) -> ReconciledPublic:
     """Create an order from the study's patient, accession, StudyInstanceUID and
     modality, and link it as ``link`` does. 409 if an order already holds that
-    UID or accession number (link to it instead)."""
+    UID or accession number (link to it instead; a cancelled one with ``force``)."""
     with context.db.unit_of_work() as session:
         result = create_order_from_study(
             session,
@@ -132,3 +139,27 @@ def create_order_for_study(
             source_address=client_address(request),
         )
     return _public(result)
+
+
+@router.post(
+    "/reconciliation/items/{item_id}/resolve",
+    response_model=ReconciliationEntryPublic,
+    responses=CHANGE,
+)
+def resolve_item(
+    context: Context, user: Reconciler, item_id: ItemId, body: ResolveRequest, request: Request
+) -> ReconciliationEntryPublic:
+    """Close a reconciliation item that only an MPPS opened (no study arrived):
+    cancelled or completed, with the reason (audited). 404 if there is no such
+    reconciliation item; 409 if it is closed already or belongs to a study
+    (resolve the study by link, create-order or reject)."""
+    with context.db.unit_of_work() as session:
+        entry = resolve_reconciliation_item(
+            session,
+            item_id,
+            reason=body.reason,
+            outcome=WorklistStatus(body.outcome),
+            principal=user,
+            source_address=client_address(request),
+        )
+    return ReconciliationEntryPublic.model_validate(entry, from_attributes=True)

@@ -54,7 +54,11 @@ class LinkRequest(BaseModel):
 
     order_id: Id
     reason: Reason
-    force: bool = Field(False, description="link even though the order is for another patient")
+    force: bool = Field(
+        False,
+        description="link even though the order is for another patient, or was cancelled "
+        "(the cancelled order is reinstated: cancelled -> in_progress, audited)",
+    )
 
 
 class CreateOrderRequest(BaseModel):
@@ -63,3 +67,14 @@ class CreateOrderRequest(BaseModel):
     reason: Reason
     priority: Priority = Priority.ROUTINE
     imaging_center_id: Id | None = None
+
+
+class ResolveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Reason
+    outcome: Literal["cancelled", "completed"] = Field(
+        "cancelled",
+        description="cancelled: nothing to reconcile (e.g. a test exam, images never sent); "
+        "completed: handled another way",
+    )

@@ -19,17 +19,21 @@ from dicom_node.db.models import (
     DicomSeries,
     DicomStudy,
     ImagingRequest,
+    Patient,
     PerformedProcedureStep,
+    Report,
     WorklistItem,
 )
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import (
+    AuditOutcome,
     Completeness,
     CompletenessEvidence,
     MetadataStatus,
     MppsStatus,
     Priority,
     QueueType,
+    ReportStatus,
     RequestStatus,
     WorklistStatus,
 )
@@ -38,6 +42,7 @@ from dicom_node.services.audit import record_audit_event
 from dicom_node.services.orders import advance_order
 
 _READABLE = (MetadataStatus.MATCHED.value, MetadataStatus.CORRECTED.value)
+_OPEN = (WorklistStatus.PENDING.value, WorklistStatus.CLAIMED.value)
 
 
 @dataclass(frozen=True)
@@ -191,10 +196,18 @@ def complete_study(
     sla: SlaPolicy,
     actor: str,
 ) -> None:
-    """Declare the acquisition over; the order is performed and the study queued."""
+    """Declare the acquisition over; the order is performed and the study queued.
+
+    A rejected study gets no work item at all. A study whose report is already
+    past draft (in review, final, being amended) gets no second reading item
+    nobody could work: the late instances are audited
+    (``late_instance_after_report``) for the radiologist to decide on an addendum.
+    """
     _transition(session, study, Completeness.COMPLETE, actor=actor, evidence=evidence)
     study.completeness_evidence = evidence.value
     study.completed_at = now
+    if study.metadata_status == MetadataStatus.REJECTED.value:
+        return  # withdrawn (DOMAIN.md): neither read nor reconciled
     order = (
         session.get(ImagingRequest, study.imaging_request_id) if study.imaging_request_id else None
     )
@@ -202,10 +215,138 @@ def complete_study(
     if order is not None and readable:
         _perform_order(session, order, now=now, actor=actor)
     priority = Priority(order.priority) if order is not None else Priority.ROUTINE
+    if readable:
+        report = blocking_report(session, study.id)
+        if report is not None:
+            _record_late_instances(session, study, report, actor=actor)
+            return
     queue = QueueType.READING if readable else QueueType.RECONCILIATION
     _ensure_worklist_item(
         session, study, order, queue=queue, priority=priority, due_at=sla.due(priority, now)
     )
+
+
+def blocking_report(session: Session, study_id: int) -> Report | None:
+    """The study's report once it is past draft: reading it again is not a new
+    reading item but an addendum to this report."""
+    return session.scalar(
+        select(Report)
+        .where(Report.dicom_study_id == study_id, Report.status != ReportStatus.DRAFT.value)
+        .order_by(Report.id)
+        .limit(1)
+    )
+
+
+def _record_late_instances(
+    session: Session, study: DicomStudy, report: Report, *, actor: str
+) -> None:
+    late = int(
+        session.scalar(
+            select(func.count(DicomInstance.id))
+            .join(DicomSeries, DicomInstance.series_pk == DicomSeries.id)
+            .where(
+                DicomSeries.study_pk == study.id,
+                DicomInstance.quarantined.is_(False),
+                DicomInstance.received_at > report.created_at,
+            )
+        )
+        or 0
+    )
+    record_audit_event(
+        session,
+        AuditRecord(
+            event_code=AuditEventCode.PROCEDURE_RECORD,
+            action="late_instance_after_report",
+            outcome=AuditOutcome.MINOR_FAILURE,
+            actor=actor,
+            target_class="DicomStudy",
+            target_id=str(study.id),
+            patient_id=_patient_id(session, study),
+            study_instance_uid=study.study_instance_uid,
+            accession_number=study.accession_number,
+            reason=f"instances arrived after report {report.id} was started; "
+            "no new reading item (an addendum may be needed)",
+            details={
+                "report_id": report.id,
+                "report_status": report.status,
+                "instances_after_report": late,
+                "instance_count": study.instance_count,
+                "series_count": study.series_count,
+            },
+        ),
+    )
+
+
+def _patient_id(session: Session, study: DicomStudy) -> str | None:
+    return session.scalar(select(Patient.patient_id).where(Patient.id == study.patient_pk))
+
+
+def withdraw_from_reading(
+    session: Session,
+    study_id: int,
+    *,
+    actor: str,
+    source_address: str | None,
+    reason: str,
+) -> None:
+    """A study whose patient is now in doubt leaves the reading worklist: its
+    open reading and review items are cancelled (audited each) and an open
+    reconciliation item is made sure of, carrying the cancelled reading item's
+    priority and due time. Linking the study again re-creates the reading item."""
+    study = session.get(DicomStudy, study_id, populate_existing=True)
+    if study is None:
+        return
+    cancelled: list[WorklistItem] = []
+    for item in session.scalars(
+        select(WorklistItem)
+        .where(
+            WorklistItem.dicom_study_id == study_id,
+            WorklistItem.queue_type.in_([QueueType.READING.value, QueueType.REVIEW.value]),
+            WorklistItem.status.in_(_OPEN),
+        )
+        .order_by(WorklistItem.id)
+        .with_for_update()
+    ):
+        before = {"status": item.status, "assigned_to_id": item.assigned_to_id}
+        item.status = WorklistStatus.CANCELLED.value
+        item.version += 1
+        cancelled.append(item)
+        record_audit_event(
+            session,
+            AuditRecord(
+                event_code=AuditEventCode.PROCEDURE_RECORD,
+                action="worklist_item_cancelled",
+                actor=actor,
+                source_address=source_address,
+                target_class="WorklistItem",
+                target_id=str(item.id),
+                patient_id=_patient_id(session, study),
+                study_instance_uid=study.study_instance_uid,
+                accession_number=study.accession_number,
+                reason=reason,
+                details={
+                    "before": before,
+                    "after": {"status": item.status, "assigned_to_id": item.assigned_to_id},
+                    "queue_type": item.queue_type,
+                },
+            ),
+        )
+    reading = next((i for i in cancelled if i.queue_type == QueueType.READING.value), None)
+    order = (
+        session.get(ImagingRequest, study.imaging_request_id) if study.imaging_request_id else None
+    )
+    priority = Priority(
+        reading.priority if reading else (order.priority if order else Priority.ROUTINE.value)
+    )
+    _ensure_worklist_item(
+        session,
+        study,
+        order,
+        queue=QueueType.RECONCILIATION,
+        priority=priority,
+        due_at=reading.due_at if reading else None,
+    )
+    session.flush()
 
 
 def _transition(
@@ -239,7 +380,17 @@ def _transition(
     )
 
 
-def _perform_order(session: Session, order: ImagingRequest, *, now: datetime, actor: str) -> None:
+def _perform_order(
+    session: Session,
+    order: ImagingRequest,
+    *,
+    now: datetime,
+    actor: str,
+    reason: str = "study complete",
+    actor_user_id: int | None = None,
+    actor_role: str | None = None,
+    source_address: str | None = None,
+) -> None:
     # already performed (MPPS said so) or discontinued: left as it is
     if advance_order(
         session,
@@ -247,7 +398,10 @@ def _perform_order(session: Session, order: ImagingRequest, *, now: datetime, ac
         RequestStatus.PERFORMED,
         allowed_from=(RequestStatus.REQUESTED, RequestStatus.SCHEDULED, RequestStatus.IN_PROGRESS),
         actor=actor,
-        reason="study complete",
+        reason=reason,
+        actor_user_id=actor_user_id,
+        actor_role=actor_role,
+        source_address=source_address,
     ):
         order.exam_completed_at = order.exam_completed_at or now
 
@@ -259,7 +413,7 @@ def _ensure_worklist_item(
     *,
     queue: QueueType,
     priority: Priority,
-    due_at: datetime,
+    due_at: datetime | None,
 ) -> None:
     already = session.scalar(
         select(

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, time, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dicom_node.db.models import ImagingCenter, ImagingRequest, Modality
+from dicom_node.db.models import PN, ImagingCenter, ImagingRequest, Modality
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.demo import DEMO_CENTERS, DEMO_MODALITIES, DEMO_STUDIES, DEMO_USERS
 from dicom_node.domain.enums import RequestStatus
@@ -103,7 +103,7 @@ def load_demo(session: Session, *, password: str, actor: str) -> DemoSummary:
         order = ImagingRequest(
             patient_id=study.patient_id,
             patient_name=study.patient_name,
-            patient_name_folded=fold_person_name(study.patient_name),
+            patient_name_folded=fold_person_name(study.patient_name)[: PN.length],
             patient_birth_date=study.birth_date,
             patient_sex=study.sex,
             accession_number=study.accession_number,

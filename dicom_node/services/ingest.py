@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from dicom_node.db.changes import record_change
 from dicom_node.db.engine import Database
-from dicom_node.db.models import DicomInstance, DicomSeries, DicomStudy, Patient
+from dicom_node.db.models import PN, DicomInstance, DicomSeries, DicomStudy, Patient
 from dicom_node.db.upsert import insert_ignoring_conflict
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.dataset_header import InstanceHeader, InvalidHeader, read_header
@@ -39,6 +39,7 @@ from dicom_node.domain.names import fold_person_name
 from dicom_node.domain.part10 import dataset_offset
 from dicom_node.domain.query import normalize_tm
 from dicom_node.services.audit import record_audit_event
+from dicom_node.services.completeness import withdraw_from_reading
 from dicom_node.services.matching import match_new_study
 from dicom_node.storage import FileStore
 
@@ -559,7 +560,9 @@ def _upsert_patient(session: Session, header: InstanceHeader) -> int:
             "patient_id": header.patient_id,
             "issuer_of_patient_id": header.issuer_of_patient_id,
             "patient_name": header.patient_name,
-            "patient_name_folded": fold_person_name(header.patient_name)
+            # casefolding can lengthen a name ("ß" -> "ss"): the folded copy is cut
+            # to its column, the name itself is kept whole
+            "patient_name_folded": fold_person_name(header.patient_name)[: PN.length]
             if header.patient_name
             else None,
             "patient_birth_date": header.patient_birth_date,
@@ -661,32 +664,42 @@ def _add_modality(session: Session, study_pk: int, modality: str, *, new_study: 
 
 
 def _quarantine(session: Session, study_pk: int, header: InstanceHeader, source: Source) -> None:
-    """A known StudyInstanceUID for another patient: flag, never merge."""
+    """A known StudyInstanceUID for another patient: flag, never merge.
+
+    The study leaves the reading worklist (its open reading/review items are
+    cancelled, a reconciliation item is opened) until a person links it again.
+    A rejected study stays rejected: withdrawn, nothing to read or reconcile.
+    """
     before = session.scalar(select(DicomStudy.metadata_status).where(DicomStudy.id == study_pk))
-    if before != MetadataStatus.CONFLICT.value:
+    after = before if before == MetadataStatus.REJECTED.value else MetadataStatus.CONFLICT.value
+    if before != after:
         session.execute(
-            update(DicomStudy)
-            .where(DicomStudy.id == study_pk)
-            .values(metadata_status=MetadataStatus.CONFLICT.value)
+            update(DicomStudy).where(DicomStudy.id == study_pk).values(metadata_status=after)
         )
+    reason = "instance carries a known StudyInstanceUID with a different PatientID"
+    actor = source.calling_ae_title or source.actor
     record_audit_event(
         session,
         AuditRecord(
             event_code=AuditEventCode.PATIENT_RECORD,
             action="study_patient_conflict",
             outcome=AuditOutcome.MINOR_FAILURE,
-            actor=source.calling_ae_title or source.actor,
+            actor=actor,
             source_address=source.address,
             target_class="DicomStudy",
             target_id=str(study_pk),
             patient_id=header.patient_id,
             study_instance_uid=header.study_instance_uid,
             accession_number=header.accession_number,
-            reason="instance carries a known StudyInstanceUID with a different PatientID",
+            reason=reason,
             details={
                 "before": {"metadata_status": before},
-                "after": {"metadata_status": MetadataStatus.CONFLICT.value},
+                "after": {"metadata_status": after},
                 "sop_instance_uid": header.sop_instance_uid,
             },
         ),
     )
+    if after == MetadataStatus.CONFLICT.value:
+        withdraw_from_reading(
+            session, study_pk, actor=actor, source_address=source.address, reason=reason
+        )

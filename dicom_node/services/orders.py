@@ -28,7 +28,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import ColumnElement, Select, case, func, select, text
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from dicom_node.db.models import ImagingCenter, ImagingRequest, Modality
+from dicom_node.db.models import PN, ImagingCenter, ImagingRequest, Modality
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import ModalityStatus, Priority, RequestStatus, Role
 from dicom_node.domain.errors import Conflict, Forbidden, InvalidValue, NotFound
@@ -572,7 +572,8 @@ def create_order(
         patient_id=patient_id,
         issuer_of_patient_id=issuer,
         patient_name=name,
-        patient_name_folded=fold_person_name(name),
+        # casefolding may lengthen a name ('ß' -> 'ss'): the copy fits its column
+        patient_name_folded=fold_person_name(name)[: PN.length],
         patient_birth_date=dicom_date(new.patient_birth_date, field="patient_birth_date"),
         patient_sex=_sex(new.patient_sex),
         requested_modality=modality,
@@ -893,7 +894,7 @@ def update_order(
             new_name = person_name(value, field=name, required=True)
             assert new_name is not None
             order.patient_name = new_name
-            order.patient_name_folded = fold_person_name(new_name)
+            order.patient_name_folded = fold_person_name(new_name)[: PN.length]
         elif name == "patient_birth_date":
             order.patient_birth_date = dicom_date(value, field=name)
         elif name == "patient_sex":

@@ -6,7 +6,11 @@ the study (DOMAIN.md "Matching images to orders"). Either way the study then
 goes the way a study matched on arrival goes, through the same functions: the
 order starts (and is performed when the acquisition is already complete) and a
 complete study joins the reading worklist; the study's open reconciliation
-item is closed. Every step is audited with before and after.
+item is closed, and so is the item of an MPPS that reported the same
+StudyInstanceUID (the step then performs the order). A cancelled order is
+linked only with ``force`` and a reason, which reinstates it. An item an MPPS
+opened with no study ever arriving is resolved on its own, with a reason.
+Every step is audited with before and after.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from dicom_node.db.models import (
+    PN,
     DicomStudy,
     ImagingCenter,
     ImagingRequest,
@@ -32,6 +37,7 @@ from dicom_node.domain.enums import (
     MetadataStatus,
     Priority,
     QueueType,
+    ReportStatus,
     RequestStatus,
     WorklistStatus,
 )
@@ -43,16 +49,21 @@ from dicom_node.services.audit import record_audit_event
 
 # The steps a study matched on arrival or completed goes through; reused, not
 # repeated, so a reconciled study ends exactly where a matched one would.
-from dicom_node.services.completeness import _ensure_worklist_item, _perform_order
-from dicom_node.services.matching import _start_exam
+from dicom_node.services.completeness import (
+    _ensure_worklist_item,
+    _perform_order,
+    blocking_report,
+)
 from dicom_node.services.orders import (
     Listed,
     OrderInfo,
     SortColumn,
+    advance_order,
     count_of,
     order_by,
     order_info,
 )
+from dicom_node.services.worklist import ensure_review_item
 
 TO_RECONCILE = (MetadataStatus.UNMATCHED.value, MetadataStatus.CONFLICT.value)
 _OPEN_ITEM = (WorklistStatus.PENDING.value, WorklistStatus.CLAIMED.value)
@@ -326,9 +337,11 @@ def link_study(
     """Link an unmatched or conflicting study to an order.
 
     Conflict when the study is not to be reconciled (matched, corrected,
-    rejected), when the order was cancelled, or when the order is for another
-    patient (PatientID or issuer differ) unless ``force``: then the override
-    and the differing attributes are audited with the reason.
+    rejected), or, unless ``force``, when the order was cancelled or is for
+    another patient (PatientID or issuer differ). Forced, the override and the
+    differing attributes are audited with the reason; a cancelled order is
+    reinstated (cancelled -> in_progress, audited ``order_reinstated``): the
+    images prove the exam took place after all.
     """
     text_reason = _reason(reason)
     study = _study_to_reconcile(session, study_id)
@@ -337,8 +350,13 @@ def link_study(
     )
     if order is None:
         raise NotFound(f"no order {order_id} (order_id)")
-    if order.status == RequestStatus.CANCELLED.value:
-        raise Conflict(f"order {order.id} was cancelled", current=order.status)
+    reinstate = order.status == RequestStatus.CANCELLED.value
+    if reinstate and not force:
+        raise Conflict(
+            f"order {order.id} was cancelled; send force with the reason to reinstate it "
+            "and link the study",
+            current=order.status,
+        )
     patient = session.get(Patient, study.patient_pk)
     assert patient is not None
     mismatches = demographic_mismatches(
@@ -365,6 +383,18 @@ def link_study(
             existing=order_info(order).as_json(),
         )
     extra = {"mismatched_attributes": mismatches, "forced": bool(force and other_patient)}
+    moment = now or datetime.now(UTC)
+    if reinstate:
+        extra["reinstated_order"] = True
+        _reinstate(
+            session,
+            order,
+            now=study.first_received_at or moment,
+            reason=text_reason,
+            study=study,
+            principal=principal,
+            source_address=source_address,
+        )
     return _link(
         session,
         study,
@@ -376,7 +406,46 @@ def link_study(
         principal=principal,
         sla=sla,
         source_address=source_address,
-        now=now or datetime.now(UTC),
+        now=moment,
+    )
+
+
+def _reinstate(
+    session: Session,
+    order: ImagingRequest,
+    *,
+    now: datetime,
+    reason: str,
+    study: DicomStudy,
+    principal: Principal,
+    source_address: str | None,
+) -> None:
+    """cancelled -> in_progress: the exam was performed on a cancelled order."""
+    before = {"status": order.status, "cancel_reason": order.cancel_reason}
+    order.status = RequestStatus.IN_PROGRESS.value
+    order.cancel_reason = None
+    order.exam_started_at = order.exam_started_at or now
+    record_audit_event(
+        session,
+        AuditRecord(
+            event_code=AuditEventCode.ORDER_RECORD,
+            action="order_reinstated",
+            actor=principal.username,
+            actor_user_id=principal.user_id,
+            actor_role=principal.role.value,
+            source_address=source_address,
+            target_class="ImagingRequest",
+            target_id=str(order.id),
+            patient_id=order.patient_id,
+            study_instance_uid=order.study_instance_uid,
+            accession_number=order.accession_number,
+            reason=reason,
+            details={
+                "before": before,
+                "after": {"status": order.status, "cancel_reason": None},
+                "study_id": study.id,
+            },
+        ),
     )
 
 
@@ -394,7 +463,8 @@ def create_order_from_study(
 ) -> ReconciledStudy:
     """A new order carrying the study's patient, accession, StudyInstanceUID,
     modality and description, linked to it. Conflict if an order already holds
-    that StudyInstanceUID or accession number (link to that one instead)."""
+    that StudyInstanceUID or accession number (link to that one instead; a
+    cancelled one with ``force``, which reinstates it)."""
     text_reason = _reason(reason)
     moment = now or datetime.now(UTC)
     study = _study_to_reconcile(session, study_id)
@@ -412,9 +482,15 @@ def create_order_from_study(
         )
     holder = session.scalar(select(ImagingRequest).where(or_(*same)).limit(1))
     if holder is not None:
+        how = (
+            "link the study to it with force and a reason, which reinstates it"
+            if holder.status == RequestStatus.CANCELLED.value
+            else "link the study to it"
+        )
         raise Conflict(
-            f"order {holder.id} already carries this study's UID or accession number; "
-            "link the study to it",
+            f"order {holder.id} ({holder.status}) already carries this study's UID or "
+            f"accession number; {how}",
+            current=holder.status,
             existing=order_info(holder).as_json(),
         )
     if imaging_center_id is not None and session.get(ImagingCenter, imaging_center_id) is None:
@@ -424,7 +500,8 @@ def create_order_from_study(
         patient_id=patient.patient_id,
         issuer_of_patient_id=patient.issuer_of_patient_id or "",
         patient_name=name,
-        patient_name_folded=fold_person_name(name),
+        # casefolding may lengthen a name ('ß' -> 'ss'): the copy fits its column
+        patient_name_folded=fold_person_name(name)[: PN.length],
         patient_birth_date=patient.patient_birth_date,
         patient_sex=patient.patient_sex,
         accession_number=study.accession_number or None,
@@ -535,14 +612,63 @@ def _link(
             },
         ),
     )
-    # what a study matched on arrival goes through: the exam has started ...
+    # what a study matched on arrival goes through, done in the person's name
+    # and with their reason: the exam has started ...
     actor = principal.username
-    _start_exam(session, order, now=study.first_received_at or now, actor=actor)
+    who: dict[str, Any] = {
+        "actor": actor,
+        "actor_user_id": principal.user_id,
+        "actor_role": principal.role.value,
+        "source_address": source_address,
+    }
+    if advance_order(
+        session,
+        order,
+        RequestStatus.IN_PROGRESS,
+        allowed_from=(RequestStatus.REQUESTED, RequestStatus.SCHEDULED),
+        reason=f"study {study.id} reconciled: {reason}",
+        **who,
+    ):
+        order.exam_started_at = order.exam_started_at or study.first_received_at or now
     reading_item_id = None
     if study.completeness == Completeness.COMPLETE.value:
         # ... and, the acquisition being over, the order is performed and the
         # study is read (due from when it completed, as for a matched study)
-        _perform_order(session, order, now=study.completed_at or now, actor=actor)
+        _perform_order(
+            session,
+            order,
+            now=study.completed_at or now,
+            reason=f"study {study.id} complete, reconciled: {reason}",
+            **who,
+        )
+        reading_item_id = _queue_for_reading(
+            session, study, order, sla=sla, now=now, principal=principal, who=who
+        )
+    _close_reconciliation_items(
+        session, study, patient, order, reason=reason, now=now, principal=principal, who=who
+    )
+    session.flush()
+    return ReconciledStudy(
+        entry=_study_entry(study, patient, None, None),
+        order=order_info(order),
+        reading_item_id=reading_item_id,
+    )
+
+
+def _queue_for_reading(
+    session: Session,
+    study: DicomStudy,
+    order: ImagingRequest,
+    *,
+    sla: SlaPolicy,
+    now: datetime,
+    principal: Principal,
+    who: dict[str, Any],
+) -> int | None:
+    """The reading item, as for a matched study; none when the study's report
+    is past draft (its review item is re-opened if it is in review)."""
+    report = blocking_report(session, study.id)
+    if report is None:
         priority = Priority(order.priority)
         _ensure_worklist_item(
             session,
@@ -553,33 +679,99 @@ def _link(
             due_at=sla.due(priority, study.completed_at or now),
         )
         session.flush()
-        reading_item_id = session.scalar(
+        return session.scalar(
             select(WorklistItem.id).where(
                 WorklistItem.dicom_study_id == study.id,
                 WorklistItem.queue_type == QueueType.READING.value,
                 WorklistItem.status.in_(_OPEN_ITEM),
             )
         )
+    if report.status == ReportStatus.IN_REVIEW.value:
+        ensure_review_item(
+            session,
+            study_id=study.id,
+            principal=principal,
+            source_address=who["source_address"],
+        )
+    return None
+
+
+def _steps_of(session: Session, study: DicomStudy) -> list[PerformedProcedureStep]:
+    return list(
+        session.scalars(
+            select(PerformedProcedureStep)
+            .where(PerformedProcedureStep.study_instance_uid == study.study_instance_uid)
+            .order_by(PerformedProcedureStep.id)
+            .with_for_update()
+        )
+    )
+
+
+def _close_reconciliation_items(
+    session: Session,
+    study: DicomStudy,
+    patient: Patient,
+    order: ImagingRequest,
+    *,
+    reason: str,
+    now: datetime,
+    principal: Principal,
+    who: dict[str, Any],
+) -> None:
+    """The study's open reconciliation items, and those an MPPS of the same
+    StudyInstanceUID opened (an unscheduled exam, or one for a closed order):
+    completed. Those steps now perform this order."""
+    steps = _steps_of(session, study)
+    for step in steps:
+        if step.imaging_request_id == order.id:
+            continue
+        before_order = step.imaging_request_id
+        step.imaging_request_id = order.id
+        record_audit_event(
+            session,
+            AuditRecord(
+                event_code=AuditEventCode.PROCEDURE_RECORD,
+                action="procedure_step_linked",
+                actor=who["actor"],
+                actor_user_id=who["actor_user_id"],
+                actor_role=who["actor_role"],
+                source_address=who["source_address"],
+                target_class="PerformedProcedureStep",
+                target_id=step.sop_instance_uid,
+                patient_id=patient.patient_id,
+                study_instance_uid=step.study_instance_uid,
+                accession_number=step.accession_number,
+                reason=reason,
+                details={
+                    "before": {"imaging_request_id": before_order},
+                    "after": {"imaging_request_id": order.id},
+                    "study_id": study.id,
+                },
+            ),
+        )
+    tied = [WorklistItem.dicom_study_id == study.id]
+    if steps:
+        tied.append(WorklistItem.performed_procedure_step_id.in_([step.id for step in steps]))
     for item in session.scalars(
-        select(WorklistItem).where(
-            WorklistItem.dicom_study_id == study.id,
+        select(WorklistItem)
+        .where(
+            or_(*tied),
             WorklistItem.queue_type == QueueType.RECONCILIATION.value,
             WorklistItem.status.in_(_OPEN_ITEM),
         )
+        .order_by(WorklistItem.id)
+        .with_for_update()
     ):
         item_before = item.status
         item.status = WorklistStatus.COMPLETED.value
         item.completed_at = now
         item.imaging_request_id = order.id
+        item.version += 1
         record_audit_event(
             session,
             AuditRecord(
                 event_code=AuditEventCode.PROCEDURE_RECORD,
                 action="worklist_item_completed",
-                actor=actor,
-                actor_user_id=principal.user_id,
-                actor_role=principal.role.value,
-                source_address=source_address,
                 target_class="WorklistItem",
                 target_id=str(item.id),
                 patient_id=patient.patient_id,
@@ -588,12 +780,73 @@ def _link(
                 details={
                     "before": {"status": item_before},
                     "after": {"status": item.status, "imaging_request_id": order.id},
+                    "study_id": study.id,
+                    "performed_procedure_step_id": item.performed_procedure_step_id,
                 },
+                **who,
             ),
         )
-    session.flush()
-    return ReconciledStudy(
-        entry=_study_entry(study, patient, None, None),
-        order=order_info(order),
-        reading_item_id=reading_item_id,
+
+
+def resolve_reconciliation_item(
+    session: Session,
+    item_id: int,
+    *,
+    reason: str,
+    outcome: WorklistStatus = WorklistStatus.CANCELLED,
+    principal: Principal,
+    source_address: str | None = None,
+    now: datetime | None = None,
+) -> ReconciliationEntry:
+    """Close a reconciliation item that only an MPPS opened (no study): cancelled
+    (e.g. a test exam, images never sent) or completed (handled elsewhere).
+    A study's item is resolved through its study (link, create order, reject)."""
+    text_reason = _reason(reason)
+    if outcome not in (WorklistStatus.CANCELLED, WorklistStatus.COMPLETED):
+        raise InvalidValue("outcome is cancelled or completed", field="outcome")
+    item = session.scalar(select(WorklistItem).where(WorklistItem.id == item_id).with_for_update())
+    if item is None or item.queue_type != QueueType.RECONCILIATION.value:
+        raise NotFound(f"no reconciliation item {item_id}")
+    if item.dicom_study_id is not None:
+        raise Conflict(
+            f"reconciliation item {item_id} is study {item.dicom_study_id}'s: link the study, "
+            "create an order from it, or reject it",
+            current=item.status,
+        )
+    if item.status not in _OPEN_ITEM:
+        raise Conflict(f"reconciliation item {item_id} is {item.status}", current=item.status)
+    step = (
+        session.get(PerformedProcedureStep, item.performed_procedure_step_id)
+        if item.performed_procedure_step_id is not None
+        else None
     )
+    before = {"status": item.status, "assigned_to_id": item.assigned_to_id}
+    item.status = outcome.value
+    if outcome is WorklistStatus.COMPLETED:
+        item.completed_at = now or datetime.now(UTC)
+        item.assigned_to_id = item.assigned_to_id or principal.user_id
+    item.version += 1
+    session.flush()
+    record_audit_event(
+        session,
+        AuditRecord(
+            event_code=AuditEventCode.PROCEDURE_RECORD,
+            action=f"worklist_item_{outcome.value}",
+            actor=principal.username,
+            actor_user_id=principal.user_id,
+            actor_role=principal.role.value,
+            source_address=source_address,
+            target_class="WorklistItem",
+            target_id=str(item.id),
+            study_instance_uid=step.study_instance_uid if step else None,
+            accession_number=step.accession_number if step else None,
+            reason=text_reason,
+            details={
+                "before": before,
+                "after": {"status": item.status, "assigned_to_id": item.assigned_to_id},
+                "performed_procedure_step": step.sop_instance_uid if step else None,
+                "resolved_without_study": True,
+            },
+        ),
+    )
+    return _item_entry(item, None, None, step)

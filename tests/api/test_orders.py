@@ -476,3 +476,30 @@ def test_a_referring_physician_edits_their_own_order_only_while_requested(
         f"{url}/schedule", json={"modality_id": modality(api), "scheduled_at": SLOT}
     )
     assert error(physician.patch(url, json={"clinical_indication": "x"}), 403)
+
+
+def test_a_name_that_grows_when_casefolded_is_stored_whole_and_its_folded_copy_cut(
+    api: ApiServer,
+) -> None:
+    # 'ß' casefolds to 'ss': three full 64-character groups fold to 386 characters,
+    # more than the PN column holds (PostgreSQL refused that insert with a 500)
+    scheduler = api.client("scheduler")
+    name = "^".join(["ß" * 64] * 3)
+    order = create(scheduler, patient_name=name)
+    assert order["patient_name"] == name
+    with api.db.read() as session:
+        folded = session.scalar(
+            select(ImagingRequest.patient_name_folded).where(ImagingRequest.id == order["id"])
+        )
+    assert folded is not None and len(folded) == 324 and folded.startswith("ss" * 64 + "^")
+    found = scheduler.get("/api/orders", params={"patient_name": "SS" * 10})
+    assert [o["id"] for o in found.json()["items"]] == [order["id"]]
+
+    # the edit path folds the same way
+    edited = scheduler.patch(f"/api/orders/{order['id']}", json={"patient_name": "X" + name[1:]})
+    assert edited.status_code == 200, edited.text
+    with api.db.read() as session:
+        folded = session.scalar(
+            select(ImagingRequest.patient_name_folded).where(ImagingRequest.id == order["id"])
+        )
+    assert folded is not None and len(folded) == 324 and folded.startswith("x" + "ss" * 63)

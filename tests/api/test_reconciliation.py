@@ -24,6 +24,7 @@ from dicom_node.domain.enums import CompletenessEvidence
 from dicom_node.domain.matching import SlaPolicy
 from dicom_node.services.completeness import complete_study
 from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
+from dicom_node.services.mpps import MppsCreate, ScheduledStepRef, create_mpps
 from dicom_node.storage import FileStore
 from tests.api.conftest import ApiServer
 from tests.dicomfiles import ct_dataset, to_bytes
@@ -268,6 +269,12 @@ def test_linking_a_complete_unmatched_study_performs_the_order_and_queues_it_for
         e.action for e in events(api, "order_performed", order["id"])
     ]
     assert transitions == ["order_in_progress", "order_performed"]
+    # done in the scheduler's name, with the reconciliation reason
+    for action in ("order_in_progress", "order_performed"):
+        (moved,) = events(api, action, order["id"])
+        assert (moved.actor, moved.actor_role) == (scheduler.username, "scheduler")  # type: ignore[attr-defined]
+        assert moved.actor_user_id is not None
+        assert "modality operator typed no accession" in (moved.reason or "")
     assert len(events(api, "worklist_item_completed")) == 1
 
     assert scheduler.get("/api/reconciliation").json()["total"] == 0
@@ -428,3 +435,198 @@ def test_create_order_is_refused_when_an_order_already_holds_the_study_uid(
     )
     assert error(response, 409)["existing"]["id"] == order["id"]
     assert study(api, study_id).metadata_status == "conflict"
+
+
+def test_create_order_names_a_cancelled_holder_and_a_forced_link_reinstates_it(
+    api: ApiServer, store: FileStore
+) -> None:
+    scheduler = api.client("scheduler")
+    order = scheduled_order(api, scheduler)
+    cancel = scheduler.post(f"/api/orders/{order['id']}/cancel", json={"reason": "patient left"})
+    assert cancel.status_code == 200, cancel.text
+    # the patient came back after all: the images carry the cancelled order's UID
+    study_id = arrive(api, store, study_uid=order["study_instance_uid"])
+    assert study(api, study_id).metadata_status == "unmatched"
+
+    refused = error(
+        scheduler.post(f"/api/reconciliation/{study_id}/create-order", json={"reason": "x"}), 409
+    )
+    assert refused["existing"]["id"] == order["id"]
+    assert refused["current_state"] == "cancelled"
+    assert "cancelled" in refused["message"] and "force" in refused["message"]
+
+    url = f"/api/reconciliation/{study_id}/link"
+    plain = error(scheduler.post(url, json={"order_id": order["id"], "reason": "back"}), 409)
+    assert plain["current_state"] == "cancelled" and "force" in plain["message"]
+    forced = scheduler.post(
+        url, json={"order_id": order["id"], "reason": "patient came back", "force": True}
+    )
+    assert forced.status_code == 200, forced.text
+    assert forced.json()["order"]["status"] == "performed"
+    assert forced.json()["reading_item_id"] is not None
+    row = order_row(api, order["id"])
+    assert (row.status, row.cancel_reason) == ("performed", None)
+    assert row.exam_started_at is not None
+    (reinstated,) = events(api, "order_reinstated", order["id"])
+    assert reinstated.reason == "patient came back"
+    assert reinstated.details["before"] == {"status": "cancelled", "cancel_reason": "patient left"}
+    assert reinstated.details["after"]["status"] == "in_progress"
+    assert reinstated.actor == scheduler.username  # type: ignore[attr-defined]
+    (linked,) = events(api, "study_linked", study_id)
+    assert linked.details["reinstated_order"] is True
+
+
+def test_a_conflict_after_queueing_leaves_reading_until_the_study_is_linked_again(
+    api: ApiServer, store: FileStore
+) -> None:
+    scheduler, reader = api.client("scheduler"), api.client("radiologist")
+    order = scheduled_order(api, scheduler)
+    study_id = arrive(api, store, study_uid=order["study_instance_uid"])
+    assert items(api, study_id) == [("reading", "pending", "urgent")]
+    listed = reader.get("/api/worklist", params={"queue": "reading"}).json()["items"]
+    (item_id,) = [entry["id"] for entry in listed if entry["study"]["id"] == study_id]
+    assert reader.post(f"/api/worklist/{item_id}/claim").status_code == 200
+
+    arrive(
+        api,
+        store,
+        study_uid=order["study_instance_uid"],
+        patient_id="PAT2",
+        patient_name="ROE^RICHARD",
+        complete_it=False,
+    )
+    assert study(api, study_id).metadata_status == "conflict"
+    assert items(api, study_id) == [
+        ("reading", "cancelled", "urgent"),
+        ("reconciliation", "pending", "urgent"),
+    ]
+    listed = reader.get("/api/worklist", params={"queue": "reading"}).json()["items"]
+    assert study_id not in [entry["study"]["id"] for entry in listed]
+    (entry,) = scheduler.get("/api/reconciliation").json()["items"]
+    assert (entry["study_id"], entry["metadata_status"]) == (study_id, "conflict")
+
+    response = scheduler.post(
+        f"/api/reconciliation/{study_id}/link",
+        json={"order_id": order["id"], "reason": "stray image filed elsewhere"},
+    )
+    assert response.status_code == 200, response.text
+    assert items(api, study_id) == [
+        ("reading", "cancelled", "urgent"),
+        ("reconciliation", "completed", "urgent"),
+        ("reading", "pending", "urgent"),
+    ]
+    assert response.json()["reading_item_id"] not in (None, item_id)
+
+
+def test_an_instance_after_the_report_is_final_opens_no_second_reading_item(
+    api: ApiServer, store: FileStore
+) -> None:
+    scheduler = api.client("scheduler")
+    author, reviewer = api.client("radiologist"), api.client("radiologist")
+    order = scheduled_order(api, scheduler)
+    study_id = arrive(api, store, study_uid=order["study_instance_uid"])
+    listed = author.get("/api/worklist", params={"queue": "reading"}).json()["items"]
+    (item_id,) = [entry["id"] for entry in listed if entry["study"]["id"] == study_id]
+    assert author.post(f"/api/worklist/{item_id}/claim").status_code == 200
+    report = author.post(
+        "/api/reports", json={"study_id": study_id, "findings": "F", "impression": "I"}
+    )
+    assert report.status_code == 201, report.text
+    report_id = report.json()["id"]
+    assert author.post(f"/api/reports/{report_id}/submit").status_code == 200
+    assert reviewer.post(f"/api/reports/{report_id}/finalize").status_code == 200
+    before = items(api, study_id)
+    assert ("reading", "pending", "urgent") not in before
+
+    # a late series: the study completes again, but it is the report's to amend
+    arrive(api, store, study_uid=order["study_instance_uid"])
+    assert items(api, study_id) == before
+    (late,) = events(api, "late_instance_after_report", study_id)
+    assert late.details["report_id"] == report_id
+    assert late.details["report_status"] == "final"
+    assert (late.details["instances_after_report"], late.details["instance_count"]) == (1, 2)
+
+
+def _unscheduled_mpps(api: ApiServer, study_uid: str) -> int:
+    step = create_mpps(
+        api.db,
+        MppsCreate(
+            sop_instance_uid=generate_uid(),
+            status="IN PROGRESS",
+            scheduled_steps=[ScheduledStepRef(study_instance_uid=study_uid, accession_number="")],
+            station_ae_title="CT_MAIN_1",
+        ),
+        actor="CT_MAIN_1",
+    )
+    return step.id
+
+
+def test_an_unscheduled_exams_mpps_item_closes_when_its_study_gets_an_order(
+    api: ApiServer, store: FileStore
+) -> None:
+    scheduler = api.client("scheduler")
+    study_uid = generate_uid()
+    step_id = _unscheduled_mpps(api, study_uid)
+    study_id = arrive(api, store, study_uid=study_uid, patient_id="WALKIN")
+    listed = scheduler.get("/api/reconciliation").json()
+    assert [(e["kind"], e["study_id"]) for e in listed["items"]] == [
+        ("study", study_id),
+        ("procedure_step", None),
+    ]
+
+    response = scheduler.post(
+        f"/api/reconciliation/{study_id}/create-order", json={"reason": "walk-in"}
+    )
+    assert response.status_code == 201, response.text
+    order_id = response.json()["order"]["id"]
+    assert scheduler.get("/api/reconciliation").json()["total"] == 0
+    with api.db.read() as session:
+        step = session.get(PerformedProcedureStep, step_id)
+        assert step is not None and step.imaging_request_id == order_id
+        statuses = session.scalars(
+            select(WorklistItem.status).where(WorklistItem.queue_type == "reconciliation")
+        ).all()
+    assert statuses == ["completed", "completed"]
+    (linked,) = events(api, "procedure_step_linked")
+    assert linked.details["after"] == {"imaging_request_id": order_id}
+    assert linked.reason == "walk-in"
+
+
+def test_an_mpps_only_reconciliation_item_is_resolved_with_a_reason(
+    api: ApiServer, store: FileStore
+) -> None:
+    scheduler = api.client("scheduler")
+    _unscheduled_mpps(api, generate_uid())  # a test exam whose images never came
+    (entry,) = scheduler.get("/api/reconciliation").json()["items"]
+    assert entry["kind"] == "procedure_step"
+    url = f"/api/reconciliation/items/{entry['worklist_item_id']}/resolve"
+
+    assert error(scheduler.post(url, json={}), 422)["field"] == "reason"
+    assert api.client("technologist").post(url, json={"reason": "x"}).status_code == 403
+    assert (
+        "no reconciliation item"
+        in error(
+            scheduler.post("/api/reconciliation/items/987654/resolve", json={"reason": "x"}), 404
+        )["message"]
+    )
+    resolved = scheduler.post(url, json={"reason": "phantom test scan"})
+    assert resolved.status_code == 200, resolved.text
+    assert resolved.json()["worklist_status"] == "cancelled"
+    assert scheduler.get("/api/reconciliation").json()["total"] == 0
+    assert error(scheduler.post(url, json={"reason": "again"}), 409)["current_state"] == (
+        "cancelled"
+    )
+    (event,) = events(api, "worklist_item_cancelled", entry["worklist_item_id"])
+    assert event.reason == "phantom test scan"
+    assert event.actor == scheduler.username  # type: ignore[attr-defined]
+    assert event.details["before"]["status"] == "pending"
+
+    # a study's item is resolved through the study, not here
+    study_id = arrive(api, store)
+    (study_entry,) = scheduler.get("/api/reconciliation").json()["items"]
+    assert study_entry["study_id"] == study_id
+    refused = scheduler.post(
+        f"/api/reconciliation/items/{study_entry['worklist_item_id']}/resolve",
+        json={"reason": "x", "outcome": "completed"},
+    )
+    assert "link the study" in error(refused, 409)["message"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from pydicom.uid import generate_uid
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import make_url
 
 from dicom_node.db.engine import Database
@@ -380,6 +380,21 @@ def test_values_longer_than_their_vr_allows_are_indexed_cut_and_kept_whole_in_th
     assert store.absolute(path).read_bytes() == data
 
 
+def test_a_name_that_grows_when_casefolded_is_stored_and_matches(
+    db: Database, store: FileStore
+) -> None:
+    """'ß' folds to 'ss': a full-length name's folded copy outgrows its column."""
+    name = "=".join(["ß" * 64] * 3)
+    ds = ct_dataset(study_uid=generate_uid(), patient_name=name)
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    assert put(db, store, to_bytes(ds)).outcome is StoreOutcome.STORED
+    with db.read() as session:
+        patient = session.scalars(select(Patient)).one()
+    assert patient.patient_name == name
+    assert patient.patient_name_folded is not None
+    assert patient.patient_name_folded.startswith("ss" * 64)
+
+
 def test_acr_nema_dates_are_indexed_as_da(db: Database, store: FileStore) -> None:
     ds = ct_dataset(study_uid=generate_uid())
     ds.StudyDate = "2026.01.05"
@@ -565,3 +580,81 @@ def test_database_outage_fails_the_store_and_leaves_no_file(
         conn.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
     retry = put(db, store, to_bytes(ct_dataset(study_uid=generate_uid())))
     assert retry.outcome is StoreOutcome.STORED  # recovers without a restart
+
+
+def _items(db: Database, study_uid: str) -> list[tuple[str, str, str]]:
+    with db.read() as session:
+        rows = session.execute(
+            select(WorklistItem.queue_type, WorklistItem.status, WorklistItem.priority)
+            .join(DicomStudy, WorklistItem.dicom_study_id == DicomStudy.id)
+            .where(DicomStudy.study_instance_uid == study_uid)
+            .order_by(WorklistItem.id)
+        ).all()
+    return [(row[0], row[1], row[2]) for row in rows]
+
+
+def test_patient_conflict_after_queueing_takes_the_study_off_the_reading_worklist(
+    db: Database, store: FileStore
+) -> None:
+    _order(db, accession_number="ACC3", priority="urgent")
+    study_uid = generate_uid()
+    put(db, store, to_bytes(ct_dataset(study_uid=study_uid, accession="ACC3")))
+    _settle(db, after_seconds=61)
+    with db.unit_of_work() as session:  # a radiologist is reading it
+        reading = session.scalars(select(WorklistItem)).one()
+        reading.status = "claimed"
+        due_at = reading.due_at
+    assert due_at is not None
+
+    intruder = ct_dataset(study_uid=study_uid, patient_id="PAT2", patient_name="ROE^RICHARD")
+    put(db, store, to_bytes(intruder))
+    assert study_row(db, study_uid).metadata_status == "conflict"
+    # off the reading worklist, onto reconciliation at the same priority and due time
+    assert _items(db, study_uid) == [
+        ("reading", "cancelled", "urgent"),
+        ("reconciliation", "pending", "urgent"),
+    ]
+    with db.read() as session:
+        reconcile = session.scalars(
+            select(WorklistItem).where(WorklistItem.queue_type == "reconciliation")
+        ).one()
+        (cancelled,) = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "worklist_item_cancelled")
+        ).all()
+    assert reconcile.due_at == due_at
+    assert (cancelled.actor, cancelled.source_address) == ("CT_MAIN_1", "127.0.0.1:5000")
+    assert cancelled.details["before"]["status"] == "claimed"
+    assert cancelled.details["after"]["status"] == "cancelled"
+    assert cancelled.patient_id == "PAT1" and "different PatientID" in (cancelled.reason or "")
+
+    # a second stray instance changes nothing more
+    again = ct_dataset(study_uid=study_uid, patient_id="PAT2", patient_name="ROE^RICHARD")
+    put(db, store, to_bytes(again))
+    assert len(_items(db, study_uid)) == 2
+
+
+def test_a_rejected_study_gets_no_work_item_and_stays_rejected(
+    db: Database, store: FileStore
+) -> None:
+    study_uid = generate_uid()
+    put(db, store, to_bytes(ct_dataset(study_uid=study_uid, accession="NOORDER")))
+    with db.unit_of_work() as session:
+        session.execute(
+            update(DicomStudy)
+            .where(DicomStudy.study_instance_uid == study_uid)
+            .values(metadata_status="rejected")
+        )
+    _settle(db, after_seconds=61)
+    put(db, store, to_bytes(ct_dataset(study_uid=study_uid, accession="NOORDER")))
+    _settle(db, after_seconds=61)
+    intruder = ct_dataset(study_uid=study_uid, patient_id="PAT2", patient_name="ROE^RICHARD")
+    put(db, store, to_bytes(intruder))
+    _settle(db, after_seconds=61)
+    study = study_row(db, study_uid)
+    assert (study.metadata_status, study.completeness) == ("rejected", "complete")
+    assert _items(db, study_uid) == []
+    with db.read() as session:
+        flagged = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "study_patient_conflict")
+        ).one()
+    assert flagged.details["after"] == {"metadata_status": "rejected"}
