@@ -136,7 +136,10 @@ def claim_item(
 ) -> WorklistItemPublic:
     """Claim a pending item (atomic compare-and-set: of two concurrent claims
     exactly one wins; the other gets 409 with the holder in ``existing``).
-    Claiming a reading item moves its study acquired -> reading."""
+    Claiming a reading item moves its study acquired -> reading and its
+    first-cycle draft to the claimant. A reading or review item of a rejected,
+    unmatched or conflicting study not released to reading is 409 with the
+    metadata status as ``current_state``."""
     with context.db.unit_of_work() as session:
         entry = claim_worklist_item(
             session,
@@ -177,13 +180,16 @@ def reassign_item(
     body: ReassignRequest,
     request: Request,
 ) -> WorklistItemPublic:
-    """Give an open item to an active radiologist (admin, or a lead radiologist)."""
+    """Give an open item to an active radiologist (admin, or a lead radiologist).
+    A first-cycle draft follows a reading item to its new holder; a review item
+    is not given to the report's author unless report_self_review (422 user_id)."""
     with context.db.unit_of_work() as session:
         entry = reassign_worklist_item(
             session,
             item_id=item_id,
             user_id=body.user_id,
             principal=user,
+            allow_self_review=context.settings.report_self_review,
             source_address=client_address(request),
         )
     return WorklistItemPublic.of(entry)

@@ -4,7 +4,13 @@ The state machine (DOMAIN.md), as enforced here:
 
 - ``draft``: created by the radiologist holding the study's claimed reading
   item; only its author edits it. One report per study: later changes are
-  addenda or corrections of that report, never a second report.
+  addenda or corrections of that report, never a second report. A first-cycle
+  draft (never final) follows the reading item: claiming or reassigning the
+  item makes the new holder its author (services/worklist.py), and editing or
+  submitting it needs the claimed reading item (403 otherwise).
+- A study that is rejected, unmatched or in conflict and not released to
+  reading cannot be reported, submitted or finalized (409, ``current_state``
+  = the metadata status).
 - ``draft``/``revised`` -> ``in_review`` (submit, author only): the submitted
   text is stored as an immutable version (``preliminary`` the first time round,
   ``addendum``/``correction`` in an addendum cycle); a review-queue item is
@@ -28,21 +34,27 @@ Critical results: setting ``critical_flag`` opens a communication record with
 ``deadline_at = identified_at + critical_result_deadline_minutes``. Submitting
 or finalizing a report with ``critical_flag`` requires at least one record with
 ``communicated_at`` (who told whom, how, when): otherwise 422 naming the
-missing ``critical_communication``. ``overdue_critical_communications`` lists
-the records past their deadline that were never communicated (for the
-escalation job).
+missing ``critical_communication``. A record made when the communication is
+recorded (no pending one) is identified at min(now, communicated_at); filling
+a pending record with a communicated_at before its identified_at is 422
+(``communicated_at``): a finding is never told before it was identified.
+``overdue_critical_communications`` lists the records past their deadline
+that were never communicated (for the escalation job).
 
 Who reads what: admins, auditors and radiologists read every report and its
 working text. A referring physician reads only reports of orders they placed,
 only once the report has been final at least once, and then only signed text
 (the latest ``final`` version; drafts, returns and unsigned addenda stay
-hidden); anything else is 404 to them. Every read is audited.
+hidden); anything else is 404 to them. Their ``critical_flag`` is the report's
+only while it is final (a version does not store the flag, so during an
+addendum cycle it reads False), and they see only communications recorded by
+the last signing, none during an addendum cycle. Every read is audited.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -69,8 +81,11 @@ from dicom_node.services.worklist import (
     close_items,
     current_report_author,
     ensure_review_item,
+    holds_reading_item,
+    is_first_cycle_draft,
     move_study_status,
     open_items,
+    require_readable_study,
 )
 
 
@@ -341,11 +356,51 @@ def _communications(session: Session, report_id: int) -> list[CriticalResultComm
     )
 
 
-def _info(session: Session, report: Report, *, content: ReportVersion | None = None) -> ReportInfo:
+def _signed_communication(row: CriticalResultCommunication, signed_at: datetime | None) -> bool:
+    """A communication that was on record when the report was last signed.
+
+    The table has no creation time: identified_at (set when the record is
+    made, or the earlier communication time) and communicated_at both at or
+    before signed_at stand for it; pending records are internal work, never
+    shown to a referrer."""
+    return (
+        signed_at is not None
+        and row.communicated_at is not None
+        and row.identified_at <= signed_at
+        and row.communicated_at <= signed_at
+    )
+
+
+def _signed_critical_flag(report: Report) -> bool:
+    """The flag a referring physician sees.
+
+    A ReportVersion does not keep the flag, so the value signed last is only
+    known for certain while the report is final (content frozen); during an
+    addendum cycle the working flag may be unsigned and is shown as False (the
+    signed text itself still states the finding)."""
+    return report.critical_flag and report.status == ReportStatus.FINAL.value
+
+
+def _info(
+    session: Session,
+    report: Report,
+    *,
+    content: ReportVersion | None = None,
+    signed_only: bool = False,
+) -> ReportInfo:
+    """The report; ``signed_only`` (referring physicians): flag and
+    communications as signed, nothing from an unsigned addendum cycle."""
     session.flush()
     context = _study_context(session, report.dicom_study_id)
     assert context is not None  # a report's study is a foreign key
     now = utcnow()
+    communications = _communications(session, report.id)
+    if signed_only:
+        communications = (
+            [row for row in communications if _signed_communication(row, report.signed_at)]
+            if report.status == ReportStatus.FINAL.value
+            else []
+        )
     return ReportInfo(
         id=report.id,
         study_id=report.dicom_study_id,
@@ -355,7 +410,7 @@ def _info(session: Session, report: Report, *, content: ReportVersion | None = N
         status=report.status,
         findings=content.findings if content is not None else report.findings,
         impression=content.impression if content is not None else report.impression,
-        critical_flag=report.critical_flag,
+        critical_flag=_signed_critical_flag(report) if signed_only else report.critical_flag,
         author_id=report.radiologist_id,
         current_author_id=current_report_author(session, report),
         reviewer_id=report.reviewer_id,
@@ -366,9 +421,7 @@ def _info(session: Session, report: Report, *, content: ReportVersion | None = N
         created_at=report.created_at,
         updated_at=report.updated_at,
         content_version=content.version if content is not None else None,
-        critical_communications=[
-            _communication_info(row, now) for row in _communications(session, report.id)
-        ],
+        critical_communications=[_communication_info(row, now) for row in communications],
     )
 
 
@@ -393,6 +446,19 @@ def _require_author(session: Session, report: Report, principal: Principal, doin
     if author != principal.user_id:
         raise Forbidden(f"only the report's author may {doing} it")
     return author
+
+
+def _require_reading_holder(
+    session: Session, report: Report, principal: Principal, doing: str
+) -> None:
+    """A first-cycle draft is written by whoever holds the study's claimed
+    reading item (the draft follows the item: services/worklist.py)."""
+    if is_first_cycle_draft(report) and not holds_reading_item(
+        session, study_id=report.dicom_study_id, user_id=principal.user_id
+    ):
+        raise Forbidden(
+            f"only the radiologist holding the study's claimed reading item may {doing} the draft"
+        )
 
 
 def _require_status(report: Report, allowed: Sequence[str], doing: str) -> None:
@@ -444,10 +510,16 @@ def _require_communicated(session: Session, report: Report) -> None:
 
 
 def _open_critical(
-    session: Session, report: Report, *, finding: str, deadline_minutes: int
+    session: Session,
+    report: Report,
+    *,
+    finding: str,
+    deadline_minutes: int,
+    identified_at: datetime | None = None,
 ) -> CriticalResultCommunication:
     """The report's pending (not yet communicated) record, made with its
-    deadline if there is none: the clock starts when the flag is set."""
+    deadline if there is none: the clock starts when the flag is set (or at
+    ``identified_at`` when the record is made as the communication is told)."""
     pending = session.scalar(
         select(CriticalResultCommunication)
         .where(
@@ -459,7 +531,7 @@ def _open_critical(
     )
     if pending is not None:
         return pending
-    identified = utcnow()
+    identified = identified_at or utcnow()
     row = CriticalResultCommunication(
         report_id=report.id,
         finding=finding,
@@ -492,6 +564,7 @@ def create_report(
     """A draft by the radiologist holding the study's claimed reading item."""
     if session.get(DicomStudy, study_id) is None:
         raise NotFound(f"no study {study_id}")
+    require_readable_study(session, study_id=study_id, doing="reported")
     held = session.scalar(
         select(WorklistItem.id)
         .where(
@@ -557,6 +630,7 @@ def edit_report(
     report = _locked_report(session, report_id)
     _require_author(session, report, principal, "edit")
     _require_status(report, _EDITABLE, "edited")
+    _require_reading_holder(session, report, principal, "edit")
     before: dict[str, Any] = {}
     after: dict[str, Any] = {}
     for name, value in (
@@ -597,6 +671,9 @@ def submit_report(
     report = _locked_report(session, report_id)
     author = _require_author(session, report, principal, "submit")
     _require_status(report, _EDITABLE, "submitted")
+    # a rejected study's reading item is cancelled: say why (409), not 403
+    require_readable_study(session, study_id=report.dicom_study_id, doing="submitted")
+    _require_reading_holder(session, report, principal, "submit")
     if communication is not None:
         _record_communication(
             session,
@@ -682,6 +759,7 @@ def finalize_report(
     report = _locked_report(session, report_id)
     author = _require_reviewer(session, report, principal, allow_self_review=allow_self_review)
     _require_status(report, (ReportStatus.IN_REVIEW.value,), "finalized")
+    require_readable_study(session, study_id=report.dicom_study_id, doing="finalized")
     _require_communicated(session, report)
     before = _state(report)
     report.status = ReportStatus.FINAL.value
@@ -784,9 +862,21 @@ def _record_communication(
         and communication.acknowledged_at < communication.communicated_at
     ):
         raise InvalidValue("acknowledged_at is before communicated_at", field="acknowledged_at")
+    # made now, the finding was identified at the latest when it was told:
+    # identified_at never after communicated_at (no negative turnaround)
     row = _open_critical(
-        session, report, finding=communication.finding, deadline_minutes=deadline_minutes
+        session,
+        report,
+        finding=communication.finding,
+        deadline_minutes=deadline_minutes,
+        identified_at=min(utcnow(), communication.communicated_at),
     )
+    if communication.communicated_at < row.identified_at:
+        raise InvalidValue(
+            "communicated_at is before the critical finding was identified "
+            f"({row.identified_at.isoformat()})",
+            field="communicated_at",
+        )
     before = {"communicated_at": None, "finding": row.finding}
     row.finding = communication.finding
     row.communicated_to = communication.communicated_to
@@ -934,10 +1024,9 @@ def get_report(
     if report is None:
         raise NotFound(f"no report {report_id}")
     _readable(session, report, principal)
-    content = (
-        _latest_final(session, report.id) if principal.role is Role.REFERRING_PHYSICIAN else None
-    )
-    info = _info(session, report, content=content)
+    referrer = principal.role is Role.REFERRING_PHYSICIAN
+    content = _latest_final(session, report.id) if referrer else None
+    info = _info(session, report, content=content, signed_only=referrer)
     _audit(
         session,
         principal,
@@ -1040,4 +1129,13 @@ def list_reports(
             },
         ),
     )
-    return ReportSummaryPage(items=[ReportSummary(*row) for row in rows], total=total)
+    items = [ReportSummary(*row) for row in rows]
+    if principal.role is Role.REFERRING_PHYSICIAN:
+        # the flag as signed (see _signed_critical_flag): only a final report's
+        items = [
+            replace(
+                item, critical_flag=item.critical_flag and item.status == ReportStatus.FINAL.value
+            )
+            for item in items
+        ]
+    return ReportSummaryPage(items=items, total=total)

@@ -42,14 +42,17 @@ from dicom_node.domain.enums import (
     AuditOutcome,
     Completeness,
     MetadataStatus,
+    QueueType,
     Role,
     StudyStatus,
+    WorklistStatus,
 )
 from dicom_node.domain.errors import Conflict, InvalidValue, NotFound
 from dicom_node.domain.names import fold_person_name
 from dicom_node.domain.permissions import Principal
 from dicom_node.domain.query import LEVEL_ORDER, InvalidQuery, Level, Match, parse_match
 from dicom_node.services.audit import record_audit_event
+from dicom_node.services.worklist import close_items
 
 # --------------------------------------------------------------------------- search
 
@@ -344,7 +347,8 @@ def get_study(
     """The study with its series, one page of its instances, its order and reports.
 
     Rejected studies are shown (with their status): withdrawn from search, never
-    lost. A study outside a referring physician's orders is NotFound to them."""
+    lost. A study outside a referring physician's orders is NotFound to them,
+    and they see only reports signed at least once."""
     row = session.execute(
         select(DicomStudy, Patient)
         .join(Patient, DicomStudy.patient_pk == Patient.id)
@@ -386,9 +390,11 @@ def get_study(
         .offset(instance_offset)
         .limit(instance_limit)
     )
-    report_ids = session.scalars(
-        select(Report.id).where(Report.dicom_study_id == study.id).order_by(Report.id)
-    ).all()
+    reports = select(Report.id).where(Report.dicom_study_id == study.id)
+    if principal.role is Role.REFERRING_PHYSICIAN:
+        # signed at least once: the only reports they may open (services/reports.py)
+        reports = reports.where(Report.signed_at.is_not(None))
+    report_ids = session.scalars(reports.order_by(Report.id)).all()
     return StudyDetail(
         study=_summary(study, patient),
         series=[
@@ -721,7 +727,8 @@ def reject_study(
     source_address: str | None,
 ) -> StudySummary:
     """metadata_status -> rejected: withdrawn from C-FIND and search, never deleted
-    (files and index rows stay; GET by id still shows it). Audited with the reason."""
+    (files and index rows stay; GET by id still shows it). Audited with the reason.
+    The study's open worklist items (every queue) are cancelled, each audited."""
     reason = (reason or "").strip()
     if not reason:
         raise InvalidValue("a rejection needs a reason", field="reason")
@@ -754,6 +761,16 @@ def reject_study(
             },
         ),
     )
+    for queue in QueueType:
+        close_items(
+            session,
+            study_id=study.id,
+            queue=queue,
+            to=WorklistStatus.CANCELLED,
+            principal=principal,
+            source_address=source_address,
+            reason=f"study rejected: {reason}",
+        )
     return _summary(study, patient)
 
 

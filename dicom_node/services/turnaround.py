@@ -20,7 +20,8 @@ but has not ended yet counts as ``open``, not in the statistics.
 SLA: the priority's reading target (settings ``sla_<priority>_minutes``) for the
 four order metrics, order->exam included (one table of targets per priority);
 ``critical_result_deadline_minutes`` for critical results. A duration equal to
-the target is within it.
+the target is within it. A negative duration (an end recorded before its
+start) is left out of the statistics.
 
 Percentiles are computed here, in Python, over the durations fetched (portable
 across SQLite and PostgreSQL): the median is the usual one (mean of the two
@@ -130,6 +131,12 @@ class _Durations:
             self.open += 1
             return
         value = (end - start).total_seconds() / 60
+        if value < 0:
+            # an end recorded before its start (clock skew, a backdated entry
+            # such as a critical result told before the record's identified_at
+            # in data written before that was refused) is not a turnaround:
+            # left out of count, median, p90 and % within SLA
+            return
         self.minutes.append(value)
         if sla_minutes is not None and value <= sla_minutes:
             self.within += 1

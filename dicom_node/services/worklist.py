@@ -11,6 +11,13 @@ on the row lock, then re-checks the WHERE against the committed row and
 updates nothing; on SQLite writers are serialised. Either way exactly one of
 two concurrent claims wins; the other gets 409 naming who holds the item.
 
+A reading or review item of a study that is rejected, unmatched or in conflict
+and not released to reading is not claimed (409, ``current_state`` = the
+metadata status); rejecting a study cancels its open items (services/studies.py).
+Claiming or reassigning a reading item hands the study's first-cycle draft to
+the new holder (audited); a review item is never reassigned to the author of
+the report under review unless ``report_self_review``.
+
 Listing a queue is one SELECT (items ordered through ``ix_worklist_items_queue``,
 then joined to study, patient, order and user for the page only) and is not
 audited per call: it is the screen radiologists poll, and an audit row per
@@ -34,6 +41,7 @@ from dicom_node.db.models import DicomStudy, Patient, Report, ReportVersion, Use
 from dicom_node.db.types import utcnow
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import (
+    MetadataStatus,
     Priority,
     QueueType,
     ReportStatus,
@@ -453,6 +461,94 @@ def _author_under_review(session: Session, study_id: int) -> int | None:
     return current_report_author(session, report) if report is not None else None
 
 
+# metadata states that keep a study off reading work unless it was released
+UNREADABLE_METADATA = frozenset(
+    {MetadataStatus.REJECTED.value, MetadataStatus.UNMATCHED.value, MetadataStatus.CONFLICT.value}
+)
+
+
+def require_readable_study(session: Session, *, study_id: int, doing: str) -> None:
+    """409 (``current_state`` = the metadata status) for a rejected, unmatched or
+    conflicting study that was not explicitly released to reading (DOMAIN.md:
+    unmatched studies stay off the reading worklist unless released)."""
+    row = session.execute(
+        select(DicomStudy.metadata_status, DicomStudy.released_to_reading).where(
+            DicomStudy.id == study_id
+        )
+    ).first()
+    if row is None:
+        return
+    metadata_status, released = row
+    if metadata_status in UNREADABLE_METADATA and not released:
+        raise Conflict(
+            f"study {study_id} is {metadata_status} and not released to reading: "
+            f"it cannot be {doing}",
+            current=metadata_status,
+            existing={"study_id": study_id, "metadata_status": metadata_status},
+        )
+
+
+def holds_reading_item(session: Session, *, study_id: int, user_id: int) -> bool:
+    """Whether the user holds the study's claimed reading item."""
+    held = session.scalar(
+        select(WorklistItem.id)
+        .where(
+            WorklistItem.dicom_study_id == study_id,
+            WorklistItem.queue_type == QueueType.READING.value,
+            WorklistItem.status == WorklistStatus.CLAIMED.value,
+            WorklistItem.assigned_to_id == user_id,
+        )
+        .limit(1)
+    )
+    return held is not None
+
+
+def is_first_cycle_draft(report: Report) -> bool:
+    """A draft that has never been final (returned drafts included): its
+    writer is whoever holds the study's reading item."""
+    return report.status == ReportStatus.DRAFT.value and report.first_addendum_at is None
+
+
+def _move_first_draft(
+    session: Session,
+    *,
+    study_id: int,
+    to_user_id: int,
+    principal: Principal,
+    source_address: str | None,
+    entry: WorklistEntry,
+) -> None:
+    """The study's first-cycle draft follows its reading item to the new holder
+    (DOMAIN.md: a draft is written by the assigned radiologist only)."""
+    draft = session.scalar(
+        select(Report)
+        .where(
+            Report.dicom_study_id == study_id,
+            Report.status == ReportStatus.DRAFT.value,
+            Report.first_addendum_at.is_(None),
+        )
+        .with_for_update()
+    )
+    if draft is None or draft.radiologist_id == to_user_id:
+        return
+    previous = draft.radiologist_id
+    draft.radiologist_id = to_user_id
+    session.flush()
+    _audit(
+        session,
+        principal,
+        source_address,
+        action="report_reassigned",
+        code=AuditEventCode.PATIENT_RECORD,
+        entry=entry,
+        target=("Report", draft.id),
+        details={
+            "before": {"radiologist_id": previous},
+            "after": {"radiologist_id": to_user_id},
+        },
+    )
+
+
 def claim_worklist_item(
     session: Session,
     *,
@@ -479,6 +575,11 @@ def claim_worklist_item(
         and _author_under_review(session, item.dicom_study_id) == principal.user_id
     ):
         raise Forbidden("the author of a report may not review it (report_self_review is off)")
+    if (
+        item.queue_type in (QueueType.READING.value, QueueType.REVIEW.value)
+        and item.dicom_study_id is not None
+    ):
+        require_readable_study(session, study_id=item.dicom_study_id, doing="claimed")
     now = utcnow()
     conditions = [
         WorklistItem.id == item_id,
@@ -541,6 +642,14 @@ def claim_worklist_item(
             reason="reading item claimed",
         )
         entry, _ = _load_entry(session, item_id, now)
+        _move_first_draft(
+            session,
+            study_id=item.dicom_study_id,
+            to_user_id=principal.user_id,
+            principal=principal,
+            source_address=source_address,
+            entry=entry,
+        )
     return entry
 
 
@@ -561,7 +670,8 @@ def release_worklist_item(
     session: Session, *, item_id: int, principal: Principal, source_address: str | None = None
 ) -> WorklistEntry:
     """claimed -> pending, by the claimant or by whoever may reassign work
-    (admin, lead radiologist). A draft report of the claimant stays open."""
+    (admin, lead radiologist). A first-cycle draft of the claimant stays as it
+    is: it moves to whoever claims the item next (``_move_first_draft``)."""
     item = _locked_item(session, item_id)
     if item.status != WorklistStatus.CLAIMED.value:
         raise Conflict(
@@ -609,12 +719,14 @@ def reassign_worklist_item(
     item_id: int,
     user_id: int,
     principal: Principal,
+    allow_self_review: bool = False,
     source_address: str | None = None,
 ) -> WorklistEntry:
     """Give an open item to an active radiologist (admin or lead radiologist).
 
-    A first draft of the previous holder moves with a reading item, so the new
-    holder can carry on writing it (audited as well).
+    A first-cycle draft moves with a reading item, so the new holder carries on
+    writing it (audited as well). A review item is never given to the author
+    of the report under review unless ``report_self_review`` (422, user_id).
     """
     if not may_reassign(principal):
         raise Forbidden("only an admin or a lead radiologist may reassign work")
@@ -630,8 +742,18 @@ def reassign_worklist_item(
             current=item.status,
             existing=_holder(session, item),
         )
+    if (
+        item.queue_type == QueueType.REVIEW.value
+        and not allow_self_review
+        and item.dicom_study_id is not None
+        and _author_under_review(session, item.dicom_study_id) == target.id
+    ):
+        raise InvalidValue(
+            f"user {user_id} wrote the report under review and may not review it "
+            "(report_self_review is off)",
+            field="user_id",
+        )
     before = {"status": item.status, "assigned_to_id": item.assigned_to_id}
-    previous = item.assigned_to_id
     item.status = WorklistStatus.CLAIMED.value
     item.assigned_to_id = target.id
     item.claimed_at = utcnow()
@@ -656,31 +778,14 @@ def reassign_worklist_item(
             source_address=source_address,
             reason="reading item reassigned",
         )
-        draft = session.scalar(
-            select(Report)
-            .where(
-                Report.dicom_study_id == item.dicom_study_id,
-                Report.status == ReportStatus.DRAFT.value,
-                Report.first_addendum_at.is_(None),
-                Report.radiologist_id == previous,
-            )
-            .with_for_update()
+        _move_first_draft(
+            session,
+            study_id=item.dicom_study_id,
+            to_user_id=target.id,
+            principal=principal,
+            source_address=source_address,
+            entry=entry,
         )
-        if draft is not None and previous is not None and previous != target.id:
-            draft.radiologist_id = target.id
-            _audit(
-                session,
-                principal,
-                source_address,
-                action="report_reassigned",
-                code=AuditEventCode.PATIENT_RECORD,
-                entry=entry,
-                target=("Report", draft.id),
-                details={
-                    "before": {"radiologist_id": previous},
-                    "after": {"radiologist_id": target.id},
-                },
-            )
     return get_worklist_entry(session, item_id=item_id)
 
 

@@ -390,6 +390,157 @@ def test_referring_physician_reads_only_signed_text_of_their_own_orders(
     assert referring.post(f"{url}/submit").status_code == 403
 
 
+def test_referring_physician_sees_only_the_signed_critical_flag_and_communications(
+    api: ApiServer,
+) -> None:
+    referring = api.client("referring_physician")
+    author, reviewer = api.client("radiologist"), api.client("radiologist")
+    seeded = seed_study(api.db, requested_by_id=user_id(api, referring.username))  # type: ignore[attr-defined]
+    ok(author.post(f"/api/worklist/{seeded.item_id}/claim"))
+    report = ok(
+        author.post(
+            "/api/reports",
+            json={"study_id": seeded.study_id, "findings": "F1", "impression": "I1"},
+        ),
+        201,
+    )
+    url = f"/api/reports/{report['id']}"
+    ok(author.post(f"{url}/submit"))
+    ok(reviewer.post(f"{url}/finalize"))
+    # told after the signing: not part of what was signed
+    ok(author.post(f"{url}/critical-communications", json=communication(finding="late")), 201)
+    signed = ok(referring.get(url))
+    assert signed["critical_flag"] is False and signed["critical_communications"] == []
+    ok(author.post(f"{url}/addendum", json={"impression": "I2 unsigned"}), 201)
+    ok(
+        author.patch(
+            url, json={"impression": "UNSIGNED: possible metastasis", "critical_flag": True}
+        )
+    )
+    ok(
+        author.post(
+            f"{url}/critical-communications",
+            json=communication(finding="UNSIGNED: possible metastasis"),
+        ),
+        201,
+    )
+
+    during = ok(referring.get(url))
+    listed = ok(referring.get("/api/reports"))["items"]
+
+    assert during["impression"] == "I1"
+    assert during["critical_flag"] is False and during["critical_communications"] == []
+    assert [(r["id"], r["critical_flag"]) for r in listed] == [(report["id"], False)]
+    working = ok(author.get(url))  # the radiologists still see the working copy
+    assert working["critical_flag"] is True and len(working["critical_communications"]) == 2
+    ok(author.post(f"{url}/submit"))
+    ok(reviewer.post(f"{url}/finalize"))
+    resigned = ok(referring.get(url))
+    assert resigned["critical_flag"] is True
+    assert [c["finding"] for c in resigned["critical_communications"]] == [
+        "late",
+        "UNSIGNED: possible metastasis",
+    ]
+    assert ok(referring.get("/api/reports"))["items"][0]["critical_flag"] is True
+
+
+# --------------------------------------------------------------------------- draft ownership
+
+
+def test_a_first_draft_follows_its_reading_item_to_the_next_claimant(api: ApiServer) -> None:
+    first, second = api.client("radiologist"), api.client("radiologist")
+    seeded, report = draft(api, first)
+    url = f"/api/reports/{report['id']}"
+    ok(first.post(f"/api/worklist/{seeded.item_id}/release"))
+    # released: its author no longer holds the study, so may not write the draft
+    assert first.patch(url, json={"findings": "by A"}).status_code == 403
+    assert first.post(f"{url}/submit").status_code == 403
+
+    ok(second.post(f"/api/worklist/{seeded.item_id}/claim"))
+
+    moved = ok(second.get(url))
+    assert moved["author_id"] == moved["current_author_id"] == user_id(api, second.username)  # type: ignore[attr-defined]
+    assert ok(second.patch(url, json={"findings": "by B"}))["findings"] == "by B"
+    assert first.patch(url, json={"findings": "by A"}).status_code == 403
+    assert first.post(f"{url}/submit").status_code == 403
+    assert ok(second.post(f"{url}/submit"))["status"] == "in_review"
+    (event,) = [
+        e for e in audit_actions(api, "Report", report["id"]) if e.action == "report_reassigned"
+    ]
+    assert event.details == {
+        "before": {"radiologist_id": user_id(api, first.username)},  # type: ignore[attr-defined]
+        "after": {"radiologist_id": user_id(api, second.username)},  # type: ignore[attr-defined]
+    }
+
+
+def test_an_addendum_writer_keeps_the_addendum_whoever_holds_the_reading_item(
+    api: ApiServer,
+) -> None:
+    author, reviewer, other = (api.client("radiologist") for _ in range(3))
+    _, report = draft(api, author)
+    url = f"/api/reports/{report['id']}"
+    ok(author.post(f"{url}/submit"))
+    ok(reviewer.post(f"{url}/finalize"))
+    ok(other.post(f"{url}/addendum", json={"impression": "Addendum."}), 201)
+
+    assert ok(other.patch(url, json={"impression": "Addendum, edited."}))["status"] == "revised"
+    assert author.patch(url, json={"impression": "not theirs"}).status_code == 403
+
+
+# --------------------------------------------------------------------------- unreadable studies
+
+
+def _set_study(api: ApiServer, study_id: int, **values: Any) -> None:
+    with api.db.unit_of_work() as session:
+        study = session.get(DicomStudy, study_id)
+        assert study is not None
+        for name, value in values.items():
+            setattr(study, name, value)
+
+
+@pytest.mark.parametrize("metadata_status", ["unmatched", "conflict"])
+def test_a_study_not_released_to_reading_cannot_be_reported(
+    api: ApiServer, metadata_status: str
+) -> None:
+    author = api.client("radiologist")
+    seeded = claimed_study(api, author)
+    _set_study(api, seeded.study_id, metadata_status=metadata_status)
+    body = {"study_id": seeded.study_id, "findings": "F", "impression": "I"}
+
+    refused = author.post("/api/reports", json=body)
+
+    assert refused.status_code == 409
+    assert refused.json()["error"]["current_state"] == metadata_status
+    _set_study(api, seeded.study_id, released_to_reading=True)
+    ok(author.post("/api/reports", json=body), 201)
+
+
+def test_a_report_of_a_rejected_study_cannot_be_submitted_or_finalized(api: ApiServer) -> None:
+    author, reviewer, admin = (
+        api.client("radiologist"),
+        api.client("radiologist"),
+        api.client("admin"),
+    )
+    _, in_review = draft(api, author)
+    ok(author.post(f"/api/reports/{in_review['id']}/submit"))
+    _, drafted = draft(api, author)
+    for report in (in_review, drafted):
+        ok(
+            admin.post(
+                f"/api/studies/{report['study_id']}/reject", json={"reason": "wrong patient"}
+            )
+        )
+
+    finalized = reviewer.post(f"/api/reports/{in_review['id']}/finalize")
+    submitted = author.post(f"/api/reports/{drafted['id']}/submit")
+
+    for refused in (finalized, submitted):
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"]["current_state"] == "rejected"
+    assert ok(author.get(f"/api/reports/{in_review['id']}"))["status"] == "in_review"
+    assert ok(author.get(f"/api/reports/{drafted['id']}"))["status"] == "draft"
+
+
 # --------------------------------------------------------------------------- critical results
 
 
@@ -451,6 +602,51 @@ def test_setting_the_flag_on_a_draft_then_recording_the_call_allows_submit(
     assert actions == ["critical_result_communicated", "critical_result_acknowledged"]
 
 
+def test_a_communication_told_before_it_was_recorded_is_identified_when_told(
+    api: ApiServer,
+) -> None:
+    author = api.client("radiologist")
+    _, report = draft(api, author)
+    told = datetime.now(UTC) - timedelta(minutes=40)
+
+    record = ok(
+        author.post(
+            f"/api/reports/{report['id']}/critical-communications",
+            json=communication(communicated_at=told.isoformat()),
+        ),
+        201,
+    )
+
+    identified = datetime.fromisoformat(record["identified_at"])
+    assert identified == datetime.fromisoformat(record["communicated_at"]) == told
+    assert datetime.fromisoformat(record["deadline_at"]) - identified == timedelta(
+        minutes=api.settings.critical_result_deadline_minutes
+    )
+    assert record["deadline_met"] is True
+
+
+def test_a_communication_before_the_finding_was_identified_is_422(api: ApiServer) -> None:
+    author = api.client("radiologist")
+    _, report = draft(api, author, critical_flag=True)
+    url = f"/api/reports/{report['id']}"
+    (pending,) = report["critical_communications"]
+    before = datetime.fromisoformat(pending["identified_at"]) - timedelta(minutes=5)
+
+    refused = author.post(
+        f"{url}/critical-communications", json=communication(communicated_at=before.isoformat())
+    )
+    on_submit = author.post(
+        f"{url}/submit",
+        json={"critical_communication": communication(communicated_at=before.isoformat())},
+    )
+
+    for response in (refused, on_submit):
+        assert response.status_code == 422
+        assert response.json()["error"]["field"] == "communicated_at"
+    (still,) = ok(author.get(url))["critical_communications"]
+    assert still["communicated_at"] is None and ok(author.get(url))["status"] == "draft"
+
+
 def test_communication_input_is_validated(api: ApiServer) -> None:
     author = api.client("radiologist")
     _, report = draft(api, author, critical_flag=True)
@@ -481,3 +677,26 @@ def test_overdue_critical_communications_lists_missed_deadlines(api: ApiServer) 
     assert [row.report_id for row in overdue] == [late["id"]]
     assert overdue[0].overdue is True and nothing_yet == []
     assert plain["critical_communications"] == []
+
+
+@pytest.mark.parametrize("settings_overrides", [{"report_self_review": True}])
+def test_self_review_setting_lets_a_review_item_go_to_the_author(api: ApiServer) -> None:
+    author, admin = api.client("radiologist"), api.client("admin")
+    seeded, report = draft(api, author)
+    ok(author.post(f"/api/reports/{report['id']}/submit"))
+    with api.db.read() as session:
+        review_id = session.scalar(
+            select(WorklistItem.id).where(
+                WorklistItem.dicom_study_id == seeded.study_id,
+                WorklistItem.queue_type == "review",
+            )
+        )
+
+    given = ok(
+        admin.post(
+            f"/api/worklist/{review_id}/reassign",
+            json={"user_id": user_id(api, author.username)},  # type: ignore[attr-defined]
+        )
+    )
+
+    assert given["assigned_to_id"] == user_id(api, author.username)  # type: ignore[attr-defined]

@@ -20,6 +20,7 @@ from dicom_node.db.models import (
     Patient,
     Report,
     User,
+    WorklistItem,
 )
 from dicom_node.domain.enums import MetadataStatus
 from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
@@ -321,6 +322,29 @@ def test_study_detail_lists_series_instances_order_and_reports_and_is_audited(
     assert events[0].patient_id == "PAT1" and events[0].study_instance_uid == index.uid["A"]
 
 
+def test_referring_physician_sees_only_report_ids_signed_at_least_once(
+    api: ApiServer, index: Index
+) -> None:
+    referring = api.client("referring_physician")
+    index.order_for("A", referring.username)  # type: ignore[attr-defined]
+    radiologist = api.client("radiologist")
+    with api.db.unit_of_work() as session:
+        author = session.scalar(select(User.id).where(User.username == radiologist.username))
+        report = Report(dicom_study_id=index.id["A"], radiologist_id=author)
+        session.add(report)
+        session.flush()
+        report_id = report.id
+    url = f"/api/studies/{index.id['A']}"
+
+    assert referring.get(url).json()["report_ids"] == []
+    assert radiologist.get(url).json()["report_ids"] == [report_id]
+    with api.db.unit_of_work() as session:
+        signed = session.get(Report, report_id)
+        assert signed is not None
+        signed.signed_at = signed.created_at
+    assert referring.get(url).json()["report_ids"] == [report_id]
+
+
 def test_study_detail_of_an_unknown_study_is_404(api: ApiServer, index: Index) -> None:
     assert api.client("admin").get("/api/studies/999999").status_code == 404
 
@@ -570,3 +594,41 @@ def test_rejecting_needs_a_reason_and_the_correct_permission(api: ApiServer, ind
     assert api.client("admin").post(
         "/api/studies/999999/reject", json={"reason": "x"}
     ).status_code == (404)
+
+
+def test_rejecting_a_study_cancels_its_open_worklist_items_in_every_queue(
+    api: ApiServer, index: Index
+) -> None:
+    reader = api.client("radiologist")
+    holder = api.user("radiologist")
+    with api.db.unit_of_work() as session:
+        holder_id = session.scalar(select(User.id).where(User.username == holder))
+        items = [
+            WorklistItem(dicom_study_id=index.id["A"], queue_type=queue, status=status, **extra)
+            for queue, status, extra in (
+                ("reading", "claimed", {"assigned_to_id": holder_id}),
+                ("reconciliation", "pending", {}),
+                ("review", "completed", {}),
+            )
+        ]
+        items.append(WorklistItem(dicom_study_id=index.id["B"], queue_type="reading"))
+        session.add_all(items)
+        session.flush()
+        ids = [item.id for item in items]
+    listed = reader.get("/api/worklist").json()
+    assert {i["id"] for i in listed["items"]} == {ids[0], ids[3]}
+
+    response = api.client("admin").post(
+        f"/api/studies/{index.id['A']}/reject", json={"reason": "wrong patient"}
+    )
+
+    assert response.status_code == 200, response.text
+    with api.db.read() as session:
+        statuses = [session.get(WorklistItem, item_id).status for item_id in ids]  # type: ignore[union-attr]
+    assert statuses == ["cancelled", "cancelled", "completed", "pending"]
+    cancelled = [e for e in _events(api, "worklist_item_cancelled") if e.target_id in map(str, ids)]
+    assert sorted(int(e.target_id) for e in cancelled) == ids[:2]  # type: ignore[arg-type]
+    assert all(e.reason == "study rejected: wrong patient" for e in cancelled)
+    assert cancelled[0].details["before"]["status"] in {"claimed", "pending"}
+    listed = reader.get("/api/worklist").json()
+    assert [i["id"] for i in listed["items"]] == [ids[3]]

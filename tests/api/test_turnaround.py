@@ -300,3 +300,29 @@ def test_a_366_day_range_is_allowed(api: ApiServer) -> None:
 @pytest.mark.parametrize("role", ["technologist", "referring_physician"])
 def test_turnaround_is_not_for_every_role(api: ApiServer, role: str) -> None:
     assert api.client(role).get("/api/turnaround").status_code == 403
+
+
+def test_a_communication_recorded_before_its_identification_is_left_out(api: ApiServer) -> None:
+    build(api)
+    with api.db.unit_of_work() as session:
+        report_id = session.scalar(
+            select(CriticalResultCommunication.report_id).where(
+                CriticalResultCommunication.identified_at == T + minutes(150)
+            )
+        )
+        assert report_id is not None
+        # data from before such entries were refused: told 30 minutes "before" it was seen
+        session.add(
+            CriticalResultCommunication(
+                report_id=report_id,
+                finding="second finding",
+                identified_at=T + minutes(300),
+                deadline_at=T + minutes(360),
+                communicated_at=T + minutes(270),
+            )
+        )
+
+    (group,) = _groups(api, "none").values()
+
+    # unchanged: S1 45, R2 90; S3 open; the negative -30 is not a turnaround
+    assert group["critical_to_communicated"] == (2, 1, 67.5, 90.0, 50.0)

@@ -423,3 +423,80 @@ def test_completed_items_cannot_be_claimed_or_reassigned(api: ApiServer) -> None
     )
     assert reassign.status_code == 409
     assert reassign.json()["error"]["current_state"] == "completed"
+
+
+def _draft(client: httpx.Client, seeded: Seeded) -> int:
+    assert client.post(f"/api/worklist/{seeded.item_id}/claim").status_code == 200
+    response = client.post(
+        "/api/reports", json={"study_id": seeded.study_id, "findings": "F", "impression": "I"}
+    )
+    assert response.status_code == 201, response.text
+    return int(response.json()["id"])
+
+
+def test_reassigning_a_released_reading_item_gives_its_draft_to_the_new_holder(
+    api: ApiServer,
+) -> None:
+    seeded = seed_study(api.db)
+    writer, admin = api.client("radiologist"), api.client("admin")
+    report_id = _draft(writer, seeded)
+    assert writer.post(f"/api/worklist/{seeded.item_id}/release").status_code == 200
+    target_name = api.user("radiologist")
+    target = user_id(api, target_name)
+
+    response = admin.post(f"/api/worklist/{seeded.item_id}/reassign", json={"user_id": target})
+
+    assert response.status_code == 200, response.text
+    report = writer.get(f"/api/reports/{report_id}").json()
+    assert report["author_id"] == target
+    assert writer.patch(f"/api/reports/{report_id}", json={"findings": "x"}).status_code == 403
+    moved = [e for e in audit_actions(api, "Report", report_id) if e.action == "report_reassigned"]
+    assert [e.details for e in moved] == [
+        {
+            "before": {"radiologist_id": user_id(api, writer.username)},  # type: ignore[attr-defined]
+            "after": {"radiologist_id": target},
+        }
+    ]
+
+
+def test_a_review_item_is_not_reassigned_to_the_author_of_the_report(api: ApiServer) -> None:
+    seeded = seed_study(api.db)
+    author, admin = api.client("radiologist"), api.client("admin")
+    report_id = _draft(author, seeded)
+    assert author.post(f"/api/reports/{report_id}/submit").status_code == 200
+    with api.db.read() as session:
+        review_id = session.scalar(
+            select(WorklistItem.id).where(
+                WorklistItem.dicom_study_id == seeded.study_id,
+                WorklistItem.queue_type == "review",
+            )
+        )
+    url = f"/api/worklist/{review_id}/reassign"
+
+    refused = admin.post(url, json={"user_id": user_id(api, author.username)})  # type: ignore[attr-defined]
+
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "user_id"
+    other = user_id(api, api.user("radiologist"))
+    assert admin.post(url, json={"user_id": other}).json()["assigned_to_id"] == other
+
+
+def test_items_of_a_study_not_released_to_reading_cannot_be_claimed(api: ApiServer) -> None:
+    reader = api.client("radiologist")
+    for metadata_status in ("unmatched", "conflict", "rejected"):
+        seeded = seed_study(api.db)
+        with api.db.unit_of_work() as session:
+            session.execute(
+                update(DicomStudy)
+                .where(DicomStudy.id == seeded.study_id)
+                .values(metadata_status=metadata_status)
+            )
+
+        refused = reader.post(f"/api/worklist/{seeded.item_id}/claim")
+
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"]["current_state"] == metadata_status
+        with api.db.unit_of_work() as session:
+            study = session.get(DicomStudy, seeded.study_id)
+            assert study is not None and study.status == "acquired"
+            study.released_to_reading = True
+        assert reader.post(f"/api/worklist/{seeded.item_id}/claim").status_code == 200
