@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dicom_node.db.models import (
+    PN,
     DicomInstance,
     DicomSeries,
     DicomStudy,
@@ -583,7 +584,7 @@ def correct_study(
             setattr(patient, field, changed[field])
             if field == "patient_name":
                 name = changed[field]
-                patient.patient_name_folded = fold_person_name(name) if name else None
+                patient.patient_name_folded = fold_person_name(name)[: PN.length] if name else None
     for field in STUDY_FIELDS:
         if field in changed:
             setattr(study, field, changed[field])
