@@ -18,7 +18,14 @@ from dicom_node.db.engine import redact_url
 from dicom_node.domain.enums import Role
 from dicom_node.domain.errors import DomainError
 from dicom_node.logging_setup import configure_logging
-from dicom_node.node import Node, StartupError, ensure_schema, open_database, open_store
+from dicom_node.node import (
+    Node,
+    StartupError,
+    configure_password_hashing,
+    ensure_schema,
+    open_database,
+    open_store,
+)
 from dicom_node.settings import ConfigError, Settings, load_settings
 
 EXIT_OK = 0
@@ -41,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
         configure_logging(settings.log_level)
+        configure_password_hashing(settings)
         result: int = args.run(settings, args)
         return result
     except ConfigError as exc:

@@ -26,6 +26,7 @@ from dicom_node.domain.matching import SlaPolicy
 from dicom_node.jobs.scheduler import JobSpec, build_scheduler
 from dicom_node.jobs.workflow import run_study_stability, run_temp_sweep
 from dicom_node.scp.server import DicomServer, configure_pynetdicom
+from dicom_node.services import passwords
 from dicom_node.settings import Settings
 from dicom_node.storage import FileStore
 from dicom_node.workers import WorkerPool, WorkerStartError
@@ -37,6 +38,14 @@ HTTP_START_TIMEOUT_SECONDS = 15.0
 
 class StartupError(Exception):
     """The node cannot start; the message is one line for the operator."""
+
+
+def configure_password_hashing(settings: Settings) -> None:
+    passwords.configure(
+        time_cost=settings.password_hash_time_cost,
+        memory_kib=settings.password_hash_memory_kib,
+        parallelism=settings.password_hash_parallelism,
+    )
 
 
 def open_database(settings: Settings) -> Database:
@@ -158,6 +167,7 @@ class Node:
             log_phi=self.settings.log_phi,
             accept_unknown_sop_classes=self.settings.accept_unknown_sop_classes,
         )
+        configure_password_hashing(self.settings)
         try:
             self.db = open_database(self.settings)
             ensure_schema(self.db, upgrade_if_empty=True)

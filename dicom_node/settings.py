@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     # consecutive failed sign-ins that lock an account, and for how long
     sign_in_max_failures: Annotated[int, Field(ge=1)] = 5
     sign_in_lockout_minutes: Annotated[int, Field(gt=0)] = 15
+    # argon2id cost of new password hashes (RFC 9106 low-memory profile by default);
+    # hashes made at another cost are re-hashed at their next sign-in
+    password_hash_time_cost: Annotated[int, Field(ge=1, le=20)] = 3
+    password_hash_memory_kib: Annotated[int, Field(ge=1024, le=4_194_304)] = 65536
+    password_hash_parallelism: Annotated[int, Field(ge=1, le=64)] = 4
 
     # --- logging --------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -16,10 +16,19 @@ import pytest
 from dicom_node.db import migrate
 from dicom_node.db.engine import Database
 from dicom_node.node import Node
+from dicom_node.services import passwords
 from dicom_node.settings import Settings
 from tests.support import PostgresServer, Served, run_postgres
 
 PG_TEMPLATE = "dicom_node_template"
+# argon2id at a low cost: the suite creates hundreds of accounts, and the default
+# cost (~0.1 s a hash here) would be minutes of CI. The algorithm is the same.
+CHEAP_HASHING = {
+    "password_hash_time_cost": 1,
+    "password_hash_memory_kib": 1024,
+    "password_hash_parallelism": 1,
+}
+passwords.configure(time_cost=1, memory_kib=1024, parallelism=1)
 _counter = itertools.count()
 
 
@@ -90,6 +99,7 @@ def node_settings(db_url: str, data_dir: Path, **overrides: object) -> Settings:
         "shutdown_grace_seconds": 1.0,
         # in-process SCP unless a test asks for worker processes
         "dicom_workers": 1,
+        **CHEAP_HASHING,
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]

@@ -15,8 +15,6 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -28,10 +26,7 @@ from dicom_node.domain.enums import AuditOutcome, Role
 from dicom_node.domain.errors import AuthenticationFailed
 from dicom_node.domain.permissions import Principal
 from dicom_node.services.audit import record_audit_event
-
-_hasher = PasswordHasher()
-# verified against when the username is unknown, so both paths cost one argon2 run
-_DUMMY_HASH = _hasher.hash("not-a-real-password-0")
+from dicom_node.services.passwords import dummy_hash, hash_password, needs_rehash, verify_password
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +91,7 @@ def sign_in(
     name = username.strip().lower()
     with db.read() as session:
         credentials = _load_credentials(session, name)
-    verified = _verify(credentials.password_hash, password)
+    verified = verify_password(credentials.password_hash, password)
     failure: AuthenticationFailed | None = None
     with db.unit_of_work() as session:
         try:
@@ -118,7 +113,7 @@ def sign_in(
 def _load_credentials(session: Session, name: str) -> _Credentials:
     row = session.execute(select(User.id, User.password_hash).where(User.username == name)).first()
     if row is None:
-        return _Credentials(user_id=None, password_hash=_DUMMY_HASH)
+        return _Credentials(user_id=None, password_hash=dummy_hash())
     return _Credentials(user_id=row[0], password_hash=row[1])
 
 
@@ -157,8 +152,8 @@ def _record(
         raise AuthenticationFailed(SIGN_IN_FAILED)
     user.failed_sign_ins = 0
     user.locked_until = None
-    if _hasher.check_needs_rehash(user.password_hash):
-        user.password_hash = _hasher.hash(password)
+    if needs_rehash(user.password_hash):
+        user.password_hash = hash_password(password)
     token = secrets.token_urlsafe(32)
     expires_at = moment + policy.token_ttl
     session.add(
@@ -180,13 +175,6 @@ def _record(
         ),
     )
     return IssuedToken(token=token, expires_at=expires_at, principal=_principal(user))
-
-
-def _verify(password_hash: str, password: str) -> bool:
-    try:
-        return _hasher.verify(password_hash, password)
-    except (VerificationError, InvalidHashError):
-        return False
 
 
 def _audit_failure(

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from argon2 import PasswordHasher
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
@@ -22,12 +21,12 @@ from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import Role
 from dicom_node.domain.errors import AlreadyExists, Conflict, InvalidValue, NotFound
 from dicom_node.domain.permissions import Principal
+from dicom_node.services import passwords
 from dicom_node.services.audit import record_audit_event
 from dicom_node.services.orders import Listed, escape_like, order_by
 
 MIN_PASSWORD_LENGTH = 10
 _USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,63}")
-_hasher = PasswordHasher()
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +52,7 @@ def hash_password(password: str) -> str:
         raise InvalidValue(
             f"a password needs at least {MIN_PASSWORD_LENGTH} characters", field="password"
         )
-    return _hasher.hash(password)
+    return passwords.hash_password(password)
 
 
 def create_user(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select, text
 
 from dicom_node.db.models import AuditEvent, User
+from dicom_node.services import passwords
 from tests.api.conftest import PASSWORD, ApiServer
 
 
@@ -89,3 +90,18 @@ def test_password_is_stored_as_argon2_only(api: ApiServer) -> None:
     with api.db.read() as session:
         stored = session.scalar(select(User.password_hash).where(User.username == name))
     assert stored is not None and stored.startswith("$argon2id$") and PASSWORD not in stored
+
+
+def test_a_hash_made_at_another_cost_is_upgraded_at_the_next_sign_in(api: ApiServer) -> None:
+    name = api.user("scheduler")
+    with api.db.read() as session:
+        before = session.scalar(select(User.password_hash).where(User.username == name))
+    passwords.configure(time_cost=2, memory_kib=2048, parallelism=1)
+    try:
+        api.token(name)
+        with api.db.read() as session:
+            after = session.scalar(select(User.password_hash).where(User.username == name))
+    finally:
+        passwords.configure(time_cost=1, memory_kib=1024, parallelism=1)
+    assert before is not None and after is not None
+    assert "m=1024,t=1" in before and "m=2048,t=2" in after
