@@ -17,7 +17,12 @@ from dicom_node.services.query import find_entities
 from dicom_node.storage import FileStore
 from tests.dicomfiles import ct_dataset, to_bytes
 
-UID = {name: generate_uid() for name in ("A", "B", "C", "D", "A1", "A2", "B1", "C1", "D1")}
+# deterministic: the UIDs appear in the test ids, which must be the same in every
+# process (pytest-xdist workers compare their collections)
+UID = {
+    name: generate_uid(entropy_srcs=["test_query", name])
+    for name in ("A", "B", "C", "D", "A1", "A2", "B1", "C1", "D1")
+}
 
 # study label -> patient, study attributes; series label -> study, modality, instances
 PATIENTS = {
