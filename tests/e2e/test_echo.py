@@ -92,3 +92,10 @@ def test_configured_ae_title_is_the_one_answered(make_node) -> None:  # type: ig
 def test_pynetdicom_identifier_logging_is_off(node: Node) -> None:
     assert pynetdicom_config.LOG_REQUEST_IDENTIFIERS is False
     assert pynetdicom_config.LOG_RESPONSE_IDENTIFIERS is False
+
+
+def test_the_running_scp_copies_its_contexts_cheaply_per_association(node: Node) -> None:
+    from dicom_node.scp.server import DicomServer, SharedUidContexts
+
+    assert isinstance(node.dicom, DicomServer)
+    assert isinstance(node.dicom._server.contexts, SharedUidContexts)  # type: ignore[union-attr]
