@@ -23,6 +23,7 @@ from api.deps import ApiContext
 from dicom_node.db import migrate
 from dicom_node.db.engine import Database, redact_url
 from dicom_node.domain.matching import SlaPolicy
+from dicom_node.jobs.escalation import run_escalation
 from dicom_node.jobs.scheduler import JobSpec, build_scheduler
 from dicom_node.jobs.workflow import run_study_stability, run_temp_sweep
 from dicom_node.scp.server import DicomServer, configure_pynetdicom
@@ -158,6 +159,11 @@ class Node:
                 "temp-file-sweep",
                 partial(run_temp_sweep, store, max_age_seconds=settings.temp_file_max_age_seconds),
                 max(60.0, settings.temp_file_max_age_seconds / 4),
+            ),
+            JobSpec(
+                "escalation",
+                partial(run_escalation, db),
+                settings.escalation_interval_seconds,
             ),
         ]
 

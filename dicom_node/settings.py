@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     # --- workflow -------------------------------------------------------------
     study_stable_seconds: Annotated[int, Field(gt=0)] = 60
     stability_check_interval_seconds: Annotated[float, Field(gt=0)] = 10.0
+    # how often the escalation job flags overdue worklist items and escalates
+    # critical results not communicated by their deadline
+    escalation_interval_seconds: Annotated[float, Field(gt=0)] = 60.0
     # a quiet study waits for its order's MPPS IN PROGRESS at most this long
     mpps_wait_max_seconds: Annotated[int, Field(gt=0)] = 7200
     # reading-worklist due time after a study completes, by priority
