@@ -1026,16 +1026,15 @@ def start_order(
     now: datetime | None = None,
 ) -> OrderInfo:
     """scheduled -> in_progress (the technologist starts the exam)."""
-    order = load_order(session, order_id, principal=principal)
-    if not advance_order(
+    order = _exam_step(
         session,
-        order,
+        order_id,
         RequestStatus.IN_PROGRESS,
-        allowed_from=(RequestStatus.SCHEDULED,),
-        reason="exam started",
-        **_who(principal, source_address),
-    ):
-        raise Conflict(f"an order that is {order.status} cannot be started", current=order.status)
+        RequestStatus.SCHEDULED,
+        "started",
+        principal=principal,
+        source_address=source_address,
+    )
     order.exam_started_at = order.exam_started_at or now or datetime.now(UTC)
     session.flush()
     return order_info(order)
@@ -1050,16 +1049,38 @@ def complete_order(
     now: datetime | None = None,
 ) -> OrderInfo:
     """in_progress -> performed (the technologist ends the exam)."""
+    order = _exam_step(
+        session,
+        order_id,
+        RequestStatus.PERFORMED,
+        RequestStatus.IN_PROGRESS,
+        "completed",
+        principal=principal,
+        source_address=source_address,
+    )
+    order.exam_completed_at = order.exam_completed_at or now or datetime.now(UTC)
+    session.flush()
+    return order_info(order)
+
+
+def _exam_step(
+    session: Session,
+    order_id: int,
+    to: RequestStatus,
+    from_: RequestStatus,
+    verb: str,
+    *,
+    principal: Principal,
+    source_address: str | None,
+) -> ImagingRequest:
     order = load_order(session, order_id, principal=principal)
     if not advance_order(
         session,
         order,
-        RequestStatus.PERFORMED,
-        allowed_from=(RequestStatus.IN_PROGRESS,),
-        reason="exam completed",
+        to,
+        allowed_from=(from_,),
+        reason=f"exam {verb}",
         **_who(principal, source_address),
     ):
-        raise Conflict(f"an order that is {order.status} cannot be completed", current=order.status)
-    order.exam_completed_at = order.exam_completed_at or now or datetime.now(UTC)
-    session.flush()
-    return order_info(order)
+        raise Conflict(f"an order that is {order.status} cannot be {verb}", current=order.status)
+    return order
