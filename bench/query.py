@@ -185,7 +185,9 @@ def build_index(url: str, instances: int) -> None:
             if len(instance_rows) >= BATCH:
                 _flush(conn, study_rows, series_rows, instance_rows)
         _flush(conn, study_rows, series_rows, instance_rows)
-    with engine.connect() as conn:
+    # begin(), not connect(): ANALYZE's statistics are written in a transaction,
+    # which connect() would roll back on exit (planner statistics lost)
+    with engine.begin() as conn:
         conn.exec_driver_sql("ANALYZE")
     engine.dispose()
 
