@@ -425,27 +425,18 @@ def _reinstate(
     order.status = RequestStatus.IN_PROGRESS.value
     order.cancel_reason = None
     order.exam_started_at = order.exam_started_at or now
-    record_audit_event(
+    _order_event(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.ORDER_RECORD,
-            action="order_reinstated",
-            actor=principal.username,
-            actor_user_id=principal.user_id,
-            actor_role=principal.role.value,
-            source_address=source_address,
-            target_class="ImagingRequest",
-            target_id=str(order.id),
-            patient_id=order.patient_id,
-            study_instance_uid=order.study_instance_uid,
-            accession_number=order.accession_number,
-            reason=reason,
-            details={
-                "before": before,
-                "after": {"status": order.status, "cancel_reason": None},
-                "study_id": study.id,
-            },
-        ),
+        order,
+        "order_reinstated",
+        principal=principal,
+        source_address=source_address,
+        reason=reason,
+        details={
+            "before": before,
+            "after": {"status": order.status, "cancel_reason": None},
+            "study_id": study.id,
+        },
     )
 
 
@@ -521,35 +512,26 @@ def create_order_from_study(
     session.add(order)
     session.flush()
     order.requested_procedure_id = f"RP{order.id}"
-    record_audit_event(
+    _order_event(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.ORDER_RECORD,
-            action="order_created",
-            actor=principal.username,
-            actor_user_id=principal.user_id,
-            actor_role=principal.role.value,
-            source_address=source_address,
-            target_class="ImagingRequest",
-            target_id=str(order.id),
-            patient_id=order.patient_id,
-            study_instance_uid=order.study_instance_uid,
-            accession_number=order.accession_number,
-            reason=text_reason,
-            details={
-                "after": {
-                    "status": order.status,
-                    "patient_id": order.patient_id,
-                    "issuer_of_patient_id": order.issuer_of_patient_id,
-                    "accession_number": order.accession_number,
-                    "study_instance_uid": order.study_instance_uid,
-                    "requested_modality": order.requested_modality,
-                    "study_description": order.study_description,
-                    "priority": order.priority,
-                },
-                "from_study_id": study.id,
+        order,
+        "order_created",
+        principal=principal,
+        source_address=source_address,
+        reason=text_reason,
+        details={
+            "after": {
+                "status": order.status,
+                "patient_id": order.patient_id,
+                "issuer_of_patient_id": order.issuer_of_patient_id,
+                "accession_number": order.accession_number,
+                "study_instance_uid": order.study_instance_uid,
+                "requested_modality": order.requested_modality,
+                "study_description": order.study_description,
+                "priority": order.priority,
             },
-        ),
+            "from_study_id": study.id,
+        },
     )
     return _link(
         session,
@@ -850,3 +832,34 @@ def resolve_reconciliation_item(
         ),
     )
     return _item_entry(item, None, None, step)
+
+
+def _order_event(
+    session: Session,
+    order: ImagingRequest,
+    action: str,
+    *,
+    principal: Principal,
+    source_address: str | None,
+    reason: str,
+    details: dict[str, Any],
+) -> None:
+    """An Order Record audit event for a reconciliation step on ``order``."""
+    record_audit_event(
+        session,
+        AuditRecord(
+            event_code=AuditEventCode.ORDER_RECORD,
+            action=action,
+            actor=principal.username,
+            actor_user_id=principal.user_id,
+            actor_role=principal.role.value,
+            source_address=source_address,
+            target_class="ImagingRequest",
+            target_id=str(order.id),
+            patient_id=order.patient_id,
+            study_instance_uid=order.study_instance_uid,
+            accession_number=order.accession_number,
+            reason=reason,
+            details=details,
+        ),
+    )
