@@ -165,6 +165,22 @@ def test_same_patient_modality_and_procedure_within_the_window_is_409_with_the_e
     create(scheduler, issuer_of_patient_id="OTHER")
 
 
+def test_a_duplicate_of_another_physicians_order_is_refused_without_showing_it(
+    api: ApiServer,
+) -> None:
+    """The 409 must not show an order its caller could not read (GET is 404)."""
+    mine = api.client("referring_physician")
+    other = api.client("referring_physician")
+    first = create(mine, clinical_indication="confidential indication")
+    assert other.get(f"/api/orders/{first['id']}").status_code == 404
+    body = error(other.post("/api/orders", json=order_body()), 409)
+    assert "existing" not in body
+    assert f"order {first['id']}" not in body["message"]
+    assert "someone else" in body["message"]
+    # the physician who placed it still gets the order itself
+    assert error(mine.post("/api/orders", json=order_body()), 409)["existing"]["id"] == first["id"]
+
+
 def test_force_needs_a_reason_and_the_override_is_audited_with_the_existing_order(
     api: ApiServer,
 ) -> None:
