@@ -25,6 +25,7 @@ from dicom_node.scp.find import (
 )
 from dicom_node.scp.handlers import build_handlers
 from dicom_node.scp.mpps import MPPS_MODEL, MppsHandler
+from dicom_node.scp.reactor import install_reactor_gate
 from dicom_node.scp.retrieve import RetrieveHandler
 from dicom_node.scp.store import StoreHandler
 from dicom_node.services.ingest import IngestPolicy
@@ -74,6 +75,8 @@ def configure_pynetdicom(*, log_phi: bool, accept_unknown_sop_classes: bool) -> 
     _config.LOG_HANDLER_LEVEL = "none"
     # Private storage SOP classes pynetdicom does not know: refused unless configured.
     _config.UNRESTRICTED_STORAGE_SERVICE = accept_unknown_sop_classes
+    # pynetdicom's reactor can steal the reply a sending thread waits for (reactor.py)
+    install_reactor_gate()
 
 
 def build_ae(settings: Settings) -> AE:
