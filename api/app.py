@@ -13,6 +13,7 @@ from api.routes import (
     changes,
     facilities,
     health,
+    metrics,
     orders,
     reconciliation,
     reports,
@@ -36,6 +37,7 @@ ROUTERS = (
     audit.router,
     turnaround.router,
     changes.router,
+    metrics.router,
 )
 
 

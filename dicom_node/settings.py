@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     accept_unknown_sop_classes: bool = False
     # temp files older than this are leftovers of interrupted transfers
     temp_file_max_age_seconds: Annotated[int, Field(gt=0)] = 3600
+    # scheduled backups (database snapshot + instance files + manifest): where, how
+    # often, how many to keep; no backup_dir = no scheduled backups
+    backup_dir: Path | None = None
+    backup_interval_hours: Annotated[float, Field(gt=0)] = 24.0
+    backup_keep: Annotated[int, Field(ge=1)] = 7
 
     # --- workflow -------------------------------------------------------------
     study_stable_seconds: Annotated[int, Field(gt=0)] = 60
@@ -84,6 +89,19 @@ class Settings(BaseSettings):
     escalation_interval_seconds: Annotated[float, Field(gt=0)] = 60.0
     # a quiet study waits for its order's MPPS IN PROGRESS at most this long
     mpps_wait_max_seconds: Annotated[int, Field(gt=0)] = 7200
+    # maintenance jobs (jobs/maintenance.py). A scheduled order this many hours past
+    # its slot with no images and no MPPS gets an acquisition follow-up item
+    stale_order_hours: Annotated[float, Field(gt=0)] = 48.0
+    stale_order_interval_seconds: Annotated[float, Field(gt=0)] = 900.0
+    # unmatched studies are matched again against orders that arrived since
+    rematch_interval_seconds: Annotated[float, Field(gt=0)] = 60.0
+    # instance files of fully reported studies are removed this many days after
+    # their last image (0 = never: retention is off)
+    retention_days: Annotated[int, Field(ge=0)] = 0
+    retention_interval_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    # change-feed entries older than this are trimmed (the newest one always stays)
+    change_log_keep_days: Annotated[float, Field(gt=0)] = 7.0
+    change_log_trim_interval_seconds: Annotated[float, Field(gt=0)] = 3600.0
     # reading-worklist due time after a study completes, by priority
     sla_stat_minutes: Annotated[int, Field(gt=0)] = 60
     sla_urgent_minutes: Annotated[int, Field(gt=0)] = 720
@@ -99,6 +117,9 @@ class Settings(BaseSettings):
     # --- HTTP API -------------------------------------------------------------
     # bearer tokens expire this long after sign-in
     api_token_ttl_minutes: Annotated[int, Field(gt=0)] = 480
+    # static bearer token for Prometheus at GET /metrics (admins' own tokens work too);
+    # unset: only signed-in admins may scrape. Set it from the environment.
+    metrics_token: SecretStr | None = None
     # consecutive failed sign-ins that lock an account, and for how long
     sign_in_max_failures: Annotated[int, Field(ge=1)] = 5
     sign_in_lockout_minutes: Annotated[int, Field(gt=0)] = 15
@@ -111,6 +132,8 @@ class Settings(BaseSettings):
     # --- logging --------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_phi: bool = False
+    # "json": one JSON object a line (ts, level, logger, message, exception)
+    log_format: Literal["text", "json"] = "text"
 
     def sla(self) -> SlaPolicy:
         """Reading turnaround targets by priority."""

@@ -28,6 +28,12 @@ from types import FrameType
 
 from dicom_node.db.engine import Database
 from dicom_node.logging_setup import configure_logging
+from dicom_node.metrics import (
+    MULTIPROCESS_ENV,
+    multiprocess_dir,
+    reset_multiprocess_dir,
+    worker_exited,
+)
 from dicom_node.scp.server import DicomServer, configure_pynetdicom
 from dicom_node.settings import Settings
 from dicom_node.storage import FileStore
@@ -57,9 +63,12 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._restarts: list[float] = []
         self._monitor: threading.Thread | None = None
+        # the workers' metric files, added to the main process's at GET /metrics
+        self._metrics_dir = multiprocess_dir(settings.data_dir)
 
     def start(self) -> tuple[str, int]:
         """Bind, start every worker and wait until all serve; raises OSError on bind."""
+        reset_multiprocess_dir(self._metrics_dir)
         host = self._settings.bind_host
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         listener = socket.create_server(
@@ -105,6 +114,8 @@ class WorkerPool:
         process = subprocess.Popen(
             [sys.executable, "-m", "dicom_node.workers", str(fd), str(os.getpid())],
             pass_fds=[fd],
+            # prometheus_client reads it at import: the worker's metrics go to files
+            env={**os.environ, MULTIPROCESS_ENV: str(self._metrics_dir)},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -130,6 +141,7 @@ class WorkerPool:
                 missing = self._count - len(self._workers)
             for worker in dead:
                 _close_pipe(worker)
+                worker_exited(self._metrics_dir, worker.pid)
                 log.error(
                     "DICOM worker %d exited with code %s; its associations were lost",
                     worker.pid,
@@ -185,6 +197,7 @@ class WorkerPool:
                 worker.kill()
                 worker.wait()
             _close_pipe(worker)
+            worker_exited(self._metrics_dir, worker.pid)
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -214,7 +227,7 @@ def run_worker(fd: int, parent: int) -> int:
     # passes SIGTERM on, in the order shutdown needs.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     settings = Settings.model_validate_json(sys.stdin.read())
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, fmt=settings.log_format)
     configure_pynetdicom(
         log_phi=settings.log_phi, accept_unknown_sop_classes=settings.accept_unknown_sop_classes
     )

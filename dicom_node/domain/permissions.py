@@ -36,6 +36,7 @@ class Permission(StrEnum):
     AUDIT_READ = "audit:read"
     TURNAROUND_READ = "turnaround:read"
     CHANGES_READ = "changes:read"
+    VIEW_METRICS = "metrics:read"
 
 
 _A = Role.ADMIN
@@ -69,6 +70,8 @@ ROLE_PERMISSIONS: dict[Permission, frozenset[Role]] = {
     Permission.AUDIT_READ: frozenset({_A, _U}),
     Permission.TURNAROUND_READ: frozenset({_A, _S, _R, _U}),
     Permission.CHANGES_READ: frozenset({_A, _S, _T, _R, _P, _U}),
+    # GET /metrics; Prometheus itself scrapes with the static metrics_token setting
+    Permission.VIEW_METRICS: frozenset({_A}),
 }
 
 

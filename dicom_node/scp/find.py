@@ -28,6 +28,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from dicom_node.db.engine import Database
 from dicom_node.domain.query import InvalidQuery, Level, UnsupportedQuery
+from dicom_node.metrics import observe_find
 from dicom_node.scp import status
 from dicom_node.services.query import query_index, record_query
 from dicom_node.services.worklist_query import ScheduledStep, find_scheduled_steps
@@ -66,10 +67,19 @@ class FindHandler:
         self._worklist_by_calling_ae = worklist_by_calling_ae
 
     def handle_find(self, event: Event) -> Iterator[Response]:
-        if str(event.request.AffectedSOPClassUID) == WORKLIST_MODEL:
-            yield from self._handle_worklist(event)
-            return
-        yield from self._handle_query(event)
+        # the query level is known once the identifier is decoded; until then (and
+        # for an identifier without a valid one) the duration counts as "unknown"
+        level = ["unknown"]
+        started = time.monotonic()
+        try:
+            if str(event.request.AffectedSOPClassUID) == WORKLIST_MODEL:
+                level[0] = "worklist"
+                yield from self._handle_worklist(event)
+                return
+            yield from self._handle_query(event, level)
+        finally:
+            # also when the peer cancels or the association goes away mid-stream
+            observe_find(level[0], time.monotonic() - started)
 
     def _handle_worklist(self, event: Event) -> Iterator[Response]:
         """Modality Worklist (PS3.4 K): one response per scheduled step."""
@@ -101,13 +111,14 @@ class FindHandler:
             truncated=result.truncated,
         )
 
-    def _handle_query(self, event: Event) -> Iterator[Response]:
+    def _handle_query(self, event: Event, level_label: list[str]) -> Iterator[Response]:
         requestor = event.assoc.requestor
         address = f"{requestor.address}:{requestor.port}"
         audited = False  # query_index audits what reaches it
         try:
             identifier = event.identifier
             level = parse_level(identifier, str(event.request.AffectedSOPClassUID))
+            level_label[0] = level.value.lower()
             sequences: dict[str, dict[str, str | None] | None] = {}
             keys = identifier_keys(identifier, sequences)
             audited = True

@@ -7,15 +7,19 @@ at a glance.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from pynetdicom import evt
+from pynetdicom.association import Association
 from pynetdicom.events import Event
 
 from dicom_node.db.engine import Database
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import AuditOutcome
+from dicom_node.metrics import ASSOCIATIONS, ASSOCIATIONS_ABORTED, ASSOCIATIONS_ACTIVE
 from dicom_node.scp import status
 from dicom_node.scp.commitment import CommitmentHandler
 from dicom_node.scp.find import FindHandler
@@ -41,6 +45,7 @@ def build_handlers(
     mpps: MppsHandler,
     commitment: CommitmentHandler,
 ) -> HandlerList:
+    associations = AssociationMetrics()
     return [
         (evt.EVT_CONN_OPEN, handle_connection_opened),
         (evt.EVT_C_ECHO, handle_echo),
@@ -52,10 +57,54 @@ def build_handlers(
         (evt.EVT_N_SET, mpps.handle_set),
         (evt.EVT_N_ACTION, commitment.handle_action),
         (evt.EVT_ACCEPTED, handle_accepted),
+        (evt.EVT_ACCEPTED, associations.accepted),
         (evt.EVT_REJECTED, handle_rejected, [db]),
+        (evt.EVT_REJECTED, associations.rejected),
+        (evt.EVT_ABORTED, associations.aborted),
         (evt.EVT_CONN_CLOSE, store.handle_closed),
         (evt.EVT_CONN_CLOSE, handle_connection_closed),
+        (evt.EVT_CONN_CLOSE, associations.closed),
     ]
+
+
+class AssociationMetrics:
+    """Association counters and the open-associations gauge.
+
+    pynetdicom may signal one abort twice (a local ``abort()`` and the reactor
+    noticing it) and fires the connection-close event on another thread than
+    the abort, in either order: each association's state is kept until it is
+    garbage, so it counts once whatever the order.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # association -> [still counted as active, abort counted]
+        self._state: WeakKeyDictionary[Association, list[bool]] = WeakKeyDictionary()
+
+    def accepted(self, event: Event) -> None:
+        with self._lock:
+            self._state[event.assoc] = [True, False]
+        ASSOCIATIONS.labels(result="accepted").inc()
+        ASSOCIATIONS_ACTIVE.inc()
+
+    def rejected(self, event: Event) -> None:
+        ASSOCIATIONS.labels(result="rejected").inc()
+
+    def aborted(self, event: Event) -> None:
+        with self._lock:
+            state = self._state.get(event.assoc)
+            if state is None or state[1]:
+                return  # never accepted (counted as rejected), or counted already
+            state[1] = True
+        ASSOCIATIONS_ABORTED.inc()
+
+    def closed(self, event: Event) -> None:
+        with self._lock:
+            state = self._state.get(event.assoc)
+            if state is None or not state[0]:
+                return
+            state[0] = False
+        ASSOCIATIONS_ACTIVE.dec()
 
 
 def _peer(event: Event) -> tuple[str, str]:

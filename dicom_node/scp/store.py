@@ -21,6 +21,7 @@ from pynetdicom.events import Event
 from dicom_node.db.engine import Database
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import AuditOutcome
+from dicom_node.metrics import observe_store
 from dicom_node.scp import status
 from dicom_node.services.audit import record_audit_event
 from dicom_node.services.ingest import (
@@ -69,18 +70,23 @@ class StoreHandler:
         request = cast(C_STORE, event.request)
         meta = event.file_meta
         meta.SourceApplicationEntityTitle = calling
-        result = store_instance(
-            self._db,
-            self._store,
-            part10=_part10(meta, event.encoded_dataset(include_meta=False)),
-            source=Source(
-                calling_ae_title=calling,
-                address=f"{assoc.requestor.address}:{assoc.requestor.port}",
-            ),
-            policy=self._policy,
-            expected_sop_class_uid=str(request.AffectedSOPClassUID),
-            expected_sop_instance_uid=str(request.AffectedSOPInstanceUID),
-        )
+        try:
+            result = store_instance(
+                self._db,
+                self._store,
+                part10=_part10(meta, event.encoded_dataset(include_meta=False)),
+                source=Source(
+                    calling_ae_title=calling,
+                    address=f"{assoc.requestor.address}:{assoc.requestor.port}",
+                ),
+                policy=self._policy,
+                expected_sop_class_uid=str(request.AffectedSOPClassUID),
+                expected_sop_instance_uid=str(request.AffectedSOPInstanceUID),
+            )
+        except Exception:
+            observe_store("error")  # pynetdicom answers 0xC211 for a handler that raised
+            raise
+        observe_store(result.outcome.value)
         self._count(assoc, result)
         return _status_dataset(result)
 
