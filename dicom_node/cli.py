@@ -1,4 +1,4 @@
-"""The ``dicom-node`` command: serve, db, user, demo, config."""
+"""The ``dicom-node`` command: serve, db, user, demo, import, backup, verify, config."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         settings = load_settings(args.config)
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, fmt=settings.log_format)
         configure_password_hashing(settings)
         result: int = args.run(settings, args)
         return result
@@ -127,6 +127,31 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "reindex", help="rebuild the index from the files in the store"
     ).set_defaults(run=cmd_reindex)
+
+    backup = commands.add_parser(
+        "backup",
+        help="copy the database and the instance files, consistently, while the node runs",
+    )
+    backup.add_argument("destination", type=Path, metavar="DEST", help="a new or empty directory")
+    backup.set_defaults(run=cmd_backup)
+
+    restore = commands.add_parser(
+        "restore", help="bring a backup back into an empty data dir and an empty database"
+    )
+    restore.add_argument("source", type=Path, metavar="SRC", help="a directory made by backup")
+    restore.set_defaults(run=cmd_restore)
+
+    verify = commands.add_parser(
+        "verify",
+        help="compare the index with the files in the store (exit 1 when they disagree)",
+    )
+    verify.add_argument("--quick", action="store_true", help="compare file sizes only (no hashing)")
+    verify.add_argument(
+        "--repair",
+        action="store_true",
+        help="index orphan files through the import path (missing files need a restore)",
+    )
+    verify.set_defaults(run=cmd_verify)
 
     config = commands.add_parser("config", help="configuration").add_subparsers(
         title="config commands", metavar="CONFIG_COMMAND", required=True
@@ -307,6 +332,73 @@ def _progress_bar(total: int) -> Callable[[int], None]:
         )
 
     return show
+
+
+# --------------------------------------------------------------------------- backup, verify
+
+
+def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
+    from dicom_node.services.backup import BackupError, create_backup
+
+    db = open_database(settings)
+    try:
+        ensure_schema(db, upgrade_if_empty=False)
+    finally:
+        db.dispose()
+    try:
+        result = create_backup(
+            database_url=settings.database_url,
+            store=open_store(settings),
+            destination=args.destination,
+            fsync=settings.fsync,
+            actor="cli",
+        )
+    except BackupError as exc:
+        raise CommandError(str(exc)) from None
+    print(result.describe())
+    return EXIT_OK
+
+
+def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
+    from dicom_node.services.backup import BackupError, restore_backup
+
+    try:
+        result = restore_backup(
+            source=args.source,
+            database_url=settings.database_url,
+            data_dir=settings.data_dir,
+            fsync=settings.fsync,
+            actor="cli",
+        )
+    except BackupError as exc:
+        raise CommandError(str(exc)) from None
+    print(result.describe())
+    return EXIT_OK
+
+
+def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
+    from dicom_node.services.ingest import IngestPolicy
+    from dicom_node.services.integrity import repair_orphans, verify_store
+
+    db = open_database(settings)
+    try:
+        ensure_schema(db, upgrade_if_empty=False)
+        store = open_store(settings)
+        if args.repair:
+            repaired = repair_orphans(
+                db,
+                store,
+                policy=IngestPolicy(duplicate_policy=settings.duplicate_policy),
+                actor="verify-repair",
+                quick=args.quick,
+            )
+            print(repaired.describe())
+            return EXIT_OK if repaired.after.ok else EXIT_FAILURE
+        report = verify_store(db, store, quick=args.quick)
+    finally:
+        db.dispose()
+    print(report.describe())
+    return EXIT_OK if report.ok else EXIT_FAILURE
 
 
 def cmd_config_show(settings: Settings, args: argparse.Namespace) -> int:
