@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api.app import create_app
 from api.deps import ApiContext
-from dicom_node.db import migrate
+from dicom_node.db import migrate, notify
 from dicom_node.db.engine import Database, redact_url
 from dicom_node.domain.matching import SlaPolicy
 from dicom_node.jobs.escalation import run_escalation
@@ -195,9 +195,12 @@ class Node:
             except WorkerStartError as exc:
                 raise StartupError(str(exc)) from None
             self.dicom_port = self.dicom.port
-            self._scheduler = build_scheduler(self._jobs(self.db, self.store))
+            # PostgreSQL: each job runs on one node per tick (advisory locks)
+            self._scheduler = build_scheduler(self._jobs(self.db, self.store), self.db)
             self._scheduler.start()
             log.info("scheduler started with %d jobs", len(self._scheduler.get_jobs()))
+            # PostgreSQL: live streams wake on changes made by any node (LISTEN/NOTIFY)
+            notify.start_listener(self.db)
             self._start_http()
         except BaseException:
             self.stop()
@@ -250,6 +253,8 @@ class Node:
             self._http_socket = None
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=True)
+        if self.db is not None:
+            notify.stop_listener(self.db)
         if self.dicom is not None:
             self.dicom.stop(self.settings.shutdown_grace_seconds)
             self.dicom = None

@@ -4,14 +4,21 @@ Both read ``change_log`` (written in the same transaction as each change, also
 for changes that came in over DICOM), filtered to what the caller's role may
 see. The SSE stream uses the feed sequence number as the event id, so a client
 that reconnects with ``Last-Event-ID`` (browsers do this by themselves) resumes
-exactly after the last event it got. The stream polls the database, which
-works across processes and nodes sharing it; it re-checks the token at every
-poll, so a revoked or expired token ends the stream.
+exactly after the last event it got.
+
+On PostgreSQL the stream wakes on the change notification every commit that
+writes the feed sends (LISTEN/NOTIFY, ``dicom_node.db.notify``), whichever node
+or process made the change, and polls every ``FALLBACK_POLL_SECONDS`` as a
+safety net. On SQLite, or while the notification connection is down, it polls
+every ``POLL_SECONDS``. Either way it reads ``change_log`` itself, re-checking
+the token at every read, so a revoked or expired token ends the stream (within
+the fallback interval at most).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
@@ -23,6 +30,7 @@ from pydantic import BaseModel
 
 from api.deps import Context, bearer_token, require
 from api.schemas.common import AUTH_ERRORS
+from dicom_node.db.notify import listener_for
 from dicom_node.domain.errors import AuthenticationFailed
 from dicom_node.domain.permissions import Permission, Principal
 from dicom_node.services.auth import authenticate
@@ -30,7 +38,12 @@ from dicom_node.services.changes import Change, latest_seq, list_changes
 
 router = APIRouter(prefix="/api", tags=["changes"])
 
+# without notifications (SQLite, or the listener reconnecting)
 POLL_SECONDS = 0.25
+# with notifications: a safety net for a lost one, and the token re-check
+FALLBACK_POLL_SECONDS = 3.0
+# a burst of notifications (one per commit) is read in batches, not once each
+MIN_READ_INTERVAL_SECONDS = 0.05
 HEARTBEAT_SECONDS = 15.0
 BATCH = 200
 # as for every id of the API: within what a JSON number holds exactly (larger: 422)
@@ -126,11 +139,18 @@ def stream_events(
         with context.db.read() as session:
             return latest_seq(session)
 
+    listener = listener_for(context.db)
+
     async def events() -> AsyncIterator[str]:
         after = start if start is not None else await run_in_threadpool(current)
-        yield f"retry: 2000\n: stream for {user.username} after {after}\n\n"
-        idle = 0.0
+        woken = listener is not None and listener.connected.is_set()
+        mode = "woken by notifications" if woken else "polling"
+        yield f"retry: 2000\n: stream for {user.username} after {after}, {mode}\n\n"
+        last_sent = time.monotonic()
         while True:
+            # taken before the read: a notification during the read still wakes us
+            mark = listener.mark() if listener is not None else 0
+            read_at = time.monotonic()
             changes = await run_in_threadpool(poll, after)
             if changes is None:
                 yield 'event: end\ndata: {"reason": "token expired or revoked"}\n\n'
@@ -140,12 +160,17 @@ def stream_events(
                 data = _public(change).model_dump_json()
                 yield f"id: {change.seq}\nevent: {change.entity}.{change.action}\ndata: {data}\n\n"
             if changes:
-                idle = 0.0
+                last_sent = time.monotonic()
                 continue
-            await asyncio.sleep(POLL_SECONDS)
-            idle += POLL_SECONDS
-            if idle >= HEARTBEAT_SECONDS:
-                idle = 0.0
+            if listener is not None and listener.connected.is_set():
+                await listener.wait(mark, FALLBACK_POLL_SECONDS)
+                rest = read_at + MIN_READ_INTERVAL_SECONDS - time.monotonic()
+                if rest > 0:
+                    await asyncio.sleep(rest)
+            else:
+                await asyncio.sleep(POLL_SECONDS)
+            if time.monotonic() - last_sent >= HEARTBEAT_SECONDS:
+                last_sent = time.monotonic()
                 yield ": heartbeat\n\n"
 
     return StreamingResponse(

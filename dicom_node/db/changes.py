@@ -12,6 +12,11 @@ transaction-scoped advisory lock taken as the very last step before COMMIT: the
 sequence numbers are then handed out in commit order, and the lock holder never
 waits for anything else, so the lock cannot take part in a deadlock.
 
+On PostgreSQL the same transaction also sends ``pg_notify`` with the highest new
+sequence number, which PostgreSQL delivers at commit to every listening
+session: live streams on any node wake at once instead of polling
+(see ``notify.py``).
+
 Core statements (the C-STORE hot path) bypass the ORM; ingest records its own
 entries with :func:`record_change`.
 """
@@ -36,6 +41,8 @@ from dicom_node.db.types import utcnow
 _PENDING = "dicom_node.pending_changes"
 # arbitrary but fixed: the advisory lock key of the change feed
 FEED_LOCK_KEY = 7_406_001
+# the LISTEN/NOTIFY channel announcing new entries (payload: the highest new seq)
+NOTIFY_CHANNEL = "dicom_node_changes"
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -200,6 +207,14 @@ def _insert(session: Session, pending: list[dict[str, Any]]) -> None:
                 "owner_user_id": owners.get(order_id) if order_id is not None else None,
             }
         )
-    if connection.dialect.name == "postgresql":
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": FEED_LOCK_KEY})
-    connection.execute(insert(ChangeLogEntry), rows)
+    if connection.dialect.name != "postgresql":
+        connection.execute(insert(ChangeLogEntry), rows)
+        return
+    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": FEED_LOCK_KEY})
+    seqs = connection.execute(insert(ChangeLogEntry).returning(ChangeLogEntry.seq), rows)
+    # delivered at COMMIT to every listening session, on every node (db/notify.py);
+    # never for a transaction that rolls back
+    connection.execute(
+        text("SELECT pg_notify(:channel, :seq)"),
+        {"channel": NOTIFY_CHANNEL, "seq": str(max(seqs.scalars().all()))},
+    )

@@ -1,0 +1,174 @@
+"""Scheduled jobs across nodes: one run per tick on a shared PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import Engine, create_engine
+
+from dicom_node.db.engine import Database
+from dicom_node.jobs.scheduler import (
+    JobSpec,
+    build_scheduler,
+    cluster_runner,
+    hold_seconds,
+    job_lock_key,
+)
+from dicom_node.metrics import REGISTRY
+from tests.conftest import PG_TEMPLATE, _new_postgres_database
+
+
+@pytest.fixture
+def pg_url(request: pytest.FixtureRequest) -> str:
+    return _new_postgres_database(request, template=PG_TEMPLATE)
+
+
+@pytest.fixture
+def two_nodes(pg_url: str) -> Iterator[tuple[Engine, Engine]]:
+    """Two engines on one database: as two nodes see it."""
+    first, second = create_engine(pg_url), create_engine(pg_url)
+    yield first, second
+    first.dispose()
+    second.dispose()
+
+
+class Counting:
+    def __init__(self, seconds: float = 0.0, fail: bool = False) -> None:
+        self.runs = 0
+        self.seconds = seconds
+        self.fail = fail
+        self._lock = threading.Lock()
+
+    def __call__(self) -> str:
+        with self._lock:
+            self.runs += 1
+        time.sleep(self.seconds)
+        if self.fail:
+            raise RuntimeError("job broke")
+        return "done"
+
+
+def _at_once(*runs: object) -> list[str]:
+    """Start every run on its own thread at the same moment; their outcomes."""
+    barrier = threading.Barrier(len(runs))
+    outcomes: list[str] = []
+
+    def go(run: object) -> None:
+        barrier.wait()
+        outcomes.append(run())  # type: ignore[operator]
+
+    threads = [threading.Thread(target=go, args=(run,)) for run in runs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return sorted(outcomes)
+
+
+def _skipped(job_id: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "dicom_node_job_runs_total", {"job": job_id, "outcome": "skipped"}
+    )
+    return value or 0.0
+
+
+def test_job_lock_keys_are_stable_distinct_signed_64_bit_numbers() -> None:
+    keys = {job_lock_key(name) for name in ("escalation", "study-stability", "temp-file-sweep")}
+    assert len(keys) == 3
+    assert all(-(2**63) <= key < 2**63 for key in keys)
+    # the same on every node and every release: derived from the id alone
+    assert job_lock_key("escalation") == job_lock_key("escalation")
+
+
+def test_a_job_ticking_on_two_nodes_at_once_runs_on_one(two_nodes: tuple[Engine, Engine]) -> None:
+    job = Counting(seconds=0.3)
+    spec = JobSpec("unit-once", job, interval_seconds=0.2)
+    skipped_before = _skipped("unit-once")
+    outcomes = _at_once(cluster_runner(spec, two_nodes[0]), cluster_runner(spec, two_nodes[1]))
+    assert outcomes == ["ok", "skipped"]
+    assert job.runs == 1
+    assert _skipped("unit-once") == skipped_before + 1
+
+
+def test_a_node_ticking_a_little_late_finds_the_job_still_held(
+    two_nodes: tuple[Engine, Engine],
+) -> None:
+    job = Counting()  # finishes at once: the lock alone would be free again
+    spec = JobSpec("unit-late", job, interval_seconds=1.0)
+    first = threading.Thread(target=cluster_runner(spec, two_nodes[0]))
+    first.start()
+    time.sleep(0.15)  # the other node's clock is 150 ms late
+    assert cluster_runner(spec, two_nodes[1])() == "skipped"
+    first.join(10)
+    # the hold ends half an interval after the tick: the next tick runs again
+    assert cluster_runner(spec, two_nodes[1])() == "ok"
+    assert job.runs == 2
+
+
+def test_a_failed_run_releases_the_job_for_the_next_tick(
+    two_nodes: tuple[Engine, Engine],
+) -> None:
+    job = Counting(fail=True)
+    spec = JobSpec("unit-fail", job, interval_seconds=0.1)
+    assert cluster_runner(spec, two_nodes[0])() == "failed"
+    job.fail = False
+    assert cluster_runner(spec, two_nodes[1])() == "ok"
+    assert job.runs == 2
+
+
+def test_without_postgresql_every_tick_runs() -> None:
+    job = Counting(seconds=0.2)
+    spec = JobSpec("unit-sqlite", job, interval_seconds=0.1)
+    assert _at_once(cluster_runner(spec, None), cluster_runner(spec, None)) == ["ok", "ok"]
+    assert job.runs == 2
+
+
+def test_ticks_fall_on_the_same_wall_clock_moments_on_every_node(pg_url: str) -> None:
+    db = Database(pg_url)
+    spec = JobSpec("unit-aligned", Counting(), interval_seconds=7.0)
+    schedulers = [build_scheduler([spec], db) for _ in range(2)]
+    try:
+        for scheduler in schedulers:
+            scheduler.start(paused=True)
+            time.sleep(0.3)  # started at different moments
+        times = [s.get_job("unit-aligned").next_run_time for s in schedulers]
+    finally:
+        for scheduler in schedulers:
+            scheduler.shutdown()
+        db.dispose()
+    assert times[0] == times[1]
+    assert times[0].astimezone(UTC).timestamp() % 7 == 0
+    assert times[0] > datetime.now(UTC)
+
+
+def test_shutting_down_ends_a_finished_runs_hold_at_once(pg_url: str) -> None:
+    db = Database(pg_url)
+    job = Counting()
+    spec = JobSpec("unit-hold", job, interval_seconds=600.0)
+    assert hold_seconds(spec.interval_seconds) == 30.0
+    scheduler = build_scheduler([spec], db)
+    scheduler.start(paused=True)
+    run = threading.Thread(target=cluster_runner(spec, db.engine, scheduler.stopping))
+    run.start()
+    assert _wait(lambda: job.runs == 1)
+    time.sleep(0.2)
+    assert run.is_alive()  # holding the job for the rest of its hold
+    started = time.monotonic()
+    scheduler.shutdown()
+    run.join(5)
+    db.dispose()
+    assert not run.is_alive()
+    assert time.monotonic() - started < 2
+
+
+def _wait(predicate: object, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.02)
+    return False
