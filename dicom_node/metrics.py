@@ -11,7 +11,7 @@ the database when Prometheus scrapes, so every node process sharing a database
 reports the same truth.
 
 DICOM worker processes (``dicom_workers`` > 1) record into prometheus_client's
-multiprocess files (``<data_dir>/run/metrics``, emptied when the pool starts):
+multiprocess files (``<data_dir>/run/metrics/<host>-<pid>``, emptied when the pool starts):
 the pool starts each worker with ``PROMETHEUS_MULTIPROC_DIR`` set, and the main
 process adds the workers' values to its own at scrape time (``render``).
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -139,14 +140,34 @@ def observe_find(level: str, seconds: float) -> None:
 
 
 def multiprocess_dir(data_dir: Path) -> Path:
-    """Where DICOM worker processes keep their metric files."""
-    return data_dir / "run" / "metrics"
+    """Where this node's DICOM worker processes keep their metric files.
+
+    One directory per node process (host name and pid): nodes of a cluster share
+    the data dir, and one node starting must not wipe, or add in, another's counts.
+    """
+    return data_dir / "run" / "metrics" / f"{socket.gethostname()}-{os.getpid()}"
 
 
 def reset_multiprocess_dir(path: Path) -> None:
-    """Empty the directory: files of an earlier run would add old counts to new ones."""
+    """Empty the directory (files of an earlier run would add old counts to new
+    ones) and drop those of earlier node processes on this host that are gone."""
     shutil.rmtree(path, ignore_errors=True)
+    host = socket.gethostname()
+    for sibling in path.parent.glob(f"{host}-*") if path.parent.is_dir() else ():
+        pid = sibling.name.removeprefix(f"{host}-")
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(sibling, ignore_errors=True)
     path.mkdir(parents=True, exist_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def worker_exited(path: Path, pid: int) -> None:
