@@ -23,7 +23,14 @@ from api.deps import ApiContext
 from dicom_node.db import migrate, notify
 from dicom_node.db.engine import Database, redact_url
 from dicom_node.domain.matching import SlaPolicy
+from dicom_node.jobs.backup import run_scheduled_backup
 from dicom_node.jobs.escalation import run_escalation
+from dicom_node.jobs.maintenance import (
+    run_change_log_trim,
+    run_rematch,
+    run_retention,
+    run_stale_orders,
+)
 from dicom_node.jobs.scheduler import JobSpec, build_scheduler
 from dicom_node.jobs.workflow import run_study_stability, run_temp_sweep
 from dicom_node.scp.server import DicomServer, configure_pynetdicom
@@ -164,6 +171,37 @@ class Node:
                 "escalation",
                 partial(run_escalation, db),
                 settings.escalation_interval_seconds,
+            ),
+            JobSpec(
+                "stale-orders",
+                partial(run_stale_orders, db, stale_hours=settings.stale_order_hours),
+                settings.stale_order_interval_seconds,
+            ),
+            JobSpec(
+                "rematch", partial(run_rematch, db, sla=sla), settings.rematch_interval_seconds
+            ),
+            JobSpec(
+                # off (a no-op run) while retention_days is 0
+                "retention",
+                partial(
+                    run_retention,
+                    db,
+                    store,
+                    retention_days=settings.retention_days,
+                    max_studies=settings.retention_max_studies_per_run,
+                ),
+                settings.retention_interval_seconds,
+            ),
+            JobSpec(
+                "change-log-trim",
+                partial(run_change_log_trim, db, keep_days=settings.change_log_keep_days),
+                settings.change_log_trim_interval_seconds,
+            ),
+            JobSpec(
+                # a no-op run while backup_dir is unset
+                "backup",
+                partial(run_scheduled_backup, settings),
+                settings.backup_interval_hours * 3600,
             ),
         ]
 

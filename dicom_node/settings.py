@@ -99,6 +99,8 @@ class Settings(BaseSettings):
     # their last image (0 = never: retention is off)
     retention_days: Annotated[int, Field(ge=0)] = 0
     retention_interval_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    # at most this many studies purged per retention run (one unit of work each)
+    retention_max_studies_per_run: Annotated[int, Field(gt=0)] = 100
     # change-feed entries older than this are trimmed (the newest one always stays)
     change_log_keep_days: Annotated[float, Field(gt=0)] = 7.0
     change_log_trim_interval_seconds: Annotated[float, Field(gt=0)] = 3600.0

@@ -16,6 +16,8 @@ class AuditEventCode(StrEnum):
     AUDIT_LOG_USED = "110101"
     INSTANCES_ACCESSED = "110103"
     INSTANCES_TRANSFERRED = "110104"
+    # DICOM Study Deleted: retention removed a study's instances
+    STUDY_DELETED = "110105"
     EXPORT = "110106"
     ORDER_RECORD = "110109"
     PATIENT_RECORD = "110110"
