@@ -8,6 +8,8 @@ Every error body is ``{"error": {"status", "code", "message", ...}}``:
   another referring physician answers 404 instead: it is not theirs to see);
 - 404 ``not_found``; 409 ``conflict`` with ``current_state`` (an invalid
   transition names the state the record is in) or ``existing`` (a duplicate);
+- 410 ``gone`` with ``feed_start``: a change-feed ``since`` older than what the
+  trim kept (the client reloads its state, then resumes from ``feed_start - 1``);
 - 422 ``validation_error`` with ``field`` (the first bad field) and ``errors``;
 - 500 ``internal_error``: logged with a traceback, the body says nothing more.
 """
@@ -28,6 +30,7 @@ from dicom_node.domain.errors import (
     Conflict,
     DomainError,
     Forbidden,
+    Gone,
     InvalidValue,
     NotFound,
 )
@@ -41,6 +44,7 @@ _CODES = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    410: "gone",
     422: "validation_error",
     429: "too_many_requests",
     500: "internal_error",
@@ -69,6 +73,8 @@ def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
         return error_response(404, message)
     if isinstance(exc, Conflict):
         return error_response(409, message, current_state=exc.current, existing=exc.existing)
+    if isinstance(exc, Gone):
+        return error_response(410, message, feed_start=exc.feed_start)
     if isinstance(exc, AlreadyExists):
         return error_response(409, message)
     if isinstance(exc, InvalidValue):

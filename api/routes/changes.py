@@ -29,12 +29,18 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from api.deps import Context, bearer_token, require
-from api.schemas.common import AUTH_ERRORS
+from api.schemas.common import AUTH_ERRORS, ErrorResponse
 from dicom_node.db.notify import listener_for
-from dicom_node.domain.errors import AuthenticationFailed
+from dicom_node.domain.errors import AuthenticationFailed, Gone
 from dicom_node.domain.permissions import Permission, Principal
 from dicom_node.services.auth import authenticate
-from dicom_node.services.changes import Change, latest_seq, list_changes
+from dicom_node.services.changes import (
+    Change,
+    feed_start,
+    latest_seq,
+    list_changes,
+    missed_trimmed_changes,
+)
 
 router = APIRouter(prefix="/api", tags=["changes"])
 
@@ -82,7 +88,16 @@ def _entities(entity: list[str] | None) -> set[str] | None:
     return {name for name in entity if name in ENTITIES} or None if entity else None
 
 
-@router.get("/changes", response_model=ChangePage, responses=AUTH_ERRORS)
+TRIMMED: dict[int | str, dict[str, Any]] = {
+    410: {
+        "model": ErrorResponse,
+        "description": "`since` is older than the trimmed feed keeps: reload, then "
+        "resume from `feed_start - 1`",
+    }
+}
+
+
+@router.get("/changes", response_model=ChangePage, responses={**AUTH_ERRORS, **TRIMMED})
 def page_changes(
     context: Context,
     user: Annotated[Principal, Depends(require(Permission.CHANGES_READ))],
@@ -96,6 +111,12 @@ def page_changes(
             session, principal=user, since=since, limit=limit, entities=_entities(entity)
         )
         latest = latest_seq(session)
+        # after the page: a trim committed meanwhile is seen here, not silently skipped
+        if missed_trimmed_changes(session, since=since):
+            raise Gone(
+                "changes after this point were trimmed: reload, then resume",
+                feed_start=feed_start(session),
+            )
     return ChangePage(
         items=[_public(change) for change in changes],
         next_since=changes[-1].seq if changes else since,
@@ -121,7 +142,9 @@ def stream_events(
     entity: Annotated[list[str] | None, Query()] = None,
 ) -> StreamingResponse:
     """Live changes as Server-Sent Events; ``id`` is the feed seq (resume with
-    ``Last-Event-ID``). Without either, the stream starts at the present."""
+    ``Last-Event-ID``). Without either, the stream starts at the present. A
+    resume point older than the trimmed feed keeps first gets ``event: reset``
+    (reload your state), then everything still in the feed."""
     wanted = _entities(entity)
     start = last_event_id if last_event_id is not None else since
 
@@ -139,6 +162,11 @@ def stream_events(
         with context.db.read() as session:
             return latest_seq(session)
 
+    def resume_point(after: int) -> int | None:
+        """Where what is left of a trimmed feed begins, if ``after`` fell off it."""
+        with context.db.read() as session:
+            return feed_start(session) if missed_trimmed_changes(session, since=after) else None
+
     listener = listener_for(context.db)
 
     async def events() -> AsyncIterator[str]:
@@ -146,6 +174,11 @@ def stream_events(
         woken = listener is not None and listener.connected.is_set()
         mode = "woken by notifications" if woken else "polling"
         yield f"retry: 2000\n: stream for {user.username} after {after}, {mode}\n\n"
+        restart = await run_in_threadpool(resume_point, after) if start else None
+        if restart is not None:
+            # the client missed trimmed changes: it must reload; the rest follows
+            yield f'event: reset\ndata: {{"feed_start": {restart}}}\n\n'
+            after = restart - 1
         last_sent = time.monotonic()
         while True:
             # taken before the read: a notification during the read still wakes us

@@ -19,6 +19,7 @@ class ErrorDetail(BaseModel):
     current_state: str | None = None
     existing: Any = None
     errors: list[dict[str, str]] | None = None
+    feed_start: int | None = None
 
 
 class ErrorResponse(BaseModel):

@@ -36,6 +36,17 @@ class Conflict(DomainError):
         self.existing = existing
 
 
+class Gone(DomainError):
+    """What the caller asks to resume from no longer exists (a trimmed change feed).
+
+    ``feed_start`` is where what is left begins: reload, then resume from there.
+    """
+
+    def __init__(self, message: str, *, feed_start: int):
+        super().__init__(message)
+        self.feed_start = feed_start
+
+
 class Forbidden(DomainError):
     """The caller may use this kind of action, but not on this record."""
 

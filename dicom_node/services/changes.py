@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -72,3 +72,33 @@ def list_changes(
 def latest_seq(session: Session) -> int:
     value = session.scalar(select(ChangeLogEntry.seq).order_by(ChangeLogEntry.seq.desc()).limit(1))
     return int(value or 0)
+
+
+def feed_start(session: Session) -> int:
+    """The lowest sequence number still in the feed (0 when it is empty).
+
+    Every entry below it that ever existed has been trimmed (trims delete a
+    prefix); every entry from it on is still there."""
+    return int(session.scalar(select(func.min(ChangeLogEntry.seq))) or 0)
+
+
+def missed_trimmed_changes(session: Session, *, since: int) -> bool:
+    """Whether a client that last saw entry ``since`` may have missed trimmed
+    entries, and must reload its state instead of resuming.
+
+    False for ``since`` 0 (a client with nothing yet reads from the start) and
+    for any ``since`` at or after ``feed_start - 1``: everything after it is
+    still in the feed. True below that: the entries between ``since`` and
+    ``feed_start`` are gone. The one case that errs (on the safe side: a reload
+    not needed) is a client whose ``since`` is the very last trimmed entry
+    when PostgreSQL skipped sequence numbers right after it (numbers taken by
+    transactions that rolled back); SQLite hands out numbers without gaps.
+
+    Call it in the same read session as the page query, AFTER reading the page:
+    on PostgreSQL (read committed) a trim committed between the two is then
+    seen by this check, never silently behind the page.
+    """
+    if since <= 0:
+        return False
+    start = feed_start(session)
+    return start > since + 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from dicom_node.db.models import (
     Report,
     User,
 )
+from dicom_node.jobs.maintenance import run_change_log_trim
 from dicom_node.services.ingest import IngestPolicy, Source, store_instance
 from dicom_node.storage import FileStore
 from tests.api.conftest import ApiServer
@@ -247,3 +249,39 @@ def test_the_ordering_physician_sees_report_entries_only_once_signed(api: ApiSer
         assert stored is not None
         stored.status = "final"
     assert report_entries() == ["final"]
+
+
+def test_a_client_resuming_from_a_trimmed_part_of_the_feed_is_told_to_reload(
+    api: ApiServer,
+) -> None:
+    client = api.client("scheduler")
+    for _ in range(3):
+        _add_order(api)
+    with api.db.read() as session:
+        seqs = list(session.scalars(select(ChangeLogEntry.seq).order_by(ChangeLogEntry.seq)))
+    # a trim two days on keeps only the newest entry
+    run_change_log_trim(api.db, keep_days=1, now=datetime.now(UTC) + timedelta(days=2))
+
+    gone = client.get("/api/changes", params={"since": seqs[0]})
+    assert gone.status_code == 410
+    assert gone.json()["error"]["code"] == "gone"
+    assert gone.json()["error"]["feed_start"] == seqs[-1]
+    # resuming from just before what is left, or from the start, works
+    rest = client.get("/api/changes", params={"since": seqs[-1] - 1}).json()
+    assert [item["seq"] for item in rest["items"]] == [seqs[-1]]
+    assert client.get("/api/changes", params={"since": 0}).status_code == 200
+
+    with httpx.stream(
+        "GET",
+        f"{api.base_url}/api/events",
+        headers={"Authorization": client.headers["Authorization"], "Last-Event-ID": str(seqs[0])},
+        timeout=30,
+    ) as response:
+        lines: list[str] = []
+        for line in response.iter_lines():
+            lines.append(line)
+            if line.startswith("id: "):
+                break
+    reset = lines.index("event: reset")
+    assert json.loads(lines[reset + 1].removeprefix("data: ")) == {"feed_start": seqs[-1]}
+    assert lines[-1] == f"id: {seqs[-1]}"

@@ -41,13 +41,9 @@ from dicom_node.jobs.maintenance import (
     run_stale_orders,
 )
 from dicom_node.jobs.workflow import run_study_stability
+from dicom_node.services.changes import feed_start, missed_trimmed_changes
 from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
-from dicom_node.services.retention import (
-    feed_start,
-    missed_trimmed_changes,
-    purge_next_study,
-    remove_purged_files,
-)
+from dicom_node.services.retention import purge_next_study, remove_purged_files
 from dicom_node.storage import FileStore
 from tests.dicomfiles import ct_dataset, to_bytes
 
