@@ -149,7 +149,21 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--repair",
         action="store_true",
-        help="index orphan files through the import path (missing files need a restore)",
+        help=(
+            "index the orphan files (DICOM files of SOP instances the index does not know) "
+            "where they lie, through the import path with the duplicate policy keep; "
+            "changes nothing else: superseded copies, non-DICOM files, purge leftovers, "
+            "missing and damaged files are only reported"
+        ),
+    )
+    verify.add_argument(
+        "--remove-purged",
+        action="store_true",
+        help=(
+            "delete the purge leftovers: files of a study whose images retention purged "
+            "(Study Deleted audited) that were last changed before that purge; files put "
+            "back after the purge (even with cp -a or rsync -a) are orphans, not leftovers"
+        ),
     )
     verify.set_defaults(run=cmd_verify)
 
@@ -377,19 +391,19 @@ def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
-    from dicom_node.services.ingest import IngestPolicy
-    from dicom_node.services.integrity import repair_orphans, verify_store
+    from dicom_node.services.integrity import repair_store, verify_store
 
     db = open_database(settings)
     try:
         ensure_schema(db, upgrade_if_empty=False)
         store = open_store(settings)
-        if args.repair:
-            repaired = repair_orphans(
+        if args.repair or args.remove_purged:
+            repaired = repair_store(
                 db,
                 store,
-                policy=IngestPolicy(duplicate_policy=settings.duplicate_policy),
                 actor="verify-repair",
+                index_orphans=args.repair,
+                remove_purged=args.remove_purged,
                 quick=args.quick,
             )
             print(repaired.describe())

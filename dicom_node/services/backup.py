@@ -13,7 +13,12 @@ live database). Ingest renames a file into place before committing its row, so
 every row of the snapshot has its file; files received after the snapshot are
 simply not in the backup (they are not in its index either). Each copy is hashed
 while it is written and compared with the index (size and SHA-256 of the
-dataset); any disagreement fails the backup, which then has no manifest.
+dataset); any disagreement fails the backup. A file removed after the snapshot
+by a change the live index agrees with (retention purged the row, a replace
+moved it) is no disagreement: its path is listed under
+``removed_after_snapshot`` and restore deletes those rows (no retry, so a busy
+store still gets its backup). A failed backup (including a write error: disk
+full, file too large, permission) removes what it wrote.
 
 PostgreSQL: a REPEATABLE READ transaction exports its snapshot
 (``pg_export_snapshot``); ``pg_dump --snapshot`` dumps exactly that state while
@@ -21,19 +26,22 @@ the same transaction reads the file list, so dump and file list agree.
 
 The manifest lists every file with its size and the SHA-256 of the whole file
 (what ``sha256sum`` prints), the database dump's size and SHA-256, the schema
-revision, and row counts that restore checks again after loading.
+revision, and row counts that restore checks again after loading, together with
+the indexed file paths (which must equal the manifest's); a failed check or an
+interruption undoes the load (the target was verified empty).
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import shutil
 import sqlite3
 import subprocess
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,13 +49,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, inspect, select, text
+from sqlalchemy import Connection, delete, func, inspect, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
 from dicom_node import __version__
 from dicom_node.db import migrate
 from dicom_node.db.engine import Database
-from dicom_node.db.models import DicomInstance
+from dicom_node.db.models import DicomInstance, DicomSeries, DicomStudy
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.services.audit import record_audit_event
 from dicom_node.services.integrity import digest_file
@@ -55,12 +64,13 @@ from dicom_node.storage import FileStore
 
 FORMAT = "dicom-node-backup"
 FORMAT_VERSION = 1
+# a backup that lists rows removed after its snapshot: older versions must not restore it
+FORMAT_VERSION_REMOVED_ROWS = 2
+READABLE_VERSIONS = (FORMAT_VERSION, FORMAT_VERSION_REMOVED_ROWS)
 MANIFEST = "manifest.json"
 FILES_DIR = "instances"
 DATABASE_FILES = {"sqlite": "database.sqlite3", "postgresql": "database.pgdump"}
 # row counts kept in the manifest and checked again after a restore
-# a snapshot whose files were removed meanwhile (retention) is taken again, this often
-SNAPSHOT_ATTEMPTS = 3
 COUNTED_TABLES = (
     "dicom_instances",
     "imaging_requests",
@@ -71,6 +81,8 @@ COUNTED_TABLES = (
 )
 # built from the constant names above only (never from input)
 _COUNT_SQL = {name: f"SELECT count(*) FROM {name}" for name in COUNTED_TABLES}  # noqa: S608
+
+log = logging.getLogger("dicom_node.backup")
 
 DatabaseKind = Literal["sqlite", "postgresql"]
 _KIND_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
@@ -110,6 +122,9 @@ class Manifest:
     dicom_node_version: str
     counts: dict[str, int]
     files: tuple[ManifestFile, ...]
+    # rows of the snapshot whose file was removed after it (retention, a replaced
+    # instance) and that the live index no longer holds: restore deletes them
+    removed_after_snapshot: tuple[str, ...] = ()
 
     @property
     def total_bytes(self) -> int:
@@ -118,7 +133,9 @@ class Manifest:
     def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": (
+                FORMAT_VERSION_REMOVED_ROWS if self.removed_after_snapshot else FORMAT_VERSION
+            ),
             "dicom_node_version": self.dicom_node_version,
             "created_at": self.created_at,
             "schema_revision": self.schema_revision,
@@ -132,6 +149,7 @@ class Manifest:
             "files": [
                 {"path": item.path, "size": item.size, "sha256": item.sha256} for item in self.files
             ],
+            "removed_after_snapshot": list(self.removed_after_snapshot),
         }
 
 
@@ -147,6 +165,12 @@ class BackupResult:
             f"({format_bytes(m.total_bytes)}), {_KIND_NAMES[m.database_kind]} database at "
             f"schema revision {m.schema_revision}, {m.counts.get('imaging_requests', 0)} orders, "
             f"{m.counts.get('reports', 0)} reports, {m.counts.get('audit_events', 0)} audit events"
+            + (
+                f"; {len(m.removed_after_snapshot)} instances removed after the snapshot "
+                "(retention or replaced) are left out"
+                if m.removed_after_snapshot
+                else ""
+            )
         )
 
 
@@ -213,42 +237,76 @@ def create_backup(
     fsync: bool = True,
     now: datetime | None = None,
     actor: str = "backup",
+    record_as: Path | None = None,
+    after_snapshot: Callable[[], None] | None = None,
 ) -> BackupResult:
     """Snapshot the database, copy the files it indexes, write the manifest last.
 
-    Raises BackupError (leaving ``destination`` without a manifest) when a file
-    is missing or differs from the index, or the database cannot be dumped.
+    Raises BackupError when a file still indexed is missing or differs from the
+    index, the database cannot be dumped, or writing fails (disk full, file too
+    large, permission): what this call wrote into ``destination`` is removed
+    (``destination`` was new or empty), so no partial copy of patient data stays.
+    ``record_as``: the path the audit event names (the scheduled job renames
+    its work directory once this returns). ``after_snapshot`` runs between the
+    snapshot and the copy (a test's hook for changes committed meanwhile).
     """
     kind = database_kind(database_url)
     resolved = destination.resolve()
     if resolved.is_relative_to(store.instances) or resolved.is_relative_to(store.tmp):
         raise BackupError(f"{destination} is inside the store: back up somewhere else")
-    _prepare_destination(destination)
-    database_file = destination / DATABASE_FILES[kind]
-    for attempt in range(1, SNAPSHOT_ATTEMPTS + 1):
-        if kind == "sqlite":
-            snapshot = _snapshot_sqlite(database_url, database_file)
-        else:
-            snapshot = _snapshot_postgres(database_url, database_file)
-        if fsync:
-            _fsync_file(database_file)
+    created = _prepare_destination(destination)
+    try:
         try:
-            files = _copy_indexed_files(
-                store, snapshot.rows, destination / FILES_DIR, database_url, fsync=fsync
+            manifest = _write_backup(
+                database_url, kind, store, destination, fsync=fsync, now=now, hook=after_snapshot
             )
-            break
-        except _FilesMovedOn:
-            if attempt == SNAPSHOT_ATTEMPTS:
-                raise BackupError(
-                    f"indexed files were removed during each of {SNAPSHOT_ATTEMPTS} attempts "
-                    "(retention or replaced instances): backup incomplete (no manifest); "
-                    "try again later"
-                ) from None
-            for child in destination.iterdir():
-                if child.is_dir():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
+        except OSError as exc:
+            raise BackupError(f"backup failed: {_os_reason(exc)}") from None
+    except BaseException:
+        _discard(destination, created=created)
+        raise
+    _audit(
+        database_url,
+        AuditRecord(
+            event_code=AuditEventCode.EXPORT,
+            action="backup_created",
+            actor=actor,
+            target_class="backup",
+            details={
+                "destination": str(record_as or destination),
+                "schema_revision": manifest.schema_revision,
+                "files": len(manifest.files),
+                "bytes": manifest.total_bytes,
+                "counts": manifest.counts,
+                "removed_after_snapshot": len(manifest.removed_after_snapshot),
+            },
+        ),
+    )
+    return BackupResult(destination, manifest)
+
+
+def _write_backup(
+    database_url: str,
+    kind: DatabaseKind,
+    store: FileStore,
+    destination: Path,
+    *,
+    fsync: bool,
+    now: datetime | None,
+    hook: Callable[[], None] | None,
+) -> Manifest:
+    database_file = destination / DATABASE_FILES[kind]
+    if kind == "sqlite":
+        snapshot = _snapshot_sqlite(database_url, database_file)
+    else:
+        snapshot = _snapshot_postgres(database_url, database_file)
+    if fsync:
+        _fsync_file(database_file)
+    if hook is not None:
+        hook()
+    files, removed = _copy_indexed_files(
+        store, snapshot.rows, destination / FILES_DIR, database_url, fsync=fsync
+    )
     database_digest = digest_file(database_file)
     manifest = Manifest(
         database_kind=kind,
@@ -260,37 +318,48 @@ def create_backup(
         dicom_node_version=__version__,
         counts=snapshot.counts,
         files=tuple(files),
+        removed_after_snapshot=tuple(removed),
     )
     _write_manifest(destination, manifest, fsync=fsync)
-    _audit(
-        database_url,
-        AuditRecord(
-            event_code=AuditEventCode.EXPORT,
-            action="backup_created",
-            actor=actor,
-            target_class="backup",
-            details={
-                "destination": str(destination),
-                "schema_revision": manifest.schema_revision,
-                "files": len(files),
-                "bytes": manifest.total_bytes,
-                "counts": manifest.counts,
-            },
-        ),
-    )
-    return BackupResult(destination, manifest)
+    return manifest
 
 
-def _prepare_destination(destination: Path) -> None:
+def _os_reason(exc: OSError) -> str:
+    """One line: the system's reason and the file (paths in the store and the
+    backup are made of UIDs only)."""
+    reason = exc.strerror or exc.__class__.__name__
+    return f"{reason}: {exc.filename}" if exc.filename else reason
+
+
+def _discard(destination: Path, *, created: bool) -> None:
+    """Remove what a failed backup wrote (``destination`` was new or empty)."""
+    if created:
+        shutil.rmtree(destination, ignore_errors=True)
+        return
+    try:
+        children = list(destination.iterdir())
+    except OSError:
+        return
+    for child in children:
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def _prepare_destination(destination: Path) -> bool:
+    """Check that ``destination`` is new or empty and create it; True when created here."""
     if destination.exists():
         if not destination.is_dir():
             raise BackupError(f"{destination} exists and is not a directory")
         if any(destination.iterdir()):
             raise BackupError(f"{destination} is not empty: back up into a new or empty directory")
+        return False
     try:
-        destination.mkdir(parents=True, exist_ok=True)
+        destination.mkdir(parents=True)
     except OSError as exc:
         raise BackupError(f"cannot create {destination}: {exc.strerror or exc}") from None
+    return True
 
 
 def _sqlite_path(url: str) -> Path:
@@ -382,11 +451,6 @@ def _read_snapshot_postgres(connection: Connection) -> _Snapshot:
     return _Snapshot(str(revision or ""), counts, rows)
 
 
-class _FilesMovedOn(Exception):
-    """Files of the snapshot were removed by a change committed after it (a
-    retention purge, a replaced instance): a newer snapshot will agree."""
-
-
 def _copy_indexed_files(
     store: FileStore,
     rows: Sequence[tuple[str, int, str]],
@@ -394,7 +458,11 @@ def _copy_indexed_files(
     database_url: str,
     *,
     fsync: bool,
-) -> list[ManifestFile]:
+) -> tuple[list[ManifestFile], list[str]]:
+    """Copy and check each file of the snapshot; returns the copies and the rows
+    whose file was removed after the snapshot by a change the live index agrees
+    with (a retention purge, a replaced instance: the row is gone or points at
+    another file). A file missing while its row is still indexed fails the backup."""
     files: list[ManifestFile] = []
     missing: list[str] = []
     size_differs = content_differs = 0
@@ -414,6 +482,8 @@ def _copy_indexed_files(
                     out.flush()
                     os.fsync(out.fileno())
         except FileNotFoundError:
+            if not target.parent.is_dir():
+                raise  # the backup's own directory vanished: not the store's doing
             target.unlink(missing_ok=True)
             missing.append(relative)
             continue
@@ -422,9 +492,12 @@ def _copy_indexed_files(
         elif found.content_sha256 != digest:
             content_differs += 1
         files.append(ManifestFile(relative, found.size, found.file_sha256))
+    still_indexed = _still_indexed(database_url, missing)
+    removed = [path for path in missing if path not in still_indexed]
+    missing = [path for path in missing if path in still_indexed]
+    for path in removed:
+        _remove_empty_parents(target_root / path, target_root)
     bad = len(missing) + size_differs + content_differs
-    if missing and bad == len(missing) and not _still_indexed(database_url, missing):
-        raise _FilesMovedOn()
     if bad:
         raise BackupError(
             f"{bad} of {len(rows)} indexed files are missing or differ from the index "
@@ -434,25 +507,39 @@ def _copy_indexed_files(
         )
     if fsync:
         _fsync_tree(target_root)
-    return files
+    return files, removed
 
 
-def _still_indexed(database_url: str, paths: list[str]) -> bool:
-    """Does the live index still point at any of these paths?"""
+def _still_indexed(database_url: str, paths: list[str]) -> set[str]:
+    """Those of these paths the live index still points at."""
+    if not paths:
+        return set()
+    found: set[str] = set()
     db = Database(database_url)
     try:
         with db.read() as session:
             for start in range(0, len(paths), 500):
-                found = session.scalar(
-                    select(DicomInstance.id)
-                    .where(DicomInstance.file_path.in_(paths[start : start + 500]))
-                    .limit(1)
+                found.update(
+                    session.scalars(
+                        select(DicomInstance.file_path).where(
+                            DicomInstance.file_path.in_(paths[start : start + 500])
+                        )
+                    )
                 )
-                if found is not None:
-                    return True
-        return False
+        return found
     finally:
         db.dispose()
+
+
+def _remove_empty_parents(path: Path, root: Path) -> None:
+    """Drop the directories made for a file that was not there after all."""
+    for directory in path.parents:
+        if directory == root or not directory.is_relative_to(root):
+            return
+        try:
+            directory.rmdir()
+        except OSError:
+            return
 
 
 def _write_manifest(destination: Path, manifest: Manifest, *, fsync: bool) -> None:
@@ -487,10 +574,10 @@ def read_manifest(source: Path) -> Manifest:
         raise BackupError(f"{path} is not valid JSON") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise BackupError(f"{path} is not a dicom-node backup manifest")
-    if data.get("format_version") != FORMAT_VERSION:
+    if data.get("format_version") not in READABLE_VERSIONS:
         raise BackupError(
             f"backup format version {data.get('format_version')!r} is not supported "
-            f"(this version reads {FORMAT_VERSION})"
+            f"(this version reads {', '.join(str(v) for v in READABLE_VERSIONS)})"
         )
     try:
         database = data["database"]
@@ -516,6 +603,9 @@ def read_manifest(source: Path) -> Manifest:
             dicom_node_version=str(data["dicom_node_version"]),
             counts=counts,
             files=files,
+            removed_after_snapshot=tuple(
+                _safe_relative(item) for item in data.get("removed_after_snapshot", [])
+            ),
         )
     except (KeyError, TypeError, ValueError, AttributeError):
         raise BackupError(f"{path} is malformed") from None
@@ -565,41 +655,157 @@ def restore_backup(
             "nothing restored"
         )
 
-    store = FileStore(data_dir, fsync=fsync)
     installed: list[Path] = []
+    existing_objects: set[tuple[str, str]] = set()
+    store: FileStore | None = None
     try:
-        _restore_files(source, manifest, store, installed)
-        if target_kind == "sqlite":
-            _load_sqlite(dump, manifest, _sqlite_path(database_url), fsync=fsync)
-        else:
-            _load_postgres(dump, database_url)
-        _check_restored(database_url, manifest)
+        try:
+            store = FileStore(data_dir, fsync=fsync)
+            _restore_files(source, manifest, store, installed)
+            if target_kind == "sqlite":
+                _load_sqlite(dump, manifest, _sqlite_path(database_url), fsync=fsync)
+            else:
+                existing_objects = _postgres_objects(database_url)
+                _load_postgres(dump, database_url)
+            _check_restored(database_url, manifest)
+            _finish_restore(database_url, source, manifest, actor)
+            if fsync:
+                _fsync_tree(store.instances)
+        except OSError as exc:
+            raise BackupError(f"restore failed: {_os_reason(exc)}; nothing restored") from None
     except BaseException:
+        # the target was verified empty: leave it so (files, then the database)
         for path in installed:
             path.unlink(missing_ok=True)
-        _remove_empty_dirs(store.instances)
+        if store is not None:
+            _remove_empty_dirs(store.instances)
         if target_kind == "sqlite":
             _remove_sqlite_files(_sqlite_path(database_url))
+        else:
+            _drop_postgres_objects(database_url, keep=existing_objects)
         raise
-    if fsync:
-        _fsync_tree(store.instances)
-    _audit(
-        database_url,
-        AuditRecord(
-            event_code=AuditEventCode.APPLICATION_ACTIVITY,
-            action="backup_restored",
-            actor=actor,
-            target_class="backup",
-            details={
-                "source": str(source),
-                "backup_created_at": manifest.created_at,
-                "schema_revision": manifest.schema_revision,
-                "files": len(manifest.files),
-                "counts": manifest.counts,
-            },
-        ),
-    )
     return RestoreResult(source, manifest, head)
+
+
+def _finish_restore(url: str, source: Path, manifest: Manifest, actor: str) -> None:
+    """Delete the rows whose files were removed after the snapshot (the backup
+    has no file for them) and audit the restore, in one transaction."""
+    removed = list(manifest.removed_after_snapshot)
+    db = Database(url)
+    try:
+        with db.unit_of_work() as session:
+            series_pks: set[int] = set()
+            for start in range(0, len(removed), 500):
+                batch = removed[start : start + 500]
+                series_pks.update(
+                    session.scalars(
+                        select(DicomInstance.series_pk).where(DicomInstance.file_path.in_(batch))
+                    )
+                )
+                session.execute(delete(DicomInstance).where(DicomInstance.file_path.in_(batch)))
+            _recount(session, series_pks)
+            record_audit_event(
+                session,
+                AuditRecord(
+                    event_code=AuditEventCode.APPLICATION_ACTIVITY,
+                    action="backup_restored",
+                    actor=actor,
+                    target_class="backup",
+                    details={
+                        "source": str(source),
+                        "backup_created_at": manifest.created_at,
+                        "schema_revision": manifest.schema_revision,
+                        "files": len(manifest.files),
+                        "counts": manifest.counts,
+                        # paths are made of UIDs only
+                        "removed_after_snapshot": removed,
+                    },
+                ),
+            )
+    finally:
+        db.dispose()
+
+
+def _recount(session: Session, series_pks: set[int]) -> None:
+    """Instance counts of the series and studies that lost rows."""
+    if not series_pks:
+        return
+    for series in session.scalars(select(DicomSeries).where(DicomSeries.id.in_(series_pks))):
+        series.instance_count = (
+            session.scalar(select(func.count()).where(DicomInstance.series_pk == series.id)) or 0
+        )
+    study_pks = set(
+        session.scalars(select(DicomSeries.study_pk).where(DicomSeries.id.in_(series_pks)))
+    )
+    for study in session.scalars(select(DicomStudy).where(DicomStudy.id.in_(study_pks))):
+        study.instance_count = (
+            session.scalar(
+                select(func.count())
+                .select_from(DicomInstance)
+                .join(DicomSeries, DicomSeries.id == DicomInstance.series_pk)
+                .where(DicomSeries.study_pk == study.id)
+            )
+            or 0
+        )
+
+
+# What a restore may have created in a PostgreSQL database that held no table
+# before it: relations, routines (the audit triggers' functions) and types.
+_PG_OBJECTS_SQL = """
+SELECT 'relation:' || c.relkind::text, c.oid::regclass::text
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'
+UNION ALL
+SELECT 'routine', p.oid::regprocedure::text
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+UNION ALL
+SELECT 'type', t.oid::regtype::text
+FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+WHERE t.typtype IN ('e', 'd') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+"""
+_PG_DROP = {
+    "relation:r": "DROP TABLE IF EXISTS {} CASCADE",
+    "relation:p": "DROP TABLE IF EXISTS {} CASCADE",
+    "relation:f": "DROP FOREIGN TABLE IF EXISTS {} CASCADE",
+    "relation:v": "DROP VIEW IF EXISTS {} CASCADE",
+    "relation:m": "DROP MATERIALIZED VIEW IF EXISTS {} CASCADE",
+    "relation:S": "DROP SEQUENCE IF EXISTS {} CASCADE",
+    "routine": "DROP ROUTINE IF EXISTS {} CASCADE",
+    "type": "DROP TYPE IF EXISTS {} CASCADE",
+}
+
+
+def _postgres_objects(url: str) -> set[tuple[str, str]]:
+    db = Database(url)
+    try:
+        with db.engine.connect() as connection:
+            return {
+                (str(kind), str(name)) for kind, name in connection.execute(text(_PG_OBJECTS_SQL))
+            }
+    finally:
+        db.dispose()
+
+
+def _drop_postgres_objects(url: str, *, keep: set[tuple[str, str]]) -> None:
+    """Undo a pg_restore whose result failed its checks (or was interrupted):
+    drop what it created, in one transaction. The names come from the catalog,
+    quoted by PostgreSQL (regclass/regprocedure/regtype text)."""
+    db = Database(url)
+    try:
+        with db.engine.begin() as connection:
+            created = sorted(
+                {(str(kind), str(name)) for kind, name in connection.execute(text(_PG_OBJECTS_SQL))}
+                - keep,
+                key=lambda item: list(_PG_DROP).index(item[0]),
+            )
+            for kind, name in created:
+                connection.execute(text(_PG_DROP[kind].format(name)))
+    except Exception as exc:  # the original failure is what the operator must see
+        log.error("could not undo the database restore: %s", exc)
+    finally:
+        db.dispose()
 
 
 def _known_revision(revision: str) -> bool:
@@ -666,6 +872,9 @@ def _restore_files(
             temp.unlink(missing_ok=True)
             bad += 1
             continue
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
         if (found.size, found.file_sha256) != (item.size, item.sha256):
             temp.unlink(missing_ok=True)
             bad += 1
@@ -683,11 +892,15 @@ def _load_sqlite(dump: Path, manifest: Manifest, target: Path, *, fsync: bool) -
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_sqlite_files(target)  # an empty file left by an earlier attempt
     temp = target.with_name(f".{target.name}.restoring")
-    with temp.open("wb") as out:
-        found = digest_file(dump, copy_to=out)
-        if fsync:
-            out.flush()
-            os.fsync(out.fileno())
+    try:
+        with temp.open("wb") as out:
+            found = digest_file(dump, copy_to=out)
+            if fsync:
+                out.flush()
+                os.fsync(out.fileno())
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
     if found.file_sha256 != manifest.database_sha256:
         temp.unlink(missing_ok=True)
         raise BackupError("the database copy differs from the backup (disk error?)")
@@ -738,6 +951,17 @@ def _check_restored(url: str, manifest: Manifest) -> None:
                         f"the restored database has {found} rows in {table}, "
                         f"the manifest says {expected}"
                     )
+            indexed = set(connection.scalars(select(DicomInstance.file_path)))
+        listed = {item.path for item in manifest.files}
+        removed = set(manifest.removed_after_snapshot)
+        unlisted = indexed - listed - removed
+        not_indexed = (listed | removed) - indexed
+        if unlisted or not_indexed or listed & removed:
+            raise BackupError(
+                f"the restored database and the manifest disagree: {len(unlisted)} indexed "
+                f"files are not in the backup, {len(not_indexed)} files of the backup are not "
+                "indexed: nothing restored"
+            )
     finally:
         db.dispose()
 

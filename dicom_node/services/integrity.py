@@ -1,15 +1,22 @@
 """`dicom-node verify`: does the index agree with the files in the store?
 
-Five kinds of disagreement (paths are relative to the store's ``instances/`` and
+Seven kinds of disagreement (paths are relative to the store's ``instances/`` and
 made only of UIDs, so a report names no patient):
 
 - missing: an index row whose file is gone (an acknowledged image is lost);
-- orphan: a file under ``instances/`` that no row points at (an interrupted
-  ingest, or a file put there by hand) - ``--repair`` indexes it;
+- orphan: a DICOM file under ``instances/`` of a SOP instance the index does
+  not know (an interrupted ingest, or a file put there by hand) - ``--repair``
+  indexes it where it lies;
+- superseded: a DICOM file of a SOP instance the index holds at another path
+  (the old copy a replace left when interrupted between its commit and
+  removing the old file) - reported only, never imported: importing it would
+  move the indexed instance to content nobody sent last;
+- stray: a file without the DICM prefix (``.nfs*``, an editor's backup) -
+  reported only;
+- purged: a file of a study whose images retention purged (Study Deleted
+  audited) whose inode last changed before the purge: a purge interrupted
+  between removing the rows and the files - ``--remove-purged`` removes it;
 - size: the file's length differs from the indexed ``file_size``;
-- purged: an orphan of a study whose images retention purged (Study Deleted
-  audited after the file was written): a purge interrupted between removing the
-  rows and the files - ``--repair`` removes it, as the purge meant to;
 - content: the SHA-256 of the file's dataset (the bytes after the file meta, as
   ingest hashes them) differs from the indexed ``sha256``.
 
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,22 +38,22 @@ from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO
 
+from pydicom import dcmread
 from sqlalchemy import func, select
 
 from dicom_node.db.engine import Database
 from dicom_node.db.models import AuditEvent, DicomInstance, DicomStudy
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import AuditOutcome
-from dicom_node.domain.errors import InvalidValue
-from dicom_node.domain.part10 import dataset_offset
+
+# the file-meta walk of domain.part10, streamed (its VR table is shared, not copied)
+from dicom_node.domain.part10 import _LONG_VRS, PREAMBLE_LENGTH, PREFIX
 from dicom_node.services.audit import record_audit_event
 from dicom_node.services.importing import import_files
 from dicom_node.services.ingest import IngestPolicy
 from dicom_node.storage import FileStore
 
 CHUNK = 1 << 20
-# the file meta is a few hundred bytes; a head this long holds it in practice
-_HEAD = 64 * 1024
 _LOOKUP_BATCH = 500
 # DICOM "Study Deleted" (PS3.15 A.5.3.x, 110105): what retention records per purge
 STUDY_DELETED = "110105"
@@ -62,15 +70,16 @@ def digest_file(path: Path, *, copy_to: BinaryIO | None = None) -> FileDigest:
     """Hash a stored instance in one streaming pass, optionally copying it.
 
     ``content_sha256`` is None when the file is not DICOM Part 10 (no way to
-    find where its dataset starts): it then matches no index digest.
+    find where its dataset starts): it then matches no index digest. Memory
+    stays at one chunk whatever the file holds (a damaged header included).
     """
     whole = hashlib.sha256()
     content = hashlib.sha256()
     size = 0
     with path.open("rb") as source:
-        head = source.read(_HEAD)
-        offset = _content_offset(head, source)
-        data = head
+        offset = content_offset(source)
+        source.seek(0)
+        data = source.read(CHUNK)
         while data:
             whole.update(data)
             if offset is not None and size + len(data) > offset:
@@ -82,31 +91,48 @@ def digest_file(path: Path, *, copy_to: BinaryIO | None = None) -> FileDigest:
     return FileDigest(size, whole.hexdigest(), content.hexdigest() if offset is not None else None)
 
 
-def _content_offset(head: bytes, source: BinaryIO) -> int | None:
-    """Where the dataset starts; reads no further than ``head`` unless the file
-    meta is longer than it (then the whole file is read once more)."""
+def has_dicm_prefix(path: Path) -> bool:
+    """Does the file start like DICOM Part 10 (128-byte preamble, then "DICM")?"""
     try:
-        offset = dataset_offset(head)
-    except InvalidValue:
-        offset = None
-    if offset is not None and (len(head) < _HEAD or offset + 8 <= len(head)):
-        return offset
-    if len(head) < _HEAD:
-        return None  # the whole file was read and it is not Part 10
-    # file meta beyond the head (or ending exactly at it): decide on the whole file
-    position = source.tell()
+        with path.open("rb") as source:
+            head = source.read(PREAMBLE_LENGTH + 4)
+    except OSError:
+        return False
+    return head[PREAMBLE_LENGTH:] == PREFIX
+
+
+def content_offset(source: BinaryIO) -> int | None:
+    """Where the dataset starts (after the preamble and group 0002), read
+    element header by element header: a value is skipped with a seek, never
+    read, so a huge or damaged file meta costs no memory. None when the file is
+    not Part 10 (decided at once when the DICM prefix is missing) or its file
+    meta is truncated. The same walk as ``domain.part10.dataset_offset``."""
+    end = os.fstat(source.fileno()).st_size
     source.seek(0)
-    everything = source.read()
-    source.seek(position)
-    try:
-        return dataset_offset(everything)
-    except InvalidValue:
+    if source.read(PREAMBLE_LENGTH + 4)[PREAMBLE_LENGTH:] != PREFIX:
         return None
+    offset = PREAMBLE_LENGTH + 4
+    while offset + 8 <= end:
+        source.seek(offset)
+        header = source.read(12)
+        if len(header) < 8:
+            return None  # the file shrank meanwhile
+        if struct.unpack_from("<H", header, 0)[0] != 0x0002:
+            return offset
+        if header[4:6] in _LONG_VRS:
+            if offset + 12 > end or len(header) < 12:
+                return None
+            offset += 12 + struct.unpack_from("<I", header, 8)[0]
+        else:
+            offset += 8 + struct.unpack_from("<H", header, 6)[0]
+    return offset if offset == end else None
 
 
 class ProblemKind(StrEnum):
     MISSING = "missing"
     ORPHAN = "orphan"
+    SUPERSEDED = "superseded"
+    STRAY = "stray"
     PURGED = "purged"
     SIZE = "size"
     CONTENT = "content"
@@ -115,6 +141,11 @@ class ProblemKind(StrEnum):
 PROBLEM_TITLES = {
     ProblemKind.MISSING: "indexed but the file is missing",
     ProblemKind.ORPHAN: "file in the store that the index does not know (orphan)",
+    ProblemKind.SUPERSEDED: (
+        "other copy of an instance indexed elsewhere (old copy left by an interrupted "
+        "replace): left in place, remove by hand once checked"
+    ),
+    ProblemKind.STRAY: "not a DICOM file (no DICM prefix): left in place",
     ProblemKind.PURGED: "file of a study whose images were purged (an interrupted purge)",
     ProblemKind.SIZE: "file size differs from the index",
     ProblemKind.CONTENT: "file content differs from the index (SHA-256)",
@@ -159,16 +190,24 @@ class RepairResult:
     before: IntegrityReport
     after: IntegrityReport
     indexed: int  # orphans now indexed
-    import_summary: str
-    purge_leftovers_removed: int = 0
+    import_summary: str | None  # None: orphans were not imported
+    purge_leftovers_removed: int | None = None  # None: not asked to remove them
 
     def describe(self) -> str:
-        left = self.after.count(ProblemKind.ORPHAN)
+        actions = []
+        if self.import_summary is not None:
+            actions.append(
+                f"{self.indexed} orphan files indexed ({self.import_summary}), "
+                f"{self.after.count(ProblemKind.ORPHAN)} orphans left"
+            )
+        if self.purge_leftovers_removed is not None:
+            actions.append(f"{self.purge_leftovers_removed} purge leftovers removed")
+        elif self.before.count(ProblemKind.PURGED):
+            actions.append("purge leftovers kept (--remove-purged removes them)")
         return "\n".join(
             [
                 self.before.describe(),
-                f"repair: {self.indexed} orphan files indexed ({self.import_summary}), "
-                f"{left} orphans left, {self.purge_leftovers_removed} purge leftovers removed",
+                f"repair: {', '.join(actions) or 'nothing to do'}",
                 "after repair:",
                 self.after.describe(),
             ]
@@ -183,7 +222,7 @@ def verify_store(
 ) -> IntegrityReport:
     """Compare every index row with its file, and every file with the index.
 
-    ``quick`` compares sizes only (no file is read)."""
+    ``quick`` compares sizes only (no file is hashed)."""
     # Rows first, then files: a row read here had its file renamed into place
     # before it committed, so only files can be "too new" (see the module doc).
     with db.read() as session:
@@ -223,6 +262,11 @@ def verify_store(
     # row moved to its new file (missing)
     committed_since = _indexed_among(db, orphans)
     orphans = [path for path in orphans if path not in committed_since]
+    stray = [path for path in orphans if not has_dicm_prefix(store.instances / path)]
+    not_dicom = set(stray)
+    orphans = [path for path in orphans if path not in not_dicom]
+    superseded = _superseded(db, store, orphans)
+    orphans = [path for path in orphans if path not in superseded]
     purged = _purge_leftovers(db, store, orphans)
     orphans = [path for path in orphans if path not in purged]
     still_indexed = _indexed_among(db, missing)
@@ -232,6 +276,8 @@ def verify_store(
     problems = {
         ProblemKind.MISSING: tuple(missing),
         ProblemKind.ORPHAN: tuple(orphans),
+        ProblemKind.SUPERSEDED: tuple(sorted(superseded)),
+        ProblemKind.STRAY: tuple(stray),
         ProblemKind.PURGED: tuple(sorted(purged)),
         ProblemKind.SIZE: tuple(size_mismatch),
         ProblemKind.CONTENT: tuple(content_mismatch),
@@ -256,10 +302,63 @@ def _list_files(store: FileStore) -> set[str]:
     return found
 
 
+def _sop_uid_candidates(path: Path, relative: str) -> tuple[str, ...]:
+    """The SOP Instance UID of an orphan: from the file, else from its name
+    (``<sop>.dcm``, or ``<sop>.<variant>.dcm`` as a replace names the new copy)."""
+    try:
+        dataset = dcmread(
+            path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"], defer_size=1024
+        )
+        value = str(dataset.get("SOPInstanceUID", "") or "").strip("\0 ")
+        if value:
+            return (value,)
+    except Exception:  # a damaged file: fall back to its name  # noqa: S110
+        pass
+    stem = relative.rsplit("/", 1)[-1].removesuffix(".dcm")
+    without_variant = stem.rsplit(".", 1)[0]
+    return (stem, without_variant) if without_variant != stem else (stem,)
+
+
+def _superseded(db: Database, store: FileStore, orphans: list[str]) -> set[str]:
+    """Orphans of an instance the index holds at another path: the old copy a
+    replace left when interrupted between its commit and removing the old file
+    (or a new copy whose replace never committed). Importing one would change
+    the indexed instance behind the operator's back, so it is only reported."""
+    candidates = {path: _sop_uid_candidates(store.instances / path, path) for path in orphans}
+    uids = sorted({uid for values in candidates.values() for uid in values})
+    indexed: set[str] = set()
+    with db.read() as session:
+        for start in range(0, len(uids), _LOOKUP_BATCH):
+            indexed.update(
+                session.scalars(
+                    select(DicomInstance.sop_instance_uid).where(
+                        DicomInstance.sop_instance_uid.in_(uids[start : start + _LOOKUP_BATCH])
+                    )
+                )
+            )
+    return {path for path, values in candidates.items() if indexed.intersection(values)}
+
+
+def _as_utc(value: datetime) -> datetime:
+    # a naive timestamp from the database is UTC (the node stores UTC only)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _written_before(path: Path, moment: datetime) -> bool | None:
+    """Was the file last written (its inode changed) before ``moment``? st_ctime,
+    not st_mtime: copy tools (cp -a, rsync -a, shutil.copy2) keep the mtime of
+    the original, none can set the ctime. None when the file is gone."""
+    try:
+        changed = datetime.fromtimestamp(path.stat().st_ctime, UTC)
+    except FileNotFoundError:
+        return None
+    return changed <= _as_utc(moment)
+
+
 def _purge_leftovers(db: Database, store: FileStore, orphans: list[str]) -> set[str]:
     """Orphans that retention meant to remove: their study (the first path part)
     had its images purged (audited as Study Deleted) after the file was written.
-    A file written after the purge is a new arrival, not a leftover."""
+    A file written (or put back) after the purge is a new arrival, not a leftover."""
     studies = sorted({path.split("/", 1)[0] for path in orphans})
     purged_at: dict[str, datetime] = {}
     with db.read() as session:
@@ -278,13 +377,7 @@ def _purge_leftovers(db: Database, store: FileStore, orphans: list[str]) -> set[
     leftovers: set[str] = set()
     for path in orphans:
         when = purged_at.get(path.split("/", 1)[0])
-        if when is None:
-            continue
-        try:
-            written = datetime.fromtimestamp((store.instances / path).stat().st_mtime, UTC)
-        except FileNotFoundError:
-            continue
-        if written <= when:
+        if when is not None and _written_before(store.instances / path, when):
             leftovers.add(path)
     return leftovers
 
@@ -302,29 +395,45 @@ def _indexed_among(db: Database, paths: list[str]) -> set[str]:
     return indexed
 
 
-def repair_orphans(
+def repair_store(
     db: Database,
     store: FileStore,
     *,
-    policy: IngestPolicy,
     actor: str,
+    index_orphans: bool = True,
+    remove_purged: bool = False,
     quick: bool = False,
 ) -> RepairResult:
-    """Index the orphan files through the C-STORE path, where they lie, and finish
-    interrupted purges.
+    """``index_orphans``: index the orphan files (DICOM files of instances the
+    index does not know) where they lie, through the C-STORE path;
+    ``remove_purged``: remove the purge leftovers, as retention meant to.
 
-    An orphan file the import cannot index (not DICOM, a UID the index refuses,
-    a copy of an instance indexed elsewhere) stays and is reported again. A purge
-    leftover (see ``_purge_leftovers``) is removed as retention meant to, not
-    brought back. Missing files cannot be repaired here: they need a resend or a
-    restore. The run is audited.
+    Nothing else is changed: superseded copies, non-DICOM files, missing and
+    damaged files are reported again (missing ones need a resend or a restore).
+    The import runs with the duplicate policy "keep" whatever the node's: an
+    instance indexed meanwhile is never replaced by an orphan copy. The run is
+    audited.
     """
     before = verify_store(db, store, quick=quick)
-    orphans = [store.instances / path for path in before.problems.get(ProblemKind.ORPHAN, ())]
-    summary = import_files(db, store, orphans, policy=policy, actor=actor, in_store=True)
-    removed = _remove_purge_leftovers(db, store, before.problems.get(ProblemKind.PURGED, ()))
+    summary: str | None = None
+    if index_orphans:
+        orphans = [store.instances / path for path in before.problems.get(ProblemKind.ORPHAN, ())]
+        imported = import_files(
+            db,
+            store,
+            orphans,
+            policy=IngestPolicy(duplicate_policy="keep"),
+            actor=actor,
+            in_store=True,
+        )
+        summary = imported.describe().splitlines()[0]
+    removed: int | None = None
+    if remove_purged:
+        removed = _remove_purge_leftovers(db, store, before.problems.get(ProblemKind.PURGED, ()))
     after = verify_store(db, store, quick=quick)
-    indexed = before.count(ProblemKind.ORPHAN) - after.count(ProblemKind.ORPHAN)
+    indexed = (
+        before.count(ProblemKind.ORPHAN) - after.count(ProblemKind.ORPHAN) if index_orphans else 0
+    )
     with db.unit_of_work() as session:
         record_audit_event(
             session,
@@ -337,11 +446,11 @@ def repair_orphans(
                     "before": {kind.value: before.count(kind) for kind in ProblemKind},
                     "after": {kind.value: after.count(kind) for kind in ProblemKind},
                     "orphans_indexed": indexed,
-                    "purge_leftovers_removed": removed,
+                    "purge_leftovers_removed": removed or 0,
                 },
             ),
         )
-    return RepairResult(before, after, indexed, summary.describe().splitlines()[0], removed)
+    return RepairResult(before, after, indexed, summary, removed)
 
 
 def _remove_purge_leftovers(db: Database, store: FileStore, paths: Sequence[str]) -> int:
@@ -372,11 +481,9 @@ def _remove_purge_leftovers(db: Database, store: FileStore, paths: Sequence[str]
             )
             for relative in study_paths:
                 path = store.instances / relative
-                try:
-                    written = datetime.fromtimestamp(path.stat().st_mtime, UTC)
-                except FileNotFoundError:
+                if relative in indexed or purged_at is None:
                     continue
-                if relative in indexed or purged_at is None or written > purged_at:
+                if not _written_before(path, purged_at):
                     continue
                 path.unlink(missing_ok=True)
                 removed += 1

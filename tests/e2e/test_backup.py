@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import resource
+import subprocess
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
@@ -30,10 +34,13 @@ from dicom_node.domain.enums import Role
 from dicom_node.domain.part10 import dataset_offset
 from dicom_node.jobs.backup import complete_backups, run_scheduled_backup
 from dicom_node.node import Node
+from dicom_node.services.backup import _postgres_objects, create_backup
 from dicom_node.services.demo import load_demo
+from dicom_node.storage import FileStore
 from tests.conftest import node_settings
 from tests.dicomfiles import CT_IMAGE_STORAGE, ct_dataset, write
 from tests.e2e.test_cli import assert_one_line_error, run
+from tests.support import COMMAND, clean_env
 
 SUCCESS = 0x0000
 
@@ -401,3 +408,193 @@ def test_backup_manifest_hashes_are_the_files_sha256(tmp_path: Path, db_url: str
         assert hashlib.sha256(data).hexdigest() == item["sha256"]
     dump = backup / manifest["database"]["file"]
     assert hashlib.sha256(dump.read_bytes()).hexdigest() == manifest["database"]["sha256"]
+
+
+def _big_instance(tmp_path: Path, db_url: str) -> None:
+    """One 2 MiB instance imported (over the 1 MB file size limit below)."""
+    ds = ct_dataset(study_uid=generate_uid(), pixel_seed=1)
+    ds.Rows = ds.Columns = 1024
+    ds.PixelData = np.random.default_rng(1).integers(0, 4000, (1024, 1024), np.uint16).tobytes()
+    write(ds, tmp_path / "big" / "big.dcm")
+    result = run(tmp_path, "import", str(tmp_path / "big"), database_url=db_url)
+    assert result.returncode == 0, result.stderr
+
+
+def _run_with_file_size_limit(
+    tmp_path: Path, *args: str, limit: int, **settings: str
+) -> subprocess.CompletedProcess[str]:
+    """The CLI with RLIMIT_FSIZE: a write past ``limit`` fails with EFBIG, as a
+    full disk fails with ENOSPC (Python ignores SIGXFSZ)."""
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run(
+        [*COMMAND, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=clean_env(tmp_path, **settings),
+        preexec_fn=limit_file_size,  # setrlimit only: safe between fork and exec
+        check=False,
+    )
+
+
+def test_a_backup_that_cannot_write_fails_in_one_line_and_leaves_no_partial_copy(
+    tmp_path: Path, db_url: str, empty_db_url: str
+) -> None:
+    _small_store(tmp_path, db_url)
+    _big_instance(tmp_path, db_url)
+    destination = tmp_path / "backup"
+    result = _run_with_file_size_limit(
+        tmp_path, "backup", str(destination), limit=1_000_000, database_url=db_url
+    )
+    assert_one_line_error(result, 1, "backup failed: File too large")
+    assert not destination.exists()
+
+    # an empty DEST made by the operator stays, empty
+    destination.mkdir()
+    again = _run_with_file_size_limit(
+        tmp_path, "backup", str(destination), limit=1_000_000, database_url=db_url
+    )
+    assert_one_line_error(again, 1, "File too large")
+    assert list(destination.iterdir()) == []
+
+
+def test_a_restore_that_cannot_write_fails_in_one_line_and_restores_nothing(
+    tmp_path: Path, db_url: str, empty_db_url: str
+) -> None:
+    _small_store(tmp_path, db_url)
+    _big_instance(tmp_path, db_url)
+    backup = tmp_path / "backup"
+    made = run(tmp_path, "backup", str(backup), database_url=db_url)
+    assert made.returncode == 0, made.stderr
+    target = tmp_path / "restored"
+    result = _run_with_file_size_limit(
+        tmp_path,
+        "restore",
+        str(backup),
+        limit=1_000_000,
+        database_url=empty_db_url,
+        data_dir=str(target),
+    )
+    assert_one_line_error(result, 1, "restore failed: File too large")
+    assert _is_empty_target(target, empty_db_url)
+    assert not [path for path in (target / "tmp").iterdir()]  # no temp copy left either
+
+
+def test_rows_whose_files_were_removed_after_the_snapshot_are_left_out_of_the_restore(
+    tmp_path: Path, db_url: str, empty_db_url: str
+) -> None:
+    """Retention (or a replace) removing files while a backup copies: no retry,
+    the rows are listed in the manifest and deleted at restore, audited."""
+    _small_store(tmp_path, db_url, count=4)
+    db = Database(db_url)
+    store = FileStore(tmp_path / "data", fsync=False)
+    removed: list[str] = []
+
+    def purge_one() -> None:
+        # as retention does: the row first, then its file (a new one each call)
+        with db.unit_of_work() as session:
+            row = session.scalars(select(DicomInstance).order_by(DicomInstance.file_path)).first()
+            assert row is not None
+            removed.append(row.file_path)
+            session.delete(row)
+        (store.instances / removed[-1]).unlink()
+
+    try:
+        result = create_backup(
+            database_url=db_url,
+            store=store,
+            destination=tmp_path / "backup",
+            fsync=False,
+            after_snapshot=purge_one,
+        )
+    finally:
+        db.dispose()
+    assert len(removed) == 1  # one snapshot, no retry
+    assert result.manifest.removed_after_snapshot == tuple(removed)
+    assert len(result.manifest.files) == 3
+    manifest = json.loads((tmp_path / "backup" / "manifest.json").read_text())
+    assert manifest["removed_after_snapshot"] == removed
+    assert manifest["format_version"] == 2
+
+    restored_dir = tmp_path / "restored"
+    restore = run(
+        tmp_path,
+        "restore",
+        str(tmp_path / "backup"),
+        database_url=empty_db_url,
+        data_dir=str(restored_dir),
+    )
+    assert restore.returncode == 0, restore.stderr
+    verify = run(tmp_path, "verify", database_url=empty_db_url, data_dir=str(restored_dir))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    restored = Database(empty_db_url)
+    try:
+        with restored.read() as session:
+            paths = set(session.scalars(select(DicomInstance.file_path)))
+            counts = list(session.scalars(select(DicomStudy.instance_count)))
+            event = session.scalars(
+                select(AuditEvent).where(AuditEvent.action == "backup_restored")
+            ).one()
+    finally:
+        restored.dispose()
+    assert paths == {item.path for item in result.manifest.files}
+    assert removed[0] not in paths
+    assert sum(counts) == 3  # the study that lost an instance was recounted
+    assert event.details["removed_after_snapshot"] == removed
+
+
+def test_restore_refuses_a_database_that_indexes_files_the_manifest_does_not_list(
+    tmp_path: Path, db_url: str, empty_db_url: str, backend: str
+) -> None:
+    backup = _backed_up(tmp_path, db_url)
+    manifest_path = backup / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    dropped = manifest["files"].pop()
+    (backup / "instances" / dropped["path"]).unlink()
+    manifest_path.write_text(json.dumps(manifest))
+    target = tmp_path / "restored"
+    result = run(tmp_path, "restore", str(backup), database_url=empty_db_url, data_dir=str(target))
+    assert_one_line_error(result, 1, "the restored database and the manifest disagree")
+    # the database was loaded and checked: the load is undone, not left without files
+    assert _is_empty_target(target, empty_db_url)
+    if backend == "postgresql":
+        assert _postgres_objects(empty_db_url) == set()
+
+
+def test_scheduled_backup_removes_stale_incomplete_backups_and_audits_the_final_path(
+    tmp_path: Path, db_url: str
+) -> None:
+    _small_store(tmp_path, db_url)
+    backups = tmp_path / "backups"
+    crashed = backups / "dicom-node-backup-20261101T010000Z.incomplete"
+    running = backups / "dicom-node-backup-20261101T013000Z.incomplete"
+    operators = backups / "my-copy.incomplete"
+    two_hours_ago = time.time() - 2 * 3600
+    for directory in (crashed, running, operators):
+        (directory / "instances").mkdir(parents=True)
+        (directory / "database.sqlite3").write_bytes(b"x")
+    # another node's run started long ago and is still copying
+    (running / "instances" / "new.dcm").write_bytes(b"x")
+    for path in [*crashed.rglob("*"), crashed, running, operators, running / "database.sqlite3"]:
+        os.utime(path, (two_hours_ago, two_hours_ago))
+
+    settings = node_settings(db_url, tmp_path / "data", backup_dir=backups, backup_keep=2)
+    message = run_scheduled_backup(settings, now=datetime(2026, 11, 1, 2, 0, tzinfo=UTC))
+    assert "1 stale incomplete backups removed" in message
+    assert not crashed.exists()
+    assert running.exists() and operators.exists()
+    final = backups / "dicom-node-backup-20261101T020000Z"
+    assert (final / "manifest.json").is_file()
+    db = Database(db_url)
+    try:
+        with db.read() as session:
+            event = session.scalars(
+                select(AuditEvent).where(AuditEvent.action == "backup_created")
+            ).one()
+    finally:
+        db.dispose()
+    assert event.details["destination"] == str(final)

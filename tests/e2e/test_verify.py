@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import time
+import shutil
 from pathlib import Path
 
 from pydicom.data import get_testdata_file
@@ -12,8 +11,9 @@ from sqlalchemy import delete, select
 
 from dicom_node.db.engine import Database
 from dicom_node.db.models import AuditEvent, DicomInstance
+from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
 from dicom_node.storage import FileStore
-from tests.dicomfiles import ct_dataset, write
+from tests.dicomfiles import ct_dataset, to_bytes, write
 from tests.e2e.test_cli import run
 
 
@@ -160,17 +160,21 @@ def test_repair_finishes_an_interrupted_purge_instead_of_reindexing_it(
             study_uid, resent.SeriesInstanceUID, resent.SOPInstanceUID
         )
         write(resent, instances / relative)
-        later = time.time() + 120
-        os.utime(instances / relative, (later, later))
 
         report = run(tmp_path, "verify", database_url=db_url)
         assert report.returncode == 1
         assert _section(report.stdout, "purged") == sorted(purged)
         assert _section(report.stdout, "orphan") == [relative]
 
+        # --repair indexes orphans only: the leftovers are reported, not deleted
         repaired = run(tmp_path, "verify", "--repair", database_url=db_url)
-        assert repaired.returncode == 0, repaired.stdout + repaired.stderr
-        assert f"{len(purged)} purge leftovers removed" in repaired.stdout
+        assert repaired.returncode == 1, repaired.stdout + repaired.stderr
+        assert "purge leftovers kept (--remove-purged removes them)" in repaired.stdout
+        assert all((instances / path).exists() for path in purged)
+
+        removed = run(tmp_path, "verify", "--remove-purged", database_url=db_url)
+        assert removed.returncode == 0, removed.stdout + removed.stderr
+        assert f"{len(purged)} purge leftovers removed" in removed.stdout
         assert not any((instances / path).exists() for path in purged)
         with db.read() as session:
             indexed = set(session.scalars(select(DicomInstance.file_path)))
@@ -178,3 +182,129 @@ def test_repair_finishes_an_interrupted_purge_instead_of_reindexing_it(
         assert not indexed & set(purged)
     finally:
         db.dispose()
+
+
+def _purge(db_url: str, study_uid: str) -> None:
+    """Retention's purge as it completes: rows gone, Study Deleted audited."""
+    db = Database(db_url)
+    try:
+        with db.unit_of_work() as session:
+            session.execute(
+                delete(DicomInstance).where(DicomInstance.file_path.startswith(f"{study_uid}/"))
+            )
+            session.add(
+                AuditEvent(
+                    event_code="110105",
+                    action="study_images_purged",
+                    outcome="success",
+                    actor="retention",
+                    study_instance_uid=study_uid,
+                    details={},
+                )
+            )
+    finally:
+        db.dispose()
+
+
+def test_files_put_back_after_a_purge_with_their_old_mtimes_are_indexed_not_deleted(
+    tmp_path: Path, db_url: str
+) -> None:
+    files = _store(tmp_path, db_url)
+    instances = tmp_path / "data" / "instances"
+    study_uid = files[0].split("/", 1)[0]
+    saved = tmp_path / "old-backup"
+    shutil.copytree(instances / study_uid, saved)  # copy2: mtimes kept, as cp -a / rsync -a
+    _purge(db_url, study_uid)
+    shutil.rmtree(instances / study_uid)
+    # the study is needed again: the operator copies its files back, old mtimes and all
+    shutil.copytree(saved, instances / study_uid)
+    put_back = sorted(path for path in files if path.startswith(f"{study_uid}/"))
+    first = put_back[0].split("/", 1)[1]
+    assert (instances / put_back[0]).stat().st_mtime == (saved / first).stat().st_mtime
+
+    report = run(tmp_path, "verify", database_url=db_url)
+    assert _section(report.stdout, "purged") == []
+    assert _section(report.stdout, "orphan") == put_back
+
+    repaired = run(tmp_path, "verify", "--repair", "--remove-purged", database_url=db_url)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "0 purge leftovers removed" in repaired.stdout
+    assert all((instances / path).is_file() for path in put_back)
+    db = Database(db_url)
+    try:
+        with db.read() as session:
+            indexed = set(session.scalars(select(DicomInstance.file_path)))
+    finally:
+        db.dispose()
+    assert set(put_back) <= indexed
+
+
+def test_repair_with_replace_policy_leaves_an_old_copy_of_a_replaced_instance_alone(
+    tmp_path: Path, db_url: str
+) -> None:
+    """A crash between a REPLACE's commit and its removing the old file leaves the
+    old copy at the instance's plain path; importing it would move the row."""
+    db = Database(db_url)
+    store = FileStore(tmp_path / "data", fsync=False)
+    replace = IngestPolicy(duplicate_policy="replace")
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    old, new = (
+        to_bytes(ct_dataset(study_uid=study, series_uid=series, sop_uid=sop, pixel_seed=seed))
+        for seed in (1, 2)
+    )
+    try:
+        assert store_instance(db, store, part10=old, source=Source(), policy=replace).outcome == (
+            StoreOutcome.STORED
+        )
+        plain = FileStore.relative_path(study, series, sop)
+        assert store_instance(db, store, part10=new, source=Source(), policy=replace).outcome == (
+            StoreOutcome.REPLACED
+        )
+        (store.instances / plain).write_bytes(old)  # the old copy the crash left
+        with db.read() as session:
+            current = session.scalar(
+                select(DicomInstance.file_path).where(DicomInstance.sop_instance_uid == sop)
+            )
+        assert current is not None and current != plain
+
+        repaired = run(
+            tmp_path, "verify", "--repair", database_url=db_url, duplicate_policy="replace"
+        )
+        assert repaired.returncode == 1, repaired.stdout + repaired.stderr
+        after = repaired.stdout.split("after repair:", 1)[1]
+        assert _section(after, "superseded") == [plain]
+        assert _section(after, "orphan") == []
+        assert _section(after, "missing") == []
+        with db.read() as session:
+            row = session.scalar(
+                select(DicomInstance.file_path).where(DicomInstance.sop_instance_uid == sop)
+            )
+        assert row == current
+        assert (store.instances / current).read_bytes() == new
+        assert (store.instances / plain).read_bytes() == old  # left for the operator
+    finally:
+        db.dispose()
+
+
+def test_repair_reports_non_dicom_files_in_the_store_without_importing_them(
+    tmp_path: Path, db_url: str
+) -> None:
+    files = _store(tmp_path, db_url)
+    instances = tmp_path / "data" / "instances"
+    stray = (instances / files[0]).parent / ".nfs000000000123abcd00000001"
+    stray.write_bytes(b"\0" * 4096)
+    repaired = run(tmp_path, "verify", "--repair", database_url=db_url)
+    assert repaired.returncode == 1, repaired.stdout + repaired.stderr
+    after = repaired.stdout.split("after repair:", 1)[1]
+    assert _section(after, "stray") == [stray.relative_to(instances).as_posix()]
+    assert _section(after, "orphan") == []
+    assert stray.is_file()
+
+
+def test_verify_help_says_what_repair_and_remove_purged_change(tmp_path: Path) -> None:
+    result = run(tmp_path, "verify", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "--remove-purged" in text
+    assert "changes nothing else" in text
+    assert "duplicate policy keep" in text

@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import struct
+import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ from pydicom.uid import UID, generate_uid
 
 from dicom_node.domain.part10 import dataset_offset
 from dicom_node.services.backup import BackupError, format_bytes, read_manifest
-from dicom_node.services.integrity import digest_file
+from dicom_node.services.integrity import FileDigest, digest_file
 from tests.dicomfiles import ct_dataset, to_bytes
 
 
@@ -52,6 +55,44 @@ def test_digest_of_a_file_that_is_not_part10_matches_no_index_digest(tmp_path: P
     found = digest_file(path)
     assert found.content_sha256 is None
     assert found.size == 16
+
+
+def _peak_bytes_while(action: Callable[[], object]) -> int:
+    tracemalloc.start()
+    try:
+        action()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+DAMAGED_SIZE = 50 * 1024 * 1024
+
+
+def test_hashing_a_large_file_with_a_damaged_header_keeps_memory_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "damaged.dcm"
+    data = to_bytes(ct_dataset(study_uid=generate_uid()))
+    with path.open("wb") as out:
+        out.write(b"\0" * 256 + data[256:])  # the preamble and DICM prefix lost
+        out.truncate(DAMAGED_SIZE)
+    found: list[FileDigest] = []
+    peak = _peak_bytes_while(lambda: found.append(digest_file(path)))
+    assert found[0].size == DAMAGED_SIZE
+    assert found[0].content_sha256 is None
+    assert peak < 4 * 1024 * 1024, peak
+
+
+def test_a_file_meta_element_longer_than_the_file_is_skipped_not_read(tmp_path: Path) -> None:
+    path = tmp_path / "bad-meta.dcm"
+    with path.open("wb") as out:
+        out.write(b"\0" * 128 + b"DICM")
+        # (0002,0001) OB with a length beyond the end of the file
+        out.write(struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 60 * 1024 * 1024))
+        out.truncate(DAMAGED_SIZE)
+    found: list[FileDigest] = []
+    peak = _peak_bytes_while(lambda: found.append(digest_file(path)))
+    assert found[0].content_sha256 is None
+    assert peak < 4 * 1024 * 1024, peak
 
 
 def _manifest(tmp_path: Path, **changes: object) -> Path:
@@ -101,6 +142,16 @@ def test_a_foreign_or_future_manifest_is_refused(
 ) -> None:
     with pytest.raises(BackupError, match=message):
         read_manifest(_manifest(tmp_path, **changes))
+
+
+def test_a_manifest_lists_rows_removed_after_the_snapshot(tmp_path: Path) -> None:
+    removed = ["1.2/1.3/1.5.dcm"]
+    manifest = read_manifest(_manifest(tmp_path, format_version=2, removed_after_snapshot=removed))
+    assert manifest.removed_after_snapshot == ("1.2/1.3/1.5.dcm",)
+    assert manifest.to_json()["format_version"] == 2
+    assert read_manifest(_manifest(tmp_path)).removed_after_snapshot == ()
+    with pytest.raises(BackupError, match="malformed"):
+        read_manifest(_manifest(tmp_path, removed_after_snapshot=["../x.dcm"]))
 
 
 def test_sizes_are_printed_in_binary_units() -> None:
