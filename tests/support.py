@@ -147,6 +147,65 @@ def run_postgres() -> Iterator[PostgresServer]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+class RestartablePostgres:
+    """A throw-away PostgreSQL server a test may stop and start again (same port, same data)."""
+
+    def __init__(self, bin_dir: Path, base: Path, prefix: list[str]) -> None:
+        self._pg_ctl = [*prefix, str(bin_dir / "pg_ctl"), "-D", str(base / "data")]
+        self._log = base / "server.log"
+        self._base = base
+        self.server = PostgresServer("127.0.0.1", free_port())
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.server.port} -k {self._base} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+        subprocess.run(
+            [*self._pg_ctl, "-l", str(self._log), "-o", options, "-w", "-t", "60", "start"],
+            check=True,
+            capture_output=True,
+        )
+
+    def stop(self, mode: str = "fast", *, check: bool = True) -> None:
+        """``fast`` ends every session at once, as a DBA's restart does."""
+        subprocess.run(
+            [*self._pg_ctl, "-m", mode, "-w", "-t", "60", "stop"], check=check, capture_output=True
+        )
+
+
+@contextmanager
+def run_restartable_postgres() -> Iterator[RestartablePostgres]:
+    """Like ``run_postgres``, for tests that restart the server under a running node."""
+    bin_dir = postgres_bin_dir()
+    require(
+        bin_dir is not None, "PostgreSQL server binaries not found (apt-get install postgresql)"
+    )
+    assert bin_dir is not None
+    as_root = os.geteuid() == 0
+    prefix: list[str] = ["runuser", "-u", "postgres", "--"] if as_root else []
+    base = Path(tempfile.mkdtemp(prefix="dicom-node-pg-"))
+    if as_root:
+        shutil.chown(base, "postgres", "postgres")
+    subprocess.run(
+        [
+            *prefix,
+            str(bin_dir / "initdb"),
+            *("-D", str(base / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8"),
+            *("--locale=C", "--no-sync"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    postgres = RestartablePostgres(bin_dir, base, prefix)
+    postgres.start()
+    try:
+        yield postgres
+    finally:
+        postgres.stop("immediate", check=False)  # a no-op if the test left it stopped
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

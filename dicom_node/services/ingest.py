@@ -15,8 +15,10 @@ half-written is ever indexed:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
+import sqlite3
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -141,8 +143,9 @@ def store_instance(
         # instance may have renamed its own copy over the path since
         temp_inode = temp.stat().st_ino if temp is not None else None
     except OSError as exc:
-        log.error("cannot write instance to the store: %s", exc.strerror or exc)
-        return _result(StoreOutcome.FAILED, f"storage: {exc.strerror or exc}", header)
+        why = _failure(exc)
+        log.error("instance not stored (%s): cannot write the file: %s", why, _short(exc))
+        return _result(StoreOutcome.FAILED, why, header)
 
     installed: Path | None = None
     indexed: _Indexed | None = None
@@ -177,9 +180,9 @@ def store_instance(
             # a value the database refuses: resending cannot help (C000, not A700)
             log.warning("instance refused: a value cannot be indexed: %s", _short(exc))
             return _result(StoreOutcome.REJECTED, "a value cannot be indexed", header)
-        kind = "database" if isinstance(exc, SQLAlchemyError) else "storage"
-        log.error("instance not stored (%s unavailable): %s", kind, _short(exc))
-        return _result(StoreOutcome.FAILED, f"{kind} unavailable", header)
+        why = _failure(exc)
+        log.error("instance not stored (%s): %s", why, _short(exc))
+        return _result(StoreOutcome.FAILED, why, header)
     finally:
         if installed is None and temp is not None:
             temp.unlink(missing_ok=True)
@@ -243,6 +246,18 @@ def _result(
         accession_number=header.accession_number,
         new_study=new_study,
     )
+
+
+def _failure(exc: Exception) -> str:
+    """What stopped an instance from being stored, for the log and the ErrorComment:
+    a full disk (the store's, or SQLite's own file) asks for the operator, not for
+    patience, so it is named as such."""
+    orig = getattr(exc, "orig", None)
+    if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        isinstance(orig, sqlite3.Error) and orig.sqlite_errorcode == sqlite3.SQLITE_FULL
+    ):
+        return "disk full"
+    return "database unavailable" if isinstance(exc, SQLAlchemyError) else "storage unavailable"
 
 
 def _short(exc: Exception) -> str:
