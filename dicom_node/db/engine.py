@@ -18,6 +18,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicom_node.db import changes as _changes  # noqa: F401
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# libpq waits for ever by default: a database host that vanished (powered off,
+# black-holed by a firewall) would hang every C-STORE and C-FIND instead of
+# answering 0xA700. Give up connecting after 10 s, and notice a dead peer on an
+# open connection within ~30 s (keepalives; unacknowledged data after 30 s).
+POSTGRES_CONNECT_ARGS: dict[str, Any] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
 
 
 def redact_url(url: str) -> str:
@@ -31,7 +43,12 @@ def make_engine(url: str) -> Engine:
     # pre-ping: a restarted PostgreSQL must not hand stale connections to the SCP;
     # hide_parameters: a database error's message must not carry patient data
     return create_engine(
-        url, pool_pre_ping=True, pool_size=10, max_overflow=20, hide_parameters=True
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        hide_parameters=True,
+        connect_args=POSTGRES_CONNECT_ARGS,
     )
 
 

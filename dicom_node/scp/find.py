@@ -25,6 +25,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
+from sqlalchemy.exc import OperationalError
 
 from dicom_node.db.engine import Database
 from dicom_node.domain.query import InvalidQuery, Level, UnsupportedQuery
@@ -179,6 +180,11 @@ class FindHandler:
         elif isinstance(exc, InvalidQuery | ValueError | KeyError | TypeError | AttributeError):
             log.warning("%s from %s refused: %s", what, actor, reason(exc))
             code, comment = status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, reason(exc)
+        elif isinstance(exc, OperationalError):
+            # connection lost or refused, SQLite locked or full: worth retrying later
+            cause = str(getattr(exc, "orig", exc)).strip().splitlines() or [type(exc).__name__]
+            log.error("%s from %s failed: database unavailable: %s", what, actor, cause[0])
+            return failure(status.OUT_OF_RESOURCES, "database unavailable")
         else:
             log.exception("%s from %s failed", what, actor)
             return failure(status.UNABLE_TO_PROCESS_INTERNAL, "query failed")

@@ -27,7 +27,12 @@ from dicom_node.scp.mpps import MppsHandler
 from dicom_node.scp.polling import connection_closed, poll_adaptively
 from dicom_node.scp.retrieve import RetrieveHandler
 from dicom_node.scp.store import StoreHandler
-from dicom_node.scp.transport import set_nodelay
+from dicom_node.scp.transport import (
+    abort_reason,
+    connection_ended,
+    set_nodelay,
+    watch_for_stalls,
+)
 from dicom_node.services.audit import record_audit_event
 
 log = logging.getLogger("dicom_node.scp")
@@ -48,6 +53,7 @@ def build_handlers(
     associations = AssociationMetrics()
     return [
         (evt.EVT_CONN_OPEN, handle_connection_opened),
+        (evt.EVT_ABORTED, handle_aborted),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, store.handle_store),
         (evt.EVT_C_FIND, find.handle_find),
@@ -115,10 +121,17 @@ def _peer(event: Event) -> tuple[str, str]:
 def handle_connection_opened(event: Event) -> None:
     set_nodelay(event)
     poll_adaptively(event.assoc)
+    watch_for_stalls(event.assoc)
 
 
 def handle_connection_closed(event: Event) -> None:
     connection_closed(event.assoc)
+    connection_ended(event.assoc)
+
+
+def handle_aborted(event: Event) -> None:
+    calling, address = _peer(event)
+    log.warning("association from %s at %s %s", calling, address, abort_reason(event.assoc))
 
 
 def handle_echo(event: Event) -> int:

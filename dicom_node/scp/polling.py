@@ -64,3 +64,8 @@ def connection_closed(assoc: Association) -> None:
     if isinstance(assoc.dul, AdaptiveDUL):
         with _lock:
             _open = max(0, _open - 1)
+
+
+def open_associations() -> int:
+    """Connections this process counts as open (each must end in ``connection_closed``)."""
+    return _open

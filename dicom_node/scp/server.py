@@ -247,7 +247,13 @@ class DicomServer:
             time.sleep(0.05)
         remaining: list[Any] = server.active_associations
         for assoc in remaining:
-            log.warning("aborting association from %s at shutdown", assoc.requestor.ae_title)
+            requestor = assoc.requestor
+            log.warning(
+                "aborting association from %s at %s:%s at shutdown",
+                requestor.ae_title or "(no association request yet)",
+                requestor.address,
+                requestor.port,
+            )
             assoc.abort()
         for assoc in remaining:
             assoc.join(timeout=2)

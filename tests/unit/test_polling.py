@@ -29,6 +29,14 @@ def test_pynetdicom_still_has_the_fixed_delay_and_idle_timer_we_replace() -> Non
     assert hasattr(dul._idle_timer, "_start_time")
 
 
+def test_pynetdicom_still_has_the_private_flags_the_stall_reaper_reads() -> None:
+    assoc = _association()
+    # scp/transport.py: kill() sets _kill; abort() sets _sent_abort
+    assert assoc.__dict__["_kill"] is False
+    assert assoc.__dict__["_sent_abort"] is False
+    assert callable(assoc.dul.idle_timer_expired)
+
+
 def test_delay_is_short_right_after_a_pdu_and_long_when_quiet() -> None:
     assoc = _association()
     poll_adaptively(assoc)
