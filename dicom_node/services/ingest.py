@@ -11,6 +11,20 @@ half-written is ever indexed:
 4. rename the temp file into its final place, *then* commit. A crash before the
    commit leaves at most an unindexed file (found by verify/reindex, never
    acknowledged); a failed commit removes the file it had just placed.
+
+The transaction first locks the study row (PostgreSQL ``FOR NO KEY UPDATE``;
+SQLite's ``BEGIN IMMEDIATE`` serialises writers anyway), and only then reads
+the instance and series rows, each in a statement of its own. A retention
+purge holds the same row ``FOR UPDATE`` while it deletes the study's series
+and instances: a C-STORE arriving meanwhile waits for it, then finds them gone
+and stores the instance afresh (series created again). Had the rows been read
+before the lock, a resend would be acknowledged as a duplicate of a row the
+purge then deletes, and a new instance would be inserted into a deleted
+series. ``NO KEY UPDATE`` is the lock the study counter update takes anyway,
+so concurrent receivers of one study queue on it once, in one order, and never
+upgrade a shared lock (two holders of ``FOR SHARE`` both updating the counters
+would deadlock); unlike ``FOR UPDATE`` it lets other transactions insert rows
+that refer to the study (work items, reports) meanwhile.
 """
 
 from __future__ import annotations
@@ -25,7 +39,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, exists, select, update
 from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -154,7 +168,15 @@ def store_instance(
         for attempt in (1, 2):
             try:
                 with db.unit_of_work() as session:
-                    indexed = _index(session, header, digest, len(part10), source, policy)
+                    indexed = _index(
+                        session,
+                        header,
+                        digest,
+                        len(part10),
+                        source,
+                        policy,
+                        installs=temp is not None,
+                    )
                     if temp is not None and _needs_file(indexed, store):
                         installed = store.install(temp, indexed.relative_path)
                 committed = True
@@ -188,7 +210,11 @@ def store_instance(
             temp.unlink(missing_ok=True)
 
     assert indexed is not None
-    if indexed.old_path is not None and indexed.old_path != indexed.relative_path:
+    if (
+        installed is not None
+        and indexed.old_path is not None
+        and indexed.old_path != indexed.relative_path
+    ):
         store.remove(indexed.old_path)  # only now that the new copy is committed
     if indexed.outcome in (StoreOutcome.KEPT_EXISTING, StoreOutcome.REPLACED):
         log.warning(
@@ -284,16 +310,42 @@ def _index(
     size: int,
     source: Source,
     policy: IngestPolicy,
+    *,
+    installs: bool,
 ) -> _Indexed:
+    """``installs``: this call has a new copy to install (False for a file indexed
+    where it lies)."""
     now = datetime.now(UTC)
     connection = session.connection()
-    existing_pk = connection.execute(_SQL.instance_pk, {"uid": header.sop_instance_uid}).scalar()
-    if existing_pk is not None:
-        existing = session.get(DicomInstance, existing_pk)
+    # Lock first, then read (see the module docstring): the study row by its UID,
+    # then, in a statement of its own so that it sees what committed while this
+    # one waited, the instance, the series and whether the patient agrees.
+    study = _lock_study(session, header.study_instance_uid)
+    known = connection.execute(
+        _SQL.resolve,
+        {
+            "sop_uid": header.sop_instance_uid,
+            "series_uid": header.series_instance_uid,
+            "study_pk": study.pk if study is not None else None,
+            "patient_pk": study.patient_pk if study is not None else None,
+            "patient_id": header.patient_id,
+            "issuer": header.issuer_of_patient_id,
+        },
+    ).one()
+    if known.instance_pk is not None:
+        existing = session.get(DicomInstance, known.instance_pk)
         assert existing is not None
-        return _index_resend(session, existing, header, digest, size, source, policy)
+        return _index_resend(
+            session, existing, header, digest, size, source, policy, installs=installs
+        )
 
-    parents = _known_parents(session, header) or _create_parents(session, header, source, now)
+    same_patient = bool(known.same_patient)
+    if study is not None and known.series_pk is not None and same_patient:
+        # the common case: the series exists, in this study, for this patient
+        parents = _Parents(int(known.series_pk), study.pk, study.completeness)
+    else:
+        # new series, new study, or the careful path (quarantine...)
+        parents = _create_parents(session, header, source, now, study, same_patient=same_patient)
     relative = _relative_path(header)
     inserted = insert_ignoring_conflict(
         session,
@@ -381,46 +433,47 @@ def _index(
     return _Indexed(StoreOutcome.STORED, relative, new_study=parents.new_study)
 
 
-def _known_parents(session: Session, header: InstanceHeader) -> _Parents | None:
-    """The common case, one query: the series exists, in this study, for this patient.
+@dataclass(frozen=True, slots=True)
+class _LockedStudy:
+    """The study row as read under its lock: the completeness this transaction
+    overwrites (a stability run cannot complete the study unnoticed meanwhile)."""
 
-    The study row is locked (PostgreSQL) so that its completeness read here is the
-    one this transaction overwrites: a concurrent stability run cannot complete
-    the study between the read and the counter update unnoticed.
-    """
-    connection = session.connection()
-    statement = (
-        _SQL.known_series_locked if connection.dialect.name == "postgresql" else (_SQL.known_series)
-    )
-    row = connection.execute(statement, {"uid": header.series_instance_uid}).one_or_none()
-    if row is None or (row.study_instance_uid, row.patient_id, row.issuer_of_patient_id) != (
-        header.study_instance_uid,
-        header.patient_id,
-        header.issuer_of_patient_id,
-    ):
-        return None  # new series, or one that needs the careful path (quarantine...)
-    return _Parents(row.series_pk, row.study_pk, row.completeness)
+    pk: int
+    patient_pk: int
+    completeness: str
+
+
+def _lock_study(session: Session, study_instance_uid: str) -> _LockedStudy | None:
+    row = session.connection().execute(_SQL.study_locked, {"uid": study_instance_uid}).one_or_none()
+    if row is None:
+        return None
+    return _LockedStudy(int(row.id), int(row.patient_pk), str(row.completeness))
 
 
 def _create_parents(
-    session: Session, header: InstanceHeader, source: Source, now: datetime
+    session: Session,
+    header: InstanceHeader,
+    source: Source,
+    now: datetime,
+    study: _LockedStudy | None,
+    *,
+    same_patient: bool,
 ) -> _Parents:
-    """First instance of a series (or a patient mismatch): upsert patient, study, series.
+    """First instance of a series (or a patient mismatch, or a new study): upsert
+    what is missing of patient, study, series. ``study``: the study row locked by
+    ``_index``, None when there was none.
 
     An insert that wins returns its id and needs no further read; only a row that
     already existed is looked up.
     """
-    patient_pk = _upsert_patient(session, header)
-    study_pk, study_patient_pk, new_study = _upsert_study(session, header, patient_pk, now)
-    if new_study:
-        completeness = Completeness.RECEIVING.value  # ours, uncommitted: no one else sees it
+    if study is not None:
+        patient_pk = study.patient_pk if same_patient else _upsert_patient(session, header)
+        study_pk, study_patient_pk, new_study = study.pk, study.patient_pk, False
+        completeness = study.completeness  # read under the lock
     else:
-        # As in _known_parents: the study row is locked before the instance insert
-        # (same lock order on both paths) and its completeness read under the lock.
-        completeness = (
-            session.connection()
-            .execute(_SQL.study_completeness_locked, {"pk": study_pk})
-            .scalar_one()
+        patient_pk = _upsert_patient(session, header)
+        study_pk, study_patient_pk, new_study, completeness = _upsert_study(
+            session, header, patient_pk, now
         )
     quarantined = study_patient_pk != patient_pk
     if quarantined:
@@ -443,33 +496,42 @@ class _SQL:
     _study = cast(Table, DicomStudy.__table__)
     _patient = cast(Table, Patient.__table__)
     _instance = cast(Table, DicomInstance.__table__)
-    instance_pk = select(_instance.c.id).where(_instance.c.sop_instance_uid == bindparam("uid"))
-    known_series = (
-        select(
-            _series.c.id.label("series_pk"),
-            _study.c.id.label("study_pk"),
-            _study.c.study_instance_uid,
-            _study.c.completeness,
-            _patient.c.patient_id,
-            _patient.c.issuer_of_patient_id,
-        )
-        .join_from(_series, _study, _series.c.study_pk == _study.c.id)
-        .join(_patient, _study.c.patient_pk == _patient.c.id)
-        .where(_series.c.series_instance_uid == bindparam("uid"))
+    # The lock every ingest transaction takes first. One table only: a join would
+    # hand back the other tables' rows as they were before the wait.
+    # FOR NO KEY UPDATE is PostgreSQL's; SQLite's BEGIN IMMEDIATE already
+    # serialises writers (and SQLAlchemy leaves the clause out there).
+    study_locked = (
+        select(_study.c.id, _study.c.patient_pk, _study.c.completeness)
+        .where(_study.c.study_instance_uid == bindparam("uid"))
+        .with_for_update(key_share=True)
     )
-    known_series_locked = known_series.with_for_update(of=_study)
+    # Read after the lock, in one round trip: the instance (a resend?), the series
+    # in this study, and whether the study's patient is the header's.
+    resolve = select(
+        select(_instance.c.id)
+        .where(_instance.c.sop_instance_uid == bindparam("sop_uid"))
+        .scalar_subquery()
+        .label("instance_pk"),
+        select(_series.c.id)
+        .where(
+            _series.c.series_instance_uid == bindparam("series_uid"),
+            _series.c.study_pk == bindparam("study_pk"),
+        )
+        .scalar_subquery()
+        .label("series_pk"),
+        exists()
+        .where(
+            _patient.c.id == bindparam("patient_pk"),
+            _patient.c.patient_id == bindparam("patient_id"),
+            _patient.c.issuer_of_patient_id == bindparam("issuer"),
+        )
+        .label("same_patient"),
+    )
     patient_pk = select(_patient.c.id).where(
         _patient.c.patient_id == bindparam("patient_id"),
         _patient.c.issuer_of_patient_id == bindparam("issuer"),
     )
-    study_by_uid = select(_study.c.id, _study.c.patient_pk).where(
-        _study.c.study_instance_uid == bindparam("uid")
-    )
     series_pk = select(_series.c.id).where(_series.c.series_instance_uid == bindparam("uid"))
-    # FOR UPDATE is PostgreSQL's; SQLite's BEGIN IMMEDIATE already serialises writers
-    study_completeness_locked = (
-        select(_study.c.completeness).where(_study.c.id == bindparam("pk")).with_for_update()
-    )
     count_series_instance = (
         update(_series)
         .where(_series.c.id == bindparam("pk"))
@@ -511,6 +573,8 @@ def _index_resend(
     size: int,
     source: Source,
     policy: IngestPolicy,
+    *,
+    installs: bool,
 ) -> _Indexed:
     if existing.sha256 == digest:
         return _Indexed(StoreOutcome.DUPLICATE, existing.file_path)
@@ -533,6 +597,13 @@ def _index_resend(
         reason = "stored copy kept: the new copy names another series, study or patient"
         after["series_instance_uid"] = header.series_instance_uid
         after["study_instance_uid"] = header.study_instance_uid
+    elif policy.duplicate_policy == "replace" and not installs:
+        # The new content is a file already in the store (reindex, repair), with
+        # no copy to install at a new path: pointing the row elsewhere would point
+        # it at nothing, and the file it has must stay.
+        relative, old = existing.file_path, None
+        outcome = StoreOutcome.KEPT_EXISTING
+        reason = "stored copy kept: the new content is a file in the store, not a copy to install"
     elif policy.duplicate_policy == "replace":
         relative = _relative_path(header, variant=digest[:16])
         old = existing.file_path
@@ -600,8 +671,10 @@ def _upsert_patient(session: Session, header: InstanceHeader) -> int:
 
 def _upsert_study(
     session: Session, header: InstanceHeader, patient_pk: int, now: datetime
-) -> tuple[int, int, bool]:
-    """(study pk, the study's patient pk, created)."""
+) -> tuple[int, int, bool, str]:
+    """(study pk, the study's patient pk, created, completeness). A study another
+    receiver created meanwhile is locked, as ``_index`` locks a known one, and
+    its completeness read under the lock."""
     created = insert_ignoring_conflict(
         session,
         DicomStudy,
@@ -627,9 +700,11 @@ def _upsert_study(
         unique=["study_instance_uid"],
     )
     if created is not None:
-        return created, patient_pk, True
-    row = session.connection().execute(_SQL.study_by_uid, {"uid": header.study_instance_uid}).one()
-    return int(row.id), int(row.patient_pk), False
+        # ours, uncommitted: no one else sees it
+        return created, patient_pk, True, Completeness.RECEIVING.value
+    found = _lock_study(session, header.study_instance_uid)
+    assert found is not None  # the conflict was with a committed row
+    return found.pk, found.patient_pk, False, found.completeness
 
 
 def _upsert_series(session: Session, header: InstanceHeader, study_pk: int) -> tuple[int, bool]:

@@ -34,14 +34,11 @@ path once more (the same instance was stored again after the purge committed).
 A crash between the two leaves orphan files, which ``dicom-node verify
 --repair`` removes; never a row without its file.
 
-Concurrent C-STORE. On SQLite the one writer lock serialises a purge and a
-C-STORE. On PostgreSQL ingest does not (yet) take the study row lock before it
-looks up the series and instance rows, so a C-STORE is NOT made to wait for a
-purge in flight: an instance sent again while the purge transaction is open
-is seen as already stored and acknowledged, then its row and file go with the
-purge; a new instance of a purged series fails on the series' foreign key.
-Ingest must lock the study row (``SELECT ... FOR UPDATE``) before it resolves
-the series and the instance, and resolve them after the lock.
+Concurrent C-STORE. Ingest locks the study row (PostgreSQL ``FOR NO KEY
+UPDATE``; SQLite's writer lock) before it resolves the instance and series rows:
+a C-STORE arriving while a purge transaction is open waits for it, then stores
+the instance afresh (its series created again). A study a C-STORE holds is
+skipped (``SKIP LOCKED``) and left to the next run.
 
 Change feed. What the trim deletes is always a prefix of the feed (every
 entry up to a sequence number), so ``feed_start`` (the lowest number left)

@@ -29,6 +29,7 @@ from dicom_node.domain.matching import SlaPolicy
 from dicom_node.domain.part10 import dataset_offset
 from dicom_node.jobs.workflow import run_study_stability
 from dicom_node.services.demo import load_demo
+from dicom_node.services.importing import import_files
 from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
 from dicom_node.storage import FileStore
 from tests.dicomfiles import ct_dataset, to_bytes
@@ -187,6 +188,43 @@ def test_replace_policy_swaps_the_file_only_after_the_new_copy_is_in_place(
     assert store.absolute(instance.file_path).read_bytes() == to_bytes(second)
     assert not store.absolute(old_path).exists()
     assert study.instance_count == 1
+
+
+def test_replace_policy_keeps_the_indexed_file_when_other_content_is_indexed_in_place(
+    db: Database, store: FileStore
+) -> None:
+    replace = IngestPolicy(duplicate_policy="replace")
+    first = ct_dataset(study_uid=generate_uid(), pixel_seed=1)
+    second = ct_dataset(
+        study_uid=first.StudyInstanceUID,
+        series_uid=first.SeriesInstanceUID,
+        sop_uid=first.SOPInstanceUID,
+        pixel_seed=2,
+    )
+    put(db, store, to_bytes(first), replace)
+    assert put(db, store, to_bytes(second), replace).outcome is StoreOutcome.REPLACED
+    plain = store.absolute(
+        FileStore.relative_path(
+            first.StudyInstanceUID, first.SeriesInstanceUID, first.SOPInstanceUID
+        )
+    )
+    # the replaced copy back at the plain path, as after a crash between the
+    # replace's commit and the old file's removal
+    assert not plain.exists()
+    plain.write_bytes(to_bytes(first))
+    files = store.iter_files()
+    assert len(files) == 2
+
+    # reindex (or repair) indexes the store's own files where they lie: no copy
+    summary = import_files(db, store, [plain], policy=replace, actor="reindex", in_store=True)
+
+    assert dict(summary.outcomes) == {StoreOutcome.KEPT_EXISTING.value: 1}
+    with db.read() as session:
+        instance = session.scalars(select(DicomInstance)).one()
+    data = store.absolute(instance.file_path).read_bytes()
+    assert data == to_bytes(second)
+    assert instance.sha256 == hashlib.sha256(data[dataset_offset(data) :]).hexdigest()
+    assert store.iter_files() == files  # nothing removed, nothing written
 
 
 @pytest.mark.parametrize(
