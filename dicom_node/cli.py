@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import os
 import signal
 import sys
 import threading
@@ -31,6 +32,7 @@ from dicom_node.settings import ConfigError, Settings, load_settings
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 log = logging.getLogger("dicom_node")
 
@@ -56,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StartupError, CommandError, DomainError) as exc:
         return _fail(str(exc), EXIT_FAILURE)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def _fail(message: str, code: int) -> int:
@@ -187,7 +189,17 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         log.info("stopping")
         node.stop()
     log.info("stopped")
+    if node.jobs_abandoned:
+        # the job threads would hold the interpreter's exit until they end
+        _exit_now(EXIT_OK)
     return EXIT_OK
+
+
+def _exit_now(code: int) -> None:
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 class _signals_set:
@@ -206,6 +218,11 @@ class _signals_set:
             signal.signal(sig, handler)
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self._event.is_set():
+            # a second signal while stopping: the operator wants out now (every
+            # job and the ingest path are crash-safe: nothing acknowledged is lost)
+            log.warning("second signal while stopping: exiting at once")
+            _exit_now(EXIT_INTERRUPTED)
         self._event.set()
 
 

@@ -23,6 +23,8 @@ import os
 import shutil
 import socket
 import threading
+import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,9 @@ from dicom_node.domain.enums import MetadataStatus, WorklistStatus
 log = logging.getLogger("dicom_node.metrics")
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# this node process's part of the worker metrics directory name
+_RUN_ID = uuid.uuid4().hex[:8]
+STALE_METRICS_SECONDS = 86_400
 # the Prometheus text format every Prometheus version reads
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -142,32 +147,37 @@ def observe_find(level: str, seconds: float) -> None:
 def multiprocess_dir(data_dir: Path) -> Path:
     """Where this node's DICOM worker processes keep their metric files.
 
-    One directory per node process (host name and pid): nodes of a cluster share
-    the data dir, and one node starting must not wipe, or add in, another's counts.
+    One directory per node process (host name, pid and a random part, since
+    containers often share a host name and all run as pid 1): nodes of a cluster
+    share the data dir, and one node starting must not wipe, or add in, another's
+    counts.
     """
-    return data_dir / "run" / "metrics" / f"{socket.gethostname()}-{os.getpid()}"
+    return data_dir / "run" / "metrics" / f"{socket.gethostname()}-{os.getpid()}-{_RUN_ID}"
 
 
 def reset_multiprocess_dir(path: Path) -> None:
     """Empty the directory (files of an earlier run would add old counts to new
-    ones) and drop those of earlier node processes on this host that are gone."""
+    ones) and drop other node processes' directories nothing wrote to for a day.
+
+    Only age decides: a pid says nothing across containers (each may be pid 1,
+    or another container's live pid may be free here). A leftover only costs
+    disk space meanwhile: each node reads only its own directory.
+    """
     shutil.rmtree(path, ignore_errors=True)
-    host = socket.gethostname()
-    for sibling in path.parent.glob(f"{host}-*") if path.parent.is_dir() else ():
-        pid = sibling.name.removeprefix(f"{host}-")
-        if pid.isdigit() and not _alive(int(pid)):
+    stale_before = time.time() - STALE_METRICS_SECONDS
+    for sibling in path.parent.iterdir() if path.parent.is_dir() else ():
+        if sibling.is_dir() and _newest_write(sibling) < stale_before:
             shutil.rmtree(sibling, ignore_errors=True)
     path.mkdir(parents=True, exist_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def _newest_write(directory: Path) -> float:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return max(
+            [directory.stat().st_mtime, *(entry.stat().st_mtime for entry in directory.iterdir())]
+        )
+    except OSError:  # removed meanwhile, by the node that owned it
+        return time.time()
 
 
 def worker_exited(path: Path, pid: int) -> None:

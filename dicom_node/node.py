@@ -14,7 +14,6 @@ import time
 from functools import partial
 
 import uvicorn
-from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import inspect
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -31,7 +30,7 @@ from dicom_node.jobs.maintenance import (
     run_retention,
     run_stale_orders,
 )
-from dicom_node.jobs.scheduler import JobSpec, build_scheduler
+from dicom_node.jobs.scheduler import JobScheduler, JobSpec, build_scheduler
 from dicom_node.jobs.workflow import run_study_stability, run_temp_sweep
 from dicom_node.scp.server import DicomServer, configure_pynetdicom
 from dicom_node.services import passwords
@@ -42,6 +41,8 @@ from dicom_node.workers import WorkerPool, WorkerStartError
 log = logging.getLogger("dicom_node")
 
 HTTP_START_TIMEOUT_SECONDS = 15.0
+# at shutdown, jobs running (a backup, a purge) get this long to finish
+JOB_STOP_WAIT_SECONDS = 30.0
 
 
 class StartupError(Exception):
@@ -141,7 +142,9 @@ class Node:
         self._http_server: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
         self._http_socket: socket.socket | None = None
-        self._scheduler: BackgroundScheduler | None = None
+        self._scheduler: JobScheduler | None = None
+        # stop() left jobs running: the process should exit without joining them
+        self.jobs_abandoned = False
         self.store: FileStore | None = None
         self.http_port = 0
         self.dicom_port = 0
@@ -290,12 +293,25 @@ class Node:
             self._http_socket.close()
             self._http_socket = None
         if self._scheduler is not None and self._scheduler.running:
-            self._scheduler.shutdown(wait=True)
+            # no new runs; the running ones are waited for below, after DICOM stopped
+            # taking associations (a long backup must not keep the port open)
+            self._scheduler.shutdown(wait=False)
         if self.db is not None:
             notify.stop_listener(self.db)
         if self.dicom is not None:
             self.dicom.stop(self.settings.shutdown_grace_seconds)
             self.dicom = None
+        if self._scheduler is not None:
+            still_running = self._scheduler.wait_idle(JOB_STOP_WAIT_SECONDS)
+            if still_running:
+                # each job is crash-safe (a backup leaves an .incomplete directory
+                # the next run removes; a purge commits rows before files)
+                log.warning(
+                    "not waiting for jobs still running at shutdown: %s",
+                    ", ".join(still_running),
+                )
+                self.jobs_abandoned = True
+            self._scheduler = None
         if self.db is not None:
             self.db.dispose()
             self.db = None

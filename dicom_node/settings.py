@@ -34,6 +34,9 @@ DEFAULT_CONFIG_PATH = Path("config/node.toml")
 Port = Annotated[int, Field(ge=0, le=65535)]
 
 
+MIN_METRICS_TOKEN_LENGTH = 16
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -148,6 +151,14 @@ class Settings(BaseSettings):
     @property
     def dicom_worker_count(self) -> int:
         return self.dicom_workers or max(1, os.cpu_count() or 1)
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        # a scrape token guards the node's figures: no guessable short ones
+        if value is not None and len(value.get_secret_value()) < MIN_METRICS_TOKEN_LENGTH:
+            raise ValueError(f"at least {MIN_METRICS_TOKEN_LENGTH} characters")
+        return value
 
     @field_validator("ae_title")
     @classmethod

@@ -148,24 +148,25 @@ def stream_events(
     wanted = _entities(entity)
     start = last_event_id if last_event_id is not None else since
 
-    def poll(after: int) -> list[Change] | None:
+    def poll(after: int) -> list[Change] | int | None:
+        """The next changes; None once the token is no longer valid; an int (where
+        the feed now starts) when a trim took changes after ``after``."""
         with context.db.read() as session:
             try:
                 principal = authenticate(session, token)
             except AuthenticationFailed:
                 return None
-            return list_changes(
+            changes = list_changes(
                 session, principal=principal, since=after, limit=BATCH, entities=wanted
             )
+            # after the read, in its session: a trim committed meanwhile is seen here
+            if after and missed_trimmed_changes(session, since=after):
+                return feed_start(session)
+            return changes
 
     def current() -> int:
         with context.db.read() as session:
             return latest_seq(session)
-
-    def resume_point(after: int) -> int | None:
-        """Where what is left of a trimmed feed begins, if ``after`` fell off it."""
-        with context.db.read() as session:
-            return feed_start(session) if missed_trimmed_changes(session, since=after) else None
 
     listener = listener_for(context.db)
 
@@ -174,11 +175,6 @@ def stream_events(
         woken = listener is not None and listener.connected.is_set()
         mode = "woken by notifications" if woken else "polling"
         yield f"retry: 2000\n: stream for {user.username} after {after}, {mode}\n\n"
-        restart = await run_in_threadpool(resume_point, after) if start else None
-        if restart is not None:
-            # the client missed trimmed changes: it must reload; the rest follows
-            yield f'event: reset\ndata: {{"feed_start": {restart}}}\n\n'
-            after = restart - 1
         last_sent = time.monotonic()
         while True:
             # taken before the read: a notification during the read still wakes us
@@ -188,6 +184,12 @@ def stream_events(
             if changes is None:
                 yield 'event: end\ndata: {"reason": "token expired or revoked"}\n\n'
                 return
+            if isinstance(changes, int):
+                # changes after ``after`` were trimmed: the client reloads; the rest
+                # follows. The id moves the browser's Last-Event-ID past the gap.
+                after = changes - 1
+                yield f'id: {after}\nevent: reset\ndata: {{"feed_start": {changes}}}\n\n'
+                continue
             for change in changes:
                 after = change.seq
                 data = _public(change).model_dump_json()

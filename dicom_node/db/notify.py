@@ -33,7 +33,7 @@ import psycopg
 from psycopg import sql
 
 from dicom_node.db.changes import NOTIFY_CHANNEL as CHANNEL
-from dicom_node.db.engine import Database
+from dicom_node.db.engine import POSTGRES_CONNECT_ARGS, Database
 
 log = logging.getLogger("dicom_node.db.notify")
 
@@ -89,13 +89,10 @@ class ChangeListener:
         # the engine's own connection parameters (host, port, user, password, ssl...)
         _args, params = engine.dialect.create_connect_args(engine.url)
         self._params: dict[str, Any] = dict(params)
-        # a server gone without closing the socket (a cut network) shows within a minute
-        for name, value in (
-            ("keepalives", 1),
-            ("keepalives_idle", 30),
-            ("keepalives_interval", 10),
-            ("keepalives_count", 3),
-        ):
+        # the engine's timeouts and keepalives too: a server gone without closing
+        # the socket (a cut network, a hung host) shows within a minute, and a
+        # connect attempt never outlives stop_listener's join
+        for name, value in POSTGRES_CONNECT_ARGS.items():
             self._params.setdefault(name, value)
         self._stopping = threading.Event()
         self._lock = threading.Lock()

@@ -77,10 +77,33 @@ class JobScheduler(BackgroundScheduler):  # type: ignore[misc]  # APScheduler is
     def __init__(self, stopping: threading.Event, **options: Any) -> None:
         super().__init__(**options)
         self.stopping = stopping
+        self._changed = threading.Condition()
+        self._running: list[str] = []
 
     def shutdown(self, wait: bool = True) -> None:
         self.stopping.set()
         super().shutdown(wait=wait)
+
+    def tracked(self, job_id: str, run: Callable[[], str]) -> Callable[[], str]:
+        """``run``, noted as running while it runs (for ``wait_idle``)."""
+
+        def tracked_run() -> str:
+            with self._changed:
+                self._running.append(job_id)
+            try:
+                return run()
+            finally:
+                with self._changed:
+                    self._running.remove(job_id)
+                    self._changed.notify_all()
+
+        return tracked_run
+
+    def wait_idle(self, timeout: float) -> list[str]:
+        """Wait up to ``timeout`` for running jobs to end; the ids still running."""
+        with self._changed:
+            self._changed.wait_for(lambda: not self._running, timeout)
+            return list(self._running)
 
 
 def build_scheduler(jobs: list[JobSpec], db: Database | None = None) -> JobScheduler:
@@ -91,7 +114,7 @@ def build_scheduler(jobs: list[JobSpec], db: Database | None = None) -> JobSched
     engine = db.engine if db is not None and db.dialect == "postgresql" else None
     for job in jobs:
         scheduler.add_job(
-            cluster_runner(job, engine, stopping),
+            scheduler.tracked(job.job_id, cluster_runner(job, engine, stopping)),
             "interval",
             seconds=job.interval_seconds,
             start_date=TICK_ORIGIN,
@@ -99,6 +122,10 @@ def build_scheduler(jobs: list[JobSpec], db: Database | None = None) -> JobSched
             # one run at a time; a missed run is merged, not replayed in a burst
             max_instances=1,
             coalesce=True,
+            # a tick started late (a paused VM, a loaded machine) still runs, within
+            # the winner's hold so the lock keeps it to one node; APScheduler's
+            # default of 1 s would drop it silently (a whole day, for the backup)
+            misfire_grace_time=max(1, int(hold_seconds(job.interval_seconds))),
         )
     return scheduler
 

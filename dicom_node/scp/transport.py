@@ -62,20 +62,30 @@ class StalledReadReaper:
     def _run(self) -> None:
         while True:
             time.sleep(REAP_INTERVAL_SECONDS)
-            with self._lock:
-                watched = list(self._watched)
-                cut = list(self._cut)
-            for assoc in watched:
-                if not assoc.is_alive():
-                    with self._lock:
-                        self._watched.discard(assoc)
-                elif getattr(assoc, "_kill", False) and assoc.dul.is_alive():
-                    self._shut_down(assoc)
-            for assoc in cut:
-                if not assoc.dul.is_alive():
-                    with self._lock:
-                        self._cut.discard(assoc)
-                    _finish_cut(assoc)
+            try:
+                self._pass()
+            except Exception:  # the reaper must outlive any one association
+                log.exception("stalled-read reaper pass failed")
+
+    def _pass(self) -> None:
+        with self._lock:
+            watched = list(self._watched)
+            cut = list(self._cut)
+        for assoc in watched:
+            if not assoc.is_alive():
+                with self._lock:
+                    self._watched.discard(assoc)
+            elif getattr(assoc, "_kill", False) and assoc.dul.is_alive():
+                self._shut_down(assoc)
+        for assoc in cut:
+            if not assoc.dul.is_alive():
+                with self._lock:
+                    self._cut.discard(assoc)
+                # the close handlers may write to the database (the store's
+                # audit event): never let them hold up the next cut
+                threading.Thread(
+                    target=_finish_cut, args=(assoc,), name="dicom-reaped", daemon=True
+                ).start()
 
     def _shut_down(self, assoc: Association) -> None:
         sock = getattr(assoc.dul.socket, "socket", None)
@@ -100,6 +110,7 @@ class StalledReadReaper:
         with self._lock:
             self._watched.discard(assoc)
             self._cut.add(assoc)
+        _REAPED.add(assoc)
 
 
 def _finish_cut(assoc: Association) -> None:
@@ -121,6 +132,7 @@ def _finish_cut(assoc: Association) -> None:
 _REAPER = StalledReadReaper()
 _OPENED: weakref.WeakKeyDictionary[Association, float] = weakref.WeakKeyDictionary()
 _CLOSED: weakref.WeakSet[Association] = weakref.WeakSet()
+_REAPED: weakref.WeakSet[Association] = weakref.WeakSet()  # cut by the reaper (logged)
 
 
 def watch_for_stalls(assoc: Association) -> None:
@@ -137,7 +149,7 @@ def connection_ended(assoc: Association) -> None:
     connection (a TCP health check, a port probe) only a debug line.
     """
     _CLOSED.add(assoc)
-    if assoc.requestor.primitive is not None or assoc.is_rejected:
+    if assoc.requestor.primitive is not None or assoc.is_rejected or assoc in _REAPED:
         return
     peer = f"{assoc.requestor.address}:{assoc.requestor.port}"
     lasted = time.monotonic() - _OPENED.get(assoc, time.monotonic())

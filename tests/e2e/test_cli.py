@@ -192,7 +192,7 @@ def test_sigint_aborts_an_association_still_open_after_the_grace_period(
     started = time.monotonic()
     assert server.stop(signal.SIGINT) == 0
     assert time.monotonic() - started < 15
-    server.wait_for_line(r"aborting association from LINGERER at shutdown")
+    server.wait_for_line(r"aborting association from LINGERER at [0-9.:]+ at shutdown")
     deadline = time.monotonic() + 5
     while assoc.is_established and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -172,3 +172,28 @@ def _wait(predicate: object, timeout: float = 10) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def test_a_stopping_scheduler_does_not_wait_for_a_long_run_but_says_which_one_runs() -> None:
+    release = threading.Event()
+    spec = JobSpec("unit-long", lambda: release.wait(10), interval_seconds=3600.0)
+    scheduler = build_scheduler([spec])
+    scheduler.start(paused=True)
+    scheduler.get_job("unit-long").modify(next_run_time=datetime.now(UTC))
+    scheduler.resume()
+    try:
+        assert _wait(lambda: scheduler.wait_idle(0) == ["unit-long"])
+        started = time.monotonic()
+        scheduler.shutdown(wait=False)
+        assert scheduler.wait_idle(0.2) == ["unit-long"]
+        assert time.monotonic() - started < 2
+        release.set()
+        assert scheduler.wait_idle(5) == []
+    finally:
+        release.set()
+
+
+def test_a_tick_started_late_still_runs_within_the_hold() -> None:
+    scheduler = build_scheduler([JobSpec("unit-late", Counting(), interval_seconds=86_400.0)])
+    # APScheduler's default grace of 1 s would drop a run started 2 s late
+    assert scheduler.get_job("unit-late").misfire_grace_time == 30

@@ -123,3 +123,11 @@ def test_broken_toml_is_refused_with_its_line(tmp_path: Path) -> None:
 def test_missing_explicit_config_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.toml")
+
+
+def test_a_short_metrics_token_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DICOM_NODE_METRICS_TOKEN", "short")
+    with pytest.raises(ConfigError, match="metrics_token"):
+        load_settings()
+    monkeypatch.setenv("DICOM_NODE_METRICS_TOKEN", "a-long-enough-scrape-token")
+    assert load_settings().metrics_token is not None
