@@ -38,7 +38,7 @@ from sqlalchemy import func, select
 
 from dicom_node.db.engine import Database
 from dicom_node.db.models import DicomStudy, WorklistItem
-from dicom_node.domain.enums import MetadataStatus, WorklistStatus
+from dicom_node.domain.enums import OPEN_WORKLIST_STATUSES, MetadataStatus
 
 log = logging.getLogger("dicom_node.metrics")
 
@@ -198,7 +198,6 @@ class QueueSizes:
     reconciliation: dict[str, int]
 
 
-_OPEN = (WorklistStatus.PENDING.value, WorklistStatus.CLAIMED.value)
 _TO_RECONCILE = (
     MetadataStatus.PENDING.value,
     MetadataStatus.UNMATCHED.value,
@@ -217,7 +216,7 @@ def read_queue_sizes(db: Database) -> QueueSizes:
                 WorklistItem.overdue,
                 func.count(),
             )
-            .where(WorklistItem.status.in_(_OPEN))
+            .where(WorklistItem.status.in_(OPEN_WORKLIST_STATUSES))
             .group_by(
                 WorklistItem.queue_type,
                 WorklistItem.status,

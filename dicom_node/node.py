@@ -12,13 +12,11 @@ import socket
 import threading
 import time
 from functools import partial
+from typing import TYPE_CHECKING
 
-import uvicorn
 from sqlalchemy import inspect
 from sqlalchemy.exc import SQLAlchemyError
 
-from api.app import create_app
-from api.deps import ApiContext
 from dicom_node.db import migrate, notify
 from dicom_node.db.engine import Database, redact_url
 from dicom_node.domain.matching import SlaPolicy
@@ -37,6 +35,9 @@ from dicom_node.services import passwords
 from dicom_node.settings import Settings
 from dicom_node.storage import FileStore
 from dicom_node.workers import WorkerPool, WorkerStartError
+
+if TYPE_CHECKING:
+    import uvicorn
 
 log = logging.getLogger("dicom_node")
 
@@ -248,6 +249,13 @@ class Node:
             raise
 
     def _start_http(self) -> None:
+        # imported here: the API (FastAPI, every route and schema) takes over a
+        # second to import, which every one-shot `dicom-node` command would pay
+        import uvicorn
+
+        from api.app import create_app
+        from api.deps import ApiContext
+
         assert self.db is not None and self.dicom is not None and self._http_socket is not None
         dicom, scheduler = self.dicom, self._scheduler
         assert scheduler is not None

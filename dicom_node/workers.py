@@ -121,7 +121,8 @@ class WorkerPool:
             text=True,
         )
         assert process.stdin is not None and process.stdout is not None
-        process.stdin.write(self._settings.model_dump_json())
+        # secrets are masked in a dump, and a worker serves no HTTP: leave them out
+        process.stdin.write(self._settings.model_dump_json(exclude={"metrics_token"}))
         process.stdin.close()
         if not _wait_for_ready(process, START_TIMEOUT_SECONDS):
             process.kill()

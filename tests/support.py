@@ -85,66 +85,8 @@ def run_postgres() -> Iterator[PostgresServer]:
     initdb refuses to run as root, so as root the server runs as the `postgres`
     user the Debian package creates.
     """
-    bin_dir = postgres_bin_dir()
-    require(
-        bin_dir is not None, "PostgreSQL server binaries not found (apt-get install postgresql)"
-    )
-    assert bin_dir is not None
-    as_root = os.geteuid() == 0
-    prefix: list[str] = ["runuser", "-u", "postgres", "--"] if as_root else []
-    base = Path(tempfile.mkdtemp(prefix="dicom-node-pg-"))
-    data, log = base / "data", base / "server.log"
-    if as_root:
-        shutil.chown(base, "postgres", "postgres")
-    port = free_port()
-    subprocess.run(
-        [
-            *prefix,
-            str(bin_dir / "initdb"),
-            "-D",
-            str(data),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    options = (
-        f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c max_connections=200 "
-        # test data is disposable: skip the flushes that make a real server durable
-        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-    )
-    subprocess.run(
-        [
-            *prefix,
-            str(bin_dir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-l",
-            str(log),
-            "-o",
-            options,
-            "-w",
-            "-t",
-            "60",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield PostgresServer("127.0.0.1", port)
-    finally:
-        subprocess.run(
-            [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-            capture_output=True,
-        )
-        shutil.rmtree(base, ignore_errors=True)
+    with run_restartable_postgres() as postgres:
+        yield postgres.server
 
 
 class RestartablePostgres:
@@ -159,6 +101,8 @@ class RestartablePostgres:
     def start(self) -> None:
         options = (
             f"-p {self.server.port} -k {self._base} -c listen_addresses=127.0.0.1 "
+            "-c max_connections=200 "
+            # test data is disposable: skip the flushes that make a real server durable
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         )
         subprocess.run(
@@ -176,7 +120,7 @@ class RestartablePostgres:
 
 @contextmanager
 def run_restartable_postgres() -> Iterator[RestartablePostgres]:
-    """Like ``run_postgres``, for tests that restart the server under a running node."""
+    """``run_postgres`` for tests that also stop and start the server."""
     bin_dir = postgres_bin_dir()
     require(
         bin_dir is not None, "PostgreSQL server binaries not found (apt-get install postgresql)"

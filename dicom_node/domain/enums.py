@@ -81,6 +81,10 @@ class WorklistStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+# a work item still to be done (waiting, or held by someone)
+OPEN_WORKLIST_STATUSES = (WorklistStatus.PENDING.value, WorklistStatus.CLAIMED.value)
+
+
 class ReportStatus(StrEnum):
     DRAFT = "draft"
     IN_REVIEW = "in_review"

@@ -26,14 +26,19 @@ from dicom_node.db.models import (
     WorklistItem,
 )
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
-from dicom_node.domain.enums import AuditOutcome, Priority, QueueType, WorklistStatus
+from dicom_node.domain.enums import (
+    OPEN_WORKLIST_STATUSES,
+    AuditOutcome,
+    Priority,
+    QueueType,
+    WorklistStatus,
+)
 from dicom_node.domain.matching import PRIORITY_RANK
 from dicom_node.services.audit import record_audit_event
 
 log = logging.getLogger("dicom_node.jobs.escalation")
 
 ACTOR = "scheduler"
-_OPEN = (WorklistStatus.PENDING.value, WorklistStatus.CLAIMED.value)
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,7 @@ def _flag_overdue_items(session: Session, *, now: datetime) -> int:
     items = session.scalars(
         select(WorklistItem)
         .where(
-            WorklistItem.status.in_(_OPEN),
+            WorklistItem.status.in_(OPEN_WORKLIST_STATUSES),
             WorklistItem.due_at.is_not(None),
             WorklistItem.due_at < now,
             WorklistItem.overdue.is_(False),
@@ -217,6 +222,6 @@ def _open_critical_item(session: Session, *, study_id: int) -> int | None:
         select(WorklistItem.id).where(
             WorklistItem.dicom_study_id == study_id,
             WorklistItem.queue_type == QueueType.CRITICAL_COMM.value,
-            WorklistItem.status.in_(_OPEN),
+            WorklistItem.status.in_(OPEN_WORKLIST_STATUSES),
         )
     )

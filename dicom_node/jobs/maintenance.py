@@ -71,6 +71,7 @@ from dicom_node.db.models import (
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.dataset_header import InstanceHeader, RequestAttributes
 from dicom_node.domain.enums import (
+    OPEN_WORKLIST_STATUSES,
     AuditOutcome,
     Completeness,
     MetadataStatus,
@@ -108,7 +109,6 @@ log = logging.getLogger("dicom_node.jobs.maintenance")
 ACTOR = "scheduler"
 # rows per unit of work of the stale-orders and re-matching jobs
 BATCH_SIZE = 200
-_OPEN = (WorklistStatus.PENDING.value, WorklistStatus.CLAIMED.value)
 _WHO: dict[str, Any] = {
     "actor": ACTOR,
     "actor_user_id": None,
@@ -302,7 +302,7 @@ def _close_follow_ups(
         .where(
             WorklistItem.id > after_id,
             WorklistItem.queue_type == QueueType.ACQUISITION.value,
-            WorklistItem.status.in_(_OPEN),
+            WorklistItem.status.in_(OPEN_WORKLIST_STATUSES),
             moved_on,
         )
         .order_by(WorklistItem.id)
@@ -678,7 +678,7 @@ def _queued(session: Session, study: DicomStudy) -> int:
                 exists().where(
                     WorklistItem.dicom_study_id == study.id,
                     WorklistItem.queue_type == QueueType.READING.value,
-                    WorklistItem.status.in_(_OPEN),
+                    WorklistItem.status.in_(OPEN_WORKLIST_STATUSES),
                 )
             )
         )

@@ -26,6 +26,7 @@ from dicom_node.db.models import (
 )
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import (
+    OPEN_WORKLIST_STATUSES,
     AuditOutcome,
     Completeness,
     CompletenessEvidence,
@@ -42,7 +43,6 @@ from dicom_node.services.audit import record_audit_event
 from dicom_node.services.orders import advance_order
 
 _READABLE = (MetadataStatus.MATCHED.value, MetadataStatus.CORRECTED.value)
-_OPEN = (WorklistStatus.PENDING.value, WorklistStatus.CLAIMED.value)
 
 
 @dataclass(frozen=True)
@@ -302,7 +302,7 @@ def withdraw_from_reading(
         .where(
             WorklistItem.dicom_study_id == study_id,
             WorklistItem.queue_type.in_([QueueType.READING.value, QueueType.REVIEW.value]),
-            WorklistItem.status.in_(_OPEN),
+            WorklistItem.status.in_(OPEN_WORKLIST_STATUSES),
         )
         .order_by(WorklistItem.id)
         .with_for_update()
@@ -420,9 +420,7 @@ def _ensure_worklist_item(
             exists().where(
                 WorklistItem.dicom_study_id == study.id,
                 WorklistItem.queue_type == queue.value,
-                WorklistItem.status.in_(
-                    [WorklistStatus.PENDING.value, WorklistStatus.CLAIMED.value]
-                ),
+                WorklistItem.status.in_(OPEN_WORKLIST_STATUSES),
             )
         )
     )

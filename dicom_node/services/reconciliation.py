@@ -33,6 +33,7 @@ from dicom_node.db.models import (
 )
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import (
+    OPEN_WORKLIST_STATUSES,
     Completeness,
     MetadataStatus,
     Priority,
@@ -66,7 +67,6 @@ from dicom_node.services.orders import (
 from dicom_node.services.worklist import ensure_review_item
 
 TO_RECONCILE = (MetadataStatus.UNMATCHED.value, MetadataStatus.CONFLICT.value)
-_OPEN_ITEM = (WorklistStatus.PENDING.value, WorklistStatus.CLAIMED.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +121,7 @@ def _open_item_id(study_id: Any) -> Any:
         .where(
             WorklistItem.dicom_study_id == study_id,
             WorklistItem.queue_type == QueueType.RECONCILIATION.value,
-            WorklistItem.status.in_(_OPEN_ITEM),
+            WorklistItem.status.in_(OPEN_WORKLIST_STATUSES),
         )
         .correlate(DicomStudy)
         .scalar_subquery()
@@ -169,7 +169,7 @@ def list_reconciliation(
         )
         .where(
             WorklistItem.queue_type == QueueType.RECONCILIATION.value,
-            WorklistItem.status.in_(_OPEN_ITEM),
+            WorklistItem.status.in_(OPEN_WORKLIST_STATUSES),
             or_(
                 WorklistItem.dicom_study_id.is_(None),
                 DicomStudy.metadata_status.not_in(TO_RECONCILE),
@@ -665,7 +665,7 @@ def _queue_for_reading(
             select(WorklistItem.id).where(
                 WorklistItem.dicom_study_id == study.id,
                 WorklistItem.queue_type == QueueType.READING.value,
-                WorklistItem.status.in_(_OPEN_ITEM),
+                WorklistItem.status.in_(OPEN_WORKLIST_STATUSES),
             )
         )
     if report.status == ReportStatus.IN_REVIEW.value:
@@ -739,7 +739,7 @@ def _close_reconciliation_items(
         .where(
             or_(*tied),
             WorklistItem.queue_type == QueueType.RECONCILIATION.value,
-            WorklistItem.status.in_(_OPEN_ITEM),
+            WorklistItem.status.in_(OPEN_WORKLIST_STATUSES),
         )
         .order_by(WorklistItem.id)
         .with_for_update()
@@ -795,7 +795,7 @@ def resolve_reconciliation_item(
             "create an order from it, or reject it",
             current=item.status,
         )
-    if item.status not in _OPEN_ITEM:
+    if item.status not in OPEN_WORKLIST_STATUSES:
         raise Conflict(f"reconciliation item {item_id} is {item.status}", current=item.status)
     step = (
         session.get(PerformedProcedureStep, item.performed_procedure_step_id)

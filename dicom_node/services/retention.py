@@ -74,18 +74,17 @@ from dicom_node.db.models import (
 )
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import (
+    OPEN_WORKLIST_STATUSES,
     Completeness,
     MetadataStatus,
     MppsStatus,
     ReportStatus,
     RequestStatus,
-    WorklistStatus,
 )
 from dicom_node.services.audit import record_audit_event
 from dicom_node.storage import FileStore
 
 _KEEPABLE = (MetadataStatus.MATCHED.value, MetadataStatus.CORRECTED.value)
-_OPEN = (WorklistStatus.PENDING.value, WorklistStatus.CLAIMED.value)
 # an order in one of these states has had its exam, for good (DOMAIN.md). A
 # cancelled order carrying images is an inconsistency for a person: kept.
 _ORDER_DONE = (RequestStatus.PERFORMED.value, RequestStatus.DISCONTINUED.value)
@@ -160,7 +159,8 @@ def purge_conditions(cutoff: datetime, *, late_images: bool = False) -> list[Col
         or_(Report.status != ReportStatus.FINAL.value, Report.signed_at.is_(None)),
     )
     open_item = exists().where(
-        WorklistItem.dicom_study_id == DicomStudy.id, WorklistItem.status.in_(_OPEN)
+        WorklistItem.dicom_study_id == DicomStudy.id,
+        WorklistItem.status.in_(OPEN_WORKLIST_STATUSES),
     )
     untold_critical = exists().where(
         CriticalResultCommunication.report_id == Report.id,
