@@ -34,8 +34,11 @@ from dicom_node.domain.enums import Role
 from dicom_node.domain.part10 import dataset_offset
 from dicom_node.jobs.backup import complete_backups, run_scheduled_backup
 from dicom_node.node import Node
-from dicom_node.services.backup import _postgres_objects, create_backup
+from dicom_node.services.backup import _postgres_objects, create_backup, restore_backup
 from dicom_node.services.demo import load_demo
+from dicom_node.services.importing import ImportSummary, import_files, iter_files
+from dicom_node.services.ingest import IngestPolicy
+from dicom_node.services.integrity import IntegrityReport, verify_store
 from dicom_node.storage import FileStore
 from tests.conftest import node_settings
 from tests.dicomfiles import CT_IMAGE_STORAGE, ct_dataset, write
@@ -189,10 +192,14 @@ def test_backup_during_ingest_restores_every_acknowledged_instance_order_report_
     assert study_uid is not None
     _seed_orders_reports_and_audit(node, study_uid)
 
-    before = _state(db_url)
+    # acknowledged first, then the state read: an instance is acknowledged only after
+    # its commit, so every one in acknowledged_before is in `before` (the other order
+    # raced with the sender)
     acknowledged_before = sender.snapshot()
+    before = _state(db_url)
+    at_backup = sender.count()
     backup = run(tmp_path, "backup", str(tmp_path / "backup"), database_url=db_url)
-    during = sender.count() - len(acknowledged_before)
+    during = sender.count() - at_backup
     sender.stop.set()
     sender.thread.join(timeout=60)
     assert backup.returncode == 0, backup.stderr
@@ -210,9 +217,10 @@ def test_backup_during_ingest_restores_every_acknowledged_instance_order_report_
         data_dir=str(restored_dir),
     )
     assert restore.returncode == 0, restore.stderr
-    verify = run(tmp_path, "verify", database_url=empty_db_url, data_dir=str(restored_dir))
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert "no problems found" in verify.stdout
+    # the restored store checked in-process (`verify` has its own CLI tests)
+    verify = _verify(empty_db_url, restored_dir)
+    assert verify.ok, verify.describe()
+    assert "no problems found" in verify.describe()
 
     after = _state(empty_db_url)
     assert acknowledged_before <= after["instances"].keys()
@@ -232,6 +240,30 @@ def test_backup_during_ingest_restores_every_acknowledged_instance_order_report_
     assert "backup_restored" in actions
 
 
+def _verify(db_url: str, data_dir: Path) -> IntegrityReport:
+    """What `dicom-node verify` reports, in-process (a check, not the behaviour under test)."""
+    db = Database(db_url)
+    try:
+        return verify_store(db, FileStore(data_dir, fsync=False))
+    finally:
+        db.dispose()
+
+
+def _import(tmp_path: Path, db_url: str, source: Path) -> ImportSummary:
+    """`dicom-node import SOURCE` in-process: the same service, no CLI start-up (a precondition)."""
+    db = Database(db_url)
+    try:
+        return import_files(
+            db,
+            FileStore(tmp_path / "data", fsync=False),
+            list(iter_files([source])),
+            policy=IngestPolicy(),
+            actor="import",
+        )
+    finally:
+        db.dispose()
+
+
 def _small_store(tmp_path: Path, db_url: str, count: int = 3) -> list[Path]:
     """A few instances imported through the C-STORE path: CT files made in code plus
     pydicom's CT_small."""
@@ -244,17 +276,23 @@ def _small_store(tmp_path: Path, db_url: str, count: int = 3) -> list[Path]:
     ]
     small = Path(str(get_testdata_file("CT_small.dcm")))
     (tmp_path / "in" / "ct_small.dcm").write_bytes(small.read_bytes())
-    result = run(tmp_path, "import", str(tmp_path / "in"), database_url=db_url)
-    assert result.returncode == 0, result.stderr
-    assert f"{count} stored" in result.stdout
+    result = _import(tmp_path, db_url, tmp_path / "in")
+    assert result.ok, result.describe()
+    assert f"{count} stored" in result.describe()
     return sorted((tmp_path / "data" / "instances").rglob("*.dcm")) or inputs
 
 
 def _backed_up(tmp_path: Path, db_url: str) -> Path:
+    """A backup of a small store, made in-process (`backup` is what the CLI runs)."""
     _small_store(tmp_path, db_url)
     destination = tmp_path / "backup"
-    result = run(tmp_path, "backup", str(destination), database_url=db_url)
-    assert result.returncode == 0, result.stderr
+    result = create_backup(
+        database_url=db_url,
+        store=FileStore(tmp_path / "data", fsync=False),
+        destination=destination,
+        fsync=False,
+    )
+    assert (result.destination / "manifest.json").is_file()
     return destination
 
 
@@ -308,10 +346,8 @@ def test_restore_detects_a_corrupted_backup_and_restores_nothing(
     assert _is_empty_target(target, empty_db_url)
 
     dump.write_bytes(dump_bytes)
-    repaired = run(
-        tmp_path, "restore", str(backup), database_url=empty_db_url, data_dir=str(target)
-    )
-    assert repaired.returncode == 0, repaired.stderr
+    # the undamaged backup restores: in-process (restore's CLI success is covered above)
+    restore_backup(source=backup, database_url=empty_db_url, data_dir=target, fsync=False)
     assert len(list((target / "instances").rglob("*.dcm"))) == 3
 
 
@@ -332,6 +368,8 @@ def test_restore_refuses_a_backup_of_the_other_database_kind(
     assert "secret" not in result.stderr
 
 
+# SQLite only: the manifest is read first, before the database (or its kind) is looked at.
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_restore_refuses_a_backup_without_manifest(tmp_path: Path, db_url: str) -> None:
     backup = _backed_up(tmp_path, db_url)
     (backup / "manifest.json").unlink()
@@ -416,8 +454,8 @@ def _big_instance(tmp_path: Path, db_url: str) -> None:
     ds.Rows = ds.Columns = 1024
     ds.PixelData = np.random.default_rng(1).integers(0, 4000, (1024, 1024), np.uint16).tobytes()
     write(ds, tmp_path / "big" / "big.dcm")
-    result = run(tmp_path, "import", str(tmp_path / "big"), database_url=db_url)
-    assert result.returncode == 0, result.stderr
+    result = _import(tmp_path, db_url, tmp_path / "big")
+    assert result.ok, result.describe()
 
 
 def _run_with_file_size_limit(
@@ -468,8 +506,12 @@ def test_a_restore_that_cannot_write_fails_in_one_line_and_restores_nothing(
     _small_store(tmp_path, db_url)
     _big_instance(tmp_path, db_url)
     backup = tmp_path / "backup"
-    made = run(tmp_path, "backup", str(backup), database_url=db_url)
-    assert made.returncode == 0, made.stderr
+    create_backup(
+        database_url=db_url,
+        store=FileStore(tmp_path / "data", fsync=False),
+        destination=backup,
+        fsync=False,
+    )
     target = tmp_path / "restored"
     result = _run_with_file_size_limit(
         tmp_path,
@@ -520,17 +562,14 @@ def test_rows_whose_files_were_removed_after_the_snapshot_are_left_out_of_the_re
     assert manifest["removed_after_snapshot"] == removed
     assert manifest["format_version"] == 2
 
+    # restore and verify in-process: what is under test is the manifest and the restore's
+    # handling of it, not the commands' output (their CLI is covered by the tests above)
     restored_dir = tmp_path / "restored"
-    restore = run(
-        tmp_path,
-        "restore",
-        str(tmp_path / "backup"),
-        database_url=empty_db_url,
-        data_dir=str(restored_dir),
+    restore_backup(
+        source=tmp_path / "backup", database_url=empty_db_url, data_dir=restored_dir, fsync=False
     )
-    assert restore.returncode == 0, restore.stderr
-    verify = run(tmp_path, "verify", database_url=empty_db_url, data_dir=str(restored_dir))
-    assert verify.returncode == 0, verify.stdout + verify.stderr
+    verify = _verify(empty_db_url, restored_dir)
+    assert verify.ok, verify.describe()
     restored = Database(empty_db_url)
     try:
         with restored.read() as session:

@@ -11,7 +11,9 @@ from sqlalchemy import delete, select
 
 from dicom_node.db.engine import Database
 from dicom_node.db.models import AuditEvent, DicomInstance
+from dicom_node.services.importing import import_files, iter_files
 from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
+from dicom_node.services.integrity import verify_store
 from dicom_node.storage import FileStore
 from tests.dicomfiles import ct_dataset, to_bytes, write
 from tests.e2e.test_cli import run
@@ -28,8 +30,19 @@ def _store(tmp_path: Path, db_url: str) -> list[str]:
         )
     small = Path(str(get_testdata_file("CT_small.dcm")))
     (tmp_path / "in" / "ct_small.dcm").write_bytes(small.read_bytes())
-    result = run(tmp_path, "import", str(tmp_path / "in"), database_url=db_url)
-    assert result.returncode == 0, result.stderr
+    # imported in-process (the same service as `dicom-node import`): a precondition only
+    db = Database(db_url)
+    try:
+        summary = import_files(
+            db,
+            FileStore(tmp_path / "data", fsync=False),
+            list(iter_files([tmp_path / "in"])),
+            policy=IngestPolicy(),
+            actor="import",
+        )
+    finally:
+        db.dispose()
+    assert summary.ok, summary.describe()
     instances = tmp_path / "data" / "instances"
     return sorted(path.relative_to(instances).as_posix() for path in instances.rglob("*.dcm"))
 
@@ -49,6 +62,17 @@ def _damage(tmp_path: Path, files: list[str]) -> dict[str, str]:
     )
     write(orphan, instances / relative)
     return {"missing": files[0], "size": files[1], "content": files[2], "orphan": relative}
+
+
+def _verify_output(tmp_path: Path, db_url: str) -> tuple[bool, str]:
+    """What plain `dicom-node verify` prints (and whether it would exit 0), computed
+    in-process: for checks before or after the command under test."""
+    db = Database(db_url)
+    try:
+        report = verify_store(db, FileStore(tmp_path / "data", fsync=False))
+    finally:
+        db.dispose()
+    return report.ok, report.describe()
 
 
 def _section(output: str, kind: str) -> list[str]:
@@ -110,8 +134,8 @@ def test_verify_repair_indexes_the_orphan_reports_the_rest_and_is_audited(
     assert _section(after, "orphan") == []
     assert _section(after, "missing") == [damaged["missing"]]
 
-    again = run(tmp_path, "verify", database_url=db_url)
-    assert _section(again.stdout, "orphan") == []
+    _ok, again = _verify_output(tmp_path, db_url)
+    assert _section(again, "orphan") == []
     db = Database(db_url)
     try:
         with db.read() as session:
@@ -161,10 +185,10 @@ def test_repair_finishes_an_interrupted_purge_instead_of_reindexing_it(
         )
         write(resent, instances / relative)
 
-        report = run(tmp_path, "verify", database_url=db_url)
-        assert report.returncode == 1
-        assert _section(report.stdout, "purged") == sorted(purged)
-        assert _section(report.stdout, "orphan") == [relative]
+        ok, report = _verify_output(tmp_path, db_url)
+        assert not ok
+        assert _section(report, "purged") == sorted(purged)
+        assert _section(report, "orphan") == [relative]
 
         # --repair indexes orphans only: the leftovers are reported, not deleted
         repaired = run(tmp_path, "verify", "--repair", database_url=db_url)
@@ -222,9 +246,9 @@ def test_files_put_back_after_a_purge_with_their_old_mtimes_are_indexed_not_dele
     first = put_back[0].split("/", 1)[1]
     assert (instances / put_back[0]).stat().st_mtime == (saved / first).stat().st_mtime
 
-    report = run(tmp_path, "verify", database_url=db_url)
-    assert _section(report.stdout, "purged") == []
-    assert _section(report.stdout, "orphan") == put_back
+    _ok, report = _verify_output(tmp_path, db_url)
+    assert _section(report, "purged") == []
+    assert _section(report, "orphan") == put_back
 
     repaired = run(tmp_path, "verify", "--repair", "--remove-purged", database_url=db_url)
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
