@@ -68,7 +68,7 @@ REPO = Path(__file__).resolve().parent.parent
 DICOM_NODE = Path(sys.executable).parent / "dicom-node"
 
 DEFAULT_ROOT = Path("/tmp/dicom-node-bench")
-DATA_VERSION = "2"  # bump when the generated data changes; the cache is regenerated
+DATA_VERSION = "3"  # bump when the generated data changes; the cache is regenerated
 TARGETS = ("node", "orthanc", "storescp")
 MAX_PDU = 131072  # DCMTK's largest; storescu sends, storescp and Orthanc receive this size
 RSS_INTERVAL = 0.2
@@ -102,7 +102,11 @@ class DataSet:
 
 
 def _uid(*parts: object) -> str:
-    return str(generate_uid(entropy_srcs=["dicom-node-bench", DATA_VERSION, *map(str, parts)]))
+    # pydicom hashes the sources joined with nothing between them: without a
+    # separator (study 1, series 12) and (study 11, series 2) made one UID
+    return str(
+        generate_uid(entropy_srcs=["|".join(["dicom-node-bench", DATA_VERSION, *map(str, parts)])])
+    )
 
 
 def _phantom(rows: int, columns: int, seed: int) -> bytes:
