@@ -28,6 +28,11 @@ def set_nodelay(event: Event) -> None:
 # --------------------------------------------------------------------------- stalled reads
 
 REAP_INTERVAL_SECONDS = 0.25
+# A kill also ends every released association, right after its A-RELEASE-RP is
+# queued: cutting it at once could drop the response before it is sent (seen in
+# CI: findscu's release answered by a closed connection). A released one is cut
+# only if still alive this long after; a timed-out or aborted one at once.
+RELEASE_GRACE_SECONDS = 1.0
 
 
 class StalledReadReaper:
@@ -49,6 +54,8 @@ class StalledReadReaper:
         self._watched: weakref.WeakSet[Association] = weakref.WeakSet()
         # cut, waiting for their reader thread to end
         self._cut: weakref.WeakSet[Association] = weakref.WeakSet()
+        # when the reaper first saw each association being killed
+        self._killed_at: weakref.WeakKeyDictionary[Association, float] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -76,7 +83,10 @@ class StalledReadReaper:
                 with self._lock:
                     self._watched.discard(assoc)
             elif getattr(assoc, "_kill", False) and assoc.dul.is_alive():
-                self._shut_down(assoc)
+                killed_at = self._killed_at.setdefault(assoc, time.monotonic())
+                grace = RELEASE_GRACE_SECONDS if assoc.is_released else 0.0
+                if time.monotonic() - killed_at >= grace:
+                    self._shut_down(assoc)
         for assoc in cut:
             if not assoc.dul.is_alive():
                 with self._lock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
@@ -14,8 +15,17 @@ from dicom_node.scp.polling import (
     IDLE_DELAY,
     AdaptiveDUL,
     connection_closed,
+    open_associations,
     poll_adaptively,
 )
+from tests.support import wait_for
+
+
+@pytest.fixture(autouse=True)
+def _no_other_association_in_the_process() -> None:
+    # the count is per process: an association of an earlier test in this worker
+    # (a node's peer still closing) would make every delay "shared"
+    assert wait_for(lambda: open_associations() == 0, timeout=15), open_associations()
 
 
 def _association() -> Association:
