@@ -16,9 +16,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from dicom_node.db.models import DicomInstance, DicomSeries, DicomStudy
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 REPO = Path(__file__).resolve().parent.parent
@@ -150,6 +155,24 @@ def run_restartable_postgres() -> Iterator[RestartablePostgres]:
         # the session's server holds a database copy per test (GBs, ~10^5 files):
         # removing them must not hold up the end of the run
         subprocess.Popen(["rm", "-rf", str(base)], start_new_session=True)
+
+
+def backdate_study(session: Session, study_id: int, received: datetime) -> None:
+    """Make a study and all its instances look received at ``received``."""
+    session.execute(
+        update(DicomStudy)
+        .where(DicomStudy.id == study_id)
+        .values(first_received_at=received, last_received_at=received)
+    )
+    session.execute(
+        update(DicomInstance)
+        .where(
+            DicomInstance.series_pk.in_(
+                select(DicomSeries.id).where(DicomSeries.study_pk == study_id)
+            )
+        )
+        .values(received_at=received)
+    )
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:  # type: ignore[no-untyped-def]

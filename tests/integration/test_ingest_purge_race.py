@@ -42,6 +42,7 @@ from dicom_node.services.ingest import (
 from dicom_node.services.retention import purge_next_study, remove_purged_files
 from dicom_node.storage import FileStore
 from tests.dicomfiles import ct_dataset, to_bytes
+from tests.support import backdate_study
 
 SOURCE = Source(calling_ae_title="CT_MAIN_1", address="127.0.0.1:5000")
 KEEP = IngestPolicy(duplicate_policy="keep")
@@ -117,20 +118,7 @@ def _purgeable_study(db: Database, store: FileStore) -> tuple[list[bytes], str, 
                 signed_at=received + timedelta(days=1),
             )
         )
-        session.execute(
-            update(DicomStudy)
-            .where(DicomStudy.id == study.id)
-            .values(first_received_at=received, last_received_at=received)
-        )
-        session.execute(
-            update(DicomInstance)
-            .where(
-                DicomInstance.series_pk.in_(
-                    select(DicomSeries.id).where(DicomSeries.study_pk == study.id)
-                )
-            )
-            .values(received_at=received)
-        )
+        backdate_study(session, study.id, received)
     return images, study_uid, series_uid
 
 

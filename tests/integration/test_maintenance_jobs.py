@@ -46,6 +46,7 @@ from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store
 from dicom_node.services.retention import purge_next_study, remove_purged_files
 from dicom_node.storage import FileStore
 from tests.dicomfiles import ct_dataset, to_bytes
+from tests.support import backdate_study
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 SLA = SlaPolicy()
@@ -431,20 +432,7 @@ def _reported_study(
                     signed_at=signed_at(received) if report == "final" else None,
                 )
             )
-        session.execute(
-            update(DicomStudy)
-            .where(DicomStudy.id == study.id)
-            .values(first_received_at=received, last_received_at=received)
-        )
-        session.execute(
-            update(DicomInstance)
-            .where(
-                DicomInstance.series_pk.in_(
-                    select(DicomSeries.id).where(DicomSeries.study_pk == study.id)
-                )
-            )
-            .values(received_at=received)
-        )
+        backdate_study(session, study.id, received)
         paths = list(
             session.scalars(
                 select(DicomInstance.file_path)
