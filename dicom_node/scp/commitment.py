@@ -22,7 +22,7 @@ from dicom_node.domain.aetitle import Peer
 from dicom_node.domain.matching import SlaPolicy
 from dicom_node.domain.uids import is_valid_uid
 from dicom_node.scp import status
-from dicom_node.scp.transport import set_nodelay
+from dicom_node.scp.transport import outgoing_connection_opened
 from dicom_node.services.commitment import (
     PROCESSING_FAILURE,
     CommitmentResult,
@@ -131,7 +131,7 @@ class CommitmentHandler:
             max_pdu=self._max_pdu,
             # we send the N-EVENT-REPORT: the SCP role on the requester's association
             ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)],
-            evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
+            evt_handlers=[(evt.EVT_CONN_OPEN, outgoing_connection_opened)],
         )
         if not assoc.is_established:
             log.warning("storage commitment report: %s did not accept", peer.ae_title)

@@ -13,8 +13,9 @@ from the others (measured: a fifth of the throughput at 4 clients), so the short
 delay is kept for an association that is alone in its process.
 
 pynetdicom creates its DUL provider itself, so the class of each accepted
-association's provider is switched to the subclass below; it only adds a
-property, no state. ``tests/unit/test_polling.py`` fails if a pynetdicom upgrade
+association's provider is switched to the subclass below; it adds a property
+and no state to :class:`~dicom_node.scp.transport.LimitedDUL` (which refuses
+over-long PDUs). ``tests/unit/test_polling.py`` fails if a pynetdicom upgrade
 removes the attributes this relies on.
 """
 
@@ -26,6 +27,8 @@ import time
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 
+from dicom_node.scp.transport import LimitedDUL
+
 BUSY_DELAY = 0.0001
 IDLE_DELAY = 0.001
 BUSY_WINDOW = 0.5
@@ -34,7 +37,7 @@ _lock = threading.Lock()
 _open = 0  # associations open in this process
 
 
-class AdaptiveDUL(DULServiceProvider):
+class AdaptiveDUL(LimitedDUL):  # and refuses over-long PDUs
     @property
     def _run_loop_delay(self) -> float:
         # pynetdicom restarts the idle timer whenever a PDU arrives (time.time based)

@@ -31,7 +31,7 @@ from dicom_node.domain.aetitle import Peer
 from dicom_node.domain.query import InvalidQuery, Level, UnsupportedQuery
 from dicom_node.scp import status
 from dicom_node.scp.find import failure, identifier_keys, parse_level, reason
-from dicom_node.scp.transport import set_nodelay
+from dicom_node.scp.transport import outgoing_connection_opened
 from dicom_node.services.retrieve import RetrieveItem, instances_to_retrieve, record_export
 from dicom_node.storage import FileStore
 
@@ -98,7 +98,7 @@ class RetrieveHandler:
                 {
                     "contexts": _contexts(items),
                     "max_pdu": self._max_pdu,  # pynetdicom's associate() default is 16 KB
-                    "evt_handlers": [(evt.EVT_CONN_OPEN, set_nodelay)],
+                    "evt_handlers": [(evt.EVT_CONN_OPEN, outgoing_connection_opened)],
                 },
             )
             yield len(items)

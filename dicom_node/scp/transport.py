@@ -6,12 +6,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import struct
 import threading
 import time
 import weakref
 
 from pynetdicom import evt
 from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.events import Event
 
 log = logging.getLogger("dicom_node.scp")
@@ -23,6 +25,98 @@ def set_nodelay(event: Event) -> None:
     sock = getattr(event.assoc.dul.socket, "socket", None)
     if isinstance(sock, socket.socket):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def outgoing_connection_opened(event: Event) -> None:
+    """EVT_CONN_OPEN of an association the node requests (C-MOVE's sub-operations,
+    storage commitment reports)."""
+    set_nodelay(event)
+    limit_pdu_length(event.assoc)
+
+
+# --------------------------------------------------------------------------- PDU length
+
+P_DATA_TF = 0x04
+_PDU_TYPES = (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07)
+# The longest PDU read that is not a P-DATA-TF. Only an A-ASSOCIATE-RQ/AC comes
+# near it: 128 presentation contexts (the most PS3.8 allows) with 32 transfer
+# syntaxes of 64 characters each is ~290 KB, plus the user information items.
+# The others are 4 bytes long.
+CONTROL_PDU_LIMIT = 1_048_576
+
+
+class LimitedDUL(DULServiceProvider):
+    """Refuses a PDU longer than the node said it would receive, before reading it.
+
+    pynetdicom reads a PDU's body as it arrives, whatever length its header
+    claims, and never compares a P-DATA-TF with the Maximum Length Received the
+    node sent in its A-ASSOCIATE (PS3.8 D.1): a peer could make the node hold up
+    to 4 GiB per association. Here the header is checked first; a PDU over the
+    limit is an invalid PDU (Event 19): the node sends an A-ABORT and closes
+    the connection without reading the rest, and logs why. pynetdicom's
+    ``_read_pdu_data`` is otherwise reproduced as it is in 3.0 (its events for a
+    short read, an unknown type and a decoding failure);
+    ``tests/unit/test_transport.py`` guards the internals it uses.
+    """
+
+    refused: str | None = None  # why a PDU was refused, for the abort's log line
+
+    def _read_pdu_data(self) -> None:
+        sock = self.socket
+        assert sock is not None  # pynetdicom reads only on a connected socket
+        if self.refused:
+            # the refused body is never read: the connection counts as closed
+            # (Event 17) once the A-ABORT has gone out
+            self.event_queue.put("Evt17")
+            return
+        try:
+            header = sock.recv(6)
+            if len(header) < 6:
+                self.event_queue.put("Evt17")  # closed before a whole header
+                return
+            pdu_type, _, length = struct.unpack(">BBL", header)
+            if pdu_type not in _PDU_TYPES:
+                log.warning("unknown PDU type 0x%02X received", pdu_type)
+                self.event_queue.put("Evt19")
+                return
+            limit = self._limit(pdu_type)
+            if limit and length > limit:
+                self._refuse(pdu_type, length, limit)
+                return
+            body = sock.recv(length)
+        except OSError:  # includes TimeoutError
+            self.event_queue.put("Evt17")
+            return
+        if len(body) != length:
+            self.event_queue.put("Evt17")  # closed in the middle of the PDU
+            return
+        try:
+            pdu, event = self._decode_pdu(header + body)
+        except Exception:
+            log.warning("undecodable PDU of type 0x%02X received", pdu_type, exc_info=True)
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(pdu)
+
+    def _limit(self, pdu_type: int) -> int:
+        """0 is no limit (``max_pdu_size = 0``)."""
+        if pdu_type != P_DATA_TF:
+            return CONTROL_PDU_LIMIT
+        local = self.assoc.acceptor if self.assoc.is_acceptor else self.assoc.requestor
+        return local.maximum_length or 0
+
+    def _refuse(self, pdu_type: int, length: int, limit: int) -> None:
+        kind = "P-DATA-TF" if pdu_type == P_DATA_TF else f"type 0x{pdu_type:02X}"
+        self.refused = f"a {kind} PDU of {length} bytes, over the {limit}-byte limit"
+        self.event_queue.put("Evt19")  # the state machine sends the A-ABORT
+
+
+def limit_pdu_length(assoc: Association) -> None:
+    """On connection open: switch the association's DUL provider to
+    :class:`LimitedDUL` (pynetdicom creates it itself)."""
+    if type(assoc.dul) is DULServiceProvider:
+        assoc.dul.__class__ = LimitedDUL
 
 
 # --------------------------------------------------------------------------- stalled reads
@@ -162,6 +256,10 @@ def connection_ended(assoc: Association) -> None:
     if assoc.requestor.primitive is not None or assoc.is_rejected or assoc in _REAPED:
         return
     peer = f"{assoc.requestor.address}:{assoc.requestor.port}"
+    refused = getattr(assoc.dul, "refused", None)
+    if refused:
+        log.warning("connection from %s aborted: refused %s", peer, refused)
+        return
     lasted = time.monotonic() - _OPENED.get(assoc, time.monotonic())
     if assoc.acse_timeout is not None and lasted >= assoc.acse_timeout * 0.9:
         log.warning(
@@ -175,6 +273,9 @@ def connection_ended(assoc: Association) -> None:
 
 def abort_reason(assoc: Association) -> str:
     """Why an association ended by A-ABORT, for EVT_ABORTED's log line."""
+    refused = getattr(assoc.dul, "refused", None)
+    if refused:
+        return f"aborted: refused {refused} (MAX_PDU_SIZE)"
     if not getattr(assoc, "_sent_abort", False):
         return "aborted by the peer"
     if assoc.dul.idle_timer_expired():

@@ -586,8 +586,8 @@ class AssociatedStall(Stall):
         self.assoc.abort()
 
 
-def _store_pdus(assoc: Association, ds: Dataset) -> list[bytes]:
-    """A C-STORE-RQ as the P-DATA-TF PDUs a sender would write (16 KiB each)."""
+def _store_pdus(assoc: Association, ds: Dataset, max_pdu: int = 16_384) -> list[bytes]:
+    """A C-STORE-RQ as the P-DATA-TF PDUs a sender would write (``max_pdu`` each)."""
     context = next(c for c in assoc.accepted_contexts if c.abstract_syntax == CT_IMAGE_STORAGE)
     request = C_STORE()
     request.MessageID = 1
@@ -599,7 +599,7 @@ def _store_pdus(assoc: Association, ds: Dataset) -> list[bytes]:
     message.primitive_to_message(request)
     assert context.context_id is not None
     pdus = []
-    for primitive in message.encode_msg(context.context_id, 16_384):
+    for primitive in message.encode_msg(context.context_id, max_pdu):
         pdu = P_DATA_TF()
         pdu.from_primitive(primitive)
         pdus.append(pdu.encode())
@@ -759,3 +759,83 @@ def test_the_node_stops_within_its_grace_period_while_peers_are_stalled(
         for stall in stalls:
             stall.close()  # a stuck stop() finishes once the peers go
         stopping.join(timeout=10)
+
+
+# --------------------------------------------------------------------------- over-long PDUs
+
+NODE_MAX_PDU = 1_048_576  # node_settings' default max_pdu_size
+A_ABORT = 0x07
+
+
+def _send_until_refused(sock: socket.socket, total: int) -> int:
+    """Write ``total`` zero bytes; how many went out before the node hung up."""
+    chunk = bytes(1 << 20)
+    sent = 0
+    with contextlib.suppress(OSError):
+        while sent < total:
+            sent += sock.send(chunk[: total - sent])
+    return sent
+
+
+def test_a_p_data_pdu_longer_than_the_node_receives_is_refused_before_it_is_read(
+    quick_node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    """pynetdicom alone reads a PDU whole, whatever its header claims (up to 4 GiB
+    held per association); the node compares it with the Maximum Length Received
+    it sent (PS3.8 D.1) and aborts at the header."""
+    caplog.set_level(logging.INFO)
+    assoc = _associate(quick_node.dicom_port)
+    assert assoc.acceptor.maximum_length == NODE_MAX_PDU
+    raw = assoc.dul.socket.socket  # type: ignore[union-attr]
+    assert raw is not None
+    claimed = 256 << 20
+    try:
+        raw.sendall(struct.pack(">BBL", 0x04, 0x00, claimed))
+        sent = _send_until_refused(raw, claimed)
+        assert wait_for(lambda: assoc.is_aborted, timeout=5), "no A-ABORT from the node"
+    finally:
+        with contextlib.suppress(OSError):
+            raw.shutdown(socket.SHUT_RDWR)
+        assoc.abort()
+    # the body was never read: the node hung up with most of it still unsent
+    assert sent < claimed // 4, sent
+    address = f"{assoc.requestor.address}:{assoc.requestor.port}"
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("dicom_node")]
+    refused = [line for line in lines if address in line and "refused" in line]
+    assert refused and f"P-DATA-TF PDU of {claimed} bytes" in refused[0], lines
+    assert wait_for(lambda: quick_node.dicom.active_associations() == 0, timeout=5)  # type: ignore[union-attr]
+    assert _not_blocked(quick_node.dicom_port, generate_uid()) < PROMPT_SECONDS
+
+
+def test_an_over_long_associate_request_is_aborted_at_its_header(
+    quick_node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without the check the node waits for the body until the ACSE timeout and
+    closes without an A-ABORT."""
+    caplog.set_level(logging.INFO)
+    head, _ = _partial_associate_rq(4 << 20, 20)
+    with socket.create_connection(("127.0.0.1", quick_node.dicom_port)) as sock:
+        host, local_port = sock.getsockname()[:2]
+        address = f"{host}:{local_port}"
+        sock.sendall(head)
+        sock.settimeout(ACSE_TIMEOUT / 2)  # answered long before the ACSE timeout
+        answer = sock.recv(10)
+        assert answer[:1] == bytes([A_ABORT]), answer
+        sock.settimeout(5)
+        while sock.recv(4096):
+            pass  # then the node closes
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("dicom_node")]
+    assert any(address in line and "refused a type 0x01 PDU" in line for line in lines), lines
+
+
+def test_p_data_pdus_of_exactly_the_maximum_length_are_received(quick_node: Node) -> None:
+    assoc = _associate(quick_node.dicom_port)
+    try:
+        study = generate_uid()
+        ds = _image(study, side=1024, seed=3)  # 2 MiB of pixels: PDUs cut at the maximum
+        pdus = _store_pdus(assoc, ds, max_pdu=NODE_MAX_PDU)
+        lengths = [struct.unpack(">L", pdu[2:6])[0] for pdu in pdus]
+        assert max(lengths) == NODE_MAX_PDU
+        assert _store(assoc, ds) == SUCCESS  # pynetdicom cuts at the acceptor's maximum
+    finally:
+        assoc.release()
