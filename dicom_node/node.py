@@ -150,7 +150,7 @@ class Node:
         self.http_port = 0
         self.dicom_port = 0
 
-    def _jobs(self, db: Database, store: FileStore) -> list[JobSpec]:
+    def _jobs(self, db: Database, store: FileStore, stopping: threading.Event) -> list[JobSpec]:
         """Every scheduled job of the node, registered here and only here."""
         settings = self.settings
         sla = sla_policy(settings)
@@ -193,6 +193,7 @@ class Node:
                     store,
                     retention_days=settings.retention_days,
                     max_studies=settings.retention_max_studies_per_run,
+                    cancel=stopping,
                 ),
                 settings.retention_interval_seconds,
             ),
@@ -204,7 +205,7 @@ class Node:
             JobSpec(
                 # a no-op run while backup_dir is unset
                 "backup",
-                partial(run_scheduled_backup, settings),
+                partial(run_scheduled_backup, settings, cancel=stopping),
                 settings.backup_interval_hours * 3600,
             ),
         ]
@@ -238,7 +239,12 @@ class Node:
                 raise StartupError(str(exc)) from None
             self.dicom_port = self.dicom.port
             # PostgreSQL: each job runs on one node per tick (advisory locks)
-            self._scheduler = build_scheduler(self._jobs(self.db, self.store), self.db)
+            # set by the scheduler's shutdown: a backup or purge then stops at its
+            # next safe point instead of being abandoned
+            stopping = threading.Event()
+            self._scheduler = build_scheduler(
+                self._jobs(self.db, self.store, stopping), self.db, stopping
+            )
             self._scheduler.start()
             log.info("scheduler started with %d jobs", len(self._scheduler.get_jobs()))
             # PostgreSQL: live streams wake on changes made by any node (LISTEN/NOTIFY)

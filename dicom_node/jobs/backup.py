@@ -6,11 +6,12 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dicom_node.services.backup import MANIFEST, BackupError, create_backup
+from dicom_node.services.backup import MANIFEST, BackupCancelled, BackupError, create_backup
 from dicom_node.settings import Settings
 from dicom_node.storage import FileStore
 
@@ -26,7 +27,9 @@ _INCOMPLETE = re.compile(rf"^{re.escape(PREFIX)}\d{{8}}T\d{{6}}Z{re.escape(INCOM
 STALE_INCOMPLETE_SECONDS = 3600
 
 
-def run_scheduled_backup(settings: Settings, *, now: datetime | None = None) -> str:
+def run_scheduled_backup(
+    settings: Settings, *, now: datetime | None = None, cancel: threading.Event | None = None
+) -> str:
     """Make ``<backup_dir>/dicom-node-backup-<UTC time>`` and prune to ``backup_keep``.
 
     The backup is built under a ``.incomplete`` name and renamed once its
@@ -34,6 +37,7 @@ def run_scheduled_backup(settings: Settings, *, now: datetime | None = None) -> 
     complete backups. A failed run removes its own incomplete directory and
     raises, so the scheduler logs it as a failure; a crashed run's incomplete
     directory is removed by a later run once stale (``remove_stale_incomplete``).
+    ``cancel`` (the node stopping) ends it between files, its copy removed.
     """
     if settings.backup_dir is None:
         return "backups not configured (backup_dir is unset)"
@@ -56,7 +60,11 @@ def run_scheduled_backup(settings: Settings, *, now: datetime | None = None) -> 
             now=now,
             actor="scheduler",
             record_as=final,
+            cancel=cancel,
         )
+    except BackupCancelled as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        return f"backup {name} not made: {exc}, the node is stopping (its partial copy removed)"
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -698,12 +699,14 @@ class RetentionResult:
     # past retention and otherwise settled, kept for images that arrived
     # after the final report (never read: waiting for an addendum)
     studies_kept_late_images: int = 0
+    stopped_early: bool = False  # the node is stopping; the next run goes on
 
     def __str__(self) -> str:
         return (
             f"{self.studies_purged} studies purged, {self.instances_deleted} instances "
             f"deleted, {self.files_removed} files removed ({self.bytes_freed} bytes), "
             f"{self.studies_kept_late_images} kept for images after the final report"
+            + ("; stopped early: the node is stopping" if self.stopped_early else "")
         )
 
 
@@ -714,17 +717,23 @@ def run_retention(
     retention_days: int,
     now: datetime | None = None,
     max_studies: int = 100,
+    cancel: threading.Event | None = None,
 ) -> RetentionResult:
     """Purge the images of up to ``max_studies`` studies past retention; off
     (nothing at all) when ``retention_days`` is 0. One unit of work per study,
-    then its files (services.retention)."""
+    then its files (services.retention); ``cancel`` (the node stopping) is
+    looked at between studies, never inside one."""
     if retention_days <= 0:
         return RetentionResult(0, 0, 0, 0)
     cutoff = _now(now) - timedelta(days=retention_days)
     purged: list[PurgedStudy] = []
     files = 0
     after_id = 0
+    stopped_early = False
     while len(purged) < max_studies:
+        if cancel is not None and cancel.is_set():
+            stopped_early = True
+            break
         with db.unit_of_work() as session:
             found = purge_next_study(
                 session,
@@ -747,6 +756,7 @@ def run_retention(
         files,
         sum(study.bytes for study in purged),
         kept_late,
+        stopped_early,
     )
     log.info("retention: %s", result)
     return result

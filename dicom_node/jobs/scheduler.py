@@ -106,10 +106,13 @@ class JobScheduler(BackgroundScheduler):  # type: ignore[misc]  # APScheduler is
             return list(self._running)
 
 
-def build_scheduler(jobs: list[JobSpec], db: Database | None = None) -> JobScheduler:
+def build_scheduler(
+    jobs: list[JobSpec], db: Database | None = None, stopping: threading.Event | None = None
+) -> JobScheduler:
     """The scheduler of ``jobs``; with a PostgreSQL ``db``, each job runs on one
-    node per tick (see the module doc)."""
-    stopping = threading.Event()
+    node per tick (see the module doc). ``stopping`` is set by its shutdown: a
+    long job given the same event stops at its next safe point."""
+    stopping = stopping or threading.Event()
     scheduler = JobScheduler(stopping, timezone="UTC")
     engine = db.engine if db is not None and db.dialect == "postgresql" else None
     for job in jobs:

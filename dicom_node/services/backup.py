@@ -40,6 +40,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import closing
@@ -98,6 +99,10 @@ _LIBPQ_QUERY_ENV = {
     "connect_timeout": "PGCONNECT_TIMEOUT",
     "options": "PGOPTIONS",
 }
+
+
+class BackupCancelled(Exception):
+    """The node is stopping: the backup was abandoned and what it wrote removed."""
 
 
 class BackupError(Exception):
@@ -239,6 +244,7 @@ def create_backup(
     actor: str = "backup",
     record_as: Path | None = None,
     after_snapshot: Callable[[], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> BackupResult:
     """Snapshot the database, copy the files it indexes, write the manifest last.
 
@@ -249,6 +255,8 @@ def create_backup(
     ``record_as``: the path the audit event names (the scheduled job renames
     its work directory once this returns). ``after_snapshot`` runs between the
     snapshot and the copy (a test's hook for changes committed meanwhile).
+    ``cancel`` (the node stopping) is looked at after the snapshot and between
+    files: BackupCancelled, with the partial copy removed as for a failure.
     """
     kind = database_kind(database_url)
     resolved = destination.resolve()
@@ -258,7 +266,14 @@ def create_backup(
     try:
         try:
             manifest = _write_backup(
-                database_url, kind, store, destination, fsync=fsync, now=now, hook=after_snapshot
+                database_url,
+                kind,
+                store,
+                destination,
+                fsync=fsync,
+                now=now,
+                hook=after_snapshot,
+                cancel=cancel,
             )
         except OSError as exc:
             raise BackupError(f"backup failed: {_os_reason(exc)}") from None
@@ -294,6 +309,7 @@ def _write_backup(
     fsync: bool,
     now: datetime | None,
     hook: Callable[[], None] | None,
+    cancel: threading.Event | None,
 ) -> Manifest:
     database_file = destination / DATABASE_FILES[kind]
     if kind == "sqlite":
@@ -305,7 +321,7 @@ def _write_backup(
     if hook is not None:
         hook()
     files, removed = _copy_indexed_files(
-        store, snapshot.rows, destination / FILES_DIR, database_url, fsync=fsync
+        store, snapshot.rows, destination / FILES_DIR, database_url, fsync=fsync, cancel=cancel
     )
     database_digest = digest_file(database_file)
     manifest = Manifest(
@@ -458,6 +474,7 @@ def _copy_indexed_files(
     database_url: str,
     *,
     fsync: bool,
+    cancel: threading.Event | None = None,
 ) -> tuple[list[ManifestFile], list[str]]:
     """Copy and check each file of the snapshot; returns the copies and the rows
     whose file was removed after the snapshot by a change the live index agrees
@@ -468,6 +485,8 @@ def _copy_indexed_files(
     size_differs = content_differs = 0
     target_root.mkdir()
     for relative, size, digest in rows:
+        if cancel is not None and cancel.is_set():
+            raise BackupCancelled(f"backup cancelled after {len(files)} of {len(rows)} files")
         try:
             source = store.absolute(relative)
         except ValueError:

@@ -34,7 +34,12 @@ from dicom_node.domain.enums import Role
 from dicom_node.domain.part10 import dataset_offset
 from dicom_node.jobs.backup import complete_backups, run_scheduled_backup
 from dicom_node.node import Node
-from dicom_node.services.backup import _postgres_objects, create_backup, restore_backup
+from dicom_node.services.backup import (
+    BackupCancelled,
+    _postgres_objects,
+    create_backup,
+    restore_backup,
+)
 from dicom_node.services.demo import load_demo
 from dicom_node.services.importing import ImportSummary, import_files, iter_files
 from dicom_node.services.ingest import IngestPolicy
@@ -430,6 +435,24 @@ def test_scheduled_backup_keeps_the_newest_and_does_nothing_when_unconfigured(
     manifest = json.loads((kept[-1] / "manifest.json").read_text())
     assert manifest["created_at"] == "2026-11-01T04:00:00+00:00"
     assert len(manifest["files"]) == 3
+
+
+def test_a_cancelled_backup_stops_after_the_snapshot_and_leaves_nothing(
+    tmp_path: Path, db_url: str
+) -> None:
+    _small_store(tmp_path, db_url)
+    destination = tmp_path / "backup"
+    cancel = threading.Event()
+    with pytest.raises(BackupCancelled, match="after 0 of 3 files"):
+        create_backup(
+            database_url=db_url,
+            store=FileStore(tmp_path / "data", fsync=False),
+            destination=destination,
+            fsync=False,
+            after_snapshot=cancel.set,  # the node starts stopping during the dump
+            cancel=cancel,
+        )
+    assert not destination.exists()
 
 
 def test_backup_manifest_hashes_are_the_files_sha256(tmp_path: Path, db_url: str) -> None:

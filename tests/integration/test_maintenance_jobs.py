@@ -516,6 +516,34 @@ def test_retention_removes_only_old_fully_reported_studies_and_audits_each(
     assert len(_events(db, "study_images_purged")) == 1
 
 
+class _SetAfter(threading.Event):
+    """An event that turns set once it has been looked at ``checks`` times."""
+
+    def __init__(self, checks: int) -> None:
+        super().__init__()
+        self.checks = checks
+
+    def is_set(self) -> bool:
+        self.checks -= 1
+        return self.checks < 0 or super().is_set()
+
+
+def test_retention_stops_between_studies_when_the_node_stops(
+    db: Database, store: FileStore
+) -> None:
+    first, _ = _reported_study(db, store, 55, report="final", age_days=400)
+    second, _ = _reported_study(db, store, 56, report="final", age_days=400)
+
+    stopped = run_retention(db, store, retention_days=365, cancel=_SetAfter(1))
+
+    assert (stopped.studies_purged, stopped.stopped_early) == (1, True)
+    assert "stopped early: the node is stopping" in str(stopped)
+    assert sorted(_instance_count(db, study) for study in (first, second)) == [0, 2]
+    finished = run_retention(db, store, retention_days=365)  # the next run goes on
+    assert (finished.studies_purged, finished.stopped_early) == (1, False)
+    assert _instance_count(db, first) == _instance_count(db, second) == 0
+
+
 def test_retention_keeps_a_study_in_reconciliation_or_with_open_work(
     db: Database, store: FileStore
 ) -> None:
