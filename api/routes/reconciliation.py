@@ -15,6 +15,8 @@ from api.schemas.reconciliation import (
     LinkRequest,
     ReconciledPublic,
     ReconciliationEntryPublic,
+    ReleasedPublic,
+    ReleaseRequest,
     ResolveRequest,
 )
 from dicom_node.domain.enums import WorklistStatus
@@ -25,6 +27,7 @@ from dicom_node.services.reconciliation import (
     create_order_from_study,
     link_study,
     list_reconciliation,
+    release_to_reading,
     resolve_reconciliation_item,
 )
 
@@ -109,6 +112,31 @@ def link_study_to_order(
             source_address=client_address(request),
         )
     return _public(result)
+
+
+@router.post("/reconciliation/{study_id}/release", response_model=ReleasedPublic, responses=CHANGE)
+def release_study_to_reading(
+    context: Context, user: Reconciler, study_id: StudyId, body: ReleaseRequest, request: Request
+) -> ReleasedPublic:
+    """Put an unmatched study on the reading worklist before an order claims it
+    (audited with the reason): its reading item is made now if the acquisition
+    is complete, else when it completes. The study stays to be reconciled. 409
+    if the study is in conflict (link it instead), matched, rejected, or
+    released already."""
+    with context.db.unit_of_work() as session:
+        result = release_to_reading(
+            session,
+            study_id,
+            reason=body.reason,
+            priority=body.priority,
+            principal=user,
+            sla=context.settings.sla(),
+            source_address=client_address(request),
+        )
+    return ReleasedPublic(
+        study=ReconciliationEntryPublic.model_validate(result.entry, from_attributes=True),
+        reading_item_id=result.reading_item_id,
+    )
 
 
 @router.post(

@@ -39,6 +39,9 @@ class ReconciliationEntryPublic(BaseModel):
     performed_procedure_step_id: int | None
     performed_station_ae_title: str | None
     created_at: datetime
+    released_to_reading: bool | None = Field(
+        None, description="an unmatched study put on the reading worklist before its order"
+    )
 
 
 class ReconciledPublic(BaseModel):
@@ -47,6 +50,20 @@ class ReconciledPublic(BaseModel):
     reading_item_id: int | None = Field(
         description="the reading worklist item, when the study is complete"
     )
+
+
+class ReleasedPublic(BaseModel):
+    study: ReconciliationEntryPublic
+    reading_item_id: int | None = Field(
+        description="the study's reading item; none until the acquisition is complete"
+    )
+
+
+class ReleaseRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Reason
+    priority: Priority = Priority.ROUTINE
 
 
 class LinkRequest(BaseModel):

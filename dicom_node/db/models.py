@@ -245,6 +245,8 @@ class DicomStudy(Timestamped, Base):
     first_received_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_received_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     released_to_reading: Mapped[bool] = mapped_column(Boolean, default=False)
+    # the reading priority of a study released before any order claims it
+    release_priority: Mapped[str | None] = mapped_column(String(16))
 
     patient: Mapped[Patient] = relationship(back_populates="studies")
     imaging_request: Mapped[ImagingRequest | None] = relationship(back_populates="studies")

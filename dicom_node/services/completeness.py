@@ -214,7 +214,10 @@ def complete_study(
     readable = study.metadata_status in _READABLE or study.released_to_reading
     if order is not None and readable:
         _perform_order(session, order, now=now, actor=actor)
-    priority = Priority(order.priority) if order is not None else Priority.ROUTINE
+    if order is not None:
+        priority = Priority(order.priority)
+    else:  # an unmatched study released to reading, at the priority it was released
+        priority = Priority(study.release_priority or Priority.ROUTINE.value)
     if readable:
         report = blocking_report(session, study.id)
         if report is not None:
@@ -296,6 +299,9 @@ def withdraw_from_reading(
     study = session.get(DicomStudy, study_id, populate_existing=True)
     if study is None:
         return
+    # a release to reading was for the patient the study seemed to be
+    study.released_to_reading = False
+    study.release_priority = None
     cancelled: list[WorklistItem] = []
     for item in session.scalars(
         select(WorklistItem)

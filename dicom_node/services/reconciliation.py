@@ -95,6 +95,13 @@ class ReconciliationEntry:
     performed_procedure_step_id: int | None
     performed_station_ae_title: str | None
     created_at: datetime
+    released_to_reading: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReleasedStudy:
+    entry: ReconciliationEntry
+    reading_item_id: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +269,7 @@ def _study_entry(
         performed_procedure_step_id=None,
         performed_station_ae_title=None,
         created_at=study.created_at,
+        released_to_reading=study.released_to_reading,
     )
 
 
@@ -297,6 +305,7 @@ def _item_entry(
         performed_procedure_step_id=item.performed_procedure_step_id,
         performed_station_ae_title=step.performed_station_ae_title if step else None,
         created_at=item.created_at,
+        released_to_reading=study.released_to_reading if study else None,
     )
 
 
@@ -320,6 +329,106 @@ def _study_to_reconcile(session: Session, study_id: int) -> DicomStudy:
             current=study.metadata_status,
         )
     return study
+
+
+def release_to_reading(
+    session: Session,
+    study_id: int,
+    *,
+    reason: str,
+    priority: Priority,
+    principal: Principal,
+    sla: SlaPolicy,
+    source_address: str | None = None,
+    now: datetime | None = None,
+) -> ReleasedStudy:
+    """Put an unmatched study on the reading worklist before any order claims it
+    (DOMAIN.md: unmatched studies stay off it unless explicitly released): a
+    trauma scan sent without an order is read now, the order found later.
+
+    Only an unmatched study: a conflict's patient is in doubt and must be linked
+    first. Its reconciliation item stays open, since the study still needs an
+    order; linking it later keeps the reading item. The reading item is made
+    now if the acquisition is complete, else when it completes; due from then
+    at ``priority``. A study whose patient later turns out in doubt (a conflict)
+    loses the release with its reading item.
+    """
+    text_reason = _reason(reason)
+    study = _study_to_reconcile(session, study_id)
+    if study.metadata_status != MetadataStatus.UNMATCHED.value:
+        raise Conflict(
+            f"study {study.id} is in conflict with the order it claims: link it to the "
+            "right order instead of releasing it",
+            current=study.metadata_status,
+        )
+    if study.released_to_reading:
+        raise Conflict(f"study {study.id} is released to reading already", current="released")
+    patient = session.get(Patient, study.patient_pk)
+    assert patient is not None
+    moment = now or datetime.now(UTC)
+    study.released_to_reading = True
+    study.release_priority = priority.value
+    reading_item_id = None
+    if (
+        study.completeness == Completeness.COMPLETE.value
+        and blocking_report(session, study.id) is None
+    ):
+        _ensure_worklist_item(
+            session,
+            study,
+            None,
+            queue=QueueType.READING,
+            priority=priority,
+            due_at=sla.due(priority, study.completed_at or moment),
+        )
+        session.flush()
+        reading_item_id = session.scalar(
+            select(WorklistItem.id).where(
+                WorklistItem.dicom_study_id == study.id,
+                WorklistItem.queue_type == QueueType.READING.value,
+                WorklistItem.status.in_(OPEN_WORKLIST_STATUSES),
+            )
+        )
+    record_audit_event(
+        session,
+        AuditRecord(
+            event_code=AuditEventCode.PROCEDURE_RECORD,
+            action="study_released_to_reading",
+            actor=principal.username,
+            actor_user_id=principal.user_id,
+            actor_role=principal.role.value,
+            source_address=source_address,
+            target_class="DicomStudy",
+            target_id=str(study.id),
+            patient_id=patient.patient_id,
+            study_instance_uid=study.study_instance_uid,
+            accession_number=study.accession_number,
+            reason=text_reason,
+            details={
+                "before": {"released_to_reading": False},
+                "after": {"released_to_reading": True},
+                "priority": priority.value,
+                "reading_item_id": reading_item_id,
+            },
+        ),
+    )
+    session.flush()
+    item = session.scalar(
+        select(WorklistItem)
+        .where(
+            WorklistItem.dicom_study_id == study.id,
+            WorklistItem.queue_type == QueueType.RECONCILIATION.value,
+            WorklistItem.status.in_(OPEN_WORKLIST_STATUSES),
+        )
+        .order_by(WorklistItem.id)
+        .limit(1)
+    )
+    return ReleasedStudy(
+        entry=_study_entry(
+            study, patient, item.id if item else None, item.status if item else None
+        ),
+        reading_item_id=reading_item_id,
+    )
 
 
 def link_study(

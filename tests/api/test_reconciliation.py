@@ -630,3 +630,146 @@ def test_an_mpps_only_reconciliation_item_is_resolved_with_a_reason(
         json={"reason": "x", "outcome": "completed"},
     )
     assert "link the study" in error(refused, 409)["message"]
+
+
+# --------------------------------------------------------------------------- release to reading
+
+
+def _reading_worklist(client: httpx.Client) -> list[dict[str, Any]]:
+    listed: list[dict[str, Any]] = client.get("/api/worklist", params={"queue": "reading"}).json()[
+        "items"
+    ]
+    return listed
+
+
+def test_an_unmatched_study_released_to_reading_is_read_before_its_order_is_found(
+    api: ApiServer, store: FileStore
+) -> None:
+    """A trauma scan sent without an order: read now, reconciled later."""
+    scheduler, reader = api.client("scheduler"), api.client("radiologist")
+    study_id = arrive(api, store)
+    assert items(api, study_id) == [("reconciliation", "pending", "routine")]
+    assert study_id not in [e["study"]["id"] for e in _reading_worklist(reader)]
+
+    response = scheduler.post(
+        f"/api/reconciliation/{study_id}/release",
+        json={"reason": "trauma bay, order to follow", "priority": "stat"},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["reading_item_id"] is not None
+    assert (body["study"]["metadata_status"], body["study"]["released_to_reading"]) == (
+        "unmatched",
+        True,
+    )
+    # still to reconcile (it needs an order), and now on the reading worklist
+    assert items(api, study_id) == [
+        ("reconciliation", "pending", "routine"),
+        ("reading", "pending", "stat"),
+    ]
+    (entry,) = scheduler.get("/api/reconciliation").json()["items"]
+    assert (entry["study_id"], entry["released_to_reading"]) == (study_id, True)
+    (listed,) = [e for e in _reading_worklist(reader) if e["study"]["id"] == study_id]
+    assert listed["id"] == body["reading_item_id"]
+    assert reader.post(f"/api/worklist/{listed['id']}/claim").status_code == 200
+    (event,) = events(api, "study_released_to_reading", study_id)
+    assert event.reason == "trauma bay, order to follow"
+    assert (event.actor, event.actor_role) == (scheduler.username, "scheduler")  # type: ignore[attr-defined]
+    assert event.details["before"] == {"released_to_reading": False}
+    assert event.details["after"] == {"released_to_reading": True}
+    assert (event.details["priority"], event.details["reading_item_id"]) == (
+        "stat",
+        body["reading_item_id"],
+    )
+
+    # the order found later: linked, and the claimed reading item is kept, not doubled
+    order = scheduled_order(api, scheduler)
+    linked = scheduler.post(
+        f"/api/reconciliation/{study_id}/link",
+        json={"order_id": order["id"], "reason": "order entered after the scan"},
+    )
+    assert linked.status_code == 200, linked.text
+    assert linked.json()["reading_item_id"] == body["reading_item_id"]
+    assert items(api, study_id) == [
+        ("reconciliation", "completed", "routine"),
+        ("reading", "claimed", "stat"),
+    ]
+
+
+def test_a_study_released_while_arriving_is_read_at_its_release_priority_once_complete(
+    api: ApiServer, store: FileStore
+) -> None:
+    scheduler = api.client("scheduler")
+    study_id = arrive(api, store, complete_it=False)
+    body = scheduler.post(
+        f"/api/reconciliation/{study_id}/release",
+        json={"reason": "emergency", "priority": "urgent"},
+    ).json()
+    assert body["reading_item_id"] is None
+    assert [item for item in items(api, study_id) if item[0] == "reading"] == []
+    complete(api, study_id)  # what the stability job does later
+    assert ("reading", "pending", "urgent") in items(api, study_id)
+
+
+def test_release_refuses_conflicts_matched_and_rejected_studies_and_a_second_release(
+    api: ApiServer, store: FileStore
+) -> None:
+    scheduler = api.client("scheduler")
+    order = scheduled_order(api, scheduler)
+    matched = arrive(api, store, study_uid=order["study_instance_uid"])
+    conflict = arrive(api, store, accession=order["accession_number"], patient_id="PAT9")
+    assert study(api, conflict).metadata_status == "conflict"
+    unmatched = arrive(api, store)
+
+    def release(study_id: int, **body: Any) -> httpx.Response:
+        return scheduler.post(
+            f"/api/reconciliation/{study_id}/release", json={"reason": "read now", **body}
+        )
+
+    assert error(release(matched), 409)["current_state"] == "matched"
+    assert "link it to the right order" in error(release(conflict), 409)["message"]
+    assert error(release(987654), 404)
+    assert release(unmatched, reason=" ").status_code == 422
+    assert release(unmatched, priority="whenever").status_code == 422
+    assert release(unmatched, extra=1).status_code == 422
+    assert (
+        api.client("radiologist")
+        .post(f"/api/reconciliation/{unmatched}/release", json={"reason": "mine"})
+        .status_code
+        == 403
+    )
+    assert events(api, "study_released_to_reading") == []
+    assert not study(api, conflict).released_to_reading
+
+    assert release(unmatched).status_code == 200
+    assert error(release(unmatched), 409)["current_state"] == "released"
+    assert len(events(api, "study_released_to_reading")) == 1
+
+
+def test_a_released_study_whose_patient_turns_out_in_doubt_loses_its_release(
+    api: ApiServer, store: FileStore
+) -> None:
+    scheduler, reader = api.client("scheduler"), api.client("radiologist")
+    uid = generate_uid()
+    study_id = arrive(api, store, study_uid=uid)
+    assert (
+        scheduler.post(
+            f"/api/reconciliation/{study_id}/release",
+            json={"reason": "read now", "priority": "stat"},
+        ).status_code
+        == 200
+    )
+
+    # an image of the same StudyInstanceUID for another patient
+    arrive(api, store, study_uid=uid, patient_id="PAT2", patient_name="ROE^RICHARD")
+
+    row = study(api, study_id)
+    assert (row.metadata_status, row.released_to_reading, row.release_priority) == (
+        "conflict",
+        False,
+        None,
+    )
+    assert ("reading", "cancelled", "stat") in items(api, study_id)
+    assert study_id not in [e["study"]["id"] for e in _reading_worklist(reader)]
+    refused = scheduler.post(f"/api/reconciliation/{study_id}/release", json={"reason": "again"})
+    assert error(refused, 409)["current_state"] == "conflict"

@@ -105,11 +105,11 @@ def test_database_with_foreign_tables_is_refused(tmp_path: Path) -> None:
 def test_db_upgrade_creates_then_reports_the_schema(tmp_path: Path, empty_db_url: str) -> None:
     first = run(tmp_path, "db", "upgrade", database_url=empty_db_url)
     assert first.returncode == 0, first.stderr
-    assert "upgraded from empty to 0005" in first.stdout
+    assert "upgraded from empty to 0006" in first.stdout
     again = run(tmp_path, "db", "upgrade", database_url=empty_db_url)
-    assert "already at revision 0005" in again.stdout
+    assert "already at revision 0006" in again.stdout
     current = run(tmp_path, "db", "current", database_url=empty_db_url)
-    assert "revision 0005 (up to date)" in current.stdout
+    assert "revision 0006 (up to date)" in current.stdout
 
 
 def test_user_add_reads_the_password_from_stdin(tmp_path: Path, db_url: str) -> None:
