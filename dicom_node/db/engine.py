@@ -6,7 +6,7 @@ import fcntl
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
@@ -76,9 +76,16 @@ def _sqlite_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
+        options = connection.get_execution_options()
+        # synchronous can only change outside a transaction: set per transaction,
+        # remembered per connection so the usual FULL costs no extra statement
+        wanted = "NORMAL" if options.get("no_flush_wait", False) else "FULL"
+        if connection.info.get("synchronous", "FULL") != wanted:
+            connection.exec_driver_sql(f"PRAGMA synchronous={wanted}")
+            connection.info["synchronous"] = wanted
         # Writers take the write lock up front so two writers queue on busy_timeout
         # instead of deadlocking on a read-to-write lock upgrade.
-        immediate = connection.get_execution_options().get("sqlite_immediate", False)
+        immediate = options.get("sqlite_immediate", False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
@@ -138,19 +145,32 @@ class Database:
         self._writer = sessionmaker(
             self.engine.execution_options(sqlite_immediate=True), expire_on_commit=False
         )
+        self._unflushed_writer = sessionmaker(
+            self.engine.execution_options(sqlite_immediate=True, no_flush_wait=True),
+            expire_on_commit=False,
+        )
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
     @contextmanager
-    def unit_of_work(self) -> Iterator[Session]:
-        """A write transaction: committed when the block ends, rolled back on error."""
-        if self._writers is None:
-            with self._writer() as session, session.begin():
-                yield session
-            return
-        with self._writers.held(), self._writer() as session, session.begin():
+    def unit_of_work(self, *, wait_for_disk: bool = True) -> Iterator[Session]:
+        """A write transaction: committed when the block ends, rolled back on error.
+
+        ``wait_for_disk=False`` commits without waiting for the disk flush
+        (PostgreSQL ``synchronous_commit = off`` for this transaction, SQLite
+        ``synchronous = NORMAL``): a crash of the node loses nothing, a power
+        cut or an OS crash may lose the last fraction of a second of such
+        commits. Never for images, orders or reports; for records whose wait
+        would sit in front of an answer (the Query audit before C-FIND matches).
+        Later commits that wait for the disk flush these too, in order.
+        """
+        maker = self._writer if wait_for_disk else self._unflushed_writer
+        queued = self._writers.held() if self._writers is not None else nullcontext()
+        with queued, maker() as session, session.begin():
+            if not wait_for_disk and self.dialect == "postgresql":
+                session.execute(text("SET LOCAL synchronous_commit TO OFF"))
             yield session
 
     @contextmanager

@@ -57,6 +57,10 @@ _NOT_KEYS = {"QueryRetrieveLevel", "SpecificCharacterSet"}
 _UTF8 = "ISO_IR 192"
 # a peer that stops reading is the network timeout's business, not this loop's
 SEND_WAIT_SECONDS = 5.0
+# Answers queued before waiting for them to be sent: a C-CANCEL is seen within
+# this many answers. Waiting after each one cost a wake-up of pynetdicom's send
+# loop per match (~1.1 ms: 219 ms for 200 matches, Orthanc 131 ms).
+ANSWERS_PER_SEND_WAIT = 16
 
 Response = tuple[int | Dataset, Dataset | None]
 
@@ -147,15 +151,17 @@ class FindHandler:
     def _stream(
         self, event: Event, answers: Iterator[Dataset], *, warn: bool, truncated: bool
     ) -> Iterator[Response]:
-        """Pending per answer, cancel honoured between answers, then the cap or Success."""
+        """Pending per answer, cancel honoured between answers (seen within
+        ``ANSWERS_PER_SEND_WAIT``), then the cap or Success."""
         pending = status.PENDING_WARNING if warn else status.PENDING
-        for answer in answers:
+        for count, answer in enumerate(answers, start=1):
             if event.is_cancelled:
                 log.info("C-FIND from %s cancelled", event.assoc.requestor.ae_title)
                 yield status.CANCEL, None
                 return
             yield pending, answer
-            _wait_until_sent(event)
+            if count % ANSWERS_PER_SEND_WAIT == 0:
+                _wait_until_sent(event)
         if truncated:
             log.warning(
                 "C-FIND from %s stopped at the cap of %d matches",
@@ -202,12 +208,12 @@ class FindHandler:
 
 
 def _wait_until_sent(event: Event) -> None:
-    """Backpressure: let pynetdicom send one response before the next is made.
+    """Backpressure: let pynetdicom send the queued responses before more are made.
 
     Its DUL loop sends queued responses before it reads anything, so a result
     queued all at once would only see the peer's C-CANCEL after the last match
     (and would sit in memory meanwhile). Waiting for the send queue to empty lets
-    the cancel in between two responses.
+    the cancel in between two batches of responses.
     """
     queue = event.assoc.dul.to_provider_queue
     deadline = time.monotonic() + SEND_WAIT_SECONDS

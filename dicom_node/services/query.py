@@ -200,8 +200,12 @@ def record_query(
     source_address: str | None,
     failure: str | None = None,
 ) -> None:
-    """110112 Query: the keys asked (never the results); ``failure`` if refused."""
-    with db.unit_of_work() as session:
+    """110112 Query: the keys asked (never the results); ``failure`` if refused.
+
+    Committed before the first match is answered, without waiting for the disk
+    flush (that wait was 6-9 ms of every C-FIND on SQLite): a power cut may
+    lose the last query records (a crash of the node does not), and nothing else."""
+    with db.unit_of_work(wait_for_disk=False) as session:
         record_audit_event(
             session,
             AuditRecord(
