@@ -123,7 +123,8 @@ for _result in ASSOCIATION_RESULTS:
 
 
 def observe_job_run(job_id: str, outcome: str, seconds: float | None = None) -> None:
-    """Count one run of a scheduled job (``outcome``: ok, failed or skipped)."""
+    """Count one run of a scheduled job (``outcome``: ok, failed, skipped or
+    cancelled: stopped by the node's shutdown)."""
     JOB_RUNS.labels(job=job_id, outcome=outcome).inc()
     if seconds is not None:
         JOB_SECONDS.labels(job=job_id).observe(seconds)

@@ -53,3 +53,8 @@ class Forbidden(DomainError):
 
 class AuthenticationFailed(DomainError):
     """Wrong credentials, an expired or revoked token, or a locked account."""
+
+
+class Cancelled(Exception):
+    """Long work stopped at a safe point because the node is stopping (not a
+    failure: what was done is consistent, the next run starts over or goes on)."""

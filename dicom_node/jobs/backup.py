@@ -37,7 +37,8 @@ def run_scheduled_backup(
     complete backups. A failed run removes its own incomplete directory and
     raises, so the scheduler logs it as a failure; a crashed run's incomplete
     directory is removed by a later run once stale (``remove_stale_incomplete``).
-    ``cancel`` (the node stopping) ends it between files, its copy removed.
+    ``cancel`` (the node stopping) ends it between files with BackupCancelled,
+    its copy removed.
     """
     if settings.backup_dir is None:
         return "backups not configured (backup_dir is unset)"
@@ -62,9 +63,9 @@ def run_scheduled_backup(
             record_as=final,
             cancel=cancel,
         )
-    except BackupCancelled as exc:
-        shutil.rmtree(work, ignore_errors=True)
-        return f"backup {name} not made: {exc}, the node is stopping (its partial copy removed)"
+    except BackupCancelled:
+        shutil.rmtree(work, ignore_errors=True)  # no partial copy of patient data
+        raise  # the tick counts as cancelled, not as a backup made
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

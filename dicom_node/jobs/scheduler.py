@@ -43,6 +43,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node.db.engine import Database
+from dicom_node.domain.errors import Cancelled
 from dicom_node.metrics import observe_job_run
 
 log = logging.getLogger("dicom_node.jobs")
@@ -170,6 +171,10 @@ def _run_logged(job: JobSpec) -> str:
     started = time.monotonic()
     try:
         result = job.func()
+    except Cancelled as exc:
+        log.warning("job %s stopped: the node is stopping: %s", job.job_id, exc)
+        observe_job_run(job.job_id, "cancelled", time.monotonic() - started)
+        return "cancelled"
     except Exception:
         log.exception("job %s failed", job.job_id)
         observe_job_run(job.job_id, "failed", time.monotonic() - started)

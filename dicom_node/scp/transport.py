@@ -60,6 +60,7 @@ class LimitedDUL(DULServiceProvider):
     """
 
     refused: str | None = None  # why a PDU was refused, for the abort's log line
+    request_read = False  # an A-ASSOCIATE-RQ was read on this connection
 
     def _read_pdu_data(self) -> None:
         sock = self.socket
@@ -96,6 +97,8 @@ class LimitedDUL(DULServiceProvider):
             log.warning("undecodable PDU of type 0x%02X received", pdu_type, exc_info=True)
             self.event_queue.put("Evt19")
             return
+        if pdu_type == 0x01:
+            self.request_read = True
         self.event_queue.put(event)
         self._recv_pdu.put(pdu)
 
@@ -104,12 +107,19 @@ class LimitedDUL(DULServiceProvider):
         if pdu_type != P_DATA_TF:
             return CONTROL_PDU_LIMIT
         local = self.assoc.acceptor if self.assoc.is_acceptor else self.assoc.requestor
-        return local.maximum_length or 0
+        length = local.maximum_length
+        # None once an A-ASSOCIATE-RJ was sent (no user information): not "no limit"
+        return CONTROL_PDU_LIMIT if length is None else length
 
     def _refuse(self, pdu_type: int, length: int, limit: int) -> None:
         kind = "P-DATA-TF" if pdu_type == P_DATA_TF else f"type 0x{pdu_type:02X}"
         self.refused = f"a {kind} PDU of {length} bytes, over the {limit}-byte limit"
         self.event_queue.put("Evt19")  # the state machine sends the A-ABORT
+        if self.assoc.is_acceptor and not self.request_read:
+            # Before a request the state machine aborts without telling the
+            # association thread, which would wait for one (and hold its slot)
+            # until the ACSE timeout; None is what that wait returns on a timeout.
+            self.to_user_queue.put(None)  # type: ignore[arg-type]
 
 
 def limit_pdu_length(assoc: Association) -> None:

@@ -59,6 +59,7 @@ from dicom_node.db import migrate
 from dicom_node.db.engine import Database
 from dicom_node.db.models import DicomInstance, DicomSeries, DicomStudy
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.errors import Cancelled
 from dicom_node.services.audit import record_audit_event
 from dicom_node.services.integrity import digest_file
 from dicom_node.storage import FileStore
@@ -101,7 +102,7 @@ _LIBPQ_QUERY_ENV = {
 }
 
 
-class BackupCancelled(Exception):
+class BackupCancelled(Cancelled):
     """The node is stopping: the backup was abandoned and what it wrote removed."""
 
 

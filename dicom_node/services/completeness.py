@@ -43,6 +43,7 @@ from dicom_node.services.audit import record_audit_event
 from dicom_node.services.orders import advance_order
 
 _READABLE = (MetadataStatus.MATCHED.value, MetadataStatus.CORRECTED.value)
+_TO_RECONCILE = (MetadataStatus.UNMATCHED.value, MetadataStatus.CONFLICT.value)
 
 
 @dataclass(frozen=True)
@@ -218,14 +219,20 @@ def complete_study(
         priority = Priority(order.priority)
     else:  # an unmatched study released to reading, at the priority it was released
         priority = Priority(study.release_priority or Priority.ROUTINE.value)
-    if readable:
-        report = blocking_report(session, study.id)
-        if report is not None:
-            _record_late_instances(session, study, report, actor=actor)
-            return
-    queue = QueueType.READING if readable else QueueType.RECONCILIATION
+    due_at = sla.due(priority, now)
+    if not readable or study.metadata_status in _TO_RECONCILE:
+        # released to reading or not, an unmatched study still needs its order
+        _ensure_worklist_item(
+            session, study, order, queue=QueueType.RECONCILIATION, priority=priority, due_at=due_at
+        )
+    if not readable:
+        return
+    report = blocking_report(session, study.id)
+    if report is not None:
+        _record_late_instances(session, study, report, actor=actor)
+        return
     _ensure_worklist_item(
-        session, study, order, queue=queue, priority=priority, due_at=sla.due(priority, now)
+        session, study, order, queue=QueueType.READING, priority=priority, due_at=due_at
     )
 
 
@@ -299,9 +306,32 @@ def withdraw_from_reading(
     study = session.get(DicomStudy, study_id, populate_existing=True)
     if study is None:
         return
-    # a release to reading was for the patient the study seemed to be
-    study.released_to_reading = False
-    study.release_priority = None
+    if study.released_to_reading:
+        # a release to reading was for the patient the study seemed to be
+        record_audit_event(
+            session,
+            AuditRecord(
+                event_code=AuditEventCode.PROCEDURE_RECORD,
+                action="study_release_withdrawn",
+                actor=actor,
+                source_address=source_address,
+                target_class="DicomStudy",
+                target_id=str(study.id),
+                patient_id=_patient_id(session, study),
+                study_instance_uid=study.study_instance_uid,
+                accession_number=study.accession_number,
+                reason=reason,
+                details={
+                    "before": {
+                        "released_to_reading": True,
+                        "release_priority": study.release_priority,
+                    },
+                    "after": {"released_to_reading": False, "release_priority": None},
+                },
+            ),
+        )
+        study.released_to_reading = False
+        study.release_priority = None
     cancelled: list[WorklistItem] = []
     for item in session.scalars(
         select(WorklistItem)
@@ -422,16 +452,29 @@ def _ensure_worklist_item(
     due_at: datetime | None,
 ) -> None:
     already = session.scalar(
-        select(
-            exists().where(
-                WorklistItem.dicom_study_id == study.id,
-                WorklistItem.queue_type == queue.value,
-                WorklistItem.status.in_(OPEN_WORKLIST_STATUSES),
-            )
+        select(WorklistItem)
+        .where(
+            WorklistItem.dicom_study_id == study.id,
+            WorklistItem.queue_type == queue.value,
+            WorklistItem.status.in_(OPEN_WORKLIST_STATUSES),
         )
+        .order_by(WorklistItem.id)
+        .limit(1)
+        .with_for_update()
     )
-    if already:
-        return  # a re-opened study that completes again keeps its item
+    if already is not None:
+        # a re-opened study that completes again keeps its item; one made when
+        # an unmatched study was released to reading gets the order found
+        # since, and its priority if that is more urgent
+        if order is not None and already.imaging_request_id is None:
+            already.imaging_request_id = order.id
+            if PRIORITY_RANK[priority] < already.priority_rank:
+                already.priority = priority.value
+                already.priority_rank = PRIORITY_RANK[priority]
+                if due_at is not None and (already.due_at is None or due_at < already.due_at):
+                    already.due_at = due_at
+            already.version += 1
+        return
     session.add(
         WorklistItem(
             imaging_request_id=order.id if order else None,

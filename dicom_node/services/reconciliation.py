@@ -379,7 +379,8 @@ def release_to_reading(
             None,
             queue=QueueType.READING,
             priority=priority,
-            due_at=sla.due(priority, study.completed_at or moment),
+            # read from now: a study complete for hours is not overdue at once
+            due_at=sla.due(priority, moment),
         )
         session.flush()
         reading_item_id = session.scalar(

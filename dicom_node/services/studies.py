@@ -741,8 +741,13 @@ def reject_study(
         raise Conflict("the study is already rejected", current=study.metadata_status)
     patient = session.get(Patient, study.patient_pk)
     assert patient is not None
-    before = study.metadata_status
+    before = {
+        "metadata_status": study.metadata_status,
+        "released_to_reading": study.released_to_reading,
+    }
     study.metadata_status = MetadataStatus.REJECTED.value
+    study.released_to_reading = False  # withdrawn: nothing to read
+    study.release_priority = None
     session.flush()
     record_audit_event(
         session,
@@ -757,8 +762,8 @@ def reject_study(
             accession_number=study.accession_number,
             reason=reason,
             details={
-                "before": {"metadata_status": before},
-                "after": {"metadata_status": study.metadata_status},
+                "before": before,
+                "after": {"metadata_status": study.metadata_status, "released_to_reading": False},
             },
         ),
     )

@@ -479,7 +479,10 @@ def require_readable_study(session: Session, *, study_id: int, doing: str) -> No
     if row is None:
         return
     metadata_status, released = row
-    if metadata_status in UNREADABLE_METADATA and not released:
+    # a release to reading never outlives a rejection (withdrawn: nothing to read)
+    if metadata_status == MetadataStatus.REJECTED.value or (
+        metadata_status in UNREADABLE_METADATA and not released
+    ):
         raise Conflict(
             f"study {study_id} is {metadata_status} and not released to reading: "
             f"it cannot be {doing}",

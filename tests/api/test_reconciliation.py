@@ -682,7 +682,8 @@ def test_an_unmatched_study_released_to_reading_is_read_before_its_order_is_foun
         body["reading_item_id"],
     )
 
-    # the order found later: linked, and the claimed reading item is kept, not doubled
+    # the order found later: linked, and the claimed reading item is kept, not
+    # doubled; it now names the order
     order = scheduled_order(api, scheduler)
     linked = scheduler.post(
         f"/api/reconciliation/{study_id}/link",
@@ -692,8 +693,60 @@ def test_an_unmatched_study_released_to_reading_is_read_before_its_order_is_foun
     assert linked.json()["reading_item_id"] == body["reading_item_id"]
     assert items(api, study_id) == [
         ("reconciliation", "completed", "routine"),
-        ("reading", "claimed", "stat"),
+        ("reading", "claimed", "stat"),  # the order's urgent is less pressing
     ]
+    with api.db.read() as session:
+        item = session.get(WorklistItem, body["reading_item_id"])
+        assert item is not None and item.imaging_request_id == order["id"]
+
+
+def test_a_released_study_takes_a_more_urgent_order_found_later(
+    api: ApiServer, store: FileStore
+) -> None:
+    scheduler = api.client("scheduler")
+    study_id = arrive(api, store)
+    released = scheduler.post(
+        f"/api/reconciliation/{study_id}/release", json={"reason": "read when possible"}
+    ).json()
+    with api.db.read() as session:
+        item = session.get(WorklistItem, released["reading_item_id"])
+        assert item is not None and item.due_at is not None
+        routine_due = item.due_at
+    order = scheduled_order(api, scheduler, priority="stat")
+    assert (
+        scheduler.post(
+            f"/api/reconciliation/{study_id}/link",
+            json={"order_id": order["id"], "reason": "found"},
+        ).status_code
+        == 200
+    )
+    with api.db.read() as session:
+        item = session.get(WorklistItem, released["reading_item_id"])
+        assert item is not None and item.due_at is not None
+        assert (item.priority, item.imaging_request_id) == ("stat", order["id"])
+        assert item.due_at < routine_due
+
+
+def test_a_released_study_that_is_rejected_cannot_be_reported(
+    api: ApiServer, store: FileStore
+) -> None:
+    scheduler, reader = api.client("scheduler"), api.client("radiologist")
+    study_id = arrive(api, store)
+    item_id = scheduler.post(
+        f"/api/reconciliation/{study_id}/release", json={"reason": "read now"}
+    ).json()["reading_item_id"]
+    assert reader.post(f"/api/worklist/{item_id}/claim").status_code == 200
+    report = reader.post(
+        "/api/reports", json={"study_id": study_id, "findings": "F", "impression": "I"}
+    )
+    assert report.status_code == 201, report.text
+    rejected = api.client("admin").post(
+        f"/api/studies/{study_id}/reject", json={"reason": "test exam"}
+    )
+    assert rejected.status_code == 200, rejected.text
+    assert not study(api, study_id).released_to_reading
+    submitted = reader.post(f"/api/reports/{report.json()['id']}/submit")
+    assert error(submitted, 409)["current_state"] == "rejected"
 
 
 def test_a_study_released_while_arriving_is_read_at_its_release_priority_once_complete(
@@ -706,9 +759,13 @@ def test_a_study_released_while_arriving_is_read_at_its_release_priority_once_co
         json={"reason": "emergency", "priority": "urgent"},
     ).json()
     assert body["reading_item_id"] is None
-    assert [item for item in items(api, study_id) if item[0] == "reading"] == []
+    assert items(api, study_id) == []
     complete(api, study_id)  # what the stability job does later
-    assert ("reading", "pending", "urgent") in items(api, study_id)
+    # read at the release's priority, and still to be reconciled (it has no order)
+    assert items(api, study_id) == [
+        ("reconciliation", "pending", "urgent"),
+        ("reading", "pending", "urgent"),
+    ]
 
 
 def test_release_refuses_conflicts_matched_and_rejected_studies_and_a_second_release(
@@ -771,5 +828,8 @@ def test_a_released_study_whose_patient_turns_out_in_doubt_loses_its_release(
     )
     assert ("reading", "cancelled", "stat") in items(api, study_id)
     assert study_id not in [e["study"]["id"] for e in _reading_worklist(reader)]
+    (withdrawn,) = events(api, "study_release_withdrawn", study_id)
+    assert withdrawn.details["before"] == {"released_to_reading": True, "release_priority": "stat"}
+    assert withdrawn.details["after"] == {"released_to_reading": False, "release_priority": None}
     refused = scheduler.post(f"/api/reconciliation/{study_id}/release", json={"reason": "again"})
     assert error(refused, 409)["current_state"] == "conflict"

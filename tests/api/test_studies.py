@@ -576,8 +576,8 @@ def test_rejecting_a_study_withdraws_it_from_search_but_keeps_it_readable(
     (event,) = _events(api, "study_rejected")
     assert event.reason == "test images"
     assert event.details == {
-        "before": {"metadata_status": "unmatched"},
-        "after": {"metadata_status": "rejected"},
+        "before": {"metadata_status": "unmatched", "released_to_reading": False},
+        "after": {"metadata_status": "rejected", "released_to_reading": False},
     }
     again = client.post(f"{url}/reject", json={"reason": "again"})
     assert again.status_code == 409

@@ -72,6 +72,6 @@ def test_a_stopping_node_ends_its_backup_between_files_and_leaves_no_copy(
     assert node._scheduler is not None
     node._scheduler.stopping.set()  # the first thing its shutdown does
     with caplog.at_level(logging.INFO, logger="dicom_node.jobs"):
-        assert node._scheduler.get_job("backup").func() == "ok"
-    assert "not made: backup cancelled after 0 of 1 files" in caplog.text
+        assert node._scheduler.get_job("backup").func() == "cancelled"
+    assert "job backup stopped: the node is stopping: backup cancelled after 0 of 1" in caplog.text
     assert list(backups.iterdir()) == []
