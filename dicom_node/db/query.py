@@ -85,8 +85,10 @@ def _patient_count(column: ColumnElement[Any]) -> ColumnElement[Any]:
         select(func.coalesce(column, 0))
         .where(
             DicomStudy.patient_pk == Patient.id,
-            # withdrawn studies are hidden at every level, counts included
+            # withdrawn studies are hidden at every level, counts included;
+            # a study whose images retention removed is not counted either
             DicomStudy.metadata_status != MetadataStatus.REJECTED.value,
+            DicomStudy.instance_count > 0,
         )
         .correlate(Patient)
         .scalar_subquery()
@@ -215,12 +217,15 @@ def compile_query(
     limit: int | None,
     sequences: Mapping[str, SequenceMatch] | None = None,
     with_entity_key: bool = False,
+    only_held: bool = False,
 ) -> Select[Any]:
     """SELECT one row per matching entity at ``level``; a column per key, labelled
     with its keyword. Keys must be known (see ATTRIBUTES) and not below ``level``.
     ``sequences`` are sequence keys (see SEQUENCES) matched in the same SELECT;
     their values are read afterwards (``sequence_items``), for which
-    ``with_entity_key`` adds the entity's primary key as ``ENTITY_KEY``."""
+    ``with_entity_key`` adds the entity's primary key as ``ENTITY_KEY``.
+    ``only_held`` (C-FIND): only entities with images to retrieve, so neither a
+    study whose images retention removed nor a patient without such a study."""
     depth = LEVEL_ORDER.index(level)
     columns: list[ColumnElement[Any]] = []
     conditions: list[ColumnElement[bool]] = []
@@ -249,10 +254,20 @@ def compile_query(
         columns.append(entity_pk.label(ENTITY_KEY))
     statement = select(*columns) if columns else select(entity_pk)
     statement = statement.select_from(Patient)
+    if depth == 0 and only_held:
+        conditions.append(
+            exists().where(
+                DicomStudy.patient_pk == Patient.id,
+                DicomStudy.metadata_status != MetadataStatus.REJECTED.value,
+                DicomStudy.instance_count > 0,
+            )
+        )
     if depth >= 1:
         statement = statement.join(DicomStudy, DicomStudy.patient_pk == Patient.id)
         # a rejected study is withdrawn from every query (DOMAIN.md), never deleted
         conditions.append(DicomStudy.metadata_status != MetadataStatus.REJECTED.value)
+        if only_held:
+            conditions.append(DicomStudy.instance_count > 0)
     if depth >= 2:
         statement = statement.join(DicomSeries, DicomSeries.study_pk == DicomStudy.id)
     if depth >= 3:

@@ -93,6 +93,7 @@ def find_entities(
         limit=limit + 1,
         sequences=parsed_sequences,
         with_entity_key=bool(parsed_sequences),
+        only_held=True,
     )
     rows = [dict(row) for row in session.execute(statement).mappings().all()]
     matches = rows[:limit]

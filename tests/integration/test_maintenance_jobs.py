@@ -27,8 +27,10 @@ from dicom_node.db.models import (
     User,
     WorklistItem,
 )
+from dicom_node.db.query import ENTITY_KEY, compile_query
 from dicom_node.domain.enums import Priority
 from dicom_node.domain.matching import SlaPolicy
+from dicom_node.domain.query import Level, parse_match
 from dicom_node.jobs.maintenance import (
     ChangeLogTrimResult,
     RematchResult,
@@ -43,6 +45,7 @@ from dicom_node.jobs.maintenance import (
 from dicom_node.jobs.workflow import run_study_stability
 from dicom_node.services.changes import feed_start, missed_trimmed_changes
 from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
+from dicom_node.services.query import find_entities
 from dicom_node.services.retention import purge_next_study, remove_purged_files
 from dicom_node.storage import FileStore
 from tests.dicomfiles import ct_dataset, to_bytes
@@ -542,6 +545,41 @@ def test_retention_stops_between_studies_when_the_node_stops(
     finished = run_retention(db, store, retention_days=365)  # the next run goes on
     assert (finished.studies_purged, finished.stopped_early) == (1, False)
     assert _instance_count(db, first) == _instance_count(db, second) == 0
+
+
+def test_a_purged_study_is_no_longer_answered_by_c_find_but_stays_searchable(
+    db: Database, store: FileStore
+) -> None:
+    """Nothing is left to retrieve: C-FIND stops offering it (a PACS would
+    otherwise list a study its C-MOVE cannot deliver), its patient with it when
+    that was the patient's last study. The HTTP search still finds the record."""
+    purged, _ = _reported_study(db, store, 59, report="final", age_days=400)
+    with db.read() as session:
+        uid = session.scalar(select(DicomStudy.study_instance_uid).where(DicomStudy.id == purged))
+
+    def c_find(level: Level, **keys: str) -> list[dict[str, object]]:
+        with db.read() as session:
+            return find_entities(session, level=level, keys=keys, limit=10).matches
+
+    assert len(c_find(Level.STUDY, StudyInstanceUID=uid)) == 1
+    assert len(c_find(Level.PATIENT, PatientID="PAT1")) == 1
+    assert run_retention(db, store, retention_days=365).studies_purged == 1
+
+    assert c_find(Level.STUDY, StudyInstanceUID=uid) == []
+    assert c_find(Level.PATIENT, PatientID="PAT1") == []
+    # a study of the same patient with images brings the patient back, counted alone
+    _ingest(db, store, accession="ACC60")
+    (patient,) = c_find(Level.PATIENT, PatientID="PAT1", NumberOfPatientRelatedStudies="")
+    assert patient["NumberOfPatientRelatedStudies"] == 1
+    # the HTTP study search compiles the same query without only_held
+    statement = compile_query(
+        Level.STUDY,
+        {"StudyInstanceUID": parse_match("UI", uid, keyword="StudyInstanceUID")},
+        limit=None,
+        with_entity_key=True,
+    )
+    with db.read() as session:
+        assert [row[ENTITY_KEY] for row in session.execute(statement).mappings()] == [purged]
 
 
 def test_retention_keeps_a_study_in_reconciliation_or_with_open_work(
