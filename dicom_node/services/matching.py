@@ -88,6 +88,11 @@ def match_new_study(
     """Set the new study's metadataStatus and link it to its order; audit the result."""
     study = session.get(DicomStudy, study_id)
     assert study is not None
+    # pending for a study just received; unmatched when the re-matching job retries
+    before = {
+        "metadata_status": study.metadata_status,
+        "imaging_request_id": study.imaging_request_id,
+    }
     order, matched_by = find_order(session, header)
     if order is None:  # no order, or an ambiguous accession number
         status, mismatches = MetadataStatus.UNMATCHED, []
@@ -133,6 +138,11 @@ def match_new_study(
             study_instance_uid=header.study_instance_uid,
             accession_number=header.accession_number,
             details={
+                "before": before,
+                "after": {
+                    "metadata_status": study.metadata_status,
+                    "imaging_request_id": study.imaging_request_id,
+                },
                 "order_id": order.id if order else None,
                 "matched_by": matched_by or None,
                 "mismatched_attributes": mismatches,

@@ -307,6 +307,15 @@ def test_an_unmatched_study_is_matched_once_its_order_arrives_as_if_it_came_afte
         assert [(e.details["order_id"], e.details["matched_by"]) for e in matched] == [
             (order_id, "AccessionNumber")
         ]
+        # the late one was unmatched until the job found its order
+        assert matched[0].details["before"] == {
+            "metadata_status": "pending" if study is on_time else "unmatched",
+            "imaging_request_id": None,
+        }
+        assert matched[0].details["after"] == {
+            "metadata_status": "matched",
+            "imaging_request_id": order_id,
+        }
         transitions = [
             e.details["after"]["status"]
             for e in _events(db, "order_in_progress", str(order_id))
