@@ -3,6 +3,7 @@ and unscheduled exams; link a study to an order, or create an order from it."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -154,7 +155,9 @@ def create_order_for_study(
 ) -> ReconciledPublic:
     """Create an order from the study's patient, accession, StudyInstanceUID and
     modality, and link it as ``link`` does. 409 if an order already holds that
-    UID or accession number (link to it instead; a cancelled one with ``force``)."""
+    UID or accession number (link to it instead; a cancelled one with ``force``),
+    or, unless ``force``, if an open order of the same patient and modality was
+    created within the duplicate-order window (``existing``: link to it)."""
     with context.db.unit_of_work() as session:
         result = create_order_from_study(
             session,
@@ -162,6 +165,8 @@ def create_order_for_study(
             reason=body.reason,
             priority=body.priority,
             imaging_center_id=body.imaging_center_id,
+            duplicate_window=timedelta(hours=context.settings.duplicate_order_window_hours),
+            force=body.force,
             principal=user,
             sla=context.settings.sla(),
             source_address=client_address(request),

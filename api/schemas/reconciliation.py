@@ -84,6 +84,11 @@ class CreateOrderRequest(BaseModel):
     reason: Reason
     priority: Priority = Priority.ROUTINE
     imaging_center_id: Id | None = None
+    force: bool = Field(
+        False,
+        description="create it even though an open order of the same patient and modality "
+        "exists (the override is audited)",
+    )
 
 
 class ResolveRequest(BaseModel):

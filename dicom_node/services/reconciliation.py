@@ -16,7 +16,7 @@ Every step is audited with before and after.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, or_, select
@@ -56,6 +56,7 @@ from dicom_node.services.completeness import (
     blocking_report,
 )
 from dicom_node.services.orders import (
+    OPEN_STATUSES,
     Listed,
     OrderInfo,
     SortColumn,
@@ -557,6 +558,8 @@ def create_order_from_study(
     reason: str,
     priority: Priority = Priority.ROUTINE,
     imaging_center_id: int | None = None,
+    duplicate_window: timedelta = timedelta(0),
+    force: bool = False,
     principal: Principal,
     sla: SlaPolicy,
     source_address: str | None = None,
@@ -565,7 +568,11 @@ def create_order_from_study(
     """A new order carrying the study's patient, accession, StudyInstanceUID,
     modality and description, linked to it. Conflict if an order already holds
     that StudyInstanceUID or accession number (link to that one instead; a
-    cancelled one with ``force``, which reinstates it)."""
+    cancelled one with ``force``, which reinstates it), and, unless ``force``,
+    if an open order of the same patient and modality was created within
+    ``duplicate_window``: the order the images were meant for, most likely,
+    with a mistyped accession (link to it; a second order would be billed and
+    worked twice). Forced, the override is audited with that order's id."""
     text_reason = _reason(reason)
     moment = now or datetime.now(UTC)
     study = _study_to_reconcile(session, study_id)
@@ -596,6 +603,17 @@ def create_order_from_study(
         )
     if imaging_center_id is not None and session.get(ImagingCenter, imaging_center_id) is None:
         raise NotFound(f"no imaging center {imaging_center_id} (imaging_center_id)")
+    open_order = _open_order_of_patient(
+        session, patient, _modality(study), duplicate_window, moment
+    )
+    if open_order is not None and not force:
+        raise Conflict(
+            f"order {open_order.id} ({open_order.status}) is open for patient "
+            f"{patient.patient_id} and {open_order.requested_modality}: link the study to it, "
+            "or send force with the reason to create another order",
+            current=open_order.status,
+            existing=order_info(open_order).as_json(),
+        )
     name = patient.patient_name or ""
     order = ImagingRequest(
         patient_id=patient.patient_id,
@@ -641,6 +659,11 @@ def create_order_from_study(
                 "priority": order.priority,
             },
             "from_study_id": study.id,
+            **(
+                {"duplicate_override": {"existing_order_id": open_order.id}}
+                if open_order is not None
+                else {}
+            ),
         },
     )
     return _link(
@@ -655,6 +678,31 @@ def create_order_from_study(
         sla=sla,
         source_address=source_address,
         now=moment,
+    )
+
+
+def _open_order_of_patient(
+    session: Session,
+    patient: Patient,
+    modality: str | None,
+    window: timedelta,
+    now: datetime,
+) -> ImagingRequest | None:
+    """The newest open order of the patient for ``modality`` created within
+    ``window`` (none when the window is zero, as for new orders)."""
+    if window <= timedelta(0) or not modality:
+        return None
+    return session.scalar(
+        select(ImagingRequest)
+        .where(
+            ImagingRequest.patient_id == patient.patient_id,
+            ImagingRequest.issuer_of_patient_id == (patient.issuer_of_patient_id or ""),
+            ImagingRequest.requested_modality == modality,
+            ImagingRequest.status.in_([status.value for status in OPEN_STATUSES]),
+            ImagingRequest.created_at >= now - window,
+        )
+        .order_by(ImagingRequest.created_at.desc(), ImagingRequest.id.desc())
+        .limit(1)
     )
 
 

@@ -421,6 +421,30 @@ def test_an_order_created_from_a_study_carries_its_identifiers_and_is_linked(
     assert error(again, 409)["current_state"] == "matched"
 
 
+def test_create_order_is_refused_while_an_open_order_of_the_patient_and_modality_exists(
+    api: ApiServer, store: FileStore
+) -> None:
+    """The images were most likely meant for that order (a mistyped accession):
+    a second order would be worked and billed twice."""
+    scheduler = api.client("scheduler")
+    order = scheduled_order(api, scheduler)  # PAT1, CT, another accession and UID
+    study_id = arrive(api, store, accession="TYPO1")
+    assert study(api, study_id).metadata_status == "unmatched"
+    url = f"/api/reconciliation/{study_id}/create-order"
+
+    refused = error(scheduler.post(url, json={"reason": "walk-in"}), 409)
+    assert refused["existing"]["id"] == order["id"]
+    assert "link the study to it" in refused["message"]
+    with api.db.read() as session:  # nothing created
+        assert session.scalars(select(ImagingRequest.id)).all() == [order["id"]]
+
+    forced = scheduler.post(url, json={"reason": "a second CT that day", "force": True})
+    assert forced.status_code == 201, forced.text
+    new_id = forced.json()["order"]["id"]
+    (created,) = events(api, "order_created", new_id)
+    assert created.details["duplicate_override"] == {"existing_order_id": order["id"]}
+
+
 def test_create_order_is_refused_when_an_order_already_holds_the_study_uid(
     api: ApiServer, store: FileStore
 ) -> None:
