@@ -543,6 +543,20 @@ def _open_critical(
     return row
 
 
+def _told_since_signed(session: Session, report: Report) -> bool:
+    """A communication was recorded for the text being written (since the last
+    signing, or ever for a first draft): flagging the report afterwards (the
+    radiologist phoned first) needs no second record, which nobody would
+    communicate and which would be escalated as overdue."""
+    query = select(CriticalResultCommunication.id).where(
+        CriticalResultCommunication.report_id == report.id,
+        CriticalResultCommunication.communicated_at.is_not(None),
+    )
+    if report.signed_at is not None:
+        query = query.where(CriticalResultCommunication.communicated_at > report.signed_at)
+    return session.scalar(query.limit(1)) is not None
+
+
 def _critical_finding(report: Report) -> str:
     return (report.impression or report.findings or "critical finding")[:2000]
 
@@ -642,7 +656,7 @@ def edit_report(
             before[name] = getattr(report, name)
             after[name] = value
             setattr(report, name, value)
-    if after.get("critical_flag") is True:
+    if after.get("critical_flag") is True and not _told_since_signed(session, report):
         _open_critical(
             session, report, finding=_critical_finding(report), deadline_minutes=deadline_minutes
         )

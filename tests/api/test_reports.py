@@ -10,7 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from dicom_node.db.models import AuditEvent, DicomStudy, WorklistItem
+from dicom_node.db.models import AuditEvent, CriticalResultCommunication, DicomStudy, WorklistItem
 from dicom_node.services.reports import overdue_critical_communications
 from dicom_node.settings import Settings
 from tests.api.conftest import ApiServer
@@ -570,6 +570,30 @@ def test_critical_report_cannot_be_submitted_without_a_communication(api: ApiSer
     (record,) = submitted["critical_communications"]
     assert record["method"] == "phone" and record["deadline_met"] is True
     assert record["communicated_by_id"] == user_id(api, author.username)  # type: ignore[attr-defined]
+
+
+def test_flagging_a_draft_after_the_call_was_recorded_opens_no_second_record(
+    api: ApiServer,
+) -> None:
+    """The radiologist phoned first: the flag set afterwards is covered by that
+    call, not a new record nobody will communicate (escalated as overdue)."""
+    author = api.client("radiologist")
+    _, report = draft(api, author)
+    url = f"/api/reports/{report['id']}"
+    recorded = ok(author.post(f"{url}/critical-communications", json=communication()), 201)
+
+    flagged = ok(author.patch(url, json={"critical_flag": True}))
+
+    assert [record["id"] for record in flagged["critical_communications"]] == [recorded["id"]]
+    assert ok(author.post(f"{url}/submit"))["status"] == "in_review"
+    with api.db.read() as session:
+        pending = session.scalars(
+            select(CriticalResultCommunication.id).where(
+                CriticalResultCommunication.report_id == report["id"],
+                CriticalResultCommunication.communicated_at.is_(None),
+            )
+        ).all()
+    assert pending == []
 
 
 def test_setting_the_flag_on_a_draft_then_recording_the_call_allows_submit(
