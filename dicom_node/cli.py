@@ -167,6 +167,17 @@ def build_parser() -> argparse.ArgumentParser:
             "back after the purge (even with cp -a or rsync -a) are orphans, not leftovers"
         ),
     )
+    verify.add_argument(
+        "--remove-superseded",
+        action="store_true",
+        help=(
+            "delete the superseded copies (old copies an interrupted replace left of an "
+            "instance the index holds at another path), each only when the indexed copy "
+            "exists and verifies (size and SHA-256, hashed even with --quick); a copy whose "
+            "indexed copy is missing or damaged is kept and reported: it may be the best "
+            "copy left"
+        ),
+    )
     verify.set_defaults(run=cmd_verify)
 
     config = commands.add_parser("config", help="configuration").add_subparsers(
@@ -414,13 +425,14 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
     try:
         ensure_schema(db, upgrade_if_empty=False)
         store = open_store(settings)
-        if args.repair or args.remove_purged:
+        if args.repair or args.remove_purged or args.remove_superseded:
             repaired = repair_store(
                 db,
                 store,
                 actor="verify-repair",
                 index_orphans=args.repair,
                 remove_purged=args.remove_purged,
+                remove_superseded=args.remove_superseded,
                 quick=args.quick,
             )
             print(repaired.describe())

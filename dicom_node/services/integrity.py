@@ -9,8 +9,10 @@ made only of UIDs, so a report names no patient):
   indexes it where it lies;
 - superseded: a DICOM file of a SOP instance the index holds at another path
   (the old copy a replace left when interrupted between its commit and
-  removing the old file) - reported only, never imported: importing it would
-  move the indexed instance to content nobody sent last;
+  removing the old file) - never imported: importing it would move the indexed
+  instance to content nobody sent last; ``--remove-superseded`` removes it, but
+  only once the indexed copy of the same instance verifies (a copy whose
+  indexed twin is missing or damaged may be the best one left: it is kept);
 - stray: a file without the DICM prefix (``.nfs*``, an editor's backup) -
   reported only;
 - purged: a file of a study whose images retention purged (Study Deleted
@@ -42,7 +44,7 @@ from pydicom import dcmread
 from sqlalchemy import func, select
 
 from dicom_node.db.engine import Database
-from dicom_node.db.models import AuditEvent, DicomInstance, DicomStudy
+from dicom_node.db.models import AuditEvent, DicomInstance, DicomSeries, DicomStudy
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import AuditOutcome
 
@@ -143,7 +145,7 @@ PROBLEM_TITLES = {
     ProblemKind.ORPHAN: "file in the store that the index does not know (orphan)",
     ProblemKind.SUPERSEDED: (
         "other copy of an instance indexed elsewhere (old copy left by an interrupted "
-        "replace): left in place, remove by hand once checked"
+        "replace): --remove-superseded removes it once the indexed copy verifies"
     ),
     ProblemKind.STRAY: "not a DICOM file (no DICM prefix): left in place",
     ProblemKind.PURGED: "file of a study whose images were purged (an interrupted purge)",
@@ -192,6 +194,9 @@ class RepairResult:
     indexed: int  # orphans now indexed
     import_summary: str | None  # None: orphans were not imported
     purge_leftovers_removed: int | None = None  # None: not asked to remove them
+    superseded_removed: int | None = None  # None: not asked to remove them
+    # (path, why) of the superseded copies that removing them left in place
+    superseded_kept: tuple[tuple[str, str], ...] = ()
 
     def describe(self) -> str:
         actions = []
@@ -204,14 +209,22 @@ class RepairResult:
             actions.append(f"{self.purge_leftovers_removed} purge leftovers removed")
         elif self.before.count(ProblemKind.PURGED):
             actions.append("purge leftovers kept (--remove-purged removes them)")
-        return "\n".join(
-            [
-                self.before.describe(),
-                f"repair: {', '.join(actions) or 'nothing to do'}",
-                "after repair:",
-                self.after.describe(),
-            ]
-        )
+        if self.superseded_removed is not None:
+            actions.append(
+                f"{self.superseded_removed} superseded copies removed, "
+                f"{len(self.superseded_kept)} kept"
+            )
+        elif self.before.count(ProblemKind.SUPERSEDED):
+            actions.append(
+                "superseded copies kept (--remove-superseded removes those whose "
+                "indexed copy verifies)"
+            )
+        lines = [self.before.describe(), f"repair: {', '.join(actions) or 'nothing to do'}"]
+        if self.superseded_kept:
+            lines.append(f"superseded copies kept ({len(self.superseded_kept)}):")
+            lines.extend(f"  {path}: {why}" for path, why in self.superseded_kept)
+        lines.extend(["after repair:", self.after.describe()])
+        return "\n".join(lines)
 
 
 def verify_store(
@@ -402,14 +415,17 @@ def repair_store(
     actor: str,
     index_orphans: bool = True,
     remove_purged: bool = False,
+    remove_superseded: bool = False,
     quick: bool = False,
 ) -> RepairResult:
     """``index_orphans``: index the orphan files (DICOM files of instances the
     index does not know) where they lie, through the C-STORE path;
-    ``remove_purged``: remove the purge leftovers, as retention meant to.
+    ``remove_purged``: remove the purge leftovers, as retention meant to;
+    ``remove_superseded``: remove the superseded copies whose instance's indexed
+    copy verifies (hashed even with ``quick``); the others are kept, with why.
 
-    Nothing else is changed: superseded copies, non-DICOM files, missing and
-    damaged files are reported again (missing ones need a resend or a restore).
+    Nothing else is changed: non-DICOM files, missing and damaged files are
+    reported again (missing ones need a resend or a restore).
     The import runs with the duplicate policy "keep" whatever the node's: an
     instance indexed meanwhile is never replaced by an orphan copy. The run is
     audited.
@@ -430,6 +446,12 @@ def repair_store(
     removed: int | None = None
     if remove_purged:
         removed = _remove_purge_leftovers(db, store, before.problems.get(ProblemKind.PURGED, ()))
+    superseded_removed: int | None = None
+    superseded_kept: tuple[tuple[str, str], ...] = ()
+    if remove_superseded:
+        superseded_removed, superseded_kept = _remove_superseded(
+            db, store, before.problems.get(ProblemKind.SUPERSEDED, ())
+        )
     after = verify_store(db, store, quick=quick)
     indexed = (
         before.count(ProblemKind.ORPHAN) - after.count(ProblemKind.ORPHAN) if index_orphans else 0
@@ -447,10 +469,14 @@ def repair_store(
                     "after": {kind.value: after.count(kind) for kind in ProblemKind},
                     "orphans_indexed": indexed,
                     "purge_leftovers_removed": removed or 0,
+                    "superseded_removed": superseded_removed or 0,
+                    "superseded_kept": len(superseded_kept),
                 },
             ),
         )
-    return RepairResult(before, after, indexed, summary, removed)
+    return RepairResult(
+        before, after, indexed, summary, removed, superseded_removed, superseded_kept
+    )
 
 
 def _remove_purge_leftovers(db: Database, store: FileStore, paths: Sequence[str]) -> int:
@@ -485,11 +511,126 @@ def _remove_purge_leftovers(db: Database, store: FileStore, paths: Sequence[str]
                     continue
                 if not _written_before(path, purged_at):
                     continue
-                path.unlink(missing_ok=True)
+                _remove_file(path)
                 removed += 1
-                for directory in (path.parent, path.parent.parent):
-                    try:
-                        directory.rmdir()  # only when empty
-                    except OSError:
-                        break
     return removed
+
+
+def _remove_file(path: Path) -> None:
+    """Remove a file of the store, then its series and study directories if that
+    left them empty."""
+    path.unlink(missing_ok=True)
+    for directory in (path.parent, path.parent.parent):
+        try:
+            directory.rmdir()  # only when empty
+        except OSError:
+            break
+
+
+KEPT_INDEXED_MISSING = "the indexed copy is missing, this copy may be the best one left"
+KEPT_INDEXED_DAMAGED = (
+    "the indexed copy does not verify (size or SHA-256 differs from the index), "
+    "this copy may be the best one left"
+)
+KEPT_INDEXED_UNREADABLE = "the indexed copy cannot be read, this copy may be the best one left"
+KEPT_INDEXED_IS_THIS = "the indexed path leads to this very file (a link)"
+KEPT_OTHER_STUDY = "its instance is indexed in another study, check by hand"
+KEPT_INDEX_CHANGED = "the index changed meanwhile, no longer a superseded copy"
+
+
+@dataclass(frozen=True, slots=True)
+class _IndexedCopy:
+    study_instance_uid: str
+    file_path: str
+    file_size: int
+    sha256: str
+
+
+def _remove_superseded(
+    db: Database, store: FileStore, paths: Sequence[str]
+) -> tuple[int, tuple[tuple[str, str], ...]]:
+    """Remove superseded copies whose instance's indexed copy verifies (size and
+    content SHA-256, as verify checks them): never the only good copy.
+
+    Each study is handled under its row lock, which every ingest of that study
+    takes before it indexes or installs a file: a replace or a resend cannot
+    point the index at one of these paths, nor change the indexed copy, between
+    the checks here and the removal. Inside the lock the index is read again: a
+    path it now holds, or an instance it no longer knows, is not touched. An
+    instance indexed in another study than the copy's directory is not what an
+    interrupted replace leaves (a replace never moves an instance between
+    studies): kept for a person. Returns how many were removed and the kept
+    ones with why."""
+    by_study: dict[str, list[str]] = {}
+    for item in paths:
+        by_study.setdefault(item.split("/", 1)[0], []).append(item)
+    removed = 0
+    kept: list[tuple[str, str]] = []
+    for study_uid, study_paths in sorted(by_study.items()):
+        with db.unit_of_work() as session:
+            session.execute(
+                select(DicomStudy.id)
+                .where(DicomStudy.study_instance_uid == study_uid)
+                .with_for_update()
+            )
+            candidates = {
+                relative: _sop_uid_candidates(store.instances / relative, relative)
+                for relative in study_paths
+            }
+            uids = sorted({uid for values in candidates.values() for uid in values})
+            indexed: dict[str, _IndexedCopy] = {}
+            for start in range(0, len(uids), _LOOKUP_BATCH):
+                for sop_uid, row_study, file_path, file_size, sha256 in session.execute(
+                    select(
+                        DicomInstance.sop_instance_uid,
+                        DicomStudy.study_instance_uid,
+                        DicomInstance.file_path,
+                        DicomInstance.file_size,
+                        DicomInstance.sha256,
+                    )
+                    .join(DicomSeries, DicomSeries.id == DicomInstance.series_pk)
+                    .join(DicomStudy, DicomStudy.id == DicomSeries.study_pk)
+                    .where(DicomInstance.sop_instance_uid.in_(uids[start : start + _LOOKUP_BATCH]))
+                ):
+                    indexed[sop_uid] = _IndexedCopy(row_study, file_path, file_size, sha256)
+            for relative in sorted(study_paths):
+                path = store.instances / relative
+                if not path.is_file():
+                    continue  # gone meanwhile: nothing left to remove
+                copies = [indexed[uid] for uid in candidates[relative] if uid in indexed]
+                why: str | None
+                if not copies or any(copy.file_path == relative for copy in copies):
+                    why = KEPT_INDEX_CHANGED
+                elif any(copy.study_instance_uid != study_uid for copy in copies):
+                    why = KEPT_OTHER_STUDY
+                else:
+                    why = next(
+                        (
+                            problem
+                            for copy in copies
+                            if (problem := _indexed_copy_problem(store, copy, path)) is not None
+                        ),
+                        None,
+                    )
+                if why is not None:
+                    kept.append((relative, why))
+                    continue
+                _remove_file(path)
+                removed += 1
+    return removed, tuple(kept)
+
+
+def _indexed_copy_problem(store: FileStore, copy: _IndexedCopy, superseded: Path) -> str | None:
+    """Why the indexed copy cannot stand in for ``superseded``; None when it verifies."""
+    path = store.instances / copy.file_path
+    try:
+        if path.resolve() == superseded.resolve():
+            return KEPT_INDEXED_IS_THIS
+        found = digest_file(path)
+    except FileNotFoundError:
+        return KEPT_INDEXED_MISSING
+    except OSError:
+        return KEPT_INDEXED_UNREADABLE
+    if found.size != copy.file_size or found.content_sha256 != copy.sha256:
+        return KEPT_INDEXED_DAMAGED
+    return None

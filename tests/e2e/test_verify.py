@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
+import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from sqlalchemy import delete, select
 
 from dicom_node.db.engine import Database
 from dicom_node.db.models import AuditEvent, DicomInstance
+from dicom_node.domain.part10 import dataset_offset
 from dicom_node.services.importing import import_files, iter_files
 from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
-from dicom_node.services.integrity import verify_store
+from dicom_node.services.integrity import (
+    KEPT_INDEX_CHANGED,
+    ProblemKind,
+    _remove_superseded,
+    verify_store,
+)
 from dicom_node.storage import FileStore
 from tests.dicomfiles import ct_dataset, to_bytes, write
 from tests.e2e.test_cli import run
@@ -332,3 +340,195 @@ def test_verify_help_says_what_repair_and_remove_purged_change(tmp_path: Path) -
     assert "--remove-purged" in text
     assert "changes nothing else" in text
     assert "duplicate policy keep" in text
+
+
+def _superseded_copy(db: Database, store: FileStore) -> tuple[str, str]:
+    """An instance replaced by a resend (duplicate policy replace) whose old copy
+    the crash left at the plain path: (superseded path, indexed path)."""
+    replace = IngestPolicy(duplicate_policy="replace")
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    old, new = (
+        to_bytes(ct_dataset(study_uid=study, series_uid=series, sop_uid=sop, pixel_seed=seed))
+        for seed in (1, 2)
+    )
+    assert store_instance(db, store, part10=old, source=Source(), policy=replace).outcome == (
+        StoreOutcome.STORED
+    )
+    assert store_instance(db, store, part10=new, source=Source(), policy=replace).outcome == (
+        StoreOutcome.REPLACED
+    )
+    plain = FileStore.relative_path(study, series, sop)
+    (store.instances / plain).write_bytes(old)  # the old copy the crash left
+    with db.read() as session:
+        current = session.scalar(
+            select(DicomInstance.file_path).where(DicomInstance.sop_instance_uid == sop)
+        )
+    assert current is not None and current != plain
+    return plain, current
+
+
+def _repair_events(db: Database) -> list[AuditEvent]:
+    with db.read() as session:
+        return list(
+            session.scalars(select(AuditEvent).where(AuditEvent.action == "integrity_repair"))
+        )
+
+
+def test_remove_superseded_deletes_the_old_copy_once_the_indexed_copy_verifies(
+    tmp_path: Path, db_url: str
+) -> None:
+    db = Database(db_url)
+    store = FileStore(tmp_path / "data", fsync=False)
+    try:
+        plain, current = _superseded_copy(db, store)
+        indexed_bytes = (store.instances / current).read_bytes()
+        ok, report = _verify_output(tmp_path, db_url)
+        assert not ok
+        assert _section(report, "superseded") == [plain]
+
+        removed = run(tmp_path, "verify", "--remove-superseded", database_url=db_url)
+        assert removed.returncode == 0, removed.stdout + removed.stderr
+        assert "1 superseded copies removed, 0 kept" in removed.stdout
+        assert not (store.instances / plain).exists()
+        # the indexed copy and its row are untouched; its series directory stays
+        assert (store.instances / current).read_bytes() == indexed_bytes
+        with db.read() as session:
+            assert set(session.scalars(select(DicomInstance.file_path))) == {current}
+        plain_verify = run(tmp_path, "verify", database_url=db_url)
+        assert plain_verify.returncode == 0, plain_verify.stdout + plain_verify.stderr
+
+        events = _repair_events(db)
+        assert len(events) == 1
+        assert events[0].details["superseded_removed"] == 1
+        assert events[0].details["superseded_kept"] == 0
+        assert events[0].details["before"]["superseded"] == 1
+        assert events[0].details["after"]["superseded"] == 0
+        assert events[0].outcome == "success"
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize("damage", ["content", "missing"])
+def test_remove_superseded_keeps_the_copy_when_the_indexed_copy_is_damaged_or_missing(
+    tmp_path: Path, db_url: str, damage: str
+) -> None:
+    db = Database(db_url)
+    store = FileStore(tmp_path / "data", fsync=False)
+    try:
+        plain, current = _superseded_copy(db, store)
+        old_bytes = (store.instances / plain).read_bytes()
+        indexed = store.instances / current
+        if damage == "missing":
+            indexed.unlink()
+        else:
+            data = indexed.read_bytes()
+            indexed.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # same size, other pixels
+
+        result = run(tmp_path, "verify", "--remove-superseded", database_url=db_url)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "0 superseded copies removed, 1 kept" in result.stdout
+        kept = result.stdout.split("superseded copies kept (1):", 1)[1].splitlines()[1]
+        assert kept.startswith(f"  {plain}: the indexed copy ")
+        assert "may be the best one left" in kept
+        assert ("is missing" in kept) == (damage == "missing")
+        assert (store.instances / plain).read_bytes() == old_bytes  # the copy is kept
+        after = result.stdout.split("after repair:", 1)[1]
+        assert _section(after, "superseded") == [plain]
+        assert _section(after, damage) == [current]
+
+        events = _repair_events(db)
+        assert len(events) == 1
+        assert events[0].details["superseded_removed"] == 0
+        assert events[0].details["superseded_kept"] == 1
+        assert events[0].details["after"]["superseded"] == 1
+    finally:
+        db.dispose()
+
+
+def test_remove_superseded_alone_leaves_orphans_unindexed_and_combines_with_repair(
+    tmp_path: Path, db_url: str
+) -> None:
+    db = Database(db_url)
+    store = FileStore(tmp_path / "data", fsync=False)
+    try:
+        plain, current = _superseded_copy(db, store)
+        orphan = ct_dataset(study_uid=generate_uid(), patient_id="ORPHAN1")
+        orphan_path = FileStore.relative_path(
+            orphan.StudyInstanceUID, orphan.SeriesInstanceUID, orphan.SOPInstanceUID
+        )
+        write(orphan, store.instances / orphan_path)
+
+        alone = run(tmp_path, "verify", "--remove-superseded", database_url=db_url)
+        assert alone.returncode == 1, alone.stdout + alone.stderr
+        assert "1 superseded copies removed" in alone.stdout
+        assert "orphan files indexed" not in alone.stdout
+        assert _section(alone.stdout.split("after repair:", 1)[1], "orphan") == [orphan_path]
+        with db.read() as session:
+            assert set(session.scalars(select(DicomInstance.file_path))) == {current}
+
+        # another interrupted replace, then both repairs in one run
+        plain2, current2 = _superseded_copy(db, store)
+        both = run(tmp_path, "verify", "--repair", "--remove-superseded", database_url=db_url)
+        assert both.returncode == 0, both.stdout + both.stderr
+        assert "1 orphan files indexed" in both.stdout
+        assert "1 superseded copies removed, 0 kept" in both.stdout
+        assert not (store.instances / plain).exists()
+        assert not (store.instances / plain2).exists()
+        with db.read() as session:
+            indexed = set(session.scalars(select(DicomInstance.file_path)))
+        assert indexed == {current, current2, orphan_path}
+        assert [event.details["superseded_removed"] for event in _repair_events(db)] == [1, 1]
+    finally:
+        db.dispose()
+
+
+def test_remove_superseded_spares_a_path_the_index_moved_to_since_the_check(
+    tmp_path: Path, db_url: str
+) -> None:
+    """A replace whose new copy was renamed into place but never committed leaves
+    that copy superseded; the same content sent again commits the index onto that
+    very path. Removal reads the index again under the study lock and keeps it."""
+    db = Database(db_url)
+    store = FileStore(tmp_path / "data", fsync=False)
+    replace = IngestPolicy(duplicate_policy="replace")
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    old, new = (
+        to_bytes(ct_dataset(study_uid=study, series_uid=series, sop_uid=sop, pixel_seed=seed))
+        for seed in (1, 2)
+    )
+    try:
+        assert store_instance(db, store, part10=old, source=Source(), policy=replace).outcome == (
+            StoreOutcome.STORED
+        )
+        digest = hashlib.sha256(new[dataset_offset(new) :]).hexdigest()
+        variant = FileStore.relative_path(study, series, sop, variant=digest[:16])
+        (store.instances / variant).write_bytes(new)  # renamed into place, never committed
+        before = verify_store(db, store)
+        assert before.problems[ProblemKind.SUPERSEDED] == (variant,)
+
+        # the resend commits after verify listed the copy, before it is removed
+        assert store_instance(db, store, part10=new, source=Source(), policy=replace).outcome == (
+            StoreOutcome.REPLACED
+        )
+        with db.read() as session:
+            row = session.scalar(
+                select(DicomInstance.file_path).where(DicomInstance.sop_instance_uid == sop)
+            )
+        assert row == variant
+
+        removed, kept = _remove_superseded(db, store, before.problems[ProblemKind.SUPERSEDED])
+        assert removed == 0
+        assert kept == ((variant, KEPT_INDEX_CHANGED),)
+        assert (store.instances / variant).read_bytes() == new
+        assert verify_store(db, store).ok
+    finally:
+        db.dispose()
+
+
+def test_verify_help_documents_remove_superseded(tmp_path: Path) -> None:
+    result = run(tmp_path, "verify", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "--remove-superseded" in text
+    assert "only when the indexed copy exists and verifies" in text
+    assert "may be the best copy left" in text
