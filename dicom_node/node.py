@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import inspect
 from sqlalchemy.exc import SQLAlchemyError
 
+from dicom_node import log_limit
 from dicom_node.db import migrate, notify
 from dicom_node.db.engine import Database, redact_url
 from dicom_node.domain.matching import SlaPolicy
@@ -315,6 +316,7 @@ class Node:
         if self.dicom is not None:
             self.dicom.stop(self.settings.shutdown_grace_seconds)
             self.dicom = None
+            log_limit.flush_all()  # refusal lines still held back, with their counts
         if self._scheduler is not None:
             still_running = self._scheduler.wait_idle(JOB_STOP_WAIT_SECONDS)
             if still_running:

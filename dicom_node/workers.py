@@ -26,6 +26,7 @@ import threading
 import time
 from types import FrameType
 
+from dicom_node import log_limit
 from dicom_node.db.engine import Database
 from dicom_node.logging_setup import configure_logging
 from dicom_node.metrics import (
@@ -259,6 +260,7 @@ def run_worker(fd: int, parent: int) -> int:
                 log.warning("main process gone: DICOM worker %d stopping", os.getpid())
                 break
         server.stop(settings.shutdown_grace_seconds)
+        log_limit.flush_all()  # refusal lines still held back, with their counts
     finally:
         db.dispose()
     return 0

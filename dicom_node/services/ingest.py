@@ -54,12 +54,19 @@ from dicom_node.domain.errors import InvalidValue
 from dicom_node.domain.names import fold_person_name
 from dicom_node.domain.part10 import dataset_offset
 from dicom_node.domain.query import normalize_tm
+from dicom_node.log_limit import LogLimiter
 from dicom_node.services.audit import record_audit_event
 from dicom_node.services.completeness import withdraw_from_reading
 from dicom_node.services.matching import match_new_study
 from dicom_node.storage import FileStore
 
 log = logging.getLogger("dicom_node.ingest")
+# Lines logged per instance go through this: a modality resending a study into a
+# full disk writes one line per kind every 10 s, with a count, not one per
+# instance. Keys name the kind (and the peer, where the line names it), never
+# patient data or UIDs; they include the store, so that two nodes in one process
+# (tests, embedding) do not hold back each other's first line.
+_per_instance_log = LogLimiter(log)
 
 
 class StoreOutcome(StrEnum):
@@ -130,11 +137,21 @@ def store_instance(
         header = read_header(part10)
         offset = dataset_offset(part10)
     except InvalidHeader as exc:
-        log.warning("instance from %s refused: %s", source.calling_ae_title, exc.reason)
+        _per_instance_log.warning(
+            (store.root, "refused", source.calling_ae_title, exc.reason),
+            "instance from %s refused: %s",
+            source.calling_ae_title,
+            exc.reason,
+        )
         outcome = StoreOutcome.MISMATCH if exc.mismatch else StoreOutcome.REJECTED
         return StoreResult(outcome, exc.reason)
     except InvalidValue as exc:
-        log.warning("instance from %s refused: %s", source.calling_ae_title, exc)
+        _per_instance_log.warning(
+            (store.root, "refused", source.calling_ae_title, str(exc)),
+            "instance from %s refused: %s",
+            source.calling_ae_title,
+            exc,
+        )
         return StoreResult(StoreOutcome.REJECTED, str(exc))
     mismatch = None
     if expected_sop_class_uid is not None and header.sop_class_uid != expected_sop_class_uid:
@@ -145,7 +162,12 @@ def store_instance(
     ):
         mismatch = "SOPInstanceUID differs from the command's Affected SOP Instance"
     if mismatch:
-        log.warning("instance from %s refused: %s", source.calling_ae_title, mismatch)
+        _per_instance_log.warning(
+            (store.root, "refused", source.calling_ae_title, mismatch),
+            "instance from %s refused: %s",
+            source.calling_ae_title,
+            mismatch,
+        )
         return _result(StoreOutcome.MISMATCH, mismatch, header)
 
     # Content identity excludes the file meta, which differs between senders.
@@ -158,7 +180,12 @@ def store_instance(
         temp_inode = temp.stat().st_ino if temp is not None else None
     except OSError as exc:
         why = _failure(exc)
-        log.error("instance not stored (%s): cannot write the file: %s", why, _short(exc))
+        _per_instance_log.error(
+            (store.root, "not stored", why, "file"),
+            "instance not stored (%s): cannot write the file: %s",
+            why,
+            _short(exc),
+        )
         return _result(StoreOutcome.FAILED, why, header)
 
     installed: Path | None = None
@@ -200,10 +227,16 @@ def store_instance(
             temp.unlink(missing_ok=True)
         if isinstance(exc, DataError):
             # a value the database refuses: resending cannot help (C000, not A700)
-            log.warning("instance refused: a value cannot be indexed: %s", _short(exc))
+            _per_instance_log.warning(
+                (store.root, "cannot be indexed"),
+                "instance refused: a value cannot be indexed: %s",
+                _short(exc),
+            )
             return _result(StoreOutcome.REJECTED, "a value cannot be indexed", header)
         why = _failure(exc)
-        log.error("instance not stored (%s): %s", why, _short(exc))
+        _per_instance_log.error(
+            (store.root, "not stored", why), "instance not stored (%s): %s", why, _short(exc)
+        )
         return _result(StoreOutcome.FAILED, why, header)
     finally:
         if installed is None and temp is not None:
@@ -217,7 +250,8 @@ def store_instance(
     ):
         store.remove(indexed.old_path)  # only now that the new copy is committed
     if indexed.outcome in (StoreOutcome.KEPT_EXISTING, StoreOutcome.REPLACED):
-        log.warning(
+        _per_instance_log.warning(
+            (store.root, "received again", source.calling_ae_title, indexed.outcome),
             "SOP instance received again with different content from %s: %s",
             source.calling_ae_title,
             indexed.outcome.value,
@@ -255,7 +289,9 @@ def _needs_file(indexed: _Indexed, store: FileStore) -> bool:
     if indexed.outcome in (StoreOutcome.STORED, StoreOutcome.REPLACED):
         return True
     if indexed.outcome is StoreOutcome.DUPLICATE and not store.exists(indexed.relative_path):
-        log.warning("indexed instance file was missing; restored from the resend")
+        _per_instance_log.warning(
+            (store.root, "restored"), "indexed instance file was missing; restored from the resend"
+        )
         return True
     return False
 
