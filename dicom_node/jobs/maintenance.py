@@ -657,6 +657,7 @@ def _rematch(
                 queue=QueueType.READING,
                 priority=priority,
                 due_at=sla.due(priority, completed),
+                actor=ACTOR,
             )
     _close_reconciliation_items(
         session,

@@ -223,7 +223,13 @@ def complete_study(
     if not readable or study.metadata_status in _TO_RECONCILE:
         # released to reading or not, an unmatched study still needs its order
         _ensure_worklist_item(
-            session, study, order, queue=QueueType.RECONCILIATION, priority=priority, due_at=due_at
+            session,
+            study,
+            order,
+            queue=QueueType.RECONCILIATION,
+            priority=priority,
+            due_at=due_at,
+            actor=actor,
         )
     if not readable:
         return
@@ -232,7 +238,13 @@ def complete_study(
         _record_late_instances(session, study, report, actor=actor)
         return
     _ensure_worklist_item(
-        session, study, order, queue=QueueType.READING, priority=priority, due_at=due_at
+        session,
+        study,
+        order,
+        queue=QueueType.READING,
+        priority=priority,
+        due_at=due_at,
+        actor=actor,
     )
 
 
@@ -381,6 +393,8 @@ def withdraw_from_reading(
         queue=QueueType.RECONCILIATION,
         priority=priority,
         due_at=reading.due_at if reading else None,
+        actor=actor,
+        source_address=source_address,
     )
     session.flush()
 
@@ -450,7 +464,12 @@ def _ensure_worklist_item(
     queue: QueueType,
     priority: Priority,
     due_at: datetime | None,
+    actor: str,
+    actor_user_id: int | None = None,
+    actor_role: str | None = None,
+    source_address: str | None = None,
 ) -> None:
+    """The study's open item in ``queue``, made (and audited) if there is none."""
     already = session.scalar(
         select(WorklistItem)
         .where(
@@ -475,14 +494,40 @@ def _ensure_worklist_item(
                     already.due_at = due_at
             already.version += 1
         return
-    session.add(
-        WorklistItem(
-            imaging_request_id=order.id if order else None,
-            dicom_study_id=study.id,
-            queue_type=queue.value,
-            status=WorklistStatus.PENDING.value,
-            priority=priority.value,
-            priority_rank=PRIORITY_RANK[priority],
-            due_at=due_at,
-        )
+    item = WorklistItem(
+        imaging_request_id=order.id if order else None,
+        dicom_study_id=study.id,
+        queue_type=queue.value,
+        status=WorklistStatus.PENDING.value,
+        priority=priority.value,
+        priority_rank=PRIORITY_RANK[priority],
+        due_at=due_at,
+    )
+    session.add(item)
+    session.flush()
+    record_audit_event(
+        session,
+        AuditRecord(
+            event_code=AuditEventCode.PROCEDURE_RECORD,
+            action="worklist_item_created",
+            actor=actor,
+            actor_user_id=actor_user_id,
+            actor_role=actor_role,
+            source_address=source_address,
+            target_class="WorklistItem",
+            target_id=str(item.id),
+            patient_id=_patient_id(session, study),
+            study_instance_uid=study.study_instance_uid,
+            accession_number=study.accession_number,
+            details={
+                "before": None,
+                "after": {
+                    "queue_type": item.queue_type,
+                    "status": item.status,
+                    "priority": item.priority,
+                    "due_at": due_at.isoformat() if due_at else None,
+                    "order_id": item.imaging_request_id,
+                },
+            },
+        ),
     )

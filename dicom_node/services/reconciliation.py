@@ -382,6 +382,10 @@ def release_to_reading(
             priority=priority,
             # read from now: a study complete for hours is not overdue at once
             due_at=sla.due(priority, moment),
+            actor=principal.username,
+            actor_user_id=principal.user_id,
+            actor_role=principal.role.value,
+            source_address=source_address,
         )
         session.flush()
         reading_item_id = session.scalar(
@@ -817,6 +821,7 @@ def _queue_for_reading(
             queue=QueueType.READING,
             priority=priority,
             due_at=sla.due(priority, study.completed_at or now),
+            **who,
         )
         session.flush()
         return session.scalar(

@@ -705,6 +705,11 @@ def test_an_unmatched_study_released_to_reading_is_read_before_its_order_is_foun
         "stat",
         body["reading_item_id"],
     )
+    # the reading item made for it is audited in the scheduler's name
+    (created,) = events(api, "worklist_item_created", body["reading_item_id"])
+    assert (created.actor, created.details["before"]) == (scheduler.username, None)  # type: ignore[attr-defined]
+    assert created.details["after"]["queue_type"] == "reading"
+    assert created.details["after"]["priority"] == "stat"
 
     # the order found later: linked, and the claimed reading item is kept, not
     # doubled; it now names the order
