@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from dicom_node import __version__
+from dicom_node import __version__, log_limit
 from dicom_node.db import migrate
 from dicom_node.db.engine import redact_url
 from dicom_node.domain.enums import Role
@@ -59,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), EXIT_FAILURE)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    finally:
+        log_limit.flush_all()  # an import's refusal lines still held back, with their counts
 
 
 def _fail(message: str, code: int) -> int:

@@ -270,6 +270,9 @@ def compile_query(
             conditions.append(DicomStudy.instance_count > 0)
     if depth >= 2:
         statement = statement.join(DicomSeries, DicomSeries.study_pk == DicomStudy.id)
+        if only_held:
+            # a series made for a quarantined instance of another patient holds none
+            conditions.append(DicomSeries.instance_count > 0)
     if depth >= 3:
         statement = statement.join(DicomInstance, DicomInstance.series_pk == DicomSeries.id)
         # held for reconciliation, not part of the study it arrived under

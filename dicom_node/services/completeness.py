@@ -486,6 +486,11 @@ def _ensure_worklist_item(
         # an unmatched study was released to reading gets the order found
         # since, and its priority if that is more urgent
         if order is not None and already.imaging_request_id is None:
+            before = {
+                "order_id": None,
+                "priority": already.priority,
+                "due_at": already.due_at.isoformat() if already.due_at else None,
+            }
             already.imaging_request_id = order.id
             if PRIORITY_RANK[priority] < already.priority_rank:
                 already.priority = priority.value
@@ -493,6 +498,30 @@ def _ensure_worklist_item(
                 if due_at is not None and (already.due_at is None or due_at < already.due_at):
                     already.due_at = due_at
             already.version += 1
+            record_audit_event(
+                session,
+                AuditRecord(
+                    event_code=AuditEventCode.PROCEDURE_RECORD,
+                    action="worklist_item_updated",
+                    actor=actor,
+                    actor_user_id=actor_user_id,
+                    actor_role=actor_role,
+                    source_address=source_address,
+                    target_class="WorklistItem",
+                    target_id=str(already.id),
+                    patient_id=_patient_id(session, study),
+                    study_instance_uid=study.study_instance_uid,
+                    accession_number=study.accession_number,
+                    details={
+                        "before": before,
+                        "after": {
+                            "order_id": order.id,
+                            "priority": already.priority,
+                            "due_at": already.due_at.isoformat() if already.due_at else None,
+                        },
+                    },
+                ),
+            )
         return
     item = WorklistItem(
         imaging_request_id=order.id if order else None,

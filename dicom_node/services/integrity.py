@@ -534,6 +534,7 @@ KEPT_INDEXED_DAMAGED = (
 )
 KEPT_INDEXED_UNREADABLE = "the indexed copy cannot be read, this copy may be the best one left"
 KEPT_INDEXED_IS_THIS = "the indexed path leads to this very file (a link)"
+KEPT_INDEXED_LINK = "the indexed copy is reached through a symbolic link, check by hand"
 KEPT_OTHER_STUDY = "its instance is indexed in another study, check by hand"
 KEPT_INDEX_CHANGED = "the index changed meanwhile, no longer a superseded copy"
 
@@ -626,6 +627,11 @@ def _indexed_copy_problem(store: FileStore, copy: _IndexedCopy, superseded: Path
     try:
         if path.resolve() == superseded.resolve():
             return KEPT_INDEXED_IS_THIS
+        # verify lists no symbolic link (the indexed copy is "missing" to it); a
+        # link, or one among its directories, may lead out of the store: never
+        # let it stand in for a real file
+        if _through_a_link(store, path):
+            return KEPT_INDEXED_LINK
         found = digest_file(path)
     except FileNotFoundError:
         return KEPT_INDEXED_MISSING
@@ -634,3 +640,14 @@ def _indexed_copy_problem(store: FileStore, copy: _IndexedCopy, superseded: Path
     if found.size != copy.file_size or found.content_sha256 != copy.sha256:
         return KEPT_INDEXED_DAMAGED
     return None
+
+
+def _through_a_link(store: FileStore, path: Path) -> bool:
+    """Whether ``path`` or a directory between it and the store's instances is a
+    symbolic link."""
+    current = path
+    while current != store.instances and current.is_relative_to(store.instances):
+        if current.is_symlink():
+            return True
+        current = current.parent
+    return False

@@ -500,9 +500,10 @@ def _center(session: Session, center_id: int | None) -> int | None:
     return center_id
 
 
-def _lock_patient(session: Session, patient_id: str, issuer: str) -> None:
+def lock_patient_orders(session: Session, patient_id: str, issuer: str) -> None:
     """Serialise order creation per patient on PostgreSQL, so two concurrent
-    requests cannot both pass the duplicate check (SQLite has one writer)."""
+    requests (a new order, an order made from a study) cannot both pass the
+    duplicate check (SQLite has one writer)."""
     if session.get_bind().dialect.name != "postgresql":
         return
     digest = hashlib.sha256(f"order-duplicates|{issuer}|{patient_id}".encode()).digest()
@@ -589,7 +590,7 @@ def create_order(
         created_at=moment,
         updated_at=moment,
     )
-    _lock_patient(session, patient_id, issuer)
+    lock_patient_orders(session, patient_id, issuer)
     existing = find_duplicate_order(
         session,
         patient_id=patient_id,
@@ -634,21 +635,41 @@ def create_order(
         ),
     )
     if existing is not None:
-        # its own event, so an auditor can list every override
-        record_audit_event(
+        audit_duplicate_forced(
             session,
-            AuditRecord(
-                event_code=AuditEventCode.ORDER_RECORD,
-                action="order_duplicate_forced",
-                target_class="ImagingRequest",
-                target_id=str(order.id),
-                patient_id=patient_id,
-                reason=reason,
-                details={"existing_order_id": existing.id, "new_order_id": order.id},
-                **_who(principal, source_address),
-            ),
+            order,
+            existing,
+            reason=reason,
+            principal=principal,
+            source_address=source_address,
         )
     return info
+
+
+def audit_duplicate_forced(
+    session: Session,
+    order: ImagingRequest,
+    existing: ImagingRequest,
+    *,
+    reason: str,
+    principal: Principal,
+    source_address: str | None,
+) -> None:
+    """An order made despite an open one of the same patient: its own event, so
+    an auditor can list every override, wherever it was made."""
+    record_audit_event(
+        session,
+        AuditRecord(
+            event_code=AuditEventCode.ORDER_RECORD,
+            action="order_duplicate_forced",
+            target_class="ImagingRequest",
+            target_id=str(order.id),
+            patient_id=order.patient_id,
+            reason=reason,
+            details={"existing_order_id": existing.id, "new_order_id": order.id},
+            **_who(principal, source_address),
+        ),
+    )
 
 
 _AUDITED_FIELDS = (

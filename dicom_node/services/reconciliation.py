@@ -61,7 +61,9 @@ from dicom_node.services.orders import (
     OrderInfo,
     SortColumn,
     advance_order,
+    audit_duplicate_forced,
     count_of,
+    lock_patient_orders,
     order_by,
     order_info,
 )
@@ -607,6 +609,8 @@ def create_order_from_study(
         )
     if imaging_center_id is not None and session.get(ImagingCenter, imaging_center_id) is None:
         raise NotFound(f"no imaging center {imaging_center_id} (imaging_center_id)")
+    # the same lock as a new order's duplicate check: two at once cannot both pass
+    lock_patient_orders(session, patient.patient_id, patient.issuer_of_patient_id or "")
     open_order = _open_order_of_patient(
         session, patient, _modality(study), duplicate_window, moment
     )
@@ -664,12 +668,26 @@ def create_order_from_study(
             },
             "from_study_id": study.id,
             **(
-                {"duplicate_override": {"existing_order_id": open_order.id}}
+                {
+                    "duplicate_override": {
+                        "existing_order_id": open_order.id,
+                        "reason": text_reason,
+                    }
+                }
                 if open_order is not None
                 else {}
             ),
         },
     )
+    if open_order is not None:
+        audit_duplicate_forced(
+            session,
+            order,
+            open_order,
+            reason=text_reason,
+            principal=principal,
+            source_address=source_address,
+        )
     return _link(
         session,
         study,

@@ -492,6 +492,23 @@ def _require_reviewer(
 def _require_communicated(session: Session, report: Report) -> None:
     if not report.critical_flag:
         return
+    pending = session.scalar(
+        select(CriticalResultCommunication.id)
+        .where(
+            CriticalResultCommunication.report_id == report.id,
+            CriticalResultCommunication.communicated_at.is_(None),
+        )
+        .limit(1)
+    )
+    if pending is not None:
+        # opened by flagging this text: signing it would leave the record to be
+        # escalated as overdue on a signed report
+        raise InvalidValue(
+            f"critical result communication {pending} is not recorded yet (who told whom, "
+            f"how, when): POST /api/reports/{report.id}/critical-communications or send "
+            "critical_communication",
+            field="critical_communication",
+        )
     communicated = session.scalar(
         select(CriticalResultCommunication.id)
         .where(

@@ -442,7 +442,14 @@ def test_create_order_is_refused_while_an_open_order_of_the_patient_and_modality
     assert forced.status_code == 201, forced.text
     new_id = forced.json()["order"]["id"]
     (created,) = events(api, "order_created", new_id)
-    assert created.details["duplicate_override"] == {"existing_order_id": order["id"]}
+    assert created.details["duplicate_override"] == {
+        "existing_order_id": order["id"],
+        "reason": "a second CT that day",
+    }
+    # listed with every other override, as for a new order
+    (override,) = events(api, "order_duplicate_forced", new_id)
+    assert override.details == {"existing_order_id": order["id"], "new_order_id": new_id}
+    assert override.reason == "a second CT that day"
 
 
 def test_create_order_is_refused_when_an_order_already_holds_the_study_uid(
@@ -754,6 +761,10 @@ def test_a_released_study_takes_a_more_urgent_order_found_later(
         assert item is not None and item.due_at is not None
         assert (item.priority, item.imaging_request_id) == ("stat", order["id"])
         assert item.due_at < routine_due
+    (updated,) = events(api, "worklist_item_updated", released["reading_item_id"])
+    assert updated.details["before"]["priority"] == "routine"
+    assert updated.details["after"]["priority"] == "stat"
+    assert updated.details["after"]["order_id"] == order["id"]
 
 
 def test_a_released_study_that_is_rejected_cannot_be_reported(

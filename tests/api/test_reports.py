@@ -596,6 +596,35 @@ def test_flagging_a_draft_after_the_call_was_recorded_opens_no_second_record(
     assert pending == []
 
 
+def test_a_critical_finding_flagged_in_an_addendum_needs_its_own_call_before_signing(
+    api: ApiServer,
+) -> None:
+    """The call of the first signing does not cover a finding flagged again in
+    an addendum: its record would be escalated as overdue on a signed report."""
+    author, reviewer = api.client("radiologist"), api.client("radiologist")
+    _, report = draft(api, author, critical_flag=True)
+    url = f"/api/reports/{report['id']}"
+    ok(author.post(f"{url}/submit", json={"critical_communication": communication()}))
+    ok(reviewer.post(f"{url}/finalize"))
+    ok(author.post(f"{url}/addendum", json={"kind": "addendum", "impression": "New bleed."}), 201)
+    ok(author.patch(url, json={"critical_flag": False}))
+    flagged = ok(author.patch(url, json={"critical_flag": True}))
+    assert [r["communicated_at"] is None for r in flagged["critical_communications"]] == [
+        False,
+        True,
+    ]
+
+    refused = author.post(f"{url}/submit")
+
+    assert refused.status_code == 422
+    assert refused.json()["error"]["field"] == "critical_communication"
+    told = communication(finding="New bleed.")
+    assert (
+        ok(author.post(f"{url}/submit", json={"critical_communication": told}))["status"]
+        == "in_review"
+    )
+
+
 def test_setting_the_flag_on_a_draft_then_recording_the_call_allows_submit(
     api: ApiServer,
 ) -> None:

@@ -445,6 +445,30 @@ def test_remove_superseded_keeps_the_copy_when_the_indexed_copy_is_damaged_or_mi
         db.dispose()
 
 
+def test_remove_superseded_keeps_the_copy_when_the_indexed_copy_is_a_link_out_of_the_store(
+    tmp_path: Path, db_url: str
+) -> None:
+    """verify lists no symbolic link: an indexed copy reached through one (an old
+    mount, a backup) must not stand in for the real file, however it hashes."""
+    db = Database(db_url)
+    store = FileStore(tmp_path / "data", fsync=False)
+    try:
+        plain, current = _superseded_copy(db, store)
+        indexed = store.instances / current
+        outside = tmp_path / "elsewhere.dcm"
+        outside.write_bytes(indexed.read_bytes())  # hashes exactly as the index says
+        indexed.unlink()
+        indexed.symlink_to(outside)
+
+        result = run(tmp_path, "verify", "--remove-superseded", database_url=db_url)
+
+        assert "0 superseded copies removed, 1 kept" in result.stdout, result.stdout
+        assert "symbolic link" in result.stdout
+        assert (store.instances / plain).is_file()  # the real copy stays
+    finally:
+        db.dispose()
+
+
 def test_remove_superseded_alone_leaves_orphans_unindexed_and_combines_with_repair(
     tmp_path: Path, db_url: str
 ) -> None:

@@ -27,10 +27,12 @@ from dicom_node.domain.demo import DEMO_STUDIES
 from dicom_node.domain.enums import Priority
 from dicom_node.domain.matching import SlaPolicy
 from dicom_node.domain.part10 import dataset_offset
+from dicom_node.domain.query import Level
 from dicom_node.jobs.workflow import run_study_stability
 from dicom_node.services.demo import load_demo
 from dicom_node.services.importing import import_files
 from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
+from dicom_node.services.query import find_entities
 from dicom_node.storage import FileStore
 from tests.dicomfiles import ct_dataset, to_bytes
 from tests.support import SAMPLE_DIR
@@ -360,7 +362,8 @@ def test_known_study_uid_for_another_patient_is_quarantined_not_merged(
     db: Database, store: FileStore
 ) -> None:
     study_uid = generate_uid()
-    put(db, store, to_bytes(ct_dataset(study_uid=study_uid, patient_id="PAT1")))
+    first = ct_dataset(study_uid=study_uid, patient_id="PAT1")
+    put(db, store, to_bytes(first))
     intruder = ct_dataset(study_uid=study_uid, patient_id="PAT2", patient_name="ROE^RICHARD")
     assert put(db, store, to_bytes(intruder)).outcome is StoreOutcome.STORED
     study = study_row(db, study_uid)
@@ -379,6 +382,15 @@ def test_known_study_uid_for_another_patient_is_quarantined_not_merged(
     assert audit.patient_id == "PAT2"
     # held, not merged: the study's counts and modalities are still PAT1's alone
     assert (study.instance_count, study.series_count, study.modalities_in_study) == (1, 1, "CT")
+    # and C-FIND offers no series of PAT2's under PAT1's study (nothing to retrieve)
+    with db.read() as session:
+        series = find_entities(
+            session,
+            level=Level.SERIES,
+            keys={"StudyInstanceUID": study_uid, "SeriesInstanceUID": ""},
+            limit=10,
+        ).matches
+    assert [row["SeriesInstanceUID"] for row in series] == [first.SeriesInstanceUID]
 
 
 def test_accession_without_issuer_matching_orders_of_two_issuers_is_left_unmatched(
