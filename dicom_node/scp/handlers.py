@@ -31,6 +31,7 @@ from dicom_node.scp.transport import (
     abort_reason,
     connection_ended,
     set_nodelay,
+    tolerate_late_requests,
     watch_for_stalls,
 )
 from dicom_node.services.audit import record_audit_event
@@ -121,6 +122,7 @@ def _peer(event: Event) -> tuple[str, str]:
 def handle_connection_opened(event: Event) -> None:
     set_nodelay(event)
     poll_adaptively(event.assoc)
+    tolerate_late_requests(event.assoc)
     watch_for_stalls(event.assoc)
 
 

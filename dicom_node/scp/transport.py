@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import socket
 import struct
 import threading
@@ -15,6 +16,7 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.events import Event
+from pynetdicom.fsm import TRANSITION_TABLE, StateMachine
 
 log = logging.getLogger("dicom_node.scp")
 
@@ -127,6 +129,39 @@ def limit_pdu_length(assoc: Association) -> None:
     :class:`LimitedDUL` (pynetdicom creates it itself)."""
     if type(assoc.dul) is DULServiceProvider:
         assoc.dul.__class__ = LimitedDUL
+    tolerate_late_requests(assoc)
+
+
+# Events of the node's own requests (PS3.8 9.2): an A-ASSOCIATE, a P-DATA (a
+# DIMSE message), an A-RELEASE or an A-ABORT primitive from the association thread.
+_LOCAL_REQUESTS = frozenset({"Evt1", "Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"})
+
+
+class TolerantStateMachine(StateMachine):
+    """Drops a request of the node's own that comes too late instead of dying.
+
+    When the DUL has aborted (Sta13: awaiting the close) or closed (Sta1), a
+    handler still running on the association thread may yet send its response.
+    PS3.8 defines no transition for that; pynetdicom raises InvalidEventError in
+    the DUL thread, which ends without closing the socket or signalling the
+    connection close, so the open-association count and the close handlers
+    leak. The request has no association left to go on: it is discarded.
+    """
+
+    def do_action(self, event: str) -> None:
+        if event in _LOCAL_REQUESTS and (event, self.current_state) not in TRANSITION_TABLE:
+            with contextlib.suppress(queue.Empty):
+                self.dul.to_provider_queue.get(block=False)  # what the action would take
+            log.debug(
+                "request %s dropped in %s: the association is gone", event, self.current_state
+            )
+            return
+        super().do_action(event)
+
+
+def tolerate_late_requests(assoc: Association) -> None:
+    if type(assoc.dul.state_machine) is StateMachine:
+        assoc.dul.state_machine.__class__ = TolerantStateMachine
 
 
 # --------------------------------------------------------------------------- stalled reads

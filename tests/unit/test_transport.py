@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import inspect
 
+import pytest
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.fsm import TRANSITION_TABLE, InvalidEventError
+from pynetdicom.pdu_primitives import P_DATA
 
 from dicom_node.scp.polling import AdaptiveDUL
-from dicom_node.scp.transport import LimitedDUL, limit_pdu_length
+from dicom_node.scp.transport import LimitedDUL, TolerantStateMachine, limit_pdu_length
 
 
 def test_pynetdicom_still_reads_pdus_where_the_check_replaces_it() -> None:
@@ -44,3 +47,28 @@ def test_the_p_data_limit_is_the_maximum_length_the_node_sent() -> None:
     assert acceptor.dul._limit(0x01) == 1_048_576  # type: ignore[attr-defined]
     acceptor.acceptor.maximum_length = 0  # max_pdu_size = 0: no limit
     assert acceptor.dul._limit(0x04) == 0  # type: ignore[attr-defined]
+
+
+def test_a_response_sent_after_the_abort_is_dropped_not_fatal_to_the_dul() -> None:
+    """A handler still running when the DUL aborted (Sta13) or closed (Sta1)
+    sends its response: pynetdicom alone raises InvalidEventError in the DUL
+    thread, which then ends without closing the connection."""
+    for state in ("Sta13", "Sta1"):
+        assoc = Association(AE("TEST"), "acceptor")
+        limit_pdu_length(assoc)
+        assert isinstance(assoc.dul.state_machine, TolerantStateMachine)
+        assoc.dul.state_machine.current_state = state
+        assoc.dul.to_provider_queue.put(P_DATA())
+        assert assoc.dul._process_recv_primitive()
+        event = assoc.dul.event_queue.get(block=False)
+        assert event == "Evt9"
+        assoc.dul.state_machine.do_action(event)  # no InvalidEventError
+        assert assoc.dul.to_provider_queue.empty()
+        assert assoc.dul.state_machine.current_state == state
+
+    bare = Association(AE("TEST"), "acceptor").dul.state_machine
+    bare.current_state = "Sta13"
+    with pytest.raises(InvalidEventError):
+        bare.do_action("Evt9")  # what the node guards against
+    # events of the peer are never dropped: an invalid PDU still gets its A-ABORT
+    assert ("Evt19", "Sta13") in TRANSITION_TABLE
