@@ -747,12 +747,18 @@ def _finish_restore(url: str, source: Path, manifest: Manifest, actor: str) -> N
 
 
 def _recount(session: Session, series_pks: set[int]) -> None:
-    """Instance counts of the series and studies that lost rows."""
+    """Instance counts of the series and studies that lost rows, as ingest
+    counts them: a quarantined instance (another patient's, held) is not one."""
     if not series_pks:
         return
     for series in session.scalars(select(DicomSeries).where(DicomSeries.id.in_(series_pks))):
         series.instance_count = (
-            session.scalar(select(func.count()).where(DicomInstance.series_pk == series.id)) or 0
+            session.scalar(
+                select(func.count()).where(
+                    DicomInstance.series_pk == series.id, DicomInstance.quarantined.is_(False)
+                )
+            )
+            or 0
         )
     study_pks = set(
         session.scalars(select(DicomSeries.study_pk).where(DicomSeries.id.in_(series_pks)))
@@ -763,7 +769,7 @@ def _recount(session: Session, series_pks: set[int]) -> None:
                 select(func.count())
                 .select_from(DicomInstance)
                 .join(DicomSeries, DicomSeries.id == DicomInstance.series_pk)
-                .where(DicomSeries.study_pk == study.id)
+                .where(DicomSeries.study_pk == study.id, DicomInstance.quarantined.is_(False))
             )
             or 0
         )

@@ -29,6 +29,7 @@ from dicom_node.domain.matching import SlaPolicy
 from dicom_node.domain.part10 import dataset_offset
 from dicom_node.domain.query import Level
 from dicom_node.jobs.workflow import run_study_stability
+from dicom_node.services.backup import _recount
 from dicom_node.services.demo import load_demo
 from dicom_node.services.importing import import_files
 from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
@@ -391,6 +392,19 @@ def test_known_study_uid_for_another_patient_is_quarantined_not_merged(
             limit=10,
         ).matches
     assert [row["SeriesInstanceUID"] for row in series] == [first.SeriesInstanceUID]
+    # a restore that recounts the study (rows removed after the backup's
+    # snapshot) counts as ingest does
+    with db.unit_of_work() as session:
+        _recount(session, set(session.scalars(select(DicomSeries.id))))
+    recounted = study_row(db, study_uid)
+    assert (recounted.instance_count, flagged_series_count(db, flagged.series_pk)) == (1, 0)
+
+
+def flagged_series_count(db: Database, series_pk: int) -> int:
+    with db.read() as session:
+        series = session.get(DicomSeries, series_pk)
+        assert series is not None
+        return series.instance_count
 
 
 def test_accession_without_issuer_matching_orders_of_two_issuers_is_left_unmatched(
