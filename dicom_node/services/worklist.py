@@ -582,6 +582,14 @@ def claim_worklist_item(
         item.queue_type in (QueueType.READING.value, QueueType.REVIEW.value)
         and item.dicom_study_id is not None
     ):
+        # The study row first, as ingest locks it before the study's items (a
+        # conflict withdraws them): the other order could deadlock, and the
+        # check below could pass on a study an ingest is making a conflict.
+        session.execute(
+            select(DicomStudy.id)
+            .where(DicomStudy.id == item.dicom_study_id)
+            .with_for_update(key_share=True)
+        )
         require_readable_study(session, study_id=item.dicom_study_id, doing="claimed")
     now = utcnow()
     conditions = [

@@ -502,3 +502,40 @@ def test_items_of_a_study_not_released_to_reading_cannot_be_claimed(api: ApiServ
         released = reader.post(f"/api/worklist/{seeded.item_id}/claim")
         # a rejected study is withdrawn: no release makes it readable
         assert released.status_code == (409 if metadata_status == "rejected" else 200)
+
+
+def test_a_claim_waits_for_an_ingest_making_the_study_a_conflict_and_is_refused(
+    api: ApiServer,
+) -> None:
+    """Claim locks the study row before its check, as ingest does before the
+    study's items: it never claims a study a concurrent ingest is making a
+    conflict (and the two never deadlock on the opposite order)."""
+    reader = api.client("radiologist")
+    seeded = seed_study(api.db)
+    answer: list[httpx.Response] = []
+    holder = Database(api.db.url)
+    try:
+        with holder.unit_of_work() as session:
+            # what ingest holds while it quarantines an instance of another patient
+            session.execute(
+                select(DicomStudy.id)
+                .where(DicomStudy.id == seeded.study_id)
+                .with_for_update(key_share=True)
+            )
+            session.execute(
+                update(DicomStudy)
+                .where(DicomStudy.id == seeded.study_id)
+                .values(metadata_status="conflict")
+            )
+            claim = threading.Thread(
+                target=lambda: answer.append(reader.post(f"/api/worklist/{seeded.item_id}/claim"))
+            )
+            claim.start()
+            claim.join(timeout=1.0)
+            assert claim.is_alive(), "the claim did not wait for the study row"
+        claim.join(timeout=30)
+    finally:
+        holder.dispose()
+    (response,) = answer
+    assert response.status_code == 409, response.text
+    assert response.json()["error"]["current_state"] == "conflict"
