@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
@@ -274,33 +275,63 @@ def _record_late_instances(
         )
         or 0
     )
-    record_audit_event(
+    _audit(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.PROCEDURE_RECORD,
-            action="late_instance_after_report",
-            outcome=AuditOutcome.MINOR_FAILURE,
-            actor=actor,
-            target_class="DicomStudy",
-            target_id=str(study.id),
-            patient_id=_patient_id(session, study),
-            study_instance_uid=study.study_instance_uid,
-            accession_number=study.accession_number,
-            reason=f"instances arrived after report {report.id} was started; "
-            "no new reading item (an addendum may be needed)",
-            details={
-                "report_id": report.id,
-                "report_status": report.status,
-                "instances_after_report": late,
-                "instance_count": study.instance_count,
-                "series_count": study.series_count,
-            },
-        ),
+        study,
+        action="late_instance_after_report",
+        outcome=AuditOutcome.MINOR_FAILURE,
+        actor=actor,
+        target=("DicomStudy", study.id),
+        reason=f"instances arrived after report {report.id} was started; "
+        "no new reading item (an addendum may be needed)",
+        details={
+            "report_id": report.id,
+            "report_status": report.status,
+            "instances_after_report": late,
+            "instance_count": study.instance_count,
+            "series_count": study.series_count,
+        },
     )
 
 
 def _patient_id(session: Session, study: DicomStudy) -> str | None:
     return session.scalar(select(Patient.patient_id).where(Patient.id == study.patient_pk))
+
+
+def _audit(
+    session: Session,
+    study: DicomStudy,
+    *,
+    action: str,
+    target: tuple[str, int],
+    details: dict[str, Any],
+    actor: str,
+    actor_user_id: int | None = None,
+    actor_role: str | None = None,
+    source_address: str | None = None,
+    reason: str | None = None,
+    outcome: AuditOutcome = AuditOutcome.SUCCESS,
+) -> None:
+    """A procedure-record event about ``study`` or one of its work items."""
+    record_audit_event(
+        session,
+        AuditRecord(
+            event_code=AuditEventCode.PROCEDURE_RECORD,
+            action=action,
+            outcome=outcome,
+            actor=actor,
+            actor_user_id=actor_user_id,
+            actor_role=actor_role,
+            source_address=source_address,
+            target_class=target[0],
+            target_id=str(target[1]),
+            patient_id=_patient_id(session, study),
+            study_instance_uid=study.study_instance_uid,
+            accession_number=study.accession_number,
+            reason=reason,
+            details=details,
+        ),
+    )
 
 
 def withdraw_from_reading(
@@ -320,27 +351,18 @@ def withdraw_from_reading(
         return
     if study.released_to_reading:
         # a release to reading was for the patient the study seemed to be
-        record_audit_event(
+        _audit(
             session,
-            AuditRecord(
-                event_code=AuditEventCode.PROCEDURE_RECORD,
-                action="study_release_withdrawn",
-                actor=actor,
-                source_address=source_address,
-                target_class="DicomStudy",
-                target_id=str(study.id),
-                patient_id=_patient_id(session, study),
-                study_instance_uid=study.study_instance_uid,
-                accession_number=study.accession_number,
-                reason=reason,
-                details={
-                    "before": {
-                        "released_to_reading": True,
-                        "release_priority": study.release_priority,
-                    },
-                    "after": {"released_to_reading": False, "release_priority": None},
-                },
-            ),
+            study,
+            action="study_release_withdrawn",
+            actor=actor,
+            source_address=source_address,
+            target=("DicomStudy", study.id),
+            reason=reason,
+            details={
+                "before": {"released_to_reading": True, "release_priority": study.release_priority},
+                "after": {"released_to_reading": False, "release_priority": None},
+            },
         )
         study.released_to_reading = False
         study.release_priority = None
@@ -359,25 +381,19 @@ def withdraw_from_reading(
         item.status = WorklistStatus.CANCELLED.value
         item.version += 1
         cancelled.append(item)
-        record_audit_event(
+        _audit(
             session,
-            AuditRecord(
-                event_code=AuditEventCode.PROCEDURE_RECORD,
-                action="worklist_item_cancelled",
-                actor=actor,
-                source_address=source_address,
-                target_class="WorklistItem",
-                target_id=str(item.id),
-                patient_id=_patient_id(session, study),
-                study_instance_uid=study.study_instance_uid,
-                accession_number=study.accession_number,
-                reason=reason,
-                details={
-                    "before": before,
-                    "after": {"status": item.status, "assigned_to_id": item.assigned_to_id},
-                    "queue_type": item.queue_type,
-                },
-            ),
+            study,
+            action="worklist_item_cancelled",
+            actor=actor,
+            source_address=source_address,
+            target=("WorklistItem", item.id),
+            reason=reason,
+            details={
+                "before": before,
+                "after": {"status": item.status, "assigned_to_id": item.assigned_to_id},
+                "queue_type": item.queue_type,
+            },
         )
     reading = next((i for i in cancelled if i.queue_type == QueueType.READING.value), None)
     order = (
@@ -470,6 +486,12 @@ def _ensure_worklist_item(
     source_address: str | None = None,
 ) -> None:
     """The study's open item in ``queue``, made (and audited) if there is none."""
+    who: dict[str, Any] = {
+        "actor": actor,
+        "actor_user_id": actor_user_id,
+        "actor_role": actor_role,
+        "source_address": source_address,
+    }
     already = session.scalar(
         select(WorklistItem)
         .where(
@@ -498,29 +520,20 @@ def _ensure_worklist_item(
                 if due_at is not None and (already.due_at is None or due_at < already.due_at):
                     already.due_at = due_at
             already.version += 1
-            record_audit_event(
+            _audit(
                 session,
-                AuditRecord(
-                    event_code=AuditEventCode.PROCEDURE_RECORD,
-                    action="worklist_item_updated",
-                    actor=actor,
-                    actor_user_id=actor_user_id,
-                    actor_role=actor_role,
-                    source_address=source_address,
-                    target_class="WorklistItem",
-                    target_id=str(already.id),
-                    patient_id=_patient_id(session, study),
-                    study_instance_uid=study.study_instance_uid,
-                    accession_number=study.accession_number,
-                    details={
-                        "before": before,
-                        "after": {
-                            "order_id": order.id,
-                            "priority": already.priority,
-                            "due_at": already.due_at.isoformat() if already.due_at else None,
-                        },
+                study,
+                action="worklist_item_updated",
+                target=("WorklistItem", already.id),
+                details={
+                    "before": before,
+                    "after": {
+                        "order_id": order.id,
+                        "priority": already.priority,
+                        "due_at": already.due_at.isoformat() if already.due_at else None,
                     },
-                ),
+                },
+                **who,
             )
         return
     item = WorklistItem(
@@ -534,29 +547,20 @@ def _ensure_worklist_item(
     )
     session.add(item)
     session.flush()
-    record_audit_event(
+    _audit(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.PROCEDURE_RECORD,
-            action="worklist_item_created",
-            actor=actor,
-            actor_user_id=actor_user_id,
-            actor_role=actor_role,
-            source_address=source_address,
-            target_class="WorklistItem",
-            target_id=str(item.id),
-            patient_id=_patient_id(session, study),
-            study_instance_uid=study.study_instance_uid,
-            accession_number=study.accession_number,
-            details={
-                "before": None,
-                "after": {
-                    "queue_type": item.queue_type,
-                    "status": item.status,
-                    "priority": item.priority,
-                    "due_at": due_at.isoformat() if due_at else None,
-                    "order_id": item.imaging_request_id,
-                },
+        study,
+        action="worklist_item_created",
+        target=("WorklistItem", item.id),
+        details={
+            "before": None,
+            "after": {
+                "queue_type": item.queue_type,
+                "status": item.status,
+                "priority": item.priority,
+                "due_at": due_at.isoformat() if due_at else None,
+                "order_id": item.imaging_request_id,
             },
-        ),
+        },
+        **who,
     )
