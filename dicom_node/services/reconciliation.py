@@ -397,28 +397,20 @@ def release_to_reading(
                 WorklistItem.status.in_(OPEN_WORKLIST_STATUSES),
             )
         )
-    record_audit_event(
+    _study_event(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.PROCEDURE_RECORD,
-            action="study_released_to_reading",
-            actor=principal.username,
-            actor_user_id=principal.user_id,
-            actor_role=principal.role.value,
-            source_address=source_address,
-            target_class="DicomStudy",
-            target_id=str(study.id),
-            patient_id=patient.patient_id,
-            study_instance_uid=study.study_instance_uid,
-            accession_number=study.accession_number,
-            reason=text_reason,
-            details={
-                "before": {"released_to_reading": False},
-                "after": {"released_to_reading": True},
-                "priority": priority.value,
-                "reading_item_id": reading_item_id,
-            },
-        ),
+        study,
+        patient,
+        "study_released_to_reading",
+        principal=principal,
+        source_address=source_address,
+        reason=text_reason,
+        details={
+            "before": {"released_to_reading": False},
+            "after": {"released_to_reading": True},
+            "priority": priority.value,
+            "reading_item_id": reading_item_id,
+        },
     )
     session.flush()
     item = session.scalar(
@@ -748,31 +740,23 @@ def _link(
     }
     study.imaging_request_id = order.id
     study.metadata_status = MetadataStatus.MATCHED.value
-    record_audit_event(
+    _study_event(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.PROCEDURE_RECORD,
-            action=action,
-            actor=principal.username,
-            actor_user_id=principal.user_id,
-            actor_role=principal.role.value,
-            source_address=source_address,
-            target_class="DicomStudy",
-            target_id=str(study.id),
-            patient_id=patient.patient_id,
-            study_instance_uid=study.study_instance_uid,
-            accession_number=study.accession_number,
-            reason=reason,
-            details={
-                "before": before,
-                "after": {
-                    "metadata_status": study.metadata_status,
-                    "imaging_request_id": order.id,
-                },
-                "order_id": order.id,
-                **extra,
+        study,
+        patient,
+        action,
+        principal=principal,
+        source_address=source_address,
+        reason=reason,
+        details={
+            "before": before,
+            "after": {
+                "metadata_status": study.metadata_status,
+                "imaging_request_id": order.id,
             },
-        ),
+            "order_id": order.id,
+            **extra,
+        },
     )
     # what a study matched on arrival goes through, done in the person's name
     # and with their reason: the exam has started ...
@@ -1013,6 +997,38 @@ def resolve_reconciliation_item(
         ),
     )
     return _item_entry(item, None, None, step)
+
+
+def _study_event(
+    session: Session,
+    study: DicomStudy,
+    patient: Patient,
+    action: str,
+    *,
+    principal: Principal,
+    source_address: str | None,
+    reason: str,
+    details: dict[str, Any],
+) -> None:
+    """A Procedure Record audit event for a reconciliation step on ``study``."""
+    record_audit_event(
+        session,
+        AuditRecord(
+            event_code=AuditEventCode.PROCEDURE_RECORD,
+            action=action,
+            actor=principal.username,
+            actor_user_id=principal.user_id,
+            actor_role=principal.role.value,
+            source_address=source_address,
+            target_class="DicomStudy",
+            target_id=str(study.id),
+            patient_id=patient.patient_id,
+            study_instance_uid=study.study_instance_uid,
+            accession_number=study.accession_number,
+            reason=reason,
+            details=details,
+        ),
+    )
 
 
 def _order_event(
