@@ -42,6 +42,7 @@ from typing import BinaryIO
 
 from pydicom import dcmread
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from dicom_node.db.engine import Database
 from dicom_node.db.models import AuditEvent, DicomInstance, DicomSeries, DicomStudy
@@ -537,6 +538,7 @@ KEPT_INDEXED_IS_THIS = "the indexed path leads to this very file (a link)"
 KEPT_INDEXED_LINK = "the indexed copy is reached through a symbolic link, check by hand"
 KEPT_OTHER_STUDY = "its instance is indexed in another study, check by hand"
 KEPT_INDEX_CHANGED = "the index changed meanwhile, no longer a superseded copy"
+KEPT_AMBIGUOUS = "its header and its file name point at different instances, check by hand"
 
 
 @dataclass(frozen=True, slots=True)
@@ -553,72 +555,105 @@ def _remove_superseded(
     """Remove superseded copies whose instance's indexed copy verifies (size and
     content SHA-256, as verify checks them): never the only good copy.
 
-    Each study is handled under its row lock, which every ingest of that study
-    takes before it indexes or installs a file: a replace or a resend cannot
-    point the index at one of these paths, nor change the indexed copy, between
-    the checks here and the removal. Inside the lock the index is read again: a
-    path it now holds, or an instance it no longer knows, is not touched. An
-    instance indexed in another study than the copy's directory is not what an
-    interrupted replace leaves (a replace never moves an instance between
-    studies): kept for a person. Returns how many were removed and the kept
-    ones with why."""
+    The indexed copies are hashed first, without a lock: on SQLite the study row
+    lock is the one writer lock, and hashing under it would hold every C-STORE
+    of the node for as long. Then each study is handled under its row lock,
+    which every ingest of that study takes before it indexes or installs a
+    file: the index is read again, and a copy is removed only if its instance's
+    row and indexed file (inode, size, mtime) are still the ones that verified.
+    A path the index now holds, or an instance it no longer knows, is not
+    touched. An instance indexed in another study than the copy's directory is
+    not what an interrupted replace leaves (a replace never moves an instance
+    between studies): kept for a person. Returns how many were removed and the
+    kept ones with why."""
     by_study: dict[str, list[str]] = {}
     for item in paths:
         by_study.setdefault(item.split("/", 1)[0], []).append(item)
     removed = 0
     kept: list[tuple[str, str]] = []
     for study_uid, study_paths in sorted(by_study.items()):
+        candidates = {
+            relative: _sop_uid_candidates(store.instances / relative, relative)
+            for relative in study_paths
+        }
+        uids = sorted({uid for values in candidates.values() for uid in values})
+        with db.read() as session:
+            indexed = _indexed_copies(session, uids)
+        verified: dict[str, tuple[_IndexedCopy, tuple[int, int, int]]] = {}
+        for relative in sorted(study_paths):
+            path = store.instances / relative
+            copies = [indexed[uid] for uid in candidates[relative] if uid in indexed]
+            # taken before hashing: a rewrite while it is hashed is caught too
+            signature = _signature(store.instances / copies[0].file_path) if copies else None
+            why = _superseded_problem(store, study_uid, relative, path, copies)
+            if why is not None:
+                kept.append((relative, why))
+            elif signature is not None:
+                verified[relative] = (copies[0], signature)
+            else:
+                kept.append((relative, KEPT_INDEX_CHANGED))
+        if not verified:
+            continue
         with db.unit_of_work() as session:
             session.execute(
                 select(DicomStudy.id)
                 .where(DicomStudy.study_instance_uid == study_uid)
                 .with_for_update()
             )
-            candidates = {
-                relative: _sop_uid_candidates(store.instances / relative, relative)
-                for relative in study_paths
-            }
-            uids = sorted({uid for values in candidates.values() for uid in values})
-            indexed: dict[str, _IndexedCopy] = {}
-            for start in range(0, len(uids), _LOOKUP_BATCH):
-                for sop_uid, row_study, file_path, file_size, sha256 in session.execute(
-                    select(
-                        DicomInstance.sop_instance_uid,
-                        DicomStudy.study_instance_uid,
-                        DicomInstance.file_path,
-                        DicomInstance.file_size,
-                        DicomInstance.sha256,
-                    )
-                    .join(DicomSeries, DicomSeries.id == DicomInstance.series_pk)
-                    .join(DicomStudy, DicomStudy.id == DicomSeries.study_pk)
-                    .where(DicomInstance.sop_instance_uid.in_(uids[start : start + _LOOKUP_BATCH]))
-                ):
-                    indexed[sop_uid] = _IndexedCopy(row_study, file_path, file_size, sha256)
-            for relative in sorted(study_paths):
+            now_indexed = _indexed_copies(session, uids)
+            for relative, (copy, signature) in sorted(verified.items()):
                 path = store.instances / relative
                 if not path.is_file():
                     continue  # gone meanwhile: nothing left to remove
-                copies = [indexed[uid] for uid in candidates[relative] if uid in indexed]
-                why: str | None
-                if not copies or any(copy.file_path == relative for copy in copies):
-                    why = KEPT_INDEX_CHANGED
-                elif any(copy.study_instance_uid != study_uid for copy in copies):
-                    why = KEPT_OTHER_STUDY
-                else:
-                    why = next(
-                        (
-                            problem
-                            for copy in copies
-                            if (problem := _indexed_copy_problem(store, copy, path)) is not None
-                        ),
-                        None,
-                    )
-                if why is not None:
-                    kept.append((relative, why))
+                current = [now_indexed[uid] for uid in candidates[relative] if uid in now_indexed]
+                if current != [copy] or _signature(store.instances / copy.file_path) != signature:
+                    kept.append((relative, KEPT_INDEX_CHANGED))
                     continue
                 _remove_file(path)
                 removed += 1
-    return removed, tuple(kept)
+    return removed, tuple(sorted(kept))
+
+
+def _indexed_copies(session: Session, uids: Sequence[str]) -> dict[str, _IndexedCopy]:
+    indexed: dict[str, _IndexedCopy] = {}
+    for start in range(0, len(uids), _LOOKUP_BATCH):
+        for sop_uid, row_study, file_path, file_size, sha256 in session.execute(
+            select(
+                DicomInstance.sop_instance_uid,
+                DicomStudy.study_instance_uid,
+                DicomInstance.file_path,
+                DicomInstance.file_size,
+                DicomInstance.sha256,
+            )
+            .join(DicomSeries, DicomSeries.id == DicomInstance.series_pk)
+            .join(DicomStudy, DicomStudy.id == DicomSeries.study_pk)
+            .where(DicomInstance.sop_instance_uid.in_(uids[start : start + _LOOKUP_BATCH]))
+        ):
+            indexed[sop_uid] = _IndexedCopy(row_study, file_path, file_size, sha256)
+    return indexed
+
+
+def _superseded_problem(
+    store: FileStore, study_uid: str, relative: str, path: Path, copies: list[_IndexedCopy]
+) -> str | None:
+    """Why the superseded copy at ``relative`` must stay; None when its one
+    indexed copy verifies."""
+    if not copies or any(copy.file_path == relative for copy in copies):
+        return KEPT_INDEX_CHANGED
+    if any(copy.study_instance_uid != study_uid for copy in copies):
+        return KEPT_OTHER_STUDY
+    if len(copies) > 1:
+        return KEPT_AMBIGUOUS
+    return _indexed_copy_problem(store, copies[0], path)
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is replaced or rewritten."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_ino, found.st_size, found.st_mtime_ns
 
 
 def _indexed_copy_problem(store: FileStore, copy: _IndexedCopy, superseded: Path) -> str | None:

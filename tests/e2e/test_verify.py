@@ -14,6 +14,7 @@ from sqlalchemy import delete, select
 from dicom_node.db.engine import Database
 from dicom_node.db.models import AuditEvent, DicomInstance
 from dicom_node.domain.part10 import dataset_offset
+from dicom_node.services import integrity
 from dicom_node.services.importing import import_files, iter_files
 from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
 from dicom_node.services.integrity import (
@@ -556,3 +557,32 @@ def test_verify_help_documents_remove_superseded(tmp_path: Path) -> None:
     assert "--remove-superseded" in text
     assert "only when the indexed copy exists and verifies" in text
     assert "may be the best copy left" in text
+
+
+def test_remove_superseded_keeps_the_copy_when_the_indexed_file_changes_after_hashing(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The indexed copy is hashed before the study lock is taken (on SQLite that
+    lock holds every C-STORE): a file rewritten in between is caught under the
+    lock by its inode, size and mtime, and the superseded copy stays."""
+    db = Database(db_url)
+    store = FileStore(tmp_path / "data", fsync=False)
+    try:
+        plain, current = _superseded_copy(db, store)
+        verified_then_rewritten = integrity._indexed_copy_problem
+
+        def rewrite_after(*args: object) -> str | None:
+            problem = verified_then_rewritten(*args)  # type: ignore[arg-type]
+            indexed = store.instances / current
+            replacement = indexed.with_suffix(".new")
+            replacement.write_bytes(indexed.read_bytes())
+            replacement.replace(indexed)  # what a concurrent replace would do
+            return problem
+
+        monkeypatch.setattr(integrity, "_indexed_copy_problem", rewrite_after)
+        removed, kept = integrity._remove_superseded(db, store, [plain])
+
+        assert (removed, kept) == (0, ((plain, integrity.KEPT_INDEX_CHANGED),))
+        assert (store.instances / plain).is_file()
+    finally:
+        db.dispose()
