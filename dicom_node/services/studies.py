@@ -22,7 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -702,7 +702,27 @@ def _move_to_patient(
             )
     study.patient_pk = target.id
     how = "created" if created is not None else "joined_existing"
-    return target, move | {"how": how, "patient_pk": target.id}
+    moved = move | {"how": how, "patient_pk": target.id}
+    if alone and _remove_patient_if_empty(session, old):
+        moved["removed_patient_pk"] = old.id
+    return target, moved
+
+
+def _remove_patient_if_empty(session: Session, patient: Patient) -> bool:
+    """Remove the patient record a correction left without studies (a stray row
+    under the old PatientID). A receiver may be adding a study for that patient
+    at this very moment: then the row stays (a savepoint; the foreign key
+    refuses the delete, or the new study waits for this commit)."""
+    session.flush()
+    if session.scalar(select(func.count(DicomStudy.id)).where(DicomStudy.patient_pk == patient.id)):
+        return False
+    try:
+        with session.begin_nested():
+            # Core, not session.delete: no ORM cascade over a stale studies list
+            session.execute(delete(Patient).where(Patient.id == patient.id))
+    except IntegrityError:
+        return False
+    return True
 
 
 def _find_patient(

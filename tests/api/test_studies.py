@@ -518,6 +518,9 @@ def test_a_new_patient_id_moves_the_study_to_that_patients_existing_record(
     assert event.details["before"]["patient_name"] == "SMITH^ANN"
     assert event.details["after"]["patient_name"] == "doe^john"
     assert event.details["patient_move"]["how"] == "joined_existing"
+    # PAT4 had no other study: its record goes, no empty patient row stays behind
+    assert event.details["patient_move"]["removed_patient_pk"] == before["PAT4"]
+    assert "PAT4" not in _patient_rows(api)
 
 
 def test_moving_onto_an_existing_patient_with_other_demographics_is_a_409(
