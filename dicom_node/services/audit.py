@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from dicom_node.db.models import AuditEvent
@@ -9,9 +10,13 @@ from dicom_node.domain.audit import AuditRecord
 
 
 def record_audit_event(session: Session, record: AuditRecord) -> None:
-    """Add the event to the caller's unit of work: it commits with the change it audits."""
-    session.add(
-        AuditEvent(
+    """Insert the event in the caller's unit of work: it commits with the change
+    it audits. A Core INSERT, at once: an event never waits for, nor depends on,
+    the ORM's flush of other objects (ids it names were flushed to be known),
+    and it costs a fraction of an ORM unit of work (a C-FIND's Query event spent
+    ~0.6 ms in the ORM flush)."""
+    session.execute(
+        insert(AuditEvent).values(
             event_code=record.event_code.value,
             action=record.action,
             outcome=record.outcome.value,
