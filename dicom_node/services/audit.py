@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from dicom_node.db.models import AuditEvent
 from dicom_node.domain.audit import AuditRecord
+from dicom_node.domain.permissions import Principal
+
+
+def acting(principal: Principal, source_address: str | None) -> dict[str, Any]:
+    """The actor fields of an AuditRecord for what ``principal`` did."""
+    return {
+        "actor": principal.username,
+        "actor_user_id": principal.user_id,
+        "actor_role": principal.role.value,
+        "source_address": source_address,
+    }
 
 
 def record_audit_event(session: Session, record: AuditRecord) -> None:

@@ -35,7 +35,7 @@ from dicom_node.domain.errors import Conflict, Forbidden, InvalidValue, NotFound
 from dicom_node.domain.names import fold_person_name
 from dicom_node.domain.permissions import Principal
 from dicom_node.domain.uids import new_uid
-from dicom_node.services.audit import record_audit_event
+from dicom_node.services.audit import acting, record_audit_event
 
 T = TypeVar("T")
 
@@ -470,15 +470,6 @@ class NewOrder:
     imaging_center_id: int | None = None
 
 
-def _who(principal: Principal, source_address: str | None) -> dict[str, Any]:
-    return {
-        "actor": principal.username,
-        "actor_user_id": principal.user_id,
-        "actor_role": principal.role.value,
-        "source_address": source_address,
-    }
-
-
 def _priority(value: str, *, field: str = "priority") -> Priority:
     try:
         return Priority(value)
@@ -631,7 +622,7 @@ def create_order(
             patient_id=patient_id,
             reason=reason if existing is not None else None,
             details=details,
-            **_who(principal, source_address),
+            **acting(principal, source_address),
         ),
     )
     if existing is not None:
@@ -667,7 +658,7 @@ def audit_duplicate_forced(
             patient_id=order.patient_id,
             reason=reason,
             details={"existing_order_id": existing.id, "new_order_id": order.id},
-            **_who(principal, source_address),
+            **acting(principal, source_address),
         ),
     )
 
@@ -826,7 +817,7 @@ def list_orders(
                 target_class="ImagingRequest",
                 patient_id=filters.patient_id,
                 details={"query": {**filters.query_keys(), "sort": sort}, "matches": total},
-                **_who(principal, source_address),
+                **acting(principal, source_address),
             ),
         )
     return Listed(items=[order_info(order) for order in rows], total=total)
@@ -857,7 +848,7 @@ def read_order(
             patient_id=order.patient_id,
             study_instance_uid=order.study_instance_uid,
             accession_number=order.accession_number,
-            **_who(principal, source_address),
+            **acting(principal, source_address),
         ),
     )
     return order_info(order)
@@ -948,7 +939,7 @@ def update_order(
                     "before": {name: before[name] for name in changed},
                     "after": {name: after[name] for name in changed},
                 },
-                **_who(principal, source_address),
+                **acting(principal, source_address),
             ),
         )
     return order_info(order)
@@ -1030,7 +1021,7 @@ def cancel_order(
         RequestStatus.CANCELLED,
         allowed_from=allowed,
         reason=text_reason,
-        **_who(principal, source_address),
+        **acting(principal, source_address),
     ):
         raise Conflict(f"an order that is {order.status} cannot be cancelled", current=order.status)
     order.cancel_reason = text_reason
@@ -1101,7 +1092,7 @@ def _exam_step(
         to,
         allowed_from=(from_,),
         reason=f"exam {verb}",
-        **_who(principal, source_address),
+        **acting(principal, source_address),
     ):
         raise Conflict(f"an order that is {order.status} cannot be {verb}", current=order.status)
     return order

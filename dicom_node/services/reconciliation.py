@@ -46,7 +46,7 @@ from dicom_node.domain.errors import Conflict, InvalidValue, NotFound
 from dicom_node.domain.matching import Demographics, SlaPolicy, demographic_mismatches
 from dicom_node.domain.names import fold_person_name
 from dicom_node.domain.permissions import Principal
-from dicom_node.services.audit import record_audit_event
+from dicom_node.services.audit import acting, record_audit_event
 
 # The steps a study matched on arrival or completed goes through; reused, not
 # repeated, so a reconciled study ends exactly where a matched one would.
@@ -384,10 +384,7 @@ def release_to_reading(
             priority=priority,
             # read from now: a study complete for hours is not overdue at once
             due_at=sla.due(priority, moment),
-            actor=principal.username,
-            actor_user_id=principal.user_id,
-            actor_role=principal.role.value,
-            source_address=source_address,
+            **acting(principal, source_address),
         )
         session.flush()
         reading_item_id = session.scalar(
@@ -760,13 +757,7 @@ def _link(
     )
     # what a study matched on arrival goes through, done in the person's name
     # and with their reason: the exam has started ...
-    actor = principal.username
-    who: dict[str, Any] = {
-        "actor": actor,
-        "actor_user_id": principal.user_id,
-        "actor_role": principal.role.value,
-        "source_address": source_address,
-    }
+    who = acting(principal, source_address)
     if advance_order(
         session,
         order,
@@ -979,10 +970,7 @@ def resolve_reconciliation_item(
         AuditRecord(
             event_code=AuditEventCode.PROCEDURE_RECORD,
             action=f"worklist_item_{outcome.value}",
-            actor=principal.username,
-            actor_user_id=principal.user_id,
-            actor_role=principal.role.value,
-            source_address=source_address,
+            **acting(principal, source_address),
             target_class="WorklistItem",
             target_id=str(item.id),
             study_instance_uid=step.study_instance_uid if step else None,
@@ -1016,10 +1004,7 @@ def _study_event(
         AuditRecord(
             event_code=AuditEventCode.PROCEDURE_RECORD,
             action=action,
-            actor=principal.username,
-            actor_user_id=principal.user_id,
-            actor_role=principal.role.value,
-            source_address=source_address,
+            **acting(principal, source_address),
             target_class="DicomStudy",
             target_id=str(study.id),
             patient_id=patient.patient_id,
@@ -1047,10 +1032,7 @@ def _order_event(
         AuditRecord(
             event_code=AuditEventCode.ORDER_RECORD,
             action=action,
-            actor=principal.username,
-            actor_user_id=principal.user_id,
-            actor_role=principal.role.value,
-            source_address=source_address,
+            **acting(principal, source_address),
             target_class="ImagingRequest",
             target_id=str(order.id),
             patient_id=order.patient_id,

@@ -52,7 +52,7 @@ from dicom_node.domain.errors import Conflict, InvalidValue, NotFound
 from dicom_node.domain.names import fold_person_name
 from dicom_node.domain.permissions import Principal
 from dicom_node.domain.query import LEVEL_ORDER, InvalidQuery, Level, Match, parse_match
-from dicom_node.services.audit import record_audit_event
+from dicom_node.services.audit import acting, record_audit_event
 from dicom_node.services.worklist import close_items
 
 # --------------------------------------------------------------------------- search
@@ -224,7 +224,7 @@ def record_study_search(
             event_code=AuditEventCode.QUERY,
             action="study_search",
             outcome=AuditOutcome.MINOR_FAILURE if failure else AuditOutcome.SUCCESS,
-            **_actor(principal, source_address),
+            **acting(principal, source_address),
             target_class="STUDY",
             reason=failure,
             details={"keys": dict(keys), "filters": workflow, "level": "STUDY"},
@@ -441,7 +441,7 @@ def record_study_access(
         AuditRecord(
             event_code=AuditEventCode.INSTANCES_ACCESSED,
             action="study_viewed",
-            **_actor(principal, source_address),
+            **acting(principal, source_address),
             target_class="DicomStudy",
             target_id=str(study.id),
             patient_id=study.patient_id,
@@ -626,7 +626,7 @@ def correct_study(
         AuditRecord(
             event_code=AuditEventCode.INSTANCES_ACCESSED,
             action="study_corrected",
-            **_actor(principal, source_address),
+            **acting(principal, source_address),
             target_class="DicomStudy",
             target_id=str(study.id),
             patient_id=patient.patient_id,
@@ -774,7 +774,7 @@ def reject_study(
         AuditRecord(
             event_code=AuditEventCode.INSTANCES_ACCESSED,
             action="study_rejected",
-            **_actor(principal, source_address),
+            **acting(principal, source_address),
             target_class="DicomStudy",
             target_id=str(study.id),
             patient_id=patient.patient_id,
@@ -798,12 +798,3 @@ def reject_study(
             reason=f"study rejected: {reason}",
         )
     return _summary(study, patient)
-
-
-def _actor(principal: Principal, source_address: str | None) -> dict[str, Any]:
-    return {
-        "actor": principal.username,
-        "actor_user_id": principal.user_id,
-        "actor_role": principal.role.value,
-        "source_address": source_address,
-    }
