@@ -33,6 +33,9 @@ DEFAULT_CONFIG_PATH = Path("config/node.toml")
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 
+# The DICOM services known_ae_required_for can restrict to known calling AEs
+CallingAeService = Literal["storage", "query", "retrieve", "worklist", "mpps", "commitment"]
+
 
 MIN_METRICS_TOKEN_LENGTH = 16
 
@@ -67,9 +70,62 @@ class Settings(BaseSettings):
     # AE's own steps only (for modalities that do not fill it in)
     worklist_by_calling_ae: bool = False
 
+    # --- hostile peers and resource limits (docs/security.md) ----------------
+    # Largest data set one C-STORE (or one imported file) may carry, counted as it
+    # arrives and again as a Deflated transfer syntax inflates: over it the
+    # instance is refused (0xA700) before it is held in memory or written.
+    max_dataset_bytes: Annotated[int, Field(ge=65536)] = 1_073_741_824
+    # A connection must complete its A-ASSOCIATE-RQ (after its TLS handshake, on
+    # the TLS port) within this long, or it is closed. max_associations counts
+    # negotiated associations only; connections still waiting for their request
+    # count against max_pending_connections (per receiving process), past which a
+    # new connection is closed at once.
+    association_request_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0
+    max_pending_connections: Annotated[int, Field(ge=1, le=10000)] = 64
+    # Rejected associations are audited once per peer address per interval, with
+    # the count (not one row each: an unauthenticated flood must not fill the trail)
+    rejected_association_audit_interval_seconds: Annotated[float, Field(gt=0)] = 60.0
+    # Values one key of a query may list (backslash-separated): UID lists of a
+    # retrieve, name lists of a C-FIND or an HTTP search; more are refused
+    max_query_list_values: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    # Services only a known calling AE may use: one listed in allowed_calling_aets
+    # or peers, or the AE title of a modality registered in the node. Any of
+    # "storage", "query", "retrieve", "worklist", "mpps", "commitment".
+    known_ae_required_for: Annotated[list[CallingAeService], NoDecode] = Field(
+        default_factory=list
+    )
+    # An MPPS N-SET from an AE other than the one whose N-CREATE made the step is
+    # refused (a failure status, logged and audited)
+    mpps_set_by_creator_only: bool = True
+
+    # --- DICOM TLS and HTTPS (docs/tls.md) -------------------------------------
+    # A DICOM TLS listener (PS3.15 Annex B, BCP 195) on this port; unset = none.
+    dicom_tls_port: Port | None = None
+    # Serve the plain dicom_port as well (false: TLS only; needs dicom_tls_port)
+    dicom_plain_listener: bool = True
+    # The node's certificate chain and private key (PEM), for the TLS listener and
+    # as the client certificate of outgoing TLS associations
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
+    # CA certificates (PEM) that peers' certificates must chain to, both ways
+    tls_ca_bundle: Path | None = None
+    # Client certificates on the TLS listener: "required" (mutual authentication,
+    # as PS3.15 B.1 expects), "optional" (verified when sent) or "none"
+    tls_client_certificates: Literal["required", "optional", "none"] = "required"
+    # A TLS handshake must finish within this long; it never holds up other peers
+    tls_handshake_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    # HTTPS for the API (uvicorn's TLS): both set = the API serves HTTPS only
+    http_tls_certificate: Path | None = None
+    http_tls_private_key: Path | None = None
+
     # --- storage and database -------------------------------------------------
     data_dir: Path = Path("data")
     database_url: str = ""
+    # PostgreSQL: the role that owns the schema, used by `db upgrade`, by schema
+    # creation in an empty database and by `restore`; the node's own login
+    # (database_url) then gets no more than it needs, and only INSERT and SELECT
+    # on the audit trail. Empty: database_url's role owns the schema.
+    database_owner_url: str = ""
     # fsync each instance file and its directory before acknowledging it
     fsync: bool = True
     # same SOPInstanceUID, different content: keep the first copy or replace it
@@ -128,6 +184,15 @@ class Settings(BaseSettings):
     # consecutive failed sign-ins that lock an account, and for how long
     sign_in_max_failures: Annotated[int, Field(ge=1)] = 5
     sign_in_lockout_minutes: Annotated[int, Field(gt=0)] = 15
+    # Live-event streams (GET /api/events) one user may hold open; more: 429
+    max_event_streams_per_user: Annotated[int, Field(ge=1, le=1000)] = 4
+    # Password hashes computed at once (each takes password_hash_memory_kib of
+    # memory); a sign-in that waits longer than password_hash_wait_seconds for a
+    # turn is answered 503 with Retry-After
+    max_concurrent_password_hashes: Annotated[int, Field(ge=1, le=64)] = 2
+    password_hash_wait_seconds: Annotated[float, Field(gt=0)] = 10.0
+    # how often expired and revoked bearer tokens are deleted
+    token_purge_interval_seconds: Annotated[float, Field(gt=0)] = 3600.0
     # argon2id cost of new password hashes (RFC 9106 low-memory profile by default);
     # hashes made at another cost are re-hashed at their next sign-in
     password_hash_time_cost: Annotated[int, Field(ge=1, le=20)] = 3
@@ -174,6 +239,41 @@ class Settings(BaseSettings):
         if isinstance(value, list):
             return [_as_value_error(validate_ae_title, str(item)) for item in value]
         return value
+
+    @field_validator("known_ae_required_for", mode="before")
+    @classmethod
+    def _split_services(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("database_owner_url")
+    @classmethod
+    def _check_owner_url(cls, value: str) -> str:
+        if value and not value.startswith("postgresql"):
+            raise ValueError("must be a postgresql+psycopg:// URL (SQLite has no roles)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if not self.dicom_plain_listener and self.dicom_tls_port is None:
+            raise ValueError("dicom_plain_listener = false needs dicom_tls_port")
+        if self.dicom_tls_port is not None and (
+            self.tls_certificate is None or self.tls_private_key is None
+        ):
+            raise ValueError("dicom_tls_port needs tls_certificate and tls_private_key")
+        if (
+            self.dicom_tls_port is not None
+            and self.tls_client_certificates != "none"
+            and self.tls_ca_bundle is None
+        ):
+            raise ValueError(
+                "tls_client_certificates = required/optional needs tls_ca_bundle "
+                "(the CAs client certificates must chain to)"
+            )
+        if (self.http_tls_certificate is None) != (self.http_tls_private_key is None):
+            raise ValueError("http_tls_certificate and http_tls_private_key go together")
+        return self
 
     @field_validator("peers", mode="before")
     @classmethod
