@@ -476,3 +476,31 @@ class AuditEvent(Base):
     accession_number: Mapped[str | None] = mapped_column(SH)
     reason: Mapped[str | None] = mapped_column(Text)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+# --------------------------------------------------------------------------- sign-in
+
+
+class SignInSource(Base):
+    """Sign-in failures of one account from one source address (services/auth.py).
+
+    The lock-out is per (account, address), so failures sent from elsewhere do
+    not lock the account's owner out at their workstation; ``last_success_at``
+    marks an address the account signed in from, which the account-wide lock
+    (``users.locked_until``, at a higher threshold) does not apply to.
+    """
+
+    __tablename__ = "sign_in_sources"
+    __table_args__ = (
+        UniqueConstraint(
+            "user_id", "source_address", name="uq_sign_in_sources_user_id_source_address"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    source_address: Mapped[str] = mapped_column(String(64))
+    failed_sign_ins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_failure_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
