@@ -11,7 +11,7 @@ import logging
 import re
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -103,7 +103,7 @@ class Output:
 @pytest.mark.parametrize("fmt", ["text", "json"])
 def test_line_breaks_in_a_uid_and_an_ae_title_forge_no_log_record(
     fmt: str,
-    make_node,  # type: ignore[no-untyped-def]
+    make_node: Callable[..., Node],
     restore_logging: None,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
