@@ -11,6 +11,10 @@ Every error body is ``{"error": {"status", "code", "message", ...}}``:
 - 410 ``gone`` with ``feed_start``: a change-feed ``since`` older than what the
   trim kept (the client reloads its state, then resumes from ``feed_start - 1``);
 - 422 ``validation_error`` with ``field`` (the first bad field) and ``errors``;
+- 429 ``too_many_requests`` with ``Retry-After``: the caller holds as many
+  live-event streams as a user may;
+- 503 ``service_unavailable`` with ``Retry-After``: every password-hashing slot
+  stayed busy for the whole wait (a sign-in flood);
 - 500 ``internal_error``: logged with a traceback, the body says nothing more.
 """
 
@@ -24,6 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.headers import SECURITY_HEADERS
 from dicom_node.domain.errors import (
     AlreadyExists,
     AuthenticationFailed,
@@ -34,6 +39,7 @@ from dicom_node.domain.errors import (
     InvalidValue,
     NotFound,
 )
+from dicom_node.services.passwords import PasswordHashingBusy
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,7 @@ _CODES = {
     422: "validation_error",
     429: "too_many_requests",
     500: "internal_error",
+    503: "service_unavailable",
 }
 
 
@@ -79,6 +86,8 @@ def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
         return error_response(409, message)
     if isinstance(exc, InvalidValue):
         return error_response(422, message, field=getattr(exc, "field", None))
+    if isinstance(exc, PasswordHashingBusy):
+        return error_response(503, message, headers={"Retry-After": str(exc.retry_after)})
     log.error("unmapped domain error %s: %s", type(exc).__name__, message)
     return error_response(400, message)
 
@@ -106,7 +115,8 @@ def _http_error(_request: Request, exc: Exception) -> JSONResponse:
 
 def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error in an HTTP request", exc_info=exc)
-    return error_response(500, "internal error; see the node's log")
+    # sent by Starlette's outermost middleware, past SecurityHeaders: added here
+    return error_response(500, "internal error; see the node's log", headers=dict(SECURITY_HEADERS))
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -30,6 +30,7 @@ from dicom_node.jobs.maintenance import (
     run_stale_orders,
 )
 from dicom_node.jobs.scheduler import JobScheduler, JobSpec, build_scheduler
+from dicom_node.jobs.tokens import run_token_purge
 from dicom_node.jobs.workflow import run_study_stability, run_temp_sweep
 from dicom_node.scp.server import DicomServer, configure_pynetdicom
 from dicom_node.services import passwords
@@ -56,6 +57,10 @@ def configure_password_hashing(settings: Settings) -> None:
         time_cost=settings.password_hash_time_cost,
         memory_kib=settings.password_hash_memory_kib,
         parallelism=settings.password_hash_parallelism,
+    )
+    passwords.configure_concurrency(
+        max_concurrent=settings.max_concurrent_password_hashes,
+        wait_seconds=settings.password_hash_wait_seconds,
     )
 
 
@@ -202,6 +207,11 @@ class Node:
                 "change-log-trim",
                 partial(run_change_log_trim, db, keep_days=settings.change_log_keep_days),
                 settings.change_log_trim_interval_seconds,
+            ),
+            JobSpec(
+                "token-purge",
+                partial(run_token_purge, db),
+                settings.token_purge_interval_seconds,
             ),
             JobSpec(
                 # a no-op run while backup_dir is unset

@@ -36,12 +36,23 @@ class MePublic(BaseModel):
 @router.post(
     "/auth/token",
     response_model=TokenPublic,
-    responses={401: {"model": ErrorResponse, "description": "wrong credentials or locked"}},
+    responses={
+        401: {"model": ErrorResponse, "description": "wrong credentials or locked"},
+        503: {
+            "model": ErrorResponse,
+            "description": "too many sign-ins at once: retry after Retry-After seconds",
+        },
+    },
 )
 def issue_token(
     form: Annotated[OAuth2PasswordRequestForm, Depends()], context: Context, request: Request
 ) -> TokenPublic:
-    """Sign in with username and password (form fields); returns an expiring token."""
+    """Sign in with username and password (form fields); returns an expiring token.
+
+    Repeated failures lock the account for the address they come from (and,
+    from addresses the account never signed in from, for all such addresses at
+    a higher count): see services/auth.py. 503 with Retry-After when every
+    password-hashing slot stayed busy for the whole wait."""
     settings = context.settings
     policy = SignInPolicy(
         token_ttl=timedelta(minutes=settings.api_token_ttl_minutes),

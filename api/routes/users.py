@@ -17,6 +17,7 @@ from dicom_node.services.users import (
     UserInfo,
     create_user,
     get_user,
+    hash_password,
     list_users,
     reset_password,
     update_user,
@@ -78,11 +79,14 @@ def create_user_account(
 ) -> UserPublic:
     """A new account (password at least 10 characters, stored as argon2id); 409 if
     the username is taken. Audited without the password."""
+    # hashed before the transaction: argon2 (and a wait for a hashing slot) must
+    # not hold the write lock
+    password_hash = hash_password(body.password)
     with context.db.unit_of_work() as session:
         info = create_user(
             session,
             username=body.username,
-            password=body.password,
+            password_hash=password_hash,
             role=body.role.value,
             email=body.email,
             display_name=body.display_name,
@@ -128,12 +132,14 @@ def update_user_account(
 def reset_user_password(
     context: Context, admin: Admin, user_id: UserId, body: PasswordReset, request: Request
 ) -> UserPublic:
-    """Set a new password; every token of the user is revoked. Audited, no secret."""
+    """Set a new password; every token of the user is revoked and the account's
+    sign-in locks are lifted. Audited, no secret."""
+    password_hash = hash_password(body.password)
     with context.db.unit_of_work() as session:
         info = reset_password(
             session,
             user_id,
-            password=body.password,
+            password_hash=password_hash,
             actor=admin,
             source_address=client_address(request),
         )

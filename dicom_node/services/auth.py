@@ -1,32 +1,73 @@
-"""Sign-in, bearer tokens and lock-out for the HTTP API.
+"""Sign-in, bearer tokens, lock-out and the purge of spent tokens, for the HTTP API.
 
 Tokens are 256-bit random strings; the database keeps only their SHA-256, so
 a leaked backup does not sign anyone in. Every failed sign-in is audited
-(110114, failure outcome); ``max_failures`` failures in a row lock the account
-for ``lockout``, during which even the right password is refused. Unknown
-usernames get the same answer and the same argon2 cost as wrong passwords, so a
-caller cannot probe which accounts exist.
+(110114, failure outcome). Unknown usernames get the same answer and the same
+argon2 cost as wrong passwords, so a caller cannot probe which accounts exist.
+
+Lock-out, built so that an attacker cannot turn it against an account:
+
+- Per account and source address (``sign_in_sources``): ``max_failures``
+  failures in a row from one address lock the account *for that address* for
+  ``lockout``. Failures sent from elsewhere do not lock the owner out at their
+  own workstation (before, five requests every 15 minutes from anywhere kept
+  any account, admins included, locked). IPv6 addresses count per /64, the
+  block one host usually holds, so cycling through a host's addresses does not
+  reset the count.
+- Per account, for addresses it has not signed in from (a distributed attacker
+  has many): failures from an address without a successful sign-in of this
+  account in the last ``known_source_window`` count towards
+  ``account_max_failures`` (ten times ``max_failures``); reaching it locks the
+  account for such addresses for ``account_lockout`` (24 hours), audited as a
+  Security Alert (110113). Addresses the account signed in from keep working.
+  The count is not reset by a sign-in (the attacker would get a fresh allowance
+  after each of the owner's sign-ins); it restarts at each lock and when an
+  admin resets the password, which also lifts every lock of the account. So an
+  attacker with any number of addresses gets at most ``account_max_failures``
+  guesses per ``account_lockout``: 50 a day with the default settings.
+
+Behind a reverse proxy every request comes from the proxy's address, unless
+uvicorn is told to trust its X-Forwarded-For: then the per-address lock is a
+per-account lock again, as before.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from dicom_node.db.engine import Database
-from dicom_node.db.models import ApiToken, User
+from dicom_node.db.models import ApiToken, SignInSource, User
 from dicom_node.db.types import utcnow
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import AuditOutcome, Role
 from dicom_node.domain.errors import AuthenticationFailed
 from dicom_node.domain.permissions import Principal
 from dicom_node.services.audit import record_audit_event
-from dicom_node.services.passwords import dummy_hash, hash_password, needs_rehash, verify_password
+from dicom_node.services.passwords import (
+    PasswordHashingBusy,
+    dummy_hash,
+    hash_password,
+    needs_rehash,
+    verify_password,
+)
+
+# failures from addresses an account has not signed in from, per max_failures,
+# before the account is locked for such addresses
+ACCOUNT_FAILURES_PER_ADDRESS_LOCK = 10
+ACCOUNT_LOCKOUT = timedelta(hours=24)
+# an address the account signed in from this recently is one of its own
+KNOWN_SOURCE_WINDOW = timedelta(days=90)
+# the column's width; a longer (non-IP) address is cut to it
+_SOURCE_LENGTH = 64
+_UNKNOWN_SOURCE = "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +75,16 @@ class SignInPolicy:
     token_ttl: timedelta
     max_failures: int
     lockout: timedelta
+    # None: ACCOUNT_FAILURES_PER_ADDRESS_LOCK x max_failures
+    account_max_failures: int | None = None
+    account_lockout: timedelta = ACCOUNT_LOCKOUT
+    known_source_window: timedelta = field(default=KNOWN_SOURCE_WINDOW)
+
+    @property
+    def account_threshold(self) -> int:
+        if self.account_max_failures is not None:
+            return self.account_max_failures
+        return self.max_failures * ACCOUNT_FAILURES_PER_ADDRESS_LOCK
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +106,22 @@ def _principal(user: User) -> Principal:
         is_lead=user.is_lead,
         display_name=user.display_name,
     )
+
+
+def source_key(address: str | None) -> str:
+    """The address failures are counted under: an IPv4 address as it is (an
+    IPv4-mapped IPv6 one as IPv4), an IPv6 address as its /64."""
+    if not address:
+        return _UNKNOWN_SOURCE
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:_SOURCE_LENGTH]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 SIGN_IN_FAILED = (
@@ -79,19 +146,26 @@ def sign_in(
 ) -> IssuedToken:
     """A new token for the user, or AuthenticationFailed (audited either way).
 
-    Three steps, so that the argon2 verification (tens of milliseconds, on
-    purpose) runs outside any transaction: on SQLite a write transaction holds
-    the one writer lock that C-STORE ingest queues on too. Every path (unknown
-    user, locked account, wrong password) costs one verification and gives the
-    same message, so neither the answer nor its timing tells whether an account
-    exists or is locked; the audit event records which it was. A failure is
-    committed (its count and its audit event must stay) before the error is
-    raised.
+    Three steps, so that the argon2 work (tens of milliseconds, on purpose, and
+    possibly a wait for a hashing slot: services/passwords.py) runs outside any
+    transaction: on SQLite a write transaction holds the one writer lock that
+    C-STORE ingest queues on too. Every path (unknown user, locked account,
+    wrong password) costs one verification and gives the same message, so
+    neither the answer nor its timing tells whether an account exists or is
+    locked; the audit event records which it was. A failure is committed (its
+    count and its audit event must stay) before the error is raised. No free
+    hashing slot within the wait: PasswordHashingBusy, nothing recorded.
     """
     name = username.strip().lower()
     with db.read() as session:
         credentials = _load_credentials(session, name)
     verified = verify_password(credentials.password_hash, password)
+    new_hash = None
+    if verified and needs_rehash(credentials.password_hash):
+        try:
+            new_hash = hash_password(password)
+        except PasswordHashingBusy:
+            new_hash = None  # re-hashed at a quieter sign-in
     failure: AuthenticationFailed | None = None
     with db.unit_of_work() as session:
         try:
@@ -100,7 +174,7 @@ def sign_in(
                 name,
                 credentials,
                 verified=verified,
-                password=password,
+                new_hash=new_hash,
                 policy=policy,
                 source_address=source_address,
                 moment=now or utcnow(),
@@ -117,13 +191,29 @@ def _load_credentials(session: Session, name: str) -> _Credentials:
     return _Credentials(user_id=row[0], password_hash=row[1])
 
 
+def _source_row(session: Session, user_id: int, key: str) -> SignInSource:
+    """The account's failure record for the address (new if none); the caller
+    holds the user row's lock, so no concurrent sign-in inserts the same one.
+    A new one is not added to the session: a refused sign-in records nothing
+    in it, and an attacker's new addresses must not leave a row each."""
+    row = session.scalar(
+        select(SignInSource)
+        .where(SignInSource.user_id == user_id, SignInSource.source_address == key)
+        .with_for_update()
+    )
+    if row is None:
+        # added to the session only once there is something to record in it
+        row = SignInSource(user_id=user_id, source_address=key, failed_sign_ins=0)
+    return row
+
+
 def _record(
     session: Session,
     name: str,
     credentials: _Credentials,
     *,
     verified: bool,
-    password: str,
+    new_hash: str | None,
     policy: SignInPolicy,
     source_address: str | None,
     moment: datetime,
@@ -136,24 +226,30 @@ def _record(
     if user is None:
         _audit_failure(session, name, None, source_address, "unknown user")
         raise AuthenticationFailed(SIGN_IN_FAILED)
-    if user.locked_until is not None and user.locked_until > moment:
-        _audit_failure(session, name, user, source_address, "account locked")
+    source = _source_row(session, user.id, source_key(source_address))
+    if source.locked_until is not None and source.locked_until > moment:
+        _audit_failure(session, name, user, source_address, "account locked for this address")
+        raise AuthenticationFailed(SIGN_IN_FAILED)
+    known = (
+        source.last_success_at is not None
+        and source.last_success_at > moment - policy.known_source_window
+    )
+    if not known and user.locked_until is not None and user.locked_until > moment:
+        _audit_failure(session, name, user, source_address, "account locked for new addresses")
         raise AuthenticationFailed(SIGN_IN_FAILED)
     # a password reset between the check and here: the old password no longer counts
     verified = verified and user.password_hash == credentials.password_hash
     if not verified or not user.is_active:
-        user.failed_sign_ins = (user.failed_sign_ins or 0) + 1
         reason = "inactive account" if user.is_active is False else "wrong password"
-        if user.failed_sign_ins >= policy.max_failures:
-            user.locked_until = moment + policy.lockout
-            user.failed_sign_ins = 0
-            reason += "; account locked"
+        reason += _count_failure(session, user, source, known, policy, source_address, moment)
         _audit_failure(session, name, user, source_address, reason)
         raise AuthenticationFailed(SIGN_IN_FAILED)
-    user.failed_sign_ins = 0
-    user.locked_until = None
-    if needs_rehash(user.password_hash):
-        user.password_hash = hash_password(password)
+    session.add(source)
+    source.failed_sign_ins = 0
+    source.locked_until = None
+    source.last_success_at = moment
+    if new_hash is not None:
+        user.password_hash = new_hash
     token = secrets.token_urlsafe(32)
     expires_at = moment + policy.token_ttl
     session.add(
@@ -175,6 +271,67 @@ def _record(
         ),
     )
     return IssuedToken(token=token, expires_at=expires_at, principal=_principal(user))
+
+
+def _count_failure(
+    session: Session,
+    user: User,
+    source: SignInSource,
+    known: bool,
+    policy: SignInPolicy,
+    source_address: str | None,
+    moment: datetime,
+) -> str:
+    """Count a failure for the address and, from an address the account has not
+    signed in from, for the account; lock what reached its threshold. Returns
+    what to add to the audit reason."""
+    added = ""
+    session.add(source)
+    source.failed_sign_ins = (source.failed_sign_ins or 0) + 1
+    source.last_failure_at = moment
+    if source.failed_sign_ins >= policy.max_failures:
+        source.locked_until = moment + policy.lockout
+        source.failed_sign_ins = 0
+        added += "; account locked for this address"
+    if known:
+        return added
+    user.failed_sign_ins = (user.failed_sign_ins or 0) + 1
+    if user.failed_sign_ins >= policy.account_threshold:
+        failures = user.failed_sign_ins
+        user.locked_until = moment + policy.account_lockout
+        user.failed_sign_ins = 0
+        added += "; account locked for new addresses"
+        record_audit_event(
+            session,
+            AuditRecord(
+                event_code=AuditEventCode.SECURITY_ALERT,
+                action="account_locked",
+                outcome=AuditOutcome.MINOR_FAILURE,
+                actor=user.username,
+                actor_user_id=user.id,
+                source_address=source_address,
+                target_class="User",
+                target_id=str(user.id),
+                reason=(
+                    f"{failures} failed sign-ins from addresses the account has not signed "
+                    "in from: locked for such addresses"
+                ),
+                details={"locked_until": user.locked_until.isoformat()},
+            ),
+        )
+    return added
+
+
+def clear_lockouts(session: Session, user_id: int) -> None:
+    """Lift every lock of the account and reset its counts (a password reset)."""
+    session.execute(
+        update(User).where(User.id == user_id).values(failed_sign_ins=0, locked_until=None)
+    )
+    session.execute(
+        update(SignInSource)
+        .where(SignInSource.user_id == user_id)
+        .values(failed_sign_ins=0, locked_until=None)
+    )
 
 
 def _audit_failure(
@@ -240,3 +397,59 @@ def sign_out(
             target_id=str(principal.user_id),
         ),
     )
+
+
+# --------------------------------------------------------------------------- purge
+
+# rows per DELETE: a purge after months never holds SQLite's write lock for long
+PURGE_BATCH = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeResult:
+    tokens_deleted: int
+    sign_in_records_deleted: int
+
+    def __str__(self) -> str:
+        return (
+            f"{self.tokens_deleted} expired or revoked tokens deleted, "
+            f"{self.sign_in_records_deleted} stale sign-in address records deleted"
+        )
+
+
+def purge_spent_tokens(
+    db: Database,
+    *,
+    now: datetime | None = None,
+    known_source_window: timedelta = KNOWN_SOURCE_WINDOW,
+    batch_size: int = PURGE_BATCH,
+) -> PurgeResult:
+    """Delete tokens that expired or were revoked (they can never sign anyone in
+    again; sign-in and sign-out stay in the audit trail), and per-address
+    sign-in records that no longer count: not locked, and neither a failure nor
+    a sign-in within ``known_source_window``. ``batch_size`` rows per unit of
+    work."""
+    moment = now or utcnow()
+    spent = or_(ApiToken.expires_at <= moment, ApiToken.revoked_at.is_not(None))
+    tokens = _delete_batches(db, ApiToken.__table__, ApiToken.id, spent, batch_size)
+    cutoff = moment - known_source_window
+    stale = (
+        or_(SignInSource.locked_until.is_(None), SignInSource.locked_until <= moment),
+        or_(SignInSource.last_failure_at.is_(None), SignInSource.last_failure_at < cutoff),
+        or_(SignInSource.last_success_at.is_(None), SignInSource.last_success_at < cutoff),
+    )
+    sources = _delete_batches(db, SignInSource.__table__, SignInSource.id, stale, batch_size)
+    return PurgeResult(tokens, sources)
+
+
+def _delete_batches(db: Database, table: Any, key: Any, condition: Any, batch_size: int) -> int:
+    deleted = 0
+    conditions = condition if isinstance(condition, tuple) else (condition,)
+    while True:
+        with db.unit_of_work() as session:
+            ids = list(session.scalars(select(key).where(*conditions).limit(batch_size)))
+            if ids:
+                session.execute(delete(table).where(key.in_(ids)))
+        deleted += len(ids)
+        if len(ids) < batch_size:
+            return deleted

@@ -2,7 +2,13 @@
 
 Every change is audited with before and after; passwords and their hashes never
 appear in an answer or an audit event. A password reset revokes the user's
-bearer tokens, so a leaked password stops working at once.
+bearer tokens, so a leaked password stops working at once, and lifts the
+account's sign-in locks (services/auth.py).
+
+A caller holding a write transaction hashes first (``hash_password``) and
+passes ``password_hash``: the argon2 work, and any wait for a hashing slot
+(services/passwords.py), then happens before the transaction, not while it
+holds SQLite's one writer lock or a row lock.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from dicom_node.domain.errors import AlreadyExists, Conflict, InvalidValue, NotF
 from dicom_node.domain.permissions import Principal
 from dicom_node.services import passwords
 from dicom_node.services.audit import record_audit_event
+from dicom_node.services.auth import clear_lockouts
 from dicom_node.services.orders import Listed, escape_like, order_by
 
 MIN_PASSWORD_LENGTH = 10
@@ -48,6 +55,7 @@ _AUDITED = ("username", "role", "email", "display_name", "specialty", "is_active
 
 
 def hash_password(password: str) -> str:
+    """The argon2id hash of a new password (refused if too short)."""
     if len(password) < MIN_PASSWORD_LENGTH:
         raise InvalidValue(
             f"a password needs at least {MIN_PASSWORD_LENGTH} characters", field="password"
@@ -55,11 +63,18 @@ def hash_password(password: str) -> str:
     return passwords.hash_password(password)
 
 
+def _new_hash(password: str | None, password_hash: str | None) -> str:
+    if (password is None) == (password_hash is None):
+        raise ValueError("give either password or password_hash")
+    return password_hash if password_hash is not None else hash_password(password or "")
+
+
 def create_user(
     session: Session,
     *,
     username: str,
-    password: str,
+    password: str | None = None,
+    password_hash: str | None = None,
     role: str,
     email: str | None = None,
     display_name: str | None = None,
@@ -76,13 +91,13 @@ def create_user(
             field="username",
         )
     role_value = _role(role)
-    password_hash = hash_password(password)
+    new_hash = _new_hash(password, password_hash)
     # The unique constraint is the real guard; this check only gives a clear message.
     if session.scalar(select(User.id).where(User.username == username)) is not None:
         raise AlreadyExists(f"user {username!r} already exists")
     user = User(
         username=username,
-        password_hash=password_hash,
+        password_hash=new_hash,
         role=role_value.value,
         email=email,
         display_name=display_name,
@@ -231,15 +246,18 @@ def reset_password(
     session: Session,
     user_id: int,
     *,
-    password: str,
+    password: str | None = None,
+    password_hash: str | None = None,
     actor: Principal,
     source_address: str | None = None,
 ) -> UserInfo:
-    """Set a new password and revoke every token of the user (audited, no secret)."""
+    """Set a new password, revoke every token of the user and lift the
+    account's sign-in locks (audited, no secret)."""
+    new_hash = _new_hash(password, password_hash)
     user = _load(session, user_id, lock=True)
-    user.password_hash = hash_password(password)
-    user.failed_sign_ins = 0
-    user.locked_until = None
+    user.password_hash = new_hash
+    session.flush()
+    clear_lockouts(session, user.id)
     revoked = _revoke_tokens(session, user.id)
     record_audit_event(
         session,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select, text
 
-from dicom_node.db.models import AuditEvent, User
+from dicom_node.db.models import AuditEvent, SignInSource, User
 from dicom_node.services import passwords
 from tests.api.conftest import PASSWORD, ApiServer
 
@@ -34,6 +34,7 @@ def test_routes_refuse_missing_and_bogus_tokens_with_401_json(api: ApiServer) ->
 def test_wrong_password_is_401_and_audited_and_locks_after_repeated_failures(
     api: ApiServer,
 ) -> None:
+    """The lock is for the address the failures came from (test_sign_in_abuse.py)."""
     name = api.user("scheduler")
     client = api.anonymous()
     for _ in range(api.settings.sign_in_max_failures):
@@ -51,10 +52,15 @@ def test_wrong_password_is_401_and_audited_and_locks_after_repeated_failures(
                 AuditEvent.action == "sign_in_failed", AuditEvent.actor == name
             )
         ).all()
-        locked_until = session.scalar(select(User.locked_until).where(User.username == name))
+        locked_until = session.scalar(
+            select(SignInSource.locked_until)
+            .join(User, User.id == SignInSource.user_id)
+            .where(User.username == name, SignInSource.source_address == "127.0.0.1")
+        )
     assert len(failures) == api.settings.sign_in_max_failures + 1
-    assert failures.count("account locked") == 1  # the try with the right password
-    assert any("; account locked" in (reason or "") for reason in failures)
+    # the try with the right password
+    assert failures.count("account locked for this address") == 1
+    assert any("; account locked for this address" in (reason or "") for reason in failures)
     assert locked_until is not None
 
 

@@ -22,6 +22,7 @@ INTERVALS = {
     "rematch": ("rematch_interval_seconds", 17.0),
     "retention": ("retention_interval_seconds", 19.0),
     "change-log-trim": ("change_log_trim_interval_seconds", 23.0),
+    "token-purge": ("token_purge_interval_seconds", 29.0),
     "backup": ("backup_interval_hours", 2.0),
 }
 
