@@ -27,6 +27,7 @@ from dicom_node.node import (
     open_database,
     open_store,
 )
+from dicom_node.services.audit_chain import AuditAnchor
 from dicom_node.settings import ConfigError, Settings, load_settings
 
 EXIT_OK = 0
@@ -147,7 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = commands.add_parser(
         "verify",
-        help="compare the index with the files in the store (exit 1 when they disagree)",
+        help=(
+            "compare the index with the files in the store, and check the audit trail's "
+            "hash chain (exit 1 on any disagreement)"
+        ),
     )
     verify.add_argument("--quick", action="store_true", help="compare file sizes only (no hashing)")
     verify.add_argument(
@@ -178,6 +182,16 @@ def build_parser() -> argparse.ArgumentParser:
             "exists and verifies (size and SHA-256, hashed even with --quick); a copy whose "
             "indexed copy is missing or damaged is kept and reported: it may be the best "
             "copy left"
+        ),
+    )
+    verify.add_argument(
+        "--audit-anchor",
+        type=_audit_anchor,
+        metavar="ID:SHA256",
+        help=(
+            "an audit trail head recorded earlier (as verify prints it): check that this row "
+            "still holds that hash; finds rows cut off the end of the trail, or the trail "
+            "rewritten together with its hashes, which the hash chain alone cannot show"
         ),
     )
     verify.set_defaults(run=cmd_verify)
@@ -246,8 +260,12 @@ def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
     db = open_database(settings)
     try:
         before = migrate.current_revision(db.engine)
-        migrate.upgrade(settings.database_url)
+        # as the owner role when there is one, which then grants the node's role
+        # its privileges again (new tables included)
+        migrate.upgrade_schema(settings.database_url, settings.database_owner_url)
         after = migrate.current_revision(db.engine)
+    except migrate.SchemaAccessError as exc:
+        raise CommandError(str(exc)) from None
     finally:
         db.dispose()
     where = redact_url(settings.database_url)
@@ -255,6 +273,12 @@ def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{where}: schema already at revision {after}")
     else:
         print(f"{where}: schema upgraded from {before or 'empty'} to {after}")
+    if settings.database_owner_url:
+        role = migrate.node_role(settings.database_url)
+        print(
+            f"schema owned by the role of database_owner_url; {role} may only read and "
+            "append to the audit trail"
+        )
     return EXIT_OK
 
 
@@ -290,7 +314,7 @@ def cmd_user_add(settings: Settings, args: argparse.Namespace) -> int:
     password = _read_password(args.password_stdin, f"Password for {args.username}: ")
     db = open_database(settings)
     try:
-        ensure_schema(db, upgrade_if_empty=True)
+        ensure_schema(db, upgrade_if_empty=True, owner_url=settings.database_owner_url)
         with db.unit_of_work() as session:
             user = create_user(
                 session,
@@ -314,7 +338,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     password = _read_password(True, "") if args.password_stdin else generate_demo_password()
     db = open_database(settings)
     try:
-        ensure_schema(db, upgrade_if_empty=True)
+        ensure_schema(db, upgrade_if_empty=True, owner_url=settings.database_owner_url)
         with db.unit_of_work() as session:
             summary = load_demo(session, password=password, actor="cli")
     finally:
@@ -345,13 +369,13 @@ def _import(settings: Settings, files: list[Path], *, actor: str, in_store: bool
 
     db = open_database(settings)
     try:
-        ensure_schema(db, upgrade_if_empty=True)
+        ensure_schema(db, upgrade_if_empty=True, owner_url=settings.database_owner_url)
         store = open_store(settings)
         summary = import_files(
             db,
             store,
             files,
-            policy=IngestPolicy(duplicate_policy=settings.duplicate_policy),
+            policy=IngestPolicy(settings.duplicate_policy, settings.max_dataset_bytes),
             actor=actor,
             progress=_progress_bar(len(files)) if sys.stderr.isatty() else None,
             in_store=in_store,
@@ -410,6 +434,7 @@ def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
         result = restore_backup(
             source=args.source,
             database_url=settings.database_url,
+            owner_url=settings.database_owner_url,
             data_dir=settings.data_dir,
             fsync=settings.fsync,
             actor="cli",
@@ -421,11 +446,13 @@ def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
+    from dicom_node.services.audit_chain import verify_audit_chain, warn_if_unprotected
     from dicom_node.services.integrity import repair_store, verify_store
 
     db = open_database(settings)
     try:
         ensure_schema(db, upgrade_if_empty=False)
+        warn_if_unprotected(db)
         store = open_store(settings)
         if args.repair or args.remove_purged or args.remove_superseded:
             repaired = repair_store(
@@ -438,17 +465,28 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
                 quick=args.quick,
             )
             print(repaired.describe())
-            return EXIT_OK if repaired.after.ok else EXIT_FAILURE
-        report = verify_store(db, store, quick=args.quick)
+            store_ok = repaired.after.ok
+        else:
+            report = verify_store(db, store, quick=args.quick)
+            print(report.describe())
+            store_ok = report.ok
+        chain = verify_audit_chain(db, anchor=args.audit_anchor)
     finally:
         db.dispose()
-    print(report.describe())
-    return EXIT_OK if report.ok else EXIT_FAILURE
+    print(chain.describe())
+    return EXIT_OK if store_ok and chain.ok else EXIT_FAILURE
+
+
+def _audit_anchor(value: str) -> AuditAnchor:
+    try:
+        return AuditAnchor.parse(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_config_show(settings: Settings, args: argparse.Namespace) -> int:
     for name, value in settings.model_dump().items():
-        if name == "database_url":
+        if name in ("database_url", "database_owner_url") and value:
             value = redact_url(value)
         elif name == "peers":
             value = ",".join(str(peer) for peer in settings.peers.values())

@@ -34,6 +34,7 @@ from dicom_node.jobs.tokens import run_token_purge
 from dicom_node.jobs.workflow import run_study_stability, run_temp_sweep
 from dicom_node.scp.server import DicomServer, configure_pynetdicom
 from dicom_node.services import passwords
+from dicom_node.services.audit_chain import announce_audit_trail
 from dicom_node.settings import Settings
 from dicom_node.storage import FileStore
 from dicom_node.workers import WorkerPool, WorkerStartError
@@ -97,8 +98,11 @@ def sla_policy(settings: Settings) -> SlaPolicy:
     return settings.sla()
 
 
-def ensure_schema(db: Database, *, upgrade_if_empty: bool) -> None:
-    """Upgrade an empty database; refuse one that is behind, ahead or foreign."""
+def ensure_schema(db: Database, *, upgrade_if_empty: bool, owner_url: str = "") -> None:
+    """Upgrade an empty database; refuse one that is behind, ahead or foreign.
+
+    The schema is created by ``owner_url``'s role when given (PostgreSQL: the
+    node's own role then gets only what it needs, see db/migrate.py)."""
     current = migrate.current_revision(db.engine)
     head = migrate.head_revision()
     if current == head:
@@ -109,7 +113,10 @@ def ensure_schema(db: Database, *, upgrade_if_empty: bool) -> None:
         if not upgrade_if_empty:
             raise StartupError("the database is empty: run `dicom-node db upgrade`")
         log.info("empty database: creating the schema")
-        migrate.upgrade(db.url)
+        try:
+            migrate.upgrade_schema(db.url, owner_url)
+        except migrate.SchemaAccessError as exc:
+            raise StartupError(str(exc)) from None
         return
     raise StartupError(
         f"the database schema is at revision {current}, this version needs {head}: "
@@ -230,7 +237,10 @@ class Node:
         configure_password_hashing(self.settings)
         try:
             self.db = open_database(self.settings)
-            ensure_schema(self.db, upgrade_if_empty=True)
+            ensure_schema(
+                self.db, upgrade_if_empty=True, owner_url=self.settings.database_owner_url
+            )
+            announce_audit_trail(self.db)
             self.store = open_store(self.settings)
             # Bind the HTTP port first: the socket is only held, nothing served yet.
             self._http_socket = bind_http_socket(self.settings.bind_host, self.settings.http_port)

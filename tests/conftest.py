@@ -7,7 +7,8 @@ import itertools
 import os
 import shutil
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -80,6 +81,55 @@ def _new_postgres_database(request: pytest.FixtureRequest, *, template: str | No
     with psycopg.connect(server.psycopg_dsn(), autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}{clause}")
     return server.url(name)
+
+
+# The two roles of a hardened PostgreSQL install (db/migrate.py): the schema's
+# owner, and the role the node logs in as. Server-wide, made once per server.
+OWNER_ROLE = "dicom_owner"
+NODE_ROLE = "dicom_app"
+
+
+@dataclass(frozen=True)
+class TwoRoleDatabase:
+    """An empty database owned by OWNER_ROLE; ``node_url`` logs in as NODE_ROLE,
+    which holds nothing in it until the owner grants (``db upgrade``, ``serve``
+    creating the schema, ``restore``, all with ``database_owner_url``)."""
+
+    name: str
+    owner_url: str
+    node_url: str
+
+
+@pytest.fixture(scope="session")
+def postgres_roles(postgres: PostgresServer) -> PostgresServer:
+    with psycopg.connect(postgres.psycopg_dsn(), autocommit=True) as conn:
+        for role in (OWNER_ROLE, NODE_ROLE):
+            conn.execute(f"CREATE ROLE {role} LOGIN")
+    return postgres
+
+
+@pytest.fixture
+def make_two_role_db(postgres_roles: PostgresServer) -> Callable[[], TwoRoleDatabase]:
+    """New, empty PostgreSQL databases for a two-role install (not parametrized:
+    SQLite has no roles)."""
+
+    def make() -> TwoRoleDatabase:
+        name = f"test_{next(_counter)}"
+        with psycopg.connect(postgres_roles.psycopg_dsn(), autocommit=True) as conn:
+            # the owner owns the database, and so (PostgreSQL 15+) its public schema
+            conn.execute(f"CREATE DATABASE {name} OWNER {OWNER_ROLE}")
+        return TwoRoleDatabase(
+            name,
+            owner_url=postgres_roles.url(name, user=OWNER_ROLE),
+            node_url=postgres_roles.url(name, user=NODE_ROLE),
+        )
+
+    return make
+
+
+@pytest.fixture
+def two_role_db(make_two_role_db: Callable[[], TwoRoleDatabase]) -> TwoRoleDatabase:
+    return make_two_role_db()
 
 
 @pytest.fixture

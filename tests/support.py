@@ -76,11 +76,11 @@ class PostgresServer:
     host: str
     port: int
 
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql+psycopg://postgres@{self.host}:{self.port}/{database}"
+    def url(self, database: str = "postgres", *, user: str = "postgres") -> str:
+        return f"postgresql+psycopg://{user}@{self.host}:{self.port}/{database}"
 
-    def psycopg_dsn(self, database: str = "postgres") -> str:
-        return f"host={self.host} port={self.port} user=postgres dbname={database}"
+    def psycopg_dsn(self, database: str = "postgres", *, user: str = "postgres") -> str:
+        return f"host={self.host} port={self.port} user={user} dbname={database}"
 
 
 @contextmanager

@@ -450,7 +450,11 @@ class ChangeLogEntry(Base):
 
 
 class AuditEvent(Base):
-    """Append-only (no update or delete path; database triggers refuse both)."""
+    """Append-only (no update or delete path; database triggers refuse both, and
+    on PostgreSQL the node's role may only INSERT and SELECT), and hash-chained:
+    ``row_hash`` covers the row and ``prev_hash``, the ``row_hash`` of the row
+    before it (domain/audit_chain.py). ``prev_hash`` is unique: the chain
+    cannot fork. Written by services/audit.py only."""
 
     __tablename__ = "audit_events"
     __table_args__ = (
@@ -458,6 +462,7 @@ class AuditEvent(Base):
         Index("ix_audit_events_timestamp", "timestamp"),
         Index("ix_audit_events_target", "target_class", "target_id"),
         Index("ix_audit_events_patient", "patient_id"),
+        UniqueConstraint("prev_hash"),
     )
 
     id: Mapped[int] = mapped_column(ID, primary_key=True)
@@ -476,6 +481,8 @@ class AuditEvent(Base):
     accession_number: Mapped[str | None] = mapped_column(SH)
     reason: Mapped[str | None] = mapped_column(Text)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    row_hash: Mapped[str] = mapped_column(String(64))
 
 
 # --------------------------------------------------------------------------- sign-in

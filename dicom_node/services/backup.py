@@ -52,6 +52,7 @@ from typing import Any, Literal
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, delete, func, inspect, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from dicom_node import __version__
@@ -61,6 +62,7 @@ from dicom_node.db.models import DicomInstance, DicomSeries, DicomStudy
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.errors import Cancelled
 from dicom_node.services.audit import record_audit_event
+from dicom_node.services.audit_chain import AuditAnchor, AuditChainReport, verify_audit_chain
 from dicom_node.services.integrity import digest_file
 from dicom_node.storage import FileStore
 
@@ -83,6 +85,7 @@ COUNTED_TABLES = (
 )
 # built from the constant names above only (never from input)
 _COUNT_SQL = {name: f"SELECT count(*) FROM {name}" for name in COUNTED_TABLES}  # noqa: S608
+_AUDIT_HEAD_SQL = "SELECT id, row_hash FROM audit_events ORDER BY id DESC LIMIT 1"
 
 log = logging.getLogger("dicom_node.backup")
 
@@ -131,6 +134,9 @@ class Manifest:
     # rows of the snapshot whose file was removed after it (retention, a replaced
     # instance) and that the live index no longer holds: restore deletes them
     removed_after_snapshot: tuple[str, ...] = ()
+    # the audit trail's newest row and its hash in the snapshot: a copy of the
+    # chain's head outside the database (restore checks it; an anchor for verify)
+    audit_head: AuditAnchor | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -156,6 +162,11 @@ class Manifest:
                 {"path": item.path, "size": item.size, "sha256": item.sha256} for item in self.files
             ],
             "removed_after_snapshot": list(self.removed_after_snapshot),
+            "audit_head": (
+                {"id": self.audit_head.row_id, "sha256": self.audit_head.row_hash}
+                if self.audit_head is not None
+                else None
+            ),
         }
 
 
@@ -177,6 +188,7 @@ class BackupResult:
                 if m.removed_after_snapshot
                 else ""
             )
+            + (f"; audit trail head {m.audit_head}" if m.audit_head is not None else "")
         )
 
 
@@ -186,6 +198,8 @@ class RestoreResult:
     manifest: Manifest
     head_revision: str | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # the restored audit trail's hash chain, checked after the load
+    audit_chain: AuditChainReport | None = None
 
     @property
     def needs_upgrade(self) -> bool:
@@ -204,6 +218,8 @@ class RestoreResult:
                 f"this version needs schema revision {self.head_revision}: "
                 "run `dicom-node db upgrade` before serving"
             )
+        if self.audit_chain is not None:
+            lines.append(self.audit_chain.describe())
         return "\n".join(lines)
 
 
@@ -233,6 +249,7 @@ class _Snapshot:
     revision: str
     counts: dict[str, int]
     rows: list[tuple[str, int, str]]  # file_path, file_size, sha256 of the dataset
+    audit_head: AuditAnchor | None = None
 
 
 def create_backup(
@@ -336,6 +353,7 @@ def _write_backup(
         counts=snapshot.counts,
         files=tuple(files),
         removed_after_snapshot=tuple(removed),
+        audit_head=snapshot.audit_head,
     )
     _write_manifest(destination, manifest, fsync=fsync)
     return manifest
@@ -424,7 +442,14 @@ def _read_snapshot_sqlite(copy: sqlite3.Connection) -> _Snapshot:
             "SELECT file_path, file_size, sha256 FROM dicom_instances ORDER BY file_path"
         )
     ]
-    return _Snapshot(str(revision[0]) if revision else "", counts, rows)
+    columns = {row[1] for row in copy.execute("PRAGMA table_info(audit_events)")}
+    head = copy.execute(_AUDIT_HEAD_SQL).fetchone() if {"id", "row_hash"} <= columns else None
+    return _Snapshot(
+        str(revision[0]) if revision else "",
+        counts,
+        rows,
+        AuditAnchor(int(head[0]), str(head[1])) if head else None,
+    )
 
 
 def _snapshot_postgres(url: str, target: Path) -> _Snapshot:
@@ -465,7 +490,19 @@ def _read_snapshot_postgres(connection: Connection) -> _Snapshot:
             text("SELECT file_path, file_size, sha256 FROM dicom_instances ORDER BY file_path")
         )
     ]
-    return _Snapshot(str(revision or ""), counts, rows)
+    chained = connection.execute(
+        text(
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = 'audit_events' AND column_name = 'row_hash'"
+        )
+    ).first()
+    head = connection.execute(text(_AUDIT_HEAD_SQL)).first() if chained else None
+    return _Snapshot(
+        str(revision or ""),
+        counts,
+        rows,
+        AuditAnchor(int(head[0]), str(head[1])) if head else None,
+    )
 
 
 def _copy_indexed_files(
@@ -626,9 +663,19 @@ def read_manifest(source: Path) -> Manifest:
             removed_after_snapshot=tuple(
                 _safe_relative(item) for item in data.get("removed_after_snapshot", [])
             ),
+            audit_head=_audit_head(data.get("audit_head")),
         )
     except (KeyError, TypeError, ValueError, AttributeError):
         raise BackupError(f"{path} is malformed") from None
+
+
+def _audit_head(value: object) -> AuditAnchor | None:
+    """The manifest's audit head (backups made before the hash chain have none)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("audit_head")
+    return AuditAnchor.parse(f"{int(value['id'])}:{value['sha256']}")
 
 
 def _safe_relative(value: object) -> str:
@@ -641,16 +688,31 @@ def _safe_relative(value: object) -> str:
 
 
 def restore_backup(
-    *, source: Path, database_url: str, data_dir: Path, fsync: bool = True, actor: str = "restore"
+    *,
+    source: Path,
+    database_url: str,
+    data_dir: Path,
+    fsync: bool = True,
+    actor: str = "restore",
+    owner_url: str = "",
 ) -> RestoreResult:
     """Bring a backup back into an empty data dir and an empty database.
 
     Everything is checked before anything is loaded: the manifest, the database
     kind, that the target is empty, that every file (and the dump) matches its
     manifest hash. A failure leaves the target as empty as it was.
+
+    ``owner_url`` (PostgreSQL, ``database_owner_url``): the dump is loaded by
+    the owner role, which then owns the restored schema, and the node's role
+    (``database_url``'s) gets its privileges, as after ``db upgrade``. The
+    restored audit trail's hash chain is checked, through the node's login,
+    against the head the manifest recorded.
     """
     manifest = read_manifest(source)
     target_kind = database_kind(database_url)
+    if owner_url and target_kind != "postgresql":
+        raise BackupError("database_owner_url is for PostgreSQL only (SQLite has no roles)")
+    load_url = owner_url or database_url
     if manifest.database_kind != target_kind:
         raise BackupError(
             f"{source} is a backup of a {_KIND_NAMES[manifest.database_kind]} database; "
@@ -663,7 +725,7 @@ def restore_backup(
             f"dicom-node {__version__} (made by a newer version?)"
         )
     _require_empty_data_dir(data_dir)
-    _require_empty_database(database_url)
+    _require_empty_database(load_url)
     dump = source / manifest.database_file
     try:
         found = digest_file(dump)
@@ -685,10 +747,13 @@ def restore_backup(
             if target_kind == "sqlite":
                 _load_sqlite(dump, manifest, _sqlite_path(database_url), fsync=fsync)
             else:
-                existing_objects = _postgres_objects(database_url)
-                _load_postgres(dump, database_url)
-            _check_restored(database_url, manifest)
-            _finish_restore(database_url, source, manifest, actor)
+                existing_objects = _postgres_objects(load_url)
+                _load_postgres(dump, load_url)
+            _check_restored(load_url, manifest)
+            _finish_restore(load_url, source, manifest, actor)
+            if owner_url:
+                _grant_node_role(owner_url, database_url)
+            chain = _check_audit_chain(database_url, manifest)
             if fsync:
                 _fsync_tree(store.instances)
         except OSError as exc:
@@ -702,9 +767,37 @@ def restore_backup(
         if target_kind == "sqlite":
             _remove_sqlite_files(_sqlite_path(database_url))
         else:
-            _drop_postgres_objects(database_url, keep=existing_objects)
+            _drop_postgres_objects(load_url, keep=existing_objects)
         raise
-    return RestoreResult(source, manifest, head)
+    return RestoreResult(source, manifest, head, audit_chain=chain)
+
+
+def _grant_node_role(owner_url: str, database_url: str) -> None:
+    try:
+        migrate.grant_node_role(owner_url, migrate.node_role(database_url))
+    except migrate.SchemaAccessError as exc:
+        raise BackupError(f"{exc}; nothing restored") from None
+
+
+def _check_audit_chain(database_url: str, manifest: Manifest) -> AuditChainReport | None:
+    """The restored trail's chain, read with the node's own login (which must
+    reach the restored database), and the manifest's head in it. A break is
+    reported, not refused: a backup of a tampered trail is evidence to keep.
+    None before revision 0008 (no chain yet: ``db upgrade`` computes it)."""
+    db = Database(database_url)
+    try:
+        if "row_hash" not in {
+            column["name"] for column in inspect(db.engine).get_columns("audit_events")
+        }:
+            return None
+        return verify_audit_chain(db, anchor=manifest.audit_head)
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        raise BackupError(
+            f"database_url cannot read the restored database: {reason}; nothing restored"
+        ) from None
+    finally:
+        db.dispose()
 
 
 def _finish_restore(url: str, source: Path, manifest: Manifest, actor: str) -> None:

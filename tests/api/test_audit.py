@@ -9,6 +9,9 @@ from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from dicom_node.db.models import AuditEvent
+from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.enums import AuditOutcome
+from dicom_node.services.audit import record_audit_event
 from tests.api.conftest import ApiServer
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -17,51 +20,65 @@ T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 def _seed(api: ApiServer) -> dict[str, int]:
     """Four known events at known times; returns their ids by name."""
     rows = {
-        "query": AuditEvent(
-            timestamp=T0,
-            event_code="110112",
-            action="query",
-            outcome="success",
-            actor="CT_SCANNER",
-            target_class="STUDY",
-            patient_id="PAT1",
+        "query": (
+            T0,
+            AuditRecord(
+                event_code=AuditEventCode.QUERY,
+                action="query",
+                actor="CT_SCANNER",
+                target_class="STUDY",
+                patient_id="PAT1",
+            ),
         ),
-        "order": AuditEvent(
-            timestamp=T0 + timedelta(hours=1),
-            event_code="110109",
-            action="order_scheduled",
-            outcome="success",
-            actor="sched1",
-            actor_user_id=None,
-            target_class="ImagingRequest",
-            target_id="17",
-            patient_id="PAT1",
-            study_instance_uid="1.2.3",
-            accession_number="A1",
+        "order": (
+            T0 + timedelta(hours=1),
+            AuditRecord(
+                event_code=AuditEventCode.ORDER_RECORD,
+                action="order_scheduled",
+                actor="sched1",
+                actor_user_id=None,
+                target_class="ImagingRequest",
+                target_id="17",
+                patient_id="PAT1",
+                study_instance_uid="1.2.3",
+                accession_number="A1",
+            ),
         ),
-        "failed": AuditEvent(
-            timestamp=T0 + timedelta(hours=2),
-            event_code="110114",
-            action="sign_in_failed",
-            outcome="minor_failure",
-            actor="mallory",
+        "failed": (
+            T0 + timedelta(hours=2),
+            AuditRecord(
+                event_code=AuditEventCode.USER_AUTHENTICATION,
+                action="sign_in_failed",
+                outcome=AuditOutcome.MINOR_FAILURE,
+                actor="mallory",
+            ),
         ),
-        "store": AuditEvent(
-            timestamp=T0 + timedelta(hours=3),
-            event_code="110104",
-            action="store",
-            outcome="success",
-            actor="CT_SCANNER",
-            target_class="DicomInstance",
-            target_id="1.2.3.4",
-            patient_id="PAT2",
-            study_instance_uid="1.2.9",
+        "store": (
+            T0 + timedelta(hours=3),
+            AuditRecord(
+                event_code=AuditEventCode.INSTANCES_TRANSFERRED,
+                action="store",
+                actor="CT_SCANNER",
+                target_class="DicomInstance",
+                target_id="1.2.3.4",
+                patient_id="PAT2",
+                study_instance_uid="1.2.9",
+            ),
         ),
     }
+    # through the one writer of the trail: each row chained to the one before it
     with api.db.unit_of_work() as session:
-        session.add_all(rows.values())
-        session.flush()
-        return {name: row.id for name, row in rows.items()}
+        for at, record in rows.values():
+            record_audit_event(session, record, timestamp=at)
+    with api.db.read() as session:
+        return {
+            name: session.scalar(
+                select(AuditEvent.id).where(
+                    AuditEvent.timestamp == at, AuditEvent.action == record.action
+                )
+            )
+            for name, (at, record) in rows.items()
+        }
 
 
 def _ids(response: object) -> list[int]:

@@ -13,8 +13,10 @@ from sqlalchemy import delete, select
 
 from dicom_node.db.engine import Database
 from dicom_node.db.models import AuditEvent, DicomInstance
+from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.part10 import dataset_offset
 from dicom_node.services import integrity
+from dicom_node.services.audit import record_audit_event
 from dicom_node.services.importing import import_files, iter_files
 from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
 from dicom_node.services.integrity import (
@@ -177,15 +179,14 @@ def test_repair_finishes_an_interrupted_purge_instead_of_reindexing_it(
     try:
         with db.unit_of_work() as session:
             session.execute(delete(DicomInstance).where(DicomInstance.file_path.in_(purged)))
-            session.add(
-                AuditEvent(
-                    event_code="110105",
+            record_audit_event(
+                session,
+                AuditRecord(
+                    event_code=AuditEventCode.STUDY_DELETED,
                     action="study_images_purged",
-                    outcome="success",
                     actor="retention",
                     study_instance_uid=study_uid,
-                    details={},
-                )
+                ),
             )
         # the same study sent again after the purge, its ingest interrupted before commit
         resent = ct_dataset(study_uid=study_uid, patient_id="PAT1")
@@ -225,15 +226,14 @@ def _purge(db_url: str, study_uid: str) -> None:
             session.execute(
                 delete(DicomInstance).where(DicomInstance.file_path.startswith(f"{study_uid}/"))
             )
-            session.add(
-                AuditEvent(
-                    event_code="110105",
+            record_audit_event(
+                session,
+                AuditRecord(
+                    event_code=AuditEventCode.STUDY_DELETED,
                     action="study_images_purged",
-                    outcome="success",
                     actor="retention",
                     study_instance_uid=study_uid,
-                    details={},
-                )
+                ),
             )
     finally:
         db.dispose()
