@@ -55,9 +55,9 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 # C-STORE answered with success: the instance is in the store (ingest's StoreOutcome)
 STORE_RECEIVED = ("stored", "duplicate", "kept_existing", "replaced")
 # C-STORE answered with a failure: mismatch (dataset contradicts the command, A900),
-# rejected (cannot be indexed, C000), failed (disk or database, A700), error (the
-# handler raised; pynetdicom answered C211)
-STORE_REFUSED = ("mismatch", "rejected", "failed", "error")
+# rejected (cannot be indexed, C000), failed (disk or database, A700), too_large
+# (over max_dataset_bytes, A700), error (the handler raised; pynetdicom answered C211)
+STORE_REFUSED = ("mismatch", "rejected", "failed", "too_large", "error")
 ASSOCIATION_RESULTS = ("accepted", "rejected")
 FIND_LEVELS = ("patient", "study", "series", "image", "worklist", "unknown")
 

@@ -14,6 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
+from dicom_node.domain.part10_source import Buffer
 from dicom_node.domain.uids import validate_uid
 
 log = logging.getLogger("dicom_node.storage")
@@ -57,7 +58,7 @@ class FileStore:
 
     # ------------------------------------------------------------------ writing
 
-    def write_temp(self, data: bytes) -> Path:
+    def write_temp(self, data: Buffer) -> Path:
         """Write ``data`` to a new temp file inside the store (same file system as
         the final place, so the later rename is atomic)."""
         path = self.tmp / f"{uuid.uuid4().hex}{TEMP_SUFFIX}"

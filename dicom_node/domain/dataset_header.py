@@ -15,11 +15,20 @@ from typing import BinaryIO
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
 from dicom_node.domain.errors import DomainError
+from dicom_node.domain.inflate import (
+    DEFAULT_MAX_DATASET_BYTES,
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    DatasetTooLarge,
+    InvalidDeflate,
+    inflated,
+)
 from dicom_node.domain.part10 import dataset_offset
+from dicom_node.domain.part10_source import Buffer, Part10Source, open_part10
 from dicom_node.domain.uids import is_valid_uid
 
 
@@ -90,29 +99,70 @@ _TAGS = [Tag(keyword) for keyword in _KEYWORDS]
 _REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
-def read_header(part10: bytes | BinaryIO | str | os.PathLike[str]) -> InstanceHeader:
-    """Read a complete Part 10 file (preamble, DICM, file meta, dataset)."""
-    if isinstance(part10, bytes | bytearray):
-        data = bytes(part10)
-    elif isinstance(part10, str | os.PathLike):
-        data = Path(part10).read_bytes()
-    else:
-        data = part10.read()
-    stream = BytesIO(data)
-    try:
-        ds = pydicom.dcmread(stream, stop_before_pixels=True, specific_tags=_TAGS)
-        transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
-        check_structure(data, dataset_offset(data), transfer_syntax)
-        return header_from_dataset(ds, transfer_syntax_uid=transfer_syntax)
-    except InvalidHeader:
-        raise
-    except Exception as exc:
-        # pydicom signals malformed input with many exception types (InvalidDicomError,
-        # EOFError, struct.error, ValueError, KeyError...): all mean "cannot understand".
-        raise InvalidHeader(f"unreadable dataset ({type(exc).__name__})") from None
+def read_header(
+    part10: bytes | BinaryIO | str | os.PathLike[str] | Part10Source,
+    *,
+    max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES,
+    scratch_dir: Path | None = None,
+) -> InstanceHeader:
+    """Read a complete Part 10 file (preamble, DICM, file meta, dataset).
+
+    A file is memory-mapped, not read whole (domain/part10_source.py). A data set
+    over ``max_dataset_bytes``, as stored or once a Deflated one is inflated,
+    raises DatasetTooLarge before it is parsed; inflation is bounded and spills to
+    ``scratch_dir`` past a few MiB (domain/inflate.py).
+    """
+    if isinstance(part10, str | os.PathLike):
+        part10 = Path(part10)
+    elif not isinstance(part10, bytes | Part10Source):
+        part10 = bytes(part10) if isinstance(part10, bytearray) else part10.read()
+    with open_part10(part10) as source:
+        try:
+            offset = dataset_offset(source.buffer)
+            if source.size - offset > max_dataset_bytes:
+                raise DatasetTooLarge(max_dataset_bytes, source.size - offset)
+            # the file meta alone first: pydicom would inflate a Deflated data set whole
+            meta = pydicom.dcmread(BytesIO(source.buffer[:offset])).file_meta
+            transfer_syntax = str(meta.get("TransferSyntaxUID", "") or "")
+            if transfer_syntax == _DEFLATED:
+                chunks = source.chunks(offset)
+                with inflated(chunks, limit=max_dataset_bytes, scratch_dir=scratch_dir) as plain:
+                    ds = _read_inflated(plain)
+                    check_structure(plain, 0, _EXPLICIT_LE)
+            else:
+                with source.stream() as stream:
+                    ds = pydicom.dcmread(stream, stop_before_pixels=True, specific_tags=_TAGS)
+                check_structure(source.buffer, offset, transfer_syntax)
+            return header_from_dataset(ds, transfer_syntax_uid=transfer_syntax)
+        except (InvalidHeader, DatasetTooLarge):
+            raise
+        except InvalidDeflate as exc:
+            raise InvalidHeader(exc.reason) from None
+        except Exception as exc:
+            # pydicom signals malformed input with many exception types (InvalidDicomError,
+            # EOFError, struct.error, ValueError, KeyError...): all mean "cannot understand".
+            raise InvalidHeader(f"unreadable dataset ({type(exc).__name__})") from None
 
 
-_DEFLATED = "1.2.840.10008.1.2.1.99"
+_PIXEL_DATA = {0x7FE00008, 0x7FE00009, 0x7FE00010}
+
+
+def _read_inflated(plain: Buffer) -> Dataset:
+    """The indexed elements of an inflated Deflated data set: Explicit VR Little
+    Endian from its first byte (PS3.5 A.5)."""
+    stream = BytesIO(plain) if isinstance(plain, bytes) else plain
+    stream.seek(0)
+    return read_dataset(
+        stream,  # type: ignore[arg-type]  # an mmap reads and seeks as a file does
+        is_implicit_VR=False,
+        is_little_endian=True,
+        stop_when=lambda tag, vr, length: tag in _PIXEL_DATA,
+        specific_tags=list(_TAGS),
+    )
+
+
+_DEFLATED = DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+_EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 _EXPLICIT_BE = "1.2.840.10008.1.2.2"
 _LONG_VRS = {
@@ -127,13 +177,13 @@ class _Truncated(Exception):
     pass
 
 
-def check_structure(data: bytes, offset: int, transfer_syntax: str) -> None:
+def check_structure(data: Buffer, offset: int, transfer_syntax: str) -> None:
     """Walk every element header of the dataset (values skipped) and refuse one
     that is cut short: each length must fit, each sequence and item must close.
 
     pydicom alone does not notice: it skips unrequested values by seeking and
-    stops quietly at the end of the data. A deflated stream is skipped here; a
-    cut there fails pydicom's inflate instead.
+    stops quietly at the end of the data. A deflated stream is skipped here:
+    read_header checks it once inflated (a cut there fails the inflater).
     """
     if transfer_syntax == _DEFLATED:
         return
@@ -146,7 +196,7 @@ def check_structure(data: bytes, offset: int, transfer_syntax: str) -> None:
         raise InvalidHeader("dataset is truncated")
 
 
-def _walk(data: bytes, position: int, order: str, implicit: bool, *, depth: int) -> int:
+def _walk(data: Buffer, position: int, order: str, implicit: bool, *, depth: int) -> int:
     """Elements until the end of the data, or past the item delimiter closing them."""
     if depth > _MAX_DEPTH:
         raise _Truncated
@@ -176,7 +226,7 @@ def _walk(data: bytes, position: int, order: str, implicit: bool, *, depth: int)
     return position
 
 
-def _walk_items(data: bytes, position: int, order: str, implicit: bool, depth: int) -> int:
+def _walk_items(data: Buffer, position: int, order: str, implicit: bool, depth: int) -> int:
     """Items of an undefined-length sequence (or pixel fragments), past its delimiter."""
     while True:
         group, element, length = struct.unpack_from(f"{order}HHI", data, position)
@@ -262,13 +312,26 @@ def _date(ds: Dataset, keyword: str) -> str | None:
     return text if len(text) == 8 and text.isdigit() else None
 
 
+# IS (PS3.5 6.2) holds -2^31 to 2^31-1, the range of the index's integer columns
+# (32-bit INTEGER on PostgreSQL); SQLite's driver refuses beyond 64 bits.
+_IS_MIN, _IS_MAX = -(2**31), 2**31 - 1
+
+
 def _integer(ds: Dataset, keyword: str) -> int | None:
-    # A malformed IS (e.g. "1.5", "abc") must not cost the instance: index it as unknown.
+    """An IS value for the index; None (unknown) when it is not one.
+
+    A malformed IS ("1.5", "abc") or one beyond IS's range (a 20-digit
+    SeriesNumber) must not cost the instance: the file keeps the value as sent,
+    the index column is left NULL, and the C-STORE succeeds. Before, the value
+    reached the INSERT and failed the store (0xC211) with a traceback."""
     try:
         value = ds.get(keyword)
-        return int(value) if value not in (None, "") else None
+        number = int(value) if value not in (None, "") else None
     except (TypeError, ValueError):
         return None
+    if number is None or not _IS_MIN <= number <= _IS_MAX:
+        return None
+    return number
 
 
 def _issuer(item: Dataset) -> str:

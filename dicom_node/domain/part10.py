@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 
 from dicom_node.domain.errors import InvalidValue
+from dicom_node.domain.part10_source import Buffer
 
 PREAMBLE_LENGTH = 128
 PREFIX = b"DICM"
@@ -26,7 +27,7 @@ _LONG_VRS = {
 }
 
 
-def dataset_offset(data: bytes) -> int:
+def dataset_offset(data: Buffer) -> int:
     """Offset of the first dataset byte after the preamble and group 0002.
 
     Walked element by element instead of trusting (0002,0000) Group Length,

@@ -54,6 +54,7 @@ def build_handlers(
     associations = AssociationMetrics()
     return [
         (evt.EVT_CONN_OPEN, handle_connection_opened),
+        (evt.EVT_CONN_OPEN, store.handle_connection_opened),  # bounded C-STORE data sets
         (evt.EVT_ABORTED, handle_aborted),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, store.handle_store),

@@ -176,7 +176,9 @@ class DicomServer:
         self._listener = listener
         self._ae = build_ae(settings)
         self._store_handler = StoreHandler(
-            db, store, IngestPolicy(duplicate_policy=settings.duplicate_policy)
+            db,
+            store,
+            IngestPolicy(settings.duplicate_policy, max_dataset_bytes=settings.max_dataset_bytes),
         )
         self._find_handler = FindHandler(
             db,

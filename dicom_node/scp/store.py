@@ -1,7 +1,9 @@
 """C-STORE: received bytes -> one ``store_instance`` call -> a PS3.4 status.
 
 The dataset is never decoded here: the file written is the preamble, our file
-meta and the dataset bytes exactly as the modality sent them.
+meta and the dataset bytes exactly as the modality sent them, written to a temp
+file in the store as they arrive (scp/dataset_limit.py). A data set over
+``max_dataset_bytes`` is answered 0xA700 and nothing of it is kept.
 """
 
 from __future__ import annotations
@@ -13,22 +15,27 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import encode_file_meta
+from pynetdicom.dsutils import create_file_meta, encode_file_meta
 from pynetdicom.events import Event
 
 from dicom_node.db.engine import Database
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import AuditOutcome
+from dicom_node.domain.inflate import DatasetTooLarge
 from dicom_node.metrics import observe_store
 from dicom_node.scp import status
+from dicom_node.scp.dataset_limit import bound_messages, claim_received, discard_unclaimed
 from dicom_node.services.audit import record_audit_event
 from dicom_node.services.ingest import (
     IngestPolicy,
     Source,
     StoreOutcome,
     StoreResult,
+    failed_to_write,
+    refused_too_large,
     store_instance,
 )
 from dicom_node.storage import FileStore
@@ -42,8 +49,16 @@ _STATUS = {
     StoreOutcome.REPLACED: status.SUCCESS,
     StoreOutcome.MISMATCH: status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
     StoreOutcome.REJECTED: status.CANNOT_UNDERSTAND,
+    # PS3.4 B.2.3 "Refused: Out of Resources": a failure, so the sender moves on
+    StoreOutcome.TOO_LARGE: status.OUT_OF_RESOURCES,
     StoreOutcome.FAILED: status.OUT_OF_RESOURCES,
 }
+_REFUSED = (
+    StoreOutcome.REJECTED,
+    StoreOutcome.MISMATCH,
+    StoreOutcome.FAILED,
+    StoreOutcome.TOO_LARGE,
+)
 _MAX_STUDIES_IN_AUDIT = 100
 
 
@@ -64,28 +79,50 @@ class StoreHandler:
         self._tallies: dict[Association, _Tally] = {}
         self._lock = threading.Lock()
 
+    def handle_connection_opened(self, event: Event) -> None:
+        """EVT_CONN_OPEN: data sets are written as they arrive, within the limit."""
+        bound_messages(
+            event.assoc,
+            limit=self._policy.max_dataset_bytes,
+            scratch_dir=self._store.tmp,
+            prefix=part10_prefix,
+        )
+
     def handle_store(self, event: Event) -> Dataset:
         assoc = event.assoc
-        calling = assoc.requestor.ae_title
         request = cast(C_STORE, event.request)
-        meta = event.file_meta
-        meta.SourceApplicationEntityTitle = calling
+        source = Source(
+            calling_ae_title=assoc.requestor.ae_title,
+            address=f"{assoc.requestor.address}:{assoc.requestor.port}",
+        )
+        received = claim_received(event)
         try:
-            result = store_instance(
-                self._db,
-                self._store,
-                part10=_part10(meta, event.encoded_dataset(include_meta=False)),
-                source=Source(
-                    calling_ae_title=calling,
-                    address=f"{assoc.requestor.address}:{assoc.requestor.port}",
-                ),
-                policy=self._policy,
-                expected_sop_class_uid=str(request.AffectedSOPClassUID),
-                expected_sop_instance_uid=str(request.AffectedSOPInstanceUID),
-            )
+            if received is None or received.path is None:
+                # only if the connection-open hook was not bound: a wiring fault
+                log.error("C-STORE data set not received: handle_connection_opened is not bound")
+                result = StoreResult(StoreOutcome.FAILED, "data set not received")
+            elif received.over_limit:
+                too_large = DatasetTooLarge(received.limit, received.size)
+                result = refused_too_large(self._store, source, too_large)
+            elif received.error is not None:
+                result = failed_to_write(self._store, source, received.error)
+            else:
+                result = store_instance(
+                    self._db,
+                    self._store,
+                    part10=received.path,
+                    received=True,
+                    source=source,
+                    policy=self._policy,
+                    expected_sop_class_uid=str(request.AffectedSOPClassUID),
+                    expected_sop_instance_uid=str(request.AffectedSOPInstanceUID),
+                )
         except Exception:
             observe_store("error")  # pynetdicom answers 0xC211 for a handler that raised
             raise
+        finally:
+            if received is not None:
+                received.discard()  # a stored one was renamed away already
         observe_store(result.outcome.value)
         self._count(assoc, result)
         return _status_dataset(result)
@@ -101,15 +138,13 @@ class StoreHandler:
 
     def handle_closed(self, event: Event) -> None:
         """One Instances Transferred audit event per association that sent anything."""
+        discard_unclaimed(event.assoc)  # a data set whose association ended first
         with self._lock:
             tally = self._tallies.pop(event.assoc, None)
         if tally is None:
             return
         requestor = event.assoc.requestor
-        refused = sum(
-            tally.outcomes[o.value]
-            for o in (StoreOutcome.REJECTED, StoreOutcome.MISMATCH, StoreOutcome.FAILED)
-        )
+        refused = sum(tally.outcomes[o.value] for o in _REFUSED)
         log.info(
             "association from %s closed: %s",
             requestor.ae_title,
@@ -141,8 +176,17 @@ class StoreHandler:
             log.exception("could not write the transfer audit event")
 
 
-def _part10(meta: FileMetaDataset, dataset: bytes) -> bytes:
-    return b"".join((b"\x00" * 128, b"DICM", encode_file_meta(meta), dataset))
+def part10_prefix(assoc: Association, command_set: Dataset, transfer_syntax: str) -> bytes:
+    """What the stored file holds before the data set as sent (PS3.10 7.1): the
+    preamble, DICM and the node's file meta, built as pynetdicom's
+    ``Event.file_meta`` does, plus the calling AE as Source Application Entity Title."""
+    meta: FileMetaDataset = create_file_meta(
+        sop_class_uid=command_set.AffectedSOPClassUID,
+        sop_instance_uid=command_set.AffectedSOPInstanceUID,
+        transfer_syntax=UID(transfer_syntax),
+    )
+    meta.SourceApplicationEntityTitle = assoc.requestor.ae_title
+    return b"".join((b"\x00" * 128, b"DICM", encode_file_meta(meta)))
 
 
 def _status_dataset(result: StoreResult) -> Dataset:

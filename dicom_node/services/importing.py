@@ -15,7 +15,12 @@ from dicom_node.services.audit import record_audit_event
 from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
 from dicom_node.storage import FileStore
 
-_REFUSED = (StoreOutcome.REJECTED, StoreOutcome.MISMATCH, StoreOutcome.FAILED)
+_REFUSED = (
+    StoreOutcome.REJECTED,
+    StoreOutcome.MISMATCH,
+    StoreOutcome.FAILED,
+    StoreOutcome.TOO_LARGE,
+)
 
 
 @dataclass
@@ -74,17 +79,20 @@ def import_files(
             summary.skipped += 1
             continue
         try:
-            data = path.read_bytes()
+            # the file itself is mapped by store_instance, never read whole: it may
+            # be over max_dataset_bytes (refused, counted) or a deflate bomb
+            with path.open("rb") as file:
+                prefix = file.read(PREAMBLE_LENGTH + len(PREFIX))
         except OSError:
             summary.unreadable += 1
             continue
-        if data[PREAMBLE_LENGTH : PREAMBLE_LENGTH + 4] != PREFIX:
+        if prefix[PREAMBLE_LENGTH:] != PREFIX:
             summary.skipped += 1  # a README, a viewer on the CD...: not ours to refuse
             continue
         result = store_instance(
             db,
             store,
-            part10=data,
+            part10=path,
             source=Source(actor=actor),
             policy=policy,
             stored_at=path.resolve() if in_store else None,

@@ -3,9 +3,11 @@
 Order of work, chosen so that nothing acknowledged is ever lost and nothing
 half-written is ever indexed:
 
-1. read the header from the bytes (no pixel decoding) and refuse what cannot be
-   indexed;
-2. write the bytes to a temp file in the store (fsync);
+1. read the header (no pixel decoding; a file is memory-mapped, not read whole)
+   and refuse what cannot be indexed or is over ``max_dataset_bytes``, as stored
+   or once a Deflated data set is inflated (bounded: domain/inflate.py);
+2. write the bytes to a temp file in the store (fsync); a C-STORE's data set is
+   in one already, written as it arrived (scp/dataset_limit.py), and only synced;
 3. in one database transaction: upsert patient, study, series; insert the
    instance; bump counters; match a new study to its order;
 4. rename the temp file into its final place, *then* commit. A crash before the
@@ -30,8 +32,8 @@ that refer to the study (work items, reports) meanwhile.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
+import os
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -51,8 +53,10 @@ from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.dataset_header import InstanceHeader, InvalidHeader, read_header
 from dicom_node.domain.enums import AuditOutcome, Completeness, MetadataStatus, StudyStatus
 from dicom_node.domain.errors import InvalidValue
+from dicom_node.domain.inflate import DEFAULT_MAX_DATASET_BYTES, DatasetTooLarge
 from dicom_node.domain.names import fold_person_name
 from dicom_node.domain.part10 import dataset_offset
+from dicom_node.domain.part10_source import Part10Source, open_part10
 from dicom_node.domain.query import normalize_tm
 from dicom_node.log_limit import LogLimiter
 from dicom_node.services.audit import record_audit_event
@@ -76,6 +80,7 @@ class StoreOutcome(StrEnum):
     REPLACED = "replaced"  # same UID, other content, policy replace
     MISMATCH = "mismatch"  # the dataset contradicts the command that carried it
     REJECTED = "rejected"  # the data cannot be indexed (the sender's fault)
+    TOO_LARGE = "too_large"  # over max_dataset_bytes, as sent or inflated: never kept
     FAILED = "failed"  # we could not store it (disk, database): worth a retry
 
 
@@ -102,6 +107,8 @@ class StoreResult:
 @dataclass(frozen=True)
 class IngestPolicy:
     duplicate_policy: str = "keep"  # "keep" | "replace"
+    # the largest data set taken, as sent and once inflated (settings.max_dataset_bytes)
+    max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES
 
 
 @dataclass
@@ -118,24 +125,93 @@ def store_instance(
     db: Database,
     store: FileStore,
     *,
-    part10: bytes,
+    part10: bytes | Path,
     source: Source,
     policy: IngestPolicy,
     expected_sop_class_uid: str | None = None,
     expected_sop_instance_uid: str | None = None,
     stored_at: Path | None = None,
+    received: bool = False,
 ) -> StoreResult:
-    """Store and index one DICOM Part 10 file given as bytes.
+    """Store and index one DICOM Part 10 file, given as bytes or as a file.
 
     ``expected_*`` are the C-STORE command's Affected SOP Class/Instance UIDs: a
     dataset that contradicts its command is refused (status A900). Files read
     from disk have no command; their often sloppy file meta is not held against them.
     ``stored_at``: where the bytes already lie in the store (reindex); a file at
     its own UID path is indexed where it is instead of being copied over itself.
+    ``received``: ``part10`` is a temp file in the store's tmp/ written for this
+    call (a C-STORE's data set as it arrived): it is synced and renamed into
+    place, or removed, never copied.
     """
     try:
-        header = read_header(part10)
-        offset = dataset_offset(part10)
+        with open_part10(part10) as data:
+            return _store(
+                db,
+                store,
+                data,
+                source=source,
+                policy=policy,
+                expected_sop_class_uid=expected_sop_class_uid,
+                expected_sop_instance_uid=expected_sop_instance_uid,
+                stored_at=stored_at,
+                received=received,
+            )
+    except OSError as exc:  # the file to store cannot be opened or mapped
+        return failed_to_write(store, source, exc, "cannot read the file")
+    finally:
+        if received and isinstance(part10, Path):
+            part10.unlink(missing_ok=True)  # refused or failed (a stored one was renamed)
+
+
+def refused_too_large(store: FileStore, source: Source, exc: DatasetTooLarge) -> StoreResult:
+    """The answer to a data set over max_dataset_bytes (as sent, or inflated),
+    with its one log line; nothing of it was kept."""
+    received = f": {exc.size} bytes" if exc.size is not None else ""
+    _per_instance_log.warning(
+        (store.root, "too large", source.calling_ae_title, exc.inflated),
+        "instance from %s refused: %s%s",
+        source.calling_ae_title or source.actor,
+        exc.reason,
+        received,
+    )
+    return StoreResult(StoreOutcome.TOO_LARGE, exc.reason)
+
+
+def failed_to_write(
+    store: FileStore, source: Source, exc: OSError, what: str = "cannot write the file"
+) -> StoreResult:
+    """The answer to an instance whose file could not be written (or read)."""
+    why = _failure(exc)
+    _per_instance_log.error(
+        (store.root, "not stored", why, "file"),
+        "instance not stored (%s): %s: %s",
+        why,
+        what,
+        _short(exc),
+    )
+    return StoreResult(StoreOutcome.FAILED, why)
+
+
+def _store(
+    db: Database,
+    store: FileStore,
+    data: Part10Source,
+    *,
+    source: Source,
+    policy: IngestPolicy,
+    expected_sop_class_uid: str | None,
+    expected_sop_instance_uid: str | None,
+    stored_at: Path | None,
+    received: bool,
+) -> StoreResult:
+    try:
+        header = read_header(
+            data, max_dataset_bytes=policy.max_dataset_bytes, scratch_dir=store.tmp
+        )
+        offset = dataset_offset(data.buffer)
+    except DatasetTooLarge as exc:
+        return refused_too_large(store, source, exc)
     except InvalidHeader as exc:
         _per_instance_log.warning(
             (store.root, "refused", source.calling_ae_title, exc.reason),
@@ -170,23 +246,26 @@ def store_instance(
         )
         return _result(StoreOutcome.MISMATCH, mismatch, header)
 
-    # Content identity excludes the file meta, which differs between senders.
-    digest = hashlib.sha256(memoryview(part10)[offset:]).hexdigest()
     in_place = stored_at is not None and stored_at == store.absolute(_relative_path(header))
+    temp: Path | None = None
     try:
-        temp = None if in_place else store.write_temp(part10)
+        # Content identity excludes the file meta, which differs between senders.
+        digest = data.sha256(offset)
+        if received:
+            assert data.path is not None
+            temp = data.path
+            if store.fsync:
+                _fsync_file(temp)
+        elif not in_place:
+            temp = store.write_temp(data.buffer)
         # which file is ours once renamed: another receiver of the same SOP
         # instance may have renamed its own copy over the path since
         temp_inode = temp.stat().st_ino if temp is not None else None
     except OSError as exc:
-        why = _failure(exc)
-        _per_instance_log.error(
-            (store.root, "not stored", why, "file"),
-            "instance not stored (%s): cannot write the file: %s",
-            why,
-            _short(exc),
-        )
-        return _result(StoreOutcome.FAILED, why, header)
+        if temp is not None:
+            temp.unlink(missing_ok=True)
+        result = failed_to_write(store, source, exc)
+        return _result(result.outcome, result.reason, header)
 
     installed: Path | None = None
     indexed: _Indexed | None = None
@@ -199,7 +278,7 @@ def store_instance(
                         session,
                         header,
                         digest,
-                        len(part10),
+                        data.size,
                         source,
                         policy,
                         installs=temp is not None,
@@ -257,6 +336,14 @@ def store_instance(
             indexed.outcome.value,
         )
     return _result(indexed.outcome, indexed.audit_reason, header, new_study=indexed.new_study)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _still_ours(installed: Path, inode: int | None) -> bool:

@@ -1,0 +1,125 @@
+"""The one bounded inflater (PS3.5 A.5 Deflated Explicit VR Little Endian)."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import pytest
+from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
+
+from dicom_node.domain.dataset_header import InvalidHeader, read_header
+from dicom_node.domain.inflate import (
+    DEFAULT_MAX_DATASET_BYTES,
+    OUTPUT_CHUNK,
+    DatasetTooLarge,
+    InvalidDeflate,
+    inflate,
+    inflated,
+)
+from dicom_node.domain.part10 import dataset_offset
+from dicom_node.settings import Settings
+from tests.dicomfiles import ct_dataset, to_bytes
+
+MIB = 1 << 20
+
+
+def deflate(*parts: bytes, zeros: int = 0) -> bytes:
+    """Raw deflate (no zlib header) of ``parts`` followed by ``zeros`` zero bytes,
+    built a MiB at a time: a bomb is made without holding what it inflates to."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    out = [compressor.compress(part) for part in parts]
+    block = bytes(MIB)
+    for _ in range(zeros // MIB):
+        out.append(compressor.compress(block))
+    out.append(compressor.compress(bytes(zeros % MIB)))
+    out.append(compressor.flush())
+    return b"".join(out)
+
+
+def _chunks(data: bytes, size: int = 4096) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def test_the_default_limit_is_the_settings_default() -> None:
+    assert Settings.model_fields["max_dataset_bytes"].default == DEFAULT_MAX_DATASET_BYTES
+
+
+def test_a_bomb_stops_at_the_limit_having_produced_at_most_one_byte_more() -> None:
+    bomb = deflate(zeros=200 * MIB)
+    assert len(bomb) < 300_000  # ~1000:1
+    produced: list[int] = []
+    with pytest.raises(DatasetTooLarge) as refused:
+        inflate(_chunks(bomb), lambda out: produced.append(len(out)), limit=8 * MIB)
+    assert sum(produced) <= 8 * MIB and max(produced) <= OUTPUT_CHUNK
+    assert refused.value.inflated and refused.value.limit == 8 * MIB
+    assert "max_dataset_bytes" in refused.value.reason
+
+
+def test_exactly_the_limit_inflates_one_byte_more_does_not() -> None:
+    data = bytes(range(256)) * 4096  # 1 MiB
+    sink: list[bytes] = []
+    assert inflate(_chunks(deflate(data)), sink.append, limit=len(data)) == len(data)
+    assert b"".join(sink) == data
+    with pytest.raises(DatasetTooLarge):
+        inflate(_chunks(deflate(data)), lambda _: None, limit=len(data) - 1)
+
+
+def test_a_cut_or_corrupt_stream_is_refused_and_padding_is_not() -> None:
+    whole = deflate(b"x" * 10_000, bytes(range(256)) * 50)
+    with pytest.raises(InvalidDeflate, match="truncated"):
+        inflate([whole[: len(whole) // 2]], lambda _: None, limit=MIB)
+    with pytest.raises(InvalidDeflate, match="corrupt"):
+        inflate([b"\xff" * 64], lambda _: None, limit=MIB)
+    # PS3.5 A.5 pads the stream to an even length with a trailing zero byte
+    assert inflate([whole + b"\x00"], lambda _: None, limit=MIB) == 10_000 + 256 * 50
+
+
+def test_a_large_inflated_data_set_spills_to_an_anonymous_file(tmp_path: Path) -> None:
+    with inflated(
+        _chunks(deflate(b"abc", zeros=20 * MIB)), limit=64 * MIB, scratch_dir=tmp_path
+    ) as plain:
+        assert len(plain) == 20 * MIB + 3 and plain[:3] == b"abc"
+        assert not isinstance(plain, bytes)  # mapped, not in memory
+        assert list(tmp_path.iterdir()) == []  # unlinked already: a crash leaves nothing
+    with inflated([deflate(b"small")], limit=MIB, scratch_dir=tmp_path) as plain:
+        assert plain == b"small"
+
+
+def _deflated_part10(zeros: int) -> bytes:
+    """A CT instance in Deflated Explicit VR Little Endian whose data set ends with
+    a private OB element of ``zeros`` zero bytes (after the pixel data, in order)."""
+    ds = ct_dataset(study_uid=generate_uid())
+    plain = to_bytes(ds)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    deflated = to_bytes(ds)
+    meta = deflated[: dataset_offset(deflated)]
+    creator = b"\xe1\x7f\x10\x00LO\x04\x00NODE"
+    element = b"\xe1\x7f\x10\x10OB\x00\x00" + zeros.to_bytes(4, "little")
+    return meta + deflate(plain[dataset_offset(plain) :], creator, element, zeros=zeros)
+
+
+def test_read_header_refuses_a_deflate_bomb_and_reads_one_within_the_limit(
+    tmp_path: Path,
+) -> None:
+    bomb = _deflated_part10(zeros=200 * MIB)
+    with pytest.raises(DatasetTooLarge):
+        read_header(bomb, max_dataset_bytes=16 * MIB, scratch_dir=tmp_path)
+    path = tmp_path / "bomb.dcm"
+    path.write_bytes(bomb)
+    with pytest.raises(DatasetTooLarge):
+        read_header(path, max_dataset_bytes=16 * MIB, scratch_dir=tmp_path)
+    fine = _deflated_part10(zeros=1000)
+    header = read_header(fine, max_dataset_bytes=16 * MIB)
+    assert header.transfer_syntax_uid == "1.2.840.10008.1.2.1.99" and header.modality == "CT"
+    with pytest.raises(InvalidHeader, match="deflated data set is truncated"):
+        read_header(fine[:-40], max_dataset_bytes=16 * MIB)
+
+
+def test_read_header_refuses_a_data_set_over_the_limit_before_parsing_it() -> None:
+    data = to_bytes(ct_dataset(study_uid=generate_uid()))
+    size = len(data) - dataset_offset(data)
+    assert read_header(data, max_dataset_bytes=size).modality == "CT"
+    with pytest.raises(DatasetTooLarge) as refused:
+        read_header(data, max_dataset_bytes=size - 1)
+    assert refused.value.size == size and not refused.value.inflated
