@@ -6,7 +6,10 @@ from fastapi import FastAPI
 
 from api.cache import FeedCache
 from api.deps import ApiContext
+from api.docs import ASSETS_URL, DOCS_PAGES, install_docs
 from api.errors import install_error_handlers
+from api.headers import SecurityHeaders
+from api.listing_audit import RepeatedListingAudit
 from api.routes import (
     audit,
     auth,
@@ -22,6 +25,7 @@ from api.routes import (
     users,
     worklist,
 )
+from api.streams import StreamSlots
 from dicom_node import __version__
 
 ROUTERS = (
@@ -46,10 +50,17 @@ def create_app(context: ApiContext) -> FastAPI:
         title="dicom-node",
         version=__version__,
         description="Radiology workflow API of the dicom-node DICOM node.",
+        # served from the node itself (api/docs.py), not from a CDN
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.context = context
     app.state.worklist_cache = FeedCache(ttl=1.0)
+    app.state.event_streams = StreamSlots(context.settings.max_event_streams_per_user)
+    app.state.listing_audit = RepeatedListingAudit()
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    install_docs(app)
+    app.add_middleware(SecurityHeaders, docs_pages=DOCS_PAGES, assets_prefix=ASSETS_URL + "/")
     return app

@@ -23,13 +23,13 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from api.deps import Context, bearer_token, require
 from api.schemas.common import AUTH_ERRORS, ErrorResponse
+from api.streams import SlotStreamingResponse, StreamSlots
 from dicom_node.db.notify import listener_for
 from dicom_node.domain.errors import AuthenticationFailed, Gone
 from dicom_node.domain.permissions import Permission, Principal
@@ -124,14 +124,24 @@ def page_changes(
     )
 
 
+TOO_MANY_STREAMS: dict[int | str, dict[str, Any]] = {
+    429: {
+        "model": ErrorResponse,
+        "description": "the user holds as many open streams as allowed (Retry-After)",
+    }
+}
+
+
 @router.get(
     "/events",
     responses={
         **AUTH_ERRORS,
+        **TOO_MANY_STREAMS,
         200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"},
     },
 )
 def stream_events(
+    request: Request,
     context: Context,
     user: Annotated[Principal, Depends(require(Permission.CHANGES_READ))],
     token: Annotated[str, Depends(bearer_token)],
@@ -140,11 +150,12 @@ def stream_events(
         int | None, Query(ge=0, le=MAX_SEQ, description="start after this seq")
     ] = None,
     entity: Annotated[list[str] | None, Query()] = None,
-) -> StreamingResponse:
+) -> SlotStreamingResponse:
     """Live changes as Server-Sent Events; ``id`` is the feed seq (resume with
     ``Last-Event-ID``). Without either, the stream starts at the present. A
     resume point older than the trimmed feed keeps first gets ``event: reset``
-    (reload your state), then everything still in the feed."""
+    (reload your state), then everything still in the feed. A user holds at most
+    ``max_event_streams_per_user`` streams at once (per node): one more is 429."""
     wanted = _entities(entity)
     start = last_event_id if last_event_id is not None else since
 
@@ -208,8 +219,11 @@ def stream_events(
                 last_sent = time.monotonic()
                 yield ": heartbeat\n\n"
 
-    return StreamingResponse(
+    slots: StreamSlots = request.app.state.event_streams
+    # taken last: nothing between here and the response can fail and keep it
+    return SlotStreamingResponse(
         events(),
+        slot=slots.take(user.user_id),
         media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

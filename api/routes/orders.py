@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from api.deps import Context, client_address, require
+from api.listing_audit import record_listing
 from api.schemas.common import AUTH_ERRORS, CONFLICT, MAX_PAGE_SIZE, NOT_FOUND, Page
 from api.schemas.orders import (
     MAX_ID,
@@ -136,7 +137,8 @@ def list_imaging_requests(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
 ) -> Page[OrderPublic]:
     """Orders the caller may see (a referring physician: their own), newest first
-    unless ``sort`` says otherwise. Narrowed to a patient, the query is audited."""
+    unless ``sort`` says otherwise. Audited as a Query (110112) with the query
+    parameters and counts."""
     filters = OrderFilter(
         status=tuple(s.value for s in status or ()),
         priority=tuple(p.value for p in priority or ()),
@@ -152,8 +154,10 @@ def list_imaging_requests(
         created_from=created_from,
         created_to=created_to,
     )
-    audited = patient_id is not None or bool(patient_name)
-    with context.db.unit_of_work() if audited else context.db.read() as session:
+    # narrowed to a patient, the service audits the query (with the patient id)
+    # in its own unit of work; otherwise it is a read, audited right after
+    by_patient = patient_id is not None or bool(patient_name)
+    with context.db.unit_of_work() if by_patient else context.db.read() as session:
         listed = list_orders(
             session,
             principal=user,
@@ -163,6 +167,18 @@ def list_imaging_requests(
             limit=limit,
             source_address=client_address(request),
         )
+    if not by_patient:
+        with context.db.unit_of_work() as session:
+            record_listing(
+                session,
+                principal=user,
+                action="orders_queried",
+                target_class="ImagingRequest",
+                query={**filters.query_keys(), "sort": sort, "offset": offset, "limit": limit},
+                matches=listed.total,
+                returned=len(listed.items),
+                source_address=client_address(request),
+            )
     return Page[OrderPublic](
         items=[_public(o) for o in listed.items], total=listed.total, offset=offset, limit=limit
     )

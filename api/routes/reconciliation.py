@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from api.deps import Context, client_address, require
+from api.listing_audit import record_listing
 from api.schemas.common import AUTH_ERRORS, CONFLICT, MAX_PAGE_SIZE, NOT_FOUND, Page
 from api.schemas.orders import MAX_ID, OrderPublic, Text, sort_pattern
 from api.schemas.reconciliation import (
@@ -68,8 +69,12 @@ def list_to_reconcile(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
 ) -> Page[ReconciliationEntryPublic]:
     """Unmatched and conflicting studies (oldest first unless ``sort``), then open
-    reconciliation items without such a study (e.g. an unscheduled exam's MPPS)."""
-    with context.db.unit_of_work() if patient_id is not None else context.db.read() as session:
+    reconciliation items without such a study (e.g. an unscheduled exam's MPPS).
+    Audited as a Query (110112) with the query parameters and counts."""
+    # narrowed to a patient, the service audits the query (with the patient id)
+    # in its own unit of work; otherwise it is a read, audited right after
+    by_patient = patient_id is not None
+    with context.db.unit_of_work() if by_patient else context.db.read() as session:
         listed = list_reconciliation(
             session,
             principal=user,
@@ -80,6 +85,23 @@ def list_to_reconcile(
             limit=limit,
             source_address=client_address(request),
         )
+    if not by_patient:
+        with context.db.unit_of_work() as session:
+            record_listing(
+                session,
+                principal=user,
+                action="reconciliation_queried",
+                target_class="DicomStudy",
+                query={
+                    "metadata_status": metadata_status,
+                    "sort": sort,
+                    "offset": offset,
+                    "limit": limit,
+                },
+                matches=listed.total,
+                returned=len(listed.items),
+                source_address=client_address(request),
+            )
     return Page[ReconciliationEntryPublic](
         items=[
             ReconciliationEntryPublic.model_validate(e, from_attributes=True) for e in listed.items

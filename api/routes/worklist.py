@@ -1,17 +1,21 @@
 """The reading worklist: queues, claim (atomic), release, reassign, item detail.
 
-Listing a queue is not audited per call (it is polled; see
-services/worklist.py); opening one item is, as a patient record access.
+Listing a queue shows patient names and ids: it is audited as a Query
+(110112), once per interval for a listing repeated by the same user from the
+same address (it is polled; see api/listing_audit.py). Opening one item is
+audited as a patient record access.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from api.cache import FeedCache
 from api.deps import Context, client_address, require
+from api.listing_audit import RepeatedListingAudit, record_listing
 from api.schemas.common import AUTH_ERRORS, CONFLICT, MAX_PAGE_SIZE, NOT_FOUND, Page
 from api.schemas.worklist import (
     MAX_ID,
@@ -74,8 +78,10 @@ def list_queue(
     """A queue, STAT -> urgent -> routine, then earliest due first.
 
     ``overdue`` on each item is computed now (due time passed), not only the
-    flag the escalation job stores. Not audited per call. Pages are reused
-    while the change feed has not moved, for at most a second (api/cache.py)."""
+    flag the escalation job stores. Audited as a Query (110112); the same
+    listing repeated by the same user from the same address is audited once per
+    interval, with the count of repeats. Pages are reused while the change feed
+    has not moved, for at most a second (api/cache.py)."""
     query = WorklistFilter(
         queue=queue,
         statuses=tuple(dict.fromkeys(status)) if status else OPEN_STATUSES,
@@ -102,6 +108,32 @@ def list_queue(
                 .encode()
             )
             cache.put(key, seq, body)
+    source = client_address(request)
+    audit: RepeatedListingAudit = request.app.state.listing_audit
+    repeats = audit.due((user.user_id, source, key))
+    if repeats is not None:
+        page_counts = json.loads(body)
+        with context.db.unit_of_work() as session:
+            record_listing(
+                session,
+                principal=user,
+                action="worklist_queried",
+                target_class="WorklistItem",
+                query={
+                    "queue": query.queue.value,
+                    "status": [status.value for status in query.statuses],
+                    "assigned_to": assigned_to,
+                    "modality": query.modality,
+                    "priority": priority.value if priority else None,
+                    "overdue": overdue,
+                    "offset": offset,
+                    "limit": limit,
+                },
+                matches=int(page_counts["total"]),
+                returned=len(page_counts["items"]),
+                source_address=source,
+                repeats=repeats,
+            )
     # already validated and serialized once: sent as is
     return Response(body, media_type="application/json")
 

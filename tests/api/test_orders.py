@@ -250,10 +250,11 @@ def test_reads_are_audited_a_patient_query_with_its_keys_and_a_record_read(
 ) -> None:
     scheduler = api.client("scheduler")
     order = create(scheduler)
-    scheduler.get("/api/orders")  # no patient: not a patient query
-    assert events(api, "orders_queried") == []
+    scheduler.get("/api/orders")  # no patient: a Query naming none
+    (listing,) = events(api, "orders_queried")
+    assert listing.patient_id is None and listing.details["matches"] == 1
     scheduler.get("/api/orders", params={"patient_id": "PAT1", "status": "requested"})
-    (query,) = events(api, "orders_queried")
+    query = events(api, "orders_queried")[-1]
     assert query.event_code == "110112" and query.patient_id == "PAT1"
     assert query.details["query"]["patient_id"] == "PAT1"
     assert query.details["query"]["status"] == ["requested"]

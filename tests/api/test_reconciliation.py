@@ -219,7 +219,8 @@ def test_listing_shows_unmatched_and_conflicting_studies_then_unscheduled_exams(
 
     by_patient = scheduler.get("/api/reconciliation", params={"patient_id": "U1"}).json()
     assert [e["study_id"] for e in by_patient["items"]] == [unmatched]
-    (query,) = events(api, "reconciliation_queried")
+    # every listing is a Query; the one narrowed to a patient names them
+    query = events(api, "reconciliation_queried")[-1]
     assert query.event_code == "110112" and query.patient_id == "U1"
 
     for role in ("technologist", "radiologist", "referring_physician", "auditor"):

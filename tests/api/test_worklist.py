@@ -203,12 +203,18 @@ def test_worklist_pages_with_total(api: ApiServer) -> None:
     assert beyond["items"] == [] and beyond["total"] == 5
 
 
-def test_listing_is_not_audited_but_opening_an_item_is(api: ApiServer) -> None:
+def test_polling_is_audited_once_per_interval_and_opening_an_item_each_time(
+    api: ApiServer,
+) -> None:
     seeded = seed_study(api.db)
     client = api.client("radiologist")
+    assert client.get("/api/worklist").status_code == 200
     with api.db.read() as session:
         before = session.scalar(select(AuditEvent.id).order_by(AuditEvent.id.desc()).limit(1))
-    assert client.get("/api/worklist").status_code == 200
+        listing = session.get(AuditEvent, before)
+    assert listing is not None and listing.action == "worklist_queried"
+    assert listing.details["matches"] == 1
+    assert client.get("/api/worklist").status_code == 200  # the next poll: counted only
     with api.db.read() as session:
         after = session.scalar(select(AuditEvent.id).order_by(AuditEvent.id.desc()).limit(1))
     assert after == before
