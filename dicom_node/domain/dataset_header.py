@@ -125,8 +125,9 @@ def read_header(
             meta = pydicom.dcmread(BytesIO(source.buffer[:offset])).file_meta
             transfer_syntax = str(meta.get("TransferSyntaxUID", "") or "")
             if transfer_syntax == _DEFLATED:
-                chunks = source.chunks(offset)
-                with inflated(chunks, limit=max_dataset_bytes, scratch_dir=scratch_dir) as plain:
+                with inflated(
+                    lambda: source.chunks(offset), limit=max_dataset_bytes, scratch_dir=scratch_dir
+                ) as plain:
                     ds = _read_inflated(plain)
                     check_structure(plain, 0, _EXPLICIT_LE)
             else:

@@ -23,7 +23,6 @@ import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO
 
 from dicom_node.domain.errors import DomainError
 from dicom_node.domain.part10_source import Buffer
@@ -37,7 +36,7 @@ DEFAULT_MAX_DATASET_BYTES = 1_073_741_824
 INPUT_CHUNK = 65_536
 OUTPUT_CHUNK = 1_048_576
 # An inflated data set up to this size is kept in memory; a larger one goes to an
-# anonymous temp file (deleted on close, even by a crash) and is memory-mapped.
+# anonymous temp file (gone once closed, even after a crash) and is memory-mapped.
 SPILL_BYTES = 8_388_608
 
 
@@ -102,51 +101,37 @@ def inflate(
 
 @contextlib.contextmanager
 def inflated(
-    chunks: Iterable[bytes | memoryview], *, limit: int, scratch_dir: Path | None = None
+    chunks: Callable[[], Iterable[bytes | memoryview]],
+    *,
+    limit: int,
+    scratch_dir: Path | None = None,
 ) -> Iterator[Buffer]:
     """The inflated data set as one buffer, for as long as the ``with`` lasts.
 
-    Up to SPILL_BYTES it is bytes in memory; past that an anonymous temp file in
-    ``scratch_dir`` (the store's temp directory: the system's /tmp may be a RAM
-    disk) holds it, memory-mapped, so a large data set costs disk and page cache,
-    not the process's own memory.
+    ``chunks`` gives the deflated bytes afresh on each call: the stream is first
+    inflated only to be measured (a bomb costs CPU time, never memory or disk),
+    then again to be kept. Up to SPILL_BYTES it is kept in memory; past that in
+    an anonymous temp file in ``scratch_dir`` (the store's temp directory: the
+    system's /tmp may be a RAM disk), memory-mapped, so a large data set costs
+    disk and page cache, not the process's own memory.
     """
-    spill = _Spill(scratch_dir)
-    try:
-        inflate(chunks, spill.write, limit=limit)
-        yield spill.buffer()
-    finally:
-        spill.close()
+    size = inflated_size(chunks(), limit=limit)
+    if size <= SPILL_BYTES:
+        memory = io.BytesIO()
+        inflate(chunks(), memory.write, limit=size)
+        yield memory.getvalue()
+        return
+    with tempfile.TemporaryFile(dir=scratch_dir) as file:
+        inflate(chunks(), file.write, limit=size)
+        file.flush()
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            yield mapped
 
 
-class _Spill:
-    def __init__(self, scratch_dir: Path | None) -> None:
-        self._dir = scratch_dir
-        self._memory: io.BytesIO | None = io.BytesIO()
-        self._file: IO[bytes] | None = None
-        self._map: mmap.mmap | None = None
+def inflated_size(chunks: Iterable[bytes | memoryview], *, limit: int) -> int:
+    """What the stream inflates to, keeping none of it (errors as ``inflate``)."""
+    return inflate(chunks, _discard, limit=limit)
 
-    def write(self, data: bytes) -> None:
-        if self._memory is not None:
-            if self._memory.tell() + len(data) <= SPILL_BYTES:
-                self._memory.write(data)
-                return
-            self._file = tempfile.TemporaryFile(dir=self._dir)  # noqa: SIM115 (closed in close())
-            self._file.write(self._memory.getbuffer())
-            self._memory = None
-        assert self._file is not None
-        self._file.write(data)
 
-    def buffer(self) -> Buffer:
-        if self._memory is not None:
-            return self._memory.getvalue()
-        assert self._file is not None
-        self._file.flush()
-        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
-        return self._map
-
-    def close(self) -> None:
-        if self._map is not None:
-            self._map.close()
-        if self._file is not None:
-            self._file.close()
+def _discard(data: bytes) -> None:
+    """Where inflating only to measure writes."""

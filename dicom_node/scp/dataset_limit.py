@@ -51,7 +51,7 @@ from dicom_node.domain.inflate import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     DatasetTooLarge,
     InvalidDeflate,
-    inflate,
+    inflated_size,
 )
 from dicom_node.storage import TEMP_SUFFIX
 
@@ -229,7 +229,7 @@ class BoundedDIMSE(DIMSEServiceProvider):
         held = cast(BytesIO, message.data_set)
         try:
             with held.getbuffer() as view:
-                inflate([view, memoryview(last)[1:]], _ignore, limit=HELD_DATASET_LIMIT)
+                inflated_size([view, memoryview(last)[1:]], limit=HELD_DATASET_LIMIT)
         except DatasetTooLarge:
             return True
         except InvalidDeflate:
@@ -260,10 +260,6 @@ class BoundedDIMSE(DIMSEServiceProvider):
             self._received.clear()
         for received in left:
             received.discard()
-
-
-def _ignore(data: bytes) -> None:
-    """What inflating only to measure writes to."""
 
 
 def _one(context_id: int, data: bytes) -> P_DATA:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
 import pytest
-from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from dicom_node.domain.dataset_header import InvalidHeader, read_header
 from dicom_node.domain.inflate import (
@@ -20,21 +19,7 @@ from dicom_node.domain.inflate import (
 from dicom_node.domain.part10 import dataset_offset
 from dicom_node.settings import Settings
 from tests.dicomfiles import ct_dataset, to_bytes
-
-MIB = 1 << 20
-
-
-def deflate(*parts: bytes, zeros: int = 0) -> bytes:
-    """Raw deflate (no zlib header) of ``parts`` followed by ``zeros`` zero bytes,
-    built a MiB at a time: a bomb is made without holding what it inflates to."""
-    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    out = [compressor.compress(part) for part in parts]
-    block = bytes(MIB)
-    for _ in range(zeros // MIB):
-        out.append(compressor.compress(block))
-    out.append(compressor.compress(bytes(zeros % MIB)))
-    out.append(compressor.flush())
-    return b"".join(out)
+from tests.large_datasets import MIB, deflate, deflated_part10
 
 
 def _chunks(data: bytes, size: int = 4096) -> list[bytes]:
@@ -76,40 +61,41 @@ def test_a_cut_or_corrupt_stream_is_refused_and_padding_is_not() -> None:
 
 
 def test_a_large_inflated_data_set_spills_to_an_anonymous_file(tmp_path: Path) -> None:
-    with inflated(
-        _chunks(deflate(b"abc", zeros=20 * MIB)), limit=64 * MIB, scratch_dir=tmp_path
-    ) as plain:
+    large = deflate(b"abc", zeros=20 * MIB)
+    with inflated(lambda: _chunks(large), limit=64 * MIB, scratch_dir=tmp_path) as plain:
         assert len(plain) == 20 * MIB + 3 and plain[:3] == b"abc"
         assert not isinstance(plain, bytes)  # mapped, not in memory
         assert list(tmp_path.iterdir()) == []  # unlinked already: a crash leaves nothing
-    with inflated([deflate(b"small")], limit=MIB, scratch_dir=tmp_path) as plain:
+    small = deflate(b"small")
+    with inflated(lambda: [small], limit=MIB, scratch_dir=tmp_path) as plain:
         assert plain == b"small"
 
 
-def _deflated_part10(zeros: int) -> bytes:
-    """A CT instance in Deflated Explicit VR Little Endian whose data set ends with
-    a private OB element of ``zeros`` zero bytes (after the pixel data, in order)."""
-    ds = ct_dataset(study_uid=generate_uid())
-    plain = to_bytes(ds)
-    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    deflated = to_bytes(ds)
-    meta = deflated[: dataset_offset(deflated)]
-    creator = b"\xe1\x7f\x10\x00LO\x04\x00NODE"
-    element = b"\xe1\x7f\x10\x10OB\x00\x00" + zeros.to_bytes(4, "little")
-    return meta + deflate(plain[dataset_offset(plain) :], creator, element, zeros=zeros)
+def test_a_bomb_is_measured_before_anything_is_kept() -> None:
+    """Refused in the counting pass: the second pass, which keeps, never starts."""
+    bomb = deflate(zeros=100 * MIB)
+    passes: list[int] = []
+
+    def chunks() -> list[bytes]:
+        passes.append(1)
+        return _chunks(bomb)
+
+    with pytest.raises(DatasetTooLarge), inflated(chunks, limit=8 * MIB):
+        pass
+    assert passes == [1]
 
 
 def test_read_header_refuses_a_deflate_bomb_and_reads_one_within_the_limit(
     tmp_path: Path,
 ) -> None:
-    bomb = _deflated_part10(zeros=200 * MIB)
+    bomb = deflated_part10(zeros=200 * MIB)
     with pytest.raises(DatasetTooLarge):
         read_header(bomb, max_dataset_bytes=16 * MIB, scratch_dir=tmp_path)
     path = tmp_path / "bomb.dcm"
     path.write_bytes(bomb)
     with pytest.raises(DatasetTooLarge):
         read_header(path, max_dataset_bytes=16 * MIB, scratch_dir=tmp_path)
-    fine = _deflated_part10(zeros=1000)
+    fine = deflated_part10(zeros=1000)
     header = read_header(fine, max_dataset_bytes=16 * MIB)
     assert header.transfer_syntax_uid == "1.2.840.10008.1.2.1.99" and header.modality == "CT"
     with pytest.raises(InvalidHeader, match="deflated data set is truncated"):
