@@ -257,17 +257,13 @@ class _signals_set:
 
 
 def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
-    db = open_database(settings)
+    open_database(settings).dispose()  # reachable, or one line saying why not
     try:
-        before = migrate.current_revision(db.engine)
         # as the owner role when there is one, which then grants the node's role
         # its privileges again (new tables included)
-        migrate.upgrade_schema(settings.database_url, settings.database_owner_url)
-        after = migrate.current_revision(db.engine)
+        before, after = migrate.upgrade_schema(settings.database_url, settings.database_owner_url)
     except migrate.SchemaAccessError as exc:
         raise CommandError(str(exc)) from None
-    finally:
-        db.dispose()
     where = redact_url(settings.database_url)
     if before == after:
         print(f"{where}: schema already at revision {after}")

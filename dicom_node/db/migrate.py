@@ -13,13 +13,15 @@ hand full DML on every future table, an append-only one included.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, Row, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -64,8 +66,11 @@ def upgrade(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
 
 
-def upgrade_schema(database_url: str, owner_url: str = "", revision: str = "head") -> None:
-    """Create or upgrade the schema the way the node's commands must.
+def upgrade_schema(
+    database_url: str, owner_url: str = "", revision: str = "head"
+) -> tuple[str | None, str | None]:
+    """Create or upgrade the schema the way the node's commands must; returns
+    the revisions before and after.
 
     Without ``owner_url`` (SQLite, or a single-role PostgreSQL install) the
     node's own login migrates and owns the schema. With it, the owner
@@ -74,24 +79,38 @@ def upgrade_schema(database_url: str, owner_url: str = "", revision: str = "head
     ``revision`` (the two URLs lead to the same database).
     """
     if not owner_url:
+        before = _revision_at(database_url)
         upgrade(database_url, revision)
-        return
+        return before, _revision_at(database_url)
     if make_url(database_url).get_backend_name() != "postgresql":
         raise SchemaAccessError("database_owner_url is for PostgreSQL only (SQLite has no roles)")
     role = node_role(database_url)
-    upgrade(owner_url, revision)
+    # the roles first: the owner cannot even read the version of a schema it does not own
+    _as_owner(owner_url, lambda connection: _check_roles(connection, role))
+    before = _revision_at(owner_url)
+    try:
+        upgrade(owner_url, revision)
+    except SQLAlchemyError as exc:
+        raise SchemaAccessError(f"the upgrade as the owner failed: {_reason(exc)}") from None
     grant_node_role(owner_url, role)
     expected = _script_directory().get_current_head() if revision == "head" else revision
-    engine = make_engine(database_url)
-    try:
-        found = current_revision(engine)
-    finally:
-        engine.dispose()
+    found = _revision_at(database_url)
     if found != expected:
         raise SchemaAccessError(
             f"the owner upgraded the schema to {expected}, but database_url sees revision "
             f"{found or 'none'}: database_owner_url and database_url name different databases"
         )
+    return before, found
+
+
+def _revision_at(url: str) -> str | None:
+    engine = make_engine(url)
+    try:
+        return current_revision(engine)
+    except SQLAlchemyError as exc:
+        raise SchemaAccessError(f"cannot read the schema revision: {_reason(exc)}") from None
+    finally:
+        engine.dispose()
 
 
 def node_role(database_url: str) -> str:
@@ -112,19 +131,33 @@ def grant_node_role(owner_url: str, role: str) -> None:
     (and DML elsewhere) on every table of the schema, and what it needs on the
     sequences. Everything else it held there is revoked first, so running this
     again (every ``db upgrade`` does) restores the intended state."""
+    _as_owner(owner_url, lambda connection: _grant(connection, role))
+
+
+def _as_owner(owner_url: str, work: Callable[[Connection], None]) -> None:
+    """``work`` in one transaction of the owner's; a database error in one line."""
     engine = make_engine(owner_url)
     try:
         with engine.begin() as connection:
-            _grant(connection, role)
+            work(connection)
     except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
-        raise SchemaAccessError(f"cannot grant the node's role {role!r}: {reason}") from None
+        raise SchemaAccessError(f"as database_owner_url's role: {_reason(exc)}") from None
     finally:
         engine.dispose()
 
 
-def _grant(connection: Connection, role: str) -> None:
-    quote = connection.dialect.identifier_preparer.quote_identifier
+def _reason(exc: SQLAlchemyError) -> str:
+    return str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+
+
+def _check_roles(connection: Connection, role: str) -> None:
+    _owned_relations(connection, role)
+
+
+def _owned_relations(connection: Connection, role: str) -> list[Row[Any]]:
+    """The owner and node roles are two roles, and the owner owns every table and
+    sequence of the schema (an install that began with one role: it does not
+    yet); the schema's relations."""
     owner = str(connection.execute(text("SELECT current_user")).scalar_one())
     if role == owner:
         raise SchemaAccessError(
@@ -135,7 +168,7 @@ def _grant(connection: Connection, role: str) -> None:
         text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}
     ).first():
         raise SchemaAccessError(f"role {role!r} (database_url's user) does not exist")
-    relations = connection.execute(text(_RELATIONS_SQL)).all()
+    relations = list(connection.execute(text(_RELATIONS_SQL)).all())
     foreign = sorted({str(row.owner) for row in relations if not row.owned})
     if foreign:
         raise SchemaAccessError(
@@ -143,6 +176,12 @@ def _grant(connection: Connection, role: str) -> None:
             f"superuser, run REASSIGN OWNED BY {', '.join(foreign)} TO {owner} in this "
             "database first (docs: two database roles)"
         )
+    return relations
+
+
+def _grant(connection: Connection, role: str) -> None:
+    quote = connection.dialect.identifier_preparer.quote_identifier
+    relations = _owned_relations(connection, role)
     schema = str(connection.execute(text("SELECT current_schema()")).scalar_one())
     if not connection.execute(
         text("SELECT has_schema_privilege(:r, :s, 'USAGE')"), {"r": role, "s": schema}
