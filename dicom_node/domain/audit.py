@@ -27,6 +27,16 @@ class AuditEventCode(StrEnum):
     USER_AUTHENTICATION = "110114"
 
 
+class SecurityAlertType(StrEnum):
+    """PS3.15 A.5.3.11 / CID 401 event type codes of a Security Alert (110113), kept
+    in the event's ``details["event_type"]``."""
+
+    # an association or request refused: the calling AE is not one the node knows
+    NODE_AUTHENTICATION = "110126"
+    # a known AE asked for what only another may do (an MPPS step it did not create)
+    USE_OF_RESTRICTED_FUNCTION = "110132"
+
+
 @dataclass(frozen=True, slots=True)
 class AuditRecord:
     """One audit event as the services describe it; the db layer persists it."""

@@ -16,11 +16,9 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 
-from dicom_node.db.engine import Database
-from dicom_node.domain.audit import AuditEventCode, AuditRecord
-from dicom_node.domain.enums import AuditOutcome
 from dicom_node.metrics import ASSOCIATIONS, ASSOCIATIONS_ABORTED, ASSOCIATIONS_ACTIVE
 from dicom_node.scp import status
+from dicom_node.scp.access import AccessControl
 from dicom_node.scp.commitment import CommitmentHandler
 from dicom_node.scp.find import FindHandler
 from dicom_node.scp.mpps import MppsHandler
@@ -34,7 +32,7 @@ from dicom_node.scp.transport import (
     tolerate_late_requests,
     watch_for_stalls,
 )
-from dicom_node.services.audit import record_audit_event
+from dicom_node.services.rejections import ASSOCIATION_REJECTED, Refusal
 
 log = logging.getLogger("dicom_node.scp")
 
@@ -44,29 +42,32 @@ HandlerList = list[
 
 
 def build_handlers(
-    db: Database,
     store: StoreHandler,
     find: FindHandler,
     retrieve: RetrieveHandler,
     mpps: MppsHandler,
     commitment: CommitmentHandler,
+    *,
+    access: AccessControl,
 ) -> HandlerList:
+    """Every handler of the SCP. The services ``known_ae_required_for`` names are
+    wrapped by ``access`` (scp/access.py), the one place their calling AE is checked."""
     associations = AssociationMetrics()
     return [
         (evt.EVT_CONN_OPEN, handle_connection_opened),
         (evt.EVT_CONN_OPEN, store.handle_connection_opened),  # bounded C-STORE data sets
         (evt.EVT_ABORTED, handle_aborted),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, store.handle_store),
-        (evt.EVT_C_FIND, find.handle_find),
-        (evt.EVT_C_MOVE, retrieve.handle_move),
-        (evt.EVT_C_GET, retrieve.handle_get),
-        (evt.EVT_N_CREATE, mpps.handle_create),
-        (evt.EVT_N_SET, mpps.handle_set),
-        (evt.EVT_N_ACTION, commitment.handle_action),
+        (evt.EVT_C_STORE, access.guard("storage", "C-STORE", store.handle_store)),
+        (evt.EVT_C_FIND, access.guard_find(find.handle_find)),
+        (evt.EVT_C_MOVE, access.guard_move(retrieve.handle_move)),
+        (evt.EVT_C_GET, access.guard_get(retrieve.handle_get)),
+        (evt.EVT_N_CREATE, access.guard("mpps", "N-CREATE", mpps.handle_create)),
+        (evt.EVT_N_SET, access.guard("mpps", "N-SET", mpps.handle_set)),
+        (evt.EVT_N_ACTION, access.guard("commitment", "N-ACTION", commitment.handle_action)),
         (evt.EVT_ACCEPTED, handle_accepted),
         (evt.EVT_ACCEPTED, associations.accepted),
-        (evt.EVT_REJECTED, handle_rejected, [db]),
+        (evt.EVT_REJECTED, handle_rejected, [access]),
         (evt.EVT_REJECTED, associations.rejected),
         (evt.EVT_ABORTED, associations.aborted),
         (evt.EVT_CONN_CLOSE, store.handle_closed),
@@ -147,12 +148,14 @@ def handle_accepted(event: Event) -> None:
     log.info("association accepted from %s at %s", calling, address)
 
 
-def handle_rejected(event: Event, db: Database) -> None:
-    """Audit a refused association (security alert: node authentication failed)."""
+def handle_rejected(event: Event, access: AccessControl) -> None:
+    """A refused association: one log line (rate limited per peer address) and a
+    Security Alert (Node Authentication), aggregated per peer and interval."""
     assoc = event.assoc
-    calling, address = _peer(event)
+    requestor = assoc.requestor
+    calling, host, port = requestor.ae_title, str(requestor.address), int(requestor.port)
     called = assoc.acceptor.ae_title
-    requested = getattr(assoc.requestor.primitive, "called_ae_title", None) or ""
+    requested = getattr(requestor.primitive, "called_ae_title", None) or ""
     allowed = assoc.ae.require_calling_aet
     if allowed and calling not in allowed:
         reason = "calling AE title not recognised"
@@ -160,24 +163,23 @@ def handle_rejected(event: Event, db: Database) -> None:
         reason = "called AE title not recognised"
     else:
         reason = "too many associations"
-    log.warning(
-        "association rejected from %s at %s (called %r): %s", calling, address, requested, reason
+    access.lines.warning(
+        ("association", host),
+        "association rejected from %s at %s:%s (called %r): %s",
+        calling,
+        host,
+        port,
+        requested,
+        reason,
     )
-    try:
-        with db.unit_of_work() as session:
-            record_audit_event(
-                session,
-                AuditRecord(
-                    event_code=AuditEventCode.SECURITY_ALERT,
-                    action="association_rejected",
-                    outcome=AuditOutcome.MINOR_FAILURE,
-                    actor=calling,
-                    source_address=address,
-                    target_class="AE",
-                    target_id=requested.strip(),
-                    reason=reason,
-                ),
-            )
-    except Exception:
-        # The rejection has already been sent; failing to audit it must not crash the thread.
-        log.exception("could not write the audit event for a rejected association")
+    access.refusals.record(
+        Refusal(
+            action=ASSOCIATION_REJECTED,
+            host=host,
+            port=port,
+            calling_ae=calling,
+            target_class="AE",
+            target_id=requested.strip(),
+            reason=reason,
+        )
+    )

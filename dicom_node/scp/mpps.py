@@ -36,14 +36,17 @@ _STATUS = {
     MppsProblem.NOT_IN_PROGRESS: 0x0110,  # Processing failure
     MppsProblem.INVALID_VALUE: 0x0106,  # Invalid attribute value
     MppsProblem.MISSING_ATTRIBUTE: 0x0120,  # Missing attribute
+    MppsProblem.NOT_AUTHORIZED: 0x0124,  # Refused: Not authorized (PS3.7 10.1.3)
 }
 
 Answer = tuple[int | Dataset, Dataset | None]
 
 
 class MppsHandler:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, set_by_creator_only: bool = True) -> None:
         self._db = db
+        # an N-SET from an AE other than the step's creator is refused (0x0124)
+        self._set_by_creator_only = set_by_creator_only
 
     def handle_create(self, event: Event) -> Answer:
         calling = event.assoc.requestor.ae_title
@@ -88,7 +91,8 @@ class MppsHandler:
         return status.SUCCESS, attributes
 
     def handle_set(self, event: Event) -> Answer:
-        calling = event.assoc.requestor.ae_title
+        requestor = event.assoc.requestor
+        calling = requestor.ae_title
         try:
             request = cast(N_SET, event.request)
             uid = str(request.RequestedSOPInstanceUID or "").strip()
@@ -105,6 +109,8 @@ class MppsHandler:
                     discontinuation_reason=_reason(changes),
                 ),
                 actor=calling,
+                creator_only=self._set_by_creator_only,
+                source_address=f"{requestor.address}:{requestor.port}",
             )
         except MppsError as exc:
             log.warning("MPPS N-SET from %s refused: %s", calling, exc)

@@ -15,6 +15,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.db.engine import Database
+from dicom_node.scp.access import AccessControl
 from dicom_node.scp.commitment import COMMITMENT_MODEL, CommitmentHandler
 from dicom_node.scp.find import (
     FIND_MODELS,
@@ -193,6 +194,8 @@ class DicomServer:
             sla=settings.sla(),
             max_pdu=settings.max_pdu_size,
         )
+        # known_ae_required_for, and the audit of refused associations and requests
+        self._access = AccessControl.from_settings(settings, db)
         self._retrieve_handler = RetrieveHandler(
             db, store, dict(settings.peers), max_pdu=settings.max_pdu_size
         )
@@ -201,12 +204,12 @@ class DicomServer:
     def start(self) -> tuple[str, int]:
         """Bind and serve; raises OSError if the address is unavailable."""
         handlers = build_handlers(
-            self._db,
             self._store_handler,
             self._find_handler,
             self._retrieve_handler,
-            MppsHandler(self._db),
+            MppsHandler(self._db, set_by_creator_only=self._settings.mpps_set_by_creator_only),
             self._commitment_handler,
+            access=self._access,
         )
         address = (self._settings.bind_host, self._settings.dicom_port)
         if self._listener is None:
@@ -260,4 +263,5 @@ class DicomServer:
         for assoc in remaining:
             assoc.join(timeout=2)
         self._server = None
+        self._access.close()  # refusal counts still held back are audited now
         log.info("DICOM SCP stopped")

@@ -5,6 +5,11 @@ makes it performed and records which series and instances the modality says it
 made (completeness uses that as evidence, DOMAIN.md); N-SET DISCONTINUED
 discontinues it with the reason. N-CREATE and N-SET may come on different
 associations: everything lives in the database.
+
+Only the AE whose N-CREATE made a step may N-SET it (``mpps_set_by_creator_only``,
+on by default): another AE could otherwise complete or discontinue any exam in
+progress, and with it the order. Its N-SET is refused (0x0124), and audited as
+a Security Alert (Use of Restricted Function).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from dicom_node.db.models import (
     PerformedProcedureStep,
     WorklistItem,
 )
-from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.audit import AuditEventCode, AuditRecord, SecurityAlertType
 from dicom_node.domain.enums import (
     AuditOutcome,
     MppsStatus,
@@ -54,6 +59,7 @@ class MppsProblem(StrEnum):
     NOT_IN_PROGRESS = "the step is no longer IN PROGRESS"  # 0x0110
     INVALID_VALUE = "invalid attribute value"  # 0x0106
     MISSING_ATTRIBUTE = "missing attribute"  # 0x0120
+    NOT_AUTHORIZED = "not authorized"  # 0x0124
 
 
 class MppsError(DomainError):
@@ -172,7 +178,16 @@ def create_mpps(db: Database, request: MppsCreate, *, actor: str) -> PerformedPr
         raise
 
 
-def update_mpps(db: Database, request: MppsSet, *, actor: str) -> PerformedProcedureStep:
+def update_mpps(
+    db: Database,
+    request: MppsSet,
+    *,
+    actor: str,
+    creator_only: bool = True,
+    source_address: str | None = None,
+) -> PerformedProcedureStep:
+    """Apply an N-SET. ``creator_only``: refused (NOT_AUTHORIZED, audited) unless
+    ``actor`` is the AE whose N-CREATE made the step."""
     with db.unit_of_work() as session:
         step = session.scalar(
             select(PerformedProcedureStep)
@@ -181,57 +196,67 @@ def update_mpps(db: Database, request: MppsSet, *, actor: str) -> PerformedProce
         )
         if step is None:
             raise MppsError(MppsProblem.NO_SUCH_INSTANCE, request.sop_instance_uid)
-        if step.status != MppsStatus.IN_PROGRESS.value:
-            raise MppsError(MppsProblem.NOT_IN_PROGRESS, step.status)
-        order = (
-            session.get(ImagingRequest, step.imaging_request_id)
-            if step.imaging_request_id
-            else None
-        )
-        if request.status in (None, MppsStatus.IN_PROGRESS.value):
-            if request.performed_series is not None:
-                step.performed_series = request.performed_series
-            _audit(session, step, "mpps_updated", actor, order)
-            return step
-        if request.status == MppsStatus.COMPLETED.value:
-            # the final state's requirements apply to the step as stored (F.7.2.2):
-            # an earlier N-SET may have sent the series
-            ended_at = request.ended_at or step.ended_at
-            performed = request.performed_series or step.performed_series
-            if ended_at is None or not performed:
-                raise MppsError(
-                    MppsProblem.MISSING_ATTRIBUTE,
-                    "COMPLETED needs the end date/time and PerformedSeriesSequence",
-                )
-            step.status, step.ended_at, step.performed_series = request.status, ended_at, performed
-            if order is not None and advance_order(
+        creator = (step.calling_ae_title or "").strip()
+        if not (creator_only and creator and actor.strip() != creator):
+            return _apply_set(session, step, request, actor)
+        # checked before the step's status, which another AE is not told; the audit
+        # event commits, the N-SET changes nothing
+        _audit_refused_set(session, step, request, actor, creator, source_address)
+    raise MppsError(MppsProblem.NOT_AUTHORIZED, "the step was created by another AE")
+
+
+def _apply_set(
+    session: Session, step: PerformedProcedureStep, request: MppsSet, actor: str
+) -> PerformedProcedureStep:
+    if step.status != MppsStatus.IN_PROGRESS.value:
+        raise MppsError(MppsProblem.NOT_IN_PROGRESS, step.status)
+    order = (
+        session.get(ImagingRequest, step.imaging_request_id) if step.imaging_request_id else None
+    )
+    if request.status in (None, MppsStatus.IN_PROGRESS.value):
+        if request.performed_series is not None:
+            step.performed_series = request.performed_series
+        _audit(session, step, "mpps_updated", actor, order)
+        return step
+    if request.status == MppsStatus.COMPLETED.value:
+        # the final state's requirements apply to the step as stored (F.7.2.2):
+        # an earlier N-SET may have sent the series
+        ended_at = request.ended_at or step.ended_at
+        performed = request.performed_series or step.performed_series
+        if ended_at is None or not performed:
+            raise MppsError(
+                MppsProblem.MISSING_ATTRIBUTE,
+                "COMPLETED needs the end date/time and PerformedSeriesSequence",
+            )
+        step.status, step.ended_at, step.performed_series = request.status, ended_at, performed
+        if order is not None and advance_order(
+            session,
+            order,
+            RequestStatus.PERFORMED,
+            allowed_from=(RequestStatus.IN_PROGRESS, RequestStatus.SCHEDULED),
+            actor=actor,
+            reason="MPPS COMPLETED",
+        ):
+            order.exam_completed_at = ended_at
+        missing = _series_not_received(session, step)
+        _audit(session, step, "mpps_completed", actor, order, series_not_received=missing)
+        return step
+    if request.status == MppsStatus.DISCONTINUED.value:
+        step.status = request.status
+        step.ended_at = request.ended_at or datetime.now(UTC)
+        step.discontinuation_reason = request.discontinuation_reason
+        if order is not None:
+            advance_order(
                 session,
                 order,
-                RequestStatus.PERFORMED,
-                allowed_from=(RequestStatus.IN_PROGRESS, RequestStatus.SCHEDULED),
+                RequestStatus.DISCONTINUED,
+                allowed_from=(RequestStatus.IN_PROGRESS,),
                 actor=actor,
-                reason="MPPS COMPLETED",
-            ):
-                order.exam_completed_at = ended_at
-            missing = _series_not_received(session, step)
-            _audit(session, step, "mpps_completed", actor, order, series_not_received=missing)
-            return step
-        if request.status == MppsStatus.DISCONTINUED.value:
-            step.status = request.status
-            step.ended_at = request.ended_at or datetime.now(UTC)
-            step.discontinuation_reason = request.discontinuation_reason
-            if order is not None:
-                advance_order(
-                    session,
-                    order,
-                    RequestStatus.DISCONTINUED,
-                    allowed_from=(RequestStatus.IN_PROGRESS,),
-                    actor=actor,
-                    reason=request.discontinuation_reason or "MPPS DISCONTINUED",
-                )
-            _audit(session, step, "mpps_discontinued", actor, order)
-            return step
-        raise MppsError(MppsProblem.INVALID_VALUE, f"status {request.status!r}")
+                reason=request.discontinuation_reason or "MPPS DISCONTINUED",
+            )
+        _audit(session, step, "mpps_discontinued", actor, order)
+        return step
+    raise MppsError(MppsProblem.INVALID_VALUE, f"status {request.status!r}")
 
 
 def _scheduled_order(session: Session, refs: list[ScheduledStepRef]) -> ImagingRequest | None:
@@ -271,6 +296,41 @@ def _series_not_received(session: Session, step: PerformedProcedureStep) -> list
         )
     )
     return [uid for uid in listed if uid not in received]
+
+
+def _audit_refused_set(
+    session: Session,
+    step: PerformedProcedureStep,
+    request: MppsSet,
+    actor: str,
+    creator: str,
+    source_address: str | None,
+) -> None:
+    order = (
+        session.get(ImagingRequest, step.imaging_request_id) if step.imaging_request_id else None
+    )
+    record_audit_event(
+        session,
+        AuditRecord(
+            event_code=AuditEventCode.SECURITY_ALERT,
+            action="mpps_set_refused",
+            outcome=AuditOutcome.MINOR_FAILURE,
+            actor=actor,
+            source_address=source_address,
+            target_class="PerformedProcedureStep",
+            target_id=step.sop_instance_uid,
+            patient_id=order.patient_id if order else None,
+            study_instance_uid=step.study_instance_uid,
+            accession_number=step.accession_number,
+            reason="the step was created by another AE",
+            details={
+                "event_type": SecurityAlertType.USE_OF_RESTRICTED_FUNCTION.value,
+                "created_by": creator,
+                "status": step.status,
+                "requested_status": request.status,
+            },
+        ),
+    )
 
 
 def _audit(
