@@ -17,12 +17,18 @@ times the cap in all, each node bounded.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import AsyncIterable, Mapping
 
 from fastapi import HTTPException
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
+
+from dicom_node.log_limit import LogLimiter
+
+log = logging.getLogger(__name__)
+_refusals = LogLimiter(log)
 
 # what a client refused a stream is told: one of its streams may have ended by then
 RETRY_AFTER_SECONDS = 10
@@ -55,6 +61,12 @@ class StreamSlots:
         with self._lock:
             held = self._held.get(user_id, 0)
             if held >= self.per_user:
+                _refusals.warning(
+                    user_id,
+                    "live-event stream refused: user id %d holds %d (the limit)",
+                    user_id,
+                    held,
+                )
                 raise HTTPException(
                     status_code=429,
                     detail=(

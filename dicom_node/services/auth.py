@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -58,6 +59,8 @@ from dicom_node.services.passwords import (
     needs_rehash,
     verify_password,
 )
+
+log = logging.getLogger(__name__)
 
 # failures from addresses an account has not signed in from, per max_failures,
 # before the account is locked for such addresses
@@ -301,6 +304,12 @@ def _count_failure(
         user.locked_until = moment + policy.account_lockout
         user.failed_sign_ins = 0
         added += "; account locked for new addresses"
+        log.warning(
+            "sign-in: user id %d locked for addresses it has not signed in from, after %d "
+            "failures from such addresses",
+            user.id,
+            failures,
+        )
         record_audit_event(
             session,
             AuditRecord(

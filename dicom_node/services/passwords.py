@@ -19,6 +19,7 @@ other routes need; beyond that bound the answer is busy at once.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Iterator
@@ -29,6 +30,11 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from dicom_node.domain.errors import DomainError
+from dicom_node.log_limit import LogLimiter
+
+log = logging.getLogger(__name__)
+# one line per window for a flood of refusals, with the count
+_busy_log = LogLimiter(log)
 
 DEFAULT_TIME_COST = 3
 DEFAULT_MEMORY_KIB = 65536
@@ -76,9 +82,11 @@ class _Gate:
     def turn(self) -> Iterator[None]:
         if not self._semaphore.acquire(blocking=False):
             with self._lock:
-                if self._waiting >= self.slots * WAITERS_PER_SLOT:
-                    raise self._busy()
-                self._waiting += 1
+                queue_full = self._waiting >= self.slots * WAITERS_PER_SLOT
+                if not queue_full:
+                    self._waiting += 1
+            if queue_full:
+                raise self._busy()
             try:
                 acquired = self._semaphore.acquire(timeout=self.wait_seconds)
             finally:
@@ -97,6 +105,12 @@ class _Gate:
             self._semaphore.release()
 
     def _busy(self) -> PasswordHashingBusy:
+        _busy_log.warning(
+            "busy",
+            "password hashing busy: a caller found all %d slots taken (waited up to %.1f s)",
+            self.slots,
+            self.wait_seconds,
+        )
         return PasswordHashingBusy(
             "too many sign-ins at once: try again shortly",
             retry_after=max(1, math.ceil(self.wait_seconds)),
