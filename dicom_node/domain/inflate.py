@@ -52,8 +52,9 @@ class DatasetTooLarge(DomainError):
         self.limit = limit
         self.size = size
         self.inflated = inflated
-        what = "deflated data set inflates past" if inflated else "data set over"
-        self.reason = f"{what} the max_dataset_bytes limit ({limit} bytes)"
+        # fits the 64 characters of a C-STORE response's Error Comment (PS3.7 C.4.2.1.4)
+        what = "inflated data set" if inflated else "data set"
+        self.reason = f"{what} over max_dataset_bytes ({limit} bytes)"
         super().__init__(self.reason)
 
 

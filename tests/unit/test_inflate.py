@@ -39,6 +39,8 @@ def test_a_bomb_stops_at_the_limit_having_produced_at_most_one_byte_more() -> No
     assert sum(produced) <= 8 * MIB and max(produced) <= OUTPUT_CHUNK
     assert refused.value.inflated and refused.value.limit == 8 * MIB
     assert "max_dataset_bytes" in refused.value.reason
+    # whole in a C-STORE response's Error Comment (64 characters) for any sane limit
+    assert len(DatasetTooLarge(10**11 - 1, inflated=True).reason) <= 64
 
 
 def test_exactly_the_limit_inflates_one_byte_more_does_not() -> None:
