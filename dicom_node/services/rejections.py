@@ -163,7 +163,10 @@ class RefusalAudit:
         if tally is None:
             # too many peers tracked: counted in the kind's overflow tally (never
             # at once, or a spread of addresses would write a row each again)
-            tally = self._tallies.setdefault((refusal.action, OVERFLOW), _Tally(started=now))
+            overflow_key = (refusal.action, OVERFLOW)
+            tally = self._tallies.get(overflow_key)
+            if tally is None:
+                tally = self._tallies[overflow_key] = _Tally(started=now)
         tally.add(refusal, at, overflow=overflow)
         due = tally.started + self._interval
         if due < self._next_due:
