@@ -32,7 +32,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, event, insert, select, text
+from sqlalchemy import Connection, event, insert, text
 from sqlalchemy.orm import Session
 
 from dicom_node.db.models import AuditEvent
@@ -100,37 +100,43 @@ def _forget(session: Session) -> None:
     session.info.pop(_PENDING, None)
 
 
+_HEAD_SQL = text("SELECT id, row_hash FROM audit_events ORDER BY id DESC LIMIT 1")
+# PostgreSQL, in one round trip: the chain head and the ids the sequence hands
+# out (it stays in step with the table). A statement of its own, after the lock:
+# its snapshot then holds every row committed under the lock before.
+_HEAD_AND_IDS_SQL = text(
+    "SELECT head.id, head.row_hash, ARRAY(SELECT nextval(pg_get_serial_sequence("
+    "'audit_events', 'id')) FROM generate_series(1, :n)) AS ids "
+    "FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT id, row_hash FROM audit_events "
+    "ORDER BY id DESC LIMIT 1) AS head ON true"
+)
+
+
 def append_chained(connection: Connection, rows: list[dict[str, Any]]) -> None:
     """Insert ``rows`` (audit_events columns but id and the hashes) at the head
     of the chain, in this order. Call as the last step of a transaction."""
-    postgres = connection.dialect.name == "postgresql"
-    if postgres:
+    if connection.dialect.name == "postgresql":
         connection.execute(
             text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUDIT_CHAIN_LOCK_KEY}
         )
-    head = connection.execute(
-        select(AuditEvent.id, AuditEvent.row_hash).order_by(AuditEvent.id.desc()).limit(1)
-    ).first()
-    previous_id, previous_hash = (head[0], head[1]) if head is not None else (0, GENESIS_HASH)
-    if postgres:
-        # the ids the sequence hands out (it stays in step with the table); a
-        # row written with a larger id by someone else is still passed over
-        allocated = connection.execute(
-            text(
-                "SELECT nextval(pg_get_serial_sequence('audit_events', 'id')) "
-                "FROM generate_series(1, :n)"
-            ),
-            {"n": len(rows)},
-        ).scalars()
+        head_id, head_hash, allocated = connection.execute(
+            _HEAD_AND_IDS_SQL, {"n": len(rows)}
+        ).one()
         ids = sorted(int(value) for value in allocated)
     else:
-        ids = []  # SQLite: the next rowid, as it would pick
+        head = connection.execute(_HEAD_SQL).first()
+        head_id, head_hash = head if head is not None else (None, None)
+        ids = [0] * len(rows)  # SQLite: the next rowid, as it would pick
+    previous_id = int(head_id) if head_id is not None else 0
+    previous_hash = str(head_hash) if head_hash is not None else GENESIS_HASH
     values = []
-    for index, row in enumerate(rows):
-        row_id = max(ids[index] if ids else 0, previous_id + 1)
+    for allocated_id, row in zip(ids, rows, strict=True):
+        # never below the head: a row written with a larger id by someone else
+        # is passed over, not interleaved
+        row_id = max(allocated_id, previous_id + 1)
         chained = {**row, "id": row_id, "details": as_stored_json(row["details"])}
         chained["prev_hash"] = previous_hash
-        chained["row_hash"] = row_hash(chained, chained["prev_hash"])
+        chained["row_hash"] = row_hash(chained, previous_hash)
         values.append(chained)
         previous_id, previous_hash = row_id, chained["row_hash"]
     connection.execute(insert(AuditEvent), values)
