@@ -80,7 +80,11 @@ def upgrade_schema(
     """
     if not owner_url:
         before = _revision_at(database_url)
-        upgrade(database_url, revision)
+        try:
+            upgrade(database_url, revision)
+        except SQLAlchemyError as exc:
+            # e.g. a two-role database whose owner URL was left out: no CREATE
+            raise SchemaAccessError(f"the upgrade failed: {_reason(exc)}") from None
         return before, _revision_at(database_url)
     if make_url(database_url).get_backend_name() != "postgresql":
         raise SchemaAccessError("database_owner_url is for PostgreSQL only (SQLite has no roles)")

@@ -135,6 +135,15 @@ def test_an_owner_url_that_logs_in_as_the_node_is_refused_in_one_line(
     assert_one_line_error(result, 1, "both log in as")
 
 
+def test_serve_as_the_node_role_without_the_owner_url_stops_in_one_line(
+    tmp_path: Path, two_role_db: TwoRoleDatabase
+) -> None:
+    """An empty two-role database and no owner URL: the node's role may not
+    create the schema, and says so instead of a traceback."""
+    result = run(tmp_path, "serve", database_url=two_role_db.node_url)
+    assert_one_line_error(result, 1, "permission denied for schema public")
+
+
 def _find(port: int) -> None:
     ae = AE(ae_title="AUDITED")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
