@@ -82,8 +82,9 @@ class Settings(BaseSettings):
     # new connection is closed at once.
     association_request_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0
     max_pending_connections: Annotated[int, Field(ge=1, le=10000)] = 64
-    # Rejected associations are audited once per peer address per interval, with
-    # the count (not one row each: an unauthenticated flood must not fill the trail)
+    # Rejected associations (and requests refused to unknown AEs): the first from a
+    # peer address is audited at once, the rest of the interval in one event with
+    # their count (not one row each: an unauthenticated flood must not fill the trail)
     rejected_association_audit_interval_seconds: Annotated[float, Field(gt=0)] = 60.0
     # Values one key of a query may list (backslash-separated): UID lists of a
     # retrieve, name lists of a C-FIND or an HTTP search; more are refused
