@@ -32,7 +32,8 @@ from dicom_node.jobs.maintenance import (
 from dicom_node.jobs.scheduler import JobScheduler, JobSpec, build_scheduler
 from dicom_node.jobs.tokens import run_token_purge
 from dicom_node.jobs.workflow import run_study_stability, run_temp_sweep
-from dicom_node.scp.server import DicomServer, configure_pynetdicom
+from dicom_node.scp.server import DicomServer, ListenError, configure_pynetdicom, tls_contexts
+from dicom_node.scp.tls import BCP195_TLS12_CIPHERS, TlsConfigError, check_http_certificate
 from dicom_node.services import passwords
 from dicom_node.services.audit_chain import announce_audit_trail
 from dicom_node.settings import Settings
@@ -124,6 +125,19 @@ def ensure_schema(db: Database, *, upgrade_if_empty: bool, owner_url: str = "") 
     )
 
 
+def check_tls_files(settings: Settings) -> None:
+    """Every certificate, key and CA bundle the node will use loads, or the node
+    does not start (one line naming the file): not a worker process failing, or
+    the first TLS peer refused, later."""
+    try:
+        tls_contexts(settings)
+        if settings.http_tls_certificate is not None:
+            assert settings.http_tls_private_key is not None  # the settings check both
+            check_http_certificate(settings.http_tls_certificate, settings.http_tls_private_key)
+    except TlsConfigError as exc:
+        raise StartupError(str(exc)) from None
+
+
 def bind_http_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
@@ -161,7 +175,8 @@ class Node:
         self.jobs_abandoned = False
         self.store: FileStore | None = None
         self.http_port = 0
-        self.dicom_port = 0
+        self.dicom_port = 0  # 0: TLS only
+        self.dicom_tls_port = 0  # 0: no DICOM TLS port
 
     def _jobs(self, db: Database, store: FileStore, stopping: threading.Event) -> list[JobSpec]:
         """Every scheduled job of the node, registered here and only here."""
@@ -242,6 +257,7 @@ class Node:
             )
             announce_audit_trail(self.db)
             self.store = open_store(self.settings)
+            check_tls_files(self.settings)
             # Bind the HTTP port first: the socket is only held, nothing served yet.
             self._http_socket = bind_http_socket(self.settings.bind_host, self.settings.http_port)
             workers = self.settings.dicom_worker_count
@@ -252,13 +268,12 @@ class Node:
             )
             try:
                 self.dicom.start()
-            except OSError as exc:
-                raise StartupError(
-                    _bind_error("DICOM", self.settings.bind_host, self.settings.dicom_port, exc)
-                ) from None
+            except ListenError as exc:
+                raise StartupError(_bind_error(exc.what, exc.host, exc.port, exc.cause)) from None
             except WorkerStartError as exc:
                 raise StartupError(str(exc)) from None
             self.dicom_port = self.dicom.port
+            self.dicom_tls_port = self.dicom.tls_port
             # PostgreSQL: each job runs on one node per tick (advisory locks)
             # set by the scheduler's shutdown: a backup or purge then stops at its
             # next safe point instead of being abandoned
@@ -291,6 +306,16 @@ class Node:
             settings=self.settings,
             probes={"dicom": dicom.is_listening, "scheduler": lambda: bool(scheduler.running)},
         )
+        https: dict[str, object] = {}
+        if self.settings.http_tls_certificate is not None:
+            # uvicorn's TLS (checked by check_tls_files), with the DICOM port's
+            # protocol versions and TLS 1.2 suites (BCP 195) instead of uvicorn's
+            # default cipher list, which allows CBC and SHA-1 suites
+            https = {
+                "ssl_certfile": self.settings.http_tls_certificate,
+                "ssl_keyfile": self.settings.http_tls_private_key,
+                "ssl_ciphers": BCP195_TLS12_CIPHERS,
+            }
         config = uvicorn.Config(
             create_app(context),
             log_config=None,
@@ -299,6 +324,7 @@ class Node:
             lifespan="off",
             # open SSE streams must not hold up a shutdown
             timeout_graceful_shutdown=3,
+            **https,  # type: ignore[arg-type]
         )
         server = uvicorn.Server(config)
         # In a thread, uvicorn leaves signal handling to us (see serve_until_signalled).
@@ -314,7 +340,8 @@ class Node:
         self._http_server, self._http_thread = server, thread
         host, port = self._http_socket.getsockname()[:2]
         self.http_port = int(port)
-        log.info("HTTP API listening on http://%s:%s (OpenAPI at /docs)", host, port)
+        scheme = "https" if self.settings.http_tls_certificate is not None else "http"
+        log.info("HTTP API listening on %s://%s:%s (OpenAPI at /docs)", scheme, host, port)
 
     def stop(self) -> None:
         """Stop serving HTTP, then DICOM (in-flight associations get a grace period)."""

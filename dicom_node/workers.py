@@ -2,16 +2,18 @@
 
 pynetdicom runs every association on Python threads, so one process uses one
 core for C-STORE however many modalities send at once (the GIL). The main
-process binds the DICOM port once and starts ``dicom_workers`` processes that
-inherit the listening socket; each runs the same SCP (handlers, services,
-database) and the kernel gives every new connection to one of them. The main
+process binds the DICOM port (and the DICOM TLS port) once and starts
+``dicom_workers`` processes that inherit the listening sockets; each runs the
+same SCP (handlers, services, database, TLS handshakes) and the kernel gives
+every new connection to one of them. The main
 process keeps the HTTP API and the scheduler, restarts a worker that dies, and
 on shutdown passes SIGTERM on so every worker gives its associations the grace
 period.
 
-Run as ``python -m dicom_node.workers FD``: the settings arrive as JSON on
-stdin (never in argv or the environment, where other users could read a
-database password), and the worker prints ``ready`` once it serves.
+Run as ``python -m dicom_node.workers PLAIN_FD TLS_FD PARENT_PID`` (``-`` for a
+port not served): the settings arrive as JSON on stdin (never in argv or the
+environment, where other users could read a database password), and the worker
+prints ``ready`` once it serves.
 """
 
 from __future__ import annotations
@@ -35,7 +37,13 @@ from dicom_node.metrics import (
     reset_multiprocess_dir,
     worker_exited,
 )
-from dicom_node.scp.server import DicomServer, configure_pynetdicom
+from dicom_node.scp.server import (
+    DicomServer,
+    Listeners,
+    bind_listeners,
+    configure_pynetdicom,
+    log_listening,
+)
 from dicom_node.settings import Settings
 from dicom_node.storage import FileStore
 
@@ -58,7 +66,7 @@ class WorkerPool:
     def __init__(self, settings: Settings, workers: int) -> None:
         self._settings = settings
         self._count = workers
-        self._listener: socket.socket | None = None
+        self._listeners: Listeners | None = None
         self._workers: list[subprocess.Popen[str]] = []
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -68,15 +76,10 @@ class WorkerPool:
         self._metrics_dir = multiprocess_dir(settings.data_dir)
 
     def start(self) -> tuple[str, int]:
-        """Bind, start every worker and wait until all serve; raises OSError on bind."""
+        """Bind, start every worker and wait until all serve; raises ListenError on bind."""
         reset_multiprocess_dir(self._metrics_dir)
-        host = self._settings.bind_host
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        listener = socket.create_server(
-            (host, self._settings.dicom_port), family=family, backlog=128
-        )
-        listener.setblocking(False)
-        self._listener = listener
+        listeners = bind_listeners(self._settings)
+        self._listeners = listeners
         try:
             for _ in range(self._count):
                 self._workers.append(self._spawn())
@@ -85,20 +88,18 @@ class WorkerPool:
             raise
         self._monitor = threading.Thread(target=self._watch, name="dicom-workers", daemon=True)
         self._monitor.start()
-        bound_host, port = listener.getsockname()[:2]
-        log.info(
-            "DICOM SCP listening on %s:%s as AE %s (%d worker processes)",
-            bound_host,
-            port,
-            self._settings.ae_title,
-            self._count,
-        )
-        return str(bound_host), int(port)
+        log_listening(self._settings, listeners, f" ({self._count} worker processes)")
+        return self._settings.bind_host, self.port
 
     @property
     def port(self) -> int:
-        assert self._listener is not None
-        return int(self._listener.getsockname()[1])
+        """The DICOM port; 0 when only the TLS port is served."""
+        return _port(self._listeners.plain if self._listeners else None)
+
+    @property
+    def tls_port(self) -> int:
+        """The DICOM TLS port; 0 when there is none."""
+        return _port(self._listeners.tls if self._listeners else None)
 
     @property
     def pids(self) -> list[int]:
@@ -106,15 +107,32 @@ class WorkerPool:
             return [worker.pid for worker in self._workers if worker.poll() is None]
 
     def is_listening(self) -> bool:
-        listener = self._listener
-        return listener is not None and listener.fileno() != -1 and bool(self.pids)
+        listeners = self._listeners
+        return (
+            listeners is not None
+            and all(
+                listener.fileno() != -1
+                for listener in (listeners.plain, listeners.tls)
+                if listener is not None
+            )
+            and bool(self.pids)
+        )
 
     def _spawn(self) -> subprocess.Popen[str]:
-        assert self._listener is not None
-        fd = self._listener.fileno()
+        assert self._listeners is not None
+        fds = [
+            listener.fileno() if listener is not None else None
+            for listener in (self._listeners.plain, self._listeners.tls)
+        ]
         process = subprocess.Popen(
-            [sys.executable, "-m", "dicom_node.workers", str(fd), str(os.getpid())],
-            pass_fds=[fd],
+            [
+                sys.executable,
+                "-m",
+                "dicom_node.workers",
+                *("-" if fd is None else str(fd) for fd in fds),
+                str(os.getpid()),
+            ],
+            pass_fds=[fd for fd in fds if fd is not None],
             # prometheus_client reads it at import: the worker's metrics go to files
             env={**os.environ, MULTIPROCESS_ENV: str(self._metrics_dir)},
             stdin=subprocess.PIPE,
@@ -200,10 +218,14 @@ class WorkerPool:
                 worker.wait()
             _close_pipe(worker)
             worker_exited(self._metrics_dir, worker.pid)
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
+        if self._listeners is not None:
+            self._listeners.close()
+            self._listeners = None
         log.info("DICOM SCP stopped")
+
+
+def _port(listener: socket.socket | None) -> int:
+    return int(listener.getsockname()[1]) if listener is not None else 0
 
 
 def _close_pipe(process: subprocess.Popen[str]) -> None:
@@ -224,7 +246,7 @@ def _wait_for_ready(process: subprocess.Popen[str], timeout: float) -> bool:
 # --------------------------------------------------------------------------- worker side
 
 
-def run_worker(fd: int, parent: int) -> int:
+def run_worker(plain_fd: int | None, tls_fd: int | None, parent: int) -> int:
     # Ctrl-C reaches the whole process group: the main process handles it and
     # passes SIGTERM on, in the order shutdown needs.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -239,13 +261,16 @@ def run_worker(fd: int, parent: int) -> int:
         stop.set()
 
     signal.signal(signal.SIGTERM, request_stop)
-    listener = socket.socket(fileno=fd)
+    listeners = Listeners(
+        plain=socket.socket(fileno=plain_fd) if plain_fd is not None else None,
+        tls=socket.socket(fileno=tls_fd) if tls_fd is not None else None,
+    )
     db = Database(settings.database_url)
     server = DicomServer(
         settings,
         db,
         FileStore(settings.data_dir, fsync=settings.fsync),
-        listener=listener,
+        listeners=listeners,
         # Each worker takes the node's whole limit: the kernel hands a connection to
         # whichever worker accepts first, not the least loaded, so a per-worker
         # share refused associations while another worker sat idle.
@@ -266,5 +291,9 @@ def run_worker(fd: int, parent: int) -> int:
     return 0
 
 
+def _fd(arg: str) -> int | None:
+    return None if arg == "-" else int(arg)
+
+
 if __name__ == "__main__":
-    sys.exit(run_worker(int(sys.argv[1]), int(sys.argv[2])))
+    sys.exit(run_worker(_fd(sys.argv[1]), _fd(sys.argv[2]), int(sys.argv[3])))

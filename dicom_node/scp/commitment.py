@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import cast
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, build_role, evt
+from pynetdicom import AE, build_role
 from pynetdicom.dimse_primitives import N_ACTION
 from pynetdicom.events import Event
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
@@ -22,7 +22,7 @@ from dicom_node.domain.aetitle import Peer
 from dicom_node.domain.matching import SlaPolicy
 from dicom_node.domain.uids import is_valid_uid
 from dicom_node.scp import status
-from dicom_node.scp.transport import outgoing_connection_opened
+from dicom_node.scp.outgoing import PeerConnector
 from dicom_node.services.commitment import (
     PROCESSING_FAILURE,
     CommitmentResult,
@@ -50,14 +50,14 @@ class CommitmentHandler:
         *,
         ae_title: str,
         sla: SlaPolicy,
-        max_pdu: int,
+        connector: PeerConnector,
     ) -> None:
         self._db = db
         self._store = store
         self._peers = peers
         self._ae_title = ae_title
         self._sla = sla
-        self._max_pdu = max_pdu
+        self._connector = connector  # plain or TLS, as the peer's entry says
 
     def handle_action(self, event: Event) -> tuple[int | Dataset, Dataset | None]:
         requestor = event.assoc.requestor.ae_title
@@ -124,14 +124,11 @@ class CommitmentHandler:
     def _report(self, peer: Peer, result: CommitmentResult) -> bool:
         ae = AE(ae_title=self._ae_title)
         ae.add_requested_context(StorageCommitmentPushModel)
-        assoc = ae.associate(
-            peer.host,
-            peer.port,
-            ae_title=peer.ae_title,
-            max_pdu=self._max_pdu,
+        assoc = self._connector.associate(
+            ae,
+            peer,
             # we send the N-EVENT-REPORT: the SCP role on the requester's association
             ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)],
-            evt_handlers=[(evt.EVT_CONN_OPEN, outgoing_connection_opened)],
         )
         if not assoc.is_established:
             log.warning("storage commitment report: %s did not accept", peer.ae_title)

@@ -19,6 +19,7 @@ from pynetdicom.events import Event
 from dicom_node.metrics import ASSOCIATIONS, ASSOCIATIONS_ABORTED, ASSOCIATIONS_ACTIVE
 from dicom_node.scp import status
 from dicom_node.scp.access import AccessControl
+from dicom_node.scp.admission import ConnectionGate
 from dicom_node.scp.commitment import CommitmentHandler
 from dicom_node.scp.find import FindHandler
 from dicom_node.scp.mpps import MppsHandler
@@ -49,12 +50,17 @@ def build_handlers(
     commitment: CommitmentHandler,
     *,
     access: AccessControl,
+    gate: ConnectionGate,
 ) -> HandlerList:
     """Every handler of the SCP. The services ``known_ae_required_for`` names are
     wrapped by ``access`` (scp/access.py), the one place their calling AE is checked."""
     associations = AssociationMetrics()
     return [
         (evt.EVT_CONN_OPEN, handle_connection_opened),
+        # pending connections, the request timeout and negotiated slots (admission.py)
+        (evt.EVT_CONN_OPEN, gate.connection_opened),
+        (evt.EVT_REQUESTED, gate.association_requested),
+        (evt.EVT_CONN_CLOSE, gate.connection_closed),
         (evt.EVT_CONN_OPEN, store.handle_connection_opened),  # bounded C-STORE data sets
         (evt.EVT_ABORTED, handle_aborted),
         (evt.EVT_C_ECHO, handle_echo),

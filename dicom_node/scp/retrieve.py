@@ -21,7 +21,7 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_context, evt
+from pynetdicom import AE, build_context
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -31,7 +31,7 @@ from dicom_node.domain.aetitle import Peer
 from dicom_node.domain.query import InvalidQuery, Level, UnsupportedQuery
 from dicom_node.scp import status
 from dicom_node.scp.find import failure, identifier_keys, parse_level, reason
-from dicom_node.scp.transport import outgoing_connection_opened
+from dicom_node.scp.outgoing import PeerConnector
 from dicom_node.services.retrieve import RetrieveItem, instances_to_retrieve, record_export
 from dicom_node.storage import FileStore
 
@@ -45,12 +45,12 @@ UNABLE_TO_PERFORM_SUB_OPERATIONS = 0xA702
 
 class RetrieveHandler:
     def __init__(
-        self, db: Database, store: FileStore, peers: dict[str, Peer], *, max_pdu: int
+        self, db: Database, store: FileStore, peers: dict[str, Peer], *, connector: PeerConnector
     ) -> None:
         self._db = db
         self._store = store
         self._peers = peers
-        self._max_pdu = max_pdu
+        self._connector = connector  # plain or TLS, as the peer's entry says
 
     # ------------------------------------------------------------------ C-MOVE
 
@@ -92,15 +92,7 @@ class RetrieveHandler:
             return
         reached = False
         try:
-            yield (
-                peer.host,
-                peer.port,
-                {
-                    "contexts": _contexts(items),
-                    "max_pdu": self._max_pdu,  # pynetdicom's associate() default is 16 KB
-                    "evt_handlers": [(evt.EVT_CONN_OPEN, outgoing_connection_opened)],
-                },
-            )
+            yield peer.host, peer.port, self._connector.options(peer, contexts=_contexts(items))
             yield len(items)
             reached = True
             yield from self._sub_operations(event, items, level, keys, destination)

@@ -1,12 +1,14 @@
-"""The pynetdicom Application Entity and its listening server."""
+"""The pynetdicom Application Entity and its listening servers (plain and DICOM TLS)."""
 
 from __future__ import annotations
 
 import copy
 import logging
 import socket
+import ssl
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config
@@ -15,7 +17,10 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.db.engine import Database
+from dicom_node.log_limit import LogLimiter
+from dicom_node.scp import tls
 from dicom_node.scp.access import AccessControl
+from dicom_node.scp.admission import ConnectionGate
 from dicom_node.scp.commitment import COMMITMENT_MODEL, CommitmentHandler
 from dicom_node.scp.find import (
     FIND_MODELS,
@@ -26,6 +31,7 @@ from dicom_node.scp.find import (
 )
 from dicom_node.scp.handlers import build_handlers
 from dicom_node.scp.mpps import MPPS_MODEL, MppsHandler
+from dicom_node.scp.outgoing import PeerConnector
 from dicom_node.scp.reactor import install_reactor_gate
 from dicom_node.scp.retrieve import RetrieveHandler
 from dicom_node.scp.store import StoreHandler
@@ -65,6 +71,13 @@ STORAGE_TRANSFER_SYNTAXES = [
 ]
 
 log = logging.getLogger("dicom_node.scp")
+# connections closed before they became an association (over the pending limit, a
+# failed TLS handshake): any host can cause them at will, so rate-limited per
+# address and reason
+_connection_log = LogLimiter(log)
+# pynetdicom's own association limit counts every connection thread, silent ones
+# included: it is lifted, and ConnectionGate counts negotiated associations instead
+_PYNETDICOM_LIMIT_OFF = 1 << 30
 
 
 def configure_pynetdicom(*, log_phi: bool, accept_unknown_sop_classes: bool) -> None:
@@ -85,8 +98,11 @@ def build_ae(settings: Settings) -> AE:
     ae.require_called_aet = True
     ae.require_calling_aet = list(settings.allowed_calling_aets)
     ae.maximum_pdu_size = settings.max_pdu_size
-    ae.maximum_associations = settings.max_associations
+    ae.maximum_associations = _PYNETDICOM_LIMIT_OFF  # see ConnectionGate
     ae.acse_timeout = settings.acse_timeout_seconds
+    # the node's own associations (C-MOVE sub-operations): TCP connect and TLS
+    # handshake bounded, instead of pynetdicom's no limit
+    ae.connection_timeout = settings.tls_handshake_timeout_seconds
     ae.dimse_timeout = settings.dimse_timeout_seconds
     ae.network_timeout = settings.network_timeout_seconds
     ae.add_supported_context(Verification)
@@ -129,39 +145,207 @@ class SharedUidContexts(list[PresentationContext]):
         return copies
 
 
-def _adopting(listener: socket.socket) -> type[ThreadedAssociationServer]:
-    """A pynetdicom server class that serves an already listening socket.
+@dataclass(frozen=True)
+class TlsContexts:
+    """The DICOM listener's context (None: no TLS port) and the one for
+    associations to peers configured with ``/tls`` (None: no such peer)."""
 
-    Worker processes inherit the main process's listening socket and all accept
-    on it; the kernel hands each connection to one of them. The socket is
-    non-blocking, so a worker that loses the race for a connection gets
+    server: ssl.SSLContext | None
+    client: ssl.SSLContext | None
+
+
+def tls_contexts(settings: Settings) -> TlsContexts:
+    """Raises :class:`~dicom_node.scp.tls.TlsConfigError` (one line) on a
+    certificate, key or CA bundle that cannot be used."""
+    server = None
+    if settings.dicom_tls_port is not None:
+        assert settings.tls_certificate is not None and settings.tls_private_key is not None
+        server = tls.server_context(
+            settings.tls_certificate,
+            settings.tls_private_key,
+            settings.tls_ca_bundle,
+            settings.tls_client_certificates,
+        )
+    client = None
+    if any(peer.tls for peer in settings.peers.values()):
+        client = tls.client_context(
+            settings.tls_certificate, settings.tls_private_key, settings.tls_ca_bundle
+        )
+    return TlsContexts(server, client)
+
+
+@dataclass(frozen=True)
+class Listeners:
+    """The listening sockets of the DICOM port and of the DICOM TLS port (either
+    may be absent, not both)."""
+
+    plain: socket.socket | None
+    tls: socket.socket | None
+
+    def close(self) -> None:
+        for listener in (self.plain, self.tls):
+            if listener is not None:
+                listener.close()
+
+
+class ListenError(Exception):
+    def __init__(self, what: str, host: str, port: int, cause: OSError) -> None:
+        super().__init__(f"{what} {host}:{port}: {cause}")
+        self.what, self.host, self.port, self.cause = what, host, port, cause
+
+
+def bind_listeners(settings: Settings) -> Listeners:
+    """Bind the DICOM port (unless ``dicom_plain_listener`` is false) and the
+    DICOM TLS port (if set). Non-blocking: worker processes inherit them and
+    all accept on them; the one that loses the race for a connection gets
     EAGAIN (which socketserver ignores) instead of blocking its accept loop.
+    Raises :class:`ListenError`."""
+    host = settings.bind_host
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    bound: list[socket.socket | None] = []
+    ports = (
+        ("DICOM", settings.dicom_port if settings.dicom_plain_listener else None),
+        ("DICOM TLS", settings.dicom_tls_port),
+    )
+    try:
+        for what, port in ports:
+            if port is None:
+                bound.append(None)
+                continue
+            try:
+                listener = socket.create_server((host, port), family=family, backlog=128)
+            except OSError as exc:
+                raise ListenError(what, host, port, exc) from None
+            listener.setblocking(False)
+            bound.append(listener)
+    except BaseException:
+        Listeners(*bound, *([None] * (2 - len(bound)))).close()
+        raise
+    return Listeners(bound[0], bound[1])
+
+
+class NodeAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server on an already listening socket, with the
+    node's admission control (:class:`ConnectionGate`) and, on the TLS port, the
+    handshake on the connection's own thread.
+
+    pynetdicom does the TLS handshake in ``get_request()``, on the one thread
+    that accepts every connection, without a timeout: a peer that connects and
+    never sends its ClientHello stopped the port for everyone. Here the accept
+    thread only accepts, checks the pending limits and starts the connection's
+    thread; that thread does the handshake (within
+    ``tls_handshake_timeout_seconds``), then hands the connection to pynetdicom.
+    ``tests/unit/test_server_contexts.py`` guards the pynetdicom internals used.
     """
 
-    class AdoptingServer(ThreadedAssociationServer):
-        def server_bind(self) -> None:
-            assert self.socket is not None
-            self.socket.close()  # the unbound one socketserver made
-            self.socket = listener
-            self.server_address = listener.getsockname()
+    def __init__(
+        self,
+        ae: AE,
+        address: tuple[str, int],
+        ae_title: str,
+        contexts: list[PresentationContext],
+        ssl_context: ssl.SSLContext | None = None,
+        evt_handlers: list[Any] | None = None,
+        *,
+        listener: socket.socket,
+        gate: ConnectionGate,
+        tls_context: ssl.SSLContext | None = None,
+        handshake_timeout: float = 10.0,
+    ) -> None:
+        self._listener = listener
+        self.gate = gate
+        self.tls_context = tls_context
+        self.handshake_timeout = handshake_timeout
+        self._closing = False
+        # ssl_context stays None: pynetdicom would handshake on the accept thread
+        super().__init__(ae, address, ae_title, contexts, None, evt_handlers)
 
-        def server_activate(self) -> None:
-            """Already listening."""
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.close()  # the unbound one socketserver made
+        self.socket = self._listener
+        self.server_address = self._listener.getsockname()
 
-        def server_close(self) -> None:
-            # Close this process's descriptor only. pynetdicom's server_close()
-            # calls shutdown(SHUT_RDWR), which acts on the socket itself and so
-            # would stop every other worker from accepting.
-            listener.close()
+    def server_activate(self) -> None:
+        """Already listening."""
 
-    return AdoptingServer
+    def server_close(self) -> None:
+        # Close this process's descriptor only. pynetdicom's server_close()
+        # calls shutdown(SHUT_RDWR), which acts on the socket itself and so
+        # would stop every other worker from accepting.
+        self._listener.close()
+
+    def shutdown(self) -> None:
+        self._closing = True  # a handshake finishing now leads nowhere
+        super().shutdown()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept only: no handshake on the accept thread."""
+        assert self.socket is not None
+        return self.socket.accept()
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Still on the accept thread: within the pending limits, or closed now."""
+        why = self.gate.admit(str(client_address[0]))
+        if why is None:
+            return True
+        _connection_log.warning(
+            ("pending", client_address[0]),
+            "connection from %s closed at once: %s",
+            _address(client_address),
+            why,
+        )
+        return False  # socketserver closes it
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request(request, client_address)  # starts its thread
+        except BaseException:
+            self.gate.abandon(str(client_address[0]))
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """The connection's own thread: handshake, then pynetdicom's association
+        (which takes over the connection's pending place at EVT_CONN_OPEN)."""
+        with self.gate.serving(str(client_address[0])):
+            try:
+                if self.tls_context is not None:
+                    request = self._handshake(request, client_address)
+                if request is not None and self._closing:
+                    self.shutdown_request(request)
+                elif request is not None:
+                    self.finish_request(request, client_address)
+            except Exception:
+                log.exception("connection from %s could not be served", _address(client_address))
+                self.shutdown_request(request)
+
+    def _handshake(self, request: socket.socket, client_address: Any) -> ssl.SSLSocket | None:
+        assert self.tls_context is not None
+        try:
+            return tls.server_handshake(self.tls_context, request, self.handshake_timeout)
+        except tls.HandshakeFailed as exc:
+            _connection_log.warning(
+                ("handshake", client_address[0], str(exc)),
+                "TLS handshake with %s failed: %s",
+                _address(client_address),
+                exc,
+            )
+            return None
+
+
+def _address(client_address: Any) -> str:
+    host, port = client_address[:2]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 class DicomServer:
     """Starts the SCP without blocking and stops it gracefully.
 
-    It binds its own socket, or serves ``listener`` (a worker process's share of
-    the main process's listening socket).
+    It binds its own sockets (the DICOM port, the DICOM TLS port, as configured),
+    or serves ``listeners`` (a worker process's share of the main process's
+    listening sockets). Both ports run the same SCP and share one
+    :class:`ConnectionGate`. Raises :class:`~dicom_node.scp.tls.TlsConfigError`
+    on TLS files it cannot use.
     """
 
     def __init__(
@@ -170,11 +354,22 @@ class DicomServer:
         db: Database,
         store: FileStore,
         *,
-        listener: socket.socket | None = None,
+        listeners: Listeners | None = None,
     ) -> None:
         self._settings = settings
         self._db = db
-        self._listener = listener
+        self._listeners = listeners
+        self._tls = tls_contexts(settings)
+        self._connector = PeerConnector(
+            max_pdu=settings.max_pdu_size,
+            connect_timeout=settings.tls_handshake_timeout_seconds,
+            tls=self._tls.client,
+        )
+        self.gate = ConnectionGate(
+            max_associations=settings.max_associations,
+            max_pending=settings.max_pending_connections,
+            request_timeout=settings.association_request_timeout_seconds,
+        )
         self._ae = build_ae(settings)
         self._store_handler = StoreHandler(
             db,
@@ -192,17 +387,22 @@ class DicomServer:
             dict(settings.peers),
             ae_title=settings.ae_title,
             sla=settings.sla(),
-            max_pdu=settings.max_pdu_size,
+            connector=self._connector,
         )
         # known_ae_required_for, and the audit of refused associations and requests
         self._access = AccessControl.from_settings(settings, db)
         self._retrieve_handler = RetrieveHandler(
-            db, store, dict(settings.peers), max_pdu=settings.max_pdu_size
+            db,
+            store,
+            dict(settings.peers),
+            connector=self._connector,
         )
-        self._server: ThreadedAssociationServer | None = None
+        self._server: NodeAssociationServer | None = None  # the plain DICOM port
+        self._secure: NodeAssociationServer | None = None  # the DICOM TLS port
 
     def start(self) -> tuple[str, int]:
-        """Bind and serve; raises OSError if the address is unavailable."""
+        """Bind (unless given listeners) and serve; raises ListenError if an
+        address is unavailable. Returns the host and the DICOM port (0: TLS only)."""
         handlers = build_handlers(
             self._store_handler,
             self._find_handler,
@@ -210,48 +410,79 @@ class DicomServer:
             MppsHandler(self._db, set_by_creator_only=self._settings.mpps_set_by_creator_only),
             self._commitment_handler,
             access=self._access,
+            gate=self.gate,
         )
-        address = (self._settings.bind_host, self._settings.dicom_port)
-        if self._listener is None:
-            server = self._ae.start_server(address, block=False, evt_handlers=handlers)
-            assert server is not None
-        else:
-            server = self._ae.make_server(
-                address, evt_handlers=handlers, server_class=_adopting(self._listener)
-            )
-            # as start_server does: the server's shutdown() removes itself from here
-            self._ae._servers.append(server)
-            threading.Thread(target=server.serve_forever, name="dicom-accept", daemon=True).start()
+        bound_here = self._listeners is None
+        listeners = bind_listeners(self._settings) if bound_here else self._listeners
+        assert listeners is not None
+        if listeners.plain is not None:
+            self._server = self._serve(listeners.plain, handlers, None)
+        if listeners.tls is not None:
+            self._secure = self._serve(listeners.tls, handlers, self._tls.server)
+        if bound_here:  # a worker's listeners are announced by the main process
+            log_listening(self._settings, listeners, "")
+        host = (self._server or self._secure).server_address[0]  # type: ignore[union-attr]
+        return str(host), self.port
+
+    def _serve(
+        self, listener: socket.socket, handlers: Any, context: ssl.SSLContext | None
+    ) -> NodeAssociationServer:
+        server = self._ae.make_server(
+            listener.getsockname()[:2],
+            evt_handlers=handlers,
+            server_class=NodeAssociationServer,
+            listener=listener,
+            gate=self.gate,
+            tls_context=context,
+            handshake_timeout=self._settings.tls_handshake_timeout_seconds,
+        )
+        assert isinstance(server, NodeAssociationServer)
         server.contexts = SharedUidContexts(server.contexts)
-        self._server = server
-        host, port = server.server_address[:2]
-        if self._listener is None:
-            log.info("DICOM SCP listening on %s:%s as AE %s", host, port, self._settings.ae_title)
-        return str(host), int(port)
+        # as start_server does: the server's shutdown() removes itself from here
+        self._ae._servers.append(server)
+        name = "dicom-accept-tls" if context is not None else "dicom-accept"
+        threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+        return server
+
+    def _servers(self) -> list[NodeAssociationServer]:
+        return [server for server in (self._server, self._secure) if server is not None]
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.server_address[1])
+        """The DICOM port; 0 when only the TLS port is served."""
+        return int(self._server.server_address[1]) if self._server is not None else 0
+
+    @property
+    def tls_port(self) -> int:
+        """The DICOM TLS port; 0 when there is none."""
+        return int(self._secure.server_address[1]) if self._secure is not None else 0
 
     def is_listening(self) -> bool:
-        server = self._server
-        return server is not None and server.socket is not None and server.socket.fileno() != -1
+        servers = self._servers()
+        return bool(servers) and all(
+            server.socket is not None and server.socket.fileno() != -1 for server in servers
+        )
 
     def active_associations(self) -> int:
-        return len(self._server.active_associations) if self._server is not None else 0
+        """Connections being served, associations or not yet (pynetdicom's count)."""
+        return sum(len(server.active_associations) for server in self._servers())
 
     def stop(self, grace_seconds: float) -> None:
         """Stop accepting, let associations in flight finish, then abort the rest."""
-        server = self._server
-        if server is None:
+        servers = self._servers()
+        if not servers:
             return
-        server.shutdown()
+        for server in servers:
+            server.shutdown()
+
+        def remaining() -> list[Any]:
+            return [assoc for server in servers for assoc in server.active_associations]
+
         deadline = time.monotonic() + grace_seconds
-        while server.active_associations and time.monotonic() < deadline:
+        while remaining() and time.monotonic() < deadline:
             time.sleep(0.05)
-        remaining: list[Any] = server.active_associations
-        for assoc in remaining:
+        left = remaining()
+        for assoc in left:
             requestor = assoc.requestor
             log.warning(
                 "aborting association from %s at %s:%s at shutdown",
@@ -260,8 +491,30 @@ class DicomServer:
                 requestor.port,
             )
             assoc.abort()
-        for assoc in remaining:
+        for assoc in left:
             assoc.join(timeout=2)
-        self._server = None
+        self._server = self._secure = None
         self._access.close()  # refusal counts still held back are audited now
         log.info("DICOM SCP stopped")
+
+
+def log_listening(settings: Settings, listeners: Listeners, suffix: str) -> None:
+    """The start-up lines naming the DICOM ports (``suffix``: the worker count)."""
+    for listener, what in ((listeners.plain, "DICOM SCP"), (listeners.tls, "DICOM TLS SCP")):
+        if listener is None:
+            continue
+        host, port = listener.getsockname()[:2]
+        clients = (
+            f", client certificates {settings.tls_client_certificates}"
+            if listener is listeners.tls
+            else ""
+        )
+        log.info(
+            "%s listening on %s:%s as AE %s%s%s",
+            what,
+            host,
+            port,
+            settings.ae_title,
+            clients,
+            suffix,
+        )

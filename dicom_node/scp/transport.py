@@ -1,5 +1,6 @@
-"""Socket options for every association, accepted or opened by the node, and the
-reaper that cuts connections pynetdicom gave up on but cannot end."""
+"""Socket options for every association, accepted or opened by the node; the
+pre-association timeout and the reaper that cuts connections pynetdicom gave
+up on but cannot end."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.events import Event
 from pynetdicom.fsm import TRANSITION_TABLE, StateMachine
+
+from dicom_node.log_limit import LogLimiter
 
 log = logging.getLogger("dicom_node.scp")
 
@@ -63,6 +66,7 @@ class LimitedDUL(DULServiceProvider):
 
     refused: str | None = None  # why a PDU was refused, for the abort's log line
     request_read = False  # an A-ASSOCIATE-RQ was read on this connection
+    receiving = False  # in the middle of reading a PDU (its bytes are arriving)
 
     def _read_pdu_data(self) -> None:
         sock = self.socket
@@ -72,6 +76,7 @@ class LimitedDUL(DULServiceProvider):
             # (Event 17) once the A-ABORT has gone out
             self.event_queue.put("Evt17")
             return
+        self.receiving = True
         try:
             header = sock.recv(6)
             if len(header) < 6:
@@ -87,9 +92,11 @@ class LimitedDUL(DULServiceProvider):
                 self._refuse(pdu_type, length, limit)
                 return
             body = sock.recv(length)
-        except OSError:  # includes TimeoutError
+        except OSError:  # includes TimeoutError and ssl.SSLError
             self.event_queue.put("Evt17")
             return
+        finally:
+            self.receiving = False
         if len(body) != length:
             self.event_queue.put("Evt17")  # closed in the middle of the PDU
             return
@@ -138,7 +145,8 @@ _LOCAL_REQUESTS = frozenset({"Evt1", "Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "
 
 
 class TolerantStateMachine(StateMachine):
-    """Drops a request of the node's own that comes too late instead of dying.
+    """Drops a request of the node's own that comes too late instead of dying,
+    and tells an acceptor waiting for its A-ASSOCIATE-RQ that none will come.
 
     When the DUL has aborted (Sta13: awaiting the close) or closed (Sta1), a
     handler still running on the association thread may yet send its response.
@@ -146,6 +154,14 @@ class TolerantStateMachine(StateMachine):
     the DUL thread, which ends without closing the socket or signalling the
     connection close, so the open-association count and the close handlers
     leak. The request has no association left to go on: it is discarded.
+
+    A connection that ends before its request (the peer closed it: AA-5; or an
+    A-ABORT, the ARTIM timer, a refused PDU: AA-2, AR-5) goes back to Sta1
+    (PS3.8 9.2) without any primitive for the association thread, which
+    pynetdicom leaves waiting for a request until the ACSE timeout: the thread,
+    and with it the connection's place among the open ones, outlived the peer
+    by up to 30 s. Entering Sta1 before a request reached the thread now wakes
+    it at once (``None`` is what its wait returns on a timeout).
     """
 
     def do_action(self, event: str) -> None:
@@ -157,6 +173,14 @@ class TolerantStateMachine(StateMachine):
             )
             return
         super().do_action(event)
+        assoc = self.dul.assoc
+        if (
+            self.current_state == "Sta1"
+            and assoc.is_acceptor
+            and assoc.requestor.primitive is None
+            and not self.dul.to_user_queue.qsize()
+        ):
+            self.dul.to_user_queue.put(None)  # type: ignore[arg-type]
 
 
 def tolerate_late_requests(assoc: Association) -> None:
@@ -176,7 +200,7 @@ RELEASE_GRACE_SECONDS = 1.0
 
 class StalledReadReaper:
     """Cuts the connection of an association pynetdicom has given up on but
-    cannot end.
+    cannot end, and of a connection whose A-ASSOCIATE-RQ is overdue.
 
     pynetdicom reads a PDU with blocking ``recv()`` calls on a socket without a
     timeout. When its ACSE or network timeout gives up on an association,
@@ -187,6 +211,13 @@ class StalledReadReaper:
     wakes the reader. One thread per process looks every 0.25 s at the
     associations being killed (pynetdicom's ``_kill`` flag; its name is guarded
     by ``tests/unit/test_polling.py``).
+
+    The same pass enforces the pre-association timeout
+    (``association_request_timeout_seconds``, see :func:`expect_request_within`):
+    a connection that has not delivered a whole A-ASSOCIATE-RQ by its deadline
+    (silent, or trickling one) is shut down, whatever its reader is doing; the
+    end of the connection then wakes the association thread at once
+    (:class:`TolerantStateMachine`).
     """
 
     def __init__(self) -> None:
@@ -217,10 +248,13 @@ class StalledReadReaper:
         with self._lock:
             watched = list(self._watched)
             cut = list(self._cut)
+        now = time.monotonic()
         for assoc in watched:
-            if not assoc.is_alive():
+            if assoc.ident is not None and not assoc.is_alive():  # started, and over
                 with self._lock:
                     self._watched.discard(assoc)
+            elif _request_overdue(assoc, now):
+                self._shut_down(assoc)
             elif getattr(assoc, "_kill", False) and assoc.dul.is_alive():
                 killed_at = self._killed_at.setdefault(assoc, time.monotonic())
                 grace = RELEASE_GRACE_SECONDS if assoc.is_released else 0.0
@@ -242,12 +276,8 @@ class StalledReadReaper:
             return
         peer = f"{assoc.requestor.address}:{assoc.requestor.port}"
         if assoc.requestor.primitive is None:
-            log.warning(
-                "connection from %s cut: no complete association request within %g s "
-                "(ACSE timeout)",
-                peer,
-                assoc.acse_timeout,
-            )
+            deadline = _REQUEST_DEADLINES.get(assoc)
+            _log_no_request(assoc, deadline[1] if deadline else assoc.acse_timeout)
         else:
             log.warning(
                 "association from %s at %s cut: the peer stopped in the middle of a PDU",
@@ -282,12 +312,67 @@ _REAPER = StalledReadReaper()
 _OPENED: weakref.WeakKeyDictionary[Association, float] = weakref.WeakKeyDictionary()
 _CLOSED: weakref.WeakSet[Association] = weakref.WeakSet()
 _REAPED: weakref.WeakSet[Association] = weakref.WeakSet()  # cut by the reaper (logged)
+# accepted connections: (monotonic deadline, seconds) for their A-ASSOCIATE-RQ
+_REQUEST_DEADLINES: weakref.WeakKeyDictionary[Association, tuple[float, float]] = (
+    weakref.WeakKeyDictionary()
+)
+_NO_REQUEST_LOGGED: weakref.WeakSet[Association] = weakref.WeakSet()
+# One line per connection that timed out, but never a flood: per peer address and
+# kind, the first line at once, then one per window with the count (an attacker
+# renewing silent connections would otherwise write max_pending_connections lines
+# every association_request_timeout_seconds).
+_NO_REQUEST_LOG = LogLimiter(log)
 
 
 def watch_for_stalls(assoc: Association) -> None:
     """EVT_CONN_OPEN: note when the connection opened and let the reaper watch it."""
     _OPENED[assoc] = time.monotonic()
     _REAPER.watch(assoc)
+
+
+def expect_request_within(assoc: Association, seconds: float) -> None:
+    """EVT_CONN_OPEN of an accepted connection: it must deliver its whole
+    A-ASSOCIATE-RQ within ``seconds`` or be cut (and logged once) by the reaper.
+
+    Shorter than the ACSE timeout on purpose: a connection without a request
+    holds a thread and a place among the pending connections, and a genuine peer
+    sends its request the moment it has connected.
+    """
+    _REQUEST_DEADLINES[assoc] = (time.monotonic() + seconds, seconds)
+    _REAPER.watch(assoc)
+
+
+def _request_overdue(assoc: Association, now: float) -> bool:
+    deadline = _REQUEST_DEADLINES.get(assoc)
+    return (
+        deadline is not None
+        and now >= deadline[0]
+        and not getattr(assoc.dul, "request_read", True)
+        and assoc.requestor.primitive is None
+        and assoc.dul.is_alive()
+        and assoc not in _REAPED
+    )
+
+
+def _log_no_request(assoc: Association, seconds: float | None) -> None:
+    """The one line for a connection that never delivered its A-ASSOCIATE-RQ in
+    time, whichever of the reaper, the ARTIM timer or the ACSE timeout ended it."""
+    if assoc in _NO_REQUEST_LOGGED:
+        return
+    _NO_REQUEST_LOGGED.add(assoc)
+    requestor = assoc.requestor
+    peer = f"{requestor.address}:{requestor.port}"
+    if getattr(assoc.dul, "receiving", False):
+        kind, what = "incomplete", "association request still incomplete"
+    else:
+        kind, what = "silent", "no association request"
+    _NO_REQUEST_LOG.warning(
+        (requestor.address, kind),
+        "connection from %s closed: %s after %g s (association_request_timeout_seconds)",
+        peer,
+        what,
+        seconds or 0,
+    )
 
 
 def connection_ended(assoc: Association) -> None:
@@ -306,12 +391,9 @@ def connection_ended(assoc: Association) -> None:
         log.warning("connection from %s aborted: refused %s", peer, refused)
         return
     lasted = time.monotonic() - _OPENED.get(assoc, time.monotonic())
+    # the ARTIM timer (the ACSE timeout) may close a silent connection first
     if assoc.acse_timeout is not None and lasted >= assoc.acse_timeout * 0.9:
-        log.warning(
-            "connection from %s closed: no complete association request within %g s (ACSE timeout)",
-            peer,
-            assoc.acse_timeout,
-        )
+        _log_no_request(assoc, assoc.acse_timeout)
     else:
         log.debug("connection from %s closed before an association request", peer)
 
