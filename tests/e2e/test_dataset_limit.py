@@ -7,19 +7,29 @@ from __future__ import annotations
 
 import logging
 import resource
+from collections.abc import Callable
+from io import BytesIO
 from pathlib import Path
+from typing import cast
 
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 from sqlalchemy import select
 
 from dicom_node.db.models import AuditEvent, DicomInstance
 from dicom_node.domain.part10 import dataset_offset
 from dicom_node.node import Node
+from dicom_node.scp.dataset_limit import HELD_DATASET_LIMIT
 from tests.dicomfiles import ct_dataset, write
 from tests.e2e.test_cli import run
-from tests.large_datasets import MIB, deflated_part10, send_files, sized_instance
+from tests.large_datasets import MIB, deflate, deflated_part10, send_files, sized_instance
 from tests.support import wait_for
 
 
@@ -43,7 +53,7 @@ def _peak_rss_mib() -> float:
 
 
 def test_a_deflate_bomb_is_refused_with_a700_and_the_association_goes_on(
-    make_node, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    make_node: Callable[..., Node], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     node: Node = make_node(max_dataset_bytes=64 * MIB)
     bomb_uid = generate_uid()
@@ -73,7 +83,7 @@ def test_a_deflate_bomb_is_refused_with_a700_and_the_association_goes_on(
 
 
 def test_over_the_limit_as_sent_is_refused_and_exactly_the_limit_is_stored(
-    make_node, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    make_node: Callable[..., Node], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     limit = MIB
     node: Node = make_node(max_dataset_bytes=limit)
@@ -136,3 +146,38 @@ def test_import_refuses_an_over_size_file_and_a_deflate_bomb_and_counts_them(
     instances = sorted((tmp_path / "data" / "instances").rglob("*.dcm"))
     assert len(instances) == 2
     assert list((tmp_path / "data" / "tmp").iterdir()) == []
+
+
+def test_a_deflated_c_find_identifier_bomb_aborts_the_association(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    """pynetdicom inflates a query identifier whole before any handler sees it:
+    a bomb there is measured first (bounded) and the association aborted."""
+    ae = AE(ae_title="BOMBSCU")
+    ae.add_requested_context(
+        StudyRootQueryRetrieveInformationModelFind, DeflatedExplicitVRLittleEndian
+    )
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title="DICOM_NODE")
+    assert assoc.is_established
+    request = C_FIND()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = StudyRootQueryRetrieveInformationModelFind
+    request.Priority = 2
+    request.Identifier = BytesIO(deflate(zeros=200 * MIB))
+    before = _peak_rss_mib()
+    with caplog.at_level(logging.INFO):
+        assoc.dimse.send_msg(request, cast(int, assoc.accepted_contexts[0].context_id))
+        assert wait_for(lambda: assoc.is_aborted, timeout=30)
+    lines = [r.getMessage() for r in caplog.records if "aborting" in r.getMessage()]
+    assert lines == [
+        f"association from BOMBSCU at 127.0.0.1:{assoc.local['port']}: "
+        f"a data set inflating past {HELD_DATASET_LIMIT} bytes "
+        "received, aborting"
+    ]
+    assert _peak_rss_mib() - before < 150
+    # the node is fine: the next association is served
+    echo = AE(ae_title="ECHOSCU")
+    echo.add_requested_context(Verification)
+    again = echo.associate("127.0.0.1", node.dicom_port, ae_title="DICOM_NODE")
+    assert again.is_established and again.send_c_echo().Status == 0x0000
+    again.release()

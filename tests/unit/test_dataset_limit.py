@@ -18,6 +18,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RQ, N_ACTION_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE, N_ACTION
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AddressInformation
 
@@ -52,7 +53,7 @@ def _association(tmp_path: Path, limit: int, syntax: str = EXPLICIT_LE) -> Assoc
     return assoc
 
 
-def _c_store(data: bytes, max_pdu: int = 16_384) -> Iterator[object]:
+def _c_store(data: bytes, max_pdu: int = 16_384) -> Iterator[P_DATA]:
     request = C_STORE()
     request.MessageID = 7
     request.AffectedSOPClassUID = CT
@@ -61,12 +62,12 @@ def _c_store(data: bytes, max_pdu: int = 16_384) -> Iterator[object]:
     request.DataSet = BytesIO(data)
     message = C_STORE_RQ()
     message.primitive_to_message(request)
-    return message.encode_msg(1, max_pdu)  # type: ignore[return-value]
+    return message.encode_msg(1, max_pdu)
 
 
-def _receive(assoc: Association, pdus: Iterator[object]) -> C_STORE:
+def _receive(assoc: Association, pdus: Iterator[P_DATA]) -> C_STORE:
     for pdu in pdus:
-        assoc.dimse.receive_primitive(pdu)  # type: ignore[arg-type]
+        assoc.dimse.receive_primitive(pdu)
     context_id, primitive = assoc.dimse.get_msg()
     assert context_id == 1 and isinstance(primitive, C_STORE)
     return primitive
@@ -122,13 +123,13 @@ def test_what_no_handler_took_is_removed_when_the_connection_closes(tmp_path: Pa
     assoc = _association(tmp_path, limit=1_000_000)
     fragments = list(_c_store(b"\x03" * 40_000))
     for pdu in fragments[:-1]:  # the association ends in the middle of the data set
-        assoc.dimse.receive_primitive(pdu)  # type: ignore[arg-type]
+        assoc.dimse.receive_primitive(pdu)
     assert len(list(tmp_path.iterdir())) == 1
     discard_unclaimed(assoc)
     assert list(tmp_path.iterdir()) == []
 
 
-def _n_action(data: bytes, max_pdu: int = 1_048_576) -> Iterator[object]:
+def _n_action(data: bytes, max_pdu: int = 1_048_576) -> Iterator[P_DATA]:
     request = N_ACTION()
     request.MessageID = 3
     request.RequestedSOPClassUID = "1.2.840.10008.1.20.1"
@@ -137,14 +138,14 @@ def _n_action(data: bytes, max_pdu: int = 1_048_576) -> Iterator[object]:
     request.ActionInformation = BytesIO(data)
     message = N_ACTION_RQ()
     message.primitive_to_message(request)
-    return message.encode_msg(1, max_pdu)  # type: ignore[return-value]
+    return message.encode_msg(1, max_pdu)
 
 
-def _aborts(assoc: Association, pdus: Iterator[object]) -> bool:
+def _aborts(assoc: Association, pdus: Iterator[P_DATA]) -> bool:
     aborted: list[bool] = []
     assoc.abort = lambda block=True: aborted.append(block)  # type: ignore[method-assign]
     for pdu in pdus:
-        assoc.dimse.receive_primitive(pdu)  # type: ignore[arg-type]
+        assoc.dimse.receive_primitive(pdu)
     return aborted == [False]
 
 
