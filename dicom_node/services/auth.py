@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -71,6 +72,8 @@ KNOWN_SOURCE_WINDOW = timedelta(days=90)
 # the column's width; a longer (non-IP) address is cut to it
 _SOURCE_LENGTH = 64
 _UNKNOWN_SOURCE = "unknown"
+# control characters, NUL included: never in a username, replaced in the audit trail
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,8 +163,13 @@ def sign_in(
     hashing slot within the wait: PasswordHashingBusy, nothing recorded.
     """
     name = username.strip().lower()
-    with db.read() as session:
-        credentials = _load_credentials(session, name)
+    if _CONTROL.search(name):
+        # no account has such a name (users.py allows a-z, 0-9, . _ -), and
+        # PostgreSQL refuses a NUL even in a comparison: an unknown user
+        credentials = _Credentials(user_id=None, password_hash=dummy_hash())
+    else:
+        with db.read() as session:
+            credentials = _load_credentials(session, name)
     verified = verify_password(credentials.password_hash, password)
     new_hash = None
     if verified and needs_rehash(credentials.password_hash):
@@ -352,7 +360,7 @@ def _audit_failure(
             event_code=AuditEventCode.USER_AUTHENTICATION,
             action="sign_in_failed",
             outcome=AuditOutcome.MINOR_FAILURE,
-            actor=username[:64],
+            actor=_CONTROL.sub("?", username)[:64],
             actor_user_id=user.id if user else None,
             source_address=source,
             target_class="User",

@@ -258,3 +258,11 @@ def test_the_purge_job_deletes_spent_tokens_and_stale_address_records(api: ApiSe
         left = session.scalars(select(SignInSource.source_address)).all()
     assert "127.0.0.3" not in left
     assert run_token_purge(api.db, now=now).tokens_deleted == 0  # nothing left to do
+
+
+def test_a_username_with_control_characters_is_an_unknown_user(api: ApiServer) -> None:
+    """Before: a NUL in the username was a 500 on PostgreSQL (found by schemathesis)."""
+    response = _sign_in(api.anonymous(), "B\x00\x0cadmin", PASSWORD)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "unauthenticated"
+    assert _reasons(api, "b??admin") == ["unknown user"]
