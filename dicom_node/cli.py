@@ -92,9 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     db = commands.add_parser("db", help="database schema").add_subparsers(
         title="db commands", metavar="DB_COMMAND", required=True
     )
-    db.add_parser("upgrade", help="create or update the schema to this version").set_defaults(
-        run=cmd_db_upgrade
-    )
+    db.add_parser(
+        "upgrade",
+        help=(
+            "create or update the schema to this version (as database_owner_url's role when "
+            "set, which then grants the node's role what it needs)"
+        ),
+    ).set_defaults(run=cmd_db_upgrade)
     db.add_parser("current", help="show the schema revision of the database").set_defaults(
         run=cmd_db_current
     )
@@ -141,7 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     backup.set_defaults(run=cmd_backup)
 
     restore = commands.add_parser(
-        "restore", help="bring a backup back into an empty data dir and an empty database"
+        "restore",
+        help=(
+            "bring a backup back into an empty data dir and an empty database (loaded by "
+            "database_owner_url's role when set), then check the audit trail's hash chain"
+        ),
     )
     restore.add_argument("source", type=Path, metavar="SRC", help="a directory made by backup")
     restore.set_defaults(run=cmd_restore)
