@@ -121,9 +121,14 @@ def read_header(
             offset = dataset_offset(source.buffer)
             if source.size - offset > max_dataset_bytes:
                 raise DatasetTooLarge(max_dataset_bytes, source.size - offset)
-            # the file meta alone first: pydicom would inflate a Deflated data set whole
-            meta = pydicom.dcmread(BytesIO(source.buffer[:offset])).file_meta
-            transfer_syntax = str(meta.get("TransferSyntaxUID", "") or "")
+            if _DEFLATED.encode() in source.buffer[:offset]:
+                # maybe Deflated: the file meta alone first, as pydicom would inflate
+                # the data set whole (without the UID's bytes it cannot be: the
+                # common case goes straight to reading the data set)
+                meta = pydicom.dcmread(BytesIO(source.buffer[:offset])).file_meta
+                transfer_syntax = str(meta.get("TransferSyntaxUID", "") or "")
+            else:
+                transfer_syntax = ""
             if transfer_syntax == _DEFLATED:
                 with inflated(
                     lambda: source.chunks(offset), limit=max_dataset_bytes, scratch_dir=scratch_dir
@@ -133,6 +138,7 @@ def read_header(
             else:
                 with source.stream() as stream:
                     ds = pydicom.dcmread(stream, stop_before_pixels=True, specific_tags=_TAGS)
+                transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
                 check_structure(source.buffer, offset, transfer_syntax)
             return header_from_dataset(ds, transfer_syntax_uid=transfer_syntax)
         except (InvalidHeader, DatasetTooLarge):
