@@ -24,6 +24,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from dicom_node.db import migrate
 from dicom_node.db.engine import Database
@@ -443,6 +444,26 @@ def test_an_intact_chain_reports_its_head_and_a_recorded_head_that_holds(db: Dat
 def test_the_first_row_starts_from_the_genesis_hash(db: Database) -> None:
     (first,) = _record(db, 1)
     assert _row(db, first)["prev_hash"] == GENESIS_HASH
+
+
+def test_savepoints_keep_their_events_or_forget_them_with_their_changes(db: Database) -> None:
+    def audit(session: Session, action: str) -> None:
+        record_audit_event(
+            session, AuditRecord(event_code=AuditEventCode.ORDER_RECORD, action=action)
+        )
+
+    with db.unit_of_work() as session:
+        audit(session, "kept_before")
+        with pytest.raises(RuntimeError), session.begin_nested():
+            audit(session, "rolled_back")
+            raise RuntimeError("the savepoint rolls back")
+        with session.begin_nested():
+            audit(session, "kept_in_savepoint")
+        audit(session, "kept_after")
+    with db.read() as session:
+        actions = list(session.scalars(select(AuditEvent.action).order_by(AuditEvent.id)))
+    assert actions == ["kept_before", "kept_in_savepoint", "kept_after"]
+    assert verify_audit_chain(db).ok
 
 
 # --------------------------------------------------------------------------- concurrency
