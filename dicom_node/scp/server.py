@@ -8,6 +8,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,7 @@ from dicom_node.scp.reactor import install_reactor_gate
 from dicom_node.scp.retrieve import RetrieveHandler
 from dicom_node.scp.store import StoreHandler
 from dicom_node.services.ingest import IngestPolicy
+from dicom_node.services.rejections import Refusal
 from dicom_node.settings import Settings
 from dicom_node.storage import FileStore
 
@@ -91,6 +93,21 @@ def configure_pynetdicom(*, log_phi: bool, accept_unknown_sop_classes: bool) -> 
     _config.UNRESTRICTED_STORAGE_SERVICE = accept_unknown_sop_classes
     # pynetdicom's reactor can steal the reply a sending thread waits for (reactor.py)
     install_reactor_gate()
+    logging.getLogger("pynetdicom.transport").addFilter(_NO_TLS_TRACEBACK)
+
+
+class _NoTlsTraceback(logging.Filter):
+    """pynetdicom logs an outgoing connection that failed its TLS handshake (a
+    peer with ``/tls`` whose certificate does not verify) in two lines, then
+    again with a traceback (``AssociationSocket.connect``): the lines say why,
+    the traceback goes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, ssl.SSLError)
+
+
+_NO_TLS_TRACEBACK = _NoTlsTraceback()
 
 
 def build_ae(settings: Settings) -> AE:
@@ -251,11 +268,13 @@ class NodeAssociationServer(ThreadedAssociationServer):
         gate: ConnectionGate,
         tls_context: ssl.SSLContext | None = None,
         handshake_timeout: float = 10.0,
+        handshake_failed: Callable[[str, int, str], None] | None = None,
     ) -> None:
         self._listener = listener
         self.gate = gate
         self.tls_context = tls_context
         self.handshake_timeout = handshake_timeout
+        self._handshake_failed = handshake_failed  # (host, port, reason): the audit
         self._closing = False
         # ssl_context stays None: pynetdicom would handshake on the accept thread
         super().__init__(ae, address, ae_title, contexts, None, evt_handlers)
@@ -330,6 +349,8 @@ class NodeAssociationServer(ThreadedAssociationServer):
                 _address(client_address),
                 exc,
             )
+            if self._handshake_failed is not None:
+                self._handshake_failed(str(client_address[0]), int(client_address[1]), str(exc))
             return None
 
 
@@ -435,6 +456,7 @@ class DicomServer:
             gate=self.gate,
             tls_context=context,
             handshake_timeout=self._settings.tls_handshake_timeout_seconds,
+            handshake_failed=self._audit_handshake_failure,
         )
         assert isinstance(server, NodeAssociationServer)
         server.contexts = SharedUidContexts(server.contexts)
@@ -443,6 +465,26 @@ class DicomServer:
         name = "dicom-accept-tls" if context is not None else "dicom-accept"
         threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
         return server
+
+    def _audit_handshake_failure(self, host: str, port: int, reason: str) -> None:
+        """A peer that failed TLS authentication: a Security Alert (Node
+        Authentication, PS3.15 A.5.3.11), aggregated per peer and interval like
+        rejected associations (an unauthenticated flood writes one row per
+        interval)."""
+        try:
+            self._access.refusals.record(
+                Refusal(
+                    action=tls.HANDSHAKE_FAILED,
+                    host=host,
+                    port=port,
+                    calling_ae="",
+                    target_class="AE",
+                    target_id=self._settings.ae_title,
+                    reason=f"TLS handshake failed: {reason}",
+                )
+            )
+        except Exception:  # the connection is refused either way
+            log.exception("could not audit a failed TLS handshake")
 
     def _servers(self) -> list[NodeAssociationServer]:
         return [server for server in (self._server, self._secure) if server is not None]

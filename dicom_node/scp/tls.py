@@ -37,6 +37,9 @@ BCP195_TLS12_CIPHERS = ":".join(
 )
 
 ClientCertificates = Literal["required", "optional", "none"]
+# the audit action of a peer refused at the TLS handshake (a Security Alert, Node
+# Authentication, aggregated with rejected associations)
+HANDSHAKE_FAILED = "tls_handshake_failed"
 
 
 class TlsConfigError(Exception):

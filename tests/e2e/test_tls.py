@@ -32,7 +32,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from sqlalchemy import select
 
-from dicom_node.db.models import DicomInstance
+from dicom_node.db.models import AuditEvent, DicomInstance
 from dicom_node.domain.aetitle import Peer
 from dicom_node.node import Node, StartupError
 from dicom_node.scp.server import DicomServer
@@ -223,6 +223,19 @@ def test_a_client_without_a_trusted_certificate_is_refused_and_logged(
     assert wait_for(lambda: bool(_lines(caplog, f"TLS handshake with {source}:", expected)))
     assert wait_for(lambda: _server(node).gate.pending() == 0)
     assert _stored(node) == set()
+    # a Security Alert, Node Authentication (aggregated per peer like rejections)
+    (alert,) = _handshake_alerts(node)
+    assert alert.event_code == "110113" and alert.details["event_type"] == "110126"
+    assert alert.source_address and alert.source_address.startswith(f"{source}:")
+    assert alert.reason and expected in alert.reason
+
+
+def _handshake_alerts(node: Node) -> list[AuditEvent]:
+    assert node.db is not None
+    with node.db.read() as session:
+        return list(
+            session.scalars(select(AuditEvent).where(AuditEvent.action == "tls_handshake_failed"))
+        )
 
 
 def test_optional_client_certificates_let_a_client_without_one_in(
@@ -425,9 +438,10 @@ def test_c_move_to_a_tls_peer_goes_over_tls_with_the_node_certificate(
 
 
 def test_c_move_to_a_tls_peer_whose_certificate_names_another_host_fails(
-    tls_node: Callable[..., Node], pki: Pki
+    tls_node: Callable[..., Node], pki: Pki, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The peer's certificate must name the host its entry gives (RFC 6125)."""
+    caplog.set_level(logging.INFO)
     destination = TlsStorageScp(pki, pki.wrong_host)
     try:
         node = tls_node(peers=f"TLS_DEST@127.0.0.1:{destination.port}/tls")
@@ -437,6 +451,9 @@ def test_c_move_to_a_tls_peer_whose_certificate_names_another_host_fails(
         assert destination.received == []
     finally:
         destination.close()
+    reasons = [r.getMessage() for r in caplog.records if "address mismatch" in r.getMessage()]
+    assert reasons, "the reason is logged"
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
 
 
 def test_storage_commitment_report_goes_over_tls_to_a_tls_peer(
