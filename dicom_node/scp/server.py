@@ -342,6 +342,12 @@ class NodeAssociationServer(ThreadedAssociationServer):
         assert self.tls_context is not None
         try:
             return tls.server_handshake(self.tls_context, request, self.handshake_timeout)
+        except tls.ClosedBeforeHandshake:
+            # a port probe (C-MOVE's reachability check, a health check): as on
+            # the plain port, not worth a warning
+            log.debug(
+                "connection from %s closed before its TLS handshake", _address(client_address)
+            )
         except tls.HandshakeFailed as exc:
             _connection_log.warning(
                 ("handshake", client_address[0], str(exc)),
@@ -349,9 +355,9 @@ class NodeAssociationServer(ThreadedAssociationServer):
                 _address(client_address),
                 exc,
             )
-            if self._handshake_failed is not None:
+            if exc.authentication and self._handshake_failed is not None:
                 self._handshake_failed(str(client_address[0]), int(client_address[1]), str(exc))
-            return None
+        return None
 
 
 def _address(client_address: Any) -> str:

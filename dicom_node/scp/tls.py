@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -47,7 +48,21 @@ class TlsConfigError(Exception):
 
 
 class HandshakeFailed(Exception):
-    """A TLS handshake that did not complete; ``str()`` is a short, fixed reason."""
+    """A TLS handshake that did not complete; ``str()`` is a short, fixed reason.
+
+    ``authentication``: TLS itself refused the peer or the peer refused the node
+    (a certificate that does not verify, none when one is required, a protocol
+    version or suite outside the profile, an alert): a failed node
+    authentication. Not so a peer that stalled or dropped the connection."""
+
+    def __init__(self, reason: str, *, authentication: bool) -> None:
+        super().__init__(reason)
+        self.authentication = authentication
+
+
+class ClosedBeforeHandshake(Exception):
+    """The peer closed the connection without sending a byte: a port probe or a
+    load balancer's health check, not a TLS client."""
 
 
 def _profile(context: ssl.SSLContext) -> ssl.SSLContext:
@@ -115,15 +130,28 @@ def server_handshake(
     """Wrap an accepted connection and complete the server side of the handshake
     within ``timeout`` seconds in all (CPython's handshake keeps one deadline
     across its reads, so a peer trickling bytes cannot stretch it). On failure
-    the connection is closed and :class:`HandshakeFailed` says why."""
+    the connection is closed and :class:`HandshakeFailed` (or
+    :class:`ClosedBeforeHandshake`) says why."""
+    deadline = time.monotonic() + timeout
+    try:
+        connection.settimeout(timeout)
+        first = connection.recv(1, socket.MSG_PEEK)  # the ClientHello's first byte
+    except OSError as exc:
+        connection.close()
+        raise HandshakeFailed(_reason(exc, timeout=timeout), authentication=False) from None
+    if not first:
+        connection.close()
+        raise ClosedBeforeHandshake
     tls = context.wrap_socket(connection, server_side=True, do_handshake_on_connect=False)
     try:
-        tls.settimeout(timeout)
+        tls.settimeout(max(deadline - time.monotonic(), 0.001))
         tls.do_handshake()
         tls.settimeout(None)
     except (OSError, ValueError) as exc:
         tls.close()
-        raise HandshakeFailed(_reason(exc, timeout=timeout)) from None
+        raise HandshakeFailed(
+            _reason(exc, timeout=timeout), authentication=isinstance(exc, ssl.SSLError)
+        ) from None
     return tls
 
 

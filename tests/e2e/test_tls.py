@@ -304,6 +304,22 @@ def test_a_stalled_handshake_does_not_hold_up_other_peers(
     (line,) = _lines(caplog, f"TLS handshake with {address} failed")
     assert f"no complete handshake within {HANDSHAKE_TIMEOUT:g} s" in line
     assert wait_for(lambda: _server(node).gate.pending() == 0)
+    assert _handshake_alerts(node) == []  # a stall is not a failed authentication
+
+
+def test_a_port_probe_on_the_tls_port_is_not_a_failed_handshake(
+    tls_node: Callable[..., Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A TCP connect closed at once (C-MOVE's reachability check of a TLS peer,
+    a load balancer's health check): no warning, no Security Alert."""
+    caplog.set_level(logging.DEBUG, logger="dicom_node.scp")
+    node = tls_node()
+    for _ in range(3):
+        socket.create_connection(("127.0.0.1", node.dicom_tls_port)).close()
+    assert wait_for(lambda: len(_lines(caplog, "closed before its TLS handshake")) == 3)
+    assert wait_for(lambda: _server(node).gate.pending() == 0)
+    assert _lines(caplog, "TLS handshake with") == []
+    assert _handshake_alerts(node) == []
 
 
 def test_the_tls_port_alone_and_in_worker_processes(
