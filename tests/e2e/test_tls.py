@@ -453,6 +453,43 @@ def test_c_move_to_a_tls_peer_goes_over_tls_with_the_node_certificate(
         destination.close()
 
 
+def test_c_move_to_dcmtk_storescp_over_tls(
+    tls_node: Callable[..., Node], pki: Pki, tmp_path: Path
+) -> None:
+    """DCMTK as the TLS destination: its storescp with +tls (BCP 195 non-downgrading
+    profile, peer certificate required) receives the node's sub-operations."""
+    port, out = free_port(), tmp_path / "received"
+    out.mkdir()
+    scp = subprocess.Popen(
+        [dcmtk_tool("storescp"), "+tls", str(pki.peer.key), str(pki.peer.certificate),
+         "-pw", "+cf", str(pki.ca), "-aet", "STORESCP", "-od", str(out), str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dcmtk_env(),
+    )  # fmt: skip
+    try:
+        node = tls_node(peers=f"STORESCP@127.0.0.1:{port}/tls")
+        study, uids = _store_plain(node, 2)
+        assert wait_for(lambda: _listening(port), timeout=10)
+        statuses = _move(node, study, "STORESCP")
+        assert statuses[-1] == 0x0000, [hex(s) for s in statuses]
+        assert len(list(out.iterdir())) == len(uids)
+    finally:
+        scp.terminate()
+        scp.wait(timeout=10)
+
+
+def _listening(port: int) -> bool:
+    """Whether a local port is bound (read from /proc: a test connection would be
+    one more failed TLS handshake for the server to log)."""
+    wanted = f":{port:04X} "
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as rows:
+            for row in rows:
+                fields = row.split()
+                if len(fields) > 3 and (fields[1] + " ").endswith(wanted) and fields[3] == "0A":
+                    return True
+    return False
+
+
 def test_c_move_to_a_tls_peer_whose_certificate_names_another_host_fails(
     tls_node: Callable[..., Node], pki: Pki, caplog: pytest.LogCaptureFixture
 ) -> None:
