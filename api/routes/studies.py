@@ -28,6 +28,7 @@ from dicom_node.db.query import ATTRIBUTES
 from dicom_node.domain.enums import Completeness, MetadataStatus, StudyStatus
 from dicom_node.domain.errors import InvalidValue
 from dicom_node.domain.permissions import Permission, Principal
+from dicom_node.domain.query import check_value_count
 from dicom_node.services.studies import (
     MAX_KEY_LENGTH,
     StudyFilters,
@@ -97,7 +98,10 @@ def _keyword_parameters() -> list[dict[str, Any]]:
     ]
 
 
-def _dicom_keys(request: Request) -> dict[str, str]:
+def _dicom_keys(request: Request, *, max_list_values: int) -> dict[str, str]:
+    """The DICOM keys of the query string; a key listing more than
+    ``max_list_values`` values (settings.max_query_list_values) is 422 naming it,
+    as C-FIND answers 0xC000."""
     keys: dict[str, str] = {}
     for name, value in request.query_params.multi_items():
         if name in _SEARCH_PARAMETERS:
@@ -106,6 +110,10 @@ def _dicom_keys(request: Request) -> dict[str, str]:
             raise InvalidValue(
                 f"{name} given twice: send one value (several values: a\\b)", field=name
             )
+        try:
+            check_value_count(name, value, max_list_values)
+        except InvalidValue as exc:
+            raise InvalidValue(str(exc), field=name) from None
         keys[name] = value
     return keys
 
@@ -148,6 +156,8 @@ def search(
     its series does. An unknown keyword or a malformed value is 422 naming it.
     Rejected studies are withdrawn (as from C-FIND). Referring physicians see
     only studies of their own orders. Audited as a Query (110112) with the keys.
+    An integer key beyond its VR's range (IS: 32 bits) or a key listing more
+    values than the node's ``max_query_list_values`` is 422 too.
     """
     filters = StudyFilters(
         metadata_status=MetadataStatus(metadata_status.value) if metadata_status else None,
@@ -158,7 +168,7 @@ def search(
     keys: dict[str, str] = {}
     failure: str | None = "search failed"
     try:
-        keys = _dicom_keys(request)
+        keys = _dicom_keys(request, max_list_values=context.settings.max_query_list_values)
         with context.db.read() as session:
             page = search_studies(
                 session,

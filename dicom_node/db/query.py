@@ -19,12 +19,14 @@ Two matching rules span more than one column:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Select,
     String,
     Text,
@@ -58,6 +60,7 @@ from dicom_node.domain.query import (
     Universal,
     UnsupportedQuery,
     Wildcard,
+    like_literal,
     like_pattern,
 )
 
@@ -494,35 +497,27 @@ def cast_text(column: InstrumentedAttribute[Any]) -> ColumnElement[str]:
 
 
 def match_condition(attribute: Attribute, match: Match) -> ColumnElement[bool] | None:
-    """The WHERE clause one matching key asks for; None for universal matching."""
+    """The WHERE clause one matching key asks for; None for universal matching.
+
+    A list of values (``AnyOf``, ``UidList``) is ONE bound parameter however long
+    it is (``listed``): ``IN`` for exact values, one ``EXISTS`` over the LIKE
+    patterns. An ``OR`` per value fails past 1,000 values in SQLite ("Expression
+    tree is too large") and a parameter per value past 32,766 (SQLite) or 65,535
+    (PostgreSQL); ``max_query_list_values`` may be set to 100,000."""
     column = cast(ColumnElement[Any], attribute.column)
     if isinstance(match, Universal):
         return None
-    if isinstance(match, AnyOf):
-        parts = [match_condition(attribute, part) for part in match.matches]
-        return or_(*(part for part in parts if part is not None))
     if attribute.computed:
         raise UnsupportedQuery(f"{attribute.keyword} is returned, not matched")
     if attribute.vr == "IS":
-        return column == _integer(attribute.keyword, match)
+        return _integer_condition(attribute.keyword, column, match)
     if attribute.normalized is not None:
         column = cast(ColumnElement[Any], attribute.normalized)
-    if attribute.folded is not None:
-        # PS3.4 C.2.2.2.1 lets PN match case-insensitively; this node does
-        column = cast(ColumnElement[Any], attribute.folded)
-        match = _folded(match)
-        if isinstance(match, Single | Wildcard) and "=" not in _text(match):
-            return _in_a_component_group(column, match)
-    if isinstance(match, Single):
-        if attribute.multi_valued:
-            return _has_value(column, match.value)
-        return column == match.value  # case-sensitive on both databases
-    if isinstance(match, Wildcard):
-        if attribute.multi_valued:
-            raise UnsupportedQuery(f"{attribute.keyword}: wildcards in a multi-valued key")
-        return column.like(like_pattern(match.pattern), escape="\\")
+    if isinstance(match, Single | Wildcard | AnyOf):
+        parts = match.matches if isinstance(match, AnyOf) else (match,)
+        return _text_condition(attribute, [_test(attribute, part) for part in parts])
     if isinstance(match, UidList):
-        return column.in_(match.values)
+        return _in_list(column, match.values)
     if isinstance(match, Range):
         bounds = []
         if match.low is not None:
@@ -533,48 +528,115 @@ def match_condition(attribute: Attribute, match: Match) -> ColumnElement[bool] |
     raise AssertionError(match)
 
 
+# What one value of a text key is compared with: the column itself (EQUAL, LIKE),
+# the PN with its component groups as "=" + name + "=" (GROUPS), or a
+# backslash-joined multi-value as "\" + values + "\" (VALUES).
+_EQUAL, _LIKE, _GROUPS, _VALUES = "equal", "like", "groups", "values"
+
+
+def _test(attribute: Attribute, match: Single | Wildcard) -> tuple[str, str]:
+    """(what it is compared with, the value or LIKE pattern) for one value."""
+    if attribute.folded is not None:
+        # PS3.4 C.2.2.2.1 lets PN match case-insensitively; this node does
+        match = _folded(match)
+        if "=" not in _text(match):
+            # no "=": the whole name or any one of its component groups
+            # (alphabetic, ideographic, phonetic): 山田^太郎 finds
+            # Yamada^Tarou=山田^太郎=やまだ^たろう
+            return _GROUPS, f"%={_like(match)}=%"
+    if attribute.multi_valued:
+        if isinstance(match, Wildcard):
+            raise UnsupportedQuery(f"{attribute.keyword}: wildcards in a multi-valued key")
+        return _VALUES, f"%\\\\{like_literal(match.value)}\\\\%"  # \\ is one \ in LIKE
+    if isinstance(match, Wildcard):
+        return _LIKE, like_pattern(match.pattern)
+    return _EQUAL, match.value  # case-sensitive on both databases
+
+
+def _text_condition(attribute: Attribute, tests: list[tuple[str, str]]) -> ColumnElement[bool]:
+    column = cast(ColumnElement[Any], attribute.folded or attribute.column)
+    compared: dict[str, ColumnElement[Any]] = {
+        _EQUAL: column,
+        _LIKE: column,
+        _GROUPS: literal("=") + column + literal("="),
+        _VALUES: literal("\\") + column + literal("\\"),
+    }
+    conditions: list[ColumnElement[bool]] = []
+    for target in (_EQUAL, _LIKE, _GROUPS, _VALUES):
+        texts = list(dict.fromkeys(text for kind, text in tests if kind == target))
+        if not texts:
+            continue
+        expression = compared[target]
+        if target == _EQUAL:
+            conditions.append(_in_list(expression, texts))
+        elif len(texts) == 1:
+            conditions.append(expression.like(texts[0], escape="\\"))
+        else:
+            patterns = listed(texts)
+            conditions.append(
+                exists(
+                    select(literal(1))
+                    .select_from(patterns)
+                    .where(expression.like(patterns.c.value, escape="\\"))
+                )
+            )
+    return conditions[0] if len(conditions) == 1 else or_(*conditions)
+
+
+def _in_list(column: ColumnElement[Any], values: Sequence[str]) -> ColumnElement[bool]:
+    if len(values) == 1:
+        return column == values[0]
+    return column.in_(select(listed(values).c.value))
+
+
+def _integer_condition(
+    keyword: str, column: ColumnElement[Any], match: Match
+) -> ColumnElement[bool]:
+    """IS: single values or a list of them (parse_match has checked each is an
+    integer within IS's range, the range of the column)."""
+    parts = match.matches if isinstance(match, AnyOf) else (match,)
+    if not all(isinstance(part, Single) for part in parts):
+        raise UnsupportedQuery(f"{keyword}: only single values or lists for IS")
+    numbers = list(dict.fromkeys(int(cast(Single, part).value) for part in parts))
+    if len(numbers) == 1:
+        return column == numbers[0]
+    return column.in_(select(sql_cast(listed(numbers).c.value, Integer)))
+
+
+class json_list_values(FunctionElement[Any]):
+    """The elements of a JSON array given as one bound parameter, one row each in
+    a column ``value`` (text; cast it for numbers)."""
+
+    name = "json_list_values"
+    inherit_cache = True
+
+
+@compiles(json_list_values, "sqlite")
+def _sqlite_list(element: json_list_values, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"json_each({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(json_list_values, "postgresql")
+def _postgresql_list(element: json_list_values, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"json_array_elements_text(CAST({compiler.process(element.clauses, **kw)} AS json))"
+
+
+def listed(values: Sequence[str | int]) -> Any:
+    """A list of values as a one-column table (``.c.value``) read from ONE bound
+    parameter (a JSON array), whatever the list's length."""
+    array = literal(json.dumps(list(values)), Text())
+    return json_list_values(array).table_valued("value").alias()
+
+
 def _text(match: Single | Wildcard) -> str:
     return match.value if isinstance(match, Single) else match.pattern
 
 
-def _in_a_component_group(
-    column: ColumnElement[Any], match: Single | Wildcard
-) -> ColumnElement[bool]:
-    """A PN value with no ``=`` matches the whole name or any one of its component
-    groups (alphabetic, ideographic, phonetic): ``山田^太郎`` finds
-    ``Yamada^Tarou=山田^太郎=やまだ^たろう``."""
-    pattern = like_pattern(_text(match))
-    return or_(
-        column.like(pattern, escape="\\"),
-        column.like(f"{pattern}=%", escape="\\"),
-        column.like(f"%={pattern}", escape="\\"),
-        column.like(f"%={pattern}=%", escape="\\"),
-    )
+def _like(match: Single | Wildcard) -> str:
+    return like_pattern(match.pattern) if isinstance(match, Wildcard) else like_literal(match.value)
 
 
-def _folded(match: Match) -> Match:
+def _folded(match: Single | Wildcard) -> Single | Wildcard:
     if isinstance(match, Single):
         return Single(fold_person_name(match.value))
-    if isinstance(match, Wildcard):
-        return Wildcard(fold_person_name(match.pattern))
-    return match
-
-
-def _integer(keyword: str, match: Match) -> int:
-    if not isinstance(match, Single):
-        raise UnsupportedQuery(f"{keyword}: only single-value matching for IS")
-    try:
-        return int(match.value)
-    except ValueError:
-        raise InvalidQuery(f"{keyword}: not an integer string") from None
-
-
-def _has_value(column: ColumnElement[Any], value: str) -> ColumnElement[bool]:
-    """One value of a backslash-joined multi-value equals ``value``."""
-    literal = like_pattern(value)  # value may hold % or _: match them literally
-    return or_(
-        column == value,
-        column.like(f"{literal}\\\\%", escape="\\"),
-        column.like(f"%\\\\{literal}", escape="\\"),
-        column.like(f"%\\\\{literal}\\\\%", escape="\\"),
-    )
+    return Wildcard(fold_person_name(match.pattern))

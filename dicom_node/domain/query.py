@@ -6,7 +6,9 @@ The same keys serve the DICOM C-FIND SCP and the HTTP study search.
 Implemented here: universal matching (C.2.2.2.3), single value matching
 (C.2.2.2.1), wildcard matching (C.2.2.2.4) for the VRs that allow it, list of
 UID matching (C.2.2.2.2), range matching for DA, TM and DT (C.2.2.2.5) and
-sequence matching (C.2.2.2.6, see ``SequenceMatch``). TM is compared at the
+sequence matching (C.2.2.2.6, see ``SequenceMatch``). Wildcards are matched in
+linear-time code only (``wildcard_matches``, SQL LIKE), never by a backtracking
+regular expression a hostile pattern could stall. TM is compared at the
 precision the query gives: ``1015`` means 10:15:00.000000 to 10:15:59.999999, as
 a single value and as a range end. DT is compared the same way, after applying
 its UTC offset: every DT match is a ``Range`` of ``YYYYMMDDHHMMSS.FFFFFF`` UTC
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import calendar
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
@@ -44,6 +47,14 @@ class InvalidQuery(InvalidValue):
 
 class UnsupportedQuery(InvalidValue):
     """A well-formed key this node cannot match yet (never answered wrongly)."""
+
+
+class UnprocessableQuery(InvalidQuery):
+    """A key this node will not process: an integer beyond the range its VR
+    allows (and the index holds), a list of more values than the node accepts,
+    a value longer than any it indexes. C-FIND, C-MOVE and C-GET answer 0xC000
+    Unable to process (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4), not 0xA900: the
+    identifier may fit the SOP class, the node declines its size; HTTP answers 422."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,12 +99,36 @@ Match = Universal | Single | Wildcard | UidList | Range | AnyOf
 # PS3.4 C.2.2.2.4: wildcards only for these VRs; elsewhere * and ? are literal.
 WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
 
+# PS3.5 6.2: the values the integer VRs can hold. The index's integer columns
+# (SeriesNumber, InstanceNumber) are 32-bit, IS's own range: a value outside it
+# can match nothing and is refused before it reaches the database (whose
+# driver would fail on it, not answer "no match").
+INTEGER_RANGES = {
+    "IS": (-(2**31), 2**31 - 1),
+    "SS": (-(2**15), 2**15 - 1),
+    "US": (0, 2**16 - 1),
+    "SL": (-(2**31), 2**31 - 1),
+    "UL": (0, 2**32 - 1),
+    "SV": (-(2**63), 2**63 - 1),
+    "UV": (0, 2**64 - 1),
+}
 
-def parse_match(vr: str, raw: str | None, *, keyword: str) -> Match:
-    """The match a C-FIND identifier's value asks for. Raises InvalidQuery."""
+# Longest single value a matching key may carry. Far above any value the index
+# holds (a PN is at most 3 x 64 characters, PS3.5 6.2), and far below the
+# 50,000-byte LIKE pattern SQLite accepts: a longer value could only make the
+# database fail, never match.
+MAX_VALUE_CHARS = 1024
+
+
+def parse_match(vr: str, raw: str | None, *, keyword: str, max_values: int | None = None) -> Match:
+    """The match a C-FIND identifier's value asks for. Raises InvalidQuery
+    (UnprocessableQuery for a value beyond what the node will process, or a list
+    of more than ``max_values`` values; None: no limit)."""
     value = (raw or "").strip(" \x00")
     if not value:
         return Universal()
+    if max_values is not None:
+        check_value_count(keyword, value, max_values)
     if vr == "UI":
         uids = tuple(part.strip(" \x00") for part in value.split("\\"))
         bad = [uid for uid in uids if not is_valid_uid(uid)]
@@ -110,19 +145,59 @@ def parse_match(vr: str, raw: str | None, *, keyword: str) -> Match:
         parts = [part for part in value.split("\\") if part.strip(" \x00")]
         if not parts:
             return Universal()
-        matches = [_text_match(vr, part.strip(" \x00")) for part in parts]
+        matches = [_text_match(vr, part.strip(" \x00"), keyword) for part in parts]
         if any(isinstance(m, Universal) for m in matches):
             return Universal()
         return AnyOf(tuple(m for m in matches if isinstance(m, Single | Wildcard)))
-    return _text_match(vr, value)
+    return _text_match(vr, value, keyword)
 
 
-def _text_match(vr: str, value: str) -> Universal | Single | Wildcard:
+def check_value_count(keyword: str, raw: str | None, max_values: int) -> None:
+    """Refuse a key listing more than ``max_values`` backslash-separated values
+    (the operator's ``max_query_list_values``) before anything is parsed."""
+    if raw and raw.count("\\") >= max_values:
+        raise UnprocessableQuery(f"{keyword}: more than {max_values} values")
+
+
+def _text_match(vr: str, value: str, keyword: str) -> Universal | Single | Wildcard:
+    if len(value) > MAX_VALUE_CHARS:
+        raise UnprocessableQuery(f"{keyword}: a value longer than {MAX_VALUE_CHARS} characters")
+    # PS3.5 6.2: no control characters in the text VRs keys use (ESC sequences are
+    # gone once decoded); a NUL or a lone surrogate would make the database
+    # driver fail (PostgreSQL stores no NUL), not answer "no match"
+    if any(unicodedata.category(char) in ("Cc", "Cs") for char in value):
+        raise InvalidQuery(f"{keyword}: control characters are not allowed")
+    if vr in INTEGER_RANGES:
+        return Single(str(integer_value(vr, value, keyword=keyword)))
     if vr in WILDCARD_VRS and ("*" in value or "?" in value):
         if set(value) == {"*"}:
             return Universal()  # C.2.2.2.4: a lone * is universal matching
-        return Wildcard(value)
+        # ** matches what * does: one star per run keeps patterns short
+        return Wildcard(_STARS.sub("*", value))
     return Single(value)
+
+
+_STARS = re.compile(r"\*{2,}")
+
+
+def integer_value(vr: str, value: str, *, keyword: str) -> int:
+    """An integer VR's value (IS: PS3.5 6.2, optional sign, at most 12 characters).
+
+    Not an integer: InvalidQuery (0xA900). An integer outside the VR's range:
+    UnprocessableQuery (0xC000); it could match nothing the node holds."""
+    text = value.strip(" ")
+    digits = text[1:] if text[:1] in "+-" else text
+    if not digits.isascii() or not digits.isdigit():
+        raise InvalidQuery(f"{keyword}: not an integer string")
+    low, high = INTEGER_RANGES[vr]
+    significant = digits.lstrip("0") or "0"
+    # length first: int() of a peer's thousands of digits is slow, or refused
+    number = int(significant) if len(significant) <= 20 else None
+    if number is not None and text.startswith("-"):
+        number = -number
+    if number is None or not low <= number <= high:
+        raise UnprocessableQuery(f"{keyword}: out of range for {vr} ({low} to {high})")
+    return number
 
 
 def _date_match(value: str, keyword: str) -> Match:
@@ -195,10 +270,18 @@ def like_pattern(pattern: str) -> str:
     """A DICOM wildcard pattern as SQL LIKE with ``\\`` as the escape character.
 
     LIKE's own ``%``, ``_`` and ``\\`` in the value are escaped, so they match
-    only themselves (PS3.4: they are not DICOM wildcards).
+    only themselves (PS3.4: they are not DICOM wildcards). A run of ``*`` is one
+    ``%``. Both databases match LIKE without exponential backtracking (SQLite
+    gives up a ``%`` that found no match, PostgreSQL's like_match.c aborts the
+    same way), so a hostile pattern costs at most pattern x value steps.
     """
-    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    escaped = like_literal(_STARS.sub("*", pattern))
     return escaped.replace("*", "%").replace("?", "_")
+
+
+def like_literal(value: str) -> str:
+    """``value`` as a LIKE pattern (escape ``\\``) that matches only itself."""
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 # ------------------------------------------------------------------------ DT
@@ -311,7 +394,7 @@ def value_matches(match: Match, value: str | None) -> bool:
     if isinstance(match, Single):
         return value == match.value
     if isinstance(match, Wildcard):
-        return _wildcard_regex(match.pattern).fullmatch(value) is not None
+        return wildcard_matches(match.pattern, value)
     if isinstance(match, UidList):
         return value in match.values
     if isinstance(match, AnyOf):
@@ -323,6 +406,31 @@ def value_matches(match: Match, value: str | None) -> bool:
     raise AssertionError(match)
 
 
-def _wildcard_regex(pattern: str) -> re.Pattern[str]:
-    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.compile("".join(parts), re.DOTALL)
+def wildcard_matches(pattern: str, value: str) -> bool:
+    """Whether ``value`` matches the DICOM wildcard ``pattern`` as a whole
+    (PS3.4 C.2.2.2.4: ``*`` any run of characters, ``?`` exactly one; every other
+    character only itself, case-sensitively).
+
+    Greedy two-pointer matching: on a mismatch only the LAST ``*`` seen is
+    stretched by one character, never an earlier one. That is enough, because
+    whatever an earlier ``*`` could absorb the later one can too; so the work is
+    at most len(pattern) x len(value) steps, with no recursion, whatever the
+    pattern (a regular expression of ``.*`` runs backtracks exponentially on
+    ``**...*Z`` against a value without Z).
+    """
+    p = v = 0
+    star = -1  # index of the last * in the pattern, -1 before the first
+    resume = 0  # where in the value that * stopped absorbing
+    while v < len(value):
+        if p < len(pattern) and pattern[p] == "*":
+            star, resume = p, v
+            p += 1
+        elif p < len(pattern) and (pattern[p] == "?" or pattern[p] == value[v]):
+            p += 1
+            v += 1
+        elif star >= 0:
+            resume += 1  # the last * takes one more character; retry after it
+            p, v = star + 1, resume
+        else:
+            return False
+    return all(c == "*" for c in pattern[p:])

@@ -12,9 +12,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 from pynetdicom.events import Event
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     ModalityWorklistInformationFind,
@@ -28,7 +30,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from sqlalchemy.exc import OperationalError
 
 from dicom_node.db.engine import Database
-from dicom_node.domain.query import InvalidQuery, Level, UnsupportedQuery
+from dicom_node.domain.query import InvalidQuery, Level, UnprocessableQuery, UnsupportedQuery
 from dicom_node.metrics import observe_find
 from dicom_node.scp import status
 from dicom_node.services.query import query_index, record_query
@@ -54,6 +56,7 @@ GET_MODELS = {
 MODEL_LEVELS = {**FIND_MODELS, **MOVE_MODELS, **GET_MODELS}
 WORKLIST_MODEL = str(ModalityWorklistInformationFind)
 _NOT_KEYS = {"QueryRetrieveLevel", "SpecificCharacterSet"}
+_NUMBER_STRING_VRS = {"IS", "DS"}
 _UTF8 = "ISO_IR 192"
 # a peer that stops reading is the network timeout's business, not this loop's
 SEND_WAIT_SECONDS = 5.0
@@ -66,10 +69,19 @@ Response = tuple[int | Dataset, Dataset | None]
 
 
 class FindHandler:
-    def __init__(self, db: Database, *, max_matches: int, worklist_by_calling_ae: bool) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        max_matches: int,
+        worklist_by_calling_ae: bool,
+        max_list_values: int,
+    ) -> None:
         self._db = db
         self._max_matches = max_matches
         self._worklist_by_calling_ae = worklist_by_calling_ae
+        # values one key may list (settings.max_query_list_values)
+        self._max_list_values = max_list_values
 
     def handle_find(self, event: Event) -> Iterator[Response]:
         # the query level is known once the identifier is decoded; until then (and
@@ -103,6 +115,7 @@ class FindHandler:
                 actor=requestor.ae_title,
                 source_address=address,
                 station_ae_title=requestor.ae_title if self._worklist_by_calling_ae else None,
+                max_list_values=self._max_list_values,
             )
         except Exception as exc:
             yield self._refusal(
@@ -135,12 +148,14 @@ class FindHandler:
                 actor=requestor.ae_title,
                 source_address=address,
                 sequences=sequences,
+                max_list_values=self._max_list_values,
             )
         except Exception as exc:
             yield self._refusal(exc, "C-FIND", requestor.ae_title, address, audit=not audited)
             return
         # private tags are never matched or answered: the peer is warned (FF01)
-        private = any(not element.keyword for element in identifier)
+        # (tags, not elements: reading an element converts its value)
+        private = any(not keyword_for_tag(tag) for tag in identifier.keys())  # noqa: SIM118
         yield from self._stream(
             event,
             (_response(level, keys, match) for match in result.matches),
@@ -178,12 +193,18 @@ class FindHandler:
     def _refusal(
         self, exc: Exception, what: str, actor: str, address: str, *, audit: bool
     ) -> Response:
-        """The failure status for what went wrong (PS3.4 C.4.1.1.4); refusals that
-        never reached the audited service are audited here."""
+        """The failure status for what went wrong (PS3.4 C.4.1.1.4), with one log
+        line; only a fault of the node's own gets a traceback. Refusals that never
+        reached the audited service are audited here."""
         if isinstance(exc, UnsupportedQuery):
             log.warning("%s from %s not supported: %s", what, actor, exc)
             code, comment = status.UNABLE_TO_PROCESS, str(exc)
-        elif isinstance(exc, InvalidQuery | ValueError | KeyError | TypeError | AttributeError):
+        elif isinstance(exc, InvalidQuery):
+            log.warning("%s from %s refused: %s", what, actor, exc)
+            code, comment = refusal_code(exc), str(exc)
+        elif isinstance(exc, ValueError | ArithmeticError | KeyError | TypeError | AttributeError):
+            # what pydicom raises on an undecodable value (a DS of 400 digits
+            # overflows a float): the peer's fault, not worth a traceback
             log.warning("%s from %s refused: %s", what, actor, reason(exc))
             code, comment = status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, reason(exc)
         elif isinstance(exc, OperationalError):
@@ -245,10 +266,16 @@ def identifier_keys(
     values is refused (the caller cannot match it, and ignoring it silently
     would answer entities that do not match)."""
     keys: dict[str, str | None] = {}
-    for element in identifier:
-        keyword = element.keyword
+    # tags, not elements: iterating a Dataset converts every value first
+    for tag in identifier.keys():  # noqa: SIM118
+        keyword = keyword_for_tag(tag)
         if not keyword or keyword in _NOT_KEYS:
             continue  # private or unknown tags: never matched, never answered
+        number = _number_string(identifier, tag, keyword)
+        if number is not None:
+            keys[keyword] = number
+            continue
+        element = identifier[tag]
         value = element.value
         if element.VR == "SQ":
             items = list(value or [])
@@ -265,6 +292,21 @@ def identifier_keys(
         else:
             keys[keyword] = "" if value is None else str(value)
     return keys
+
+
+def _number_string(identifier: Dataset, tag: BaseTag, keyword: str) -> str | None:
+    """An IS or DS value as the peer sent it (PS3.5 6.2: ASCII digits), read from
+    its bytes: pydicom's own conversion turns a 20-digit IS into a float (its
+    digits lost) and one of 400 digits into an OverflowError. The query parser
+    judges the text (parse_match: not an integer, or out of range). None for
+    any other element, or one pydicom has already converted."""
+    if dictionary_VR(keyword) not in _NUMBER_STRING_VRS:
+        return None
+    raw = identifier.get_item(tag)
+    if not isinstance(raw, RawDataElement):
+        return None
+    value = raw.value if isinstance(raw.value, bytes) else b""
+    return value.decode("ascii", "replace").strip(" \x00")
 
 
 def _carries_values(item: Dataset) -> bool:
@@ -376,3 +418,15 @@ def failure(code: int, comment: str) -> Response:
 
 def reason(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, InvalidQuery) else "identifier cannot be decoded"
+
+
+def refusal_code(exc: InvalidQuery) -> int:
+    """The failure status for a refused identifier, for C-FIND, C-MOVE and C-GET
+    alike (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4): 0xC000 Unable to process when
+    the node declines what it was asked (UnprocessableQuery: an integer beyond
+    its VR's range, more values than max_query_list_values), 0xA900 Identifier
+    does not match SOP Class when the identifier breaks the information model's
+    rules (a malformed value, a wildcard in a retrieve's unique key)."""
+    if isinstance(exc, UnprocessableQuery):
+        return status.UNABLE_TO_PROCESS
+    return status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS

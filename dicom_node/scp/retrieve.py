@@ -30,7 +30,7 @@ from dicom_node.db.engine import Database
 from dicom_node.domain.aetitle import Peer
 from dicom_node.domain.query import InvalidQuery, Level, UnsupportedQuery
 from dicom_node.scp import status
-from dicom_node.scp.find import failure, identifier_keys, parse_level, reason
+from dicom_node.scp.find import failure, identifier_keys, parse_level, reason, refusal_code
 from dicom_node.scp.outgoing import PeerConnector
 from dicom_node.services.retrieve import RetrieveItem, instances_to_retrieve, record_export
 from dicom_node.storage import FileStore
@@ -45,8 +45,15 @@ UNABLE_TO_PERFORM_SUB_OPERATIONS = 0xA702
 
 class RetrieveHandler:
     def __init__(
-        self, db: Database, store: FileStore, peers: dict[str, Peer], *, connector: PeerConnector
+        self,
+        db: Database,
+        store: FileStore,
+        peers: dict[str, Peer],
+        *,
+        connector: PeerConnector,
+        max_list_values: int | None = None,
     ) -> None:
+        self._max_list_values = max_list_values  # settings.max_query_list_values
         self._db = db
         self._store = store
         self._peers = peers
@@ -68,7 +75,7 @@ class RetrieveHandler:
         except InvalidQuery as exc:
             log.warning("C-MOVE from %s refused: %s", requestor.ae_title, exc)
             self._audit(event, destination, None, {}, Counter(), [], str(exc))
-            yield from _final_only(1, failure(status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc)))
+            yield from _final_only(1, failure(refusal_code(exc), str(exc)))
             return
         if items and not _listening(peer, timeout=event.assoc.ae.connection_timeout):
             # A known peer that does not answer: PS3.4 C.4.2.1.4 wants every
@@ -114,7 +121,7 @@ class RetrieveHandler:
             log.warning("C-GET from %s refused: %s", requestor.ae_title, exc)
             self._audit(event, requestor.ae_title, None, {}, Counter(), [], str(exc))
             yield 1
-            yield failure(status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc))
+            yield failure(refusal_code(exc), str(exc))
             return
         yield len(items)
         yield from self._sub_operations(event, items, level, keys, requestor.ae_title)
@@ -133,7 +140,10 @@ class RetrieveHandler:
             raise InvalidQuery(str(exc)) from None
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InvalidQuery(reason(exc)) from None
-        return level, keys, instances_to_retrieve(self._db, level=level, keys=keys)
+        items = instances_to_retrieve(
+            self._db, level=level, keys=keys, max_list_values=self._max_list_values
+        )
+        return level, keys, items
 
     def _sub_operations(
         self,

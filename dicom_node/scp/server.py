@@ -407,6 +407,7 @@ class DicomServer:
             db,
             max_matches=settings.max_find_matches,
             worklist_by_calling_ae=settings.worklist_by_calling_ae,
+            max_list_values=settings.max_query_list_values,
         )
         self._commitment_handler = CommitmentHandler(
             db,
@@ -423,6 +424,7 @@ class DicomServer:
             store,
             dict(settings.peers),
             connector=self._connector,
+            max_list_values=settings.max_query_list_values,
         )
         self._server: NodeAssociationServer | None = None  # the plain DICOM port
         self._secure: NodeAssociationServer | None = None  # the DICOM TLS port

@@ -1,8 +1,11 @@
 """What a C-MOVE or C-GET asks for: the stored instances its unique keys name.
 
 Retrieval identifiers carry unique keys only (PS3.4 C.4.2.2.1): PatientID,
-StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID (UIDs may be lists). The
-list is read in one transaction that ends before any instance is sent.
+StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID. Each is matched by single
+value matching, and the key of the retrieve's own level below PATIENT by a list
+of UIDs too; never by wildcards, ranges or universal matching (see
+``retrieve_match``). The list is read in one transaction that ends before any
+instance is sent.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from dicom_node.domain.query import (
     InvalidQuery,
     Level,
     Match,
-    Universal,
-    Wildcard,
+    Single,
+    UidList,
+    check_value_count,
     parse_match,
 )
 from dicom_node.services.audit import record_audit_event
@@ -47,27 +51,36 @@ class RetrieveItem:
 
 
 def instances_to_retrieve(
-    db: Database, *, level: Level, keys: Mapping[str, str | None]
+    db: Database,
+    *,
+    level: Level,
+    keys: Mapping[str, str | None],
+    max_list_values: int | None = None,
 ) -> list[RetrieveItem]:
     """Raises InvalidQuery when the identifier lacks the level's unique key or
-    puts a wildcard in one. Other keys (not unique keys of this level or above)
-    are ignored: PS3.4 leaves them out of a retrieve, and guessing from them could
-    send more or less than asked."""
+    gives one a value a retrieve does not allow (``retrieve_match``), and
+    UnprocessableQuery for a UID list longer than ``max_list_values``. Other keys
+    (not unique keys of this level or above) are ignored: PS3.4 leaves them out
+    of a retrieve, and guessing from them could send more or less than asked."""
     parsed: dict[str, Match] = {}
     depth = LEVEL_ORDER.index(level)
     allowed = dict(UNIQUE_KEYS[upper] for upper in LEVEL_ORDER[: depth + 1])
     allowed["IssuerOfPatientID"] = "LO"  # narrows a PatientID shared by two issuers
+    own_key = UNIQUE_KEYS[level][0]
     for keyword, raw in keys.items():
         if keyword not in allowed:
             continue  # not a unique key: PS3.4 says it is not there; ignore, never match
-        match = parse_match(allowed[keyword], raw, keyword=keyword)
-        if isinstance(match, Wildcard):
-            raise InvalidQuery(f"{keyword}: no wildcards in a retrieve")
-        if not isinstance(match, Universal):
+        match = retrieve_match(
+            allowed[keyword],
+            raw,
+            keyword=keyword,
+            list_allowed=keyword == own_key and level is not Level.PATIENT,
+            max_list_values=max_list_values,
+        )
+        if match is not None:
             parsed[keyword] = match
-    required = UNIQUE_KEYS[level][0]
-    if required not in parsed:
-        raise InvalidQuery(f"a {level} retrieve needs {required}")
+    if own_key not in parsed:
+        raise InvalidQuery(f"a {level} retrieve needs {own_key}")
     columns = cast(
         list[ColumnElement[Any]],
         [
@@ -81,6 +94,46 @@ def instances_to_retrieve(
     with db.read() as session:
         rows = session.execute(statement).all()
     return [RetrieveItem(*row) for row in rows]
+
+
+def retrieve_match(
+    vr: str,
+    raw: str | None,
+    *,
+    keyword: str,
+    list_allowed: bool,
+    max_list_values: int | None = None,
+) -> Single | UidList | None:
+    """The match one unique key of a C-MOVE or C-GET asks for; None when it is
+    absent or empty (then it selects nothing: the caller insists on the level's
+    own key; an empty key above the level is what relational retrieve sends).
+
+    PS3.4 C.4.2.2.1 (C-GET: C.4.3.2.1) allows single value matching on every
+    unique key, and a list of UIDs on the key of the retrieve level for STUDY,
+    SERIES and IMAGE; PatientID is always one value. So ``*`` and ``?`` are
+    refused anywhere in a value (they are wildcards, never single values: PS3.4
+    C.2.2.2.1), in every value of a list, and so is a list where one value is
+    allowed (``NOPE\\?*`` once reached every patient's images through the
+    C-FIND list rules). A UI value is checked as a UID, so no wildcard, range
+    or list separator can hide in one.
+    """
+    value = (raw or "").strip(" \x00")
+    if not value:
+        return None
+    if max_list_values is not None:
+        check_value_count(keyword, value, max_list_values)
+    if vr != "UI":
+        if "*" in value or "?" in value:
+            raise InvalidQuery(f"{keyword}: no wildcards in a retrieve")
+        if "\\" in value:
+            raise InvalidQuery(f"{keyword}: one value in a retrieve")
+        return Single(value)
+    match = parse_match(vr, value, keyword=keyword)  # every UID checked, lists split
+    if isinstance(match, UidList) and not list_allowed:
+        raise InvalidQuery(f"{keyword}: one UID here, not a list")
+    if not isinstance(match, Single | UidList):
+        raise InvalidQuery(f"{keyword}: a UID or a list of UIDs")  # unreachable for UI
+    return match
 
 
 def record_export(

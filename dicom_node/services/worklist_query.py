@@ -56,14 +56,18 @@ def find_scheduled_steps(
     actor: str,
     source_address: str | None = None,
     station_ae_title: str | None = None,
+    max_list_values: int | None = None,
 ) -> WorklistResult:
     """``station_ae_title``: when given and the query leaves ScheduledStationAETitle
-    empty, only that station's steps (for modalities that do not fill it in)."""
+    empty, only that station's steps (for modalities that do not fill it in).
+    A key listing more than ``max_list_values`` values is refused
+    (UnprocessableQuery), like an integer out of range."""
     failure: str | None = "query failed"
     try:
         unsupported: list[str] = []
-        top_matches = _parse(top, TOP_LEVEL.keys() | COMPUTED_TOP, unsupported)
-        step_matches = _parse(step, STEP.keys() | COMPUTED_STEP, unsupported)
+        known_top, known_step = TOP_LEVEL.keys() | COMPUTED_TOP, STEP.keys() | COMPUTED_STEP
+        top_matches = _parse(top, known_top, unsupported, max_list_values)
+        step_matches = _parse(step, known_step, unsupported, max_list_values)
         station = step_matches.get("ScheduledStationAETitle", Universal())
         if station_ae_title and isinstance(station, Universal):
             step_matches["ScheduledStationAETitle"] = Single(station_ae_title)
@@ -105,14 +109,19 @@ def find_scheduled_steps(
 
 
 def _parse(
-    keys: Mapping[str, str | None], known: set[str], unsupported: list[str]
+    keys: Mapping[str, str | None],
+    known: set[str],
+    unsupported: list[str],
+    max_list_values: int | None,
 ) -> dict[str, Match]:
     parsed: dict[str, Match] = {}
     for keyword, raw in keys.items():
         if keyword not in known:
             unsupported.append(keyword)
             continue
-        parsed[keyword] = parse_match(dictionary_VR(keyword), raw, keyword=keyword)
+        parsed[keyword] = parse_match(
+            dictionary_VR(keyword), raw, keyword=keyword, max_values=max_list_values
+        )
     return parsed
 
 
