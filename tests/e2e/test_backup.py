@@ -222,6 +222,13 @@ def test_backup_during_ingest_restores_every_acknowledged_instance_order_report_
         data_dir=str(restored_dir),
     )
     assert restore.returncode == 0, restore.stderr
+    # the audit trail written while the backup ran: its chain restored whole, up
+    # to the head the manifest recorded
+    head = json.loads((tmp_path / "backup" / "manifest.json").read_text())["audit_head"]
+    assert f"audit trail: recorded head {head['id']}:{head['sha256']} still holds" in (
+        restore.stdout
+    )
+    assert "audit trail: hash chain intact" in restore.stdout
     # the restored store checked in-process (`verify` has its own CLI tests)
     verify = _verify(empty_db_url, restored_dir)
     assert verify.ok, verify.describe()
