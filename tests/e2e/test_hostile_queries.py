@@ -22,6 +22,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
+    ModalityWorklistInformationFind,
     MRImageStorage,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
@@ -34,6 +35,7 @@ from sqlalchemy import select
 from dicom_node.db.models import AuditEvent, DicomInstance, DicomSeries, DicomStudy
 from dicom_node.domain.part10 import dataset_offset
 from dicom_node.node import Node
+from dicom_node.services.demo import load_demo
 from dicom_node.services.importing import import_files, iter_files
 from dicom_node.services.ingest import IngestPolicy
 from tests.dicomfiles import ct_dataset
@@ -441,3 +443,41 @@ def test_c_store_with_out_of_range_integers_is_stored_as_sent_and_indexed_as_unk
         node.dicom_port, _identifier("IMAGE", StudyInstanceUID=study, InstanceNumber="")
     )
     assert [code for code, _ in answers] == [0xFF00] * 3 + [0x0000]
+
+
+def _worklist(port: int, identifier: Dataset) -> list[tuple[int, Dataset | None]]:
+    model = ModalityWorklistInformationFind
+    ae = AE(ae_title="HOSTILE")
+    ae.add_requested_context(model)
+    assoc = ae.associate("127.0.0.1", port, ae_title=CALLED)
+    assert assoc.is_established
+    try:
+        return [(int(s.Status), i) for s, i in assoc.send_c_find(identifier, model) if s]
+    finally:
+        assoc.release()
+
+
+def test_worklist_lists_work_up_to_the_limit_and_are_refused_with_c000_beyond(
+    make_node: Any,
+) -> None:
+    node: Node = make_node()
+    assert node.db is not None
+    with node.db.unit_of_work() as session:
+        load_demo(session, password="demo-password-1", actor="test")
+    everything = Dataset()
+    everything.PatientName = ""
+    everything.AccessionNumber = ""
+    steps = [answer for _, answer in _worklist(node.dicom_port, everything) if answer]
+    assert len(steps) >= 2
+    wanted = {str(steps[0].PatientName), str(steps[-1].PatientName)}
+    expected = sorted(str(s.AccessionNumber) for s in steps if str(s.PatientName) in wanted)
+
+    listed = Dataset()
+    listed.PatientName = _names(1000, *(name.lower() for name in wanted))
+    listed.AccessionNumber = ""
+    found = [answer for _, answer in _worklist(node.dicom_port, listed) if answer]
+    assert sorted(str(s.AccessionNumber) for s in found) == expected
+
+    listed.PatientName = _names(1001, *wanted)
+    ((code, _),) = _worklist(node.dicom_port, listed)
+    assert code == 0xC000
