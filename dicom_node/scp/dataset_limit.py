@@ -124,9 +124,8 @@ class ReceivedDataset:
         self._file = None
 
     def discard(self) -> None:
+        """Close and remove the file (a no-op for one the ingest renamed into place)."""
         self._drop(None)
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
 
     def _drop(self, error: OSError | None) -> None:
         if error is not None and self.error is None:
