@@ -326,6 +326,12 @@ class Settings(BaseSettings):
             raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
         return value
 
+    @model_validator(mode="after")
+    def _owner_needs_postgresql(self) -> Settings:
+        if self.database_owner_url and not self.database_url.startswith("postgresql"):
+            raise ValueError("database_owner_url goes with a PostgreSQL database_url")
+        return self
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
