@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,7 +24,13 @@ from pydantic_settings import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from dicom_node.domain.aetitle import Peer, parse_peer, parse_peer_list, validate_ae_title
+from dicom_node.domain.aetitle import (
+    Peer,
+    parse_peer,
+    parse_peer_list,
+    peer_from_table,
+    validate_ae_title,
+)
 from dicom_node.domain.errors import InvalidValue
 from dicom_node.domain.matching import SlaPolicy
 
@@ -291,7 +298,7 @@ class Settings(BaseSettings):
                 # process hands its DICOM workers): taken as they are
                 address
                 if isinstance(address, Peer)
-                else Peer(**address)
+                else _as_value_error(partial(peer_from_table, ae), address)
                 if isinstance(address, dict)
                 else _as_value_error(parse_peer, f"{ae}@{address}")
                 for ae, address in value.items()
