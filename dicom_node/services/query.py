@@ -237,9 +237,31 @@ def record_query(
                 source_address=source_address,
                 target_class=level,
                 reason=failure,
-                details={"keys": {k: v for k, v in keys.items() if v}, "level": level},
+                details={"keys": audited_keys(keys), "level": level},
             ),
         )
+
+
+# A peer's identifier may be as large as max_dataset_bytes: the audit trail keeps
+# the keys asked, bounded, so one query cannot write megabytes into it. 64 Ki
+# characters hold a full 1,000-UID list (max_query_list_values' default).
+AUDITED_VALUE_CHARS = 65_536
+AUDITED_KEYS = 256
+
+
+def audited_keys(keys: Mapping[str, str | None]) -> dict[str, str]:
+    """The non-empty keys of a query or retrieve as the audit trail records
+    them: at most AUDITED_KEYS keys, each value cut at AUDITED_VALUE_CHARS with
+    its full length said (the node refuses such a query anyway)."""
+    recorded: dict[str, str] = {}
+    given = [(keyword, value) for keyword, value in keys.items() if value]
+    for keyword, value in given[:AUDITED_KEYS]:
+        if len(value) > AUDITED_VALUE_CHARS:
+            value = f"{value[:AUDITED_VALUE_CHARS]}... ({len(value)} characters)"
+        recorded[keyword] = value
+    if len(given) > AUDITED_KEYS:
+        recorded["..."] = f"{len(given) - AUDITED_KEYS} more keys"
+    return recorded
 
 
 def _flattened(sequences: SequenceKeys | None) -> dict[str, str | None]:

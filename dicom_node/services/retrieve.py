@@ -31,7 +31,9 @@ from dicom_node.domain.query import (
     check_value_count,
     parse_match,
 )
+from dicom_node.domain.uids import is_valid_uid
 from dicom_node.services.audit import record_audit_event
+from dicom_node.services.query import audited_keys
 
 # the unique key each level needs, and its VR
 UNIQUE_KEYS = {
@@ -161,12 +163,20 @@ def record_export(
                 source_address=source_address,
                 target_class=level.value if level is not None else None,
                 reason=refused,
-                study_instance_uid=keys.get("StudyInstanceUID") or None,
+                study_instance_uid=_one_study(keys),
                 details={
                     "destination": destination,
-                    "keys": {k: v for k, v in keys.items() if v},
+                    "keys": audited_keys(keys),
                     "counts": dict(counts),
                     "failed_sop_instance_uids": failed[:100],
                 },
             ),
         )
+
+
+def _one_study(keys: Mapping[str, str | None]) -> str | None:
+    """The study the event is about: its UID when the retrieve named one. A UID
+    list is in the details only (it does not fit the 64-character column: the
+    whole Export event failed on PostgreSQL for a C-MOVE of two studies)."""
+    value = (keys.get("StudyInstanceUID") or "").strip(" \x00")
+    return value if value and is_valid_uid(value) else None

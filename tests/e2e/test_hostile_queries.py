@@ -315,6 +315,9 @@ def test_a_uid_list_is_retrieved_up_to_the_limit_and_refused_with_c000_beyond(
     )
     assert statuses[-1] == 0x0000
     assert len(received) == studies[first] + studies[second]
+    (export,) = _exports(node)  # audited, the list in the details
+    assert export.details["keys"]["StudyInstanceUID"] == f"{first}\\{second}"
+    assert export.details["counts"]["offered"] == len(received)
 
     three = _identifier("STUDY", StudyInstanceUID=f"{first}\\{second}\\{third}")
     assert _c_get(node, three, STUDY_GET) == ([0xC000], [])

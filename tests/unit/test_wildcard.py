@@ -1,5 +1,7 @@
-"""DICOM wildcard matching (PS3.4 C.2.2.2.4) without backtracking, and the limits
-on query values (issue 13, findings 1 and 8): pure code, no database."""
+"""DICOM wildcard matching (PS3.4 C.2.2.2.4) without backtracking, the limits on
+query values, the values a retrieve's unique keys allow and the bounds on the
+keys the audit trail records (issue 13, findings 1, 3 and 8): pure code, no
+database (one in-memory SQLite as a LIKE reference)."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from dicom_node.domain.query import (
     value_matches,
     wildcard_matches,
 )
+from dicom_node.services.query import AUDITED_KEYS, AUDITED_VALUE_CHARS, audited_keys
 from dicom_node.services.retrieve import retrieve_match
 
 
@@ -226,3 +229,17 @@ def test_retrieve_keys_that_are_allowed() -> None:
             "UI", f"{UID1}\\{UID2}", keyword="StudyInstanceUID", list_allowed=True,
             max_list_values=1,
         )  # fmt: skip
+
+
+def test_the_audit_trail_keeps_the_keys_asked_bounded() -> None:
+    uids = "\\".join(f"1.2.840.10008.{i}" for i in range(1000))
+    huge = "A" * (AUDITED_VALUE_CHARS + 10)
+    many = {f"Key{i}": "x" for i in range(AUDITED_KEYS + 5)}
+    assert audited_keys({"StudyInstanceUID": uids, "PatientID": "", "X": None}) == {
+        "StudyInstanceUID": uids  # a whole 1,000-UID list is kept
+    }
+    recorded = audited_keys({"PatientName": huge})["PatientName"]
+    assert recorded.endswith(f"... ({len(huge)} characters)")
+    assert len(recorded) < AUDITED_VALUE_CHARS + 40
+    bounded = audited_keys(many)
+    assert len(bounded) == AUDITED_KEYS + 1 and bounded["..."] == "5 more keys"
