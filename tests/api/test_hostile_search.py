@@ -114,3 +114,13 @@ def test_a_list_beyond_the_limit_is_422(api: ApiServer, studies: dict[str, str])
         "PatientName",
         f"PatientName: more than {LIMIT} values",
     )
+
+
+@pytest.mark.timeout(120)
+def test_a_hostile_wildcard_pattern_is_answered(api: ApiServer, studies: dict[str, str]) -> None:
+    client = api.client("radiologist")
+    cases = [("PatientName", "*D?" * 300 + "Z", 0), ("PatientID", "*" * 1000 + "P?", 3)]
+    for keyword, pattern, total in cases:
+        response = client.get("/api/studies", params={keyword: pattern})
+        assert response.status_code == 200, response.text
+        assert response.json()["total"] == total
