@@ -45,6 +45,7 @@ from dicom_node.db.models import DicomInstance, DicomStudy
 from dicom_node.domain.part10 import dataset_offset
 from dicom_node.node import Node
 from dicom_node.scp.polling import open_associations
+from dicom_node.scp.server import DicomServer
 from dicom_node.storage import FileStore
 from tests.conftest import node_settings
 from tests.dicomfiles import CT_IMAGE_STORAGE, ct_dataset, to_bytes
@@ -487,6 +488,11 @@ def quick_node(tmp_path: Path, sqlite_template: Path) -> Iterator[Node]:
         node.stop()
 
 
+def _server(node: Node) -> DicomServer:
+    assert isinstance(node.dicom, DicomServer)
+    return node.dicom
+
+
 class Stall:
     """A peer that stops talking, and when the node hung up on it."""
 
@@ -709,39 +715,90 @@ def test_a_peer_trickling_an_associate_request_is_cut_off_by_the_acse_timeout(
         stall.close()
 
 
-@pytest.mark.parametrize(
-    "kind",
-    ["silent-tcp", "partial-associate-rq"],
-)
-def test_stalled_peers_filling_every_slot_are_reaped_and_the_slots_freed(
+@pytest.mark.parametrize("kind", ["silent-association", "mid-c-store", "mid-pdu"])
+def test_stalled_associations_filling_every_slot_are_reaped_and_the_slots_freed(
     quick_node: Node, kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A negotiated association holds its slot (max_associations) until it ends:
+    peers that go quiet once associated, even in the middle of a C-STORE or of
+    one of its PDUs (where only the reaper can end pynetdicom's read), fill every
+    slot until the network timeout cuts them, and then every slot is free."""
     caplog.set_level(logging.INFO)
-    port = quick_node.dicom_port
+    port, server = quick_node.dicom_port, _server(quick_node)
     stalls: list[Stall] = []
+    held: list[Association] = []
     try:
         for _ in range(MAX_ASSOCIATIONS):
             stalls.append(STALLS[kind](port))
-        assert wait_for(
-            lambda: quick_node.dicom.active_associations() == MAX_ASSOCIATIONS,  # type: ignore[union-attr]
-            timeout=5,
-        )
-        # pynetdicom refuses one more: A-ASSOCIATE-RJ transient, service provider
+        assert wait_for(lambda: server.gate.negotiated() == MAX_ASSOCIATIONS, timeout=5)
+        # one more is refused: A-ASSOCIATE-RJ transient, service provider
         # (presentation), local limit exceeded (PS3.8 9.3.4); the modality retries
         refused = _client().associate("127.0.0.1", port, ae_title="DICOM_NODE")
-        assert refused.is_rejected
+        assert refused.is_rejected, "a stalled association did not hold its slot"
         answer = refused.acceptor.primitive
         assert answer is not None
         assert (answer.result, answer.result_source, answer.diagnostic) == (0x02, 0x03, 0x02)
-        # the stalled ones are dropped by the ACSE timeout: the slots are free again
+        assert all(stall.is_open() for stall in stalls), "refused only once a slot was freed"
+        # the node cuts each stalled one at the network timeout, not before
         for stall in stalls:
-            assert stall.wait_closed(timeout=ACSE_TIMEOUT + MARGIN) is not None
-        assert _not_blocked(port, generate_uid()) < PROMPT_SECONDS
+            closed_after = stall.wait_closed(timeout=NETWORK_TIMEOUT + MARGIN)
+            assert closed_after is not None, "the node never hung up on a stalled association"
+            assert closed_after >= NETWORK_TIMEOUT * 0.8
+        assert wait_for(lambda: server.active_associations() == 0, timeout=2)
+        assert server.gate.negotiated() == 0
+        # every slot is free again, not just one: the limit's worth at once
+        for _ in range(MAX_ASSOCIATIONS):
+            held.append(_associate(port))
+        assert all(assoc.send_c_echo().Status == SUCCESS for assoc in held)
     finally:
+        for assoc in held:
+            assoc.release()
         for stall in stalls:
             stall.close()
     messages = [r.getMessage() for r in caplog.records if r.name.startswith("dicom_node")]
     assert any("too many associations" in m for m in messages), messages
+
+
+@pytest.mark.parametrize("kind", ["silent-tcp", "partial-associate-rq"])
+def test_stalled_connections_before_their_request_take_no_slot_and_are_cut_at_its_deadline(
+    quick_node: Node, kind: str
+) -> None:
+    """A connection that has not sent its whole A-ASSOCIATE-RQ is pending, not an
+    association: the limit's worth of them (silent, or stopped inside the request)
+    leaves every slot to real peers at once, and each is cut when its request is
+    overdue (association_request_timeout_seconds, or the ACSE timeout if shorter),
+    its pending place and thread freed. tests/e2e/test_connection_limits.py covers
+    the pending limits themselves and the log line of one such connection."""
+    port, server = quick_node.dicom_port, _server(quick_node)
+    settings = quick_node.settings
+    deadline = min(settings.association_request_timeout_seconds, settings.acse_timeout_seconds)
+    stalls: list[Stall] = []
+    held: list[Association] = []
+    try:
+        for _ in range(MAX_ASSOCIATIONS):
+            stalls.append(STALLS[kind](port))
+        assert wait_for(lambda: server.gate.pending() == MAX_ASSOCIATIONS, timeout=5)
+        # every slot, while every stalled connection is still there
+        for _ in range(MAX_ASSOCIATIONS):
+            held.append(_associate(port))
+        assert all(assoc.send_c_echo().Status == SUCCESS for assoc in held)
+        assert server.gate.negotiated() == MAX_ASSOCIATIONS
+        assert all(stall.is_open() for stall in stalls), "accepted only once a stall was cut"
+        # released before the node's network timeout would end them too
+        while held:
+            held.pop().release()
+        for stall in stalls:
+            closed_after = stall.wait_closed(timeout=deadline + MARGIN)
+            assert closed_after is not None, "a stalled connection outlived its request deadline"
+            assert closed_after >= deadline * 0.8
+        assert wait_for(lambda: server.active_associations() == 0, timeout=2)
+        assert server.gate.pending() == 0
+    finally:
+        for assoc in held:
+            assoc.release()
+        for stall in stalls:
+            stall.close()
+    assert _not_blocked(port, generate_uid()) < PROMPT_SECONDS
 
 
 def test_the_node_stops_within_its_grace_period_while_peers_are_stalled(
