@@ -3,7 +3,11 @@
 Any ORM flush that creates or modifies an order, study, worklist item or report
 queues one entry per object (``after_flush``); just before the transaction
 commits the entries are inserted into ``change_log`` (``before_commit``). So a
-committed change always has its entry, and a rolled-back one never does.
+committed change always has its entry, and a rolled-back one never does. That
+holds for savepoints (``session.begin_nested()``) too, as for the audit events
+(``services/audit.py``): a savepoint that rolls back drops the entries recorded
+inside it and keeps those recorded before it (their changes still commit); a
+savepoint's release is no COMMIT and writes nothing.
 
 Feed order must be commit order, or a client paging with ``since=N`` could skip
 an entry that committed late with a lower number. SQLite has one writer at a
@@ -27,7 +31,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import event, insert, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from dicom_node.db.models import (
     ChangeLogEntry,
@@ -39,6 +43,7 @@ from dicom_node.db.models import (
 from dicom_node.db.types import utcnow
 
 _PENDING = "dicom_node.pending_changes"
+_SAVEPOINT_MARKS = "dicom_node.pending_changes_savepoints"
 # arbitrary but fixed: the advisory lock key of the change feed
 FEED_LOCK_KEY = 7_406_001
 # the LISTEN/NOTIFY channel announcing new entries (payload: the highest new seq)
@@ -131,15 +136,47 @@ def _collect(session: Session, _context: Any) -> None:
 
 @event.listens_for(Session, "before_commit")
 def _write(session: Session) -> None:
+    # SQLAlchemy fires this for a savepoint's release too: that is no COMMIT
+    # (the entries could still roll back with an enclosing savepoint, and on
+    # PostgreSQL the feed lock would be held from here on, taken before the
+    # audit chain's: see the lock order in services/audit.py)
+    if session.in_nested_transaction():
+        return
     session.flush()
     pending: list[dict[str, Any]] = session.info.pop(_PENDING, [])
     if pending:
         _insert(session, pending)
 
 
-@event.listens_for(Session, "after_rollback")
-def _forget(session: Session) -> None:
-    session.info.pop(_PENDING, None)
+# A rollback forgets the entries recorded in what it rolls back: the whole
+# transaction, or a savepoint and what was recorded inside it. (after_rollback
+# is not used: it fires for a savepoint's rollback too, and would drop the
+# entries of changes made before the savepoint, which still commit.)
+@event.listens_for(Session, "after_transaction_create")
+def _mark_savepoint(session: Session, transaction: SessionTransaction) -> None:
+    # begin_nested() flushed before this: the mark follows the entries of
+    # everything done before the savepoint
+    if transaction.nested:
+        marks = session.info.setdefault(_SAVEPOINT_MARKS, {})
+        marks[id(transaction)] = len(session.info.get(_PENDING, ()))
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget(session: Session, previous_transaction: SessionTransaction) -> None:
+    marks = session.info.get(_SAVEPOINT_MARKS, {})
+    if previous_transaction.nested:
+        mark = marks.pop(id(previous_transaction), None)
+        if mark is not None and _PENDING in session.info:
+            del session.info[_PENDING][mark:]
+    elif previous_transaction.parent is None:
+        session.info.pop(_PENDING, None)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _drop_marks(session: Session, transaction: SessionTransaction) -> None:
+    # (fires before after_soft_rollback: a savepoint's mark stays until then)
+    if transaction.parent is None:
+        session.info.pop(_SAVEPOINT_MARKS, None)
 
 
 def record_change(
