@@ -58,8 +58,11 @@ from dicom_node.services.worklist import close_items
 # --------------------------------------------------------------------------- search
 
 
-# longer values are refused: SQLite refuses LIKE patterns beyond 50,000 bytes
-MAX_KEY_LENGTH = 1024
+# A whole key (a backslash-separated list) longer than this is refused. Each value
+# of it is held to domain.query.MAX_VALUE_CHARS by the parser (SQLite refuses LIKE
+# patterns beyond 50,000 bytes), and the number of values to max_query_list_values;
+# this bounds the request itself, about what uvicorn takes in a request line anyway.
+MAX_KEY_LENGTH = 16384
 
 
 class StudySort(StrEnum):
