@@ -7,6 +7,7 @@ else ``config/node.toml`` when it exists in the working directory), defaults.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from functools import partial
@@ -192,6 +193,10 @@ class Settings(BaseSettings):
     # consecutive failed sign-ins that lock an account, and for how long
     sign_in_max_failures: Annotated[int, Field(ge=1)] = 5
     sign_in_lockout_minutes: Annotated[int, Field(gt=0)] = 15
+    # Addresses of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto the API
+    # believes (uvicorn's forwarded_allow_ips); empty = none: the client address
+    # is the TCP peer's, which the lock-out and the audit trail rely on
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Live-event streams (GET /api/events) one user may hold open; more: 429
     max_event_streams_per_user: Annotated[int, Field(ge=1, le=1000)] = 4
     # Password hashes computed at once (each takes password_hash_memory_kib of
@@ -246,6 +251,19 @@ class Settings(BaseSettings):
             value = [part for part in value.split(",") if part.strip()]
         if isinstance(value, list):
             return [_as_value_error(validate_ae_title, str(item)) for item in value]
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            for item in value:
+                try:
+                    ipaddress.ip_network(str(item), strict=False)
+                except ValueError:
+                    raise ValueError(f"{item!r} is not an IP address or network") from None
         return value
 
     @field_validator("known_ae_required_for", mode="before")
