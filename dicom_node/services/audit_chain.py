@@ -251,13 +251,22 @@ def warn_if_unprotected(db: Database) -> None:
     """One log line when the database does not keep the node from changing the
     trail (``serve`` and ``verify`` call this once)."""
     gap = audit_protection_gap(db)
-    if gap is not None:
-        log.warning(
+    if gap is None:
+        return
+    if db.dialect != "postgresql":
+        # a fact of the embedded database, nothing an operator can change: said at
+        # INFO, so every start of a default install does not raise a warning
+        log.info(
             "audit trail is tamper-evident only (verify checks its hash chain), not "
-            "tamper-proof: %s; on PostgreSQL give the schema an owner role and set "
-            "database_owner_url",
+            "tamper-proof: %s; PostgreSQL with database_owner_url makes it so",
             gap,
         )
+        return
+    log.warning(
+        "audit trail is tamper-evident only (verify checks its hash chain), not "
+        "tamper-proof: %s; give the schema an owner role and set database_owner_url",
+        gap,
+    )
 
 
 def announce_audit_trail(db: Database) -> None:
