@@ -11,9 +11,10 @@ that got 2xx knows the change is durable. Reads use ``context.db.read()``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import ipaddress
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
@@ -72,4 +73,46 @@ def require(permission: Permission) -> Callable[[Principal], Awaitable[Principal
 
 
 def client_address(request: Request) -> str | None:
-    return request.client.host if request.client else None
+    """The caller's IP address, as the sign-in lock-out counts it and the audit
+    trail records it: the TCP peer's, or the one a trusted proxy put in
+    X-Forwarded-For (see ``proxy_options``). Anything that is not an IP address
+    (a proxy forwarding junk, a Unix socket) is unknown (None); an address is
+    written canonically, an IPv4-mapped IPv6 one as IPv4, without an IPv6 zone
+    (an interface name of this host, and of unbounded length), so it is at most
+    39 characters and fits the 64-character columns it is stored in."""
+    if request.client is None or not request.client.host:
+        return None
+    try:
+        ip = ipaddress.ip_address(request.client.host)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Address(ip.packed))  # drops the zone
+    return str(ip)
+
+
+def proxy_options(trusted_proxies: Iterable[str]) -> dict[str, Any]:
+    """uvicorn.Config options: believe X-Forwarded-For / X-Forwarded-Proto only
+    from ``trusted_proxies`` (Settings.trusted_proxies: addresses or networks).
+
+    uvicorn's defaults believe them from 127.0.0.1 and ::1, or from the
+    addresses in the FORWARDED_ALLOW_IPS environment variable: any local
+    process, or a proxy passing on the client's own header, would choose the
+    address the lock-out counts and the audit trail records, and turn on HSTS
+    over plain HTTP. Both are always passed, so the environment has no say.
+
+    Each entry goes as a network in canonical form (uvicorn reads ``a.b.c.d/n``
+    strictly and silently takes one with host bits set as a name that never
+    matches), and an IPv4 one also in its IPv4-mapped IPv6 form, as a
+    dual-stack listener (bind_host "::") sees IPv4 peers.
+    """
+    networks: list[str] = []
+    for entry in trusted_proxies:
+        network = ipaddress.ip_network(entry, strict=False)
+        networks.append(str(network))
+        if isinstance(network, ipaddress.IPv4Network):
+            mapped = f"::ffff:{network.network_address}/{96 + network.prefixlen}"
+            networks.append(str(ipaddress.IPv6Network(mapped)))
+    return {"proxy_headers": bool(networks), "forwarded_allow_ips": networks}

@@ -296,7 +296,7 @@ class Node:
         import uvicorn
 
         from api.app import create_app
-        from api.deps import ApiContext
+        from api.deps import ApiContext, proxy_options
 
         assert self.db is not None and self.dicom is not None and self._http_socket is not None
         dicom, scheduler = self.dicom, self._scheduler
@@ -324,6 +324,9 @@ class Node:
             lifespan="off",
             # open SSE streams must not hold up a shutdown
             timeout_graceful_shutdown=3,
+            # X-Forwarded-For only from settings.trusted_proxies (none by default),
+            # whatever uvicorn's defaults and FORWARDED_ALLOW_IPS say
+            **proxy_options(self.settings.trusted_proxies),
             **https,  # type: ignore[arg-type]
         )
         server = uvicorn.Server(config)

@@ -46,6 +46,10 @@ _SAVEPOINT_MARKS = "dicom_node.pending_audit_savepoints"
 # arbitrary but fixed: the advisory lock key of the audit chain (the change
 # feed's is 7_406_001)
 AUDIT_CHAIN_LOCK_KEY = 7_406_002
+# audit_events.source_address is String(64): a longer address must not fail the
+# INSERT (PostgreSQL refuses it), which would take down the change it audits.
+# api/deps.py hands over IP addresses only (at most 39 characters).
+_SOURCE_ADDRESS_LENGTH = 64
 
 
 def acting(principal: Principal, source_address: str | None) -> dict[str, Any]:
@@ -75,7 +79,11 @@ def record_audit_event(
             "actor": record.actor,
             "actor_user_id": record.actor_user_id,
             "actor_role": record.actor_role,
-            "source_address": record.source_address,
+            "source_address": (
+                record.source_address[:_SOURCE_ADDRESS_LENGTH]
+                if record.source_address is not None
+                else None
+            ),
             "target_class": record.target_class,
             "target_id": record.target_id,
             "patient_id": record.patient_id,

@@ -15,7 +15,7 @@ import pytest
 import uvicorn
 
 from api.app import create_app
-from api.deps import ApiContext
+from api.deps import ApiContext, proxy_options
 from dicom_node.db.engine import Database
 from dicom_node.node import bind_http_socket
 from dicom_node.services.users import create_user
@@ -82,6 +82,8 @@ def serve(db: Database, settings: Settings) -> tuple[uvicorn.Server, threading.T
         access_log=False,
         lifespan="off",
         timeout_graceful_shutdown=3,
+        # as node.py: X-Forwarded-For only from settings.trusted_proxies
+        **proxy_options(settings.trusted_proxies),
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
