@@ -32,6 +32,7 @@ matches and the number returned, never the results.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -86,7 +87,8 @@ class RepeatedListingAudit:
 
     ``due(key)`` is None while the key was audited less than ``interval`` ago
     (the call is counted), else the number of calls counted since its last
-    event (the caller writes one now).
+    event (the caller writes one now, and calls ``not_written`` if it could
+    not: the key is due again, with its count).
     """
 
     def __init__(self, interval: float = WORKLIST_AUDIT_INTERVAL) -> None:
@@ -106,3 +108,14 @@ class RepeatedListingAudit:
             while len(self._last) > _MAX_REMEMBERED:
                 self._last.popitem(last=False)
             return entry[1] if entry is not None else 0
+
+    def not_written(self, key: Hashable, repeats: int) -> None:
+        """The event ``due(key)`` asked for (with ``repeats``) was not written:
+        the key is due again at its next call, which reports ``repeats`` and
+        the calls counted meanwhile (served while the write was under way).
+        Otherwise the listings of the next ``interval`` would show patient data
+        with no event at all."""
+        with self._lock:
+            entry = self._last.get(key)
+            counted = entry[1] if entry is not None else 0
+            self._last[key] = (-math.inf, repeats + counted)

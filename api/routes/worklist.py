@@ -110,30 +110,37 @@ def list_queue(
             cache.put(key, seq, body)
     source = client_address(request)
     audit: RepeatedListingAudit = request.app.state.listing_audit
-    repeats = audit.due((user.user_id, source, key))
+    audit_key = (user.user_id, source, key)
+    repeats = audit.due(audit_key)
     if repeats is not None:
         page_counts = json.loads(body)
-        with context.db.unit_of_work() as session:
-            record_listing(
-                session,
-                principal=user,
-                action="worklist_queried",
-                target_class="WorklistItem",
-                query={
-                    "queue": query.queue.value,
-                    "status": [status.value for status in query.statuses],
-                    "assigned_to": assigned_to,
-                    "modality": query.modality,
-                    "priority": priority.value if priority else None,
-                    "overdue": overdue,
-                    "offset": offset,
-                    "limit": limit,
-                },
-                matches=int(page_counts["total"]),
-                returned=len(page_counts["items"]),
-                source_address=source,
-                repeats=repeats,
-            )
+        try:
+            with context.db.unit_of_work() as session:
+                record_listing(
+                    session,
+                    principal=user,
+                    action="worklist_queried",
+                    target_class="WorklistItem",
+                    query={
+                        "queue": query.queue.value,
+                        "status": [status.value for status in query.statuses],
+                        "assigned_to": assigned_to,
+                        "modality": query.modality,
+                        "priority": priority.value if priority else None,
+                        "overdue": overdue,
+                        "offset": offset,
+                        "limit": limit,
+                    },
+                    matches=int(page_counts["total"]),
+                    returned=len(page_counts["items"]),
+                    source_address=source,
+                    repeats=repeats,
+                )
+        except BaseException:
+            # no event, no page: the next listing must write the event (with the
+            # repeats this one would have reported), not be counted as audited
+            audit.not_written(audit_key, repeats)
+            raise
     # already validated and serialized once: sent as is
     return Response(body, media_type="application/json")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.uid import generate_uid
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from api.listing_audit import RepeatedListingAudit
 from dicom_node.db.models import AuditEvent, ImagingRequest
@@ -119,6 +119,71 @@ def test_the_polled_worklist_is_audited_once_per_interval_per_user_and_listing(
     assert events[0].event_code == "110112"
     assert events[0].details["query"]["queue"] == "reading"
     assert events[0].details["matches"] == 0
+
+
+# A real failure of the audit write: the database refuses the event's INSERT.
+_REFUSE_WORKLIST_EVENTS = {
+    "sqlite": [
+        "CREATE TRIGGER refuse_worklist_event BEFORE INSERT ON audit_events"
+        " WHEN NEW.action = 'worklist_queried'"
+        " BEGIN SELECT RAISE(ABORT, 'worklist event refused (test)'); END",
+    ],
+    "postgresql": [
+        "CREATE FUNCTION refuse_worklist_event() RETURNS trigger LANGUAGE plpgsql"
+        " AS $$ BEGIN RAISE EXCEPTION 'worklist event refused (test)'; END $$",
+        "CREATE TRIGGER refuse_worklist_event BEFORE INSERT ON audit_events FOR EACH ROW"
+        " WHEN (NEW.action = 'worklist_queried') EXECUTE FUNCTION refuse_worklist_event()",
+    ],
+}
+_ACCEPT_WORKLIST_EVENTS = {
+    "sqlite": ["DROP TRIGGER refuse_worklist_event"],
+    "postgresql": [
+        "DROP TRIGGER refuse_worklist_event ON audit_events",
+        "DROP FUNCTION refuse_worklist_event()",
+    ],
+}
+
+
+def _run(api: ApiServer, statements: dict[str, list[str]]) -> None:
+    with api.db.unit_of_work() as session:
+        for statement in statements[api.db.dialect]:
+            session.execute(text(statement))
+
+
+def test_a_worklist_listing_whose_event_was_not_written_is_audited_at_the_next(
+    api: ApiServer,
+) -> None:
+    """Before: the listing was marked audited before its event was written; when
+    the write failed (500) the repeats of the next five minutes returned patient
+    data with no event at all."""
+    reader = api.client("radiologist")
+    _run(api, _REFUSE_WORKLIST_EVENTS)
+    failed = reader.get("/api/worklist")
+    assert failed.status_code == 500
+    assert failed.json()["error"]["code"] == "internal_error"
+    assert _queries(api, "worklist_queried") == []
+    _run(api, _ACCEPT_WORKLIST_EVENTS)
+    assert reader.get("/api/worklist").status_code == 200
+    events = _queries(api, "worklist_queried")
+    assert len(events) == 1
+    # the failed request showed nothing: not a repeat
+    assert "repeats_since_last_event" not in events[0].details
+    # this one was written: repeats are counted again
+    assert reader.get("/api/worklist").status_code == 200
+    assert len(_queries(api, "worklist_queried")) == 1
+
+
+def test_a_listing_whose_event_was_not_written_is_due_again_with_its_repeats() -> None:
+    audit = RepeatedListingAudit(interval=300)
+    assert audit.due("k", now=0) == 0
+    assert audit.due("k", now=10) is None
+    assert audit.due("k", now=300) == 1  # the caller's write fails:
+    assert audit.due("k", now=301) is None  # (served while that write was under way)
+    audit.not_written("k", 1)
+    assert audit.due("k", now=302) == 2  # the poll at 10 and the one at 301
+    assert audit.due("k", now=303) is None
+    audit.not_written("new", 0)  # forgotten meanwhile (more keys than remembered)
+    assert audit.due("new", now=304) == 0
 
 
 def test_a_repeated_listing_is_due_again_after_the_interval_with_its_repeat_count() -> None:
