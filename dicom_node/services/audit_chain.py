@@ -69,14 +69,20 @@ class AuditAnchor:
 class AuditChainReport:
     rows: int
     head: AuditAnchor | None
+    # the first SHOWN_PROBLEMS problems, in id order; more_problems counts the rest
     problems: tuple[str, ...] = ()
     # the recorded head that was checked, if any, and whether it still holds
     anchor: AuditAnchor | None = None
     anchor_held: bool = False
+    more_problems: int = 0
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def problem_count(self) -> int:
+        return len(self.problems) + self.more_problems
 
     def describe(self) -> str:
         if self.head is None:
@@ -92,10 +98,9 @@ class AuditChainReport:
             lines.append(f"audit trail: recorded head {self.anchor} still holds")
         if self.ok:
             lines.append("audit trail: hash chain intact")
-        shown = self.problems[:SHOWN_PROBLEMS]
-        lines.extend(f"audit trail: {problem}" for problem in shown)
-        if len(shown) < len(self.problems):
-            lines.append(f"audit trail: ... and {len(self.problems) - len(shown)} more problems")
+        lines.extend(f"audit trail: {problem}" for problem in self.problems)
+        if self.more_problems:
+            lines.append(f"audit trail: ... and {self.more_problems} more problems")
         return "\n".join(lines)
 
 
@@ -106,22 +111,31 @@ class _Walk:
     previous_id: int | None = None
     previous_hash: str = GENESIS_HASH
     recent: OrderedDict[str, int] = field(default_factory=OrderedDict)
+    # the first SHOWN_PROBLEMS only, the rest counted: a trail broken on every
+    # row (a restore that re-serialised it) has millions
     problems: list[str] = field(default_factory=list)
+    more_problems: int = 0
     anchor_seen: bool = False
     anchor_held: bool = False
+
+    def _problem(self, text: str) -> None:
+        if len(self.problems) < SHOWN_PROBLEMS:
+            self.problems.append(text)
+        else:
+            self.more_problems += 1
 
     def check(self, row: dict[str, Any]) -> None:
         row_id = int(row["id"])
         self.rows += 1
         if row_hash(row, row["prev_hash"]) != row["row_hash"]:
-            self.problems.append(f"row {row_id} does not match its hash (rewritten)")
+            self._problem(f"row {row_id} does not match its hash (rewritten)")
         if row["prev_hash"] != self.previous_hash:
-            self.problems.append(self._link_problem(row_id, row["prev_hash"]))
+            self._problem(self._link_problem(row_id, row["prev_hash"]))
         if self.anchor is not None and row_id == self.anchor.row_id:
             self.anchor_seen = True
             self.anchor_held = row["row_hash"] == self.anchor.row_hash
             if not self.anchor_held:
-                self.problems.append(
+                self._problem(
                     f"row {row_id} is not the recorded head {self.anchor.row_id}:"
                     f"{self.anchor.row_hash} (the trail up to it was rewritten)"
                 )
@@ -152,16 +166,19 @@ class _Walk:
                 if self.previous_id is None or self.anchor.row_id > self.previous_id
                 else "deleted"
             )
-            self.problems.append(
-                f"row {self.anchor.row_id}, the recorded head, is missing ({where})"
-            )
+            self._problem(f"row {self.anchor.row_id}, the recorded head, is missing ({where})")
         head = (
             AuditAnchor(self.previous_id, self.previous_hash)
             if self.previous_id is not None
             else None
         )
         return AuditChainReport(
-            self.rows, head, tuple(self.problems), self.anchor, self.anchor_held
+            self.rows,
+            head,
+            tuple(self.problems),
+            self.anchor,
+            self.anchor_held,
+            self.more_problems,
         )
 
 
@@ -182,7 +199,7 @@ def verify_audit_chain(db: Database, *, anchor: AuditAnchor | None = None) -> Au
             "audit trail head: row %d sha256 %s (%s)",
             report.head.row_id,
             report.head.row_hash,
-            "chain intact" if report.ok else f"{len(report.problems)} problems",
+            "chain intact" if report.ok else f"{report.problem_count} problems",
         )
     return report
 

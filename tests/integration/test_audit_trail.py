@@ -33,6 +33,7 @@ from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.audit_chain import GENESIS_HASH, row_hash
 from dicom_node.services.audit import record_audit_event
 from dicom_node.services.audit_chain import (
+    SHOWN_PROBLEMS,
     AuditAnchor,
     audit_protection_gap,
     verify_audit_chain,
@@ -427,6 +428,33 @@ def test_rewriting_the_whole_tail_is_found_against_a_recorded_head(db: Database)
         .problems[0]
         .startswith(f"row {target} is not the recorded head")
     )
+
+
+def test_a_trail_broken_on_every_row_keeps_the_first_problems_and_counts_the_rest(
+    db: Database,
+) -> None:
+    """Before: every problem string was kept, though only SHOWN_PROBLEMS are
+    printed: a multi-million-row trail broken on every row (a restore that
+    re-serialised it) held millions of strings in memory."""
+    broken = SHOWN_PROBLEMS + 70
+    with db.unit_of_work() as session:
+        for number in range(broken):
+            record_audit_event(
+                session,
+                AuditRecord(event_code=AuditEventCode.QUERY, action="q", details={"n": number}),
+            )
+    _raw(db.url, "UPDATE audit_events SET actor = 'mallory'")
+    with db.read() as session:
+        ids = list(session.scalars(select(AuditEvent.id).order_by(AuditEvent.id)))
+    report = verify_audit_chain(db, anchor=AuditAnchor(ids[-1] + 1, "0" * 64))
+    assert report.problems == tuple(
+        f"row {row_id} does not match its hash (rewritten)" for row_id in ids[:SHOWN_PROBLEMS]
+    )
+    # the later rows and the missing recorded head: counted, not kept
+    assert report.more_problems == broken - SHOWN_PROBLEMS + 1
+    assert report.problem_count == broken + 1
+    assert not report.ok
+    assert report.describe().endswith(f"audit trail: ... and {report.more_problems} more problems")
 
 
 def test_an_intact_chain_reports_its_head_and_a_recorded_head_that_holds(db: Database) -> None:
