@@ -143,8 +143,8 @@ class BoundedDIMSE(DIMSEServiceProvider):
     Its attributes are set by :func:`bound_messages`."""
 
     limit: int
-    scratch_dir: Path
-    prefix: PrefixBuilder
+    scratch_dir: Path | None  # None: C-STORE data sets are counted, never kept
+    prefix: PrefixBuilder | None
     _receiving: ReceivedDataset | None
     _received: dict[Path, ReceivedDataset]
     _lock: threading.Lock
@@ -175,6 +175,8 @@ class BoundedDIMSE(DIMSEServiceProvider):
             self._receiving = self._start(message.command_set, context_id)
 
     def _start(self, command_set: Dataset, context_id: int) -> ReceivedDataset:
+        if self.scratch_dir is None or self.prefix is None:
+            return ReceivedDataset(None, None, self.limit)  # counted and dropped
         path = self.scratch_dir / f"{uuid.uuid4().hex}{TEMP_SUFFIX}"
         context = self.assoc._accepted_cx.get(context_id)
         prefix = None
@@ -269,7 +271,7 @@ def _one(context_id: int, data: bytes) -> P_DATA:
 
 
 def bound_messages(
-    assoc: Association, *, limit: int, scratch_dir: Path, prefix: PrefixBuilder
+    assoc: Association, *, limit: int, scratch_dir: Path | None, prefix: PrefixBuilder | None
 ) -> None:
     """On connection open: switch the association's DIMSE provider to
     :class:`BoundedDIMSE` (pynetdicom creates it itself)."""
@@ -285,6 +287,15 @@ def bound_messages(
     bounded._received = {}
     bounded._lock = threading.Lock()
     bounded._refusing = False
+
+
+def bound_responses(assoc: Association) -> None:
+    """On connection open of an association the node requests (C-MOVE
+    sub-operations, storage commitment reports): what the peer sends back (a
+    C-STORE-RSP, an N-EVENT-REPORT-RSP: command sets, small data sets) is held
+    within the same limits; a C-STORE data set the peer might send on it has no
+    handler and is counted, never kept."""
+    bound_messages(assoc, limit=0, scratch_dir=None, prefix=None)
 
 
 def claim_received(event: Event) -> ReceivedDataset | None:

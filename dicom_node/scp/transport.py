@@ -20,6 +20,7 @@ from pynetdicom.events import Event
 from pynetdicom.fsm import TRANSITION_TABLE, StateMachine
 
 from dicom_node.log_limit import LogLimiter
+from dicom_node.scp.dataset_limit import bound_responses
 
 log = logging.getLogger("dicom_node.scp")
 
@@ -34,9 +35,23 @@ def set_nodelay(event: Event) -> None:
 
 def outgoing_connection_opened(event: Event) -> None:
     """EVT_CONN_OPEN of an association the node requests (C-MOVE's sub-operations,
-    storage commitment reports)."""
+    storage commitment reports): the same bounds as an accepted one.
+
+    The peer is no more trusted for being a configured destination: one that
+    stops in the middle of a PDU (a partial A-ASSOCIATE-AC, a C-STORE-RSP cut
+    short) or stops reading leaves pynetdicom's reader, or its sender, blocked
+    for good, and ``Association.kill()`` waiting for it: the C-MOVE (or the
+    commitment report) never ended, the requester's association and its slot
+    with it, and the node could not stop. The reaper cuts such a connection once
+    pynetdicom's ACSE or DIMSE timeout has given up on it, as it does for
+    accepted ones. A socket timeout was not used: it bounds one ``recv()``, not
+    a PDU (a peer sending a byte now and then defeats it), and pynetdicom's own
+    timeouts already say when to give up.
+    """
     set_nodelay(event)
     limit_pdu_length(event.assoc)
+    bound_responses(event.assoc)
+    watch_for_stalls(event.assoc)
 
 
 # --------------------------------------------------------------------------- PDU length
@@ -172,7 +187,12 @@ class TolerantStateMachine(StateMachine):
                 "request %s dropped in %s: the association is gone", event, self.current_state
             )
             return
-        super().do_action(event)
+        # an action may send a PDU: a peer that stops reading blocks it here
+        self.dul.acting = True  # type: ignore[attr-defined]
+        try:
+            super().do_action(event)
+        finally:
+            self.dul.acting = False  # type: ignore[attr-defined]
         assoc = self.dul.assoc
         if (
             self.current_state == "Sta1"
@@ -193,8 +213,8 @@ def tolerate_late_requests(assoc: Association) -> None:
 REAP_INTERVAL_SECONDS = 0.25
 # A kill also ends every released association, right after its A-RELEASE-RP is
 # queued: cutting it at once could drop the response before it is sent (seen in
-# CI: findscu's release answered by a closed connection). A released one is cut
-# only if still alive this long after; a timed-out or aborted one at once.
+# CI: findscu's release answered by a closed connection). A released or rejected
+# one is cut only if still alive this long after; a timed-out or aborted one at once.
 RELEASE_GRACE_SECONDS = 1.0
 
 
@@ -257,7 +277,9 @@ class StalledReadReaper:
                 self._shut_down(assoc)
             elif getattr(assoc, "_kill", False) and assoc.dul.is_alive():
                 killed_at = self._killed_at.setdefault(assoc, time.monotonic())
-                grace = RELEASE_GRACE_SECONDS if assoc.is_released else 0.0
+                # a release or a rejection answers the peer: let that answer go out
+                ended = assoc.is_released or assoc.is_rejected
+                grace = RELEASE_GRACE_SECONDS if ended else 0.0
                 if time.monotonic() - killed_at >= grace:
                     self._shut_down(assoc)
         for assoc in cut:
@@ -274,22 +296,56 @@ class StalledReadReaper:
         sock = getattr(assoc.dul.socket, "socket", None)
         if not isinstance(sock, socket.socket):
             return
-        peer = f"{assoc.requestor.address}:{assoc.requestor.port}"
-        if assoc.requestor.primitive is None:
+        if assoc.is_acceptor and assoc.requestor.primitive is None:
             deadline = _REQUEST_DEADLINES.get(assoc)
             _log_no_request(assoc, deadline[1] if deadline else assoc.acse_timeout)
         else:
-            log.warning(
-                "association from %s at %s cut: the peer stopped in the middle of a PDU",
-                assoc.requestor.ae_title,
-                peer,
-            )
+            peer, address = describe_peer(assoc)
+            level, why = _why_cut(assoc)
+            _CUT_LOG.log((address.rsplit(":", 1)[0], why), level, "%s cut: %s", peer, why)
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
         with self._lock:
             self._watched.discard(assoc)
             self._cut.add(assoc)
         _REAPED.add(assoc)
+
+
+def describe_peer(assoc: Association) -> tuple[str, str]:
+    """("association from AE at host:port", "host:port") naming the peer: the
+    requestor of an accepted association, the acceptor of one the node opened
+    (its requestor is the node itself)."""
+    if assoc.is_acceptor:
+        peer, direction = assoc.requestor, "from"
+    else:
+        peer, direction = assoc.acceptor, "to"
+    address = f"{peer.address}:{peer.port}"
+    return f"association {direction} {peer.ae_title} at {address}", address
+
+
+def _why_cut(assoc: Association) -> tuple[int, str]:
+    """What the reaper found, and how much it matters, for its log line.
+
+    Only a reader blocked inside a PDU, or a sender blocked on a peer that no
+    longer reads, is a stall (WARNING). Otherwise pynetdicom was done with the
+    association (released, rejected, aborted, timed out) and only waiting for
+    the connection to end: the peer had not closed it yet, or had just closed
+    it (a peer that sent a whole request, got its answer and left). Not a
+    stall: a DEBUG line."""
+    dul = assoc.dul
+    if getattr(dul, "receiving", False):
+        return logging.WARNING, "the peer stopped in the middle of a PDU"
+    if getattr(dul, "acting", False):
+        return logging.WARNING, "the peer stopped reading what the node sends"
+    if assoc.is_released:
+        ended = "released"
+    elif assoc.is_rejected:
+        ended = "rejected"
+    elif assoc.is_aborted or getattr(assoc, "_sent_abort", False):
+        ended = "aborted"
+    else:
+        ended = "given up"
+    return logging.DEBUG, f"{ended}, and the connection had not ended yet"
 
 
 def _finish_cut(assoc: Association) -> None:
@@ -303,9 +359,8 @@ def _finish_cut(assoc: Association) -> None:
     if isinstance(sock, socket.socket):
         with contextlib.suppress(OSError):
             sock.close()
-    evt.trigger(
-        assoc, evt.EVT_CONN_CLOSE, {"address": (assoc.requestor.address, assoc.requestor.port)}
-    )
+    peer = assoc.requestor if assoc.is_acceptor else assoc.acceptor
+    evt.trigger(assoc, evt.EVT_CONN_CLOSE, {"address": (peer.address, peer.port)})
 
 
 _REAPER = StalledReadReaper()
@@ -322,6 +377,8 @@ _NO_REQUEST_LOGGED: weakref.WeakSet[Association] = weakref.WeakSet()
 # renewing silent connections would otherwise write max_pending_connections lines
 # every association_request_timeout_seconds).
 _NO_REQUEST_LOG = LogLimiter(log)
+# the reaper's cuts, per peer address: a peer can stall as often as it connects
+_CUT_LOG = LogLimiter(log)
 
 
 def watch_for_stalls(assoc: Association) -> None:

@@ -1,0 +1,186 @@
+"""A C-MOVE destination (or a storage commitment requester) that stalls in the
+middle of a PDU must not hang the node's outgoing association (issue 13).
+
+The destination is a plain socket server: it answers the reachability probe,
+reads the A-ASSOCIATE-RQ, sends the first bytes of an A-ASSOCIATE-AC and stops
+(as /tmp/review-dicom/stall_dest.py did). Before the fix the node's outgoing
+association was never watched by the reaper: pynetdicom's ACSE timeout called
+``kill()``, which waited for ever for the reader blocked in ``recv()``; the
+C-MOVE never answered, the requester's association (and its slot) stayed, and
+the node could not stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ImplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from dicom_node.node import Node
+from tests.support import wait_for
+
+MOVE = StudyRootQueryRetrieveInformationModelMove
+
+
+@pytest.fixture
+def backend() -> str:
+    """Transport only: SQLite."""
+    return "sqlite"
+
+
+class StallingDestination:
+    """Listens on 127.0.0.1; each connection that sends an A-ASSOCIATE-RQ gets
+    6 + 2 bytes of an A-ASSOCIATE-AC announcing 200, then nothing. Closing it
+    closes every connection (so a failing run still ends)."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self.requests = 0
+        self._connections: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._connections.append(connection)
+            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            header = _read(connection, 6)
+            if len(header) < 6:
+                return  # the reachability probe
+            _read(connection, struct.unpack(">BBL", header)[2])
+            with self._lock:
+                self.requests += 1
+            connection.sendall(struct.pack(">BBL", 0x02, 0, 200) + b"\x00\x01")
+            # and stall: the node's reader waits for the other 198 bytes
+
+    def close(self) -> None:
+        self._listener.close()
+        with self._lock:
+            for connection in self._connections:
+                with contextlib.suppress(OSError):
+                    connection.close()
+
+
+def _read(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+@pytest.fixture
+def destination() -> Iterator[StallingDestination]:
+    stalling = StallingDestination()
+    yield stalling
+    stalling.close()
+
+
+def _store_one(port: int) -> str:
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_NODE")
+    assert assoc.is_established
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.PatientID = "P1"
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "CT"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    try:
+        assert assoc.send_c_store(ds).Status == 0x0000
+    finally:
+        assoc.release()
+    return str(ds.StudyInstanceUID)
+
+
+def _in_thread(target: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
+    result: list[object] = []
+    thread = threading.Thread(target=lambda: result.append(target()), daemon=True)
+    thread.start()
+    return thread, result
+
+
+def test_a_move_destination_stalling_mid_pdu_ends_the_move_frees_the_slot_and_lets_the_node_stop(
+    make_node: Callable[..., Node],
+    destination: StallingDestination,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="dicom_node.scp")
+    node = make_node(
+        peers=f"STALLER@127.0.0.1:{destination.port}",
+        acse_timeout_seconds=2,
+        dimse_timeout_seconds=2,
+        network_timeout_seconds=3,
+        max_associations=1,
+    )
+    study = _store_one(node.dicom_port)
+
+    ae = AE(ae_title="REQUESTER")
+    ae.add_requested_context(MOVE)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title="DICOM_NODE")
+    assert assoc.is_established
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = study
+
+    def move() -> list[int]:
+        return [int(status.Status) for status, _ in assoc.send_c_move(identifier, "STALLER", MOVE)]
+
+    mover, statuses = _in_thread(move)
+    mover.join(timeout=30)  # ACSE timeout 2 s + the reaper's pass
+    assert not mover.is_alive(), "the C-MOVE never ended"
+    assert destination.requests == 1
+    # the association with the destination failed: Move Destination unknown (the
+    # one status pynetdicom has for it), after the announced sub-operation
+    assert statuses == [[0xA801]]
+    assoc.release()
+    assert wait_for(
+        lambda: any(
+            "association to STALLER at 127.0.0.1:" in r.getMessage()
+            and "cut: the peer stopped in the middle of a PDU" in r.getMessage()
+            for r in caplog.records
+        )
+    )
+
+    # the slot is free again: max_associations is 1
+    again = ae.associate("127.0.0.1", node.dicom_port, ae_title="DICOM_NODE")
+    assert again.is_established
+    assert again.send_c_echo().Status == 0x0000
+    again.release()
+
+    # and the node stops promptly (the fixture's stop() is then a no-op)
+    stopper, _ = _in_thread(node.stop)
+    started = time.monotonic()
+    stopper.join(timeout=20)
+    assert not stopper.is_alive(), "the node did not stop"
+    assert time.monotonic() - started < 20
