@@ -36,14 +36,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, build_context
 from pynetdicom.events import Event
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_node.db.engine import Database
 from dicom_node.log_limit import LogLimiter
 from dicom_node.scp import status
 from dicom_node.scp.find import WORKLIST_MODEL
+from dicom_node.scp.move_sink import final_status_only
 from dicom_node.services.known_aes import KnownAeTitles
 from dicom_node.services.rejections import REQUEST_REFUSED, Refusal, RefusalAudit
 from dicom_node.settings import Settings
@@ -57,7 +56,6 @@ UNABLE_TO_PROCESS_NOT_AUTHORIZED = 0xC124
 NOT_KNOWN = "calling AE title not known"
 
 Handler = Callable[[Event], Any]
-Response = tuple[int | Dataset, Dataset | None]
 
 
 class AccessControl:
@@ -193,27 +191,3 @@ def _status(code: int, comment: str) -> Dataset:
     ds.Status = code
     ds.ErrorComment = comment
     return ds
-
-
-def final_status_only(announced: int, final: Response) -> Iterator[Any]:
-    """Answer a C-MOVE with one final status and no sub-operation sent.
-
-    pynetdicom's move loop associates with the destination before it takes any
-    status from the handler (and answers 0xA801 Move Destination Unknown when
-    that fails), so it is pointed at a throwaway Verification-only acceptor on
-    the loopback; the final status then goes out, the ``announced``
-    sub-operations counted as failed. (scp/retrieve.py does the same for a
-    refused identifier, in its own copy.)
-    """
-    sink = AE(ae_title="MOVE_SINK")
-    sink.add_supported_context(Verification)
-    sink.acse_timeout = sink.dimse_timeout = sink.network_timeout = 5
-    server = sink.start_server(("127.0.0.1", 0), block=False)
-    assert server is not None  # block=False returns the running server
-    try:
-        host, port = server.server_address[:2]
-        yield host, port, {"ae_title": "MOVE_SINK", "contexts": [build_context(Verification)]}
-        yield announced
-        yield final
-    finally:
-        server.shutdown()

@@ -21,16 +21,16 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_context
+from pynetdicom import build_context
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_node.db.engine import Database
 from dicom_node.domain.aetitle import Peer
 from dicom_node.domain.query import InvalidQuery, Level, UnsupportedQuery
 from dicom_node.scp import status
 from dicom_node.scp.find import failure, identifier_keys, parse_level, reason, refusal_code
+from dicom_node.scp.move_sink import final_status_only
 from dicom_node.scp.outgoing import PeerConnector
 from dicom_node.services.retrieve import RetrieveItem, instances_to_retrieve, record_export
 from dicom_node.storage import FileStore
@@ -75,7 +75,7 @@ class RetrieveHandler:
         except InvalidQuery as exc:
             log.warning("C-MOVE from %s refused: %s", requestor.ae_title, exc)
             self._audit(event, destination, None, {}, Counter(), [], str(exc))
-            yield from _final_only(1, failure(refusal_code(exc), str(exc)))
+            yield from final_status_only(1, failure(refusal_code(exc), str(exc)))
             return
         if items and not _listening(peer, timeout=event.assoc.ae.connection_timeout):
             # A known peer that does not answer: PS3.4 C.4.2.1.4 wants every
@@ -95,7 +95,7 @@ class RetrieveHandler:
             report = Dataset()
             report.FailedSOPInstanceUIDList = failed
             code, _ = failure(UNABLE_TO_PERFORM_SUB_OPERATIONS, "destination unreachable")
-            yield from _final_only(len(items), (code, report))
+            yield from final_status_only(len(items), (code, report))
             return
         reached = False
         try:
@@ -222,29 +222,6 @@ def _listening(peer: Peer, *, timeout: float | None) -> bool:
             return True
     except OSError:
         return False
-
-
-def _final_only(announced: int, final: tuple[int | Dataset, Dataset | None]) -> Iterator[Any]:
-    """Answer a C-MOVE with one final status and no sub-operation sent.
-
-    pynetdicom's move loop associates with the destination before it takes any
-    status from the handler, and answers 0xA801 when that fails; so the loop is
-    pointed at a throwaway Verification-only acceptor on the loopback, which it
-    reaches, and the handler's final status goes out with its counts: pynetdicom
-    counts the ``announced`` sub-operations never offered as failed.
-    """
-    sink = AE(ae_title="MOVE_SINK")
-    sink.add_supported_context(Verification)
-    sink.acse_timeout = sink.dimse_timeout = sink.network_timeout = 5
-    server = sink.start_server(("127.0.0.1", 0), block=False)
-    assert server is not None  # block=False returns the running server
-    try:
-        host, port = server.server_address[:2]
-        yield host, port, {"ae_title": "MOVE_SINK", "contexts": [build_context(Verification)]}
-        yield announced
-        yield final
-    finally:
-        server.shutdown()
 
 
 def _contexts(items: list[RetrieveItem]) -> list[PresentationContext]:

@@ -19,7 +19,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.db.engine import Database
 from dicom_node.log_limit import LogLimiter
-from dicom_node.scp import tls
+from dicom_node.scp import move_sink, tls
 from dicom_node.scp.access import AccessControl
 from dicom_node.scp.admission import ConnectionGate
 from dicom_node.scp.commitment import COMMITMENT_MODEL, CommitmentHandler
@@ -544,6 +544,7 @@ class DicomServer:
         for assoc in left:
             assoc.join(timeout=2)
         self._server = self._secure = None
+        move_sink.stop_sink()  # the acceptor refused C-MOVEs were pointed at
         self._access.close()  # refusal counts still held back are audited now
         log.info("DICOM SCP stopped")
 
