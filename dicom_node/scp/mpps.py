@@ -14,8 +14,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node.db.engine import Database
 from dicom_node.domain.uids import is_valid_uid
+from dicom_node.log_limit import LogLimiter
 from dicom_node.scp import status
 from dicom_node.services.mpps import (
+    NOT_THE_CREATOR,
     MppsCreate,
     MppsError,
     MppsProblem,
@@ -24,6 +26,7 @@ from dicom_node.services.mpps import (
     create_mpps,
     update_mpps,
 )
+from dicom_node.services.rejections import Refusal, RefusalAudit
 
 log = logging.getLogger("dicom_node.scp")
 
@@ -42,11 +45,27 @@ _STATUS = {
 Answer = tuple[int | Dataset, Dataset | None]
 
 
+# the audit action of an N-SET refused to another AE than the step's creator
+MPPS_SET_REFUSED = "mpps_set_refused"
+
+
 class MppsHandler:
-    def __init__(self, db: Database, *, set_by_creator_only: bool = True) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        set_by_creator_only: bool = True,
+        refusals: RefusalAudit | None = None,
+    ) -> None:
         self._db = db
         # an N-SET from an AE other than the step's creator is refused (0x0124)
         self._set_by_creator_only = set_by_creator_only
+        # its audit, aggregated per peer (the SCP's, shared with access control);
+        # None: not audited
+        self._refusals = refusals
+        # refusal lines per operation, problem and peer address: a peer repeating a
+        # refused request gets one line at once, then one per 10 s with the count
+        self._lines = LogLimiter(log)
 
     def handle_create(self, event: Event) -> Answer:
         calling = event.assoc.requestor.ae_title
@@ -80,19 +99,20 @@ class MppsHandler:
                 actor=calling,
             )
         except MppsError as exc:
-            log.warning("MPPS N-CREATE from %s refused: %s", calling, exc)
+            self._refused(event, "N-CREATE", exc.problem, str(exc))
             return _failure(_STATUS[exc.problem], str(exc))
         except SQLAlchemyError:
             log.exception("MPPS N-CREATE from %s failed", calling)
             return _failure(status.PROCESSING_FAILURE, "not recorded: try again")
         except Exception as exc:  # undecodable attribute list and the like
-            log.warning("MPPS N-CREATE from %s refused: %s", calling, type(exc).__name__)
+            self._refused(event, "N-CREATE", "undecodable", type(exc).__name__)
             return _failure(0x0106, "attribute list cannot be processed")
         return status.SUCCESS, attributes
 
     def handle_set(self, event: Event) -> Answer:
         requestor = event.assoc.requestor
         calling = requestor.ae_title
+        uid = ""
         try:
             request = cast(N_SET, event.request)
             uid = str(request.RequestedSOPInstanceUID or "").strip()
@@ -110,18 +130,51 @@ class MppsHandler:
                 ),
                 actor=calling,
                 creator_only=self._set_by_creator_only,
-                source_address=f"{requestor.address}:{requestor.port}",
             )
         except MppsError as exc:
-            log.warning("MPPS N-SET from %s refused: %s", calling, exc)
+            self._refused(event, "N-SET", exc.problem, str(exc))
+            if exc.problem is MppsProblem.NOT_AUTHORIZED:
+                self._audit_refused_set(event, uid)
             return _failure(_STATUS[exc.problem], str(exc))
         except SQLAlchemyError:
             log.exception("MPPS N-SET from %s failed", calling)
             return _failure(status.PROCESSING_FAILURE, "not recorded: try again")
         except Exception as exc:
-            log.warning("MPPS N-SET from %s refused: %s", calling, type(exc).__name__)
+            self._refused(event, "N-SET", "undecodable", type(exc).__name__)
             return _failure(0x0106, "modification list cannot be processed")
         return status.SUCCESS, changes
+
+    def _refused(self, event: Event, operation: str, problem: str, why: str) -> None:
+        """One WARNING line per operation, problem and peer address and window."""
+        requestor = event.assoc.requestor
+        host = str(requestor.address)
+        self._lines.warning(
+            (operation, problem, host),
+            "MPPS %s from %s at %s:%s refused: %s",
+            operation,
+            requestor.ae_title,
+            host,
+            requestor.port,
+            why,
+        )
+
+    def _audit_refused_set(self, event: Event, uid: str) -> None:
+        """A Security Alert, aggregated per peer and interval with the other
+        refusals: the first at once, the rest counted (``services/rejections.py``)."""
+        if self._refusals is None:
+            return
+        requestor = event.assoc.requestor
+        self._refusals.record(
+            Refusal(
+                action=MPPS_SET_REFUSED,
+                host=str(requestor.address),
+                port=int(requestor.port),
+                calling_ae=requestor.ae_title,
+                target_class="PerformedProcedureStep",
+                target_id=uid,
+                reason=NOT_THE_CREATOR,
+            )
+        )
 
 
 def _text(ds: Dataset, keyword: str) -> str:

@@ -436,7 +436,11 @@ class DicomServer:
             self._store_handler,
             self._find_handler,
             self._retrieve_handler,
-            MppsHandler(self._db, set_by_creator_only=self._settings.mpps_set_by_creator_only),
+            MppsHandler(
+                self._db,
+                set_by_creator_only=self._settings.mpps_set_by_creator_only,
+                refusals=self._access.refusals,
+            ),
             self._commitment_handler,
             access=self._access,
             gate=self.gate,

@@ -8,8 +8,9 @@ associations: everything lives in the database.
 
 Only the AE whose N-CREATE made a step may N-SET it (``mpps_set_by_creator_only``,
 on by default): another AE could otherwise complete or discontinue any exam in
-progress, and with it the order. Its N-SET is refused (0x0124), and audited as
-a Security Alert (Use of Restricted Function).
+progress, and with it the order. Its N-SET is refused (0x0124); the SCP audits
+the refusal as a Security Alert, aggregated per peer like the other refusals
+(``services/rejections.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from dicom_node.db.models import (
     PerformedProcedureStep,
     WorklistItem,
 )
-from dicom_node.domain.audit import AuditEventCode, AuditRecord, SecurityAlertType
+from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import (
     AuditOutcome,
     MppsStatus,
@@ -60,6 +61,10 @@ class MppsProblem(StrEnum):
     INVALID_VALUE = "invalid attribute value"  # 0x0106
     MISSING_ATTRIBUTE = "missing attribute"  # 0x0120
     NOT_AUTHORIZED = "not authorized"  # 0x0124
+
+
+# why an N-SET from another AE than the step's creator is refused
+NOT_THE_CREATOR = "the step was created by another AE"
 
 
 class MppsError(DomainError):
@@ -184,10 +189,12 @@ def update_mpps(
     *,
     actor: str,
     creator_only: bool = True,
-    source_address: str | None = None,
 ) -> PerformedProcedureStep:
-    """Apply an N-SET. ``creator_only``: refused (NOT_AUTHORIZED, audited) unless
-    ``actor`` is the AE whose N-CREATE made the step."""
+    """Apply an N-SET. ``creator_only``: refused (NOT_AUTHORIZED) unless ``actor``
+    is the AE whose N-CREATE made the step. The caller audits the refusal: it
+    comes from a peer that may repeat it at will, so it is aggregated per peer
+    with the other refusals (``services/rejections.py``), not written here one
+    row each."""
     with db.unit_of_work() as session:
         step = session.scalar(
             select(PerformedProcedureStep)
@@ -199,10 +206,9 @@ def update_mpps(
         creator = (step.calling_ae_title or "").strip()
         if not (creator_only and creator and actor.strip() != creator):
             return _apply_set(session, step, request, actor)
-        # checked before the step's status, which another AE is not told; the audit
-        # event commits, the N-SET changes nothing
-        _audit_refused_set(session, step, request, actor, creator, source_address)
-    raise MppsError(MppsProblem.NOT_AUTHORIZED, "the step was created by another AE")
+        # checked before the step's status, which another AE is not told; the
+        # N-SET changes nothing
+    raise MppsError(MppsProblem.NOT_AUTHORIZED, NOT_THE_CREATOR)
 
 
 def _apply_set(
@@ -296,41 +302,6 @@ def _series_not_received(session: Session, step: PerformedProcedureStep) -> list
         )
     )
     return [uid for uid in listed if uid not in received]
-
-
-def _audit_refused_set(
-    session: Session,
-    step: PerformedProcedureStep,
-    request: MppsSet,
-    actor: str,
-    creator: str,
-    source_address: str | None,
-) -> None:
-    order = (
-        session.get(ImagingRequest, step.imaging_request_id) if step.imaging_request_id else None
-    )
-    record_audit_event(
-        session,
-        AuditRecord(
-            event_code=AuditEventCode.SECURITY_ALERT,
-            action="mpps_set_refused",
-            outcome=AuditOutcome.MINOR_FAILURE,
-            actor=actor,
-            source_address=source_address,
-            target_class="PerformedProcedureStep",
-            target_id=step.sop_instance_uid,
-            patient_id=order.patient_id if order else None,
-            study_instance_uid=step.study_instance_uid,
-            accession_number=step.accession_number,
-            reason="the step was created by another AE",
-            details={
-                "event_type": SecurityAlertType.USE_OF_RESTRICTED_FUNCTION.value,
-                "created_by": creator,
-                "status": step.status,
-                "requested_status": request.status,
-            },
-        ),
-    )
 
 
 def _audit(
