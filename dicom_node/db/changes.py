@@ -31,7 +31,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import event, insert, select, text
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import Session
 
 from dicom_node.db.models import (
     ChangeLogEntry,
@@ -40,10 +40,10 @@ from dicom_node.db.models import (
     Report,
     WorklistItem,
 )
+from dicom_node.db.pending import follow_savepoints
 from dicom_node.db.types import utcnow
 
 _PENDING = "dicom_node.pending_changes"
-_SAVEPOINT_MARKS = "dicom_node.pending_changes_savepoints"
 # arbitrary but fixed: the advisory lock key of the change feed
 FEED_LOCK_KEY = 7_406_001
 # the LISTEN/NOTIFY channel announcing new entries (payload: the highest new seq)
@@ -148,35 +148,7 @@ def _write(session: Session) -> None:
         _insert(session, pending)
 
 
-# A rollback forgets the entries recorded in what it rolls back: the whole
-# transaction, or a savepoint and what was recorded inside it. (after_rollback
-# is not used: it fires for a savepoint's rollback too, and would drop the
-# entries of changes made before the savepoint, which still commit.)
-@event.listens_for(Session, "after_transaction_create")
-def _mark_savepoint(session: Session, transaction: SessionTransaction) -> None:
-    # begin_nested() flushed before this: the mark follows the entries of
-    # everything done before the savepoint
-    if transaction.nested:
-        marks = session.info.setdefault(_SAVEPOINT_MARKS, {})
-        marks[id(transaction)] = len(session.info.get(_PENDING, ()))
-
-
-@event.listens_for(Session, "after_soft_rollback")
-def _forget(session: Session, previous_transaction: SessionTransaction) -> None:
-    marks = session.info.get(_SAVEPOINT_MARKS, {})
-    if previous_transaction.nested:
-        mark = marks.pop(id(previous_transaction), None)
-        if mark is not None and _PENDING in session.info:
-            del session.info[_PENDING][mark:]
-    elif previous_transaction.parent is None:
-        session.info.pop(_PENDING, None)
-
-
-@event.listens_for(Session, "after_transaction_end")
-def _drop_marks(session: Session, transaction: SessionTransaction) -> None:
-    # (fires before after_soft_rollback: a savepoint's mark stays until then)
-    if transaction.parent is None:
-        session.info.pop(_SAVEPOINT_MARKS, None)
+follow_savepoints(_PENDING)
 
 
 def record_change(

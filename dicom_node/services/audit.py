@@ -33,16 +33,16 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, event, insert, text
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import Session
 
 from dicom_node.db.models import AuditEvent
+from dicom_node.db.pending import follow_savepoints
 from dicom_node.db.types import utcnow
 from dicom_node.domain.audit import AuditRecord
 from dicom_node.domain.audit_chain import GENESIS_HASH, as_stored_json, row_hash
 from dicom_node.domain.permissions import Principal
 
 _PENDING = "dicom_node.pending_audit_events"
-_SAVEPOINT_MARKS = "dicom_node.pending_audit_savepoints"
 # arbitrary but fixed: the advisory lock key of the audit chain (the change
 # feed's is 7_406_001)
 AUDIT_CHAIN_LOCK_KEY = 7_406_002
@@ -105,33 +105,7 @@ def _write(session: Session) -> None:
     append_chained(session.connection(), session.info.pop(_PENDING))
 
 
-# A rollback forgets the events recorded in what it rolls back: the whole
-# transaction, or a savepoint (begin_nested) and what was recorded inside it,
-# as if each row had been inserted at once. (after_rollback is not used: it
-# fires for a savepoint's rollback too.)
-@event.listens_for(Session, "after_transaction_create")
-def _mark_savepoint(session: Session, transaction: SessionTransaction) -> None:
-    if transaction.nested:
-        marks = session.info.setdefault(_SAVEPOINT_MARKS, {})
-        marks[id(transaction)] = len(session.info.get(_PENDING, ()))
-
-
-@event.listens_for(Session, "after_soft_rollback")
-def _forget(session: Session, previous_transaction: SessionTransaction) -> None:
-    marks = session.info.get(_SAVEPOINT_MARKS, {})
-    if previous_transaction.nested:
-        mark = marks.pop(id(previous_transaction), None)
-        if mark is not None and _PENDING in session.info:
-            del session.info[_PENDING][mark:]
-    elif previous_transaction.parent is None:
-        session.info.pop(_PENDING, None)
-
-
-@event.listens_for(Session, "after_transaction_end")
-def _drop_marks(session: Session, transaction: SessionTransaction) -> None:
-    # (fires before after_soft_rollback: a savepoint's mark stays until then)
-    if transaction.parent is None:
-        session.info.pop(_SAVEPOINT_MARKS, None)
+follow_savepoints(_PENDING)
 
 
 _HEAD_SQL = text("SELECT id, row_hash FROM audit_events ORDER BY id DESC LIMIT 1")
