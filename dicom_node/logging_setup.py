@@ -21,6 +21,10 @@ import json
 import logging
 import re
 import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -104,6 +108,144 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+# --------------------------------------------------------------------------- pynetdicom's lines
+
+LIBRARY_LOGGER = "pynetdicom"
+LIBRARY_WINDOW_SECONDS = 10.0
+# templates tracked at once; past it, a logger's further templates share one window
+LIBRARY_MAX_TEMPLATES = 256
+_HELD_TEXT_MAX = 500  # of the last line held back per template, written with its count
+_SUMMARY = "rate_limit_summary"  # set on the lines the filter writes itself
+_OTHER = "(other lines)"
+# what varies within one of pynetdicom's messages: the value it quotes ("Invalid
+# 'Called AE Title' value '...' - must not...", "Non-conformant 'SOP Class UID'
+# value '...'": the field's name stays), hex and decimal numbers
+_VALUES = re.compile(r"(?<= value ).*?(?= - |$)|0x[0-9A-Fa-f]+|\d+", re.DOTALL)
+
+
+@dataclass(slots=True)
+class _Window:
+    started: float
+    held: int = 0
+    level: int = logging.NOTSET
+    text: str = ""  # the last line held back
+
+
+class LibraryFlood(logging.Filter):
+    """Rate-limits pynetdicom's WARNING and ERROR lines (their tracebacks with them).
+
+    pynetdicom logs what it finds wrong in a PDU it decodes or validates (an AE
+    title with a control character, a non-conformant UID), quoting the value,
+    once per connection, some with a traceback: an unauthenticated peer
+    repeating one bad A-ASSOCIATE-RQ wrote ~16 lines per connection, as fast as
+    it could connect. Per logger and message template: the first line at once
+    (traceback included), then at most one per window, carrying the count of the
+    lines held back since (``(N more like this in the last S s)``, as
+    ``log_limit.LogLimiter`` writes it). A count whose template does not come
+    back is written by the next pynetdicom line of any template, as the last
+    line held back with the count of the others.
+
+    The template is ``record.msg``; pynetdicom builds most messages as f-strings,
+    so the values in them (the quoted value, numbers) are masked first, or every
+    AE title would be a template of its own. Memory is bounded: past
+    ``max_templates`` templates with an open window, a logger's further lines
+    share one window. Lines below WARNING and other loggers' lines pass.
+    """
+
+    def __init__(
+        self,
+        *,
+        window_seconds: float = LIBRARY_WINDOW_SECONDS,
+        max_templates: int = LIBRARY_MAX_TEMPLATES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.window_seconds = window_seconds
+        self._max = max_templates
+        self._clock = clock
+        self._windows: dict[tuple[str, str], _Window] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (
+            record.levelno < logging.WARNING
+            or getattr(record, _SUMMARY, False)
+            or not (record.name == LIBRARY_LOGGER or record.name.startswith(LIBRARY_LOGGER + "."))
+        ):
+            return True
+        now = self._clock()
+        key = (record.name, _template(record))
+        with self._lock:
+            due = self._release_due(now, key)
+            window = self._windows.get(key)
+            if window is None and len(self._windows) >= self._max:
+                self._forget_ended(now)
+            if window is None and len(self._windows) >= self._max:
+                key = (record.name, _OTHER)
+                window = self._windows.get(key)
+            carried = age = 0
+            if window is None:
+                self._windows[key] = _Window(started=now)
+                passes = True
+            elif now - window.started >= self.window_seconds:
+                carried, age = window.held, _age(window, now)
+                window.started, window.held, window.text = now, 0, ""
+                passes = True
+            else:
+                window.held += 1
+                window.level = record.levelno
+                window.text = record.getMessage()[:_HELD_TEXT_MAX]
+                passes = False
+        for name, line in due:
+            logging.getLogger(name).handle(line)
+        if passes and carried:
+            record.msg = f"{record.getMessage()} ({carried} more like this in the last {age} s)"
+            record.args = None
+        return passes
+
+    def _release_due(
+        self, now: float, current: tuple[str, str]
+    ) -> list[tuple[str, logging.LogRecord]]:
+        """Lines for the counts of ended windows (not ``current``'s: its own line
+        carries it); ended windows with nothing held are forgotten."""
+        lines = []
+        for key, window in list(self._windows.items()):
+            if key == current or now - window.started < self.window_seconds:
+                continue
+            if not window.held:
+                del self._windows[key]
+                continue
+            line = logging.LogRecord(
+                key[0],
+                window.level,
+                __file__,
+                0,
+                "%s (%d more like this in the last %d s)",
+                (window.text, window.held - 1, _age(window, now)),
+                None,
+            )
+            setattr(line, _SUMMARY, True)
+            lines.append((key[0], line))
+            window.started, window.held, window.text = now, 0, ""
+        return lines
+
+    def _forget_ended(self, now: float) -> None:
+        for key, window in list(self._windows.items()):
+            if not window.held and now - window.started >= self.window_seconds:
+                del self._windows[key]
+
+
+def _template(record: logging.LogRecord) -> str:
+    msg = record.msg
+    if not isinstance(msg, str):
+        return type(msg).__name__  # LOGGER.exception(exc): the exception's type
+    return msg if record.args else _VALUES.sub("_", msg)
+
+
+def _age(window: _Window, now: float) -> int:
+    return max(1, round(now - window.started))
+
+
 def make_formatter(fmt: LogFormat | str) -> logging.Formatter:
     if fmt == "json":
         return JsonFormatter()
@@ -115,6 +257,8 @@ def make_formatter(fmt: LogFormat | str) -> logging.Formatter:
 def configure_logging(level: str, *, fmt: LogFormat | str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(make_formatter(fmt))
+    # pynetdicom's warnings and errors, which a peer can cause once per connection
+    handler.addFilter(LibraryFlood())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

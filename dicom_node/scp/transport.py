@@ -99,7 +99,7 @@ class LimitedDUL(DULServiceProvider):
                 return
             pdu_type, _, length = struct.unpack(">BBL", header)
             if pdu_type not in _PDU_TYPES:
-                log.warning("unknown PDU type 0x%02X received", pdu_type)
+                self._invalid("unknown PDU type 0x%02X received", pdu_type)
                 self.event_queue.put("Evt19")
                 return
             limit = self._limit(pdu_type)
@@ -117,14 +117,22 @@ class LimitedDUL(DULServiceProvider):
             return
         try:
             pdu, event = self._decode_pdu(header + body)
-        except Exception:
-            log.warning("undecodable PDU of type 0x%02X received", pdu_type, exc_info=True)
+        except Exception as exc:
+            # the reason fits one line (pynetdicom's own line, rate-limited by
+            # logging_setup, quotes the value); a traceback would say nothing more
+            self._invalid("undecodable PDU of type 0x%02X received: %s", pdu_type, _reason(exc))
             self.event_queue.put("Evt19")
             return
         if pdu_type == 0x01:
             self.request_read = True
         self.event_queue.put(event)
         self._recv_pdu.put(pdu)
+
+    def _invalid(self, msg: str, *args: object) -> None:
+        """A PDU that is not one (PS3.8 9.3): any host can send one per connection,
+        so one line per peer address and window, with the count."""
+        peer, address = describe_peer(self.assoc)
+        _INVALID_PDU_LOG.warning((msg, address.rsplit(":", 1)[0]), "%s: " + msg, peer, *args)
 
     def _limit(self, pdu_type: int) -> int:
         """0 is no limit (``max_pdu_size = 0``)."""
@@ -379,6 +387,16 @@ _NO_REQUEST_LOGGED: weakref.WeakSet[Association] = weakref.WeakSet()
 _NO_REQUEST_LOG = LogLimiter(log)
 # the reaper's cuts, per peer address: a peer can stall as often as it connects
 _CUT_LOG = LogLimiter(log)
+# PDUs that are not PDUs (unknown type, undecodable, over the length limit), per
+# kind and peer address: an unauthenticated peer sends one per connection
+_INVALID_PDU_LOG = LogLimiter(log)
+REASON_MAX = 200
+
+
+def _reason(exc: Exception) -> str:
+    """An exception as one bounded line (it may quote the peer's bytes)."""
+    text = str(exc).strip() or type(exc).__name__
+    return text if len(text) <= REASON_MAX else text[: REASON_MAX - 3] + "..."
 
 
 def watch_for_stalls(assoc: Association) -> None:
@@ -445,7 +463,12 @@ def connection_ended(assoc: Association) -> None:
     peer = f"{assoc.requestor.address}:{assoc.requestor.port}"
     refused = getattr(assoc.dul, "refused", None)
     if refused:
-        log.warning("connection from %s aborted: refused %s", peer, refused)
+        _INVALID_PDU_LOG.warning(
+            ("refused", str(assoc.requestor.address)),
+            "connection from %s aborted: refused %s",
+            peer,
+            refused,
+        )
         return
     lasted = time.monotonic() - _OPENED.get(assoc, time.monotonic())
     # the ARTIM timer (the ACSE timeout) may close a silent connection first
