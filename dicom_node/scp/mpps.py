@@ -26,7 +26,7 @@ from dicom_node.services.mpps import (
     create_mpps,
     update_mpps,
 )
-from dicom_node.services.rejections import Refusal, RefusalAudit
+from dicom_node.services.rejections import MPPS_SET_REFUSED, Refusal, RefusalAudit
 
 log = logging.getLogger("dicom_node.scp")
 
@@ -46,7 +46,6 @@ Answer = tuple[int | Dataset, Dataset | None]
 
 
 # the audit action of an N-SET refused to another AE than the step's creator
-MPPS_SET_REFUSED = "mpps_set_refused"
 
 
 class MppsHandler:

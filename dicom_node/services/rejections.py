@@ -47,6 +47,10 @@ log = logging.getLogger("dicom_node.audit")
 # the two kinds of refusal (the audit event's action)
 ASSOCIATION_REJECTED = "association_rejected"
 REQUEST_REFUSED = "request_refused"
+# an MPPS N-SET from another AE than the step's creator: a known peer asking for
+# what only another may do, not a failed authentication
+MPPS_SET_REFUSED = "mpps_set_refused"
+_EVENT_TYPES = {MPPS_SET_REFUSED: SecurityAlertType.USE_OF_RESTRICTED_FUNCTION}
 
 # peers tracked at once: past it, one overflow tally per kind
 DEFAULT_MAX_PEERS = 256
@@ -270,6 +274,11 @@ class RefusalAudit:
             )
 
 
+def _event_type(action: str) -> str:
+    """PS3.15 A.5.3.11: the Security Alert's event type for this kind of refusal."""
+    return _EVENT_TYPES.get(action, SecurityAlertType.NODE_AUTHENTICATION).value
+
+
 def _first_event(refusal: Refusal, at: datetime) -> AuditRecord:
     return AuditRecord(
         event_code=AuditEventCode.SECURITY_ALERT,
@@ -281,7 +290,7 @@ def _first_event(refusal: Refusal, at: datetime) -> AuditRecord:
         target_id=refusal.target_id,
         reason=refusal.reason,
         details={
-            "event_type": SecurityAlertType.NODE_AUTHENTICATION.value,
+            "event_type": _event_type(refusal.action),
             "count": 1,
             "at": at.isoformat(),
         },
@@ -295,7 +304,7 @@ def _aggregated_event(key: tuple[str, str], tally: _Tally, interval: float) -> A
         return next(iter(counter)) if len(counter) == 1 and not others else None
 
     details: dict[str, object] = {
-        "event_type": SecurityAlertType.NODE_AUTHENTICATION.value,
+        "event_type": _event_type(action),
         "count": tally.held,
         "aggregated": True,
         "interval_seconds": interval,

@@ -366,6 +366,8 @@ def test_an_n_set_from_another_ae_is_refused_audited_and_changes_nothing(
     # audited as the other refusals, aggregated per peer (test_mpps_refusals.py)
     assert event.reason == "the step was created by another AE"
     assert event.details["count"] == 1
+    # a known peer asking for what only another may do (PS3.15 A.5.3.11)
+    assert event.details["event_type"] == "110132"
     # the creator still can
     assert scu(node, "CT_MAIN_1").n_set(uid, "COMPLETED") == 0x0000
     with node.db.read() as session:
