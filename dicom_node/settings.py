@@ -100,9 +100,7 @@ class Settings(BaseSettings):
     # Services only a known calling AE may use: one listed in allowed_calling_aets
     # or peers, or the AE title of a modality registered in the node. Any of
     # "storage", "query", "retrieve", "worklist", "mpps", "commitment".
-    known_ae_required_for: Annotated[list[CallingAeService], NoDecode] = Field(
-        default_factory=list
-    )
+    known_ae_required_for: Annotated[list[CallingAeService], NoDecode] = Field(default_factory=list)
     # An MPPS N-SET from an AE other than the one whose N-CREATE made the step is
     # refused (a failure status, logged and audited)
     mpps_set_by_creator_only: bool = True
