@@ -151,7 +151,7 @@ class LimitedDUL(DULServiceProvider):
             # Before a request the state machine aborts without telling the
             # association thread, which would wait for one (and hold its slot)
             # until the ACSE timeout; None is what that wait returns on a timeout.
-            self.to_user_queue.put(None)  # type: ignore[arg-type]
+            self.to_user_queue.put(None)
 
 
 def limit_pdu_length(assoc: Association) -> None:
@@ -208,7 +208,7 @@ class TolerantStateMachine(StateMachine):
             and assoc.requestor.primitive is None
             and not self.dul.to_user_queue.qsize()
         ):
-            self.dul.to_user_queue.put(None)  # type: ignore[arg-type]
+            self.dul.to_user_queue.put(None)
 
 
 def tolerate_late_requests(assoc: Association) -> None:
