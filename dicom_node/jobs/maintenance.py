@@ -89,13 +89,13 @@ from dicom_node.services.audit import record_audit_event
 # the steps a study matched on arrival and completed goes through: reused, so a
 # re-matched study ends exactly where that one would (as reconciliation does)
 from dicom_node.services.completeness import (
-    _ensure_worklist_item,
-    _perform_order,
     blocking_report,
+    ensure_worklist_item,
+    perform_order,
     withdraw_from_reading,
 )
 from dicom_node.services.matching import find_order, match_new_study
-from dicom_node.services.reconciliation import _close_reconciliation_items
+from dicom_node.services.reconciliation import close_reconciliation_items
 from dicom_node.services.retention import (
     PurgedStudy,
     count_kept_for_late_images,
@@ -116,7 +116,7 @@ _WHO: dict[str, Any] = {
     "actor_role": None,
     "source_address": None,
 }
-# reconciliation._close_reconciliation_items takes a principal it does not use
+# reconciliation.close_reconciliation_items takes a principal it does not use
 # (its audit events name the actor given in ``who``). No user has id 0: should
 # it ever be stored, the foreign key refuses it instead of blaming someone.
 _NO_PRINCIPAL = Principal(user_id=0, username=ACTOR, role=Role.SCHEDULER)
@@ -645,12 +645,12 @@ def _rematch(
     if study.completeness == Completeness.COMPLETE.value:
         # what complete_study does for a matched study, at the time it completed
         completed = study.completed_at or now
-        _perform_order(
+        perform_order(
             session, order, now=completed, actor=ACTOR, reason=f"study {study.id} complete"
         )
         if blocking_report(session, study.id) is None:
             priority = Priority(order.priority)
-            _ensure_worklist_item(
+            ensure_worklist_item(
                 session,
                 study,
                 order,
@@ -659,7 +659,7 @@ def _rematch(
                 due_at=sla.due(priority, completed),
                 actor=ACTOR,
             )
-    _close_reconciliation_items(
+    close_reconciliation_items(
         session,
         study,
         patient,

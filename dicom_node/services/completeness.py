@@ -215,7 +215,7 @@ def complete_study(
     )
     readable = study.metadata_status in _READABLE or study.released_to_reading
     if order is not None and readable:
-        _perform_order(session, order, now=now, actor=actor)
+        perform_order(session, order, now=now, actor=actor)
     if order is not None:
         priority = Priority(order.priority)
     else:  # an unmatched study released to reading, at the priority it was released
@@ -223,7 +223,7 @@ def complete_study(
     due_at = sla.due(priority, now)
     if not readable or study.metadata_status in _TO_RECONCILE:
         # released to reading or not, an unmatched study still needs its order
-        _ensure_worklist_item(
+        ensure_worklist_item(
             session,
             study,
             order,
@@ -238,7 +238,7 @@ def complete_study(
     if report is not None:
         _record_late_instances(session, study, report, actor=actor)
         return
-    _ensure_worklist_item(
+    ensure_worklist_item(
         session,
         study,
         order,
@@ -402,7 +402,7 @@ def withdraw_from_reading(
     priority = Priority(
         reading.priority if reading else (order.priority if order else Priority.ROUTINE.value)
     )
-    _ensure_worklist_item(
+    ensure_worklist_item(
         session,
         study,
         order,
@@ -446,7 +446,7 @@ def _transition(
     )
 
 
-def _perform_order(
+def perform_order(
     session: Session,
     order: ImagingRequest,
     *,
@@ -472,7 +472,7 @@ def _perform_order(
         order.exam_completed_at = order.exam_completed_at or now
 
 
-def _ensure_worklist_item(
+def ensure_worklist_item(
     session: Session,
     study: DicomStudy,
     order: ImagingRequest | None,

@@ -51,9 +51,9 @@ from dicom_node.services.audit import acting, record_audit_event
 # The steps a study matched on arrival or completed goes through; reused, not
 # repeated, so a reconciled study ends exactly where a matched one would.
 from dicom_node.services.completeness import (
-    _ensure_worklist_item,
-    _perform_order,
     blocking_report,
+    ensure_worklist_item,
+    perform_order,
 )
 from dicom_node.services.orders import (
     OPEN_STATUSES,
@@ -376,7 +376,7 @@ def release_to_reading(
         study.completeness == Completeness.COMPLETE.value
         and blocking_report(session, study.id) is None
     ):
-        _ensure_worklist_item(
+        ensure_worklist_item(
             session,
             study,
             None,
@@ -771,7 +771,7 @@ def _link(
     if study.completeness == Completeness.COMPLETE.value:
         # ... and, the acquisition being over, the order is performed and the
         # study is read (due from when it completed, as for a matched study)
-        _perform_order(
+        perform_order(
             session,
             order,
             now=study.completed_at or now,
@@ -781,7 +781,7 @@ def _link(
         reading_item_id = _queue_for_reading(
             session, study, order, sla=sla, now=now, principal=principal, who=who
         )
-    _close_reconciliation_items(
+    close_reconciliation_items(
         session, study, patient, order, reason=reason, now=now, principal=principal, who=who
     )
     session.flush()
@@ -807,7 +807,7 @@ def _queue_for_reading(
     report = blocking_report(session, study.id)
     if report is None:
         priority = Priority(order.priority)
-        _ensure_worklist_item(
+        ensure_worklist_item(
             session,
             study,
             order,
@@ -845,7 +845,7 @@ def _steps_of(session: Session, study: DicomStudy) -> list[PerformedProcedureSte
     )
 
 
-def _close_reconciliation_items(
+def close_reconciliation_items(
     session: Session,
     study: DicomStudy,
     patient: Patient,
