@@ -78,6 +78,22 @@ class Settings(BaseSettings):
     # AE's own steps only (for modalities that do not fill it in)
     worklist_by_calling_ae: bool = False
 
+    # --- retrieve (C-MOVE, C-GET; docs/conformance.md) ------------------------
+    # Orthanc (and others) send a C-MOVE/C-GET at PATIENT level on the Study Root
+    # model, which PS3.4 C.6.2 does not define. Accepted when it carries a
+    # PatientID (every study of that patient is sent); false: refused 0xA900.
+    accept_patient_level_on_study_root: bool = True
+    # A stored compressed instance that the destination accepts in no stored
+    # syntax is decompressed (or re-encoded losslessly) for it; false: such a
+    # sub-operation fails and is listed as failed.
+    transcode_on_retrieve: bool = True
+    # Largest decoded pixel data one transcoding may hold in memory; a larger
+    # instance is not transcoded (its sub-operation fails, and says why).
+    max_transcode_bytes: Annotated[int, Field(ge=1_048_576)] = 1_073_741_824
+    # Transcodings run at once in one process (each holds decoded pixels in
+    # memory and a core busy); a retrieve waits for a free slot.
+    max_concurrent_transcodes: Annotated[int, Field(ge=1, le=64)] = 2
+
     # --- hostile peers and resource limits (docs/security.md) ----------------
     # Largest data set one C-STORE (or one imported file) may carry, counted as it
     # arrives and again as a Deflated transfer syntax inflates: over it the
