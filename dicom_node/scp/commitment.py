@@ -22,6 +22,7 @@ from dicom_node.domain.aetitle import Peer
 from dicom_node.domain.matching import SlaPolicy
 from dicom_node.domain.uids import is_valid_uid
 from dicom_node.scp import status
+from dicom_node.scp.contexts import service_contexts
 from dicom_node.scp.outgoing import PeerConnector
 from dicom_node.services.commitment import (
     PROCESSING_FAILURE,
@@ -123,10 +124,11 @@ class CommitmentHandler:
 
     def _report(self, peer: Peer, result: CommitmentResult) -> bool:
         ae = AE(ae_title=self._ae_title)
-        ae.add_requested_context(StorageCommitmentPushModel)
         assoc = self._connector.associate(
             ae,
             peer,
+            # Explicit then Implicit VR Little Endian, as every outgoing association
+            contexts=service_contexts([str(StorageCommitmentPushModel)]),
             # we send the N-EVENT-REPORT: the SCP role on the requester's association
             ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)],
         )

@@ -1,10 +1,12 @@
 """Associations the node opens to its peers (C-MOVE destinations, storage
 commitment reports): one place decides how a peer is reached, in plain TCP or
-DICOM TLS (PS3.15 B.1) as its entry in ``peers`` says."""
+DICOM TLS (PS3.15 B.1) as its entry in ``peers`` says. The contexts they
+propose come from ``scp/contexts.py``."""
 
 from __future__ import annotations
 
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,15 +35,18 @@ class PeerConnector:
     connect_timeout: float
     tls: ssl.SSLContext | None = None
 
-    def options(self, peer: Peer, **extra: Any) -> dict[str, Any]:
+    def options(
+        self, peer: Peer, *, handlers: Sequence[tuple[Any, ...]] = (), **extra: Any
+    ) -> dict[str, Any]:
         """``AE.associate()`` keyword arguments for an association to ``peer``;
         the C-MOVE handler yields them to pynetdicom, which opens the association
-        itself."""
+        itself. ``handlers``: the caller's ``evt_handlers`` for it, bound next
+        to the node's own."""
         options: dict[str, Any] = {
             "ae_title": peer.ae_title,
             "max_pdu": self.max_pdu,  # pynetdicom's associate() default is 16 KB
-            "evt_handlers": [(evt.EVT_CONN_OPEN, outgoing_connection_opened)],
             **extra,
+            "evt_handlers": [(evt.EVT_CONN_OPEN, outgoing_connection_opened), *handlers],
         }
         if peer.tls:
             if self.tls is None:
@@ -50,8 +55,10 @@ class PeerConnector:
             options["tls_args"] = (self.tls, peer.host)
         return options
 
-    def associate(self, ae: AE, peer: Peer, **extra: Any) -> Association:
+    def associate(
+        self, ae: AE, peer: Peer, *, handlers: Sequence[tuple[Any, ...]] = (), **extra: Any
+    ) -> Association:
         """Open an association from ``ae`` to ``peer`` (returned whether or not
         it was established)."""
         ae.connection_timeout = self.connect_timeout
-        return ae.associate(peer.host, peer.port, **self.options(peer, **extra))
+        return ae.associate(peer.host, peer.port, **self.options(peer, handlers=handlers, **extra))
