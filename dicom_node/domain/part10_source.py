@@ -21,6 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+
 CHUNK = 1_048_576
 # what the parsers address: a file's bytes, or its memory map
 Buffer = bytes | mmap.mmap
@@ -62,6 +66,45 @@ class Part10Source:
             for piece in self.chunks(start):
                 digest.update(piece)
         return digest.hexdigest()
+
+
+def read_stored_instance(path: Path, *, max_dataset_bytes: int) -> Dataset:
+    """The whole data set of a stored Part 10 file, with its file meta, for
+    retrieve and transcoding (domain/transcode.py).
+
+    A Deflated one (PS3.5 A.5) is inflated through the bounded inflater
+    (domain/inflate.py), not by pydicom in one unbounded call. A data set over
+    ``max_dataset_bytes``, as stored or inflated, raises DatasetTooLarge; a corrupt
+    deflate stream InvalidDeflate; anything else as pydicom.dcmread does (OSError,
+    InvalidDicomError...). The dataset of a Deflated file reads as Explicit VR Little
+    Endian; its file meta still names the Deflated syntax.
+    """
+    # imported here: inflate.py and part10.py import Buffer from this module
+    from dicom_node.domain.inflate import (
+        DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+        DatasetTooLarge,
+        inflated,
+    )
+    from dicom_node.domain.part10 import dataset_offset
+
+    with open_part10(path) as source:
+        offset = dataset_offset(source.buffer)
+        if source.size - offset > max_dataset_bytes:
+            raise DatasetTooLarge(max_dataset_bytes, source.size - offset)
+        meta = pydicom.dcmread(io.BytesIO(source.buffer[:offset])).file_meta
+        if str(meta.get("TransferSyntaxUID", "") or "") != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+            with source.stream() as stream:
+                return pydicom.dcmread(stream)
+        with inflated(lambda: source.chunks(offset), limit=max_dataset_bytes) as plain:
+            inflated_stream = io.BytesIO(plain) if isinstance(plain, bytes) else plain
+            inflated_stream.seek(0)
+            dataset = read_dataset(
+                inflated_stream,  # type: ignore[arg-type]  # an mmap reads and seeks as a file does
+                is_implicit_VR=False,
+                is_little_endian=True,
+            )
+        dataset.file_meta = meta
+        return dataset
 
 
 @contextlib.contextmanager
