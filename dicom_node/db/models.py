@@ -7,6 +7,7 @@ the database: unique UIDs, accession per issuer, usernames, foreign keys, and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -22,8 +23,10 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    event,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.engine.default import DefaultExecutionContext
+from sqlalchemy.orm import DeclarativeBase, Mapped, MappedColumn, mapped_column, relationship
 
 from dicom_node.db.types import UTCDateTime, utcnow
 from dicom_node.domain.enums import (
@@ -40,6 +43,7 @@ from dicom_node.domain.enums import (
     StudyStatus,
     WorklistStatus,
 )
+from dicom_node.domain.names import fold_person_name
 
 # Deterministic constraint names so alembic migrations are portable.
 NAMING_CONVENTION = {
@@ -58,6 +62,46 @@ CS = String(16)
 PN = String(324)  # up to three component groups of 64 chars plus delimiters
 AE = String(16)
 ID = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrement needs INTEGER
+
+
+# ------------------------------------------------------------------ person names
+
+# Column.info key of a folded copy: the PN column it copies
+_FOLDS = "folds"
+
+
+def folded_name(name: str | None) -> str | None:
+    """A PN column's value as its folded copy holds it (domain/names.py).
+
+    Casefolding can lengthen a name ("ß" -> "ss"): the copy is cut to its
+    column, the name itself is kept whole."""
+    return None if name is None else fold_person_name(name)[: PN.length]
+
+
+def folded_copy_of(source: str, *, index: bool = False) -> MappedColumn[Any]:
+    """The case-folded copy of the PN column ``source`` of the same table, which
+    every PN key is matched on (db/query.py). Kept in step here, so no writer
+    has to: filled on INSERT from the row's ``source`` (ORM or Core, e.g.
+    ingest's INSERT ... ON CONFLICT), and on every ORM assignment to ``source``
+    (``_keep_folded_copies``). A Core UPDATE of ``source`` must set it too."""
+
+    def on_insert(context: DefaultExecutionContext) -> str | None:
+        # the row's values as this INSERT binds them (SQLAlchemy leaves it untyped)
+        values: dict[str, Any] = context.get_current_parameters()  # type: ignore[no-untyped-call]
+        return folded_name(values.get(source))
+
+    return mapped_column(PN, default=on_insert, index=index, info={_FOLDS: source})
+
+
+def folded_copy(column: Any) -> Any:
+    """The folded copy (``<name>_folded``) of a PN column of a model, e.g.
+    ``folded_copy(Patient.patient_name)``; LookupError if it has none."""
+    owner, key = getattr(column, "class_", None), getattr(column, "key", None)
+    copy = getattr(owner, f"{key}_folded", None) if owner is not None else None
+    columns = getattr(getattr(copy, "property", None), "columns", None) or []
+    if not columns or columns[0].info.get(_FOLDS) != key:
+        raise LookupError(f"{column} has no folded copy: PN columns need one (folded_copy_of)")
+    return copy
 
 
 def _enum_check(column: str, values: type[Any]) -> CheckConstraint:
@@ -158,7 +202,7 @@ class ImagingRequest(Timestamped, Base):
     patient_id: Mapped[str] = mapped_column(LO)
     issuer_of_patient_id: Mapped[str] = mapped_column(LO, default="")
     patient_name: Mapped[str] = mapped_column(PN)
-    patient_name_folded: Mapped[str] = mapped_column(PN, index=True)
+    patient_name_folded: Mapped[str] = folded_copy_of("patient_name", index=True)
     patient_birth_date: Mapped[str | None] = mapped_column(String(8))
     patient_sex: Mapped[str | None] = mapped_column(CS)
     accession_number: Mapped[str | None] = mapped_column(SH)
@@ -172,6 +216,15 @@ class ImagingRequest(Timestamped, Base):
     status: Mapped[str] = mapped_column(String(16), default=RequestStatus.REQUESTED.value)
     requested_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
     referring_physician_name: Mapped[str | None] = mapped_column(PN)
+    referring_physician_name_folded: Mapped[str | None] = folded_copy_of("referring_physician_name")
+    # RequestingPhysician (0032,1032) and the step's ScheduledPerformingPhysicianName
+    # (0040,0006), answered and matched by the Modality Worklist
+    requesting_physician: Mapped[str | None] = mapped_column(PN)
+    requesting_physician_folded: Mapped[str | None] = folded_copy_of("requesting_physician")
+    scheduled_performing_physician_name: Mapped[str | None] = mapped_column(PN)
+    scheduled_performing_physician_name_folded: Mapped[str | None] = folded_copy_of(
+        "scheduled_performing_physician_name"
+    )
     imaging_center_id: Mapped[int | None] = mapped_column(ForeignKey("imaging_centers.id"))
     scheduled_modality_id: Mapped[int | None] = mapped_column(ForeignKey("modalities.id"))
     scheduled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -197,7 +250,7 @@ class Patient(Timestamped, Base):
     issuer_of_patient_id: Mapped[str] = mapped_column(LO, default="")
     patient_name: Mapped[str | None] = mapped_column(PN)
     # casefolded copy: PN matching is case-insensitive and SQL upper() is ASCII-only
-    patient_name_folded: Mapped[str | None] = mapped_column(PN, index=True)
+    patient_name_folded: Mapped[str | None] = folded_copy_of("patient_name", index=True)
     patient_birth_date: Mapped[str | None] = mapped_column(String(8))
     patient_sex: Mapped[str | None] = mapped_column(CS)
 
@@ -230,6 +283,12 @@ class DicomStudy(Timestamped, Base):
     study_time_norm: Mapped[str | None] = mapped_column(String(13))
     study_description: Mapped[str | None] = mapped_column(LO)
     referring_physician_name: Mapped[str | None] = mapped_column(PN)
+    referring_physician_name_folded: Mapped[str | None] = folded_copy_of("referring_physician_name")
+    # multi-valued PN (VM 1-n): the values as sent, backslash-separated
+    name_of_physicians_reading_study: Mapped[str | None] = mapped_column(PN)
+    name_of_physicians_reading_study_folded: Mapped[str | None] = folded_copy_of(
+        "name_of_physicians_reading_study"
+    )
     body_part_examined: Mapped[str | None] = mapped_column(CS)
     modality_type: Mapped[str | None] = mapped_column(CS)
     modalities_in_study: Mapped[str | None] = mapped_column(String(128))
@@ -264,6 +323,11 @@ class DicomSeries(Timestamped, Base):
     series_description: Mapped[str | None] = mapped_column(LO)
     body_part_examined: Mapped[str | None] = mapped_column(CS)
     station_name: Mapped[str | None] = mapped_column(SH)
+    # multi-valued PN (VM 1-n): the values as sent, backslash-separated
+    performing_physician_name: Mapped[str | None] = mapped_column(PN)
+    performing_physician_name_folded: Mapped[str | None] = folded_copy_of(
+        "performing_physician_name"
+    )
     series_date: Mapped[str | None] = mapped_column(String(8))
     series_time: Mapped[str | None] = mapped_column(String(16))
     series_time_norm: Mapped[str | None] = mapped_column(String(13))
@@ -511,3 +575,26 @@ class SignInSource(Base):
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_failure_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+# --------------------------------------------------------------------------- folded copies
+
+
+def _keep_folded_copies() -> None:
+    """Every ORM assignment to a PN column that has a folded copy refolds the
+    copy (corrections, order edits, reconciliation: no writer does it itself)."""
+    for mapper in Base.registry.mappers:
+        for column in mapper.columns:
+            source = column.info.get(_FOLDS)
+            if source is not None:
+                event.listen(getattr(mapper.class_, source), "set", _refolding(column.key))
+
+
+def _refolding(copy: str) -> Callable[[Any, str | None, Any, Any], None]:
+    def refold(target: Any, value: str | None, _old: Any, _initiator: Any) -> None:
+        setattr(target, copy, folded_name(value))
+
+    return refold
+
+
+_keep_folded_copies()

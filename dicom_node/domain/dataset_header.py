@@ -84,6 +84,9 @@ class InstanceHeader:
     station_name: str | None
     instance_number: int | None
     request_attributes: tuple[RequestAttributes, ...]
+    # PN, VM 1-n: the values backslash-separated, as ReferringPhysicianName's
+    name_of_physicians_reading_study: str | None = None
+    performing_physician_name: str | None = None
 
 
 _KEYWORDS = (
@@ -94,6 +97,7 @@ _KEYWORDS = (
     "StudyDate", "StudyTime", "StudyDescription", "StudyID", "ReferringPhysicianName",
     "SeriesNumber", "SeriesDescription", "SeriesDate", "SeriesTime", "StationName",
     "InstanceNumber", "RequestAttributesSequence",
+    "NameOfPhysiciansReadingStudy", "PerformingPhysicianName",
 )  # fmt: skip
 _TAGS = [Tag(keyword) for keyword in _KEYWORDS]
 _REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
@@ -289,6 +293,8 @@ def header_from_dataset(ds: Dataset, *, transfer_syntax_uid: str) -> InstanceHea
         station_name=_text(ds, "StationName", _SH),
         instance_number=_integer(ds, "InstanceNumber"),
         request_attributes=tuple(_request_items(ds)),
+        name_of_physicians_reading_study=_text(ds, "NameOfPhysiciansReadingStudy", _PN),
+        performing_physician_name=_text(ds, "PerformingPhysicianName", _PN),
     )
 
 

@@ -47,14 +47,13 @@ from sqlalchemy.orm import Session
 
 from dicom_node.db.changes import record_change
 from dicom_node.db.engine import Database
-from dicom_node.db.models import PN, DicomInstance, DicomSeries, DicomStudy, Patient
+from dicom_node.db.models import DicomInstance, DicomSeries, DicomStudy, Patient
 from dicom_node.db.upsert import insert_ignoring_conflict
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.dataset_header import InstanceHeader, InvalidHeader, read_header
 from dicom_node.domain.enums import AuditOutcome, Completeness, MetadataStatus, StudyStatus
 from dicom_node.domain.errors import InvalidValue
 from dicom_node.domain.inflate import DEFAULT_MAX_DATASET_BYTES, DatasetTooLarge
-from dicom_node.domain.names import fold_person_name
 from dicom_node.domain.part10 import dataset_offset
 from dicom_node.domain.part10_source import Part10Source, open_part10
 from dicom_node.domain.query import normalize_tm
@@ -768,12 +767,8 @@ def _upsert_patient(session: Session, header: InstanceHeader) -> int:
         {
             "patient_id": header.patient_id,
             "issuer_of_patient_id": header.issuer_of_patient_id,
+            # PN columns: their folded copies are filled by the INSERT (db/models.py)
             "patient_name": header.patient_name,
-            # casefolding can lengthen a name ("ß" -> "ss"): the folded copy is cut
-            # to its column, the name itself is kept whole
-            "patient_name_folded": fold_person_name(header.patient_name)[: PN.length]
-            if header.patient_name
-            else None,
             "patient_birth_date": header.patient_birth_date,
             "patient_sex": header.patient_sex,
         },
@@ -812,6 +807,7 @@ def _upsert_study(
             "study_time_norm": normalize_tm(header.study_time),
             "study_description": header.study_description,
             "referring_physician_name": header.referring_physician_name,
+            "name_of_physicians_reading_study": header.name_of_physicians_reading_study,
             "body_part_examined": header.body_part_examined,
             "modality_type": header.modality,
             "metadata_status": MetadataStatus.PENDING.value,
@@ -842,6 +838,7 @@ def _upsert_series(session: Session, header: InstanceHeader, study_pk: int) -> t
             "series_description": header.series_description,
             "body_part_examined": header.body_part_examined,
             "station_name": header.station_name,
+            "performing_physician_name": header.performing_physician_name,
             "series_date": header.series_date,
             "series_time": header.series_time,
             "series_time_norm": normalize_tm(header.series_time),
