@@ -32,6 +32,7 @@ from sqlalchemy import (
     Text,
     and_,
     exists,
+    false,
     func,
     literal,
     or_,
@@ -44,9 +45,9 @@ from sqlalchemy.orm import InstrumentedAttribute, aliased
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
-from dicom_node.db.models import DicomInstance, DicomSeries, DicomStudy, Patient
+from dicom_node.db.models import DicomInstance, DicomSeries, DicomStudy, Patient, folded_copy
 from dicom_node.domain.enums import MetadataStatus
-from dicom_node.domain.names import fold_person_name
+from dicom_node.domain.names import NameForm, name_pattern
 from dicom_node.domain.query import (
     LEVEL_ORDER,
     AnyOf,
@@ -71,8 +72,9 @@ class Attribute:
     level: Level
     vr: str
     column: ColumnElement[Any] | InstrumentedAttribute[Any]
-    # PN: matched case-insensitively on the folded copy (SQL upper() is ASCII-only)
-    folded: InstrumentedAttribute[Any] | None = None
+    # PN: the column's folded copy, which the PN rule matches on (domain/names.py);
+    # found by itself for a model's column (db/models.folded_copy)
+    folded: ColumnElement[Any] | InstrumentedAttribute[Any] | None = None
     # TM: matched on the normalised copy (HHMMSS.FFFFFF), so ranges compare as text
     normalized: InstrumentedAttribute[Any] | None = None
     # ModalitiesInStudy: a backslash-joined set, matched per value
@@ -81,6 +83,12 @@ class Attribute:
     computed: bool = False
     # DA: the TM key it pairs with and that key's normalised column (C.2.2.2.5.1)
     time_partner: tuple[str, InstrumentedAttribute[Any]] | None = None
+
+    def __post_init__(self) -> None:
+        # every PN key is matched by the one PN rule, on a folded copy: a PN
+        # column without one is a mistake to find at import, not at a query
+        if self.vr == "PN" and self.folded is None:
+            object.__setattr__(self, "folded", folded_copy(self.column))
 
 
 def _patient_count(column: ColumnElement[Any]) -> ColumnElement[Any]:
@@ -99,13 +107,7 @@ def _patient_count(column: ColumnElement[Any]) -> ColumnElement[Any]:
 
 
 _ATTRIBUTES = [
-    Attribute(
-        "PatientName",
-        Level.PATIENT,
-        "PN",
-        Patient.patient_name,
-        folded=Patient.patient_name_folded,
-    ),
+    Attribute("PatientName", Level.PATIENT, "PN", Patient.patient_name),
     Attribute("PatientID", Level.PATIENT, "LO", Patient.patient_id),
     Attribute("IssuerOfPatientID", Level.PATIENT, "LO", Patient.issuer_of_patient_id),
     Attribute("PatientBirthDate", Level.PATIENT, "DA", Patient.patient_birth_date),
@@ -151,6 +153,12 @@ _ATTRIBUTES = [
     Attribute("StudyDescription", Level.STUDY, "LO", DicomStudy.study_description),
     Attribute("ReferringPhysicianName", Level.STUDY, "PN", DicomStudy.referring_physician_name),
     Attribute(
+        "NameOfPhysiciansReadingStudy",
+        Level.STUDY,
+        "PN",
+        DicomStudy.name_of_physicians_reading_study,
+    ),
+    Attribute(
         "ModalitiesInStudy",
         Level.STUDY,
         "CS",
@@ -173,6 +181,7 @@ _ATTRIBUTES = [
     Attribute("SeriesDescription", Level.SERIES, "LO", DicomSeries.series_description),
     Attribute("BodyPartExamined", Level.SERIES, "CS", DicomSeries.body_part_examined),
     Attribute("StationName", Level.SERIES, "SH", DicomSeries.station_name),
+    Attribute("PerformingPhysicianName", Level.SERIES, "PN", DicomSeries.performing_physician_name),
     Attribute(
         "SeriesDate",
         Level.SERIES,
@@ -383,6 +392,10 @@ SEQUENCES: Mapping[str, SequenceAttribute] = {
         },
     )
 }
+# Items are matched on their stored JSON, which holds no folded copy: a PN item
+# field would need one (the PN rule, domain/names.py) before it is listed here.
+if any(vr == "PN" for s in SEQUENCES.values() for _key, vr in s.fields.values()):
+    raise RuntimeError("a PN sequence item field needs a folded copy in the stored items")
 
 
 class json_array_items(FunctionElement[Any]):
@@ -511,11 +524,18 @@ def match_condition(attribute: Attribute, match: Match) -> ColumnElement[bool] |
         raise UnsupportedQuery(f"{attribute.keyword} is returned, not matched")
     if attribute.vr == "IS":
         return _integer_condition(attribute.keyword, column, match)
+    if attribute.vr == "PN" and attribute.folded is not None:
+        return person_name_condition(attribute.folded, match)
     if attribute.normalized is not None:
         column = cast(ColumnElement[Any], attribute.normalized)
     if isinstance(match, Single | Wildcard | AnyOf):
         parts = match.matches if isinstance(match, AnyOf) else (match,)
-        return _text_condition(attribute, [_test(attribute, part) for part in parts])
+        compared: dict[str, ColumnElement[Any]] = {
+            _EQUAL: column,
+            _LIKE: column,
+            _VALUES: literal("\\") + column + literal("\\"),
+        }
+        return _any_test(compared, [_test(attribute, part) for part in parts])
     if isinstance(match, UidList):
         return _in_list(column, match.values)
     if isinstance(match, Range):
@@ -528,22 +548,41 @@ def match_condition(attribute: Attribute, match: Match) -> ColumnElement[bool] |
     raise AssertionError(match)
 
 
+def person_name_condition(
+    folded: ColumnElement[Any] | InstrumentedAttribute[Any], match: Match
+) -> ColumnElement[bool] | None:
+    """A PN key on a PN column's folded copy: the one PN rule of domain/names.py
+    (case-insensitive, any component group of any value, wildcards), for every
+    PN key of C-FIND, the worklist and the HTTP searches. None: universal."""
+    if isinstance(match, Universal):
+        return None
+    parts = match.matches if isinstance(match, AnyOf) else (match,)
+    column = cast(ColumnElement[Any], folded)
+    compared: dict[str, ColumnElement[Any]] = {
+        # "=" + each group of each value + "=": "a=b\c" -> "=a=b=\=c="
+        NameForm.GROUPS: literal("=") + func.replace(column, "\\", "=\\=") + literal("="),
+        # "\" + each whole value + "\"
+        NameForm.VALUES: literal("\\") + column + literal("\\"),
+    }
+    tests: list[tuple[str, str]] = []
+    for part in parts:
+        if not isinstance(part, Single | Wildcard):
+            raise UnsupportedQuery(f"not a person name match: {type(part).__name__}")
+        pattern = name_pattern(_text(part))
+        if pattern is not None:
+            tests.append((pattern.form, like_pattern(pattern.pattern)))
+    if not tests:
+        return false()  # a name that folds to nothing (``^``): no stored name is empty
+    return _any_test(compared, tests)
+
+
 # What one value of a text key is compared with: the column itself (EQUAL, LIKE),
-# the PN with its component groups as "=" + name + "=" (GROUPS), or a
-# backslash-joined multi-value as "\" + values + "\" (VALUES).
-_EQUAL, _LIKE, _GROUPS, _VALUES = "equal", "like", "groups", "values"
+# or a backslash-joined multi-value as "\" + values + "\" (VALUES).
+_EQUAL, _LIKE, _VALUES = "equal", "like", "values"
 
 
 def _test(attribute: Attribute, match: Single | Wildcard) -> tuple[str, str]:
     """(what it is compared with, the value or LIKE pattern) for one value."""
-    if attribute.folded is not None:
-        # PS3.4 C.2.2.2.1 lets PN match case-insensitively; this node does
-        match = _folded(match)
-        if "=" not in _text(match):
-            # no "=": the whole name or any one of its component groups
-            # (alphabetic, ideographic, phonetic): 山田^太郎 finds
-            # Yamada^Tarou=山田^太郎=やまだ^たろう
-            return _GROUPS, f"%={_like(match)}=%"
     if attribute.multi_valued:
         if isinstance(match, Wildcard):
             raise UnsupportedQuery(f"{attribute.keyword}: wildcards in a multi-valued key")
@@ -553,20 +592,16 @@ def _test(attribute: Attribute, match: Single | Wildcard) -> tuple[str, str]:
     return _EQUAL, match.value  # case-sensitive on both databases
 
 
-def _text_condition(attribute: Attribute, tests: list[tuple[str, str]]) -> ColumnElement[bool]:
-    column = cast(ColumnElement[Any], attribute.folded or attribute.column)
-    compared: dict[str, ColumnElement[Any]] = {
-        _EQUAL: column,
-        _LIKE: column,
-        _GROUPS: literal("=") + column + literal("="),
-        _VALUES: literal("\\") + column + literal("\\"),
-    }
+def _any_test(
+    compared: Mapping[str, ColumnElement[Any]], tests: list[tuple[str, str]]
+) -> ColumnElement[bool]:
+    """Whether any (target, value) test holds: ``compared[target]`` equal to the
+    value for _EQUAL, LIKE the pattern for every other target."""
     conditions: list[ColumnElement[bool]] = []
-    for target in (_EQUAL, _LIKE, _GROUPS, _VALUES):
+    for target, expression in compared.items():
         texts = list(dict.fromkeys(text for kind, text in tests if kind == target))
         if not texts:
             continue
-        expression = compared[target]
         if target == _EQUAL:
             conditions.append(_in_list(expression, texts))
         elif len(texts) == 1:
@@ -630,13 +665,3 @@ def listed(values: Sequence[str | int]) -> Any:
 
 def _text(match: Single | Wildcard) -> str:
     return match.value if isinstance(match, Single) else match.pattern
-
-
-def _like(match: Single | Wildcard) -> str:
-    return like_pattern(match.pattern) if isinstance(match, Wildcard) else like_literal(match.value)
-
-
-def _folded(match: Single | Wildcard) -> Single | Wildcard:
-    if isinstance(match, Single):
-        return Single(fold_person_name(match.value))
-    return Wildcard(fold_person_name(match.pattern))

@@ -3,7 +3,8 @@
 Each scheduled order is one Scheduled Procedure Step. The keys inside
 ScheduledProcedureStepSequence are matched against the same row, which is what
 sequence matching means for a one-item sequence (PS3.4 C.2.2.2.6). Matching per
-key uses the C-FIND rules of ``dicom_node.db.query``.
+key uses the C-FIND rules of ``dicom_node.db.query``: every PN key (top level or
+in the step) by the one PN rule (domain/names.py).
 """
 
 from __future__ import annotations
@@ -24,13 +25,7 @@ _L = Level.STUDY  # one level only: a worklist has no hierarchy
 TOP_LEVEL: Mapping[str, Attribute] = {
     a.keyword: a
     for a in [
-        Attribute(
-            "PatientName",
-            _L,
-            "PN",
-            ImagingRequest.patient_name,
-            folded=ImagingRequest.patient_name_folded,
-        ),
+        Attribute("PatientName", _L, "PN", ImagingRequest.patient_name),
         Attribute("PatientID", _L, "LO", ImagingRequest.patient_id),
         Attribute("IssuerOfPatientID", _L, "LO", ImagingRequest.issuer_of_patient_id),
         Attribute("PatientBirthDate", _L, "DA", ImagingRequest.patient_birth_date),
@@ -40,6 +35,7 @@ TOP_LEVEL: Mapping[str, Attribute] = {
         Attribute("RequestedProcedureID", _L, "SH", ImagingRequest.requested_procedure_id),
         Attribute("RequestedProcedureDescription", _L, "LO", ImagingRequest.study_description),
         Attribute("ReferringPhysicianName", _L, "PN", ImagingRequest.referring_physician_name),
+        Attribute("RequestingPhysician", _L, "PN", ImagingRequest.requesting_physician),
         Attribute("ReasonForTheRequestedProcedure", _L, "LO", ImagingRequest.clinical_indication),
     ]
 }
@@ -52,17 +48,22 @@ STEP: Mapping[str, Attribute] = {
         Attribute("ScheduledProcedureStepID", _L, "SH", ImagingRequest.scheduled_procedure_step_id),
         Attribute("ScheduledProcedureStepDescription", _L, "LO", ImagingRequest.study_description),
         Attribute("ScheduledProcedureStepLocation", _L, "SH", ImagingCenter.name),
+        Attribute(
+            "ScheduledPerformingPhysicianName",
+            _L,
+            "PN",
+            ImagingRequest.scheduled_performing_physician_name,
+        ),
     ]
 }
-# Answered, matched specially or not at all: the start date/time (from the UTC
+# Answered and matched specially: the start date/time (from the UTC
 # scheduled_at, in the node's local time, as DICOM dates are), the status (only
-# SCHEDULED steps are ever listed), the priority, and fields the order lacks.
-COMPUTED_TOP = {"RequestedProcedurePriority", "RequestingPhysician"}
+# SCHEDULED steps are ever listed) and the priority.
+COMPUTED_TOP = {"RequestedProcedurePriority"}
 COMPUTED_STEP = {
     "ScheduledProcedureStepStartDate",
     "ScheduledProcedureStepStartTime",
     "ScheduledProcedureStepStatus",
-    "ScheduledPerformingPhysicianName",
 }
 
 
@@ -111,8 +112,6 @@ def _computed_condition(keyword: str, match: Match) -> ColumnElement[bool] | Non
     if keyword == "ScheduledProcedureStepStatus":
         # only scheduled steps are listed: SCHEDULED matches all, anything else none
         return None if match == Single("SCHEDULED") else literal(False)
-    if keyword in ("ScheduledPerformingPhysicianName", "RequestingPhysician"):
-        return literal(False)  # not recorded: no step has the value asked for
     if keyword == "RequestedProcedurePriority" and isinstance(match, Single):
         priority = _PRIORITY_BY_TERM.get(match.value)
         return ImagingRequest.priority == priority if priority else literal(False)

@@ -28,12 +28,13 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import ColumnElement, Select, case, func, select, text
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from dicom_node.db.models import PN, ImagingCenter, ImagingRequest, Modality
+from dicom_node.db.models import ImagingCenter, ImagingRequest, Modality
+from dicom_node.db.query import person_name_condition
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import ModalityStatus, Priority, RequestStatus, Role
 from dicom_node.domain.errors import Conflict, Forbidden, InvalidValue, NotFound
-from dicom_node.domain.names import fold_person_name
 from dicom_node.domain.permissions import Principal
+from dicom_node.domain.query import Wildcard
 from dicom_node.domain.uids import new_uid
 from dicom_node.services.audit import acting, record_audit_event
 
@@ -262,6 +263,8 @@ class OrderInfo:
     study_description: str | None
     clinical_indication: str | None
     referring_physician_name: str | None
+    requesting_physician: str | None
+    scheduled_performing_physician_name: str | None
     requested_by_id: int | None
     imaging_center_id: int | None
     scheduled_modality_id: int | None
@@ -303,6 +306,8 @@ def order_info(order: ImagingRequest) -> OrderInfo:
         study_description=order.study_description,
         clinical_indication=order.clinical_indication,
         referring_physician_name=order.referring_physician_name,
+        requesting_physician=order.requesting_physician,
+        scheduled_performing_physician_name=order.scheduled_performing_physician_name,
         requested_by_id=order.requested_by_id,
         imaging_center_id=order.imaging_center_id,
         scheduled_modality_id=order.scheduled_modality_id,
@@ -467,6 +472,9 @@ class NewOrder:
     priority: str = Priority.ROUTINE.value
     clinical_indication: str | None = None
     referring_physician_name: str | None = None
+    # the Modality Worklist's RequestingPhysician and ScheduledPerformingPhysicianName
+    requesting_physician: str | None = None
+    scheduled_performing_physician_name: str | None = None
     imaging_center_id: int | None = None
 
 
@@ -563,9 +571,7 @@ def create_order(
     order = ImagingRequest(
         patient_id=patient_id,
         issuer_of_patient_id=issuer,
-        patient_name=name,
-        # casefolding may lengthen a name ('ß' -> 'ss'): the copy fits its column
-        patient_name_folded=fold_person_name(name)[: PN.length],
+        patient_name=name,  # its folded copy follows (db/models.py)
         patient_birth_date=dicom_date(new.patient_birth_date, field="patient_birth_date"),
         patient_sex=_sex(new.patient_sex),
         requested_modality=modality,
@@ -575,6 +581,10 @@ def create_order(
         clinical_indication=(new.clinical_indication or "").strip() or None,
         referring_physician_name=person_name(
             new.referring_physician_name, field="referring_physician_name"
+        ),
+        requesting_physician=person_name(new.requesting_physician, field="requesting_physician"),
+        scheduled_performing_physician_name=person_name(
+            new.scheduled_performing_physician_name, field="scheduled_performing_physician_name"
         ),
         requested_by_id=principal.user_id,
         imaging_center_id=_center(session, new.imaging_center_id),
@@ -675,6 +685,8 @@ _AUDITED_FIELDS = (
     "study_description",
     "clinical_indication",
     "referring_physician_name",
+    "requesting_physician",
+    "scheduled_performing_physician_name",
     "requested_by_id",
     "imaging_center_id",
 )
@@ -780,8 +792,13 @@ def list_orders(
     if filters.issuer_of_patient_id is not None:
         query = query.where(ImagingRequest.issuer_of_patient_id == filters.issuer_of_patient_id)
     if filters.patient_name:
-        pattern = f"{escape_like(fold_person_name(filters.patient_name.strip()))}%"
-        query = query.where(ImagingRequest.patient_name_folded.like(pattern, escape="\\"))
+        # the PN rule of C-FIND (domain/names.py) for "<name>*": case-insensitive,
+        # the start of the name or of any one component group
+        condition = person_name_condition(
+            ImagingRequest.patient_name_folded, Wildcard(f"{filters.patient_name.strip()}*")
+        )
+        if condition is not None:
+            query = query.where(condition)
     if filters.modality is not None:
         query = query.where(
             ImagingRequest.requested_modality == modality_code(filters.modality, field="modality")
@@ -860,6 +877,8 @@ EDITABLE_FIELDS = frozenset(
         "clinical_indication",
         "study_description",
         "referring_physician_name",
+        "requesting_physician",
+        "scheduled_performing_physician_name",
         "requested_modality",
         "imaging_center_id",
         "patient_name",
@@ -868,6 +887,12 @@ EDITABLE_FIELDS = frozenset(
     }
 )
 _EDITABLE_STATES = (RequestStatus.REQUESTED.value, RequestStatus.SCHEDULED.value)
+# optional PN fields of an order, edited alike
+_PERSON_NAMES = (
+    "referring_physician_name",
+    "requesting_physician",
+    "scheduled_performing_physician_name",
+)
 
 
 def update_order(
@@ -900,13 +925,12 @@ def update_order(
             order.study_description = long_string(value, field=name, required=True)
         elif name == "clinical_indication":
             order.clinical_indication = (value or "").strip() or None
-        elif name == "referring_physician_name":
-            order.referring_physician_name = person_name(value, field=name)
+        elif name in _PERSON_NAMES:
+            setattr(order, name, person_name(value, field=name))
         elif name == "patient_name":
             new_name = person_name(value, field=name, required=True)
             assert new_name is not None
-            order.patient_name = new_name
-            order.patient_name_folded = fold_person_name(new_name)[: PN.length]
+            order.patient_name = new_name  # its folded copy follows (db/models.py)
         elif name == "patient_birth_date":
             order.patient_birth_date = dicom_date(value, field=name)
         elif name == "patient_sex":

@@ -27,6 +27,7 @@ from dicom_node.db.query import (
 )
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import AuditOutcome
+from dicom_node.domain.names import person_name_matches
 from dicom_node.domain.query import (
     InvalidQuery,
     Level,
@@ -160,9 +161,12 @@ def _matching_items(
     for item in stored:
         values: dict[str, str | None] = {}
         for keyword, item_match in match.items.items():
-            field_key = sequence.fields[keyword][0] if keyword in sequence.fields else None
+            field_key, vr = sequence.fields.get(keyword, (None, None))
             value = item.get(field_key) if field_key else None
-            if not value_matches(item_match, None if value is None else str(value)):
+            text = None if value is None else str(value)
+            # the same rules as the SQL: PN by the one PN rule, the rest as C-FIND
+            matches = person_name_matches if vr == "PN" else value_matches
+            if not matches(item_match, text):
                 break
             values[keyword] = None if value is None else str(value)
         else:

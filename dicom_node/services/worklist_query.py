@@ -141,7 +141,7 @@ def _step(
         "RequestedProcedureDescription": order.study_description,
         "RequestedProcedurePriority": PRIORITY_TERMS.get(order.priority),
         "ReferringPhysicianName": order.referring_physician_name,
-        "RequestingPhysician": None,
+        "RequestingPhysician": order.requesting_physician,
         "ReasonForTheRequestedProcedure": (order.clinical_indication or "")[:64] or None,
     }
     step = {
@@ -150,7 +150,7 @@ def _step(
         "Modality": order.requested_modality or (modality.type if modality else None),
         "ScheduledProcedureStepStartDate": start.strftime("%Y%m%d") if start else None,
         "ScheduledProcedureStepStartTime": start.strftime("%H%M%S") if start else None,
-        "ScheduledPerformingPhysicianName": None,
+        "ScheduledPerformingPhysicianName": order.scheduled_performing_physician_name,
         "ScheduledProcedureStepDescription": order.study_description,
         "ScheduledProcedureStepID": order.scheduled_procedure_step_id,
         "ScheduledProcedureStepLocation": (center.name[:16] if center else None),
