@@ -1,0 +1,170 @@
+"""DCMTK 3.6.7 against the node (issue 14, item 6): ``movescu`` moving each test
+study to ``storescp +xa`` (takes every syntax) and to a default ``storescp``
+(uncompressed syntaxes only), and ``getscu`` retrieving each study with
+``+xw``, ``+xy``, ``+xv`` and its default proposal. storescp and getscu write
+what arrives bit for bit (``+B``), so an instance sent in its stored syntax
+must be byte-identical to the node's file, and a transcoded one pixel-equal
+(tests/interop/studies.py: ``judge``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from tests.interop.conftest import LOGS, STORESCP_ALL, STORESCP_RAW, NodeUnderTest
+from tests.interop.netns import NetNamespace
+from tests.interop.peers import Storescp, run_tool
+from tests.interop.studies import (
+    KINDS,
+    UNCOMPRESSED,
+    Study,
+    judge,
+    names,
+    read_part10,
+    retrieve_report,
+)
+from tests.support import dcmtk_tool
+
+pytestmark = pytest.mark.interop
+
+# getscu's preferred storage syntax per option; every option also offers
+# Explicit VR Little Endian, Explicit VR Big Endian and Implicit VR Little Endian
+# in the same presentation context (one context per storage SOP class).
+GETSCU_PREFERS = {
+    "+xw": "1.2.840.10008.1.2.4.91",  # JPEG 2000 (lossy)
+    "+xy": "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+    "+xv": "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
+    "default": None,
+}
+_COUNT = re.compile(r"(Completed|Failed|Warning) Suboperations\s*:\s*(\d+)")
+
+
+@pytest.fixture(scope="module")
+def storescps(
+    netns: NetNamespace, node: NodeUnderTest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Storescp]]:
+    dcmtk_tool("storescp")
+    base = tmp_path_factory.mktemp("storescp")
+    started: dict[str, Storescp] = {}
+    try:
+        with netns.entered():
+            for name, (aet, port), options in (
+                ("all", STORESCP_ALL, ["+xa"]),
+                ("uncompressed", STORESCP_RAW, []),
+            ):
+                started[name] = Storescp(base / name, aet=aet, port=port, options=options)
+                LOGS[f"storescp {aet}"] = started[name].log_tail
+        yield started
+    finally:
+        for scp in started.values():
+            LOGS.pop(f"storescp {scp.aet}", None)
+            scp.stop()
+
+
+def final_counts(output: str) -> dict[str, int]:
+    """The sub-operation counts of the last C-MOVE/C-GET response DCMTK logged (-d)."""
+    counts: dict[str, int] = {}
+    for name, value in _COUNT.findall(output):
+        counts[name.lower()] = int(value)  # later responses overwrite earlier ones
+    return counts
+
+
+def _judge_all(node: NodeUnderTest, received: dict[str, bytes]) -> dict[str, list[str]]:
+    problems = {}
+    for uid, data in received.items():
+        found = judge(node.stored_path(uid), data, bit_preserving=True)
+        if found:
+            problems[uid] = found
+    return problems
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("accepting", ["all", "uncompressed"])
+def test_movescu_to_storescp(
+    storescps: dict[str, Storescp],
+    node: NodeUnderTest,
+    studies: dict[str, Study],
+    accepting: str,
+    kind: str,
+) -> None:
+    storescp = storescps[accepting]
+    storescp.clear()
+    study = studies[kind]
+    result = run_tool(
+        [dcmtk_tool("movescu"), "-d", "-S", "-aet", "MOVESCU", "-aec", "DICOM_NODE",
+         "-aem", storescp.aet, "-k", "QueryRetrieveLevel=STUDY",
+         "-k", f"StudyInstanceUID={study.study_instance_uid}",
+         "127.0.0.1", str(node.dicom_port)],
+    )  # fmt: skip
+    received = storescp.received()
+    problems = _judge_all(node, received)
+    wanted = names(study)
+    report = retrieve_report(wanted, received, problems)
+    complete = received.keys() == wanted.keys() and not problems
+    assert complete, report
+    if accepting == "uncompressed":
+        assert {_syntax(data) for data in received.values()} <= UNCOMPRESSED
+    counts = final_counts(result.stdout + result.stderr)
+    assert counts == {"completed": len(wanted), "failed": 0, "warning": 0}, report
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+
+
+def _syntax(data: bytes) -> str:
+    return str(read_part10(data).file_meta.TransferSyntaxUID)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("option", GETSCU_PREFERS)
+def test_getscu(
+    node: NodeUnderTest, studies: dict[str, Study], tmp_path: Path, option: str, kind: str
+) -> None:
+    study = studies[kind]
+    out = tmp_path / "got"
+    out.mkdir()
+    result = run_tool(
+        [dcmtk_tool("getscu"), "-d", "-S", "+B", *([option] if option != "default" else []),
+         "-aec", "DICOM_NODE", "-od", str(out), "-k", "QueryRetrieveLevel=STUDY",
+         "-k", f"StudyInstanceUID={study.study_instance_uid}",
+         "127.0.0.1", str(node.dicom_port)],
+    )  # fmt: skip
+    received = {}
+    for path in out.iterdir():
+        received[str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)] = (
+            path.read_bytes()
+        )
+    problems = _judge_all(node, received)
+    # Where getscu offered an instance's stored syntax and every instance of its
+    # SOP class in the study has that syntax, the node (the acceptor of getscu's
+    # storage contexts) must take it: the instance arrives as stored.
+    offered = {GETSCU_PREFERS[option], *UNCOMPRESSED} - {None}
+    syntaxes_of_class: dict[str, set[str]] = {}
+    for instance in study.instances:
+        syntaxes_of_class.setdefault(instance.sop_class_uid, set()).add(
+            instance.transfer_syntax_uid
+        )
+    for instance in study.instances:
+        uid = instance.sop_instance_uid
+        if (
+            uid in received
+            and instance.transfer_syntax_uid in offered
+            and syntaxes_of_class[instance.sop_class_uid] == {instance.transfer_syntax_uid}
+            and _syntax(received[uid]) != instance.transfer_syntax_uid
+        ):
+            problems.setdefault(uid, []).append(
+                f"offered its stored {instance.transfer_syntax_uid}, got {_syntax(received[uid])}"
+            )
+    wanted = names(study)
+    report = retrieve_report(wanted, received, problems)
+    complete = received.keys() == wanted.keys() and not problems
+    assert complete, report
+    output = result.stdout + result.stderr
+    assert final_counts(output) == {"completed": len(wanted), "failed": 0, "warning": 0}, report
+    assert result.returncode == 0, output[-3000:]
+    # the association ends with a clean release, nothing after the final response
+    errors = [line for line in output.splitlines() if line.startswith(("E:", "F:"))]
+    assert not errors, "\n".join(errors)
