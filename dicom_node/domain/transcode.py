@@ -239,7 +239,7 @@ def frame_count(dataset: Dataset) -> int:
 
 def decoded_photometric_interpretation(dataset: Dataset) -> str:
     """The Photometric Interpretation of the pixels ``frame`` returns, and of a
-    dataset transcoded to a native syntax."""
+    compressed instance ``transcode`` decompresses (a native one keeps its own)."""
     source = _source_syntax(dataset)
     value = str(dataset.get("PhotometricInterpretation", "") or "")
     if source in _TO_RGB and value in ("YBR_FULL", "YBR_FULL_422"):
