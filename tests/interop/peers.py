@@ -109,6 +109,8 @@ class Orthanc:
             "DicomAet": aet,
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
+            # files of 110 MB come back over loopback: gzip would only cost time
+            "HttpCompressionEnabled": False,
             "DicomModalities": {
                 "node": {"AET": NODE_AET, "Host": "127.0.0.1", "Port": node_port},
             },

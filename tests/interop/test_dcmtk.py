@@ -138,26 +138,20 @@ def test_getscu(
             path.read_bytes()
         )
     problems = _judge_all(node, received)
-    # Where getscu offered an instance's stored syntax and every instance of its
-    # SOP class in the study has that syntax, the node (the acceptor of getscu's
-    # storage contexts) must take it: the instance arrives as stored.
+    # The node, as the acceptor of getscu's storage contexts, chooses each
+    # context's syntax before it knows what will be retrieved, so it can go only
+    # by what it holds of the SOP class. Where the store holds a class in one
+    # syntax and getscu offers it, the instance must arrive as stored.
     offered = {GETSCU_PREFERS[option], *UNCOMPRESSED} - {None}
-    syntaxes_of_class: dict[str, set[str]] = {}
+    held: dict[str, set[str]] = {}
+    for stored in (i for s in studies.values() for i in s.instances):
+        held.setdefault(stored.sop_class_uid, set()).add(stored.transfer_syntax_uid)
     for instance in study.instances:
-        syntaxes_of_class.setdefault(instance.sop_class_uid, set()).add(
-            instance.transfer_syntax_uid
-        )
-    for instance in study.instances:
-        uid = instance.sop_instance_uid
-        if (
-            uid in received
-            and instance.transfer_syntax_uid in offered
-            and syntaxes_of_class[instance.sop_class_uid] == {instance.transfer_syntax_uid}
-            and _syntax(received[uid]) != instance.transfer_syntax_uid
-        ):
-            problems.setdefault(uid, []).append(
-                f"offered its stored {instance.transfer_syntax_uid}, got {_syntax(received[uid])}"
-            )
+        uid, syntax = instance.sop_instance_uid, instance.transfer_syntax_uid
+        if uid not in received or syntax not in offered or held[instance.sop_class_uid] != {syntax}:
+            continue
+        if (got := _syntax(received[uid])) != syntax:
+            problems.setdefault(uid, []).append(f"offered its stored {syntax}, got {got}")
     wanted = names(study)
     report = retrieve_report(wanted, received, problems)
     complete = received.keys() == wanted.keys() and not problems
