@@ -1,16 +1,18 @@
 """Fixtures of the interop tests: one private network namespace, the test
-studies and one ``dicom-node serve`` per pytest process (SQLite), the peers per
+studies and one ``dicom-node serve`` (SQLite) per pytest process, the peers per
 module. Every test runs with its thread inside the namespace (``_inside``).
 
-Readme: tests/interop/README in /work/notes; in short, run as root (CI does):
-``pytest -n0 tests/interop``; outside CI a missing unshare/Orthanc/DCMTK skips.
+Run as root (a network namespace needs CAP_SYS_ADMIN; CI runs as root):
+``pytest -n0 tests/interop`` or ``pytest -m interop``; the rest of the suite
+alone: ``pytest -m "not interop"``. Outside CI a missing unshare, Orthanc or
+DCMTK skips these tests with the reason; in CI (CI=true) it fails them.
 """
 
 from __future__ import annotations
 
 import shutil
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,12 +48,15 @@ LOGS: dict[str, Callable[[], str]] = {}
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    report: pytest.TestReport = yield
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test's report carries the tail of every running peer's log."""
+    report = yield
     if report.failed and LOGS:
         for name, log_tail in list(LOGS.items()):
             report.sections.append((f"{name} log (tail)", log_tail()))
-    return report  # type: ignore[return-value]
+    return report
 
 
 @pytest.fixture(scope="session")

@@ -134,9 +134,13 @@ class Orthanc:
                 env=dcmtk_env(),
             )
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=180)
-        started = {"process": self.process, "log": self.log}
-        wait_until(self._rest_answers, f"Orthanc {aet} REST", timeout=60, **started)
-        wait_until(lambda: port_answers(dicom_port), f"Orthanc {aet} DICOM", timeout=30, **started)
+        for ready, what, timeout in (
+            (self._rest_answers, "REST", 60),
+            (lambda: port_answers(dicom_port), "DICOM", 30),
+        ):
+            wait_until(
+                ready, f"Orthanc {aet} {what}", timeout=timeout, process=self.process, log=self.log
+            )
 
     def _rest_answers(self) -> bool:
         try:
@@ -274,13 +278,14 @@ class RefusingStoreScp:
         self._lock = threading.Lock()
         ae = AE(ae_title=aet)
         for context in AllStoragePresentationContexts:
+            assert context.abstract_syntax is not None
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         self._server = ae.start_server(
             ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
         )
 
     def _store(self, event: evt.Event) -> int:
-        uid = str(event.request.AffectedSOPInstanceUID)
+        uid = str(event.request.AffectedSOPInstanceUID)  # type: ignore[union-attr]
         with self._lock:
             if uid in self.refuse:
                 self.refused.append(uid)
@@ -289,6 +294,7 @@ class RefusingStoreScp:
             return 0x0000
 
     def stop(self) -> None:
+        assert self._server is not None
         self._server.shutdown()
 
 

@@ -239,7 +239,7 @@ def build_studies(directory: Path) -> dict[str, Study]:
             if path is None:  # pragma: no cover - pydicom-data is a test dependency
                 raise FileNotFoundError(f"pydicom test file {source} (install pydicom-data)")
             ds = pydicom.dcmread(path)
-            sop_uid = _uid(spec.kind, number, source)
+            sop_uid = UID(_uid(spec.kind, number, source))
             ds.PatientID = spec.patient_id
             ds.PatientName = f"INTEROP^{spec.kind.upper()}"
             ds.StudyInstanceUID = study_uid

@@ -10,6 +10,7 @@ must be byte-identical to the node's file, and a transcoded one pixel-equal
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,6 +75,16 @@ def final_counts(output: str) -> dict[str, int]:
     return counts
 
 
+def _with_output(report: str, tool: str, result: subprocess.CompletedProcess[str]) -> str:
+    """The report with the last lines DCMTK printed that are not its dumps."""
+    lines = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if line.startswith(("I:", "W:", "E:", "F:")) and not line.startswith("I: (")
+    ]
+    return "\n".join([report, f"--- {tool} (exit {result.returncode}), last lines:", *lines[-25:]])
+
+
 def _judge_all(node: NodeUnderTest, received: dict[str, bytes]) -> dict[str, list[str]]:
     problems = {}
     for uid, data in received.items():
@@ -104,7 +115,7 @@ def test_movescu_to_storescp(
     received = storescp.received()
     problems = _judge_all(node, received)
     wanted = names(study)
-    report = retrieve_report(wanted, received, problems)
+    report = _with_output(retrieve_report(wanted, received, problems), "movescu", result)
     complete = received.keys() == wanted.keys() and not problems
     assert complete, report
     if accepting == "uncompressed":
@@ -153,7 +164,7 @@ def test_getscu(
         if (got := _syntax(received[uid])) != syntax:
             problems.setdefault(uid, []).append(f"offered its stored {syntax}, got {got}")
     wanted = names(study)
-    report = retrieve_report(wanted, received, problems)
+    report = _with_output(retrieve_report(wanted, received, problems), "getscu", result)
     complete = received.keys() == wanted.keys() and not problems
     assert complete, report
     output = result.stdout + result.stderr
