@@ -3,11 +3,11 @@ sub-operations, to a known peer (C-MOVE) or back on the same association (C-GET)
 
 The instance list is read before the first sub-operation, with no session kept
 open; each file is read from the store only when its turn comes, so memory does
-not grow with the size of the study. pynetdicom's retrieve loop takes a decoded
-dataset per sub-operation and encodes it in the transfer syntax it was stored in
-(proposed first for each SOP class, with explicit and implicit little endian as
-fallbacks; a compressed instance reaches only a peer that accepts its stored
-syntax: nothing is transcoded).
+not grow with the size of the study. A C-MOVE proposes one context per SOP
+class and stored transfer syntax plus an uncompressed fallback per SOP class
+(scp/contexts.py); each instance then goes as stored, re-encoded uncompressed,
+or transcoded, as the peer's accepted contexts allow (scp/delivery.py). The
+110106 Export event and the final response say what the peer answered.
 """
 
 from __future__ import annotations
@@ -18,29 +18,51 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import build_context
 from pynetdicom.events import Event
-from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
 
 from dicom_node.db.engine import Database
 from dicom_node.domain.aetitle import Peer
 from dicom_node.domain.query import InvalidQuery, Level, UnsupportedQuery
+from dicom_node.domain.transcode import Transcoder
 from dicom_node.scp import status
+from dicom_node.scp.contexts import BEYOND_LIMIT, MAX_CONTEXTS, ContextPlan, plan_contexts
+from dicom_node.scp.delivery import (
+    LINK_LOST,
+    UNABLE_TO_PERFORM_SUB_OPERATIONS,
+    Delivery,
+    StoreLink,
+    Tally,
+)
 from dicom_node.scp.find import failure, identifier_keys, parse_level, reason, refusal_code
+from dicom_node.scp.get_negotiation import GetNegotiation
 from dicom_node.scp.move_sink import final_status_only
 from dicom_node.scp.outgoing import PeerConnector
-from dicom_node.services.retrieve import RetrieveItem, instances_to_retrieve, record_export
+from dicom_node.services.retrieve import (
+    NOTHING_SENT,
+    ExportResult,
+    HeldSyntaxes,
+    RetrieveItem,
+    instances_to_retrieve,
+    record_export,
+)
+from dicom_node.settings import Settings
 from dicom_node.storage import FileStore
 
 log = logging.getLogger("dicom_node.scp")
 
-MAX_CONTEXTS = 128  # PS3.8: presentation context IDs are odd numbers 1..255
-# PS3.4 C.4.2.1.5 Failure: Unable to perform sub-operations (kept here: status.py
-# is shared and this is the only user)
-UNABLE_TO_PERFORM_SUB_OPERATIONS = 0xA702
+# the retrieve models of the Study Root, which PS3.4 C.6.2 gives no PATIENT level
+_STUDY_ROOT_RETRIEVE = {
+    str(StudyRootQueryRetrieveInformationModelMove),
+    str(StudyRootQueryRetrieveInformationModelGet),
+}
+UNREACHABLE = "destination unreachable"
+REFUSED_ASSOCIATION = "destination refused the association"
+NO_CONTEXT_ACCEPTED = "destination accepted no presentation context"
 
 
 class RetrieveHandler:
@@ -51,13 +73,41 @@ class RetrieveHandler:
         peers: dict[str, Peer],
         *,
         connector: PeerConnector,
+        delivery: Delivery,
         max_list_values: int | None = None,
+        patient_level_on_study_root: bool = True,
     ) -> None:
         self._max_list_values = max_list_values  # settings.max_query_list_values
         self._db = db
-        self._store = store
         self._peers = peers
         self._connector = connector  # plain or TLS, as the peer's entry says
+        self._delivery = delivery
+        self._patient_level_on_study_root = patient_level_on_study_root
+        # the C-GET requester's storage syntaxes (EVT_REQUESTED, scp/server.py)
+        self.negotiation = GetNegotiation(HeldSyntaxes(db).of, transcode=delivery.transcodes)
+
+    @classmethod
+    def from_settings(
+        cls, db: Database, store: FileStore, settings: Settings, *, connector: PeerConnector
+    ) -> RetrieveHandler:
+        transcoder = Transcoder(
+            max_decoded_bytes=settings.max_transcode_bytes,
+            max_concurrent=settings.max_concurrent_transcodes,
+        )
+        return cls(
+            db,
+            store,
+            dict(settings.peers),
+            connector=connector,
+            delivery=Delivery(
+                store,
+                transcoder,
+                transcode=settings.transcode_on_retrieve,
+                max_dataset_bytes=settings.max_dataset_bytes,
+            ),
+            max_list_values=settings.max_query_list_values,
+            patient_level_on_study_root=settings.accept_patient_level_on_study_root,
+        )
 
     # ------------------------------------------------------------------ C-MOVE
 
@@ -67,14 +117,14 @@ class RetrieveHandler:
         peer = self._peers.get(destination)
         if peer is None:
             log.warning("C-MOVE from %s to unknown destination refused", requestor.ae_title)
-            self._audit(event, destination, None, {}, Counter(), [], "unknown destination")
+            self._audit(event, destination, None, {}, NOTHING_SENT, "unknown destination")
             yield None, None  # pynetdicom answers 0xA801 Move Destination unknown
             return
         try:
             level, keys, items = self._plan(event)
         except InvalidQuery as exc:
             log.warning("C-MOVE from %s refused: %s", requestor.ae_title, exc)
-            self._audit(event, destination, None, {}, Counter(), [], str(exc))
+            self._audit(event, destination, None, {}, NOTHING_SENT, str(exc))
             yield from final_status_only(1, failure(refusal_code(exc), str(exc)))
             return
         if items and not _listening(peer, timeout=event.assoc.ae.connection_timeout):
@@ -82,34 +132,34 @@ class RetrieveHandler:
             # sub-operation counted as failed and listed (0xA702), not 0xA801
             # (that one says the AE title is unknown, which is not the case)
             log.warning("C-MOVE from %s: %s unreachable", requestor.ae_title, destination)
-            failed = [item.sop_instance_uid for item in items]
             self._audit(
-                event,
-                destination,
-                level,
-                keys,
-                Counter(unreachable=len(items)),
-                failed,
-                "destination unreachable",
+                event, destination, level, keys, _all_failed(items, UNREACHABLE), UNREACHABLE
             )
             report = Dataset()
-            report.FailedSOPInstanceUIDList = failed
-            code, _ = failure(UNABLE_TO_PERFORM_SUB_OPERATIONS, "destination unreachable")
+            report.FailedSOPInstanceUIDList = [item.sop_instance_uid for item in items]
+            code, _ = failure(UNABLE_TO_PERFORM_SUB_OPERATIONS, UNREACHABLE)
             yield from final_status_only(len(items), (code, report))
             return
+        plan = plan_contexts(Counter((i.sop_class_uid, i.transfer_syntax_uid) for i in items))
+        _log_plan(plan, requestor.ae_title, destination)
+        link = StoreLink()
         reached = False
         try:
-            yield peer.host, peer.port, self._connector.options(peer, contexts=_contexts(items))
+            yield (
+                peer.host,
+                peer.port,
+                self._connector.options(peer, contexts=plan.contexts, handlers=link.handlers()),
+            )
             yield len(items)
             reached = True
-            yield from self._sub_operations(event, items, level, keys, destination)
+            yield from self._sub_operations(event, items, level, keys, destination, link, plan)
         finally:
             if not reached and items:
-                # listening, but the association failed (rejected, aborted): 0xA801
-                log.warning(
-                    "C-MOVE from %s: %s refused the association", requestor.ae_title, destination
-                )
-                self._audit(event, destination, level, keys, Counter(), [], "destination refused")
+                # listening, but the association failed (rejected, aborted, or
+                # no context accepted): pynetdicom answered 0xA801
+                why = NO_CONTEXT_ACCEPTED if link.was_accepted else REFUSED_ASSOCIATION
+                log.warning("C-MOVE from %s: %s: %s", requestor.ae_title, destination, why)
+                self._audit(event, destination, level, keys, _all_failed(items, why), why)
 
     # ------------------------------------------------------------------ C-GET
 
@@ -119,19 +169,22 @@ class RetrieveHandler:
             level, keys, items = self._plan(event)
         except InvalidQuery as exc:
             log.warning("C-GET from %s refused: %s", requestor.ae_title, exc)
-            self._audit(event, requestor.ae_title, None, {}, Counter(), [], str(exc))
+            self._audit(event, requestor.ae_title, None, {}, NOTHING_SENT, str(exc))
             yield 1
             yield failure(refusal_code(exc), str(exc))
             return
         yield len(items)
-        yield from self._sub_operations(event, items, level, keys, requestor.ae_title)
+        with StoreLink.listening_on(event.assoc) as link:
+            yield from self._sub_operations(
+                event, items, level, keys, requestor.ae_title, link, None
+            )
 
     # ------------------------------------------------------------------ shared
 
     def _plan(self, event: Event) -> tuple[Level, dict[str, str | None], list[RetrieveItem]]:
         try:
             identifier = event.identifier
-            level = parse_level(identifier, str(event.request.AffectedSOPClassUID))
+            level = self._level(identifier, str(event.request.AffectedSOPClassUID))
             # sequences are not unique keys: collected apart and ignored, like the rest
             keys = identifier_keys(identifier, {})
         except InvalidQuery:
@@ -145,6 +198,23 @@ class RetrieveHandler:
         )
         return level, keys, items
 
+    def _level(self, identifier: Dataset, sop_class: str) -> Level:
+        """The identifier's level in the model. Tolerance: PATIENT on the Study
+        Root retrieve models (Orthanc sends it for every patient it retrieves),
+        unless ``accept_patient_level_on_study_root`` is false; the PatientID
+        it then needs is checked like on the Patient Root model."""
+        try:
+            return parse_level(identifier, sop_class)
+        except InvalidQuery:
+            level = str(identifier.get("QueryRetrieveLevel", "") or "").strip()
+            if (
+                self._patient_level_on_study_root
+                and level == Level.PATIENT.value
+                and sop_class in _STUDY_ROOT_RETRIEVE
+            ):
+                return Level.PATIENT
+            raise
+
     def _sub_operations(
         self,
         event: Event,
@@ -152,32 +222,64 @@ class RetrieveHandler:
         level: Level,
         keys: dict[str, str | None],
         destination: str,
+        link: StoreLink,
+        plan: ContextPlan | None,
     ) -> Iterator[Any]:
-        """One C-STORE sub-operation per readable instance. An instance whose file
-        is missing or unreadable is a failed sub-operation: after the others, a
-        final 0xB000 lists them (pynetdicom counts the ones never offered as
-        failed). The Export audit counts what was offered to pynetdicom."""
-        counts: Counter[str] = Counter()
-        failed: list[str] = []
+        """One C-STORE sub-operation per instance that can go (delivery.py). An
+        instance that cannot (no usable context, unreadable file, transcoding
+        impossible) is not handed to pynetdicom: a final status of our own then
+        lists it with the ones the peer refused, and pynetdicom counts it as
+        failed. Cancel (C-CANCEL) is honoured between sub-operations."""
+        what = "C-GET" if plan is None else "C-MOVE"
+        tally = Tally(len(items))
+        in_flight: RetrieveItem | None = None
+        audited = False
         try:
-            for item in items:
+            for index, item in enumerate(items):
                 if event.is_cancelled:
-                    counts["cancelled"] = len(items) - counts["offered"] - len(failed)
-                    yield status.CANCEL, None
+                    tally.cancelled(len(items) - index)
+                    audited = self._audit(event, destination, level, keys, tally.result(), None)
+                    yield status.CANCEL, tally.failed_uids()
                     return
-                dataset = self._read(item)
-                if dataset is None:
-                    failed.append(item.sop_instance_uid)
+                outgoing = self._outgoing(item, link, plan)
+                if isinstance(outgoing, str):
+                    tally.fail(item.sop_instance_uid, outgoing)
                     continue
-                counts["offered"] += 1
+                dataset, how = outgoing
+                tally.offered(how)
+                link.expect()
+                in_flight = item
                 yield status.PENDING, dataset
-            if failed:
-                report = Dataset()
-                report.FailedSOPInstanceUIDList = failed
-                yield status.SUB_OPERATIONS_COMPLETE_WITH_FAILURES, report
+                in_flight = None
+                tally.answered(item.sop_instance_uid, link.answer(item.sop_instance_uid))
+            final = tally.final()
+            audited = self._audit(event, destination, level, keys, tally.result(), None)
+            _log_outcome(what, event.assoc.requestor.ae_title, destination, tally)
+            if final is not None:
+                yield final
         finally:
-            counts["unreadable"] = len(failed)
-            self._audit(event, destination, level, keys, counts, failed, None)
+            if not audited:  # the requester went away, or pynetdicom stopped asking
+                if in_flight is not None:
+                    uid = in_flight.sop_instance_uid
+                    tally.answered(uid, link.answer(uid))
+                self._audit(event, destination, level, keys, tally.result(), None)
+
+    def _outgoing(
+        self, item: RetrieveItem, link: StoreLink, plan: ContextPlan | None
+    ) -> tuple[Dataset, str] | str:
+        """The data set to send for ``item`` and how it goes, or why it cannot."""
+        if not link.is_open:
+            return LINK_LOST
+        if plan is not None and item.sop_class_uid in plan.without_context:
+            return BEYOND_LIMIT
+        route = self._delivery.route(item, link.accepted(item.sop_class_uid))
+        if route.how is None:
+            assert route.reason is not None
+            return route.reason
+        dataset = self._delivery.dataset(item, route)
+        if isinstance(dataset, str):
+            return dataset
+        return dataset, route.how
 
     def _audit(
         self,
@@ -185,10 +287,9 @@ class RetrieveHandler:
         destination: str,
         level: Level | None,
         keys: dict[str, str | None],
-        counts: Counter[str],
-        failed: list[str],
+        result: ExportResult,
         refused: str | None,
-    ) -> None:
+    ) -> bool:
         requestor = event.assoc.requestor
         try:
             record_export(
@@ -198,20 +299,63 @@ class RetrieveHandler:
                 destination=destination,
                 level=level,
                 keys=keys,
-                counts=counts,
-                failed=failed,
+                result=result,
                 refused=refused,
             )
         except Exception:
             log.exception("could not audit a retrieve")
+        return True
 
-    def _read(self, item: RetrieveItem) -> Dataset | None:
-        """The stored instance, or None (logged) if its file is gone or unreadable."""
-        try:
-            return pydicom.dcmread(self._store.absolute(item.file_path))
-        except Exception as exc:  # missing, truncated, garbage: pydicom raises many kinds
-            log.error("stored instance cannot be read for a retrieve: %s", type(exc).__name__)
-            return None
+
+def _all_failed(items: list[RetrieveItem], why: str) -> ExportResult:
+    tally = Tally(len(items))
+    for item in items:
+        tally.fail(item.sop_instance_uid, why)
+    return tally.result()
+
+
+def _log_plan(plan: ContextPlan, requestor: str, destination: str) -> None:
+    """Once per retrieve: what did not fit in the 128 presentation contexts."""
+    if plan.without_context:
+        log.warning(
+            "C-MOVE from %s to %s spans more than %d SOP classes: the instances of %d fail",
+            requestor,
+            destination,
+            MAX_CONTEXTS,
+            len(plan.without_context),
+        )
+    if plan.without_pair:
+        log.info(
+            "C-MOVE from %s to %s: %d stored transfer syntaxes beyond the %d presentation "
+            "contexts; their instances go through the uncompressed context, transcoded",
+            requestor,
+            destination,
+            len(plan.without_pair),
+            MAX_CONTEXTS,
+        )
+
+
+def _log_outcome(what: str, requestor: str, destination: str, tally: Tally) -> None:
+    counts = tally.counts
+    if not counts["failed"]:
+        log.info(
+            "%s from %s to %s: %d sent (%d transcoded)",
+            what,
+            requestor,
+            destination,
+            counts["offered"],
+            counts["transcoded"],
+        )
+        return
+    log.warning(
+        "%s from %s to %s: %d of %d sub-operations failed (%s)",
+        what,
+        requestor,
+        destination,
+        counts["failed"],
+        tally.total,
+        "; ".join(f"{why}: {n}" for why, n in tally.reasons.most_common(3)),
+    )
 
 
 def _listening(peer: Peer, *, timeout: float | None) -> bool:
@@ -222,21 +366,3 @@ def _listening(peer: Peer, *, timeout: float | None) -> bool:
             return True
     except OSError:
         return False
-
-
-def _contexts(items: list[RetrieveItem]) -> list[PresentationContext]:
-    """One context per SOP class: its stored transfer syntaxes, then uncompressed."""
-    syntaxes: dict[str, list[str]] = {}
-    for item in items:
-        wanted = syntaxes.setdefault(item.sop_class_uid, [])
-        if item.transfer_syntax_uid not in wanted:
-            wanted.append(item.transfer_syntax_uid)
-    contexts = []
-    for sop_class, stored in list(syntaxes.items())[:MAX_CONTEXTS]:
-        fallback = [
-            ts for ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) if ts not in stored
-        ]
-        contexts.append(build_context(sop_class, [*stored, *fallback]))
-    if len(syntaxes) > MAX_CONTEXTS:
-        log.warning("retrieve spans more than %d SOP classes: the rest fail", MAX_CONTEXTS)
-    return contexts

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -419,12 +419,8 @@ class DicomServer:
         )
         # known_ae_required_for, and the audit of refused associations and requests
         self._access = AccessControl.from_settings(settings, db)
-        self._retrieve_handler = RetrieveHandler(
-            db,
-            store,
-            dict(settings.peers),
-            connector=self._connector,
-            max_list_values=settings.max_query_list_values,
+        self._retrieve_handler = RetrieveHandler.from_settings(
+            db, store, settings, connector=self._connector
         )
         self._server: NodeAssociationServer | None = None  # the plain DICOM port
         self._secure: NodeAssociationServer | None = None  # the DICOM TLS port
@@ -445,6 +441,8 @@ class DicomServer:
             access=self._access,
             gate=self.gate,
         )
+        # after admission's: a C-GET requester's storage syntaxes (get_negotiation.py)
+        handlers.append((evt.EVT_REQUESTED, self._retrieve_handler.negotiation.requested))
         bound_here = self._listeners is None
         listeners = bind_listeners(self._settings) if bound_here else self._listeners
         assert listeners is not None

@@ -10,11 +10,14 @@ instance is sent.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, func, select
 
 from dicom_node.db.engine import Database
 from dicom_node.db.models import DicomInstance
@@ -138,6 +141,34 @@ def retrieve_match(
     return match
 
 
+@dataclass(frozen=True)
+class ExportResult:
+    """What became of a retrieve's sub-operations: ``counts`` (offered,
+    completed, warning, failed, sent_as_stored, converted, transcoded, and
+    cancelled when it was), and the failed instances with a reason each (the
+    first ones: the caller bounds the list)."""
+
+    counts: Mapping[str, int]
+    failures: list[tuple[str, str]]
+
+
+NOTHING_SENT = ExportResult(counts={}, failures=[])
+
+
+def export_outcome(result: ExportResult, refused: str | None) -> AuditOutcome:
+    """PS3.15 A.5.3 EventOutcomeIndicator of an Export: success only when
+    nothing failed; a serious failure when nothing reached the destination of
+    what was to go; a refused request (bad identifier, unknown destination)
+    is a minor failure, like every refused request the node audits."""
+    failed = result.counts.get("failed", 0)
+    delivered = result.counts.get("completed", 0) + result.counts.get("warning", 0)
+    if failed and not delivered:
+        return AuditOutcome.SERIOUS_FAILURE
+    if failed or refused:
+        return AuditOutcome.MINOR_FAILURE
+    return AuditOutcome.SUCCESS
+
+
 def record_export(
     db: Database,
     *,
@@ -146,11 +177,11 @@ def record_export(
     destination: str,
     level: Level | None,
     keys: Mapping[str, str | None],
-    counts: Mapping[str, int],
-    failed: list[str],
+    result: ExportResult = NOTHING_SENT,
     refused: str | None = None,
 ) -> None:
-    """110106 Export: who took which instances where (C-MOVE and C-GET); a
+    """110106 Export: who took which instances where (C-MOVE and C-GET), what
+    the destination answered for them and why the failed ones failed; a
     refused retrieve (``refused`` says why) is recorded too."""
     with db.unit_of_work() as session:
         record_audit_event(
@@ -158,7 +189,7 @@ def record_export(
             AuditRecord(
                 event_code=AuditEventCode.EXPORT,
                 action="instances_exported",
-                outcome=AuditOutcome.MINOR_FAILURE if failed or refused else AuditOutcome.SUCCESS,
+                outcome=export_outcome(result, refused),
                 actor=actor,
                 source_address=source_address,
                 target_class=level.value if level is not None else None,
@@ -167,8 +198,11 @@ def record_export(
                 details={
                     "destination": destination,
                     "keys": audited_keys(keys),
-                    "counts": dict(counts),
-                    "failed_sop_instance_uids": failed[:100],
+                    "counts": dict(result.counts),
+                    "failed_instances": [
+                        {"sop_instance_uid": uid, "reason": reason}
+                        for uid, reason in result.failures
+                    ],
                 },
             ),
         )
@@ -180,3 +214,54 @@ def _one_study(keys: Mapping[str, str | None]) -> str | None:
     whole Export event failed on PostgreSQL for a C-MOVE of two studies)."""
     value = (keys.get("StudyInstanceUID") or "").strip(" \x00")
     return value if value and is_valid_uid(value) else None
+
+
+class HeldSyntaxes:
+    """SOP class -> {transfer syntax: instances} the store holds, for the C-GET
+    acceptor's choice of syntax (``scp/get_negotiation.py``).
+
+    Counted over the most recent ``sample`` instances (an index-ordered scan
+    that stops there, whatever the size of the store: a count over all of it,
+    with no index on the SOP class, would be a full scan while an association
+    waits for its answer), and kept ``ttl`` seconds.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        ttl: float = 60.0,
+        sample: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._db = db
+        self._ttl = ttl
+        self._sample = sample
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._held: dict[str, Counter[str]] = {}
+        self._read_at: float | None = None
+
+    def of(self, sop_class: str) -> Counter[str]:
+        with self._lock:
+            now = self._clock()
+            if self._read_at is None or now - self._read_at >= self._ttl:
+                self._held = self._read()
+                self._read_at = now
+            return self._held.get(sop_class, Counter())
+
+    def _read(self) -> dict[str, Counter[str]]:
+        recent = (
+            select(DicomInstance.sop_class_uid, DicomInstance.transfer_syntax_uid)
+            .order_by(DicomInstance.id.desc())
+            .limit(self._sample)
+            .subquery()
+        )
+        statement = select(
+            recent.c.sop_class_uid, recent.c.transfer_syntax_uid, func.count()
+        ).group_by(recent.c.sop_class_uid, recent.c.transfer_syntax_uid)
+        held: dict[str, Counter[str]] = {}
+        with self._db.read() as session:
+            for sop_class, syntax, count in session.execute(statement):
+                held.setdefault(str(sop_class), Counter())[str(syntax)] = int(count)
+        return held

@@ -76,6 +76,12 @@ def _exports(node: Node) -> list[AuditEvent]:
         )
 
 
+def _counts(**counts: int) -> dict[str, int]:
+    """The Export event's counts: every key, zero unless given."""
+    keys = ("offered", "completed", "warning", "failed", "sent_as_stored", "converted")
+    return {**dict.fromkeys((*keys, "transcoded"), 0), **counts}
+
+
 def test_movescu_retrieves_a_study_byte_identical(make_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
     node = _loaded(make_node, peers=f"MOVESCU@127.0.0.1:{port}")
@@ -96,7 +102,9 @@ def test_movescu_retrieves_a_study_byte_identical(make_node, tmp_path: Path) -> 
     (export,) = _exports(node)
     assert export.event_code == "110106"
     assert export.details["destination"] == "MOVESCU"
-    assert export.details["counts"] == {"offered": count, "unreadable": 0}
+    assert export.outcome == "success"
+    assert export.details["counts"] == _counts(offered=count, completed=count, sent_as_stored=count)
+    assert export.details["failed_instances"] == []
 
 
 def test_getscu_retrieves_one_series_on_its_own_association(make_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -185,8 +193,11 @@ def test_move_to_an_unreachable_peer_reports_every_sub_operation_failed(make_nod
         "destination unreachable",
         "unknown destination",
     )
-    assert unreachable.details["counts"] == {"unreachable": count}
-    assert len(unreachable.details["failed_sop_instance_uids"]) == min(count, 100)
+    assert unreachable.outcome == "serious_failure"  # nothing reached it
+    assert unreachable.details["counts"] == _counts(failed=count)
+    failed = unreachable.details["failed_instances"]
+    assert len(failed) == min(count, 100)
+    assert {entry["reason"] for entry in failed} == {"destination unreachable"}
 
 
 def test_movescu_to_an_unreachable_peer_is_told_the_failed_count(make_node) -> None:  # type: ignore[no-untyped-def]
@@ -264,8 +275,12 @@ def test_a_missing_or_unreadable_file_is_a_failed_sub_operation_the_rest_is_sent
     assert "Final Move Response (Warning: SubOperationsCompleteOneOrMoreFailures)" in output
     (export,) = _exports(node)
     assert export.outcome == "minor_failure"
-    assert export.details["counts"] == {"offered": count - 1, "unreadable": 1}
-    assert export.details["failed_sop_instance_uids"] == [lost_uid]
+    assert export.details["counts"] == _counts(
+        offered=count - 1, completed=count - 1, sent_as_stored=count - 1, failed=1
+    )
+    assert export.details["failed_instances"] == [
+        {"sop_instance_uid": lost_uid, "reason": "stored file missing or unreadable"}
+    ]
 
 
 def test_a_bad_move_identifier_is_a900_even_with_a_live_destination(make_node) -> None:  # type: ignore[no-untyped-def]
