@@ -96,3 +96,6 @@ class NetNamespace:
         os.close(self._fd)
         self._holder.send_signal(signal.SIGKILL)
         self._holder.wait(timeout=10)
+        for pipe in (self._holder.stdout, self._holder.stderr):
+            if pipe is not None:
+                pipe.close()

@@ -25,7 +25,12 @@ from tests.interop.peers import ORTHANC, UNCOMPRESSED_SYNTAXES, Orthanc, stop_al
 from tests.interop.studies import KINDS, SPECS, Study, judge, names, retrieve_report
 from tests.support import require
 
-pytestmark = pytest.mark.interop
+pytestmark = [
+    pytest.mark.interop,
+    # rtdose_rle.dcm holds a UID with a zero-led component (…9.0123…): pydicom
+    # warns at every read of it, and the node rightly keeps it as it came
+    pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning"),
+]
 
 PATIENTS = tuple(dict.fromkeys(spec.patient_id for spec in SPECS))
 
