@@ -524,7 +524,8 @@ def match_condition(attribute: Attribute, match: Match) -> ColumnElement[bool] |
         raise UnsupportedQuery(f"{attribute.keyword} is returned, not matched")
     if attribute.vr == "IS":
         return _integer_condition(attribute.keyword, column, match)
-    if attribute.vr == "PN" and attribute.folded is not None:
+    if attribute.vr == "PN":
+        assert attribute.folded is not None  # found by __post_init__
         return person_name_condition(attribute.folded, match)
     if attribute.normalized is not None:
         column = cast(ColumnElement[Any], attribute.normalized)
