@@ -136,5 +136,17 @@ def test_orthanc_retrieves_a_patient_found_by_query(
     orthanc = orthancs[accepting]
     orthanc.clear()
     answer = orthanc.query_and_retrieve_patient(patient_id)
-    patient = (s for s in studies.values() if s.patient_id == patient_id)
+    patient = [s for s in studies.values() if s.patient_id == patient_id]
     _check(orthanc, node, answer, *patient, accepting=accepting)
+    # what reached the node was Orthanc's PATIENT-level C-MOVE (on the Study
+    # Root model), the node's Export event says so, with the counts
+    events = [
+        e
+        for e in node.audit_events(event_code="110106", target_class="PATIENT")
+        if e["details"]["destination"] == orthanc.aet
+        and e["details"]["keys"].get("PatientID") == patient_id
+    ]
+    assert events, "no PATIENT-level Export event for this retrieve"
+    event = events[0]  # newest first
+    assert event["outcome"] == "success", event
+    assert event["details"]["counts"]["completed"] == sum(len(s.instances) for s in patient)
