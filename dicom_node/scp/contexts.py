@@ -2,26 +2,27 @@
 (C-MOVE destinations, storage commitment reports), and which transfer syntax an
 accepted context lets an instance travel in without transcoding.
 
-PS3.8 9.3.2.2: an acceptor picks at most one transfer syntax per proposed
-context, by its own preference (pynetdicom, DCMTK and Orthanc all do). A
-context listing a SOP class's stored syntaxes and the uncompressed ones gets
-one of them, and every instance stored in another is then unsendable. So, as a
-careful SCU proposes them (PS3.5 A.4 / PS3.4 B.4.1 expect an SCU to offer each
-syntax it holds in a context of its own):
+An acceptor picks at most one transfer syntax per proposed context, by its own
+preference (PS3.8 9.3.3.2; pynetdicom, DCMTK and Orthanc all do). A context
+listing a SOP class's stored syntaxes and the uncompressed ones gets one of
+them, and every instance stored in another is then unsendable. So, as a careful
+SCU proposes them:
 
+- per (SOP class, stored transfer syntax) pair a context with that syntax
+  alone, so the destination accepts it or not for itself, and an instance it
+  accepts goes as stored (byte for byte), whatever the destination prefers;
 - per SOP class a *fallback* context: Explicit VR Little Endian, Implicit VR
-  Little Endian (every SCP of the class must accept Implicit, PS3.5 10.1);
-- per (SOP class, stored transfer syntax) pair, for any other stored syntax, a
-  context with that syntax alone, so the destination can accept it or not for
-  itself.
+  Little Endian (every SCP of a storage class accepts Implicit, PS3.5 10.1):
+  what an instance is transcoded to when its own syntax was refused.
 
-Presentation context IDs are the odd numbers 1..255: 128 contexts at most.
-Fallbacks come first (without one a SOP class cannot be sent at all), by
-descending instance count; then the pairs, by descending instance count. An
-instance whose pair did not fit goes through its class's fallback, transcoded.
-A SOP class beyond the 128th gets no context: its instances fail (pynetdicom's
-C-MOVE loop opens one association and counts only the sub-operations sent on
-it, so a second association could not be counted in the final response).
+Presentation context IDs are the odd numbers 1..255 (PS3.8 9.3.2.2): 128
+contexts at most. Fallbacks come first (without one a SOP class cannot be sent
+at all), by descending instance count; then the pairs, by descending instance
+count. An instance whose pair did not fit goes through its class's fallback,
+re-encoded or transcoded. A SOP class beyond the 128th gets no context: its
+instances fail (pynetdicom's C-MOVE loop opens one association and counts only
+the sub-operations sent on it, so a second association could not be counted in
+the final response).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class ContextPlan:
     ``contexts``: the proposal. ``without_context``: SOP classes left out (more
     than 128 in one retrieve). ``without_pair``: the (SOP class, transfer
     syntax) pairs that got no context of their own (their instances are sent
-    through the fallback, transcoded)."""
+    through the fallback, re-encoded or transcoded)."""
 
     contexts: list[PresentationContext]
     without_context: frozenset[str]
@@ -65,12 +66,9 @@ def plan_contexts(
     classes = sorted(per_class, key=lambda uid: (-per_class[uid], uid))
     with_fallback = classes[:limit]
     contexts = [build_context(uid, list(FALLBACK_SYNTAXES)) for uid in with_fallback]
+    sendable = set(with_fallback)
     own = sorted(
-        (
-            pair
-            for pair in pairs
-            if pair[1] not in FALLBACK_SYNTAXES and pair[0] in set(with_fallback)
-        ),
+        (pair for pair in pairs if pair[0] in sendable),
         key=lambda pair: (-pairs[pair], pair),
     )
     room = limit - len(contexts)
@@ -85,7 +83,7 @@ def plan_contexts(
 def service_contexts(sop_classes: Iterable[str]) -> list[PresentationContext]:
     """The proposal for a service without stored instances (storage commitment's
     N-EVENT-REPORT): the fallback context of each SOP class."""
-    return plan_contexts({(str(uid), FALLBACK_SYNTAXES[0]): 1 for uid in sop_classes}).contexts
+    return [build_context(str(uid), list(FALLBACK_SYNTAXES)) for uid in sop_classes]
 
 
 def converts_freely(stored: str, accepted: str) -> bool:

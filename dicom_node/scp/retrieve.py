@@ -327,7 +327,7 @@ def _log_plan(plan: ContextPlan, requestor: str, destination: str) -> None:
     if plan.without_pair:
         log.info(
             "C-MOVE from %s to %s: %d stored transfer syntaxes beyond the %d presentation "
-            "contexts; their instances go through the uncompressed context, transcoded",
+            "contexts; their instances go through the uncompressed fallback context",
             requestor,
             destination,
             len(plan.without_pair),

@@ -35,12 +35,12 @@ def _proposed(plan: object) -> list[tuple[str, list[str]]]:
     ]
 
 
-def test_a_fallback_per_sop_class_and_a_context_per_other_stored_syntax() -> None:
+def test_a_fallback_per_sop_class_and_a_context_per_stored_syntax() -> None:
     plan = plan_contexts(
         {
             (CT, JPEG2000Lossless): 5,
             (CT, ExplicitVRLittleEndian): 3,
-            (CT, ImplicitVRLittleEndian): 1,  # in the fallback: no context of its own
+            (CT, ImplicitVRLittleEndian): 1,
             (MR, JPEGLSLossless): 2,
             (MR, DeflatedExplicitVRLittleEndian): 4,
         }
@@ -50,7 +50,11 @@ def test_a_fallback_per_sop_class_and_a_context_per_other_stored_syntax() -> Non
         (MR, FALLBACK),  # 6
         (CT, [JPEG2000Lossless]),  # then the pairs by count
         (MR, [DeflatedExplicitVRLittleEndian]),
+        # uncompressed ones too: the destination's choice within the fallback
+        # (pynetdicom's acceptor prefers Implicit) would not keep them as stored
+        (CT, [ExplicitVRLittleEndian]),
         (MR, [JPEGLSLossless]),
+        (CT, [ImplicitVRLittleEndian]),
     ]
     assert plan.without_context == frozenset()
     assert plan.without_pair == frozenset()
@@ -80,6 +84,7 @@ def test_beyond_128_sop_classes_the_smallest_get_no_context() -> None:
     assert len(plan.contexts) == MAX_CONTEXTS
     assert plan.without_context == {"1.2.4.128", "1.2.4.129"}
     assert all(len(cx.transfer_syntax) == 2 for cx in plan.contexts)
+    assert len(plan.without_pair) == 128  # their Explicit VR pairs: the fallback does
 
 
 def test_context_ids_fit_and_the_plan_is_deterministic() -> None:
