@@ -90,12 +90,11 @@ def _check(
         data = orthanc.file(received[uid])
         found = judge(node.stored_path(uid), data, bit_preserving=False)
         syntax = str(read_part10(data).file_meta.TransferSyntaxUID)
-        # Orthanc takes every syntax (its default): a compressed instance must go
-        # as stored, never decompressed (an uncompressed one may go in the other
-        # uncompressed syntax the fallback context gives: its values unchanged,
-        # which judge checks); the other Orthanc takes uncompressed ones only
+        # Orthanc takes every syntax (its default): each instance must go as
+        # stored, never decompressed or re-encoded; the other Orthanc takes
+        # uncompressed ones only
         stored = stored_syntax[uid]
-        if accepting == "all" and stored not in UNCOMPRESSED and syntax != stored:
+        if accepting == "all" and syntax != stored:
             found.append(f"sent as {syntax}, stored as {stored}")
         if accepting == "uncompressed" and syntax not in UNCOMPRESSED:
             found.append(f"arrived as {syntax} at an Orthanc that takes none")
