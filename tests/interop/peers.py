@@ -11,6 +11,7 @@ a fixed time: readiness is a port answering or a REST call succeeding.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import threading
@@ -301,3 +302,19 @@ class RefusingStoreScp:
 def run_tool(args: list[str], *, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """A DCMTK client, its output kept for the assertion message."""
     return subprocess.run(args, capture_output=True, text=True, env=dcmtk_env(), timeout=timeout)
+
+
+_RESPONSE = re.compile(r"D: Message Type\s*:\s*C-(?:MOVE|GET) RSP")
+_COUNT = re.compile(r"D: (Remaining|Completed|Failed|Warning) Suboperations\s*:\s*(\d+)")
+
+
+def final_counts(output: str) -> dict[str, int]:
+    """The sub-operation counts of the last C-MOVE/C-GET response in DCMTK's
+    debug output (-d). A final response may leave out the remaining count (it
+    is required in pending responses only): then it is 0; everything has ended."""
+    responses = _RESPONSE.split(output)
+    assert len(responses) > 1, f"no C-MOVE/C-GET response in DCMTK's output:\n{output[-2000:]}"
+    last = responses[-1].split("END DIMSE MESSAGE")[0]
+    counts = {name.lower(): int(value) for name, value in _COUNT.findall(last)}
+    counts.setdefault("remaining", 0)
+    return counts

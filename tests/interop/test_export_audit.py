@@ -15,8 +15,10 @@ it: through the node's HTTP API (issue 14, items 4 and 6).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE
@@ -26,7 +28,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from tests.interop.conftest import LOGS, REFUSER, STORESCP_RAW, NodeUnderTest
 from tests.interop.netns import NetNamespace
-from tests.interop.peers import RefusingStoreScp, Storescp
+from tests.interop.peers import RefusingStoreScp, Storescp, final_counts, run_tool
 from tests.interop.studies import DAMAGED, UNDECODABLE, Study
 from tests.support import dcmtk_tool
 
@@ -111,10 +113,11 @@ def test_instances_a_destination_refuses_are_failed_in_status_and_audit(
     assert set(refuser.stored) == study.sop_instance_uids - refused
     assert final.Status == 0xB000
     assert (
+        final.get("NumberOfRemainingSuboperations", 0),
         final.NumberOfCompletedSuboperations,
         final.NumberOfFailedSuboperations,
         final.NumberOfWarningSuboperations,
-    ) == (sent, len(refused), 0)
+    ) == (0, sent, len(refused), 0)
     assert set(failed) == refused
 
     event = export_event(node, study, REFUSER[0])
@@ -135,10 +138,11 @@ def test_an_instance_nothing_can_decode_fails_alone_to_an_uncompressed_only_dest
     final, failed = c_move(node, study, STORESCP_RAW[0])
     assert set(storescp_raw.received()) == study.sop_instance_uids - {damaged}
     assert final.Status == 0xB000
-    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (
-        len(study.instances) - 1,
-        1,
-    )
+    assert (
+        final.get("NumberOfRemainingSuboperations", 0),
+        final.NumberOfCompletedSuboperations,
+        final.NumberOfFailedSuboperations,
+    ) == (0, len(study.instances) - 1, 1)
     assert failed == [damaged]
 
     event = export_event(node, study, STORESCP_RAW[0])
@@ -146,6 +150,37 @@ def test_an_instance_nothing_can_decode_fails_alone_to_an_uncompressed_only_dest
     details = event["details"]
     assert _failed_uids(details) == [damaged], details
     assert _count(details, "failed") == 1, details
+
+
+def test_getscu_of_an_instance_nothing_can_decode(
+    node: NodeUnderTest, studies: dict[str, Study], tmp_path: Path
+) -> None:
+    """The C-GET counterpart: getscu offers uncompressed syntaxes only (its
+    default), so the damaged instance is the one failed sub-operation of the
+    final response and of the Export event (its destination: getscu's AE)."""
+    study = studies[UNDECODABLE.kind]
+    (damaged,) = (i.sop_instance_uid for i in study.instances if i.source == DAMAGED)
+    result = run_tool(
+        [dcmtk_tool("getscu"), "-d", "-S", "+B", "-aet", "AUDITGET", "-aec", "DICOM_NODE",
+         "-od", str(tmp_path), "-k", "QueryRetrieveLevel=STUDY",
+         "-k", f"StudyInstanceUID={study.study_instance_uid}",
+         "127.0.0.1", str(node.dicom_port)],
+    )  # fmt: skip
+    received = {
+        str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in tmp_path.iterdir()
+    }
+    assert received == study.sop_instance_uids - {damaged}
+    output = result.stdout + result.stderr
+    assert "0xb000" in output.lower()
+    assert final_counts(output) == {
+        "remaining": 0,
+        "completed": len(study.instances) - 1,
+        "failed": 1,
+        "warning": 0,
+    }, output[-3000:]
+    event = export_event(node, study, "AUDITGET")
+    assert event["outcome"] != "success", event
+    assert _failed_uids(event["details"]) == [damaged], event["details"]
 
 
 def test_a_move_where_nothing_fails_is_audited_as_success(
