@@ -95,6 +95,8 @@ def create_imaging_request(
         priority=body.priority.value,
         clinical_indication=body.clinical_indication,
         referring_physician_name=body.referring_physician_name,
+        requesting_physician=body.requesting_physician,
+        scheduled_performing_physician_name=body.scheduled_performing_physician_name,
         imaging_center_id=body.imaging_center_id,
     )
     with context.db.unit_of_work() as session:

@@ -126,6 +126,8 @@ class OrderPublic(BaseModel):
     study_description: str | None
     clinical_indication: str | None
     referring_physician_name: str | None
+    requesting_physician: str | None
+    scheduled_performing_physician_name: str | None
     requested_by_id: int | None
     imaging_center_id: int | None
     scheduled_modality_id: int | None
@@ -156,6 +158,10 @@ class _OrderFields(BaseModel):
     priority: Priority = Priority.ROUTINE
     clinical_indication: Annotated[Text, Field(max_length=4000)] | None = None
     referring_physician_name: OptionalPersonName | None = None
+    # the worklist's RequestingPhysician (0032,1032) and, in the scheduled step,
+    # ScheduledPerformingPhysicianName (0040,0006)
+    requesting_physician: OptionalPersonName | None = None
+    scheduled_performing_physician_name: OptionalPersonName | None = None
     imaging_center_id: Id | None = None
 
 
@@ -197,6 +203,8 @@ class OrderUpdate(BaseModel):
     clinical_indication: Annotated[Text, Field(max_length=4000)] | None = None
     study_description: RequiredLongString | None = None
     referring_physician_name: OptionalPersonName | None = None
+    requesting_physician: OptionalPersonName | None = None
+    scheduled_performing_physician_name: OptionalPersonName | None = None
     requested_modality: ModalityCode | None = None
     imaging_center_id: Id | None = None
     patient_name: PersonName | None = None

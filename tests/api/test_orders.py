@@ -520,3 +520,33 @@ def test_a_name_that_grows_when_casefolded_is_stored_whole_and_its_folded_copy_c
             select(ImagingRequest.patient_name_folded).where(ImagingRequest.id == order["id"])
         )
     assert folded is not None and len(folded) == 324 and folded.startswith("x" + "ss" * 63)
+
+
+def test_the_worklist_physician_names_are_set_and_edited_over_http(api: ApiServer) -> None:
+    """RequestingPhysician and ScheduledPerformingPhysicianName, which the
+    Modality Worklist answers from the order, are set at creation and edited
+    like the other names (before/after audited), and checked as PN."""
+    scheduler = api.client("scheduler")
+    order = create(
+        scheduler, requesting_physician="Asks^Anna", scheduled_performing_physician_name="Does^Dan"
+    )
+    assert order["requesting_physician"] == "Asks^Anna"
+    assert order["scheduled_performing_physician_name"] == "Does^Dan"
+    url = f"/api/orders/{order['id']}"
+    edited = scheduler.patch(url, json={"scheduled_performing_physician_name": "Other^Olga"})
+    assert edited.status_code == 200, edited.text
+    assert edited.json()["scheduled_performing_physician_name"] == "Other^Olga"
+    (event,) = events(api, "order_updated", order["id"])
+    assert event.details == {
+        "before": {"scheduled_performing_physician_name": "Does^Dan"},
+        "after": {"scheduled_performing_physician_name": "Other^Olga"},
+    }
+    with api.db.read() as session:
+        folded = session.scalar(
+            select(ImagingRequest.scheduled_performing_physician_name_folded).where(
+                ImagingRequest.id == order["id"]
+            )
+        )
+    assert folded == "other^olga"
+    bad = scheduler.post("/api/orders", json=order_body(requesting_physician="A=B=C=D"))
+    assert error(bad, 422)["field"] == "requesting_physician"
