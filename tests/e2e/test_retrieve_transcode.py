@@ -761,3 +761,40 @@ def test_a_cancelled_c_get_stops_and_is_audited_as_cancelled(
     counts = export.details["counts"]
     assert (counts["completed"], counts["cancelled"], counts["failed"]) == (1, 2, 0)
     assert export.outcome == "success"  # nothing failed: the requester stopped it
+
+
+def test_a_patient_level_c_get_on_the_study_root_gets_every_study_of_the_patient(
+    make_node: Any, tmp_path: Path
+) -> None:
+    wanted = _two_studies_of_one_patient(tmp_path)
+    node = make_node()
+    _import(node, tmp_path)
+    offers = {MR: UNCOMPRESSED, "1.2.840.10008.5.1.4.1.1.2": UNCOMPRESSED}
+
+    final, received = _get(node, _identifier("PATIENT", PatientID="PAT-LVL"), offers)
+
+    assert (final.status, final.completed) == (0x0000, 3)
+    assert set(received) == wanted
+    final, received = _get(node, _identifier("PATIENT"), offers)
+    assert (final.status, received) == (0xA900, {})
+
+
+def test_with_unknown_sop_classes_accepted_the_c_get_preference_still_holds(
+    make_node: Any, tmp_path: Path
+) -> None:
+    """pynetdicom's unrestricted storage takes a context's first proposed syntax,
+    whatever the node's list: the proposed list is put in the node's order."""
+    study_uid, _ = _study(tmp_path, ["SC_rgb_jpeg_dcmtk.dcm"])
+    node = make_node(accept_unknown_sop_classes=True)
+    _import(node, tmp_path)
+
+    final, received = _get(
+        node,
+        _identifier("STUDY", StudyInstanceUID=study_uid),
+        {SC: [ExplicitVRLittleEndian, JPEGBaseline8Bit]},  # Explicit first this time
+    )
+
+    assert (final.status, final.completed) == (0x0000, 1)
+    ((uid, got),) = received.items()
+    assert got.transfer_syntax == JPEGBaseline8Bit
+    assert got.raw == _stored_dataset_bytes(_stored(node)[uid][1])

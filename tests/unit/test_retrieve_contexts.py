@@ -1,8 +1,10 @@
 """The presentation contexts an outgoing association proposes (scp/contexts.py):
 one per (SOP class, stored syntax) pair plus an uncompressed fallback per SOP
-class, within PS3.8's 128."""
+class, within PS3.8's 128; and the pynetdicom internals the retrieve relies on."""
 
 from __future__ import annotations
+
+import inspect
 
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -14,6 +16,10 @@ from pydicom.uid import (
     JPEGLSLossless,
     RLELossless,
 )
+from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.presentation import negotiate_as_acceptor, negotiate_unrestricted
+from pynetdicom.service_class import QueryRetrieveServiceClass
 
 from dicom_node.scp.contexts import (
     MAX_CONTEXTS,
@@ -109,3 +115,44 @@ def test_what_pynetdicom_re_encodes_without_transcoding() -> None:
     assert not converts_freely(JPEG2000Lossless, ExplicitVRLittleEndian)
     assert not converts_freely(ExplicitVRLittleEndian, RLELossless)
     assert not converts_freely("1.2.3.4", ExplicitVRLittleEndian)  # not a syntax pydicom knows
+
+
+# --------------------------------------------------------------------------- pynetdicom internals
+# The retrieve (scp/delivery.py, scp/retrieve.py, scp/get_negotiation.py) relies
+# on these: an upgrade that changes them fails here, not in production.
+
+
+def test_pynetdicom_still_picks_the_exact_context_first_and_converts_only_native_syntaxes() -> None:
+    source = inspect.getsource(Association._get_valid_context)
+    assert source.index("if tr_syntax == cx_syntax") < source.index("matches.append(cx)")
+    assert "if tr_syntax.is_compressed or cx_syntax.is_compressed" in source
+    assert "tr_syntax.is_little_endian != cx_syntax.is_little_endian" in source
+    store = inspect.getsource(Association.send_c_store)
+    assert "dataset.file_meta.TransferSyntaxUID" in store  # the data set's own syntax
+
+
+def test_pynetdicom_still_counts_sub_operations_never_offered_as_failed() -> None:
+    """A final Warning/Failure from the handler counts the remaining ones as
+    failed (the node's final status for instances it could not send), and a
+    status after the last announced sub-operation is ignored."""
+    for scp in (QueryRetrieveServiceClass._move_scp, QueryRetrieveServiceClass._get_scp):
+        source = inspect.getsource(scp)
+        assert "rsp.NumberOfFailedSuboperations = store_results[1] + store_results[0]" in source
+        assert "if store_results[0] <= 0:" in source
+        assert '"FailedSOPInstanceUIDList" not in dataset' in source  # ours is kept
+
+
+def test_pynetdicom_still_lets_evt_requested_change_the_acceptor_s_contexts() -> None:
+    reactor = inspect.getsource(Association.run_reactor)
+    assert reactor.index("evt.trigger(self, evt.EVT_REQUESTED") < reactor.index(
+        "self.acse.negotiate_association()"
+    )
+    acceptor = inspect.getsource(negotiate_as_acceptor)
+    assert "for tr_syntax in ac_context.transfer_syntax:" in acceptor  # the acceptor's order
+    unrestricted = inspect.getsource(negotiate_unrestricted)
+    assert "cx.transfer_syntax = [rcx.transfer_syntax[0]]" in unrestricted  # the requestor's
+
+
+def test_pynetdicom_still_signals_a_dimse_message_before_a_sender_can_read_it() -> None:
+    source = inspect.getsource(DIMSEServiceProvider.receive_primitive)
+    assert source.index("evt.EVT_DIMSE_RECV") < source.index("self.msg_queue.put(")
