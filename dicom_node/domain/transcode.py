@@ -522,6 +522,12 @@ def _set_syntax(result: Dataset, target: UID) -> None:
     if meta is None:
         meta = result.file_meta = FileMetaDataset()
     meta.TransferSyntaxUID = target
+    # the source's encoding no longer applies: pynetdicom would look for a context
+    # of the source's VR encoding (an Implicit VR source re-encoded to JPEG 2000,
+    # Explicit VR by PS3.5 A.4, would find none where only JPEG 2000 is taken).
+    # Unset, not set to the target's: elements still raw from the source must be
+    # converted when written, which pydicom does when the encodings differ
+    result.set_original_encoding(None, None)
     # PS3.10 7.1: required in a Part 10 file; a stored file has them, a dataset
     # made in memory may not
     for meta_keyword, keyword in _MEDIA_STORAGE:

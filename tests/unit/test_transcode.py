@@ -397,6 +397,26 @@ def test_lossless_reencoding_round_trips_pixel_equal(name: str, target: UID) -> 
         assert written.get("LossyImageCompression") == original.get("LossyImageCompression")
 
 
+@pytest.mark.parametrize(
+    ("name", "target"),
+    [
+        ("MR_small_implicit.dcm", JPEG2000Lossless),
+        ("MR_small_implicit.dcm", ExplicitVRLittleEndian),
+        ("MR_small.dcm", ImplicitVRLittleEndian),
+    ],
+)
+def test_the_result_reads_as_encoded_in_its_target_syntax(name: str, target: UID) -> None:
+    """pynetdicom picks the context for a data set from its encoding as much as
+    from its file meta: an Implicit VR source re-encoded to JPEG 2000 must say
+    Explicit VR (PS3.5 A.4), or a destination taking only JPEG 2000 gets nothing."""
+    result = transcoder().transcode(read(name), target)
+    assert result.original_encoding[:2] in (
+        (None, None),
+        (target.is_implicit_VR, target.is_little_endian),
+    )
+    assert round_trip(result).file_meta.TransferSyntaxUID == target
+
+
 def test_an_image_a_lossless_syntax_cannot_hold_is_refused_with_the_reason() -> None:
     with pytest.raises(
         TranscodeError, match=r"JPEG-LS .* cannot hold RGB with 3 sample\(s\) of 32 bits"
