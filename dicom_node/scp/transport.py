@@ -1,6 +1,6 @@
 """Socket options for every association, accepted or opened by the node; the
-pre-association timeout and the reaper that cuts connections pynetdicom gave
-up on but cannot end."""
+pre-association timeout, the reaper that cuts connections pynetdicom gave up on
+but cannot end, and the close of a connection whose DUL thread ended without one."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.events import Event
-from pynetdicom.fsm import TRANSITION_TABLE, StateMachine
+from pynetdicom.fsm import ACTIONS, TRANSITION_TABLE, StateMachine
+from pynetdicom.pdu_primitives import A_P_ABORT
 
 from dicom_node.log_limit import LogLimiter
 from dicom_node.scp.dataset_limit import bound_responses
@@ -82,6 +83,29 @@ class LimitedDUL(DULServiceProvider):
     refused: str | None = None  # why a PDU was refused, for the abort's log line
     request_read = False  # an A-ASSOCIATE-RQ was read on this connection
     receiving = False  # in the middle of reading a PDU (its bytes are arriving)
+    invalid_pdu = False  # an invalid PDU was received: the node aborts (Event 19)
+    close_signalled = False  # the connection is closed and EVT_CONN_CLOSE was triggered
+
+    def run(self) -> None:
+        """The DUL thread: pynetdicom's reactor, then, if it ended without closing
+        the connection, the close (see :func:`_close_unsignalled`)."""
+        error: Exception | None = None
+        try:
+            super().run()
+        except Exception as exc:
+            # pynetdicom's StateMachine.do_action has logged it, with its traceback
+            error = exc
+        finally:
+            if not self.close_signalled:
+                _close_unsignalled(self, error)
+
+    def state_entered(self, state: str) -> None:
+        """After each change of state of the state machine
+        (:class:`TolerantStateMachine`), on this thread. Each of pynetdicom's
+        actions that lead to Sta1 (AE-4, AR-3, AR-5, AA-2 to AA-5) has closed the
+        connection and triggered EVT_CONN_CLOSE."""
+        if state == "Sta1":
+            self.close_signalled = True
 
     def _read_pdu_data(self) -> None:
         sock = self.socket
@@ -107,7 +131,9 @@ class LimitedDUL(DULServiceProvider):
                 self._refuse(pdu_type, length, limit)
                 return
             body = sock.recv(length)
-        except OSError:  # includes TimeoutError and ssl.SSLError
+        except (OSError, ValueError):
+            # OSError includes TimeoutError and ssl.SSLError; ValueError is an SSL
+            # socket the reaper shut down while it was being read
             self.event_queue.put("Evt17")
             return
         finally:
@@ -129,10 +155,7 @@ class LimitedDUL(DULServiceProvider):
         self._recv_pdu.put(pdu)
 
     def _invalid(self, msg: str, *args: object) -> None:
-        """A PDU that is not one (PS3.8 9.3): any host can send one per connection,
-        so one line per peer address and window, with the count."""
-        peer, address = describe_peer(self.assoc)
-        _INVALID_PDU_LOG.warning((msg, address.rsplit(":", 1)[0]), "%s: " + msg, peer, *args)
+        _invalid_pdu(self, msg, *args)
 
     def _limit(self, pdu_type: int) -> int:
         """0 is no limit (``max_pdu_size = 0``)."""
@@ -154,6 +177,65 @@ class LimitedDUL(DULServiceProvider):
             self.to_user_queue.put(None)
 
 
+def _invalid_pdu(dul: DULServiceProvider, msg: str, *args: object) -> None:
+    """A PDU that is not one (PS3.8 9.3), noted for the abort's line: any host can
+    send one per connection, so one line per peer address and window, with the count."""
+    if isinstance(dul, LimitedDUL):
+        dul.invalid_pdu = True
+    peer, address = describe_peer(dul.assoc)
+    _INVALID_PDU_LOG.warning((msg, address.rsplit(":", 1)[0]), "%s: " + msg, peer, *args)
+
+
+def _close_unsignalled(dul: LimitedDUL, error: Exception | None) -> None:
+    """Close a connection whose DUL thread ended without closing it, as
+    pynetdicom's AA-4 would (PS3.8 9.2: transport connection closed).
+
+    pynetdicom ends the DUL thread without closing the socket or triggering
+    EVT_CONN_CLOSE when its reactor catches an exception (it sends an A-ABORT
+    and stops) or a state machine action raises one. The connection then stayed
+    counted for good wherever a close handler counts it (the adaptive polling's
+    open associations, the open-associations gauge, the pending connections),
+    and the store's close handler never removed the data sets no handler took.
+    Called on the DUL thread, its last act, exactly once per connection.
+    """
+    state = dul.state_machine.current_state
+    dul.close_signalled = True
+    dul.state_machine.current_state = "Sta1"
+    dul.artim_timer.stop()
+    raw = getattr(dul.socket, "socket", None)
+    if isinstance(raw, socket.socket):
+        # apart: shutdown() fails on a connection the peer has reset, close() must not be skipped
+        with contextlib.suppress(OSError):
+            raw.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            raw.close()
+    assoc = dul.assoc
+    peer, address = describe_peer(assoc)
+    if error is None and state == "Sta1":
+        # stopped (Association.kill) before it took the new connection up
+        log.debug("%s: connection closed before its DICOM reactor took it up", peer)
+    else:
+        why = f": {type(error).__name__}: {_reason(error)}" if error is not None else ""
+        _REACTOR_ERROR_LOG.warning(
+            ("reactor", address.rsplit(":", 1)[0]),
+            "%s: connection closed after an error in its DICOM reactor%s",
+            peer,
+            why,
+        )
+    assoc.dimse.msg_queue.put((None, None))  # a wait for a DIMSE message ends (as AA-4)
+    remote = assoc.requestor if assoc.is_acceptor else assoc.acceptor
+    evt.trigger(assoc, evt.EVT_CONN_CLOSE, {"address": (remote.address, remote.port)})
+    # The association thread stops waiting on the DUL: an acceptor for its
+    # request (None: what the wait returns on a timeout), a requestor for the
+    # A-ASSOCIATE response. Once established it sees the DUL thread has ended.
+    if assoc.is_acceptor and assoc.requestor.primitive is None:
+        dul.to_user_queue.put(None)
+    elif assoc.is_requestor and not assoc.is_established:
+        abort = A_P_ABORT()
+        abort.provider_reason = 0x00
+        dul.to_user_queue.put(abort)
+
+
 def limit_pdu_length(assoc: Association) -> None:
     """On connection open: switch the association's DUL provider to
     :class:`LimitedDUL` (pynetdicom creates it itself)."""
@@ -165,6 +247,16 @@ def limit_pdu_length(assoc: Association) -> None:
 # Events of the node's own requests (PS3.8 9.2): an A-ASSOCIATE, a P-DATA (a
 # DIMSE message), an A-RELEASE or an A-ABORT primitive from the association thread.
 _LOCAL_REQUESTS = frozenset({"Evt1", "Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"})
+# Events of a PDU received from the peer (PS3.8 9.2), by the PDU's name
+_PEER_PDUS = {
+    "Evt3": "A-ASSOCIATE-AC",
+    "Evt4": "A-ASSOCIATE-RJ",
+    "Evt6": "A-ASSOCIATE-RQ",
+    "Evt10": "P-DATA-TF",
+    "Evt12": "A-RELEASE-RQ",
+    "Evt13": "A-RELEASE-RP",
+    "Evt16": "A-ABORT",
+}
 
 
 class TolerantStateMachine(StateMachine):
@@ -185,6 +277,14 @@ class TolerantStateMachine(StateMachine):
     and with it the connection's place among the open ones, outlived the peer
     by up to 30 s. Entering Sta1 before a request reached the thread now wakes
     it at once (``None`` is what its wait returns on a timeout).
+
+    A PDU from the peer that its action cannot process is an invalid PDU
+    (Event 19: A-ABORT, PS3.8 9.3.1), logged in one line. pynetdicom decodes a
+    DIMSE command set inside the P-DATA-TF action (DT-2), and a command with an
+    unknown Command Field raised there: the DUL thread died with two
+    tracebacks, without an A-ABORT or the close of the connection.
+
+    Each transition is reported to the DUL (:meth:`LimitedDUL.state_entered`).
     """
 
     def do_action(self, event: str) -> None:
@@ -198,7 +298,10 @@ class TolerantStateMachine(StateMachine):
         # an action may send a PDU: a peer that stops reading blocks it here
         self.dul.acting = True  # type: ignore[attr-defined]
         try:
-            super().do_action(event)
+            if event in _PEER_PDUS and (event, self.current_state) in TRANSITION_TABLE:
+                self._peer_action(event)
+            else:
+                super().do_action(event)
         finally:
             self.dul.acting = False  # type: ignore[attr-defined]
         assoc = self.dul.assoc
@@ -209,6 +312,41 @@ class TolerantStateMachine(StateMachine):
             and not self.dul.to_user_queue.qsize()
         ):
             self.dul.to_user_queue.put(None)
+
+    def _peer_action(self, event: str) -> None:
+        """pynetdicom's ``do_action`` for a PDU from the peer (guarded by
+        ``tests/unit/test_association_end.py``), except for an action that fails."""
+        name = TRANSITION_TABLE[(event, self.current_state)]
+        try:
+            next_state = ACTIONS[name][1](self.dul)
+        except Exception as exc:
+            _invalid_pdu(
+                self.dul,
+                "%s PDU that could not be processed (%s: %s), aborting",
+                _PEER_PDUS[event],
+                type(exc).__name__,
+                _reason(exc),
+            )
+            self.dul.event_queue.put("Evt19")
+            return
+        evt.trigger(
+            self.dul.assoc,
+            evt.EVT_FSM_TRANSITION,
+            {
+                "action": name,
+                "current_state": self.current_state,
+                "fsm_event": event,
+                "next_state": next_state,
+            },
+        )
+        self.transition(next_state)
+
+    def transition(self, state: str) -> None:
+        before = self.current_state
+        super().transition(state)
+        entered = getattr(self.dul, "state_entered", None)
+        if entered is not None and state != before:  # not on each P-DATA (Sta6 to Sta6)
+            entered(state)
 
 
 def tolerate_late_requests(assoc: Association) -> None:
@@ -250,8 +388,6 @@ class StalledReadReaper:
 
     def __init__(self) -> None:
         self._watched: weakref.WeakSet[Association] = weakref.WeakSet()
-        # cut, waiting for their reader thread to end
-        self._cut: weakref.WeakSet[Association] = weakref.WeakSet()
         # when the reaper first saw each association being killed
         self._killed_at: weakref.WeakKeyDictionary[Association, float] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
@@ -275,7 +411,6 @@ class StalledReadReaper:
     def _pass(self) -> None:
         with self._lock:
             watched = list(self._watched)
-            cut = list(self._cut)
         now = time.monotonic()
         for assoc in watched:
             if assoc.ident is not None and not assoc.is_alive():  # started, and over
@@ -290,17 +425,11 @@ class StalledReadReaper:
                 grace = RELEASE_GRACE_SECONDS if ended else 0.0
                 if time.monotonic() - killed_at >= grace:
                     self._shut_down(assoc)
-        for assoc in cut:
-            if not assoc.dul.is_alive():
-                with self._lock:
-                    self._cut.discard(assoc)
-                # the close handlers may write to the database (the store's
-                # audit event): never let them hold up the next cut
-                threading.Thread(
-                    target=_finish_cut, args=(assoc,), name="dicom-reaped", daemon=True
-                ).start()
 
     def _shut_down(self, assoc: Association) -> None:
+        """Shut the socket down: the reader wakes and the DUL ends the connection,
+        with its close handlers (or :class:`LimitedDUL` does, if pynetdicom's
+        reader ends on an exception)."""
         sock = getattr(assoc.dul.socket, "socket", None)
         if not isinstance(sock, socket.socket):
             return
@@ -315,7 +444,6 @@ class StalledReadReaper:
             sock.shutdown(socket.SHUT_RDWR)
         with self._lock:
             self._watched.discard(assoc)
-            self._cut.add(assoc)
         _REAPED.add(assoc)
 
 
@@ -356,24 +484,8 @@ def _why_cut(assoc: Association) -> tuple[int, str]:
     return logging.DEBUG, f"{ended}, and the connection had not ended yet"
 
 
-def _finish_cut(assoc: Association) -> None:
-    """After a cut, pynetdicom's reader ends on the half-read PDU (often with an
-    exception of its own) without closing the socket or signalling
-    EVT_CONN_CLOSE: close it and signal it here, so the handlers that count open
-    associations (adaptive polling, metrics) and clean up after them still run."""
-    if assoc in _CLOSED:
-        return
-    sock = getattr(assoc.dul.socket, "socket", None)
-    if isinstance(sock, socket.socket):
-        with contextlib.suppress(OSError):
-            sock.close()
-    peer = assoc.requestor if assoc.is_acceptor else assoc.acceptor
-    evt.trigger(assoc, evt.EVT_CONN_CLOSE, {"address": (peer.address, peer.port)})
-
-
 _REAPER = StalledReadReaper()
 _OPENED: weakref.WeakKeyDictionary[Association, float] = weakref.WeakKeyDictionary()
-_CLOSED: weakref.WeakSet[Association] = weakref.WeakSet()
 _REAPED: weakref.WeakSet[Association] = weakref.WeakSet()  # cut by the reaper (logged)
 # accepted connections: (monotonic deadline, seconds) for their A-ASSOCIATE-RQ
 _REQUEST_DEADLINES: weakref.WeakKeyDictionary[Association, tuple[float, float]] = (
@@ -390,6 +502,8 @@ _CUT_LOG = LogLimiter(log)
 # PDUs that are not PDUs (unknown type, undecodable, over the length limit), per
 # kind and peer address: an unauthenticated peer sends one per connection
 _INVALID_PDU_LOG = LogLimiter(log)
+# connections closed after an error in pynetdicom's reactor, per peer address
+_REACTOR_ERROR_LOG = LogLimiter(log)
 REASON_MAX = 200
 
 
@@ -451,13 +565,11 @@ def _log_no_request(assoc: Association, seconds: float | None) -> None:
 
 
 def connection_ended(assoc: Association) -> None:
-    """EVT_CONN_CLOSE: note it, and say why a connection that never became an
-    association ended.
+    """EVT_CONN_CLOSE: say why a connection that never became an association ended.
 
     A peer that stayed silent until the ACSE timeout gets a warning; a short
     connection (a TCP health check, a port probe) only a debug line.
     """
-    _CLOSED.add(assoc)
     if assoc.requestor.primitive is not None or assoc.is_rejected or assoc in _REAPED:
         return
     peer = f"{assoc.requestor.address}:{assoc.requestor.port}"
@@ -483,6 +595,9 @@ def abort_reason(assoc: Association) -> str:
     refused = getattr(assoc.dul, "refused", None)
     if refused:
         return f"aborted: refused {refused} (MAX_PDU_SIZE)"
+    if getattr(assoc.dul, "invalid_pdu", False):
+        # the state machine's own A-ABORT (AA-8), not the association thread's
+        return "aborted by the node: invalid PDU received"
     if not getattr(assoc, "_sent_abort", False):
         return "aborted by the peer"
     if assoc.dul.idle_timer_expired():

@@ -64,8 +64,33 @@ def test_delay_stays_long_while_other_associations_share_the_process() -> None:
     first, second = _association(), _association()
     poll_adaptively(first)
     poll_adaptively(second)
+    first.dul.state_machine.transition("Sta6")  # both established (AE-7)
+    second.dul.state_machine.transition("Sta6")
     first.dul._idle_timer.start()
     assert first.dul._run_loop_delay == IDLE_DELAY
     connection_closed(second)
     assert first.dul._run_loop_delay == BUSY_DELAY
     connection_closed(first)
+
+
+def test_only_an_established_association_counts_and_each_close_counts_once() -> None:
+    """A connection still waiting for its request (Sta2), or being negotiated
+    (Sta3), is no association yet; a close signalled twice (EVT_CONN_CLOSE, then
+    the DUL thread's end) must not uncount another association."""
+    first, second = _association(), _association()
+    poll_adaptively(first)
+    poll_adaptively(second)
+    first.dul.state_machine.transition("Sta2")  # connection accepted (AE-5)
+    first.dul.state_machine.transition("Sta3")  # request received (AE-6)
+    assert open_associations() == 0
+    first.dul.state_machine.transition("Sta6")
+    first.dul.state_machine.transition("Sta6")  # a P-DATA (DT-2): no change
+    second.dul.state_machine.transition("Sta6")
+    assert open_associations() == 2
+    first.dul.state_machine.transition("Sta13")  # aborted, awaiting the close: still open
+    assert open_associations() == 2
+    first.dul.state_machine.transition("Sta1")  # closed (AR-5)
+    connection_closed(first)  # and the close handler
+    assert open_associations() == 1
+    connection_closed(second)
+    assert open_associations() == 0
