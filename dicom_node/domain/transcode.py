@@ -522,12 +522,16 @@ def _set_syntax(result: Dataset, target: UID) -> None:
     if meta is None:
         meta = result.file_meta = FileMetaDataset()
     meta.TransferSyntaxUID = target
-    # the source's encoding no longer applies: pynetdicom would look for a context
-    # of the source's VR encoding (an Implicit VR source re-encoded to JPEG 2000,
-    # Explicit VR by PS3.5 A.4, would find none where only JPEG 2000 is taken).
-    # Unset, not set to the target's: elements still raw from the source must be
-    # converted when written, which pydicom does when the encodings differ
-    result.set_original_encoding(None, None)
+    # The data set is now in the target's encoding (every compressed syntax is
+    # Explicit VR Little Endian, PS3.5 A.4). pynetdicom picks the context from
+    # this encoding as much as from the file meta: an Implicit VR source re-encoded
+    # to JPEG 2000, or a Big Endian one decoded, would otherwise be looked for in
+    # an Implicit VR or Big Endian context. Top-level elements still raw from the
+    # source are converted first (iterating does it), so none is written in the
+    # source's encoding; sequence items keep theirs and pydicom converts them.
+    for _element in result:
+        pass
+    result.set_original_encoding(target.is_implicit_VR, target.is_little_endian)
     # PS3.10 7.1: required in a Part 10 file; a stored file has them, a dataset
     # made in memory may not
     for meta_keyword, keyword in _MEDIA_STORAGE:

@@ -380,14 +380,6 @@ def test_a_mixed_study_reaches_a_destination_that_prefers_jpeg_2000(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="domain/transcode.py: pynetdicom's send_c_store takes the VR encoding from "
-    "original_encoding, else from the deprecated is_implicit_VR/is_little_endian (still "
-    "the source's after set_original_encoding(None, None)): an Implicit VR source encoded "
-    "to JPEG 2000 is looked for in an Implicit VR context. The result needs its top-level "
-    "raw elements converted, then set_original_encoding(target's VR, target's byte order)",
-)
 def test_a_destination_taking_only_jpeg_2000_lossless_gets_native_instances_encoded(
     make_node: Any, tmp_path: Path, destinations: list[Destination]
 ) -> None:
