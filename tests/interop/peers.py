@@ -310,8 +310,9 @@ _COUNT = re.compile(r"D: (Remaining|Completed|Failed|Warning) Suboperations\s*:\
 
 def final_counts(output: str) -> dict[str, int]:
     """The sub-operation counts of the last C-MOVE/C-GET response in DCMTK's
-    debug output (-d). A final response may leave out the remaining count (it
-    is required in pending responses only): then it is 0; everything has ended."""
+    debug output (-d). The remaining count is the sub-operations still to be
+    invoked (PS3.7 9.1.3.1.7 for C-GET, 9.1.4 for C-MOVE): required in pending
+    responses, optional in the final one, and 0 there (absent: 0)."""
     responses = _RESPONSE.split(output)
     assert len(responses) > 1, f"no C-MOVE/C-GET response in DCMTK's output:\n{output[-2000:]}"
     last = responses[-1].split("END DIMSE MESSAGE")[0]
