@@ -336,11 +336,16 @@ class Transcoder:
     instance (settings.max_transcode_bytes) and how many run at once in the process
     (settings.max_concurrent_transcodes; one Transcoder per process, shared)."""
 
-    def __init__(self, *, max_decoded_bytes: int, max_concurrent: int) -> None:
+    def __init__(
+        self, *, max_decoded_bytes: int, max_concurrent: int, max_wait_seconds: float = 60.0
+    ) -> None:
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
         self.max_decoded_bytes = max_decoded_bytes
         self.max_concurrent = max_concurrent
+        # a caller (a sub-operation, its peer waiting on the association) gives up
+        # after this long rather than queue behind every other transcoding for ever
+        self.max_wait_seconds = max_wait_seconds
         self._condition = threading.Condition()
         self._running = 0
         self._waiting = 0
@@ -368,6 +373,7 @@ class Transcoder:
                 raise TranscodeError(f"lossy {_syntax_name(target)} is never produced")
             if not can_encode(target):
                 raise TranscodeError(f"no encoder for {_syntax_name(target)}")
+            _check_decoded_size(dataset, source, target, self.max_decoded_bytes)
         with self._place():
             return _guarded(lambda: _transcode(dataset, source, target, self.max_decoded_bytes))
 
@@ -398,9 +404,16 @@ class Transcoder:
         with self._condition:
             self._waiting += 1
             try:
-                self._condition.wait_for(lambda: self._running < self.max_concurrent)
+                free = self._condition.wait_for(
+                    lambda: self._running < self.max_concurrent, timeout=self.max_wait_seconds
+                )
             finally:
                 self._waiting -= 1
+            if not free:
+                raise TranscodeError(
+                    f"transcoding capacity busy ({self.max_concurrent} running) "
+                    f"for {self.max_wait_seconds:g} s"
+                )
             self._running += 1
         try:
             yield
@@ -408,6 +421,20 @@ class Transcoder:
             with self._condition:
                 self._running -= 1
                 self._condition.notify()
+
+
+def _check_decoded_size(dataset: Dataset, source: UID, target: UID, limit: int) -> None:
+    """The size limit, checked before a place is taken (an instance over it must
+    not wait for a slot only to be refused). Only where pixels will be decoded;
+    ``_transcode`` checks again (it is also the one place that decides whether
+    to decode)."""
+    if _pixel_keyword(dataset) != "PixelData":
+        return
+    if source in _NATIVE_SOURCES and target in NATIVE_SYNTAXES:
+        return
+    image = _guarded(lambda: _image(dataset))
+    if image.total_bytes > limit:
+        raise TranscodeError(_over_limit("decoded pixel data", image.total_bytes))
 
 
 def _guarded(work: Callable[[], _T]) -> _T:

@@ -653,6 +653,33 @@ def test_with_one_place_a_second_transcoding_waits_for_the_first() -> None:
     assert work.running == work.waiting == 0
 
 
+def test_a_transcoding_waiting_past_its_limit_gives_up_with_the_reason() -> None:
+    """A sub-operation does not queue for ever behind other transcodings (its
+    peer waits on the association meanwhile): past max_wait_seconds it fails."""
+    work = Transcoder(max_decoded_bytes=GIB, max_concurrent=1, max_wait_seconds=0.2)
+    first, first_pixels = gated("MR_small_RLE.dcm")
+    thread, results = run(lambda: work.transcode(first, ExplicitVRLittleEndian))
+    assert first_pixels.reading.wait(30)  # the first holds the one place
+    with pytest.raises(TranscodeError, match="capacity busy"):
+        work.transcode(read("MR_small_RLE.dcm"), ExplicitVRLittleEndian)
+    first_pixels.gate.set()
+    thread.join(30)
+    assert len(results) == 1 and work.running == work.waiting == 0
+
+
+def test_an_instance_over_the_size_limit_is_refused_without_waiting_for_a_place() -> None:
+    work = Transcoder(max_decoded_bytes=GIB, max_concurrent=1, max_wait_seconds=30)
+    first, first_pixels = gated("MR_small_RLE.dcm")
+    thread, _ = run(lambda: work.transcode(first, ExplicitVRLittleEndian))
+    assert first_pixels.reading.wait(30)  # the one place is taken
+    work.max_decoded_bytes = 1000
+    # checked before the wait: refused for its size, not "capacity busy" 30 s later
+    with pytest.raises(TranscodeError, match="over max_transcode_bytes"):
+        work.transcode(read("MR_small_RLE.dcm"), ExplicitVRLittleEndian)
+    first_pixels.gate.set()
+    thread.join(30)
+
+
 def test_with_two_places_two_transcodings_run_together() -> None:
     work = transcoder(max_concurrent=2)
     first, first_pixels = gated("MR_small_RLE.dcm")
