@@ -51,6 +51,7 @@ from pydicom.uid import (
 )
 
 from dicom_node.domain.part10 import dataset_offset
+from tests.support import dcmtk_tool
 
 UNCOMPRESSED = frozenset(
     {
@@ -295,9 +296,7 @@ def reference_pixels(path: Path) -> np.ndarray:
             raise
     with tempfile.TemporaryDirectory() as directory:
         decoded = Path(directory) / "decoded.dcm"
-        subprocess.run(
-            [f"/usr/bin/{tool}", str(path), str(decoded)], check=True, capture_output=True
-        )
+        subprocess.run([dcmtk_tool(tool), str(path), str(decoded)], check=True, capture_output=True)
         return np.asarray(pydicom.dcmread(decoded).pixel_array)
 
 
