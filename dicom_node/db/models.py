@@ -363,6 +363,18 @@ class DicomInstance(Base):
     series: Mapped[DicomSeries] = relationship(back_populates="instances")
 
 
+class HeldSyntax(Base):
+    """A (SOP class, transfer syntax) pair the store has held: written with the
+    first instance of the pair (db/held_syntaxes.py), never removed, read by
+    the C-GET acceptor (scp/get_negotiation.py). The primary key is the index
+    of its one query (by SOP class)."""
+
+    __tablename__ = "held_syntaxes"
+
+    sop_class_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+
+
 # --------------------------------------------------------------------------- MPPS
 
 

@@ -15,10 +15,11 @@ each storage SOP class the requester proposes the SCP role for, this
 association's own copy of the supported contexts (``SharedUidContexts`` makes
 one per association) is reordered:
 
-1. the syntaxes the store holds for that SOP class, most instances first, each
-   only if every instance the store holds for the class can travel in it (as
-   stored, or transcoded without loss: a lossy syntax comes first only when
-   the class is held in that syntax alone);
+1. the syntaxes the store holds for that SOP class, each only if every
+   instance the store holds for the class can travel in it (as stored,
+   re-encoded, or transcoded without loss: a lossy syntax comes first only
+   when the class is held in that syntax alone); those that leave the fewest
+   of the other held syntaxes to transcode first, then in the node's order;
 2. Explicit VR Little Endian, Implicit VR Little Endian;
 3. the rest in the node's order (lossless first).
 
@@ -28,12 +29,23 @@ C-STORE negotiation (no SCP role proposed) is left exactly as it is. With
 ``accept_unknown_sop_classes`` pynetdicom accepts a storage context's first
 proposed syntax whatever the node's list says; then the proposed list itself
 is put in that order.
+
+What the store holds comes from the ``held_syntaxes`` table (db/held_syntaxes.py):
+every (SOP class, transfer syntax) pair, exact, written with the first
+instance of a pair in its ingest transaction, read in one query for the
+classes of this association. It holds no counts (the order among held syntaxes
+is by transcodings, not by instances), and a pair stays after its last instance
+is gone: then a lossy syntax is no longer moved up, the native syntaxes come
+first, and every instance can still be sent. Left open: an instance of the
+class in another syntax stored between this negotiation and the C-GET request
+was not seen here; if it cannot travel in the syntax accepted, its
+sub-operation fails ("no accepted transfer syntax it can be transcoded to").
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from pydicom.uid import UID
 from pynetdicom import _config
@@ -43,30 +55,31 @@ from pynetdicom.presentation import PresentationContext
 from dicom_node.domain.transcode import is_lossy
 from dicom_node.log_limit import LogLimiter
 from dicom_node.scp.contexts import FALLBACK_SYNTAXES
-from dicom_node.scp.delivery import choose_route
+from dicom_node.scp.delivery import TRANSCODED, choose_route
 
 log = logging.getLogger("dicom_node.scp")
 _lines = LogLimiter(log)
 
 
 def preferred_syntaxes(
-    held: Mapping[str, int],
+    held: Collection[str],
     supported: Sequence[str],
     *,
     transcode: bool,
     lossy_first: bool = True,
 ) -> list[str]:
-    """``supported`` in the order the node prefers to accept for a SOP class of
-    which the store holds ``held`` (transfer syntax -> instances)."""
-    first = [
-        syntax
-        for syntax in sorted(held, key=lambda uid: (-held[uid], uid))
-        if syntax in supported
-        and (lossy_first or not is_lossy(syntax))
-        and all(
-            choose_route(other, [syntax], transcode=transcode).how is not None for other in held
-        )
-    ]
+    """``supported`` in the order the node prefers to accept for a SOP class the
+    store holds in the transfer syntaxes ``held``."""
+    routes = {
+        syntax: [choose_route(other, [syntax], transcode=transcode).how for other in held]
+        for syntax in held
+        if syntax in supported and (lossy_first or not is_lossy(syntax))
+    }
+    # every held instance can travel in it; the fewest transcodings, then the node's order
+    first = sorted(
+        (syntax for syntax, hows in routes.items() if None not in hows),
+        key=lambda syntax: (routes[syntax].count(TRANSCODED), supported.index(syntax)),
+    )
     order = [*first, *(uid for uid in FALLBACK_SYNTAXES if uid not in first)]
     return [
         *(uid for uid in order if uid in supported),
@@ -76,9 +89,15 @@ def preferred_syntaxes(
 
 class GetNegotiation:
     """The EVT_REQUESTED handler that reorders a C-GET requester's storage
-    syntaxes; ``held(sop_class)`` gives the store's counts (cached)."""
+    syntaxes; ``held(sop_classes)`` gives the transfer syntaxes the store holds
+    each of those classes in (services/retrieve.py HeldSyntaxes: one query)."""
 
-    def __init__(self, held: Callable[[str], Mapping[str, int]], *, transcode: bool) -> None:
+    def __init__(
+        self,
+        held: Callable[[Collection[str]], Mapping[str, Collection[str]]],
+        *,
+        transcode: bool,
+    ) -> None:
         self._held = held
         self._transcode = transcode
 
@@ -101,7 +120,8 @@ class GetNegotiation:
             else []
         )
         try:
-            self._reorder(assoc.acceptor.supported_contexts, proposed, getters)
+            held = self._held(list(getters))  # one query for every class of this association
+            self._reorder(assoc.acceptor.supported_contexts, proposed, getters, held)
         except Exception as exc:  # the database: negotiation goes on in the usual order
             _lines.warning(
                 ("get-negotiation", type(exc).__name__),
@@ -114,6 +134,7 @@ class GetNegotiation:
         supported: list[PresentationContext],
         proposed: list[PresentationContext],
         getters: dict[str, bool],
+        held: Mapping[str, Collection[str]],
     ) -> None:
         offered: dict[str, list[PresentationContext]] = {}
         for context in proposed:
@@ -124,7 +145,7 @@ class GetNegotiation:
                 continue
             order: list[str | bytes | UID] = list(
                 preferred_syntaxes(
-                    self._held(sop_class),
+                    held.get(sop_class, ()),
                     [str(uid) for uid in context.transfer_syntax],
                     transcode=self._transcode,
                     lossy_first=not getters[sop_class],

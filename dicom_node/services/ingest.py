@@ -47,6 +47,7 @@ from sqlalchemy.orm import Session
 
 from dicom_node.db.changes import record_change
 from dicom_node.db.engine import Database
+from dicom_node.db.held_syntaxes import record_held_syntax
 from dicom_node.db.models import DicomInstance, DicomSeries, DicomStudy, Patient
 from dicom_node.db.upsert import insert_ignoring_conflict
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
@@ -495,6 +496,8 @@ def _index(
     )
     if inserted is None:
         raise _LostInsertRace()
+    # in this transaction: the C-GET acceptor must never miss a pair (db/held_syntaxes.py)
+    record_held_syntax(session, header.sop_class_uid, header.transfer_syntax_uid)
 
     if parents.quarantined:
         # Held (stored, indexed, flagged) but not merged: the other patient's study
@@ -734,6 +737,7 @@ def _index_resend(
         existing.file_size = size
         existing.transfer_syntax_uid = header.transfer_syntax_uid
         existing.sop_class_uid = header.sop_class_uid
+        record_held_syntax(session, header.sop_class_uid, header.transfer_syntax_uid)
         existing.instance_number = header.instance_number
         existing.received_at = datetime.now(UTC)
         outcome, reason = StoreOutcome.REPLACED, "new content replaced the stored copy"

@@ -10,16 +10,14 @@ instance is sent.
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement
 
 from dicom_node.db.engine import Database
+from dicom_node.db.held_syntaxes import held_syntaxes
 from dicom_node.db.models import DicomInstance
 from dicom_node.db.query import compile_query
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
@@ -217,51 +215,14 @@ def _one_study(keys: Mapping[str, str | None]) -> str | None:
 
 
 class HeldSyntaxes:
-    """SOP class -> {transfer syntax: instances} the store holds, for the C-GET
-    acceptor's choice of syntax (``scp/get_negotiation.py``).
+    """SOP class -> the transfer syntaxes the store holds it in, for the C-GET
+    acceptor's choice of syntax (``scp/get_negotiation.py``): read from the
+    ``held_syntaxes`` table (db/held_syntaxes.py), exact and uncached, in one
+    query on its primary key per C-GET association."""
 
-    Counted over the most recent ``sample`` instances (an index-ordered scan
-    that stops there, whatever the size of the store: a count over all of it,
-    with no index on the SOP class, would be a full scan while an association
-    waits for its answer), and kept ``ttl`` seconds.
-    """
-
-    def __init__(
-        self,
-        db: Database,
-        *,
-        ttl: float = 60.0,
-        sample: int = 100_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
-        self._ttl = ttl
-        self._sample = sample
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._held: dict[str, Counter[str]] = {}
-        self._read_at: float | None = None
 
-    def of(self, sop_class: str) -> Counter[str]:
-        with self._lock:
-            now = self._clock()
-            if self._read_at is None or now - self._read_at >= self._ttl:
-                self._held = self._read()
-                self._read_at = now
-            return self._held.get(sop_class, Counter())
-
-    def _read(self) -> dict[str, Counter[str]]:
-        recent = (
-            select(DicomInstance.sop_class_uid, DicomInstance.transfer_syntax_uid)
-            .order_by(DicomInstance.id.desc())
-            .limit(self._sample)
-            .subquery()
-        )
-        statement = select(
-            recent.c.sop_class_uid, recent.c.transfer_syntax_uid, func.count()
-        ).group_by(recent.c.sop_class_uid, recent.c.transfer_syntax_uid)
-        held: dict[str, Counter[str]] = {}
+    def of(self, sop_classes: Collection[str]) -> dict[str, frozenset[str]]:
         with self._db.read() as session:
-            for sop_class, syntax, count in session.execute(statement):
-                held.setdefault(str(sop_class), Counter())[str(syntax)] = int(count)
-        return held
+            return held_syntaxes(session, sop_classes)
