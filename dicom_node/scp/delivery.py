@@ -5,8 +5,9 @@ node opened to the Move Destination, or the C-GET requester's own.
 Per instance, against the transfer syntaxes the peer accepted for its SOP
 class (the node being the C-STORE SCU there):
 
-1. its stored syntax was accepted: the stored data set is sent as read
-   (pynetdicom encodes it again in that syntax: the same bytes);
+1. its stored syntax was accepted: the stored data set bytes are sent from
+   the file as they are (:class:`~dicom_node.scp.sub_operations.StoredFile`:
+   nothing decoded, byte for byte, a Deflated one still deflated);
 2. it is stored uncompressed (explicit or implicit VR, deflated, in a byte
    order the peer took): pynetdicom encodes it again in the accepted one,
    pixel data untouched (:func:`~dicom_node.scp.contexts.converts_freely`);
@@ -15,7 +16,9 @@ class (the node being the C-STORE SCU there):
    native little-endian syntax, else to a lossless compressed one it took;
    never to a lossy syntax (an image is never compressed lossily on the way);
 4. otherwise its sub-operation fails, with the reason in the audit and the
-   instance in the Failed SOP Instance UID List.
+   instance in the Failed SOP Instance UID List (it still goes through
+   pynetdicom's loop, as an :class:`~dicom_node.scp.sub_operations.Unsendable`,
+   so the counts of every response are right).
 
 The status each sub-operation got is read from the C-STORE response itself
 (:class:`StoreLink`), so the audit and the final response say what the peer
@@ -48,8 +51,8 @@ from dicom_node.domain.transcode import (
     can_encode,
     is_lossy,
 )
-from dicom_node.scp import status
 from dicom_node.scp.contexts import converts_freely
+from dicom_node.scp.sub_operations import StoredFile
 from dicom_node.services.retrieve import ExportResult, RetrieveItem
 from dicom_node.storage import FileStore
 
@@ -188,12 +191,12 @@ class StoreLink:
 @dataclass
 class Tally:
     """What became of each instance of one retrieve: the counts and the reasons
-    for the audit, and the final response when the node itself left some out."""
+    for the audit and the final response's Error Comment. pynetdicom counts the
+    same sub-operations for the responses (every instance goes through its loop)."""
 
     total: int
     counts: Counter[str] = field(default_factory=Counter)
     failures: list[tuple[str, str]] = field(default_factory=list)
-    not_sent: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
@@ -201,9 +204,8 @@ class Tally:
             self.counts[key] += 0
 
     def fail(self, uid: str, reason: str) -> None:
-        """Not handed to pynetdicom: it counts the sub-operation failed from
-        the announced number, the final response lists it."""
-        self.not_sent += 1
+        """An instance the node does not send (handed to pynetdicom as an
+        Unsendable, which it counts failed and lists)."""
         self._failed(uid, reason)
 
     def offered(self, how: str) -> None:
@@ -237,22 +239,6 @@ class Tally:
         identifier = Dataset()
         identifier.FailedSOPInstanceUIDList = [uid for uid, _ in self.failures]
         return identifier
-
-    def final(self) -> tuple[Dataset, Dataset] | None:
-        """The final response, when instances were left out by the node (else
-        pynetdicom's own is right: it counted every sub-operation it sent).
-        pynetdicom adds the ones never offered to its failed count."""
-        if not self.not_sent:
-            return None
-        delivered = self.counts["completed"] + self.counts["warning"]
-        answer = Dataset()
-        answer.Status = (
-            status.SUB_OPERATIONS_COMPLETE_WITH_FAILURES
-            if delivered
-            else UNABLE_TO_PERFORM_SUB_OPERATIONS
-        )
-        answer.ErrorComment = self.summary()[: status.ERROR_COMMENT_MAX]
-        return answer, self.failed_uids()
 
     def summary(self) -> str:
         """The failures in a few words: the one reason, or the most common."""
@@ -292,7 +278,21 @@ class Delivery:
 
     def dataset(self, item: RetrieveItem, route: Route) -> Dataset | str:
         """The data set to send along ``route``, or why there is none. The
-        stored file is only read."""
+        stored file is only read: as stored, only its file meta (pynetdicom
+        streams the rest from the file)."""
+        try:
+            if route.how == AS_STORED:
+                stored = StoredFile.of(
+                    self._store.absolute(item.file_path),
+                    sop_class_uid=item.sop_class_uid,
+                    sop_instance_uid=item.sop_instance_uid,
+                    transfer_syntax_uid=item.transfer_syntax_uid,
+                )
+                if stored is not None:
+                    return stored
+        except Exception as exc:  # missing, truncated, garbage: pydicom raises many kinds
+            log.error("stored instance cannot be read for a retrieve: %s", type(exc).__name__)
+            return UNREADABLE
         try:
             dataset = read_stored_instance(
                 self._store.absolute(item.file_path), max_dataset_bytes=self._max_dataset_bytes

@@ -17,6 +17,29 @@ from dicom_node.domain.aetitle import Peer
 from dicom_node.scp.transport import outgoing_connection_opened
 
 
+class NodeAE(AE):
+    """The node's Application Entity: ``associate()`` also takes an association
+    the node has already established (``established=``) and returns it.
+
+    pynetdicom's C-MOVE loop opens the destination association itself, with
+    ``self.ae.associate(host, port, **kwargs)`` and the keyword arguments the
+    handler yields, and answers 0xA801 (Move Destination unknown) when it is
+    not established. The node opens it first instead (``scp/retrieve.py``), so
+    that a destination that refuses the association, or accepts none of the
+    proposed contexts, is answered 0xA702 with every sub-operation counted and
+    listed (PS3.4 C.4.2.1.4), and hands that association to the loop here.
+    """
+
+    def associate(
+        self, addr: str | tuple[str, int, int], port: int, *args: Any, **kwargs: Any
+    ) -> Association:
+        established = kwargs.pop("established", None)
+        if established is not None:
+            assert isinstance(established, Association)
+            return established
+        return super().associate(addr, port, *args, **kwargs)
+
+
 class PeerNeedsTls(Exception):
     """A peer configured with ``/tls`` while the node has no TLS client context."""
 
@@ -38,10 +61,9 @@ class PeerConnector:
     def options(
         self, peer: Peer, *, handlers: Sequence[tuple[Any, ...]] = (), **extra: Any
     ) -> dict[str, Any]:
-        """``AE.associate()`` keyword arguments for an association to ``peer``;
-        the C-MOVE handler yields them to pynetdicom, which opens the association
-        itself. ``handlers``: the caller's ``evt_handlers`` for it, bound next
-        to the node's own."""
+        """``AE.associate()`` keyword arguments for an association to ``peer``.
+        ``handlers``: the caller's ``evt_handlers`` for it, bound next to the
+        node's own (the stalled-read reaper, the PDU and response bounds)."""
         options: dict[str, Any] = {
             "ae_title": peer.ae_title,
             "max_pdu": self.max_pdu,  # pynetdicom's associate() default is 16 KB

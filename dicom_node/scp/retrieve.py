@@ -13,7 +13,6 @@ or transcoded, as the peer's accepted contexts allow (scp/delivery.py). The
 from __future__ import annotations
 
 import logging
-import socket
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -41,7 +40,13 @@ from dicom_node.scp.delivery import (
 from dicom_node.scp.find import failure, identifier_keys, parse_level, reason, refusal_code
 from dicom_node.scp.get_negotiation import GetNegotiation
 from dicom_node.scp.move_sink import final_status_only
-from dicom_node.scp.outgoing import PeerConnector
+from dicom_node.scp.outgoing import PeerConnector, PeerNeedsTls
+from dicom_node.scp.sub_operations import (
+    Unsendable,
+    comment_final_response,
+    deliberately_failing,
+    sends_stored_files,
+)
 from dicom_node.services.retrieve import (
     NOTHING_SENT,
     ExportResult,
@@ -61,6 +66,12 @@ _STUDY_ROOT_RETRIEVE = {
     str(StudyRootQueryRetrieveInformationModelGet),
 }
 UNREACHABLE = "destination unreachable"
+# the counts of the final response are US (PS3.7 C.4.2.1, PS3.4 C.4.2.3.1)
+MAX_SUB_OPERATIONS = 65535
+TOO_MANY = f"more than {MAX_SUB_OPERATIONS} instances: narrow the retrieve"
+# PS3.4 C.4.2.1.5, C.4.3.1.4: Refused: Out of Resources, unable to calculate
+# number of matches
+OUT_OF_RESOURCES_MATCHES = 0xA701
 REFUSED_ASSOCIATION = "destination refused the association"
 NO_CONTEXT_ACCEPTED = "destination accepted no presentation context"
 
@@ -127,39 +138,67 @@ class RetrieveHandler:
             self._audit(event, destination, None, {}, NOTHING_SENT, str(exc))
             yield from final_status_only(1, failure(refusal_code(exc), str(exc)))
             return
-        if items and not _listening(peer, timeout=event.assoc.ae.connection_timeout):
-            # A known peer that does not answer: PS3.4 C.4.2.1.4 wants every
-            # sub-operation counted as failed and listed (0xA702), not 0xA801
-            # (that one says the AE title is unknown, which is not the case)
-            log.warning("C-MOVE from %s: %s unreachable", requestor.ae_title, destination)
-            self._audit(
-                event, destination, level, keys, _all_failed(items, UNREACHABLE), UNREACHABLE
-            )
-            report = Dataset()
-            report.FailedSOPInstanceUIDList = [item.sop_instance_uid for item in items]
-            code, _ = failure(UNABLE_TO_PERFORM_SUB_OPERATIONS, UNREACHABLE)
-            yield from final_status_only(len(items), (code, report))
+        if len(items) > MAX_SUB_OPERATIONS:
+            self._refuse_too_many(event, "C-MOVE", destination, level, keys)
+            yield from final_status_only(1, failure(OUT_OF_RESOURCES_MATCHES, TOO_MANY))
+            return
+        if not items:
+            self._audit(event, destination, level, keys, Tally(0).result(), None)
+            yield peer.host, peer.port  # pynetdicom then answers 0x0000 without associating
+            yield 0
             return
         plan = plan_contexts(Counter((i.sop_class_uid, i.transfer_syntax_uid) for i in items))
         _log_plan(plan, requestor.ae_title, destination)
         link = StoreLink()
-        reached = False
+        # The node opens the destination association itself (the attempt is the
+        # reachability check): one that fails, is rejected or accepts none of the
+        # contexts is a known peer unable to take the sub-operations, 0xA702 with
+        # every one counted failed and listed (PS3.4 C.4.2.1.4), not 0xA801 (an
+        # unknown AE title), which pynetdicom's loop answers when it fails there.
         try:
-            yield (
-                peer.host,
-                peer.port,
-                self._connector.options(peer, contexts=plan.contexts, handlers=link.handlers()),
+            store_assoc = self._connector.associate(
+                event.assoc.ae, peer, contexts=plan.contexts, handlers=link.handlers()
             )
+        except PeerNeedsTls as exc:
+            yield from self._nothing_sent(event, destination, level, keys, items, str(exc))
+            return
+        if not store_assoc.is_established:
+            if link.was_accepted:
+                why = NO_CONTEXT_ACCEPTED
+            elif store_assoc.is_rejected:
+                why = REFUSED_ASSOCIATION
+            else:
+                why = UNREACHABLE
+            yield from self._nothing_sent(event, destination, level, keys, items, why)
+            return
+        sends_stored_files(store_assoc)
+        try:
+            # handed to pynetdicom's loop through NodeAE.associate (scp/outgoing.py)
+            yield peer.host, peer.port, {"established": store_assoc}
             yield len(items)
-            reached = True
             yield from self._sub_operations(event, items, level, keys, destination, link, plan)
         finally:
-            if not reached and items:
-                # listening, but the association failed (rejected, aborted, or
-                # no context accepted): pynetdicom answered 0xA801
-                why = NO_CONTEXT_ACCEPTED if link.was_accepted else REFUSED_ASSOCIATION
-                log.warning("C-MOVE from %s: %s: %s", requestor.ae_title, destination, why)
-                self._audit(event, destination, level, keys, _all_failed(items, why), why)
+            # pynetdicom releases it after its loop, not when the requester went
+            # away before (no-op when already released)
+            store_assoc.release()
+
+    def _nothing_sent(
+        self,
+        event: Event,
+        destination: str,
+        level: Level,
+        keys: dict[str, str | None],
+        items: list[RetrieveItem],
+        why: str,
+    ) -> Iterator[Any]:
+        """The C-MOVE's answer when no association to the destination could be
+        used: every sub-operation failed and listed, 0xA702."""
+        log.warning("C-MOVE from %s: %s: %s", event.assoc.requestor.ae_title, destination, why)
+        self._audit(event, destination, level, keys, _all_failed(items, why), why)
+        answer, _ = failure(UNABLE_TO_PERFORM_SUB_OPERATIONS, why)
+        listed = Dataset()
+        listed.FailedSOPInstanceUIDList = [item.sop_instance_uid for item in items]
+        yield from final_status_only(len(items), (answer, listed))
 
     # ------------------------------------------------------------------ C-GET
 
@@ -173,11 +212,36 @@ class RetrieveHandler:
             yield 1
             yield failure(refusal_code(exc), str(exc))
             return
+        if len(items) > MAX_SUB_OPERATIONS:
+            self._refuse_too_many(event, "C-GET", requestor.ae_title, level, keys)
+            yield 1
+            yield failure(OUT_OF_RESOURCES_MATCHES, TOO_MANY)
+            return
+        if not items:
+            self._audit(event, requestor.ae_title, level, keys, Tally(0).result(), None)
+            yield 0  # pynetdicom answers 0x0000
+            return
+        sends_stored_files(event.assoc)
         yield len(items)
         with StoreLink.listening_on(event.assoc) as link:
             yield from self._sub_operations(
                 event, items, level, keys, requestor.ae_title, link, None
             )
+
+    def _refuse_too_many(
+        self,
+        event: Event,
+        what: str,
+        destination: str,
+        level: Level,
+        keys: dict[str, str | None],
+    ) -> None:
+        """More instances than the final response can count (its counts are US,
+        PS3.4 C.4.2.3.1 and C.4.3.3.1 want them there): refused before any
+        association, 0xA701 (Out of resources: unable to calculate number of
+        matches), instead of pynetdicom's 0xC516."""
+        log.warning("%s from %s refused: %s", what, event.assoc.requestor.ae_title, TOO_MANY)
+        self._audit(event, destination, level, keys, NOTHING_SENT, TOO_MANY)
 
     # ------------------------------------------------------------------ shared
 
@@ -194,7 +258,11 @@ class RetrieveHandler:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InvalidQuery(reason(exc)) from None
         items = instances_to_retrieve(
-            self._db, level=level, keys=keys, max_list_values=self._max_list_values
+            self._db,
+            level=level,
+            keys=keys,
+            max_list_values=self._max_list_values,
+            max_instances=MAX_SUB_OPERATIONS + 1,  # one more says there are too many
         )
         return level, keys, items
 
@@ -225,11 +293,12 @@ class RetrieveHandler:
         link: StoreLink,
         plan: ContextPlan | None,
     ) -> Iterator[Any]:
-        """One C-STORE sub-operation per instance that can go (delivery.py). An
-        instance that cannot (no usable context, unreadable file, transcoding
-        impossible) is not handed to pynetdicom: a final status of our own then
-        lists it with the ones the peer refused, and pynetdicom counts it as
-        failed. Cancel (C-CANCEL) is honoured between sub-operations."""
+        """One C-STORE sub-operation per instance (delivery.py). An instance
+        that cannot go (no usable context, unreadable file, transcoding
+        impossible) is handed to pynetdicom as an Unsendable, which it counts
+        failed and lists like the ones the peer refused (sub_operations.py).
+        pynetdicom sends the final response; the node adds its Error Comment.
+        Cancel (C-CANCEL) is honoured between sub-operations."""
         what = "C-GET" if plan is None else "C-MOVE"
         tally = Tally(len(items))
         in_flight: RetrieveItem | None = None
@@ -244,6 +313,11 @@ class RetrieveHandler:
                 outgoing = self._outgoing(item, link, plan)
                 if isinstance(outgoing, str):
                     tally.fail(item.sop_instance_uid, outgoing)
+                    with deliberately_failing():
+                        yield (
+                            status.PENDING,
+                            Unsendable(item.sop_class_uid, item.sop_instance_uid, outgoing),
+                        )
                     continue
                 dataset, how = outgoing
                 tally.offered(how)
@@ -252,11 +326,12 @@ class RetrieveHandler:
                 yield status.PENDING, dataset
                 in_flight = None
                 tally.answered(item.sop_instance_uid, link.answer(item.sop_instance_uid))
-            final = tally.final()
             audited = self._audit(event, destination, level, keys, tally.result(), None)
             _log_outcome(what, event.assoc.requestor.ae_title, destination, tally)
-            if final is not None:
-                yield final
+            if tally.reasons:
+                message_id = event.request.MessageID
+                assert message_id is not None  # pynetdicom refuses a request without one
+                comment_final_response(event.assoc, message_id, tally.summary())
         finally:
             if not audited:  # the requester went away, or pynetdicom stopped asking
                 if in_flight is not None:
@@ -356,13 +431,3 @@ def _log_outcome(what: str, requestor: str, destination: str, tally: Tally) -> N
         tally.total,
         "; ".join(f"{why}: {n}" for why, n in tally.reasons.most_common(3)),
     )
-
-
-def _listening(peer: Peer, *, timeout: float | None) -> bool:
-    """Whether something accepts TCP connections at the peer's address: a plain
-    connect, closed at once (far cheaper than a second association)."""
-    try:
-        with socket.create_connection((peer.host, peer.port), timeout=timeout or 5.0):
-            return True
-    except OSError:
-        return False

@@ -32,10 +32,11 @@ from dicom_node.scp.find import (
 )
 from dicom_node.scp.handlers import build_handlers
 from dicom_node.scp.mpps import MPPS_MODEL, MppsHandler
-from dicom_node.scp.outgoing import PeerConnector
+from dicom_node.scp.outgoing import NodeAE, PeerConnector
 from dicom_node.scp.reactor import install_reactor_gate
 from dicom_node.scp.retrieve import RetrieveHandler
 from dicom_node.scp.store import StoreHandler
+from dicom_node.scp.sub_operations import install_log_filter
 from dicom_node.services.ingest import IngestPolicy
 from dicom_node.services.rejections import Refusal
 from dicom_node.settings import Settings
@@ -93,6 +94,11 @@ def configure_pynetdicom(*, log_phi: bool, accept_unknown_sop_classes: bool) -> 
     _config.UNRESTRICTED_STORAGE_SERVICE = accept_unknown_sop_classes
     # pynetdicom's reactor can steal the reply a sending thread waits for (reactor.py)
     install_reactor_gate()
+    # A data set given to send_c_store as a file path (scp/sub_operations.py: an
+    # instance retrieved in its stored syntax, the node's only use of a path) is
+    # streamed from the file after its file meta: the stored bytes, never decoded.
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    install_log_filter()  # pynetdicom's lines for sub-operations the node fails itself
     logging.getLogger("pynetdicom.transport").addFilter(_NO_TLS_TRACEBACK)
 
 
@@ -110,8 +116,8 @@ class _NoTlsTraceback(logging.Filter):
 _NO_TLS_TRACEBACK = _NoTlsTraceback()
 
 
-def build_ae(settings: Settings) -> AE:
-    ae = AE(ae_title=settings.ae_title)
+def build_ae(settings: Settings) -> NodeAE:
+    ae = NodeAE(ae_title=settings.ae_title)
     ae.require_called_aet = True
     ae.require_calling_aet = list(settings.allowed_calling_aets)
     ae.maximum_pdu_size = settings.max_pdu_size

@@ -59,8 +59,10 @@ def instances_to_retrieve(
     level: Level,
     keys: Mapping[str, str | None],
     max_list_values: int | None = None,
+    max_instances: int | None = None,
 ) -> list[RetrieveItem]:
-    """Raises InvalidQuery when the identifier lacks the level's unique key or
+    """The instances the retrieve names, at most ``max_instances`` (None: all).
+    Raises InvalidQuery when the identifier lacks the level's unique key or
     gives one a value a retrieve does not allow (``retrieve_match``), and
     UnprocessableQuery for a UID list longer than ``max_list_values``. Other keys
     (not unique keys of this level or above) are ignored: PS3.4 leaves them out
@@ -93,7 +95,7 @@ def instances_to_retrieve(
             DicomInstance.file_path,
         ],
     )
-    statement = compile_query(Level.IMAGE, parsed, limit=None).with_only_columns(*columns)
+    statement = compile_query(Level.IMAGE, parsed, limit=max_instances).with_only_columns(*columns)
     with db.read() as session:
         rows = session.execute(statement).all()
     return [RetrieveItem(*row) for row in rows]

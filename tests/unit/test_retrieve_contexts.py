@@ -19,7 +19,6 @@ from pydicom.uid import (
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.presentation import negotiate_as_acceptor, negotiate_unrestricted
-from pynetdicom.service_class import QueryRetrieveServiceClass
 
 from dicom_node.scp.contexts import (
     MAX_CONTEXTS,
@@ -129,17 +128,6 @@ def test_pynetdicom_still_picks_the_exact_context_first_and_converts_only_native
     assert "tr_syntax.is_little_endian != cx_syntax.is_little_endian" in source
     store = inspect.getsource(Association.send_c_store)
     assert "dataset.file_meta.TransferSyntaxUID" in store  # the data set's own syntax
-
-
-def test_pynetdicom_still_counts_sub_operations_never_offered_as_failed() -> None:
-    """A final Warning/Failure from the handler counts the remaining ones as
-    failed (the node's final status for instances it could not send), and a
-    status after the last announced sub-operation is ignored."""
-    for scp in (QueryRetrieveServiceClass._move_scp, QueryRetrieveServiceClass._get_scp):
-        source = inspect.getsource(scp)
-        assert "rsp.NumberOfFailedSuboperations = store_results[1] + store_results[0]" in source
-        assert "if store_results[0] <= 0:" in source
-        assert '"FailedSOPInstanceUIDList" not in dataset' in source  # ours is kept
 
 
 def test_pynetdicom_still_lets_evt_requested_change_the_acceptor_s_contexts() -> None:
