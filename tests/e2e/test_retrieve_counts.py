@@ -310,15 +310,14 @@ def test_c_get_in_the_stored_syntax_sends_the_stored_bytes(make_node: Any, tmp_p
 
 
 def _multiply(node: Node, copies: int) -> None:
-    """``copies`` more index rows of each stored instance (new SOP Instance
+    """``copies`` more index rows of the one stored instance (new SOP Instance
     UIDs, same file): only the count matters to the plan."""
     assert node.db is not None
     with node.db.engine.begin() as connection:
         result = connection.execute(text("SELECT * FROM dicom_instances WHERE 1 = 0"))
         names = [column for column in list(result.keys()) if column != "id"]
         selected = ", ".join(
-            "sop_instance_uid || '.' || CAST(n.v AS VARCHAR(8))" if c == "sop_instance_uid" else c
-            for c in names
+            "'2.25.' || CAST(n.v AS VARCHAR(8))" if c == "sop_instance_uid" else c for c in names
         )
         # the table's own column names only
         statement = (
