@@ -104,6 +104,9 @@ class RetrieveHandler:
         transcoder = Transcoder(
             max_decoded_bytes=settings.max_transcode_bytes,
             max_concurrent=settings.max_concurrent_transcodes,
+            # a sub-operation waiting for a transcoding slot gives up when its
+            # peer would stop waiting for the C-STORE anyway
+            max_wait_seconds=settings.dimse_timeout_seconds,
         )
         return cls(
             db,
