@@ -140,12 +140,18 @@ def _found(db: Database, level: Level, keys: dict[str, str]) -> set[str]:
     return {row["SeriesDescription"] for row in result.matches}
 
 
-@pytest.mark.parametrize(("keys", "expected"), STUDY_CASES, ids=str)
+def _case_id(value: object) -> str:
+    """The same id in every pytest-xdist process: a set's order follows string
+    hashing, which differs per process (collection then fails)."""
+    return str(sorted(value)) if isinstance(value, set) else str(value)
+
+
+@pytest.mark.parametrize(("keys", "expected"), STUDY_CASES, ids=_case_id)
 def test_study_level_pn_keys(named: Database, keys: dict[str, str], expected: set[str]) -> None:
     assert _found(named, Level.STUDY, keys) == expected
 
 
-@pytest.mark.parametrize(("keys", "expected"), SERIES_CASES, ids=str)
+@pytest.mark.parametrize(("keys", "expected"), SERIES_CASES, ids=_case_id)
 def test_series_level_pn_keys(named: Database, keys: dict[str, str], expected: set[str]) -> None:
     assert _found(named, Level.SERIES, keys) == expected
 
