@@ -236,7 +236,7 @@ def build_studies(directory: Path) -> dict[str, Study]:
         study_uid = _uid(spec.kind, "study")
         instances = []
         for number, source in enumerate(spec.sources, start=1):
-            path = get_testdata_file(source)
+            path = get_testdata_file(source, download=False)  # never at run time
             if path is None:  # pragma: no cover - pydicom-data is a test dependency
                 raise FileNotFoundError(f"pydicom test file {source} (install pydicom-data)")
             ds = pydicom.dcmread(path)
