@@ -10,7 +10,7 @@ from dicom_node.domain.part10_source import Buffer
 PREAMBLE_LENGTH = 128
 PREFIX = b"DICM"
 # Explicit VR little endian (the file meta's encoding): these VRs have a 4-byte length.
-_LONG_VRS = {
+LONG_VRS = {
     b"OB",
     b"OD",
     b"OF",
@@ -41,7 +41,7 @@ def dataset_offset(data: Buffer) -> int:
         if group != 0x0002:
             return offset
         vr = data[offset + 4 : offset + 6]
-        if vr in _LONG_VRS:
+        if vr in LONG_VRS:
             if offset + 12 > len(data):
                 break
             length = struct.unpack_from("<I", data, offset + 8)[0]

@@ -101,7 +101,7 @@ _NATIVE_SOURCES = NATIVE_SYNTAXES | {ExplicitVRBigEndian}
 
 # The pydicom plugin that decodes each syntax, the first one installed of each
 # tuple (every one of them is a dependency: the later ones only matter to an
-# installation without the first). Why each (notes/transcode.md): Pillow
+# installation without the first). Why each (docs/conformance.md, decoders): Pillow
 # (libjpeg-turbo) decodes JPEG Baseline as GDCM and DCMTK do, faster; GDCM is the
 # only licence-compatible JPEG Lossless decoder; CharLS (pyjpegls) is the JPEG-LS
 # reference (GDCM's copy fails on 6- and 7-bit samples); OpenJPEG through pylibjpeg

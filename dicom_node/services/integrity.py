@@ -50,7 +50,7 @@ from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import AuditOutcome
 
 # the file-meta walk of domain.part10, streamed (its VR table is shared, not copied)
-from dicom_node.domain.part10 import _LONG_VRS, PREAMBLE_LENGTH, PREFIX
+from dicom_node.domain.part10 import LONG_VRS, PREAMBLE_LENGTH, PREFIX
 from dicom_node.services.audit import record_audit_event
 from dicom_node.services.importing import import_files
 from dicom_node.services.ingest import IngestPolicy
@@ -122,7 +122,7 @@ def content_offset(source: BinaryIO) -> int | None:
             return None  # the file shrank meanwhile
         if struct.unpack_from("<H", header, 0)[0] != 0x0002:
             return offset
-        if header[4:6] in _LONG_VRS:
+        if header[4:6] in LONG_VRS:
             if offset + 12 > end or len(header) < 12:
                 return None
             offset += 12 + struct.unpack_from("<I", header, 8)[0]
