@@ -1,4 +1,5 @@
-"""Turnaround metrics (DOMAIN.md): median, p90 and % within SLA per group."""
+"""Turnaround metrics (docs/domain.md#turnaround-metrics): median, p90 and % within SLA per
+group."""
 
 from __future__ import annotations
 

@@ -230,7 +230,8 @@ class ImagingRequest(Timestamped, Base):
     scheduled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     clinical_indication: Mapped[str | None] = mapped_column(Text)
     cancel_reason: Mapped[str | None] = mapped_column(Text)
-    # Turnaround timestamps (DOMAIN.md): when each step actually happened.
+    # Turnaround timestamps (docs/domain.md#turnaround-timestamps): when each step actually
+    # happened.
     scheduled_on: Mapped[datetime | None] = mapped_column(UTCDateTime())
     exam_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     exam_completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

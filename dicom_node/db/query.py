@@ -276,7 +276,8 @@ def compile_query(
         )
     if depth >= 1:
         statement = statement.join(DicomStudy, DicomStudy.patient_pk == Patient.id)
-        # a rejected study is withdrawn from every query (DOMAIN.md), never deleted
+        # a rejected study is withdrawn from every query (docs/domain.md#study-metadata-states),
+        # never deleted
         conditions.append(DicomStudy.metadata_status != MetadataStatus.REJECTED.value)
         if only_held:
             conditions.append(DicomStudy.instance_count > 0)

@@ -1,4 +1,5 @@
-"""Modality Worklist keys (DOMAIN.md, PS3.4 K.6.1) -> one SELECT over scheduled orders.
+"""Modality Worklist keys (docs/domain.md#modality-worklist-response, PS3.4 K.6.1) -> one SELECT
+over scheduled orders.
 
 Each scheduled order is one Scheduled Procedure Step. The keys inside
 ScheduledProcedureStepSequence are matched against the same row, which is what

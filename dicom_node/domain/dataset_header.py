@@ -1,4 +1,5 @@
-"""Reading the indexed attributes of one instance (DOMAIN.md "What to index").
+"""Reading the indexed attributes of one instance (docs/domain.md#what-is-indexed-per-instance
+"What to index").
 
 On the C-STORE hot path: only the needed tags are parsed, pixel data is never
 read, and text is decoded with the dataset's SpecificCharacterSet.

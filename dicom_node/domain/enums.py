@@ -1,4 +1,5 @@
-"""The closed vocabularies of the domain (names from the brief and DOMAIN.md)."""
+"""The closed vocabularies of the domain (names from the brief and
+docs/domain.md#entities-and-identifiers)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Matching received images to orders (DOMAIN.md "Matching images to orders")."""
+"""Matching received images to orders (docs/domain.md#matching-images-to-orders "Matching images to
+orders")."""
 
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ PRIORITY_RANK = {Priority.STAT: 0, Priority.URGENT: 1, Priority.ROUTINE: 2}
 
 @dataclass(frozen=True, slots=True)
 class SlaPolicy:
-    """Reading turnaround targets by priority (DOMAIN.md: STAT 1 h, urgent 12 h)."""
+    """Reading turnaround targets by priority (docs/domain.md#sla-by-priority: STAT 1 h, urgent 12
+    h)."""
 
     stat_minutes: int = 60
     urgent_minutes: int = 720

@@ -10,7 +10,7 @@ PostgreSQL (SQLite serialises writers), and each job's selection excludes what
 it already handled, so two nodes running the same job never handle a row twice
 and a second run does nothing new.
 
-Stale orders. DOMAIN.md's state machine has no "no-show" transition, and
+Stale orders. docs/domain.md#stale-orders: the order state machine has no "no-show" transition, and
 cancelling automatically would lose the order for images that come late (a
 cancelled order matches no images). So a scheduled order whose slot is more
 than ``stale_hours`` past, with no study and no MPPS, stays scheduled and gets

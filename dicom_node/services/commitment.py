@@ -3,7 +3,8 @@ node holds durably, and the completeness evidence that gives.
 
 "Held" means: indexed, under the SOP class the requester names, and its file
 in the store. A commitment covering every instance a study has received is
-evidence that the acquisition is over (DOMAIN.md completeness).
+evidence that the acquisition is over (docs/domain.md#completeness-and-the-stability-wait
+completeness).
 """
 
 from __future__ import annotations

@@ -209,7 +209,7 @@ def complete_study(
     study.completeness_evidence = evidence.value
     study.completed_at = now
     if study.metadata_status == MetadataStatus.REJECTED.value:
-        return  # withdrawn (DOMAIN.md): neither read nor reconciled
+        return  # withdrawn (docs/domain.md#study-metadata-states): neither read nor reconciled
     order = (
         session.get(ImagingRequest, study.imaging_request_id) if study.imaging_request_id else None
     )

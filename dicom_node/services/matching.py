@@ -1,4 +1,5 @@
-"""Tying a newly seen study to the order it fulfils (DOMAIN.md, reconciliation)."""
+"""Tying a newly seen study to the order it fulfils (docs/domain.md#matching-images-to-orders,
+reconciliation)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ _OPEN_FOR_IMAGES = [
 
 
 def find_order(session: Session, header: InstanceHeader) -> tuple[ImagingRequest | None, str]:
-    """The order for these images, by the DOMAIN.md precedence, and what matched:
+    """The order for these images, by the docs/domain.md#match-keys-and-precedence precedence, and
+    what matched:
     the images' StudyInstanceUID (pre-assigned by scheduling), their
     AccessionNumber (+ issuer), then each RequestAttributesSequence item's
     StudyInstanceUID and AccessionNumber."""

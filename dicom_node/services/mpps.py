@@ -2,7 +2,7 @@
 
 N-CREATE (IN PROGRESS) puts the scheduled order in progress; N-SET COMPLETED
 makes it performed and records which series and instances the modality says it
-made (completeness uses that as evidence, DOMAIN.md); N-SET DISCONTINUED
+made (completeness uses that as evidence, docs/domain.md#mpps-effects); N-SET DISCONTINUED
 discontinues it with the reason. N-CREATE and N-SET may come on different
 associations: everything lives in the database.
 
@@ -148,7 +148,8 @@ def create_mpps(db: Database, request: MppsCreate, *, actor: str) -> PerformedPr
                 order.exam_started_at = order.exam_started_at or step.started_at
             if reconcile:
                 # an unscheduled exam (no accession, or none that fits), or one for
-                # an order that is closed: a person decides (DOMAIN.md reconciliation)
+                # an order that is closed: a person decides (docs/domain.md#mpps-effects
+                # reconciliation)
                 session.add(
                     WorklistItem(
                         imaging_request_id=order.id if order else None,

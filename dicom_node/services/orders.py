@@ -1,7 +1,7 @@
 """ImagingRequest (order) use cases: create, list, read, edit, schedule, cancel,
 start and complete; every state change audited with before and after.
 
-DOMAIN.md: requested -> scheduled -> in_progress -> performed; in_progress ->
+docs/domain.md#order-states: requested -> scheduled -> in_progress -> performed; in_progress ->
 discontinued; requested/scheduled -> cancelled. ``advance_order`` is the one
 audited transition: each caller names the states it may move the order from,
 so for the DICOM side a step that does not apply is a no-op, not an error (a

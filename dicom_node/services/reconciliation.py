@@ -2,7 +2,8 @@
 order they claim (conflict), and the unscheduled exams an MPPS reported.
 
 A scheduler or admin links such a study to an order, or creates an order from
-the study (DOMAIN.md "Matching images to orders"). Either way the study then
+the study (docs/domain.md#reconciliation-by-a-person "Matching images to orders"). Either way the
+study then
 goes the way a study matched on arrival goes, through the same functions: the
 order starts (and is performed when the acquisition is already complete) and a
 complete study joins the reading worklist; the study's open reconciliation
@@ -346,7 +347,8 @@ def release_to_reading(
     now: datetime | None = None,
 ) -> ReleasedStudy:
     """Put an unmatched study on the reading worklist before any order claims it
-    (DOMAIN.md: unmatched studies stay off it unless explicitly released): a
+    (docs/domain.md#reconciliation-by-a-person: unmatched studies stay off it unless explicitly
+    released): a
     trauma scan sent without an order is read now, the order found later.
 
     Only an unmatched study: a conflict's patient is in doubt and must be linked

@@ -1,6 +1,6 @@
 """Reports: draft -> in_review -> final, returns, addenda, critical results.
 
-The state machine (DOMAIN.md), as enforced here:
+The state machine (docs/domain.md#report-states), as enforced here:
 
 - ``draft``: created by the radiologist holding the study's claimed reading
   item; only its author edits it. One report per study: later changes are

@@ -11,7 +11,7 @@ Images. A study is purged only when everything about it is settled:
 - it holds no quarantined instance: those are another patient's images waiting
   for a person, whatever the study's own status says;
 - its order is in a final state with images (performed or discontinued, see
-  DOMAIN.md), and no MPPS of the order or the study is still IN PROGRESS;
+  docs/domain.md#order-states), and no MPPS of the order or the study is still IN PROGRESS;
 - it has at least one report, every report is final and signed, and no
   (non-quarantined) instance arrived after the latest signature: images that
   came after the final report were never read (ingest only audits them as
@@ -85,7 +85,7 @@ from dicom_node.services.audit import record_audit_event
 from dicom_node.storage import FileStore
 
 _KEEPABLE = (MetadataStatus.MATCHED.value, MetadataStatus.CORRECTED.value)
-# an order in one of these states has had its exam, for good (DOMAIN.md). A
+# an order in one of these states has had its exam, for good (docs/domain.md#order-states). A
 # cancelled order carrying images is an inconsistency for a person: kept.
 _ORDER_DONE = (RequestStatus.PERFORMED.value, RequestStatus.DISCONTINUED.value)
 # paths per IN (...) list: well under SQLite's bound-parameter limit

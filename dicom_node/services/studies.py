@@ -8,7 +8,8 @@ for: workflow filters, paging, sorting and the referring physician's scope.
 
 Corrections change the index, never the stored files: an instance file stays
 byte-identical to what the modality sent, and the audit trail keeps the old and
-new values (DOMAIN.md: matched -> corrected, old values kept in the audit diff).
+new values (docs/domain.md#study-metadata-states: matched -> corrected, old values kept in the
+audit diff).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Turnaround times (DOMAIN.md "Turnaround times"): median, p90 and % within SLA.
+"""Turnaround times (docs/domain.md#turnaround-metrics "Turnaround times"): median, p90 and %
+within SLA.
 
 Metrics, each counted for the events whose *start* falls in the window
 [since, until):

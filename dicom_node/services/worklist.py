@@ -1,6 +1,6 @@
 """The reading worklist: listing the queues, claiming, releasing, reassigning.
 
-Queues (DOMAIN.md): acquisition | reading | review | critical_comm |
+Queues (docs/domain.md#worklist-item-states): acquisition | reading | review | critical_comm |
 reconciliation. Items are made elsewhere (a completed study puts one in the
 reading or reconciliation queue, an unscheduled MPPS one in reconciliation, a
 submitted report one in review); here people work them.
@@ -469,7 +469,8 @@ UNREADABLE_METADATA = frozenset(
 
 def require_readable_study(session: Session, *, study_id: int, doing: str) -> None:
     """409 (``current_state`` = the metadata status) for a rejected, unmatched or
-    conflicting study that was not explicitly released to reading (DOMAIN.md:
+    conflicting study that was not explicitly released to reading
+    (docs/domain.md#study-metadata-states:
     unmatched studies stay off the reading worklist unless released)."""
     row = session.execute(
         select(DicomStudy.metadata_status, DicomStudy.released_to_reading).where(
@@ -522,7 +523,7 @@ def _move_first_draft(
     entry: WorklistEntry,
 ) -> None:
     """The study's first-cycle draft follows its reading item to the new holder
-    (DOMAIN.md: a draft is written by the assigned radiologist only)."""
+    (docs/domain.md#report-states: a draft is written by the assigned radiologist only)."""
     draft = session.scalar(
         select(Report)
         .where(

@@ -174,7 +174,7 @@ def test_a_scheduled_order_past_its_slot_with_nothing_done_is_flagged_once(db: D
     ]
     with db.read() as session:
         statuses = dict(session.execute(select(ImagingRequest.id, ImagingRequest.status)).all())
-    # flagged, not moved: DOMAIN.md has no transition for a missed slot
+    # flagged, not moved: docs/domain.md#stale-orders has no transition for a missed slot
     assert statuses == {
         stale: "scheduled",
         recent: "scheduled",
