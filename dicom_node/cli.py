@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import ipaddress
 import logging
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -347,10 +349,47 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
             summary = load_demo(session, password=password, actor="cli")
     finally:
         db.dispose()
+    # printed to the terminal of whoever ran the command, never logged
     print(summary.describe())
-    if summary.users_created and not args.password_stdin:
-        print(f"demo users' password: {password}")
+    if summary.users_created:
+        shown = "(the password given on standard input)" if args.password_stdin else password
+        print("demo users (username, role, password):")
+        width = max(len(user.username) for user in summary.users_created)
+        for user in summary.users_created:
+            print(f"  {user.username:<{width}}  {user.role.value:<19}  {shown}")
+    else:
+        print("the demo users exist already: their passwords are unchanged")
+    print("\n".join(_demo_next_steps(settings)))
     return EXIT_OK
+
+
+def _demo_next_steps(settings: Settings) -> list[str]:
+    """What a newcomer tries next, as commands for this node's settings (a test
+    runs them against `serve`)."""
+    host = settings.bind_host
+    try:
+        if ipaddress.ip_address(host).is_unspecified:
+            host = "127.0.0.1"  # a node listening on every address is reached on loopback
+    except ValueError:  # a host name
+        pass
+    url_host = f"[{host}]" if ":" in host else host
+    scheme = "https" if settings.http_tls_certificate else "http"
+    samples = Path(__file__).resolve().parents[1] / "sample_dicom"
+    node = ["-aec", settings.ae_title, host, str(settings.dicom_port)]
+    # DCMTK's own binaries: the venv holds pynetdicom scripts of the same names
+    store = ["/usr/bin/storescu", "+sd", "+r", "+sp", "*.dcm", *node]
+    store.append(str(samples) if samples.is_dir() else "sample_dicom")
+    find = ["/usr/bin/findscu", "-S", "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientName"]
+    find += ["-k", "AccessionNumber", "-k", "StudyDescription", *node]
+    return [
+        "next, with the node running (dicom-node serve):",
+        f"  sign in to the API at {scheme}://{url_host}:{settings.http_port}/docs "
+        "(Authorize) as a user above",
+        f"  send the sample images: {shlex.join(store)}",
+        f"  (they reach the reading worklist after study_stable_seconds, "
+        f"{settings.study_stable_seconds} s, with no new image)",
+        f"  query the studies: {shlex.join(find)}",
+    ]
 
 
 def cmd_import(settings: Settings, args: argparse.Namespace) -> int:

@@ -88,12 +88,15 @@ DEMO_MODALITIES = (
     DemoModality("MR_NORTH_1", "MR scanner 1", "MR", "MRNORTH1", "NORTH"),
 )
 
+# one user per role, so every screen and permission can be tried
 DEMO_USERS = (
+    DemoUser("demo.admin", Role.ADMIN, "Ada Admin"),
     DemoUser("demo.scheduler", Role.SCHEDULER, "Sam Scheduler"),
     DemoUser("demo.tech", Role.TECHNOLOGIST, "Terry Technologist"),
     DemoUser("demo.rad1", Role.RADIOLOGIST, "Dr Rae Reader", "neuroradiology"),
     DemoUser("demo.rad2", Role.RADIOLOGIST, "Dr Bo Body", "body imaging"),
     DemoUser("demo.referrer", Role.REFERRING_PHYSICIAN, "Dr Ray Ferrer", "internal medicine"),
+    DemoUser("demo.auditor", Role.AUDITOR, "Audrey Auditor"),
 )
 
 DEMO_STUDIES = (

@@ -11,7 +11,13 @@ from sqlalchemy.orm import Session
 
 from dicom_node.db.models import PN, ImagingCenter, ImagingRequest, Modality
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
-from dicom_node.domain.demo import DEMO_CENTERS, DEMO_MODALITIES, DEMO_STUDIES, DEMO_USERS
+from dicom_node.domain.demo import (
+    DEMO_CENTERS,
+    DEMO_MODALITIES,
+    DEMO_STUDIES,
+    DEMO_USERS,
+    DemoUser,
+)
 from dicom_node.domain.enums import RequestStatus
 from dicom_node.domain.names import fold_person_name
 from dicom_node.services.audit import record_audit_event
@@ -22,7 +28,7 @@ from dicom_node.services.users import create_user, find_user
 class DemoSummary:
     centers_created: list[str] = field(default_factory=list)
     modalities_created: list[str] = field(default_factory=list)
-    users_created: list[str] = field(default_factory=list)
+    users_created: list[DemoUser] = field(default_factory=list)
     orders_created: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
@@ -86,7 +92,7 @@ def load_demo(session: Session, *, password: str, actor: str) -> DemoSummary:
                 specialty=demo_user.specialty,
                 actor=actor,
             )
-            summary.users_created.append(demo_user.username)
+            summary.users_created.append(demo_user)
     referrer = find_user(session, "demo.referrer")
 
     now = datetime.now(UTC)

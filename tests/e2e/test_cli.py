@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -15,6 +16,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_node.db import migrate
+from dicom_node.domain.enums import Role
 from tests.support import COMMAND, Served, clean_env, dcmtk_env, dcmtk_tool, free_port
 
 
@@ -140,12 +142,74 @@ def test_user_add_without_a_terminal_asks_for_password_stdin(tmp_path: Path) -> 
     assert_one_line_error(result, 1, "--password-stdin")
 
 
+def _demo_users(stdout: str) -> dict[str, tuple[str, str]]:
+    """username -> (role, password), from the lines `demo` prints."""
+    users = re.findall(r"^  (demo\.\S+)\s+(\S+)\s+(\S+)$", stdout, re.MULTILINE)
+    return {username: (role, password) for username, role, password in users}
+
+
+def _printed_command(stdout: str, program: str) -> list[str]:
+    line = next(line for line in stdout.splitlines() if f": {program} " in line)
+    return shlex.split(line.split(": ", 1)[1])
+
+
 def test_demo_loads_on_a_fresh_embedded_node(tmp_path: Path) -> None:
     result = run(tmp_path, "demo")
     assert result.returncode == 0, result.stderr
     assert "3 scheduled orders created" in result.stdout
-    assert "demo users' password:" in result.stdout
+    users = _demo_users(result.stdout)
+    # each user with its role, one per role: the admin and the auditor included
+    assert {role for role, _ in users.values()} == {role.value for role in Role}
+    passwords = {password for _, password in users.values()}
+    assert len(passwords) == 1 and len(next(iter(passwords))) >= 12
+    assert next(iter(passwords)) not in result.stderr  # printed, never logged
+    assert "/docs" in result.stdout
     assert (tmp_path / "data" / "dicom-node.sqlite3").exists()
+    again = run(tmp_path, "demo")
+    assert again.returncode == 0, again.stderr
+    assert not _demo_users(again.stdout)
+    assert "passwords are unchanged" in again.stdout
+
+
+def test_what_demo_says_to_try_next_works_against_serve(
+    tmp_path: Path, served: list[Served]
+) -> None:
+    """The sign-in, storescu and findscu lines `demo` prints, run as printed
+    against `serve` with the same settings (free ports instead of the defaults)."""
+    ports = {"dicom_port": str(free_port()), "http_port": str(free_port())}
+    demo = run(tmp_path, "demo", **ports)
+    assert demo.returncode == 0, demo.stderr
+    server = Served(tmp_path, **ports)
+    served.append(server)
+    server.ports()
+    docs = re.search(r"sign in to the API at (\S+)/docs", demo.stdout)
+    assert docs and docs.group(1) == f"http://127.0.0.1:{ports['http_port']}"
+    assert httpx.get(f"{docs.group(1)}/docs", timeout=10).status_code == 200
+    for username, (role, password) in _demo_users(demo.stdout).items():
+        token = httpx.post(
+            f"{docs.group(1)}/api/auth/token",
+            data={"username": username, "password": password},
+            timeout=10,
+        )
+        assert token.status_code == 200, username
+        me = httpx.get(
+            f"{docs.group(1)}/api/me",
+            headers={"Authorization": f"Bearer {token.json()['access_token']}"},
+            timeout=10,
+        )
+        assert me.json()["role"] == role
+    store = _printed_command(demo.stdout, "/usr/bin/storescu")
+    sent = subprocess.run(store, capture_output=True, text=True, env=dcmtk_env(), timeout=120)
+    assert sent.returncode == 0, sent.stderr
+    find = _printed_command(demo.stdout, "/usr/bin/findscu")
+    found = subprocess.run(find, capture_output=True, text=True, env=dcmtk_env(), timeout=60)
+    assert found.returncode == 0, found.stderr
+    answers = found.stdout + found.stderr
+    for accession in ("DEMOACC0001", "DEMOACC0002", "DEMOACC0003", "DEMOACC0099"):
+        assert accession in answers
+    assert server.stop() == 0
+    password = next(iter(_demo_users(demo.stdout).values()))[1]
+    assert not any(password in line for line in server.lines)
 
 
 def test_config_show_hides_the_database_password(tmp_path: Path) -> None:

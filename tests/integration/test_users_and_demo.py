@@ -64,6 +64,10 @@ def test_demo_loads_scheduled_orders_matching_the_sample_studies(db: Database) -
     assert len(summary.orders_created) == len(ordered)
     assert len(summary.users_created) == len(DEMO_USERS)
     with db.read() as session:
+        roles = {user.username: user.role for user in session.scalars(select(User))}
+        # one user per role, the admin and the auditor included
+        assert set(roles.values()) == {role.value for role in Role}
+        assert {u.username: u.role.value for u in summary.users_created} == roles
         orders = {o.accession_number: o for o in session.scalars(select(ImagingRequest))}
         for study in ordered:
             order = orders[study.accession_number]
