@@ -16,6 +16,7 @@ from api.routes import (
     changes,
     facilities,
     health,
+    home,
     metrics,
     orders,
     reconciliation,
@@ -29,6 +30,7 @@ from api.streams import StreamSlots
 from dicom_node import __version__
 
 ROUTERS = (
+    home.router,
     health.router,
     auth.router,
     users.router,

@@ -10,6 +10,7 @@ from urllib.parse import urljoin, urlparse
 
 import httpx
 
+from dicom_node import __version__
 from tests.api.conftest import PASSWORD, ApiServer
 
 EVERYWHERE = {
@@ -104,3 +105,28 @@ def test_the_openapi_document_is_public_and_every_route_it_lists_needs_a_token(
     paths = spec.json()["paths"]
     assert "/docs" not in paths and "/redoc" not in paths
     assert api.anonymous().get("/api/orders").status_code == 401
+
+
+def test_the_home_page_links_the_docs_and_health_and_reveals_nothing(api: ApiServer) -> None:
+    anonymous = api.anonymous()
+    page = anonymous.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    _assert_security_headers(page)
+    # no script, style or image: the API's policy that loads nothing applies as is
+    assert page.headers["content-security-policy"].startswith("default-src 'none'")
+    assert not re.search(r"<(script|style|img|link|iframe|form)\b", page.text, re.IGNORECASE)
+    links = set(re.findall(r'href="([^"]+)"', page.text))
+    assert links == {"/docs", "/redoc", "/health", "/metrics"}
+    for link in ("/docs", "/redoc", "/health"):
+        assert anonymous.get(link).status_code == 200, link
+    assert "sign-in" in page.text
+    # the same bytes for everyone: no version, no AE title, no data of the signed-in user
+    assert __version__ not in page.text
+    assert api.settings.ae_title not in page.text
+    assert api.client("admin").get("/").text == page.text
+    assert not re.search(r"https?://", page.text)
+    head = anonymous.head("/")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"].startswith("text/html")
+    _assert_security_headers(head)

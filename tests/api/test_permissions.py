@@ -24,7 +24,9 @@ from dicom_node.domain.enums import Role
 from dicom_node.domain.permissions import ROLE_PERMISSIONS, Permission, permission_table_markdown
 from tests.api.conftest import ApiServer
 
-PUBLIC = {"/health", "/api/auth/token"}
+# public by decision (docs/security.md): liveness, sign-in, and the static home
+# page (api/routes/home.py: links only, no data)
+PUBLIC = {"/", "/health", "/api/auth/token"}
 # routes that also take a credential other than a user's token, and so call
 # current_principal themselves when that is what they were given (GET /metrics:
 # Prometheus's static scrape token). The matrix below still checks their 401/403.
