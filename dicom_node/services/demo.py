@@ -9,7 +9,7 @@ from datetime import UTC, datetime, time, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dicom_node.db.models import PN, ImagingCenter, ImagingRequest, Modality
+from dicom_node.db.models import ImagingCenter, ImagingRequest, Modality
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.demo import (
     DEMO_CENTERS,
@@ -19,7 +19,6 @@ from dicom_node.domain.demo import (
     DemoUser,
 )
 from dicom_node.domain.enums import RequestStatus
-from dicom_node.domain.names import fold_person_name
 from dicom_node.services.audit import record_audit_event
 from dicom_node.services.users import create_user, find_user
 
@@ -109,7 +108,6 @@ def load_demo(session: Session, *, password: str, actor: str) -> DemoSummary:
         order = ImagingRequest(
             patient_id=study.patient_id,
             patient_name=study.patient_name,
-            patient_name_folded=fold_person_name(study.patient_name)[: PN.length],
             patient_birth_date=study.birth_date,
             patient_sex=study.sex,
             accession_number=study.accession_number,

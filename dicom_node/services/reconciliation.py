@@ -24,7 +24,6 @@ from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from dicom_node.db.models import (
-    PN,
     DicomStudy,
     ImagingCenter,
     ImagingRequest,
@@ -45,7 +44,6 @@ from dicom_node.domain.enums import (
 )
 from dicom_node.domain.errors import Conflict, InvalidValue, NotFound
 from dicom_node.domain.matching import Demographics, SlaPolicy, demographic_mismatches
-from dicom_node.domain.names import fold_person_name
 from dicom_node.domain.permissions import Principal
 from dicom_node.services.audit import acting, record_audit_event
 
@@ -618,8 +616,6 @@ def create_order_from_study(
         patient_id=patient.patient_id,
         issuer_of_patient_id=patient.issuer_of_patient_id or "",
         patient_name=name,
-        # casefolding may lengthen a name ('ß' -> 'ss'): the copy fits its column
-        patient_name_folded=fold_person_name(name)[: PN.length],
         patient_birth_date=patient.patient_birth_date,
         patient_sex=patient.patient_sex,
         accession_number=study.accession_number or None,
