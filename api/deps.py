@@ -22,7 +22,7 @@ from fastapi.security import OAuth2PasswordBearer
 from dicom_node.db.engine import Database
 from dicom_node.domain.errors import AuthenticationFailed, Forbidden
 from dicom_node.domain.permissions import Permission, Principal
-from dicom_node.services.auth import authenticate
+from dicom_node.services.access.auth import authenticate
 from dicom_node.settings import Settings
 
 

@@ -39,7 +39,7 @@ from dicom_node.domain.errors import (
     InvalidValue,
     NotFound,
 )
-from dicom_node.services.passwords import PasswordHashingBusy
+from dicom_node.services.access.passwords import PasswordHashingBusy
 
 log = logging.getLogger(__name__)
 

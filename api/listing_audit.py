@@ -2,12 +2,12 @@
 
 Which GET routes show patient data, and how each is audited:
 
-- ``/api/studies`` (search): one Query per request (services/studies.py).
+- ``/api/studies`` (search): one Query per request (services/query/studies.py).
 - ``/api/orders``: one Query per request. Narrowed to a patient the service
   writes it (with ``patient_id``); otherwise this module, with the same action
   and the query keys.
 - ``/api/reconciliation``: the same as orders.
-- ``/api/reports``: one Query per request (services/reports.py); no patient
+- ``/api/reports``: one Query per request (services/reporting/reports.py); no patient
   names, but study UIDs and accession numbers.
 - ``/api/worklist``: patient names and ids on every item, and polled by every
   reading workstation about once a second. The first listing of a query by a
@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session
 
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.permissions import Principal
-from dicom_node.services.audit import acting, record_audit_event
+from dicom_node.services.audit.record import acting, record_audit_event
 
 WORKLIST_AUDIT_INTERVAL = 300.0
 # distinct (user, address, query) listings remembered; the oldest go first

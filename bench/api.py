@@ -61,7 +61,7 @@ from bench.ingest import (
 from dicom_node.db import migrate
 from dicom_node.db.engine import Database
 from dicom_node.db.models import DicomStudy, ImagingRequest, Patient, WorklistItem
-from dicom_node.services.users import create_user
+from dicom_node.services.access.users import create_user
 from tests.support import run_postgres
 
 PASSWORD = "bench-password-1"  # noqa: S105 (a throw-away bench account)

@@ -29,7 +29,7 @@ from dicom_node.node import (
     open_database,
     open_store,
 )
-from dicom_node.services.audit_chain import AuditAnchor
+from dicom_node.services.audit.chain import AuditAnchor
 from dicom_node.settings import ConfigError, Settings, load_settings
 
 EXIT_OK = 0
@@ -315,7 +315,7 @@ def _read_password(from_stdin: bool, prompt: str) -> str:
 
 
 def cmd_user_add(settings: Settings, args: argparse.Namespace) -> int:
-    from dicom_node.services.users import create_user
+    from dicom_node.services.access.users import create_user
 
     password = _read_password(args.password_stdin, f"Password for {args.username}: ")
     db = open_database(settings)
@@ -339,7 +339,7 @@ def cmd_user_add(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    from dicom_node.services.demo import generate_demo_password, load_demo
+    from dicom_node.services.operations.demo import generate_demo_password, load_demo
 
     password = _read_password(True, "") if args.password_stdin else generate_demo_password()
     db = open_database(settings)
@@ -396,7 +396,7 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
     missing = [str(path) for path in args.paths if not path.exists()]
     if missing:
         raise CommandError(f"no such file or directory: {', '.join(missing)}")
-    from dicom_node.services.importing import iter_files
+    from dicom_node.services.ingest.importing import iter_files
 
     return _import(settings, list(iter_files(args.paths)), actor="import")
 
@@ -407,8 +407,8 @@ def cmd_reindex(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _import(settings: Settings, files: list[Path], *, actor: str, in_store: bool = False) -> int:
-    from dicom_node.services.importing import import_files
-    from dicom_node.services.ingest import IngestPolicy
+    from dicom_node.services.ingest.importing import import_files
+    from dicom_node.services.ingest.instances import IngestPolicy
 
     db = open_database(settings)
     try:
@@ -449,7 +449,7 @@ def _progress_bar(total: int) -> Callable[[int], None]:
 
 
 def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
-    from dicom_node.services.backup import BackupError, create_backup
+    from dicom_node.services.operations.backup import BackupError, create_backup
 
     db = open_database(settings)
     try:
@@ -471,7 +471,7 @@ def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
-    from dicom_node.services.backup import BackupError, restore_backup
+    from dicom_node.services.operations.backup import BackupError, restore_backup
 
     try:
         result = restore_backup(
@@ -489,8 +489,8 @@ def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
-    from dicom_node.services.audit_chain import verify_audit_chain, warn_if_unprotected
-    from dicom_node.services.integrity import repair_store, verify_store
+    from dicom_node.services.audit.chain import verify_audit_chain, warn_if_unprotected
+    from dicom_node.services.operations.verify import repair_store, verify_store
 
     db = open_database(settings)
     try:

@@ -34,8 +34,8 @@ from dicom_node.jobs.tokens import run_token_purge
 from dicom_node.jobs.workflow import run_study_stability, run_temp_sweep
 from dicom_node.scp.server import DicomServer, ListenError, configure_pynetdicom, tls_contexts
 from dicom_node.scp.tls import BCP195_TLS12_CIPHERS, TlsConfigError, check_http_certificate
-from dicom_node.services import passwords
-from dicom_node.services.audit_chain import announce_audit_trail
+from dicom_node.services.access import passwords
+from dicom_node.services.audit.chain import announce_audit_trail
 from dicom_node.settings import Settings
 from dicom_node.storage import FileStore
 from dicom_node.workers import WorkerPool, WorkerStartError

@@ -17,7 +17,7 @@ import pytest
 from dicom_node.db import migrate
 from dicom_node.db.engine import Database
 from dicom_node.node import Node
-from dicom_node.services import passwords
+from dicom_node.services.access import passwords
 from dicom_node.settings import Settings
 from tests.support import PostgresServer, Served, run_postgres
 

@@ -14,7 +14,7 @@ from api.schemas.audit import AuditEventPublic
 from api.schemas.common import AUTH_ERRORS, MAX_PAGE_SIZE, NOT_FOUND, Page
 from dicom_node.domain.enums import AuditOutcome
 from dicom_node.domain.permissions import Permission, Principal
-from dicom_node.services.audit_log import (
+from dicom_node.services.audit.trail import (
     AuditEventInfo,
     AuditFilters,
     get_audit_event,

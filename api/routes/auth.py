@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from api.deps import Context, CurrentUser, bearer_token, client_address
 from api.schemas.common import AUTH_ERRORS, ErrorResponse
 from dicom_node.domain.permissions import ROLE_PERMISSIONS
-from dicom_node.services.auth import SignInPolicy, sign_in, sign_out
+from dicom_node.services.access.auth import SignInPolicy, sign_in, sign_out
 
 router = APIRouter(prefix="/api", tags=["auth"])
 
@@ -51,7 +51,7 @@ def issue_token(
 
     Repeated failures lock the account for the address they come from (and,
     from addresses the account never signed in from, for all such addresses at
-    a higher count): see services/auth.py. 503 with Retry-After when every
+    a higher count): see services/access/auth.py. 503 with Retry-After when every
     password-hashing slot stayed busy for the whole wait."""
     settings = context.settings
     policy = SignInPolicy(

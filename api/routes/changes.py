@@ -33,8 +33,8 @@ from api.streams import SlotStreamingResponse, StreamSlots
 from dicom_node.db.notify import listener_for
 from dicom_node.domain.errors import AuthenticationFailed, Gone
 from dicom_node.domain.permissions import Permission, Principal
-from dicom_node.services.auth import authenticate
-from dicom_node.services.changes import (
+from dicom_node.services.access.auth import authenticate
+from dicom_node.services.query.changes import (
     Change,
     feed_start,
     latest_seq,

@@ -19,7 +19,7 @@ from api.schemas.facilities import (
 from api.schemas.orders import MAX_ID, ModalityCode, Text, sort_pattern
 from dicom_node.domain.enums import ModalityStatus
 from dicom_node.domain.permissions import Permission, Principal
-from dicom_node.services.facilities import (
+from dicom_node.services.workflow.facilities import (
     CENTER_SORTS,
     MODALITY_SORTS,
     CenterInfo,

@@ -30,7 +30,7 @@ from api.schemas.orders import (
 )
 from dicom_node.domain.enums import Priority, RequestStatus
 from dicom_node.domain.permissions import Permission, Principal
-from dicom_node.services.orders import (
+from dicom_node.services.workflow.orders import (
     ORDER_SORTS,
     NewOrder,
     OrderFilter,

@@ -23,7 +23,7 @@ from api.schemas.reconciliation import (
 )
 from dicom_node.domain.enums import WorklistStatus
 from dicom_node.domain.permissions import Permission, Principal
-from dicom_node.services.reconciliation import (
+from dicom_node.services.workflow.reconciliation import (
     RECONCILIATION_SORTS,
     ReconciledStudy,
     create_order_from_study,

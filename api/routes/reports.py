@@ -1,6 +1,6 @@
 """Reports: draft, edit, submit, return, finalize, addendum, versions, critical results.
 
-The state machine and who may do what are in services/reports.py; an invalid
+The state machine and who may do what are in services/reporting/reports.py; an invalid
 transition is 409 with ``current_state``. A referring physician reads only
 signed text of reports on their own orders (404 otherwise). Every read and
 every change is audited.
@@ -30,7 +30,7 @@ from api.schemas.reports import (
 from api.schemas.worklist import MAX_ID
 from dicom_node.domain.enums import ReportStatus
 from dicom_node.domain.permissions import Permission, Principal
-from dicom_node.services.reports import (
+from dicom_node.services.reporting.reports import (
     CommunicationInput,
     CommunicationMethod,
     VersionKind,

@@ -29,7 +29,7 @@ from dicom_node.domain.enums import Completeness, MetadataStatus, StudyStatus
 from dicom_node.domain.errors import InvalidValue
 from dicom_node.domain.permissions import Permission, Principal
 from dicom_node.domain.query import check_value_count
-from dicom_node.services.studies import (
+from dicom_node.services.query.studies import (
     MAX_KEY_LENGTH,
     StudyFilters,
     StudySort,

@@ -12,7 +12,7 @@ from api.deps import Context, require
 from api.schemas.common import AUTH_ERRORS
 from api.schemas.turnaround import GroupPublic, MetricPublic, TurnaroundPublic
 from dicom_node.domain.permissions import Permission, Principal
-from dicom_node.services.turnaround import GroupBy, turnaround, turnaround_window
+from dicom_node.services.reporting.turnaround import GroupBy, turnaround, turnaround_window
 
 router = APIRouter(prefix="/api", tags=["turnaround"])
 

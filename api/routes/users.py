@@ -12,7 +12,7 @@ from api.schemas.orders import MAX_ID, Text, sort_pattern
 from api.schemas.users import PasswordReset, UserCreate, UserPublic, UserUpdate
 from dicom_node.domain.enums import Role
 from dicom_node.domain.permissions import Permission, Principal
-from dicom_node.services.users import (
+from dicom_node.services.access.users import (
     USER_SORTS,
     UserInfo,
     create_user,

@@ -26,8 +26,8 @@ from api.schemas.worklist import (
 )
 from dicom_node.domain.enums import Priority, QueueType, WorklistStatus
 from dicom_node.domain.permissions import Permission, Principal
-from dicom_node.services.changes import latest_seq
-from dicom_node.services.worklist import (
+from dicom_node.services.query.changes import latest_seq
+from dicom_node.services.workflow.reading_worklist import (
     OPEN_STATUSES,
     UNASSIGNED,
     WorklistFilter,

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, AwareDatetime, BaseModel, Field
 
 from api.schemas.worklist import RecordId
-from dicom_node.services.reports import (
+from dicom_node.services.reporting.reports import (
     CriticalCommunicationInfo,
     ReportInfo,
     ReportSummary,

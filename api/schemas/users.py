@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from api.schemas.orders import WS, Text
 from dicom_node.domain.enums import Role
-from dicom_node.services.users import MIN_PASSWORD_LENGTH
+from dicom_node.services.access.users import MIN_PASSWORD_LENGTH
 
 Email = Annotated[
     str,

@@ -7,7 +7,11 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-from dicom_node.services.worklist import StudySummary, WorklistEntry, WorklistItemDetail
+from dicom_node.services.workflow.reading_worklist import (
+    StudySummary,
+    WorklistEntry,
+    WorklistItemDetail,
+)
 
 # ids are 64-bit in the database: anything larger can only be unknown
 MAX_ID = 2**63 - 1

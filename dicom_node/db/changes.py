@@ -5,7 +5,7 @@ queues one entry per object (``after_flush``); just before the transaction
 commits the entries are inserted into ``change_log`` (``before_commit``). So a
 committed change always has its entry, and a rolled-back one never does. That
 holds for savepoints (``session.begin_nested()``) too, as for the audit events
-(``services/audit.py``): a savepoint that rolls back drops the entries recorded
+(``services/audit/record.py``): a savepoint that rolls back drops the entries recorded
 inside it and keeps those recorded before it (their changes still commit); a
 savepoint's release is no COMMIT and writes nothing.
 
@@ -139,7 +139,7 @@ def _write(session: Session) -> None:
     # SQLAlchemy fires this for a savepoint's release too: that is no COMMIT
     # (the entries could still roll back with an enclosing savepoint, and on
     # PostgreSQL the feed lock would be held from here on, taken before the
-    # audit chain's: see the lock order in services/audit.py)
+    # audit chain's: see the lock order in services/audit/record.py)
     if session.in_nested_transaction():
         return
     session.flush()

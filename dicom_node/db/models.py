@@ -505,7 +505,7 @@ class CriticalResultCommunication(Base):
 class ChangeLogEntry(Base):
     """One change to an order, study, worklist item or report, in commit order.
 
-    Written in the transaction of the change itself (services/changes.py), so
+    Written in the transaction of the change itself (services/query/changes.py), so
     the feed and the data never disagree. ``seq`` is the feed position a client
     resumes from; the payload carries ids and states, not patient data.
     """
@@ -531,7 +531,7 @@ class AuditEvent(Base):
     on PostgreSQL the node's role may only INSERT and SELECT), and hash-chained:
     ``row_hash`` covers the row and ``prev_hash``, the ``row_hash`` of the row
     before it (domain/audit_chain.py). ``prev_hash`` is unique: the chain
-    cannot fork. Written by services/audit.py only."""
+    cannot fork. Written by services/audit/record.py only."""
 
     __tablename__ = "audit_events"
     __table_args__ = (
@@ -566,7 +566,7 @@ class AuditEvent(Base):
 
 
 class SignInSource(Base):
-    """Sign-in failures of one account from one source address (services/auth.py).
+    """Sign-in failures of one account from one source address (services/access/auth.py).
 
     The lock-out is per (account, address), so failures sent from elsewhere do
     not lock the account's owner out at their workstation; ``last_success_at``

@@ -11,8 +11,8 @@ that is only detected against a head recorded elsewhere (``dicom-node verify``
 prints it; backups keep it in their manifest).
 
 This module is pure (no database): migration 0008 uses it for the rows that
-existed before the chain, ``services/audit.py`` for every new row, and
-``services/audit_chain.py`` to check the trail. The serialisation is
+existed before the chain, ``services/audit/record.py`` for every new row, and
+``services/audit/chain.py`` to check the trail. The serialisation is
 versioned (:data:`HASH_VERSION` is part of the hashed bytes) and must never
 change for version 1: rows hashed once must verify for ever. A different
 serialisation would be a version 2 beside it.

@@ -11,7 +11,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dicom_node.services.backup import MANIFEST, BackupCancelled, BackupError, create_backup
+from dicom_node.services.operations.backup import (
+    MANIFEST,
+    BackupCancelled,
+    BackupError,
+    create_backup,
+)
 from dicom_node.settings import Settings
 from dicom_node.storage import FileStore
 

@@ -34,7 +34,7 @@ from dicom_node.domain.enums import (
     WorklistStatus,
 )
 from dicom_node.domain.matching import PRIORITY_RANK
-from dicom_node.services.audit import record_audit_event
+from dicom_node.services.audit.record import record_audit_event
 
 log = logging.getLogger("dicom_node.jobs.escalation")
 

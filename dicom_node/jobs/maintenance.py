@@ -84,25 +84,25 @@ from dicom_node.domain.enums import (
 )
 from dicom_node.domain.matching import PRIORITY_RANK, SlaPolicy
 from dicom_node.domain.permissions import Principal
-from dicom_node.services.audit import record_audit_event
-
-# the steps a study matched on arrival and completed goes through: reused, so a
-# re-matched study ends exactly where that one would (as reconciliation does)
-from dicom_node.services.completeness import (
-    blocking_report,
-    ensure_worklist_item,
-    perform_order,
-    withdraw_from_reading,
-)
-from dicom_node.services.matching import find_order, match_new_study
-from dicom_node.services.reconciliation import close_reconciliation_items
-from dicom_node.services.retention import (
+from dicom_node.services.audit.record import record_audit_event
+from dicom_node.services.operations.retention import (
     PurgedStudy,
     count_kept_for_late_images,
     purge_next_study,
     remove_purged_files,
     trim_change_log,
 )
+
+# the steps a study matched on arrival and completed goes through: reused, so a
+# re-matched study ends exactly where that one would (as reconciliation does)
+from dicom_node.services.workflow.completeness import (
+    blocking_report,
+    ensure_worklist_item,
+    perform_order,
+    withdraw_from_reading,
+)
+from dicom_node.services.workflow.matching import find_order, match_new_study
+from dicom_node.services.workflow.reconciliation import close_reconciliation_items
 from dicom_node.storage import FileStore
 
 log = logging.getLogger("dicom_node.jobs.maintenance")

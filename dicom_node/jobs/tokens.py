@@ -16,7 +16,7 @@ import logging
 from datetime import datetime
 
 from dicom_node.db.engine import Database
-from dicom_node.services.auth import PurgeResult, purge_spent_tokens
+from dicom_node.services.access.auth import PurgeResult, purge_spent_tokens
 
 log = logging.getLogger("dicom_node.jobs.tokens")
 

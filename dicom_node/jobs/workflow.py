@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from dicom_node.db.engine import Database
 from dicom_node.domain.matching import SlaPolicy
-from dicom_node.services.completeness import (
+from dicom_node.services.workflow.completeness import (
     DEFAULT_MPPS_WAIT_SECONDS,
     SettleSummary,
     settle_studies,

@@ -3,7 +3,7 @@
 ``build_handlers`` wraps the handler of every service the setting names, and
 only those: with the default (empty) list nothing is checked and nothing is
 looked up. A wrapped handler answers a calling AE title the node does not know
-(``services/known_aes.py``) with a refusal instead of calling the service:
+(``services/access/known_aes.py``) with a refusal instead of calling the service:
 
 =============  ===============  =====================================================
 service        DIMSE            refusal
@@ -22,7 +22,7 @@ implementation's to assign: 0xC124 echoes 0x0124. Every refusal carries an
 ErrorComment saying why, writes one log line (per peer and service, rate
 limited like the other refusal lines) and is audited as a Security Alert
 (Node Authentication), aggregated per peer as rejected associations are
-(``services/rejections.py``). C-ECHO is never refused: it shows nothing.
+(``services/access/refusals.py``). C-ECHO is never refused: it shows nothing.
 
 An AE title is a name a peer states, not a credential: this keeps away peers
 that are misconfigured or not meant to use a service, not one that spoofs a
@@ -43,8 +43,8 @@ from dicom_node.log_limit import LogLimiter
 from dicom_node.scp import status
 from dicom_node.scp.find import WORKLIST_MODEL
 from dicom_node.scp.move_sink import final_status_only
-from dicom_node.services.known_aes import KnownAeTitles
-from dicom_node.services.rejections import REQUEST_REFUSED, Refusal, RefusalAudit
+from dicom_node.services.access.known_aes import KnownAeTitles
+from dicom_node.services.access.refusals import REQUEST_REFUSED, Refusal, RefusalAudit
 from dicom_node.settings import Settings
 
 log = logging.getLogger("dicom_node.scp")

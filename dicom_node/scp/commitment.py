@@ -24,7 +24,7 @@ from dicom_node.domain.uids import is_valid_uid
 from dicom_node.scp import status
 from dicom_node.scp.contexts import service_contexts
 from dicom_node.scp.outgoing import PeerConnector
-from dicom_node.services.commitment import (
+from dicom_node.services.ingest.commitment import (
     PROCESSING_FAILURE,
     CommitmentResult,
     Reference,

@@ -53,7 +53,7 @@ from dicom_node.domain.transcode import (
 )
 from dicom_node.scp.contexts import converts_freely
 from dicom_node.scp.sub_operations import StoredFile
-from dicom_node.services.retrieve import ExportResult, RetrieveItem
+from dicom_node.services.query.retrieve import ExportResult, RetrieveItem
 from dicom_node.storage import FileStore
 
 log = logging.getLogger("dicom_node.scp")

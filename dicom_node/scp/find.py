@@ -33,8 +33,8 @@ from dicom_node.db.engine import Database
 from dicom_node.domain.query import InvalidQuery, Level, UnprocessableQuery, UnsupportedQuery
 from dicom_node.metrics import observe_find
 from dicom_node.scp import status
-from dicom_node.services.query import query_index, record_query
-from dicom_node.services.worklist_query import ScheduledStep, find_scheduled_steps
+from dicom_node.services.query.find import query_index, record_query
+from dicom_node.services.query.modality_worklist import ScheduledStep, find_scheduled_steps
 
 log = logging.getLogger("dicom_node.scp")
 

@@ -90,7 +90,7 @@ def preferred_syntaxes(
 class GetNegotiation:
     """The EVT_REQUESTED handler that reorders a C-GET requester's storage
     syntaxes; ``held(sop_classes)`` gives the transfer syntaxes the store holds
-    each of those classes in (services/retrieve.py HeldSyntaxes: one query)."""
+    each of those classes in (services/query/retrieve.py HeldSyntaxes: one query)."""
 
     def __init__(
         self,

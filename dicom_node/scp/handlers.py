@@ -33,7 +33,7 @@ from dicom_node.scp.transport import (
     tolerate_late_requests,
     watch_for_stalls,
 )
-from dicom_node.services.rejections import ASSOCIATION_REJECTED, Refusal
+from dicom_node.services.access.refusals import ASSOCIATION_REJECTED, Refusal
 
 log = logging.getLogger("dicom_node.scp")
 

@@ -16,7 +16,8 @@ from dicom_node.db.engine import Database
 from dicom_node.domain.uids import is_valid_uid
 from dicom_node.log_limit import LogLimiter
 from dicom_node.scp import status
-from dicom_node.services.mpps import (
+from dicom_node.services.access.refusals import MPPS_SET_REFUSED, Refusal, RefusalAudit
+from dicom_node.services.workflow.mpps import (
     NOT_THE_CREATOR,
     MppsCreate,
     MppsError,
@@ -26,7 +27,6 @@ from dicom_node.services.mpps import (
     create_mpps,
     update_mpps,
 )
-from dicom_node.services.rejections import MPPS_SET_REFUSED, Refusal, RefusalAudit
 
 log = logging.getLogger("dicom_node.scp")
 
@@ -159,7 +159,7 @@ class MppsHandler:
 
     def _audit_refused_set(self, event: Event, uid: str) -> None:
         """A Security Alert, aggregated per peer and interval with the other
-        refusals: the first at once, the rest counted (``services/rejections.py``)."""
+        refusals: the first at once, the rest counted (``services/access/refusals.py``)."""
         if self._refusals is None:
             return
         requestor = event.assoc.requestor

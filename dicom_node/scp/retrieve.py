@@ -47,7 +47,7 @@ from dicom_node.scp.sub_operations import (
     deliberately_failing,
     sends_stored_files,
 )
-from dicom_node.services.retrieve import (
+from dicom_node.services.query.retrieve import (
     NOTHING_SENT,
     ExportResult,
     HeldSyntaxes,

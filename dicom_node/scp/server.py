@@ -37,8 +37,8 @@ from dicom_node.scp.reactor import install_reactor_gate
 from dicom_node.scp.retrieve import RetrieveHandler
 from dicom_node.scp.store import StoreHandler
 from dicom_node.scp.sub_operations import install_log_filter
-from dicom_node.services.ingest import IngestPolicy
-from dicom_node.services.rejections import Refusal
+from dicom_node.services.access.refusals import Refusal
+from dicom_node.services.ingest.instances import IngestPolicy
 from dicom_node.settings import Settings
 from dicom_node.storage import FileStore
 

@@ -28,8 +28,8 @@ from dicom_node.domain.inflate import DatasetTooLarge
 from dicom_node.metrics import observe_store
 from dicom_node.scp import status
 from dicom_node.scp.dataset_limit import bound_messages, claim_received, discard_unclaimed
-from dicom_node.services.audit import record_audit_event
-from dicom_node.services.ingest import (
+from dicom_node.services.audit.record import record_audit_event
+from dicom_node.services.ingest.instances import (
     IngestPolicy,
     Source,
     StoreOutcome,

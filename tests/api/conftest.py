@@ -18,7 +18,7 @@ from api.app import create_app
 from api.deps import ApiContext, proxy_options
 from dicom_node.db.engine import Database
 from dicom_node.node import bind_http_socket
-from dicom_node.services.users import create_user
+from dicom_node.services.access.users import create_user
 from dicom_node.settings import Settings
 from tests.conftest import node_settings
 

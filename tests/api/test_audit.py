@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError
 from dicom_node.db.models import AuditEvent
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import AuditOutcome
-from dicom_node.services.audit import record_audit_event
+from dicom_node.services.audit.record import record_audit_event
 from tests.api.conftest import ApiServer
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select, text
 
 from dicom_node.db.models import AuditEvent, SignInSource, User
-from dicom_node.services import passwords
+from dicom_node.services.access import passwords
 from tests.api.conftest import PASSWORD, ApiServer
 
 

@@ -23,7 +23,7 @@ from dicom_node.db.models import (
     User,
 )
 from dicom_node.jobs.maintenance import run_change_log_trim
-from dicom_node.services.ingest import IngestPolicy, Source, store_instance
+from dicom_node.services.ingest.instances import IngestPolicy, Source, store_instance
 from dicom_node.storage import FileStore
 from tests.api.conftest import ApiServer
 from tests.dicomfiles import ct_dataset, to_bytes

@@ -26,8 +26,8 @@ from dicom_node.db.engine import Database
 from dicom_node.db.models import AuditEvent, SignInSource
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.node import Node
-from dicom_node.services.audit import record_audit_event
-from dicom_node.services.users import create_user
+from dicom_node.services.access.users import create_user
+from dicom_node.services.audit.record import record_audit_event
 from tests.api.conftest import PASSWORD
 
 WRONG = "not the password"

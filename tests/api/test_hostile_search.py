@@ -12,7 +12,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from dicom_node.db.models import AuditEvent
-from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
+from dicom_node.services.ingest.instances import IngestPolicy, Source, StoreOutcome, store_instance
 from dicom_node.settings import Settings
 from dicom_node.storage import FileStore
 from tests.api.conftest import ApiServer

@@ -12,7 +12,7 @@ from sqlalchemy import select, text
 
 from api.listing_audit import RepeatedListingAudit
 from dicom_node.db.models import AuditEvent, ImagingRequest
-from dicom_node.services.ingest import IngestPolicy, Source, store_instance
+from dicom_node.services.ingest.instances import IngestPolicy, Source, store_instance
 from dicom_node.storage import FileStore
 from tests.api.conftest import ApiServer
 from tests.dicomfiles import ct_dataset, to_bytes

@@ -22,9 +22,9 @@ from dicom_node.db.models import (
 )
 from dicom_node.domain.enums import CompletenessEvidence
 from dicom_node.domain.matching import SlaPolicy
-from dicom_node.services.completeness import complete_study
-from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
-from dicom_node.services.mpps import MppsCreate, ScheduledStepRef, create_mpps
+from dicom_node.services.ingest.instances import IngestPolicy, Source, StoreOutcome, store_instance
+from dicom_node.services.workflow.completeness import complete_study
+from dicom_node.services.workflow.mpps import MppsCreate, ScheduledStepRef, create_mpps
 from dicom_node.storage import FileStore
 from tests.api.conftest import ApiServer
 from tests.dicomfiles import ct_dataset, to_bytes

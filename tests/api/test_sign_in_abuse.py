@@ -19,8 +19,8 @@ from sqlalchemy import func, select, update
 
 from dicom_node.db.models import ApiToken, AuditEvent, SignInSource, User
 from dicom_node.jobs.tokens import run_token_purge
-from dicom_node.services import passwords
-from dicom_node.services.auth import source_key
+from dicom_node.services.access import passwords
+from dicom_node.services.access.auth import source_key
 from dicom_node.settings import Settings
 from tests.api.conftest import PASSWORD, ApiServer
 from tests.conftest import node_settings

@@ -23,7 +23,7 @@ from dicom_node.db.models import (
     WorklistItem,
 )
 from dicom_node.domain.enums import MetadataStatus
-from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
+from dicom_node.services.ingest.instances import IngestPolicy, Source, StoreOutcome, store_instance
 from dicom_node.storage import FileStore
 from tests.api.conftest import ApiServer
 from tests.dicomfiles import ct_dataset, to_bytes

@@ -22,8 +22,8 @@ from sqlalchemy.engine import make_url
 
 from dicom_node.db import migrate
 from dicom_node.db.engine import Database
-from dicom_node.services.audit_chain import verify_audit_chain
-from dicom_node.services.backup import create_backup
+from dicom_node.services.audit.chain import verify_audit_chain
+from dicom_node.services.operations.backup import create_backup
 from dicom_node.storage import FileStore
 from tests.conftest import CHEAP_HASHING, NODE_ROLE, OWNER_ROLE, TwoRoleDatabase
 from tests.e2e.test_cli import assert_one_line_error, run

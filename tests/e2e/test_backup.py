@@ -34,16 +34,16 @@ from dicom_node.domain.enums import Role
 from dicom_node.domain.part10 import dataset_offset
 from dicom_node.jobs.backup import complete_backups, run_scheduled_backup
 from dicom_node.node import Node
-from dicom_node.services.backup import (
+from dicom_node.services.ingest.importing import ImportSummary, import_files, iter_files
+from dicom_node.services.ingest.instances import IngestPolicy
+from dicom_node.services.operations.backup import (
     BackupCancelled,
     _postgres_objects,
     create_backup,
     restore_backup,
 )
-from dicom_node.services.demo import load_demo
-from dicom_node.services.importing import ImportSummary, import_files, iter_files
-from dicom_node.services.ingest import IngestPolicy
-from dicom_node.services.integrity import IntegrityReport, verify_store
+from dicom_node.services.operations.demo import load_demo
+from dicom_node.services.operations.verify import IntegrityReport, verify_store
 from dicom_node.storage import FileStore
 from tests.conftest import node_settings
 from tests.dicomfiles import CT_IMAGE_STORAGE, ct_dataset, write

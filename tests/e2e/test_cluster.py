@@ -37,7 +37,7 @@ from dicom_node.db.models import (
     Patient,
 )
 from dicom_node.domain.part10 import dataset_offset
-from dicom_node.services.users import create_user
+from dicom_node.services.access.users import create_user
 from dicom_node.storage import FileStore
 from tests.conftest import PG_TEMPLATE, _new_postgres_database
 from tests.dicomfiles import CT_IMAGE_STORAGE, ct_dataset

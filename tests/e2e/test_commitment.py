@@ -12,8 +12,8 @@ from sqlalchemy import select
 
 from dicom_node.db.models import DicomInstance, DicomSeries, DicomStudy
 from dicom_node.node import Node
-from dicom_node.services.importing import import_files, iter_files
-from dicom_node.services.ingest import IngestPolicy
+from dicom_node.services.ingest.importing import import_files, iter_files
+from dicom_node.services.ingest.instances import IngestPolicy
 from tests.support import SAMPLE_DIR, free_port
 
 COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"

@@ -18,8 +18,8 @@ from sqlalchemy import select
 
 from dicom_node.db.models import AuditEvent
 from dicom_node.node import Node
-from dicom_node.services.importing import import_files, iter_files
-from dicom_node.services.ingest import IngestPolicy, Source, store_instance
+from dicom_node.services.ingest.importing import import_files, iter_files
+from dicom_node.services.ingest.instances import IngestPolicy, Source, store_instance
 from tests.dicomfiles import ct_dataset, to_bytes
 from tests.integration.test_query import SEQUENCE_CASES, STUDY_CASES, UID, indexed
 from tests.support import SAMPLE_DIR, dcmtk_env, dcmtk_tool

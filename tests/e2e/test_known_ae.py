@@ -38,7 +38,7 @@ from dicom_node.db.models import (
     PerformedProcedureStep,
 )
 from dicom_node.node import Node
-from dicom_node.services.demo import load_demo
+from dicom_node.services.operations.demo import load_demo
 from tests.dicomfiles import ct_dataset
 from tests.support import free_port
 

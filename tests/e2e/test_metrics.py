@@ -25,7 +25,7 @@ from dicom_node.db.engine import Database
 from dicom_node.db.models import WorklistItem
 from dicom_node.metrics import STORE_RECEIVED, STORE_REFUSED, QueueCollector
 from dicom_node.node import Node
-from dicom_node.services.ingest import StoreOutcome
+from dicom_node.services.ingest.instances import StoreOutcome
 from dicom_node.settings import Settings
 from tests.api import conftest as api_conftest
 from tests.api.conftest import ApiServer, serve

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from dicom_node.db.models import AuditEvent, ImagingRequest, PerformedProcedureStep, WorklistItem
 from dicom_node.node import Node
-from dicom_node.services.demo import load_demo
+from dicom_node.services.operations.demo import load_demo
 
 
 def _demo(node: Node) -> dict[str, ImagingRequest]:

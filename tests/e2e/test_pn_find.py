@@ -24,13 +24,13 @@ from dicom_node.db.models import ImagingCenter, Modality
 from dicom_node.domain.enums import Role
 from dicom_node.domain.permissions import Principal
 from dicom_node.node import Node
-from dicom_node.services.orders import (
+from dicom_node.services.access.users import create_user
+from dicom_node.services.workflow.orders import (
     NewOrder,
     create_order,
     schedule_order_by_id,
     update_order,
 )
-from dicom_node.services.users import create_user
 from tests.e2e.test_find import findscu
 from tests.e2e.test_worklist import findscu_w
 from tests.integration.test_pn_matching import (

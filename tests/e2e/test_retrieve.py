@@ -20,8 +20,8 @@ from sqlalchemy import select
 from dicom_node.db.models import AuditEvent, DicomInstance, DicomSeries, DicomStudy
 from dicom_node.domain.part10 import dataset_offset
 from dicom_node.node import Node
-from dicom_node.services.importing import import_files, iter_files
-from dicom_node.services.ingest import IngestPolicy
+from dicom_node.services.ingest.importing import import_files, iter_files
+from dicom_node.services.ingest.instances import IngestPolicy
 from tests.support import SAMPLE_DIR, dcmtk_env, dcmtk_tool, free_port
 
 

@@ -43,8 +43,8 @@ from sqlalchemy import select
 from dicom_node.db.models import AuditEvent, DicomInstance
 from dicom_node.domain.part10 import dataset_offset
 from dicom_node.node import Node
-from dicom_node.services.importing import import_files
-from dicom_node.services.ingest import IngestPolicy
+from dicom_node.services.ingest.importing import import_files
+from dicom_node.services.ingest.instances import IngestPolicy
 from tests.support import free_port
 
 UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]

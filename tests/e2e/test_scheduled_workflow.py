@@ -24,7 +24,7 @@ from dicom_node.db.models import (
 )
 from dicom_node.jobs.workflow import run_study_stability
 from dicom_node.node import Node, sla_policy
-from dicom_node.services.orders import schedule_order
+from dicom_node.services.workflow.orders import schedule_order
 from tests.dicomfiles import ct_dataset, write
 from tests.support import dcmtk_env, dcmtk_tool
 

@@ -15,11 +15,11 @@ from dicom_node.db.engine import Database
 from dicom_node.db.models import AuditEvent, DicomInstance
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.part10 import dataset_offset
-from dicom_node.services import integrity
-from dicom_node.services.audit import record_audit_event
-from dicom_node.services.importing import import_files, iter_files
-from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
-from dicom_node.services.integrity import (
+from dicom_node.services.audit.record import record_audit_event
+from dicom_node.services.ingest.importing import import_files, iter_files
+from dicom_node.services.ingest.instances import IngestPolicy, Source, StoreOutcome, store_instance
+from dicom_node.services.operations import verify as integrity
+from dicom_node.services.operations.verify import (
     KEPT_INDEX_CHANGED,
     ProblemKind,
     _remove_superseded,

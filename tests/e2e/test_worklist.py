@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 
 from dicom_node.db.models import AuditEvent, ImagingRequest
 from dicom_node.node import Node
-from dicom_node.services.demo import load_demo
+from dicom_node.services.operations.demo import load_demo
 from tests.support import dcmtk_env, dcmtk_tool
 
 

@@ -31,13 +31,13 @@ from dicom_node.db.engine import Database
 from dicom_node.db.models import AuditEvent
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.audit_chain import GENESIS_HASH, row_hash
-from dicom_node.services.audit import record_audit_event
-from dicom_node.services.audit_chain import (
+from dicom_node.services.audit.chain import (
     SHOWN_PROBLEMS,
     AuditAnchor,
     audit_protection_gap,
     verify_audit_chain,
 )
+from dicom_node.services.audit.record import record_audit_event
 from tests.conftest import NODE_ROLE, TwoRoleDatabase
 
 # columns an attacker's forged row fills in (all NOT NULL ones)

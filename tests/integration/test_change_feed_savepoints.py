@@ -21,7 +21,7 @@ from dicom_node.db.engine import Database
 from dicom_node.db.models import ChangeLogEntry, DicomStudy, ImagingRequest, Patient, User
 from dicom_node.domain.enums import Role
 from dicom_node.domain.permissions import Principal
-from dicom_node.services.studies import correct_study
+from dicom_node.services.query.studies import correct_study
 
 
 class _Abort(Exception):
@@ -173,7 +173,7 @@ def test_a_study_correction_writes_the_feed_at_commit_not_at_a_savepoint_release
     db: Database,
 ) -> None:
     """The study moves to an existing patient and its old, now empty, patient
-    record is removed in a savepoint (services/studies.py): the study's entry
+    record is removed in a savepoint (services/query/studies.py): the study's entry
     was flushed before that savepoint and must not be written at its release."""
     user_id, study_id, target_pk = _study_of_a_lone_patient(db)
     entries_before = len(_feed(db))

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from dicom_node.db.engine import Database
 from dicom_node.db.models import AuditEvent
-from dicom_node.services.query import record_query
+from dicom_node.services.query.find import record_query
 
 
 def _waits_for_disk(db: Database, session: Session) -> bool:

@@ -1,6 +1,6 @@
 """The (SOP class, transfer syntax) pairs the store holds (db/held_syntaxes.py),
 for the C-GET acceptor: written by ingest with the instance row, exact, never
-removed, backfilled by migration 0010; read in one query (services/retrieve.py
+removed, backfilled by migration 0010; read in one query (services/query/retrieve.py
 HeldSyntaxes)."""
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from dicom_node.db import migrate
 from dicom_node.db.engine import Database
 from dicom_node.db.held_syntaxes import held_syntaxes, record_held_syntax
 from dicom_node.db.models import DicomInstance, DicomSeries, DicomStudy, HeldSyntax, Patient
-from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
-from dicom_node.services.retrieve import HeldSyntaxes
+from dicom_node.services.ingest.instances import IngestPolicy, Source, StoreOutcome, store_instance
+from dicom_node.services.query.retrieve import HeldSyntaxes
 from dicom_node.storage import FileStore
 from tests.dicomfiles import CT_IMAGE_STORAGE, ct_dataset, to_bytes
 

@@ -29,11 +29,11 @@ from dicom_node.domain.matching import SlaPolicy
 from dicom_node.domain.part10 import dataset_offset
 from dicom_node.domain.query import Level
 from dicom_node.jobs.workflow import run_study_stability
-from dicom_node.services.backup import _recount
-from dicom_node.services.demo import load_demo
-from dicom_node.services.importing import import_files
-from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
-from dicom_node.services.query import find_entities
+from dicom_node.services.ingest.importing import import_files
+from dicom_node.services.ingest.instances import IngestPolicy, Source, StoreOutcome, store_instance
+from dicom_node.services.operations.backup import _recount
+from dicom_node.services.operations.demo import load_demo
+from dicom_node.services.query.find import find_entities
 from dicom_node.storage import FileStore
 from tests.dicomfiles import ct_dataset, to_bytes
 from tests.support import SAMPLE_DIR

@@ -32,14 +32,14 @@ from dicom_node.db.models import (
 from dicom_node.domain.matching import SlaPolicy
 from dicom_node.domain.part10 import dataset_offset
 from dicom_node.jobs.workflow import run_study_stability
-from dicom_node.services.ingest import (
+from dicom_node.services.ingest.instances import (
     IngestPolicy,
     Source,
     StoreOutcome,
     StoreResult,
     store_instance,
 )
-from dicom_node.services.retention import purge_next_study, remove_purged_files
+from dicom_node.services.operations.retention import purge_next_study, remove_purged_files
 from dicom_node.storage import FileStore
 from tests.dicomfiles import ct_dataset, to_bytes
 from tests.support import backdate_study

@@ -43,10 +43,10 @@ from dicom_node.jobs.maintenance import (
     run_stale_orders,
 )
 from dicom_node.jobs.workflow import run_study_stability
-from dicom_node.services.changes import feed_start, missed_trimmed_changes
-from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
-from dicom_node.services.query import find_entities
-from dicom_node.services.retention import purge_next_study, remove_purged_files
+from dicom_node.services.ingest.instances import IngestPolicy, Source, StoreOutcome, store_instance
+from dicom_node.services.operations.retention import purge_next_study, remove_purged_files
+from dicom_node.services.query.changes import feed_start, missed_trimmed_changes
+from dicom_node.services.query.find import find_entities
 from dicom_node.storage import FileStore
 from tests.dicomfiles import ct_dataset, to_bytes
 from tests.support import backdate_study

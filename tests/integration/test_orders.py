@@ -12,9 +12,9 @@ from dicom_node.db.engine import Database
 from dicom_node.db.models import AuditEvent, DicomStudy, ImagingCenter, ImagingRequest, Modality
 from dicom_node.domain.errors import Conflict
 from dicom_node.domain.uids import is_valid_uid
-from dicom_node.services.ingest import IngestPolicy, Source, store_instance
-from dicom_node.services.orders import schedule_order
-from dicom_node.services.worklist_query import find_scheduled_steps
+from dicom_node.services.ingest.instances import IngestPolicy, Source, store_instance
+from dicom_node.services.query.modality_worklist import find_scheduled_steps
+from dicom_node.services.workflow.orders import schedule_order
 from dicom_node.storage import FileStore
 from tests.dicomfiles import ct_dataset, to_bytes
 

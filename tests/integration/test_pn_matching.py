@@ -20,8 +20,8 @@ from dicom_node.db.engine import Database
 from dicom_node.db.models import DicomSeries, DicomStudy, Patient
 from dicom_node.domain.names import person_name_matches
 from dicom_node.domain.query import Level, parse_match
-from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
-from dicom_node.services.query import find_entities
+from dicom_node.services.ingest.instances import IngestPolicy, Source, StoreOutcome, store_instance
+from dicom_node.services.query.find import find_entities
 from dicom_node.storage import FileStore
 from tests.dicomfiles import ct_dataset, to_bytes
 

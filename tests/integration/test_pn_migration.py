@@ -10,8 +10,8 @@ from dicom_node.db import migrate
 from dicom_node.db.engine import Database
 from dicom_node.db.models import DicomStudy, ImagingRequest, Patient
 from dicom_node.domain.query import Level
-from dicom_node.services.query import find_entities
-from dicom_node.services.worklist_query import find_scheduled_steps
+from dicom_node.services.query.find import find_entities
+from dicom_node.services.query.modality_worklist import find_scheduled_steps
 
 
 def _rows_of_revision_0008(db: Database) -> None:

@@ -12,8 +12,8 @@ from sqlalchemy import update
 from dicom_node.db.engine import Database
 from dicom_node.db.models import DicomStudy
 from dicom_node.domain.query import InvalidQuery, Level, UnsupportedQuery
-from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
-from dicom_node.services.query import find_entities
+from dicom_node.services.ingest.instances import IngestPolicy, Source, StoreOutcome, store_instance
+from dicom_node.services.query.find import find_entities
 from dicom_node.storage import FileStore
 from tests.dicomfiles import ct_dataset, to_bytes
 

@@ -1,5 +1,5 @@
-"""Refusals audited in aggregate (services/rejections.py) and the known-AE registry
-(services/known_aes.py), on SQLite and PostgreSQL, with a clock the test moves."""
+"""Refusals audited in aggregate (services/access/refusals.py) and the known-AE registry
+(services/access/known_aes.py), on SQLite and PostgreSQL, with a clock the test moves."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from sqlalchemy import event, select
 
 from dicom_node.db.engine import Database
 from dicom_node.db.models import AuditEvent, ImagingCenter, Modality
-from dicom_node.services.known_aes import KnownAeTitles
-from dicom_node.services.rejections import (
+from dicom_node.services.access.known_aes import KnownAeTitles
+from dicom_node.services.access.refusals import (
     ASSOCIATION_REJECTED,
     MAX_LISTED,
     OVERFLOW,

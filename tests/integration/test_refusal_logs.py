@@ -12,7 +12,7 @@ from pydicom.uid import generate_uid
 
 from dicom_node.db.engine import Database
 from dicom_node.log_limit import flush_all
-from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
+from dicom_node.services.ingest.instances import IngestPolicy, Source, StoreOutcome, store_instance
 from dicom_node.storage import FileStore
 from tests.dicomfiles import ct_dataset, to_bytes
 

@@ -21,7 +21,7 @@ from dicom_node.db.models import (
     User,
 )
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
-from dicom_node.services.audit import record_audit_event
+from dicom_node.services.audit.record import record_audit_event
 
 
 def _patient(session: Session, pid: str = "P1", issuer: str = "") -> Patient:

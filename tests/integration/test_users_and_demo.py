@@ -10,8 +10,8 @@ from dicom_node.domain.demo import DEMO_STUDIES, DEMO_USERS
 from dicom_node.domain.enums import RequestStatus, Role
 from dicom_node.domain.errors import AlreadyExists, InvalidValue
 from dicom_node.domain.uids import is_valid_uid
-from dicom_node.services.demo import load_demo
-from dicom_node.services.users import create_user
+from dicom_node.services.access.users import create_user
+from dicom_node.services.operations.demo import load_demo
 
 
 def test_created_user_has_an_argon2_hash_and_an_audit_event(db: Database) -> None:

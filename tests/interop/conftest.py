@@ -21,9 +21,9 @@ import httpx
 import pytest
 
 from dicom_node.db.engine import Database
-from dicom_node.services.importing import import_files, iter_files
-from dicom_node.services.ingest import IngestPolicy
-from dicom_node.services.users import create_user
+from dicom_node.services.access.users import create_user
+from dicom_node.services.ingest.importing import import_files, iter_files
+from dicom_node.services.ingest.instances import IngestPolicy
 from dicom_node.storage import FileStore
 from tests.conftest import CHEAP_HASHING
 from tests.interop.netns import NetNamespace, missing_prerequisite

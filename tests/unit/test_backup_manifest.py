@@ -15,8 +15,8 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import UID, generate_uid
 
 from dicom_node.domain.part10 import dataset_offset
-from dicom_node.services.backup import BackupError, format_bytes, read_manifest
-from dicom_node.services.integrity import FileDigest, digest_file
+from dicom_node.services.operations.backup import BackupError, format_bytes, read_manifest
+from dicom_node.services.operations.verify import FileDigest, digest_file
 from tests.dicomfiles import ct_dataset, to_bytes
 
 

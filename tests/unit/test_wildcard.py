@@ -26,8 +26,8 @@ from dicom_node.domain.query import (
     value_matches,
     wildcard_matches,
 )
-from dicom_node.services.query import AUDITED_KEYS, AUDITED_VALUE_CHARS, audited_keys
-from dicom_node.services.retrieve import retrieve_match
+from dicom_node.services.query.find import AUDITED_KEYS, AUDITED_VALUE_CHARS, audited_keys
+from dicom_node.services.query.retrieve import retrieve_match
 
 
 def reference(pattern: str, value: str) -> bool:

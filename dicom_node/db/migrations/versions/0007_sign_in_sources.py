@@ -3,7 +3,7 @@
 A lock-out per (account, source address) means failures from one address do
 not lock the account's owner out at their own workstation; the account-wide
 counter on ``users`` stays, at a higher threshold, for addresses the account
-never signed in from (see services/auth.py).
+never signed in from (see services/access/auth.py).
 
 Revision ID: 0007
 Revises: 0006

@@ -36,7 +36,7 @@ from dicom_node.domain.errors import Conflict, Forbidden, InvalidValue, NotFound
 from dicom_node.domain.permissions import Principal
 from dicom_node.domain.query import Wildcard
 from dicom_node.domain.uids import new_uid
-from dicom_node.services.audit import acting, record_audit_event
+from dicom_node.services.audit.record import acting, record_audit_event
 
 T = TypeVar("T")
 

@@ -52,14 +52,14 @@ from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import AuditOutcome, Role
 from dicom_node.domain.errors import AuthenticationFailed
 from dicom_node.domain.permissions import Principal
-from dicom_node.services.audit import record_audit_event
-from dicom_node.services.passwords import (
+from dicom_node.services.access.passwords import (
     PasswordHashingBusy,
     dummy_hash,
     hash_password,
     needs_rehash,
     verify_password,
 )
+from dicom_node.services.audit.record import record_audit_event
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def sign_in(
     """A new token for the user, or AuthenticationFailed (audited either way).
 
     Three steps, so that the argon2 work (tens of milliseconds, on purpose, and
-    possibly a wait for a hashing slot: services/passwords.py) runs outside any
+    possibly a wait for a hashing slot: services/access/passwords.py) runs outside any
     transaction: on SQLite a write transaction holds the one writer lock that
     C-STORE ingest queues on too. Every path (unknown user, locked account,
     wrong password) costs one verification and gives the same message, so

@@ -45,16 +45,16 @@ from dicom_node.domain.enums import (
 from dicom_node.domain.errors import Conflict, InvalidValue, NotFound
 from dicom_node.domain.matching import Demographics, SlaPolicy, demographic_mismatches
 from dicom_node.domain.permissions import Principal
-from dicom_node.services.audit import acting, record_audit_event
+from dicom_node.services.audit.record import acting, record_audit_event
 
 # The steps a study matched on arrival or completed goes through; reused, not
 # repeated, so a reconciled study ends exactly where a matched one would.
-from dicom_node.services.completeness import (
+from dicom_node.services.workflow.completeness import (
     blocking_report,
     ensure_worklist_item,
     perform_order,
 )
-from dicom_node.services.orders import (
+from dicom_node.services.workflow.orders import (
     OPEN_STATUSES,
     Listed,
     OrderInfo,
@@ -66,7 +66,7 @@ from dicom_node.services.orders import (
     order_by,
     order_info,
 )
-from dicom_node.services.worklist import ensure_review_item
+from dicom_node.services.workflow.reading_worklist import ensure_review_item
 
 TO_RECONCILE = (MetadataStatus.UNMATCHED.value, MetadataStatus.CONFLICT.value)
 

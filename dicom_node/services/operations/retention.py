@@ -81,7 +81,7 @@ from dicom_node.domain.enums import (
     ReportStatus,
     RequestStatus,
 )
-from dicom_node.services.audit import record_audit_event
+from dicom_node.services.audit.record import record_audit_event
 from dicom_node.storage import FileStore
 
 _KEEPABLE = (MetadataStatus.MATCHED.value, MetadataStatus.CORRECTED.value)

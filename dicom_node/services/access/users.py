@@ -3,11 +3,11 @@
 Every change is audited with before and after; passwords and their hashes never
 appear in an answer or an audit event. A password reset revokes the user's
 bearer tokens, so a leaked password stops working at once, and lifts the
-account's sign-in locks (services/auth.py).
+account's sign-in locks (services/access/auth.py).
 
 A caller holding a write transaction hashes first (``hash_password``) and
 passes ``password_hash``: the argon2 work, and any wait for a hashing slot
-(services/passwords.py), then happens before the transaction, not while it
+(services/access/passwords.py), then happens before the transaction, not while it
 holds SQLite's one writer lock or a row lock.
 """
 
@@ -27,10 +27,10 @@ from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import Role
 from dicom_node.domain.errors import AlreadyExists, Conflict, InvalidValue, NotFound
 from dicom_node.domain.permissions import Principal
-from dicom_node.services import passwords
-from dicom_node.services.audit import record_audit_event
-from dicom_node.services.auth import clear_lockouts
-from dicom_node.services.orders import Listed, escape_like, order_by
+from dicom_node.services.access import passwords
+from dicom_node.services.access.auth import clear_lockouts
+from dicom_node.services.audit.record import record_audit_event
+from dicom_node.services.workflow.orders import Listed, escape_like, order_by
 
 MIN_PASSWORD_LENGTH = 10
 _USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,63}")

@@ -33,8 +33,8 @@ from dicom_node.domain.query import (
     parse_match,
 )
 from dicom_node.domain.uids import is_valid_uid
-from dicom_node.services.audit import record_audit_event
-from dicom_node.services.query import audited_keys
+from dicom_node.services.audit.record import record_audit_event
+from dicom_node.services.query.find import audited_keys
 
 # the unique key each level needs, and its VR
 UNIQUE_KEYS = {

@@ -53,8 +53,8 @@ from dicom_node.domain.errors import Conflict, InvalidValue, NotFound
 from dicom_node.domain.names import fold_person_name
 from dicom_node.domain.permissions import Principal
 from dicom_node.domain.query import LEVEL_ORDER, InvalidQuery, Level, Match, parse_match
-from dicom_node.services.audit import acting, record_audit_event
-from dicom_node.services.worklist import close_items
+from dicom_node.services.audit.record import acting, record_audit_event
+from dicom_node.services.workflow.reading_worklist import close_items
 
 # --------------------------------------------------------------------------- search
 
@@ -397,7 +397,7 @@ def get_study(
     )
     reports = select(Report.id).where(Report.dicom_study_id == study.id)
     if principal.role is Role.REFERRING_PHYSICIAN:
-        # signed at least once: the only reports they may open (services/reports.py)
+        # signed at least once: the only reports they may open (services/reporting/reports.py)
         reports = reports.where(Report.signed_at.is_not(None))
     report_ids = session.scalars(reports.order_by(Report.id)).all()
     return StudyDetail(

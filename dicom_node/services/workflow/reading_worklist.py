@@ -13,7 +13,7 @@ two concurrent claims wins; the other gets 409 naming who holds the item.
 
 A reading or review item of a study that is rejected, unmatched or in conflict
 and not released to reading is not claimed (409, ``current_state`` = the
-metadata status); rejecting a study cancels its open items (services/studies.py).
+metadata status); rejecting a study cancels its open items (services/query/studies.py).
 Claiming or reassigning a reading item hands the study's first-cycle draft to
 the new holder (audited); a review item is never reassigned to the author of
 the report under review unless ``report_self_review``.
@@ -52,7 +52,7 @@ from dicom_node.domain.enums import (
 from dicom_node.domain.errors import Conflict, Forbidden, InvalidValue, NotFound
 from dicom_node.domain.matching import PRIORITY_RANK
 from dicom_node.domain.permissions import Principal
-from dicom_node.services.audit import record_audit_event
+from dicom_node.services.audit.record import record_audit_event
 
 OPEN_STATUSES = (WorklistStatus.PENDING, WorklistStatus.CLAIMED)
 # radiologists claim reading work; reconciliation and acquisition items are

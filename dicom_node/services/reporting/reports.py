@@ -6,7 +6,7 @@ The state machine (docs/domain.md#report-states), as enforced here:
   item; only its author edits it. One report per study: later changes are
   addenda or corrections of that report, never a second report. A first-cycle
   draft (never final) follows the reading item: claiming or reassigning the
-  item makes the new holder its author (services/worklist.py), and editing or
+  item makes the new holder its author (services/workflow/reading_worklist.py), and editing or
   submitting it needs the claimed reading item (403 otherwise).
 - A study that is rejected, unmatched or in conflict and not released to
   reading cannot be reported, submitted or finalized (409, ``current_state``
@@ -76,8 +76,8 @@ from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import QueueType, ReportStatus, Role, StudyStatus, WorklistStatus
 from dicom_node.domain.errors import Conflict, Forbidden, InvalidValue, NotFound
 from dicom_node.domain.permissions import Principal
-from dicom_node.services.audit import record_audit_event
-from dicom_node.services.worklist import (
+from dicom_node.services.audit.record import record_audit_event
+from dicom_node.services.workflow.reading_worklist import (
     close_items,
     current_report_author,
     ensure_review_item,
@@ -452,7 +452,7 @@ def _require_reading_holder(
     session: Session, report: Report, principal: Principal, doing: str
 ) -> None:
     """A first-cycle draft is written by whoever holds the study's claimed
-    reading item (the draft follows the item: services/worklist.py)."""
+    reading item (the draft follows the item: services/workflow/reading_worklist.py)."""
     if is_first_cycle_draft(report) and not holds_reading_item(
         session, study_id=report.dicom_study_id, user_id=principal.user_id
     ):

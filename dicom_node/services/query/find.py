@@ -38,7 +38,7 @@ from dicom_node.domain.query import (
     parse_match,
     value_matches,
 )
-from dicom_node.services.audit import record_audit_event
+from dicom_node.services.audit.record import record_audit_event
 
 # sequence keyword -> the keys of its one query item (None: zero-length sequence)
 SequenceKeys = Mapping[str, Mapping[str, str | None] | None]

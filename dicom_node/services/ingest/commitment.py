@@ -20,8 +20,8 @@ from dicom_node.db.models import DicomInstance, DicomSeries, DicomStudy
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import AuditOutcome, Completeness, CompletenessEvidence
 from dicom_node.domain.matching import SlaPolicy
-from dicom_node.services.audit import record_audit_event
-from dicom_node.services.completeness import complete_study
+from dicom_node.services.audit.record import record_audit_event
+from dicom_node.services.workflow.completeness import complete_study
 from dicom_node.storage import FileStore
 
 # FailureReason (0008,1197), PS3.4 J.3.2.1.1.1

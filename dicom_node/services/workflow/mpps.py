@@ -10,7 +10,7 @@ Only the AE whose N-CREATE made a step may N-SET it (``mpps_set_by_creator_only`
 on by default): another AE could otherwise complete or discontinue any exam in
 progress, and with it the order. Its N-SET is refused (0x0124); the SCP audits
 the refusal as a Security Alert, aggregated per peer like the other refusals
-(``services/rejections.py``).
+(``services/access/refusals.py``).
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from dicom_node.domain.enums import (
 )
 from dicom_node.domain.errors import DomainError
 from dicom_node.domain.matching import PRIORITY_RANK
-from dicom_node.services.audit import record_audit_event
-from dicom_node.services.orders import advance_order
+from dicom_node.services.audit.record import record_audit_event
+from dicom_node.services.workflow.orders import advance_order
 
 _STARTABLE = (
     RequestStatus.REQUESTED.value,
@@ -194,7 +194,7 @@ def update_mpps(
     """Apply an N-SET. ``creator_only``: refused (NOT_AUTHORIZED) unless ``actor``
     is the AE whose N-CREATE made the step. The caller audits the refusal: it
     comes from a peer that may repeat it at will, so it is aggregated per peer
-    with the other refusals (``services/rejections.py``), not written here one
+    with the other refusals (``services/access/refusals.py``), not written here one
     row each."""
     with db.unit_of_work() as session:
         step = session.scalar(

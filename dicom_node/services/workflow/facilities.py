@@ -24,8 +24,8 @@ from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import ModalityStatus
 from dicom_node.domain.errors import AlreadyExists, InvalidValue, NotFound
 from dicom_node.domain.permissions import Principal
-from dicom_node.services.audit import record_audit_event
-from dicom_node.services.orders import (
+from dicom_node.services.audit.record import record_audit_event
+from dicom_node.services.workflow.orders import (
     Listed,
     SortColumn,
     count_of,

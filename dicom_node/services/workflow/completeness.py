@@ -40,8 +40,8 @@ from dicom_node.domain.enums import (
     WorklistStatus,
 )
 from dicom_node.domain.matching import PRIORITY_RANK, SlaPolicy
-from dicom_node.services.audit import record_audit_event
-from dicom_node.services.orders import advance_order
+from dicom_node.services.audit.record import record_audit_event
+from dicom_node.services.workflow.orders import advance_order
 
 _READABLE = (MetadataStatus.MATCHED.value, MetadataStatus.CORRECTED.value)
 _TO_RECONCILE = (MetadataStatus.UNMATCHED.value, MetadataStatus.CONFLICT.value)

@@ -31,7 +31,7 @@ from dicom_node.domain.query import (
     UnsupportedQuery,
     parse_match,
 )
-from dicom_node.services.query import record_query
+from dicom_node.services.query.find import record_query
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from dicom_node.domain.demo import (
     DemoUser,
 )
 from dicom_node.domain.enums import RequestStatus
-from dicom_node.services.audit import record_audit_event
-from dicom_node.services.users import create_user, find_user
+from dicom_node.services.access.users import create_user, find_user
+from dicom_node.services.audit.record import record_audit_event
 
 
 @dataclass

@@ -14,8 +14,8 @@ from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.dataset_header import InstanceHeader
 from dicom_node.domain.enums import AuditOutcome, MetadataStatus, RequestStatus
 from dicom_node.domain.matching import Demographics, demographic_mismatches
-from dicom_node.services.audit import record_audit_event
-from dicom_node.services.orders import advance_order
+from dicom_node.services.audit.record import record_audit_event
+from dicom_node.services.workflow.orders import advance_order
 
 log = logging.getLogger("dicom_node.matching")
 

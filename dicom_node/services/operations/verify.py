@@ -51,9 +51,9 @@ from dicom_node.domain.enums import AuditOutcome
 
 # the file-meta walk of domain.part10, streamed (its VR table is shared, not copied)
 from dicom_node.domain.part10 import LONG_VRS, PREAMBLE_LENGTH, PREFIX
-from dicom_node.services.audit import record_audit_event
-from dicom_node.services.importing import import_files
-from dicom_node.services.ingest import IngestPolicy
+from dicom_node.services.audit.record import record_audit_event
+from dicom_node.services.ingest.importing import import_files
+from dicom_node.services.ingest.instances import IngestPolicy
 from dicom_node.storage import FileStore
 
 CHUNK = 1 << 20

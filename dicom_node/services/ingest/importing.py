@@ -11,8 +11,8 @@ from dicom_node.db.engine import Database
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import AuditOutcome
 from dicom_node.domain.part10 import PREAMBLE_LENGTH, PREFIX
-from dicom_node.services.audit import record_audit_event
-from dicom_node.services.ingest import IngestPolicy, Source, StoreOutcome, store_instance
+from dicom_node.services.audit.record import record_audit_event
+from dicom_node.services.ingest.instances import IngestPolicy, Source, StoreOutcome, store_instance
 from dicom_node.storage import FileStore
 
 _REFUSED = (

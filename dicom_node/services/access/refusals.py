@@ -40,7 +40,7 @@ from dicom_node.db.engine import Database
 from dicom_node.domain.audit import AuditEventCode, AuditRecord, SecurityAlertType
 from dicom_node.domain.enums import AuditOutcome
 from dicom_node.log_limit import LogLimiter
-from dicom_node.services.audit import record_audit_event
+from dicom_node.services.audit.record import record_audit_event
 
 log = logging.getLogger("dicom_node.audit")
 

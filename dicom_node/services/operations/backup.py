@@ -61,9 +61,9 @@ from dicom_node.db.engine import Database
 from dicom_node.db.models import DicomInstance, DicomSeries, DicomStudy
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.errors import Cancelled
-from dicom_node.services.audit import record_audit_event
-from dicom_node.services.audit_chain import AuditAnchor, AuditChainReport, verify_audit_chain
-from dicom_node.services.integrity import digest_file
+from dicom_node.services.audit.chain import AuditAnchor, AuditChainReport, verify_audit_chain
+from dicom_node.services.audit.record import record_audit_event
+from dicom_node.services.operations.verify import digest_file
 from dicom_node.storage import FileStore
 
 FORMAT = "dicom-node-backup"

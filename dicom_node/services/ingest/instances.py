@@ -59,9 +59,9 @@ from dicom_node.domain.part10 import dataset_offset
 from dicom_node.domain.part10_source import Part10Source, open_part10
 from dicom_node.domain.query import normalize_tm
 from dicom_node.log_limit import LogLimiter
-from dicom_node.services.audit import record_audit_event
-from dicom_node.services.completeness import withdraw_from_reading
-from dicom_node.services.matching import match_new_study
+from dicom_node.services.audit.record import record_audit_event
+from dicom_node.services.workflow.completeness import withdraw_from_reading
+from dicom_node.services.workflow.matching import match_new_study
 from dicom_node.storage import FileStore
 
 log = logging.getLogger("dicom_node.ingest")
