@@ -215,6 +215,9 @@ class ImagingRequest(Timestamped, Base):
     priority: Mapped[str] = mapped_column(String(16), default=Priority.ROUTINE.value)
     status: Mapped[str] = mapped_column(String(16), default=RequestStatus.REQUESTED.value)
     requested_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    # the referring physician as a user of the node (services/access/visibility.py):
+    # set by the scheduler from the user list, or matched from the DICOM name
+    referring_physician_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
     referring_physician_name: Mapped[str | None] = mapped_column(PN)
     referring_physician_name_folded: Mapped[str | None] = folded_copy_of("referring_physician_name")
     # RequestingPhysician (0032,1032) and the step's ScheduledPerformingPhysicianName

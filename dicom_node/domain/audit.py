@@ -55,3 +55,211 @@ class AuditRecord:
     accession_number: str | None = None
     reason: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- vocabulary
+# Every audit event names who acted (an Actor) and what it was about (a target
+# kind and id, and the patient/study it concerns). Services build events with
+# the functions below instead of filling AuditRecord by hand, so the same kind
+# of target is always named the same way and an actor is always one of three
+# shapes: a signed-in user, a DICOM peer, or the node itself.
+
+
+class SystemActor(StrEnum):
+    """The node acting on its own: the ``actor`` value of events no person or
+    peer caused. Fixed names, so an auditor can filter on them."""
+
+    # a scheduled job (stability, escalation, stale orders, rematch, retention...)
+    SCHEDULER = "scheduler"
+    # an operator's command on the node's host (dicom-node user/demo/restore...)
+    CLI = "cli"
+    IMPORT = "import"
+    REINDEX = "reindex"
+    VERIFY_REPAIR = "verify-repair"
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who caused an event: the actor fields of an AuditRecord.
+
+    ``role`` is the user's role for people, ``None`` for peers and the node."""
+
+    name: str
+    user_id: int | None = None
+    role: str | None = None
+    address: str | None = None
+
+    @classmethod
+    def user(cls, user_id: int, username: str, role: str, address: str | None = None) -> Actor:
+        return cls(name=username, user_id=user_id, role=role, address=address)
+
+    @classmethod
+    def peer(cls, ae_title: str, address: str | None = None) -> Actor:
+        """A DICOM peer, named by its calling AE title (already sanitised by the
+        SCP layer: printable, at most 16 characters)."""
+        return cls(name=ae_title, address=address)
+
+    @classmethod
+    def system(cls, which: SystemActor) -> Actor:
+        return cls(name=which.value)
+
+
+class TargetKind(StrEnum):
+    """The ``target_class`` of an event: the kind of record it is about."""
+
+    ORDER = "ImagingRequest"
+    STUDY = "DicomStudy"
+    INSTANCE = "DicomInstance"
+    WORK_ITEM = "WorklistItem"
+    REPORT = "Report"
+    CRITICAL_COMMUNICATION = "CriticalResultCommunication"
+    PROCEDURE_STEP = "PerformedProcedureStep"
+    STORAGE_COMMITMENT = "StorageCommitment"
+    USER = "User"
+    AE = "AE"
+    AUDIT_TRAIL = "AuditEvent"
+    BACKUP = "backup"
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """The patient and study an event concerns (PHI: kept in the trail, never
+    in a log line)."""
+
+    patient_id: str | None = None
+    study_instance_uid: str | None = None
+    accession_number: str | None = None
+
+
+NO_SUBJECT = Subject()
+
+
+def audit_event(
+    code: AuditEventCode,
+    action: str,
+    actor: Actor,
+    target: TargetKind,
+    target_id: object,
+    subject: Subject = NO_SUBJECT,
+    *,
+    outcome: AuditOutcome = AuditOutcome.SUCCESS,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditRecord:
+    """The one way an event is put together; the per-kind builders below fix
+    the code that kind of target is filed under."""
+    return AuditRecord(
+        event_code=code,
+        action=action,
+        outcome=outcome,
+        actor=actor.name,
+        actor_user_id=actor.user_id,
+        actor_role=actor.role,
+        source_address=actor.address,
+        target_class=target.value,
+        target_id=None if target_id is None else str(target_id),
+        patient_id=subject.patient_id,
+        study_instance_uid=subject.study_instance_uid,
+        accession_number=subject.accession_number,
+        reason=reason,
+        details=details or {},
+    )
+
+
+def order_event(
+    action: str,
+    actor: Actor,
+    order_id: int,
+    subject: Subject,
+    *,
+    outcome: AuditOutcome = AuditOutcome.SUCCESS,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditRecord:
+    """An order changed (110109 Order Record)."""
+    return audit_event(
+        AuditEventCode.ORDER_RECORD,
+        action,
+        actor,
+        TargetKind.ORDER,
+        order_id,
+        subject,
+        outcome=outcome,
+        reason=reason,
+        details=details,
+    )
+
+
+def procedure_event(
+    action: str,
+    actor: Actor,
+    target: TargetKind,
+    target_id: object,
+    subject: Subject,
+    *,
+    outcome: AuditOutcome = AuditOutcome.SUCCESS,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditRecord:
+    """A study's procedure moved on: its states, its work items, its MPPS
+    (110111 Procedure Record)."""
+    return audit_event(
+        AuditEventCode.PROCEDURE_RECORD,
+        action,
+        actor,
+        target,
+        target_id,
+        subject,
+        outcome=outcome,
+        reason=reason,
+        details=details,
+    )
+
+
+def patient_record_event(
+    action: str,
+    actor: Actor,
+    target: TargetKind,
+    target_id: object,
+    subject: Subject,
+    *,
+    outcome: AuditOutcome = AuditOutcome.SUCCESS,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditRecord:
+    """A report, its versions or its critical-result record was written or read
+    (110110 Patient Record)."""
+    return audit_event(
+        AuditEventCode.PATIENT_RECORD,
+        action,
+        actor,
+        target,
+        target_id,
+        subject,
+        outcome=outcome,
+        reason=reason,
+        details=details,
+    )
+
+
+def security_event(
+    action: str,
+    actor: Actor,
+    target: TargetKind,
+    target_id: object,
+    *,
+    outcome: AuditOutcome = AuditOutcome.SUCCESS,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditRecord:
+    """A change to who may do what, or a refusal (110113 Security Alert)."""
+    return audit_event(
+        AuditEventCode.SECURITY_ALERT,
+        action,
+        actor,
+        target,
+        target_id,
+        outcome=outcome,
+        reason=reason,
+        details=details,
+    )
