@@ -1,4 +1,4 @@
-"""A cap on the live-event streams (``GET /api/events``) one user holds open.
+"""Live-event streams (``GET /api/events``): a cap per user, and their end at shutdown.
 
 Each open stream costs this process a read of the change feed every poll
 (four a second on SQLite) in its thread pool: 200 idle streams on one token
@@ -13,13 +13,22 @@ per node: the cost it bounds (this process's event loop, thread pool and
 database connections) is per process too, and an in-memory count needs no
 clean-up after a crash. Behind a load balancer over N nodes a user can hold N
 times the cap in all, each node bounded.
+
+When the node stops, ``Node.stop`` calls ``end_all`` before it stops the HTTP
+server: every open stream wakes from its wait, sends ``SHUTDOWN_EVENT`` (with a
+longer reconnect delay, the time a restart takes) and ends, and ``end_all``
+waits until they have. Left to the HTTP server, a stream never ends by itself:
+uvicorn cancelled each one after its graceful-shutdown timeout, logging an
+ERROR with a traceback per stream, and the clients saw the connection cut.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterable, Mapping
+from collections.abc import AsyncIterable, Coroutine, Mapping
+from typing import Any
 
 from fastapi import HTTPException
 from fastapi.responses import StreamingResponse
@@ -32,6 +41,13 @@ _refusals = LogLimiter(log)
 
 # what a client refused a stream is told: one of its streams may have ended by then
 RETRY_AFTER_SECONDS = 10
+
+# the last event of every stream open when the node stops: a client reconnects
+# after ``retry`` ms (to this node restarted, or another behind the same address)
+# and resumes with Last-Event-ID as after any reconnect
+SHUTDOWN_EVENT = 'retry: 5000\nevent: shutdown\ndata: {"reason": "the node is stopping"}\n\n'
+
+_Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 
 
 class StreamSlot:
@@ -47,6 +63,16 @@ class StreamSlot:
             self._released = True
             self._owner.give_back(self._user_id)
 
+    @property
+    def stopping(self) -> bool:
+        """The node is stopping: the stream sends ``SHUTDOWN_EVENT`` and ends."""
+        return self._owner.stopping
+
+    async def pause(self, waiting: Coroutine[Any, Any, object]) -> None:
+        """Await ``waiting`` (the stream's wait before its next read), cut short
+        when the node starts stopping."""
+        await self._owner.pause(waiting)
+
 
 class StreamSlots:
     """How many streams each user holds open in this process."""
@@ -54,7 +80,12 @@ class StreamSlots:
     def __init__(self, per_user: int) -> None:
         self.per_user = per_user
         self._lock = threading.Lock()
+        # notified whenever a stream ends: end_all waits on it
+        self._ended = threading.Condition(self._lock)
         self._held: dict[int, int] = {}
+        self._stopping = False
+        # the streams in a pause, each woken on its own event loop by end_all
+        self._pausing: set[_Waiter] = set()
 
     def take(self, user_id: int) -> StreamSlot:
         """A slot for one more stream, or 429 (HTTPException, in the error shape)."""
@@ -85,10 +116,61 @@ class StreamSlots:
                 self._held[user_id] = left
             else:
                 self._held.pop(user_id, None)
+            self._ended.notify_all()
 
     def held(self, user_id: int) -> int:
         with self._lock:
             return self._held.get(user_id, 0)
+
+    @property
+    def stopping(self) -> bool:
+        with self._lock:
+            return self._stopping
+
+    async def pause(self, waiting: Coroutine[Any, Any, object]) -> None:
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[None] = loop.create_future()
+        waiter = (loop, woken)
+        with self._lock:
+            if self._stopping:
+                waiting.close()  # never started: no "never awaited" warning
+                return
+            self._pausing.add(waiter)
+        task = asyncio.ensure_future(waiting)
+        try:
+            await asyncio.wait((task, woken), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            task.cancel()
+            with self._lock:
+                self._pausing.discard(waiter)
+
+    def end_all(self, timeout: float) -> int:
+        """Make every open stream (and any opened from now on) send
+        ``SHUTDOWN_EVENT`` and end; wait up to ``timeout`` seconds for them to
+        have ended. Thread-safe. Returns how many are still open."""
+        with self._lock:
+            self._stopping = True
+            pausing, self._pausing = self._pausing, set()
+            open_streams = sum(self._held.values())
+        if open_streams:
+            log.info("ending %d live-event stream(s): the node is stopping", open_streams)
+        for loop, woken in pausing:
+            # a closed loop raises RuntimeError: nothing waits there any more
+            try:
+                loop.call_soon_threadsafe(_wake, woken)
+            except RuntimeError:
+                continue
+        with self._lock:
+            self._ended.wait_for(lambda: not self._held, timeout)
+            left = sum(self._held.values())
+        if left:
+            log.warning("%d live-event stream(s) still open after %.0f s", left, timeout)
+        return left
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class SlotStreamingResponse(StreamingResponse):

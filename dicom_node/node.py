@@ -43,11 +43,15 @@ from dicom_node.workers import WorkerPool, WorkerStartError
 if TYPE_CHECKING:
     import uvicorn
 
+    from api.streams import StreamSlots
+
 log = logging.getLogger("dicom_node")
 
 HTTP_START_TIMEOUT_SECONDS = 15.0
 # at shutdown, jobs running (a backup, a purge) get this long to finish
 JOB_STOP_WAIT_SECONDS = 30.0
+# at shutdown, open live-event streams get this long to send their last event
+STREAM_END_WAIT_SECONDS = 2.0
 
 
 class StartupError(Exception):
@@ -170,6 +174,7 @@ class Node:
         self._http_server: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
         self._http_socket: socket.socket | None = None
+        self._event_streams: StreamSlots | None = None
         self._scheduler: JobScheduler | None = None
         # stop() left jobs running: the process should exit without joining them
         self.jobs_abandoned = False
@@ -316,13 +321,15 @@ class Node:
                 "ssl_keyfile": self.settings.http_tls_private_key,
                 "ssl_ciphers": BCP195_TLS12_CIPHERS,
             }
+        app = create_app(context)
+        self._event_streams = app.state.event_streams
         config = uvicorn.Config(
-            create_app(context),
+            app,
             log_config=None,
             # access logs would carry query strings, which may carry PHI
             access_log=False,
             lifespan="off",
-            # open SSE streams must not hold up a shutdown
+            # open SSE streams are ended before (stop); this bounds a client not reading
             timeout_graceful_shutdown=3,
             # X-Forwarded-For only from settings.trusted_proxies (none by default),
             # whatever uvicorn's defaults and FORWARDED_ALLOW_IPS say
@@ -350,6 +357,10 @@ class Node:
         """Stop serving HTTP, then DICOM (in-flight associations get a grace period)."""
         if isinstance(self.dicom, WorkerPool):
             self.dicom.begin_stop()  # a worker exiting from here on is not replaced
+        if self._event_streams is not None:
+            # each gets its last event and ends; uvicorn would cancel them (ERROR lines)
+            self._event_streams.end_all(STREAM_END_WAIT_SECONDS)
+            self._event_streams = None
         if self._http_server is not None and self._http_thread is not None:
             self._http_server.should_exit = True
             self._http_thread.join(timeout=10)

@@ -29,7 +29,7 @@ from pydantic import BaseModel
 
 from api.deps import Context, bearer_token, require
 from api.schemas.common import AUTH_ERRORS, ErrorResponse
-from api.streams import SlotStreamingResponse, StreamSlots
+from api.streams import SHUTDOWN_EVENT, SlotStreamingResponse, StreamSlot, StreamSlots
 from dicom_node.db.notify import listener_for
 from dicom_node.domain.errors import AuthenticationFailed, Gone
 from dicom_node.domain.permissions import Permission, Principal
@@ -155,7 +155,9 @@ def stream_events(
     ``Last-Event-ID``). Without either, the stream starts at the present. A
     resume point older than the trimmed feed keeps first gets ``event: reset``
     (reload your state), then everything still in the feed. A user holds at most
-    ``max_event_streams_per_user`` streams at once (per node): one more is 429."""
+    ``max_event_streams_per_user`` streams at once (per node): one more is 429.
+    When the node stops, each open stream gets ``event: shutdown`` (reconnect
+    later) and ends."""
     wanted = _entities(entity)
     start = last_event_id if last_event_id is not None else since
 
@@ -181,13 +183,16 @@ def stream_events(
 
     listener = listener_for(context.db)
 
-    async def events() -> AsyncIterator[str]:
+    async def events(slot: StreamSlot) -> AsyncIterator[str]:
         after = start if start is not None else await run_in_threadpool(current)
         woken = listener is not None and listener.connected.is_set()
         mode = "woken by notifications" if woken else "polling"
         yield f"retry: 2000\n: stream for {user.username} after {after}, {mode}\n\n"
         last_sent = time.monotonic()
         while True:
+            if slot.stopping:
+                yield SHUTDOWN_EVENT
+                return
             # taken before the read: a notification during the read still wakes us
             mark = listener.mark() if listener is not None else 0
             read_at = time.monotonic()
@@ -209,21 +214,22 @@ def stream_events(
                 last_sent = time.monotonic()
                 continue
             if listener is not None and listener.connected.is_set():
-                await listener.wait(mark, FALLBACK_POLL_SECONDS)
+                await slot.pause(listener.wait(mark, FALLBACK_POLL_SECONDS))
                 rest = read_at + MIN_READ_INTERVAL_SECONDS - time.monotonic()
                 if rest > 0:
-                    await asyncio.sleep(rest)
+                    await slot.pause(asyncio.sleep(rest))
             else:
-                await asyncio.sleep(POLL_SECONDS)
+                await slot.pause(asyncio.sleep(POLL_SECONDS))
             if time.monotonic() - last_sent >= HEARTBEAT_SECONDS:
                 last_sent = time.monotonic()
                 yield ": heartbeat\n\n"
 
     slots: StreamSlots = request.app.state.event_streams
     # taken last: nothing between here and the response can fail and keep it
+    slot = slots.take(user.user_id)
     return SlotStreamingResponse(
-        events(),
-        slot=slots.take(user.user_id),
+        events(slot),
+        slot=slot,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
