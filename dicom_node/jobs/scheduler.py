@@ -1,4 +1,9 @@
-"""The scheduler and its job table: every job is registered here, in one place.
+"""The job scheduler: interval jobs, each run on one node per tick.
+
+The jobs are registered in one place, ``Node._jobs`` in ``dicom_node/node.py``
+(the composition root, which holds the database, the store and the settings the
+jobs are called with): each a ``JobSpec`` of an id, a function of
+``dicom_node/jobs/`` and an interval.
 
 Several nodes may share one PostgreSQL database; each scheduled job then runs on
 one node per tick:
@@ -18,10 +23,10 @@ one node per tick:
   the next tick.
 
 Clocks further apart than the hold make a tick run twice, one run after the
-other, never at once. That is harmless for the jobs registered here: the
-stability and escalation jobs lock the rows they handle (FOR UPDATE SKIP LOCKED)
-and a handled row no longer matches; the temp sweep removes only files older
-than its maximum age.
+other, never at once. That is harmless for the node's jobs: the stability and
+escalation jobs lock the rows they handle (FOR UPDATE SKIP LOCKED) and a handled
+row no longer matches; the temp sweep removes only files older than its maximum
+age.
 
 SQLite: one node per database file, so no lock is taken and every tick runs.
 """
