@@ -23,6 +23,21 @@ session: live streams on any node wake at once instead of polling
 
 Core statements (the C-STORE hot path) bypass the ORM; ingest records its own
 entries with :func:`record_change`.
+
+Each entity changed by a transaction is announced once: a transaction flushes
+many times (matching a study flushes the study, then the order, then the
+study again), and a Core change may be recorded next to the ORM's view of the
+same row, so the queued entries are coalesced per (entity, id) when they are
+written: the first action (a row created and then updated is ``created``, one
+updated and then deleted is ``deleted``, one created and deleted leaves
+nothing), the payloads merged with the later values winning (the state at
+commit), at the place of the entity's first entry.
+
+Each entry records the order behind it (``order_id``): the visibility rule
+(``services/access/visibility.py``) is applied when the feed is read, so a
+referring physician linked to an order later sees its later changes. A report
+entry records its order only once the report is final: a referring physician
+sees a report when it is signed, not its drafts.
 """
 
 from __future__ import annotations
@@ -173,9 +188,33 @@ def record_change(
     )
 
 
+def _coalesced(pending: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per (entity, id): see the module docstring."""
+    merged: dict[tuple[str, int], dict[str, Any]] = {}
+    for entry in pending:
+        key = (entry["entity"], entry["entity_id"])
+        seen = merged.get(key)
+        if seen is None or seen["action"] is None:
+            # new, or made again after it was created and deleted (SQLite reuses
+            # the highest id once that row is gone)
+            merged.pop(key, None)
+            merged[key] = {**entry, "payload": dict(entry["payload"])}
+            continue
+        seen["payload"].update(entry["payload"])
+        for link in ("_order_id", "_study_id"):
+            if entry[link] is not None:
+                seen[link] = entry[link]
+        if entry["action"] == "deleted":
+            seen["action"] = None if seen["action"] == "created" else "deleted"
+    return [entry for entry in merged.values() if entry["action"] is not None]
+
+
 def _insert(session: Session, pending: list[dict[str, Any]]) -> None:
+    pending = _coalesced(pending)
+    if not pending:
+        return
     connection = session.connection()
-    # the owner of an entry is the user who placed the order behind it
+    # a report's entry reaches a referring physician through its study's order
     study_ids = {e["_study_id"] for e in pending if e["_study_id"] is not None}
     study_orders: dict[int, int | None] = {}
     if study_ids:
@@ -186,17 +225,6 @@ def _insert(session: Session, pending: list[dict[str, Any]]) -> None:
                 )
             ).all()
         )
-    order_ids = {e["_order_id"] for e in pending if e["_order_id"] is not None}
-    order_ids |= {o for o in study_orders.values() if o is not None}
-    owners: dict[int, int | None] = {}
-    if order_ids:
-        owners = dict(
-            connection.execute(
-                select(ImagingRequest.id, ImagingRequest.requested_by_id).where(
-                    ImagingRequest.id.in_(order_ids)
-                )
-            ).all()
-        )
     now = utcnow()
     rows = []
     for entry in pending:
@@ -204,7 +232,7 @@ def _insert(session: Session, pending: list[dict[str, Any]]) -> None:
         if order_id is None and entry["_study_id"] is not None:
             order_id = study_orders.get(entry["_study_id"])
         if entry["entity"] == "report" and entry["payload"].get("status") != "final":
-            # the ordering physician sees a report once it is signed, not its drafts
+            # the referring physician sees a report once it is signed, not its drafts
             order_id = None
         rows.append(
             {
@@ -213,7 +241,7 @@ def _insert(session: Session, pending: list[dict[str, Any]]) -> None:
                 "entity_id": entry["entity_id"],
                 "action": entry["action"],
                 "payload": entry["payload"],
-                "owner_user_id": owners.get(order_id) if order_id is not None else None,
+                "order_id": order_id,
             }
         )
     if connection.dialect.name != "postgresql":

@@ -520,9 +520,10 @@ class ChangeLogEntry(Base):
     entity: Mapped[str] = mapped_column(String(32))
     entity_id: Mapped[int] = mapped_column(BigInteger)
     action: Mapped[str] = mapped_column(String(16))  # created | updated | deleted
-    # the referring physician who owns the order behind the change, if any:
-    # they see the change, other referring physicians do not
-    owner_user_id: Mapped[int | None] = mapped_column(BigInteger)
+    # the order behind the change, if any (a report's: only once final): a
+    # referring physician sees the entry while the visibility rule lets them see
+    # that order (services/access/visibility.py), decided when the feed is read
+    order_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 

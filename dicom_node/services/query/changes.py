@@ -1,4 +1,7 @@
-"""Reading the change feed, filtered to what the caller may see."""
+"""Reading the change feed, filtered to what the caller may see: the entities
+their role follows, and for a referring physician only entries about orders the
+visibility rule lets them see (``services/access/visibility.py``), decided at
+read time from each entry's ``order_id``."""
 
 from __future__ import annotations
 
@@ -13,9 +16,10 @@ from sqlalchemy.sql.elements import ColumnElement
 from dicom_node.db.models import ChangeLogEntry
 from dicom_node.domain.enums import Role
 from dicom_node.domain.permissions import Principal
+from dicom_node.services.access.visibility import sees_every_order, visible_order_ids
 
 # which entities each role sees in the feed (a referring physician: only entries
-# about their own orders, whatever the entity)
+# about orders they may see, and a report's only once final, db/changes.py)
 FEED_ENTITIES: dict[Role, frozenset[str]] = {
     Role.ADMIN: frozenset({"order", "study", "worklist_item", "report"}),
     Role.AUDITOR: frozenset({"order", "study", "worklist_item", "report"}),
@@ -38,9 +42,9 @@ class Change:
 
 def _visible(principal: Principal) -> ColumnElement[bool]:
     condition = ChangeLogEntry.entity.in_(FEED_ENTITIES[principal.role])
-    if principal.role is Role.REFERRING_PHYSICIAN:
-        return condition & (ChangeLogEntry.owner_user_id == principal.user_id)
-    return condition
+    if sees_every_order(principal):
+        return condition
+    return condition & ChangeLogEntry.order_id.in_(visible_order_ids(principal))
 
 
 def list_changes(
