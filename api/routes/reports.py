@@ -30,22 +30,22 @@ from api.schemas.reports import (
 from api.schemas.worklist import MAX_ID
 from dicom_node.domain.enums import ReportStatus
 from dicom_node.domain.permissions import Permission, Principal
-from dicom_node.services.reporting.reports import (
+from dicom_node.services.reporting.critical_results import (
     CommunicationInput,
     CommunicationMethod,
-    VersionKind,
     acknowledge_critical_communication,
+    record_critical_communication,
+)
+from dicom_node.services.reporting.reports import (
     add_addendum,
     create_report,
     edit_report,
     finalize_report,
-    get_report,
-    list_reports,
-    record_critical_communication,
-    report_versions,
     return_report,
     submit_report,
 )
+from dicom_node.services.reporting.versions import VersionKind
+from dicom_node.services.reporting.views import get_report, list_reports, report_versions
 
 router = APIRouter(prefix="/api", tags=["reports"])
 

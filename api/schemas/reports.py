@@ -8,12 +8,9 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, AwareDatetime, BaseModel, Field
 
 from api.schemas.worklist import RecordId
-from dicom_node.services.reporting.reports import (
-    CriticalCommunicationInfo,
-    ReportInfo,
-    ReportSummary,
-    ReportVersionInfo,
-)
+from dicom_node.services.reporting.critical_results import CriticalCommunicationInfo
+from dicom_node.services.reporting.versions import ReportVersionInfo
+from dicom_node.services.reporting.views import ReportInfo, ReportSummary
 
 MAX_TEXT = 100_000
 

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from dicom_node.db.models import AuditEvent, CriticalResultCommunication, DicomStudy, WorklistItem
-from dicom_node.services.reporting.reports import overdue_critical_communications
+from dicom_node.services.reporting.critical_results import overdue_critical_communications
 from dicom_node.settings import Settings
 from tests.api.conftest import ApiServer
 from tests.api.test_worklist import Seeded, audit_actions, seed_study, user_id

@@ -1,0 +1,274 @@
+"""Reading reports: what each reader sees of a report, its versions and the
+report list, every read audited.
+
+Admins, auditors and radiologists read every report and its working text. A
+referring physician reads only reports of the orders the visibility rule
+(``services/access/visibility.py``) lets them see, only once the report has
+been final at least once, and then only signed text (the latest ``final``
+version; drafts, returns and unsigned addenda stay hidden); anything else is
+404 to them. Their ``critical_flag`` is the report's only while it is final
+(a version does not store the flag, so during an addendum cycle it reads
+False), and they see only communications recorded by the last signing, none
+during an addendum cycle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from dicom_node.db.models import DicomStudy, ImagingRequest, Report, ReportVersion
+from dicom_node.db.types import utcnow
+from dicom_node.domain.audit import AuditEventCode, TargetKind, audit_event
+from dicom_node.domain.enums import ReportStatus, Role
+from dicom_node.domain.errors import NotFound
+from dicom_node.domain.permissions import Principal
+from dicom_node.services.audit.record import record_audit_event
+from dicom_node.services.audit.subjects import user_actor
+from dicom_node.services.reporting.critical_results import (
+    CriticalCommunicationInfo,
+    communication_info,
+    communications,
+    signed_communication,
+    signed_critical_flag,
+)
+from dicom_node.services.reporting.records import audit_report_event
+from dicom_node.services.reporting.versions import (
+    ReportVersionInfo,
+    VersionKind,
+    latest_final,
+    version_info,
+)
+from dicom_node.services.workflow.reading_worklist import current_report_author
+
+
+@dataclass(frozen=True, slots=True)
+class ReportInfo:
+    id: int
+    study_id: int
+    study_instance_uid: str
+    accession_number: str | None
+    order_id: int | None
+    status: str
+    findings: str
+    impression: str
+    critical_flag: bool
+    author_id: int
+    # who writes the current text (the addendum writer in an addendum cycle)
+    current_author_id: int
+    reviewer_id: int | None
+    signed_at: datetime | None
+    version: int
+    preliminary_at: datetime | None
+    first_addendum_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    # the stored version whose text is shown; None = the working text
+    content_version: int | None
+    critical_communications: list[CriticalCommunicationInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class ReportSummary:
+    id: int
+    study_id: int
+    study_instance_uid: str
+    accession_number: str | None
+    status: str
+    critical_flag: bool
+    author_id: int
+    reviewer_id: int | None
+    signed_at: datetime | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ReportSummaryPage:
+    items: list[ReportSummary]
+    total: int
+
+
+def report_info(
+    session: Session,
+    report: Report,
+    *,
+    content: ReportVersion | None = None,
+    signed_only: bool = False,
+) -> ReportInfo:
+    """The report; ``signed_only`` (referring physicians): flag and
+    communications as signed, nothing from an unsigned addendum cycle."""
+    session.flush()
+    study = session.get(DicomStudy, report.dicom_study_id)
+    assert study is not None  # a report's study is a foreign key
+    now = utcnow()
+    rows = communications(session, report.id)
+    if signed_only:
+        rows = (
+            [row for row in rows if signed_communication(row, report.signed_at)]
+            if report.status == ReportStatus.FINAL.value
+            else []
+        )
+    return ReportInfo(
+        id=report.id,
+        study_id=report.dicom_study_id,
+        study_instance_uid=study.study_instance_uid,
+        accession_number=study.accession_number,
+        order_id=study.imaging_request_id,
+        status=report.status,
+        findings=content.findings if content is not None else report.findings,
+        impression=content.impression if content is not None else report.impression,
+        critical_flag=signed_critical_flag(report) if signed_only else report.critical_flag,
+        author_id=report.radiologist_id,
+        current_author_id=current_report_author(session, report),
+        reviewer_id=report.reviewer_id,
+        signed_at=report.signed_at,
+        version=report.version,
+        preliminary_at=report.preliminary_at,
+        first_addendum_at=report.first_addendum_at,
+        created_at=report.created_at,
+        updated_at=report.updated_at,
+        content_version=content.version if content is not None else None,
+        critical_communications=[communication_info(row, now) for row in rows],
+    )
+
+
+def _signed_only(principal: Principal) -> bool:
+    """Whether ``principal`` reads signed text only (a referring physician)."""
+    return principal.role is Role.REFERRING_PHYSICIAN
+
+
+def _readable_report(session: Session, report_id: int, principal: Principal) -> Report:
+    report = session.get(Report, report_id)
+    if report is None:
+        raise NotFound(f"no report {report_id}")
+    if _signed_only(principal):
+        requested_by = session.scalar(
+            select(ImagingRequest.requested_by_id)
+            .join(DicomStudy, DicomStudy.imaging_request_id == ImagingRequest.id)
+            .where(DicomStudy.id == report.dicom_study_id)
+        )
+        if requested_by != principal.user_id or report.signed_at is None:
+            # not theirs, or nothing signed yet: not theirs to know about
+            raise NotFound(f"no report {report.id}")
+    return report
+
+
+def get_report(
+    session: Session, *, report_id: int, principal: Principal, source_address: str | None = None
+) -> ReportInfo:
+    """The report (signed text only for a referring physician); audited."""
+    report = _readable_report(session, report_id, principal)
+    signed_only = _signed_only(principal)
+    content = latest_final(session, report.id) if signed_only else None
+    info = report_info(session, report, content=content, signed_only=signed_only)
+    audit_report_event(
+        session,
+        principal,
+        source_address,
+        action="report_read",
+        report=report,
+        details={"status": report.status, "content_version": info.content_version},
+    )
+    return info
+
+
+def report_versions(
+    session: Session, *, report_id: int, principal: Principal, source_address: str | None = None
+) -> list[ReportVersionInfo]:
+    """Every stored version, oldest first (final ones only for a referring
+    physician); audited."""
+    report = _readable_report(session, report_id, principal)
+    query = select(ReportVersion).where(ReportVersion.report_id == report.id)
+    if _signed_only(principal):
+        query = query.where(ReportVersion.kind == VersionKind.FINAL.value)
+    versions = [version_info(row) for row in session.scalars(query.order_by(ReportVersion.version))]
+    audit_report_event(
+        session,
+        principal,
+        source_address,
+        action="report_versions_read",
+        report=report,
+        details={"versions": [version.version for version in versions]},
+    )
+    return versions
+
+
+def list_reports(
+    session: Session,
+    *,
+    principal: Principal,
+    offset: int,
+    limit: int,
+    study_id: int | None = None,
+    status: ReportStatus | None = None,
+    source_address: str | None = None,
+) -> ReportSummaryPage:
+    """Reports without their text, newest first; audited as one query (110112)."""
+    conditions: list[Any] = []
+    if study_id is not None:
+        conditions.append(Report.dicom_study_id == study_id)
+    if status is not None:
+        conditions.append(Report.status == status.value)
+    base = select(Report.id).join(DicomStudy, DicomStudy.id == Report.dicom_study_id)
+    if _signed_only(principal):
+        base = base.join(ImagingRequest, ImagingRequest.id == DicomStudy.imaging_request_id)
+        conditions += [
+            ImagingRequest.requested_by_id == principal.user_id,
+            Report.signed_at.is_not(None),
+        ]
+    total = int(
+        session.scalar(select(func.count()).select_from(base.where(*conditions).subquery())) or 0
+    )
+    rows = session.execute(
+        base.add_columns(
+            Report.dicom_study_id,
+            DicomStudy.study_instance_uid,
+            DicomStudy.accession_number,
+            Report.status,
+            Report.critical_flag,
+            Report.radiologist_id,
+            Report.reviewer_id,
+            Report.signed_at,
+            Report.version,
+            Report.created_at,
+            Report.updated_at,
+        )
+        .where(*conditions)
+        .order_by(Report.id.desc())
+        .offset(offset)
+        .limit(limit)
+    ).all()
+    record_audit_event(
+        session,
+        audit_event(
+            AuditEventCode.QUERY,
+            "reports_queried",
+            user_actor(principal, source_address),
+            TargetKind.REPORT,
+            None,
+            details={
+                "query": {
+                    "study_id": study_id,
+                    "status": status.value if status else None,
+                    "offset": offset,
+                    "limit": limit,
+                }
+            },
+        ),
+    )
+    items = [ReportSummary(*row) for row in rows]
+    if _signed_only(principal):
+        # the flag as signed (see signed_critical_flag): only a final report's
+        items = [
+            replace(
+                item, critical_flag=item.critical_flag and item.status == ReportStatus.FINAL.value
+            )
+            for item in items
+        ]
+    return ReportSummaryPage(items=items, total=total)
