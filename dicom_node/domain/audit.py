@@ -76,15 +76,20 @@ class SystemActor(StrEnum):
     IMPORT = "import"
     REINDEX = "reindex"
     VERIFY_REPAIR = "verify-repair"
+    # the DICOM receiver: what an arriving image sets off in the workflow (an
+    # order matched, its exam started); the peer's own events name its AE title
+    DICOM = "dicom"
 
 
 @dataclass(frozen=True, slots=True)
 class Actor:
     """Who caused an event: the actor fields of an AuditRecord.
 
-    ``role`` is the user's role for people, ``None`` for peers and the node."""
+    ``role`` is the user's role for people, ``None`` for peers and the node.
+    ``name`` is ``None`` only for a peer whose AE title is not known (a failed
+    TLS handshake, several peers counted in one event)."""
 
-    name: str
+    name: str | None
     user_id: int | None = None
     role: str | None = None
     address: str | None = None
@@ -94,14 +99,27 @@ class Actor:
         return cls(name=username, user_id=user_id, role=role, address=address)
 
     @classmethod
-    def peer(cls, ae_title: str, address: str | None = None) -> Actor:
+    def peer(cls, ae_title: str | None, address: str | None = None) -> Actor:
         """A DICOM peer, named by its calling AE title (already sanitised by the
-        SCP layer: printable, at most 16 characters)."""
-        return cls(name=ae_title, address=address)
+        SCP layer: printable, at most 16 characters); ``address`` is
+        ``host:port``, or the host alone for refusals counted per host. No AE
+        title (``None`` or empty): the peer is known by its address only."""
+        return cls(name=ae_title or None, address=address)
+
+    @classmethod
+    def claimant(
+        cls, username: str, user_id: int | None = None, address: str | None = None
+    ) -> Actor:
+        """Someone not signed in who claims to be ``username`` (a failed
+        sign-in, the lock it causes): no role, since nothing was proven;
+        ``user_id`` when the name is an account's."""
+        return cls(name=username, user_id=user_id, address=address)
 
     @classmethod
     def system(cls, which: SystemActor) -> Actor:
-        return cls(name=which.value)
+        """The node itself; ``which`` is checked (a name outside SystemActor is
+        a ValueError, so no free-text actor slips in through a plain string)."""
+        return cls(name=SystemActor(which).value)
 
 
 class TargetKind(StrEnum):
@@ -119,6 +137,17 @@ class TargetKind(StrEnum):
     AE = "AE"
     AUDIT_TRAIL = "AuditEvent"
     BACKUP = "backup"
+    IMAGING_CENTER = "ImagingCenter"
+    MODALITY = "Modality"
+    # a DICOM service refused to a peer (target_id: the service, e.g. "storage")
+    DICOM_SERVICE = "DICOM service"
+    # the level of a C-FIND, C-MOVE or C-GET, or of a search over the index
+    PATIENT_LEVEL = "PATIENT"
+    STUDY_LEVEL = "STUDY"
+    SERIES_LEVEL = "SERIES"
+    IMAGE_LEVEL = "IMAGE"
+    # a Modality Worklist query
+    MODALITY_WORKLIST = "WORKLIST"
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +167,7 @@ def audit_event(
     code: AuditEventCode,
     action: str,
     actor: Actor,
-    target: TargetKind,
+    target: TargetKind | None,
     target_id: object,
     subject: Subject = NO_SUBJECT,
     *,
@@ -147,7 +176,9 @@ def audit_event(
     details: dict[str, Any] | None = None,
 ) -> AuditRecord:
     """The one way an event is put together; the per-kind builders below fix
-    the code that kind of target is filed under."""
+    the code that kind of target is filed under. ``target`` ``None``: the event
+    is about no one record (an import of many files, a query refused before
+    its level was known)."""
     return AuditRecord(
         event_code=code,
         action=action,
@@ -156,7 +187,7 @@ def audit_event(
         actor_user_id=actor.user_id,
         actor_role=actor.role,
         source_address=actor.address,
-        target_class=target.value,
+        target_class=None if target is None else target.value,
         target_id=None if target_id is None else str(target_id),
         patient_id=subject.patient_id,
         study_instance_uid=subject.study_instance_uid,
@@ -259,6 +290,193 @@ def security_event(
         actor,
         target,
         target_id,
+        outcome=outcome,
+        reason=reason,
+        details=details,
+    )
+
+
+def application_activity_event(
+    action: str,
+    actor: Actor,
+    target: TargetKind | None,
+    target_id: object = None,
+    *,
+    outcome: AuditOutcome = AuditOutcome.SUCCESS,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditRecord:
+    """The node's own data changed as a whole: a restore (target: the
+    backup), a repair of the store (no target) (110100 Application Activity)."""
+    return audit_event(
+        AuditEventCode.APPLICATION_ACTIVITY,
+        action,
+        actor,
+        target,
+        target_id,
+        outcome=outcome,
+        reason=reason,
+        details=details,
+    )
+
+
+def audit_log_used_event(
+    actor: Actor, filters: dict[str, Any], target_id: object = None
+) -> AuditRecord:
+    """Someone read the trail, with these filters (110101 Audit Log Used);
+    ``target_id``: the one event read, if one."""
+    return audit_event(
+        AuditEventCode.AUDIT_LOG_USED,
+        "audit_log_read",
+        actor,
+        TargetKind.AUDIT_TRAIL,
+        target_id,
+        details={"filters": filters},
+    )
+
+
+def instances_accessed_event(
+    action: str,
+    actor: Actor,
+    study_pk: int,
+    subject: Subject,
+    *,
+    outcome: AuditOutcome = AuditOutcome.SUCCESS,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditRecord:
+    """A study was read, corrected or rejected (110103 Instances Accessed)."""
+    return audit_event(
+        AuditEventCode.INSTANCES_ACCESSED,
+        action,
+        actor,
+        TargetKind.STUDY,
+        study_pk,
+        subject,
+        outcome=outcome,
+        reason=reason,
+        details=details,
+    )
+
+
+def transfer_event(
+    action: str,
+    actor: Actor,
+    target: TargetKind | None,
+    target_id: object = None,
+    subject: Subject = NO_SUBJECT,
+    *,
+    outcome: AuditOutcome = AuditOutcome.SUCCESS,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditRecord:
+    """Instances came in: an association's C-STOREs, an import, a resend with
+    other content, a storage commitment (110104 Instances Transferred)."""
+    return audit_event(
+        AuditEventCode.INSTANCES_TRANSFERRED,
+        action,
+        actor,
+        target,
+        target_id,
+        subject,
+        outcome=outcome,
+        reason=reason,
+        details=details,
+    )
+
+
+def study_deleted_event(
+    action: str,
+    actor: Actor,
+    study_pk: int,
+    subject: Subject,
+    *,
+    outcome: AuditOutcome = AuditOutcome.SUCCESS,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditRecord:
+    """A study's instances were removed (110105 DICOM Study Deleted)."""
+    return audit_event(
+        AuditEventCode.STUDY_DELETED,
+        action,
+        actor,
+        TargetKind.STUDY,
+        study_pk,
+        subject,
+        outcome=outcome,
+        reason=reason,
+        details=details,
+    )
+
+
+def export_event(
+    action: str,
+    actor: Actor,
+    target: TargetKind | None,
+    target_id: object = None,
+    subject: Subject = NO_SUBJECT,
+    *,
+    outcome: AuditOutcome = AuditOutcome.SUCCESS,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditRecord:
+    """Instances left the node: a C-MOVE or C-GET (target: the level asked),
+    a backup (110106 Export)."""
+    return audit_event(
+        AuditEventCode.EXPORT,
+        action,
+        actor,
+        target,
+        target_id,
+        subject,
+        outcome=outcome,
+        reason=reason,
+        details=details,
+    )
+
+
+def query_event(
+    action: str,
+    actor: Actor,
+    target: TargetKind | None,
+    *,
+    outcome: AuditOutcome = AuditOutcome.SUCCESS,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditRecord:
+    """Someone searched: a C-FIND or MWL query (target: its level), a search
+    or listing over HTTP (target: the kind listed). The keys or filters, never
+    the results (110112 Query)."""
+    return audit_event(
+        AuditEventCode.QUERY,
+        action,
+        actor,
+        target,
+        None,
+        outcome=outcome,
+        reason=reason,
+        details=details,
+    )
+
+
+def authentication_event(
+    action: str,
+    actor: Actor,
+    user_id: int | None,
+    *,
+    outcome: AuditOutcome = AuditOutcome.SUCCESS,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditRecord:
+    """A sign-in, a sign-out or an account change, about the account
+    ``user_id`` (``None``: a sign-in with a name no account has) (110114 User
+    Authentication)."""
+    return audit_event(
+        AuditEventCode.USER_AUTHENTICATION,
+        action,
+        actor,
+        TargetKind.USER,
+        user_id,
         outcome=outcome,
         reason=reason,
         details=details,
