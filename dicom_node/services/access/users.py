@@ -30,7 +30,7 @@ from dicom_node.domain.permissions import Principal
 from dicom_node.services.access import passwords
 from dicom_node.services.access.auth import clear_lockouts
 from dicom_node.services.audit.record import record_audit_event
-from dicom_node.services.workflow.orders import Listed, escape_like, order_by
+from dicom_node.services.listing import Listed, escape_like, order_by
 
 MIN_PASSWORD_LENGTH = 10
 _USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,63}")

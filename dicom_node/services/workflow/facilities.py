@@ -25,14 +25,8 @@ from dicom_node.domain.enums import ModalityStatus
 from dicom_node.domain.errors import AlreadyExists, InvalidValue, NotFound
 from dicom_node.domain.permissions import Principal
 from dicom_node.services.audit.record import record_audit_event
-from dicom_node.services.workflow.orders import (
-    Listed,
-    SortColumn,
-    count_of,
-    escape_like,
-    modality_code,
-    order_by,
-)
+from dicom_node.domain.order_values import modality_code
+from dicom_node.services.listing import Listed, SortColumn, count_of, escape_like, order_by
 
 _CENTER_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 _SHORT_STRING = re.compile(r"[^\x00-\x1f\x7f\\]{1,16}")

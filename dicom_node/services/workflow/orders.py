@@ -10,235 +10,37 @@ turn a refused transition into ``Conflict`` naming the current state.
 
 Ownership: a referring physician sees only the orders they requested; any
 other order is ``NotFound`` to them (not theirs to know about).
-
-This module also holds the small listing helpers (sort allow-lists, LIKE
-escaping, a page of results) the other API use cases share.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
-from typing import Any, Generic, TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import ColumnElement, Select, case, func, select, text
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy import case, select, text
+from sqlalchemy.orm import Session
 
 from dicom_node.db.models import ImagingCenter, ImagingRequest, Modality
 from dicom_node.db.query import person_name_condition
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import ModalityStatus, Priority, RequestStatus, Role
 from dicom_node.domain.errors import Conflict, Forbidden, InvalidValue, NotFound
+from dicom_node.domain.order_values import (
+    PATIENT_SEXES,
+    dicom_date,
+    long_string,
+    modality_code,
+    person_name,
+)
 from dicom_node.domain.permissions import Principal
 from dicom_node.domain.query import Wildcard
 from dicom_node.domain.uids import new_uid
 from dicom_node.services.audit.record import acting, record_audit_event
-
-T = TypeVar("T")
-
-# --------------------------------------------------------------------------- listing helpers
-
-
-@dataclass(frozen=True, slots=True)
-class Listed(Generic[T]):
-    """One page of a listing and how many match in all."""
-
-    items: list[T]
-    total: int
-
-
-SortColumn = InstrumentedAttribute[Any] | ColumnElement[Any]
-
-
-def order_by(
-    sort: str | None,
-    allowed: Mapping[str, SortColumn],
-    *,
-    default: str,
-    tiebreak: SortColumn,
-) -> list[ColumnElement[Any]]:
-    """ORDER BY clauses for ``sort`` ("field,-other": ``-`` is descending).
-
-    Only names in ``allowed`` are accepted (InvalidValue on field ``sort``);
-    ``tiebreak`` (the primary key) keeps paging stable among equal values.
-    """
-    clauses: list[ColumnElement[Any]] = []
-    for raw in (sort or default).split(","):
-        name = raw.strip()
-        descending = name.startswith("-")
-        name = name.lstrip("-+ ")
-        if not name:
-            continue
-        if name not in allowed:
-            options = ", ".join(sorted(allowed))
-            raise InvalidValue(f"cannot sort by {name!r} (one of: {options})", field="sort")
-        column = allowed[name]
-        clauses.append(column.desc() if descending else column.asc())
-    clauses.append(tiebreak.asc())
-    return clauses
-
-
-def escape_like(value: str) -> str:
-    """``value`` as a literal inside a LIKE pattern (escape character backslash)."""
-    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def count_of(session: Session, query: Select[*tuple[Any, ...]]) -> int:
-    return int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
-
-
-# --------------------------------------------------------------------------- DICOM values
-
-# PS3.3 C.7.3.1.1.1 Modality defined terms (current, not retired)
-MODALITY_CODES = frozenset(
-    (
-        "AR",
-        "ASMT",
-        "AU",
-        "BDUS",
-        "BI",
-        "BMD",
-        "CFM",
-        "CR",
-        "CT",
-        "CTPROTOCOL",
-        "DMS",
-        "DG",
-        "DOC",
-        "DX",
-        "ECG",
-        "EEG",
-        "EMG",
-        "EOG",
-        "EPS",
-        "ES",
-        "FID",
-        "GM",
-        "HC",
-        "HD",
-        "IO",
-        "IOL",
-        "IVOCT",
-        "IVUS",
-        "KER",
-        "KO",
-        "LEN",
-        "LS",
-        "MG",
-        "MR",
-        "M3D",
-        "NM",
-        "OAM",
-        "OCT",
-        "OP",
-        "OPM",
-        "OPT",
-        "OPTBSV",
-        "OPTENF",
-        "OPV",
-        "OSS",
-        "OT",
-        "PLAN",
-        "POS",
-        "PR",
-        "PT",
-        "PX",
-        "REG",
-        "RESP",
-        "RF",
-        "RG",
-        "RTDOSE",
-        "RTIMAGE",
-        "RTINTENT",
-        "RTPLAN",
-        "RTRAD",
-        "RTRECORD",
-        "RTSEGANN",
-        "RTSTRUCT",
-        "RWV",
-        "SEG",
-        "SM",
-        "SMR",
-        "SR",
-        "SRF",
-        "STAIN",
-        "TEXTUREMAP",
-        "TG",
-        "US",
-        "VA",
-        "XA",
-        "XAPROTOCOL",
-        "XC",
-    )
-)
-PATIENT_SEXES = ("M", "F", "O")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")
-
-
-def modality_code(value: str, *, field: str) -> str:
-    code = value.strip().upper()
-    if code not in MODALITY_CODES:
-        raise InvalidValue(f"{value!r} is not a DICOM modality code (e.g. CT, MR, US)", field=field)
-    return code
-
-
-def long_string(value: str | None, *, field: str, required: bool = False) -> str | None:
-    """A DICOM LO value: at most 64 characters, no backslash or control characters."""
-    text_value = (value or "").strip()
-    if not text_value:
-        if required:
-            raise InvalidValue(f"{field} must not be empty", field=field)
-        return None
-    if len(text_value) > 64 or _CONTROL.search(text_value):
-        raise InvalidValue(
-            f"{field} must be at most 64 characters without backslash or control characters",
-            field=field,
-        )
-    return text_value
-
-
-def person_name(value: str | None, *, field: str, required: bool = False) -> str | None:
-    """A DICOM PN value (PS3.5 6.2.1): at most three component groups separated by
-    ``=``, each of at most five ``^``-separated components of at most 64 characters."""
-    text_value = (value or "").strip()
-    if not text_value:
-        if required:
-            raise InvalidValue(f"{field} must not be empty", field=field)
-        return None
-    groups = text_value.split("=")
-    if (
-        len(groups) > 3
-        or _CONTROL.search(text_value)
-        or any(
-            len(group.split("^")) > 5 or any(len(part) > 64 for part in group.split("^"))
-            for group in groups
-        )
-    ):
-        raise InvalidValue(
-            f"{field} is not a DICOM person name (Family^Given^Middle^Prefix^Suffix)",
-            field=field,
-        )
-    if required and not groups[0].strip("^ "):
-        raise InvalidValue(f"{field} needs its alphabetic form (before any '=')", field=field)
-    return text_value
-
-
-def dicom_date(value: str | None, *, field: str) -> str | None:
-    """A DICOM DA value YYYYMMDD that is a real calendar date."""
-    text_value = (value or "").strip()
-    if not text_value:
-        return None
-    try:
-        if len(text_value) != 8 or not text_value.isdigit():
-            raise ValueError
-        date(int(text_value[:4]), int(text_value[4:6]), int(text_value[6:]))
-    except ValueError:
-        raise InvalidValue(f"{field} must be a date YYYYMMDD", field=field) from None
-    return text_value
+from dicom_node.services.listing import Listed, SortColumn, count_of, order_by
 
 
 def _fold_procedure(value: str | None) -> str:

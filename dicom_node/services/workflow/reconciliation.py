@@ -54,16 +54,13 @@ from dicom_node.services.workflow.completeness import (
     ensure_worklist_item,
     perform_order,
 )
+from dicom_node.services.listing import Listed, SortColumn, count_of, order_by
 from dicom_node.services.workflow.orders import (
     OPEN_STATUSES,
-    Listed,
     OrderInfo,
-    SortColumn,
     advance_order,
     audit_duplicate_forced,
-    count_of,
     lock_patient_orders,
-    order_by,
     order_info,
 )
 from dicom_node.services.workflow.reading_worklist import ensure_review_item
