@@ -8,7 +8,6 @@ read, and text is decoded with the dataset's SpecificCharacterSet.
 from __future__ import annotations
 
 import os
-import struct
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -28,7 +27,11 @@ from dicom_node.domain.inflate import (
     InvalidDeflate,
     inflated,
 )
-from dicom_node.domain.part10 import dataset_offset
+from dicom_node.domain.part10 import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    dataset_is_complete,
+    dataset_offset,
+)
 from dicom_node.domain.part10_source import Buffer, Part10Source, open_part10
 from dicom_node.domain.uids import is_valid_uid
 
@@ -139,7 +142,7 @@ def read_header(
                     lambda: source.chunks(offset), limit=max_dataset_bytes, scratch_dir=scratch_dir
                 ) as plain:
                     ds = _read_inflated(plain)
-                    check_structure(plain, 0, _EXPLICIT_LE)
+                    check_structure(plain, 0, EXPLICIT_VR_LITTLE_ENDIAN)
             else:
                 with source.stream() as stream:
                     ds = pydicom.dcmread(stream, stop_before_pixels=True, specific_tags=_TAGS)
@@ -174,86 +177,14 @@ def _read_inflated(plain: Buffer) -> Dataset:
 
 
 _DEFLATED = DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
-_EXPLICIT_LE = "1.2.840.10008.1.2.1"
-_IMPLICIT_LE = "1.2.840.10008.1.2"
-_EXPLICIT_BE = "1.2.840.10008.1.2.2"
-_LONG_VRS = {
-    b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV",
-}  # fmt: skip
-_UNDEFINED = 0xFFFFFFFF
-_ITEM, _ITEM_END, _SEQUENCE_END = 0xE000, 0xE00D, 0xE0DD
-_MAX_DEPTH = 64
-
-
-class _Truncated(Exception):
-    pass
 
 
 def check_structure(data: Buffer, offset: int, transfer_syntax: str) -> None:
-    """Walk every element header of the dataset (values skipped) and refuse one
-    that is cut short: each length must fit, each sequence and item must close.
-
-    pydicom alone does not notice: it skips unrequested values by seeking and
-    stops quietly at the end of the data. A deflated stream is skipped here:
-    read_header checks it once inflated (a cut there fails the inflater).
-    """
-    if transfer_syntax == _DEFLATED:
-        return
-    order = ">" if transfer_syntax == _EXPLICIT_BE else "<"
-    try:
-        end = _walk(data, offset, order, transfer_syntax == _IMPLICIT_LE, depth=0)
-    except (_Truncated, struct.error):
-        raise InvalidHeader("dataset is truncated") from None
-    if end != len(data):
+    """Refuse a data set cut short (domain/part10.py walks its element headers):
+    pydicom alone does not notice, it skips unrequested values by seeking and
+    stops quietly at the end of the data."""
+    if not dataset_is_complete(data, offset, transfer_syntax):
         raise InvalidHeader("dataset is truncated")
-
-
-def _walk(data: Buffer, position: int, order: str, implicit: bool, *, depth: int) -> int:
-    """Elements until the end of the data, or past the item delimiter closing them."""
-    if depth > _MAX_DEPTH:
-        raise _Truncated
-    while position < len(data):
-        group, element = struct.unpack_from(f"{order}HH", data, position)
-        if group == 0xFFFE:
-            if element == _ITEM_END and depth > 0:
-                return position + 8
-            raise _Truncated
-        vr = b""
-        if implicit:
-            length, header = struct.unpack_from(f"{order}I", data, position + 4)[0], 8
-        else:
-            vr = data[position + 4 : position + 6]
-            if vr in _LONG_VRS:
-                length, header = struct.unpack_from(f"{order}I", data, position + 8)[0], 12
-            else:
-                length, header = struct.unpack_from(f"{order}H", data, position + 6)[0], 8
-        if length == _UNDEFINED:
-            # UN of undefined length holds implicit VR little endian (PS3.5 6.2.2)
-            inner_implicit, inner_order = (True, "<") if vr == b"UN" else (implicit, order)
-            position = _walk_items(data, position + header, inner_order, inner_implicit, depth)
-        else:
-            position += header + length
-    if position > len(data) or depth > 0:
-        raise _Truncated
-    return position
-
-
-def _walk_items(data: Buffer, position: int, order: str, implicit: bool, depth: int) -> int:
-    """Items of an undefined-length sequence (or pixel fragments), past its delimiter."""
-    while True:
-        group, element, length = struct.unpack_from(f"{order}HHI", data, position)
-        if group != 0xFFFE:
-            raise _Truncated
-        if element == _SEQUENCE_END:
-            return position + 8
-        if element != _ITEM:
-            raise _Truncated
-        if length == _UNDEFINED:
-            position = _walk(data, position + 8, order, implicit, depth=depth + 1)
-        else:
-            position += 8 + length
-            if position > len(data):
-                raise _Truncated
 
 
 # The index keeps each value within its VR's maximum length (PS3.5 6.2), the width

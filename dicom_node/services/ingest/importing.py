@@ -10,7 +10,7 @@ from pathlib import Path
 from dicom_node.db.engine import Database
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import AuditOutcome
-from dicom_node.domain.part10 import PREAMBLE_LENGTH, PREFIX
+from dicom_node.domain.part10 import HEAD_LENGTH, has_part10_prefix
 from dicom_node.services.audit.record import record_audit_event
 from dicom_node.services.ingest.instances import IngestPolicy, Source, StoreOutcome, store_instance
 from dicom_node.storage import FileStore
@@ -82,11 +82,11 @@ def import_files(
             # the file itself is mapped by store_instance, never read whole: it may
             # be over max_dataset_bytes (refused, counted) or a deflate bomb
             with path.open("rb") as file:
-                prefix = file.read(PREAMBLE_LENGTH + len(PREFIX))
+                prefix = file.read(HEAD_LENGTH)
         except OSError:
             summary.unreadable += 1
             continue
-        if prefix[PREAMBLE_LENGTH:] != PREFIX:
+        if not has_part10_prefix(prefix):
             summary.skipped += 1  # a README, a viewer on the CD...: not ours to refuse
             continue
         result = store_instance(

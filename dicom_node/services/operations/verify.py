@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,9 +47,8 @@ from dicom_node.db.engine import Database
 from dicom_node.db.models import AuditEvent, DicomInstance, DicomSeries, DicomStudy
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import AuditOutcome
-
-# the file-meta walk of domain.part10, streamed (its VR table is shared, not copied)
-from dicom_node.domain.part10 import LONG_VRS, PREAMBLE_LENGTH, PREFIX
+from dicom_node.domain.errors import InvalidValue
+from dicom_node.domain.part10 import HEAD_LENGTH, has_part10_prefix, stream_dataset_offset
 from dicom_node.services.audit.record import record_audit_event
 from dicom_node.services.ingest.importing import import_files
 from dicom_node.services.ingest.instances import IngestPolicy
@@ -80,7 +78,10 @@ def digest_file(path: Path, *, copy_to: BinaryIO | None = None) -> FileDigest:
     content = hashlib.sha256()
     size = 0
     with path.open("rb") as source:
-        offset = content_offset(source)
+        try:  # domain.part10's walk, a value skipped by a seek
+            offset: int | None = stream_dataset_offset(source)
+        except InvalidValue:  # not Part 10, or its file meta is cut short
+            offset = None
         source.seek(0)
         data = source.read(CHUNK)
         while data:
@@ -98,37 +99,9 @@ def has_dicm_prefix(path: Path) -> bool:
     """Does the file start like DICOM Part 10 (128-byte preamble, then "DICM")?"""
     try:
         with path.open("rb") as source:
-            head = source.read(PREAMBLE_LENGTH + 4)
+            return has_part10_prefix(source.read(HEAD_LENGTH))
     except OSError:
         return False
-    return head[PREAMBLE_LENGTH:] == PREFIX
-
-
-def content_offset(source: BinaryIO) -> int | None:
-    """Where the dataset starts (after the preamble and group 0002), read
-    element header by element header: a value is skipped with a seek, never
-    read, so a huge or damaged file meta costs no memory. None when the file is
-    not Part 10 (decided at once when the DICM prefix is missing) or its file
-    meta is truncated. The same walk as ``domain.part10.dataset_offset``."""
-    end = os.fstat(source.fileno()).st_size
-    source.seek(0)
-    if source.read(PREAMBLE_LENGTH + 4)[PREAMBLE_LENGTH:] != PREFIX:
-        return None
-    offset = PREAMBLE_LENGTH + 4
-    while offset + 8 <= end:
-        source.seek(offset)
-        header = source.read(12)
-        if len(header) < 8:
-            return None  # the file shrank meanwhile
-        if struct.unpack_from("<H", header, 0)[0] != 0x0002:
-            return offset
-        if header[4:6] in LONG_VRS:
-            if offset + 12 > end or len(header) < 12:
-                return None
-            offset += 12 + struct.unpack_from("<I", header, 8)[0]
-        else:
-            offset += 8 + struct.unpack_from("<H", header, 6)[0]
-    return offset if offset == end else None
 
 
 class ProblemKind(StrEnum):
