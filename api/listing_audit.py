@@ -41,9 +41,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.audit import TargetKind, query_event
 from dicom_node.domain.permissions import Principal
-from dicom_node.services.audit.record import acting, record_audit_event
+from dicom_node.services.audit.record import record_audit_event
+from dicom_node.services.audit.subjects import user_actor
 
 WORKLIST_AUDIT_INTERVAL = 300.0
 # distinct (user, address, query) listings remembered; the oldest go first
@@ -72,12 +73,12 @@ def record_listing(
         details["repeats_since_last_event"] = repeats
     record_audit_event(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.QUERY,
-            action=action,
-            target_class=target_class,
+        query_event(
+            action,
+            user_actor(principal, source_address),
+            # a kind the vocabulary names (ValueError otherwise)
+            TargetKind(target_class),
             details=details,
-            **acting(principal, source_address),
         ),
     )
 

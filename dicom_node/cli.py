@@ -18,6 +18,7 @@ from types import FrameType
 from dicom_node import __version__, log_limit
 from dicom_node.db import migrate
 from dicom_node.db.engine import redact_url
+from dicom_node.domain.audit import Actor, SystemActor
 from dicom_node.domain.enums import Role
 from dicom_node.domain.errors import DomainError
 from dicom_node.logging_setup import configure_logging
@@ -330,7 +331,7 @@ def cmd_user_add(settings: Settings, args: argparse.Namespace) -> int:
                 email=args.email,
                 display_name=args.display_name,
                 specialty=args.specialty,
-                actor="cli",
+                actor=Actor.system(SystemActor.CLI),
             )
     finally:
         db.dispose()
@@ -346,7 +347,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     try:
         ensure_schema(db, upgrade_if_empty=True, owner_url=settings.database_owner_url)
         with db.unit_of_work() as session:
-            summary = load_demo(session, password=password, actor="cli")
+            summary = load_demo(session, password=password, actor=SystemActor.CLI)
     finally:
         db.dispose()
     # printed to the terminal of whoever ran the command, never logged
@@ -398,15 +399,17 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
         raise CommandError(f"no such file or directory: {', '.join(missing)}")
     from dicom_node.services.ingest.importing import iter_files
 
-    return _import(settings, list(iter_files(args.paths)), actor="import")
+    return _import(settings, list(iter_files(args.paths)), actor=SystemActor.IMPORT)
 
 
 def cmd_reindex(settings: Settings, args: argparse.Namespace) -> int:
     store = open_store(settings)
-    return _import(settings, store.iter_files(), actor="reindex", in_store=True)
+    return _import(settings, store.iter_files(), actor=SystemActor.REINDEX, in_store=True)
 
 
-def _import(settings: Settings, files: list[Path], *, actor: str, in_store: bool = False) -> int:
+def _import(
+    settings: Settings, files: list[Path], *, actor: SystemActor, in_store: bool = False
+) -> int:
     from dicom_node.services.ingest.importing import import_files
     from dicom_node.services.ingest.instances import IngestPolicy
 
@@ -462,7 +465,7 @@ def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
             store=open_store(settings),
             destination=args.destination,
             fsync=settings.fsync,
-            actor="cli",
+            actor=SystemActor.CLI,
         )
     except BackupError as exc:
         raise CommandError(str(exc)) from None
@@ -480,7 +483,7 @@ def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
             owner_url=settings.database_owner_url,
             data_dir=settings.data_dir,
             fsync=settings.fsync,
-            actor="cli",
+            actor=SystemActor.CLI,
         )
     except BackupError as exc:
         raise CommandError(str(exc)) from None
@@ -501,7 +504,7 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
             repaired = repair_store(
                 db,
                 store,
-                actor="verify-repair",
+                actor=SystemActor.VERIFY_REPAIR,
                 index_orphans=args.repair,
                 remove_purged=args.remove_purged,
                 remove_superseded=args.remove_superseded,

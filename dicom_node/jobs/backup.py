@@ -11,6 +11,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from dicom_node.domain.audit import SystemActor
 from dicom_node.services.operations.backup import (
     MANIFEST,
     BackupCancelled,
@@ -64,7 +65,7 @@ def run_scheduled_backup(
             destination=work,
             fsync=settings.fsync,
             now=now,
-            actor="scheduler",
+            actor=SystemActor.SCHEDULER,
             record_as=final,
             cancel=cancel,
         )

@@ -39,6 +39,7 @@ from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
 from dicom_node.db.engine import Database
+from dicom_node.domain.audit import TargetKind
 from dicom_node.log_limit import LogLimiter
 from dicom_node.scp import status
 from dicom_node.scp.find import WORKLIST_MODEL
@@ -174,7 +175,7 @@ class AccessControl:
                 host=host,
                 port=port,
                 calling_ae=calling,
-                target_class="DICOM service",
+                target_class=TargetKind.DICOM_SERVICE,
                 target_id=service,
                 reason=NOT_KNOWN,
             )

@@ -16,6 +16,7 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 
+from dicom_node.domain.audit import TargetKind
 from dicom_node.metrics import ASSOCIATIONS, ASSOCIATIONS_ABORTED, ASSOCIATIONS_ACTIVE
 from dicom_node.scp import status
 from dicom_node.scp.access import AccessControl
@@ -184,7 +185,7 @@ def handle_rejected(event: Event, access: AccessControl) -> None:
             host=host,
             port=port,
             calling_ae=calling,
-            target_class="AE",
+            target_class=TargetKind.AE,
             target_id=requested.strip(),
             reason=reason,
         )

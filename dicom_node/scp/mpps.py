@@ -13,6 +13,7 @@ from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node.db.engine import Database
+from dicom_node.domain.audit import TargetKind
 from dicom_node.domain.uids import is_valid_uid
 from dicom_node.log_limit import LogLimiter
 from dicom_node.scp import status
@@ -169,7 +170,7 @@ class MppsHandler:
                 host=str(requestor.address),
                 port=int(requestor.port),
                 calling_ae=requestor.ae_title,
-                target_class="PerformedProcedureStep",
+                target_class=TargetKind.PROCEDURE_STEP,
                 target_id=uid,
                 reason=NOT_THE_CREATOR,
             )

@@ -18,6 +18,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.db.engine import Database
+from dicom_node.domain.audit import TargetKind
 from dicom_node.log_limit import LogLimiter
 from dicom_node.scp import move_sink, tls
 from dicom_node.scp.access import AccessControl
@@ -494,7 +495,7 @@ class DicomServer:
                     host=host,
                     port=port,
                     calling_ae="",
-                    target_class="AE",
+                    target_class=TargetKind.AE,
                     target_id=self._settings.ae_title,
                     reason=f"TLS handshake failed: {reason}",
                 )

@@ -22,7 +22,7 @@ from pynetdicom.dsutils import create_file_meta, encode_file_meta
 from pynetdicom.events import Event
 
 from dicom_node.db.engine import Database
-from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.audit import Actor, Subject, TargetKind, transfer_event
 from dicom_node.domain.enums import AuditOutcome
 from dicom_node.domain.inflate import DatasetTooLarge
 from dicom_node.metrics import observe_store
@@ -155,15 +155,19 @@ class StoreHandler:
             with self._db.unit_of_work() as session:
                 record_audit_event(
                     session,
-                    AuditRecord(
-                        event_code=AuditEventCode.INSTANCES_TRANSFERRED,
-                        action="instances_received",
+                    transfer_event(
+                        "instances_received",
+                        Actor.peer(requestor.ae_title, f"{requestor.address}:{requestor.port}"),
+                        TargetKind.STUDY,
+                        None,
+                        # the one study and patient sent, if one
+                        Subject(
+                            patient_id=next(iter(tally.patients))
+                            if len(tally.patients) == 1
+                            else None,
+                            study_instance_uid=studies[0] if len(studies) == 1 else None,
+                        ),
                         outcome=AuditOutcome.MINOR_FAILURE if refused else AuditOutcome.SUCCESS,
-                        actor=requestor.ae_title,
-                        source_address=f"{requestor.address}:{requestor.port}",
-                        target_class="DicomStudy",
-                        study_instance_uid=studies[0] if len(studies) == 1 else None,
-                        patient_id=next(iter(tally.patients)) if len(tally.patients) == 1 else None,
                         details={
                             "counts": dict(tally.outcomes),
                             "studies": studies[:_MAX_STUDIES_IN_AUDIT],

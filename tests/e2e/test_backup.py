@@ -30,6 +30,7 @@ from dicom_node.db.models import (
     ReportVersion,
     User,
 )
+from dicom_node.domain.audit import SystemActor
 from dicom_node.domain.enums import Role
 from dicom_node.domain.part10 import dataset_offset
 from dicom_node.jobs.backup import complete_backups, run_scheduled_backup
@@ -108,7 +109,7 @@ class Sender:
 def _seed_orders_reports_and_audit(node: Node, study_uid: str) -> None:
     assert node.db is not None
     with node.db.unit_of_work() as session:
-        load_demo(session, password="demo-password-for-backup", actor="test")
+        load_demo(session, password="demo-password-for-backup", actor=SystemActor.CLI)
     with node.db.unit_of_work() as session:
         radiologist = session.scalars(
             select(User).where(User.role == Role.RADIOLOGIST.value).order_by(User.id)
@@ -270,7 +271,7 @@ def _import(tmp_path: Path, db_url: str, source: Path) -> ImportSummary:
             FileStore(tmp_path / "data", fsync=False),
             list(iter_files([source])),
             policy=IngestPolicy(),
-            actor="import",
+            actor=SystemActor.IMPORT,
         )
     finally:
         db.dispose()

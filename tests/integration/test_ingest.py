@@ -23,6 +23,7 @@ from dicom_node.db.models import (
     PerformedProcedureStep,
     WorklistItem,
 )
+from dicom_node.domain.audit import SystemActor
 from dicom_node.domain.demo import DEMO_STUDIES
 from dicom_node.domain.enums import Priority
 from dicom_node.domain.matching import SlaPolicy
@@ -267,7 +268,7 @@ def test_hostile_uid_never_becomes_a_path(db: Database, store: FileStore) -> Non
 
 def _load_demo(db: Database) -> None:
     with db.unit_of_work() as session:
-        load_demo(session, password="demo-password-1", actor="test")
+        load_demo(session, password="demo-password-1", actor=SystemActor.CLI)
 
 
 def test_samples_match_their_demo_orders_by_study_uid(db: Database, store: FileStore) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy import event, select
 
 from dicom_node.db.engine import Database
 from dicom_node.db.models import AuditEvent, ImagingCenter, Modality
+from dicom_node.domain.audit import TargetKind
 from dicom_node.services.access.known_aes import KnownAeTitles
 from dicom_node.services.access.refusals import (
     ASSOCIATION_REJECTED,
@@ -50,7 +51,7 @@ def rejected(host: str = "10.0.0.7", calling: str = "INTRUDER", called: str = "W
         host=host,
         port=40000,
         calling_ae=calling,
-        target_class="AE",
+        target_class=TargetKind.AE,
         target_id=called,
         reason="called AE title not recognised",
     )
@@ -137,7 +138,7 @@ def test_peers_and_kinds_are_counted_apart(db: Database, audit: RefusalAudit, cl
         host="10.0.0.7",
         port=40001,
         calling_ae="INTRUDER",
-        target_class="DICOM service",
+        target_class=TargetKind.DICOM_SERVICE,
         target_id="storage",
         reason="calling AE title not known",
     )

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from dicom_node.db.engine import Database
+from dicom_node.domain.audit import SystemActor
 from dicom_node.services.access.users import create_user
 from dicom_node.services.ingest.importing import import_files, iter_files
 from dicom_node.services.ingest.instances import IngestPolicy
@@ -132,7 +133,7 @@ def _load(data_dir: Path, template: Path, source: Path) -> None:
             FileStore(data_dir, fsync=False),
             list(iter_files([source])),
             policy=IngestPolicy(),
-            actor="interop-tests",
+            actor=SystemActor.IMPORT,
         )
         assert summary.ok, summary.describe()
         with db.unit_of_work() as session:

@@ -48,7 +48,7 @@ from sqlalchemy.orm import Session
 from dicom_node.db.engine import Database
 from dicom_node.db.models import ApiToken, SignInSource, User
 from dicom_node.db.types import utcnow
-from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.audit import Actor, TargetKind, authentication_event, security_event
 from dicom_node.domain.enums import AuditOutcome, Role
 from dicom_node.domain.errors import AuthenticationFailed
 from dicom_node.domain.permissions import Principal
@@ -60,6 +60,7 @@ from dicom_node.services.access.passwords import (
     verify_password,
 )
 from dicom_node.services.audit.record import record_audit_event
+from dicom_node.services.audit.subjects import user_actor
 
 log = logging.getLogger(__name__)
 
@@ -270,15 +271,8 @@ def _record(
     )
     record_audit_event(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.USER_AUTHENTICATION,
-            action="sign_in",
-            actor=user.username,
-            actor_user_id=user.id,
-            actor_role=user.role,
-            source_address=source_address,
-            target_class="User",
-            target_id=str(user.id),
+        authentication_event(
+            "sign_in", Actor.user(user.id, user.username, user.role, source_address), user.id
         ),
     )
     return IssuedToken(token=token, expires_at=expires_at, principal=_principal(user))
@@ -320,15 +314,12 @@ def _count_failure(
         )
         record_audit_event(
             session,
-            AuditRecord(
-                event_code=AuditEventCode.SECURITY_ALERT,
-                action="account_locked",
+            security_event(
+                "account_locked",
+                Actor.claimant(user.username, user.id, source_address),
+                TargetKind.USER,
+                user.id,
                 outcome=AuditOutcome.MINOR_FAILURE,
-                actor=user.username,
-                actor_user_id=user.id,
-                source_address=source_address,
-                target_class="User",
-                target_id=str(user.id),
                 reason=(
                     f"{failures} failed sign-ins from addresses the account has not signed "
                     "in from: locked for such addresses"
@@ -356,15 +347,11 @@ def _audit_failure(
 ) -> None:
     record_audit_event(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.USER_AUTHENTICATION,
-            action="sign_in_failed",
+        authentication_event(
+            "sign_in_failed",
+            Actor.claimant(_CONTROL.sub("?", username)[:64], user.id if user else None, source),
+            user.id if user else None,
             outcome=AuditOutcome.MINOR_FAILURE,
-            actor=_CONTROL.sub("?", username)[:64],
-            actor_user_id=user.id if user else None,
-            source_address=source,
-            target_class="User",
-            target_id=str(user.id) if user else None,
             reason=reason,
         ),
     )
@@ -403,16 +390,7 @@ def sign_out(
     )
     record_audit_event(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.USER_AUTHENTICATION,
-            action="sign_out",
-            actor=principal.username,
-            actor_user_id=principal.user_id,
-            actor_role=principal.role.value,
-            source_address=source_address,
-            target_class="User",
-            target_id=str(principal.user_id),
-        ),
+        authentication_event("sign_out", user_actor(principal, source_address), principal.user_id),
     )
 
 

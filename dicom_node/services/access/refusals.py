@@ -37,7 +37,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from dicom_node.db.engine import Database
-from dicom_node.domain.audit import AuditEventCode, AuditRecord, SecurityAlertType
+from dicom_node.domain.audit import (
+    Actor,
+    AuditRecord,
+    SecurityAlertType,
+    TargetKind,
+    security_event,
+)
 from dicom_node.domain.enums import AuditOutcome
 from dicom_node.log_limit import LogLimiter
 from dicom_node.services.audit.record import record_audit_event
@@ -70,7 +76,9 @@ class Refusal:
     host: str  # the peer's IP address
     port: int
     calling_ae: str
-    target_class: str  # what was refused: "AE" (the called AE title) or "DICOM service"
+    # what was refused: the called AE title (AE), a service (DICOM_SERVICE), an
+    # MPPS step (PROCEDURE_STEP)
+    target_class: TargetKind
     target_id: str
     reason: str
 
@@ -83,7 +91,7 @@ class _Tally:
     held: int = 0  # counted, not yet audited
     first_at: datetime | None = None
     last_at: datetime | None = None
-    target_class: str = ""
+    target_class: TargetKind | None = None
     # what an aggregated event lists, MAX_LISTED distinct values each; the others
     # are counted in other_*
     calling: dict[str, int] = field(default_factory=dict)
@@ -280,14 +288,12 @@ def _event_type(action: str) -> str:
 
 
 def _first_event(refusal: Refusal, at: datetime) -> AuditRecord:
-    return AuditRecord(
-        event_code=AuditEventCode.SECURITY_ALERT,
-        action=refusal.action,
+    return security_event(
+        refusal.action,
+        Actor.peer(refusal.calling_ae, f"{refusal.host}:{refusal.port}"),
+        refusal.target_class,
+        refusal.target_id,
         outcome=AuditOutcome.MINOR_FAILURE,
-        actor=refusal.calling_ae,
-        source_address=f"{refusal.host}:{refusal.port}",
-        target_class=refusal.target_class,
-        target_id=refusal.target_id,
         reason=refusal.reason,
         details={
             "event_type": _event_type(refusal.action),
@@ -323,14 +329,14 @@ def _aggregated_event(key: tuple[str, str], tally: _Tally, interval: float) -> A
     ):
         if others:
             details[name] = others
-    return AuditRecord(
-        event_code=AuditEventCode.SECURITY_ALERT,
-        action=action,
+    assert tally.target_class is not None  # a tally is made by its first refusal
+    return security_event(
+        action,
+        # one AE title seen: the peer's; several: in the details, none named here
+        Actor.peer(only(tally.calling, tally.other_calling), host),
+        tally.target_class,
+        only(tally.targets, tally.other_targets),
         outcome=AuditOutcome.MINOR_FAILURE,
-        actor=only(tally.calling, tally.other_calling),
-        source_address=host,
-        target_class=tally.target_class,
-        target_id=only(tally.targets, tally.other_targets),
         reason=only(tally.reasons, 0),
         details=details,
     )

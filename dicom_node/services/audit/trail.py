@@ -13,11 +13,12 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from dicom_node.db.models import AuditEvent
-from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.audit import audit_log_used_event
 from dicom_node.domain.enums import AuditOutcome
 from dicom_node.domain.errors import NotFound
 from dicom_node.domain.permissions import Principal
 from dicom_node.services.audit.record import record_audit_event
+from dicom_node.services.audit.subjects import user_actor
 from dicom_node.services.query.studies import check_text
 
 
@@ -127,17 +128,7 @@ def record_audit_log_use(
     """110101 Audit Log Used: who read the trail, with which filters."""
     record_audit_event(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.AUDIT_LOG_USED,
-            action="audit_log_read",
-            actor=principal.username,
-            actor_user_id=principal.user_id,
-            actor_role=principal.role.value,
-            source_address=source_address,
-            target_class="AuditEvent",
-            target_id=target_id,
-            details={"filters": filters},
-        ),
+        audit_log_used_event(user_actor(principal, source_address), filters, target_id),
     )
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from dicom_node.db.engine import Database
 from dicom_node.db.models import DicomInstance, DicomSeries, DicomStudy
-from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.audit import Actor, TargetKind, transfer_event
 from dicom_node.domain.enums import AuditOutcome, Completeness, CompletenessEvidence
 from dicom_node.domain.matching import SlaPolicy
 from dicom_node.services.audit.record import record_audit_event
@@ -52,7 +52,7 @@ def check_commitment(
     *,
     transaction_uid: str,
     references: Sequence[Reference],
-    actor: str,
+    actor: str,  # the calling AE title of the peer asking
     sla: SlaPolicy,
     now: datetime,
 ) -> CommitmentResult:
@@ -106,13 +106,12 @@ def check_commitment(
                 result.completed_studies.append(study.study_instance_uid)
         record_audit_event(
             session,
-            AuditRecord(
-                event_code=AuditEventCode.INSTANCES_TRANSFERRED,
-                action="storage_commitment",
+            transfer_event(
+                "storage_commitment",
+                Actor.peer(actor),
+                TargetKind.STORAGE_COMMITMENT,
+                transaction_uid,
                 outcome=AuditOutcome.MINOR_FAILURE if result.failed else AuditOutcome.SUCCESS,
-                actor=actor,
-                target_class="StorageCommitment",
-                target_id=transaction_uid,
                 details={
                     "committed": len(result.committed),
                     "failed": [ref.sop_instance_uid for ref, _ in result.failed][:100],

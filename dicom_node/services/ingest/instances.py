@@ -50,7 +50,15 @@ from dicom_node.db.engine import Database
 from dicom_node.db.held_syntaxes import record_held_syntax
 from dicom_node.db.models import DicomInstance, DicomSeries, DicomStudy, Patient
 from dicom_node.db.upsert import insert_ignoring_conflict
-from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.audit import (
+    Actor,
+    Subject,
+    SystemActor,
+    TargetKind,
+    patient_record_event,
+    procedure_event,
+    transfer_event,
+)
 from dicom_node.domain.dataset_header import InstanceHeader, InvalidHeader, read_header
 from dicom_node.domain.enums import AuditOutcome, Completeness, MetadataStatus, StudyStatus
 from dicom_node.domain.errors import InvalidValue
@@ -90,7 +98,16 @@ class Source:
 
     calling_ae_title: str | None = None
     address: str | None = None
-    actor: str = "dicom"
+    # who acts when no peer sent it: the CLI's import or reindex; the workflow
+    # steps an arrival sets off (matching, an exam started) are the receiver's
+    actor: SystemActor = SystemActor.DICOM
+
+    def audit_actor(self) -> Actor:
+        """The actor of the events this instance's own arrival writes: the
+        sending peer, or the node for files read from disk."""
+        if self.calling_ae_title:
+            return Actor.peer(self.calling_ae_title, self.address)
+        return Actor.system(self.actor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,15 +534,12 @@ def _index(
     if parents.completeness == Completeness.COMPLETE.value:
         record_audit_event(
             session,
-            AuditRecord(
-                event_code=AuditEventCode.PROCEDURE_RECORD,
-                action="study_reopened",
-                actor=source.calling_ae_title or source.actor,
-                source_address=source.address,
-                target_class="DicomStudy",
-                target_id=str(parents.study_pk),
-                patient_id=header.patient_id,
-                study_instance_uid=header.study_instance_uid,
+            procedure_event(
+                "study_reopened",
+                source.audit_actor(),
+                TargetKind.STUDY,
+                parents.study_pk,
+                Subject(patient_id=header.patient_id, study_instance_uid=header.study_instance_uid),
                 reason="an instance arrived after the study was complete",
                 details={
                     "before": {"completeness": Completeness.COMPLETE.value},
@@ -746,22 +760,26 @@ def _index_resend(
         outcome, reason = StoreOutcome.KEPT_EXISTING, "stored copy kept, new content discarded"
     record_audit_event(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.INSTANCES_TRANSFERRED,
-            action="instance_content_conflict",
+        transfer_event(
+            "instance_content_conflict",
+            source.audit_actor(),
+            TargetKind.INSTANCE,
+            header.sop_instance_uid,
+            _subject(header),
             outcome=AuditOutcome.MINOR_FAILURE,
-            actor=source.calling_ae_title or source.actor,
-            source_address=source.address,
-            target_class="DicomInstance",
-            target_id=header.sop_instance_uid,
-            patient_id=header.patient_id,
-            study_instance_uid=header.study_instance_uid,
-            accession_number=header.accession_number,
             reason=reason,
             details=details,
         ),
     )
     return _Indexed(outcome, relative, old_path=old, audit_reason=reason)
+
+
+def _subject(header: InstanceHeader) -> Subject:
+    return Subject(
+        patient_id=header.patient_id,
+        study_instance_uid=header.study_instance_uid,
+        accession_number=header.accession_number,
+    )
 
 
 def _upsert_patient(session: Session, header: InstanceHeader) -> int:
@@ -894,17 +912,13 @@ def _quarantine(session: Session, study_pk: int, header: InstanceHeader, source:
     actor = source.calling_ae_title or source.actor
     record_audit_event(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.PATIENT_RECORD,
-            action="study_patient_conflict",
+        patient_record_event(
+            "study_patient_conflict",
+            source.audit_actor(),
+            TargetKind.STUDY,
+            study_pk,
+            _subject(header),
             outcome=AuditOutcome.MINOR_FAILURE,
-            actor=actor,
-            source_address=source.address,
-            target_class="DicomStudy",
-            target_id=str(study_pk),
-            patient_id=header.patient_id,
-            study_instance_uid=header.study_instance_uid,
-            accession_number=header.accession_number,
             reason=reason,
             details={
                 "before": {"metadata_status": before},

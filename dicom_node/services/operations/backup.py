@@ -59,7 +59,14 @@ from dicom_node import __version__
 from dicom_node.db import migrate
 from dicom_node.db.engine import Database
 from dicom_node.db.models import DicomInstance, DicomSeries, DicomStudy
-from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.audit import (
+    Actor,
+    AuditRecord,
+    SystemActor,
+    TargetKind,
+    application_activity_event,
+    export_event,
+)
 from dicom_node.domain.errors import Cancelled
 from dicom_node.services.audit.chain import AuditAnchor, AuditChainReport, verify_audit_chain
 from dicom_node.services.audit.record import record_audit_event
@@ -259,7 +266,7 @@ def create_backup(
     destination: Path,
     fsync: bool = True,
     now: datetime | None = None,
-    actor: str = "backup",
+    actor: SystemActor = SystemActor.CLI,
     record_as: Path | None = None,
     after_snapshot: Callable[[], None] | None = None,
     cancel: threading.Event | None = None,
@@ -300,11 +307,10 @@ def create_backup(
         raise
     _audit(
         database_url,
-        AuditRecord(
-            event_code=AuditEventCode.EXPORT,
-            action="backup_created",
-            actor=actor,
-            target_class="backup",
+        export_event(
+            "backup_created",
+            Actor.system(actor),
+            TargetKind.BACKUP,
             details={
                 "destination": str(record_as or destination),
                 "schema_revision": manifest.schema_revision,
@@ -693,7 +699,7 @@ def restore_backup(
     database_url: str,
     data_dir: Path,
     fsync: bool = True,
-    actor: str = "restore",
+    actor: SystemActor = SystemActor.CLI,
     owner_url: str = "",
 ) -> RestoreResult:
     """Bring a backup back into an empty data dir and an empty database.
@@ -800,7 +806,7 @@ def _check_audit_chain(database_url: str, manifest: Manifest) -> AuditChainRepor
         db.dispose()
 
 
-def _finish_restore(url: str, source: Path, manifest: Manifest, actor: str) -> None:
+def _finish_restore(url: str, source: Path, manifest: Manifest, actor: SystemActor) -> None:
     """Delete the rows whose files were removed after the snapshot (the backup
     has no file for them) and audit the restore, in one transaction."""
     removed = list(manifest.removed_after_snapshot)
@@ -819,11 +825,10 @@ def _finish_restore(url: str, source: Path, manifest: Manifest, actor: str) -> N
             _recount(session, series_pks)
             record_audit_event(
                 session,
-                AuditRecord(
-                    event_code=AuditEventCode.APPLICATION_ACTIVITY,
-                    action="backup_restored",
-                    actor=actor,
-                    target_class="backup",
+                application_activity_event(
+                    "backup_restored",
+                    Actor.system(actor),
+                    TargetKind.BACKUP,
                     details={
                         "source": str(source),
                         "backup_created_at": manifest.created_at,

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dicom_node.db.models import ImagingCenter, ImagingRequest, Modality
-from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.audit import Actor, SystemActor, order_event
 from dicom_node.domain.demo import (
     DEMO_CENTERS,
     DEMO_MODALITIES,
@@ -21,6 +21,7 @@ from dicom_node.domain.demo import (
 from dicom_node.domain.enums import RequestStatus
 from dicom_node.services.access.users import create_user, find_user
 from dicom_node.services.audit.record import record_audit_event
+from dicom_node.services.audit.subjects import order_subject
 
 
 @dataclass
@@ -44,7 +45,7 @@ def generate_demo_password() -> str:
     return secrets.token_urlsafe(12)
 
 
-def load_demo(session: Session, *, password: str, actor: str) -> DemoSummary:
+def load_demo(session: Session, *, password: str, actor: SystemActor) -> DemoSummary:
     """Create what is missing of the demo set; running it twice creates nothing new."""
     summary = DemoSummary()
     centers: dict[str, ImagingCenter] = {}
@@ -89,7 +90,7 @@ def load_demo(session: Session, *, password: str, actor: str) -> DemoSummary:
                 role=demo_user.role.value,
                 display_name=demo_user.display_name,
                 specialty=demo_user.specialty,
-                actor=actor,
+                actor=Actor.system(actor),
             )
             summary.users_created.append(demo_user)
     referrer = find_user(session, "demo.referrer")
@@ -129,15 +130,11 @@ def load_demo(session: Session, *, password: str, actor: str) -> DemoSummary:
         session.flush()
         record_audit_event(
             session,
-            AuditRecord(
-                event_code=AuditEventCode.ORDER_RECORD,
-                action="order_scheduled",
-                actor=actor,
-                target_class="ImagingRequest",
-                target_id=str(order.id),
-                patient_id=study.patient_id,
-                study_instance_uid=study.study_instance_uid,
-                accession_number=study.accession_number,
+            order_event(
+                "order_scheduled",
+                Actor.system(actor),
+                order.id,
+                order_subject(order),
                 details={"after": {"status": RequestStatus.SCHEDULED.value, "source": "demo"}},
             ),
         )

@@ -67,12 +67,11 @@ from dicom_node.db.models import (
     DicomSeries,
     DicomStudy,
     ImagingRequest,
-    Patient,
     PerformedProcedureStep,
     Report,
     WorklistItem,
 )
-from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.audit import Actor, SystemActor, study_deleted_event
 from dicom_node.domain.enums import (
     OPEN_WORKLIST_STATUSES,
     Completeness,
@@ -82,6 +81,7 @@ from dicom_node.domain.enums import (
     RequestStatus,
 )
 from dicom_node.services.audit.record import record_audit_event
+from dicom_node.services.audit.subjects import study_subject
 from dicom_node.storage import FileStore
 
 _KEEPABLE = (MetadataStatus.MATCHED.value, MetadataStatus.CORRECTED.value)
@@ -266,18 +266,14 @@ def _purge(
     # the ORM change puts the study in the change feed
     study.instance_count = 0
     study.series_count = 0
-    patient_id = session.scalar(select(Patient.patient_id).where(Patient.id == study.patient_pk))
     record_audit_event(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.STUDY_DELETED,
-            action="study_images_purged",
-            actor=actor,
-            target_class="DicomStudy",
-            target_id=str(study.id),
-            patient_id=patient_id,
-            study_instance_uid=study.study_instance_uid,
-            accession_number=study.accession_number,
+        study_deleted_event(
+            "study_images_purged",
+            # retention is the node's own act (the scheduler's job)
+            Actor.system(SystemActor(actor)),
+            study.id,
+            study_subject(session, study),
             reason=(
                 f"retention: last image more than {retention_days} days ago, "
                 "every report final and signed after it"

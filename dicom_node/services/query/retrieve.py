@@ -20,7 +20,7 @@ from dicom_node.db.engine import Database
 from dicom_node.db.held_syntaxes import held_syntaxes
 from dicom_node.db.models import DicomInstance
 from dicom_node.db.query import compile_query
-from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.audit import Actor, Subject, TargetKind, export_event
 from dicom_node.domain.enums import AuditOutcome
 from dicom_node.domain.query import (
     LEVEL_ORDER,
@@ -180,21 +180,21 @@ def record_export(
     result: ExportResult = NOTHING_SENT,
     refused: str | None = None,
 ) -> None:
-    """110106 Export: who took which instances where (C-MOVE and C-GET), what
+    """110106 Export: who (``actor``, the calling AE title) took which
+    instances where (C-MOVE and C-GET), what
     the destination answered for them and why the failed ones failed; a
     refused retrieve (``refused`` says why) is recorded too."""
     with db.unit_of_work() as session:
         record_audit_event(
             session,
-            AuditRecord(
-                event_code=AuditEventCode.EXPORT,
-                action="instances_exported",
+            export_event(
+                "instances_exported",
+                Actor.peer(actor, source_address),
+                TargetKind(level.value) if level is not None else None,
+                None,
+                Subject(study_instance_uid=_one_study(keys)),
                 outcome=export_outcome(result, refused),
-                actor=actor,
-                source_address=source_address,
-                target_class=level.value if level is not None else None,
                 reason=refused,
-                study_instance_uid=_one_study(keys),
                 details={
                     "destination": destination,
                     "keys": audited_keys(keys),
