@@ -23,13 +23,14 @@ from sqlalchemy.orm import Session
 
 from dicom_node.db.models import ApiToken, User
 from dicom_node.db.types import utcnow
-from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.audit import Actor, authentication_event
 from dicom_node.domain.enums import Role
 from dicom_node.domain.errors import AlreadyExists, Conflict, InvalidValue, NotFound
 from dicom_node.domain.permissions import Principal
 from dicom_node.services.access import passwords
 from dicom_node.services.access.auth import clear_lockouts
 from dicom_node.services.audit.record import record_audit_event
+from dicom_node.services.audit.subjects import user_actor
 from dicom_node.services.listing import Listed, escape_like, order_by
 
 MIN_PASSWORD_LENGTH = 10
@@ -80,10 +81,18 @@ def create_user(
     display_name: str | None = None,
     specialty: str | None = None,
     is_lead: bool = False,
-    actor: str,
+    actor: Actor | str,
     actor_user_id: int | None = None,
     source_address: str | None = None,
 ) -> UserInfo:
+    """A new account, audited (110114 ``user_created``) without the password.
+
+    ``actor``: who creates it, an :class:`Actor` (``user_actor`` of the admin,
+    or ``Actor.system(SystemActor.CLI)``). A plain name with ``actor_user_id``
+    and ``source_address`` is the older form, kept while ``api/routes/users.py``
+    still passes it."""
+    if isinstance(actor, str):
+        actor = Actor(name=actor, user_id=actor_user_id, address=source_address)
     username = username.strip().lower()
     if not _USERNAME.fullmatch(username):
         raise InvalidValue(
@@ -109,16 +118,7 @@ def create_user(
     session.flush()
     record_audit_event(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.USER_AUTHENTICATION,
-            action="user_created",
-            actor=actor,
-            actor_user_id=actor_user_id,
-            source_address=source_address,
-            target_class="User",
-            target_id=str(user.id),
-            details={"after": _audited(user)},
-        ),
+        authentication_event("user_created", actor, user.id, details={"after": _audited(user)}),
     )
     return _info(user)
 
@@ -227,15 +227,10 @@ def update_user(
             _revoke_tokens(session, user.id)
         record_audit_event(
             session,
-            AuditRecord(
-                event_code=AuditEventCode.USER_AUTHENTICATION,
-                action="user_updated",
-                actor=actor.username,
-                actor_user_id=actor.user_id,
-                actor_role=actor.role.value,
-                source_address=source_address,
-                target_class="User",
-                target_id=str(user.id),
+            authentication_event(
+                "user_updated",
+                user_actor(actor, source_address),
+                user.id,
                 details=_diff(before, after),
             ),
         )
@@ -261,15 +256,10 @@ def reset_password(
     revoked = _revoke_tokens(session, user.id)
     record_audit_event(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.USER_AUTHENTICATION,
-            action="user_password_reset",
-            actor=actor.username,
-            actor_user_id=actor.user_id,
-            actor_role=actor.role.value,
-            source_address=source_address,
-            target_class="User",
-            target_id=str(user.id),
+        authentication_event(
+            "user_password_reset",
+            user_actor(actor, source_address),
+            user.id,
             details={"tokens_revoked": revoked},
         ),
     )

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dicom_node.db.engine import Database
-from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.audit import Actor, SystemActor, transfer_event
 from dicom_node.domain.enums import AuditOutcome
 from dicom_node.domain.part10 import HEAD_LENGTH, has_part10_prefix
 from dicom_node.services.audit.record import record_audit_event
@@ -67,7 +67,7 @@ def import_files(
     files: list[Path],
     *,
     policy: IngestPolicy,
-    actor: str,
+    actor: SystemActor,
     progress: Callable[[int], None] | None = None,
     in_store: bool = False,
 ) -> ImportSummary:
@@ -105,11 +105,11 @@ def import_files(
     with db.unit_of_work() as session:
         record_audit_event(
             session,
-            AuditRecord(
-                event_code=AuditEventCode.INSTANCES_TRANSFERRED,
-                action="instances_imported",
+            transfer_event(
+                "instances_imported",
+                Actor.system(actor),
+                None,  # many files, many studies: the counts say what came in
                 outcome=AuditOutcome.SUCCESS if summary.ok else AuditOutcome.MINOR_FAILURE,
-                actor=actor,
                 details={
                     "counts": dict(summary.outcomes),
                     "unreadable": summary.unreadable,

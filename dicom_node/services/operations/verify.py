@@ -45,7 +45,7 @@ from sqlalchemy.orm import Session
 
 from dicom_node.db.engine import Database
 from dicom_node.db.models import AuditEvent, DicomInstance, DicomSeries, DicomStudy
-from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.audit import Actor, SystemActor, application_activity_event
 from dicom_node.domain.enums import AuditOutcome
 from dicom_node.domain.errors import InvalidValue
 from dicom_node.domain.part10 import HEAD_LENGTH, has_part10_prefix, stream_dataset_offset
@@ -386,7 +386,7 @@ def repair_store(
     db: Database,
     store: FileStore,
     *,
-    actor: str,
+    actor: SystemActor,
     index_orphans: bool = True,
     remove_purged: bool = False,
     remove_superseded: bool = False,
@@ -433,11 +433,11 @@ def repair_store(
     with db.unit_of_work() as session:
         record_audit_event(
             session,
-            AuditRecord(
-                event_code=AuditEventCode.APPLICATION_ACTIVITY,
-                action="integrity_repair",
+            application_activity_event(
+                "integrity_repair",
+                Actor.system(actor),
+                None,  # the store as a whole
                 outcome=AuditOutcome.SUCCESS if after.ok else AuditOutcome.MINOR_FAILURE,
-                actor=actor,
                 details={
                     "before": {kind.value: before.count(kind) for kind in ProblemKind},
                     "after": {kind.value: after.count(kind) for kind in ProblemKind},

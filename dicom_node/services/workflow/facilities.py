@@ -20,11 +20,12 @@ from sqlalchemy.orm import Session
 
 from dicom_node.db.models import ImagingCenter, Modality
 from dicom_node.domain.aetitle import validate_ae_title
-from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.audit import TargetKind, security_event
 from dicom_node.domain.enums import ModalityStatus
 from dicom_node.domain.errors import AlreadyExists, InvalidValue, NotFound
 from dicom_node.domain.permissions import Principal
 from dicom_node.services.audit.record import record_audit_event
+from dicom_node.services.audit.subjects import user_actor
 from dicom_node.domain.order_values import modality_code
 from dicom_node.services.listing import Listed, SortColumn, count_of, escape_like, order_by
 
@@ -124,14 +125,15 @@ def create_center(
     )
     session.add(center)
     _flush_unique(session, f"an imaging center with code {center.code!r} already exists")
-    _audit(
+    record_audit_event(
         session,
-        "imaging_center_created",
-        "ImagingCenter",
-        center.id,
-        {"after": _fields(center, _CENTER_FIELDS)},
-        principal,
-        source_address,
+        security_event(
+            "imaging_center_created",
+            user_actor(principal, source_address),
+            TargetKind.IMAGING_CENTER,
+            center.id,
+            details={"after": _fields(center, _CENTER_FIELDS)},
+        ),
     )
     return _center_info(center)
 
@@ -151,14 +153,15 @@ def update_center(
     after = _fields(center, _CENTER_FIELDS)
     if after != before:
         _flush_unique(session, f"an imaging center with code {center.code!r} already exists")
-        _audit(
+        record_audit_event(
             session,
-            "imaging_center_updated",
-            "ImagingCenter",
-            center.id,
-            _diff(before, after),
-            principal,
-            source_address,
+            security_event(
+                "imaging_center_updated",
+                user_actor(principal, source_address),
+                TargetKind.IMAGING_CENTER,
+                center.id,
+                details=_diff(before, after),
+            ),
         )
     return _center_info(center)
 
@@ -263,14 +266,15 @@ def create_modality(
     )
     session.add(modality)
     _flush_unique(session, f"AE title {modality.dicom_ae_title!r} is already in use")
-    _audit(
+    record_audit_event(
         session,
-        "modality_created",
-        "Modality",
-        modality.id,
-        {"after": _fields(modality, _MODALITY_FIELDS)},
-        principal,
-        source_address,
+        security_event(
+            "modality_created",
+            user_actor(principal, source_address),
+            TargetKind.MODALITY,
+            modality.id,
+            details={"after": _fields(modality, _MODALITY_FIELDS)},
+        ),
     )
     return _modality_info(modality)
 
@@ -290,14 +294,15 @@ def update_modality(
     after = _fields(modality, _MODALITY_FIELDS)
     if after != before:
         _flush_unique(session, f"AE title {modality.dicom_ae_title!r} is already in use")
-        _audit(
+        record_audit_event(
             session,
-            "modality_updated",
-            "Modality",
-            modality.id,
-            _diff(before, after),
-            principal,
-            source_address,
+            security_event(
+                "modality_updated",
+                user_actor(principal, source_address),
+                TargetKind.MODALITY,
+                modality.id,
+                details=_diff(before, after),
+            ),
         )
     return _modality_info(modality)
 
@@ -402,28 +407,3 @@ def _diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         "before": {name: before.get(name) for name in changed},
         "after": {name: after[name] for name in changed},
     }
-
-
-def _audit(
-    session: Session,
-    action: str,
-    target_class: str,
-    target_id: int,
-    details: dict[str, Any],
-    principal: Principal,
-    source_address: str | None,
-) -> None:
-    record_audit_event(
-        session,
-        AuditRecord(
-            event_code=AuditEventCode.SECURITY_ALERT,
-            action=action,
-            actor=principal.username,
-            actor_user_id=principal.user_id,
-            actor_role=principal.role.value,
-            source_address=source_address,
-            target_class=target_class,
-            target_id=str(target_id),
-            details=details,
-        ),
-    )
