@@ -53,7 +53,10 @@ _SOURCE_ADDRESS_LENGTH = 64
 
 
 def acting(principal: Principal, source_address: str | None) -> dict[str, Any]:
-    """The actor fields of an AuditRecord for what ``principal`` did."""
+    """The actor fields of an AuditRecord for what ``principal`` did.
+
+    Superseded by ``services/audit/subjects.py: user_actor`` and the builders
+    of ``domain/audit.py``; goes when its last caller does."""
     return {
         "actor": principal.username,
         "actor_user_id": principal.user_id,
