@@ -24,9 +24,10 @@ from sqlalchemy.orm import Session
 from dicom_node.db.models import DicomStudy, ImagingRequest, Report, ReportVersion
 from dicom_node.db.types import utcnow
 from dicom_node.domain.audit import AuditEventCode, TargetKind, audit_event
-from dicom_node.domain.enums import ReportStatus, Role
+from dicom_node.domain.enums import ReportStatus
 from dicom_node.domain.errors import NotFound
 from dicom_node.domain.permissions import Principal
+from dicom_node.services.access.visibility import may_see_order, sees_every_order, study_condition
 from dicom_node.services.audit.record import record_audit_event
 from dicom_node.services.audit.subjects import user_actor
 from dicom_node.services.reporting.critical_results import (
@@ -139,8 +140,10 @@ def report_info(
 
 
 def _signed_only(principal: Principal) -> bool:
-    """Whether ``principal`` reads signed text only (a referring physician)."""
-    return principal.role is Role.REFERRING_PHYSICIAN
+    """Whether ``principal`` reads signed text only: whoever the visibility
+    rule narrows (a referring physician) sees a report as signed, never the
+    work on it."""
+    return not sees_every_order(principal)
 
 
 def _readable_report(session: Session, report_id: int, principal: Principal) -> Report:
@@ -148,12 +151,10 @@ def _readable_report(session: Session, report_id: int, principal: Principal) -> 
     if report is None:
         raise NotFound(f"no report {report_id}")
     if _signed_only(principal):
-        requested_by = session.scalar(
-            select(ImagingRequest.requested_by_id)
-            .join(DicomStudy, DicomStudy.imaging_request_id == ImagingRequest.id)
-            .where(DicomStudy.id == report.dicom_study_id)
-        )
-        if requested_by != principal.user_id or report.signed_at is None:
+        study = session.get(DicomStudy, report.dicom_study_id)
+        order_id = study.imaging_request_id if study is not None else None
+        order = session.get(ImagingRequest, order_id) if order_id is not None else None
+        if order is None or not may_see_order(principal, order) or report.signed_at is None:
             # not theirs, or nothing signed yet: not theirs to know about
             raise NotFound(f"no report {report.id}")
     return report
@@ -217,11 +218,7 @@ def list_reports(
         conditions.append(Report.status == status.value)
     base = select(Report.id).join(DicomStudy, DicomStudy.id == Report.dicom_study_id)
     if _signed_only(principal):
-        base = base.join(ImagingRequest, ImagingRequest.id == DicomStudy.imaging_request_id)
-        conditions += [
-            ImagingRequest.requested_by_id == principal.user_id,
-            Report.signed_at.is_not(None),
-        ]
+        conditions += [study_condition(principal), Report.signed_at.is_not(None)]
     total = int(
         session.scalar(select(func.count()).select_from(base.where(*conditions).subquery())) or 0
     )
