@@ -12,7 +12,8 @@ a pending record with a communicated_at before its identified_at is 422
 
 A record past its deadline with nothing communicated is *missed*
 (``missed_deadlines``): listed by ``overdue_critical_communications`` and
-escalated once by ``reporting/escalation.py``.
+escalated once by ``reporting/escalation.py``, which opens a ``critical_comm``
+work item for the study; recording the communication completes that item.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from sqlalchemy.orm import Session
 from dicom_node.db.models import CriticalResultCommunication, Report
 from dicom_node.db.types import utcnow
 from dicom_node.domain.audit import TargetKind
-from dicom_node.domain.enums import ReportStatus
+from dicom_node.domain.enums import QueueType, ReportStatus, WorklistStatus
 from dicom_node.domain.errors import Conflict, InvalidValue, NotFound
 from dicom_node.domain.permissions import Principal
 from dicom_node.services.reporting.records import audit_report_event, locked_report
+from dicom_node.services.workflow.reading_worklist import close_items
 
 
 class CommunicationMethod(StrEnum):
@@ -281,7 +283,38 @@ def record_communication(
             "deadline_met": row.communicated_at <= row.deadline_at,
         },
     )
+    _complete_critical_item(session, report, principal=principal, source_address=source_address)
     return row
+
+
+def _complete_critical_item(
+    session: Session, report: Report, *, principal: Principal, source_address: str | None
+) -> None:
+    """The study's critical_comm item (opened by escalation, reporting/escalation.py)
+    is done once no escalated finding of the report is left untold: completed
+    by whoever recorded the communication (``worklist_item_completed``). Left
+    open, it stayed in the queue for ever and kept retention from purging
+    the study."""
+    still_missed = session.scalar(
+        select(CriticalResultCommunication.id)
+        .where(
+            CriticalResultCommunication.report_id == report.id,
+            CriticalResultCommunication.communicated_at.is_(None),
+            CriticalResultCommunication.escalated_at.is_not(None),
+        )
+        .limit(1)
+    )
+    if still_missed is not None:
+        return
+    close_items(
+        session,
+        study_id=report.dicom_study_id,
+        queue=QueueType.CRITICAL_COMM,
+        to=WorklistStatus.COMPLETED,
+        principal=principal,
+        source_address=source_address,
+        reason=f"critical result of report {report.id} communicated",
+    )
 
 
 def record_critical_communication(
