@@ -151,6 +151,9 @@ STUDY_READING: StateMachine[StudyStatus] = StateMachine(
     {
         "claim_reading": ((_S.ACQUIRED,), _S.READING),
         "release_reading": ((_S.READING,), _S.ACQUIRED),
+        # the reading item cancelled (the study became a conflict or was
+        # rejected) and nobody has started a report: nobody is reading it
+        "reading_cancelled": ((_S.READING,), _S.ACQUIRED),
         "finalize_report": ((_S.ACQUIRED, _S.READING), _S.REPORTED),
     },
 )
