@@ -29,16 +29,16 @@ from dicom_node.db.query import person_name_condition
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
 from dicom_node.domain.enums import ModalityStatus, Priority, RequestStatus, Role
 from dicom_node.domain.errors import Conflict, Forbidden, InvalidValue, NotFound
-from dicom_node.domain.order_values import (
+from dicom_node.domain.permissions import Principal
+from dicom_node.domain.query import Wildcard
+from dicom_node.domain.uids import new_uid
+from dicom_node.domain.vr import (
     PATIENT_SEXES,
     dicom_date,
     long_string,
     modality_code,
     person_name,
 )
-from dicom_node.domain.permissions import Principal
-from dicom_node.domain.query import Wildcard
-from dicom_node.domain.uids import new_uid
 from dicom_node.services.audit.record import acting, record_audit_event
 from dicom_node.services.listing import Listed, SortColumn, count_of, order_by
 
