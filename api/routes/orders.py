@@ -1,9 +1,10 @@
 """Orders (ImagingRequest): create with duplicate prevention, list, read, edit,
 schedule/reschedule, cancel, start and complete.
 
-A referring physician sees only the orders they requested: any other answers
-404. An invalid transition answers 409 with ``current_state``; a duplicate
-order 409 with the open order in ``existing``.
+A referring physician sees only the orders they requested or are the referrer
+of (services/access/visibility.py): any other answers 404. An invalid
+transition answers 409 with ``current_state``; a duplicate order 409 with the
+open order in ``existing``.
 """
 
 from __future__ import annotations
@@ -30,18 +31,18 @@ from api.schemas.orders import (
 )
 from dicom_node.domain.enums import Priority, RequestStatus
 from dicom_node.domain.permissions import Permission, Principal
-from dicom_node.services.workflow.orders import (
+from dicom_node.services.workflow.order_listing import (
     ORDER_SORTS,
-    NewOrder,
     OrderFilter,
-    OrderInfo,
-    cancel_order,
-    complete_order,
-    create_order,
     list_orders,
     read_order,
+)
+from dicom_node.services.workflow.order_steps import cancel_order, complete_order, start_order
+from dicom_node.services.workflow.orders import (
+    NewOrder,
+    OrderInfo,
+    create_order,
     schedule_order_by_id,
-    start_order,
     update_order,
 )
 
@@ -81,7 +82,10 @@ def _public(info: OrderInfo) -> OrderPublic:
 def create_imaging_request(
     context: Context, user: Creator, body: OrderCreate, request: Request
 ) -> OrderPublic:
-    """A new order (requested), requested by the caller. An open order of the same
+    """A new order (requested), requested by the caller, for the referring
+    physician ``referring_physician_id`` (schedulers and admins choose from the
+    user list; 422 unless an active referring physician) or the one whose name
+    ``referring_physician_name`` is. An open order of the same
     patient for the same modality and procedure within the configured window is
     a 409 with that order, unless ``force`` with a ``force_reason`` (audited)."""
     new = NewOrder(
@@ -95,6 +99,7 @@ def create_imaging_request(
         priority=body.priority.value,
         clinical_indication=body.clinical_indication,
         referring_physician_name=body.referring_physician_name,
+        referring_physician_id=body.referring_physician_id,
         requesting_physician=body.requesting_physician,
         scheduled_performing_physician_name=body.scheduled_performing_physician_name,
         imaging_center_id=body.imaging_center_id,
@@ -128,6 +133,7 @@ def list_imaging_requests(
     accession_number: Annotated[Text | None, Query(max_length=16)] = None,
     imaging_center_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     requested_by_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    referring_physician_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     scheduled_from: UtcDatetime | None = None,
     scheduled_to: UtcDatetime | None = None,
     created_from: UtcDatetime | None = None,
@@ -138,7 +144,8 @@ def list_imaging_requests(
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
 ) -> Page[OrderPublic]:
-    """Orders the caller may see (a referring physician: their own), newest first
+    """Orders the caller may see (a referring physician: those they requested or
+    are the referrer of), newest first
     unless ``sort`` says otherwise. Audited as a Query (110112) with the query
     parameters and counts."""
     filters = OrderFilter(
@@ -151,6 +158,7 @@ def list_imaging_requests(
         accession_number=accession_number,
         imaging_center_id=imaging_center_id,
         requested_by_id=requested_by_id,
+        referring_physician_id=referring_physician_id,
         scheduled_from=scheduled_from,
         scheduled_to=scheduled_to,
         created_from=created_from,
@@ -201,8 +209,9 @@ def update_imaging_request(
     context: Context, user: Creator, order_id: OrderId, body: OrderUpdate, request: Request
 ) -> OrderPublic:
     """Edit an order while it is requested or scheduled (409 otherwise); a
-    referring physician only their own, only while requested (403 once
-    scheduled). Audited with the changed fields before and after."""
+    referring physician only orders they placed, only while requested (403 once
+    scheduled, or for an order they only receive). Audited with the changed
+    fields before and after."""
     with context.db.unit_of_work() as session:
         info = update_order(
             session,

@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from dicom_node.domain.enums import Priority, RequestStatus
-from dicom_node.domain.vr import MODALITY_CODES
+from dicom_node.domain.order_values import MODALITY_CODES
 
 # ids a JSON (JavaScript) number holds exactly; far beyond any real row count
 MAX_ID = 2**53 - 1
@@ -129,6 +129,9 @@ class OrderPublic(BaseModel):
     requesting_physician: str | None
     scheduled_performing_physician_name: str | None
     requested_by_id: int | None
+    # the referring physician as a user: chosen by the scheduler, or matched
+    # from referring_physician_name; they see the order, its study and reports
+    referring_physician_id: int | None
     imaging_center_id: int | None
     scheduled_modality_id: int | None
     scheduled_at: datetime | None
@@ -158,6 +161,12 @@ class _OrderFields(BaseModel):
     priority: Priority = Priority.ROUTINE
     clinical_indication: Annotated[Text, Field(max_length=4000)] | None = None
     referring_physician_name: OptionalPersonName | None = None
+    referring_physician_id: Id | None = Field(
+        None,
+        description="the referring physician from the user list (an active user of role "
+        "referring_physician); fills referring_physician_name when that is not given. Without "
+        "it, a referring_physician_name equal to exactly one such user's display name links them",
+    )
     # the worklist's RequestingPhysician (0032,1032) and, in the scheduled step,
     # ScheduledPerformingPhysicianName (0040,0006)
     requesting_physician: OptionalPersonName | None = None
@@ -203,6 +212,9 @@ class OrderUpdate(BaseModel):
     clinical_indication: Annotated[Text, Field(max_length=4000)] | None = None
     study_description: RequiredLongString | None = None
     referring_physician_name: OptionalPersonName | None = None
+    # null unlinks the referring physician; a new referring_physician_name alone
+    # links the physician it matches
+    referring_physician_id: Id | None = None
     requesting_physician: OptionalPersonName | None = None
     scheduled_performing_physician_name: OptionalPersonName | None = None
     requested_modality: ModalityCode | None = None

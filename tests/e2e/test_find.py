@@ -17,15 +17,11 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from sqlalchemy import select
 
 from dicom_node.db.models import AuditEvent
-from dicom_node.domain.audit import SystemActor
 from dicom_node.node import Node
 from dicom_node.services.ingest.importing import import_files, iter_files
 from dicom_node.services.ingest.instances import IngestPolicy, Source, store_instance
-from tests.builders import QUERY_SEQUENCE_CASES as SEQUENCE_CASES
-from tests.builders import QUERY_STUDY_CASES as STUDY_CASES
-from tests.builders import QUERY_UID as UID
-from tests.builders import indexed
 from tests.dicomfiles import ct_dataset, to_bytes
+from tests.integration.test_query import SEQUENCE_CASES, STUDY_CASES, UID, indexed
 from tests.support import SAMPLE_DIR, dcmtk_env, dcmtk_tool
 
 SAMPLES = list(iter_files([SAMPLE_DIR]))
@@ -33,9 +29,7 @@ SAMPLES = list(iter_files([SAMPLE_DIR]))
 
 def _load_samples(node: Node) -> None:
     assert node.db is not None and node.store is not None
-    summary = import_files(
-        node.db, node.store, SAMPLES, policy=IngestPolicy(), actor=SystemActor.IMPORT
-    )
+    summary = import_files(node.db, node.store, SAMPLES, policy=IngestPolicy(), actor="test")
     assert summary.outcomes["stored"] == 31
 
 

@@ -14,6 +14,7 @@ audit diff).
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,7 +45,6 @@ from dicom_node.domain.enums import (
     Completeness,
     MetadataStatus,
     QueueType,
-    Role,
     StudyStatus,
     WorklistStatus,
 )
@@ -52,7 +52,11 @@ from dicom_node.domain.errors import Conflict, InvalidValue, NotFound
 from dicom_node.domain.names import fold_person_name
 from dicom_node.domain.permissions import Principal
 from dicom_node.domain.query import LEVEL_ORDER, InvalidQuery, Level, Match, parse_match
-from dicom_node.domain.vr import MAX_LENGTH, PATIENT_SEXES, is_calendar_date, is_code_string
+from dicom_node.services.access.visibility import (
+    may_see_order,
+    sees_every_order,
+    study_condition,
+)
 from dicom_node.services.audit.record import acting, record_audit_event
 from dicom_node.services.workflow.reading_worklist import close_items
 
@@ -168,7 +172,8 @@ def search_studies(
 
     Keys may be at patient, study, series or image level: a study matches when
     any of its series (instances) does. Rejected studies are withdrawn, as from
-    C-FIND. A referring physician sees only studies of orders they placed.
+    C-FIND. A referring physician sees only studies of orders the visibility rule
+    lets them see (services/access/visibility.py).
     """
     if filters.metadata_status is MetadataStatus.REJECTED:
         raise InvalidValue(
@@ -187,8 +192,8 @@ def search_studies(
         conditions.append(DicomStudy.completeness == filters.completeness.value)
     if filters.status is not None:
         conditions.append(DicomStudy.status == filters.status.value)
-    if principal.role is Role.REFERRING_PHYSICIAN:
-        conditions.append(_ordered_by(principal.user_id))
+    if not sees_every_order(principal):
+        conditions.append(study_condition(principal))
 
     total = session.scalar(select(func.count(DicomStudy.id)).where(*conditions)) or 0
     statement = (
@@ -239,12 +244,6 @@ def record_study_search(
 def _level_of(keywords: Mapping[str, Any] | list[str]) -> Level:
     depth = max([1, *(LEVEL_ORDER.index(ATTRIBUTES[keyword].level) for keyword in keywords)])
     return LEVEL_ORDER[depth]
-
-
-def _ordered_by(user_id: int) -> ColumnElement[bool]:
-    return DicomStudy.imaging_request_id.in_(
-        select(ImagingRequest.id).where(ImagingRequest.requested_by_id == user_id)
-    )
 
 
 def _ordering(sort: StudySort, descending: bool) -> list[ColumnElement[Any]]:
@@ -327,6 +326,7 @@ class OrderInfo:
     requested_modality: str | None
     study_description: str | None
     requested_by_id: int | None
+    referring_physician_id: int | None
     referring_physician_name: str | None
     scheduled_at: datetime | None
 
@@ -352,7 +352,8 @@ def get_study(
     """The study with its series, one page of its instances, its order and reports.
 
     Rejected studies are shown (with their status): withdrawn from search, never
-    lost. A study outside a referring physician's orders is NotFound to them,
+    lost. A study outside the visibility rule is NotFound (a referring physician:
+    one not linked to an order they requested or are the referrer of),
     and they see only reports signed at least once."""
     row = session.execute(
         select(DicomStudy, Patient)
@@ -365,9 +366,7 @@ def get_study(
     order = (
         session.get(ImagingRequest, study.imaging_request_id) if study.imaging_request_id else None
     )
-    if principal.role is Role.REFERRING_PHYSICIAN and (
-        order is None or order.requested_by_id != principal.user_id
-    ):
+    if not sees_every_order(principal) and (order is None or not may_see_order(principal, order)):
         raise NotFound(f"no study {study_id}")
 
     series = session.scalars(
@@ -396,7 +395,7 @@ def get_study(
         .limit(instance_limit)
     )
     reports = select(Report.id).where(Report.dicom_study_id == study.id)
-    if principal.role is Role.REFERRING_PHYSICIAN:
+    if not sees_every_order(principal):
         # signed at least once: the only reports they may open (services/reporting/reports.py)
         reports = reports.where(Report.signed_at.is_not(None))
     report_ids = session.scalars(reports.order_by(Report.id)).all()
@@ -464,6 +463,7 @@ def _order_info(order: ImagingRequest) -> OrderInfo:
         requested_modality=order.requested_modality,
         study_description=order.study_description,
         requested_by_id=order.requested_by_id,
+        referring_physician_id=order.referring_physician_id,
         referring_physician_name=order.referring_physician_name,
         scheduled_at=order.scheduled_at,
     )
@@ -481,16 +481,18 @@ STUDY_FIELDS = (
 )
 CORRECTABLE = IDENTITY_FIELDS + PATIENT_FIELDS + STUDY_FIELDS
 
-# the VR of each correctable text field, which bounds its length (domain/vr.py)
-_VR = {
-    "patient_id": "LO",
-    "issuer_of_patient_id": "LO",
-    "patient_name": "PN",
-    "accession_number": "SH",
-    "study_description": "LO",
-    "body_part_examined": "CS",
-    "referring_physician_name": "PN",
+# maximum lengths of the VRs (PS3.5 table 6.2-1), in characters
+_MAX_LENGTH = {
+    "patient_id": 64,
+    "issuer_of_patient_id": 64,
+    "patient_name": 324,
+    "accession_number": 16,
+    "study_description": 64,
+    "body_part_examined": 16,
+    "referring_physician_name": 324,
 }
+_CS = re.compile(r"[A-Z0-9 _]*")
+_SEXES = ("M", "F", "O")
 
 
 def check_text(field: str, value: str | None, *, allow_newlines: bool = False) -> None:
@@ -513,14 +515,19 @@ def _clean(field: str, value: str | None) -> str | None:
         return "" if field == "issuer_of_patient_id" else None
     if "\\" in text:
         raise InvalidValue(f"{field}: one value only (no backslash)", field=field)
-    limit = MAX_LENGTH[_VR[field]] if field in _VR else None
+    limit = _MAX_LENGTH.get(field)
     if limit is not None and len(text) > limit:
         raise InvalidValue(f"{field}: at most {limit} characters", field=field)
-    if field == "patient_birth_date" and not is_calendar_date(text):
-        raise InvalidValue("patient_birth_date: a DA value, YYYYMMDD", field=field)
-    if field == "patient_sex" and text not in PATIENT_SEXES:
+    if field == "patient_birth_date":
+        try:
+            if len(text) != 8 or not text.isdigit():
+                raise ValueError
+            datetime.strptime(text, "%Y%m%d")
+        except ValueError:
+            raise InvalidValue("patient_birth_date: a DA value, YYYYMMDD", field=field) from None
+    if field == "patient_sex" and text not in _SEXES:
         raise InvalidValue("patient_sex: M, F or O", field=field)
-    if field == "body_part_examined" and not is_code_string(text):
+    if field == "body_part_examined" and not _CS.fullmatch(text):
         raise InvalidValue("body_part_examined: a CS value (A-Z, 0-9, space, _)", field=field)
     return text
 

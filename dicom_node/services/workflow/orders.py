@@ -1,52 +1,56 @@
-"""ImagingRequest (order) use cases: create, list, read, edit, schedule, cancel,
-start and complete; every state change audited with before and after.
+"""ImagingRequest (order) use cases: create, edit and schedule an order, and the
+one audited move of its state; the listing is ``order_listing.py``, the steps
+after booking (cancel, start, complete) ``order_steps.py``, duplicate
+prevention ``order_duplicates.py``, the referrer as a user ``order_referrer.py``.
 
-docs/domain.md#order-states: requested -> scheduled -> in_progress -> performed; in_progress ->
-discontinued; requested/scheduled -> cancelled. ``advance_order`` is the one
-audited transition: each caller names the states it may move the order from,
-so for the DICOM side a step that does not apply is a no-op, not an error (a
-late image for a performed order changes nothing). The HTTP use cases here
+docs/domain.md#order-states: every state change is a trigger of the ORDER table
+(``domain/transitions.py``) taken through ``advance_order``, the one audited
+transition, so for the DICOM side a step that does not apply is a no-op, not an
+error (a late image for a performed order changes nothing). The HTTP use cases
 turn a refused transition into ``Conflict`` naming the current state.
 
-Ownership: a referring physician sees only the orders they requested; any
-other order is ``NotFound`` to them (not theirs to know about).
+Visibility: the one rule of ``services/access/visibility.py``; an order outside
+it is ``NotFound`` (not theirs to know about). A referring physician changes
+only an order they placed themselves, not one they only receive.
 """
 
 from __future__ import annotations
 
-import hashlib
-import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, select, text
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dicom_node.db.models import ImagingCenter, ImagingRequest, Modality
-from dicom_node.db.query import person_name_condition
-from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.audit import Actor, order_event
 from dicom_node.domain.enums import ModalityStatus, Priority, RequestStatus, Role
 from dicom_node.domain.errors import Conflict, Forbidden, InvalidValue, NotFound
-from dicom_node.domain.permissions import Principal
-from dicom_node.domain.query import Wildcard
-from dicom_node.domain.uids import new_uid
-from dicom_node.domain.vr import (
+from dicom_node.domain.order_values import (
     PATIENT_SEXES,
     dicom_date,
     long_string,
     modality_code,
     person_name,
 )
-from dicom_node.services.audit.record import acting, record_audit_event
-from dicom_node.services.listing import Listed, SortColumn, count_of, order_by
-
-
-def _fold_procedure(value: str | None) -> str:
-    """Case- and spacing-insensitive form of a procedure description."""
-    return " ".join(unicodedata.normalize("NFC", value or "").casefold().split())
-
+from dicom_node.domain.permissions import Principal
+from dicom_node.domain.transitions import ORDER
+from dicom_node.domain.uids import new_uid
+from dicom_node.services.access.visibility import may_see_order
+from dicom_node.services.audit.record import record_audit_event
+from dicom_node.services.audit.subjects import order_subject, user_actor
+from dicom_node.services.workflow.order_duplicates import (
+    audit_duplicate_forced,
+    find_duplicate_order,
+    lock_patient_orders,
+)
+from dicom_node.services.workflow.order_referrer import (
+    chosen_referrer,
+    dicom_name,
+    matched_referrer,
+)
 
 # --------------------------------------------------------------------------- public shape
 
@@ -68,6 +72,8 @@ class OrderInfo:
     requesting_physician: str | None
     scheduled_performing_physician_name: str | None
     requested_by_id: int | None
+    # the referring physician as a user (order_referrer.py), if known
+    referring_physician_id: int | None
     imaging_center_id: int | None
     scheduled_modality_id: int | None
     scheduled_at: datetime | None
@@ -111,6 +117,7 @@ def order_info(order: ImagingRequest) -> OrderInfo:
         requesting_physician=order.requesting_physician,
         scheduled_performing_physician_name=order.scheduled_performing_physician_name,
         requested_by_id=order.requested_by_id,
+        referring_physician_id=order.referring_physician_id,
         imaging_center_id=order.imaging_center_id,
         scheduled_modality_id=order.scheduled_modality_id,
         scheduled_at=order.scheduled_at,
@@ -128,8 +135,6 @@ def order_info(order: ImagingRequest) -> OrderInfo:
     )
 
 
-OPEN_STATUSES = (RequestStatus.REQUESTED, RequestStatus.SCHEDULED, RequestStatus.IN_PROGRESS)
-
 # --------------------------------------------------------------------------- transitions
 
 
@@ -139,7 +144,7 @@ def advance_order(
     to: RequestStatus,
     *,
     allowed_from: Iterable[RequestStatus],
-    actor: str,
+    actor: str | None,
     reason: str,
     actor_user_id: int | None = None,
     actor_role: str | None = None,
@@ -160,23 +165,34 @@ def advance_order(
     order.status = to.value
     record_audit_event(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.ORDER_RECORD,
-            action=f"order_{to.value}",
-            actor=actor,
-            actor_user_id=actor_user_id,
-            actor_role=actor_role,
-            source_address=source_address,
-            target_class="ImagingRequest",
-            target_id=str(order.id),
-            patient_id=order.patient_id,
-            study_instance_uid=order.study_instance_uid,
-            accession_number=order.accession_number,
+        order_event(
+            f"order_{to.value}",
+            Actor(name=actor, user_id=actor_user_id, role=actor_role, address=source_address),
+            order.id,
+            order_subject(order),
             reason=reason,
             details={"before": {"status": before}, "after": {"status": order.status}},
         ),
     )
     return True
+
+
+def take_trigger(
+    session: Session, order: ImagingRequest, trigger: str, *, actor: Actor, reason: str
+) -> bool:
+    """``advance_order`` by an ORDER trigger: True if the order's state (re-read
+    under the row lock) allowed it and it moved, False (nothing changed) if not."""
+    return advance_order(
+        session,
+        order,
+        ORDER.target(trigger),
+        allowed_from=ORDER.sources(trigger),
+        actor=actor.name,
+        reason=reason,
+        actor_user_id=actor.user_id,
+        actor_role=actor.role,
+        source_address=actor.address,
+    )
 
 
 def schedule_order(
@@ -207,7 +223,7 @@ def schedule_order(
         # schedule cannot slip between the check and the change
         session.flush()
         session.refresh(order, attribute_names=["status"], with_for_update=True)
-    if order.status not in (RequestStatus.REQUESTED.value, RequestStatus.SCHEDULED.value):
+    if not (ORDER.allows("schedule", order.status) or ORDER.allows("reschedule", order.status)):
         raise Conflict(f"an order that is {order.status} cannot be scheduled", current=order.status)
     moment = now or datetime.now(UTC)
     if order.id is None:
@@ -223,33 +239,17 @@ def schedule_order(
     order.scheduled_at = scheduled_at
     order.scheduled_on = order.scheduled_on or moment
     after = {"scheduled_at": _iso(scheduled_at), "modality_id": modality.id}
-    who: dict[str, Any] = {
-        "actor_user_id": actor_user_id,
-        "actor_role": actor_role,
-        "source_address": source_address,
-    }
-    if not advance_order(
-        session,
-        order,
-        RequestStatus.SCHEDULED,
-        allowed_from=(RequestStatus.REQUESTED,),
-        actor=actor,
-        reason="scheduled",
-        **who,
-    ):
+    who = Actor(name=actor, user_id=actor_user_id, role=actor_role, address=source_address)
+    # a first booking moves the order; a reschedule (the status stays) is its own event
+    if not take_trigger(session, order, "schedule", actor=who, reason="scheduled"):
         record_audit_event(
             session,
-            AuditRecord(
-                event_code=AuditEventCode.ORDER_RECORD,
-                action="order_rescheduled",
-                actor=actor,
-                target_class="ImagingRequest",
-                target_id=str(order.id),
-                patient_id=order.patient_id,
-                study_instance_uid=order.study_instance_uid,
-                accession_number=order.accession_number,
+            order_event(
+                "order_rescheduled",
+                who,
+                order.id,
+                order_subject(order),
                 details={"before": before, "after": after},
-                **who,
             ),
         )
     return order
@@ -274,13 +274,16 @@ class NewOrder:
     priority: str = Priority.ROUTINE.value
     clinical_indication: str | None = None
     referring_physician_name: str | None = None
+    # the referring physician chosen from the user list (order_referrer.py)
+    referring_physician_id: int | None = None
     # the Modality Worklist's RequestingPhysician and ScheduledPerformingPhysicianName
     requesting_physician: str | None = None
     scheduled_performing_physician_name: str | None = None
     imaging_center_id: int | None = None
 
 
-def _priority(value: str, *, field: str = "priority") -> Priority:
+def priority_of(value: str, *, field: str = "priority") -> Priority:
+    """The Priority named ``value``; InvalidValue on ``field`` otherwise."""
     try:
         return Priority(value)
     except ValueError:
@@ -301,47 +304,6 @@ def _center(session: Session, center_id: int | None) -> int | None:
     return center_id
 
 
-def lock_patient_orders(session: Session, patient_id: str, issuer: str) -> None:
-    """Serialise order creation per patient on PostgreSQL, so two concurrent
-    requests (a new order, an order made from a study) cannot both pass the
-    duplicate check (SQLite has one writer)."""
-    if session.get_bind().dialect.name != "postgresql":
-        return
-    digest = hashlib.sha256(f"order-duplicates|{issuer}|{patient_id}".encode()).digest()
-    key = int.from_bytes(digest[:8], "big", signed=True)
-    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
-
-
-def find_duplicate_order(
-    session: Session,
-    *,
-    patient_id: str,
-    issuer_of_patient_id: str,
-    requested_modality: str,
-    study_description: str,
-    window: timedelta,
-    now: datetime,
-) -> ImagingRequest | None:
-    """The newest open order of this patient for the same modality and procedure
-    (case-insensitive) created within ``window`` before ``now``; None if the
-    window is zero."""
-    if window <= timedelta(0):
-        return None
-    candidates = session.scalars(
-        select(ImagingRequest)
-        .where(
-            ImagingRequest.patient_id == patient_id,
-            ImagingRequest.issuer_of_patient_id == issuer_of_patient_id,
-            ImagingRequest.requested_modality == requested_modality,
-            ImagingRequest.status.in_([status.value for status in OPEN_STATUSES]),
-            ImagingRequest.created_at >= now - window,
-        )
-        .order_by(ImagingRequest.created_at.desc(), ImagingRequest.id.desc())
-    ).all()
-    wanted = _fold_procedure(study_description)
-    return next((c for c in candidates if _fold_procedure(c.study_description) == wanted), None)
-
-
 def create_order(
     session: Session,
     new: NewOrder,
@@ -353,7 +315,9 @@ def create_order(
     source_address: str | None = None,
     now: datetime | None = None,
 ) -> OrderInfo:
-    """A new order in state requested, requested by ``principal``.
+    """A new order in state requested, requested by ``principal``, for the
+    referring physician chosen by ``referring_physician_id`` (name filled from
+    them if not given) or else matched from ``referring_physician_name``.
 
     Duplicate prevention: an open order of the same patient for the same
     modality and procedure created within ``duplicate_window`` is a Conflict
@@ -378,7 +342,7 @@ def create_order(
         patient_sex=_sex(new.patient_sex),
         requested_modality=modality,
         study_description=description,
-        priority=_priority(new.priority).value,
+        priority=priority_of(new.priority).value,
         status=RequestStatus.REQUESTED.value,
         clinical_indication=(new.clinical_indication or "").strip() or None,
         referring_physician_name=person_name(
@@ -393,6 +357,10 @@ def create_order(
         created_at=moment,
         updated_at=moment,
     )
+    if new.referring_physician_id is not None:
+        _choose_referrer(session, order, principal, new.referring_physician_id)
+    else:
+        order.referring_physician_id = matched_referrer(session, order.referring_physician_name)
     lock_patient_orders(session, patient_id, issuer)
     existing = find_duplicate_order(
         session,
@@ -404,7 +372,7 @@ def create_order(
         now=moment,
     )
     if existing is not None and not force:
-        if not _visible_to(existing, principal):
+        if not may_see_order(principal, existing):
             # Another physician's order: its content is not this caller's to see
             # (GET would be 404). Saying that one exists is the point of the rule.
             raise Conflict(
@@ -426,15 +394,13 @@ def create_order(
         details["duplicate_override"] = {"existing_order_id": existing.id, "reason": reason}
     record_audit_event(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.ORDER_RECORD,
-            action="order_created",
-            target_class="ImagingRequest",
-            target_id=str(order.id),
-            patient_id=patient_id,
+        order_event(
+            "order_created",
+            user_actor(principal, source_address),
+            order.id,
+            order_subject(order),
             reason=reason if existing is not None else None,
             details=details,
-            **acting(principal, source_address),
         ),
     )
     if existing is not None:
@@ -447,32 +413,6 @@ def create_order(
             source_address=source_address,
         )
     return info
-
-
-def audit_duplicate_forced(
-    session: Session,
-    order: ImagingRequest,
-    existing: ImagingRequest,
-    *,
-    reason: str,
-    principal: Principal,
-    source_address: str | None,
-) -> None:
-    """An order made despite an open one of the same patient: its own event, so
-    an auditor can list every override, wherever it was made."""
-    record_audit_event(
-        session,
-        AuditRecord(
-            event_code=AuditEventCode.ORDER_RECORD,
-            action="order_duplicate_forced",
-            target_class="ImagingRequest",
-            target_id=str(order.id),
-            patient_id=order.patient_id,
-            reason=reason,
-            details={"existing_order_id": existing.id, "new_order_id": order.id},
-            **acting(principal, source_address),
-        ),
-    )
 
 
 _AUDITED_FIELDS = (
@@ -490,6 +430,7 @@ _AUDITED_FIELDS = (
     "requesting_physician",
     "scheduled_performing_physician_name",
     "requested_by_id",
+    "referring_physician_id",
     "imaging_center_id",
 )
 
@@ -498,10 +439,23 @@ def _audited(order: ImagingRequest, fields: Iterable[str] = _AUDITED_FIELDS) -> 
     return {name: getattr(order, name) for name in fields}
 
 
-def _visible_to(order: ImagingRequest, principal: Principal) -> bool:
-    return principal.role is not Role.REFERRING_PHYSICIAN or order.requested_by_id == (
-        principal.user_id
-    )
+def _choose_referrer(
+    session: Session, order: ImagingRequest, principal: Principal, user_id: int
+) -> None:
+    """Link ``order`` to the referring physician chosen from the user list; the
+    order's ReferringPhysicianName, when empty, becomes their DICOM name."""
+    if principal.role is Role.REFERRING_PHYSICIAN and user_id != principal.user_id:
+        raise Forbidden("a referring physician cannot name another physician as the referrer")
+    user = chosen_referrer(session, user_id)
+    order.referring_physician_id = user.id
+    order.referring_physician_name = order.referring_physician_name or dicom_name(user)
+
+
+def require_own_order(order: ImagingRequest, principal: Principal, verb: str) -> None:
+    """A referring physician changes only an order they placed; one they only
+    receive (they are its referrer) they may read, not change (Forbidden)."""
+    if principal.role is Role.REFERRING_PHYSICIAN and order.requested_by_id != principal.user_id:
+        raise Forbidden(f"only the physician who placed this order may {verb} it")
 
 
 def load_order(
@@ -510,167 +464,9 @@ def load_order(
     """The order, if the principal may see it; NotFound otherwise."""
     query = select(ImagingRequest).where(ImagingRequest.id == order_id)
     order = session.scalar(query.with_for_update() if lock else query)
-    if order is None or not _visible_to(order, principal):
+    if order is None or not may_see_order(principal, order):
         raise NotFound(f"no order {order_id}")
     return order
-
-
-ORDER_SORTS: dict[str, SortColumn] = {
-    "id": ImagingRequest.id,
-    "created_at": ImagingRequest.created_at,
-    "updated_at": ImagingRequest.updated_at,
-    "scheduled_at": ImagingRequest.scheduled_at,
-    "status": ImagingRequest.status,
-    # clinical order, not alphabetical: stat first when ascending
-    "priority": case(
-        (ImagingRequest.priority == Priority.STAT.value, 0),
-        (ImagingRequest.priority == Priority.URGENT.value, 1),
-        else_=2,
-    ),
-    "patient_id": ImagingRequest.patient_id,
-    "patient_name": ImagingRequest.patient_name_folded,
-    "accession_number": ImagingRequest.accession_number,
-    "requested_modality": ImagingRequest.requested_modality,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class OrderFilter:
-    status: tuple[str, ...] = ()
-    priority: tuple[str, ...] = ()
-    patient_id: str | None = None
-    issuer_of_patient_id: str | None = None
-    patient_name: str | None = None
-    modality: str | None = None
-    accession_number: str | None = None
-    imaging_center_id: int | None = None
-    requested_by_id: int | None = None
-    scheduled_from: datetime | None = None
-    scheduled_to: datetime | None = None
-    created_from: datetime | None = None
-    created_to: datetime | None = None
-
-    def query_keys(self) -> dict[str, Any]:
-        """The filters that were given, JSON-ready (what a Query audit records)."""
-        keys: dict[str, Any] = {}
-        for name in self.__slots__:
-            value = getattr(self, name)
-            if value in (None, ()):
-                continue
-            keys[name] = value.isoformat() if isinstance(value, datetime) else value
-            if isinstance(value, tuple):
-                keys[name] = list(value)
-        return keys
-
-
-def list_orders(
-    session: Session,
-    *,
-    principal: Principal,
-    filters: OrderFilter,
-    sort: str | None = None,
-    offset: int = 0,
-    limit: int = 50,
-    source_address: str | None = None,
-) -> Listed[OrderInfo]:
-    """Orders matching every filter, visible to the principal.
-
-    A listing narrowed to a patient (id or name) reads a patient's record: it
-    is audited as a Query (110112) with the query keys, never the results.
-    """
-    query = select(ImagingRequest)
-    if principal.role is Role.REFERRING_PHYSICIAN:
-        query = query.where(ImagingRequest.requested_by_id == principal.user_id)
-    if filters.status:
-        for value in filters.status:
-            _status(value)
-        query = query.where(ImagingRequest.status.in_(filters.status))
-    if filters.priority:
-        query = query.where(
-            ImagingRequest.priority.in_([_priority(p).value for p in filters.priority])
-        )
-    if filters.patient_id is not None:
-        query = query.where(ImagingRequest.patient_id == filters.patient_id)
-    if filters.issuer_of_patient_id is not None:
-        query = query.where(ImagingRequest.issuer_of_patient_id == filters.issuer_of_patient_id)
-    if filters.patient_name:
-        # the PN rule of C-FIND (domain/names.py) for "<name>*": case-insensitive,
-        # the start of the name or of any one component group
-        condition = person_name_condition(
-            ImagingRequest.patient_name_folded, Wildcard(f"{filters.patient_name.strip()}*")
-        )
-        if condition is not None:
-            query = query.where(condition)
-    if filters.modality is not None:
-        query = query.where(
-            ImagingRequest.requested_modality == modality_code(filters.modality, field="modality")
-        )
-    if filters.accession_number is not None:
-        query = query.where(ImagingRequest.accession_number == filters.accession_number)
-    if filters.imaging_center_id is not None:
-        query = query.where(ImagingRequest.imaging_center_id == filters.imaging_center_id)
-    if filters.requested_by_id is not None:
-        query = query.where(ImagingRequest.requested_by_id == filters.requested_by_id)
-    if filters.scheduled_from is not None:
-        query = query.where(ImagingRequest.scheduled_at >= filters.scheduled_from)
-    if filters.scheduled_to is not None:
-        query = query.where(ImagingRequest.scheduled_at <= filters.scheduled_to)
-    if filters.created_from is not None:
-        query = query.where(ImagingRequest.created_at >= filters.created_from)
-    if filters.created_to is not None:
-        query = query.where(ImagingRequest.created_at <= filters.created_to)
-    total = count_of(session, query)
-    rows = session.scalars(
-        query.order_by(
-            *order_by(sort, ORDER_SORTS, default="-created_at", tiebreak=ImagingRequest.id)
-        )
-        .offset(offset)
-        .limit(limit)
-    ).all()
-    if filters.patient_id is not None or filters.patient_name:
-        record_audit_event(
-            session,
-            AuditRecord(
-                event_code=AuditEventCode.QUERY,
-                action="orders_queried",
-                target_class="ImagingRequest",
-                patient_id=filters.patient_id,
-                details={"query": {**filters.query_keys(), "sort": sort}, "matches": total},
-                **acting(principal, source_address),
-            ),
-        )
-    return Listed(items=[order_info(order) for order in rows], total=total)
-
-
-def _status(value: str) -> RequestStatus:
-    try:
-        return RequestStatus(value)
-    except ValueError:
-        options = ", ".join(member.value for member in RequestStatus)
-        raise InvalidValue(
-            f"unknown status {value!r} (one of: {options})", field="status"
-        ) from None
-
-
-def read_order(
-    session: Session, order_id: int, *, principal: Principal, source_address: str | None = None
-) -> OrderInfo:
-    """One order; the read is audited as a patient record access (110110)."""
-    order = load_order(session, order_id, principal=principal)
-    record_audit_event(
-        session,
-        AuditRecord(
-            event_code=AuditEventCode.PATIENT_RECORD,
-            action="order_read",
-            target_class="ImagingRequest",
-            target_id=str(order.id),
-            patient_id=order.patient_id,
-            study_instance_uid=order.study_instance_uid,
-            accession_number=order.accession_number,
-            **acting(principal, source_address),
-        ),
-    )
-    return order_info(order)
 
 
 EDITABLE_FIELDS = frozenset(
@@ -679,6 +475,7 @@ EDITABLE_FIELDS = frozenset(
         "clinical_indication",
         "study_description",
         "referring_physician_name",
+        "referring_physician_id",
         "requesting_physician",
         "scheduled_performing_physician_name",
         "requested_modality",
@@ -688,7 +485,6 @@ EDITABLE_FIELDS = frozenset(
         "patient_sex",
     }
 )
-_EDITABLE_STATES = (RequestStatus.REQUESTED.value, RequestStatus.SCHEDULED.value)
 # optional PN fields of an order, edited alike
 _PERSON_NAMES = (
     "referring_physician_name",
@@ -707,22 +503,31 @@ def update_order(
 ) -> OrderInfo:
     """Edit an order while it is requested or scheduled (else Conflict).
 
-    A referring physician edits only their own orders, only while requested
+    A referring physician edits only orders they placed, only while requested
     (Forbidden once scheduled). The requested modality cannot change once a
-    modality is booked. Audited with the changed fields before and after.
+    modality is booked. ``referring_physician_id`` links the chosen physician
+    (their DICOM name fills ReferringPhysicianName unless the same edit sets
+    it), None unlinks; a new ReferringPhysicianName alone links the physician
+    it matches (order_referrer.py). Audited with the changed fields before and
+    after.
     """
     unknown = set(changes) - EDITABLE_FIELDS
     if unknown:
         raise InvalidValue(f"not editable: {', '.join(sorted(unknown))}", field=min(unknown))
     order = load_order(session, order_id, principal=principal, lock=True)
-    if order.status not in _EDITABLE_STATES:
+    if not (
+        ORDER.allows("edit_requested", order.status) or ORDER.allows("edit_scheduled", order.status)
+    ):
         raise Conflict(f"an order that is {order.status} cannot be edited", current=order.status)
-    if principal.role is Role.REFERRING_PHYSICIAN and order.status != RequestStatus.REQUESTED.value:
-        raise Forbidden("a referring physician may edit an order only while it is requested")
-    before = _audited(order, sorted(changes))
+    if principal.role is Role.REFERRING_PHYSICIAN:
+        require_own_order(order, principal, "edit")
+        if not ORDER.allows("edit_requested", order.status):
+            raise Forbidden("a referring physician may edit an order only while it is requested")
+    audited = sorted({*changes, "referring_physician_id", "referring_physician_name"})
+    before = _audited(order, audited)
     for name, value in changes.items():
         if name == "priority":
-            order.priority = _priority(str(value)).value
+            order.priority = priority_of(str(value)).value
         elif name == "study_description":
             order.study_description = long_string(value, field=name, required=True)
         elif name == "clinical_indication":
@@ -747,25 +552,29 @@ def update_order(
                     current=order.status,
                 )
             order.requested_modality = code
-    after = _audited(order, sorted(changes))
+    if changes.get("referring_physician_id") is not None:
+        if not changes.get("referring_physician_name"):
+            order.referring_physician_name = None  # filled from the chosen physician
+        _choose_referrer(session, order, principal, int(changes["referring_physician_id"]))
+    elif "referring_physician_id" in changes:
+        order.referring_physician_id = None
+    elif "referring_physician_name" in changes:
+        order.referring_physician_id = matched_referrer(session, order.referring_physician_name)
+    after = _audited(order, audited)
     changed = [name for name in after if after[name] != before[name]]
     if changed:
         session.flush()
         record_audit_event(
             session,
-            AuditRecord(
-                event_code=AuditEventCode.ORDER_RECORD,
-                action="order_updated",
-                target_class="ImagingRequest",
-                target_id=str(order.id),
-                patient_id=order.patient_id,
-                study_instance_uid=order.study_instance_uid,
-                accession_number=order.accession_number,
+            order_event(
+                "order_updated",
+                user_actor(principal, source_address),
+                order.id,
+                order_subject(order),
                 details={
                     "before": {name: before[name] for name in changed},
                     "after": {name: after[name] for name in changed},
                 },
-                **acting(principal, source_address),
             ),
         )
     return order_info(order)
@@ -809,116 +618,3 @@ def schedule_order_by_id(
     )
     session.flush()
     return order_info(order)
-
-
-def cancel_order(
-    session: Session,
-    order_id: int,
-    *,
-    reason: str,
-    principal: Principal,
-    source_address: str | None = None,
-) -> OrderInfo:
-    """requested/scheduled -> cancelled, with the reason stored and audited.
-
-    A referring physician cancels only their own order (others: NotFound) and
-    only while it is requested (scheduled: Forbidden, ask the scheduler).
-    """
-    text_reason = (reason or "").strip()
-    if not text_reason:
-        raise InvalidValue("a cancellation needs a reason", field="reason")
-    order = load_order(session, order_id, principal=principal)
-    referrer = principal.role is Role.REFERRING_PHYSICIAN
-    if referrer and order.status == RequestStatus.SCHEDULED.value:
-        raise Forbidden("a referring physician may cancel an order only while it is requested")
-    # the status read above was not locked: advance_order re-checks under the row
-    # lock, so a scheduling that commits in between still stops a referrer's cancel
-    allowed = (
-        (RequestStatus.REQUESTED,)
-        if referrer
-        else (
-            RequestStatus.REQUESTED,
-            RequestStatus.SCHEDULED,
-        )
-    )
-    if not advance_order(
-        session,
-        order,
-        RequestStatus.CANCELLED,
-        allowed_from=allowed,
-        reason=text_reason,
-        **acting(principal, source_address),
-    ):
-        raise Conflict(f"an order that is {order.status} cannot be cancelled", current=order.status)
-    order.cancel_reason = text_reason
-    session.flush()
-    return order_info(order)
-
-
-def start_order(
-    session: Session,
-    order_id: int,
-    *,
-    principal: Principal,
-    source_address: str | None = None,
-    now: datetime | None = None,
-) -> OrderInfo:
-    """scheduled -> in_progress (the technologist starts the exam)."""
-    order = _exam_step(
-        session,
-        order_id,
-        RequestStatus.IN_PROGRESS,
-        RequestStatus.SCHEDULED,
-        "started",
-        principal=principal,
-        source_address=source_address,
-    )
-    order.exam_started_at = order.exam_started_at or now or datetime.now(UTC)
-    session.flush()
-    return order_info(order)
-
-
-def complete_order(
-    session: Session,
-    order_id: int,
-    *,
-    principal: Principal,
-    source_address: str | None = None,
-    now: datetime | None = None,
-) -> OrderInfo:
-    """in_progress -> performed (the technologist ends the exam)."""
-    order = _exam_step(
-        session,
-        order_id,
-        RequestStatus.PERFORMED,
-        RequestStatus.IN_PROGRESS,
-        "completed",
-        principal=principal,
-        source_address=source_address,
-    )
-    order.exam_completed_at = order.exam_completed_at or now or datetime.now(UTC)
-    session.flush()
-    return order_info(order)
-
-
-def _exam_step(
-    session: Session,
-    order_id: int,
-    to: RequestStatus,
-    from_: RequestStatus,
-    verb: str,
-    *,
-    principal: Principal,
-    source_address: str | None,
-) -> ImagingRequest:
-    order = load_order(session, order_id, principal=principal)
-    if not advance_order(
-        session,
-        order,
-        to,
-        allowed_from=(from_,),
-        reason=f"exam {verb}",
-        **acting(principal, source_address),
-    ):
-        raise Conflict(f"an order that is {order.status} cannot be {verb}", current=order.status)
-    return order

@@ -46,6 +46,7 @@ from dicom_node.domain.errors import Conflict, InvalidValue, NotFound
 from dicom_node.domain.matching import Demographics, SlaPolicy, demographic_mismatches
 from dicom_node.domain.permissions import Principal
 from dicom_node.services.audit.record import acting, record_audit_event
+from dicom_node.services.listing import Listed, SortColumn, count_of, order_by
 
 # The steps a study matched on arrival or completed goes through; reused, not
 # repeated, so a reconciled study ends exactly where a matched one would.
@@ -54,15 +55,12 @@ from dicom_node.services.workflow.completeness import (
     ensure_worklist_item,
     perform_order,
 )
-from dicom_node.services.listing import Listed, SortColumn, count_of, order_by
-from dicom_node.services.workflow.orders import (
+from dicom_node.services.workflow.order_duplicates import (
     OPEN_STATUSES,
-    OrderInfo,
-    advance_order,
     audit_duplicate_forced,
     lock_patient_orders,
-    order_info,
 )
+from dicom_node.services.workflow.orders import OrderInfo, advance_order, order_info
 from dicom_node.services.workflow.reading_worklist import ensure_review_item
 
 TO_RECONCILE = (MetadataStatus.UNMATCHED.value, MetadataStatus.CONFLICT.value)
