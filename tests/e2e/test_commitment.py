@@ -11,6 +11,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr
 from sqlalchemy import select
 
 from dicom_node.db.models import DicomInstance, DicomSeries, DicomStudy
+from dicom_node.domain.audit import SystemActor
 from dicom_node.node import Node
 from dicom_node.services.ingest.importing import import_files, iter_files
 from dicom_node.services.ingest.instances import IngestPolicy
@@ -71,7 +72,11 @@ def test_commitment_reports_held_and_failed_instances_and_completes_the_study(ma
         node: Node = make_node(peers=f"MODALITY@127.0.0.1:{modality.port}")
         assert node.db is not None and node.store is not None
         import_files(
-            node.db, node.store, list(iter_files([SAMPLE_DIR])), policy=IngestPolicy(), actor="t"
+            node.db,
+            node.store,
+            list(iter_files([SAMPLE_DIR])),
+            policy=IngestPolicy(),
+            actor=SystemActor.IMPORT,
         )
         with node.db.read() as session:
             study = session.scalars(select(DicomStudy).order_by(DicomStudy.id)).first()
@@ -115,7 +120,11 @@ def test_one_instance_named_many_times_does_not_complete_a_study(make_node) -> N
         node: Node = make_node(peers=f"MODALITY@127.0.0.1:{modality.port}")
         assert node.db is not None and node.store is not None
         import_files(
-            node.db, node.store, list(iter_files([SAMPLE_DIR])), policy=IngestPolicy(), actor="t"
+            node.db,
+            node.store,
+            list(iter_files([SAMPLE_DIR])),
+            policy=IngestPolicy(),
+            actor=SystemActor.IMPORT,
         )
         with node.db.read() as session:
             study = session.scalars(select(DicomStudy).where(DicomStudy.instance_count > 1)).first()

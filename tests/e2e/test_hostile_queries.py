@@ -33,6 +33,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from sqlalchemy import select
 
 from dicom_node.db.models import AuditEvent, DicomInstance, DicomSeries, DicomStudy
+from dicom_node.domain.audit import SystemActor
 from dicom_node.domain.part10 import dataset_offset
 from dicom_node.node import Node
 from dicom_node.services.ingest.importing import import_files, iter_files
@@ -52,7 +53,7 @@ def _loaded(make_node: Any, **settings: object) -> Node:
     node: Node = make_node(**settings)
     assert node.db is not None and node.store is not None
     files = list(iter_files([SAMPLE_DIR]))
-    import_files(node.db, node.store, files, policy=IngestPolicy(), actor="test")
+    import_files(node.db, node.store, files, policy=IngestPolicy(), actor=SystemActor.IMPORT)
     return node
 
 
@@ -466,7 +467,7 @@ def test_worklist_lists_work_up_to_the_limit_and_are_refused_with_c000_beyond(
     node: Node = make_node()
     assert node.db is not None
     with node.db.unit_of_work() as session:
-        load_demo(session, password="demo-password-1", actor="test")
+        load_demo(session, password="demo-password-1", actor=SystemActor.CLI)
     everything = Dataset()
     everything.PatientName = ""
     everything.AccessionNumber = ""

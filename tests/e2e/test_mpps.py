@@ -9,6 +9,7 @@ from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[
 from sqlalchemy import select
 
 from dicom_node.db.models import AuditEvent, ImagingRequest, PerformedProcedureStep, WorklistItem
+from dicom_node.domain.audit import SystemActor
 from dicom_node.node import Node
 from dicom_node.services.operations.demo import load_demo
 
@@ -16,7 +17,7 @@ from dicom_node.services.operations.demo import load_demo
 def _demo(node: Node) -> dict[str, ImagingRequest]:
     assert node.db is not None
     with node.db.unit_of_work() as session:
-        load_demo(session, password="demo-password-1", actor="test")
+        load_demo(session, password="demo-password-1", actor=SystemActor.CLI)
     return _orders(node)
 
 

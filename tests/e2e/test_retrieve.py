@@ -18,6 +18,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from sqlalchemy import select
 
 from dicom_node.db.models import AuditEvent, DicomInstance, DicomSeries, DicomStudy
+from dicom_node.domain.audit import SystemActor
 from dicom_node.domain.part10 import dataset_offset
 from dicom_node.node import Node
 from dicom_node.services.ingest.importing import import_files, iter_files
@@ -29,7 +30,7 @@ def _loaded(make_node, **settings: object) -> Node:  # type: ignore[no-untyped-d
     node: Node = make_node(**settings)
     assert node.db is not None and node.store is not None
     files = list(iter_files([SAMPLE_DIR]))
-    import_files(node.db, node.store, files, policy=IngestPolicy(), actor="test")
+    import_files(node.db, node.store, files, policy=IngestPolicy(), actor=SystemActor.IMPORT)
     return node
 
 

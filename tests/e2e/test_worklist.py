@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE
@@ -14,15 +12,16 @@ from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore
 from sqlalchemy import select, update
 
 from dicom_node.db.models import AuditEvent, ImagingRequest
+from dicom_node.domain.audit import SystemActor
 from dicom_node.node import Node
 from dicom_node.services.operations.demo import load_demo
-from tests.support import dcmtk_env, dcmtk_tool
+from tests.support import findscu_w
 
 
 def _with_demo(node: Node) -> dict[str, ImagingRequest]:
     assert node.db is not None
     with node.db.unit_of_work() as session:
-        load_demo(session, password="demo-password-1", actor="test")
+        load_demo(session, password="demo-password-1", actor=SystemActor.CLI)
     with node.db.read() as session:
         orders = session.scalars(select(ImagingRequest)).all()
         return {order.accession_number or "": order for order in orders}
@@ -37,32 +36,6 @@ def scheduled(make_node) -> tuple[Node, dict[str, ImagingRequest]]:  # type: ign
 def _local_date(order: ImagingRequest) -> str:
     assert order.scheduled_at is not None
     return order.scheduled_at.astimezone().strftime("%Y%m%d")
-
-
-def findscu_w(node: Node, out: Path, *keys: str, calling: str = "CT_MAIN_1") -> list[Dataset]:
-    out.mkdir(parents=True, exist_ok=True)
-    args = [
-        dcmtk_tool("findscu"),
-        "-W",
-        "-aet",
-        calling,
-        "-aec",
-        "DICOM_NODE",
-        "-X",
-        "-od",
-        str(out),
-    ]
-    for key in keys:
-        args += ["-k", key]
-    result = subprocess.run(
-        [*args, "127.0.0.1", str(node.dicom_port)],
-        capture_output=True,
-        text=True,
-        env=dcmtk_env(),
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return [pydicom.dcmread(path) for path in sorted(out.glob("rsp*.dcm"))]
 
 
 SPS = "ScheduledProcedureStepSequence[0]"
