@@ -1,4 +1,6 @@
-"""Helpers shared by the test suites: external tools, free ports, PostgreSQL."""
+"""Helpers shared by the test suites: external tools (DCMTK's findscu, the
+`dicom-node` command, `dicom-node serve` in the background), free ports,
+PostgreSQL. What tests build (data, peers, tables) is in tests/builders.py."""
 
 from __future__ import annotations
 
@@ -18,12 +20,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import pydicom
 import pytest
+from pydicom.dataset import Dataset
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from dicom_node.db.models import DicomInstance, DicomSeries, DicomStudy
+
+if TYPE_CHECKING:
+    from dicom_node.node import Node
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 REPO = Path(__file__).resolve().parent.parent
@@ -50,6 +58,49 @@ def dcmtk_tool(name: str) -> str:
 def dcmtk_env() -> dict[str, str]:
     # DCMTK leaves Nagle on unless told otherwise: 40 ms stalls per request.
     return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def findscu(
+    node: Node, out: Path, *keys: str, model: str = "-S", extra: tuple[str, ...] = ()
+) -> tuple[subprocess.CompletedProcess[str], list[Dataset]]:
+    out.mkdir(parents=True, exist_ok=True)
+    args = [dcmtk_tool("findscu"), model, "-aec", "DICOM_NODE", "-X", "-od", str(out), *extra]
+    for key in keys:
+        args += ["-k", key]
+    result = subprocess.run(
+        [*args, "127.0.0.1", str(node.dicom_port)],
+        capture_output=True,
+        text=True,
+        env=dcmtk_env(),
+        timeout=60,
+    )
+    return result, [pydicom.dcmread(path) for path in sorted(out.glob("rsp*.dcm"))]
+
+
+def findscu_w(node: Node, out: Path, *keys: str, calling: str = "CT_MAIN_1") -> list[Dataset]:
+    out.mkdir(parents=True, exist_ok=True)
+    args = [
+        dcmtk_tool("findscu"),
+        "-W",
+        "-aet",
+        calling,
+        "-aec",
+        "DICOM_NODE",
+        "-X",
+        "-od",
+        str(out),
+    ]
+    for key in keys:
+        args += ["-k", key]
+    result = subprocess.run(
+        [*args, "127.0.0.1", str(node.dicom_port)],
+        capture_output=True,
+        text=True,
+        env=dcmtk_env(),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return [pydicom.dcmread(path) for path in sorted(out.glob("rsp*.dcm"))]
 
 
 def free_port() -> int:
@@ -192,6 +243,28 @@ def clean_env(tmp_path: Path, **settings: str) -> dict[str, str]:
     env["DICOM_NODE_DATA_DIR"] = str(tmp_path / "data")
     env.update({f"DICOM_NODE_{name.upper()}": value for name, value in settings.items()})
     return env
+
+
+def run(
+    tmp_path: Path, *args: str, stdin: str = "", **settings: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*COMMAND, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=clean_env(tmp_path, **settings),
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, text: str) -> None:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("dicom-node: error:")]
+    assert len(errors) == 1, result.stderr
+    assert text in errors[0]
 
 
 class Served:

@@ -26,8 +26,7 @@ from dicom_node.services.audit.chain import verify_audit_chain
 from dicom_node.services.operations.backup import create_backup
 from dicom_node.storage import FileStore
 from tests.conftest import CHEAP_HASHING, NODE_ROLE, OWNER_ROLE, TwoRoleDatabase
-from tests.e2e.test_cli import assert_one_line_error, run
-from tests.support import Served
+from tests.support import Served, assert_one_line_error, run
 
 UNPROTECTED = "audit trail is tamper-evident only"
 CHEAP = {name: str(value) for name, value in CHEAP_HASHING.items()}

@@ -48,8 +48,7 @@ from dicom_node.services.operations.verify import IntegrityReport, verify_store
 from dicom_node.storage import FileStore
 from tests.conftest import node_settings
 from tests.dicomfiles import CT_IMAGE_STORAGE, ct_dataset, write
-from tests.e2e.test_cli import assert_one_line_error, run
-from tests.support import COMMAND, clean_env
+from tests.support import COMMAND, assert_one_line_error, clean_env, run
 
 SUCCESS = 0x0000
 

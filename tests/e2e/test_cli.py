@@ -17,29 +17,14 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_node.db import migrate
 from dicom_node.domain.enums import Role
-from tests.support import COMMAND, Served, clean_env, dcmtk_env, dcmtk_tool, free_port
-
-
-def run(
-    tmp_path: Path, *args: str, stdin: str = "", **settings: str
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*COMMAND, *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-        env=clean_env(tmp_path, **settings),
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, text: str) -> None:
-    assert result.returncode == code, result.stderr
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("dicom-node: error:")]
-    assert len(errors) == 1, result.stderr
-    assert text in errors[0]
+from tests.support import (
+    Served,
+    assert_one_line_error,
+    dcmtk_env,
+    dcmtk_tool,
+    free_port,
+    run,
+)
 
 
 def test_help_documents_every_command(tmp_path: Path) -> None:

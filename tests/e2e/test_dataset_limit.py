@@ -28,9 +28,8 @@ from dicom_node.domain.part10 import dataset_offset
 from dicom_node.node import Node
 from dicom_node.scp.dataset_limit import HELD_DATASET_LIMIT
 from tests.dicomfiles import ct_dataset, write
-from tests.e2e.test_cli import run
 from tests.large_datasets import MIB, deflate, deflated_part10, send_files, sized_instance
-from tests.support import wait_for
+from tests.support import run, wait_for
 
 
 def _indexed(node: Node) -> set[str]:

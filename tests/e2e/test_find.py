@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
-import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
@@ -17,19 +15,25 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from sqlalchemy import select
 
 from dicom_node.db.models import AuditEvent
+from dicom_node.domain.audit import SystemActor
 from dicom_node.node import Node
 from dicom_node.services.ingest.importing import import_files, iter_files
 from dicom_node.services.ingest.instances import IngestPolicy, Source, store_instance
+from tests.builders import QUERY_SEQUENCE_CASES as SEQUENCE_CASES
+from tests.builders import QUERY_STUDY_CASES as STUDY_CASES
+from tests.builders import QUERY_UID as UID
+from tests.builders import indexed
 from tests.dicomfiles import ct_dataset, to_bytes
-from tests.integration.test_query import SEQUENCE_CASES, STUDY_CASES, UID, indexed
-from tests.support import SAMPLE_DIR, dcmtk_env, dcmtk_tool
+from tests.support import SAMPLE_DIR, findscu
 
 SAMPLES = list(iter_files([SAMPLE_DIR]))
 
 
 def _load_samples(node: Node) -> None:
     assert node.db is not None and node.store is not None
-    summary = import_files(node.db, node.store, SAMPLES, policy=IngestPolicy(), actor="test")
+    summary = import_files(
+        node.db, node.store, SAMPLES, policy=IngestPolicy(), actor=SystemActor.IMPORT
+    )
     assert summary.outcomes["stored"] == 31
 
 
@@ -38,23 +42,6 @@ def loaded(make_node) -> Node:  # type: ignore[no-untyped-def]
     node: Node = make_node()
     _load_samples(node)
     return node
-
-
-def findscu(
-    node: Node, out: Path, *keys: str, model: str = "-S", extra: tuple[str, ...] = ()
-) -> tuple[subprocess.CompletedProcess[str], list[Dataset]]:
-    out.mkdir(parents=True, exist_ok=True)
-    args = [dcmtk_tool("findscu"), model, "-aec", "DICOM_NODE", "-X", "-od", str(out), *extra]
-    for key in keys:
-        args += ["-k", key]
-    result = subprocess.run(
-        [*args, "127.0.0.1", str(node.dicom_port)],
-        capture_output=True,
-        text=True,
-        env=dcmtk_env(),
-        timeout=60,
-    )
-    return result, [pydicom.dcmread(path) for path in sorted(out.glob("rsp*.dcm"))]
 
 
 def pynetdicom_find(

@@ -9,8 +9,7 @@ from sqlalchemy import func, select
 
 from dicom_node.db.engine import Database
 from dicom_node.db.models import AuditEvent, DicomInstance, DicomStudy
-from tests.e2e.test_cli import run
-from tests.support import SAMPLE_DIR
+from tests.support import SAMPLE_DIR, run
 
 SAMPLES = sorted(SAMPLE_DIR.rglob("*.dcm"))
 

@@ -31,15 +31,11 @@ from dicom_node.services.workflow.orders import (
     schedule_order_by_id,
     update_order,
 )
-from tests.e2e.test_find import findscu
-from tests.e2e.test_worklist import findscu_w
-from tests.integration.test_pn_matching import (
-    SERIES_CASES,
-    STUDY_CASES,
-    UID,
-    YAMADA,
-    store_named,
-)
+from tests.builders import PN_SERIES_CASES as SERIES_CASES
+from tests.builders import PN_STUDY_CASES as STUDY_CASES
+from tests.builders import PN_UID as UID
+from tests.builders import YAMADA, store_named
+from tests.support import findscu, findscu_w
 
 PASSWORD = "correct horse battery"
 SUCCESS, PENDING = 0x0000, 0xFF00

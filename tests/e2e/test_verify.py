@@ -27,7 +27,7 @@ from dicom_node.services.operations.verify import (
 )
 from dicom_node.storage import FileStore
 from tests.dicomfiles import ct_dataset, to_bytes, write
-from tests.e2e.test_cli import run
+from tests.support import run
 
 
 def _store(tmp_path: Path, db_url: str) -> list[str]:
