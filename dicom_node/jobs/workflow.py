@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from dicom_node.db.engine import Database
+from dicom_node.domain.audit import Actor, SystemActor
 from dicom_node.domain.matching import SlaPolicy
 from dicom_node.services.workflow.completeness import (
     DEFAULT_MPPS_WAIT_SECONDS,
@@ -28,7 +29,7 @@ def run_study_stability(
             now=now or datetime.now(UTC),
             stable_seconds=stable_seconds,
             sla=sla,
-            actor="scheduler",
+            actor=Actor.system(SystemActor.SCHEDULER),
             mpps_wait_seconds=mpps_wait_seconds,
         )
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
@@ -20,14 +19,11 @@ from dicom_node.db.models import (
     DicomSeries,
     DicomStudy,
     ImagingRequest,
-    Patient,
     PerformedProcedureStep,
     Report,
-    WorklistItem,
 )
-from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.audit import Actor, Subject, TargetKind, procedure_event
 from dicom_node.domain.enums import (
-    OPEN_WORKLIST_STATUSES,
     AuditOutcome,
     Completeness,
     CompletenessEvidence,
@@ -36,12 +32,18 @@ from dicom_node.domain.enums import (
     Priority,
     QueueType,
     ReportStatus,
-    RequestStatus,
     WorklistStatus,
 )
-from dicom_node.domain.matching import PRIORITY_RANK, SlaPolicy
+from dicom_node.domain.matching import SlaPolicy
+from dicom_node.domain.transitions import COMPLETENESS
 from dicom_node.services.audit.record import record_audit_event
-from dicom_node.services.workflow.orders import advance_order
+from dicom_node.services.audit.subjects import study_subject
+from dicom_node.services.workflow.orders import take_trigger
+from dicom_node.services.workflow.work_items import (
+    as_actor,
+    close_study_items,
+    ensure_worklist_item,
+)
 
 _READABLE = (MetadataStatus.MATCHED.value, MetadataStatus.CORRECTED.value)
 _TO_RECONCILE = (MetadataStatus.UNMATCHED.value, MetadataStatus.CONFLICT.value)
@@ -71,7 +73,7 @@ def settle_studies(
     now: datetime,
     stable_seconds: int,
     sla: SlaPolicy,
-    actor: str,
+    actor: Actor | str,
     mpps_wait_seconds: int = DEFAULT_MPPS_WAIT_SECONDS,
 ) -> SettleSummary:
     """One pass over the studies still acquiring.
@@ -82,6 +84,7 @@ def settle_studies(
     timer, unless its order's MPPS is still IN PROGRESS (then it waits, at most
     ``mpps_wait_seconds`` after its last instance).
     """
+    actor = as_actor(actor)
     by_mpps = 0
     for study in _acquiring_with_completed_mpps(session):
         if _mpps_satisfied(session, study):
@@ -94,17 +97,17 @@ def settle_studies(
     newly_quiet = session.scalars(
         select(DicomStudy)
         .where(
-            DicomStudy.completeness == Completeness.RECEIVING.value,
+            DicomStudy.completeness.in_(_stored(COMPLETENESS.sources("quiet"))),
             DicomStudy.last_received_at <= cutoff,
         )
         .with_for_update(skip_locked=True)
     ).all()
     for study in newly_quiet:
-        _transition(session, study, Completeness.QUIET, actor=actor, evidence=None)
+        _transition(session, study, "quiet", actor=actor, evidence=None)
 
     quiet = session.scalars(
         select(DicomStudy)
-        .where(DicomStudy.completeness == Completeness.QUIET.value)
+        .where(DicomStudy.completeness.in_(_stored(COMPLETENESS.sources("stable"))))
         .with_for_update(skip_locked=True)
     ).all()
     completed = waiting = 0
@@ -136,7 +139,10 @@ def _acquiring_with_completed_mpps(session: Session) -> list[DicomStudy]:
     return list(
         session.scalars(
             select(DicomStudy)
-            .where(DicomStudy.completeness != Completeness.COMPLETE.value, completed_mpps)
+            .where(
+                DicomStudy.completeness.in_(_stored(COMPLETENESS.sources("evidence"))),
+                completed_mpps,
+            )
             .with_for_update(skip_locked=True)
         )
     )
@@ -196,7 +202,7 @@ def complete_study(
     evidence: CompletenessEvidence,
     now: datetime,
     sla: SlaPolicy,
-    actor: str,
+    actor: Actor | str,
 ) -> None:
     """Declare the acquisition over; the order is performed and the study queued.
 
@@ -205,9 +211,14 @@ def complete_study(
     nobody could work: the late instances are audited
     (``late_instance_after_report``) for the radiologist to decide on an addendum.
     """
-    _transition(session, study, Completeness.COMPLETE, actor=actor, evidence=evidence)
-    study.completeness_evidence = evidence.value
-    study.completed_at = now
+    actor = as_actor(actor)
+    trigger = "stable" if evidence is CompletenessEvidence.STABILITY_TIMER else "evidence"
+    if COMPLETENESS.allows(trigger, study.completeness):
+        _transition(session, study, trigger, actor=actor, evidence=evidence)
+        study.completeness_evidence = evidence.value
+        study.completed_at = now
+    # else complete already (a caller completing it again): its items are made
+    # sure of below, the completion itself is not repeated
     if study.metadata_status == MetadataStatus.REJECTED.value:
         return  # withdrawn (docs/domain.md#study-metadata-states): neither read nor reconciled
     order = (
@@ -261,7 +272,7 @@ def blocking_report(session: Session, study_id: int) -> Report | None:
 
 
 def _record_late_instances(
-    session: Session, study: DicomStudy, report: Report, *, actor: str
+    session: Session, study: DicomStudy, report: Report, *, actor: Actor
 ) -> None:
     late = int(
         session.scalar(
@@ -275,61 +286,24 @@ def _record_late_instances(
         )
         or 0
     )
-    _audit(
-        session,
-        study,
-        action="late_instance_after_report",
-        outcome=AuditOutcome.MINOR_FAILURE,
-        actor=actor,
-        target=("DicomStudy", study.id),
-        reason=f"instances arrived after report {report.id} was started; "
-        "no new reading item (an addendum may be needed)",
-        details={
-            "report_id": report.id,
-            "report_status": report.status,
-            "instances_after_report": late,
-            "instance_count": study.instance_count,
-            "series_count": study.series_count,
-        },
-    )
-
-
-def _patient_id(session: Session, study: DicomStudy) -> str | None:
-    return session.scalar(select(Patient.patient_id).where(Patient.id == study.patient_pk))
-
-
-def _audit(
-    session: Session,
-    study: DicomStudy,
-    *,
-    action: str,
-    target: tuple[str, int],
-    details: dict[str, Any],
-    actor: str,
-    actor_user_id: int | None = None,
-    actor_role: str | None = None,
-    source_address: str | None = None,
-    reason: str | None = None,
-    outcome: AuditOutcome = AuditOutcome.SUCCESS,
-) -> None:
-    """A procedure-record event about ``study`` or one of its work items."""
     record_audit_event(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.PROCEDURE_RECORD,
-            action=action,
-            outcome=outcome,
-            actor=actor,
-            actor_user_id=actor_user_id,
-            actor_role=actor_role,
-            source_address=source_address,
-            target_class=target[0],
-            target_id=str(target[1]),
-            patient_id=_patient_id(session, study),
-            study_instance_uid=study.study_instance_uid,
-            accession_number=study.accession_number,
-            reason=reason,
-            details=details,
+        procedure_event(
+            "late_instance_after_report",
+            actor,
+            TargetKind.STUDY,
+            study.id,
+            study_subject(session, study),
+            outcome=AuditOutcome.MINOR_FAILURE,
+            reason=f"instances arrived after report {report.id} was started; "
+            "no new reading item (an addendum may be needed)",
+            details={
+                "report_id": report.id,
+                "report_status": report.status,
+                "instances_after_report": late,
+                "instance_count": study.instance_count,
+                "series_count": study.series_count,
+            },
         ),
     )
 
@@ -338,63 +312,50 @@ def withdraw_from_reading(
     session: Session,
     study_id: int,
     *,
-    actor: str,
-    source_address: str | None,
+    actor: Actor | str,
+    source_address: str | None = None,
     reason: str,
 ) -> None:
     """A study whose patient is now in doubt leaves the reading worklist: its
-    open reading and review items are cancelled (audited each) and an open
+    open reading and review items are cancelled (audited each; a study nobody
+    has started a report on goes back to ``acquired``) and an open
     reconciliation item is made sure of, carrying the cancelled reading item's
-    priority and due time. Linking the study again re-creates the reading item."""
+    priority and due time. Linking the study again re-creates the reading item.
+    ``source_address`` goes with an ``actor`` given as a string (ingest)."""
+    who = as_actor(actor, source_address)
     study = session.get(DicomStudy, study_id, populate_existing=True)
     if study is None:
         return
     if study.released_to_reading:
         # a release to reading was for the patient the study seemed to be
-        _audit(
+        record_audit_event(
             session,
-            study,
-            action="study_release_withdrawn",
-            actor=actor,
-            source_address=source_address,
-            target=("DicomStudy", study.id),
-            reason=reason,
-            details={
-                "before": {"released_to_reading": True, "release_priority": study.release_priority},
-                "after": {"released_to_reading": False, "release_priority": None},
-            },
+            procedure_event(
+                "study_release_withdrawn",
+                who,
+                TargetKind.STUDY,
+                study.id,
+                study_subject(session, study),
+                reason=reason,
+                details={
+                    "before": {
+                        "released_to_reading": True,
+                        "release_priority": study.release_priority,
+                    },
+                    "after": {"released_to_reading": False, "release_priority": None},
+                },
+            ),
         )
         study.released_to_reading = False
         study.release_priority = None
-    cancelled: list[WorklistItem] = []
-    for item in session.scalars(
-        select(WorklistItem)
-        .where(
-            WorklistItem.dicom_study_id == study_id,
-            WorklistItem.queue_type.in_([QueueType.READING.value, QueueType.REVIEW.value]),
-            WorklistItem.status.in_(OPEN_WORKLIST_STATUSES),
-        )
-        .order_by(WorklistItem.id)
-        .with_for_update()
-    ):
-        before = {"status": item.status, "assigned_to_id": item.assigned_to_id}
-        item.status = WorklistStatus.CANCELLED.value
-        item.version += 1
-        cancelled.append(item)
-        _audit(
-            session,
-            study,
-            action="worklist_item_cancelled",
-            actor=actor,
-            source_address=source_address,
-            target=("WorklistItem", item.id),
-            reason=reason,
-            details={
-                "before": before,
-                "after": {"status": item.status, "assigned_to_id": item.assigned_to_id},
-                "queue_type": item.queue_type,
-            },
-        )
+    cancelled = close_study_items(
+        session,
+        study_id=study_id,
+        queues=(QueueType.READING, QueueType.REVIEW),
+        to=WorklistStatus.CANCELLED,
+        actor=who,
+        reason=reason,
+    )
     reading = next((i for i in cancelled if i.queue_type == QueueType.READING.value), None)
     order = (
         session.get(ImagingRequest, study.imaging_request_id) if study.imaging_request_id else None
@@ -409,35 +370,41 @@ def withdraw_from_reading(
         queue=QueueType.RECONCILIATION,
         priority=priority,
         due_at=reading.due_at if reading else None,
-        actor=actor,
-        source_address=source_address,
+        actor=who,
     )
     session.flush()
+
+
+def _stored(states: frozenset[Completeness]) -> list[str]:
+    return sorted(state.value for state in states)
 
 
 def _transition(
     session: Session,
     study: DicomStudy,
-    to: Completeness,
+    trigger: str,
     *,
-    actor: str,
+    actor: Actor,
     evidence: CompletenessEvidence | None,
 ) -> None:
+    """COMPLETENESS ``trigger`` (the selections above only pick studies it
+    allows: a refusal here is a bug, not a race)."""
     before = study.completeness
-    study.completeness = to.value
+    study.completeness = COMPLETENESS.require(trigger, before).value
     record_audit_event(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.PROCEDURE_RECORD,
-            action=f"study_{to.value}",
-            actor=actor,
-            target_class="DicomStudy",
-            target_id=str(study.id),
-            study_instance_uid=study.study_instance_uid,
-            accession_number=study.accession_number,
+        procedure_event(
+            f"study_{study.completeness}",
+            actor,
+            TargetKind.STUDY,
+            study.id,
+            Subject(
+                study_instance_uid=study.study_instance_uid,
+                accession_number=study.accession_number,
+            ),
             details={
                 "before": {"completeness": before},
-                "after": {"completeness": to.value},
+                "after": {"completeness": study.completeness},
                 "evidence": evidence.value if evidence else None,
                 "instance_count": study.instance_count,
                 "series_count": study.series_count,
@@ -451,116 +418,11 @@ def perform_order(
     order: ImagingRequest,
     *,
     now: datetime,
-    actor: str,
+    actor: Actor,
     reason: str = "study complete",
-    actor_user_id: int | None = None,
-    actor_role: str | None = None,
-    source_address: str | None = None,
 ) -> None:
-    # already performed (MPPS said so) or discontinued: left as it is
-    if advance_order(
-        session,
-        order,
-        RequestStatus.PERFORMED,
-        allowed_from=(RequestStatus.REQUESTED, RequestStatus.SCHEDULED, RequestStatus.IN_PROGRESS),
-        actor=actor,
-        reason=reason,
-        actor_user_id=actor_user_id,
-        actor_role=actor_role,
-        source_address=source_address,
-    ):
+    """The linked study's acquisition is over: the order is performed (ORDER
+    ``acquisition_complete``); one already performed (MPPS said so) or
+    discontinued is left as it is."""
+    if take_trigger(session, order, "acquisition_complete", actor=actor, reason=reason):
         order.exam_completed_at = order.exam_completed_at or now
-
-
-def ensure_worklist_item(
-    session: Session,
-    study: DicomStudy,
-    order: ImagingRequest | None,
-    *,
-    queue: QueueType,
-    priority: Priority,
-    due_at: datetime | None,
-    actor: str,
-    actor_user_id: int | None = None,
-    actor_role: str | None = None,
-    source_address: str | None = None,
-) -> None:
-    """The study's open item in ``queue``, made (and audited) if there is none."""
-    who: dict[str, Any] = {
-        "actor": actor,
-        "actor_user_id": actor_user_id,
-        "actor_role": actor_role,
-        "source_address": source_address,
-    }
-    already = session.scalar(
-        select(WorklistItem)
-        .where(
-            WorklistItem.dicom_study_id == study.id,
-            WorklistItem.queue_type == queue.value,
-            WorklistItem.status.in_(OPEN_WORKLIST_STATUSES),
-        )
-        .order_by(WorklistItem.id)
-        .limit(1)
-        .with_for_update()
-    )
-    if already is not None:
-        # a re-opened study that completes again keeps its item; one made when
-        # an unmatched study was released to reading gets the order found
-        # since, and its priority if that is more urgent
-        if order is not None and already.imaging_request_id is None:
-            before = {
-                "order_id": None,
-                "priority": already.priority,
-                "due_at": already.due_at.isoformat() if already.due_at else None,
-            }
-            already.imaging_request_id = order.id
-            if PRIORITY_RANK[priority] < already.priority_rank:
-                already.priority = priority.value
-                already.priority_rank = PRIORITY_RANK[priority]
-                if due_at is not None and (already.due_at is None or due_at < already.due_at):
-                    already.due_at = due_at
-            already.version += 1
-            _audit(
-                session,
-                study,
-                action="worklist_item_updated",
-                target=("WorklistItem", already.id),
-                details={
-                    "before": before,
-                    "after": {
-                        "order_id": order.id,
-                        "priority": already.priority,
-                        "due_at": already.due_at.isoformat() if already.due_at else None,
-                    },
-                },
-                **who,
-            )
-        return
-    item = WorklistItem(
-        imaging_request_id=order.id if order else None,
-        dicom_study_id=study.id,
-        queue_type=queue.value,
-        status=WorklistStatus.PENDING.value,
-        priority=priority.value,
-        priority_rank=PRIORITY_RANK[priority],
-        due_at=due_at,
-    )
-    session.add(item)
-    session.flush()
-    _audit(
-        session,
-        study,
-        action="worklist_item_created",
-        target=("WorklistItem", item.id),
-        details={
-            "before": None,
-            "after": {
-                "queue_type": item.queue_type,
-                "status": item.status,
-                "priority": item.priority,
-                "due_at": due_at.isoformat() if due_at else None,
-                "order_id": item.imaging_request_id,
-            },
-        },
-        **who,
-    )

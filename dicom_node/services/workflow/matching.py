@@ -10,12 +10,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dicom_node.db.models import DicomStudy, ImagingRequest
-from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.audit import Actor, Subject, TargetKind, procedure_event
 from dicom_node.domain.dataset_header import InstanceHeader
 from dicom_node.domain.enums import AuditOutcome, MetadataStatus, RequestStatus
 from dicom_node.domain.matching import Demographics, demographic_mismatches
+from dicom_node.domain.transitions import STUDY_METADATA
 from dicom_node.services.audit.record import record_audit_event
-from dicom_node.services.workflow.orders import advance_order
+from dicom_node.services.workflow.orders import take_trigger
+from dicom_node.services.workflow.work_items import as_actor
 
 log = logging.getLogger("dicom_node.matching")
 
@@ -85,12 +87,24 @@ def _by_accession(
 
 
 def match_new_study(
-    session: Session, *, study_id: int, header: InstanceHeader, now: datetime, actor: str
+    session: Session,
+    *,
+    study_id: int,
+    header: InstanceHeader,
+    now: datetime,
+    actor: Actor | str,
 ) -> MetadataStatus:
-    """Set the new study's metadataStatus and link it to its order; audit the result."""
+    """Set the study's metadata status and link it to its order; audit the result.
+
+    A new study (``pending``) becomes matched, unmatched or conflict; an
+    ``unmatched`` one the re-matching job retries becomes matched or conflict
+    (STUDY_METADATA). One made a conflict earlier in the same transaction (an
+    instance of another patient) stays a conflict. ``actor``: the calling AE
+    (``Actor.peer``, with its address) for images, the scheduler for the job.
+    """
+    who = as_actor(actor)
     study = session.get(DicomStudy, study_id)
     assert study is not None
-    # pending for a study just received; unmatched when the re-matching job retries
     before = {
         "metadata_status": study.metadata_status,
         "imaging_request_id": study.imaging_request_id,
@@ -118,27 +132,30 @@ def match_new_study(
         status = MetadataStatus.CONFLICT if mismatches else MetadataStatus.MATCHED
         # Linked either way: a conflict is reviewed against the order it claims.
         study.imaging_request_id = order.id
-    if study.metadata_status != MetadataStatus.CONFLICT.value:
-        study.metadata_status = status.value
-    else:
+    current = MetadataStatus(study.metadata_status)
+    if current is MetadataStatus.CONFLICT:
         status = MetadataStatus.CONFLICT
+    elif status is not current:
+        trigger = status.value if current is MetadataStatus.PENDING else f"rematch_{status.value}"
+        study.metadata_status = STUDY_METADATA.require(trigger, current).value
 
     if order is not None and status is MetadataStatus.MATCHED:
-        _start_exam(session, order, now=now, actor=actor)
+        _start_exam(session, order, now=now, actor=who)
     record_audit_event(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.PROCEDURE_RECORD,
-            action=f"study_{status.value}",
+        procedure_event(
+            f"study_{status.value}",
+            who,
+            TargetKind.STUDY,
+            study.id,
+            Subject(
+                patient_id=header.patient_id,
+                study_instance_uid=header.study_instance_uid,
+                accession_number=header.accession_number,
+            ),
             outcome=AuditOutcome.SUCCESS
             if status is MetadataStatus.MATCHED
             else AuditOutcome.MINOR_FAILURE,
-            actor=actor,
-            target_class="DicomStudy",
-            target_id=str(study.id),
-            patient_id=header.patient_id,
-            study_instance_uid=header.study_instance_uid,
-            accession_number=header.accession_number,
             details={
                 "before": before,
                 "after": {
@@ -154,14 +171,7 @@ def match_new_study(
     return status
 
 
-def _start_exam(session: Session, order: ImagingRequest, *, now: datetime, actor: str) -> None:
+def _start_exam(session: Session, order: ImagingRequest, *, now: datetime, actor: Actor) -> None:
     """First image of a requested or scheduled order: the exam is in progress."""
-    if advance_order(
-        session,
-        order,
-        RequestStatus.IN_PROGRESS,
-        allowed_from=(RequestStatus.REQUESTED, RequestStatus.SCHEDULED),
-        actor=actor,
-        reason="first image received",
-    ):
+    if take_trigger(session, order, "first_image", actor=actor, reason="first image received"):
         order.exam_started_at = order.exam_started_at or now

@@ -29,27 +29,23 @@ from dicom_node.db.models import (
     DicomStudy,
     ImagingRequest,
     PerformedProcedureStep,
-    WorklistItem,
 )
-from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.audit import Actor, Subject, TargetKind, procedure_event
 from dicom_node.domain.enums import (
     AuditOutcome,
     MppsStatus,
-    Priority,
-    QueueType,
     RequestStatus,
-    WorklistStatus,
 )
 from dicom_node.domain.errors import DomainError
-from dicom_node.domain.matching import PRIORITY_RANK
+from dicom_node.domain.transitions import MPPS, ORDER
 from dicom_node.services.audit.record import record_audit_event
-from dicom_node.services.workflow.orders import advance_order
+from dicom_node.services.workflow.orders import take_trigger
+from dicom_node.services.workflow.work_items import open_procedure_step_item
 
-_STARTABLE = (
-    RequestStatus.REQUESTED.value,
-    RequestStatus.SCHEDULED.value,
-    RequestStatus.IN_PROGRESS.value,
-)
+# An N-CREATE for an order in another state (cancelled, discontinued, performed)
+# does not start it again behind a person's back: the step goes to reconciliation.
+# In progress already (the first image came first) is not closed, only not moved.
+_STARTABLE = ORDER.sources("mpps_in_progress") | {RequestStatus.IN_PROGRESS}
 
 
 class MppsProblem(StrEnum):
@@ -62,6 +58,14 @@ class MppsProblem(StrEnum):
     MISSING_ATTRIBUTE = "missing attribute"  # 0x0120
     NOT_AUTHORIZED = "not authorized"  # 0x0124
 
+
+# the MPPS trigger of each N-SET status (None: other attributes only)
+_SET_TRIGGERS: dict[str | None, str] = {
+    None: "update",
+    MppsStatus.IN_PROGRESS.value: "update",
+    MppsStatus.COMPLETED.value: "complete",
+    MppsStatus.DISCONTINUED.value: "discontinue",
+}
 
 # why an N-SET from another AE than the step's creator is refused
 NOT_THE_CREATOR = "the step was created by another AE"
@@ -100,7 +104,11 @@ class MppsSet:
     discontinuation_reason: str | None = None
 
 
-def create_mpps(db: Database, request: MppsCreate, *, actor: str) -> PerformedProcedureStep:
+def create_mpps(
+    db: Database, request: MppsCreate, *, actor: str, source_address: str | None = None
+) -> PerformedProcedureStep:
+    """Record an N-CREATE from the AE titled ``actor`` (at ``source_address``)."""
+    peer = Actor.peer(actor, source_address)
     if request.status != MppsStatus.IN_PROGRESS.value:
         raise MppsError(MppsProblem.INVALID_VALUE, "N-CREATE status must be IN PROGRESS")
     try:
@@ -114,7 +122,7 @@ def create_mpps(db: Database, request: MppsCreate, *, actor: str) -> PerformedPr
             order = _scheduled_order(session, request.scheduled_steps)
             # an order already cancelled, discontinued or performed is not started
             # again behind a person's back: linked, and sent to reconciliation
-            reconcile = order is None or order.status not in _STARTABLE
+            reconcile = order is None or RequestStatus(order.status) not in _STARTABLE
             step = PerformedProcedureStep(
                 sop_instance_uid=request.sop_instance_uid,
                 imaging_request_id=order.id if order else None,
@@ -136,13 +144,8 @@ def create_mpps(db: Database, request: MppsCreate, *, actor: str) -> PerformedPr
             if (
                 order is not None
                 and not reconcile
-                and advance_order(
-                    session,
-                    order,
-                    RequestStatus.IN_PROGRESS,
-                    allowed_from=(RequestStatus.REQUESTED, RequestStatus.SCHEDULED),
-                    actor=actor,
-                    reason="MPPS IN PROGRESS",
+                and take_trigger(
+                    session, order, "mpps_in_progress", actor=peer, reason="MPPS IN PROGRESS"
                 )
             ):
                 order.exam_started_at = order.exam_started_at or step.started_at
@@ -150,21 +153,20 @@ def create_mpps(db: Database, request: MppsCreate, *, actor: str) -> PerformedPr
                 # an unscheduled exam (no accession, or none that fits), or one for
                 # an order that is closed: a person decides (docs/domain.md#mpps-effects
                 # reconciliation)
-                session.add(
-                    WorklistItem(
-                        imaging_request_id=order.id if order else None,
-                        performed_procedure_step_id=step.id,
-                        queue_type=QueueType.RECONCILIATION.value,
-                        status=WorklistStatus.PENDING.value,
-                        priority=Priority.ROUTINE.value,
-                        priority_rank=PRIORITY_RANK[Priority.ROUTINE],
-                    )
+                open_procedure_step_item(
+                    session,
+                    step,
+                    order,
+                    actor=peer,
+                    reason="MPPS for no known order"
+                    if order is None
+                    else f"MPPS for order {order.id}, which is {order.status}",
                 )
             _audit(
                 session,
                 step,
                 "mpps_in_progress",
-                actor,
+                peer,
                 order,
                 unscheduled=order is None,
                 order_closed=order.status if order is not None and reconcile else None,
@@ -190,6 +192,7 @@ def update_mpps(
     *,
     actor: str,
     creator_only: bool = True,
+    source_address: str | None = None,
 ) -> PerformedProcedureStep:
     """Apply an N-SET. ``creator_only``: refused (NOT_AUTHORIZED) unless ``actor``
     is the AE whose N-CREATE made the step. The caller audits the refusal: it
@@ -206,26 +209,30 @@ def update_mpps(
             raise MppsError(MppsProblem.NO_SUCH_INSTANCE, request.sop_instance_uid)
         creator = (step.calling_ae_title or "").strip()
         if not (creator_only and creator and actor.strip() != creator):
-            return _apply_set(session, step, request, actor)
+            return _apply_set(session, step, request, Actor.peer(actor, source_address))
         # checked before the step's status, which another AE is not told; the
         # N-SET changes nothing
     raise MppsError(MppsProblem.NOT_AUTHORIZED, NOT_THE_CREATOR)
 
 
 def _apply_set(
-    session: Session, step: PerformedProcedureStep, request: MppsSet, actor: str
+    session: Session, step: PerformedProcedureStep, request: MppsSet, actor: Actor
 ) -> PerformedProcedureStep:
-    if step.status != MppsStatus.IN_PROGRESS.value:
+    trigger = _SET_TRIGGERS.get(request.status)
+    # the step's state first (a final step refuses every N-SET, 0x0110), then the value
+    if not MPPS.allows(trigger or "update", step.status):
         raise MppsError(MppsProblem.NOT_IN_PROGRESS, step.status)
+    if trigger is None:
+        raise MppsError(MppsProblem.INVALID_VALUE, f"status {request.status!r}")
     order = (
         session.get(ImagingRequest, step.imaging_request_id) if step.imaging_request_id else None
     )
-    if request.status in (None, MppsStatus.IN_PROGRESS.value):
+    if trigger == "update":
         if request.performed_series is not None:
             step.performed_series = request.performed_series
         _audit(session, step, "mpps_updated", actor, order)
         return step
-    if request.status == MppsStatus.COMPLETED.value:
+    if trigger == "complete":
         # the final state's requirements apply to the step as stored (F.7.2.2):
         # an earlier N-SET may have sent the series
         ended_at = request.ended_at or step.ended_at
@@ -235,35 +242,29 @@ def _apply_set(
                 MppsProblem.MISSING_ATTRIBUTE,
                 "COMPLETED needs the end date/time and PerformedSeriesSequence",
             )
-        step.status, step.ended_at, step.performed_series = request.status, ended_at, performed
-        if order is not None and advance_order(
-            session,
-            order,
-            RequestStatus.PERFORMED,
-            allowed_from=(RequestStatus.IN_PROGRESS, RequestStatus.SCHEDULED),
-            actor=actor,
-            reason="MPPS COMPLETED",
+        step.status = MPPS.target(trigger).value
+        step.ended_at, step.performed_series = ended_at, performed
+        if order is not None and take_trigger(
+            session, order, "mpps_completed", actor=actor, reason="MPPS COMPLETED"
         ):
             order.exam_completed_at = ended_at
         missing = _series_not_received(session, step)
         _audit(session, step, "mpps_completed", actor, order, series_not_received=missing)
         return step
-    if request.status == MppsStatus.DISCONTINUED.value:
-        step.status = request.status
-        step.ended_at = request.ended_at or datetime.now(UTC)
-        step.discontinuation_reason = request.discontinuation_reason
-        if order is not None:
-            advance_order(
-                session,
-                order,
-                RequestStatus.DISCONTINUED,
-                allowed_from=(RequestStatus.IN_PROGRESS,),
-                actor=actor,
-                reason=request.discontinuation_reason or "MPPS DISCONTINUED",
-            )
-        _audit(session, step, "mpps_discontinued", actor, order)
-        return step
-    raise MppsError(MppsProblem.INVALID_VALUE, f"status {request.status!r}")
+    # discontinue
+    step.status = MPPS.target(trigger).value
+    step.ended_at = request.ended_at or datetime.now(UTC)
+    step.discontinuation_reason = request.discontinuation_reason
+    if order is not None:
+        take_trigger(
+            session,
+            order,
+            "mpps_discontinued",
+            actor=actor,
+            reason=request.discontinuation_reason or "MPPS DISCONTINUED",
+        )
+    _audit(session, step, "mpps_discontinued", actor, order)
+    return step
 
 
 def _scheduled_order(session: Session, refs: list[ScheduledStepRef]) -> ImagingRequest | None:
@@ -309,24 +310,25 @@ def _audit(
     session: Session,
     step: PerformedProcedureStep,
     action: str,
-    actor: str,
+    actor: Actor,
     order: ImagingRequest | None,
     **details: object,
 ) -> None:
     record_audit_event(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.PROCEDURE_RECORD,
-            action=action,
+        procedure_event(
+            action,
+            actor,
+            TargetKind.PROCEDURE_STEP,
+            step.sop_instance_uid,
+            Subject(
+                patient_id=order.patient_id if order else None,
+                study_instance_uid=step.study_instance_uid,
+                accession_number=step.accession_number,
+            ),
             outcome=AuditOutcome.MINOR_FAILURE
             if any(details.get(k) for k in ("unscheduled", "series_not_received", "order_closed"))
             else AuditOutcome.SUCCESS,
-            actor=actor,
-            target_class="PerformedProcedureStep",
-            target_id=step.sop_instance_uid,
-            patient_id=order.patient_id if order else None,
-            study_instance_uid=step.study_instance_uid,
-            accession_number=step.accession_number,
             details={"status": step.status, "order_id": order.id if order else None, **details},
         ),
     )

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session
 
 from dicom_node.db.models import (
@@ -31,9 +31,14 @@ from dicom_node.db.models import (
     PerformedProcedureStep,
     WorklistItem,
 )
-from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.audit import (
+    Actor,
+    Subject,
+    TargetKind,
+    order_event,
+    procedure_event,
+)
 from dicom_node.domain.enums import (
-    OPEN_WORKLIST_STATUSES,
     Completeness,
     MetadataStatus,
     Priority,
@@ -45,54 +50,41 @@ from dicom_node.domain.enums import (
 from dicom_node.domain.errors import Conflict, InvalidValue, NotFound
 from dicom_node.domain.matching import Demographics, SlaPolicy, demographic_mismatches
 from dicom_node.domain.permissions import Principal
-from dicom_node.services.audit.record import acting, record_audit_event
-from dicom_node.services.listing import Listed, SortColumn, count_of, order_by
+from dicom_node.domain.transitions import ORDER, STUDY_METADATA, WORK_ITEM
+from dicom_node.services.audit.record import record_audit_event
+from dicom_node.services.audit.subjects import order_subject, user_actor
 
 # The steps a study matched on arrival or completed goes through; reused, not
 # repeated, so a reconciled study ends exactly where a matched one would.
-from dicom_node.services.workflow.completeness import (
-    blocking_report,
-    ensure_worklist_item,
-    perform_order,
-)
+from dicom_node.services.workflow.completeness import blocking_report, perform_order
 from dicom_node.services.workflow.order_duplicates import (
     OPEN_STATUSES,
     audit_duplicate_forced,
     lock_patient_orders,
 )
-from dicom_node.services.workflow.orders import OrderInfo, advance_order, order_info
-from dicom_node.services.workflow.reading_worklist import ensure_review_item
+from dicom_node.services.workflow.orders import OrderInfo, order_info, take_trigger
+from dicom_node.services.workflow.reconciliation_listing import (
+    RECONCILIATION_SORTS as RECONCILIATION_SORTS,
+)
+from dicom_node.services.workflow.reconciliation_listing import (
+    ReconciliationEntry,
+    item_entry,
+    modality_of,
+    study_entry,
+)
+from dicom_node.services.workflow.reconciliation_listing import (
+    list_reconciliation as list_reconciliation,
+)
+from dicom_node.services.workflow.work_items import (
+    close_item,
+    close_reconciliation_items,
+    ensure_review_item,
+    ensure_worklist_item,
+    open_item_id,
+)
 
-TO_RECONCILE = (MetadataStatus.UNMATCHED.value, MetadataStatus.CONFLICT.value)
-
-
-@dataclass(frozen=True, slots=True)
-class ReconciliationEntry:
-    """One thing to reconcile: a study (``kind`` "study") or an unscheduled exam
-    known only from its MPPS so far (``kind`` "procedure_step")."""
-
-    kind: str
-    study_id: int | None
-    study_instance_uid: str | None
-    metadata_status: str | None
-    completeness: str | None
-    patient_id: str | None
-    issuer_of_patient_id: str | None
-    patient_name: str | None
-    patient_birth_date: str | None
-    patient_sex: str | None
-    accession_number: str | None
-    modality: str | None
-    study_date: str | None
-    study_description: str | None
-    instance_count: int | None
-    linked_order_id: int | None
-    worklist_item_id: int | None
-    worklist_status: str | None
-    performed_procedure_step_id: int | None
-    performed_station_ae_title: str | None
-    created_at: datetime
-    released_to_reading: bool | None = None
+# the WORK_ITEM trigger of each way a person resolves an item
+_CLOSING = {WorklistStatus.COMPLETED: "complete", WorklistStatus.CANCELLED: "cancel"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,204 +98,6 @@ class ReconciledStudy:
     entry: ReconciliationEntry
     order: OrderInfo
     reading_item_id: int | None
-
-
-RECONCILIATION_SORTS: dict[str, SortColumn] = {
-    "id": DicomStudy.id,
-    "created_at": DicomStudy.created_at,
-    "last_received_at": DicomStudy.last_received_at,
-    "study_date": DicomStudy.study_date,
-    "metadata_status": DicomStudy.metadata_status,
-    "patient_id": Patient.patient_id,
-    "accession_number": DicomStudy.accession_number,
-}
-
-
-def _open_item_id(study_id: Any) -> Any:
-    return (
-        select(func.min(WorklistItem.id))
-        .where(
-            WorklistItem.dicom_study_id == study_id,
-            WorklistItem.queue_type == QueueType.RECONCILIATION.value,
-            WorklistItem.status.in_(OPEN_WORKLIST_STATUSES),
-        )
-        .correlate(DicomStudy)
-        .scalar_subquery()
-    )
-
-
-def list_reconciliation(
-    session: Session,
-    *,
-    principal: Principal,
-    metadata_status: str | None = None,
-    patient_id: str | None = None,
-    sort: str | None = None,
-    offset: int = 0,
-    limit: int = 50,
-    source_address: str | None = None,
-) -> Listed[ReconciliationEntry]:
-    """Studies to reconcile (sorted by ``sort``), then open reconciliation items
-    that have no such study (oldest first): one list, paged as a whole.
-
-    Narrowed to a patient, the listing is audited as a Query (110112).
-    """
-    statuses: tuple[str, ...] = TO_RECONCILE
-    if metadata_status is not None:
-        if metadata_status not in TO_RECONCILE:
-            raise InvalidValue(
-                f"metadata_status is one of: {', '.join(TO_RECONCILE)}", field="metadata_status"
-            )
-        statuses = (metadata_status,)
-    item_id = _open_item_id(DicomStudy.id).label("item_id")
-    studies = (
-        select(DicomStudy, Patient, item_id)
-        .join(Patient, DicomStudy.patient_pk == Patient.id)
-        .where(DicomStudy.metadata_status.in_(statuses))
-    )
-    if patient_id is not None:
-        studies = studies.where(Patient.patient_id == patient_id)
-    items = (
-        select(WorklistItem, DicomStudy, Patient, PerformedProcedureStep)
-        .outerjoin(DicomStudy, WorklistItem.dicom_study_id == DicomStudy.id)
-        .outerjoin(Patient, DicomStudy.patient_pk == Patient.id)
-        .outerjoin(
-            PerformedProcedureStep,
-            WorklistItem.performed_procedure_step_id == PerformedProcedureStep.id,
-        )
-        .where(
-            WorklistItem.queue_type == QueueType.RECONCILIATION.value,
-            WorklistItem.status.in_(OPEN_WORKLIST_STATUSES),
-            or_(
-                WorklistItem.dicom_study_id.is_(None),
-                DicomStudy.metadata_status.not_in(TO_RECONCILE),
-            ),
-        )
-    )
-    if patient_id is not None:
-        items = items.where(Patient.patient_id == patient_id)
-    with_items = metadata_status is None
-    study_total = count_of(session, studies)
-    item_total = count_of(session, items) if with_items else 0
-
-    # validated even when the page lies past the studies
-    clauses = order_by(sort, RECONCILIATION_SORTS, default="created_at", tiebreak=DicomStudy.id)
-    entries: list[ReconciliationEntry] = []
-    if offset < study_total:
-        rows = session.execute(studies.order_by(*clauses).offset(offset).limit(limit)).all()
-        item_status = _item_statuses(session, [row[2] for row in rows if row[2] is not None])
-        entries.extend(
-            _study_entry(study, patient, item, item_status.get(item))
-            for study, patient, item in rows
-        )
-    remaining = limit - len(entries)
-    if with_items and remaining > 0:
-        item_offset = max(0, offset - study_total)
-        for item, study, patient, step in session.execute(
-            items.order_by(WorklistItem.created_at, WorklistItem.id)
-            .offset(item_offset)
-            .limit(remaining)
-        ).all():
-            entries.append(_item_entry(item, study, patient, step))
-    if patient_id is not None:
-        record_audit_event(
-            session,
-            AuditRecord(
-                event_code=AuditEventCode.QUERY,
-                action="reconciliation_queried",
-                actor=principal.username,
-                actor_user_id=principal.user_id,
-                actor_role=principal.role.value,
-                source_address=source_address,
-                target_class="DicomStudy",
-                patient_id=patient_id,
-                details={
-                    "query": {"patient_id": patient_id, "metadata_status": metadata_status},
-                    "matches": study_total + item_total,
-                },
-            ),
-        )
-    return Listed(items=entries, total=study_total + item_total)
-
-
-def _item_statuses(session: Session, ids: list[int]) -> dict[int, str]:
-    if not ids:
-        return {}
-    rows = session.execute(
-        select(WorklistItem.id, WorklistItem.status).where(WorklistItem.id.in_(ids))
-    ).all()
-    return {row[0]: row[1] for row in rows}
-
-
-def _modality(study: DicomStudy) -> str | None:
-    if study.modality_type:
-        return study.modality_type
-    return (study.modalities_in_study or "").split("\\")[0] or None
-
-
-def _study_entry(
-    study: DicomStudy, patient: Patient, item_id: int | None, item_status: str | None
-) -> ReconciliationEntry:
-    return ReconciliationEntry(
-        kind="study",
-        study_id=study.id,
-        study_instance_uid=study.study_instance_uid,
-        metadata_status=study.metadata_status,
-        completeness=study.completeness,
-        patient_id=patient.patient_id,
-        issuer_of_patient_id=patient.issuer_of_patient_id,
-        patient_name=patient.patient_name,
-        patient_birth_date=patient.patient_birth_date,
-        patient_sex=patient.patient_sex,
-        accession_number=study.accession_number,
-        modality=_modality(study),
-        study_date=study.study_date,
-        study_description=study.study_description,
-        instance_count=study.instance_count,
-        linked_order_id=study.imaging_request_id,
-        worklist_item_id=item_id,
-        worklist_status=item_status,
-        performed_procedure_step_id=None,
-        performed_station_ae_title=None,
-        created_at=study.created_at,
-        released_to_reading=study.released_to_reading,
-    )
-
-
-def _item_entry(
-    item: WorklistItem,
-    study: DicomStudy | None,
-    patient: Patient | None,
-    step: PerformedProcedureStep | None,
-) -> ReconciliationEntry:
-    return ReconciliationEntry(
-        kind="study" if study is not None else "procedure_step",
-        study_id=study.id if study else None,
-        study_instance_uid=study.study_instance_uid
-        if study
-        else (step.study_instance_uid if step else None),
-        metadata_status=study.metadata_status if study else None,
-        completeness=study.completeness if study else None,
-        patient_id=patient.patient_id if patient else None,
-        issuer_of_patient_id=patient.issuer_of_patient_id if patient else None,
-        patient_name=patient.patient_name if patient else None,
-        patient_birth_date=patient.patient_birth_date if patient else None,
-        patient_sex=patient.patient_sex if patient else None,
-        accession_number=study.accession_number
-        if study
-        else (step.accession_number if step else None),
-        modality=_modality(study) if study else None,
-        study_date=study.study_date if study else None,
-        study_description=study.study_description if study else None,
-        instance_count=study.instance_count if study else None,
-        linked_order_id=item.imaging_request_id,
-        worklist_item_id=item.id,
-        worklist_status=item.status,
-        performed_procedure_step_id=item.performed_procedure_step_id,
-        performed_station_ae_title=step.performed_station_ae_title if step else None,
-        created_at=item.created_at,
-        released_to_reading=study.released_to_reading if study else None,
-    )
 
 
 # --------------------------------------------------------------------------- resolving
@@ -320,7 +114,7 @@ def _study_to_reconcile(session: Session, study_id: int) -> DicomStudy:
     study = session.scalar(select(DicomStudy).where(DicomStudy.id == study_id).with_for_update())
     if study is None:
         raise NotFound(f"no study {study_id}")
-    if study.metadata_status not in TO_RECONCILE:
+    if not STUDY_METADATA.allows("link", study.metadata_status):
         raise Conflict(
             f"a study whose metadata is {study.metadata_status} is not to be reconciled",
             current=study.metadata_status,
@@ -379,23 +173,16 @@ def release_to_reading(
             priority=priority,
             # read from now: a study complete for hours is not overdue at once
             due_at=sla.due(priority, moment),
-            **acting(principal, source_address),
+            actor=user_actor(principal, source_address),
         )
         session.flush()
-        reading_item_id = session.scalar(
-            select(WorklistItem.id).where(
-                WorklistItem.dicom_study_id == study.id,
-                WorklistItem.queue_type == QueueType.READING.value,
-                WorklistItem.status.in_(OPEN_WORKLIST_STATUSES),
-            )
-        )
+        reading_item_id = open_item_id(session, study_id=study.id, queue=QueueType.READING)
     _study_event(
         session,
         study,
         patient,
         "study_released_to_reading",
-        principal=principal,
-        source_address=source_address,
+        actor=user_actor(principal, source_address),
         reason=text_reason,
         details={
             "before": {"released_to_reading": False},
@@ -405,20 +192,10 @@ def release_to_reading(
         },
     )
     session.flush()
-    item = session.scalar(
-        select(WorklistItem)
-        .where(
-            WorklistItem.dicom_study_id == study.id,
-            WorklistItem.queue_type == QueueType.RECONCILIATION.value,
-            WorklistItem.status.in_(OPEN_WORKLIST_STATUSES),
-        )
-        .order_by(WorklistItem.id)
-        .limit(1)
-    )
+    item_id = open_item_id(session, study_id=study.id, queue=QueueType.RECONCILIATION)
+    item = session.get(WorklistItem, item_id) if item_id is not None else None
     return ReleasedStudy(
-        entry=_study_entry(
-            study, patient, item.id if item else None, item.status if item else None
-        ),
+        entry=study_entry(study, patient, item.id if item else None, item.status if item else None),
         reading_item_id=reading_item_id,
     )
 
@@ -451,7 +228,7 @@ def link_study(
     )
     if order is None:
         raise NotFound(f"no order {order_id} (order_id)")
-    reinstate = order.status == RequestStatus.CANCELLED.value
+    reinstate = ORDER.allows("reinstate", order.status)
     if reinstate and not force:
         raise Conflict(
             f"order {order.id} was cancelled; send force with the reason to reinstate it "
@@ -523,15 +300,14 @@ def _reinstate(
 ) -> None:
     """cancelled -> in_progress: the exam was performed on a cancelled order."""
     before = {"status": order.status, "cancel_reason": order.cancel_reason}
-    order.status = RequestStatus.IN_PROGRESS.value
+    order.status = ORDER.require("reinstate", order.status).value
     order.cancel_reason = None
     order.exam_started_at = order.exam_started_at or now
     _order_event(
         session,
         order,
         "order_reinstated",
-        principal=principal,
-        source_address=source_address,
+        actor=user_actor(principal, source_address),
         reason=reason,
         details={
             "before": before,
@@ -596,7 +372,7 @@ def create_order_from_study(
     # the same lock as a new order's duplicate check: two at once cannot both pass
     lock_patient_orders(session, patient.patient_id, patient.issuer_of_patient_id or "")
     open_order = _open_order_of_patient(
-        session, patient, _modality(study), duplicate_window, moment
+        session, patient, modality_of(study), duplicate_window, moment
     )
     if open_order is not None and not force:
         raise Conflict(
@@ -617,9 +393,9 @@ def create_order_from_study(
         accession_issuer=study.accession_issuer or "",
         study_instance_uid=study.study_instance_uid,
         study_description=study.study_description,
-        requested_modality=_modality(study),
+        requested_modality=modality_of(study),
         priority=priority.value,
-        status=RequestStatus.REQUESTED.value,
+        status=ORDER.initial.value,
         requested_by_id=principal.user_id,
         referring_physician_name=study.referring_physician_name,
         imaging_center_id=imaging_center_id,
@@ -634,8 +410,7 @@ def create_order_from_study(
         session,
         order,
         "order_created",
-        principal=principal,
-        source_address=source_address,
+        actor=user_actor(principal, source_address),
         reason=text_reason,
         details={
             "after": {
@@ -728,15 +503,15 @@ def _link(
         "metadata_status": study.metadata_status,
         "imaging_request_id": study.imaging_request_id,
     }
+    who = user_actor(principal, source_address)
     study.imaging_request_id = order.id
-    study.metadata_status = MetadataStatus.MATCHED.value
+    study.metadata_status = STUDY_METADATA.require("link", study.metadata_status).value
     _study_event(
         session,
         study,
         patient,
         action,
-        principal=principal,
-        source_address=source_address,
+        actor=who,
         reason=reason,
         details={
             "before": before,
@@ -750,14 +525,8 @@ def _link(
     )
     # what a study matched on arrival goes through, done in the person's name
     # and with their reason: the exam has started ...
-    who = acting(principal, source_address)
-    if advance_order(
-        session,
-        order,
-        RequestStatus.IN_PROGRESS,
-        allowed_from=(RequestStatus.REQUESTED, RequestStatus.SCHEDULED),
-        reason=f"study {study.id} reconciled: {reason}",
-        **who,
+    if take_trigger(
+        session, order, "link_study", actor=who, reason=f"study {study.id} reconciled: {reason}"
     ):
         order.exam_started_at = order.exam_started_at or study.first_received_at or now
     reading_item_id = None
@@ -769,17 +538,13 @@ def _link(
             order,
             now=study.completed_at or now,
             reason=f"study {study.id} complete, reconciled: {reason}",
-            **who,
+            actor=who,
         )
-        reading_item_id = _queue_for_reading(
-            session, study, order, sla=sla, now=now, principal=principal, who=who
-        )
-    close_reconciliation_items(
-        session, study, patient, order, reason=reason, now=now, principal=principal, who=who
-    )
+        reading_item_id = _queue_for_reading(session, study, order, sla=sla, now=now, actor=who)
+    close_reconciliation_items(session, study, order, reason=reason, now=now, actor=who)
     session.flush()
     return ReconciledStudy(
-        entry=_study_entry(study, patient, None, None),
+        entry=study_entry(study, patient, None, None),
         order=order_info(order),
         reading_item_id=reading_item_id,
     )
@@ -792,8 +557,7 @@ def _queue_for_reading(
     *,
     sla: SlaPolicy,
     now: datetime,
-    principal: Principal,
-    who: dict[str, Any],
+    actor: Actor,
 ) -> int | None:
     """The reading item, as for a matched study; none when the study's report
     is past draft (its review item is re-opened if it is in review)."""
@@ -807,116 +571,13 @@ def _queue_for_reading(
             queue=QueueType.READING,
             priority=priority,
             due_at=sla.due(priority, study.completed_at or now),
-            **who,
+            actor=actor,
         )
         session.flush()
-        return session.scalar(
-            select(WorklistItem.id).where(
-                WorklistItem.dicom_study_id == study.id,
-                WorklistItem.queue_type == QueueType.READING.value,
-                WorklistItem.status.in_(OPEN_WORKLIST_STATUSES),
-            )
-        )
+        return open_item_id(session, study_id=study.id, queue=QueueType.READING)
     if report.status == ReportStatus.IN_REVIEW.value:
-        ensure_review_item(
-            session,
-            study_id=study.id,
-            principal=principal,
-            source_address=who["source_address"],
-        )
+        ensure_review_item(session, study_id=study.id, actor=actor)
     return None
-
-
-def _steps_of(session: Session, study: DicomStudy) -> list[PerformedProcedureStep]:
-    return list(
-        session.scalars(
-            select(PerformedProcedureStep)
-            .where(PerformedProcedureStep.study_instance_uid == study.study_instance_uid)
-            .order_by(PerformedProcedureStep.id)
-            .with_for_update()
-        )
-    )
-
-
-def close_reconciliation_items(
-    session: Session,
-    study: DicomStudy,
-    patient: Patient,
-    order: ImagingRequest,
-    *,
-    reason: str,
-    now: datetime,
-    principal: Principal,
-    who: dict[str, Any],
-) -> None:
-    """The study's open reconciliation items, and those an MPPS of the same
-    StudyInstanceUID opened (an unscheduled exam, or one for a closed order):
-    completed. Those steps now perform this order."""
-    steps = _steps_of(session, study)
-    for step in steps:
-        if step.imaging_request_id == order.id:
-            continue
-        before_order = step.imaging_request_id
-        step.imaging_request_id = order.id
-        record_audit_event(
-            session,
-            AuditRecord(
-                event_code=AuditEventCode.PROCEDURE_RECORD,
-                action="procedure_step_linked",
-                actor=who["actor"],
-                actor_user_id=who["actor_user_id"],
-                actor_role=who["actor_role"],
-                source_address=who["source_address"],
-                target_class="PerformedProcedureStep",
-                target_id=step.sop_instance_uid,
-                patient_id=patient.patient_id,
-                study_instance_uid=step.study_instance_uid,
-                accession_number=step.accession_number,
-                reason=reason,
-                details={
-                    "before": {"imaging_request_id": before_order},
-                    "after": {"imaging_request_id": order.id},
-                    "study_id": study.id,
-                },
-            ),
-        )
-    tied = [WorklistItem.dicom_study_id == study.id]
-    if steps:
-        tied.append(WorklistItem.performed_procedure_step_id.in_([step.id for step in steps]))
-    for item in session.scalars(
-        select(WorklistItem)
-        .where(
-            or_(*tied),
-            WorklistItem.queue_type == QueueType.RECONCILIATION.value,
-            WorklistItem.status.in_(OPEN_WORKLIST_STATUSES),
-        )
-        .order_by(WorklistItem.id)
-        .with_for_update()
-    ):
-        item_before = item.status
-        item.status = WorklistStatus.COMPLETED.value
-        item.completed_at = now
-        item.imaging_request_id = order.id
-        item.version += 1
-        record_audit_event(
-            session,
-            AuditRecord(
-                event_code=AuditEventCode.PROCEDURE_RECORD,
-                action="worklist_item_completed",
-                target_class="WorklistItem",
-                target_id=str(item.id),
-                patient_id=patient.patient_id,
-                study_instance_uid=study.study_instance_uid,
-                reason=reason,
-                details={
-                    "before": {"status": item_before},
-                    "after": {"status": item.status, "imaging_request_id": order.id},
-                    "study_id": study.id,
-                    "performed_procedure_step_id": item.performed_procedure_step_id,
-                },
-                **who,
-            ),
-        )
 
 
 def resolve_reconciliation_item(
@@ -944,40 +605,30 @@ def resolve_reconciliation_item(
             "create an order from it, or reject it",
             current=item.status,
         )
-    if item.status not in OPEN_WORKLIST_STATUSES:
+    if not WORK_ITEM.allows(_CLOSING[outcome], item.status):
         raise Conflict(f"reconciliation item {item_id} is {item.status}", current=item.status)
     step = (
         session.get(PerformedProcedureStep, item.performed_procedure_step_id)
         if item.performed_procedure_step_id is not None
         else None
     )
-    before = {"status": item.status, "assigned_to_id": item.assigned_to_id}
-    item.status = outcome.value
-    if outcome is WorklistStatus.COMPLETED:
-        item.completed_at = now or datetime.now(UTC)
-        item.assigned_to_id = item.assigned_to_id or principal.user_id
-    item.version += 1
-    session.flush()
-    record_audit_event(
+    close_item(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.PROCEDURE_RECORD,
-            action=f"worklist_item_{outcome.value}",
-            **acting(principal, source_address),
-            target_class="WorklistItem",
-            target_id=str(item.id),
+        item,
+        to=outcome,
+        actor=user_actor(principal, source_address),
+        subject=Subject(
             study_instance_uid=step.study_instance_uid if step else None,
             accession_number=step.accession_number if step else None,
-            reason=text_reason,
-            details={
-                "before": before,
-                "after": {"status": item.status, "assigned_to_id": item.assigned_to_id},
-                "performed_procedure_step": step.sop_instance_uid if step else None,
-                "resolved_without_study": True,
-            },
         ),
+        reason=text_reason,
+        now=now or datetime.now(UTC),
+        details={
+            "performed_procedure_step": step.sop_instance_uid if step else None,
+            "resolved_without_study": True,
+        },
     )
-    return _item_entry(item, None, None, step)
+    return item_entry(item, None, None, step)
 
 
 def _study_event(
@@ -986,25 +637,20 @@ def _study_event(
     patient: Patient,
     action: str,
     *,
-    principal: Principal,
-    source_address: str | None,
+    actor: Actor,
     reason: str,
     details: dict[str, Any],
 ) -> None:
-    """A Procedure Record audit event for a reconciliation step on ``study``."""
+    """A Procedure Record event for a reconciliation step on ``study``."""
+    subject = Subject(
+        patient_id=patient.patient_id,
+        study_instance_uid=study.study_instance_uid,
+        accession_number=study.accession_number,
+    )
     record_audit_event(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.PROCEDURE_RECORD,
-            action=action,
-            **acting(principal, source_address),
-            target_class="DicomStudy",
-            target_id=str(study.id),
-            patient_id=patient.patient_id,
-            study_instance_uid=study.study_instance_uid,
-            accession_number=study.accession_number,
-            reason=reason,
-            details=details,
+        procedure_event(
+            action, actor, TargetKind.STUDY, study.id, subject, reason=reason, details=details
         ),
     )
 
@@ -1014,24 +660,12 @@ def _order_event(
     order: ImagingRequest,
     action: str,
     *,
-    principal: Principal,
-    source_address: str | None,
+    actor: Actor,
     reason: str,
     details: dict[str, Any],
 ) -> None:
-    """An Order Record audit event for a reconciliation step on ``order``."""
+    """An Order Record event for a reconciliation step on ``order``."""
     record_audit_event(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.ORDER_RECORD,
-            action=action,
-            **acting(principal, source_address),
-            target_class="ImagingRequest",
-            target_id=str(order.id),
-            patient_id=order.patient_id,
-            study_instance_uid=order.study_instance_uid,
-            accession_number=order.accession_number,
-            reason=reason,
-            details=details,
-        ),
+        order_event(action, actor, order.id, order_subject(order), reason=reason, details=details),
     )
