@@ -14,7 +14,7 @@ from dicom_node.db.models import AuditEvent, CriticalResultCommunication, DicomS
 from dicom_node.services.reporting.critical_results import overdue_critical_communications
 from dicom_node.settings import Settings
 from tests.api.conftest import ApiServer
-from tests.api.test_worklist import Seeded, audit_actions, seed_study, user_id
+from tests.builders import Seeded, audit_actions, seed_study, user_id
 from tests.conftest import node_settings
 
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import itertools
 import threading
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import httpx
-from pydicom.uid import generate_uid
 from sqlalchemy import select, update
 
 from dicom_node.db.engine import Database
@@ -16,109 +13,11 @@ from dicom_node.db.models import (
     AuditEvent,
     ChangeLogEntry,
     DicomStudy,
-    ImagingRequest,
-    Patient,
     User,
     WorklistItem,
 )
-from dicom_node.domain.enums import Priority
-from dicom_node.domain.matching import PRIORITY_RANK
 from tests.api.conftest import ApiServer
-
-_numbers = itertools.count(1)
-
-
-@dataclass(frozen=True)
-class Seeded:
-    study_id: int
-    item_id: int
-    order_id: int
-    study_uid: str
-    patient_id: str
-
-
-def seed_study(
-    db: Database,
-    *,
-    priority: str = "routine",
-    due_in: timedelta | None = timedelta(hours=4),
-    modality: str = "CT",
-    queue: str = "reading",
-    status: str = "pending",
-    requested_by_id: int | None = None,
-) -> Seeded:
-    """A complete, matched study of a scheduled order, with one worklist item."""
-    n = next(_numbers)
-    now = datetime.now(UTC)
-    with db.unit_of_work() as session:
-        patient = Patient(
-            patient_id=f"WL{n}",
-            patient_name=f"PATIENT^{n}",
-            patient_name_folded=f"patient^{n}",
-            patient_birth_date="19800101",
-            patient_sex="F",
-        )
-        order = ImagingRequest(
-            patient_id=f"WL{n}",
-            patient_name=f"PATIENT^{n}",
-            patient_name_folded=f"patient^{n}",
-            accession_number=f"ACC{n}",
-            priority=priority,
-            status="performed",
-            requested_modality=modality,
-            requested_by_id=requested_by_id,
-        )
-        session.add_all([patient, order])
-        session.flush()
-        study = DicomStudy(
-            study_instance_uid=generate_uid(),
-            patient_pk=patient.id,
-            imaging_request_id=order.id,
-            accession_number=f"ACC{n}",
-            study_description=f"{modality} STUDY {n}",
-            modality_type=modality,
-            series_count=1,
-            instance_count=3,
-            metadata_status="matched",
-            status="acquired",
-            completeness="complete",
-        )
-        session.add(study)
-        session.flush()
-        item = WorklistItem(
-            imaging_request_id=order.id,
-            dicom_study_id=study.id,
-            queue_type=queue,
-            status=status,
-            priority=priority,
-            priority_rank=PRIORITY_RANK[Priority(priority)],
-            due_at=now + due_in if due_in is not None else None,
-        )
-        session.add(item)
-        session.flush()
-        return Seeded(study.id, item.id, order.id, study.study_instance_uid, patient.patient_id)
-
-
-def user_id(api: ApiServer, username: str) -> int:
-    with api.db.read() as session:
-        found = session.scalar(select(User.id).where(User.username == username))
-    assert found is not None
-    return found
-
-
-def audit_actions(api: ApiServer, target_class: str, target_id: int) -> list[AuditEvent]:
-    with api.db.read() as session:
-        return list(
-            session.scalars(
-                select(AuditEvent)
-                .where(
-                    AuditEvent.target_class == target_class,
-                    AuditEvent.target_id == str(target_id),
-                )
-                .order_by(AuditEvent.id)
-            )
-        )
-
+from tests.builders import Seeded, audit_actions, seed_study, user_id
 
 # --------------------------------------------------------------------------- listing
 

@@ -10,26 +10,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import pytest
-from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE, build_role
-from pynetdicom.association import Association
-from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-    CTImageStorage,
-    ModalityPerformedProcedureStep,
-    ModalityWorklistInformationFind,
-    StorageCommitmentPushModel,
-    StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelMove,
-    Verification,
-)
 from sqlalchemy import func, select, update
 
-from dicom_node.db.engine import Database
 from dicom_node.db.models import (
     AuditEvent,
     DicomInstance,
@@ -38,142 +23,16 @@ from dicom_node.db.models import (
     PerformedProcedureStep,
 )
 from dicom_node.node import Node
-from dicom_node.services.operations.demo import load_demo
-from tests.dicomfiles import ct_dataset
+from tests.builders import REFUSED_NOT_AUTHORIZED, Scu, audit_rows, demo
 from tests.support import free_port
 
 ALL_SERVICES = ["storage", "query", "retrieve", "worklist", "mpps", "commitment"]
-COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
-REFUSED_NOT_AUTHORIZED = 0x0124
 UNABLE_TO_PROCESS_NOT_AUTHORIZED = 0xC124
 
 
 @pytest.fixture(autouse=True)
 def quiet_client(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.CRITICAL, logger="pynetdicom")
-
-
-def demo(node: Node) -> dict[str, ImagingRequest]:
-    assert node.db is not None
-    with node.db.unit_of_work() as session:
-        load_demo(session, password="demo-password-1", actor="test")
-    with node.db.read() as session:
-        return {o.accession_number or "": o for o in session.scalars(select(ImagingRequest))}
-
-
-@dataclass
-class Scu:
-    """One association from ``calling`` with a context for every service."""
-
-    assoc: Association
-
-    @classmethod
-    def open(cls, node: Node, calling: str) -> Scu:
-        ae = AE(ae_title=calling)
-        for context in (
-            Verification,
-            CTImageStorage,
-            StudyRootQueryRetrieveInformationModelFind,
-            StudyRootQueryRetrieveInformationModelGet,
-            StudyRootQueryRetrieveInformationModelMove,
-            ModalityWorklistInformationFind,
-            ModalityPerformedProcedureStep,
-            StorageCommitmentPushModel,
-        ):
-            ae.add_requested_context(context)
-        assoc = ae.associate(
-            "127.0.0.1",
-            node.dicom_port,
-            ae_title="DICOM_NODE",
-            # C-GET sends its instances back on this association
-            ext_neg=[build_role(CTImageStorage, scu_role=True, scp_role=True)],
-        )
-        assert assoc.is_established
-        return cls(assoc)
-
-    def close(self) -> None:
-        self.assoc.release()
-
-    def echo(self) -> int:
-        return int(self.assoc.send_c_echo().Status)
-
-    def store(self) -> int:
-        return int(self.assoc.send_c_store(ct_dataset(study_uid=generate_uid())).Status)
-
-    def find(self) -> tuple[int, int]:
-        """(final status, matches) of a STUDY-level C-FIND for every study."""
-        query = Dataset()
-        query.QueryRetrieveLevel = "STUDY"
-        query.StudyInstanceUID = ""
-        query.PatientID = ""
-        return _final(self.assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind))
-
-    def worklist(self) -> tuple[int, int]:
-        query = Dataset()
-        query.PatientID = ""
-        step = Dataset()
-        step.ScheduledStationAETitle = ""
-        query.ScheduledProcedureStepSequence = [step]
-        return _final(self.assoc.send_c_find(query, ModalityWorklistInformationFind))
-
-    def get(self) -> int:
-        """Final status of a C-GET of a study that is not there."""
-        model = StudyRootQueryRetrieveInformationModelGet
-        return _final(self.assoc.send_c_get(_study(generate_uid()), model))[0]
-
-    def move(self, destination: str) -> int:
-        model = StudyRootQueryRetrieveInformationModelMove
-        return _final(self.assoc.send_c_move(_study(generate_uid()), destination, model))[0]
-
-    def n_create(self, uid: str, order: ImagingRequest | None = None) -> int:
-        ds = Dataset()
-        ds.PerformedProcedureStepStatus = "IN PROGRESS"
-        ds.PerformedProcedureStepStartDate = "20261124"
-        ds.PerformedProcedureStepStartTime = "101500"
-        item = Dataset()
-        item.StudyInstanceUID = order.study_instance_uid if order else generate_uid()
-        item.AccessionNumber = order.accession_number if order else ""
-        ds.ScheduledStepAttributesSequence = [item]
-        status, _ = self.assoc.send_n_create(ds, ModalityPerformedProcedureStep, uid)
-        return int(status.Status)
-
-    def n_set(self, uid: str, status: str = "DISCONTINUED") -> int:
-        ds = Dataset()
-        ds.PerformedProcedureStepStatus = status
-        if status == "COMPLETED":
-            ds.PerformedProcedureStepEndDate = "20261124"
-            ds.PerformedProcedureStepEndTime = "103000"
-            series = Dataset()
-            series.SeriesInstanceUID = generate_uid()
-            series.ReferencedImageSequence = []
-            ds.PerformedSeriesSequence = [series]
-        answer, _ = self.assoc.send_n_set(ds, ModalityPerformedProcedureStep, uid)
-        return int(answer.Status)
-
-    def n_action(self) -> int:
-        info = Dataset()
-        info.TransactionUID = generate_uid()
-        item = Dataset()
-        item.ReferencedSOPClassUID = str(CTImageStorage)
-        item.ReferencedSOPInstanceUID = generate_uid()
-        info.ReferencedSOPSequence = [item]
-        answer, _ = self.assoc.send_n_action(
-            info, 1, StorageCommitmentPushModel, COMMITMENT_INSTANCE
-        )
-        return int(answer.Status)
-
-
-def _study(uid: str) -> Dataset:
-    ds = Dataset()
-    ds.QueryRetrieveLevel = "STUDY"
-    ds.StudyInstanceUID = uid
-    return ds
-
-
-def _final(responses: Iterator[tuple[Dataset, Dataset | None]]) -> tuple[int, int]:
-    statuses = [int(status.Status) for status, _ in responses if status]
-    pending = sum(code in (0xFF00, 0xFF01) for code in statuses)
-    return statuses[-1], pending
 
 
 @pytest.fixture
@@ -188,19 +47,6 @@ def scu(make_node: Callable[..., Node]) -> Iterator[Callable[[Node, str], Scu]]:
     for one in opened:
         if one.assoc.is_established:
             one.close()
-
-
-def audit_rows(db_url: str, action: str) -> list[AuditEvent]:
-    db = Database(db_url)
-    try:
-        with db.read() as session:
-            return list(
-                session.scalars(
-                    select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.id)
-                )
-            )
-    finally:
-        db.dispose()
 
 
 def count(node: Node, model: type) -> int:

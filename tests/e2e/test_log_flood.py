@@ -18,7 +18,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_node.logging_setup import LibraryFlood, configure_logging
 from dicom_node.node import Node
-from tests.e2e.test_log_injection import VERIFICATION, associate_rq
+from tests.builders import VERIFICATION, associate_rq
 from tests.support import wait_for
 
 CONNECTIONS = 100

@@ -17,12 +17,11 @@ import pytest
 
 from dicom_node.logging_setup import TEXT_CONTINUATION, configure_logging
 from dicom_node.node import Node
+from tests.builders import VERIFICATION, associate_rq
 from tests.support import wait_for
 
 FORGED_RECORD = "1999-01-01 00:00:00,000 ERROR dicom_node.api: admin signed in"
 RECORD_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
-VERIFICATION = b"1.2.840.10008.1.1"
-IMPLICIT_LE = b"1.2.840.10008.1.2"
 
 
 @pytest.fixture
@@ -43,23 +42,6 @@ def restore_logging() -> Iterator[None]:
     for name, saved in levels.items():
         logging.getLogger(name).setLevel(saved)
     logging.captureWarnings(False)
-
-
-def _item(kind: int, payload: bytes) -> bytes:
-    return struct.pack(">BBH", kind, 0, len(payload)) + payload
-
-
-def associate_rq(*, called: bytes, calling: bytes, abstract_syntaxes: list[bytes]) -> bytes:
-    """An A-ASSOCIATE-RQ PDU (PS3.8 9.3.2) with any bytes in its AE titles and UIDs."""
-    body = struct.pack(">HH", 1, 0) + called.ljust(16)[:16] + calling.ljust(16)[:16]
-    body += b"\x00" * 32
-    body += _item(0x10, b"1.2.840.10008.3.1.1.1")  # DICOM application context
-    for number, syntax in enumerate(abstract_syntaxes):
-        context = bytes([2 * number + 1, 0, 0, 0]) + _item(0x30, syntax) + _item(0x40, IMPLICIT_LE)
-        body += _item(0x20, context)
-    # maximum length and implementation class UID (PS3.7 D.3.3)
-    body += _item(0x50, _item(0x51, struct.pack(">I", 16384)) + _item(0x52, b"1.2.3.4"))
-    return struct.pack(">BBI", 0x01, 0, len(body)) + body
 
 
 def send_raw(port: int, pdu: bytes) -> int | None:

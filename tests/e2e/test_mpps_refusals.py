@@ -11,7 +11,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from dicom_node.node import Node
-from tests.e2e.test_known_ae import REFUSED_NOT_AUTHORIZED, Scu, audit_rows, demo
+from tests.builders import REFUSED_NOT_AUTHORIZED, Scu, audit_rows, demo
 
 REFUSED = 50
 

@@ -28,16 +28,16 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from sqlalchemy import text
 
 from dicom_node.node import Node
-from tests.e2e.test_retrieve_transcode import (
+from tests.builders import (
     UNCOMPRESSED,
     Destination,
-    _exports,
-    _identifier,
-    _import,
-    _stored,
-    _stored_dataset_bytes,
-    _study,
-    _testfile,
+    compressed_study,
+    export_audits,
+    import_study,
+    pydicom_testfile,
+    retrieve_identifier,
+    stored_dataset_bytes,
+    stored_files,
 )
 from tests.support import free_port
 
@@ -127,13 +127,13 @@ def test_an_instance_the_node_cannot_send_is_failed_in_the_final_response_not_re
     """C-GET and C-MOVE where the peer has no context for CT: the final
     response counts the CT instance failed, lists it, and says nothing
     remains; the Error Comment gives the node's reason."""
-    study_uid, by_uid = _study(tmp_path, ["MR_small.dcm", "CT_small.dcm", "MR_small.dcm"])
+    study_uid, by_uid = compressed_study(tmp_path, ["MR_small.dcm", "CT_small.dcm", "MR_small.dcm"])
     ct = _ct_of(by_uid)
     destination = Destination(per_class={CT: []}, syntaxes=None)
     destinations.append(destination)
     node = make_node(peers=f"DEST@127.0.0.1:{destination.port}")
-    _import(node, tmp_path)
-    identifier = _identifier("STUDY", StudyInstanceUID=study_uid)
+    import_study(node, tmp_path)
+    identifier = retrieve_identifier("STUDY", StudyInstanceUID=study_uid)
 
     for responses in (_get(node, identifier, [MR]), _move(node, identifier)):
         _assert_consistent(responses, 3)
@@ -143,7 +143,7 @@ def test_an_instance_the_node_cannot_send_is_failed_in_the_final_response_not_re
         assert _failed_list(listed) == [ct]
         assert final.ErrorComment == f"1 failed: {NO_CONTEXT}"[:64]
     assert set(destination.received) == set(by_uid) - {ct}
-    for export in _exports(node):
+    for export in export_audits(node):
         assert export.details["counts"]["failed"] == 1
         assert export.details["failed_instances"] == [
             {"sop_instance_uid": ct, "reason": NO_CONTEXT}
@@ -157,9 +157,9 @@ def test_a_cancel_counts_left_out_instances_failed_as_the_audit_does(
     no context: the Cancel response counts it failed (and lists it), the rest
     remaining, as the Export event does."""
     names = ["CT_small.dcm", "MR_small.dcm", "MR_small.dcm", "MR_small.dcm"]
-    study_uid, by_uid = _study(tmp_path, names)
+    study_uid, by_uid = compressed_study(tmp_path, names)
     node = make_node()
-    _import(node, tmp_path)
+    import_study(node, tmp_path)
     received: list[str] = []
     holder: dict[str, Any] = {}
 
@@ -171,7 +171,7 @@ def test_a_cancel_counts_left_out_instances_failed_as_the_audit_does(
 
     responses = _get(
         node,
-        _identifier("STUDY", StudyInstanceUID=study_uid),
+        retrieve_identifier("STUDY", StudyInstanceUID=study_uid),
         [MR],
         on_store=on_store,
         on_assoc=lambda assoc: holder.__setitem__("assoc", assoc),
@@ -179,7 +179,7 @@ def test_a_cancel_counts_left_out_instances_failed_as_the_audit_does(
 
     final, listed = responses[-1]
     assert final.Status == 0xFE00
-    (export,) = _exports(node)
+    (export,) = export_audits(node)
     counts = export.details["counts"]
     failed = [entry["sop_instance_uid"] for entry in export.details["failed_instances"]]
     assert _failed_list(listed) == failed
@@ -208,9 +208,9 @@ def test_a_destination_refusing_the_association_or_every_context_is_a702_with_al
     ]
     try:
         node = make_node(peers=",".join(f"{ae}@127.0.0.1:{port}" for ae, port in ports.items()))
-        study_uid, by_uid = _study(tmp_path, ["MR_small.dcm", "CT_small.dcm"])
-        _import(node, tmp_path)
-        identifier = _identifier("STUDY", StudyInstanceUID=study_uid)
+        study_uid, by_uid = compressed_study(tmp_path, ["MR_small.dcm", "CT_small.dcm"])
+        import_study(node, tmp_path)
+        identifier = retrieve_identifier("STUDY", StudyInstanceUID=study_uid)
         finals = {ae: _move(node, identifier, ae)[-1] for ae in ports}
     finally:
         for server in servers:
@@ -224,7 +224,7 @@ def test_a_destination_refusing_the_association_or_every_context_is_a702_with_al
         "NOCTX": "destination accepted no presentation context",
         "REJ": "destination refused the association",
     }
-    for export in _exports(node):
+    for export in export_audits(node):
         why = reasons[export.details["destination"]]
         assert (export.outcome, export.reason) == ("serious_failure", why)
         assert export.details["counts"]["failed"] == 2
@@ -244,7 +244,7 @@ def _copy_unchanged(tmp_path: Path, names: list[str]) -> dict[str, str]:
     folder.mkdir()
     studies = {}
     for index, name in enumerate(names):
-        path = _testfile(name)
+        path = pydicom_testfile(name)
         shutil.copy(path, folder / f"{index}.dcm")
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         studies[str(ds.SOPInstanceUID)] = str(ds.StudyInstanceUID)
@@ -260,26 +260,28 @@ def test_c_move_in_the_stored_syntax_sends_the_stored_bytes(
     destinations.append(destination)
     node = make_node(peers=f"DEST@127.0.0.1:{destination.port}")
     studies = _copy_unchanged(tmp_path, BYTE_FILES)
-    _import(node, tmp_path)
+    import_study(node, tmp_path)
 
-    responses = _move(node, _identifier("STUDY", StudyInstanceUID="\\".join(studies.values())))
+    responses = _move(
+        node, retrieve_identifier("STUDY", StudyInstanceUID="\\".join(studies.values()))
+    )
 
     assert responses[-1][0].Status == 0x0000
-    stored = _stored(node)
+    stored = stored_files(node)
     for uid in studies:
         syntax, path = stored[uid]
         received = destination.received[uid]
         assert received.transfer_syntax == syntax
-        assert received.raw == _stored_dataset_bytes(path), uid
-    (export,) = _exports(node)
+        assert received.raw == stored_dataset_bytes(path), uid
+    (export,) = export_audits(node)
     assert export.details["counts"]["sent_as_stored"] == len(BYTE_FILES)
 
 
 def test_c_get_in_the_stored_syntax_sends_the_stored_bytes(make_node: Any, tmp_path: Path) -> None:
     node = make_node()
     studies = _copy_unchanged(tmp_path, BYTE_FILES)
-    _import(node, tmp_path)
-    stored = _stored(node)
+    import_study(node, tmp_path)
+    stored = stored_files(node)
     received: dict[str, bytes] = {}
 
     def on_store(event: Any) -> int:
@@ -288,14 +290,14 @@ def test_c_get_in_the_stored_syntax_sends_the_stored_bytes(make_node: Any, tmp_p
 
     sop_classes = sorted(
         {
-            str(pydicom.dcmread(_testfile(n), stop_before_pixels=True).SOPClassUID)
+            str(pydicom.dcmread(pydicom_testfile(n), stop_before_pixels=True).SOPClassUID)
             for n in BYTE_FILES
         }
     )
     syntaxes = sorted({syntax for syntax, _ in stored.values()})
     responses = _get(
         node,
-        _identifier("STUDY", StudyInstanceUID="\\".join(studies.values())),
+        retrieve_identifier("STUDY", StudyInstanceUID="\\".join(studies.values())),
         sop_classes,
         syntaxes=syntaxes,
         on_store=on_store,
@@ -303,7 +305,7 @@ def test_c_get_in_the_stored_syntax_sends_the_stored_bytes(make_node: Any, tmp_p
 
     assert responses[-1][0].Status == 0x0000
     for uid in studies:
-        assert received[uid] == _stored_dataset_bytes(stored[uid][1]), uid
+        assert received[uid] == stored_dataset_bytes(stored[uid][1]), uid
 
 
 # ------------------------------------------------------- more than 65535 / none
@@ -335,17 +337,17 @@ def test_more_than_65535_instances_are_refused_before_anything_is_sent(
     destination = Destination(None)
     destinations.append(destination)
     node = make_node(peers=f"DEST@127.0.0.1:{destination.port}")
-    study_uid, _ = _study(tmp_path, ["CT_small.dcm"])
-    _import(node, tmp_path)
+    study_uid, _ = compressed_study(tmp_path, ["CT_small.dcm"])
+    import_study(node, tmp_path)
     _multiply(node, 65535)  # 65536 instances
-    identifier = _identifier("STUDY", StudyInstanceUID=study_uid)
+    identifier = retrieve_identifier("STUDY", StudyInstanceUID=study_uid)
 
     for responses in (_move(node, identifier), _get(node, identifier, [CT])):
         ((final, _),) = responses
         assert final.Status == 0xA701  # out of resources: unable to calculate matches
         assert final.ErrorComment == "more than 65535 instances: narrow the retrieve"
     assert destination.received == {}
-    exports = _exports(node)
+    exports = export_audits(node)
     assert len(exports) == 2
     for export in exports:
         assert export.reason == "more than 65535 instances: narrow the retrieve"
@@ -357,13 +359,13 @@ def test_a_retrieve_matching_nothing_is_audited_with_zero_counts(
 ) -> None:
     port = free_port()  # nothing listens: no association is needed
     node = make_node(peers=f"DEST@127.0.0.1:{port}")
-    identifier = _identifier("STUDY", StudyInstanceUID=generate_uid())
+    identifier = retrieve_identifier("STUDY", StudyInstanceUID=generate_uid())
 
     for responses in (_move(node, identifier), _get(node, identifier, [MR])):
         ((final, _),) = responses
         assert final.Status == 0x0000
         assert _count(final, "Completed") == _count(final, "Failed") == 0
-    exports = _exports(node)
+    exports = export_audits(node)
     assert [e.details["destination"] for e in exports] == ["DEST", "PYGET"]
     for export in exports:
         assert export.outcome == "success"

@@ -9,7 +9,6 @@ pydicom-data's), never downloaded.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,6 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import pixel_array
@@ -27,28 +25,31 @@ from pydicom.uid import (
     MPEG2MPML,
     UID,
     ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     generate_uid,
 )
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_role, evt
+from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
-from sqlalchemy import select
 
-from dicom_node.db.models import AuditEvent, DicomInstance
-from dicom_node.domain.part10 import dataset_offset
 from dicom_node.node import Node
-from dicom_node.services.ingest.importing import import_files
-from dicom_node.services.ingest.instances import IngestPolicy
-from tests.support import free_port
+from tests.builders import (
+    UNCOMPRESSED,
+    Destination,
+    Received,
+    compressed_study,
+    export_audits,
+    import_study,
+    pydicom_testfile,
+    retrieve_identifier,
+    stored_dataset_bytes,
+    stored_files,
+)
 
-UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-STORAGE_CLASSES = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
 MR = "1.2.840.10008.5.1.4.1.1.4"
 SC = "1.2.840.10008.5.1.4.1.1.7"
 
@@ -68,124 +69,12 @@ COMPRESSED = [
 UNCOMPRESSED_FILES = ["MR_small.dcm", "CT_small.dcm", "image_dfl.dcm", "MR_small_bigendian.dcm"]
 
 
-@dataclass
-class Received:
-    transfer_syntax: str
-    raw: bytes  # the data set as it came over the wire
-    dataset: Dataset
-
-
-class Destination:
-    """A storage SCP: the transfer syntaxes it accepts per SOP class (in its
-    order of preference), and the status it answers per instance."""
-
-    def __init__(
-        self,
-        syntaxes: list[str] | None = None,
-        *,
-        per_class: dict[str, list[str]] | None = None,
-        refuse: set[str] | None = None,
-        ae_title: str = "DEST",
-    ) -> None:
-        self.port = free_port()
-        self.refuse = refuse or set()
-        self.refuse_all = False
-        self.received: dict[str, Received] = {}
-        self._lock = threading.Lock()
-        ae = AE(ae_title=ae_title)
-        for uid in STORAGE_CLASSES:
-            # None: every syntax pynetdicom knows, in its order (uncompressed first)
-            chosen = (per_class or {}).get(uid, syntaxes)
-            ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES if chosen is None else chosen)
-        self._server = ae.start_server(
-            ("127.0.0.1", self.port),
-            block=False,
-            evt_handlers=[(evt.EVT_C_STORE, self._on_store)],
-        )
-
-    def _on_store(self, event: Any) -> int:
-        dataset = event.dataset
-        dataset.file_meta = event.file_meta
-        uid = str(dataset.SOPInstanceUID)
-        with self._lock:
-            self.received[uid] = Received(
-                str(event.context.transfer_syntax), event.request.DataSet.getvalue(), dataset
-            )
-        return 0xA700 if self.refuse_all or uid in self.refuse else 0x0000
-
-    def stop(self) -> None:
-        self._server.shutdown()
-
-
 @pytest.fixture
 def destinations() -> Iterator[list[Destination]]:
     started: list[Destination] = []
     yield started
     for destination in started:
         destination.stop()
-
-
-def _testfile(name: str) -> Path:
-    path = get_testdata_file(name, download=False)
-    assert path is not None, f"{name}: neither in pydicom nor in pydicom-data"
-    return Path(str(path))
-
-
-def _study(
-    tmp_path: Path, names: list[str], *, patient_id: str = "TX1", study_uid: str | None = None
-) -> tuple[str, dict[str, str]]:
-    """The files as one study of one patient (new UIDs, syntax and pixels
-    untouched): the StudyInstanceUID and SOP Instance UID -> file name."""
-    study_uid = study_uid or generate_uid()
-    folder = tmp_path / f"in-{study_uid}"
-    folder.mkdir()
-    names_by_uid = {}
-    for index, name in enumerate(names):
-        ds = pydicom.dcmread(_testfile(name))
-        ds.PatientID = patient_id
-        ds.PatientName = "TRANSCODE^TEST"
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = generate_uid()
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.InstanceNumber = index + 1
-        ds.save_as(folder / f"{index}.dcm", enforce_file_format=True)
-        names_by_uid[str(ds.SOPInstanceUID)] = name
-    return study_uid, names_by_uid
-
-
-def _import(node: Node, tmp_path: Path) -> None:
-    assert node.db is not None and node.store is not None
-    files = sorted(tmp_path.glob("in-*/*.dcm"))
-    summary = import_files(node.db, node.store, files, policy=IngestPolicy(), actor="test")
-    assert summary.ok and summary.total == len(files), summary.describe()
-
-
-def _stored(node: Node) -> dict[str, tuple[str, Path]]:
-    """SOP Instance UID -> (stored transfer syntax, file)."""
-    assert node.db is not None and node.store is not None
-    with node.db.read() as session:
-        rows = session.execute(
-            select(
-                DicomInstance.sop_instance_uid,
-                DicomInstance.transfer_syntax_uid,
-                DicomInstance.file_path,
-            )
-        ).all()
-    return {uid: (ts, node.store.absolute(path)) for uid, ts, path in rows}
-
-
-def _stored_dataset_bytes(path: Path) -> bytes:
-    data = path.read_bytes()
-    return data[dataset_offset(data) :]
-
-
-def _identifier(level: str, **keys: str) -> Dataset:
-    identifier = Dataset()
-    identifier.QueryRetrieveLevel = level
-    for keyword, value in keys.items():
-        setattr(identifier, keyword, value)
-    return identifier
 
 
 @dataclass
@@ -232,18 +121,6 @@ def _move(
     return _final(responses)
 
 
-def _exports(node: Node) -> list[AuditEvent]:
-    assert node.db is not None
-    with node.db.read() as session:
-        return list(
-            session.scalars(
-                select(AuditEvent)
-                .where(AuditEvent.action == "instances_exported")
-                .order_by(AuditEvent.id)
-            )
-        )
-
-
 def _pixels(dataset: Dataset) -> np.ndarray[Any, Any]:
     return np.asarray(dataset.pixel_array, dtype=np.int64)
 
@@ -272,20 +149,20 @@ def test_a_destination_accepting_only_uncompressed_gets_every_instance_decoded(
     destinations.append(destination)
     names = [name for name, _ in COMPRESSED] + UNCOMPRESSED_FILES
     lossy = dict(COMPRESSED)
-    study_uid, by_uid = _study(tmp_path, names)
+    study_uid, by_uid = compressed_study(tmp_path, names)
     node = make_node(peers=f"DEST@127.0.0.1:{destination.port}")
-    _import(node, tmp_path)
+    import_study(node, tmp_path)
 
-    final = _move(node, _identifier("STUDY", StudyInstanceUID=study_uid))
+    final = _move(node, retrieve_identifier("STUDY", StudyInstanceUID=study_uid))
 
     assert (final.status, final.completed, final.failed) == (0x0000, len(names), 0)
     assert set(destination.received) == set(by_uid)
-    stored = _stored(node)
+    stored = stored_files(node)
     for uid, received in destination.received.items():
         assert received.transfer_syntax in UNCOMPRESSED
         assert not UID(received.dataset.file_meta.TransferSyntaxUID).is_compressed
         _assert_pixels(received.dataset, stored[uid][1], lossy=lossy.get(by_uid[uid], False))
-    (export,) = _exports(node)
+    (export,) = export_audits(node)
     assert export.outcome == "success"
     counts = export.details["counts"]
     assert counts["completed"] == counts["offered"] == len(names)
@@ -300,11 +177,11 @@ def test_a_multi_frame_jpeg_baseline_reaches_an_uncompressed_destination(
 ) -> None:
     destination = Destination(UNCOMPRESSED)
     destinations.append(destination)
-    study_uid, _by_uid = _study(tmp_path, ["color3d_jpeg_baseline.dcm"])  # 120 frames
+    study_uid, _by_uid = compressed_study(tmp_path, ["color3d_jpeg_baseline.dcm"])  # 120 frames
     node = make_node(peers=f"DEST@127.0.0.1:{destination.port}")
-    _import(node, tmp_path)
+    import_study(node, tmp_path)
 
-    final = _move(node, _identifier("STUDY", StudyInstanceUID=study_uid))
+    final = _move(node, retrieve_identifier("STUDY", StudyInstanceUID=study_uid))
 
     assert (final.status, final.completed) == (0x0000, 1)
     ((uid, received),) = destination.received.items()
@@ -312,7 +189,7 @@ def test_a_multi_frame_jpeg_baseline_reaches_an_uncompressed_destination(
     assert received.dataset.LossyImageCompression == "01"  # still marked lossy
     assert int(received.dataset.NumberOfFrames) == 120
     frames = received.dataset.pixel_array
-    path = _stored(node)[uid][1]
+    path = stored_files(node)[uid][1]
     for index in (0, 59, 119):  # pydicom's decoding of those frames of the stored file
         want = np.asarray(pixel_array(path, index=index), dtype=np.int64)
         assert int(np.abs(np.asarray(frames[index], dtype=np.int64) - want).max()) <= 2
@@ -328,19 +205,19 @@ def test_a_destination_accepting_the_stored_syntaxes_gets_them_byte_identical(
     destinations.append(destination)
     compressed = [name for name, _ in COMPRESSED]
     native = ["MR_small.dcm", "CT_small.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm"]
-    study_uid, by_uid = _study(tmp_path, [*compressed, *native])
+    study_uid, by_uid = compressed_study(tmp_path, [*compressed, *native])
     node = make_node(peers=f"DEST@127.0.0.1:{destination.port}")
-    _import(node, tmp_path)
+    import_study(node, tmp_path)
 
-    final = _move(node, _identifier("STUDY", StudyInstanceUID=study_uid))
+    final = _move(node, retrieve_identifier("STUDY", StudyInstanceUID=study_uid))
 
     assert (final.status, final.completed) == (0x0000, len(by_uid))
-    stored = _stored(node)
+    stored = stored_files(node)
     for uid, received in destination.received.items():
         syntax, path = stored[uid]
         assert received.transfer_syntax == syntax
-        assert received.raw == _stored_dataset_bytes(path)  # the data set, unchanged
-    (export,) = _exports(node)
+        assert received.raw == stored_dataset_bytes(path)  # the data set, unchanged
+    (export,) = export_audits(node)
     counts = export.details["counts"]
     assert (counts["sent_as_stored"], counts["converted"]) == (len(by_uid), 0)
     assert counts["transcoded"] == 0
@@ -355,14 +232,14 @@ def test_a_mixed_study_reaches_a_destination_that_prefers_jpeg_2000(
     destination = Destination([JPEG2000Lossless, JPEG2000, *UNCOMPRESSED])
     destinations.append(destination)
     names = ["MR_small_jp2klossless.dcm", "MR_small.dcm", "MR_small_RLE.dcm", "US1_J2KI.dcm"]
-    study_uid, by_uid = _study(tmp_path, names)
+    study_uid, by_uid = compressed_study(tmp_path, names)
     node = make_node(peers=f"DEST@127.0.0.1:{destination.port}")
-    _import(node, tmp_path)
+    import_study(node, tmp_path)
 
-    final = _move(node, _identifier("STUDY", StudyInstanceUID=study_uid))
+    final = _move(node, retrieve_identifier("STUDY", StudyInstanceUID=study_uid))
 
     assert (final.status, final.completed, final.failed) == (0x0000, len(names), 0)
-    stored = _stored(node)
+    stored = stored_files(node)
     how = {by_uid[uid]: received.transfer_syntax for uid, received in destination.received.items()}
     assert how == {
         "MR_small_jp2klossless.dcm": JPEG2000Lossless,  # as stored, byte for byte
@@ -372,7 +249,7 @@ def test_a_mixed_study_reaches_a_destination_that_prefers_jpeg_2000(
     }
     for uid, received in destination.received.items():
         if received.transfer_syntax == stored[uid][0]:
-            assert received.raw == _stored_dataset_bytes(stored[uid][1])
+            assert received.raw == stored_dataset_bytes(stored[uid][1])
     _assert_pixels(
         next(r.dataset for u, r in destination.received.items() if by_uid[u] == "MR_small_RLE.dcm"),
         next(stored[u][1] for u in by_uid if by_uid[u] == "MR_small_RLE.dcm"),
@@ -388,14 +265,14 @@ def test_a_destination_taking_only_jpeg_2000_lossless_gets_native_instances_enco
     # one stored as JPEG 2000 lossless: the node proposes that syntax for MR
     names = ["MR_small_jp2klossless.dcm", "MR_small_implicit.dcm", "MR_small.dcm"]
     names.append("MR_small_RLE.dcm")
-    study_uid, _by_uid = _study(tmp_path, names)
+    study_uid, _by_uid = compressed_study(tmp_path, names)
     node = make_node(peers=f"DEST@127.0.0.1:{destination.port}")
-    _import(node, tmp_path)
+    import_study(node, tmp_path)
 
-    final = _move(node, _identifier("STUDY", StudyInstanceUID=study_uid))
+    final = _move(node, retrieve_identifier("STUDY", StudyInstanceUID=study_uid))
 
     assert (final.status, final.completed) == (0x0000, 4)
-    stored = _stored(node)
+    stored = stored_files(node)
     for uid, received in destination.received.items():
         assert received.transfer_syntax == JPEG2000Lossless
         _assert_pixels(received.dataset, stored[uid][1], lossy=False)
@@ -405,18 +282,18 @@ def test_a_destination_refusing_some_instances_gets_b000_and_the_audit_says_so(
     make_node: Any, tmp_path: Path, destinations: list[Destination]
 ) -> None:
     names = ["MR_small.dcm", "CT_small.dcm", "MR_small_RLE.dcm", "SC_rgb_rle_2frame.dcm"]
-    study_uid, by_uid = _study(tmp_path, names)
+    study_uid, by_uid = compressed_study(tmp_path, names)
     refused = {uid for uid, name in by_uid.items() if name in {"CT_small.dcm", "MR_small_RLE.dcm"}}
     destination = Destination(UNCOMPRESSED, refuse=refused)
     destinations.append(destination)
     node = make_node(peers=f"DEST@127.0.0.1:{destination.port}")
-    _import(node, tmp_path)
+    import_study(node, tmp_path)
 
-    final = _move(node, _identifier("STUDY", StudyInstanceUID=study_uid))
+    final = _move(node, retrieve_identifier("STUDY", StudyInstanceUID=study_uid))
 
     assert (final.status, final.completed, final.failed, final.warning) == (0xB000, 2, 2, 0)
     assert set(final.failed_uids) == refused
-    (export,) = _exports(node)
+    (export,) = export_audits(node)
     assert export.outcome == "minor_failure"
     counts = export.details["counts"]
     assert (counts["completed"], counts["failed"], counts["offered"]) == (2, 2, 4)
@@ -433,21 +310,21 @@ def test_instances_the_node_cannot_send_are_listed_with_the_destination_refusals
     side (never offered), the uncompressed ones go; the destination refuses
     one of those. The final response lists all three, and counts them."""
     names = ["MR_small.dcm", "CT_small.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm"]
-    study_uid, by_uid = _study(tmp_path, names)
+    study_uid, by_uid = compressed_study(tmp_path, names)
     ct = next(uid for uid, name in by_uid.items() if name == "CT_small.dcm")
     destination = Destination(UNCOMPRESSED, refuse={ct})
     destinations.append(destination)
     node = make_node(peers=f"DEST@127.0.0.1:{destination.port}", transcode_on_retrieve=False)
-    _import(node, tmp_path)
+    import_study(node, tmp_path)
 
-    final = _move(node, _identifier("STUDY", StudyInstanceUID=study_uid))
+    final = _move(node, retrieve_identifier("STUDY", StudyInstanceUID=study_uid))
 
     compressed = {uid for uid, name in by_uid.items() if name.startswith("MR_small_")}
     assert (final.status, final.completed, final.failed) == (0xB000, 1, 3)
     assert set(final.failed_uids) == compressed | {ct}
     assert final.comment.startswith("3 failed")  # the reasons are in the audit
     assert set(destination.received) == {uid for uid in by_uid if uid not in compressed}
-    (export,) = _exports(node)
+    (export,) = export_audits(node)
     reasons = {f["sop_instance_uid"]: f["reason"] for f in export.details["failed_instances"]}
     assert reasons == {
         **dict.fromkeys(compressed, "stored transfer syntax not accepted, transcoding off"),
@@ -460,19 +337,19 @@ def test_nothing_delivered_is_a702_and_a_serious_failure(
     make_node: Any, tmp_path: Path, destinations: list[Destination]
 ) -> None:
     names = ["MR_small.dcm", "MR_small_RLE.dcm"]
-    study_uid, by_uid = _study(tmp_path, names)
+    study_uid, by_uid = compressed_study(tmp_path, names)
     destination = Destination(UNCOMPRESSED)
     destination.refuse_all = True
     destinations.append(destination)
     node = make_node(peers=f"DEST@127.0.0.1:{destination.port}", transcode_on_retrieve=False)
-    _import(node, tmp_path)
+    import_study(node, tmp_path)
 
-    final = _move(node, _identifier("STUDY", StudyInstanceUID=study_uid))
+    final = _move(node, retrieve_identifier("STUDY", StudyInstanceUID=study_uid))
 
     # one refused by the destination, one the node could not send
     assert (final.status, final.completed, final.failed) == (0xA702, 0, 2)
     assert set(final.failed_uids) == set(by_uid)
-    (export,) = _exports(node)
+    (export,) = export_audits(node)
     assert export.outcome == "serious_failure"
     assert export.details["counts"]["failed"] == 2
 
@@ -480,7 +357,7 @@ def test_nothing_delivered_is_a702_and_a_serious_failure(
 def _undecodable(tmp_path: Path, study_uid: str, syntax: str, name: str) -> str:
     """An instance of the study whose pixel data claims ``syntax`` and holds a
     stream no decoder reads: its SOP Instance UID."""
-    ds = pydicom.dcmread(_testfile("MR_small.dcm"))
+    ds = pydicom.dcmread(pydicom_testfile("MR_small.dcm"))
     ds.PatientID = "TX1"
     ds.StudyInstanceUID = study_uid
     ds.SOPInstanceUID = generate_uid()
@@ -495,20 +372,20 @@ def _undecodable(tmp_path: Path, study_uid: str, syntax: str, name: str) -> str:
 def test_an_instance_that_cannot_be_decoded_fails_with_its_reason_the_rest_go(
     make_node: Any, tmp_path: Path, destinations: list[Destination]
 ) -> None:
-    study_uid, by_uid = _study(tmp_path, ["MR_small_RLE.dcm"])
+    study_uid, by_uid = compressed_study(tmp_path, ["MR_small_RLE.dcm"])
     no_decoder = _undecodable(tmp_path, study_uid, MPEG2MPML, "mpeg2.dcm")
     damaged = _undecodable(tmp_path, study_uid, JPEG2000Lossless, "damaged.dcm")
     destination = Destination(UNCOMPRESSED)
     destinations.append(destination)
     node = make_node(peers=f"DEST@127.0.0.1:{destination.port}")
-    _import(node, tmp_path)
+    import_study(node, tmp_path)
 
-    final = _move(node, _identifier("STUDY", StudyInstanceUID=study_uid))
+    final = _move(node, retrieve_identifier("STUDY", StudyInstanceUID=study_uid))
 
     assert (final.status, final.completed, final.failed) == (0xB000, 1, 2)
     assert set(final.failed_uids) == {no_decoder, damaged}
     assert set(destination.received) == set(by_uid)
-    (export,) = _exports(node)
+    (export,) = export_audits(node)
     reasons = {f["sop_instance_uid"]: f["reason"] for f in export.details["failed_instances"]}
     assert reasons[no_decoder] == f"no decoder for {MPEG2MPML}"
     assert reasons[damaged]  # the transcoder's reason, whatever the codec said
@@ -519,9 +396,11 @@ def test_an_instance_that_cannot_be_decoded_fails_with_its_reason_the_rest_go(
 
 
 def _two_studies_of_one_patient(tmp_path: Path) -> set[str]:
-    _, first = _study(tmp_path, ["MR_small.dcm", "MR_small_RLE.dcm"], patient_id="PAT-LVL")
-    _, second = _study(tmp_path, ["CT_small.dcm"], patient_id="PAT-LVL")
-    _study(tmp_path, ["MR_small_jp2klossless.dcm"], patient_id="SOMEONE-ELSE")
+    _, first = compressed_study(
+        tmp_path, ["MR_small.dcm", "MR_small_RLE.dcm"], patient_id="PAT-LVL"
+    )
+    _, second = compressed_study(tmp_path, ["CT_small.dcm"], patient_id="PAT-LVL")
+    compressed_study(tmp_path, ["MR_small_jp2klossless.dcm"], patient_id="SOMEONE-ELSE")
     return set(first) | set(second)
 
 
@@ -533,17 +412,17 @@ def test_a_patient_level_move_on_the_study_root_moves_every_study_of_the_patient
     destinations.append(destination)
     wanted = _two_studies_of_one_patient(tmp_path)
     node = make_node(peers=f"DEST@127.0.0.1:{destination.port}")
-    _import(node, tmp_path)
+    import_study(node, tmp_path)
 
-    final = _move(node, _identifier("PATIENT", PatientID="PAT-LVL"))
+    final = _move(node, retrieve_identifier("PATIENT", PatientID="PAT-LVL"))
     assert (final.status, final.completed) == (0x0000, 3)
     assert set(destination.received) == wanted
 
     # without a PatientID: refused as before, nothing sent
-    assert _move(node, _identifier("PATIENT", PatientID="")).status == 0xA900
-    assert _move(node, _identifier("PATIENT")).status == 0xA900
+    assert _move(node, retrieve_identifier("PATIENT", PatientID="")).status == 0xA900
+    assert _move(node, retrieve_identifier("PATIENT")).status == 0xA900
     assert len(destination.received) == 3
-    exports = _exports(node)
+    exports = export_audits(node)
     assert exports[0].target_class == "PATIENT" and exports[0].outcome == "success"
     assert [e.reason for e in exports[1:]] == ["a PATIENT retrieve needs PatientID"] * 2
 
@@ -557,11 +436,14 @@ def test_the_patient_level_on_the_study_root_can_be_refused(
     node = make_node(
         peers=f"DEST@127.0.0.1:{destination.port}", accept_patient_level_on_study_root=False
     )
-    _import(node, tmp_path)
-    assert _move(node, _identifier("PATIENT", PatientID="PAT-LVL")).status == 0xA900
+    import_study(node, tmp_path)
+    assert _move(node, retrieve_identifier("PATIENT", PatientID="PAT-LVL")).status == 0xA900
     # the Patient Root model has that level: unaffected
     patient_root = PatientRootQueryRetrieveInformationModelMove
-    assert _move(node, _identifier("PATIENT", PatientID="PAT-LVL"), model=patient_root).status == 0
+    assert (
+        _move(node, retrieve_identifier("PATIENT", PatientID="PAT-LVL"), model=patient_root).status
+        == 0
+    )
     assert len(destination.received) == 3
 
 
@@ -615,20 +497,22 @@ def test_c_get_gets_the_stored_lossy_syntax_when_offered_next_to_explicit_little
     """getscu +xy / +xw: one context per SOP class, the compressed syntax and
     Explicit VR Little Endian; the node used to accept Explicit VR Little
     Endian (its order for C-STORE to it) and could not send the stored JPEG."""
-    study_uid, _by_uid = _study(tmp_path, [stored])
+    study_uid, _by_uid = compressed_study(tmp_path, [stored])
     node = make_node()
-    _import(node, tmp_path)
+    import_study(node, tmp_path)
     syntax = JPEGBaseline8Bit if stored.startswith("SC_") else JPEG2000
 
     final, received = _get(
-        node, _identifier("STUDY", StudyInstanceUID=study_uid), {SC: [syntax, *UNCOMPRESSED]}
+        node,
+        retrieve_identifier("STUDY", StudyInstanceUID=study_uid),
+        {SC: [syntax, *UNCOMPRESSED]},
     )
 
     assert (final.status, final.completed) == (0x0000, 1)
     ((uid, got),) = received.items()
     assert got.transfer_syntax == syntax
-    assert got.raw == _stored_dataset_bytes(_stored(node)[uid][1])
-    (export,) = _exports(node)
+    assert got.raw == stored_dataset_bytes(stored_files(node)[uid][1])
+    (export,) = export_audits(node)
     assert export.details["counts"]["sent_as_stored"] == 1
 
 
@@ -636,32 +520,32 @@ def test_c_get_offering_only_uncompressed_gets_transcoded_instances(
     make_node: Any, tmp_path: Path
 ) -> None:
     names = ["MR_small_jp2klossless.dcm", "MR_small_RLE.dcm", "MR_small.dcm"]
-    study_uid, _by_uid = _study(tmp_path, names)
+    study_uid, _by_uid = compressed_study(tmp_path, names)
     node = make_node()
-    _import(node, tmp_path)
+    import_study(node, tmp_path)
 
     final, received = _get(
-        node, _identifier("STUDY", StudyInstanceUID=study_uid), {MR: list(UNCOMPRESSED)}
+        node, retrieve_identifier("STUDY", StudyInstanceUID=study_uid), {MR: list(UNCOMPRESSED)}
     )
 
     assert (final.status, final.completed) == (0x0000, 3)
-    stored = _stored(node)
+    stored = stored_files(node)
     for uid, got in received.items():
         assert got.transfer_syntax == ExplicitVRLittleEndian
         _assert_pixels(got.dataset, stored[uid][1], lossy=False)
-    (export,) = _exports(node)
+    (export,) = export_audits(node)
     assert export.details["counts"]["transcoded"] == 2
 
 
 def test_c_get_of_a_sop_class_the_requester_did_not_offer_fails_it_explicitly(
     make_node: Any, tmp_path: Path
 ) -> None:
-    study_uid, by_uid = _study(tmp_path, ["MR_small.dcm", "CT_small.dcm"])
+    study_uid, by_uid = compressed_study(tmp_path, ["MR_small.dcm", "CT_small.dcm"])
     node = make_node()
-    _import(node, tmp_path)
+    import_study(node, tmp_path)
 
     final, _received = _get(
-        node, _identifier("STUDY", StudyInstanceUID=study_uid), {MR: list(UNCOMPRESSED)}
+        node, retrieve_identifier("STUDY", StudyInstanceUID=study_uid), {MR: list(UNCOMPRESSED)}
     )
 
     ct = next(uid for uid, name in by_uid.items() if name == "CT_small.dcm")
@@ -671,7 +555,7 @@ def test_c_get_of_a_sop_class_the_requester_did_not_offer_fails_it_explicitly(
         1,
         [ct],
     )
-    (export,) = _exports(node)
+    (export,) = export_audits(node)
     assert export.details["failed_instances"] == [
         {
             "sop_instance_uid": ct,
@@ -686,9 +570,9 @@ def test_only_a_c_get_requester_has_its_storage_syntax_chosen_by_what_is_stored(
     """A C-STORE requester (no SCP role) still gets the node's order for what it
     sends (uncompressed before lossy: no modality made to compress lossily),
     and so does one that keeps the SCU role next to the SCP role."""
-    _study(tmp_path, ["SC_rgb_jpeg_dcmtk.dcm"])  # the store holds SC as JPEG Baseline
+    compressed_study(tmp_path, ["SC_rgb_jpeg_dcmtk.dcm"])  # the store holds SC as JPEG Baseline
     node = make_node()
-    _import(node, tmp_path)
+    import_study(node, tmp_path)
 
     def accepted(*roles: Any) -> str:
         ae = AE(ae_title="PYSCU")
@@ -710,9 +594,11 @@ def test_a_cancelled_c_get_stops_and_is_audited_as_cancelled(
 ) -> None:
     """C-CANCEL still works: the requester cancels while storing the first
     instance; the node answers Cancel (0xFE00) before the next one."""
-    study_uid, _by_uid = _study(tmp_path, ["MR_small.dcm", "MR_small_RLE.dcm", "CT_small.dcm"])
+    study_uid, _by_uid = compressed_study(
+        tmp_path, ["MR_small.dcm", "MR_small_RLE.dcm", "CT_small.dcm"]
+    )
     node = make_node()
-    _import(node, tmp_path)
+    import_study(node, tmp_path)
     ae = AE(ae_title="PYGET")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     for sop_class in (MR, "1.2.840.10008.5.1.4.1.1.2"):
@@ -740,7 +626,7 @@ def test_a_cancelled_c_get_stops_and_is_audited_as_cancelled(
         responses = [
             (s, i)
             for s, i in assoc.send_c_get(
-                _identifier("STUDY", StudyInstanceUID=study_uid),
+                retrieve_identifier("STUDY", StudyInstanceUID=study_uid),
                 StudyRootQueryRetrieveInformationModelGet,
                 msg_id=1,
             )
@@ -751,7 +637,7 @@ def test_a_cancelled_c_get_stops_and_is_audited_as_cancelled(
     final = _final(responses)
     assert final.status == 0xFE00
     assert len(received) == final.completed == 1
-    (export,) = _exports(node)
+    (export,) = export_audits(node)
     counts = export.details["counts"]
     assert (counts["completed"], counts["cancelled"], counts["failed"]) == (1, 2, 0)
     assert export.outcome == "success"  # nothing failed: the requester stopped it
@@ -762,14 +648,14 @@ def test_a_patient_level_c_get_on_the_study_root_gets_every_study_of_the_patient
 ) -> None:
     wanted = _two_studies_of_one_patient(tmp_path)
     node = make_node()
-    _import(node, tmp_path)
+    import_study(node, tmp_path)
     offers = {MR: UNCOMPRESSED, "1.2.840.10008.5.1.4.1.1.2": UNCOMPRESSED}
 
-    final, received = _get(node, _identifier("PATIENT", PatientID="PAT-LVL"), offers)
+    final, received = _get(node, retrieve_identifier("PATIENT", PatientID="PAT-LVL"), offers)
 
     assert (final.status, final.completed) == (0x0000, 3)
     assert set(received) == wanted
-    final, received = _get(node, _identifier("PATIENT"), offers)
+    final, received = _get(node, retrieve_identifier("PATIENT"), offers)
     assert (final.status, received) == (0xA900, {})
 
 
@@ -778,17 +664,17 @@ def test_with_unknown_sop_classes_accepted_the_c_get_preference_still_holds(
 ) -> None:
     """pynetdicom's unrestricted storage takes a context's first proposed syntax,
     whatever the node's list: the proposed list is put in the node's order."""
-    study_uid, _ = _study(tmp_path, ["SC_rgb_jpeg_dcmtk.dcm"])
+    study_uid, _ = compressed_study(tmp_path, ["SC_rgb_jpeg_dcmtk.dcm"])
     node = make_node(accept_unknown_sop_classes=True)
-    _import(node, tmp_path)
+    import_study(node, tmp_path)
 
     final, received = _get(
         node,
-        _identifier("STUDY", StudyInstanceUID=study_uid),
+        retrieve_identifier("STUDY", StudyInstanceUID=study_uid),
         {SC: [ExplicitVRLittleEndian, JPEGBaseline8Bit]},  # Explicit first this time
     )
 
     assert (final.status, final.completed) == (0x0000, 1)
     ((uid, got),) = received.items()
     assert got.transfer_syntax == JPEGBaseline8Bit
-    assert got.raw == _stored_dataset_bytes(_stored(node)[uid][1])
+    assert got.raw == stored_dataset_bytes(stored_files(node)[uid][1])

@@ -5,7 +5,7 @@ with component groups) and PerformingPhysicianName (series level) of images
 stored through ingest: case-insensitively (Unicode case folding), by component
 group, with wildcards, lists and universal matching, the same for each key.
 The C-FIND, worklist and HTTP tests (tests/e2e/test_pn_find.py) send these
-cases over the wire.
+cases over the wire; the table is in tests/builders.py.
 """
 
 from __future__ import annotations
@@ -23,104 +23,12 @@ from dicom_node.domain.query import Level, parse_match
 from dicom_node.services.ingest.instances import IngestPolicy, Source, StoreOutcome, store_instance
 from dicom_node.services.query.find import find_entities
 from dicom_node.storage import FileStore
+from tests.builders import PN_SERIES_CASES as SERIES_CASES
+from tests.builders import PN_SERIES_UID as SERIES_UID
+from tests.builders import PN_STUDY_CASES as STUDY_CASES
+from tests.builders import PN_UID as UID
+from tests.builders import YAMADA, store_named
 from tests.dicomfiles import ct_dataset, to_bytes
-
-# deterministic UIDs: they appear in test ids, the same in every process
-UID = {label: generate_uid(entropy_srcs=["test_pn_matching", label]) for label in "ABC"}
-SERIES_UID = {
-    label: generate_uid(entropy_srcs=["test_pn_matching", label]) for label in ("A1", "A2", "B1")
-}
-
-YAMADA = "Yamada^Tarou=山田^太郎=やまだ^たろう"
-# study label -> (PatientID, PatientName, ReferringPhysicianName, NameOfPhysiciansReadingStudy)
-STUDIES: dict[str, tuple[str, str, str | None, list[str] | None]] = {
-    "A": ("PN1", "Müller^Hans", "García^José", ["Wong^Anna", YAMADA]),
-    "B": ("PN2", "DOE^JANE", "GARCIA^JOSE^^", ["SMITH^JOHN"]),
-    "C": ("PN3", "doe^john", None, None),  # no physicians at all
-}
-# series label -> (study, PerformingPhysicianName)
-SERIES: dict[str, tuple[str, str | None]] = {
-    "A1": ("A", "Smith^John^^^"),
-    "A2": ("A", "Koch^Eva\\ΣΩΚΡΆΤΗΣ^ΠΑΠΑΔΌΠΟΥΛΟΣ"),
-    "B1": ("B", None),
-}
-SERIES_OF_STUDY = {"C": "C1"}
-
-STUDY_CASES: list[tuple[dict[str, str], set[str]]] = [
-    # ReferringPhysicianName: was case-sensitive before the PN rule covered it
-    ({"ReferringPhysicianName": "García^José"}, {"A"}),
-    ({"ReferringPhysicianName": "garcía^josé"}, {"A"}),
-    ({"ReferringPhysicianName": "GARCÍA^JOSÉ"}, {"A"}),
-    ({"ReferringPhysicianName": "garcia^jose"}, {"B"}),  # accents are letters
-    ({"ReferringPhysicianName": "Garcia^Jose^"}, {"B"}),  # trailing empty components
-    ({"ReferringPhysicianName": "gar*"}, {"A", "B"}),
-    ({"ReferringPhysicianName": "G?RC?A^*"}, {"A", "B"}),
-    ({"ReferringPhysicianName": "garcía"}, set()),  # a whole group, not a prefix
-    ({"ReferringPhysicianName": "garcía^josé\\nobody^x"}, {"A"}),
-    ({"ReferringPhysicianName": ""}, {"A", "B", "C"}),
-    ({"ReferringPhysicianName": "*"}, {"A", "B", "C"}),
-    # NameOfPhysiciansReadingStudy: multi-valued, one value with three groups
-    ({"NameOfPhysiciansReadingStudy": "WONG^ANNA"}, {"A"}),
-    ({"NameOfPhysiciansReadingStudy": "yamada^tarou"}, {"A"}),
-    ({"NameOfPhysiciansReadingStudy": "山田^太郎"}, {"A"}),
-    ({"NameOfPhysiciansReadingStudy": "やまだ^*"}, {"A"}),
-    ({"NameOfPhysiciansReadingStudy": "YAMADA^TAROU=山田^太郎=やまだ^たろう"}, {"A"}),
-    ({"NameOfPhysiciansReadingStudy": "Yamada^Tarou=山田^太郎"}, set()),
-    ({"NameOfPhysiciansReadingStudy": "smith^john"}, {"B"}),
-    ({"NameOfPhysiciansReadingStudy": "s*"}, {"B"}),
-    ({"NameOfPhysiciansReadingStudy": "wong^anna\\SMITH^JOHN"}, {"A", "B"}),
-    ({"NameOfPhysiciansReadingStudy": ""}, {"A", "B", "C"}),
-    # PatientName: the rule it always had
-    ({"PatientName": "MÜLLER^HANS"}, {"A"}),
-    ({"PatientName": "Mu\u0308ller^hans"}, {"A"}),  # decomposed ü
-    ({"PatientName": "doe^jane"}, {"B"}),
-    ({"PatientName": "DOE*"}, {"B", "C"}),
-    # keys of series below the study: a study matches when one of its series does
-    # (the HTTP search; C-FIND refuses a key below the query level)
-]
-SERIES_CASES: list[tuple[dict[str, str], set[str]]] = [
-    ({"PerformingPhysicianName": "SMITH^JOHN"}, {"A1"}),
-    ({"PerformingPhysicianName": "smith^john^"}, {"A1"}),
-    ({"PerformingPhysicianName": "koch^eva"}, {"A2"}),
-    ({"PerformingPhysicianName": "σωκράτης^παπαδόπουλος"}, {"A2"}),  # final sigma
-    ({"PerformingPhysicianName": "Σωκ*"}, {"A2"}),
-    ({"PerformingPhysicianName": "*^JOHN"}, {"A1"}),
-    ({"PerformingPhysicianName": "k*\\smith^john"}, {"A1", "A2"}),
-    ({"PerformingPhysicianName": "eva"}, set()),
-    ({"PerformingPhysicianName": ""}, {"A1", "A2", "B1", "C1"}),
-    ({"PerformingPhysicianName": "koch^eva", "ReferringPhysicianName": "GARCÍA^JOSÉ"}, {"A2"}),
-]
-
-
-def store_named(db: Database, store: FileStore) -> None:
-    """Store the table's studies (also used by the C-FIND and HTTP tests)."""
-    series = [(label, study, performer) for label, (study, performer) in SERIES.items()]
-    series += [(label, study, None) for study, label in SERIES_OF_STUDY.items()]
-    for series_label, study, performer in series:
-        patient_id, patient_name, referring, readers = STUDIES[study]
-        ds = ct_dataset(
-            study_uid=UID[study],
-            series_uid=SERIES_UID.get(series_label)
-            or generate_uid(entropy_srcs=["test_pn_matching", series_label]),
-            patient_id=patient_id,
-            patient_name=patient_name,
-        )
-        ds.SpecificCharacterSet = "ISO_IR 192"
-        ds.SeriesDescription = series_label
-        if referring is not None:
-            ds.ReferringPhysicianName = referring
-        if readers is not None:
-            ds.NameOfPhysiciansReadingStudy = readers
-        if performer is not None:
-            ds.PerformingPhysicianName = performer.split("\\")
-        result = store_instance(
-            db,
-            store,
-            part10=to_bytes(ds),
-            source=Source(calling_ae_title="TEST"),
-            policy=IngestPolicy(),
-        )
-        assert result.outcome is StoreOutcome.STORED, result.reason
 
 
 @pytest.fixture(name="named")

@@ -1,122 +1,26 @@
-"""The query compiler against real databases: PS3.4 C.2.2.2 matching, table-driven."""
+"""The query compiler against real databases: PS3.4 C.2.2.2 matching, table-driven
+(the table, also sent over the wire by tests/e2e/test_find.py: tests/builders.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
 from sqlalchemy import update
 
 from dicom_node.db.engine import Database
 from dicom_node.db.models import DicomStudy
 from dicom_node.domain.query import InvalidQuery, Level, UnsupportedQuery
-from dicom_node.services.ingest.instances import IngestPolicy, Source, StoreOutcome, store_instance
 from dicom_node.services.query.find import find_entities
-from dicom_node.storage import FileStore
-from tests.dicomfiles import ct_dataset, to_bytes
-
-# deterministic: the UIDs appear in the test ids, which must be the same in every
-# process (pytest-xdist workers compare their collections)
-UID = {
-    name: generate_uid(entropy_srcs=["test_query", name])
-    for name in ("A", "B", "C", "D", "A1", "A2", "B1", "C1", "D1")
-}
-
-# study label -> patient, study attributes; series label -> study, modality, instances
-PATIENTS = {
-    "A": ("PAT1", "DOE^JANE"),
-    "B": ("PAT2", "doe^john"),
-    "C": ("PAT3", "Διονυσιος=ΔΙΟΝ^ΤΕΣΤ"),
-    "D": ("PAT4", "O'NEIL^ANN"),
-}
-STUDIES = {
-    "A": {
-        "StudyDate": "20260105",
-        "StudyTime": "101500",
-        "AccessionNumber": "ACC100",
-        "StudyDescription": "CT CHEST",
-    },
-    "B": {
-        "StudyDate": "20251231",
-        "StudyTime": "0930",
-        "AccessionNumber": "ACC_200",
-        "StudyDescription": "50% DOSE",
-    },
-    "C": {
-        "StudyDate": "20260110",
-        "StudyTime": "141530.25",
-        "AccessionNumber": "ACC300",
-        "StudyDescription": "ct chest",
-    },
-    "D": {
-        "StudyDate": "20250101",
-        "StudyTime": "23",
-        "AccessionNumber": "X%Y",
-        "StudyDescription": "HEAD",
-    },
-}
-SERIES = {"A1": ("A", "CT", 2), "A2": ("A", "MR", 1), "B1": ("B", "CT", 1)}
-SERIES |= {"C1": ("C", "MR", 1), "D1": ("D", "CR", 1)}
-# series label -> RequestAttributesSequence items (AccessionNumber, RequestedProcedureID,
-# ScheduledProcedureStepID, StudyInstanceUID); study C has none
-REQUESTS = {
-    "A1": [("ACC100", "RP1", "SPS1", None), ("ACC101", "RP2", "SPS2", None)],
-    "A2": [("ACC102", "RP3", "SPS3", None)],
-    "B1": [("ACC_200", "RP1", "SPS9", "B")],
-    "D1": [("X%Y", "RP%", None, None)],
-}
-_REQUEST_KEYS = ("AccessionNumber", "RequestedProcedureID", "ScheduledProcedureStepID")
+from tests.builders import QUERY_SEQUENCE_CASES as SEQUENCE_CASES
+from tests.builders import QUERY_STUDY_CASES as STUDY_CASES
+from tests.builders import QUERY_UID as UID
+from tests.builders import indexed
 
 
 @pytest.fixture(name="indexed")
 def indexed_fixture(db: Database, tmp_path: Path) -> Database:
     return indexed(db, tmp_path)
-
-
-def indexed(db: Database, tmp_path: Path) -> Database:
-    """Store the table's studies into ``db`` (also used by the findscu test)."""
-    store = FileStore(tmp_path / "store", fsync=False)
-    for series_label, (study, modality, count) in SERIES.items():
-        patient_id, name = PATIENTS[study]
-        for number in range(1, count + 1):
-            ds = ct_dataset(
-                study_uid=UID[study],
-                series_uid=UID[series_label],
-                patient_id=patient_id,
-                patient_name=name,
-                modality=modality,
-                instance_number=number,
-            )
-            ds.SpecificCharacterSet = "ISO_IR 192"
-            ds.SeriesDescription = series_label
-            ds.ReferringPhysicianName = "WHO^DR" if study == "A" else "OTHER^DR"
-            for keyword, value in STUDIES[study].items():
-                setattr(ds, keyword, value)
-            if series_label in REQUESTS:
-                ds.RequestAttributesSequence = [
-                    _request_item(*values) for values in REQUESTS[series_label]
-                ]
-            result = store_instance(
-                db,
-                store,
-                part10=to_bytes(ds),
-                source=Source(calling_ae_title="TEST"),
-                policy=IngestPolicy(),
-            )
-            assert result.outcome is StoreOutcome.STORED
-    return db
-
-
-def _request_item(*values: str | None) -> Dataset:
-    item = Dataset()
-    for keyword, value in zip(_REQUEST_KEYS, values, strict=False):
-        if value is not None:
-            setattr(item, keyword, value)
-    if values[3] is not None:
-        item.StudyInstanceUID = UID[values[3]]
-    return item
 
 
 def studies(db: Database, **keys: str) -> set[str]:
@@ -127,90 +31,6 @@ def studies(db: Database, **keys: str) -> set[str]:
             session, level=Level.STUDY, keys={"StudyInstanceUID": "", **keys}, limit=100
         )
     return {by_uid[row["StudyInstanceUID"]] for row in result.matches}
-
-
-STUDY_CASES = [
-    # PN: case-insensitive, wildcards, non-ASCII (C.2.2.2.1, C.2.2.2.4)
-    ({"PatientName": "DOE^JANE"}, {"A"}),
-    ({"PatientName": "doe^jane"}, {"A"}),
-    ({"PatientName": "doe*"}, {"A", "B"}),
-    ({"PatientName": "D?E^J*"}, {"A", "B"}),
-    ({"PatientName": "*JOHN"}, {"B"}),
-    ({"PatientName": "διονυσιος"}, {"C"}),
-    ({"PatientName": "ΔΙΟΝΥΣΙΟΣ"}, {"C"}),
-    ({"PatientName": "Διον*"}, {"C"}),
-    ({"PatientName": "O'NEIL^ANN"}, {"D"}),
-    ({"PatientName": "DOE"}, set()),  # single value: the whole name, not a prefix
-    # a value with no "=" matches any one component group (alphabetic, ideographic...)
-    ({"PatientName": "διον^τεστ"}, {"C"}),
-    ({"PatientName": "ΔΙΟΝ*"}, {"C"}),
-    ({"PatientName": "Διονυσιος=ΔΙΟΝ^ΤΕΣΤ"}, {"C"}),
-    ({"PatientName": "Διονυσιος=ΨΩ"}, set()),
-    # several values: any of them (backslash-separated)
-    ({"PatientID": "PAT1\\PAT4"}, {"A", "D"}),
-    ({"PatientName": "doe^jane\\O'N*"}, {"A", "D"}),
-    # other strings: case-sensitive single value
-    ({"StudyDescription": "CT CHEST"}, {"A"}),
-    ({"StudyDescription": "ct chest"}, {"C"}),
-    ({"StudyDescription": "ct*"}, {"C"}),
-    ({"StudyDescription": "*CHEST"}, {"A"}),
-    ({"PatientID": "PAT1"}, {"A"}),
-    ({"PatientID": "pat1"}, set()),
-    ({"ReferringPhysicianName": "WHO^DR"}, {"A"}),
-    # SQL LIKE's own characters are literal (never wildcards)
-    ({"StudyDescription": "50%*"}, {"B"}),
-    ({"StudyDescription": "5_*"}, set()),
-    ({"AccessionNumber": "ACC_200"}, {"B"}),
-    ({"AccessionNumber": "ACC_*"}, {"B"}),
-    ({"AccessionNumber": "ACC?00"}, {"A", "C"}),
-    ({"AccessionNumber": "X%Y"}, {"D"}),
-    ({"AccessionNumber": "X?Y"}, {"D"}),
-    ({"AccessionNumber": "X_Y"}, set()),
-    # universal (C.2.2.2.3)
-    ({"StudyDescription": ""}, {"A", "B", "C", "D"}),
-    ({"StudyDescription": "*"}, {"A", "B", "C", "D"}),
-    # DA single and ranges, open ends inclusive (C.2.2.2.5)
-    ({"StudyDate": "20260105"}, {"A"}),
-    ({"StudyDate": "2026.01.05"}, {"A"}),
-    ({"StudyDate": "20260101-20260131"}, {"A", "C"}),
-    ({"StudyDate": "20260105-20260110"}, {"A", "C"}),
-    ({"StudyDate": "-20251231"}, {"B", "D"}),
-    ({"StudyDate": "20260106-"}, {"C"}),
-    ({"StudyDate": "20240101"}, set()),
-    # TM at the precision the query gives, single value and ranges (C.2.2.2.5)
-    ({"StudyTime": "1015"}, {"A"}),
-    ({"StudyTime": "10"}, {"A"}),
-    ({"StudyTime": "101501"}, set()),
-    ({"StudyTime": "0900-1100"}, {"A", "B"}),
-    ({"StudyTime": "-0930"}, {"B"}),
-    ({"StudyTime": "1415-"}, {"C", "D"}),
-    ({"StudyTime": "141530.25"}, {"C"}),
-    ({"StudyTime": "14:15:30"}, {"C"}),
-    # UID list (C.2.2.2.2)
-    ({"StudyInstanceUID": f"{UID['A']}\\{UID['C']}"}, {"A", "C"}),
-    ({"StudyInstanceUID": UID["B"]}, {"B"}),
-    # ModalitiesInStudy: one of its values
-    ({"ModalitiesInStudy": "MR"}, {"A", "C"}),
-    ({"ModalitiesInStudy": "CT"}, {"A", "B"}),
-    ({"ModalitiesInStudy": "CR"}, {"D"}),
-    ({"ModalitiesInStudy": "C"}, set()),
-    ({"ModalitiesInStudy": "CR\\US"}, {"D"}),
-    ({"ModalitiesInStudy": "CT\\CR"}, {"A", "B", "D"}),
-    # StudyDate + StudyTime together: one combined date-time range (C.2.2.2.5.1);
-    # the time bounds hold on the first and last day, any time of day in between
-    ({"StudyDate": "20251231-20260110", "StudyTime": "1200-1500"}, {"A", "C"}),
-    ({"StudyDate": "-20260105", "StudyTime": "-1000"}, {"B", "D"}),
-    ({"StudyDate": "20260105-", "StudyTime": "1100-"}, {"C"}),
-    ({"StudyDate": "20260105-", "StudyTime": "1015"}, {"A", "C"}),
-    ({"StudyDate": "20251231-20260105", "StudyTime": "0930-1015"}, {"A", "B"}),
-    ({"StudyDate": "20251231-20260105", "StudyTime": "0931-1014"}, set()),
-    ({"StudyDate": "20260105", "StudyTime": "1015"}, {"A"}),
-    ({"StudyDate": "20260105", "StudyTime": "1100-"}, set()),
-    ({"StudyDate": "20240101-20260131", "StudyTime": "2300-"}, {"A", "B", "C", "D"}),
-    # keys combine with AND
-    ({"PatientName": "doe*", "StudyDate": "20260101-"}, {"A"}),
-    ({"PatientName": "doe*", "ModalitiesInStudy": "CT", "StudyDate": "-20251231"}, {"B"}),
-]
 
 
 @pytest.mark.parametrize(("keys", "expected"), STUDY_CASES, ids=[str(c[0]) for c in STUDY_CASES])
@@ -233,32 +53,6 @@ def studies_by_request(
             sequences={"RequestAttributesSequence": item},
         )
     return {by_uid[row["StudyInstanceUID"]] for row in result.matches}
-
-
-# PS3.4 C.2.2.2.6: the query item's keys must all match ONE stored item
-SEQUENCE_CASES: list[tuple[dict[str, str] | None, set[str]]] = [
-    ({"AccessionNumber": "ACC100"}, {"A"}),
-    ({"AccessionNumber": "ACC100", "RequestedProcedureID": "RP1"}, {"A"}),
-    ({"AccessionNumber": "ACC100", "RequestedProcedureID": "RP2"}, set()),  # two items
-    ({"AccessionNumber": "ACC102", "ScheduledProcedureStepID": "SPS3"}, {"A"}),  # 2nd series
-    ({"RequestedProcedureID": "RP1"}, {"A", "B"}),
-    ({"AccessionNumber": "acc100"}, set()),  # case-sensitive
-    ({"AccessionNumber": "ACC10?"}, {"A"}),
-    ({"AccessionNumber": "ACC*"}, {"A", "B"}),
-    ({"AccessionNumber": "ACC_*"}, {"B"}),  # LIKE's _ is literal
-    ({"RequestedProcedureID": "RP_"}, set()),
-    ({"RequestedProcedureID": "RP%"}, {"D"}),
-    ({"RequestedProcedureID": "RP?"}, {"A", "B", "D"}),
-    ({"AccessionNumber": "ACC100\\X%Y"}, {"A", "D"}),
-    ({"StudyInstanceUID": UID["B"]}, {"B"}),
-    ({"StudyInstanceUID": f"{UID['A']}\\{UID['B']}"}, {"B"}),
-    ({"ScheduledProcedureStepID": "SPS9", "StudyInstanceUID": UID["A"]}, set()),
-    # universal: zero-length sequence, empty item, empty or * values
-    (None, {"A", "B", "C", "D"}),
-    ({}, {"A", "B", "C", "D"}),
-    ({"AccessionNumber": ""}, {"A", "B", "C", "D"}),
-    ({"AccessionNumber": "*"}, {"A", "B", "C", "D"}),
-]
 
 
 @pytest.mark.parametrize(
