@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 from dicom_node.domain.part10_source import Buffer
-from dicom_node.domain.uids import validate_uid
+from dicom_node.domain.vr import validate_uid
 
 log = logging.getLogger("dicom_node.storage")
 

@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from dicom_node.domain.enums import Priority, RequestStatus
-from dicom_node.domain.order_values import MODALITY_CODES
+from dicom_node.domain.vr import MODALITY_CODES
 
 # ids a JSON (JavaScript) number holds exactly; far beyond any real row count
 MAX_ID = 2**53 - 1

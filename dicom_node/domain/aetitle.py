@@ -1,4 +1,4 @@
-"""AE titles and known peers (PS3.5 6.2, VR AE; PS3.8 9.3.2)."""
+"""Known peers: AE@host:port[/tls] (PS3.8 9.3.2). What an AE title may be: domain/vr.py (AE)."""
 
 from __future__ import annotations
 
@@ -7,26 +7,8 @@ from dataclasses import dataclass
 
 from dicom_node.domain.errors import InvalidValue
 
-AE_TITLE_MAX_LENGTH = 16
-
-
-def validate_ae_title(value: str) -> str:
-    """Return the AE title without padding, or raise InvalidValue.
-
-    PS3.5 table 6.2-1: at most 16 characters of the default repertoire, no
-    backslash, no control characters; leading/trailing spaces are not significant,
-    and an all-space value is not allowed.
-    """
-    stripped = value.strip(" ")
-    if not stripped:
-        raise InvalidValue("an AE title must not be empty")
-    if len(stripped) > AE_TITLE_MAX_LENGTH:
-        raise InvalidValue(f"AE title {stripped!r} is longer than {AE_TITLE_MAX_LENGTH} characters")
-    for char in stripped:
-        if char == "\\" or not (0x20 <= ord(char) < 0x7F):
-            raise InvalidValue(f"AE title {stripped!r} contains a character not allowed: {char!r}")
-    return stripped
-
+# settings.py imports validate_ae_title from here, hence the explicit re-export
+from dicom_node.domain.vr import validate_ae_title as validate_ae_title
 
 # The per-peer option that makes the node's associations to that peer use DICOM
 # TLS (PS3.15 B.1, the BCP 195 profile), in the string forms: ``AE@host:port/tls``

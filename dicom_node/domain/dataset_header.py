@@ -33,7 +33,7 @@ from dicom_node.domain.part10 import (
     dataset_offset,
 )
 from dicom_node.domain.part10_source import Buffer, Part10Source, open_part10
-from dicom_node.domain.uids import is_valid_uid
+from dicom_node.domain.vr import INTEGER_RANGES, MAX_LENGTH, date_text, is_valid_uid
 
 
 class InvalidHeader(DomainError):
@@ -190,7 +190,7 @@ def check_structure(data: Buffer, offset: int, transfer_syntax: str) -> None:
 # The index keeps each value within its VR's maximum length (PS3.5 6.2), the width
 # of its column. Senders exceed them (long accession numbers, multi-valued CS):
 # the index then holds the first characters and the file keeps the whole value.
-_SH, _LO, _CS, _PN, _TM = 16, 64, 16, 324, 16
+_SH, _LO, _CS, _PN, _TM, _UI = (MAX_LENGTH[vr] for vr in ("SH", "LO", "CS", "PN", "TM", "UI"))
 
 
 def header_from_dataset(ds: Dataset, *, transfer_syntax_uid: str) -> InstanceHeader:
@@ -253,13 +253,12 @@ def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
 def _date(ds: Dataset, keyword: str) -> str | None:
     """DA as YYYYMMDD; the old ACR-NEMA form YYYY.MM.DD is read too; anything
     else is not indexed (the file keeps it)."""
-    text = (_text(ds, keyword, 10) or "").replace(".", "")
-    return text if len(text) == 8 and text.isdigit() else None
+    return date_text(_text(ds, keyword, len("YYYY.MM.DD")) or "")
 
 
 # IS (PS3.5 6.2) holds -2^31 to 2^31-1, the range of the index's integer columns
 # (32-bit INTEGER on PostgreSQL); SQLite's driver refuses beyond 64 bits.
-_IS_MIN, _IS_MAX = -(2**31), 2**31 - 1
+_IS_MIN, _IS_MAX = INTEGER_RANGES["IS"]
 
 
 def _integer(ds: Dataset, keyword: str) -> int | None:
@@ -297,7 +296,7 @@ def _request_items(ds: Dataset) -> list[RequestAttributes]:
             accession_issuer=_issuer(item),
             requested_procedure_id=_text(item, "RequestedProcedureID", _SH),
             scheduled_procedure_step_id=_text(item, "ScheduledProcedureStepID", _SH),
-            study_instance_uid=_text(item, "StudyInstanceUID", 64),
+            study_instance_uid=_text(item, "StudyInstanceUID", _UI),
         )
         for item in items
     ]

@@ -1,5 +1,7 @@
 """Person Name (PN) matching: one rule for every PN key (PS3.4 C.2.2.2, PS3.5 6.2.1).
 
+What a PN value may be is domain/vr.py; this module is how PN values compare.
+
 Every PN attribute the node matches (PatientName, ReferringPhysicianName, the
 worklist's ScheduledPerformingPhysicianName...) is compared the same way, chosen
 by its VR alone:
@@ -28,10 +30,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from dicom_node.domain.query import AnyOf, Match, Single, Universal, Wildcard, wildcard_matches
-
-_VALUE_DELIMITER = "\\"  # PS3.5 6.4: between the values of a multi-valued element
-_GROUP_DELIMITER = "="  # PS3.5 6.2.1: alphabetic=ideographic=phonetic
-_COMPONENT_DELIMITER = "^"  # family^given^middle^prefix^suffix
+from dicom_node.domain.vr import PN_COMPONENT_DELIMITER, PN_GROUP_DELIMITER, VALUE_DELIMITER
 
 
 def fold_person_name(name: str) -> str:
@@ -45,14 +44,16 @@ def fold_person_name(name: str) -> str:
     is ``SMITH^JOHN``, ``SMITH^`` is ``SMITH``).
     """
     folded = unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
-    return _VALUE_DELIMITER.join(_trimmed(value) for value in folded.split(_VALUE_DELIMITER))
+    return VALUE_DELIMITER.join(_trimmed(value) for value in folded.split(VALUE_DELIMITER))
 
 
 def _trimmed(value: str) -> str:
-    groups = [group.rstrip(_COMPONENT_DELIMITER + " ") for group in value.split(_GROUP_DELIMITER)]
+    groups = [
+        group.rstrip(PN_COMPONENT_DELIMITER + " ") for group in value.split(PN_GROUP_DELIMITER)
+    ]
     while groups and not groups[-1]:
         groups.pop()
-    return _GROUP_DELIMITER.join(groups)
+    return PN_GROUP_DELIMITER.join(groups)
 
 
 class NameForm(StrEnum):
@@ -85,17 +86,17 @@ def name_pattern(key: str) -> NamePattern | None:
     folded = fold_person_name(key)
     if not folded:
         return None
-    if _GROUP_DELIMITER in folded:
-        return NamePattern(NameForm.VALUES, f"*{_VALUE_DELIMITER}{folded}{_VALUE_DELIMITER}*")
-    return NamePattern(NameForm.GROUPS, f"*{_GROUP_DELIMITER}{folded}{_GROUP_DELIMITER}*")
+    if PN_GROUP_DELIMITER in folded:
+        return NamePattern(NameForm.VALUES, f"*{VALUE_DELIMITER}{folded}{VALUE_DELIMITER}*")
+    return NamePattern(NameForm.GROUPS, f"*{PN_GROUP_DELIMITER}{folded}{PN_GROUP_DELIMITER}*")
 
 
 def name_form(folded: str, form: NameForm) -> str:
     """The stored folded name in ``form`` (what the SQL builds with replace())."""
     if form is NameForm.GROUPS:
-        between = f"{_GROUP_DELIMITER}{_VALUE_DELIMITER}{_GROUP_DELIMITER}"
-        return f"{_GROUP_DELIMITER}{folded.replace(_VALUE_DELIMITER, between)}{_GROUP_DELIMITER}"
-    return f"{_VALUE_DELIMITER}{folded}{_VALUE_DELIMITER}"
+        between = f"{PN_GROUP_DELIMITER}{VALUE_DELIMITER}{PN_GROUP_DELIMITER}"
+        return f"{PN_GROUP_DELIMITER}{folded.replace(VALUE_DELIMITER, between)}{PN_GROUP_DELIMITER}"
+    return f"{VALUE_DELIMITER}{folded}{VALUE_DELIMITER}"
 
 
 def person_name_matches(match: Match, stored: str | None) -> bool:

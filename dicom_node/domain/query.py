@@ -19,16 +19,23 @@ sees both matches and builds it.
 
 from __future__ import annotations
 
-import calendar
 import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from datetime import tzinfo
 from enum import StrEnum
 
 from dicom_node.domain.errors import InvalidValue
-from dicom_node.domain.uids import is_valid_uid
+from dicom_node.domain.vr import (
+    DT_PATTERN,
+    INTEGER_RANGES,
+    date_text,
+    is_calendar_date,
+    is_valid_uid,
+    normalize_dt,
+    normalize_tm,
+)
 
 
 class Level(StrEnum):
@@ -98,20 +105,6 @@ Match = Universal | Single | Wildcard | UidList | Range | AnyOf
 
 # PS3.4 C.2.2.2.4: wildcards only for these VRs; elsewhere * and ? are literal.
 WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
-
-# PS3.5 6.2: the values the integer VRs can hold. The index's integer columns
-# (SeriesNumber, InstanceNumber) are 32-bit, IS's own range: a value outside it
-# can match nothing and is refused before it reaches the database (whose
-# driver would fail on it, not answer "no match").
-INTEGER_RANGES = {
-    "IS": (-(2**31), 2**31 - 1),
-    "SS": (-(2**15), 2**15 - 1),
-    "US": (0, 2**16 - 1),
-    "SL": (-(2**31), 2**31 - 1),
-    "UL": (0, 2**32 - 1),
-    "SV": (-(2**63), 2**63 - 1),
-    "UV": (0, 2**64 - 1),
-}
 
 # Longest single value a matching key may carry. Far above any value the index
 # holds (a PN is at most 3 x 64 characters, PS3.5 6.2), and far below the
@@ -189,6 +182,8 @@ def integer_value(vr: str, value: str, *, keyword: str) -> int:
     digits = text[1:] if text[:1] in "+-" else text
     if not digits.isascii() or not digits.isdigit():
         raise InvalidQuery(f"{keyword}: not an integer string")
+    # a value outside the VR's range (domain/vr.py) can match nothing: refused
+    # before it reaches the database, whose driver would fail on it
     low, high = INTEGER_RANGES[vr]
     significant = digits.lstrip("0") or "0"
     # length first: int() of a peer's thousands of digits is slow, or refused
@@ -215,14 +210,9 @@ def _date_match(value: str, keyword: str) -> Match:
 
 
 def _date(value: str, keyword: str) -> str:
-    # ACR-NEMA YYYY.MM.DD is still sent by old workstations (PS3.5 6.2 note)
-    text = value.replace(".", "")
-    try:
-        if len(text) != 8 or not text.isdigit():
-            raise ValueError
-        datetime.strptime(text, "%Y%m%d")  # a real calendar date: no 31 February
-    except ValueError:
-        raise InvalidQuery(f"{keyword}: not a DA value (YYYYMMDD)") from None
+    text = date_text(value)  # ACR-NEMA YYYY.MM.DD read too
+    if text is None or not is_calendar_date(text):
+        raise InvalidQuery(f"{keyword}: not a DA value (YYYYMMDD)")
     return text
 
 
@@ -241,29 +231,6 @@ def _time_match(value: str, keyword: str) -> Range:
     if low is not None and high is not None and low > high:
         raise InvalidQuery(f"{keyword}: time range ends before it starts")
     return Range(low, high)
-
-
-def normalize_tm(value: str | None, *, upper: bool = False) -> str | None:
-    """TM (PS3.5 6.2) as ``HHMMSS.FFFFFF``, comparable as text; None if not TM.
-
-    Missing trailing parts are filled with the lowest value, or with the highest
-    for the upper end of a range, so values compare at the precision given. The
-    old ``HH:MM:SS`` form is read too.
-    """
-    text = (value or "").strip(" \x00").replace(":", "")
-    whole, _, fraction = text.partition(".")
-    if not whole.isdigit() or len(whole) not in (2, 4, 6) or (fraction and not whole[4:]):
-        return None
-    if fraction and (not fraction.isdigit() or len(fraction) > 6):
-        return None
-    parts = [whole[i : i + 2] for i in range(0, len(whole), 2)]
-    limits = ("23", "59", "60")
-    if any(part > limit for part, limit in zip(parts, limits, strict=False)):
-        return None
-    filler = "59" if upper else "00"
-    parts += [filler] * (3 - len(parts))
-    digits = (fraction + ("9" if upper else "0") * 6)[:6]
-    return f"{''.join(parts)}.{digits}"
 
 
 def like_pattern(pattern: str) -> str:
@@ -286,10 +253,8 @@ def like_literal(value: str) -> str:
 
 # ------------------------------------------------------------------------ DT
 
-# YYYY[MM[DD[HH[MM[SS[.F{1,6}]]]]]] then an optional UTC offset &HHMM (PS3.5 6.2)
-_DT = r"\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?)?)?(?:[+-]\d{4})?"
-_DT_SINGLE = re.compile(f"({_DT})")
-_DT_RANGE = re.compile(f"({_DT})?-({_DT})?")
+_DT_SINGLE = re.compile(f"({DT_PATTERN})")
+_DT_RANGE = re.compile(f"({DT_PATTERN})?-({DT_PATTERN})?")
 
 
 def datetime_match(value: str, *, keyword: str, local: tzinfo | None = None) -> Range:
@@ -319,50 +284,6 @@ def datetime_match(value: str, *, keyword: str, local: tzinfo | None = None) -> 
     if low is not None and high is not None and low > high:
         raise InvalidQuery(f"{keyword}: date-time range ends before it starts")
     return Range(low, high)
-
-
-def normalize_dt(
-    value: str | None, *, upper: bool = False, local: tzinfo | None = None
-) -> str | None:
-    """DT as ``YYYYMMDDHHMMSS.FFFFFF`` in UTC, comparable as text; None if not DT.
-
-    Missing trailing parts are the earliest instant of the precision given, or
-    the latest one for the upper end (``2026`` ends at 20261231235959.999999).
-    The offset (``+0100``) is applied; without one, ``local`` time is assumed.
-    """
-    text = (value or "").strip(" \x00")
-    if not _DT_SINGLE.fullmatch(text):
-        return None
-    offset: tzinfo | None = None
-    if len(text) >= 9 and text[-5] in "+-" and text[-4:].isdigit():
-        sign = -1 if text[-5] == "-" else 1
-        hours, minutes = int(text[-4:-2]), int(text[-2:])
-        if hours > 14 or minutes > 59:  # PS3.5: -1200 to +1400
-            return None
-        offset = timezone(sign * timedelta(hours=hours, minutes=minutes))
-        text = text[:-5]
-    whole, _, fraction = text.partition(".")
-    if fraction and len(whole) != 14:
-        return None  # a fraction only after whole seconds
-    try:
-        year = int(whole[0:4])
-        month = int(whole[4:6]) if len(whole) >= 6 else (12 if upper else 1)
-        last_day = calendar.monthrange(year, month)[1] if 1 <= month <= 12 else 0
-        day = int(whole[6:8]) if len(whole) >= 8 else (last_day if upper else 1)
-        hour = int(whole[8:10]) if len(whole) >= 10 else (23 if upper else 0)
-        minute = int(whole[10:12]) if len(whole) >= 12 else (59 if upper else 0)
-        second = int(whole[12:14]) if len(whole) >= 14 else (59 if upper else 0)
-        micro = int((fraction + ("9" if upper else "0") * 6)[:6])
-        # a leap second (60) is kept at 59.999999: still after every other instant
-        if second == 60:
-            second, micro = 59, 999999
-        instant = datetime(year, month, day, hour, minute, second, micro)
-    except ValueError:
-        return None
-    zone = offset or local
-    # naive astimezone(): the instant read in the node's own time zone
-    aware = instant.replace(tzinfo=zone) if zone else instant.astimezone()
-    return aware.astimezone(UTC).strftime("%Y%m%d%H%M%S.%f")
 
 
 # ---------------------------------------------------------------- sequences

@@ -20,7 +20,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr
 from dicom_node.db.engine import Database
 from dicom_node.domain.aetitle import Peer
 from dicom_node.domain.matching import SlaPolicy
-from dicom_node.domain.uids import is_valid_uid
+from dicom_node.domain.vr import is_valid_uid
 from dicom_node.scp import status
 from dicom_node.scp.contexts import service_contexts
 from dicom_node.scp.outgoing import PeerConnector

@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node.db.engine import Database
 from dicom_node.domain.audit import TargetKind
-from dicom_node.domain.uids import is_valid_uid
+from dicom_node.domain.vr import is_valid_uid
 from dicom_node.log_limit import LogLimiter
 from dicom_node.scp import status
 from dicom_node.services.access.refusals import MPPS_SET_REFUSED, Refusal, RefusalAudit

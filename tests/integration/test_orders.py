@@ -11,7 +11,7 @@ from sqlalchemy import select
 from dicom_node.db.engine import Database
 from dicom_node.db.models import AuditEvent, DicomStudy, ImagingCenter, ImagingRequest, Modality
 from dicom_node.domain.errors import Conflict
-from dicom_node.domain.uids import is_valid_uid
+from dicom_node.domain.vr import is_valid_uid
 from dicom_node.services.ingest.instances import IngestPolicy, Source, store_instance
 from dicom_node.services.query.modality_worklist import find_scheduled_steps
 from dicom_node.services.workflow.orders import schedule_order

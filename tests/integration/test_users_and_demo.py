@@ -9,7 +9,7 @@ from dicom_node.db.models import AuditEvent, ImagingCenter, ImagingRequest, Moda
 from dicom_node.domain.demo import DEMO_STUDIES, DEMO_USERS
 from dicom_node.domain.enums import RequestStatus, Role
 from dicom_node.domain.errors import AlreadyExists, InvalidValue
-from dicom_node.domain.uids import is_valid_uid
+from dicom_node.domain.vr import is_valid_uid
 from dicom_node.services.access.users import create_user
 from dicom_node.services.operations.demo import load_demo
 

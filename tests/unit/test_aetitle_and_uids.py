@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import pytest
 
-from dicom_node.domain.aetitle import Peer, parse_peer, parse_peer_list, validate_ae_title
+from dicom_node.domain.aetitle import Peer, parse_peer, parse_peer_list
 from dicom_node.domain.errors import InvalidValue
 from dicom_node.domain.names import fold_person_name
-from dicom_node.domain.uids import is_valid_uid, new_uid, validate_uid
+from dicom_node.domain.uids import new_uid
+from dicom_node.domain.vr import is_valid_uid, validate_ae_title, validate_uid
 
 
 @pytest.mark.parametrize(

@@ -15,10 +15,10 @@ from dicom_node.domain.query import (
     Universal,
     Wildcard,
     datetime_match,
-    normalize_dt,
     parse_match,
     value_matches,
 )
+from dicom_node.domain.vr import normalize_dt
 
 PLUS_ONE = timezone(timedelta(hours=1))
 

@@ -65,7 +65,7 @@ from dicom_node.domain.errors import InvalidValue
 from dicom_node.domain.inflate import DEFAULT_MAX_DATASET_BYTES, DatasetTooLarge
 from dicom_node.domain.part10 import dataset_offset
 from dicom_node.domain.part10_source import Part10Source, open_part10
-from dicom_node.domain.query import normalize_tm
+from dicom_node.domain.vr import normalize_tm
 from dicom_node.log_limit import LogLimiter
 from dicom_node.services.audit.record import record_audit_event
 from dicom_node.services.workflow.completeness import withdraw_from_reading

@@ -32,7 +32,7 @@ from dicom_node.domain.query import (
     check_value_count,
     parse_match,
 )
-from dicom_node.domain.uids import is_valid_uid
+from dicom_node.domain.vr import is_valid_uid
 from dicom_node.services.audit.record import record_audit_event
 from dicom_node.services.query.find import audited_keys
 

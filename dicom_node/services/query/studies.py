@@ -14,7 +14,6 @@ audit diff).
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from dicom_node.domain.errors import Conflict, InvalidValue, NotFound
 from dicom_node.domain.names import fold_person_name
 from dicom_node.domain.permissions import Principal
 from dicom_node.domain.query import LEVEL_ORDER, InvalidQuery, Level, Match, parse_match
+from dicom_node.domain.vr import MAX_LENGTH, PATIENT_SEXES, is_calendar_date, is_code_string
 from dicom_node.services.access.visibility import (
     may_see_order,
     sees_every_order,
@@ -481,18 +481,16 @@ STUDY_FIELDS = (
 )
 CORRECTABLE = IDENTITY_FIELDS + PATIENT_FIELDS + STUDY_FIELDS
 
-# maximum lengths of the VRs (PS3.5 table 6.2-1), in characters
-_MAX_LENGTH = {
-    "patient_id": 64,
-    "issuer_of_patient_id": 64,
-    "patient_name": 324,
-    "accession_number": 16,
-    "study_description": 64,
-    "body_part_examined": 16,
-    "referring_physician_name": 324,
+# the VR of each correctable text field, which bounds its length (domain/vr.py)
+_VR = {
+    "patient_id": "LO",
+    "issuer_of_patient_id": "LO",
+    "patient_name": "PN",
+    "accession_number": "SH",
+    "study_description": "LO",
+    "body_part_examined": "CS",
+    "referring_physician_name": "PN",
 }
-_CS = re.compile(r"[A-Z0-9 _]*")
-_SEXES = ("M", "F", "O")
 
 
 def check_text(field: str, value: str | None, *, allow_newlines: bool = False) -> None:
@@ -515,19 +513,14 @@ def _clean(field: str, value: str | None) -> str | None:
         return "" if field == "issuer_of_patient_id" else None
     if "\\" in text:
         raise InvalidValue(f"{field}: one value only (no backslash)", field=field)
-    limit = _MAX_LENGTH.get(field)
+    limit = MAX_LENGTH[_VR[field]] if field in _VR else None
     if limit is not None and len(text) > limit:
         raise InvalidValue(f"{field}: at most {limit} characters", field=field)
-    if field == "patient_birth_date":
-        try:
-            if len(text) != 8 or not text.isdigit():
-                raise ValueError
-            datetime.strptime(text, "%Y%m%d")
-        except ValueError:
-            raise InvalidValue("patient_birth_date: a DA value, YYYYMMDD", field=field) from None
-    if field == "patient_sex" and text not in _SEXES:
+    if field == "patient_birth_date" and not is_calendar_date(text):
+        raise InvalidValue("patient_birth_date: a DA value, YYYYMMDD", field=field)
+    if field == "patient_sex" and text not in PATIENT_SEXES:
         raise InvalidValue("patient_sex: M, F or O", field=field)
-    if field == "body_part_examined" and not _CS.fullmatch(text):
+    if field == "body_part_examined" and not is_code_string(text):
         raise InvalidValue("body_part_examined: a CS value (A-Z, 0-9, space, _)", field=field)
     return text
 

@@ -23,14 +23,13 @@ from dicom_node.domain.aetitle import validate_ae_title
 from dicom_node.domain.audit import TargetKind, security_event
 from dicom_node.domain.enums import ModalityStatus
 from dicom_node.domain.errors import AlreadyExists, InvalidValue, NotFound
-from dicom_node.domain.order_values import modality_code
 from dicom_node.domain.permissions import Principal
+from dicom_node.domain.vr import modality_code, short_string
 from dicom_node.services.audit.record import record_audit_event
 from dicom_node.services.audit.subjects import user_actor
 from dicom_node.services.listing import Listed, SortColumn, count_of, escape_like, order_by
 
 _CENTER_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
-_SHORT_STRING = re.compile(r"[^\x00-\x1f\x7f\\]{1,16}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,12 +324,7 @@ def _apply_modality(session: Session, modality: Modality, values: dict[str, Any]
         except InvalidValue as exc:
             raise InvalidValue(str(exc), field="dicom_ae_title") from None
     if "station_name" in values:
-        station = (values["station_name"] or "").strip() or None
-        if station is not None and not _SHORT_STRING.fullmatch(station):
-            raise InvalidValue(
-                "a station name is at most 16 characters (DICOM SH)", field="station_name"
-            )
-        modality.station_name = station
+        modality.station_name = short_string(values["station_name"], field="station_name")
     if "status" in values:
         modality.status = _modality_status(values["status"]).value
 

@@ -22,9 +22,9 @@ from dicom_node.domain.audit import (
 )
 from dicom_node.domain.enums import Priority, RequestStatus
 from dicom_node.domain.errors import InvalidValue
-from dicom_node.domain.order_values import modality_code
 from dicom_node.domain.permissions import Principal
 from dicom_node.domain.query import Wildcard
+from dicom_node.domain.vr import modality_code
 from dicom_node.services.access.visibility import order_condition
 from dicom_node.services.audit.record import record_audit_event
 from dicom_node.services.audit.subjects import order_subject, user_actor

@@ -28,7 +28,7 @@ from dicom_node.db.models import User
 from dicom_node.domain.enums import Role
 from dicom_node.domain.errors import InvalidValue
 from dicom_node.domain.names import fold_person_name
-from dicom_node.domain.order_values import person_name
+from dicom_node.domain.vr import person_name
 
 FIELD = "referring_physician_id"
 

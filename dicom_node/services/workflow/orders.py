@@ -28,16 +28,16 @@ from dicom_node.db.models import ImagingCenter, ImagingRequest, Modality
 from dicom_node.domain.audit import Actor, order_event
 from dicom_node.domain.enums import ModalityStatus, Priority, RequestStatus, Role
 from dicom_node.domain.errors import Conflict, Forbidden, InvalidValue, NotFound
-from dicom_node.domain.order_values import (
+from dicom_node.domain.permissions import Principal
+from dicom_node.domain.transitions import ORDER
+from dicom_node.domain.uids import new_uid
+from dicom_node.domain.vr import (
     PATIENT_SEXES,
     dicom_date,
     long_string,
     modality_code,
     person_name,
 )
-from dicom_node.domain.permissions import Principal
-from dicom_node.domain.transitions import ORDER
-from dicom_node.domain.uids import new_uid
 from dicom_node.services.access.visibility import may_see_order
 from dicom_node.services.audit.record import record_audit_event
 from dicom_node.services.audit.subjects import order_subject, user_actor

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from dicom_node.domain.query import normalize_tm
+from dicom_node.domain.vr import normalize_tm
 
 revision = "0003"
 down_revision = "0002"
