@@ -95,7 +95,9 @@ DEMO_USERS = (
     DemoUser("demo.tech", Role.TECHNOLOGIST, "Terry Technologist"),
     DemoUser("demo.rad1", Role.RADIOLOGIST, "Dr Rae Reader", "neuroradiology"),
     DemoUser("demo.rad2", Role.RADIOLOGIST, "Dr Bo Body", "body imaging"),
-    DemoUser("demo.referrer", Role.REFERRING_PHYSICIAN, "Dr Ray Ferrer", "internal medicine"),
+    # a referring physician's display name is their DICOM name (Family^Given^^Prefix):
+    # an order naming them in ReferringPhysicianName is linked to them
+    DemoUser("demo.referrer", Role.REFERRING_PHYSICIAN, "Ferrer^Ray^^Dr", "internal medicine"),
     DemoUser("demo.auditor", Role.AUDITOR, "Audrey Auditor"),
 )
 

@@ -22,6 +22,7 @@ from dicom_node.domain.enums import RequestStatus
 from dicom_node.services.access.users import create_user, find_user
 from dicom_node.services.audit.record import record_audit_event
 from dicom_node.services.audit.subjects import order_subject
+from dicom_node.services.workflow.order_referrer import dicom_name
 
 
 @dataclass
@@ -119,7 +120,11 @@ def load_demo(session: Session, *, password: str, actor: SystemActor) -> DemoSum
             requested_modality=study.modality,
             priority=study.priority.value,
             status=RequestStatus.SCHEDULED.value,
+            # placed by the demo referring physician and for them: they see it,
+            # its study and its signed report (services/access/visibility.py)
             requested_by_id=referrer.id if referrer else None,
+            referring_physician_id=referrer.id if referrer else None,
+            referring_physician_name=dicom_name(referrer) if referrer else None,
             imaging_center_id=modality.imaging_center_id,
             scheduled_modality_id=modality.id,
             scheduled_at=today_9am + timedelta(minutes=30 * index),
