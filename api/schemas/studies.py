@@ -77,6 +77,8 @@ class StudyOrderPublic(BaseModel):
     requested_modality: str | None
     study_description: str | None
     requested_by_id: int | None
+    # the referring physician as a user (they see the study and its signed reports)
+    referring_physician_id: int | None
     referring_physician_name: str | None
     scheduled_at: datetime | None
 
