@@ -124,7 +124,7 @@ def load_demo(session: Session, *, password: str, actor: SystemActor) -> DemoSum
             # its study and its signed report (services/access/visibility.py)
             requested_by_id=referrer.id if referrer else None,
             referring_physician_id=referrer.id if referrer else None,
-            referring_physician_name=dicom_name(referrer) if referrer else None,
+            referring_physician_name=dicom_name(referrer.display_name) if referrer else None,
             imaging_center_id=modality.imaging_center_id,
             scheduled_modality_id=modality.id,
             scheduled_at=today_9am + timedelta(minutes=30 * index),

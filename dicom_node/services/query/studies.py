@@ -38,7 +38,7 @@ from dicom_node.db.models import (
 from dicom_node.db.query import ATTRIBUTES, compile_query
 from dicom_node.db.types import utcnow
 from dicom_node.db.upsert import insert_ignoring_conflict
-from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.audit import Subject, TargetKind, instances_accessed_event, query_event
 from dicom_node.domain.enums import (
     AuditOutcome,
     Completeness,
@@ -57,7 +57,8 @@ from dicom_node.services.access.visibility import (
     sees_every_order,
     study_condition,
 )
-from dicom_node.services.audit.record import acting, record_audit_event
+from dicom_node.services.audit.record import record_audit_event
+from dicom_node.services.audit.subjects import user_actor
 from dicom_node.services.workflow.reading_worklist import close_items
 
 # --------------------------------------------------------------------------- search
@@ -229,12 +230,11 @@ def record_study_search(
     }
     record_audit_event(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.QUERY,
-            action="study_search",
+        query_event(
+            "study_search",
+            user_actor(principal, source_address),
+            TargetKind.STUDY_LEVEL,
             outcome=AuditOutcome.MINOR_FAILURE if failure else AuditOutcome.SUCCESS,
-            **acting(principal, source_address),
-            target_class="STUDY",
             reason=failure,
             details={"keys": dict(keys), "filters": workflow, "level": "STUDY"},
         ),
@@ -441,15 +441,11 @@ def record_study_access(
     """110103 Instances Accessed: who looked at which study's index record."""
     record_audit_event(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.INSTANCES_ACCESSED,
-            action="study_viewed",
-            **acting(principal, source_address),
-            target_class="DicomStudy",
-            target_id=str(study.id),
-            patient_id=study.patient_id,
-            study_instance_uid=study.study_instance_uid,
-            accession_number=study.accession_number,
+        instances_accessed_event(
+            "study_viewed",
+            user_actor(principal, source_address),
+            study.id,
+            Subject(study.patient_id, study.study_instance_uid, study.accession_number),
         ),
     )
 
@@ -620,15 +616,11 @@ def correct_study(
         details["patient_move"] = moved
     record_audit_event(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.INSTANCES_ACCESSED,
-            action="study_corrected",
-            **acting(principal, source_address),
-            target_class="DicomStudy",
-            target_id=str(study.id),
-            patient_id=patient.patient_id,
-            study_instance_uid=study.study_instance_uid,
-            accession_number=study.accession_number,
+        instances_accessed_event(
+            "study_corrected",
+            user_actor(principal, source_address),
+            study.id,
+            Subject(patient.patient_id, study.study_instance_uid, study.accession_number),
             reason=reason,
             details=details,
         ),
@@ -768,15 +760,11 @@ def reject_study(
     session.flush()
     record_audit_event(
         session,
-        AuditRecord(
-            event_code=AuditEventCode.INSTANCES_ACCESSED,
-            action="study_rejected",
-            **acting(principal, source_address),
-            target_class="DicomStudy",
-            target_id=str(study.id),
-            patient_id=patient.patient_id,
-            study_instance_uid=study.study_instance_uid,
-            accession_number=study.accession_number,
+        instances_accessed_event(
+            "study_rejected",
+            user_actor(principal, source_address),
+            study.id,
+            Subject(patient.patient_id, study.study_instance_uid, study.accession_number),
             reason=reason,
             details={
                 "before": before,

@@ -42,11 +42,11 @@ def chosen_referrer(session: Session, user_id: int) -> User:
     return user
 
 
-def dicom_name(user: User) -> str | None:
-    """The user's DICOM name (their display name as a PN value); None when the
-    display name is empty or no valid PN (then only the id links them)."""
+def dicom_name(display_name: str | None) -> str | None:
+    """A user's DICOM name: their display name as a PN value; None when it is
+    empty or no valid PN (then only the id links them)."""
     try:
-        return person_name(user.display_name, field="display_name")
+        return person_name(display_name, field="display_name")
     except InvalidValue:
         return None
 

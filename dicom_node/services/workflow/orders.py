@@ -448,7 +448,7 @@ def _choose_referrer(
         raise Forbidden("a referring physician cannot name another physician as the referrer")
     user = chosen_referrer(session, user_id)
     order.referring_physician_id = user.id
-    order.referring_physician_name = order.referring_physician_name or dicom_name(user)
+    order.referring_physician_name = order.referring_physician_name or dicom_name(user.display_name)
 
 
 def require_own_order(order: ImagingRequest, principal: Principal, verb: str) -> None:
