@@ -44,6 +44,7 @@ from dicom_node.domain.enums import (
     WorklistStatus,
 )
 from dicom_node.domain.names import fold_person_name
+from dicom_node.domain.vr import MAX_LENGTH
 
 # Deterministic constraint names so alembic migrations are portable.
 NAMING_CONVENTION = {
@@ -54,13 +55,13 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-# DICOM value lengths (PS3.5 table 6.2-1), in characters.
-UID = String(64)
-LO = String(64)
-SH = String(16)
-CS = String(16)
-PN = String(324)  # up to three component groups of 64 chars plus delimiters
-AE = String(16)
+# DICOM values: each column as wide as its VR's maximum length (domain/vr.py).
+UID = String(MAX_LENGTH["UI"])
+LO = String(MAX_LENGTH["LO"])
+SH = String(MAX_LENGTH["SH"])
+CS = String(MAX_LENGTH["CS"])
+PN = String(MAX_LENGTH["PN"])
+AE = String(MAX_LENGTH["AE"])
 ID = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrement needs INTEGER
 
 

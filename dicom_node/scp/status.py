@@ -1,5 +1,7 @@
 """DIMSE status codes the node answers with (PS3.7 Annex C, PS3.4 B.2.3)."""
 
+from dicom_node.domain.vr import MAX_LENGTH
+
 SUCCESS = 0x0000
 PROCESSING_FAILURE = 0x0110
 
@@ -19,8 +21,8 @@ UNABLE_TO_PROCESS_INTERNAL = 0xC001  # an error of ours, not the peer's (e.g. th
 # C-MOVE / C-GET (PS3.4 C.4.2.1.5)
 SUB_OPERATIONS_COMPLETE_WITH_FAILURES = 0xB000
 
-# ErrorComment (0000,0902) is LO: at most 64 characters
-ERROR_COMMENT_MAX = 64
+# ErrorComment (0000,0902) is LO
+ERROR_COMMENT_MAX = MAX_LENGTH["LO"]
 
 # A-ASSOCIATE-RJ (PS3.8 9.3.4): result, source, reason
 REJECTED_PERMANENT = 0x01

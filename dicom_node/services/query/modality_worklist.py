@@ -31,6 +31,7 @@ from dicom_node.domain.query import (
     UnsupportedQuery,
     parse_match,
 )
+from dicom_node.domain.vr import MAX_LENGTH
 from dicom_node.services.query.find import record_query
 
 
@@ -142,7 +143,8 @@ def _step(
         "RequestedProcedurePriority": PRIORITY_TERMS.get(order.priority),
         "ReferringPhysicianName": order.referring_physician_name,
         "RequestingPhysician": order.requesting_physician,
-        "ReasonForTheRequestedProcedure": (order.clinical_indication or "")[:64] or None,
+        "ReasonForTheRequestedProcedure": (order.clinical_indication or "")[: MAX_LENGTH["LO"]]
+        or None,
     }
     step = {
         "ScheduledStationAETitle": modality.dicom_ae_title if modality else None,
@@ -153,7 +155,7 @@ def _step(
         "ScheduledPerformingPhysicianName": order.scheduled_performing_physician_name,
         "ScheduledProcedureStepDescription": order.study_description,
         "ScheduledProcedureStepID": order.scheduled_procedure_step_id,
-        "ScheduledProcedureStepLocation": (center.name[:16] if center else None),
+        "ScheduledProcedureStepLocation": (center.name[: MAX_LENGTH["SH"]] if center else None),
         "ScheduledProcedureStepStatus": "SCHEDULED",
     }
     return ScheduledStep(top, step)
