@@ -4,14 +4,15 @@ DELETE on ``audit_events`` as well. Reading it writes 110101 Audit Log Used."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from api.deps import Context, client_address, require
 from api.schemas.audit import AuditEventPublic
-from api.schemas.common import AUTH_ERRORS, MAX_PAGE_SIZE, NOT_FOUND, Page
+from api.schemas.common import AUTH_ERRORS, MAX_ID, MAX_PAGE_SIZE, NOT_FOUND, Page
+from dicom_node.db.types import as_utc
 from dicom_node.domain.enums import AuditOutcome
 from dicom_node.domain.permissions import Permission, Principal
 from dicom_node.services.audit.trail import (
@@ -30,13 +31,6 @@ NO_CONTROLS = r"^[^\x00-\x1f\x7f-\x9f]*$"
 Text = Annotated[str | None, Query(max_length=256, pattern=NO_CONTROLS)]
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    """A time without a zone is taken as UTC (the audit trail's own zone)."""
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _public(event: AuditEventInfo) -> AuditEventPublic:
     return AuditEventPublic.model_validate(event, from_attributes=True)
 
@@ -49,7 +43,7 @@ def list_events(
     actor: Annotated[
         str | None, Query(max_length=64, pattern=NO_CONTROLS, description="username or AE")
     ] = None,
-    actor_user_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
+    actor_user_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     action: Text = None,
     event_code: Annotated[
         str | None, Query(max_length=16, pattern=NO_CONTROLS, description="e.g. 110112")
@@ -81,8 +75,8 @@ def list_events(
         study_instance_uid=study_instance_uid,
         accession_number=accession_number,
         outcome=outcome,
-        since=_utc(since),
-        until=_utc(until),
+        since=since and as_utc(since),  # without a zone: UTC, the trail's own
+        until=until and as_utc(until),
     )
     with context.db.read() as session:
         page = list_audit_events(
@@ -112,7 +106,7 @@ def one_event(
     request: Request,
     context: Context,
     user: Auditor,
-    event_id: Annotated[int, Path(ge=1, le=2**63 - 1)],
+    event_id: Annotated[int, Path(ge=1, le=MAX_ID)],
 ) -> AuditEventPublic:
     """One audit event. Audited (110101)."""
     with context.db.read() as session:

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from api.deps import Context, client_address, require
-from api.schemas.common import AUTH_ERRORS, CONFLICT, MAX_PAGE_SIZE, NOT_FOUND, Page
+from api.schemas.common import AUTH_ERRORS, CONFLICT, MAX_ID, MAX_PAGE_SIZE, NOT_FOUND, Page
 from api.schemas.facilities import (
     CenterCreate,
     CenterPublic,
@@ -16,7 +16,7 @@ from api.schemas.facilities import (
     ModalityPublic,
     ModalityUpdate,
 )
-from api.schemas.orders import MAX_ID, ModalityCode, Text, sort_pattern
+from api.schemas.orders import ModalityCode, Text, sort_pattern
 from dicom_node.domain.enums import ModalityStatus
 from dicom_node.domain.permissions import Permission, Principal
 from dicom_node.services.workflow.facilities import (

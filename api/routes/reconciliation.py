@@ -10,8 +10,8 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 
 from api.deps import Context, client_address, require
 from api.listing_audit import record_listing
-from api.schemas.common import AUTH_ERRORS, CONFLICT, MAX_PAGE_SIZE, NOT_FOUND, Page
-from api.schemas.orders import MAX_ID, OrderPublic, Text, sort_pattern
+from api.schemas.common import AUTH_ERRORS, CONFLICT, MAX_ID, MAX_PAGE_SIZE, NOT_FOUND, Page
+from api.schemas.orders import OrderPublic, Text, sort_pattern
 from api.schemas.reconciliation import (
     CreateOrderRequest,
     LinkRequest,

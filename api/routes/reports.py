@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from api.deps import Context, client_address, require
-from api.schemas.common import AUTH_ERRORS, CONFLICT, MAX_PAGE_SIZE, NOT_FOUND, Page
+from api.schemas.common import AUTH_ERRORS, CONFLICT, MAX_ID, MAX_PAGE_SIZE, NOT_FOUND, Page
 from api.schemas.reports import (
     AcknowledgeRequest,
     AddendumCreate,
@@ -27,7 +27,6 @@ from api.schemas.reports import (
     ReturnRequest,
     SubmitRequest,
 )
-from api.schemas.worklist import MAX_ID
 from dicom_node.domain.enums import ReportStatus
 from dicom_node.domain.permissions import Permission, Principal
 from dicom_node.services.reporting.critical_results import (

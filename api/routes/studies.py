@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from api.deps import Context, client_address, require
-from api.schemas.common import AUTH_ERRORS, CONFLICT, MAX_PAGE_SIZE, NOT_FOUND, Page
+from api.schemas.common import AUTH_ERRORS, CONFLICT, MAX_ID, MAX_PAGE_SIZE, NOT_FOUND, Page
 from api.schemas.studies import (
     InstancePublic,
     SearchableMetadataStatus,
@@ -45,7 +45,6 @@ from dicom_node.services.query.studies import (
 
 router = APIRouter(prefix="/api", tags=["studies"])
 
-MAX_ID = 2**63 - 1
 MAX_OFFSET = 10**9
 StudyId = Annotated[int, Path(ge=1, le=MAX_ID)]
 Reader = Annotated[Principal, Depends(require(Permission.STUDIES_READ))]

@@ -11,16 +11,11 @@ from fastapi import APIRouter, Depends, Query
 from api.deps import Context, require
 from api.schemas.common import AUTH_ERRORS
 from api.schemas.turnaround import GroupPublic, MetricPublic, TurnaroundPublic
+from dicom_node.db.types import as_utc
 from dicom_node.domain.permissions import Permission, Principal
 from dicom_node.services.reporting.turnaround import GroupBy, turnaround, turnaround_window
 
 router = APIRouter(prefix="/api", tags=["turnaround"])
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 @router.get("/turnaround", response_model=TurnaroundPublic, responses=AUTH_ERRORS)
@@ -39,7 +34,9 @@ def metrics(
     identified->communicated: count, open, median and p90 minutes, % within SLA,
     for events starting in [from, to) (at most 366 days; 422 beyond), grouped by
     priority, modality, center or radiologist. Times without a zone are UTC."""
-    start, end = turnaround_window(_utc(since), _utc(until), now=datetime.now(UTC))
+    start, end = turnaround_window(
+        since and as_utc(since), until and as_utc(until), now=datetime.now(UTC)
+    )
     settings = context.settings
     with context.db.read() as session:
         report = turnaround(

@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from api.deps import Context, client_address, require
-from api.schemas.common import AUTH_ERRORS, CONFLICT, MAX_PAGE_SIZE, NOT_FOUND, Page
-from api.schemas.orders import MAX_ID, Text, sort_pattern
+from api.schemas.common import AUTH_ERRORS, CONFLICT, MAX_ID, MAX_PAGE_SIZE, NOT_FOUND, Page
+from api.schemas.orders import Text, sort_pattern
 from api.schemas.users import PasswordReset, UserCreate, UserPublic, UserUpdate
 from dicom_node.domain.enums import Role
 from dicom_node.domain.permissions import Permission, Principal

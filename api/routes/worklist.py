@@ -16,9 +16,8 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from api.cache import FeedCache
 from api.deps import Context, client_address, require
 from api.listing_audit import RepeatedListingAudit, record_listing
-from api.schemas.common import AUTH_ERRORS, CONFLICT, MAX_PAGE_SIZE, NOT_FOUND, Page
+from api.schemas.common import AUTH_ERRORS, CONFLICT, MAX_ID, MAX_PAGE_SIZE, NOT_FOUND, Page
 from api.schemas.worklist import (
-    MAX_ID,
     ClaimRequest,
     ReassignRequest,
     WorklistItemDetailPublic,

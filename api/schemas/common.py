@@ -9,6 +9,11 @@ from pydantic import BaseModel, Field
 T = TypeVar("T")
 
 MAX_PAGE_SIZE = 500
+# The largest record id the API takes (paths, queries, bodies). Ids are 64-bit
+# columns, but a JSON client (a JavaScript number) holds integers exactly only
+# up to 2**53 - 1, and no table comes near it: a larger id can only be unknown,
+# and is refused (422) before it reaches the database.
+MAX_ID = 2**53 - 1
 
 
 class ErrorDetail(BaseModel):

@@ -11,7 +11,7 @@ their other callers.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -26,11 +26,10 @@ from pydantic import (
     field_validator,
 )
 
+from api.schemas.common import MAX_ID
+from dicom_node.db.types import as_utc
 from dicom_node.domain.enums import Priority, RequestStatus
 from dicom_node.domain.vr import MODALITY_CODES
-
-# ids a JSON (JavaScript) number holds exactly; far beyond any real row count
-MAX_ID = 2**53 - 1
 
 # Blank characters spelled out: regex \s differs between JSON Schema (ECMA),
 # pydantic (Rust) and Python (U+0085, U+FEFF), and str.strip() uses Python's.
@@ -52,16 +51,6 @@ _DATE = (
     r"(?:0[1-9]|[12][0-9]|30)|02(?:0[1-9]|1[0-9]|2[0-8]))"
     r"|(?:1[89]|2[0-9])(?:0[48]|[2468][048]|[13579][26])0229|(?:20|24|28)000229"
 )
-
-
-def _utc(value: datetime) -> datetime:
-    """In UTC; a moment beyond the calendar's ends (year 1 or 9999 with an
-    offset) is clamped to that end, which for a bound means the same."""
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:
-        edge = datetime.max if value.year > 1 else datetime.min
-        return edge.replace(tzinfo=UTC)
 
 
 def _modality_code(value: str) -> str:
@@ -107,7 +96,7 @@ ModalityCode = Annotated[
     ),
 ]
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(lambda value: as_utc(value, clamp=True))]
 Sex = Literal["M", "F", "O"]
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, Field
 
 from api.schemas.worklist import RecordId
+from dicom_node.db.types import as_utc
 from dicom_node.services.reporting.critical_results import CriticalCommunicationInfo
 from dicom_node.services.reporting.versions import ReportVersionInfo
 from dicom_node.services.reporting.views import ReportInfo, ReportSummary
@@ -22,17 +23,10 @@ def _no_nul(value: str) -> str:
     return value
 
 
-def _utc(value: datetime) -> datetime:
-    try:
-        return value.astimezone(UTC)
-    except (OverflowError, ValueError):
-        raise ValueError("time out of range") from None
-
-
 Text = Annotated[str, Field(max_length=MAX_TEXT), AfterValidator(_no_nul)]
 ShortText = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_no_nul)]
 Finding = Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_no_nul)]
-UtcTime = Annotated[AwareDatetime, AfterValidator(_utc)]
+UtcTime = Annotated[AwareDatetime, AfterValidator(as_utc)]
 Comment = Annotated[
     str, Field(min_length=1, max_length=10_000, pattern=r"\S"), AfterValidator(_no_nul)
 ]

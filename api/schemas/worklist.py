@@ -7,14 +7,13 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
+from api.schemas.common import MAX_ID
 from dicom_node.services.workflow.reading_worklist import (
     StudySummary,
     WorklistEntry,
     WorklistItemDetail,
 )
 
-# ids are 64-bit in the database: anything larger can only be unknown
-MAX_ID = 2**63 - 1
 RecordId = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 

@@ -30,8 +30,27 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return as_utc(value)
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def as_utc(value: datetime, *, clamp: bool = False) -> datetime:
+    """``value`` in UTC; a naive value is UTC already (the node stores and
+    compares UTC only).
+
+    A moment UTC cannot hold (year 1 or 9999 with an offset) is
+    ValueError("time out of range"), a 422 where a schema validates it; with
+    ``clamp`` it is the calendar's end instead, which for a search bound means
+    the same."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        if not clamp:
+            raise ValueError("time out of range") from None
+        edge = datetime.max if value.year > 1 else datetime.min
+        return edge.replace(tzinfo=UTC)

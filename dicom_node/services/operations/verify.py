@@ -45,6 +45,7 @@ from sqlalchemy.orm import Session
 
 from dicom_node.db.engine import Database
 from dicom_node.db.models import AuditEvent, DicomInstance, DicomSeries, DicomStudy
+from dicom_node.db.types import as_utc
 from dicom_node.domain.audit import Actor, SystemActor, application_activity_event
 from dicom_node.domain.enums import AuditOutcome
 from dicom_node.domain.errors import InvalidValue
@@ -326,11 +327,6 @@ def _superseded(db: Database, store: FileStore, orphans: list[str]) -> set[str]:
     return {path for path, values in candidates.items() if indexed.intersection(values)}
 
 
-def _as_utc(value: datetime) -> datetime:
-    # a naive timestamp from the database is UTC (the node stores UTC only)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _written_before(path: Path, moment: datetime) -> bool | None:
     """Was the file last written (its inode changed) before ``moment``? st_ctime,
     not st_mtime: copy tools (cp -a, rsync -a, shutil.copy2) keep the mtime of
@@ -339,7 +335,7 @@ def _written_before(path: Path, moment: datetime) -> bool | None:
         changed = datetime.fromtimestamp(path.stat().st_ctime, UTC)
     except FileNotFoundError:
         return None
-    return changed <= _as_utc(moment)
+    return changed <= as_utc(moment)
 
 
 def _purge_leftovers(db: Database, store: FileStore, orphans: list[str]) -> set[str]:

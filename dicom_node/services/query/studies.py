@@ -318,7 +318,10 @@ class InstanceInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class OrderInfo:
+class StudyOrder:
+    """The order a study belongs to, as its detail shows it (the order itself:
+    workflow/orders.py OrderInfo)."""
+
     id: int
     status: str
     priority: str
@@ -337,7 +340,7 @@ class StudyDetail:
     series: list[SeriesInfo]
     instances: list[InstanceInfo]
     instance_total: int
-    order: OrderInfo | None
+    order: StudyOrder | None
     report_ids: list[int]
 
 
@@ -450,8 +453,8 @@ def record_study_access(
     )
 
 
-def _order_info(order: ImagingRequest) -> OrderInfo:
-    return OrderInfo(
+def _order_info(order: ImagingRequest) -> StudyOrder:
+    return StudyOrder(
         id=order.id,
         status=order.status,
         priority=order.priority,
