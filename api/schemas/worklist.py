@@ -9,9 +9,9 @@ from pydantic import BaseModel, Field
 
 from api.schemas.common import MAX_ID
 from dicom_node.services.workflow.reading_worklist import (
-    StudySummary,
     WorklistEntry,
     WorklistItemDetail,
+    WorklistStudy,
 )
 
 RecordId = Annotated[int, Field(ge=1, le=MAX_ID)]
@@ -30,7 +30,7 @@ class StudySummaryPublic(BaseModel):
     instance_count: int
 
     @classmethod
-    def of(cls, study: StudySummary) -> StudySummaryPublic:
+    def of(cls, study: WorklistStudy) -> StudySummaryPublic:
         return cls(
             id=study.id,
             study_instance_uid=study.study_instance_uid,

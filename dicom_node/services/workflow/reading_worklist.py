@@ -64,13 +64,13 @@ from dicom_node.services.workflow.worklist_listing import (
     OPEN_STATUSES as OPEN_STATUSES,
 )
 from dicom_node.services.workflow.worklist_listing import UNASSIGNED as UNASSIGNED
-from dicom_node.services.workflow.worklist_listing import StudySummary as StudySummary
 from dicom_node.services.workflow.worklist_listing import WorklistEntry as WorklistEntry
 from dicom_node.services.workflow.worklist_listing import WorklistFilter as WorklistFilter
 from dicom_node.services.workflow.worklist_listing import (
     WorklistItemDetail as WorklistItemDetail,
 )
 from dicom_node.services.workflow.worklist_listing import WorklistPage as WorklistPage
+from dicom_node.services.workflow.worklist_listing import WorklistStudy as WorklistStudy
 from dicom_node.services.workflow.worklist_listing import list_worklist as list_worklist
 
 # radiologists claim reading work; reconciliation and acquisition items are

@@ -31,7 +31,10 @@ OPEN_STATUSES = (WorklistStatus.PENDING, WorklistStatus.CLAIMED)
 
 
 @dataclass(frozen=True, slots=True)
-class StudySummary:
+class WorklistStudy:
+    """The study of a reading-worklist entry, as the worklist shows it (a study
+    found by search: query/studies.py StudySummary)."""
+
     id: int
     study_instance_uid: str
     accession_number: str | None
@@ -62,7 +65,7 @@ class WorklistEntry:
     order_id: int | None
     performed_procedure_step_id: int | None
     notes: str | None
-    study: StudySummary | None
+    study: WorklistStudy | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +190,7 @@ def _entry(row: Sequence[Any], now: datetime) -> WorklistEntry:
         instance_count,
     ) = row[: len(ENTRY_COLUMNS)]
     study = (
-        StudySummary(
+        WorklistStudy(
             id=study_id,
             study_instance_uid=study_uid,
             accession_number=accession,
