@@ -11,6 +11,9 @@ order for the same patient, not a study no order claims.
 
 Every front end asks here (REST, the change feed and its event stream, and
 later DICOMweb, GraphQL and the web pages), so the rule is changed in one place.
+The change feed records the order behind each entry and applies
+``visible_order_ids`` when it is read, so a referrer linked later sees the
+order's later changes (db/changes.py).
 A record outside the rule is answered as missing (404), never as forbidden: a
 referring physician must not learn that another physician's order exists.
 """
@@ -57,14 +60,4 @@ def may_see_order(principal: Principal, order: ImagingRequest) -> bool:
     return sees_every_order(principal) or principal.user_id in (
         order.referring_physician_id,
         order.requested_by_id,
-    )
-
-
-def order_viewers(order: ImagingRequest) -> frozenset[int]:
-    """The referring physicians (user ids) the rule lets see ``order``; the
-    change feed records them with each change about the order."""
-    return frozenset(
-        user_id
-        for user_id in (order.referring_physician_id, order.requested_by_id)
-        if user_id is not None
     )
