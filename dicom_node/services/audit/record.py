@@ -40,7 +40,6 @@ from dicom_node.db.pending import follow_savepoints
 from dicom_node.db.types import utcnow
 from dicom_node.domain.audit import AuditRecord
 from dicom_node.domain.audit_chain import GENESIS_HASH, as_stored_json, row_hash
-from dicom_node.domain.permissions import Principal
 
 _PENDING = "dicom_node.pending_audit_events"
 # arbitrary but fixed: the advisory lock key of the audit chain (the change
@@ -50,19 +49,6 @@ AUDIT_CHAIN_LOCK_KEY = 7_406_002
 # INSERT (PostgreSQL refuses it), which would take down the change it audits.
 # api/deps.py hands over IP addresses only (at most 39 characters).
 _SOURCE_ADDRESS_LENGTH = 64
-
-
-def acting(principal: Principal, source_address: str | None) -> dict[str, Any]:
-    """The actor fields of an AuditRecord for what ``principal`` did.
-
-    Superseded by ``services/audit/subjects.py: user_actor`` and the builders
-    of ``domain/audit.py``; goes when its last caller does."""
-    return {
-        "actor": principal.username,
-        "actor_user_id": principal.user_id,
-        "actor_role": principal.role.value,
-        "source_address": source_address,
-    }
 
 
 def record_audit_event(
