@@ -68,7 +68,8 @@ class MppsHandler:
         self._lines = LogLimiter(log)
 
     def handle_create(self, event: Event) -> Answer:
-        calling = event.assoc.requestor.ae_title
+        requestor = event.assoc.requestor
+        calling = requestor.ae_title
         try:
             uid = str(cast(N_CREATE, event.request).AffectedSOPInstanceUID or "").strip()
             if not is_valid_uid(uid):
@@ -97,6 +98,7 @@ class MppsHandler:
                     ),
                 ),
                 actor=calling,
+                source_address=f"{requestor.address}:{requestor.port}",
             )
         except MppsError as exc:
             self._refused(event, "N-CREATE", exc.problem, str(exc))
@@ -130,6 +132,7 @@ class MppsHandler:
                 ),
                 actor=calling,
                 creator_only=self._set_by_creator_only,
+                source_address=f"{requestor.address}:{requestor.port}",
             )
         except MppsError as exc:
             self._refused(event, "N-SET", exc.problem, str(exc))

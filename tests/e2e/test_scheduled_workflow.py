@@ -16,6 +16,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from sqlalchemy import select
 
 from dicom_node.db.models import (
+    AuditEvent,
     DicomStudy,
     ImagingCenter,
     ImagingRequest,
@@ -29,11 +30,9 @@ from tests.dicomfiles import ct_dataset, write
 from tests.support import dcmtk_env, dcmtk_tool
 
 
-def test_scheduled_order_to_reading_worklist(make_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    node: Node = make_node()
+def _scheduled_order(node: Node) -> int:
+    """An urgent CT order for WF1, scheduled on CT_ONE now."""
     assert node.db is not None
-
-    # 1. the order is created and scheduled on CT_ONE
     with node.db.unit_of_work() as session:
         center = ImagingCenter(name="Main", code="MAIN")
         session.add(center)
@@ -52,7 +51,42 @@ def test_scheduled_order_to_reading_worklist(make_node, tmp_path: Path) -> None:
         schedule_order(
             session, order, modality=ct, scheduled_at=datetime.now(UTC), actor="scheduler"
         )
-        order_id = order.id
+        return order.id
+
+
+def _storescu(node: Node, files: list[Path]) -> None:
+    sent = subprocess.run(
+        [dcmtk_tool("storescu"), "-aet", "CT_ONE", "-aec", "DICOM_NODE", "127.0.0.1",
+         str(node.dicom_port), *map(str, files)],
+        capture_output=True, text=True, env=dcmtk_env(), timeout=60,
+    )  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+
+
+def _order_events(node: Node, order_id: int, action: str) -> list[AuditEvent]:
+    assert node.db is not None
+    with node.db.read() as session:
+        return list(
+            session.scalars(
+                select(AuditEvent).where(
+                    AuditEvent.action == action, AuditEvent.target_id == str(order_id)
+                )
+            )
+        )
+
+
+def _from_ct_one(event: AuditEvent) -> bool:
+    """The event names the modality that acted: its AE title and its address."""
+    host, _, port = (event.source_address or "").rpartition(":")
+    return event.actor == "CT_ONE" and host == "127.0.0.1" and port.isdigit()
+
+
+def test_scheduled_order_to_reading_worklist(make_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    node: Node = make_node()
+    assert node.db is not None
+
+    # 1. the order is created and scheduled on CT_ONE
+    order_id = _scheduled_order(node)
 
     ae = AE(ae_title="CT_ONE")
     ae.add_requested_context(ModalityWorklistInformationFind)
@@ -97,13 +131,10 @@ def test_scheduled_order_to_reading_worklist(make_node, tmp_path: Path) -> None:
                    instance_number=n)
         for n in range(3)
     ]  # fmt: skip
-    files = [write(ds, tmp_path / f"{n}.dcm") for n, ds in enumerate(images)]
-    sent = subprocess.run(
-        [dcmtk_tool("storescu"), "-aet", "CT_ONE", "-aec", "DICOM_NODE", "127.0.0.1",
-         str(node.dicom_port), *map(str, files)],
-        capture_output=True, text=True, env=dcmtk_env(), timeout=60,
-    )  # fmt: skip
-    assert sent.returncode == 0, sent.stderr
+    _storescu(node, [write(ds, tmp_path / f"{n}.dcm") for n, ds in enumerate(images)])
+    # the exam was started by the MPPS: the event names the modality and its address
+    (started_event,) = _order_events(node, order_id, "order_in_progress")
+    assert _from_ct_one(started_event)
 
     # 5. MPPS COMPLETED, listing what was sent
     done = Dataset()
@@ -145,3 +176,30 @@ def test_scheduled_order_to_reading_worklist(make_node, tmp_path: Path) -> None:
         "urgent",
         study.id,
     )
+
+
+def test_images_without_mpps_start_the_order_in_the_name_of_the_modality_that_sent_them(
+    make_node,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    node: Node = make_node()
+    order_id = _scheduled_order(node)
+    assert node.db is not None
+    with node.db.read() as session:
+        order = session.get(ImagingRequest, order_id)
+        assert order is not None
+        study_uid, accession = order.study_instance_uid, order.accession_number
+    assert study_uid is not None and accession is not None
+    image = ct_dataset(study_uid=study_uid, patient_id="WF1", patient_name="FLOW^WORK", sex="M",
+                       birth_date="", accession=accession)  # fmt: skip
+    _storescu(node, [write(image, tmp_path / "0.dcm")])
+
+    (started,) = _order_events(node, order_id, "order_in_progress")
+    assert started.details == {
+        "before": {"status": "scheduled"},
+        "after": {"status": "in_progress"},
+    }
+    assert _from_ct_one(started)
+    with node.db.read() as session:
+        (matched,) = session.scalars(select(AuditEvent).where(AuditEvent.action == "study_matched"))
+    assert _from_ct_one(matched)

@@ -567,7 +567,11 @@ def _index(
             },
         )
         match_new_study(
-            session, study_id=parents.study_pk, header=header, now=now, actor=source.actor
+            session,
+            study_id=parents.study_pk,
+            header=header,
+            now=now,
+            actor=source.audit_actor(),
         )
     return _Indexed(StoreOutcome.STORED, relative, new_study=parents.new_study)
 
@@ -909,7 +913,6 @@ def _quarantine(session: Session, study_pk: int, header: InstanceHeader, source:
             update(DicomStudy).where(DicomStudy.id == study_pk).values(metadata_status=after)
         )
     reason = "instance carries a known StudyInstanceUID with a different PatientID"
-    actor = source.calling_ae_title or source.actor
     record_audit_event(
         session,
         patient_record_event(
@@ -928,6 +931,4 @@ def _quarantine(session: Session, study_pk: int, header: InstanceHeader, source:
         ),
     )
     if after == MetadataStatus.CONFLICT.value:
-        withdraw_from_reading(
-            session, study_pk, actor=actor, source_address=source.address, reason=reason
-        )
+        withdraw_from_reading(session, study_pk, actor=source.audit_actor(), reason=reason)

@@ -312,17 +312,14 @@ def withdraw_from_reading(
     session: Session,
     study_id: int,
     *,
-    actor: Actor | str,
-    source_address: str | None = None,
+    actor: Actor,
     reason: str,
 ) -> None:
     """A study whose patient is now in doubt leaves the reading worklist: its
     open reading and review items are cancelled (audited each; a study nobody
     has started a report on goes back to ``acquired``) and an open
     reconciliation item is made sure of, carrying the cancelled reading item's
-    priority and due time. Linking the study again re-creates the reading item.
-    ``source_address`` goes with an ``actor`` given as a string (ingest)."""
-    who = as_actor(actor, source_address)
+    priority and due time. Linking the study again re-creates the reading item."""
     study = session.get(DicomStudy, study_id, populate_existing=True)
     if study is None:
         return
@@ -332,7 +329,7 @@ def withdraw_from_reading(
             session,
             procedure_event(
                 "study_release_withdrawn",
-                who,
+                actor,
                 TargetKind.STUDY,
                 study.id,
                 study_subject(session, study),
@@ -353,7 +350,7 @@ def withdraw_from_reading(
         study_id=study_id,
         queues=(QueueType.READING, QueueType.REVIEW),
         to=WorklistStatus.CANCELLED,
-        actor=who,
+        actor=actor,
         reason=reason,
     )
     reading = next((i for i in cancelled if i.queue_type == QueueType.READING.value), None)
@@ -370,7 +367,7 @@ def withdraw_from_reading(
         queue=QueueType.RECONCILIATION,
         priority=priority,
         due_at=reading.due_at if reading else None,
-        actor=who,
+        actor=actor,
     )
     session.flush()
 

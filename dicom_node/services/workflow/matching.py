@@ -17,7 +17,6 @@ from dicom_node.domain.matching import Demographics, demographic_mismatches
 from dicom_node.domain.transitions import STUDY_METADATA
 from dicom_node.services.audit.record import record_audit_event
 from dicom_node.services.workflow.orders import take_trigger
-from dicom_node.services.workflow.work_items import as_actor
 
 log = logging.getLogger("dicom_node.matching")
 
@@ -92,7 +91,7 @@ def match_new_study(
     study_id: int,
     header: InstanceHeader,
     now: datetime,
-    actor: Actor | str,
+    actor: Actor,
 ) -> MetadataStatus:
     """Set the study's metadata status and link it to its order; audit the result.
 
@@ -102,7 +101,6 @@ def match_new_study(
     instance of another patient) stays a conflict. ``actor``: the calling AE
     (``Actor.peer``, with its address) for images, the scheduler for the job.
     """
-    who = as_actor(actor)
     study = session.get(DicomStudy, study_id)
     assert study is not None
     before = {
@@ -140,12 +138,12 @@ def match_new_study(
         study.metadata_status = STUDY_METADATA.require(trigger, current).value
 
     if order is not None and status is MetadataStatus.MATCHED:
-        _start_exam(session, order, now=now, actor=who)
+        _start_exam(session, order, now=now, actor=actor)
     record_audit_event(
         session,
         procedure_event(
             f"study_{status.value}",
-            who,
+            actor,
             TargetKind.STUDY,
             study.id,
             Subject(
