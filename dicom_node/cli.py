@@ -452,7 +452,8 @@ def _progress_bar(total: int) -> Callable[[int], None]:
 
 
 def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
-    from dicom_node.services.operations.backup import BackupError, create_backup
+    from dicom_node.services.operations.backup import create_backup
+    from dicom_node.services.operations.backup_format import BackupError
 
     db = open_database(settings)
     try:
@@ -474,7 +475,8 @@ def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
-    from dicom_node.services.operations.backup import BackupError, restore_backup
+    from dicom_node.services.operations.backup_format import BackupError
+    from dicom_node.services.operations.restore import restore_backup
 
     try:
         result = restore_backup(

@@ -12,12 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dicom_node.domain.audit import SystemActor
-from dicom_node.services.operations.backup import (
-    MANIFEST,
-    BackupCancelled,
-    BackupError,
-    create_backup,
-)
+from dicom_node.services.operations.backup import create_backup
+from dicom_node.services.operations.backup_format import MANIFEST, BackupCancelled, BackupError
 from dicom_node.settings import Settings
 from dicom_node.storage import FileStore
 

@@ -37,13 +37,10 @@ from dicom_node.jobs.backup import complete_backups, run_scheduled_backup
 from dicom_node.node import Node
 from dicom_node.services.ingest.importing import ImportSummary, import_files, iter_files
 from dicom_node.services.ingest.instances import IngestPolicy
-from dicom_node.services.operations.backup import (
-    BackupCancelled,
-    _postgres_objects,
-    create_backup,
-    restore_backup,
-)
+from dicom_node.services.operations.backup import create_backup
+from dicom_node.services.operations.backup_format import BackupCancelled
 from dicom_node.services.operations.demo import load_demo
+from dicom_node.services.operations.restore import postgres_objects, restore_backup
 from dicom_node.services.operations.verify import IntegrityReport, verify_store
 from dicom_node.storage import FileStore
 from tests.conftest import node_settings
@@ -631,7 +628,7 @@ def test_restore_refuses_a_database_that_indexes_files_the_manifest_does_not_lis
     # the database was loaded and checked: the load is undone, not left without files
     assert _is_empty_target(target, empty_db_url)
     if backend == "postgresql":
-        assert _postgres_objects(empty_db_url) == set()
+        assert postgres_objects(empty_db_url) == set()
 
 
 def test_scheduled_backup_removes_stale_incomplete_backups_and_audits_the_final_path(

@@ -32,8 +32,8 @@ from dicom_node.domain.query import Level
 from dicom_node.jobs.workflow import run_study_stability
 from dicom_node.services.ingest.importing import import_files
 from dicom_node.services.ingest.instances import IngestPolicy, Source, StoreOutcome, store_instance
-from dicom_node.services.operations.backup import _recount
 from dicom_node.services.operations.demo import load_demo
+from dicom_node.services.operations.restore import recount
 from dicom_node.services.query.find import find_entities
 from dicom_node.storage import FileStore
 from tests.dicomfiles import ct_dataset, to_bytes
@@ -396,7 +396,7 @@ def test_known_study_uid_for_another_patient_is_quarantined_not_merged(
     # a restore that recounts the study (rows removed after the backup's
     # snapshot) counts as ingest does
     with db.unit_of_work() as session:
-        _recount(session, set(session.scalars(select(DicomSeries.id))))
+        recount(session, set(session.scalars(select(DicomSeries.id))))
     recounted = study_row(db, study_uid)
     assert (recounted.instance_count, flagged_series_count(db, flagged.series_pk)) == (1, 0)
 

@@ -15,7 +15,8 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import UID, generate_uid
 
 from dicom_node.domain.part10 import dataset_offset
-from dicom_node.services.operations.backup import BackupError, format_bytes, read_manifest
+from dicom_node.services.operations.backup_format import BackupError, format_bytes
+from dicom_node.services.operations.restore import read_manifest
 from dicom_node.services.operations.verify import FileDigest, digest_file
 from tests.dicomfiles import ct_dataset, to_bytes
 
