@@ -222,6 +222,15 @@ def test_a_critical_result_past_its_deadline_is_escalated_once_with_a_critical_c
     assert datetime.fromisoformat(event.details["deadline_at"]) == NOW - timedelta(minutes=1)
     assert (event.study_instance_uid, event.accession_number, event.patient_id) == (uid, "A2", "P2")
     assert [c.action for c in _item_changes(db, item.id)] == ["created"]
+    # the item is made where every work item is made, and audited as one
+    (created,) = _events(db, "worklist_item_created")
+    assert (created.target_class, created.target_id, created.actor) == (
+        "WorklistItem",
+        str(item.id),
+        "scheduler",
+    )
+    assert created.details["after"]["queue_type"] == "critical_comm"
+    assert created.study_instance_uid == uid
 
     # a second run at the same time is a no-op
     assert run_escalation(db, now=NOW) == EscalationResult(0, 0, 0)

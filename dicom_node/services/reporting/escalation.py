@@ -6,7 +6,8 @@ audited, by the node itself (actor ``scheduler``).
 - every critical-result record whose deadline passed with nothing
   communicated (``critical_results.missed_deadlines``) is escalated: it gets
   ``escalated_at`` (``critical_result_escalated``) and its study a STAT,
-  due-now ``critical_comm`` item unless one is open. Recording the
+  due-now ``critical_comm`` item unless one is open (made, and audited
+  ``worklist_item_created``, by ``workflow/work_items.py``). Recording the
   communication completes that item (``critical_results.record_communication``).
 
 Rows are read FOR UPDATE SKIP LOCKED (PostgreSQL; SQLite serialises writers),
@@ -44,12 +45,11 @@ from dicom_node.domain.enums import (
     AuditOutcome,
     Priority,
     QueueType,
-    WorklistStatus,
 )
-from dicom_node.domain.matching import PRIORITY_RANK
 from dicom_node.services.audit.record import record_audit_event
 from dicom_node.services.audit.subjects import order_subject, study_subject
 from dicom_node.services.reporting.critical_results import missed_deadlines
+from dicom_node.services.workflow.work_items import ensure_worklist_item, open_item_id
 
 ESCALATOR = Actor.system(SystemActor.SCHEDULER)
 
@@ -134,10 +134,23 @@ def escalate_critical_results(session: Session, *, now: datetime) -> tuple[int, 
         communication.escalated_at = now
         study = studies.get(communication.report_id)
         order_id = study.imaging_request_id if study is not None else None
-        item_id = _open_critical_item(session, study_id=study.id) if study else None
-        if study is not None and item_id is None:
-            item_id = _new_critical_item(session, study, now=now)
-            opened += 1
+        item_id = None
+        if study is not None:
+            item_id = open_item_id(session, study_id=study.id, queue=QueueType.CRITICAL_COMM)
+            if item_id is None:
+                order = session.get(ImagingRequest, order_id) if order_id is not None else None
+                # made and flushed now: its id goes in the audit event, and a
+                # second escalation of the same study finds it open
+                item_id = ensure_worklist_item(
+                    session,
+                    study,
+                    order,
+                    queue=QueueType.CRITICAL_COMM,
+                    priority=Priority.STAT,
+                    due_at=now,
+                    actor=ESCALATOR,
+                ).id
+                opened += 1
         record_audit_event(
             session,
             procedure_event(
@@ -173,31 +186,3 @@ def _lock_studies(session: Session, report_ids: list[int]) -> dict[int, DicomStu
         .with_for_update(of=DicomStudy)
     ).all()
     return {report_id: study for report_id, study in rows}
-
-
-def _open_critical_item(session: Session, *, study_id: int) -> int | None:
-    return session.scalar(
-        select(WorklistItem.id).where(
-            WorklistItem.dicom_study_id == study_id,
-            WorklistItem.queue_type == QueueType.CRITICAL_COMM.value,
-            WorklistItem.status.in_(OPEN_WORKLIST_STATUSES),
-        )
-    )
-
-
-def _new_critical_item(session: Session, study: DicomStudy, *, now: datetime) -> int:
-    item = WorklistItem(
-        imaging_request_id=study.imaging_request_id,
-        dicom_study_id=study.id,
-        queue_type=QueueType.CRITICAL_COMM.value,
-        status=WorklistStatus.PENDING.value,
-        priority=Priority.STAT.value,
-        priority_rank=PRIORITY_RANK[Priority.STAT],
-        due_at=now,
-        overdue=False,
-    )
-    session.add(item)
-    # flushed now: its id goes in the audit event, and a second escalation of
-    # the same study finds it open
-    session.flush()
-    return item.id
