@@ -24,13 +24,15 @@ from api.schemas.reconciliation import (
 from dicom_node.domain.enums import WorklistStatus
 from dicom_node.domain.permissions import Permission, Principal
 from dicom_node.services.workflow.reconciliation import (
-    RECONCILIATION_SORTS,
     ReconciledStudy,
     create_order_from_study,
     link_study,
-    list_reconciliation,
     release_to_reading,
     resolve_reconciliation_item,
+)
+from dicom_node.services.workflow.reconciliation_listing import (
+    RECONCILIATION_SORTS,
+    list_reconciliation,
 )
 
 router = APIRouter(prefix="/api", tags=["reconciliation"])

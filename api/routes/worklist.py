@@ -27,14 +27,16 @@ from dicom_node.domain.enums import Priority, QueueType, WorklistStatus
 from dicom_node.domain.permissions import Permission, Principal
 from dicom_node.services.query.changes import latest_seq
 from dicom_node.services.workflow.reading_worklist import (
-    OPEN_STATUSES,
-    UNASSIGNED,
-    WorklistFilter,
     claim_worklist_item,
-    list_worklist,
     reassign_worklist_item,
     release_worklist_item,
     worklist_item_detail,
+)
+from dicom_node.services.workflow.worklist_listing import (
+    OPEN_STATUSES,
+    UNASSIGNED,
+    WorklistFilter,
+    list_worklist,
 )
 
 router = APIRouter(prefix="/api", tags=["worklist"])

@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import BaseModel, Field
 
 from api.schemas.common import MAX_ID
-from dicom_node.services.workflow.reading_worklist import (
+from dicom_node.services.workflow.worklist_listing import (
     WorklistEntry,
     WorklistItemDetail,
     WorklistStudy,

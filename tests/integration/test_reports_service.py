@@ -22,7 +22,7 @@ from dicom_node.services.reporting.critical_results import (
 from dicom_node.services.reporting.escalation import escalate
 from dicom_node.services.reporting.reports import submit_report
 from dicom_node.services.reporting.views import get_report, list_reports, report_versions
-from dicom_node.services.workflow.reading_worklist import (
+from dicom_node.services.workflow.worklist_listing import (
     WorklistEntry,
     WorklistFilter,
     list_worklist,

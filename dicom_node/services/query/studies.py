@@ -59,7 +59,7 @@ from dicom_node.services.access.visibility import (
 )
 from dicom_node.services.audit.record import record_audit_event
 from dicom_node.services.audit.subjects import user_actor
-from dicom_node.services.workflow.reading_worklist import close_items
+from dicom_node.services.workflow.work_items import close_items
 
 # --------------------------------------------------------------------------- search
 
@@ -781,8 +781,7 @@ def reject_study(
             study_id=study.id,
             queue=queue,
             to=WorklistStatus.CANCELLED,
-            principal=principal,
-            source_address=source_address,
+            actor=user_actor(principal, source_address),
             reason=f"study rejected: {reason}",
         )
     return _summary(study, patient)

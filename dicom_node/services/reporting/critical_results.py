@@ -31,8 +31,9 @@ from dicom_node.domain.audit import TargetKind
 from dicom_node.domain.enums import QueueType, ReportStatus, WorklistStatus
 from dicom_node.domain.errors import Conflict, InvalidValue, NotFound
 from dicom_node.domain.permissions import Principal
+from dicom_node.services.audit.subjects import user_actor
 from dicom_node.services.reporting.records import audit_report_event, locked_report
-from dicom_node.services.workflow.reading_worklist import close_items
+from dicom_node.services.workflow.work_items import close_items
 
 
 class CommunicationMethod(StrEnum):
@@ -311,8 +312,7 @@ def _complete_critical_item(
         study_id=report.dicom_study_id,
         queue=QueueType.CRITICAL_COMM,
         to=WorklistStatus.COMPLETED,
-        principal=principal,
-        source_address=source_address,
+        actor=user_actor(principal, source_address),
         reason=f"critical result of report {report.id} communicated",
     )
 

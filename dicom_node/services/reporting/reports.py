@@ -47,7 +47,8 @@ from dicom_node.db.types import utcnow
 from dicom_node.domain.enums import QueueType, ReportStatus, WorklistStatus
 from dicom_node.domain.errors import Conflict, Forbidden, InvalidValue, NotFound
 from dicom_node.domain.permissions import Principal
-from dicom_node.domain.transitions import REPORT, STUDY_READING, TransitionRefused
+from dicom_node.domain.transitions import REPORT, TransitionRefused
+from dicom_node.services.audit.subjects import user_actor
 from dicom_node.services.reporting.critical_results import (
     CommunicationInput,
     critical_finding,
@@ -64,15 +65,13 @@ from dicom_node.services.reporting.records import (
 from dicom_node.services.reporting.versions import VersionKind, amendment_kind, store_version
 from dicom_node.services.reporting.views import ReportInfo, report_info
 from dicom_node.services.workflow.reading_worklist import (
-    close_items,
     current_report_author,
-    ensure_review_item,
     holds_reading_item,
     is_first_cycle_draft,
-    move_study_status,
-    open_items,
     require_readable_study,
 )
+from dicom_node.services.workflow.study_reading import advance_study_reading
+from dicom_node.services.workflow.work_items import close_items, ensure_review_item, open_items
 
 # --------------------------------------------------------------------------- checks
 
@@ -276,7 +275,7 @@ def submit_report(
     if cycle is None and report.preliminary_at is None:
         report.preliminary_at = utcnow()
     ensure_review_item(
-        session, study_id=report.dicom_study_id, principal=principal, source_address=source_address
+        session, study_id=report.dicom_study_id, actor=user_actor(principal, source_address)
     )
     audit_report_event(
         session,
@@ -318,8 +317,7 @@ def return_report(
         study_id=report.dicom_study_id,
         queue=QueueType.REVIEW,
         to=WorklistStatus.CANCELLED,
-        principal=principal,
-        source_address=source_address,
+        actor=user_actor(principal, source_address),
         reason="report returned to its author",
     )
     audit_report_event(
@@ -355,13 +353,12 @@ def finalize_report(
     store_version(
         session, report, kind=VersionKind.FINAL, author_id=author, signed_by_id=principal.user_id
     )
-    move_study_status(
+    finalizer = user_actor(principal, source_address)
+    advance_study_reading(
         session,
         study_id=report.dicom_study_id,
-        to=STUDY_READING.target("finalize_report"),
-        allowed_from=STUDY_READING.sources("finalize_report"),
-        principal=principal,
-        source_address=source_address,
+        trigger="finalize_report",
+        actor=finalizer,
         reason=f"report {report.id} final",
     )
     for queue in (QueueType.READING, QueueType.REVIEW):
@@ -370,8 +367,7 @@ def finalize_report(
             study_id=report.dicom_study_id,
             queue=queue,
             to=WorklistStatus.COMPLETED,
-            principal=principal,
-            source_address=source_address,
+            actor=finalizer,
             reason=f"report {report.id} final",
         )
     audit_report_event(

@@ -46,32 +46,14 @@ from dicom_node.domain.permissions import Principal
 from dicom_node.domain.transitions import WORK_ITEM
 from dicom_node.services.audit.record import record_audit_event
 from dicom_node.services.audit.subjects import user_actor
-
-# Made and closed in work_items.py; the study's reading state in study_reading.py.
-# Re-exported for the callers that import them from here (reporting/reports.py,
-# query/studies.py) until they import them from there.
 from dicom_node.services.workflow.study_reading import advance_study_reading, has_report
-from dicom_node.services.workflow.study_reading import move_study_status as move_study_status
-from dicom_node.services.workflow.work_items import close_items as close_items
-from dicom_node.services.workflow.work_items import ensure_review_item as ensure_review_item
-from dicom_node.services.workflow.work_items import open_items as open_items
 from dicom_node.services.workflow.worklist_listing import (
     ENTRY_COLUMNS,
+    WorklistEntry,
+    WorklistItemDetail,
     get_worklist_entry,
     load_entry,
 )
-from dicom_node.services.workflow.worklist_listing import (
-    OPEN_STATUSES as OPEN_STATUSES,
-)
-from dicom_node.services.workflow.worklist_listing import UNASSIGNED as UNASSIGNED
-from dicom_node.services.workflow.worklist_listing import WorklistEntry as WorklistEntry
-from dicom_node.services.workflow.worklist_listing import WorklistFilter as WorklistFilter
-from dicom_node.services.workflow.worklist_listing import (
-    WorklistItemDetail as WorklistItemDetail,
-)
-from dicom_node.services.workflow.worklist_listing import WorklistPage as WorklistPage
-from dicom_node.services.workflow.worklist_listing import WorklistStudy as WorklistStudy
-from dicom_node.services.workflow.worklist_listing import list_worklist as list_worklist
 
 # radiologists claim reading work; reconciliation and acquisition items are
 # worked through their own resources by schedulers and technologists

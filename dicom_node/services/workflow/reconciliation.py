@@ -64,16 +64,10 @@ from dicom_node.services.workflow.order_duplicates import (
 )
 from dicom_node.services.workflow.orders import OrderInfo, order_info, take_trigger
 from dicom_node.services.workflow.reconciliation_listing import (
-    RECONCILIATION_SORTS as RECONCILIATION_SORTS,
-)
-from dicom_node.services.workflow.reconciliation_listing import (
     ReconciliationEntry,
     item_entry,
     modality_of,
     study_entry,
-)
-from dicom_node.services.workflow.reconciliation_listing import (
-    list_reconciliation as list_reconciliation,
 )
 from dicom_node.services.workflow.work_items import (
     close_item,

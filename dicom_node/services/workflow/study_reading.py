@@ -9,18 +9,14 @@ report (``reporting/reports.py``). Every move is audited ``study_<new state>``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dicom_node.db.models import DicomStudy, Report
 from dicom_node.domain.audit import Actor, TargetKind, procedure_event
-from dicom_node.domain.enums import StudyStatus
-from dicom_node.domain.permissions import Principal
 from dicom_node.domain.transitions import STUDY_READING
 from dicom_node.services.audit.record import record_audit_event
-from dicom_node.services.audit.subjects import study_subject, user_actor
+from dicom_node.services.audit.subjects import study_subject
 
 
 def advance_study_reading(
@@ -55,38 +51,4 @@ def has_report(session: Session, study_id: int) -> bool:
     return (
         session.scalar(select(Report.id).where(Report.dicom_study_id == study_id).limit(1))
         is not None
-    )
-
-
-def move_study_status(
-    session: Session,
-    *,
-    study_id: int,
-    to: StudyStatus,
-    allowed_from: Iterable[StudyStatus],
-    principal: Principal,
-    source_address: str | None,
-    reason: str,
-) -> bool:
-    """The older form of ``advance_study_reading`` (reporting/reports.py calls
-    it): the trigger is the table's row with this target and these sources, so
-    a pair the table does not have fails (KeyError) instead of moving the study
-    outside the rules."""
-    sources = frozenset(allowed_from)
-    trigger = next(
-        (
-            name
-            for name, row in STUDY_READING.transitions.items()
-            if row.target is to and row.sources == sources
-        ),
-        None,
-    )
-    if trigger is None:
-        raise KeyError(f"no study reading transition to {to.value} from {sorted(sources)}")
-    return advance_study_reading(
-        session,
-        study_id=study_id,
-        trigger=trigger,
-        actor=user_actor(principal, source_address),
-        reason=reason,
     )

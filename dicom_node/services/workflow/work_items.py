@@ -34,10 +34,9 @@ from dicom_node.db.types import utcnow
 from dicom_node.domain.audit import Actor, Subject, TargetKind, procedure_event
 from dicom_node.domain.enums import Priority, QueueType, WorklistStatus
 from dicom_node.domain.matching import PRIORITY_RANK
-from dicom_node.domain.permissions import Principal
 from dicom_node.domain.transitions import WORK_ITEM
 from dicom_node.services.audit.record import record_audit_event
-from dicom_node.services.audit.subjects import order_subject, study_subject, user_actor
+from dicom_node.services.audit.subjects import order_subject, study_subject
 from dicom_node.services.workflow.study_reading import advance_study_reading, has_report
 
 # the WORK_ITEM trigger that closes an item into each final status
@@ -186,14 +185,10 @@ def ensure_review_item(
     session: Session,
     *,
     study_id: int,
-    actor: Actor | None = None,
-    principal: Principal | None = None,
-    source_address: str | None = None,
+    actor: Actor,
 ) -> WorklistItem:
     """The study's open review item; made (pending, with the reading item's
-    priority and due time) if there is none. ``principal`` + ``source_address``
-    is the older way of naming the actor."""
-    who = _who(actor, principal, source_address)
+    priority and due time) if there is none."""
     existing = open_items(session, study_id=study_id, queue=QueueType.REVIEW)
     if existing:
         return existing[0]
@@ -222,7 +217,7 @@ def ensure_review_item(
     _item_event(
         session,
         "worklist_item_created",
-        who,
+        actor,
         item,
         study_subject(session, study),
         details={"before": None, "after": {"queue_type": item.queue_type, "status": item.status}},
@@ -374,14 +369,11 @@ def close_items(
     queue: QueueType | Collection[QueueType],
     to: WorklistStatus,
     reason: str,
-    actor: Actor | None = None,
-    principal: Principal | None = None,
-    source_address: str | None = None,
+    actor: Actor,
     now: datetime | None = None,
 ) -> int:
-    """Complete (or cancel) the study's open items of one queue or several;
-    audited each; how many. Name who closes them with ``actor`` (or, the older
-    way, ``principal`` + ``source_address``)."""
+    """Complete (or cancel) the study's open items of one queue or several,
+    in the name of ``actor``; audited each; how many."""
     queues = (queue,) if isinstance(queue, QueueType) else tuple(queue)
     return len(
         close_study_items(
@@ -389,7 +381,7 @@ def close_items(
             study_id=study_id,
             queues=queues,
             to=to,
-            actor=_who(actor, principal, source_address),
+            actor=actor,
             reason=reason,
             now=now,
         )
@@ -496,14 +488,6 @@ def complete_follow_up(
 
 
 # --------------------------------------------------------------------------- audit
-
-
-def _who(actor: Actor | None, principal: Principal | None, source_address: str | None) -> Actor:
-    if actor is not None:
-        return actor
-    if principal is None:
-        raise TypeError("name who acts: actor, or principal and source_address")
-    return user_actor(principal, source_address)
 
 
 def _item_event(
