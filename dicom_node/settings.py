@@ -30,10 +30,10 @@ from dicom_node.domain.aetitle import (
     parse_peer,
     parse_peer_list,
     peer_from_table,
-    validate_ae_title,
 )
 from dicom_node.domain.errors import InvalidValue
 from dicom_node.domain.matching import SlaPolicy
+from dicom_node.domain.vr import validate_ae_title
 
 ENV_PREFIX = "DICOM_NODE_"
 CONFIG_ENV = "DICOM_NODE_CONFIG"

@@ -6,9 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dicom_node.domain.errors import InvalidValue
-
-# settings.py imports validate_ae_title from here, hence the explicit re-export
-from dicom_node.domain.vr import validate_ae_title as validate_ae_title
+from dicom_node.domain.vr import validate_ae_title
 
 # The per-peer option that makes the node's associations to that peer use DICOM
 # TLS (PS3.15 B.1, the BCP 195 profile), in the string forms: ``AE@host:port/tls``

@@ -19,12 +19,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dicom_node.db.models import ImagingCenter, Modality
-from dicom_node.domain.aetitle import validate_ae_title
 from dicom_node.domain.audit import TargetKind, security_event
 from dicom_node.domain.enums import ModalityStatus
 from dicom_node.domain.errors import AlreadyExists, InvalidValue, NotFound
 from dicom_node.domain.permissions import Principal
-from dicom_node.domain.vr import modality_code, short_string
+from dicom_node.domain.vr import modality_code, short_string, validate_ae_title
 from dicom_node.services.audit.record import record_audit_event
 from dicom_node.services.audit.subjects import user_actor
 from dicom_node.services.listing import Listed, SortColumn, count_of, escape_like, order_by
