@@ -131,14 +131,14 @@ class RetrieveHandler:
         peer = self._peers.get(destination)
         if peer is None:
             log.warning("C-MOVE from %s to unknown destination refused", requestor.ae_title)
-            self._audit(event, destination, None, {}, NOTHING_SENT, "unknown destination")
+            self._record_export(event, destination, None, {}, NOTHING_SENT, "unknown destination")
             yield None, None  # pynetdicom answers 0xA801 Move Destination unknown
             return
         try:
             level, keys, items = self._plan(event)
         except InvalidQuery as exc:
             log.warning("C-MOVE from %s refused: %s", requestor.ae_title, exc)
-            self._audit(event, destination, None, {}, NOTHING_SENT, str(exc))
+            self._record_export(event, destination, None, {}, NOTHING_SENT, str(exc))
             yield from final_status_only(1, failure(refusal_code(exc), str(exc)))
             return
         if len(items) > MAX_SUB_OPERATIONS:
@@ -146,7 +146,7 @@ class RetrieveHandler:
             yield from final_status_only(1, failure(OUT_OF_RESOURCES_MATCHES, TOO_MANY))
             return
         if not items:
-            self._audit(event, destination, level, keys, Tally(0).result(), None)
+            self._record_export(event, destination, level, keys, Tally(0).result(), None)
             yield peer.host, peer.port  # pynetdicom then answers 0x0000 without associating
             yield 0
             return
@@ -197,7 +197,7 @@ class RetrieveHandler:
         """The C-MOVE's answer when no association to the destination could be
         used: every sub-operation failed and listed, 0xA702."""
         log.warning("C-MOVE from %s: %s: %s", event.assoc.requestor.ae_title, destination, why)
-        self._audit(event, destination, level, keys, _all_failed(items, why), why)
+        self._record_export(event, destination, level, keys, _all_failed(items, why), why)
         answer, _ = failure(UNABLE_TO_PERFORM_SUB_OPERATIONS, why)
         listed = Dataset()
         listed.FailedSOPInstanceUIDList = [item.sop_instance_uid for item in items]
@@ -211,7 +211,7 @@ class RetrieveHandler:
             level, keys, items = self._plan(event)
         except InvalidQuery as exc:
             log.warning("C-GET from %s refused: %s", requestor.ae_title, exc)
-            self._audit(event, requestor.ae_title, None, {}, NOTHING_SENT, str(exc))
+            self._record_export(event, requestor.ae_title, None, {}, NOTHING_SENT, str(exc))
             yield 1
             yield failure(refusal_code(exc), str(exc))
             return
@@ -221,7 +221,7 @@ class RetrieveHandler:
             yield failure(OUT_OF_RESOURCES_MATCHES, TOO_MANY)
             return
         if not items:
-            self._audit(event, requestor.ae_title, level, keys, Tally(0).result(), None)
+            self._record_export(event, requestor.ae_title, level, keys, Tally(0).result(), None)
             yield 0  # pynetdicom answers 0x0000
             return
         sends_stored_files(event.assoc)
@@ -244,7 +244,7 @@ class RetrieveHandler:
         association, 0xA701 (Out of resources: unable to calculate number of
         matches), instead of pynetdicom's 0xC516."""
         log.warning("%s from %s refused: %s", what, event.assoc.requestor.ae_title, TOO_MANY)
-        self._audit(event, destination, level, keys, NOTHING_SENT, TOO_MANY)
+        self._record_export(event, destination, level, keys, NOTHING_SENT, TOO_MANY)
 
     # ------------------------------------------------------------------ shared
 
@@ -310,7 +310,9 @@ class RetrieveHandler:
             for index, item in enumerate(items):
                 if event.is_cancelled:
                     tally.cancelled(len(items) - index)
-                    audited = self._audit(event, destination, level, keys, tally.result(), None)
+                    audited = self._record_export(
+                        event, destination, level, keys, tally.result(), None
+                    )
                     yield status.CANCEL, tally.failed_uids()
                     return
                 outgoing = self._outgoing(item, link, plan)
@@ -329,7 +331,7 @@ class RetrieveHandler:
                 yield status.PENDING, dataset
                 in_flight = None
                 tally.answered(item.sop_instance_uid, link.answer(item.sop_instance_uid))
-            audited = self._audit(event, destination, level, keys, tally.result(), None)
+            audited = self._record_export(event, destination, level, keys, tally.result(), None)
             _log_outcome(what, event.assoc.requestor.ae_title, destination, tally)
             if tally.reasons:
                 message_id = event.request.MessageID
@@ -340,7 +342,7 @@ class RetrieveHandler:
                 if in_flight is not None:
                     uid = in_flight.sop_instance_uid
                     tally.answered(uid, link.answer(uid))
-                self._audit(event, destination, level, keys, tally.result(), None)
+                self._record_export(event, destination, level, keys, tally.result(), None)
 
     def _outgoing(
         self, item: RetrieveItem, link: StoreLink, plan: ContextPlan | None
@@ -359,7 +361,7 @@ class RetrieveHandler:
             return dataset
         return dataset, route.how
 
-    def _audit(
+    def _record_export(
         self,
         event: Event,
         destination: str,

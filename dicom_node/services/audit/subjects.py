@@ -1,5 +1,5 @@
 """The audit vocabulary's link to the index: the Actor of a signed-in user and
-the Subject (patient, study, accession) of an order or a study row.
+the Subject (patient, study, accession) of an order, a study or an MPPS row.
 
 The builders themselves are pure (``domain/audit.py``); these read what they
 need from ORM rows so no service fills the patient fields of an event by hand.
@@ -10,7 +10,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dicom_node.db.models import DicomStudy, ImagingRequest, Patient
+from dicom_node.db.models import DicomStudy, ImagingRequest, Patient, PerformedProcedureStep
 from dicom_node.domain.audit import Actor, Subject
 from dicom_node.domain.permissions import Principal
 
@@ -35,4 +35,14 @@ def study_subject(session: Session, study: DicomStudy) -> Subject:
         patient_id=patient_id,
         study_instance_uid=study.study_instance_uid,
         accession_number=study.accession_number,
+    )
+
+
+def step_subject(step: PerformedProcedureStep, order: ImagingRequest | None) -> Subject:
+    """An MPPS names its study and accession; its patient is the order's (the
+    step's own attributes carry no PatientID the node keeps)."""
+    return Subject(
+        patient_id=order.patient_id if order else None,
+        study_instance_uid=step.study_instance_uid,
+        accession_number=step.accession_number,
     )

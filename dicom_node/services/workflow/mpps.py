@@ -30,7 +30,7 @@ from dicom_node.db.models import (
     ImagingRequest,
     PerformedProcedureStep,
 )
-from dicom_node.domain.audit import Actor, Subject, TargetKind, procedure_event
+from dicom_node.domain.audit import Actor, TargetKind, procedure_event
 from dicom_node.domain.enums import (
     AuditOutcome,
     MppsStatus,
@@ -39,6 +39,7 @@ from dicom_node.domain.enums import (
 from dicom_node.domain.errors import DomainError
 from dicom_node.domain.transitions import MPPS, ORDER
 from dicom_node.services.audit.record import record_audit_event
+from dicom_node.services.audit.subjects import step_subject
 from dicom_node.services.workflow.orders import take_trigger
 from dicom_node.services.workflow.work_items import open_procedure_step_item
 
@@ -162,14 +163,22 @@ def create_mpps(
                     if order is None
                     else f"MPPS for order {order.id}, which is {order.status}",
                 )
-            _audit(
+            record_audit_event(
                 session,
-                step,
-                "mpps_in_progress",
-                peer,
-                order,
-                unscheduled=order is None,
-                order_closed=order.status if order is not None and reconcile else None,
+                procedure_event(
+                    "mpps_in_progress",
+                    peer,
+                    TargetKind.PROCEDURE_STEP,
+                    step.sop_instance_uid,
+                    step_subject(step, order),
+                    outcome=AuditOutcome.MINOR_FAILURE if reconcile else AuditOutcome.SUCCESS,
+                    details={
+                        "status": step.status,
+                        "order_id": order.id if order else None,
+                        "unscheduled": order is None,
+                        "order_closed": order.status if order is not None and reconcile else None,
+                    },
+                ),
             )
             return step
     except IntegrityError:
@@ -230,7 +239,17 @@ def _apply_set(
     if trigger == "update":
         if request.performed_series is not None:
             step.performed_series = request.performed_series
-        _audit(session, step, "mpps_updated", actor, order)
+        record_audit_event(
+            session,
+            procedure_event(
+                "mpps_updated",
+                actor,
+                TargetKind.PROCEDURE_STEP,
+                step.sop_instance_uid,
+                step_subject(step, order),
+                details={"status": step.status, "order_id": order.id if order else None},
+            ),
+        )
         return step
     if trigger == "complete":
         # the final state's requirements apply to the step as stored (F.7.2.2):
@@ -249,7 +268,22 @@ def _apply_set(
         ):
             order.exam_completed_at = ended_at
         missing = _series_not_received(session, step)
-        _audit(session, step, "mpps_completed", actor, order, series_not_received=missing)
+        record_audit_event(
+            session,
+            procedure_event(
+                "mpps_completed",
+                actor,
+                TargetKind.PROCEDURE_STEP,
+                step.sop_instance_uid,
+                step_subject(step, order),
+                outcome=AuditOutcome.MINOR_FAILURE if missing else AuditOutcome.SUCCESS,
+                details={
+                    "status": step.status,
+                    "order_id": order.id if order else None,
+                    "series_not_received": missing,
+                },
+            ),
+        )
         return step
     # discontinue
     step.status = MPPS.target(trigger).value
@@ -263,7 +297,17 @@ def _apply_set(
             actor=actor,
             reason=request.discontinuation_reason or "MPPS DISCONTINUED",
         )
-    _audit(session, step, "mpps_discontinued", actor, order)
+    record_audit_event(
+        session,
+        procedure_event(
+            "mpps_discontinued",
+            actor,
+            TargetKind.PROCEDURE_STEP,
+            step.sop_instance_uid,
+            step_subject(step, order),
+            details={"status": step.status, "order_id": order.id if order else None},
+        ),
+    )
     return step
 
 
@@ -304,31 +348,3 @@ def _series_not_received(session: Session, step: PerformedProcedureStep) -> list
         )
     )
     return [uid for uid in listed if uid not in received]
-
-
-def _audit(
-    session: Session,
-    step: PerformedProcedureStep,
-    action: str,
-    actor: Actor,
-    order: ImagingRequest | None,
-    **details: object,
-) -> None:
-    record_audit_event(
-        session,
-        procedure_event(
-            action,
-            actor,
-            TargetKind.PROCEDURE_STEP,
-            step.sop_instance_uid,
-            Subject(
-                patient_id=order.patient_id if order else None,
-                study_instance_uid=step.study_instance_uid,
-                accession_number=step.accession_number,
-            ),
-            outcome=AuditOutcome.MINOR_FAILURE
-            if any(details.get(k) for k in ("unscheduled", "series_not_received", "order_closed"))
-            else AuditOutcome.SUCCESS,
-            details={"status": step.status, "order_id": order.id if order else None, **details},
-        ),
-    )

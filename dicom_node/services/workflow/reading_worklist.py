@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from dicom_node.db.changes import record_change
 from dicom_node.db.models import DicomStudy, Report, ReportVersion, User, WorklistItem
 from dicom_node.db.types import utcnow
-from dicom_node.domain.audit import NO_SUBJECT, AuditEventCode, Subject, TargetKind, audit_event
+from dicom_node.domain.audit import TargetKind, patient_record_event, procedure_event
 from dicom_node.domain.enums import (
     MetadataStatus,
     QueueType,
@@ -78,14 +78,16 @@ def worklist_item_detail(
         ).first()
         if found is not None:
             report_id, report_status = found
-    _audit(
+    record_audit_event(
         session,
-        principal,
-        source_address,
-        action="worklist_item_read",
-        code=AuditEventCode.PATIENT_RECORD,
-        entry=entry,
-        details={"queue_type": entry.queue_type, "status": entry.status},
+        patient_record_event(
+            "worklist_item_read",
+            user_actor(principal, source_address),
+            TargetKind.WORK_ITEM,
+            entry.id,
+            entry.subject,
+            details={"queue_type": entry.queue_type, "status": entry.status},
+        ),
     )
     return WorklistItemDetail(
         entry=entry,
@@ -230,18 +232,19 @@ def _move_first_draft(
     previous = draft.radiologist_id
     draft.radiologist_id = to_user_id
     session.flush()
-    _audit(
+    record_audit_event(
         session,
-        principal,
-        source_address,
-        action="report_reassigned",
-        code=AuditEventCode.PATIENT_RECORD,
-        entry=entry,
-        target=(TargetKind.REPORT, draft.id),
-        details={
-            "before": {"radiologist_id": previous},
-            "after": {"radiologist_id": to_user_id},
-        },
+        patient_record_event(
+            "report_reassigned",
+            user_actor(principal, source_address),
+            TargetKind.REPORT,
+            draft.id,
+            entry.subject,
+            details={
+                "before": {"radiologist_id": previous},
+                "after": {"radiologist_id": to_user_id},
+            },
+        ),
     )
 
 
@@ -324,16 +327,19 @@ def claim_worklist_item(
         order_id=item.imaging_request_id,
     )
     entry, _ = load_entry(session, item_id, now)
-    _audit(
+    record_audit_event(
         session,
-        principal,
-        source_address,
-        action="worklist_item_claimed",
-        entry=entry,
-        details={
-            "before": {"status": WorklistStatus.PENDING.value, "assigned_to_id": None},
-            "after": {"status": item.status, "assigned_to_id": principal.user_id},
-        },
+        procedure_event(
+            "worklist_item_claimed",
+            user_actor(principal, source_address),
+            TargetKind.WORK_ITEM,
+            entry.id,
+            entry.subject,
+            details={
+                "before": {"status": WorklistStatus.PENDING.value, "assigned_to_id": None},
+                "after": {"status": item.status, "assigned_to_id": principal.user_id},
+            },
+        ),
     )
     if item.queue_type == QueueType.READING.value and item.dicom_study_id is not None:
         advance_study_reading(
@@ -390,13 +396,16 @@ def release_worklist_item(
     item.version += 1
     session.flush()
     entry = get_worklist_entry(session, item_id=item_id)
-    _audit(
+    record_audit_event(
         session,
-        principal,
-        source_address,
-        action="worklist_item_released",
-        entry=entry,
-        details={"before": before, "after": {"status": item.status, "assigned_to_id": None}},
+        procedure_event(
+            "worklist_item_released",
+            user_actor(principal, source_address),
+            TargetKind.WORK_ITEM,
+            entry.id,
+            entry.subject,
+            details={"before": before, "after": {"status": item.status, "assigned_to_id": None}},
+        ),
     )
     if (
         item.queue_type == QueueType.READING.value
@@ -460,13 +469,19 @@ def reassign_worklist_item(
     item.version += 1
     session.flush()
     entry = get_worklist_entry(session, item_id=item_id)
-    _audit(
+    record_audit_event(
         session,
-        principal,
-        source_address,
-        action="worklist_item_reassigned",
-        entry=entry,
-        details={"before": before, "after": {"status": item.status, "assigned_to_id": target.id}},
+        procedure_event(
+            "worklist_item_reassigned",
+            user_actor(principal, source_address),
+            TargetKind.WORK_ITEM,
+            entry.id,
+            entry.subject,
+            details={
+                "before": before,
+                "after": {"status": item.status, "assigned_to_id": target.id},
+            },
+        ),
     )
     if item.queue_type == QueueType.READING.value and item.dicom_study_id is not None:
         advance_study_reading(
@@ -485,42 +500,3 @@ def reassign_worklist_item(
             entry=entry,
         )
     return get_worklist_entry(session, item_id=item_id)
-
-
-# --------------------------------------------------------------------------- audit
-
-
-def _audit(
-    session: Session,
-    principal: Principal,
-    source_address: str | None,
-    *,
-    action: str,
-    entry: WorklistEntry,
-    details: dict[str, Any],
-    code: AuditEventCode = AuditEventCode.PROCEDURE_RECORD,
-    target: tuple[TargetKind, int] | None = None,
-) -> None:
-    """An event of a person working ``entry`` (the item, or ``target``)."""
-    kind, target_id = target or (TargetKind.WORK_ITEM, entry.id)
-    subject = (
-        Subject(
-            patient_id=entry.study.patient_id,
-            study_instance_uid=entry.study.study_instance_uid,
-            accession_number=entry.study.accession_number,
-        )
-        if entry.study
-        else NO_SUBJECT
-    )
-    record_audit_event(
-        session,
-        audit_event(
-            code,
-            action,
-            user_actor(principal, source_address),
-            kind,
-            target_id,
-            subject,
-            details=details,
-        ),
-    )

@@ -52,7 +52,7 @@ from dicom_node.domain.matching import Demographics, SlaPolicy, demographic_mism
 from dicom_node.domain.permissions import Principal
 from dicom_node.domain.transitions import ORDER, STUDY_METADATA, WORK_ITEM
 from dicom_node.services.audit.record import record_audit_event
-from dicom_node.services.audit.subjects import order_subject, user_actor
+from dicom_node.services.audit.subjects import order_subject, study_subject, user_actor
 
 # The steps a study matched on arrival or completed goes through; reused, not
 # repeated, so a reconciled study ends exactly where a matched one would.
@@ -171,19 +171,22 @@ def release_to_reading(
         )
         session.flush()
         reading_item_id = open_item_id(session, study_id=study.id, queue=QueueType.READING)
-    _study_event(
+    record_audit_event(
         session,
-        study,
-        patient,
-        "study_released_to_reading",
-        actor=user_actor(principal, source_address),
-        reason=text_reason,
-        details={
-            "before": {"released_to_reading": False},
-            "after": {"released_to_reading": True},
-            "priority": priority.value,
-            "reading_item_id": reading_item_id,
-        },
+        procedure_event(
+            "study_released_to_reading",
+            user_actor(principal, source_address),
+            TargetKind.STUDY,
+            study.id,
+            study_subject(session, study),
+            reason=text_reason,
+            details={
+                "before": {"released_to_reading": False},
+                "after": {"released_to_reading": True},
+                "priority": priority.value,
+                "reading_item_id": reading_item_id,
+            },
+        ),
     )
     session.flush()
     item_id = open_item_id(session, study_id=study.id, queue=QueueType.RECONCILIATION)
@@ -297,17 +300,20 @@ def _reinstate(
     order.status = ORDER.require("reinstate", order.status).value
     order.cancel_reason = None
     order.exam_started_at = order.exam_started_at or now
-    _order_event(
+    record_audit_event(
         session,
-        order,
-        "order_reinstated",
-        actor=user_actor(principal, source_address),
-        reason=reason,
-        details={
-            "before": before,
-            "after": {"status": order.status, "cancel_reason": None},
-            "study_id": study.id,
-        },
+        order_event(
+            "order_reinstated",
+            user_actor(principal, source_address),
+            order.id,
+            order_subject(order),
+            reason=reason,
+            details={
+                "before": before,
+                "after": {"status": order.status, "cancel_reason": None},
+                "study_id": study.id,
+            },
+        ),
     )
 
 
@@ -400,35 +406,38 @@ def create_order_from_study(
     session.add(order)
     session.flush()
     order.requested_procedure_id = f"RP{order.id}"
-    _order_event(
+    record_audit_event(
         session,
-        order,
-        "order_created",
-        actor=user_actor(principal, source_address),
-        reason=text_reason,
-        details={
-            "after": {
-                "status": order.status,
-                "patient_id": order.patient_id,
-                "issuer_of_patient_id": order.issuer_of_patient_id,
-                "accession_number": order.accession_number,
-                "study_instance_uid": order.study_instance_uid,
-                "requested_modality": order.requested_modality,
-                "study_description": order.study_description,
-                "priority": order.priority,
-            },
-            "from_study_id": study.id,
-            **(
-                {
-                    "duplicate_override": {
-                        "existing_order_id": open_order.id,
-                        "reason": text_reason,
+        order_event(
+            "order_created",
+            user_actor(principal, source_address),
+            order.id,
+            order_subject(order),
+            reason=text_reason,
+            details={
+                "after": {
+                    "status": order.status,
+                    "patient_id": order.patient_id,
+                    "issuer_of_patient_id": order.issuer_of_patient_id,
+                    "accession_number": order.accession_number,
+                    "study_instance_uid": order.study_instance_uid,
+                    "requested_modality": order.requested_modality,
+                    "study_description": order.study_description,
+                    "priority": order.priority,
+                },
+                "from_study_id": study.id,
+                **(
+                    {
+                        "duplicate_override": {
+                            "existing_order_id": open_order.id,
+                            "reason": text_reason,
+                        }
                     }
-                }
-                if open_order is not None
-                else {}
-            ),
-        },
+                    if open_order is not None
+                    else {}
+                ),
+            },
+        ),
     )
     if open_order is not None:
         audit_duplicate_forced(
@@ -500,22 +509,25 @@ def _link(
     who = user_actor(principal, source_address)
     study.imaging_request_id = order.id
     study.metadata_status = STUDY_METADATA.require("link", study.metadata_status).value
-    _study_event(
+    record_audit_event(
         session,
-        study,
-        patient,
-        action,
-        actor=who,
-        reason=reason,
-        details={
-            "before": before,
-            "after": {
-                "metadata_status": study.metadata_status,
-                "imaging_request_id": order.id,
+        procedure_event(
+            action,
+            who,
+            TargetKind.STUDY,
+            study.id,
+            study_subject(session, study),
+            reason=reason,
+            details={
+                "before": before,
+                "after": {
+                    "metadata_status": study.metadata_status,
+                    "imaging_request_id": order.id,
+                },
+                "order_id": order.id,
+                **extra,
             },
-            "order_id": order.id,
-            **extra,
-        },
+        ),
     )
     # what a study matched on arrival goes through, done in the person's name
     # and with their reason: the exam has started ...
@@ -623,43 +635,3 @@ def resolve_reconciliation_item(
         },
     )
     return item_entry(item, None, None, step)
-
-
-def _study_event(
-    session: Session,
-    study: DicomStudy,
-    patient: Patient,
-    action: str,
-    *,
-    actor: Actor,
-    reason: str,
-    details: dict[str, Any],
-) -> None:
-    """A Procedure Record event for a reconciliation step on ``study``."""
-    subject = Subject(
-        patient_id=patient.patient_id,
-        study_instance_uid=study.study_instance_uid,
-        accession_number=study.accession_number,
-    )
-    record_audit_event(
-        session,
-        procedure_event(
-            action, actor, TargetKind.STUDY, study.id, subject, reason=reason, details=details
-        ),
-    )
-
-
-def _order_event(
-    session: Session,
-    order: ImagingRequest,
-    action: str,
-    *,
-    actor: Actor,
-    reason: str,
-    details: dict[str, Any],
-) -> None:
-    """An Order Record event for a reconciliation step on ``order``."""
-    record_audit_event(
-        session,
-        order_event(action, actor, order.id, order_subject(order), reason=reason, details=details),
-    )

@@ -36,7 +36,7 @@ from dicom_node.domain.enums import Priority, QueueType, WorklistStatus
 from dicom_node.domain.matching import PRIORITY_RANK
 from dicom_node.domain.transitions import WORK_ITEM
 from dicom_node.services.audit.record import record_audit_event
-from dicom_node.services.audit.subjects import order_subject, study_subject
+from dicom_node.services.audit.subjects import order_subject, step_subject, study_subject
 from dicom_node.services.workflow.study_reading import advance_study_reading, has_report
 
 # the WORK_ITEM trigger that closes an item into each final status
@@ -134,20 +134,23 @@ def ensure_worklist_item(
                 if due_at is not None and (already.due_at is None or due_at < already.due_at):
                     already.due_at = due_at
             already.version += 1
-            _item_event(
+            record_audit_event(
                 session,
-                "worklist_item_updated",
-                actor,
-                already,
-                study_subject(session, study),
-                details={
-                    "before": before,
-                    "after": {
-                        "order_id": order.id,
-                        "priority": already.priority,
-                        "due_at": _iso(already.due_at),
+                procedure_event(
+                    "worklist_item_updated",
+                    actor,
+                    TargetKind.WORK_ITEM,
+                    already.id,
+                    study_subject(session, study),
+                    details={
+                        "before": before,
+                        "after": {
+                            "order_id": order.id,
+                            "priority": already.priority,
+                            "due_at": _iso(already.due_at),
+                        },
                     },
-                },
+                ),
             )
         return already
     item = WorklistItem(
@@ -161,22 +164,25 @@ def ensure_worklist_item(
     )
     session.add(item)
     session.flush()
-    _item_event(
+    record_audit_event(
         session,
-        "worklist_item_created",
-        actor,
-        item,
-        study_subject(session, study),
-        details={
-            "before": None,
-            "after": {
-                "queue_type": item.queue_type,
-                "status": item.status,
-                "priority": item.priority,
-                "due_at": _iso(due_at),
-                "order_id": item.imaging_request_id,
+        procedure_event(
+            "worklist_item_created",
+            actor,
+            TargetKind.WORK_ITEM,
+            item.id,
+            study_subject(session, study),
+            details={
+                "before": None,
+                "after": {
+                    "queue_type": item.queue_type,
+                    "status": item.status,
+                    "priority": item.priority,
+                    "due_at": _iso(due_at),
+                    "order_id": item.imaging_request_id,
+                },
             },
-        },
+        ),
     )
     return item
 
@@ -214,13 +220,19 @@ def ensure_review_item(
     )
     session.add(item)
     session.flush()
-    _item_event(
+    record_audit_event(
         session,
-        "worklist_item_created",
-        actor,
-        item,
-        study_subject(session, study),
-        details={"before": None, "after": {"queue_type": item.queue_type, "status": item.status}},
+        procedure_event(
+            "worklist_item_created",
+            actor,
+            TargetKind.WORK_ITEM,
+            item.id,
+            study_subject(session, study),
+            details={
+                "before": None,
+                "after": {"queue_type": item.queue_type, "status": item.status},
+            },
+        ),
     )
     return item
 
@@ -245,28 +257,27 @@ def open_procedure_step_item(
     )
     session.add(item)
     session.flush()
-    _item_event(
+    record_audit_event(
         session,
-        "worklist_item_created",
-        actor,
-        item,
-        Subject(
-            patient_id=order.patient_id if order else None,
-            study_instance_uid=step.study_instance_uid,
-            accession_number=step.accession_number,
-        ),
-        reason=reason,
-        details={
-            "before": None,
-            "after": {
-                "queue_type": item.queue_type,
-                "status": item.status,
-                "priority": item.priority,
-                "due_at": None,
-                "order_id": item.imaging_request_id,
+        procedure_event(
+            "worklist_item_created",
+            actor,
+            TargetKind.WORK_ITEM,
+            item.id,
+            step_subject(step, order),
+            reason=reason,
+            details={
+                "before": None,
+                "after": {
+                    "queue_type": item.queue_type,
+                    "status": item.status,
+                    "priority": item.priority,
+                    "due_at": None,
+                    "order_id": item.imaging_request_id,
+                },
+                "performed_procedure_step": step.sop_instance_uid,
             },
-            "performed_procedure_step": step.sop_instance_uid,
-        },
+        ),
     )
     return item
 
@@ -314,19 +325,22 @@ def close_item(
         item.assigned_to_id = item.assigned_to_id or actor.user_id
     item.version += 1
     session.flush()
-    _item_event(
+    record_audit_event(
         session,
-        f"worklist_item_{item.status}",
-        actor,
-        item,
-        subject,
-        reason=reason,
-        details={
-            "before": before,
-            "after": {"status": item.status, "assigned_to_id": item.assigned_to_id},
-            "queue_type": item.queue_type,
-            **(details or {}),
-        },
+        procedure_event(
+            f"worklist_item_{item.status}",
+            actor,
+            TargetKind.WORK_ITEM,
+            item.id,
+            subject,
+            reason=reason,
+            details={
+                "before": before,
+                "after": {"status": item.status, "assigned_to_id": item.assigned_to_id},
+                "queue_type": item.queue_type,
+                **(details or {}),
+            },
+        ),
     )
 
 
@@ -454,19 +468,22 @@ def close_reconciliation_items(
         item.completed_at = now
         item.imaging_request_id = order.id
         item.version += 1
-        _item_event(
+        record_audit_event(
             session,
-            "worklist_item_completed",
-            actor,
-            item,
-            Subject(patient_id=subject.patient_id, study_instance_uid=study.study_instance_uid),
-            reason=reason,
-            details={
-                "before": {"status": item_before},
-                "after": {"status": item.status, "imaging_request_id": order.id},
-                "study_id": study.id,
-                "performed_procedure_step_id": item.performed_procedure_step_id,
-            },
+            procedure_event(
+                "worklist_item_completed",
+                actor,
+                TargetKind.WORK_ITEM,
+                item.id,
+                Subject(patient_id=subject.patient_id, study_instance_uid=study.study_instance_uid),
+                reason=reason,
+                details={
+                    "before": {"status": item_before},
+                    "after": {"status": item.status, "imaging_request_id": order.id},
+                    "study_id": study.id,
+                    "performed_procedure_step_id": item.performed_procedure_step_id,
+                },
+            ),
         )
 
 
@@ -484,31 +501,4 @@ def complete_follow_up(
         reason=f"order {order.id} is no longer a missed slot ({order.status})",
         now=now,
         details={"order_id": order.id},
-    )
-
-
-# --------------------------------------------------------------------------- audit
-
-
-def _item_event(
-    session: Session,
-    action: str,
-    actor: Actor,
-    item: WorklistItem,
-    subject: Subject,
-    *,
-    reason: str | None = None,
-    details: dict[str, Any],
-) -> None:
-    record_audit_event(
-        session,
-        procedure_event(
-            action,
-            actor,
-            TargetKind.WORK_ITEM,
-            item.id,
-            subject,
-            reason=reason,
-            details=details,
-        ),
     )

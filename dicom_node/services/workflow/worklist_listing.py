@@ -23,6 +23,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from dicom_node.db.models import DicomStudy, Patient, User, WorklistItem
 from dicom_node.db.types import utcnow
+from dicom_node.domain.audit import NO_SUBJECT, Subject
 from dicom_node.domain.enums import Priority, QueueType, WorklistStatus
 from dicom_node.domain.errors import NotFound
 from dicom_node.domain.matching import PRIORITY_RANK
@@ -66,6 +67,17 @@ class WorklistEntry:
     performed_procedure_step_id: int | None
     notes: str | None
     study: WorklistStudy | None
+
+    @property
+    def subject(self) -> Subject:
+        """Whose record the entry is, for the audit trail."""
+        if self.study is None:
+            return NO_SUBJECT
+        return Subject(
+            patient_id=self.study.patient_id,
+            study_instance_uid=self.study.study_instance_uid,
+            accession_number=self.study.accession_number,
+        )
 
 
 @dataclass(frozen=True, slots=True)
