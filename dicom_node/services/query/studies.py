@@ -51,6 +51,7 @@ from dicom_node.domain.errors import Conflict, InvalidValue, NotFound
 from dicom_node.domain.names import fold_person_name
 from dicom_node.domain.permissions import Principal
 from dicom_node.domain.query import LEVEL_ORDER, InvalidQuery, Level, Match, parse_match
+from dicom_node.domain.transitions import STUDY_METADATA
 from dicom_node.domain.vr import MAX_LENGTH, PATIENT_SEXES, is_calendar_date, is_code_string
 from dicom_node.services.access.visibility import (
     may_see_order,
@@ -592,8 +593,10 @@ def correct_study(
             .values(body_part_examined=changed["body_part_examined"])
         )
     status_before = study.metadata_status
-    if status_before == MetadataStatus.MATCHED.value:
-        study.metadata_status = MetadataStatus.CORRECTED.value
+    # matched -> corrected; a pending, unmatched or conflict study keeps its
+    # status (docs/domain.md#study-metadata-states)
+    if STUDY_METADATA.allows("correct", status_before):
+        study.metadata_status = STUDY_METADATA.target("correct").value
     # also a patient-only correction puts the study in the change feed
     study.updated_at = utcnow()
     session.flush()
@@ -757,7 +760,7 @@ def reject_study(
         "metadata_status": study.metadata_status,
         "released_to_reading": study.released_to_reading,
     }
-    study.metadata_status = MetadataStatus.REJECTED.value
+    study.metadata_status = STUDY_METADATA.require("reject", study.metadata_status).value
     study.released_to_reading = False  # withdrawn: nothing to read
     study.release_priority = None
     session.flush()
