@@ -22,6 +22,7 @@ from dicom_node.services.access.users import (
     reset_password,
     update_user,
 )
+from dicom_node.services.audit.subjects import user_actor
 
 router = APIRouter(prefix="/api", tags=["users"])
 
@@ -92,9 +93,7 @@ def create_user_account(
             display_name=body.display_name,
             specialty=body.specialty,
             is_lead=body.is_lead,
-            actor=admin.username,
-            actor_user_id=admin.user_id,
-            source_address=client_address(request),
+            actor=user_actor(admin, client_address(request)),
         )
     return _public(info)
 

@@ -17,6 +17,7 @@ import uvicorn
 from api.app import create_app
 from api.deps import ApiContext, proxy_options
 from dicom_node.db.engine import Database
+from dicom_node.domain.audit import Actor, SystemActor
 from dicom_node.node import bind_http_socket
 from dicom_node.services.access.users import create_user
 from dicom_node.settings import Settings
@@ -48,7 +49,7 @@ class ApiServer:
                 password=PASSWORD,
                 role=role,
                 display_name=extra.pop("display_name", name.title()),
-                actor="test",
+                actor=Actor.system(SystemActor.CLI),
                 **extra,
             )
         return name

@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from dicom_node.db.engine import Database
 from dicom_node.db.models import AuditEvent, SignInSource
-from dicom_node.domain.audit import AuditEventCode, AuditRecord
+from dicom_node.domain.audit import Actor, AuditEventCode, AuditRecord, SystemActor
 from dicom_node.node import Node
 from dicom_node.services.access.users import create_user
 from dicom_node.services.audit.record import record_audit_event
@@ -42,7 +42,12 @@ def _database(node: Node) -> Database:
 def _admin(node: Node, name: str = "owner") -> str:
     with _database(node).unit_of_work() as session:
         create_user(
-            session, username=name, password=PASSWORD, role="admin", display_name=name, actor="test"
+            session,
+            username=name,
+            password=PASSWORD,
+            role="admin",
+            display_name=name,
+            actor=Actor.system(SystemActor.CLI),
         )
     return name
 

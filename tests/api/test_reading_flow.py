@@ -27,6 +27,7 @@ from dicom_node.db.models import (
     Modality,
     WorklistItem,
 )
+from dicom_node.domain.audit import Actor, SystemActor
 from dicom_node.jobs.workflow import run_study_stability
 from dicom_node.node import Node, sla_policy
 from dicom_node.services.access.users import create_user
@@ -40,7 +41,12 @@ def _client(node: Node, role: str, name: str) -> tuple[httpx.Client, int]:
     assert node.db is not None
     with node.db.unit_of_work() as session:
         user = create_user(
-            session, username=name, password=PASSWORD, role=role, display_name=name, actor="test"
+            session,
+            username=name,
+            password=PASSWORD,
+            role=role,
+            display_name=name,
+            actor=Actor.system(SystemActor.CLI),
         )
     base = f"http://127.0.0.1:{node.http_port}"
     signed_in = httpx.post(

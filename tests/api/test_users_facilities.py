@@ -56,6 +56,11 @@ def test_admin_creates_a_user_who_can_sign_in_and_no_answer_or_audit_carries_the
 
     (event,) = events(api, "user_created", user["id"])
     assert event.actor == admin.username  # type: ignore[attr-defined]
+    # the admin as every other route names a user: id, role and client address
+    with api.db.read() as session:
+        admin_id = session.scalar(select(User.id).where(User.username == admin.username))  # type: ignore[attr-defined]
+    assert (event.actor_user_id, event.actor_role) == (admin_id, "admin")
+    assert event.source_address == "127.0.0.1"
     assert event.details["after"]["role"] == "radiologist"
     assert "secret" not in str(event.details) and "argon2" not in str(event.details)
 

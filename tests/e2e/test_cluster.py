@@ -36,6 +36,7 @@ from dicom_node.db.models import (
     ImagingRequest,
     Patient,
 )
+from dicom_node.domain.audit import Actor, SystemActor
 from dicom_node.domain.part10 import dataset_offset
 from dicom_node.services.access.users import create_user
 from dicom_node.storage import FileStore
@@ -276,7 +277,7 @@ def _scheduler_token(cluster: Cluster, member: Member) -> str:
                 password=PASSWORD,
                 role="scheduler",
                 display_name="Cluster Scheduler",
-                actor="test",
+                actor=Actor.system(SystemActor.CLI),
             )
     finally:
         db.dispose()

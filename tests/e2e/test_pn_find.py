@@ -21,6 +21,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from dicom_node.db.models import ImagingCenter, Modality
+from dicom_node.domain.audit import Actor, SystemActor
 from dicom_node.domain.enums import Role
 from dicom_node.domain.permissions import Principal
 from dicom_node.node import Node
@@ -177,7 +178,11 @@ def scheduled(make_node) -> tuple[Node, Principal, list[int]]:  # type: ignore[n
     slot = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
     with node.db.unit_of_work() as session:
         user = create_user(
-            session, username="pn-scheduler", password=PASSWORD, role="scheduler", actor="test"
+            session,
+            username="pn-scheduler",
+            password=PASSWORD,
+            role="scheduler",
+            actor=Actor.system(SystemActor.CLI),
         )
         center = ImagingCenter(name="Main", code="MAIN")
         session.add(center)
@@ -300,7 +305,13 @@ def test_worklist_answers_the_physicians_and_follows_an_edit(
 def _client(node: Node) -> httpx.Client:
     assert node.db is not None
     with node.db.unit_of_work() as session:
-        create_user(session, username="pn-http", password=PASSWORD, role="scheduler", actor="test")
+        create_user(
+            session,
+            username="pn-http",
+            password=PASSWORD,
+            role="scheduler",
+            actor=Actor.system(SystemActor.CLI),
+        )
     base = f"http://127.0.0.1:{node.http_port}"
     token = httpx.post(
         f"{base}/api/auth/token", data={"username": "pn-http", "password": PASSWORD}, timeout=30

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from dicom_node.db.engine import Database
+from dicom_node.domain.audit import Actor, SystemActor
 from dicom_node.services.access.users import create_user
 from tests.conftest import CHEAP_HASHING
 from tests.support import Served
@@ -75,7 +76,7 @@ def _token(db_url: str, base_url: str) -> str:
                 password=PASSWORD,
                 role="scheduler",
                 display_name="Stream Watcher",
-                actor="test",
+                actor=Actor.system(SystemActor.CLI),
             )
     finally:
         db.dispose()

@@ -6,6 +6,7 @@ from sqlalchemy import func, select
 
 from dicom_node.db.engine import Database
 from dicom_node.db.models import AuditEvent, ImagingCenter, ImagingRequest, Modality, User
+from dicom_node.domain.audit import Actor, SystemActor
 from dicom_node.domain.demo import DEMO_STUDIES, DEMO_USERS
 from dicom_node.domain.enums import RequestStatus, Role
 from dicom_node.domain.errors import AlreadyExists, InvalidValue
@@ -17,7 +18,11 @@ from dicom_node.services.operations.demo import load_demo
 def test_created_user_has_an_argon2_hash_and_an_audit_event(db: Database) -> None:
     with db.unit_of_work() as session:
         info = create_user(
-            session, username="Admin", password="correct horse", role="admin", actor="cli"
+            session,
+            username="Admin",
+            password="correct horse",
+            role="admin",
+            actor=Actor.system(SystemActor.CLI),
         )
     assert info.username == "admin"
     assert info.role is Role.ADMIN
@@ -33,9 +38,21 @@ def test_created_user_has_an_argon2_hash_and_an_audit_event(db: Database) -> Non
 
 def test_second_user_with_the_same_name_is_refused(db: Database) -> None:
     with db.unit_of_work() as session:
-        create_user(session, username="ann", password="0123456789", role="radiologist", actor="t")
+        create_user(
+            session,
+            username="ann",
+            password="0123456789",
+            role="radiologist",
+            actor=Actor.system(SystemActor.CLI),
+        )
     with pytest.raises(AlreadyExists), db.unit_of_work() as session:
-        create_user(session, username="ANN", password="0123456789", role="admin", actor="t")
+        create_user(
+            session,
+            username="ANN",
+            password="0123456789",
+            role="admin",
+            actor=Actor.system(SystemActor.CLI),
+        )
 
 
 @pytest.mark.parametrize(
@@ -51,7 +68,13 @@ def test_invalid_user_input_is_refused_and_nothing_is_written(
     db: Database, username: str, password: str, role: str, message: str
 ) -> None:
     with pytest.raises(InvalidValue, match=message), db.unit_of_work() as session:
-        create_user(session, username=username, password=password, role=role, actor="t")
+        create_user(
+            session,
+            username=username,
+            password=password,
+            role=role,
+            actor=Actor.system(SystemActor.CLI),
+        )
     with db.read() as session:
         assert session.scalar(select(func.count(User.id))) == 0
         assert session.scalar(select(func.count(AuditEvent.id))) == 0

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from dicom_node.db.engine import Database
-from dicom_node.domain.audit import SystemActor
+from dicom_node.domain.audit import Actor, SystemActor
 from dicom_node.services.access.users import create_user
 from dicom_node.services.ingest.importing import import_files, iter_files
 from dicom_node.services.ingest.instances import IngestPolicy
@@ -142,7 +142,7 @@ def _load(data_dir: Path, template: Path, source: Path) -> None:
                 username=AUDITOR,
                 password=AUDITOR_PASSWORD,
                 role="auditor",
-                actor="interop-tests",
+                actor=Actor.system(SystemActor.CLI),
             )
     finally:
         db.dispose()

@@ -81,18 +81,12 @@ def create_user(
     display_name: str | None = None,
     specialty: str | None = None,
     is_lead: bool = False,
-    actor: Actor | str,
-    actor_user_id: int | None = None,
-    source_address: str | None = None,
+    actor: Actor,
 ) -> UserInfo:
     """A new account, audited (110114 ``user_created``) without the password.
 
-    ``actor``: who creates it, an :class:`Actor` (``user_actor`` of the admin,
-    or ``Actor.system(SystemActor.CLI)``). A plain name with ``actor_user_id``
-    and ``source_address`` is the older form, kept while ``api/routes/users.py``
-    still passes it."""
-    if isinstance(actor, str):
-        actor = Actor(name=actor, user_id=actor_user_id, address=source_address)
+    ``actor``: who creates it (``user_actor`` of the admin and their address,
+    or ``Actor.system(SystemActor.CLI)``)."""
     username = username.strip().lower()
     if not _USERNAME.fullmatch(username):
         raise InvalidValue(
