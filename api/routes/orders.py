@@ -251,7 +251,8 @@ def cancel_imaging_request(
     context: Context, user: Canceller, order_id: OrderId, body: OrderCancel, request: Request
 ) -> OrderPublic:
     """requested/scheduled -> cancelled with a reason (409 otherwise). A referring
-    physician cancels only their own order, only while requested (403)."""
+    physician cancels only an order they placed, only while requested (403;
+    being its referrer is not enough)."""
     with context.db.unit_of_work() as session:
         info = cancel_order(
             session,

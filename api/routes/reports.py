@@ -2,7 +2,8 @@
 
 The state machine and who may do what are in services/reporting/reports.py; an invalid
 transition is 409 with ``current_state``. A referring physician reads only
-signed text of reports on their own orders (404 otherwise). Every read and
+signed text of reports on orders they placed or are the referrer of (404
+otherwise; the one rule of services/access/visibility.py). Every read and
 every change is audited.
 """
 

@@ -154,7 +154,8 @@ def search(
     Series-level keys (Modality, BodyPartExamined...) match a study when one of
     its series does. An unknown keyword or a malformed value is 422 naming it.
     Rejected studies are withdrawn (as from C-FIND). Referring physicians see
-    only studies of their own orders. Audited as a Query (110112) with the keys.
+    only studies of orders they placed or are the referrer of. Audited as a
+    Query (110112) with the keys.
     An integer key beyond its VR's range (IS: 32 bits) or a key listing more
     values than the node's ``max_query_list_values`` is 422 too.
     """

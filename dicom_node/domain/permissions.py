@@ -2,8 +2,9 @@
 
 Routes name the permission they need; nothing checks a role by name anywhere
 else. Ownership rules that depend on the record (a referring physician sees
-only their own orders, only the assigned radiologist edits a draft, a reviewer
-is not the author) live in the services, next to the state they read.
+only the orders they placed or are the referrer of, services/access/visibility.py;
+only the assigned radiologist edits a draft; a reviewer is not the author)
+live in the services, next to the state they read.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ ROLE_PERMISSIONS: dict[Permission, frozenset[Role]] = {
     Permission.ORDERS_READ: frozenset({_A, _S, _T, _R, _P, _U}),
     Permission.ORDERS_CREATE: frozenset({_A, _S, _P}),
     Permission.ORDERS_SCHEDULE: frozenset({_A, _S}),
-    # a referring physician may cancel only their own order, only while requested
+    # a referring physician may cancel only an order they placed, only while requested
     Permission.ORDERS_CANCEL: frozenset({_A, _S, _P}),
     Permission.ORDERS_PERFORM: frozenset({_A, _T}),
     Permission.STUDIES_READ: frozenset({_A, _S, _T, _R, _P, _U}),

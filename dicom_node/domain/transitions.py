@@ -118,7 +118,7 @@ ORDER: StateMachine[RequestStatus] = StateMachine(
         "acquisition_complete": ((_R.REQUESTED, _R.SCHEDULED, _R.IN_PROGRESS), _R.PERFORMED),
         "mpps_discontinued": ((_R.IN_PROGRESS,), _R.DISCONTINUED),
         "cancel": ((_R.REQUESTED, _R.SCHEDULED), _R.CANCELLED),
-        # a referring physician may cancel their own order only before it is booked
+        # a referring physician may cancel an order they placed only before it is booked
         "cancel_unbooked": ((_R.REQUESTED,), _R.CANCELLED),
     },
 )
