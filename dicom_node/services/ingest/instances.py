@@ -65,6 +65,7 @@ from dicom_node.domain.errors import InvalidValue
 from dicom_node.domain.inflate import DEFAULT_MAX_DATASET_BYTES, DatasetTooLarge
 from dicom_node.domain.part10 import dataset_offset
 from dicom_node.domain.part10_source import Part10Source, open_part10
+from dicom_node.domain.transitions import COMPLETENESS, STUDY_METADATA
 from dicom_node.domain.vr import normalize_tm
 from dicom_node.log_limit import LogLimiter
 from dicom_node.services.audit.record import record_audit_event
@@ -683,7 +684,9 @@ class _SQL:
     _study_counts = {
         "instance_count": _study.c.instance_count + 1,
         "last_received_at": bindparam("now"),
-        "completeness": Completeness.RECEIVING.value,
+        # quiet or complete -> receiving (COMPLETENESS "new_instance"); set in
+        # the same UPDATE as the counts, one statement per instance
+        "completeness": COMPLETENESS.target("new_instance").value,
     }
     count_study_instance = (
         update(_study).where(_study.c.id == bindparam("pk")).values(**_study_counts)
@@ -906,8 +909,14 @@ def _quarantine(session: Session, study_pk: int, header: InstanceHeader, source:
     cancelled, a reconciliation item is opened) until a person links it again.
     A rejected study stays rejected: withdrawn, nothing to read or reconcile.
     """
-    before = session.scalar(select(DicomStudy.metadata_status).where(DicomStudy.id == study_pk))
-    after = before if before == MetadataStatus.REJECTED.value else MetadataStatus.CONFLICT.value
+    before = session.scalars(
+        select(DicomStudy.metadata_status).where(DicomStudy.id == study_pk)
+    ).one()  # the caller holds the study row
+    after = (
+        STUDY_METADATA.target("patient_conflict").value
+        if STUDY_METADATA.allows("patient_conflict", before)
+        else before  # rejected stays rejected
+    )
     if before != after:
         session.execute(
             update(DicomStudy).where(DicomStudy.id == study_pk).values(metadata_status=after)
