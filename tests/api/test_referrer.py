@@ -4,13 +4,23 @@ through orders, studies and the change feed."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
+from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from dicom_node.db.models import AuditEvent, User
+from dicom_node.db.models import AuditEvent, DicomStudy, User
+from dicom_node.domain.audit import Actor, SystemActor
+from dicom_node.domain.enums import CompletenessEvidence
+from dicom_node.domain.matching import SlaPolicy
+from dicom_node.services.ingest.instances import IngestPolicy, Source, StoreOutcome, store_instance
+from dicom_node.services.workflow.completeness import complete_study
+from dicom_node.storage import FileStore
 from tests.api.conftest import ApiServer
+from tests.dicomfiles import ct_dataset, to_bytes
 
 
 def _id(api: ApiServer, username: str) -> int:
@@ -145,3 +155,70 @@ def test_a_referrer_linked_later_sees_the_order_and_its_later_changes(api: ApiSe
         f"/api/orders/{order['id']}", json={"referring_physician_id": None}
     ).json()
     assert unlinked["referring_physician_id"] is None
+
+
+def test_a_referring_physician_cannot_make_a_colleague_the_referrer_by_name(
+    api: ApiServer,
+) -> None:
+    """The name path does not do what the id path refuses (403): a colleague
+    named by a referring physician is not linked and does not see the order."""
+    x = api.client("referring_physician", display_name="Xavier^Xena")
+    y = api.client("referring_physician", display_name="Young^Yuri")
+    y_id = _id(api, y.username)  # type: ignore[attr-defined]
+    assert _order(x, referring_physician_id=y_id).status_code == 403
+    by_name = _order(x, patient_id="P2", referring_physician_name="Young^Yuri")
+    assert by_name.status_code == 201, by_name.text
+    assert by_name.json()["referring_physician_id"] is None
+    assert y.get(f"/api/orders/{by_name.json()['id']}").status_code == 404
+    own = _order(x, patient_id="P3").json()
+    renamed = x.patch(f"/api/orders/{own['id']}", json={"referring_physician_name": "YOUNG^YURI"})
+    assert renamed.status_code == 200, renamed.text
+    assert renamed.json()["referring_physician_id"] is None
+    assert y.get(f"/api/orders/{own['id']}").status_code == 404
+    # their own name links themselves, as the id would
+    x_id = _id(api, x.username)  # type: ignore[attr-defined]
+    mine = _order(x, patient_id="P4", referring_physician_name="XAVIER^XENA")
+    assert mine.json()["referring_physician_id"] == x_id
+
+
+def test_an_order_made_from_a_study_is_the_referrer_of_its_dicom_name(
+    api: ApiServer, tmp_path: Path
+) -> None:
+    """Reconciliation's create-order links the physician the study's
+    ReferringPhysicianName names, as booking an order with that name does."""
+    store = FileStore(tmp_path / "store", fsync=False)
+    scheduler = api.client("scheduler")
+    x = api.client("referring_physician", display_name="Xavier^Xena")
+    x_id = _id(api, x.username)  # type: ignore[attr-defined]
+    uid = generate_uid()
+    image = ct_dataset(study_uid=uid, patient_id="WALKIN", accession="ACC1")
+    image.ReferringPhysicianName = "XAVIER^XENA"
+    result = store_instance(
+        api.db,
+        store,
+        part10=to_bytes(image),
+        source=Source(calling_ae_title="CT_MAIN_1"),
+        policy=IngestPolicy(),
+    )
+    assert result.outcome is StoreOutcome.STORED
+    with api.db.unit_of_work() as session:
+        study = session.scalars(
+            select(DicomStudy).where(DicomStudy.study_instance_uid == uid)
+        ).one()
+        study_id = study.id
+        complete_study(
+            session,
+            study,
+            evidence=CompletenessEvidence.MANUAL,
+            now=datetime.now(UTC),
+            sla=SlaPolicy(),
+            actor=Actor.system(SystemActor.CLI),
+        )
+    made = scheduler.post(
+        f"/api/reconciliation/{study_id}/create-order", json={"reason": "walk-in"}
+    )
+    assert made.status_code == 201, made.text
+    order = made.json()["order"]
+    assert order["referring_physician_id"] == x_id
+    assert x.get(f"/api/orders/{order['id']}").status_code == 200
+    assert x.get(f"/api/studies/{study_id}").status_code == 200

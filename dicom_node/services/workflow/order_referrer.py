@@ -28,6 +28,7 @@ from dicom_node.db.models import User
 from dicom_node.domain.enums import Role
 from dicom_node.domain.errors import InvalidValue
 from dicom_node.domain.names import fold_person_name
+from dicom_node.domain.permissions import Principal
 from dicom_node.domain.vr import person_name
 
 FIELD = "referring_physician_id"
@@ -51,9 +52,20 @@ def dicom_name(display_name: str | None) -> str | None:
         return None
 
 
-def matched_referrer(session: Session, name: str | None) -> int | None:
+def matched_referrer(session: Session, name: str | None, *, by: Principal) -> int | None:
     """The one active referring physician whose DICOM name is ``name``; None for
-    no name, no match or several (an ambiguous name links nobody)."""
+    no name, no match or several (an ambiguous name links nobody).
+
+    A referring physician writing the name (``by``) links only themselves: a
+    colleague's name must not do what naming the colleague by id may not
+    (403), which would show the colleague an order they never asked to see."""
+    found = _matched(session, name)
+    if by.role is Role.REFERRING_PHYSICIAN and found != by.user_id:
+        return None
+    return found
+
+
+def _matched(session: Session, name: str | None) -> int | None:
     wanted = fold_person_name(name) if name else ""
     if not wanted:
         return None

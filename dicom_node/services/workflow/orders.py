@@ -360,7 +360,9 @@ def create_order(
     if new.referring_physician_id is not None:
         _choose_referrer(session, order, principal, new.referring_physician_id)
     else:
-        order.referring_physician_id = matched_referrer(session, order.referring_physician_name)
+        order.referring_physician_id = matched_referrer(
+            session, order.referring_physician_name, by=principal
+        )
     lock_patient_orders(session, patient_id, issuer)
     existing = find_duplicate_order(
         session,
@@ -559,7 +561,9 @@ def update_order(
     elif "referring_physician_id" in changes:
         order.referring_physician_id = None
     elif "referring_physician_name" in changes:
-        order.referring_physician_id = matched_referrer(session, order.referring_physician_name)
+        order.referring_physician_id = matched_referrer(
+            session, order.referring_physician_name, by=principal
+        )
     after = _audited(order, audited)
     changed = [name for name in after if after[name] != before[name]]
     if changed:

@@ -53,15 +53,16 @@ from dicom_node.domain.permissions import Principal
 from dicom_node.domain.transitions import ORDER, STUDY_METADATA, WORK_ITEM
 from dicom_node.services.audit.record import record_audit_event
 from dicom_node.services.audit.subjects import order_subject, study_subject, user_actor
-
-# The steps a study matched on arrival or completed goes through; reused, not
-# repeated, so a reconciled study ends exactly where a matched one would.
 from dicom_node.services.workflow.completeness import blocking_report, perform_order
 from dicom_node.services.workflow.order_duplicates import (
     OPEN_STATUSES,
     audit_duplicate_forced,
     lock_patient_orders,
 )
+
+# The steps a study matched on arrival or completed goes through; reused, not
+# repeated, so a reconciled study ends exactly where a matched one would.
+from dicom_node.services.workflow.order_referrer import matched_referrer
 from dicom_node.services.workflow.orders import OrderInfo, order_info, take_trigger
 from dicom_node.services.workflow.reconciliation_listing import (
     ReconciliationEntry,
@@ -402,6 +403,11 @@ def create_order_from_study(
         clinical_indication=None,
         created_at=moment,
         updated_at=moment,
+    )
+    # the study's ReferringPhysicianName names the physician as a booked order's
+    # would (services/workflow/order_referrer.py)
+    order.referring_physician_id = matched_referrer(
+        session, order.referring_physician_name, by=principal
     )
     session.add(order)
     session.flush()
