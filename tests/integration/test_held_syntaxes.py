@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,13 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
     generate_uid,
 )
-from sqlalchemy import delete, event, inspect, select
+from sqlalchemy import delete, event, inspect, select, text
 from sqlalchemy.orm import Session
 
 from dicom_node.db import migrate
 from dicom_node.db.engine import Database
 from dicom_node.db.held_syntaxes import held_syntaxes, record_held_syntax
-from dicom_node.db.models import DicomInstance, DicomSeries, DicomStudy, HeldSyntax, Patient
+from dicom_node.db.models import DicomInstance, HeldSyntax
 from dicom_node.services.ingest.instances import IngestPolicy, Source, StoreOutcome, store_instance
 from dicom_node.services.query.retrieve import HeldSyntaxes
 from dicom_node.storage import FileStore
@@ -158,30 +159,59 @@ def test_the_table_is_keyed_by_sop_class_then_syntax(db: Database) -> None:
 
 
 def _instances_of_revision_0009(db: Database, pairs: list[tuple[str, str]]) -> None:
-    """Instances stored before 0010 (no held_syntaxes table yet): the models of
-    these four tables are unchanged since 0009."""
+    """Instances stored before 0010 (no held_syntaxes table yet), in plain SQL:
+    the models describe the newest schema, and their change-feed hooks write
+    columns a 0009 database does not have."""
+    now = datetime.now(UTC).replace(tzinfo=None)
     with db.unit_of_work() as session:
-        patient = Patient(patient_id="OLD1", issuer_of_patient_id="", patient_name="DOE^J")
-        session.add(patient)
-        session.flush()
-        study = DicomStudy(study_instance_uid=generate_uid(), patient_pk=patient.id)
-        session.add(study)
-        session.flush()
-        series = DicomSeries(series_instance_uid=generate_uid(), study_pk=study.id)
-        session.add(series)
-        session.flush()
+        patient = session.execute(
+            text(
+                "INSERT INTO patients (patient_id, issuer_of_patient_id, patient_name, "
+                "patient_name_folded, created_at, updated_at) VALUES ('OLD1', '', 'DOE^J', "
+                "'doe^j', :now, :now) RETURNING id"
+            ),
+            {"now": now},
+        ).scalar_one()
+        study = session.execute(
+            text(
+                "INSERT INTO dicom_studies (study_instance_uid, patient_pk, accession_issuer, "
+                "series_count, instance_count, metadata_status, status, completeness, "
+                "released_to_reading, created_at, updated_at) VALUES (:uid, :patient, '', 1, "
+                ":count, 'pending', 'acquired', 'receiving', :no, :now, :now) RETURNING id"
+            ),
+            {
+                "uid": generate_uid(),
+                "patient": patient,
+                "count": len(pairs),
+                "no": False,
+                "now": now,
+            },
+        ).scalar_one()
+        series = session.execute(
+            text(
+                "INSERT INTO dicom_series (series_instance_uid, study_pk, instance_count, "
+                "created_at, updated_at) VALUES (:uid, :study, :count, :now, :now) RETURNING id"
+            ),
+            {"uid": generate_uid(), "study": study, "count": len(pairs), "now": now},
+        ).scalar_one()
         for sop_class, syntax in pairs:
             uid = generate_uid()
-            session.add(
-                DicomInstance(
-                    sop_instance_uid=uid,
-                    series_pk=series.id,
-                    sop_class_uid=sop_class,
-                    transfer_syntax_uid=syntax,
-                    file_path=f"x/{uid}.dcm",
-                    file_size=1,
-                    sha256="0" * 64,
-                )
+            session.execute(
+                text(
+                    "INSERT INTO dicom_instances (sop_instance_uid, series_pk, sop_class_uid, "
+                    "transfer_syntax_uid, file_path, file_size, sha256, received_at, quarantined) "
+                    "VALUES (:uid, :series, :sop_class, :syntax, :path, 1, :sha, :now, :no)"
+                ),
+                {
+                    "uid": uid,
+                    "series": series,
+                    "sop_class": sop_class,
+                    "syntax": syntax,
+                    "path": f"x/{uid}.dcm",
+                    "sha": "0" * 64,
+                    "now": now,
+                    "no": False,
+                },
             )
 
 
