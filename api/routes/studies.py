@@ -34,14 +34,13 @@ from dicom_node.services.query.studies import (
     StudyFilters,
     StudySort,
     StudySummary,
-    correct_study,
     get_study,
     record_study_access,
     record_study_search,
-    reject_study,
     search_studies,
     searchable_keywords,
 )
+from dicom_node.services.workflow.study_metadata import correct_study, reject_study
 
 router = APIRouter(prefix="/api", tags=["studies"])
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import calendar
 import re
+import unicodedata
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 
 from dicom_node.domain.errors import InvalidValue
@@ -318,3 +319,13 @@ def modality_code(value: str, *, field: str) -> str:
     if code not in MODALITY_CODES:
         raise InvalidValue(f"{value!r} is not a DICOM modality code (e.g. CT, MR, US)", field=field)
     return code
+
+
+def check_text(field: str, value: str | None, *, allow_newlines: bool = False) -> None:
+    """No control characters (a NUL cannot even be stored on PostgreSQL) and no
+    lone surrogates (not encodable as UTF-8; JSON can carry them)."""
+    allowed = "\t\n\r" if allow_newlines else ""
+    if value and any(
+        unicodedata.category(char) in ("Cc", "Cs") and char not in allowed for char in value
+    ):
+        raise InvalidValue(f"{field}: control characters are not allowed", field=field)

@@ -21,7 +21,7 @@ from dicom_node.db.engine import Database
 from dicom_node.db.models import ChangeLogEntry, DicomStudy, ImagingRequest, Patient, User
 from dicom_node.domain.enums import Role
 from dicom_node.domain.permissions import Principal
-from dicom_node.services.query.studies import correct_study
+from dicom_node.services.workflow.study_metadata import correct_study
 
 
 class _Abort(Exception):

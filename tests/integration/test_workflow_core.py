@@ -15,10 +15,10 @@ from dicom_node.db.models import AuditEvent, DicomStudy, ImagingRequest, Patient
 from dicom_node.domain.audit import Actor
 from dicom_node.domain.dataset_header import InstanceHeader
 from dicom_node.domain.enums import QueueType, Role, WorklistStatus
-from dicom_node.services.query.studies import reject_study
 from dicom_node.services.workflow.completeness import withdraw_from_reading
 from dicom_node.services.workflow.matching import match_new_study
 from dicom_node.services.workflow.mpps import MppsCreate, ScheduledStepRef, create_mpps
+from dicom_node.services.workflow.study_metadata import reject_study
 from dicom_node.services.workflow.work_items import close_items
 from tests.integration.reporting_builders import add_user, claimed_study, new_report
 

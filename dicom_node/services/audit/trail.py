@@ -17,9 +17,9 @@ from dicom_node.domain.audit import audit_log_used_event
 from dicom_node.domain.enums import AuditOutcome
 from dicom_node.domain.errors import NotFound
 from dicom_node.domain.permissions import Principal
+from dicom_node.domain.vr import check_text
 from dicom_node.services.audit.record import record_audit_event
 from dicom_node.services.audit.subjects import user_actor
-from dicom_node.services.query.studies import check_text
 
 
 @dataclass(frozen=True, slots=True)
