@@ -1,4 +1,5 @@
-"""`dicom-node backup` and `dicom-node restore`: a consistent copy while the node runs.
+"""`dicom-node backup`: a consistent copy while the node runs (``restore.py``
+loads one; ``backup_format.py`` holds what both share).
 
 A backup is a directory:
 
