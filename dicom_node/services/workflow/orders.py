@@ -4,7 +4,7 @@ after booking (cancel, start, complete) ``order_steps.py``, duplicate
 prevention ``order_duplicates.py``, the referrer as a user ``order_referrer.py``.
 
 docs/domain.md#order-states: every state change is a trigger of the ORDER table
-(``domain/transitions.py``) taken through ``advance_order``, the one audited
+(``domain/transitions.py``) taken through ``take_trigger``, the one audited
 transition, so for the DICOM side a step that does not apply is a no-op, not an
 error (a late image for a performed order changes nothing). The HTTP use cases
 turn a refused transition into ``Conflict`` naming the current state.
@@ -138,19 +138,12 @@ def order_info(order: ImagingRequest) -> OrderInfo:
 # --------------------------------------------------------------------------- transitions
 
 
-def advance_order(
-    session: Session,
-    order: ImagingRequest,
-    to: RequestStatus,
-    *,
-    allowed_from: Iterable[RequestStatus],
-    actor: str | None,
-    reason: str,
-    actor_user_id: int | None = None,
-    actor_role: str | None = None,
-    source_address: str | None = None,
+def take_trigger(
+    session: Session, order: ImagingRequest, trigger: str, *, actor: Actor, reason: str
 ) -> bool:
-    """Move ``order`` to ``to`` if it is in one of ``allowed_from``; True if moved.
+    """Move ``order`` by an ORDER trigger (``domain/transitions.py``), audited:
+    True if its state allowed the trigger and it moved, False (nothing changed)
+    if not. The one way an order's status changes.
 
     The status is re-read under a row lock (PostgreSQL; SQLite writers are
     serialised anyway), so two transitions racing on one order (MPPS on one
@@ -159,15 +152,15 @@ def advance_order(
     """
     session.flush()  # the caller's own pending changes first: refresh keeps them
     session.refresh(order, attribute_names=["status"], with_for_update=True)
-    if order.status not in {status.value for status in allowed_from}:
+    if not ORDER.allows(trigger, order.status):
         return False
     before = order.status
-    order.status = to.value
+    order.status = ORDER.target(trigger).value
     record_audit_event(
         session,
         order_event(
-            f"order_{to.value}",
-            Actor(name=actor, user_id=actor_user_id, role=actor_role, address=source_address),
+            f"order_{order.status}",
+            actor,
             order.id,
             order_subject(order),
             reason=reason,
@@ -175,24 +168,6 @@ def advance_order(
         ),
     )
     return True
-
-
-def take_trigger(
-    session: Session, order: ImagingRequest, trigger: str, *, actor: Actor, reason: str
-) -> bool:
-    """``advance_order`` by an ORDER trigger: True if the order's state (re-read
-    under the row lock) allowed it and it moved, False (nothing changed) if not."""
-    return advance_order(
-        session,
-        order,
-        ORDER.target(trigger),
-        allowed_from=ORDER.sources(trigger),
-        actor=actor.name,
-        reason=reason,
-        actor_user_id=actor.user_id,
-        actor_role=actor.role,
-        source_address=actor.address,
-    )
 
 
 def schedule_order(
