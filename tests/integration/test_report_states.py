@@ -17,7 +17,7 @@ from dicom_node.domain.errors import Conflict
 from dicom_node.domain.permissions import Principal
 from dicom_node.domain.transitions import REPORT
 from dicom_node.services.reporting.reports import edit_report, return_report
-from tests.integration.reporting_builders import (
+from tests.builders import (
     DEADLINE_MINUTES,
     add_user,
     amend,

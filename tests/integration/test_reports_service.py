@@ -27,7 +27,7 @@ from dicom_node.services.workflow.worklist_listing import (
     WorklistFilter,
     list_worklist,
 )
-from tests.integration.reporting_builders import (
+from tests.builders import (
     DEADLINE_MINUTES,
     add_user,
     claimed_study,

@@ -20,7 +20,7 @@ from dicom_node.services.workflow.matching import match_new_study
 from dicom_node.services.workflow.mpps import MppsCreate, ScheduledStepRef, create_mpps
 from dicom_node.services.workflow.study_metadata import reject_study
 from dicom_node.services.workflow.work_items import close_items
-from tests.integration.reporting_builders import add_user, claimed_study, new_report
+from tests.builders import add_user, claimed_study, new_report
 
 
 def _status(db: Database, study_id: int) -> str:
