@@ -37,7 +37,8 @@ Each entry records the order behind it (``order_id``): the visibility rule
 (``services/access/visibility.py``) is applied when the feed is read, so a
 referring physician linked to an order later sees its later changes. A report
 entry records its order only once the report is final: a referring physician
-sees a report when it is signed, not its drafts.
+sees a report when it is signed, not its drafts. A study linked to an order
+after its report was signed announces the report again, under the order.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import event, insert, select, text
+from sqlalchemy import event, insert, inspect, select, text
 from sqlalchemy.orm import Session
 
 from dicom_node.db.models import (
@@ -57,6 +58,7 @@ from dicom_node.db.models import (
 )
 from dicom_node.db.pending import follow_savepoints
 from dicom_node.db.types import utcnow
+from dicom_node.domain.enums import ReportStatus
 
 _PENDING = "dicom_node.pending_changes"
 # arbitrary but fixed: the advisory lock key of the change feed
@@ -147,6 +149,39 @@ def _collect(session: Session, _context: Any) -> None:
                     "_study_id": study_id,
                 }
             )
+            if action == "updated" and isinstance(obj, DicomStudy):
+                pending.extend(_signed_report_of_linked_study(session, obj))
+
+
+def _signed_report_of_linked_study(session: Session, study: DicomStudy) -> list[dict[str, Any]]:
+    """A study linked to an order (by a person, the rematch job) that already has
+    a signed report: the report is announced again, now under that order. Its
+    earlier entries recorded no order (there was none), so without this the
+    order's referring physician could read the report but never hear of it."""
+    history = inspect(study).attrs.imaging_request_id.history
+    if not history.added or study.imaging_request_id is None:
+        return []
+    with session.no_autoflush:
+        report = session.scalars(
+            select(Report).where(
+                Report.dicom_study_id == study.id, Report.status == ReportStatus.FINAL.value
+            )
+        ).first()
+    if report is None:
+        return []
+    described = _describe(report)
+    assert described is not None
+    _, payload, _ = described
+    return [
+        {
+            "entity": "report",
+            "entity_id": report.id,
+            "action": "updated",
+            "payload": payload,
+            "_order_id": None,
+            "_study_id": study.id,
+        }
+    ]
 
 
 @event.listens_for(Session, "before_commit")

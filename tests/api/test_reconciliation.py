@@ -18,6 +18,7 @@ from dicom_node.db.models import (
     ImagingRequest,
     Modality,
     PerformedProcedureStep,
+    User,
     WorklistItem,
 )
 from dicom_node.domain.enums import CompletenessEvidence
@@ -735,6 +736,47 @@ def test_an_unmatched_study_released_to_reading_is_read_before_its_order_is_foun
     with api.db.read() as session:
         item = session.get(WorklistItem, body["reading_item_id"])
         assert item is not None and item.imaging_request_id == order["id"]
+
+
+def test_a_report_signed_before_its_study_is_linked_reaches_the_referrers_feed(
+    api: ApiServer, store: FileStore
+) -> None:
+    """Read at once (released), signed, then linked to the order of physician X:
+    X hears of the signed report in the change feed, as of any report of their
+    orders; before the link the feed had no order to give it."""
+    scheduler = api.client("scheduler")
+    author, reviewer = api.client("radiologist"), api.client("radiologist")
+    x = api.client("referring_physician", display_name="Xavier^Xena")
+    with api.db.read() as session:
+        x_id = session.scalar(select(User.id).where(User.username == x.username))  # type: ignore[attr-defined]
+    study_id = arrive(api, store)
+    released = scheduler.post(
+        f"/api/reconciliation/{study_id}/release", json={"reason": "trauma", "priority": "stat"}
+    )
+    assert released.status_code == 200, released.text
+    (item,) = [e for e in _reading_worklist(author) if e["study"]["id"] == study_id]
+    assert author.post(f"/api/worklist/{item['id']}/claim").status_code == 200
+    report = author.post(
+        "/api/reports", json={"study_id": study_id, "findings": "f", "impression": "i"}
+    )
+    assert report.status_code == 201, report.text
+    report_id = report.json()["id"]
+    assert author.post(f"/api/reports/{report_id}/submit", json={}).status_code == 200
+    assert reviewer.post(f"/api/reports/{report_id}/finalize").status_code == 200
+
+    order = scheduled_order(api, scheduler, referring_physician_id=x_id)
+    linked = scheduler.post(
+        f"/api/reconciliation/{study_id}/link",
+        json={"order_id": order["id"], "reason": "order entered after the scan"},
+    )
+    assert linked.status_code == 200, linked.text
+    assert x.get(f"/api/reports/{report_id}").json()["status"] == "final"
+    feed = x.get("/api/changes").json()["items"]
+    reports = [i for i in feed if (i["entity"], i["entity_id"]) == ("report", report_id)]
+    assert [(i["action"], i["payload"]["status"]) for i in reports] == [("updated", "final")]
+    # a colleague sees none of it
+    y = api.client("referring_physician", display_name="Young^Yuri")
+    assert [i for i in y.get("/api/changes").json()["items"] if i["entity"] == "report"] == []
 
 
 def test_a_released_study_takes_a_more_urgent_order_found_later(
