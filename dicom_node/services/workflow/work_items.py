@@ -162,29 +162,7 @@ def ensure_worklist_item(
         priority_rank=PRIORITY_RANK[priority],
         due_at=due_at,
     )
-    session.add(item)
-    session.flush()
-    record_audit_event(
-        session,
-        procedure_event(
-            "worklist_item_created",
-            actor,
-            TargetKind.WORK_ITEM,
-            item.id,
-            study_subject(session, study),
-            details={
-                "before": None,
-                "after": {
-                    "queue_type": item.queue_type,
-                    "status": item.status,
-                    "priority": item.priority,
-                    "due_at": _iso(due_at),
-                    "order_id": item.imaging_request_id,
-                },
-            },
-        ),
-    )
-    return item
+    return _created(session, item, actor, study_subject(session, study))
 
 
 def ensure_review_item(
@@ -218,23 +196,7 @@ def ensure_review_item(
         priority_rank=reading.priority_rank if reading else PRIORITY_RANK[Priority.ROUTINE],
         due_at=reading.due_at if reading else None,
     )
-    session.add(item)
-    session.flush()
-    record_audit_event(
-        session,
-        procedure_event(
-            "worklist_item_created",
-            actor,
-            TargetKind.WORK_ITEM,
-            item.id,
-            study_subject(session, study),
-            details={
-                "before": None,
-                "after": {"queue_type": item.queue_type, "status": item.status},
-            },
-        ),
-    )
-    return item
+    return _created(session, item, actor, study_subject(session, study), brief=True)
 
 
 def open_procedure_step_item(
@@ -255,8 +217,38 @@ def open_procedure_step_item(
         priority=Priority.ROUTINE.value,
         priority_rank=PRIORITY_RANK[Priority.ROUTINE],
     )
+    return _created(
+        session,
+        item,
+        actor,
+        step_subject(step, order),
+        reason=reason,
+        extra={"performed_procedure_step": step.sop_instance_uid},
+    )
+
+
+def _created(
+    session: Session,
+    item: WorklistItem,
+    actor: Actor,
+    subject: Subject,
+    *,
+    brief: bool = False,
+    reason: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> WorklistItem:
+    """Add ``item`` and audit ``worklist_item_created``: every item this module
+    makes goes through here. ``brief``: a review item's event records queue and
+    status only (it takes the reading item's priority and due time)."""
     session.add(item)
     session.flush()
+    after: dict[str, Any] = {"queue_type": item.queue_type, "status": item.status}
+    if not brief:
+        after |= {
+            "priority": item.priority,
+            "due_at": _iso(item.due_at),
+            "order_id": item.imaging_request_id,
+        }
     record_audit_event(
         session,
         procedure_event(
@@ -264,19 +256,9 @@ def open_procedure_step_item(
             actor,
             TargetKind.WORK_ITEM,
             item.id,
-            step_subject(step, order),
+            subject,
             reason=reason,
-            details={
-                "before": None,
-                "after": {
-                    "queue_type": item.queue_type,
-                    "status": item.status,
-                    "priority": item.priority,
-                    "due_at": None,
-                    "order_id": item.imaging_request_id,
-                },
-                "performed_procedure_step": step.sop_instance_uid,
-            },
+            details={"before": None, "after": after} | (extra or {}),
         ),
     )
     return item
