@@ -301,6 +301,8 @@ def test_a_stalled_handshake_does_not_hold_up_other_peers(
             assert stalled.recv(1) == b""
     finally:
         stalled.close()
+    # the node closes the connection first and logs after: wait for the line
+    assert wait_for(lambda: _lines(caplog, f"TLS handshake with {address} failed") != [])
     (line,) = _lines(caplog, f"TLS handshake with {address} failed")
     assert f"no complete handshake within {HANDSHAKE_TIMEOUT:g} s" in line
     assert wait_for(lambda: _server(node).gate.pending() == 0)
