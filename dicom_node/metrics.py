@@ -30,7 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from weakref import WeakSet
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Summary,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
@@ -60,6 +67,12 @@ STORE_RECEIVED = ("stored", "duplicate", "kept_existing", "replaced")
 STORE_REFUSED = ("mismatch", "rejected", "failed", "too_large", "error")
 ASSOCIATION_RESULTS = ("accepted", "rejected")
 FIND_LEVELS = ("patient", "study", "series", "image", "worklist", "unknown")
+# the stages of one C-STORE, in order (docs/ingest.md#where-the-time-goes):
+# receive (first P-DATA of the data set to its last), header (the indexed
+# elements read), write (the data set's bytes on disk, unsynced), sync (the file
+# durable), index (queued for and committed by the index writer), respond (the
+# C-STORE-RSP handed to pynetdicom)
+INGEST_STAGES = ("receive", "header", "write", "sync", "index", "respond")
 
 INSTANCES_RECEIVED = Counter(
     "dicom_node_instances_received",
@@ -112,6 +125,16 @@ JOB_SECONDS = Histogram(
     registry=REGISTRY,
 )
 
+# A Summary, not a Histogram: its _sum/_count per stage is what `bench/ingest.py
+# --profile` divides, and it costs two counter writes per observation (this is
+# on the per-instance hot path)
+INGEST_STAGE_SECONDS = Summary(
+    "dicom_node_ingest_stage_seconds",
+    "Time spent per C-STORE in each ingest stage (see INGEST_STAGES)",
+    ["stage"],
+    registry=REGISTRY,
+)
+
 # every series of a fixed vocabulary exists from the start at 0, so a rate() over
 # the first refusal sees it rise instead of appear
 for _outcome in STORE_RECEIVED:
@@ -120,6 +143,7 @@ for _reason in STORE_REFUSED:
     INSTANCES_REFUSED.labels(reason=_reason)
 for _result in ASSOCIATION_RESULTS:
     ASSOCIATIONS.labels(result=_result)
+_STAGE_SUMMARIES = {stage: INGEST_STAGE_SECONDS.labels(stage=stage) for stage in INGEST_STAGES}
 
 
 def observe_job_run(job_id: str, outcome: str, seconds: float | None = None) -> None:
@@ -136,6 +160,12 @@ def observe_store(outcome: str) -> None:
         INSTANCES_RECEIVED.labels(outcome=outcome).inc()
     else:
         INSTANCES_REFUSED.labels(reason=outcome if outcome in STORE_REFUSED else "error").inc()
+
+
+def observe_ingest_stage(stage: str, seconds: float) -> None:
+    """Time spent by one C-STORE in one of INGEST_STAGES (an unknown stage is a
+    programming error: KeyError)."""
+    _STAGE_SUMMARIES[stage].observe(seconds)
 
 
 def observe_find(level: str, seconds: float) -> None:
