@@ -162,7 +162,11 @@ def test_negotiated_associations_are_still_limited_and_a_freed_slot_is_taken_at_
         assert answer is not None
         # PS3.8 9.3.4: rejected-transient, service-provider (presentation), local limit
         assert (answer.result, answer.result_source, answer.diagnostic) == (0x02, 0x03, 0x02)
-        assert _lines(caplog, "association rejected from LIMIT_SCU", "too many associations")
+        # EVT_REJECTED (which logs) fires on the node's association thread after
+        # it queued the A-ASSOCIATE-RJ for its DUL thread: the client may have it first
+        assert wait_for(
+            lambda: _lines(caplog, "association rejected from LIMIT_SCU", "too many associations")
+        )
         held.pop().release()
         again = _associate(port, "127.0.13.2")
         assert again.is_established
