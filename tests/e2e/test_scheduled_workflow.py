@@ -29,6 +29,12 @@ from dicom_node.services.workflow.orders import schedule_order
 from tests.dicomfiles import ct_dataset, write
 from tests.support import dcmtk_env, dcmtk_tool
 
+# The node's own study-stability job would complete the study on the MPPS
+# evidence as soon as it ticks (every 10 s, on the wall clock): a tick between
+# the N-SET COMPLETED and the test's own run left that run nothing to do. Its
+# ticks are aligned on the epoch: with this interval the first is in 2286.
+NO_STABILITY_TICK = {"stability_check_interval_seconds": 1e10}
+
 
 def _scheduled_order(node: Node) -> int:
     """An urgent CT order for WF1, scheduled on CT_ONE now."""
@@ -82,7 +88,7 @@ def _from_ct_one(event: AuditEvent) -> bool:
 
 
 def test_scheduled_order_to_reading_worklist(make_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    node: Node = make_node()
+    node: Node = make_node(**NO_STABILITY_TICK)
     assert node.db is not None
 
     # 1. the order is created and scheduled on CT_ONE
