@@ -194,16 +194,20 @@ def test_a_late_committing_change_is_not_skipped_by_a_reader_that_saw_a_later_on
     """Without commit-ordered numbers, a reader would see B (seq 2), move on to
     since=2, and never see A (seq 1) that committed a moment later."""
     reader = api.client("admin")
+    committing = threading.Event()
 
     def slow_commit(_connection: Any) -> None:
         if threading.current_thread().name == "slow-writer":
+            committing.set()
             time.sleep(1.0)  # between taking a feed number and COMMIT
 
     event.listen(api.db.engine, "commit", slow_commit)
     try:
         slow = threading.Thread(target=_add_order, args=(api,), name="slow-writer")
         slow.start()
-        time.sleep(0.3)
+        # A has its feed number before B starts (a fixed pause here let a slow
+        # machine start B first, and the test then checked nothing)
+        assert committing.wait(timeout=30)
         fast = threading.Thread(target=_add_order, args=(api,))
         fast.start()
         seen: list[int] = []
