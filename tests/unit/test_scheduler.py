@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -37,16 +37,21 @@ def two_nodes(pg_url: str) -> Iterator[tuple[Engine, Engine]]:
 
 
 class Counting:
-    def __init__(self, seconds: float = 0.0, fail: bool = False) -> None:
+    def __init__(
+        self, seconds: float = 0.0, fail: bool = False, until: threading.Event | None = None
+    ) -> None:
         self.runs = 0
         self.seconds = seconds
         self.fail = fail
+        self.until = until  # a run lasts until this is set (at most 10 s)
         self._lock = threading.Lock()
 
     def __call__(self) -> str:
         with self._lock:
             self.runs += 1
         time.sleep(self.seconds)
+        if self.until is not None:
+            self.until.wait(10)
         if self.fail:
             raise RuntimeError("job broke")
         return "done"
@@ -85,10 +90,28 @@ def test_job_lock_keys_are_stable_distinct_signed_64_bit_numbers() -> None:
 
 
 def test_a_job_ticking_on_two_nodes_at_once_runs_on_one(two_nodes: tuple[Engine, Engine]) -> None:
-    job = Counting(seconds=0.3)
+    # The run that takes the lock lasts until the other tick has returned, so the
+    # other's try falls inside it however late its thread or its connection gets
+    # going (a 0.3 s run did not: on a loaded machine the second could connect
+    # after the first had let go, and both ran). Were both to run, both would
+    # wait here and both say "ok".
+    returned = threading.Event()
+
+    def tick(engine: Engine) -> Callable[[], str]:
+        run = cluster_runner(spec, engine)
+
+        def then_tell() -> str:
+            try:
+                return run()
+            finally:
+                returned.set()
+
+        return then_tell
+
+    job = Counting(until=returned)
     spec = JobSpec("unit-once", job, interval_seconds=0.2)
     skipped_before = _skipped("unit-once")
-    outcomes = _at_once(cluster_runner(spec, two_nodes[0]), cluster_runner(spec, two_nodes[1]))
+    outcomes = _at_once(tick(two_nodes[0]), tick(two_nodes[1]))
     assert outcomes == ["ok", "skipped"]
     assert job.runs == 1
     assert _skipped("unit-once") == skipped_before + 1
@@ -98,10 +121,15 @@ def test_a_node_ticking_a_little_late_finds_the_job_still_held(
     two_nodes: tuple[Engine, Engine],
 ) -> None:
     job = Counting()  # finishes at once: the lock alone would be free again
-    spec = JobSpec("unit-late", job, interval_seconds=1.0)
+    spec = JobSpec("unit-late", job, interval_seconds=2.0)  # held 1 s from the tick
+    for engine in two_nodes:  # connected already, as a running node is
+        with engine.connect():
+            pass
     first = threading.Thread(target=cluster_runner(spec, two_nodes[0]))
     first.start()
-    time.sleep(0.15)  # the other node's clock is 150 ms late
+    # the other node's clock is a little late: it ticks once the first has run
+    # the job (a fixed 150 ms pause raced the first thread's start and connection)
+    assert _wait(lambda: job.runs == 1)
     assert cluster_runner(spec, two_nodes[1])() == "skipped"
     first.join(10)
     # the hold ends half an interval after the tick: the next tick runs again
