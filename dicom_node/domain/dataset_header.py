@@ -2,24 +2,29 @@
 "What to index").
 
 On the C-STORE hot path: only the needed tags are parsed, pixel data is never
-read, and text is decoded with the dataset's SpecificCharacterSet.
+read, and text is decoded with the dataset's SpecificCharacterSet. The lean walk
+(domain/header_walk.py) reads the common files in one pass over their bytes;
+pydicom reads the rest, as it read every file before (``read_header_with_pydicom``).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pydicom
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
 from dicom_node.domain.errors import DomainError
+from dicom_node.domain.header_walk import Field, Undecided, transfer_syntax, walk
 from dicom_node.domain.inflate import (
     DEFAULT_MAX_DATASET_BYTES,
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
@@ -104,6 +109,31 @@ _KEYWORDS = (
     "NameOfPhysiciansReadingStudy", "PerformingPhysicianName",
 )  # fmt: skip
 _TAGS = [Tag(keyword) for keyword in _KEYWORDS]
+_REQUEST_KEYWORDS = (
+    "AccessionNumber", "IssuerOfAccessionNumberSequence", "RequestedProcedureID",
+    "ScheduledProcedureStepID", "StudyInstanceUID",
+)  # fmt: skip
+_ISSUER_KEYWORDS = ("LocalNamespaceEntityID", "UniversalEntityID")
+
+
+def _fields(keywords: tuple[str, ...]) -> dict[int, Field]:
+    """What the lean walk reads: these elements, and in the items of the two
+    sequences the elements ``_request_items`` and ``_issuer`` read."""
+    nested = {
+        "RequestAttributesSequence": _REQUEST_KEYWORDS,
+        "IssuerOfAccessionNumberSequence": _ISSUER_KEYWORDS,
+    }
+    return {
+        int(Tag(keyword)): Field(
+            keyword,
+            dictionary_VR(Tag(keyword)),
+            _fields(nested[keyword]) if keyword in nested else None,
+        )
+        for keyword in keywords
+    }
+
+
+_WANTED = _fields(_KEYWORDS)
 _REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
@@ -120,6 +150,44 @@ def read_header(
     raises DatasetTooLarge before it is parsed; inflation is bounded and spills to
     ``scratch_dir`` past a few MiB (domain/inflate.py).
     """
+    return _read_header(
+        part10, max_dataset_bytes=max_dataset_bytes, scratch_dir=scratch_dir, lean=True
+    )
+
+
+def read_header_with_pydicom(
+    part10: bytes | BinaryIO | str | os.PathLike[str] | Part10Source,
+    *,
+    max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES,
+    scratch_dir: Path | None = None,
+) -> InstanceHeader:
+    """``read_header`` without the lean walk: pydicom reads every file, as before
+    the walk existed. The reference tests/unit/test_header_walk.py compares with."""
+    return _read_header(
+        part10, max_dataset_bytes=max_dataset_bytes, scratch_dir=scratch_dir, lean=False
+    )
+
+
+def lean_header(data: Buffer, offset: int) -> InstanceHeader | None:
+    """The header from the lean walk over the data set at ``offset``, or None
+    where pydicom must read the file (header_walk.Undecided)."""
+    try:
+        syntax = transfer_syntax(data, offset)
+        if syntax == _DEFLATED:
+            return None
+        values = walk(data, offset, syntax, _WANTED)
+    except Undecided:
+        return None
+    return header_from_dataset(values, transfer_syntax_uid=syntax)
+
+
+def _read_header(
+    part10: bytes | BinaryIO | str | os.PathLike[str] | Part10Source,
+    *,
+    max_dataset_bytes: int,
+    scratch_dir: Path | None,
+    lean: bool,
+) -> InstanceHeader:
     if isinstance(part10, str | os.PathLike):
         part10 = Path(part10)
     elif not isinstance(part10, bytes | Part10Source):
@@ -129,6 +197,8 @@ def read_header(
             offset = dataset_offset(source.buffer)
             if source.size - offset > max_dataset_bytes:
                 raise DatasetTooLarge(max_dataset_bytes, source.size - offset)
+            if lean and (header := lean_header(source.buffer, offset)) is not None:
+                return header
             if _DEFLATED.encode() in source.buffer[:offset]:
                 # maybe Deflated: the file meta alone first, as pydicom would inflate
                 # the data set whole (without the UID's bytes it cannot be: the
@@ -193,7 +263,12 @@ def check_structure(data: Buffer, offset: int, transfer_syntax: str) -> None:
 _SH, _LO, _CS, _PN, _TM, _UI = (MAX_LENGTH[vr] for vr in ("SH", "LO", "CS", "PN", "TM", "UI"))
 
 
-def header_from_dataset(ds: Dataset, *, transfer_syntax_uid: str) -> InstanceHeader:
+# A pydicom Dataset, or the lean walk's values: keyword -> what Dataset.get gives
+# (header_walk.walk), sequence items as such mappings too
+_Elements = Dataset | Mapping[str, Any]
+
+
+def header_from_dataset(ds: _Elements, *, transfer_syntax_uid: str) -> InstanceHeader:
     if not is_valid_uid(transfer_syntax_uid.rstrip("\x00 ")):
         raise InvalidHeader("file meta TransferSyntaxUID is missing or invalid")
     uids = {keyword: _uid(ds, keyword) for keyword in _REQUIRED_UIDS}
@@ -230,7 +305,7 @@ def header_from_dataset(ds: Dataset, *, transfer_syntax_uid: str) -> InstanceHea
     )
 
 
-def _uid(ds: Dataset, keyword: str) -> str:
+def _uid(ds: _Elements, keyword: str) -> str:
     value = ds.get(keyword)
     text = str(value or "").rstrip("\x00 ")
     if not text:
@@ -240,17 +315,19 @@ def _uid(ds: Dataset, keyword: str) -> str:
     return text
 
 
-def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
+def _text(ds: _Elements, keyword: str, limit: int) -> str | None:
     value = ds.get(keyword)
     if value is None or value == "":
         return None
-    # A multi-valued element where one value is expected: keep all, DICOM-style.
-    text = "\\".join(str(v) for v in value) if isinstance(value, MultiValue) else str(value)
+    # A multi-valued element where one value is expected: keep all, DICOM-style
+    # (the lean walk gives a list where pydicom gives a MultiValue).
+    multi = isinstance(value, MultiValue | list)
+    text = "\\".join(str(v) for v in value) if multi else str(value)
     text = text.strip(" \x00")[:limit].rstrip(" ")
     return text or None
 
 
-def _date(ds: Dataset, keyword: str) -> str | None:
+def _date(ds: _Elements, keyword: str) -> str | None:
     """DA as YYYYMMDD; the old ACR-NEMA form YYYY.MM.DD is read too; anything
     else is not indexed (the file keeps it)."""
     return date_text(_text(ds, keyword, len("YYYY.MM.DD")) or "")
@@ -261,7 +338,7 @@ def _date(ds: Dataset, keyword: str) -> str | None:
 _IS_MIN, _IS_MAX = INTEGER_RANGES["IS"]
 
 
-def _integer(ds: Dataset, keyword: str) -> int | None:
+def _integer(ds: _Elements, keyword: str) -> int | None:
     """An IS value for the index; None (unknown) when it is not one.
 
     A malformed IS ("1.5", "abc") or one beyond IS's range (a 20-digit
@@ -278,7 +355,7 @@ def _integer(ds: Dataset, keyword: str) -> int | None:
     return number
 
 
-def _issuer(item: Dataset) -> str:
+def _issuer(item: _Elements) -> str:
     issuers = item.get("IssuerOfAccessionNumberSequence")
     if not issuers:
         return ""
@@ -288,7 +365,7 @@ def _issuer(item: Dataset) -> str:
     )
 
 
-def _request_items(ds: Dataset) -> list[RequestAttributes]:
+def _request_items(ds: _Elements) -> list[RequestAttributes]:
     items = ds.get("RequestAttributesSequence") or []
     return [
         RequestAttributes(
