@@ -428,7 +428,11 @@ def test_a_commit_wakes_a_waiter_and_a_rollback_does_not(pg_db: Database) -> Non
         rolled_back = await listener.wait(mark, 1.0)
         # a commit between taking the mark and waiting is not missed
         await asyncio.to_thread(_order, pg_db)
-        await asyncio.sleep(0.3)
+        # once the listener has the notification (a fixed 0.3 s for its delivery
+        # was not always enough on a loaded machine)
+        deadline = time.monotonic() + 10
+        while listener.mark() == mark and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         committed = await listener.wait(mark, 0.01)
         mark = listener.mark()
         return rolled_back, committed, await listener.wait(mark, 0.5)
