@@ -233,7 +233,10 @@ def _times(lines: list[str], pattern: str) -> list[float]:
 
 
 def test_each_escalation_tick_runs_on_one_node_only(cluster: Cluster) -> None:
-    interval = 1.0
+    # the winner holds a tick for half the interval: 1 s here, so that a node whose
+    # scheduler thread wakes late on a loaded machine still finds the tick taken
+    # (0.5 s, with a 1 s interval, was little margin for two nodes on two cores)
+    interval = 2.0
     settings = {"escalation_interval_seconds": str(interval), "log_level": "DEBUG"}
     a, b = cluster.start(**settings), cluster.start(**settings)
 
@@ -245,7 +248,7 @@ def test_each_escalation_tick_runs_on_one_node_only(cluster: Cluster) -> None:
         return len(seen[0] & seen[1])
 
     # a few ticks both nodes took part in (each node logs one line a tick)
-    assert wait_for(lambda: ticks_both_saw() >= 4, timeout=30, interval=0.2)
+    assert wait_for(lambda: ticks_both_saw() >= 4, timeout=60, interval=0.2)
     lines = {name: list(node.served.lines) for name, node in (("a", a), ("b", b))}
     ran = {name: _times(ln, r"job escalation ran: ") for name, ln in lines.items()}
     skipped = {name: _times(ln, r"job escalation skipped: ") for name, ln in lines.items()}
