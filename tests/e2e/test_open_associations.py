@@ -61,7 +61,9 @@ def test_a_connection_counts_only_once_it_is_an_association(node: Node) -> None:
         assert wait_for(lambda: node.dicom.gate.pending() == 1)  # type: ignore[union-attr]
         assert open_associations() == 0  # a port probe, a silent peer: no association
         assoc = _associate(node)
-        assert open_associations() == 1
+        # counted when the node's DUL enters Sta6, which it does once AE-7 has sent
+        # the A-ASSOCIATE-AC this client holds: wait for the count
+        assert wait_for(lambda: open_associations() == 1), open_associations()
         assert assoc.send_c_echo().Status == 0x0000
         assoc.release()
         assert wait_for(lambda: open_associations() == 0, timeout=5)
@@ -96,7 +98,7 @@ def test_a_command_no_service_has_aborts_the_association_which_stops_counting(
     caplog.set_level(logging.INFO)
     gauge_before = _active_gauge()
     assoc = _associate(node, "ODD_SCU")
-    assert open_associations() == 1
+    assert wait_for(lambda: open_associations() == 1), open_associations()  # Sta6, after the AC
     raw = assoc.dul.socket.socket  # type: ignore[union-attr]
     assert raw is not None
     raw.sendall(_unknown_command(assoc))
@@ -106,15 +108,24 @@ def test_a_command_no_service_has_aborts_the_association_which_stops_counting(
     with contextlib.suppress(Exception):
         assoc.abort()
 
-    lines = [
-        r for r in caplog.records if r.name.startswith("dicom_node") and "ODD_SCU" in r.getMessage()
-    ]
+    def lines() -> list[logging.LogRecord]:
+        return [
+            r
+            for r in caplog.records
+            if r.name.startswith("dicom_node") and "ODD_SCU" in r.getMessage()
+        ]
+
     assert any(
         "P-DATA-TF PDU that could not be processed" in r.getMessage()
         and r.levelno == logging.WARNING
-        for r in lines
-    ), [r.getMessage() for r in lines]
-    assert any("aborted by the node: invalid PDU received" in r.getMessage() for r in lines)
+        for r in lines()
+    ), [r.getMessage() for r in lines()]
+    # EVT_ABORTED's line comes from the node's association thread once it hears of
+    # the abort its DUL thread sent; the connection may be closed, and counted
+    # closed, before that thread gets to it: wait for the line
+    assert wait_for(
+        lambda: any("aborted by the node: invalid PDU received" in r.getMessage() for r in lines())
+    ), [r.getMessage() for r in lines()]
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
 
     again = _associate(node)  # and the node goes on
