@@ -166,8 +166,11 @@ def test_rejected_and_aborted_associations_are_counted(make_node) -> None:  # ty
         lambda: delta(before, scrape(url(node)), "dicom_node_associations_aborted_total") == 1
     )
     assert wait_for(lambda: delta(before, scrape(url(node)), "dicom_node_associations_active") == 0)
-    after = scrape(url(node))
     name = "dicom_node_associations_total"
+    # counted by EVT_REJECTED, which fires after the A-ASSOCIATE-RJ is queued for
+    # sending: the client may hold the rejection before the node has counted it
+    assert wait_for(lambda: delta(before, scrape(url(node)), name, result="rejected") == 1)
+    after = scrape(url(node))
     assert delta(before, after, name, result="rejected") == 1
     assert delta(before, after, name, result="accepted") == 1
     # the peer's AE title is never a label value
