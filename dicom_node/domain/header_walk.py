@@ -64,6 +64,7 @@ Values = dict[str, Any]  # keyword -> the value Dataset.get would give; items as
 # the VRs pydicom reads as such in explicit VR (filereader.ENCODED_VR); any other
 # two bytes make it guess (implicit VR, or a 2-byte length)
 _KNOWN_VRS = frozenset(vr.value.encode() for vr in VR if len(vr.value) == 2)
+_SHORT_VRS = _KNOWN_VRS - LONG_VRS  # with a 2-byte length
 _EXPLICIT = struct.Struct("<HH2sH")
 _IMPLICIT = struct.Struct("<HHI")
 _U32 = struct.Struct("<I")
@@ -94,9 +95,10 @@ def transfer_syntax(data: Buffer, offset: int) -> str:
             header = 12
         if length == UNDEFINED_LENGTH or (tag == 0x00020000 and (vr != b"UL" or length != 4)):
             raise Undecided  # pydicom reads the group length's value: it must be one
-        if previous < 0:
+        if previous < 0 and tag != 0x00020000:
             # pydicom converts the first element to tell whether the file meta is
-            # explicit VR: an error there is its refusal to word
+            # explicit VR: an error there is its refusal to word (a group length
+            # of 4 bytes, checked above, converts)
             _convert(tag, vr.decode(), bytes(data[position + header : position + header + length]))
         if tag == 0x00020010:
             if vr != b"UI":
@@ -145,34 +147,37 @@ class _Walker:
         the top level reached pixel data (None at its end), or where an item ends.
         """
         data, implicit = self.data, self.implicit
-        size = len(data)
-        limit = size if end is None else end
+        limit = len(data) if end is None else end
+        unpack = _IMPLICIT.unpack_from if implicit else _EXPLICIT.unpack_from
+        u32 = _U32.unpack_from
+        get = wanted.get if wanted is not None else None
         previous = -1
-        first = True
+        if implicit and depth == 0 and position + 8 <= limit and _looks_explicit(data, position):
+            raise Undecided  # pydicom would switch to explicit VR here
         while True:
-            if end is not None and position == end:
+            if position == end:
                 return None if depth == 0 else position
             if position + 8 > limit:
                 raise Undecided
+            # the common case first: an explicit VR with a 2-byte length
             if implicit:
-                group, element, length = _IMPLICIT.unpack_from(data, position)
+                group, element, length = unpack(data, position)
                 vr = b""
                 header = 8
-                if first and depth == 0 and _looks_explicit(data, position):
-                    raise Undecided  # pydicom would switch to explicit VR here
             else:
-                group, element, vr, length = _EXPLICIT.unpack_from(data, position)
+                group, element, vr, length = unpack(data, position)
                 header = 8
-                if group == 0xFFFE:
-                    length = _U32.unpack_from(data, position + 4)[0]
-                elif vr not in _KNOWN_VRS:
-                    raise Undecided  # pydicom would guess (implicit VR, 2-byte length)
+                if vr in _SHORT_VRS:
+                    pass
                 elif vr in LONG_VRS:
                     if position + 12 > limit:
                         raise Undecided
-                    length = _U32.unpack_from(data, position + 8)[0]
+                    length = u32(data, position + 8)[0]
                     header = 12
-            first = False
+                elif group == 0xFFFE:
+                    length = u32(data, position + 4)[0]
+                else:
+                    raise Undecided  # pydicom would guess (implicit VR, 2-byte length)
             tag = group << 16 | element
             if group == 0xFFFE:
                 if tag == _ITEM_END and end is None and depth > 0:
@@ -183,11 +188,12 @@ class _Walker:
                     return position
                 if group in (0x0000, 0x0002):
                     raise Undecided  # a command set or file meta inside the data set
-            field = wanted.get(tag) if wanted is not None else None
-            if wanted is not None:
+            field = None
+            if get is not None:
                 if tag <= previous or (depth > 0 and tag == _CHARSET):
                     raise Undecided  # a duplicate, or an item's own character set
                 previous = tag
+                field = get(tag)
             value = position + header
             if length == UNDEFINED_LENGTH:
                 if not self._is_sequence(tag, vr, value):
@@ -202,23 +208,26 @@ class _Walker:
             position = value + length
             if position > limit:
                 raise Undecided
-            if field is None:
-                continue
-            given = field.vr if implicit else vr.decode()
-            if given == "UN" and length < 0xFFFF and field.vr != _SQ:
-                given = field.vr  # pydicom reads a standard element sent as UN by its own VR
-            if given != field.vr and _SQ in (given, field.vr):
+            if field is not None:
+                raw[tag] = self._value(field, vr, value, position, depth)
+
+    def _value(self, field: Field, vr: bytes, value: int, end: int, depth: int) -> Any:
+        """A wanted element's raw value: its bytes, (VR, bytes) when sent with
+        another VR than the dictionary's, its items' for a sequence."""
+        given = vr.decode() if vr else field.vr
+        if given == "UN" and end - value < 0xFFFF and field.vr != _SQ:
+            given = field.vr  # pydicom reads a standard element sent as UN by its own VR
+        if given != field.vr and _SQ in (given, field.vr):
+            raise Undecided
+        if field.vr == _SQ:
+            items: list[dict[int, Any]] = []
+            if self.sequence(value, end, field, items, depth) != end:
                 raise Undecided
-            if field.vr == _SQ:
-                items = []
-                if self.sequence(value, position, field, items, depth) != position:
-                    raise Undecided
-                raw[tag] = items
-            elif given != field.vr:
-                # another VR than the dictionary's: pydicom converts by the one given
-                raw[tag] = (given, bytes(data[value:position]))
-            else:
-                raw[tag] = bytes(data[value:position])
+            return items
+        if given != field.vr:
+            # pydicom converts by the VR given
+            return (given, bytes(self.data[value:end]))
+        return bytes(self.data[value:end])
 
     def sequence(
         self,
