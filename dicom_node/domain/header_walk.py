@@ -1,6 +1,6 @@
-"""The lean header read: one pass over a data set's bytes that takes the values
-of the indexed elements and checks the structure (docs/ingest.md "The lean
-header read").
+"""The lean header read (docs/ingest.md#the-lean-header-read): one pass over a
+data set's bytes that takes the values of the indexed elements and checks the
+structure.
 
 pydicom's ``dcmread(stop_before_pixels=True, specific_tags=...)`` followed by
 ``part10.dataset_is_complete`` costs two walks and a Dataset per instance on
