@@ -324,6 +324,8 @@ _TEXT_VRS = frozenset({"SH", "LO", "UC"})
 
 def _decode(raw: dict[int, Any], wanted: Mapping[int, Field], implicit: bool) -> Values:
     charset = raw.get(_CHARSET)
+    if isinstance(charset, tuple):
+        raise Undecided  # sent with another VR than CS: pydicom reads it its way
     encodings = convert_encodings(_multi(_string(charset)) if charset else "")
     codec = encodings[0] if len(encodings) == 1 and encodings[0] in _FAST_CODECS else None
     return _values(raw, wanted, encodings, codec, implicit)

@@ -506,6 +506,8 @@ def _hostile() -> dict[str, bytes]:
         + _ITEM_END
         + _SEQUENCE_END
         + _element(0x00080005, b"CS", b"ISO_IR 192"),
+        "charset as LO": _element(0x00080005, b"LO", b"ISO_IR 192") + a + b + c + d + e,
+        "charset as UN": _element(0x00080005, b"UN", b"ISO_IR 192") + a + b + c + d + e,
         "pixel data first": _PIXELS + a,
         "command set": _element(0x00000000, b"UL", b"\0\0\0\0") + a + b + c + d + e,
         "file meta element in the data set": a + _element(0x00020010, b"UI", b"1.2\0") + b,
