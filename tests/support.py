@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import os
+import random
 import re
 import shutil
 import signal
@@ -103,10 +104,40 @@ def findscu_w(node: Node, out: Path, *keys: str, calling: str = "CT_MAIN_1") -> 
     return [pydicom.dcmread(path) for path in sorted(out.glob("rsp*.dcm"))]
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+_PORTS = random.SystemRandom()  # not random's seeded state: the same in every xdist worker
+_GIVEN: set[int] = set()  # never twice in a process: two calls in a row, both bound later
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on, for a server a test starts later (DCMTK's storescp,
+    a `dicom-node serve`, PostgreSQL).
+
+    Below the kernel's ephemeral range: a port from that range (a bind to port 0)
+    could be taken meanwhile by any outgoing connection (a node's, a PostgreSQL
+    client's, the other xdist worker's), and the server's bind then failed with
+    EADDRINUSE. A port below it is taken only by a bind to that very port, such as
+    the other xdist worker's free_port() drawing the same one of some 12,000."""
+    low, _ = _ephemeral_ports()
+    for _ in range(200):
+        port = _PORTS.randrange(max(1024, low - 12_000), low)
+        if port in _GIVEN:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))  # free on every address, not only loopback
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    raise AssertionError("no free port below the ephemeral range")
 
 
 # --------------------------------------------------------------------------- PostgreSQL
