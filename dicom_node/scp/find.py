@@ -17,6 +17,8 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import _config
 from pynetdicom.events import Event
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     ModalityWorklistInformationFind,
@@ -33,6 +35,8 @@ from dicom_node.db.engine import Database
 from dicom_node.domain.query import InvalidQuery, Level, UnprocessableQuery, UnsupportedQuery
 from dicom_node.metrics import observe_find
 from dicom_node.scp import status
+from dicom_node.scp.find_answers import AnswerEncoder
+from dicom_node.scp.find_send import EncodedIdentifier, install_find_send
 from dicom_node.services.query.find import query_index, record_query
 from dicom_node.services.query.modality_worklist import ScheduledStep, find_scheduled_steps
 
@@ -58,6 +62,7 @@ WORKLIST_MODEL = str(ModalityWorklistInformationFind)
 _NOT_KEYS = {"QueryRetrieveLevel", "SpecificCharacterSet"}
 _NUMBER_STRING_VRS = {"IS", "DS"}
 _UTF8 = "ISO_IR 192"
+_LEAN_SYNTAXES = {str(ImplicitVRLittleEndian), str(ExplicitVRLittleEndian)}
 # a peer that stops reading is the network timeout's business, not this loop's
 SEND_WAIT_SECONDS = 5.0
 # Answers queued before waiting for them to be sent: a C-CANCEL is seen within
@@ -82,6 +87,7 @@ class FindHandler:
         self._worklist_by_calling_ae = worklist_by_calling_ae
         # values one key may list (settings.max_query_list_values)
         self._max_list_values = max_list_values
+        install_find_send()
 
     def handle_find(self, event: Event) -> Iterator[Response]:
         # the query level is known once the identifier is decoded; until then (and
@@ -158,7 +164,7 @@ class FindHandler:
         private = any(not keyword_for_tag(tag) for tag in identifier.keys())  # noqa: SIM118
         yield from self._stream(
             event,
-            (_response(level, keys, match) for match in result.matches),
+            _answers(event, level, keys, result.matches),
             warn=bool(result.unsupported) or private,
             truncated=result.truncated,
         )
@@ -372,6 +378,25 @@ def _worklist_response(
             setattr(item, keyword, "" if value is None else value)
         ds.ScheduledProcedureStepSequence = [item]
     return ds
+
+
+def _answers(
+    event: Event, level: Level, keys: dict[str, str | None], matches: list[dict[str, Any]]
+) -> Iterator[Dataset]:
+    """The answers, each encoded straight from its row when it can be
+    (``find_answers.py``), else built with pydicom. Identifiers are logged by
+    pynetdicom only when PHI logging is on: then every answer is a Dataset."""
+    syntax = str(event.context.transfer_syntax)
+    encoder, implicit = None, False
+    if syntax in _LEAN_SYNTAXES and not _config.LOG_RESPONSE_IDENTIFIERS:
+        implicit = syntax == ImplicitVRLittleEndian
+        encoder = AnswerEncoder.for_query(level, keys, implicit_vr=implicit)
+    for match in matches:
+        encoded = encoder.encode(match) if encoder is not None else None
+        if encoded is None:
+            yield _response(level, keys, match)
+        else:
+            yield EncodedIdentifier(encoded, implicit_vr=implicit)
 
 
 def _response(level: Level, keys: dict[str, str | None], match: dict[str, Any]) -> Dataset:
