@@ -7,9 +7,10 @@ slow or cancelling peer never holds a connection or a lock.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
@@ -37,6 +38,7 @@ from dicom_node.metrics import observe_find
 from dicom_node.scp import status
 from dicom_node.scp.find_answers import AnswerEncoder
 from dicom_node.scp.find_send import EncodedIdentifier, install_find_send
+from dicom_node.services.audit.batch import AuditWriter
 from dicom_node.services.query.find import query_index, record_query
 from dicom_node.services.query.modality_worklist import ScheduledStep, find_scheduled_steps
 
@@ -88,6 +90,8 @@ class FindHandler:
         # values one key may list (settings.max_query_list_values)
         self._max_list_values = max_list_values
         install_find_send()
+        # Query audit events of this process, committed together (group commit)
+        self._audit = AuditWriter(db)
 
     def handle_find(self, event: Event) -> Iterator[Response]:
         # the query level is known once the identifier is decoded; until then (and
@@ -146,12 +150,13 @@ class FindHandler:
             sequences: dict[str, dict[str, str | None] | None] = {}
             keys = identifier_keys(identifier, sequences)
             audited = True
-            result = query_index(
+            query = query_index(
                 self._db,
                 level=level,
                 keys=keys,
                 limit=self._max_matches,
                 actor=requestor.ae_title,
+                audit=self._audit,
                 source_address=address,
                 sequences=sequences,
                 max_list_values=self._max_list_values,
@@ -159,12 +164,25 @@ class FindHandler:
         except Exception as exc:
             yield self._refusal(exc, "C-FIND", requestor.ae_title, address, audit=not audited)
             return
+        # the first answers are built while the Query audit event commits, and
+        # none is sent before it has: a failed commit fails the query as the
+        # synchronous write did (nothing answered, "database unavailable")
+        answers = _answers(event, level, keys, query.result.matches)
+        ready, unbuildable = _build_until(answers, query.audit.done)
+        try:
+            query.audit.wait()
+        except Exception as exc:
+            yield self._refusal(exc, "C-FIND", requestor.ae_title, address, audit=False)
+            return
+        if unbuildable is not None:  # after the answers before it, as when streaming
+            answers = _raising(unbuildable)
+        result = query.result
         # private tags are never matched or answered: the peer is warned (FF01)
         # (tags, not elements: reading an element converts its value)
         private = any(not keyword_for_tag(tag) for tag in identifier.keys())  # noqa: SIM118
         yield from self._stream(
             event,
-            _answers(event, level, keys, result.matches),
+            itertools.chain(ready, answers),
             warn=bool(result.unsupported) or private,
             truncated=result.truncated,
         )
@@ -378,6 +396,28 @@ def _worklist_response(
             setattr(item, keyword, "" if value is None else value)
         ds.ScheduledProcedureStepSequence = [item]
     return ds
+
+
+def _build_until(
+    answers: Iterator[Dataset], done: Callable[[], bool]
+) -> tuple[list[Dataset], Exception | None]:
+    """Answers taken from ``answers`` until ``done()``, and what building the
+    next one raised, if it did (raised by the caller once it may answer)."""
+    ready: list[Dataset] = []
+    try:
+        for answer in answers:
+            ready.append(answer)
+            if done():
+                break
+    except Exception as exc:
+        return ready, exc
+    return ready, None
+
+
+def _raising(exc: Exception) -> Iterator[Dataset]:
+    """Raise ``exc`` where the next answer was due (pynetdicom answers 0xC311)."""
+    raise exc
+    yield  # a generator
 
 
 def _answers(

@@ -7,6 +7,7 @@ session open (a slow peer must not hold a database connection or lock).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import defaultdict
 from collections.abc import Mapping
@@ -25,7 +26,7 @@ from dicom_node.db.query import (
     compile_query,
     sequence_items,
 )
-from dicom_node.domain.audit import Actor, TargetKind, query_event
+from dicom_node.domain.audit import Actor, AuditRecord, TargetKind, query_event
 from dicom_node.domain.enums import AuditOutcome
 from dicom_node.domain.names import person_name_matches
 from dicom_node.domain.query import (
@@ -38,6 +39,7 @@ from dicom_node.domain.query import (
     parse_match,
     value_matches,
 )
+from dicom_node.services.audit.batch import AuditTicket, AuditWriter
 from dicom_node.services.audit.record import record_audit_event
 
 # sequence keyword -> the keys of its one query item (None: zero-length sequence)
@@ -175,6 +177,13 @@ def _matching_items(
     return answer
 
 
+@dataclass(frozen=True)
+class AuditedQuery:
+    result: QueryResult
+    # the Query audit event, committing meanwhile: wait() before answering
+    audit: AuditTicket
+
+
 def query_index(
     db: Database,
     *,
@@ -182,14 +191,24 @@ def query_index(
     keys: Mapping[str, str | None],
     limit: int,
     actor: str,
+    audit: AuditWriter,
     source_address: str | None = None,
     sequences: SequenceKeys | None = None,
     max_list_values: int | None = None,
-) -> QueryResult:
+) -> AuditedQuery:
     """``find_entities`` in its own read transaction, then the Query audit event
-    (PS3.15 A.5.3.11: the query is recorded, never the results). A refused or
-    failed query is audited too, then re-raised for the caller to answer."""
-    failure: str | None = "query failed"
+    (PS3.15 A.5.3.11: the query is recorded, never the results), handed to
+    ``audit`` (group commit, see services/audit/batch.py): the caller answers
+    nothing before ``AuditedQuery.audit.wait()`` has returned. A refused or
+    failed query is audited too (its commit waited for here), then re-raised
+    for the caller to answer."""
+    record = functools.partial(
+        query_record,
+        level=level.value,
+        keys={**keys, **_flattened(sequences)},
+        actor=actor,
+        source_address=source_address,
+    )
     try:
         with db.read() as session:
             result = find_entities(
@@ -200,20 +219,34 @@ def query_index(
                 sequences=sequences,
                 max_list_values=max_list_values,
             )
-        failure = None
     except (InvalidQuery, UnsupportedQuery) as exc:
-        failure = str(exc)
+        audit.submit(record(failure=str(exc))).wait()
         raise
-    finally:
-        record_query(
-            db,
-            level=level.value,
-            keys={**keys, **_flattened(sequences)},
-            actor=actor,
-            source_address=source_address,
-            failure=failure,
-        )
-    return result
+    except BaseException:
+        audit.submit(record(failure="query failed")).wait()
+        raise
+    return AuditedQuery(result, audit.submit(record()))
+
+
+def query_record(
+    *,
+    level: str | None,
+    keys: Mapping[str, str | None],
+    actor: str,
+    source_address: str | None,
+    failure: str | None = None,
+) -> AuditRecord:
+    """110112 Query: the keys asked (never the results); ``failure`` if refused.
+    ``actor``: the peer's calling AE title; ``level``: the Query/Retrieve level
+    (or ``WORKLIST``), ``None`` when refused before it was known."""
+    return query_event(
+        "query",
+        Actor.peer(actor, source_address),
+        TargetKind(level) if level is not None else None,
+        outcome=AuditOutcome.MINOR_FAILURE if failure else AuditOutcome.SUCCESS,
+        reason=failure,
+        details={"keys": audited_keys(keys), "level": level},
+    )
 
 
 def record_query(
@@ -225,9 +258,7 @@ def record_query(
     source_address: str | None,
     failure: str | None = None,
 ) -> None:
-    """110112 Query: the keys asked (never the results); ``failure`` if refused.
-    ``actor``: the peer's calling AE title; ``level``: the Query/Retrieve level
-    (or ``WORKLIST``), ``None`` when refused before it was known.
+    """The Query event (``query_record``) in a transaction of its own.
 
     Committed before the first match is answered, without waiting for the disk
     flush (that wait was 6-9 ms of every C-FIND on SQLite): a power cut may
@@ -235,13 +266,8 @@ def record_query(
     with db.unit_of_work(wait_for_disk=False) as session:
         record_audit_event(
             session,
-            query_event(
-                "query",
-                Actor.peer(actor, source_address),
-                TargetKind(level) if level is not None else None,
-                outcome=AuditOutcome.MINOR_FAILURE if failure else AuditOutcome.SUCCESS,
-                reason=failure,
-                details={"keys": audited_keys(keys), "level": level},
+            query_record(
+                level=level, keys=keys, actor=actor, source_address=source_address, failure=failure
             ),
         )
 
