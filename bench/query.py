@@ -6,6 +6,9 @@ A script, not a timed test. Run as root from the repository:
     .venv/bin/python bench/query.py --sizes 10000,100000,1000000   # the 1M point too
     .venv/bin/python bench/query.py --postgres               # the same on PostgreSQL as well
     .venv/bin/python bench/query.py --no-orthanc --sizes 10000     # quick check of the setup
+    .venv/bin/python bench/query.py --sizes 10000 --rounds 5 --baseline /path/to/old/checkout
+        # old node, new node and Orthanc up at once, queried in turn, 5 rounds:
+        # the median of the per-round p50s (a shared, noisy machine)
 
 What it does:
 
@@ -25,6 +28,12 @@ What it does:
 5. prints p50/p95 per query and size, the growth from the smallest size, and
    node/Orthanc ratios (below 1: the node is faster).
 
+With ``--rounds N`` (and optionally ``--baseline DIR``, a checkout of an older
+node run with ``PYTHONPATH=DIR`` on a copy of the same SQLite index), the
+first size is measured interleaved instead: every target started at once, and
+in each round every query is timed on every target in turn; the table then
+gives the median over the rounds of each round's p50 and p95.
+
 The issue's target: at or below Orthanc's p50 and p95 for every query at 10k, and
 selective STUDY queries at p50 <= 20 ms at 1M instances on SQLite and PostgreSQL.
 """
@@ -35,6 +44,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -334,7 +344,7 @@ class Result:
 
 
 @contextlib.contextmanager
-def node_server(run_dir: Path, url: str | None) -> Iterator[int]:
+def node_server(run_dir: Path, url: str | None, pythonpath: Path | None = None) -> Iterator[int]:
     config = run_dir / "node.toml"
     config.write_text("# bench\n")
     port, http = _free_port(), _free_port()
@@ -349,6 +359,8 @@ def node_server(run_dir: Path, url: str | None) -> Iterator[int]:
     }
     if url:
         extra["DICOM_NODE_DATABASE_URL"] = url
+    if pythonpath is not None:
+        extra["PYTHONPATH"] = str(pythonpath)  # another checkout's node
     log = run_dir / "node.log"
     proc = _spawn([DICOM_NODE, "serve"], log=log, env=_env(extra), cwd=run_dir)
     try:
@@ -399,13 +411,116 @@ def run_target(
     return results
 
 
+def run_interleaved(
+    targets: list[tuple[str, int, str]], size: int, args: argparse.Namespace
+) -> list[Result]:
+    """Every query on every target in turn, ``args.rounds`` times; a Result's
+    ``scu`` holds the per-round p50s, ``findscu`` the per-round p95s."""
+    p50: dict[tuple[str, str], list[float]] = {}
+    p95: dict[tuple[str, str], list[float]] = {}
+    matches: dict[tuple[str, str], int] = {}
+    for round_number in range(args.rounds):
+        for query in queries(size):
+            for target, port, called in targets:
+                times, found = time_pynetdicom(port, called, query, args.repeat)
+                key = (target, query.name)
+                p50.setdefault(key, []).append(p(times, 0.5))
+                p95.setdefault(key, []).append(p(times, 0.95))
+                matches[key] = found
+                print(
+                    f"  round {round_number + 1} {target:<14} {query.name:<28} {found:>5} "
+                    f"matches  p50 {p(times, 0.5):7.2f} ms  p95 {p(times, 0.95):7.2f}",
+                    flush=True,
+                )
+    return [
+        Result(target, size, query.name, matches[(target, query.name)],
+               p50[(target, query.name)], p95[(target, query.name)])
+        for query in queries(size)
+        for target, _, _ in targets
+    ]  # fmt: skip
+
+
+def interleaved_report(results: list[Result], rounds: int) -> str:
+    targets = list(dict.fromkeys(r.target for r in results))
+    lines = [
+        f"SCU p50 / p95 in ms, each the median of {rounds} interleaved rounds",
+        "",
+        f"| query | matches | {' | '.join(targets)} | ratios of p50 |",
+        "|---|---:|" + "---:|" * len(targets) + "---|",
+    ]
+    by_query: dict[str, list[Result]] = {}
+    for r in results:
+        by_query.setdefault(r.query, []).append(r)
+    for query, rows in by_query.items():
+        cells = " | ".join(f"{p(r.scu, 0.5):.2f} / {p(r.findscu, 0.5):.2f}" for r in rows)
+        ratios = ", ".join(
+            f"{a.target}/{b.target} {p(a.scu, 0.5) / p(b.scu, 0.5):.2f}"
+            for i, a in enumerate(rows)
+            for b in rows[i + 1 :]
+        )
+        lines.append(f"| {query} | {rows[0].matches} | {cells} | {ratios} |")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _interleaved_targets(
+    root: Path, size: int, args: argparse.Namespace
+) -> Iterator[list[tuple[str, int, str]]]:
+    run_dir = root / f"interleaved-{size}"
+    (run_dir / "data").mkdir(parents=True)
+    url = f"sqlite:///{run_dir / 'data' / 'dicom-node.sqlite3'}"
+    start = time.perf_counter()
+    build_index(url, size)
+    print(f"sqlite {size}: index built in {time.perf_counter() - start:.1f} s")
+    with contextlib.ExitStack() as stack:
+        targets: list[tuple[str, int, str]] = []
+        if args.baseline is not None:
+            old_dir = run_dir / "baseline"
+            (old_dir / "data").mkdir(parents=True)
+            old_db = old_dir / "data" / "dicom-node.sqlite3"
+            shutil.copyfile(run_dir / "data" / "dicom-node.sqlite3", old_db)
+            port = stack.enter_context(node_server(old_dir, f"sqlite:///{old_db}", args.baseline))
+            targets.append(("node-baseline", port, "DICOM_NODE"))
+        targets.insert(0, ("node", stack.enter_context(node_server(run_dir, url)), "DICOM_NODE"))
+        if args.orthanc:
+            orthanc_dir = run_dir / "orthanc"
+            orthanc_dir.mkdir()
+            write_part10(orthanc_dir / "files", size)
+            port, http = stack.enter_context(orthanc_server(orthanc_dir))
+            _load_orthanc(orthanc_dir, port, http)
+            targets.append(("orthanc", port, "ORTHANC"))
+        yield targets
+
+
+def _load_orthanc(run_dir: Path, port: int, http: int) -> None:
+    start = time.perf_counter()
+    subprocess.run(
+        [STORESCU, "-aec", "ORTHANC", "+sd", "+r", "-xs", "127.0.0.1", str(port),
+         str(run_dir / "files")],
+        check=True, capture_output=True, env=_env(),
+    )  # fmt: skip
+    count = _orthanc_get(http, "/statistics")["CountInstances"]
+    print(f"orthanc: {count} instances loaded in {time.perf_counter() - start:.1f} s")
+
+
 def inside(args: argparse.Namespace) -> int:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     sizes = [int(s) for s in args.sizes.split(",")]
     root = Path(tempfile.mkdtemp(prefix="query-bench-", dir=args.root))
     results: list[Result] = []
     backends = ["sqlite", *(["postgresql"] if args.postgres else [])]
+    orthanc = args.orthanc
     try:
+        if args.rounds > 1 or args.baseline is not None:
+            orthanc = False  # measured in the interleaved rounds
+            with _interleaved_targets(root, sizes[0], args) as targets:
+                interleaved = run_interleaved(targets, sizes[0], args)
+            print()
+            print(interleaved_report(interleaved, args.rounds))
+            print()
+            sizes = sizes[1:]
+            if not sizes:
+                return 0
         for backend in backends:
             with _database(backend) as make_url:
                 for size in sizes:
@@ -417,20 +532,13 @@ def inside(args: argparse.Namespace) -> int:
                     print(f"{backend} {size}: index built in {time.perf_counter() - start:.1f} s")
                     with node_server(run_dir, url) as port:
                         results += run_target(f"node-{backend}", size, port, "DICOM_NODE", args)
-        if args.orthanc:
+        if orthanc:
             size = sizes[0]
             run_dir = root / "orthanc"
             run_dir.mkdir()
             write_part10(run_dir / "files", size)
             with orthanc_server(run_dir) as (port, http):
-                start = time.perf_counter()
-                subprocess.run(
-                    [STORESCU, "-aec", "ORTHANC", "+sd", "+r", "-xs", "127.0.0.1", str(port),
-                     str(run_dir / "files")],
-                    check=True, capture_output=True, env=_env(),
-                )  # fmt: skip
-                count = _orthanc_get(http, "/statistics")["CountInstances"]
-                print(f"orthanc: {count} instances loaded in {time.perf_counter() - start:.1f} s")
+                _load_orthanc(run_dir, port, http)
                 results += run_target("orthanc", size, port, "ORTHANC", args)
     finally:
         _kill_all()
@@ -489,6 +597,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=50, help="timed SCU runs per query")
     parser.add_argument("--findscu-repeat", type=int, default=10)
     parser.add_argument("--root", type=Path, default=Path("/tmp/dicom-node-bench"))
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="interleaved rounds at the first size (see above)"
+    )
+    parser.add_argument(
+        "--baseline", type=Path, help="a checkout of an older node to compare, interleaved"
+    )
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.argv = argv
