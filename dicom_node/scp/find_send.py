@@ -101,6 +101,9 @@ def _send_pending(provider: DIMSEServiceProvider, primitive: C_FIND, context_id:
     return True
 
 
+# pynetdicom's own, kept before any patch (the guard tests read them too)
+STOCK_SEND_MSG = DIMSEServiceProvider.send_msg
+STOCK_ENCODE = service_class.encode  # type: ignore[attr-defined]
 _installed = False
 
 
@@ -109,8 +112,8 @@ def install_find_send() -> None:
     global _installed
     if _installed:
         return
-    original_send = DIMSEServiceProvider.send_msg
-    original_encode = service_class.encode  # type: ignore[attr-defined]
+    original_send = STOCK_SEND_MSG
+    original_encode = STOCK_ENCODE
 
     def send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
         if (

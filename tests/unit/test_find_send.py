@@ -15,7 +15,13 @@ from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
-from dicom_node.scp.find_send import EncodedIdentifier, command_set, install_find_send
+from dicom_node.scp.find_send import (
+    STOCK_ENCODE,
+    STOCK_SEND_MSG,
+    EncodedIdentifier,
+    command_set,
+    install_find_send,
+)
 
 
 def _pending(message_id: int = 7, status: int = 0xFF00) -> C_FIND:
@@ -52,11 +58,14 @@ def test_the_cached_command_set_is_the_one_pynetdicom_sends_for_every_pending_an
 def test_c_find_scp_encodes_its_identifier_through_the_patched_name_and_sends_via_send_msg() -> (
     None
 ):
+    install_find_send()  # whatever the order of the tests: pynetdicom's own code is read
     source = inspect.getsource(service_class.ServiceClass._c_find_scp)
     assert "enc = encode(" in source  # the module-level name the patch replaces
     assert "rsp.Identifier = bytestream" in source
     assert "self.dimse.send_msg(rsp, cx_id)" in source
-    sender = inspect.getsource(DIMSEServiceProvider.send_msg)
+    assert STOCK_SEND_MSG is not DIMSEServiceProvider.send_msg  # installed
+    assert STOCK_SEND_MSG.__module__ == "pynetdicom.dimse"
+    sender = inspect.getsource(STOCK_SEND_MSG)
     assert "encode_msg(context_id, self.maximum_pdu_size)" in sender
     assert "self.dul.send_pdu(pdata)" in sender
     assert "EVT_DIMSE_SENT" in sender  # skipped by the lean path only when unbound
@@ -72,3 +81,4 @@ def test_encoded_identifiers_pass_through_and_other_data_sets_are_encoded_as_bef
     ds = Dataset()
     ds.PatientID = "X"
     assert service_class.encode(ds, False, True) == encode(ds, False, True)
+    assert STOCK_ENCODE is encode
