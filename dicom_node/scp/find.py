@@ -2,7 +2,10 @@
 
 Decode the identifier -> one ``query_index`` call -> one pending response per
 match. The database session is closed before the first response is sent, so a
-slow or cancelling peer never holds a connection or a lock.
+slow or cancelling peer never holds a connection or a lock. Nothing is sent
+before the query's audit event is committed (group commit,
+services/audit/batch.py); answers are encoded straight from their rows where
+that is exact (find_answers.py) and sent the lean way (find_send.py).
 """
 
 from __future__ import annotations
@@ -166,7 +169,7 @@ class FindHandler:
             return
         # the first answers are built while the Query audit event commits, and
         # none is sent before it has: a failed commit fails the query as the
-        # synchronous write did (nothing answered, "database unavailable")
+        # synchronous write did (nothing answered, the same failure status)
         answers = _answers(event, level, keys, query.result.matches)
         ready, unbuildable = _build_until(answers, query.audit.done)
         try:
