@@ -34,6 +34,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from io import BytesIO
@@ -53,6 +54,7 @@ from dicom_node.domain.inflate import (
     InvalidDeflate,
     inflated_size,
 )
+from dicom_node.metrics import observe_ingest_stage
 from dicom_node.storage import TEMP_SUFFIX
 
 log = logging.getLogger("dicom_node.scp")
@@ -81,6 +83,7 @@ class ReceivedDataset:
         self.size = 0
         self.error: OSError | None = None
         self._file: IO[bytes] | None = None
+        self._first: float | None = None  # when the first fragment arrived
         if path is None or prefix is None:
             return  # nothing to keep (no usable context or command): count only
         try:
@@ -100,6 +103,8 @@ class ReceivedDataset:
         return self.path is not None and not self.over_limit and self.error is None
 
     def add(self, fragment: memoryview) -> None:
+        if self._first is None:
+            self._first = time.perf_counter()
         self.size += len(fragment)
         file = self._file
         if file is None:
@@ -115,6 +120,8 @@ class ReceivedDataset:
             pass  # closed meanwhile: discarded as the connection ended
 
     def finish(self) -> None:
+        if self._first is not None:  # the "receive" stage: first fragment to last
+            observe_ingest_stage("receive", time.perf_counter() - self._first)
         if self._file is None:
             return
         try:
@@ -287,6 +294,12 @@ def bound_messages(
     bounded._received = {}
     bounded._lock = threading.Lock()
     bounded._refusing = False
+    if scratch_dir is not None:
+        # here, not in store.py's hook: every association that keeps data sets
+        # (imported late: lean_receive subclasses BoundedDIMSE)
+        from dicom_node.scp.lean_receive import receive_leanly
+
+        receive_leanly(assoc)
 
 
 def bound_responses(assoc: Association) -> None:

@@ -20,7 +20,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicom_node.db.engine import Database
 from dicom_node.domain.audit import TargetKind
 from dicom_node.log_limit import LogLimiter
-from dicom_node.scp import move_sink, tls
+from dicom_node.scp import lean_receive, move_sink, tls
 from dicom_node.scp.access import AccessControl
 from dicom_node.scp.admission import ConnectionGate
 from dicom_node.scp.commitment import COMMITMENT_MODEL, CommitmentHandler
@@ -120,6 +120,7 @@ _NO_TLS_TRACEBACK = _NoTlsTraceback()
 def build_ae(settings: Settings) -> NodeAE:
     ae = NodeAE(ae_title=settings.ae_title)
     ae.require_called_aet = True
+    lean_receive.configure(enabled=settings.lean_receive)  # C-STORE's receive path
     ae.require_calling_aet = list(settings.allowed_calling_aets)
     ae.maximum_pdu_size = settings.max_pdu_size
     ae.maximum_associations = _PYNETDICOM_LIMIT_OFF  # see ConnectionGate
