@@ -10,7 +10,8 @@ Each DIR is a directory of DICOM files (bench/ingest.py's sets under
 /tmp/dicom-node-bench/data). ``--mode`` chooses what receives: ``stock``
 (pynetdicom as shipped, data set decoded in memory), ``node`` (the node's hooks:
 adaptive polling, bounded PDUs, data sets written to a temp file), ``lean``
-(the node's hooks plus the lean receive path, scp/lean_receive.py). Each round
+(the node's hooks plus the lean receive path, scp/lean_receive.py), ``lean+prefix``
+(and the file meta encoded by scp/file_meta.py instead of pydicom). Each round
 sends every DIR with one storescu per client (TCP_NODELAY=1) and prints
 instances/s; ``--breakdown`` times pynetdicom's parts by wrapping them (adds
 ~2 us a call) and prints ms per instance for each, on each thread.
@@ -64,11 +65,23 @@ def build(mode: str, scratch: Path) -> tuple[AE, list[Any]]:
     from dicom_node.scp.store import part10_prefix
 
     reactor.install_reactor_gate()
-    lean_receive.configure(enabled=mode == "lean")  # bound_messages switches to it
+    lean_receive.configure(enabled=mode != "node")  # bound_messages switches to it
+    prefix = part10_prefix
+    if mode == "lean+prefix":
+        from dicom_node.scp.file_meta import encode_prefix
+
+        def prefix(assoc: Any, command_set: Dataset, syntax: str) -> bytes:
+            fast = encode_prefix(
+                str(command_set.AffectedSOPClassUID),
+                str(command_set.AffectedSOPInstanceUID),
+                syntax,
+                assoc.requestor.ae_title,
+            )
+            return fast if fast is not None else part10_prefix(assoc, command_set, syntax)
 
     def opened(event: Event) -> None:
         handle_connection_opened(event)
-        bound_messages(event.assoc, limit=1 << 30, scratch_dir=scratch, prefix=part10_prefix)
+        bound_messages(event.assoc, limit=1 << 30, scratch_dir=scratch, prefix=prefix)
 
     def store(event: Event) -> Dataset:
         received = claim_received(event)
@@ -185,7 +198,7 @@ def report(instances: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", type=Path)
-    parser.add_argument("--mode", default="node", choices=("stock", "node", "lean"))
+    parser.add_argument("--mode", default="node", choices=("stock", "node", "lean", "lean+prefix"))
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--breakdown", action="store_true")
