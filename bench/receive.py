@@ -37,6 +37,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.events import Event
 
 STORESCU = "/usr/bin/storescu"
+HEAVY = os.environ.get("RECEIVE_HEAVY") == "1"
 MAX_PDU = 131072
 
 
@@ -85,6 +86,12 @@ def build(mode: str, scratch: Path) -> tuple[AE, list[Any]]:
 
     def store(event: Event) -> Dataset:
         received = claim_received(event)
+        if received is not None and received.path is not None and HEAVY:
+            import pydicom  # a handler with the node's kind of work: parse, fsync
+
+            pydicom.dcmread(received.path, stop_before_pixels=True)
+            with open(received.path, "rb+") as f:
+                os.fsync(f.fileno())
         if received is not None:
             received.discard()
         status = Dataset()

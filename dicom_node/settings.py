@@ -99,9 +99,9 @@ class Settings(BaseSettings):
     # arrives and again as a Deflated transfer syntax inflates: over it the
     # instance is refused (0xA700) before it is held in memory or written.
     max_dataset_bytes: Annotated[int, Field(ge=65536)] = 1_073_741_824
-    # C-STORE on the lean receive path (docs/ingest.md, "The receive path"): a
-    # C-STORE is served on the thread that received it and its response encoded
-    # directly; false: pynetdicom's hand-off to the association thread, as before.
+    # C-STORE on the lean receive path (docs/ingest.md, "The receive path"): its
+    # response encoded directly, byte for byte what pynetdicom sends; false:
+    # pynetdicom's encoding through a pydicom Dataset, as before.
     lean_receive: bool = True
     # A connection must complete its A-ASSOCIATE-RQ (after its TLS handshake, on
     # the TLS port) within this long, or it is closed. max_associations counts

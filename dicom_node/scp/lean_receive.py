@@ -1,49 +1,33 @@
-"""The lean receive path for C-STORE (``lean_receive``, on by default).
+"""The lean receive path for C-STORE (``lean_receive``, on by default): the
+C-STORE-RSP command set encoded directly.
 
-Measured per instance (docs/ingest.md, "The receive path"), pynetdicom's
-receive path spent most of its time not in reading or assembling fragments
-but in handing each message between two threads that poll: the DUL thread
-queues the decoded C-STORE-RQ, the association thread finds it after its
-fixed 1 ms sleep, runs the handler, and queues the response's P-DATA back to
-the DUL thread, which finds it on its own next poll; and in encoding the
-C-STORE-RSP command set through a pydicom Dataset (~0.5 ms).
-
-On an accepted association whose C-STORE data sets the node writes as they
-arrive (:class:`~dicom_node.scp.dataset_limit.BoundedDIMSE`), this module's
+Measured per instance (docs/ingest.md, "The receive path"), pynetdicom spent
+~0.5 ms of CPU encoding each C-STORE-RSP command set through a pydicom
+Dataset (primitive to message, element by element, then pydicom's encoder),
+as much as reading and assembling a small instance. On an accepted
+association whose C-STORE data sets the node writes as they arrive
+(:class:`~dicom_node.scp.dataset_limit.BoundedDIMSE`), this module's
 :class:`LeanDIMSE`
 
-- serves a completed C-STORE-RQ on the DUL thread, the one that read its last
-  fragment, when the association thread holds no message (nothing queued,
-  nothing being served): no hand-off and no poll before the handler runs, and
-  the response's P-DATA is sent on the DUL loop's very next pass. Anything
-  else (every other message, a C-STORE arriving while another message is
-  being served, an unknown presentation context) goes through pynetdicom's
-  queue as before, so messages are still served one at a time and in order;
-- encodes a C-STORE-RSP command set directly (implicit VR little endian,
-  PS3.7 E.1), byte for byte what pynetdicom would send, falling back to
-  pynetdicom for what it does not cover (an Offending Element, a non-ASCII
-  Error Comment, handlers bound to EVT_DIMSE_SENT);
+- encodes a C-STORE-RSP command set with ``struct`` (implicit VR little
+  endian, PS3.7 E.1), byte for byte what pynetdicom would send, and falls back
+  to pynetdicom for what it does not cover (an Offending Element, a non-ASCII
+  Error Comment, a handler bound to EVT_DIMSE_SENT, a PDU limit too small);
 - sends each message's P-DATA under one lock, so the fragments of two
   messages can never interleave (PS3.8 Annex E) whichever thread sends.
 
-Every bound of dataset_limit.py holds unchanged: the fragments are still read
-by pynetdicom's reader (LimitedDUL: PDU length, EOF, TLS) and written by
-BoundedDIMSE (max_dataset_bytes before buffering, inflation limits, A-ABORT
-mid-transfer); only who runs the handler, and how the response is encoded,
-change. While a handler runs on the DUL thread the network idle timer is held
-(:meth:`~dicom_node.scp.transport.LimitedDUL.idle_timer_expired`): the
-association thread would otherwise take a long store for a silent peer.
+Serving the C-STORE on the DUL thread that read it (no hand-off to the
+association thread) was built and measured too: with the node's real
+handler it halved single-client throughput on the shared 2-core machine, so
+it is not here (docs/ingest.md says what was measured and what to try next).
 
-``tests/unit/test_lean_receive.py`` fails if pynetdicom changes what this
-relies on: ``DIMSEServiceProvider.receive_primitive`` queueing a completed
-message with ``msg_queue.put((context_id, primitive))`` on the thread that
-called it, ``get_msg`` taking from that queue, ``send_msg`` sending through
-``dul.send_pdu``, and the C-STORE-RSP encoding.
+Every bound of dataset_limit.py holds unchanged: only the encoding of the
+response changes. ``tests/unit/test_lean_receive.py`` fails if pynetdicom
+changes the encoding or how ``send_msg`` sends.
 """
 
 from __future__ import annotations
 
-import queue
 import struct
 import threading
 from typing import Any, cast
@@ -67,88 +51,11 @@ def enabled() -> bool:
     return _enabled
 
 
-class _HandOff(queue.Queue[Any]):
-    """pynetdicom's DIMSE message queue, counting the messages put and not yet
-    taken so that the DUL thread knows when the association thread is idle."""
-
-    def __init__(self, dimse: LeanDIMSE) -> None:
-        super().__init__()
-        self._dimse = dimse
-
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        dimse = self._dimse
-        primitive = item[1]
-        if primitive is not None and dimse._take_inline(item):
-            return
-        if primitive is not None:
-            with dimse._hand_lock:
-                dimse._queued += 1
-        super().put(item, block, timeout)
-
-
 class LeanDIMSE(BoundedDIMSE):
     """BoundedDIMSE with the lean path of this module's docstring (set up by
     :func:`receive_leanly`)."""
 
-    serving_inline: bool
-    _hand_lock: threading.Lock
-    _send_lock: threading.RLock
-    _queued: int  # messages in msg_queue
-    _holders: set[threading.Thread]  # threads that took a message and have not come back
-    _inline: tuple[int, C_STORE] | None
-    _dul_thread: threading.Thread | None
-
-    def receive_primitive(self, primitive: P_DATA) -> None:
-        super().receive_primitive(primitive)
-        inline, self._inline = self._inline, None
-        if inline is not None:
-            self._serve_inline(*inline)
-
-    def _take_inline(self, item: tuple[int, Any]) -> bool:
-        """Called by msg_queue.put, on the thread that completed the message."""
-        context_id, primitive = item
-        if not (
-            isinstance(primitive, C_STORE)
-            and primitive.MessageIDBeingRespondedTo is None  # a request, not a C-GET's response
-            and threading.current_thread() is self._dul_thread
-            and context_id in self.assoc._accepted_cx
-            and self.assoc.is_established
-            and self._inline is None
-        ):
-            return False
-        with self._hand_lock:
-            if self._queued or self._holders_alive():
-                return False  # the association thread has one: stay in order
-        self._inline = (context_id, primitive)
-        return True
-
-    def _holders_alive(self) -> bool:
-        if self._holders:
-            self._holders = {thread for thread in self._holders if thread.is_alive()}
-        return bool(self._holders)
-
-    def get_msg(self, block: bool = False) -> Any:
-        me = threading.current_thread()
-        with self._hand_lock:
-            self._holders.discard(me)  # back for more: done with the last one
-        item = super().get_msg(block)
-        if item[1] is not None:
-            with self._hand_lock:
-                self._queued -= 1
-                self._holders.add(me)
-        return item
-
-    def _serve_inline(self, context_id: int, primitive: C_STORE) -> None:
-        dul = self.dul
-        acting = getattr(dul, "acting", False)
-        self.serving_inline = True
-        dul.acting = False  # type: ignore[attr-defined]  # not blocked on the peer
-        try:
-            self.assoc._serve_request(primitive, context_id)
-        finally:
-            dul.acting = acting  # type: ignore[attr-defined]
-            self.serving_inline = False
-            dul._idle_timer.restart()  # the handler's time is not the peer's silence
+    _send_lock: threading.Lock
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
         with self._send_lock:
@@ -174,15 +81,7 @@ def receive_leanly(assoc: Any) -> None:
     if not assoc.is_acceptor:
         return
     dimse.__class__ = LeanDIMSE
-    lean = cast(LeanDIMSE, dimse)
-    lean.serving_inline = False
-    lean._hand_lock = threading.Lock()
-    lean._send_lock = threading.RLock()
-    lean._queued = 0
-    lean._holders = set()
-    lean._inline = None
-    lean._dul_thread = assoc.dul  # the DUL provider is the DUL thread
-    lean.msg_queue = _HandOff(lean)
+    cast(LeanDIMSE, dimse)._send_lock = threading.Lock()
 
 
 # ----------------------------------------------------------------------------- C-STORE-RSP

@@ -107,14 +107,6 @@ class LimitedDUL(DULServiceProvider):
         if state == "Sta1":
             self.close_signalled = True
 
-    def idle_timer_expired(self) -> bool:
-        """pynetdicom's network timeout, held while a C-STORE handler runs on
-        this thread (scp/lean_receive.py): the peer is waiting for its response,
-        not silent; the timer restarts when the handler returns."""
-        if getattr(self.assoc.dimse, "serving_inline", False):
-            return False
-        return super().idle_timer_expired()
-
     def _read_pdu_data(self) -> None:
         sock = self.socket
         assert sock is not None  # pynetdicom reads only on a connected socket

@@ -1,5 +1,5 @@
-"""The lean receive path (scp/lean_receive.py) over real associations: a
-C-STORE served on the thread that read it, and every bound of the receive path
+"""The lean receive path (scp/lean_receive.py) over real associations: the
+C-STORE-RSP encoded without pydicom, and every bound of the receive path
 holding on it as on pynetdicom's path (``lean_receive = false``): fragments cut
 anywhere by TCP, a data set over max_dataset_bytes, an A-ABORT in the middle
 of a data set, and other messages on the same association."""
@@ -9,18 +9,18 @@ from __future__ import annotations
 import shutil
 import socket
 import struct
-import threading
 import time
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.association import Association
-from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.pdu import P_DATA_TF
@@ -204,11 +204,20 @@ def test_an_abort_in_the_middle_of_a_data_set_leaves_nothing_behind(node: Node) 
 
 
 @pytest.mark.parametrize("lean", [True, False], ids=["lean", "pynetdicom"])
-def test_a_c_store_is_served_on_the_thread_that_read_it_only_on_the_lean_path(
-    tmp_path: Path, lean: bool
+def test_the_store_response_is_encoded_without_pydicom_only_on_the_lean_path(
+    tmp_path: Path, lean: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The hand-off to the association thread is what the lean path removes."""
-    served_on: list[bool] = []
+    """pynetdicom's encoding of a C-STORE-RSP (through a pydicom Dataset) is
+    what the lean path replaces; the peer gets the same bytes either way."""
+    encoded: list[int] = []
+    served: list[int] = []
+    original = C_STORE_RSP.primitive_to_message
+
+    def counted(self: C_STORE_RSP, primitive: Any) -> None:
+        encoded.append(1)
+        original(self, primitive)
+
+    monkeypatch.setattr(C_STORE_RSP, "primitive_to_message", counted)
 
     def opened(event: Event) -> None:
         handle_connection_opened(event)
@@ -218,8 +227,8 @@ def test_a_c_store_is_served_on_the_thread_that_read_it_only_on_the_lean_path(
         received = claim_received(event)
         assert received is not None and received.kept
         received.discard()
-        served_on.append(threading.current_thread() is event.assoc.dul)
-        return SUCCESS
+        served.append(1)
+        return OUT_OF_RESOURCES if len(served) == 2 else SUCCESS  # one with a status
 
     scp = AE(ae_title="DICOM_NODE")
     for context in AllStoragePresentationContexts:
@@ -233,13 +242,16 @@ def test_a_c_store_is_served_on_the_thread_that_read_it_only_on_the_lean_path(
     )
     try:
         assoc = _associate(server.server_address[1])
+        statuses = []
         try:
             for seed in range(3):
-                assert assoc.send_c_store(_image(side=16, seed=seed)).Status == SUCCESS
+                statuses.append(assoc.send_c_store(_image(side=16, seed=seed)).Status)
             assert assoc.send_c_echo().Status == SUCCESS
         finally:
             assoc.release()
     finally:
         server.shutdown()
         lean_receive.configure(enabled=True)
-    assert served_on == [lean] * 3
+    assert statuses == [SUCCESS, OUT_OF_RESOURCES, SUCCESS]
+    # the client encodes its C-STORE-RQs with C_STORE_RQ; responses only count here
+    assert len(encoded) == (0 if lean else 3)
