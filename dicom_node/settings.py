@@ -155,6 +155,9 @@ class Settings(BaseSettings):
     database_owner_url: str = ""
     # fsync each instance file and its directory before acknowledging it
     fsync: bool = True
+    # the most instances the index writer of a worker commits in one transaction
+    # (group commit: batches are whatever is waiting, never waited for)
+    ingest_batch_max_instances: Annotated[int, Field(ge=1, le=1000)] = 64
     # same SOPInstanceUID, different content: keep the first copy or replace it
     duplicate_policy: Literal["keep", "replace"] = "keep"
     # accept storage SOP classes pynetdicom does not know (private ones)

@@ -410,6 +410,7 @@ class DicomServer:
             db,
             store,
             IngestPolicy(settings.duplicate_policy, max_dataset_bytes=settings.max_dataset_bytes),
+            batch_max_instances=settings.ingest_batch_max_instances,
         )
         self._find_handler = FindHandler(
             db,
@@ -554,6 +555,7 @@ class DicomServer:
         for assoc in left:
             assoc.join(timeout=2)
         self._server = self._secure = None
+        self._store_handler.close()  # the index writer drained: every C-STORE answered
         move_sink.stop_sink()  # the acceptor refused C-MOVEs were pointed at
         self._access.close()  # refusal counts still held back are audited now
         log.info("DICOM SCP stopped")

@@ -1,5 +1,9 @@
 """C-STORE: received bytes -> one ``store_instance`` call -> a PS3.4 status.
 
+Every association of the process hands its instances to one index writer
+(services/ingest/index_writer.py: group commit), owned by the handler and
+drained by ``close`` at shutdown.
+
 The dataset is never decoded here: the file written is the preamble, our file
 meta and the dataset bytes exactly as the modality sent them, written to a temp
 file in the store as they arrive (scp/dataset_limit.py). A data set over
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import cast
@@ -25,10 +30,11 @@ from dicom_node.db.engine import Database
 from dicom_node.domain.audit import Actor, Subject, TargetKind, transfer_event
 from dicom_node.domain.enums import AuditOutcome
 from dicom_node.domain.inflate import DatasetTooLarge
-from dicom_node.metrics import observe_store
+from dicom_node.metrics import observe_ingest_stage, observe_store
 from dicom_node.scp import status
 from dicom_node.scp.dataset_limit import bound_messages, claim_received, discard_unclaimed
 from dicom_node.services.audit.record import record_audit_event
+from dicom_node.services.ingest.index_writer import DEFAULT_MAX_BATCH, IndexWriter
 from dicom_node.services.ingest.instances import (
     IngestPolicy,
     Source,
@@ -72,10 +78,18 @@ class _Tally:
 class StoreHandler:
     """Per-node C-STORE state: the counts of each open association, for its audit."""
 
-    def __init__(self, db: Database, store: FileStore, policy: IngestPolicy) -> None:
+    def __init__(
+        self,
+        db: Database,
+        store: FileStore,
+        policy: IngestPolicy,
+        *,
+        batch_max_instances: int = DEFAULT_MAX_BATCH,
+    ) -> None:
         self._db = db
         self._store = store
         self._policy = policy
+        self._writer = IndexWriter(db, max_batch=batch_max_instances)
         self._tallies: dict[Association, _Tally] = {}
         self._lock = threading.Lock()
 
@@ -116,6 +130,7 @@ class StoreHandler:
                     policy=self._policy,
                     expected_sop_class_uid=str(request.AffectedSOPClassUID),
                     expected_sop_instance_uid=str(request.AffectedSOPInstanceUID),
+                    writer=self._writer,
                 )
         except Exception:
             observe_store("error")  # pynetdicom answers 0xC211 for a handler that raised
@@ -123,9 +138,17 @@ class StoreHandler:
         finally:
             if received is not None:
                 received.discard()  # a stored one was renamed away already
+        started = time.perf_counter()
         observe_store(result.outcome.value)
         self._count(assoc, result)
-        return _status_dataset(result)
+        response = _status_dataset(result)
+        observe_ingest_stage("respond", time.perf_counter() - started)
+        return response
+
+    def close(self) -> None:
+        """At shutdown, once no association sends any more: commit what the
+        index writer holds, then end its thread."""
+        self._writer.close()
 
     def _count(self, assoc: Association, result: StoreResult) -> None:
         with self._lock:

@@ -1,0 +1,367 @@
+"""Group commit: the instances of many associations indexed in one transaction.
+
+Each association thread prepares its instance on its own (header read, digest,
+temp file synced: instances.py) and hands it to its process's ``IndexWriter``,
+then waits for its own answer. The writer takes whatever is waiting, up to
+``max_batch`` (no timer: a lone sender's instance is committed at once), and
+``commit_batch`` indexes them:
+
+1. one transaction; each instance in a SAVEPOINT of its own: a value the
+   database refuses (DataError, C000) or a constraint it breaks rolls back that
+   instance only; a lost insert race is redone as a resend; two instances with
+   the same SOP Instance UID behave as one sent after the other;
+2. each new file renamed into place inside the transaction, after its rows;
+3. one COMMIT (one WAL or PostgreSQL log flush for the batch);
+4. each distinct directory synced once (the renames durable), and only then
+   is any instance of the batch answered.
+
+A failed COMMIT fails every instance of the batch that was not refused already
+(A700, worth a retry) and removes the files it had placed, unless a committed
+row points at one (PostgreSQL cannot always say whether a COMMIT whose
+connection was lost went through: such a file is kept, an orphan is found by
+verify, a missing file would be a lost image). A crash at any point leaves at
+most unindexed files, never an acknowledged instance without its row or file.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client import Summary
+from sqlalchemy import select
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from dicom_node.db.engine import Database
+from dicom_node.db.models import DicomInstance
+from dicom_node.domain.dataset_header import InstanceHeader
+from dicom_node.metrics import REGISTRY
+from dicom_node.services.ingest.indexing import (
+    Indexed,
+    LostInsertRace,
+    index_instance,
+    needs_file,
+)
+from dicom_node.services.ingest.results import (
+    IngestPolicy,
+    Source,
+    StoreOutcome,
+    StoreResult,
+    failure_reason,
+    per_instance_log,
+    result_for,
+    short_error,
+)
+from dicom_node.storage import FileStore
+
+log = logging.getLogger("dicom_node.ingest")
+
+DEFAULT_MAX_BATCH = 64
+# how often a waiting association checks that the writer thread is still alive
+_WATCH_SECONDS = 1.0
+
+# count: commits of the index writer; sum: instances they held (sum/count is the
+# mean batch). Kept beside the writer it describes (see docs/ingest.md#group-commit).
+INGEST_BATCH_INSTANCES = Summary(
+    "dicom_node_ingest_batch_instances",
+    "Instances per index writer commit (count: commits, sum: instances)",
+    registry=REGISTRY,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """An instance ready to index: its header read, its file durable.
+
+    ``temp``: the synced temp file to rename into place (None: the file is
+    indexed where it lies, reindex); ``temp_inode`` tells our copy from one
+    another receiver of the same instance renamed over the path meanwhile.
+    """
+
+    header: InstanceHeader
+    digest: str
+    size: int
+    source: Source
+    policy: IngestPolicy
+    store: FileStore
+    temp: Path | None
+    temp_inode: int | None
+
+
+@dataclass
+class _Slot:
+    """One instance's place in a batch: what the transaction did with it."""
+
+    item: Prepared
+    indexed: Indexed | None = None
+    installed: Path | None = None
+    refused: StoreResult | None = None  # answered on its own (its SAVEPOINT rolled back)
+
+
+def commit_batch(db: Database, items: Sequence[Prepared]) -> list[StoreResult]:
+    """Index ``items`` in one transaction (module docstring); one result each,
+    in order. The temp files are gone afterwards: renamed into place or removed."""
+    slots = [_Slot(item) for item in items]
+    try:
+        try:
+            with db.unit_of_work() as session:
+                for slot in slots:
+                    _index_in_savepoint(db, session, slot)
+        except Exception as exc:
+            return _batch_failed(db, slots, exc)
+        INGEST_BATCH_INSTANCES.observe(len(slots))
+        return _after_commit(slots)
+    finally:
+        for slot in slots:
+            if slot.installed is None and slot.item.temp is not None:
+                slot.item.temp.unlink(missing_ok=True)
+
+
+def _index_in_savepoint(db: Database, session: Session, slot: _Slot) -> None:
+    item = slot.item
+    for attempt in (1, 2):
+        try:
+            with session.begin_nested():
+                slot.indexed = index_instance(
+                    session,
+                    item.header,
+                    item.digest,
+                    item.size,
+                    item.source,
+                    item.policy,
+                    installs=item.temp is not None,
+                )
+                session.flush()  # every row first: the rename is its last step
+                if item.temp is not None and needs_file(slot.indexed, item.store):
+                    slot.installed = item.store.install(item.temp, slot.indexed.relative_path)
+            return
+        except LostInsertRace:
+            # another transaction committed the instance first: a resend now
+            slot.indexed = None
+            if attempt == 2:
+                slot.refused = _failed(item, "database unavailable", "insert race lost twice")
+        except (DataError, IntegrityError, OSError) as exc:
+            _remove_uncommitted(db, slot)
+            slot.indexed = None
+            if isinstance(exc, DataError):
+                # a value the database refuses: resending cannot help (C000, not A700)
+                per_instance_log.warning(
+                    (item.store.root, "cannot be indexed"),
+                    "instance refused: a value cannot be indexed: %s",
+                    short_error(exc),
+                )
+                slot.refused = result_for(
+                    StoreOutcome.REJECTED, "a value cannot be indexed", item.header
+                )
+            else:
+                slot.refused = _failed(item, failure_reason(exc), short_error(exc))
+            return
+
+
+def _remove_uncommitted(db: Database, slot: _Slot) -> None:
+    """The rows that would have pointed at the renamed file were rolled back (its
+    SAVEPOINT, or the whole transaction): remove the file, unless another
+    receiver's copy lies there now or a committed row points at it."""
+    installed = slot.installed
+    slot.installed = None
+    if (
+        installed is not None
+        and _still_ours(installed, slot.item.temp_inode)
+        and not _row_points_at(db, installed, slot.item.store)
+    ):
+        installed.unlink(missing_ok=True)
+
+
+def _batch_failed(db: Database, slots: list[_Slot], exc: Exception) -> list[StoreResult]:
+    if not isinstance(exc, (SQLAlchemyError, OSError)):
+        log.exception("index writer: unexpected error, batch of %d not stored", len(slots))
+    results = []
+    why = failure_reason(exc)
+    for slot in slots:
+        _remove_uncommitted(db, slot)
+        results.append(slot.refused or _failed(slot.item, why, short_error(exc)))
+    return results
+
+
+def _after_commit(slots: list[_Slot]) -> list[StoreResult]:
+    # one fsync per directory the batch renamed into: a series' instances share one
+    synced: dict[Path, OSError | None] = {}
+    for slot in slots:
+        if slot.installed is None or slot.installed.parent in synced:
+            continue
+        try:
+            slot.item.store.sync_directory(slot.installed)
+            synced[slot.installed.parent] = None
+        except OSError as exc:
+            synced[slot.installed.parent] = exc
+    results = []
+    for slot in slots:
+        item, indexed = slot.item, slot.indexed
+        if slot.refused is not None or indexed is None:
+            assert slot.refused is not None
+            results.append(slot.refused)
+            continue
+        error = synced.get(slot.installed.parent) if slot.installed is not None else None
+        if error is not None:
+            # committed, but the rename may not survive a power cut: the sender
+            # retries and the resend restores the file if it went missing
+            results.append(_failed(item, failure_reason(error), short_error(error)))
+            continue
+        if (
+            slot.installed is not None
+            and indexed.old_path is not None
+            and indexed.old_path != indexed.relative_path
+        ):
+            item.store.remove(indexed.old_path)  # only now that the new copy is committed
+        if indexed.outcome in (StoreOutcome.KEPT_EXISTING, StoreOutcome.REPLACED):
+            per_instance_log.warning(
+                (item.store.root, "received again", item.source.calling_ae_title, indexed.outcome),
+                "SOP instance received again with different content from %s: %s",
+                item.source.calling_ae_title,
+                indexed.outcome.value,
+            )
+        results.append(
+            result_for(
+                indexed.outcome, indexed.audit_reason, item.header, new_study=indexed.new_study
+            )
+        )
+    return results
+
+
+def _failed(item: Prepared, why: str, detail: str) -> StoreResult:
+    per_instance_log.error(
+        (item.store.root, "not stored", why), "instance not stored (%s): %s", why, detail
+    )
+    return result_for(StoreOutcome.FAILED, why, item.header)
+
+
+def _still_ours(installed: Path, inode: int | None) -> bool:
+    try:
+        return inode is not None and installed.stat().st_ino == inode
+    except OSError:
+        return False
+
+
+def _row_points_at(db: Database, installed: Path, store: FileStore) -> bool:
+    """After a failed COMMIT: did it go through all the same? (A connection lost
+    during COMMIT on PostgreSQL leaves that unknown.) A file an index row points
+    at is never removed; if the database cannot say, the file is kept too: an
+    orphan file is found by verify, a missing one would be a lost image."""
+    relative = installed.relative_to(store.instances).as_posix()
+    try:
+        with db.read() as session:
+            return (
+                session.scalar(select(DicomInstance.id).where(DicomInstance.file_path == relative))
+                is not None
+            )
+    except SQLAlchemyError:
+        return True
+
+
+@dataclass(eq=False)
+class _Waiting:
+    item: Prepared
+    done: threading.Event = field(default_factory=threading.Event)
+    result: StoreResult | None = None
+
+    def answer(self, result: StoreResult) -> None:
+        if not self.done.is_set():
+            self.result = result
+            self.done.set()
+
+
+class IndexWriter:
+    """The one thread of a process that commits what its associations received.
+
+    ``submit`` blocks until the instance's batch is committed (or failed) and
+    returns its own result. Threads dying cannot hang a sender: the batch in
+    hand is failed, and a waiter that finds the thread gone starts another.
+    ``close`` drains: what is queued is committed, then the thread ends; an
+    instance submitted afterwards is committed on its caller's thread.
+    """
+
+    def __init__(self, db: Database, *, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self._db = db
+        self._max_batch = max_batch
+        self._cond = threading.Condition()
+        self._queue: deque[_Waiting] = deque()
+        self._in_hand: list[_Waiting] = []
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def submit(self, item: Prepared) -> StoreResult:
+        waiting = _Waiting(item)
+        with self._cond:
+            closed = self._closed
+            if not closed:
+                self._queue.append(waiting)
+                self._ensure_thread()
+                self._cond.notify()
+        if closed:
+            return commit_batch(self._db, [item])[0]
+        while not waiting.done.wait(_WATCH_SECONDS):
+            self._watch(waiting)
+        assert waiting.result is not None
+        return waiting.result
+
+    def _watch(self, waiting: _Waiting) -> None:
+        with self._cond:
+            thread = self._thread
+            if thread is not None and thread.is_alive():
+                return
+            if waiting in self._in_hand:  # taken by a thread that died without answering
+                self._in_hand.remove(waiting)
+                waiting.answer(_failed(waiting.item, "database unavailable", "index writer died"))
+                return
+            log.error("index writer thread ended unexpectedly: starting another")
+            self._ensure_thread()
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return  # closed and drained
+                batch = [
+                    self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))
+                ]
+                self._in_hand = batch
+            results: list[StoreResult] | None = None
+            try:
+                results = commit_batch(self._db, [w.item for w in batch])
+            except Exception:
+                log.exception("index writer: batch of %d not stored", len(batch))
+            finally:
+                # answered even when the thread dies here: no sender waits for ever
+                for i, waiting in enumerate(batch):
+                    waiting.answer(
+                        results[i]
+                        if results is not None
+                        else _failed(waiting.item, "database unavailable", "index writer error")
+                    )
+                with self._cond:
+                    self._in_hand = []
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Commit what is queued, then end the thread (node shutdown)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning("index writer still committing after %.0f s at shutdown", timeout)
