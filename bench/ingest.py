@@ -24,6 +24,14 @@ What it does:
    target's process tree every 0.2 s, and stops the target;
 4. prints a table: instances/s, node/Orthanc and node/storescp ratios, peak RSS.
 
+``--profile`` then reads the node's /metrics after each node run (its worker
+processes' figures merged by prometheus_client's multiprocess mode) and prints
+the per-instance milliseconds of each ingest stage (receive, header, write,
+sync, index, respond: dicom_node_ingest_stage_seconds), the mean group-commit
+batch, and the CPU the node's process tree used per instance (/proc, user +
+system): what the stages do not account for is pynetdicom's own per-message
+work (PDU decoding, thread hand-offs, polling).
+
 ``--soak N`` then sends N unique small instances to one node with 4 clients and
 samples the RSS of its process tree every second: RSS flat over the run or not.
 
@@ -39,6 +47,7 @@ import json
 import os
 import platform
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -80,6 +89,9 @@ EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 # Every DCMTK process (storescu, storescp, Orthanc's DICOM layer) reads this; without it
 # Nagle's algorithm stalls each small PDU and every DCMTK peer looks ten times slower.
 TCP_ENV = {"TCP_NODELAY": "1"}
+# the node's /metrics token under --profile (a private namespace: nobody else asks)
+PROFILE_TOKEN = secrets.token_urlsafe(24)
+STAGES = ("receive", "header", "write", "sync", "index", "respond")
 
 _children: list[subprocess.Popen[bytes]] = []  # killed on any exit, see _kill_all
 
@@ -434,6 +446,83 @@ def _tail(path: Path, lines: int = 20) -> str:
     return "\n".join("    " + line for line in text[-lines:])
 
 
+def _tree(root: int) -> list[int]:
+    """A process and all its descendants (walks /proc by PPid)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(parents.get(pid, ()))
+    return found
+
+
+def _tree_cpu_seconds(root: int) -> float:
+    """User + system CPU of a process tree so far (live processes; a worker that
+    exited meanwhile is not counted: the pool keeps its workers for the run)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in _tree(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / ticks
+
+
+def _node_profile(server: Server, instances: int, cpu_seconds: float) -> dict[str, float]:
+    """Per-instance ms of each stage from the node's /metrics, the mean batch, CPU."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.http_port}/metrics",
+        headers={"Authorization": f"Bearer {PROFILE_TOKEN}"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (http only)
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("dicom_node_ingest_"):
+            name, _, number = line.rpartition(" ")
+            samples[name] = float(number)
+    profile: dict[str, float] = {}
+    for stage in STAGES:
+        total = samples.get(f'dicom_node_ingest_stage_seconds_sum{{stage="{stage}"}}', 0.0)
+        profile[stage] = total * 1000 / max(instances, 1)
+    commits = samples.get("dicom_node_ingest_batch_instances_count", 0.0)
+    batched = samples.get("dicom_node_ingest_batch_instances_sum", 0.0)
+    profile["batch"] = batched / commits if commits else 0.0
+    profile["cpu"] = cpu_seconds * 1000 / max(instances, 1)
+    return profile
+
+
+def profile_table(results: list[Measurement]) -> str:
+    """ms per instance by stage, wall time per instance, and the node's CPU."""
+    head = ["set", "clients", *STAGES, "sum", "wall/inst", "CPU/inst", "batch"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in results:
+        if not m.profile:
+            continue
+        p = m.profile
+        stages = [f"{p[s]:.2f}" for s in STAGES]
+        wall = m.seconds * 1000 / max(m.instances, 1)
+        lines.append(
+            f"| {m.set_name} | {m.clients} | "
+            + " | ".join(stages)
+            + f" | {sum(p[s] for s in STAGES):.2f} | {wall:.2f} | {p['cpu']:.2f} | "
+            + f"{p['batch']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def _tree_rss_kb(root: int) -> int:
     """Sum of VmRSS over a process and all its descendants (walks /proc by PPid)."""
     parents: dict[int, list[int]] = {}
@@ -517,8 +606,9 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
 class NodeTarget:
     name = "node"
 
-    def __init__(self, workers: int | None) -> None:
+    def __init__(self, workers: int | None, *, profile: bool = False) -> None:
         self.workers = workers
+        self.profile = profile
 
     def start(self, run_dir: Path, clients: int) -> Server:
         empty_config = run_dir / "node.toml"
@@ -535,6 +625,8 @@ class NodeTarget:
         }
         if self.workers is not None:
             extra["DICOM_NODE_DICOM_WORKERS"] = str(self.workers)
+        if self.profile:
+            extra["DICOM_NODE_METRICS_TOKEN"] = PROFILE_TOKEN
         log = run_dir / "node.log"
         proc = _spawn([DICOM_NODE, "serve"], log=log, env=_env(extra), cwd=run_dir)
         # Not the DICOM port: with worker processes the main process listens (and
@@ -642,6 +734,8 @@ class Measurement:
     stored: int = -1
     errors: list[str] = field(default_factory=list)
     note: str = ""
+    # --profile, node runs: ms per instance by stage, "batch", "cpu" (ms/instance)
+    profile: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -717,9 +811,14 @@ def measure(target: Target, data: DataSet, clients: int, work: Path, links: Path
         result.note = server.note
         sampler = RssSampler(server.proc.pid, RSS_INTERVAL)
         sampler.start()
+        profiling = isinstance(target, NodeTarget) and target.profile
+        cpu_before = _tree_cpu_seconds(server.proc.pid) if profiling else 0.0
         seconds, errors = send(
             dirs, server.port, server.ae_title, run_dir, timeout=300 + len(data.files) * 0.5
         )
+        if profiling:
+            cpu = _tree_cpu_seconds(server.proc.pid) - cpu_before
+            result.profile = _node_profile(server, len(data.files), cpu)
         result.seconds = seconds
         result.errors += errors
         result.stored = target.count(server)
@@ -968,6 +1067,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "(20000; 1000 with --quick)",
     )
     parser.add_argument("--workers", type=int, default=None, help="DICOM_NODE_DICOM_WORKERS")
+    parser.add_argument(
+        "--profile", action="store_true", help="per-stage ms and CPU per instance of the node"
+    )
     parser.add_argument("--quick", action="store_true", help="small numbers, a smoke run")
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="data cache, work dir")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
@@ -1056,7 +1158,7 @@ def inside(args: argparse.Namespace) -> int:
     print(header, flush=True)
 
     targets: dict[str, Target] = {
-        "node": NodeTarget(args.workers),
+        "node": NodeTarget(args.workers, profile=args.profile),
         "orthanc": OrthancTarget(),
         "storescp": StorescpTarget(),
     }
@@ -1082,12 +1184,22 @@ def inside(args: argparse.Namespace) -> int:
                     )
                     for error in m.errors:
                         print("  " + error.replace("\n", "\n  "), flush=True)
+                    if m.profile:
+                        print(
+                            "  profile ms/instance: "
+                            + ", ".join(f"{k} {v:.2f}" for k, v in m.profile.items()),
+                            flush=True,
+                        )
         if results:
             print()
             print(header)
             print()
             print(table(results, sets, args.clients))
             _verdict(results, sets, args.clients)
+            if args.profile:
+                print("\nnode, ms per instance by stage (wall/inst: the run's wall time per")
+                print("instance; CPU/inst: the node's process tree, user + system):\n")
+                print(profile_table(results))
         if soak_set is not None:
             soak_ok = soak(soak_set, args.workers, work, links)
     finally:
