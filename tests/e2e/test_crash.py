@@ -5,19 +5,26 @@ from __future__ import annotations
 import hashlib
 import re
 import subprocess
+import threading
+import urllib.request
 from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from sqlalchemy import select
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
 from dicom_node.db.engine import Database
 from dicom_node.db.models import DicomInstance, DicomStudy
 from dicom_node.domain.part10 import dataset_offset
+from dicom_node.services.operations.verify import ProblemKind, verify_store
 from dicom_node.storage import FileStore
 from tests.dicomfiles import ct_dataset, write
-from tests.support import Served, dcmtk_env, dcmtk_tool
+from tests.support import Served, dcmtk_env, dcmtk_tool, wait_for
 
 
 def _acknowledged(storescu_log: str) -> list[str]:
@@ -99,3 +106,149 @@ def test_sigkill_mid_transfer_loses_no_acknowledged_instance(
     # the counters agree with the rows: no increment without its instance, none lost
     assert tuple(counts) == (len(indexed), len({i.series_pk for i in indexed.values()}))
     assert store.sweep_temp(older_than_seconds=0) <= 1  # at most the one in flight
+
+
+class _Sending(threading.Thread):
+    """One association sending one instance; ``status`` once answered (None: no
+    answer, the node died first)."""
+
+    def __init__(self, port: int, ds: Dataset) -> None:
+        super().__init__(daemon=True)
+        self.port, self.ds = port, ds
+        self.status: int | None = None
+
+    def run(self) -> None:
+        ae = AE(ae_title="BATCH_SCU")
+        ae.add_requested_context(CTImageStorage)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+        assoc = ae.associate("127.0.0.1", self.port, ae_title="DICOM_NODE")
+        assert assoc.is_established
+        answer = assoc.send_c_store(self.ds)
+        self.status = int(answer.Status) if "Status" in answer else None
+        if assoc.is_established:
+            assoc.release()
+
+
+_METRICS_TOKEN = "crash-test-metrics-token"
+
+
+def _synced(http_port: int) -> float:
+    """Instances whose file the node has synced (the step before the index writer)."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{http_port}/metrics",
+        headers={"Authorization": f"Bearer {_METRICS_TOKEN}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (http only)
+        for line in response.read().decode().splitlines():
+            if line.startswith('dicom_node_ingest_stage_seconds_count{stage="sync"}'):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _lock_waits(db: Database) -> int:
+    """Sessions of the database waiting for a row lock (the node's index writer)."""
+    with db.read() as session:
+        return int(
+            session.scalar(
+                text(
+                    "select count(*) from pg_stat_activity where datname = current_database()"
+                    " and wait_event_type = 'Lock'"
+                )
+            )
+            or 0
+        )
+
+
+def _lock_study(session: Session, study_uid: str) -> None:
+    session.execute(
+        select(DicomStudy.id).where(DicomStudy.study_instance_uid == study_uid).with_for_update()
+    ).one()
+
+
+def test_sigkill_while_the_index_writer_is_mid_batch(
+    tmp_path: Path, empty_db_url: str, backend: str, served: list[Served]
+) -> None:
+    """The writer provably mid-batch: the first instance of its batch indexed and
+    renamed into place, uncommitted, the second waiting for a study row the test
+    holds (PostgreSQL shows the wait). kill -9 then: what was acknowledged is
+    indexed, nothing of the batch is, its placed file is an orphan verify finds."""
+    if backend != "postgresql":
+        pytest.skip("the writer is held mid-batch by a PostgreSQL row lock")
+    node = Served(
+        tmp_path, database_url=empty_db_url, dicom_workers="1", metrics_token=_METRICS_TOKEN
+    )
+    served.append(node)
+    port, http_port = node.ports()
+
+    def store(ds: Dataset) -> int | None:
+        sending = _Sending(port, ds)
+        sending.run()
+        return sending.status
+
+    blocking_study, held_study = generate_uid(), generate_uid()
+    assert store(ct_dataset(study_uid=blocking_study, pixel_seed=1)) == 0
+    assert store(ct_dataset(study_uid=held_study, pixel_seed=2)) == 0
+    acknowledged_before = ct_dataset(study_uid=blocking_study, instance_number=2, pixel_seed=3)
+    first_of_batch = ct_dataset(study_uid=generate_uid(), pixel_seed=4)
+    blocked_in_batch = ct_dataset(study_uid=held_study, instance_number=2, pixel_seed=5)
+
+    db = Database(empty_db_url)
+    store_dir = FileStore(tmp_path / "data")
+    placed = store_dir.absolute(
+        FileStore.relative_path(
+            first_of_batch.StudyInstanceUID,
+            first_of_batch.SeriesInstanceUID,
+            first_of_batch.SOPInstanceUID,
+        )
+    )
+    senders: list[_Sending] = []
+    try:
+        with db.unit_of_work() as held, db.unit_of_work() as blocking:
+            _lock_study(held, held_study)
+            _lock_study(blocking, blocking_study)
+            senders.append(_Sending(port, acknowledged_before))
+            senders[0].start()
+            # the writer took it alone and waits for the blocking study's row
+            assert wait_for(lambda: _lock_waits(db) == 1, timeout=30)
+            for ds in (first_of_batch, blocked_in_batch):
+                senders.append(_Sending(port, ds))
+                senders[-1].start()
+            # both queued behind it: each file synced (then handed to the writer at once)
+            assert wait_for(lambda: _synced(http_port) == 5, timeout=30)
+            blocking.rollback()  # the writer commits that one and takes the other two
+            assert wait_for(lambda: senders[0].status is not None, timeout=30)
+            assert senders[0].status == 0
+            # first of the batch placed (not committed), second waiting for the held row
+            assert wait_for(lambda: placed.exists() and _lock_waits(db) == 1, timeout=30)
+            node.kill_all()
+            held.rollback()
+    finally:
+        db.dispose()
+    for sender in senders[1:]:
+        sender.join(timeout=60)
+        assert sender.status is None  # never acknowledged
+
+    restarted = Served(tmp_path, database_url=empty_db_url, dicom_workers="1")
+    served.append(restarted)
+    restarted.ports()
+    assert restarted.stop() == 0
+
+    db = Database(empty_db_url)
+    try:
+        with db.read() as session:
+            indexed = {i.sop_instance_uid: i for i in session.scalars(select(DicomInstance))}
+            for study in session.scalars(select(DicomStudy)):
+                rows = sum(1 for i in indexed.values() if i.series.study_pk == study.id)
+                assert study.instance_count == rows
+            assert session.scalar(select(func.count(DicomStudy.id))) == 2  # none of the batch
+        assert acknowledged_before.SOPInstanceUID in indexed
+        assert first_of_batch.SOPInstanceUID not in indexed
+        assert blocked_in_batch.SOPInstanceUID not in indexed
+        for instance in indexed.values():
+            data = store_dir.absolute(instance.file_path).read_bytes()
+            assert hashlib.sha256(data[dataset_offset(data) :]).hexdigest() == instance.sha256
+        report = verify_store(db, store_dir)
+    finally:
+        db.dispose()
+    placed_relative = placed.relative_to(store_dir.instances).as_posix()
+    assert report.problems == {ProblemKind.ORPHAN: (placed_relative,)}, report.describe()

@@ -13,7 +13,6 @@ import hashlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
