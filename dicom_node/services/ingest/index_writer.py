@@ -3,8 +3,10 @@
 Each association thread prepares its instance on its own (header read, digest,
 temp file synced: instances.py) and hands it to its process's ``IndexWriter``,
 then waits for its own answer. The writer takes whatever is waiting, up to
-``max_batch`` (no timer: a lone sender's instance is committed at once), and
-``commit_batch`` indexes them:
+``max_batch`` (no timer: a lone sender's instance is committed at once), once
+it may write: on SQLite only after the writers' lock of every process is its
+own (db/engine.py), so what arrived while another worker process committed
+joins this batch. Then it indexes them:
 
 1. one transaction; each instance in a SAVEPOINT of its own: a value the
    database refuses (DataError, C000) or a constraint it breaks rolls back that
@@ -28,8 +30,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from prometheus_client import Summary
@@ -106,18 +109,27 @@ class _Slot:
 def commit_batch(db: Database, items: Sequence[Prepared]) -> list[StoreResult]:
     """Index ``items`` in one transaction (module docstring); one result each,
     in order. The temp files are gone afterwards: renamed into place or removed."""
-    slots = [_Slot(item) for item in items]
+    return _commit(db, lambda: items)
+
+
+def _commit(db: Database, take: Callable[[], Sequence[Prepared]]) -> list[StoreResult]:
+    """``commit_batch`` of what ``take`` hands over once the transaction may write
+    (called exactly once, also when the transaction cannot start)."""
+    slots: list[_Slot] | None = None
     try:
         try:
             with db.unit_of_work() as session:
+                slots = [_Slot(item) for item in take()]
                 for slot in slots:
                     _index_in_savepoint(db, session, slot)
         except Exception as exc:
+            if slots is None:
+                slots = [_Slot(item) for item in take()]
             return _batch_failed(db, slots, exc)
         INGEST_BATCH_INSTANCES.observe(len(slots))
         return _after_commit(slots)
     finally:
-        for slot in slots:
+        for slot in slots or ():
             if slot.installed is None and slot.item.temp is not None:
                 slot.item.temp.unlink(missing_ok=True)
 
@@ -335,25 +347,33 @@ class IndexWriter:
                     self._cond.wait()
                 if not self._queue:
                     return  # closed and drained
-                batch = [
-                    self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))
-                ]
-                self._in_hand = batch
-            results: list[StoreResult] | None = None
-            try:
-                results = commit_batch(self._db, [w.item for w in batch])
-            except Exception:
-                log.exception("index writer: batch of %d not stored", len(batch))
-            finally:
-                # answered even when the thread dies here: no sender waits for ever
-                for i, waiting in enumerate(batch):
-                    waiting.answer(
-                        results[i]
-                        if results is not None
-                        else _failed(waiting.item, "database unavailable", "index writer error")
-                    )
-                with self._cond:
-                    self._in_hand = []
+            self._commit_next()
+
+    def _commit_next(self) -> None:
+        batch: list[_Waiting] = []
+        results: list[StoreResult] | None = None
+        try:
+            results = _commit(self._db, partial(self._take, batch))
+        except Exception:
+            log.exception("index writer: batch of %d not stored", len(batch))
+        finally:
+            # answered even when the thread dies here: no sender waits for ever
+            for i, waiting in enumerate(batch):
+                waiting.answer(
+                    results[i]
+                    if results is not None
+                    else _failed(waiting.item, "database unavailable", "index writer error")
+                )
+            with self._cond:
+                self._in_hand = []
+
+    def _take(self, batch: list[_Waiting]) -> list[Prepared]:
+        """Whatever waits now, up to max_batch: called once the batch may write."""
+        with self._cond:
+            count = min(self._max_batch, len(self._queue))
+            batch.extend(self._queue.popleft() for _ in range(count))
+            self._in_hand = batch
+        return [w.item for w in batch]
 
     def close(self, timeout: float = 60.0) -> None:
         """Commit what is queued, then end the thread (node shutdown)."""
