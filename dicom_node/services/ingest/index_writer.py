@@ -67,6 +67,9 @@ log = logging.getLogger("dicom_node.ingest")
 DEFAULT_MAX_BATCH = 64
 # how often a waiting association checks that the writer thread is still alive
 _WATCH_SECONDS = 1.0
+# the answer when the writer itself failed: built from nothing of the instance,
+# so that it cannot fail too (logged where the writer failed)
+_WRITER_FAILED = StoreResult(StoreOutcome.FAILED, "database unavailable")
 
 # count: commits of the index writer; sum: instances they held (sum/count is the
 # mean batch). Kept beside the writer it describes (see docs/ingest.md#group-commit).
@@ -330,7 +333,7 @@ class IndexWriter:
                 return
             if waiting in self._in_hand:  # taken by a thread that died without answering
                 self._in_hand.remove(waiting)
-                waiting.answer(_failed(waiting.item, "database unavailable", "index writer died"))
+                waiting.answer(_WRITER_FAILED)
                 return
             log.error("index writer thread ended unexpectedly: starting another")
             self._ensure_thread()
@@ -359,11 +362,7 @@ class IndexWriter:
         finally:
             # answered even when the thread dies here: no sender waits for ever
             for i, waiting in enumerate(batch):
-                waiting.answer(
-                    results[i]
-                    if results is not None
-                    else _failed(waiting.item, "database unavailable", "index writer error")
-                )
+                waiting.answer(results[i] if results is not None else _WRITER_FAILED)
             with self._cond:
                 self._in_hand = []
 
