@@ -2,11 +2,12 @@
 
 Each association thread prepares its instance on its own (header read, digest,
 temp file synced: instances.py) and hands it to its process's ``IndexWriter``,
-then waits for its own answer. The writer takes whatever is waiting, up to
-``max_batch`` (no timer: a lone sender's instance is committed at once), once
-it may write: on SQLite only after the writers' lock of every process is its
-own (db/engine.py), so what arrived while another worker process committed
-joins this batch. Then it indexes them:
+then waits for its own answer. The writer (whichever waiting sender leads, see
+``IndexWriter``) takes whatever is waiting, up to ``max_batch`` (no timer: a
+lone sender's instance is committed at once), once it may write: on SQLite
+only after the writers' lock of every process is its own (db/engine.py), so
+what arrived while another worker process committed joins this batch. Then
+it indexes them:
 
 1. one transaction; each instance in a SAVEPOINT of its own: a value the
    database refuses (DataError, C000) or a constraint it breaks rolls back that
@@ -29,9 +30,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -65,10 +67,8 @@ from dicom_node.storage import FileStore
 log = logging.getLogger("dicom_node.ingest")
 
 DEFAULT_MAX_BATCH = 64
-# how often a waiting association checks that the writer thread is still alive
-_WATCH_SECONDS = 1.0
-# the answer when the writer itself failed: built from nothing of the instance,
-# so that it cannot fail too (logged where the writer failed)
+# the answer when a batch failed outside the database: built from nothing of
+# the instance, so that it cannot fail too (logged where it failed)
 _WRITER_FAILED = StoreResult(StoreOutcome.FAILED, "database unavailable")
 
 # count: commits of the index writer; sum: instances they held (sum/count is the
@@ -281,23 +281,19 @@ def _row_points_at(db: Database, installed: Path, store: FileStore) -> bool:
 @dataclass(eq=False)
 class _Waiting:
     item: Prepared
-    done: threading.Event = field(default_factory=threading.Event)
     result: StoreResult | None = None
-
-    def answer(self, result: StoreResult) -> None:
-        if not self.done.is_set():
-            self.result = result
-            self.done.set()
 
 
 class IndexWriter:
-    """The one thread of a process that commits what its associations received.
+    """The index writer of a process: one batch committed at a time.
 
-    ``submit`` blocks until the instance's batch is committed (or failed) and
-    returns its own result. Threads dying cannot hang a sender: the batch in
-    hand is failed, and a waiter that finds the thread gone starts another.
-    ``close`` drains: what is queued is committed, then the thread ends; an
-    instance submitted afterwards is committed on its caller's thread.
+    Leader and followers, as database group commits do: ``submit`` queues the
+    instance; if no batch is being committed, the caller's own thread commits
+    what is queued (a lone sender: just its own, with no hand-off to another
+    thread), else it waits, and the batch being committed ends by waking the
+    waiters, one of which commits the next batch. No writer thread exists, so
+    none can die and leave a sender waiting: whatever a batch raises, its
+    senders are answered and the next one leads.
     """
 
     def __init__(self, db: Database, *, max_batch: int = DEFAULT_MAX_BATCH) -> None:
@@ -307,50 +303,21 @@ class IndexWriter:
         self._max_batch = max_batch
         self._cond = threading.Condition()
         self._queue: deque[_Waiting] = deque()
-        self._in_hand: list[_Waiting] = []
-        self._thread: threading.Thread | None = None
-        self._closed = False
+        self._leading = False
 
     def submit(self, item: Prepared) -> StoreResult:
+        """Index ``item`` with whatever else waits; its own result."""
         waiting = _Waiting(item)
         with self._cond:
-            closed = self._closed
-            if not closed:
-                self._queue.append(waiting)
-                self._ensure_thread()
-                self._cond.notify()
-        if closed:
-            return commit_batch(self._db, [item])[0]
-        while not waiting.done.wait(_WATCH_SECONDS):
-            self._watch(waiting)
-        assert waiting.result is not None
-        return waiting.result
-
-    def _watch(self, waiting: _Waiting) -> None:
-        with self._cond:
-            thread = self._thread
-            if thread is not None and thread.is_alive():
-                return
-            if waiting in self._in_hand:  # taken by a thread that died without answering
-                self._in_hand.remove(waiting)
-                waiting.answer(_WRITER_FAILED)
-                return
-            log.error("index writer thread ended unexpectedly: starting another")
-            self._ensure_thread()
-
-    def _ensure_thread(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
+            self._queue.append(waiting)
         while True:
             with self._cond:
-                while not self._queue and not self._closed:
+                while waiting.result is None and self._leading:
                     self._cond.wait()
-                if not self._queue:
-                    return  # closed and drained
-            self._commit_next()
+                if waiting.result is not None:
+                    return waiting.result
+                self._leading = True
+            self._commit_next()  # may not reach ours (max_batch): then once more
 
     def _commit_next(self) -> None:
         batch: list[_Waiting] = []
@@ -360,27 +327,28 @@ class IndexWriter:
         except Exception:
             log.exception("index writer: batch of %d not stored", len(batch))
         finally:
-            # answered even when the thread dies here: no sender waits for ever
-            for i, waiting in enumerate(batch):
-                waiting.answer(results[i] if results is not None else _WRITER_FAILED)
+            # answered whatever happened: no sender waits for ever
             with self._cond:
-                self._in_hand = []
+                for i, waiting in enumerate(batch):
+                    waiting.result = results[i] if results is not None else _WRITER_FAILED
+                self._leading = False
+                self._cond.notify_all()
 
     def _take(self, batch: list[_Waiting]) -> list[Prepared]:
         """Whatever waits now, up to max_batch: called once the batch may write."""
         with self._cond:
             count = min(self._max_batch, len(self._queue))
             batch.extend(self._queue.popleft() for _ in range(count))
-            self._in_hand = batch
         return [w.item for w in batch]
 
     def close(self, timeout: float = 60.0) -> None:
-        """Commit what is queued, then end the thread (node shutdown)."""
+        """At shutdown: wait (bounded) for the batch being committed and what is
+        queued behind it; their senders commit them."""
+        deadline = time.monotonic() + timeout
         with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-            if thread.is_alive():
-                log.warning("index writer still committing after %.0f s at shutdown", timeout)
+            while self._leading or self._queue:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("index writer still committing after %.0f s at shutdown", timeout)
+                    return
+                self._cond.wait(left)
