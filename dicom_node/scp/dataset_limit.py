@@ -81,7 +81,6 @@ class ReceivedDataset:
         self.path = path
         self.limit = limit
         self.size = 0
-        self.started = time.perf_counter()  # its command complete: its data set next
         self.error: OSError | None = None
         self._file: IO[bytes] | None = None
         self._first: float | None = None  # when the first fragment arrived
@@ -209,7 +208,6 @@ class BoundedDIMSE(DIMSEServiceProvider):
         if not data[0] & 0x02:
             return
         receiving.finish()
-        observe_ingest_stage("receive", time.perf_counter() - receiving.started)
         self._receiving = None
         message = self.message
         assert message is not None  # a C-STORE-RQ awaiting its data set
