@@ -16,7 +16,10 @@ from __future__ import annotations
 import re
 import struct
 
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import UID
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+from pynetdicom.dsutils import create_file_meta, encode_file_meta
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
 _UID = re.compile(r"[0-9.]{1,64}")
@@ -70,3 +73,26 @@ def encode_prefix(
     )
     group_length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body))
     return PREAMBLE + group_length + body
+
+
+def pydicom_prefix(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae: str
+) -> bytes:
+    """The same, built by pydicom as pynetdicom's ``Event.file_meta`` does: for
+    what :func:`encode_prefix` declines, and the reference its test compares with."""
+    meta: FileMetaDataset = create_file_meta(
+        sop_class_uid=UID(sop_class_uid),
+        sop_instance_uid=UID(sop_instance_uid),
+        transfer_syntax=UID(transfer_syntax),
+    )
+    meta.SourceApplicationEntityTitle = source_ae
+    return PREAMBLE + encode_file_meta(meta)
+
+
+def part10_prefix(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae: str
+) -> bytes:
+    """What a received instance's file holds before its data set as sent."""
+    return encode_prefix(
+        sop_class_uid, sop_instance_uid, transfer_syntax, source_ae
+    ) or pydicom_prefix(sop_class_uid, sop_instance_uid, transfer_syntax, source_ae)

@@ -19,11 +19,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import cast
 
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID
+from pydicom.dataset import Dataset
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import create_file_meta, encode_file_meta
 from pynetdicom.events import Event
 
 from dicom_node.db.engine import Database
@@ -31,7 +29,7 @@ from dicom_node.domain.audit import Actor, Subject, TargetKind, transfer_event
 from dicom_node.domain.enums import AuditOutcome
 from dicom_node.domain.inflate import DatasetTooLarge
 from dicom_node.metrics import observe_ingest_stage, observe_store
-from dicom_node.scp import status
+from dicom_node.scp import file_meta, status
 from dicom_node.scp.dataset_limit import bound_messages, claim_received, discard_unclaimed
 from dicom_node.services.audit.record import record_audit_event
 from dicom_node.services.ingest.index_writer import DEFAULT_MAX_BATCH, IndexWriter
@@ -205,15 +203,15 @@ class StoreHandler:
 
 def part10_prefix(assoc: Association, command_set: Dataset, transfer_syntax: str) -> bytes:
     """What the stored file holds before the data set as sent (PS3.10 7.1): the
-    preamble, DICM and the node's file meta, built as pynetdicom's
-    ``Event.file_meta`` does, plus the calling AE as Source Application Entity Title."""
-    meta: FileMetaDataset = create_file_meta(
-        sop_class_uid=command_set.AffectedSOPClassUID,
-        sop_instance_uid=command_set.AffectedSOPInstanceUID,
-        transfer_syntax=UID(transfer_syntax),
+    preamble, DICM and the node's file meta, plus the calling AE as Source
+    Application Entity Title (scp/file_meta.py: encoded directly where it can
+    be, pydicom's build cost ~0.6 ms per instance)."""
+    return file_meta.part10_prefix(
+        str(command_set.AffectedSOPClassUID),
+        str(command_set.AffectedSOPInstanceUID),
+        transfer_syntax,
+        assoc.requestor.ae_title,
     )
-    meta.SourceApplicationEntityTitle = assoc.requestor.ae_title
-    return b"".join((b"\x00" * 128, b"DICM", encode_file_meta(meta)))
 
 
 def _status_dataset(result: StoreResult) -> Dataset:

@@ -1,27 +1,18 @@
-"""scp/file_meta.py writes what pydicom writes (scp/store.py's part10_prefix),
-byte for byte, or declines."""
+"""scp/file_meta.py writes what pydicom writes (its pydicom_prefix, the build
+scp/store.py's part10_prefix used alone before), byte for byte, or declines."""
 
 from __future__ import annotations
 
 import pytest
-from pydicom.dataset import Dataset
-from pynetdicom import AE
-from pynetdicom.association import Association
 
-from dicom_node.scp.file_meta import encode_prefix
-from dicom_node.scp.store import part10_prefix
+from dicom_node.scp.file_meta import encode_prefix, part10_prefix, pydicom_prefix
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 
 def _pydicom(sop_class: str, sop_instance: str, syntax: str, ae: str) -> bytes:
-    assoc = Association(AE("TEST"), "acceptor")
-    assoc.requestor.ae_title = ae
-    command = Dataset()
-    command.AffectedSOPClassUID = sop_class
-    command.AffectedSOPInstanceUID = sop_instance
-    return part10_prefix(assoc, command, syntax)
+    return pydicom_prefix(sop_class, sop_instance, syntax, ae)
 
 
 @pytest.mark.parametrize(
@@ -57,3 +48,9 @@ def test_the_prefix_is_what_pydicom_writes(
 )
 def test_what_it_does_not_cover_it_declines(sop_instance: str, ae: str) -> None:
     assert encode_prefix(CT, sop_instance, EXPLICIT_LE, ae) is None
+
+
+def test_what_it_declines_pydicom_builds() -> None:
+    assert part10_prefix(CT, "1.2.abc", EXPLICIT_LE, "STORESCU") == _pydicom(
+        CT, "1.2.abc", EXPLICIT_LE, "STORESCU"
+    )
