@@ -16,6 +16,7 @@ from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
+from dicom_node.scp.find_send import STOCK_SEND_MSG
 from dicom_node.scp.lean_receive import encode_store_response
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -27,7 +28,7 @@ def test_the_pynetdicom_version_is_one_these_guards_cover() -> None:
 
 def test_send_msg_encodes_through_the_message_and_sends_with_send_pdu() -> None:
     """LeanDIMSE replaces send_msg for a C-STORE-RSP: what it skips and what it keeps."""
-    source = inspect.getsource(DIMSEServiceProvider.send_msg)
+    source = inspect.getsource(STOCK_SEND_MSG)  # pynetdicom's own, not the C-FIND patch
     assert "dimse_msg.primitive_to_message(primitive)" in source
     assert "evt.EVT_DIMSE_SENT" in source
     assert "self.dul.send_pdu(pdata)" in source

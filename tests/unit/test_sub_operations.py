@@ -15,10 +15,10 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
-from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.service_class import QueryRetrieveServiceClass
 
+from dicom_node.scp.find_send import STOCK_SEND_MSG
 from dicom_node.scp.outgoing import NodeAE
 from dicom_node.scp.sub_operations import (
     DELIBERATE_FAILURE_FILTER,
@@ -125,7 +125,7 @@ def test_pynetdicom_streams_a_path_from_after_its_file_meta() -> None:
 
 def test_pynetdicom_signals_a_sent_message_before_encoding_it() -> None:
     """The final response's Error Comment is added at EVT_DIMSE_SENT."""
-    source = inspect.getsource(DIMSEServiceProvider.send_msg)
+    source = inspect.getsource(STOCK_SEND_MSG)  # pynetdicom's own, not the C-FIND patch
     assert source.index("evt.EVT_DIMSE_SENT") < source.index("dimse_msg.encode_msg(")
 
 
