@@ -39,7 +39,7 @@ from pathlib import Path
 
 from prometheus_client import Summary
 from sqlalchemy import select
-from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from dicom_node.db.engine import Database
@@ -107,6 +107,9 @@ class _Slot:
     indexed: Indexed | None = None
     installed: Path | None = None
     refused: StoreResult | None = None  # answered on its own (its SAVEPOINT rolled back)
+    # chosen as a PostgreSQL deadlock's victim: its SAVEPOINT rolled back, it is
+    # committed again once this batch has committed (and released its locks)
+    deferred: bool = False
 
 
 def commit_batch(db: Database, items: Sequence[Prepared]) -> list[StoreResult]:
@@ -131,7 +134,9 @@ def _commit(db: Database, take: Callable[[], Sequence[Prepared]]) -> list[StoreR
                             # 0.3-0.7 ms of CPU, the most common batch is one instance
                             _index(session, slots[0])
                         else:
-                            for slot in slots:
+                            # in one order (by study): two batches of two processes
+                            # lock the studies they share in the same order
+                            for slot in sorted(slots, key=_study_uid):
                                 _index_in_savepoint(db, session, slot)
                     break
                 except LostInsertRace:
@@ -146,7 +151,14 @@ def _commit(db: Database, take: Callable[[], Sequence[Prepared]]) -> list[StoreR
             return _batch_failed(db, slots, exc)
         assert slots is not None  # taken in the transaction that committed
         INGEST_BATCH_INSTANCES.observe(len(slots))
-        return _after_commit(slots)
+        results = _after_commit(db, slots)
+        deferred = [i for i, slot in enumerate(slots) if slot.deferred]
+        if deferred:
+            # the deadlock's other party could go on once this batch committed
+            again = _commit(db, lambda: [slots[i].item for i in deferred])
+            for i, result in zip(deferred, again, strict=True):
+                results[i] = result
+        return [result for result in results if result is not None]
     finally:
         for slot in slots or ():
             if slot.installed is None and slot.item.temp is not None:
@@ -181,12 +193,30 @@ def _cannot_be_indexed(item: Prepared, exc: DataError) -> StoreResult:
     return result_for(StoreOutcome.REJECTED, "a value cannot be indexed", item.header)
 
 
+def _study_uid(slot: _Slot) -> str:
+    return slot.item.header.study_instance_uid
+
+
+def _deadlock(exc: OperationalError) -> bool:
+    """PostgreSQL chose this statement as a deadlock's victim (SQLSTATE 40P01):
+    two batches each hold a study (or patient, series) row the other needs."""
+    return getattr(exc.orig, "sqlstate", None) == "40P01"
+
+
 def _index_in_savepoint(db: Database, session: Session, slot: _Slot) -> None:
     item = slot.item
     for attempt in (1, 2):
         try:
             with session.begin_nested():
                 _index(session, slot)
+            return
+        except OperationalError as exc:
+            if not _deadlock(exc) or slot.installed is not None:
+                raise  # the batch fails as a whole (A700), as any database failure does
+            # its SAVEPOINT rolled back (before its rename): the rest of the batch
+            # goes on, and it is committed again once this batch has committed
+            slot.indexed = None
+            slot.deferred = True
             return
         except LostInsertRace:
             # another transaction committed the instance first: a resend now
@@ -228,25 +258,43 @@ def _batch_failed(db: Database, slots: list[_Slot], exc: Exception) -> list[Stor
     return results
 
 
-def _after_commit(slots: list[_Slot]) -> list[StoreResult]:
-    # one fsync per directory the batch renamed into: a series' instances share one
+def _durable_path(slot: _Slot) -> Path | None:
+    """The file whose directory entry must be durable before this slot's Success:
+    the copy it renamed into place, or, for a duplicate, the copy already there
+    (another process may have committed it and not yet synced its directory)."""
+    if slot.installed is not None:
+        return slot.installed
+    indexed = slot.indexed
+    if slot.refused is None and indexed is not None and indexed.outcome is StoreOutcome.DUPLICATE:
+        return slot.item.store.absolute(indexed.relative_path)
+    return None
+
+
+def _after_commit(db: Database, slots: list[_Slot]) -> list[StoreResult | None]:
+    """Each slot's answer (None for a deferred one), once its file is durable."""
+    # one fsync per directory: a series' instances share one
     synced: dict[Path, OSError | None] = {}
     for slot in slots:
-        if slot.installed is None or slot.installed.parent in synced:
+        path = _durable_path(slot)
+        if path is None or path.parent in synced:
             continue
         try:
-            slot.item.store.sync_directory(slot.installed)
-            synced[slot.installed.parent] = None
+            slot.item.store.sync_directory(path)
+            synced[path.parent] = None
         except OSError as exc:
-            synced[slot.installed.parent] = exc
-    results = []
+            synced[path.parent] = exc
+    results: list[StoreResult | None] = []
     for slot in slots:
         item, indexed = slot.item, slot.indexed
+        if slot.deferred:
+            results.append(None)
+            continue
         if slot.refused is not None or indexed is None:
             assert slot.refused is not None
             results.append(slot.refused)
             continue
-        error = synced.get(slot.installed.parent) if slot.installed is not None else None
+        path = _durable_path(slot)
+        error = synced.get(path.parent) if path is not None else None
         if error is not None:
             # committed, but the rename may not survive a power cut: the sender
             # retries and the resend restores the file if it went missing
@@ -255,9 +303,12 @@ def _after_commit(slots: list[_Slot]) -> list[StoreResult]:
         if (
             slot.installed is not None
             and indexed.old_path is not None
-            and indexed.old_path != indexed.relative_path
+            and not _row_points_at(db, item.store.absolute(indexed.old_path), item.store)
         ):
-            item.store.remove(indexed.old_path)  # only now that the new copy is committed
+            # only now that the new copy is committed, and only if no committed row
+            # points at it: an instance replaced twice in one batch (or by another
+            # process meanwhile) may have its old path as its final one again
+            item.store.remove(indexed.old_path)
         if indexed.outcome in (StoreOutcome.KEPT_EXISTING, StoreOutcome.REPLACED):
             per_instance_log.warning(
                 (item.store.root, "received again", item.source.calling_ae_title, indexed.outcome),
