@@ -165,6 +165,7 @@ def _lock_study(session: Session, study_uid: str) -> None:
     ).one()
 
 
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)  # held by a row lock
 def test_sigkill_while_the_index_writer_is_mid_batch(
     tmp_path: Path, empty_db_url: str, backend: str, served: list[Served]
 ) -> None:
@@ -172,8 +173,6 @@ def test_sigkill_while_the_index_writer_is_mid_batch(
     renamed into place, uncommitted, the second waiting for a study row the test
     holds (PostgreSQL shows the wait). kill -9 then: what was acknowledged is
     indexed, nothing of the batch is, its placed file is an orphan verify finds."""
-    if backend != "postgresql":
-        pytest.skip("the writer is held mid-batch by a PostgreSQL row lock")
     node = Served(
         tmp_path, database_url=empty_db_url, dicom_workers="1", metrics_token=_METRICS_TOKEN
     )
@@ -185,11 +184,13 @@ def test_sigkill_while_the_index_writer_is_mid_batch(
         sending.run()
         return sending.status
 
-    blocking_study, held_study = generate_uid(), generate_uid()
+    blocking_study = generate_uid()
+    # a batch takes its instances in StudyInstanceUID order: the new study's first
+    new_study, held_study = sorted(generate_uid() for _ in range(2))
     assert store(ct_dataset(study_uid=blocking_study, pixel_seed=1)) == 0
     assert store(ct_dataset(study_uid=held_study, pixel_seed=2)) == 0
     acknowledged_before = ct_dataset(study_uid=blocking_study, instance_number=2, pixel_seed=3)
-    first_of_batch = ct_dataset(study_uid=generate_uid(), pixel_seed=4)
+    first_of_batch = ct_dataset(study_uid=new_study, pixel_seed=4)
     blocked_in_batch = ct_dataset(study_uid=held_study, instance_number=2, pixel_seed=5)
 
     db = Database(empty_db_url)
