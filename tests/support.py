@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -349,3 +351,26 @@ class Served:
         code = self.process.wait(timeout=timeout)
         self._reader.join(timeout=5)
         return code
+
+
+class StoreSender(threading.Thread):
+    """One association sending one CT instance to a node (AE title DICOM_NODE);
+    ``status`` once answered, None if no answer came (the node died first)."""
+
+    def __init__(self, port: int, ds: Dataset) -> None:
+        super().__init__(daemon=True)
+        self.port, self.ds = port, ds
+        self.status: int | None = None
+
+    def run(self) -> None:
+        ae = AE(ae_title="BATCH_SCU")
+        ae.add_requested_context(CTImageStorage)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+        assoc = ae.associate("127.0.0.1", self.port, ae_title="DICOM_NODE")
+        assert assoc.is_established
+        try:
+            answer = assoc.send_c_store(self.ds)
+            self.status = int(answer.Status) if "Status" in answer else None
+        finally:
+            if assoc.is_established:
+                assoc.release()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import re
 import subprocess
-import threading
 import urllib.request
 from pathlib import Path
 
@@ -13,8 +12,6 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
@@ -24,7 +21,7 @@ from dicom_node.domain.part10 import dataset_offset
 from dicom_node.services.operations.verify import ProblemKind, verify_store
 from dicom_node.storage import FileStore
 from tests.dicomfiles import ct_dataset, write
-from tests.support import Served, dcmtk_env, dcmtk_tool, wait_for
+from tests.support import Served, StoreSender, dcmtk_env, dcmtk_tool, wait_for
 
 
 def _acknowledged(storescu_log: str) -> list[str]:
@@ -108,27 +105,6 @@ def test_sigkill_mid_transfer_loses_no_acknowledged_instance(
     assert store.sweep_temp(older_than_seconds=0) <= 1  # at most the one in flight
 
 
-class _Sending(threading.Thread):
-    """One association sending one instance; ``status`` once answered (None: no
-    answer, the node died first)."""
-
-    def __init__(self, port: int, ds: Dataset) -> None:
-        super().__init__(daemon=True)
-        self.port, self.ds = port, ds
-        self.status: int | None = None
-
-    def run(self) -> None:
-        ae = AE(ae_title="BATCH_SCU")
-        ae.add_requested_context(CTImageStorage)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
-        assoc = ae.associate("127.0.0.1", self.port, ae_title="DICOM_NODE")
-        assert assoc.is_established
-        answer = assoc.send_c_store(self.ds)
-        self.status = int(answer.Status) if "Status" in answer else None
-        if assoc.is_established:
-            assoc.release()
-
-
 _METRICS_TOKEN = "crash-test-metrics-token"
 
 
@@ -180,7 +156,7 @@ def test_sigkill_while_the_index_writer_is_mid_batch(
     port, http_port = node.ports()
 
     def store(ds: Dataset) -> int | None:
-        sending = _Sending(port, ds)
+        sending = StoreSender(port, ds)
         sending.run()
         return sending.status
 
@@ -202,19 +178,19 @@ def test_sigkill_while_the_index_writer_is_mid_batch(
             first_of_batch.SOPInstanceUID,
         )
     )
-    senders: list[_Sending] = []
+    senders: list[StoreSender] = []
     try:
         with db.unit_of_work() as held, db.unit_of_work() as blocking:
             _lock_study(held, held_study)
             _lock_study(blocking, blocking_study)
-            senders.append(_Sending(port, acknowledged_before))
+            senders.append(StoreSender(port, acknowledged_before))
             senders[0].start()
             # the writer took it alone and waits for the blocking study's row
             assert wait_for(lambda: _lock_waits(db) >= 1, timeout=30)
             # queued behind it, in this order: each file synced, then handed to the
             # writer at once
             for synced, ds in ((4, first_of_batch), (5, blocked_in_batch)):
-                senders.append(_Sending(port, ds))
+                senders.append(StoreSender(port, ds))
                 senders[-1].start()
                 assert wait_for(lambda n=synced: _synced(http_port) == n, timeout=30)
             blocking.rollback()  # the writer commits that one and takes the other two

@@ -10,15 +10,12 @@ other would have given.
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import func, select, text
 
 from dicom_node.db.engine import Database
@@ -28,7 +25,7 @@ from dicom_node.metrics import REGISTRY
 from dicom_node.node import Node
 from dicom_node.storage import FileStore
 from tests.dicomfiles import ct_dataset
-from tests.support import wait_for
+from tests.support import StoreSender, wait_for
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
@@ -51,32 +48,11 @@ def _commits() -> tuple[float, float]:
     )
 
 
-class Sending(threading.Thread):
-    """One association sending one instance; ``status`` once answered."""
-
-    def __init__(self, port: int, ds: Dataset) -> None:
-        super().__init__(daemon=True)
-        self.port, self.ds = port, ds
-        self.status: int | None = None
-
-    def run(self) -> None:
-        ae = AE(ae_title="BATCH_SCU")
-        ae.add_requested_context(CTImageStorage)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
-        assoc = ae.associate("127.0.0.1", self.port, ae_title="DICOM_NODE")
-        assert assoc.is_established
-        try:
-            answer = assoc.send_c_store(self.ds)
-            self.status = int(answer.Status) if "Status" in answer else None
-        finally:
-            assoc.release()
-
-
-def _send(port: int, ds: Dataset) -> Sending:
+def _send(port: int, ds: Dataset) -> StoreSender:
     """Start sending ``ds`` and return once its file is synced, so it is (about
     to be) in the writer's queue, behind what was sent before."""
     before = _synced()
-    sending = Sending(port, ds)
+    sending = StoreSender(port, ds)
     sending.start()
     assert wait_for(lambda: _synced() > before, timeout=30)
     return sending
@@ -101,7 +77,7 @@ def _writer_held(db_url: str, study_uid: str) -> Iterator[None]:
 
 
 def _store_one(node: Node, ds: Dataset) -> int | None:
-    sending = Sending(node.dicom_port, ds)
+    sending = StoreSender(node.dicom_port, ds)
     sending.run()
     return sending.status
 
