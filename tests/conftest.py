@@ -16,10 +16,13 @@ import pytest
 
 from dicom_node.db import migrate
 from dicom_node.db.engine import Database
+from dicom_node.domain.audit import SystemActor
 from dicom_node.node import Node
 from dicom_node.services.access import passwords
+from dicom_node.services.ingest.importing import import_files, iter_files
+from dicom_node.services.ingest.instances import IngestPolicy
 from dicom_node.settings import Settings
-from tests.support import PostgresServer, Served, run_postgres
+from tests.support import SAMPLE_DIR, PostgresServer, Served, run_postgres
 
 PG_TEMPLATE = "dicom_node_template"
 # argon2id at a low cost: the suite creates hundreds of accounts, and the default
@@ -174,6 +177,18 @@ def make_node(db_url: str, tmp_path: Path) -> Iterator[object]:
 @pytest.fixture
 def node(make_node) -> Node:  # type: ignore[no-untyped-def]
     return make_node()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def sample_node(make_node) -> Node:  # type: ignore[no-untyped-def]
+    """A node holding sample_dicom/, imported as `dicom-node import` does."""
+    node: Node = make_node()
+    assert node.db is not None and node.store is not None
+    import_files(
+        node.db, node.store, list(iter_files([SAMPLE_DIR])), policy=IngestPolicy(),
+        actor=SystemActor.IMPORT,
+    )  # fmt: skip
+    return node
 
 
 @pytest.fixture

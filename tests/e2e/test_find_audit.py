@@ -14,27 +14,12 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # t
 from sqlalchemy import func, select, text
 
 from dicom_node.db.models import AuditEvent
-from dicom_node.domain.audit import SystemActor
 from dicom_node.node import Node
 from dicom_node.scp import status
 from dicom_node.services.audit.chain import verify_audit_chain
 from dicom_node.services.audit.record import AUDIT_CHAIN_LOCK_KEY
-from dicom_node.services.ingest.importing import import_files, iter_files
-from dicom_node.services.ingest.instances import IngestPolicy
-from tests.support import SAMPLE_DIR
 
 MODEL = StudyRootQueryRetrieveInformationModelFind
-
-
-@pytest.fixture
-def loaded(make_node) -> Node:  # type: ignore[no-untyped-def]
-    node: Node = make_node()
-    assert node.db is not None and node.store is not None
-    import_files(
-        node.db, node.store, list(iter_files([SAMPLE_DIR])), policy=IngestPolicy(),
-        actor=SystemActor.IMPORT,
-    )  # fmt: skip
-    return node
 
 
 def _identifier(patient_id: str = "") -> Dataset:
@@ -62,8 +47,8 @@ def _associate(node: Node, title: str = "AUDITSCU"):  # type: ignore[no-untyped-
     return assoc
 
 
-def test_no_answer_comes_before_the_querys_audit_row_is_committed(loaded: Node) -> None:
-    assoc = _associate(loaded)
+def test_no_answer_comes_before_the_querys_audit_row_is_committed(sample_node: Node) -> None:
+    assoc = _associate(sample_node)
     try:
         for n in range(30):
             # matches, no match: the final response is the whole answer then
@@ -71,16 +56,16 @@ def test_no_answer_comes_before_the_querys_audit_row_is_committed(loaded: Node) 
             for code_ds, _ in assoc.send_c_find(identifier, MODEL):
                 assert code_ds
                 # the row is committed before the first response, final or not
-                assert _queries(loaded) == n + 1, f"query {n}: answered before its audit row"
+                assert _queries(sample_node) == n + 1, f"query {n}: answered before its audit row"
     finally:
         assoc.release()
 
 
-def test_concurrent_queries_each_get_their_row_and_the_chain_verifies(loaded: Node) -> None:
+def test_concurrent_queries_each_get_their_row_and_the_chain_verifies(sample_node: Node) -> None:
     errors: list[str] = []
 
     def peer(n: int) -> None:
-        assoc = _associate(loaded, f"PEER{n}")
+        assoc = _associate(sample_node, f"PEER{n}")
         try:
             for _ in range(5):
                 statuses = [int(s.Status) for s, _ in assoc.send_c_find(_identifier(), MODEL) if s]
@@ -95,10 +80,10 @@ def test_concurrent_queries_each_get_their_row_and_the_chain_verifies(loaded: No
     for thread in threads:
         thread.join(timeout=120)
     assert not errors
-    assert _queries(loaded) == 30
-    assert loaded.db is not None
-    assert {actor for (actor,) in _actors(loaded)} == {f"PEER{n}" for n in range(6)}
-    report = verify_audit_chain(loaded.db)
+    assert _queries(sample_node) == 30
+    assert sample_node.db is not None
+    assert {actor for (actor,) in _actors(sample_node)} == {f"PEER{n}" for n in range(6)}
+    report = verify_audit_chain(sample_node.db)
     assert report.ok, report.describe()
 
 
@@ -111,16 +96,16 @@ def _actors(node: Node) -> list[tuple[str]]:
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 def test_a_query_whose_audit_commit_is_held_up_gets_no_answer_until_it_commits(
-    loaded: Node,
+    sample_node: Node,
 ) -> None:
     """PostgreSQL: hold the audit chain's lock; the node's audit transaction
     waits for it (seen in pg_locks), and meanwhile the peer has nothing."""
-    assert loaded.db is not None
+    assert sample_node.db is not None
     responses: list[int] = []
-    with loaded.db.engine.connect() as holder:
+    with sample_node.db.engine.connect() as holder:
         holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": AUDIT_CHAIN_LOCK_KEY})
         holder.commit()
-        assoc = _associate(loaded)
+        assoc = _associate(sample_node)
 
         def query() -> None:
             for code_ds, _ in assoc.send_c_find(_identifier(), MODEL):
@@ -129,7 +114,7 @@ def test_a_query_whose_audit_commit_is_held_up_gets_no_answer_until_it_commits(
         thread = threading.Thread(target=query)
         thread.start()
         deadline = time.monotonic() + 30
-        while not _waiting_for_the_chain_lock(loaded):
+        while not _waiting_for_the_chain_lock(sample_node):
             assert time.monotonic() < deadline, "the audit write never reached the lock"
             time.sleep(0.01)
         assert responses == []  # the query is done, its audit row is not: nothing sent
@@ -138,7 +123,7 @@ def test_a_query_whose_audit_commit_is_held_up_gets_no_answer_until_it_commits(
         thread.join(timeout=60)
         assoc.release()
     assert responses[-1] == status.SUCCESS and len(responses) > 1
-    assert _queries(loaded) == 1
+    assert _queries(sample_node) == 1
 
 
 def _waiting_for_the_chain_lock(node: Node) -> bool:
@@ -185,12 +170,12 @@ def _run(node: Node, statements: dict[str, list[str]]) -> None:
 
 
 def test_a_query_whose_audit_row_cannot_be_written_gets_no_match_and_a_failure(
-    loaded: Node,
+    sample_node: Node,
 ) -> None:
     """As with the synchronous write before: nothing is answered, the peer gets
     0xC001 "query failed" (the node's own fault), and the node goes on."""
-    _run(loaded, _REFUSE)
-    assoc = _associate(loaded)
+    _run(sample_node, _REFUSE)
+    assoc = _associate(sample_node)
     try:
         answers = [
             (int(s.Status), str(s.get("ErrorComment", "")), found)
@@ -198,9 +183,9 @@ def test_a_query_whose_audit_row_cannot_be_written_gets_no_match_and_a_failure(
             if s
         ]
         assert answers == [(status.UNABLE_TO_PROCESS_INTERNAL, "query failed", None)]
-        _run(loaded, _ACCEPT)
+        _run(sample_node, _ACCEPT)
         statuses = [int(s.Status) for s, _ in assoc.send_c_find(_identifier(), MODEL) if s]
         assert statuses[-1] == status.SUCCESS and len(statuses) > 1
     finally:
         assoc.release()
-    assert _queries(loaded) == 1  # the refused one has no row: it was not answered
+    assert _queries(sample_node) == 1  # the refused one has no row: it was not answered

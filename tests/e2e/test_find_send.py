@@ -10,24 +10,9 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
-from dicom_node.domain.audit import SystemActor
 from dicom_node.node import Node
-from dicom_node.services.ingest.importing import import_files, iter_files
-from dicom_node.services.ingest.instances import IngestPolicy
-from tests.support import SAMPLE_DIR
 
 MODEL = StudyRootQueryRetrieveInformationModelFind
-
-
-@pytest.fixture
-def loaded(make_node) -> Node:  # type: ignore[no-untyped-def]
-    node: Node = make_node()
-    assert node.db is not None and node.store is not None
-    import_files(
-        node.db, node.store, list(iter_files([SAMPLE_DIR])), policy=IngestPolicy(),
-        actor=SystemActor.IMPORT,
-    )  # fmt: skip
-    return node
 
 
 def _answers(node: Node, identifier: Dataset, syntax: str, max_pdu: int) -> list[tuple[int, str]]:
@@ -51,7 +36,7 @@ def _text(ds: Dataset) -> str:
 
 
 @pytest.mark.parametrize("level", ["STUDY", "SERIES", "IMAGE"])
-def test_every_syntax_and_pdu_size_gets_the_same_answers(loaded: Node, level: str) -> None:
+def test_every_syntax_and_pdu_size_gets_the_same_answers(sample_node: Node, level: str) -> None:
     identifier = Dataset()
     identifier.QueryRetrieveLevel = level
     identifier.StudyInstanceUID = ""
@@ -66,11 +51,11 @@ def test_every_syntax_and_pdu_size_gets_the_same_answers(loaded: Node, level: st
         identifier.SOPInstanceUID = ""
         identifier.InstanceNumber = ""
     runs = [
-        _answers(loaded, identifier, ImplicitVRLittleEndian, 16_382),
-        _answers(loaded, identifier, ExplicitVRLittleEndian, 16_382),
-        _answers(loaded, identifier, ExplicitVRLittleEndian, 0),  # no limit
+        _answers(sample_node, identifier, ImplicitVRLittleEndian, 16_382),
+        _answers(sample_node, identifier, ExplicitVRLittleEndian, 16_382),
+        _answers(sample_node, identifier, ExplicitVRLittleEndian, 0),  # no limit
         # smaller than one answer: pynetdicom's own path, fragmented
-        _answers(loaded, identifier, ImplicitVRLittleEndian, 64),
+        _answers(sample_node, identifier, ImplicitVRLittleEndian, 64),
     ]
     first = runs[0]
     assert first[-1] == (0x0000, "")
