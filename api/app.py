@@ -14,6 +14,7 @@ from api.routes import (
     audit,
     auth,
     changes,
+    dicomweb,
     facilities,
     health,
     home,
@@ -28,6 +29,8 @@ from api.routes import (
 )
 from api.streams import StreamSlots
 from dicom_node import __version__
+from dicom_node.domain.transcode import Transcoder
+from dicom_node.storage import FileStore
 
 ROUTERS = (
     home.router,
@@ -44,6 +47,7 @@ ROUTERS = (
     turnaround.router,
     changes.router,
     metrics.router,
+    dicomweb.router,
 )
 
 
@@ -60,6 +64,13 @@ def create_app(context: ApiContext) -> FastAPI:
     app.state.worklist_cache = FeedCache(ttl=1.0)
     app.state.event_streams = StreamSlots(context.settings.max_event_streams_per_user)
     app.state.listing_audit = RepeatedListingAudit()
+    settings = context.settings
+    app.state.file_store = FileStore(settings.data_dir, fsync=settings.fsync)
+    # one per process: the API's transcodings share max_concurrent_transcodes
+    app.state.transcoder = Transcoder(
+        max_decoded_bytes=settings.max_transcode_bytes,
+        max_concurrent=settings.max_concurrent_transcodes,
+    )
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -22,8 +22,10 @@ from fastapi.security import OAuth2PasswordBearer
 from dicom_node.db.engine import Database
 from dicom_node.domain.errors import AuthenticationFailed, Forbidden
 from dicom_node.domain.permissions import Permission, Principal
+from dicom_node.domain.transcode import Transcoder
 from dicom_node.services.access.auth import authenticate
 from dicom_node.settings import Settings
+from dicom_node.storage import FileStore
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,22 @@ async def get_context(request: Request) -> ApiContext:
 
 
 Context = Annotated[ApiContext, Depends(get_context)]
+
+
+async def get_file_store(request: Request) -> FileStore:
+    """The instance store (DICOMweb reads and STOW-RS writes), one per app."""
+    store: FileStore = request.app.state.file_store
+    return store
+
+
+async def get_transcoder(request: Request) -> Transcoder:
+    """The process's transcoder (its concurrency limit is per process), one per app."""
+    transcoder: Transcoder = request.app.state.transcoder
+    return transcoder
+
+
+Store = Annotated[FileStore, Depends(get_file_store)]
+TranscoderDep = Annotated[Transcoder, Depends(get_transcoder)]
 
 # auto_error off: a missing token must get our error shape, not FastAPI's
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/auth/token", auto_error=False)

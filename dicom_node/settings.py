@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from functools import partial
 from pathlib import Path
@@ -233,6 +234,18 @@ class Settings(BaseSettings):
     password_hash_memory_kib: Annotated[int, Field(ge=1024, le=4_194_304)] = 65536
     password_hash_parallelism: Annotated[int, Field(ge=1, le=64)] = 4
 
+    # --- DICOMweb (docs/dicomweb.md) -----------------------------------------
+    # STOW-RS: a request body over this is refused (413) as it arrives, never buffered
+    stow_max_request_bytes: Annotated[int, Field(ge=1_048_576)] = 4_294_967_296
+    # rendered and thumbnail images: neither side of a viewport over this (400)
+    rendered_max_dimension: Annotated[int, Field(ge=16, le=16384)] = 4096
+    # origins (scheme://host[:port]) a browser viewer may call /dicomweb and /api
+    # from (CORS); empty: none, same origin only
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # service accounts' API keys: lifetime when the admin gives none, and the longest
+    api_key_default_days: Annotated[int, Field(ge=1, le=3650)] = 365
+    api_key_max_days: Annotated[int, Field(ge=1, le=3650)] = 730
+
     # --- logging --------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_phi: bool = False
@@ -286,6 +299,25 @@ class Settings(BaseSettings):
                 except ValueError:
                     raise ValueError(f"{item!r} is not an IP address or network") from None
         return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            for item in value:
+                # an origin is scheme://host[:port], nothing after: a browser sends
+                # exactly that, so anything else would never match
+                if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+", str(item)):
+                    raise ValueError(f"{item!r} is not an origin (scheme://host[:port])")
+        return value
+
+    @model_validator(mode="after")
+    def _check_api_key_days(self) -> Settings:
+        if self.api_key_default_days > self.api_key_max_days:
+            raise ValueError("api_key_default_days is over api_key_max_days")
+        return self
 
     @field_validator("known_ae_required_for", mode="before")
     @classmethod

@@ -26,6 +26,7 @@ class Permission(StrEnum):
     ORDERS_PERFORM = "orders:perform"
     STUDIES_READ = "studies:read"
     STUDIES_CORRECT = "studies:correct"
+    IMAGES_STORE = "images:store"
     RECONCILE = "reconciliation:manage"
     WORKLIST_READ = "worklist:read"
     WORKLIST_CLAIM = "worklist:claim"
@@ -59,6 +60,8 @@ ROLE_PERMISSIONS: dict[Permission, frozenset[Role]] = {
     Permission.ORDERS_PERFORM: frozenset({_A, _T}),
     Permission.STUDIES_READ: frozenset({_A, _S, _T, _R, _P, _U}),
     Permission.STUDIES_CORRECT: frozenset({_A, _S, _T}),
+    # STOW-RS (DICOMweb); reading images is studies:read, within the visibility rule
+    Permission.IMAGES_STORE: frozenset({_A, _T}),
     Permission.RECONCILE: frozenset({_A, _S}),
     Permission.WORKLIST_READ: frozenset({_A, _S, _T, _R, _U}),
     Permission.WORKLIST_CLAIM: frozenset({_R}),
