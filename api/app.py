@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from api.cache import FeedCache
 from api.deps import ApiContext
@@ -76,4 +77,20 @@ def create_app(context: ApiContext) -> FastAPI:
         app.include_router(router)
     install_docs(app)
     app.add_middleware(SecurityHeaders, docs_pages=DOCS_PAGES, assets_prefix=ASSETS_URL + "/")
+    if settings.cors_origins:
+        # added last, so outermost: a browser's preflight (OPTIONS, no token) is
+        # answered here, before any route asks for authentication
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            # bearer tokens and API keys travel in a header, never in a cookie the
+            # browser would attach for another origin's page
+            allow_credentials=False,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Accept", "Content-Type"],
+            # what a DICOMweb client reads: QIDO's capped-results Warning, a STOW's
+            # Content-Location, Retry-After of a 429/503
+            expose_headers=["Warning", "Content-Location", "Retry-After"],
+            max_age=600,
+        )
     return app

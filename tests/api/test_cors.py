@@ -1,0 +1,67 @@
+"""CORS (settings.cors_origins): off by default; when set, a browser viewer
+served from a listed origin may call the API and DICOMweb, and no other may."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dicom_node.settings import Settings
+from tests.api.conftest import ApiServer
+from tests.conftest import node_settings
+
+VIEWER = "https://viewer.example.org:8443"
+
+
+@pytest.fixture
+def api_settings(db_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    origins = [VIEWER] if "an_allowed_origin" in request.node.name else []
+    return node_settings(db_url, tmp_path / "data", cors_origins=origins)
+
+
+def _preflight(api: ApiServer, origin: str, path: str) -> httpx.Response:
+    return api.anonymous().options(
+        path,
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
+
+
+def test_by_default_no_origin_is_allowed(api: ApiServer) -> None:
+    answer = _preflight(api, VIEWER, "/dicomweb/studies")
+    assert "access-control-allow-origin" not in answer.headers
+    token = api.token(api.user("radiologist"))
+    answer = api.anonymous().get(
+        "/api/studies", headers={"Origin": VIEWER, "Authorization": f"Bearer {token}"}
+    )
+    assert answer.status_code == 200
+    assert "access-control-allow-origin" not in answer.headers
+
+
+def test_an_allowed_origin_may_call_dicomweb_and_the_api(api: ApiServer) -> None:
+    for path in ("/dicomweb/studies", "/api/studies"):
+        answer = _preflight(api, VIEWER, path)
+        assert answer.status_code == 200, (path, answer.text)
+        assert answer.headers["access-control-allow-origin"] == VIEWER
+        assert "authorization" in answer.headers["access-control-allow-headers"].lower()
+    token = api.token(api.user("radiologist"))
+    answer = api.anonymous().get(
+        "/api/studies", headers={"Origin": VIEWER, "Authorization": f"Bearer {token}"}
+    )
+    assert answer.status_code == 200
+    assert answer.headers["access-control-allow-origin"] == VIEWER
+    assert "warning" in answer.headers["access-control-expose-headers"].lower()
+    # another origin gets no grant, on the preflight or on the request
+    other = _preflight(api, "https://evil.example.com", "/dicomweb/studies")
+    assert other.headers.get("access-control-allow-origin") is None
+    assert other.status_code == 400
+
+
+def test_a_malformed_origin_setting_is_refused() -> None:
+    with pytest.raises(ValueError, match="not an origin"):
+        Settings(cors_origins="https://viewer.example.org/path")  # type: ignore[arg-type]
