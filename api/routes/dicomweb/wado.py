@@ -67,9 +67,33 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 Reader = Annotated[Principal, Depends(require(Permission.STUDIES_READ))]
-StudyUID = Annotated[str, Path(description="Study Instance UID")]
-SeriesUID = Annotated[str, Path(description="Series Instance UID")]
-InstanceUID = Annotated[str, Path(description="SOP Instance UID")]
+# Patterns documented for clients and the OpenAPI checks (values they surely
+# accept), not enforced by FastAPI (which would answer 422): the values are read
+# by the routes, and a malformed one is 400 as PS3.18 asks.
+_UID = r"^[12](\.[1-9][0-9]{0,5}){1,6}$"
+StudyUID = Annotated[
+    str, Path(description="Study Instance UID", json_schema_extra={"pattern": _UID})
+]
+SeriesUID = Annotated[
+    str, Path(description="Series Instance UID", json_schema_extra={"pattern": _UID})
+]
+InstanceUID = Annotated[
+    str, Path(description="SOP Instance UID", json_schema_extra={"pattern": _UID})
+]
+FrameList = Annotated[
+    str,
+    Path(
+        description="1-based frame numbers, comma separated",
+        json_schema_extra={"pattern": r"^[1-9][0-9]{0,3}(,[1-9][0-9]{0,3}){0,3}$"},
+    ),
+]
+TagPath = Annotated[
+    str,
+    Path(
+        description="TTTTTTTT (hex tag), within sequences TTTTTTTT/item/TTTTTTTT",
+        json_schema_extra={"pattern": r"^[0-9A-F]{8}$"},
+    ),
+]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "a malformed UID, frame list or tag path"},
@@ -374,7 +398,7 @@ def retrieve_frames(
     study: StudyUID,
     series: SeriesUID,
     instance: InstanceUID,
-    frames: Annotated[str, Path(description="1-based frame numbers, comma separated")],
+    frames: FrameList,
 ) -> Response:
     try:
         numbers = parse_frame_list(frames)
@@ -398,7 +422,7 @@ def retrieve_bulkdata(
     study: StudyUID,
     series: SeriesUID,
     instance: InstanceUID,
-    tag_path: Annotated[str, Path(description="TTTTTTTT, within sequences TTTTTTTT/item/TTTTTTTT")],
+    tag_path: TagPath,
 ) -> Response:
     try:
         path = check_tag_path(tag_path)
