@@ -183,6 +183,15 @@ def attribute_keyword(attribute_id: str) -> str:
     return attribute_id
 
 
+def _private_or_unknown_tag(attribute_id: str) -> bool:
+    """A well-formed tag the data dictionary does not know (a private one): an
+    includefield the node holds no value for, not returned (PS3.18 10.6.3.3:
+    "supported by the origin server"), where a malformed name is refused."""
+    return _TAG.fullmatch(attribute_id) is not None and not dictionary_has_tag(
+        int(attribute_id, 16)
+    )
+
+
 def parse_query(params: Iterable[tuple[str, str]]) -> QidoQuery:
     """The query parameters of a QIDO-RS request. Raises InvalidValue (400)
     naming the parameter for anything it cannot honour: an unknown parameter
@@ -199,7 +208,7 @@ def parse_query(params: Iterable[tuple[str, str]]) -> QidoQuery:
             for part in (p.strip() for p in value.split(",")):
                 if part == INCLUDE_ALL:
                     include_all = True
-                elif part:
+                elif part and not _private_or_unknown_tag(part):
                     keyword = attribute_keyword(part)
                     if keyword in ATTRIBUTES:  # what the index does not hold is not returned
                         include.add(keyword)

@@ -179,12 +179,16 @@ def test_includefield_adds_attributes_of_the_level_and_above_only(
             ("StudyInstanceUID", held.a),
             ("includefield", "StudyDescription,NameOfPhysiciansReadingStudy"),
             ("includefield", "PatientAge"),  # a DICOM attribute the index does not hold
+            ("includefield", "00091001"),  # a private tag
         ],
     )
     assert raw.status_code == 200, raw.text
     [result] = raw.json()
     assert "00081030" in result and result["00081060"] == {"vr": "PN"}
-    assert "00101010" not in result
+    assert "00101010" not in result and "00091001" not in result
+    # a name that is neither a keyword nor a tag is refused
+    typo = _raw(dicomweb).get("/dicomweb/studies", params={"includefield": "StudyDescriptio"})
+    assert typo.status_code == 400 and typo.json()["error"]["field"] == "StudyDescriptio"
 
 
 def test_limit_and_offset_page_through_the_matches(dicomweb: DicomWeb, held: Held) -> None:
@@ -393,3 +397,25 @@ def test_media_types_and_authentication(dicomweb: DicomWeb, held: Held) -> None:
     anonymous = dicomweb.api.anonymous()
     for path in ("/dicomweb/studies", f"/dicomweb/studies/{held.a}/instances"):
         assert anonymous.get(path).status_code == 401
+
+
+def test_pydicom_test_files_are_answered_at_every_level(dicomweb: DicomWeb) -> None:
+    """Real-world values (colour, multi-frame, odd headers) of the interop
+    studies through every resource with every indexed attribute."""
+    studies = dicomweb.load("mixed", "jpeg-baseline", "rle")
+    client = dicomweb.client("radiologist")
+    found = client.search_for_studies(fields=["all"], get_remaining=True)
+    assert _uids(found) == {study.study_instance_uid for study in studies}
+    for study in studies:
+        series = client.search_for_series(
+            study.study_instance_uid, fields=["all"], get_remaining=True
+        )
+        assert len(series) == len(study.instances)  # one series per file
+        instances = client.search_for_instances(
+            study.study_instance_uid, fields=["all"], get_remaining=True
+        )
+        assert _uids(instances, "00080018") == study.sop_instance_uids
+    every = client.search_for_instances(fields=["all"], get_remaining=True)
+    assert len(every) == sum(len(study.instances) for study in studies)
+    for result in [*found, *every]:
+        assert all(set(element) <= {"vr", "Value"} for element in result.values())
