@@ -22,6 +22,7 @@ from dicom_node.db.query import ATTRIBUTES
 from dicom_node.domain.errors import InvalidValue
 from dicom_node.domain.permissions import Permission, Principal
 from dicom_node.domain.query import Level
+from dicom_node.services.dicomweb.negotiation import accepts_json, parse_accept
 from dicom_node.services.dicomweb.qido import (
     INCLUDE_ALL,
     MAX_OFFSET,
@@ -36,7 +37,6 @@ router = APIRouter()
 
 Reader = Annotated[Principal, Depends(require(Permission.STUDIES_READ))]
 DICOM_JSON = "application/dicom+json"
-_ACCEPTED = {DICOM_JSON, "application/json", "application/*", "*/*"}
 
 # documented for clients and the OpenAPI checks; read from the request, so a bad
 # value is answered 400 as PS3.18 asks (FastAPI's own validation answers 422)
@@ -111,32 +111,14 @@ _ROUTE: dict[str, Any] = {
 
 
 def _media_type(request: Request) -> str | None:
-    """The type to answer with, or None when Accept allows no JSON (406)."""
-    header = request.headers.get("accept", "").strip()
-    if not header:
-        return DICOM_JSON
-    offered: list[str] = []
-    for media_range in header.split(","):
-        media, *params = (part.strip() for part in media_range.split(";"))
-        if any(_refused(param) for param in params):
-            continue
-        offered.append(media.lower())
-    if not any(media in _ACCEPTED for media in offered):
+    """The type to answer with (Accept read by the one parser of the DICOMweb
+    routes), or None when it allows no JSON (406). A client that names
+    ``application/json`` before any DICOM JSON range gets that label."""
+    ranges = parse_accept(request.headers.get("accept"))
+    if not accepts_json(ranges):
         return None
-    if DICOM_JSON not in offered and "application/json" in offered and "*/*" not in offered:
-        return "application/json"
-    return DICOM_JSON
-
-
-def _refused(param: str) -> bool:
-    """A ``q=0`` parameter: the media range is not acceptable (RFC 9110 12.4.2)."""
-    name, _, value = param.partition("=")
-    if name.strip().lower() != "q":
-        return False
-    try:
-        return float(value) == 0
-    except ValueError:
-        return False
+    first = next(r.media_type for r in ranges if accepts_json([r]))
+    return "application/json" if first == "application/json" else DICOM_JSON
 
 
 def _search(

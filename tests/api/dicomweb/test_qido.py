@@ -383,6 +383,8 @@ def test_media_types_and_authentication(dicomweb: DicomWeb, held: Held) -> None:
         assert response.status_code == 200, accept
         assert len(response.json()) == 3
     assert http.get("/dicomweb/studies").headers["content-type"] == "application/dicom+json"
+    as_json = http.get("/dicomweb/studies", headers={"Accept": "application/json"})
+    assert as_json.headers["content-type"] == "application/json"
     only_xml = http.get(
         "/dicomweb/studies", headers={"Accept": 'multipart/related; type="application/dicom+xml"'}
     )
