@@ -21,7 +21,6 @@ association does.
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -36,7 +35,7 @@ from dicom_node.domain.inflate import DatasetTooLarge
 from dicom_node.domain.permissions import Principal
 from dicom_node.services.audit.record import record_audit_event
 from dicom_node.services.audit.subjects import user_actor
-from dicom_node.services.dicomweb.multipart_reader import Part, parse_media_type
+from dicom_node.services.dicomweb.multipart_reader import MalformedMultipart, Part, parse_media_type
 from dicom_node.services.ingest.instances import (
     IngestPolicy,
     Source,
@@ -45,9 +44,8 @@ from dicom_node.services.ingest.instances import (
     refused_too_large,
     store_instance,
 )
+from dicom_node.services.ingest.results import per_instance_log
 from dicom_node.storage import FileStore
-
-log = logging.getLogger("dicom_node.dicomweb")
 
 DICOM_MEDIA_TYPE = "application/dicom"
 # A part is written to disk up to max_dataset_bytes plus this much for its
@@ -102,6 +100,7 @@ class InstanceAnswer:
     series_instance_uid: str | None
     failure: FailureReason | None
     outcome: str  # a StoreOutcome value, WRONG_STUDY or NOT_DICOM
+    patient_id: str | None = None  # for the audit event's subject
 
 
 @dataclass
@@ -157,6 +156,7 @@ def record_stow(
     studies), also for a request refused whole (``reason``, nothing stored)."""
     counts = Counter(a.outcome for a in result.answers)
     studies = sorted({a.study_instance_uid for a in result.stored if a.study_instance_uid})
+    patients = {a.patient_id for a in result.stored if a.patient_id}
     if reason is not None:
         outcome = AuditOutcome.SERIOUS_FAILURE
     elif result.failed:
@@ -171,7 +171,11 @@ def record_stow(
                 actor,
                 TargetKind.STUDY,
                 None,
-                Subject(study_instance_uid=studies[0] if len(studies) == 1 else None),
+                # the one study and patient sent, if one (as for an association)
+                Subject(
+                    patient_id=next(iter(patients)) if len(patients) == 1 else None,
+                    study_instance_uid=studies[0] if len(studies) == 1 else None,
+                ),
                 outcome=outcome,
                 reason=reason,
                 details={
@@ -192,13 +196,13 @@ def _store_part(
     policy: IngestPolicy,
     study_instance_uid: str | None,
 ) -> InstanceAnswer:
-    if part.content_type is not None:
-        media_type, _ = parse_media_type(part.content_type)
-        if media_type != DICOM_MEDIA_TYPE:
-            log.warning("STOW-RS part refused: not %s", DICOM_MEDIA_TYPE)
-            return InstanceAnswer(
-                None, None, None, None, FailureReason.CANNOT_UNDERSTAND, NOT_DICOM
-            )
+    if part.content_type is not None and _media_type(part.content_type) != DICOM_MEDIA_TYPE:
+        per_instance_log.warning(
+            (store.root, "stow refused", "not dicom"),
+            "STOW-RS part refused: not %s",
+            DICOM_MEDIA_TYPE,
+        )
+        return InstanceAnswer(None, None, None, None, FailureReason.CANNOT_UNDERSTAND, NOT_DICOM)
     if part.path is None:
         too_large = DatasetTooLarge(policy.max_dataset_bytes, part.size)
         return _answer(refused_too_large(store, source, too_large), None)
@@ -209,7 +213,10 @@ def _store_part(
         and header.study_instance_uid != study_instance_uid
     ):
         # PS3.18 10.5.1: an instance of another study than the URL's is not stored
-        log.warning("STOW-RS instance refused: not of the study in the request URL")
+        per_instance_log.warning(
+            (store.root, "stow refused", "wrong study"),
+            "STOW-RS instance refused: not of the study in the request URL",
+        )
         return InstanceAnswer(
             header.sop_class_uid,
             header.sop_instance_uid,
@@ -222,6 +229,13 @@ def _store_part(
         db, store, part10=part.path, received=True, source=source, policy=policy
     )
     return _answer(stored, header)
+
+
+def _media_type(value: str) -> str | None:
+    try:
+        return parse_media_type(value)[0]
+    except MalformedMultipart:
+        return None
 
 
 def _peek(store: FileStore, path: Path, policy: IngestPolicy) -> InstanceHeader | None:
@@ -241,6 +255,7 @@ def _answer(result: StoreResult, header: InstanceHeader | None) -> InstanceAnswe
         header.series_instance_uid if header else None,
         _FAILURE.get(result.outcome),
         result.outcome.value,
+        result.patient_id,
     )
 
 

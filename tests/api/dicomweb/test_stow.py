@@ -113,6 +113,7 @@ def test_dicomweb_client_stores_test_files(dicomweb: DicomWeb) -> None:
     assert audit.actor_role == "technologist" and audit.outcome == "success"
     assert audit.details["counts"] == {"stored": len(study.instances)}
     assert audit.study_instance_uid == study.study_instance_uid
+    assert audit.patient_id == study.patient_id
     assert temp_files(dicomweb) == []
 
 
@@ -313,3 +314,13 @@ def test_a_large_body_is_streamed_not_held(dicomweb: DicomWeb) -> None:
     # a chunk, the 1 MiB feed step and the client's own pieces: not 96 MiB
     print(f"peak Python allocations: {peak} bytes for a {PIXEL_BYTES}-byte instance")
     assert peak < PIXEL_BYTES // 8, f"peak {peak} bytes of Python allocations"
+
+
+def test_a_part_of_another_media_type_fails_with_c000(dicomweb: DicomWeb) -> None:
+    part = dicomweb.studies["rle"].instances[0].path.read_bytes()
+    client = dicomweb.api.client("technologist")
+    response = post(client, multipart(part, content_type="application/octet-stream"))
+    assert response.status_code == 409, response.text
+    assert response.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]
+    assert stow_audits(dicomweb)[-1].details["counts"] == {"not_application_dicom": 1}
+    assert temp_files(dicomweb) == []
