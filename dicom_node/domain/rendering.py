@@ -38,7 +38,12 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, convert_color_space
+from pydicom.pixels.processing import (
+    apply_color_lut,
+    apply_modality_lut,
+    apply_voi,
+    convert_color_space,
+)
 
 from dicom_node.domain.errors import DomainError
 
@@ -156,7 +161,7 @@ def _grayscale(
             out = np.zeros(values.shape, dtype=np.float64)
         else:
             out = apply_window(values, Window(low + width / 2, width, WindowFunction.LINEAR_EXACT))
-    pixels = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    pixels: np.ndarray[Any, Any] = np.clip(np.rint(out), 0, 255).astype(np.uint8)
     return 255 - pixels if inverted else pixels
 
 
@@ -284,4 +289,5 @@ def _to_8_bits(samples: np.ndarray[Any, Any], bits: int) -> np.ndarray[Any, Any]
         return np.ascontiguousarray(samples)
     shift = max(bits - 8, 0)
     wide = samples.astype(np.int64) >> shift
-    return np.clip(wide, 0, 255).astype(np.uint8)
+    narrow: np.ndarray[Any, Any] = np.clip(wide, 0, 255).astype(np.uint8)
+    return narrow

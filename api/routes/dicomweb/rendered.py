@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import pydicom
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
@@ -235,8 +236,14 @@ Thumbnail = Annotated[RenderRequest, Depends(thumbnail_request)]
 _INSTANCE = "/studies/{study}/series/{series}/instances/{instance}"
 
 
-def _route(path: str, summary: str) -> Any:
-    return router.get(path, response_class=Response, responses=RESPONSES, summary=summary)
+_Route = TypeVar("_Route", bound=Callable[..., Response])
+
+
+def _route(path: str, summary: str) -> Callable[[_Route], _Route]:
+    decorator: Callable[[_Route], _Route] = router.get(
+        path, response_class=Response, responses=RESPONSES, summary=summary
+    )
+    return decorator
 
 
 # ------------------------------------------------------------------ rendered
