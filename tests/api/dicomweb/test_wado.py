@@ -27,7 +27,7 @@ from dicom_node.services.ingest.importing import import_files
 from dicom_node.services.ingest.results import IngestPolicy
 from tests.api.dicomweb.conftest import DicomWeb
 from tests.dicomfiles import ct_dataset, write
-from tests.interop.studies import Study, judge, reference_pixels
+from tests.interop.studies import DAMAGED, Study, judge, reference_pixels
 
 EVRLE = str(ExplicitVRLittleEndian)
 
@@ -385,3 +385,27 @@ def test_a_study_is_streamed_not_buffered(dicomweb: DicomWeb, tmp_path: Path) ->
         f"peak {peak / 1e6:.1f} MB for a {study_bytes / 1e6:.1f} MB study"
     )
     assert threading.active_count() > 1  # the server lives in this process, so it was measured
+
+
+def test_an_instance_that_cannot_be_decoded_is_406_alone_and_left_out_of_its_study(
+    dicomweb: DicomWeb,
+) -> None:
+    (study,) = dicomweb.load("undecodable")
+    client = raw_client(dicomweb)
+    uncompressed = {
+        "Accept": f'multipart/related; type="application/dicom"; transfer-syntax={EVRLE}'
+    }
+    series, damaged = instance_of(study, DAMAGED)
+    response = client.get(
+        f"studies/{study.study_instance_uid}/series/{series}/instances/{damaged}",
+        headers=uncompressed,
+    )
+    assert response.status_code == 406 and response.json()["error"]["status"] == 406
+    # found only while the study is being sent: left out, the others arrive
+    response = client.get(f"studies/{study.study_instance_uid}", headers=uncompressed)
+    assert response.status_code == 200
+    sent = {pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID for _, data in multipart(response)}
+    assert sent == study.sop_instance_uids - {damaged}
+    # as stored, it goes as it is
+    as_stored = multipart(client.get(f"studies/{study.study_instance_uid}"))
+    assert len(as_stored) == len(study.instances)
