@@ -21,6 +21,7 @@ association does.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -46,6 +47,8 @@ from dicom_node.services.ingest.instances import (
 )
 from dicom_node.services.ingest.results import per_instance_log
 from dicom_node.storage import FileStore
+
+log = logging.getLogger("dicom_node.dicomweb")
 
 DICOM_MEDIA_TYPE = "application/dicom"
 # A part is written to disk up to max_dataset_bytes plus this much for its
@@ -145,7 +148,12 @@ def store_parts(
         for part in parts:
             if part.path is not None:
                 part.path.unlink(missing_ok=True)  # a stored one was renamed away
-    record_stow(db, actor, result)
+    try:
+        record_stow(db, actor, result)
+    except Exception:
+        # The instances are stored and indexed already; only this summary is lost
+        # (as for an association's, scp/store.py), and the client gets its answer.
+        log.exception("could not write the STOW-RS transfer audit event")
     return result
 
 
