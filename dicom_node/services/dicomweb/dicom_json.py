@@ -13,6 +13,7 @@ value), so a required return key is always there.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,18 +27,23 @@ _SINGLE_TEXT_VRS = frozenset({"LT", "ST", "UT", "UR"})
 _PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 
 
-def tag_key(keyword: str) -> str:
-    """The JSON object key of a keyword: its tag as eight upper-case hex digits."""
+@functools.cache  # a search answers the same few keywords for every result
+def _dictionary_entry(keyword: str) -> tuple[str, str]:
     tag = tag_for_keyword(keyword)
     if tag is None:
         raise KeyError(keyword)
-    return f"{tag:08X}"
+    return f"{tag:08X}", dictionary_VR(keyword)
+
+
+def tag_key(keyword: str) -> str:
+    """The JSON object key of a keyword: its tag as eight upper-case hex digits."""
+    return _dictionary_entry(keyword)[0]
 
 
 def element(keyword: str, value: Any) -> dict[str, Any]:
     """One attribute's JSON object: ``{"vr": ..., "Value": [...]}`` (no
     ``Value`` when the value is unknown or empty)."""
-    vr = dictionary_VR(keyword)
+    vr = _dictionary_entry(keyword)[1]
     values = _values(vr, value)
     return {"vr": vr, "Value": values} if values else {"vr": vr}
 
