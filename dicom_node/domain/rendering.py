@@ -102,13 +102,30 @@ def render(
     """``frame`` (as ``Transcoder.frame`` gives it, in the colour space
     ``photometric`` names) as an 8-bit Pillow image ("L" or "RGB"), fitted within
     ``viewport`` (width, height) when given. RenderError for what cannot be shown."""
+    try:
+        return _render(frame, dataset, photometric, frame_index, window, viewport)
+    except RenderError:
+        raise
+    except Exception as exc:  # a stored file's odd attributes must not become a 500
+        # the type only: the message may quote values of the instance
+        raise RenderError(f"rendering failed: {type(exc).__name__}") from None
+
+
+def _render(
+    frame: np.ndarray[Any, Any],
+    dataset: Dataset,
+    photometric: str,
+    frame_index: int,
+    window: Window | None,
+    viewport: tuple[int, int] | None,
+) -> Image.Image:
     if photometric in GRAYSCALE:
         if frame.ndim != 2:
             raise RenderError(f"{photometric} frame with more than one sample per pixel")
         pixels = _grayscale(frame, dataset, frame_index, window, photometric == "MONOCHROME1")
-        image = Image.fromarray(pixels, mode="L")
     else:
-        image = Image.fromarray(_colour(frame, dataset, photometric), mode="RGB")
+        pixels = _colour(frame, dataset, photometric)
+    image = Image.fromarray(pixels)  # uint8: "L" for 2 dimensions, "RGB" for 3 samples
     if viewport is not None:
         size = fit_within(image.width, image.height, viewport)
         if size != image.size:

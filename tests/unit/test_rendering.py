@@ -248,3 +248,10 @@ def test_encoded_images_decode_to_the_same_size(media_type: MediaType) -> None:
     assert decoded.size == (128, 128)
     if media_type is MediaType.PNG:  # lossless
         assert np.array_equal(np.asarray(decoded), np.asarray(image))
+
+
+def test_odd_attributes_are_a_render_error_not_a_crash() -> None:
+    mr = _load("MR_small.dcm")
+    mr.ModalityLUTSequence = [Dataset()]  # an item without its LUT
+    with pytest.raises(RenderError, match="rendering failed"):
+        _render(mr)
