@@ -18,19 +18,22 @@ recorded as disclosed, and a disclosure is never unaudited.
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 import pydicom
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 from PIL import Image
 from starlette.exceptions import HTTPException
 
 from api.deps import ApiContext, Context, Store, TranscoderDep, client_address, require
+from api.routes.dicomweb.wado import InstanceUID, SeriesUID, StudyUID
 from api.schemas.common import AUTH_ERRORS, ErrorResponse
+from dicom_node.domain.errors import InvalidValue
 from dicom_node.domain.permissions import Permission, Principal
 from dicom_node.domain.rendering import (
     MediaType,
@@ -50,6 +53,7 @@ from dicom_node.services.dicomweb.instances import (
     record_instances_accessed,
     visible_instances,
 )
+from dicom_node.services.dicomweb.negotiation import parse_accept
 from dicom_node.storage import FileStore
 
 log = logging.getLogger(__name__)
@@ -58,21 +62,18 @@ router = APIRouter()
 
 Reader = Annotated[Principal, Depends(require(Permission.STUDIES_READ))]
 
-# PS3.5 9.1, as services/dicomweb/instances.py checks it: in the OpenAPI document
-# so that a schema-valid UID is one the node accepts
-_UID = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"
-Uid = Annotated[str, Path(pattern=_UID, max_length=64)]
 FrameList = Annotated[
     str,
     Path(
-        pattern=r"^[1-9][0-9]{0,8}(,[1-9][0-9]{0,8})*$",
-        max_length=1000,
         description="one frame number (from 1); a list is refused with 400",
+        json_schema_extra={"pattern": r"^[1-9][0-9]{0,3}$"},
     ),
 ]
 
-# The query parameters are checked by this module (400, PS3.18 8.3.5), after the
-# lookup; their patterns are documented, not enforced by FastAPI (which answers 422)
+# As in wado.py: the UIDs, the frame number and the query parameters are checked
+# by this module (400, PS3.18 8.3.5), the parameters after the lookup; their
+# patterns are documented (values surely accepted), not enforced by FastAPI
+# (which would answer 422)
 _WINDOW = r"^-?[0-9]+(\.[0-9]+)?,[0-9]+(\.[0-9]+)?,(linear|linear-exact|sigmoid)$"
 _VIEWPORT = r"^[1-9][0-9]{0,4},[1-9][0-9]{0,4}$"
 _QUALITY = r"^([1-9]|[1-9][0-9]|100)$"
@@ -101,7 +102,6 @@ AnnotationParam = Annotated[
     str | None,
     Query(description="accepted and ignored: nothing is burnt into the image"),
 ]
-AcceptHeader = Annotated[str | None, Header(include_in_schema=False)]
 
 THUMBNAIL_SIZE = 128  # longest side of a thumbnail without a viewport
 
@@ -141,10 +141,13 @@ class RenderRequest:
     def instances(
         self, study: str, series: str | None = None, sop: str | None = None
     ) -> list[StoredInstance]:
-        with self.context.db.read() as session:
-            return visible_instances(
-                session, self.user, study_uid=study, series_uid=series, sop_uid=sop
-            )
+        try:
+            with self.context.db.read() as session:
+                return visible_instances(
+                    session, self.user, study_uid=study, series_uid=series, sop_uid=sop
+                )
+        except InvalidValue as exc:  # a malformed UID
+            raise HTTPException(400, str(exc)) from None
 
     def answer(self, instance: StoredInstance, frames: str | None = None) -> Response:
         """Check the parameters, render, audit, answer."""
@@ -207,11 +210,19 @@ async def rendered_request(
     viewport: ViewportParam = None,
     quality: QualityParam = None,
     annotation: AnnotationParam = None,
-    accept: AcceptHeader = None,
 ) -> RenderRequest:
     del annotation  # accepted, ignored (documented)
     return RenderRequest(
-        request, context, store, transcoder, user, accept, window, viewport, quality, False
+        request,
+        context,
+        store,
+        transcoder,
+        user,
+        _accept(request),
+        window,
+        viewport,
+        quality,
+        False,
     )
 
 
@@ -223,11 +234,16 @@ async def thumbnail_request(
     user: Reader,
     viewport: ViewportParam = None,
     quality: QualityParam = None,
-    accept: AcceptHeader = None,
 ) -> RenderRequest:
     return RenderRequest(
-        request, context, store, transcoder, user, accept, None, viewport, quality, True
+        request, context, store, transcoder, user, _accept(request), None, viewport, quality, True
     )
+
+
+def _accept(request: Request) -> str | None:
+    """Every Accept header of the request, as one."""
+    values = request.headers.getlist("accept")
+    return ", ".join(values) if values else None
 
 
 Rendered = Annotated[RenderRequest, Depends(rendered_request)]
@@ -250,27 +266,29 @@ def _route(path: str, summary: str) -> Callable[[_Route], _Route]:
 
 
 @_route(f"{_INSTANCE}/rendered", "An instance, rendered")
-def instance_rendered(asked: Rendered, study: Uid, series: Uid, instance: Uid) -> Response:
+def instance_rendered(
+    asked: Rendered, study: StudyUID, series: SeriesUID, instance: InstanceUID
+) -> Response:
     """Frame 1 of the instance as an image (PS3.18 10.4.1.1.3)."""
     return asked.answer(asked.instances(study, series, instance)[0])
 
 
 @_route(f"{_INSTANCE}/frames/{{frames}}/rendered", "A frame, rendered")
 def frame_rendered(
-    asked: Rendered, study: Uid, series: Uid, instance: Uid, frames: FrameList
+    asked: Rendered, study: StudyUID, series: SeriesUID, instance: InstanceUID, frames: FrameList
 ) -> Response:
     """One frame of the instance as an image; a list of frames is refused (400)."""
     return asked.answer(asked.instances(study, series, instance)[0], frames)
 
 
 @_route("/studies/{study}/series/{series}/rendered", "A series, rendered")
-def series_rendered(asked: Rendered, study: Uid, series: Uid) -> Response:
+def series_rendered(asked: Rendered, study: StudyUID, series: SeriesUID) -> Response:
     """The series's middle instance (instance number order), frame 1, as an image."""
     return asked.answer(representative(asked.instances(study, series)))
 
 
 @_route("/studies/{study}/rendered", "A study, rendered")
-def study_rendered(asked: Rendered, study: Uid) -> Response:
+def study_rendered(asked: Rendered, study: StudyUID) -> Response:
     """The middle instance of the study's largest series, frame 1, as an image."""
     return asked.answer(representative(asked.instances(study)))
 
@@ -279,27 +297,29 @@ def study_rendered(asked: Rendered, study: Uid) -> Response:
 
 
 @_route(f"{_INSTANCE}/thumbnail", "An instance's thumbnail")
-def instance_thumbnail(asked: Thumbnail, study: Uid, series: Uid, instance: Uid) -> Response:
+def instance_thumbnail(
+    asked: Thumbnail, study: StudyUID, series: SeriesUID, instance: InstanceUID
+) -> Response:
     """Frame 1 of the instance, small (longest side 128 unless a viewport is given)."""
     return asked.answer(asked.instances(study, series, instance)[0])
 
 
 @_route(f"{_INSTANCE}/frames/{{frames}}/thumbnail", "A frame's thumbnail")
 def frame_thumbnail(
-    asked: Thumbnail, study: Uid, series: Uid, instance: Uid, frames: FrameList
+    asked: Thumbnail, study: StudyUID, series: SeriesUID, instance: InstanceUID, frames: FrameList
 ) -> Response:
     """One frame, small; a list of frames is refused (400)."""
     return asked.answer(asked.instances(study, series, instance)[0], frames)
 
 
 @_route("/studies/{study}/series/{series}/thumbnail", "A series's thumbnail")
-def series_thumbnail(asked: Thumbnail, study: Uid, series: Uid) -> Response:
+def series_thumbnail(asked: Thumbnail, study: StudyUID, series: SeriesUID) -> Response:
     """The series's middle instance, small."""
     return asked.answer(representative(asked.instances(study, series)))
 
 
 @_route("/studies/{study}/thumbnail", "A study's thumbnail")
-def study_thumbnail(asked: Thumbnail, study: Uid) -> Response:
+def study_thumbnail(asked: Thumbnail, study: StudyUID) -> Response:
     """The middle instance of the study's largest series, small."""
     return asked.answer(representative(asked.instances(study)))
 
@@ -316,36 +336,23 @@ def representative(instances: list[StoredInstance]) -> StoredInstance:
 # ------------------------------------------------------------------ parameters
 
 
+# ASCII digits (str.isdigit also takes "²", which int() refuses), at most 9 of them
+_WHOLE = re.compile(r"[0-9]{1,9}")
+
+
 def negotiate(accept: str | None) -> MediaType:
-    """The media type to answer in: the acceptable one of highest q (the first
-    listed of equals; a wildcard means JPEG); JPEG without an Accept header; 406
-    when nothing acceptable is offered."""
-    if accept is None or not accept.strip():
-        return MediaType.JPEG
-    best: tuple[float, MediaType] | None = None
-    for media_range in accept.split(","):
-        kind, *parameters = (part.strip() for part in media_range.split(";"))
-        q = 1.0
-        for parameter in parameters:
-            name, _, value = parameter.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        kind = kind.lower()
-        choice = (
-            MediaType.JPEG
-            if kind in ("*/*", "image/*")
-            else next((media_type for media_type in MediaType if media_type.value == kind), None)
-        )
-        if choice is not None and q > 0 and (best is None or q > best[0]):
-            best = (q, choice)
-    if best is None:
-        raise HTTPException(
-            406, "rendered resources are image/jpeg, image/png or image/gif; none is acceptable"
-        )
-    return best[1]
+    """The media type to answer in: the first acceptable range of the Accept
+    header (``negotiation.parse_accept``: best q first, then as written; a
+    wildcard means JPEG, as does no Accept header); 406 when none is."""
+    for media_range in parse_accept(accept):
+        if media_range.media_type in ("*/*", "image/*"):
+            return MediaType.JPEG
+        for media_type in MediaType:
+            if media_range.media_type == media_type.value:
+                return media_type
+    raise HTTPException(
+        406, "rendered resources are image/jpeg, image/png or image/gif; none is acceptable"
+    )
 
 
 def parse_window(text: str | None) -> Window | None:
@@ -374,7 +381,7 @@ def parse_viewport(text: str | None, largest: int) -> tuple[int, int] | None:
     parts = [part.strip() for part in text.split(",")]
     if len(parts) == 6:
         raise HTTPException(400, "viewport with a source region (sx,sy,sw,sh) is not supported")
-    if len(parts) != 2 or not all(part.isdigit() for part in parts):
+    if len(parts) != 2 or not all(_WHOLE.fullmatch(part) for part in parts):
         raise HTTPException(400, "viewport must be vw,vh: two whole numbers")
     width, height = int(parts[0]), int(parts[1])
     if not (1 <= width <= largest and 1 <= height <= largest):
@@ -386,7 +393,7 @@ def parse_quality(text: str | None) -> int | None:
     if text is None:
         return None
     value = text.strip()
-    if not value.isdigit() or not 1 <= int(value) <= 100:
+    if not _WHOLE.fullmatch(value) or not 1 <= int(value) <= 100:
         raise HTTPException(400, "quality must be a whole number from 1 to 100")
     return int(value)
 
@@ -396,6 +403,6 @@ def parse_frame(frames: str | None) -> int:
     if frames is None:
         return 0
     parts = frames.split(",")
-    if len(parts) != 1 or not parts[0].isdigit() or int(parts[0]) < 1:
+    if len(parts) != 1 or not _WHOLE.fullmatch(parts[0]) or int(parts[0]) < 1:
         raise HTTPException(400, "render one frame at a time: frames/{n}/rendered, n from 1")
     return int(parts[0]) - 1

@@ -153,6 +153,9 @@ def test_thumbnails_of_frame_series_and_study(dicomweb: DicomWeb) -> None:
         ("/rendered", {"viewport": "10,10,0,0,5,5"}, None, 400),
         ("/rendered", {"quality": "0"}, None, 400),
         ("/frames/1,2/rendered", {}, None, 400),
+        ("/frames/0/rendered", {}, None, 400),
+        ("/frames/%C2%B2/rendered", {}, None, 400),  # a superscript 2 is no frame number
+        ("/rendered", {"viewport": "\u0661\u0662,10"}, None, 400),
         ("/frames/11/rendered", {}, None, 404),  # emri_small has 10
         ("/rendered", {}, "application/dicom", 406),
         ("/rendered", {}, "image/jpeg;q=0, text/html", 406),
@@ -171,6 +174,17 @@ def test_bad_parameters_are_refused(
     if status >= 400:
         assert response.json()["error"]["status"] == status
     assert len(_rendered_events(dicomweb)) == (1 if status == 200 else 0)
+
+
+def test_a_malformed_uid_is_400(dicomweb: DicomWeb) -> None:
+    http = dicomweb.api.client("radiologist")
+    for url in (
+        "/dicomweb/studies/1.02.3/rendered",
+        "/dicomweb/studies/1.2/series/x/thumbnail",
+        "/dicomweb/studies/1.2/series/1.3/instances/1..4/rendered",
+    ):
+        response = http.get(url)
+        assert response.status_code == 400, f"{url}: {response.text}"
 
 
 def test_an_undecodable_instance_is_406_and_not_audited(dicomweb: DicomWeb) -> None:
