@@ -235,6 +235,10 @@ class Settings(BaseSettings):
     password_hash_parallelism: Annotated[int, Field(ge=1, le=64)] = 4
 
     # --- DICOMweb (docs/dicomweb.md) -----------------------------------------
+    # scheme://host[:port] the HTTP API is published at (as a reverse proxy or DNS
+    # name shows it): RetrieveURL and BulkDataURI values are built on it. Unset:
+    # from each request's Host header (which some clients send without the port)
+    public_base_url: str | None = None
     # STOW-RS: a request body over this is refused (413) as it arrives, never buffered
     stow_max_request_bytes: Annotated[int, Field(ge=1_048_576)] = 4_294_967_296
     # rendered and thumbnail images: neither side of a viewport over this (400)
@@ -299,6 +303,15 @@ class Settings(BaseSettings):
                 except ValueError:
                     raise ValueError(f"{item!r} is not an IP address or network") from None
         return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _check_public_base_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(
+            r"https?://[A-Za-z0-9.\-\[\]:]+(/[^\s?#]*)?", value
+        ):
+            raise ValueError(f"{value!r} is not an http(s) URL without query or fragment")
+        return value.rstrip("/") if value is not None else None
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 
 from api.deps import Context, client_address, require
 from api.errors import error_response
+from api.routes.dicomweb.urls import service_url as dicomweb_url
 from api.schemas.common import ErrorResponse
 from dicom_node.db.query import ATTRIBUTES
 from dicom_node.domain.errors import InvalidValue
@@ -140,7 +141,7 @@ def _search(
         resource = Resource(level, path.get("study"), path.get("series"))
         query = parse_query(params)
         settings = context.settings
-        service_url = str(request.base_url).rstrip("/") + "/dicomweb"
+        service_url = dicomweb_url(request)
         with context.db.read() as session:
             result = search(
                 session,

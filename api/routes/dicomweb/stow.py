@@ -19,6 +19,7 @@ from starlette.requests import ClientDisconnect
 
 from api.deps import ApiContext, Context, Store, client_address, require
 from api.errors import error_response
+from api.routes.dicomweb.urls import service_url as dicomweb_url
 from dicom_node.domain.permissions import Permission, Principal
 from dicom_node.services.audit.subjects import user_actor
 from dicom_node.services.dicomweb.multipart_reader import (
@@ -191,7 +192,7 @@ async def _stow(
             for part in parts:
                 if part.path is not None:
                     part.path.unlink(missing_ok=True)
-    base_url = str(request.base_url).rstrip("/") + "/dicomweb"
+    base_url = dicomweb_url(request)
     body = response_dataset(result, base_url, study)
     return Response(
         json.dumps(body).encode(), status_code=result.http_status(), media_type=DICOM_JSON

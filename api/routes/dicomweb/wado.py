@@ -22,6 +22,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from fastapi.responses import Response, StreamingResponse
 
 from api.deps import Context, Store, TranscoderDep, client_address, require
+from api.routes.dicomweb.urls import service_url as dicomweb_url
 from api.schemas.common import AUTH_ERRORS, NOT_FOUND, ErrorResponse
 from dicom_node.domain.errors import InvalidValue
 from dicom_node.domain.permissions import Permission, Principal
@@ -173,9 +174,8 @@ def _multipart(
 
 
 def _instance_url(request: Request, instance: StoredInstance) -> str:
-    base = str(request.base_url).rstrip("/")
     return (
-        f"{base}/dicomweb/studies/{instance.study_instance_uid}"
+        f"{dicomweb_url(request)}/studies/{instance.study_instance_uid}"
         f"/series/{instance.series_instance_uid}/instances/{instance.sop_instance_uid}"
     )
 
