@@ -140,6 +140,9 @@ def test_thumbnails_of_frame_series_and_study(dicomweb: DicomWeb) -> None:
         assert response.headers["content-type"] == "image/png"
         image = _image(response.content, "PNG")
         assert size is None or image.size == size, url
+    gif = http.get(f"{big.url}/thumbnail", headers={"Accept": "image/gif"})
+    assert gif.headers["content-type"] == "image/gif"
+    assert _image(gif.content, "GIF").size == (128, 128)
 
 
 @pytest.mark.parametrize(
