@@ -105,6 +105,17 @@ def expectations() -> list[Expectation]:
             r"^/usr/bin/findscu -S ",
             ("DEMOACC0001", "DEMOACC0002", "DEMOACC0003", "DEMOACC0099"),
         ),
+        Expectation(
+            "dicomweb search",
+            r"^curl .*/dicomweb/studies\?ModalitiesInStudy=CT",
+            ("DEMOACC0001 CT CHEST WITH CONTRAST", "DEMOACC0003 CT HEAD"),
+        ),
+        Expectation("dicomweb study uid", r"^STUDY_UID=\$\(curl .*/dicomweb/studies\?"),
+        Expectation(
+            "dicomweb thumbnail",
+            r"^curl .*/dicomweb/studies/\$STUDY_UID/thumbnail",
+            ("200 image/jpeg",),
+        ),
     ]
 
 
