@@ -87,6 +87,11 @@ class MediaType(StrEnum):
 
 
 GRAYSCALE = frozenset({"MONOCHROME1", "MONOCHROME2"})
+# Rendering works in float64 (about 30 bytes a pixel at the peak, with the copies
+# numpy and pydicom make): a frame over this many pixels is refused, so one
+# request cannot take gigabytes. 32 Mpixel is past the largest projection
+# detectors and mammography (under 20 Mpixel); whole-slide images come as tiles.
+MAX_SOURCE_PIXELS = 32 * 1024 * 1024
 DEFAULT_JPEG_QUALITY = 90
 
 
@@ -102,6 +107,13 @@ def render(
     """``frame`` (as ``Transcoder.frame`` gives it, in the colour space
     ``photometric`` names) as an 8-bit Pillow image ("L" or "RGB"), fitted within
     ``viewport`` (width, height) when given. RenderError for what cannot be shown."""
+    if frame.ndim < 2:
+        raise RenderError("a frame of one dimension is not an image")
+    rows, columns = frame.shape[:2]
+    if rows * columns > MAX_SOURCE_PIXELS:
+        raise RenderError(
+            f"a {columns} x {rows} frame is over the {MAX_SOURCE_PIXELS >> 20} Mpixel rendered"
+        )
     try:
         return _render(frame, dataset, photometric, frame_index, window, viewport)
     except RenderError:

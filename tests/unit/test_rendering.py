@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
 
 from dicom_node.domain.rendering import (
+    MAX_SOURCE_PIXELS,
     MediaType,
     RenderError,
     Window,
@@ -255,3 +256,12 @@ def test_odd_attributes_are_a_render_error_not_a_crash() -> None:
     mr.ModalityLUTSequence = [Dataset()]  # an item without its LUT
     with pytest.raises(RenderError, match="rendering failed"):
         _render(mr)
+
+
+def test_a_frame_too_large_to_render_is_refused_before_any_work() -> None:
+    mr = _load("MR_small.dcm")
+    huge = np.broadcast_to(
+        np.uint16(0), (MAX_SOURCE_PIXELS // 4096 + 1, 4096)
+    )  # no memory of its own
+    with pytest.raises(RenderError, match="Mpixel"):
+        render(huge, mr, photometric="MONOCHROME2")
