@@ -14,7 +14,8 @@ Every error body is ``{"error": {"status", "code", "message", ...}}``:
 - 429 ``too_many_requests`` with ``Retry-After``: the caller holds as many
   live-event streams as a user may;
 - 503 ``service_unavailable`` with ``Retry-After``: every password-hashing slot
-  stayed busy for the whole wait (a sign-in flood);
+  stayed busy for the whole wait (a sign-in flood), or every transcoding place
+  (a DICOMweb frame, rendering or transcoded instance);
 - 500 ``internal_error``: logged with a traceback, the body says nothing more.
 """
 
@@ -39,9 +40,13 @@ from dicom_node.domain.errors import (
     InvalidValue,
     NotFound,
 )
+from dicom_node.domain.transcode import TranscoderBusy
 from dicom_node.services.access.passwords import PasswordHashingBusy
 
 log = logging.getLogger(__name__)
+
+# seconds a client is told to wait when every transcoding place stayed busy
+TRANSCODER_RETRY_AFTER = 10
 
 _CODES = {
     400: "bad_request",
@@ -89,6 +94,9 @@ def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
         return error_response(409, message)
     if isinstance(exc, InvalidValue):
         return error_response(422, message, field=getattr(exc, "field", None))
+    if isinstance(exc, TranscoderBusy):
+        # a capacity limit, not the request's fault: the client may come back
+        return error_response(503, message, headers={"Retry-After": str(TRANSCODER_RETRY_AFTER)})
     if isinstance(exc, PasswordHashingBusy):
         return error_response(503, message, headers={"Retry-After": str(exc.retry_after)})
     log.error("unmapped domain error %s: %s", type(exc).__name__, message)

@@ -176,6 +176,11 @@ class TranscodeError(DomainError):
         self.reason = reason
 
 
+class TranscoderBusy(TranscodeError):
+    """Every transcoding place stayed taken for the whole wait: nothing is wrong
+    with the instance, the request may succeed later (HTTP 503, Retry-After)."""
+
+
 # ------------------------------------------------------------------ what is installed
 
 
@@ -374,7 +379,7 @@ class Transcoder:
             if not can_encode(target):
                 raise TranscodeError(f"no encoder for {_syntax_name(target)}")
             _check_decoded_size(dataset, source, target, self.max_decoded_bytes)
-        with self._place():
+        with self.place():
             return _guarded(lambda: _transcode(dataset, source, target, self.max_decoded_bytes))
 
     def frame(self, dataset: Dataset, index: int) -> np.ndarray[Any, Any]:
@@ -392,15 +397,17 @@ class Transcoder:
         if image.frame_bytes > self.max_decoded_bytes:
             raise TranscodeError(_over_limit("decoded frame", image.frame_bytes))
         plugin = _decoder_for(source)
-        with self._place():
+        with self.place():
             array = _guarded(lambda: _decode_one(dataset, source, plugin, index))
         if array.dtype.byteorder not in ("=", "|"):
             array = array.astype(array.dtype.newbyteorder("="))
         return array
 
     @contextlib.contextmanager
-    def _place(self) -> Iterator[None]:
-        """One of the ``max_concurrent`` places, waiting for one to be free."""
+    def place(self) -> Iterator[None]:
+        """One of the ``max_concurrent`` places, waiting for one to be free
+        (TranscoderBusy after ``max_wait_seconds``). Taken by ``transcode`` and
+        ``frame`` themselves; public for work that must share their limit."""
         with self._condition:
             self._waiting += 1
             try:
@@ -410,7 +417,7 @@ class Transcoder:
             finally:
                 self._waiting -= 1
             if not free:
-                raise TranscodeError(
+                raise TranscoderBusy(
                     f"transcoding capacity busy ({self.max_concurrent} running) "
                     f"for {self.max_wait_seconds:g} s"
                 )

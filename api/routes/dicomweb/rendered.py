@@ -46,6 +46,7 @@ from dicom_node.domain.rendering import (
 from dicom_node.domain.transcode import (
     TranscodeError,
     Transcoder,
+    TranscoderBusy,
     decoded_photometric_interpretation,
 )
 from dicom_node.services.dicomweb.instances import (
@@ -119,6 +120,11 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "no acceptable media type, or the instance cannot be rendered "
         "(no pixel data, no decoder, damaged pixel data)",
     },
+    503: {
+        "model": ErrorResponse,
+        "description": "every transcoding place stayed busy (settings.max_concurrent_transcodes): "
+        "try again after Retry-After",
+    },
 }
 
 
@@ -189,6 +195,8 @@ class RenderRequest:
             )
         except IndexError:
             raise HTTPException(404, f"no frame {index + 1} in this instance") from None
+        except TranscoderBusy:
+            raise  # not the instance's fault: 503 with Retry-After (api/errors.py)
         except (TranscodeError, RenderError) as exc:
             # not the client's fault, but no image it accepts can be made: 406
             log.warning(

@@ -101,6 +101,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     **AUTH_ERRORS,
     **NOT_FOUND,
     406: {"model": ErrorResponse, "description": "nothing the Accept header allows can be made"},
+    503: {
+        "model": ErrorResponse,
+        "description": "every transcoding place stayed busy (settings.max_concurrent_transcodes): "
+        "try again after Retry-After",
+    },
 }
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 

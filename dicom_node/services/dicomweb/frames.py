@@ -27,7 +27,7 @@ from pydicom.encaps import get_frame
 
 from dicom_node.domain.errors import InvalidValue, NotFound
 from dicom_node.domain.part10_source import read_stored_instance
-from dicom_node.domain.transcode import TranscodeError, Transcoder, frame_count
+from dicom_node.domain.transcode import TranscodeError, Transcoder, TranscoderBusy, frame_count
 from dicom_node.services.dicomweb.metadata import (
     PIXEL_DATA,
     UNDEFINED_LENGTH,
@@ -190,6 +190,8 @@ def _decoded_parts(
 def _decode(transcoder: Transcoder, dataset: Dataset, number: int) -> bytes:
     try:
         array = transcoder.frame(dataset, number - 1)
+    except TranscoderBusy:
+        raise  # not the frame's fault: 503, try again
     except (TranscodeError, IndexError) as exc:
         raise NotAcceptable(str(exc) or "the frame cannot be decoded") from None
     if array.dtype.itemsize > 1:

@@ -30,7 +30,14 @@ from pydicom import dcmwrite
 from pydicom.dataset import Dataset
 
 from dicom_node.domain.part10_source import read_stored_instance
-from dicom_node.domain.transcode import TranscodeError, Transcoder, can_decode, can_encode, is_lossy
+from dicom_node.domain.transcode import (
+    TranscodeError,
+    Transcoder,
+    TranscoderBusy,
+    can_decode,
+    can_encode,
+    is_lossy,
+)
 from dicom_node.services.dicomweb.instances import StoredInstance
 from dicom_node.services.dicomweb.multipart import Part, PartUnavailable, bytes_chunks, file_chunks
 from dicom_node.services.dicomweb.negotiation import AS_STORED, DICOM, NotAcceptable
@@ -84,6 +91,8 @@ def plan_retrieve(
             if single:
                 try:
                     data = produce()
+                except TranscoderBusy:
+                    raise  # not the instance's fault: 503, try again
                 except TranscodeError as exc:
                     raise NotAcceptable(exc.reason) from None
                 parts.append(Part(f"{DICOM}; transfer-syntax={target}", _ready(data)))
