@@ -20,9 +20,11 @@ from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 
 from dicom_node.db.engine import Database
+from dicom_node.domain.api_keys import looks_like_key
 from dicom_node.domain.errors import AuthenticationFailed, Forbidden
 from dicom_node.domain.permissions import Permission, Principal
 from dicom_node.domain.transcode import Transcoder
+from dicom_node.services.access.api_keys import authenticate_key
 from dicom_node.services.access.auth import authenticate
 from dicom_node.settings import Settings
 from dicom_node.storage import FileStore
@@ -70,7 +72,21 @@ async def bearer_token(token: Annotated[str | None, Depends(oauth2_scheme)]) -> 
     return token
 
 
-def current_principal(context: Context, token: Annotated[str, Depends(bearer_token)]) -> Principal:
+async def source_address(request: Request) -> str | None:
+    """``client_address`` as a dependency (async: no thread-pool hop)."""
+    return client_address(request)
+
+
+def current_principal(
+    context: Context,
+    token: Annotated[str, Depends(bearer_token)],
+    address: Annotated[str | None, Depends(source_address)] = None,
+) -> Principal:
+    """The caller: a person's sign-in token, or a service account's API key
+    (``dnk_...``, services/access/api_keys.py), both as ``Bearer``. ``address``
+    (the caller's, for the key's audit events) is None when called directly."""
+    if looks_like_key(token):
+        return authenticate_key(context.db, token, source_address=address)
     with context.db.read() as session:
         return authenticate(session, token)
 
@@ -83,6 +99,8 @@ def require(permission: Permission) -> Callable[[Principal], Awaitable[Principal
 
     async def check(principal: CurrentUser) -> Principal:
         if not principal.can(permission):
+            if principal.scopes is not None and permission not in principal.scopes:
+                raise Forbidden(f"the API key's scopes do not allow {permission.value}")
             raise Forbidden(f"role {principal.role.value} may not {permission.value}")
         return principal
 

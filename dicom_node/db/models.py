@@ -29,6 +29,7 @@ from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import DeclarativeBase, Mapped, MappedColumn, mapped_column, relationship
 
 from dicom_node.db.types import UTCDateTime, utcnow
+from dicom_node.domain.api_keys import UserKind
 from dicom_node.domain.enums import (
     AuditOutcome,
     Completeness,
@@ -124,7 +125,7 @@ class Timestamped:
 
 class User(Timestamped, Base):
     __tablename__ = "users"
-    __table_args__ = (_enum_check("role", Role),)
+    __table_args__ = (_enum_check("role", Role), _enum_check("kind", UserKind))
 
     id: Mapped[int] = mapped_column(ID, primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
@@ -138,6 +139,9 @@ class User(Timestamped, Base):
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # a lead radiologist may reassign reading work, like an admin
     is_lead: Mapped[bool] = mapped_column(Boolean, default=False)
+    kind: Mapped[str] = mapped_column(
+        String(16), default=UserKind.PERSON.value, server_default=UserKind.PERSON.value
+    )
 
 
 class ApiToken(Base):
@@ -153,6 +157,31 @@ class ApiToken(Base):
     issued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class ApiKey(Base):
+    """A service account's API key (services/access/api_keys.py). Only its
+    SHA-256 is stored (the key is 256 random bits: no slow hash needed);
+    ``prefix`` is its first characters, enough to recognise it in a list or a
+    leak report. ``scopes`` (space-separated, domain/scopes.py) narrow what the
+    account's role allows. ``last_used_at`` is written at most once per
+    interval, with the audit event of the use, not on every request."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    scopes: Mapped[str] = mapped_column(String(256))
+    label: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # None: made on the node's host (dicom-node service-account key)
+    created_by_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_used_from: Mapped[str | None] = mapped_column(String(64))
 
 
 class ImagingCenter(Timestamped, Base):

@@ -98,13 +98,23 @@ def permission_table_markdown() -> str:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The signed-in user a request acts for."""
+    """The signed-in user (or service account) a request acts for.
+
+    ``scopes``: for a request made with a service account's API key, the
+    permissions the key's scopes grant (domain/api_keys.py); the request may
+    do what the role allows *and* the key grants. ``None``: a person's sign-in
+    token, limited by the role alone. ``api_key_id``: the key used, if any.
+    """
 
     user_id: int
     username: str
     role: Role
     is_lead: bool = False
     display_name: str | None = None
+    scopes: frozenset[Permission] | None = None
+    api_key_id: int | None = None
 
     def can(self, permission: Permission) -> bool:
+        if self.scopes is not None and permission not in self.scopes:
+            return False
         return allowed(self.role, permission)

@@ -48,6 +48,7 @@ from sqlalchemy.orm import Session
 from dicom_node.db.engine import Database
 from dicom_node.db.models import ApiToken, SignInSource, User
 from dicom_node.db.types import utcnow
+from dicom_node.domain.api_keys import UserKind
 from dicom_node.domain.audit import Actor, TargetKind, authentication_event, security_event
 from dicom_node.domain.enums import AuditOutcome, Role
 from dicom_node.domain.errors import AuthenticationFailed
@@ -197,9 +198,15 @@ def sign_in(
 
 
 def _load_credentials(session: Session, name: str) -> _Credentials:
-    row = session.execute(select(User.id, User.password_hash).where(User.username == name)).first()
+    row = session.execute(
+        select(User.id, User.password_hash, User.kind).where(User.username == name)
+    ).first()
     if row is None:
         return _Credentials(user_id=None, password_hash=dummy_hash())
+    if row[2] == UserKind.SERVICE.value:
+        # never signs in (its key is no password either); verified against the
+        # dummy so the answer takes as long as for a person
+        return _Credentials(user_id=row[0], password_hash=dummy_hash())
     return _Credentials(user_id=row[0], password_hash=row[1])
 
 
@@ -251,8 +258,11 @@ def _record(
         raise AuthenticationFailed(SIGN_IN_FAILED)
     # a password reset between the check and here: the old password no longer counts
     verified = verified and user.password_hash == credentials.password_hash
-    if not verified or not user.is_active:
+    service = user.kind == UserKind.SERVICE.value
+    if not verified or not user.is_active or service:
         reason = "inactive account" if user.is_active is False else "wrong password"
+        if service:
+            reason = "service account: it calls with an API key, never signs in"
         reason += _count_failure(session, user, source, known, policy, source_address, moment)
         _audit_failure(session, name, user, source_address, reason)
         raise AuthenticationFailed(SIGN_IN_FAILED)

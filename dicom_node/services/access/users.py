@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from dicom_node.db.models import ApiToken, User
 from dicom_node.db.types import utcnow
+from dicom_node.domain.api_keys import UserKind
 from dicom_node.domain.audit import Actor, authentication_event
 from dicom_node.domain.enums import Role
 from dicom_node.domain.errors import AlreadyExists, Conflict, InvalidValue, NotFound
@@ -34,6 +35,8 @@ from dicom_node.services.audit.subjects import user_actor
 from dicom_node.services.listing import Listed, escape_like, order_by
 
 MIN_PASSWORD_LENGTH = 10
+# a service account holds a role short of admin: its keys never manage the node
+SERVICE_ADMIN = "a service account cannot hold the admin role"
 _USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,63}")
 
 
@@ -64,6 +67,18 @@ def hash_password(password: str) -> str:
     return passwords.hash_password(password)
 
 
+def checked_username(username: str, *, field: str = "username") -> str:
+    """The account name as stored (lower case), or InvalidValue; people and
+    service accounts share one namespace."""
+    username = username.strip().lower()
+    if not _USERNAME.fullmatch(username):
+        raise InvalidValue(
+            "a name is 2-64 characters of a-z, 0-9, '.', '_' or '-', starting alphanumeric",
+            field=field,
+        )
+    return username
+
+
 def _new_hash(password: str | None, password_hash: str | None) -> str:
     if (password is None) == (password_hash is None):
         raise ValueError("give either password or password_hash")
@@ -87,12 +102,7 @@ def create_user(
 
     ``actor``: who creates it (``user_actor`` of the admin and their address,
     or ``Actor.system(SystemActor.CLI)``)."""
-    username = username.strip().lower()
-    if not _USERNAME.fullmatch(username):
-        raise InvalidValue(
-            "a username is 2-64 characters of a-z, 0-9, '.', '_' or '-', starting alphanumeric",
-            field="username",
-        )
+    username = checked_username(username)
     role_value = _role(role)
     new_hash = _new_hash(password, password_hash)
     # The unique constraint is the real guard; this check only gives a clear message.
@@ -142,8 +152,9 @@ def list_users(
     limit: int = 50,
 ) -> Listed[UserInfo]:
     """Users matching every given filter; ``search`` is a substring of the
-    username or display name (case-insensitive for ASCII)."""
-    query = select(User)
+    username or display name (case-insensitive for ASCII). People only:
+    service accounts have their own listing (services/access/service_accounts.py)."""
+    query = select(User).where(User.kind == UserKind.PERSON.value)
     if role is not None:
         query = query.where(User.role == _role(role, field="role").value)
     if is_active is not None:
@@ -191,6 +202,8 @@ def update_user(
     role = _role(changes["role"], field="role") if "role" in changes else Role(user.role)
     is_active = bool(changes.get("is_active", user.is_active))
     is_lead = bool(changes.get("is_lead", user.is_lead))
+    if user.kind == UserKind.SERVICE.value and role is Role.ADMIN:
+        raise InvalidValue(SERVICE_ADMIN, field="role")
     if "role" in changes and "is_lead" not in changes and role is not Role.RADIOLOGIST:
         is_lead = False  # a lead who stops being a radiologist stops being lead
     if (
@@ -200,7 +213,10 @@ def update_user(
     ):
         others = session.scalar(
             select(func.count(User.id)).where(
-                User.role == Role.ADMIN.value, User.is_active.is_(True), User.id != user.id
+                User.role == Role.ADMIN.value,
+                User.is_active.is_(True),
+                User.kind == UserKind.PERSON.value,
+                User.id != user.id,
             )
         )
         if not others:
@@ -244,6 +260,11 @@ def reset_password(
     account's sign-in locks (audited, no secret)."""
     new_hash = _new_hash(password, password_hash)
     user = _load(session, user_id, lock=True)
+    if user.kind == UserKind.SERVICE.value:
+        # a password would let the account sign in, which a service account never does
+        raise InvalidValue(
+            "a service account has no password: it calls with an API key", field="user_id"
+        )
     user.password_hash = new_hash
     session.flush()
     clear_lockouts(session, user.id)
