@@ -64,17 +64,17 @@ class _RefusalThrottle:
         self._lock = threading.Lock()
         self._seen: OrderedDict[str, tuple[float, int]] = OrderedDict()
 
-    def due(self, digest: str) -> int | None:
+    def due(self, which: str) -> int | None:
         """The refusals skipped since the last one recorded, if this one is to
         be recorded; None if it is not (then it is counted)."""
         now = time.monotonic()
         with self._lock:
-            last = self._seen.get(digest)
+            last = self._seen.get(which)
             if last is not None and now - last[0] < self._interval:
-                self._seen[digest] = (last[0], last[1] + 1)
+                self._seen[which] = (last[0], last[1] + 1)
                 return None
-            self._seen[digest] = (now, 0)
-            self._seen.move_to_end(digest)
+            self._seen[which] = (now, 0)
+            self._seen.move_to_end(which)
             while len(self._seen) > self._capacity:
                 self._seen.popitem(last=False)
             return last[1] if last is not None else 0
@@ -203,7 +203,8 @@ def _record_use(
 
 
 def _record_refusal(db: Database, digest: str, refused: _Refused) -> None:
-    skipped = _refusals.due(digest)
+    # per database as well: one process may serve several (the tests do)
+    skipped = _refusals.due(f"{db.url} {digest}")
     if skipped is None:
         return
     details: dict[str, object] = {"key_id": refused.key_id, "prefix": refused.prefix}
