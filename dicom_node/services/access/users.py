@@ -73,7 +73,7 @@ def checked_username(username: str, *, field: str = "username") -> str:
     username = username.strip().lower()
     if not _USERNAME.fullmatch(username):
         raise InvalidValue(
-            "a name is 2-64 characters of a-z, 0-9, '.', '_' or '-', starting alphanumeric",
+            f"a {field} is 2-64 characters of a-z, 0-9, '.', '_' or '-', starting alphanumeric",
             field=field,
         )
     return username
