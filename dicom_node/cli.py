@@ -1,4 +1,5 @@
-"""The ``dicom-node`` command: serve, db, user, demo, import, backup, verify, config."""
+"""The ``dicom-node`` command: serve, db, user, service-account, demo, import, backup,
+verify, config."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from dicom_node import __version__, log_limit
 from dicom_node.db import migrate
 from dicom_node.db.engine import redact_url
+from dicom_node.domain.api_keys import KeyScope
 from dicom_node.domain.audit import Actor, SystemActor
 from dicom_node.domain.enums import Role
 from dicom_node.domain.errors import DomainError
@@ -119,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
     add.set_defaults(run=cmd_user_add)
+
+    _service_account_parser(commands)
 
     demo = commands.add_parser(
         "demo", help="load demo centers, modalities, users and orders matching sample_dicom/"
@@ -336,6 +341,123 @@ def cmd_user_add(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         db.dispose()
     print(f"created user {user.username} (role {user.role.value}, id {user.id})")
+    return EXIT_OK
+
+
+def _service_account_parser(commands: Any) -> None:
+    accounts = commands.add_parser(
+        "service-account", help="service accounts and their API keys (viewers, pipelines)"
+    ).add_subparsers(title="service-account commands", metavar="COMMAND", required=True)
+    create = accounts.add_parser("create", help="create a service account (no password)")
+    create.add_argument("name")
+    create.add_argument(
+        "--role", required=True, choices=[role.value for role in Role if role is not Role.ADMIN]
+    )
+    create.add_argument("--description")
+    create.set_defaults(run=cmd_service_account_create)
+    key = accounts.add_parser("key", help="make an API key (printed once, never stored)")
+    key.add_argument("name", help="the service account")
+    key.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        choices=[scope.value for scope in KeyScope],
+        help="repeat for several",
+    )
+    key.add_argument("--days", type=int, help="lifetime (default: api_key_default_days)")
+    key.add_argument("--label", help="where the key goes, e.g. 'OHIF reading room 2'")
+    key.set_defaults(run=cmd_service_account_key)
+    keys = accounts.add_parser("keys", help="list an account's keys (never the keys themselves)")
+    keys.add_argument("name")
+    keys.set_defaults(run=cmd_service_account_keys)
+    revoke = accounts.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("name")
+    revoke.add_argument("key_id", type=int)
+    revoke.set_defaults(run=cmd_service_account_revoke)
+
+
+def _with_database(settings: Settings, work: Callable[[Any], Any]) -> Any:
+    """``work(session)`` in one unit of work on the configured database."""
+    db = open_database(settings)
+    try:
+        ensure_schema(db, upgrade_if_empty=True, owner_url=settings.database_owner_url)
+        with db.unit_of_work() as session:
+            return work(session)
+    finally:
+        db.dispose()
+
+
+def cmd_service_account_create(settings: Settings, args: argparse.Namespace) -> int:
+    from dicom_node.services.access.service_accounts import create_service_account
+
+    account = _with_database(
+        settings,
+        lambda session: create_service_account(
+            session,
+            name=args.name,
+            role=args.role,
+            description=args.description,
+            actor=Actor.system(SystemActor.CLI),
+        ),
+    )
+    print(f"created service account {account.name} (role {account.role.value}, id {account.id})")
+    return EXIT_OK
+
+
+def cmd_service_account_key(settings: Settings, args: argparse.Namespace) -> int:
+    from dicom_node.services.access.service_accounts import find_service_account, issue_key
+
+    def make(session: Any) -> Any:
+        account = find_service_account(session, args.name)
+        return issue_key(
+            session,
+            account.id,
+            scopes=args.scope,
+            expires_in_days=args.days,
+            default_days=settings.api_key_default_days,
+            max_days=settings.api_key_max_days,
+            label=args.label,
+            actor=Actor.system(SystemActor.CLI),
+        )
+
+    issued = _with_database(settings, make)
+    info = issued.info
+    print(
+        f"key {info.id} of {args.name} ({' '.join(s.value for s in info.scopes)}), expires "
+        f"{info.expires_at:%Y-%m-%d}; shown this once, send as 'Authorization: Bearer <key>':",
+        file=sys.stderr,
+    )
+    print(issued.key)
+    return EXIT_OK
+
+
+def cmd_service_account_keys(settings: Settings, args: argparse.Namespace) -> int:
+    from dicom_node.services.access.service_accounts import find_service_account, list_keys
+
+    keys = _with_database(
+        settings, lambda session: list_keys(session, find_service_account(session, args.name).id)
+    )
+    for info in keys:
+        state = "revoked" if info.revoked_at else f"expires {info.expires_at:%Y-%m-%d}"
+        used = f"{info.last_used_at:%Y-%m-%d %H:%M}" if info.last_used_at else "never"
+        scopes = ",".join(scope.value for scope in info.scopes)
+        print(f"{info.id}  {info.prefix}...  {scopes}  {state}  last used {used}")
+    return EXIT_OK
+
+
+def cmd_service_account_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    from dicom_node.services.access.service_accounts import find_service_account, revoke_key
+
+    _with_database(
+        settings,
+        lambda session: revoke_key(
+            session,
+            find_service_account(session, args.name).id,
+            args.key_id,
+            actor=Actor.system(SystemActor.CLI),
+        ),
+    )
+    print(f"revoked key {args.key_id} of {args.name}")
     return EXIT_OK
 
 

@@ -5,7 +5,9 @@ audited, never a way to sign in or to manage the node."""
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +22,7 @@ from dicom_node.db import migrate
 from dicom_node.db.engine import Database
 from dicom_node.db.models import ApiKey, AuditEvent, Base
 from dicom_node.db.types import utcnow
+from dicom_node.domain.api_keys import KEY_PATTERN
 from dicom_node.domain.audit import Actor, SystemActor
 from dicom_node.domain.enums import Role
 from dicom_node.domain.errors import AuthenticationFailed
@@ -28,6 +31,7 @@ from dicom_node.services.access.api_keys import authenticate_key
 from dicom_node.services.access.service_accounts import create_service_account, issue_key
 from tests.api.conftest import ApiServer
 from tests.conftest import TwoRoleDatabase
+from tests.support import assert_one_line_error, run
 
 
 def _account(admin: httpx.Client, name: str = "ohif-viewer", role: str = "technologist") -> int:
@@ -333,3 +337,31 @@ def test_the_node_role_uses_keys_on_a_two_role_database(two_role_db: TwoRoleData
             authenticate_key(db, issued.key, source_address="192.0.2.1")
     finally:
         db.dispose()
+
+
+def test_an_operator_makes_a_key_on_the_command_line(tmp_path: Path, db: Database) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        result = run(tmp_path, "service-account", *args, database_url=db.url)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    created = cli("create", "orthanc", "--role", "radiologist", "--description", "Orthanc")
+    assert "created service account orthanc (role radiologist" in created.stdout
+    made = cli("key", "orthanc", "--scope", "read-images", "--days", "30", "--label", "pull")
+    key = made.stdout.strip()  # the key alone on standard output, for a script to take
+    assert KEY_PATTERN.fullmatch(key), made.stdout
+    assert "shown this once" in made.stderr
+    principal = authenticate_key(db, key, source_address=None)
+    assert principal.username == "orthanc" and principal.can(Permission.STUDIES_READ)
+    listed = cli("keys", "orthanc").stdout
+    assert key[:12] in listed and key[12:] not in listed and "read-images" in listed
+    key_id = listed.split()[0]
+    cli("revoke", "orthanc", key_id)
+    with pytest.raises(AuthenticationFailed):
+        authenticate_key(db, key, source_address=None)
+    refused = run(tmp_path, "service-account", "create", "root", "--role", "admin")
+    assert refused.returncode == 2  # not a choice
+    unknown = run(
+        tmp_path, "service-account", "key", "nobody", "--scope", "read-images", database_url=db.url
+    )
+    assert_one_line_error(unknown, 1, "no service account 'nobody'")
