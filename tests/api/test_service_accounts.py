@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from dicom_node.db import migrate
 from dicom_node.db.engine import Database
-from dicom_node.db.models import ApiKey, AuditEvent, Base
+from dicom_node.db.models import ApiKey, AuditEvent, Base, ImagingRequest
 from dicom_node.db.types import utcnow
 from dicom_node.domain.api_keys import KEY_PATTERN
 from dicom_node.domain.audit import Actor, SystemActor
@@ -365,3 +365,33 @@ def test_an_operator_makes_a_key_on_the_command_line(tmp_path: Path, db: Databas
         tmp_path, "service-account", "key", "nobody", "--scope", "read-images", database_url=db.url
     )
     assert_one_line_error(unknown, 1, "no service account 'nobody'")
+
+
+def test_the_live_event_stream_keeps_a_key_s_stream_open(api: ApiServer) -> None:
+    """The stream re-checks its credential on every poll: a key must pass it."""
+    admin = api.client("admin")
+    account = _account(admin, "portal", "scheduler")
+    key = _key(admin, account, "read-changes")["key"]
+    with api.db.unit_of_work() as session:
+        order = ImagingRequest(
+            patient_id="P1", patient_name="DOE^J", patient_name_folded="doe^j", status="requested"
+        )
+        session.add(order)
+        session.flush()
+        order_id = order.id
+    with httpx.stream(
+        "GET",
+        f"{api.base_url}/api/events",
+        params={"since": 0},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    ) as response:
+        assert response.status_code == 200
+        events = []
+        for line in response.iter_lines():
+            if line.startswith(("event: ", "data: ")):
+                events.append(line)
+            if line.startswith("data: ") or line == "event: end":
+                break
+    assert events[0] == "event: order.created", events
+    assert f'"entity_id": {order_id}' in events[1] or f'"entity_id":{order_id}' in events[1]

@@ -117,6 +117,17 @@ def authenticate_key(
     return found.principal
 
 
+def key_principal(session: Session, key: str, *, now: datetime | None = None) -> Principal:
+    """A key checked again, read-only and unaudited: a long response (the live
+    event stream) re-checks its credential on every poll, and the request that
+    opened it already went through ``authenticate_key``."""
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    found = _check(session, key, digest, None, now or utcnow())
+    if isinstance(found, _Refused):
+        raise AuthenticationFailed(REFUSED)
+    return found.principal
+
+
 def _check(
     session: Session, key: str, digest: str, source_address: str | None, moment: datetime
 ) -> _Accepted | _Refused:

@@ -48,11 +48,12 @@ from sqlalchemy.orm import Session
 from dicom_node.db.engine import Database
 from dicom_node.db.models import ApiToken, SignInSource, User
 from dicom_node.db.types import utcnow
-from dicom_node.domain.api_keys import UserKind
+from dicom_node.domain.api_keys import UserKind, looks_like_key
 from dicom_node.domain.audit import Actor, TargetKind, authentication_event, security_event
 from dicom_node.domain.enums import AuditOutcome, Role
 from dicom_node.domain.errors import AuthenticationFailed
 from dicom_node.domain.permissions import Principal
+from dicom_node.services.access.api_keys import key_principal
 from dicom_node.services.access.passwords import (
     PasswordHashingBusy,
     dummy_hash,
@@ -368,8 +369,13 @@ def _audit_failure(
 
 
 def authenticate(session: Session, token: str, *, now: datetime | None = None) -> Principal:
-    """The principal a bearer token stands for, or AuthenticationFailed."""
+    """The principal a bearer token stands for, or AuthenticationFailed. A
+    service account's key is checked too, read-only (``key_principal``): a
+    request's first check goes through ``api_keys.authenticate_key``, which
+    records the key's use."""
     moment = now or utcnow()
+    if looks_like_key(token):
+        return key_principal(session, token, now=moment)
     row = session.execute(
         select(User, ApiToken.expires_at, ApiToken.revoked_at)
         .join(ApiToken, ApiToken.user_id == User.id)
