@@ -258,6 +258,10 @@ def test_a_service_account_never_signs_in(api: ApiServer) -> None:
     assert with_header.status_code == 401
     (failed, _) = _events(api, "sign_in_failed")
     assert failed.reason is not None and "service account" in failed.reason
+    # nor sign out: a key is revoked by an admin, and no sign_out event is written
+    assert _with_key(api, key).post("/api/auth/logout").status_code == 422
+    assert _with_key(api, key).get("/api/studies").status_code == 200
+    assert not [e for e in _events(api, "sign_out") if e.actor == "ohif-viewer"]
     # and an admin cannot give it a password to sign in with
     reset = admin.post(f"/api/users/{account}/password", json={"password": "long enough password"})
     assert reset.status_code == 422, reset.text

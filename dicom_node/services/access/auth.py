@@ -51,7 +51,7 @@ from dicom_node.db.types import utcnow
 from dicom_node.domain.api_keys import UserKind, looks_like_key
 from dicom_node.domain.audit import Actor, TargetKind, authentication_event, security_event
 from dicom_node.domain.enums import AuditOutcome, Role
-from dicom_node.domain.errors import AuthenticationFailed
+from dicom_node.domain.errors import AuthenticationFailed, InvalidValue
 from dicom_node.domain.permissions import Principal
 from dicom_node.services.access.api_keys import key_principal
 from dicom_node.services.access.passwords import (
@@ -399,6 +399,12 @@ def sign_out(
     source_address: str | None = None,
     now: datetime | None = None,
 ) -> None:
+    if principal.api_key_id is not None:
+        # nothing to sign out of; an admin revokes a key (and an audited
+        # "sign_out" of a service account would say something that did not happen)
+        raise InvalidValue(
+            "an API key is not signed out: an admin revokes it", field="Authorization"
+        )
     session.execute(
         update(ApiToken)
         .where(ApiToken.token_sha256 == _digest(token), ApiToken.revoked_at.is_(None))
