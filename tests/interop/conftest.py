@@ -43,6 +43,7 @@ PEERS = ",".join(
     for aet, port, *_ in (ORTHANC_ALL, ORTHANC_RAW, STORESCP_ALL, STORESCP_RAW, REFUSER)
 )
 AUDITOR, AUDITOR_PASSWORD = "interop-auditor", "interop auditor password"
+ADMIN, ADMIN_PASSWORD = "interop-admin", "interop admin password"
 
 # name -> a function giving the tail of that process's log, for failed tests' reports
 LOGS: dict[str, Callable[[], str]] = {}
@@ -101,6 +102,14 @@ class NodeUnderTest:
     def log_tail(self, lines: int = 60) -> str:
         return "".join(self.served.lines[-lines:])
 
+    def signed_in(self, username: str, password: str) -> httpx.Client:
+        """An httpx client on the node's HTTP API with a bearer token of ``username``."""
+        client = httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}", timeout=30)
+        token = client.post("/api/auth/token", data={"username": username, "password": password})
+        token.raise_for_status()
+        client.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+        return client
+
     def audit_events(self, **filters: str) -> list[dict[str, Any]]:
         """Audit events (newest first) as an auditor reads them: signed in to the
         node's HTTP API, ``GET /api/audit-events`` with exact-match filters."""
@@ -137,13 +146,17 @@ def _load(data_dir: Path, template: Path, source: Path) -> None:
         )
         assert summary.ok, summary.describe()
         with db.unit_of_work() as session:
-            create_user(
-                session,
-                username=AUDITOR,
-                password=AUDITOR_PASSWORD,
-                role="auditor",
-                actor=Actor.system(SystemActor.CLI),
-            )
+            for username, password, role in (
+                (AUDITOR, AUDITOR_PASSWORD, "auditor"),
+                (ADMIN, ADMIN_PASSWORD, "admin"),
+            ):
+                create_user(
+                    session,
+                    username=username,
+                    password=password,
+                    role=role,
+                    actor=Actor.system(SystemActor.CLI),
+                )
     finally:
         db.dispose()
 

@@ -27,6 +27,8 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from tests.support import dcmtk_env
 
 ORTHANC = "/usr/sbin/Orthanc"
+# Debian's orthanc-dicomweb
+ORTHANC_DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 NODE_AET = "DICOM_NODE"
 
 UNCOMPRESSED_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
@@ -94,6 +96,8 @@ class Orthanc:
         http_port: int,
         node_port: int,
         accepted: Iterable[str] | None = None,
+        plugins: Iterable[str] = (),
+        extra_config: dict[str, Any] | None = None,
     ) -> None:
         self.aet, self.dicom_port, self.http_port = aet, dicom_port, http_port
         base.mkdir(parents=True, exist_ok=True)
@@ -104,7 +108,7 @@ class Orthanc:
             "IndexDirectory": str(base / "index"),
             "StorageCompression": False,
             "SyncStorageArea": False,
-            "Plugins": [],
+            "Plugins": list(plugins),
             "HttpPort": http_port,
             "DicomPort": dicom_port,
             "DicomAet": aet,
@@ -121,6 +125,7 @@ class Orthanc:
             "SaveJobs": False,
             "OverwriteInstances": True,
         }
+        config.update(extra_config or {})
         if accepted is not None:
             config["AcceptedTransferSyntaxes"] = list(accepted)
             config.update(dict.fromkeys(ORTHANC_SYNTAX_GROUPS, False))
