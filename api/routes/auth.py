@@ -93,5 +93,6 @@ def me(user: CurrentUser) -> MePublic:
         role=user.role.value,
         display_name=user.display_name,
         is_lead=user.is_lead,
-        permissions=[p.value for p, roles in ROLE_PERMISSIONS.items() if user.role in roles],
+        # the role's permissions, narrowed by an API key's scopes (Principal.can)
+        permissions=[p.value for p in ROLE_PERMISSIONS if user.can(p)],
     )

@@ -88,6 +88,9 @@ def test_a_key_reads_what_its_scopes_and_role_allow_and_nothing_else(api: ApiSer
         == 403
     )
 
+    # what the caller may do, as /api/me says it: the role narrowed by the scopes
+    assert viewer.get("/api/me").json()["permissions"] == ["studies:read"]
+
     # the query the key made is audited with the service account as actor
     (query,) = [e for e in _events(api, "study_search") if e.actor == "ohif-viewer"]
     assert query.event_code == "110112" and query.actor_role == "technologist"
