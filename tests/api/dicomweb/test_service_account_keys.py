@@ -43,6 +43,25 @@ def test_dicomweb_client_reads_and_stores_with_keys(dicomweb: DicomWeb) -> None:
     assert [s["0020000D"]["Value"][0] for s in found] == [held.study_instance_uid]
     metadata = viewer.retrieve_study_metadata(held.study_instance_uid)
     assert len(metadata) == len(held.instances)
+    # QIDO at the lower levels, WADO of the study, a frame and a rendered image
+    series = viewer.search_for_series(held.study_instance_uid)
+    assert {s["0020000E"]["Value"][0] for s in series} == {
+        m["0020000E"]["Value"][0] for m in metadata
+    }
+    instances = viewer.search_for_instances(held.study_instance_uid)
+    assert {i["00080018"]["Value"][0] for i in instances} == held.sop_instance_uids
+    retrieved = viewer.retrieve_study(held.study_instance_uid)
+    assert {str(ds.SOPInstanceUID) for ds in retrieved} == held.sop_instance_uids
+    first = instances[0]
+    ids = (
+        held.study_instance_uid,
+        first["0020000E"]["Value"][0],
+        first["00080018"]["Value"][0],
+    )
+    (frame,) = viewer.retrieve_instance_frames(*ids, frame_numbers=[1])
+    assert frame
+    rendered = viewer.retrieve_instance_rendered(*ids, media_types=("image/png",))
+    assert rendered.startswith(b"\x89PNG")
     new = dicomweb.studies["mixed"]
     datasets = [pydicom.dcmread(instance.path) for instance in new.instances]
     with pytest.raises(HTTPError) as refused:
@@ -58,4 +77,5 @@ def test_dicomweb_client_reads_and_stores_with_keys(dicomweb: DicomWeb) -> None:
     with api.db.read() as session:
         codes = set(session.execute(select(AuditEvent.event_code, AuditEvent.actor)).all())
     assert ("110112", "viewer") in codes
+    assert ("110103", "viewer") in codes
     assert ("110104", "pipeline") in codes
