@@ -82,18 +82,6 @@ NOT_DICOM = "not_application_dicom"
 
 
 @dataclass(frozen=True, slots=True)
-class UserSource(Source):
-    """An instance a signed-in user sent: the ingest path's events name the user
-    (Source.audit_actor names a peer or the node, which they are not)."""
-
-    user: Actor | None = None
-
-    def audit_actor(self) -> Actor:
-        # explicit base call: zero-argument super() fails in a slots dataclass
-        return self.user if self.user is not None else Source.audit_actor(self)
-
-
-@dataclass(frozen=True, slots=True)
 class InstanceAnswer:
     """One part's line in the response: stored (failure None) or failed."""
 
@@ -139,7 +127,7 @@ def store_parts(
     """Store each part (in order) through ``store_instance``; then one 110104 for
     the request. Every part's temp file is consumed (renamed or removed)."""
     actor = user_actor(principal, source_address)
-    source = UserSource(address=source_address, user=actor)
+    source = Source(address=source_address, user=actor)
     result = StowResult()
     try:
         for part in parts:

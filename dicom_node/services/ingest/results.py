@@ -48,10 +48,14 @@ class Source:
     # who acts when no peer sent it: the CLI's import or reindex; the workflow
     # steps an arrival sets off (matching, an exam started) are the receiver's
     actor: SystemActor = SystemActor.DICOM
+    # a signed-in user or service account who sent it (STOW-RS)
+    user: Actor | None = None
 
     def audit_actor(self) -> Actor:
         """The actor of the events this instance's own arrival writes: the
-        sending peer, or the node for files read from disk."""
+        user who sent it, the sending peer, or the node for files read from disk."""
+        if self.user is not None:
+            return self.user
         if self.calling_ae_title:
             return Actor.peer(self.calling_ae_title, self.address)
         return Actor.system(self.actor)
