@@ -14,8 +14,12 @@ A single instance that cannot be given in any accepted syntax, or whose
 transcoding fails, is a 406 before anything is sent. In a study or series,
 instances that cannot be given are left out: those known before the answer
 starts (no route) are counted in a Warning header; one whose transcoding fails
-once the answer has started is left out with a log line only (the headers are
-gone). Nothing acceptable at all: 406.
+(a damaged instance) is left out with a log line only (the headers are gone).
+Nothing acceptable at all: 406. A busy Transcoder (TranscoderBusy) is not the
+instance's fault and must not pass for a complete answer: the first instance to
+transcode is transcoded before the answer starts (busy: 503 with Retry-After);
+busy later, the stream is cut short without its closing boundary (logged), so
+the client sees an error, not a study with instances missing.
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ def plan_retrieve(
     now, so that a failure is a 406 rather than an empty answer."""
     sent: list[StoredInstance] = []
     parts: list[Part] = []
+    eager = True  # the first transcoding of a study or series: before the answer starts
     for instance in instances:
         target = route(instance.transfer_syntax_uid, syntaxes)
         if target is None:
@@ -96,6 +101,9 @@ def plan_retrieve(
                 except TranscodeError as exc:
                     raise NotAcceptable(exc.reason) from None
                 parts.append(Part(f"{DICOM}; transfer-syntax={target}", _ready(data)))
+            elif eager:
+                eager = False
+                parts.append(Part(f"{DICOM}; transfer-syntax={target}", _early(produce)))
             else:
                 parts.append(Part(f"{DICOM}; transfer-syntax={target}", _late(produce)))
         sent.append(instance)
@@ -132,10 +140,34 @@ def _ready(data: bytes) -> Callable[[], Iterator[bytes]]:
     return lambda: bytes_chunks(data)
 
 
+def _early(produce: Callable[[], bytes]) -> Callable[[], Iterator[bytes]]:
+    """Transcoded now: TranscoderBusy is raised before the answer starts (503);
+    a damaged instance is left out when its turn comes, as in ``_late``."""
+    try:
+        data = produce()
+    except TranscoderBusy:
+        raise
+    except TranscodeError as exc:
+        reason = exc.reason
+
+        def left_out() -> Iterator[bytes]:
+            log.warning("instance left out of a WADO-RS answer: %s", reason)
+            raise PartUnavailable
+            yield b""  # a generator, as the other parts
+
+        return left_out
+    return _ready(data)
+
+
 def _late(produce: Callable[[], bytes]) -> Callable[[], Iterator[bytes]]:
     def chunks() -> Iterator[bytes]:
         try:
             data = produce()
+        except TranscoderBusy as exc:
+            # the answer has started: cut it short (no closing boundary) rather
+            # than let a study with instances missing pass for a complete one
+            log.error("WADO-RS answer cut short, transcoding capacity busy: %s", exc.reason)
+            raise
         except TranscodeError as exc:
             log.warning("instance left out of a WADO-RS answer: %s", exc.reason)
             raise PartUnavailable from None

@@ -5,14 +5,22 @@ the node is busy. Before, it was 406, which tells a viewer to give up."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from dicom_node.db.engine import Database
-from dicom_node.domain.transcode import Transcoder
+from dicom_node.domain.transcode import Transcoder, TranscoderBusy
+from dicom_node.services.dicomweb.instances import StoredInstance
+from dicom_node.services.dicomweb.multipart import stream_parts
+from dicom_node.services.dicomweb.retrieve import plan_retrieve
 from dicom_node.settings import Settings
+from dicom_node.storage import FileStore
 from tests.api.conftest import ApiServer, serve
 from tests.api.dicomweb.conftest import DicomWeb
 from tests.interop.studies import Study
@@ -69,3 +77,67 @@ def test_a_busy_transcoder_is_503_with_retry_after(busy: tuple[DicomWeb, Transco
     for what, (url, accept) in requests.items():
         answer = httpx.get(url, headers={**headers, "Accept": accept}, timeout=30)
         assert answer.status_code == 200, (what, answer.status_code, answer.text)
+
+
+def test_a_study_retrieve_that_needs_a_busy_transcoder_is_never_a_complete_200(
+    busy: tuple[DicomWeb, Transcoder],
+) -> None:
+    """Before, each instance whose transcoding found the place taken was left out
+    with a log line: a 200 with none of the study's instances and no Warning."""
+    dicomweb, transcoder = busy
+    (study,) = dicomweb.load("rle")
+    token = dicomweb.token("radiologist")
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Accept": 'multipart/related; type="application/dicom"; '
+        "transfer-syntax=1.2.840.10008.1.2.1",
+    }
+    url = f"{dicomweb.url}/studies/{study.study_instance_uid}"
+    with transcoder.place():
+        answer = httpx.get(url, headers=headers, timeout=30)
+    assert answer.status_code == 503, (answer.status_code, answer.headers)
+    assert answer.headers["retry-after"].isdigit()
+    # with the place free, the whole study
+    answer = httpx.get(url, headers=headers, timeout=30)
+    assert answer.status_code == 200
+    assert answer.content.count(b"Content-Type: application/dicom") == len(study.instances)
+
+
+def test_busy_once_the_answer_has_started_cuts_the_stream_short(tmp_path: Path) -> None:
+    """The first instance to transcode is made before the answer starts; a later
+    one that finds the place taken ends the body with an error (no closing
+    boundary) instead of leaving the instance out silently."""
+    store = FileStore(tmp_path, fsync=False)
+    instances = []
+    for number, name in enumerate(("MR_small_RLE.dcm", "emri_small_RLE.dcm")):
+        shutil.copy(get_testdata_file(name), store.instances / f"{number}.dcm")
+        instances.append(
+            StoredInstance(
+                1,
+                "1.2",
+                "1.2.3",
+                f"1.2.3.{number}",
+                "1.2.840.10008.5.1.4.1.1.4",
+                str(RLELossless),
+                number,
+                f"{number}.dcm",
+                1,
+                None,
+                None,
+            )
+        )
+    transcoder = Transcoder(max_decoded_bytes=1 << 30, max_concurrent=1, max_wait_seconds=0.05)
+    plan = plan_retrieve(
+        instances,
+        [str(ExplicitVRLittleEndian)],
+        store,
+        transcoder,
+        max_dataset_bytes=1 << 30,
+        single=False,
+    )
+    body = stream_parts(plan.parts, "B")
+    first = next(body)
+    assert first.startswith(b"--B\r\n")
+    with transcoder.place(), pytest.raises(TranscoderBusy):
+        for _chunk in body:
+            pass
