@@ -383,11 +383,32 @@ class Transcoder:
             return _guarded(lambda: _transcode(dataset, source, target, self.max_decoded_bytes))
 
     def frame(self, dataset: Dataset, index: int) -> np.ndarray[Any, Any]:
+        """``decode_frame`` in a place of its own (waiting while ``max_concurrent``
+        others run). What refuses a frame is checked before the place is taken:
+        a frame that will be refused does not wait for one."""
+        self._frame_plugin(dataset, index)
+        with self.place():
+            return self.decode_frame(dataset, index)
+
+    def decode_frame(self, dataset: Dataset, index: int) -> np.ndarray[Any, Any]:
         """Frame ``index`` (0-based) decoded, alone where the syntax allows (pydicom
         finds the frame's fragments without decoding the others): shaped (rows,
         columns) or (rows, columns, samples), samples in native byte order, in the
         colour space ``decoded_photometric_interpretation`` names. IndexError for a
-        frame the instance does not have; TranscodeError otherwise."""
+        frame the instance does not have; TranscodeError otherwise.
+
+        Takes no place: the caller holds one (``place``), for the decoding and
+        whatever it does around it (reading the file, rendering), so that the
+        whole of one request counts once against ``max_concurrent``. Taking a
+        second place inside the first would deadlock at ``max_concurrent`` 1."""
+        source, plugin = self._frame_plugin(dataset, index)
+        array = _guarded(lambda: _decode_one(dataset, source, plugin, index))
+        if array.dtype.byteorder not in ("=", "|"):
+            array = array.astype(array.dtype.newbyteorder("="))
+        return array
+
+    def _frame_plugin(self, dataset: Dataset, index: int) -> tuple[UID, str]:
+        """The source syntax and decoder of frame ``index``, or why it is refused."""
         source = _source_syntax(dataset)
         if _pixel_keyword(dataset) is None:
             raise TranscodeError("no pixel data")
@@ -396,12 +417,7 @@ class Transcoder:
             raise IndexError(f"frame {index} of {image.frames}")
         if image.frame_bytes > self.max_decoded_bytes:
             raise TranscodeError(_over_limit("decoded frame", image.frame_bytes))
-        plugin = _decoder_for(source)
-        with self.place():
-            array = _guarded(lambda: _decode_one(dataset, source, plugin, index))
-        if array.dtype.byteorder not in ("=", "|"):
-            array = array.astype(array.dtype.newbyteorder("="))
-        return array
+        return source, _decoder_for(source)
 
     @contextlib.contextmanager
     def place(self) -> Iterator[None]:

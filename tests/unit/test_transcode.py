@@ -50,6 +50,7 @@ from dicom_node.domain.part10_source import read_stored_instance
 from dicom_node.domain.transcode import (
     TranscodeError,
     Transcoder,
+    TranscoderBusy,
     can_decode,
     can_encode,
     decoded_photometric_interpretation,
@@ -559,6 +560,20 @@ def test_a_frame_alone_is_that_frame_of_the_pixel_array(name: str) -> None:
         assert_same_pixels(frame, expected[index])
     with pytest.raises(IndexError):
         work.frame(original, frame_count(original))
+
+
+def test_decode_frame_takes_no_place_its_caller_holds_one() -> None:
+    """Rendering reads, decodes and renders within one place: ``decode_frame``
+    must work inside it (a second place would deadlock at max_concurrent 1)."""
+    original = read("emri_small_jpeg_2k_lossless.dcm")
+    expected = reference("emri_small_jpeg_2k_lossless.dcm")
+    work = Transcoder(max_decoded_bytes=1 << 30, max_concurrent=1, max_wait_seconds=0.05)
+    with work.place():
+        assert work.running == 1
+        assert_same_pixels(work.decode_frame(original, 1), expected[1])
+        assert work.running == 1
+        with pytest.raises(TranscoderBusy):  # frame takes a place of its own
+            work.frame(original, 1)
 
 
 def test_frame_count_reads_number_of_frames_as_pydicom_does() -> None:

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
-import pydicom
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 from PIL import Image
@@ -34,6 +33,7 @@ from api.deps import ApiContext, Context, Store, TranscoderDep, client_address, 
 from api.routes.dicomweb.wado import InstanceUID, SeriesUID, StudyUID
 from api.schemas.common import AUTH_ERRORS, ErrorResponse
 from dicom_node.domain.errors import InvalidValue
+from dicom_node.domain.part10_source import read_stored_instance
 from dicom_node.domain.permissions import Permission, Principal
 from dicom_node.domain.rendering import (
     MediaType,
@@ -182,17 +182,29 @@ class RenderRequest:
         window: Window | None,
         viewport: tuple[int, int] | None,
     ) -> Image.Image:
-        dataset = pydicom.dcmread(self.store.absolute(instance.file_path))
+        limit = self.context.settings.max_dataset_bytes
         try:
-            frame = self.transcoder.frame(dataset, index)
-            return render(
-                frame,
-                dataset,
-                photometric=decoded_photometric_interpretation(dataset),
-                frame_index=index,
-                window=window,
-                viewport=viewport,
-            )
+            # the read (the whole file), the decoding and the rendering (float
+            # samples) in one transcoding place: what a request holds in memory
+            # counts against max_concurrent_transcodes, once
+            with self.transcoder.place():
+                try:
+                    dataset = read_stored_instance(
+                        self.store.absolute(instance.file_path), max_dataset_bytes=limit
+                    )
+                except Exception as exc:  # missing, too large, garbage: pydicom raises many kinds
+                    # a held instance whose file cannot be read is the node's fault: 500
+                    log.error("stored instance unreadable for rendering: %s", type(exc).__name__)
+                    raise RuntimeError("stored instance unreadable") from None
+                frame = self.transcoder.decode_frame(dataset, index)
+                return render(
+                    frame,
+                    dataset,
+                    photometric=decoded_photometric_interpretation(dataset),
+                    frame_index=index,
+                    window=window,
+                    viewport=viewport,
+                )
         except IndexError:
             raise HTTPException(404, f"no frame {index + 1} in this instance") from None
         except TranscoderBusy:

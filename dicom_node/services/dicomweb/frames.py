@@ -8,10 +8,10 @@ bulk data, as multipart parts.
   Extended Offset Table, reading only the fragments it needs).
 - Otherwise (compressed, Big Endian or Deflated stored, asked uncompressed):
   the instance is read and each frame decoded by the process's Transcoder
-  (``Transcoder.frame``: its size limit and concurrency places), one frame at a
-  time as the response is written; the first frame is decoded before the
-  answer starts, so an instance that cannot be decoded is a 406, not a cut
-  stream. Decoded samples are little endian, colour by pixel, in the colour
+  (its size limit and concurrency places), one frame at a time as the
+  response is written; the file is read and the first frame decoded in one
+  place before the answer starts, so an instance that cannot be decoded is a
+  406, not a cut stream. Decoded samples are little endian, colour by pixel, in the colour
   space ``decoded_photometric_interpretation`` names.
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -163,20 +164,25 @@ def _decoded_parts(
     transcoder: Transcoder,
     max_dataset_bytes: int,
 ) -> list[Part]:
-    """Frames decoded by the Transcoder, the first before the answer starts."""
-    try:
-        dataset = read_stored_instance(path, max_dataset_bytes=max_dataset_bytes)
-    except Exception as exc:  # missing, too large, garbage: pydicom raises many kinds
-        log.error("stored instance unreadable for frames: %s", type(exc).__name__)
-        raise NotAcceptable("the stored instance cannot be read") from None
-    first = {numbers[0]: _decode(transcoder, dataset, numbers[0])}
+    """Frames decoded by the Transcoder, the first before the answer starts: the
+    file's read and that decoding in one transcoding place (the read holds the
+    whole data set: it counts against max_concurrent_transcodes too); each later
+    frame in a place of its own, taken when its turn comes (a place is not held
+    while a slow client reads)."""
+    with transcoder.place():
+        try:
+            dataset = read_stored_instance(path, max_dataset_bytes=max_dataset_bytes)
+        except Exception as exc:  # missing, too large, garbage: pydicom raises many kinds
+            log.error("stored instance unreadable for frames: %s", type(exc).__name__)
+            raise NotAcceptable("the stored instance cannot be read") from None
+        first = {numbers[0]: _decode(transcoder.decode_frame, dataset, numbers[0])}
 
     def part(number: int) -> Callable[[], Iterator[bytes]]:
         def chunks() -> Iterator[bytes]:
             data = first.pop(number, None)
             if data is None:
                 try:
-                    data = _decode(transcoder, dataset, number)
+                    data = _decode(transcoder.frame, dataset, number)
                 except NotAcceptable as exc:
                     log.error("frame decoding failed mid-answer: %s", exc)
                     raise PartUnavailable from None
@@ -187,9 +193,13 @@ def _decoded_parts(
     return [Part(form.content_type, part(number)) for number in numbers]
 
 
-def _decode(transcoder: Transcoder, dataset: Dataset, number: int) -> bytes:
+def _decode(
+    decoder: Callable[[Dataset, int], np.ndarray[Any, Any]], dataset: Dataset, number: int
+) -> bytes:
+    """Frame ``number`` (1-based) by ``decoder`` (Transcoder.frame, or decode_frame
+    within a place held), as little-endian bytes."""
     try:
-        array = transcoder.frame(dataset, number - 1)
+        array = decoder(dataset, number - 1)
     except TranscoderBusy:
         raise  # not the frame's fault: 503, try again
     except (TranscodeError, IndexError) as exc:

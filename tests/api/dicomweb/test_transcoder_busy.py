@@ -13,8 +13,10 @@ import httpx
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+from sqlalchemy import select
 
 from dicom_node.db.engine import Database
+from dicom_node.db.models import DicomInstance
 from dicom_node.domain.transcode import Transcoder, TranscoderBusy
 from dicom_node.services.dicomweb.instances import StoredInstance
 from dicom_node.services.dicomweb.multipart import stream_parts
@@ -141,3 +143,33 @@ def test_busy_once_the_answer_has_started_cuts_the_stream_short(tmp_path: Path) 
     with transcoder.place(), pytest.raises(TranscoderBusy):
         for _chunk in body:
             pass
+
+
+def test_a_rendering_reads_its_file_within_the_transcoding_place(
+    busy: tuple[DicomWeb, Transcoder],
+) -> None:
+    """The whole file read and the float rendering count against the limit, not
+    only the frame's decoding: with the place taken, the request waits and is
+    503 before it reads anything (here, a file gone from the store: before, the
+    read came first and failed, 500, while every place was busy)."""
+    dicomweb, transcoder = busy
+    (study,) = dicomweb.load("rle")
+    token = dicomweb.token("radiologist")
+    found = httpx.get(
+        f"{dicomweb.url}/studies/{study.study_instance_uid}/instances",
+        headers={"Authorization": f"Bearer {token}"},
+    ).json()
+    series = found[0]["0020000E"]["Value"][0]
+    sop = found[0]["00080018"]["Value"][0]
+    with dicomweb.api.db.read() as session:
+        relative = session.scalar(
+            select(DicomInstance.file_path).where(DicomInstance.sop_instance_uid == sop)
+        )
+    assert relative is not None
+    dicomweb.store.absolute(relative).unlink()
+    url = f"{dicomweb.url}/studies/{study.study_instance_uid}/series/{series}/instances/{sop}"
+    headers = {"Authorization": f"Bearer {token}"}
+    with transcoder.place():
+        for resource in ("rendered", "thumbnail", "frames/1/rendered"):
+            answer = httpx.get(f"{url}/{resource}", headers=headers, timeout=30)
+            assert answer.status_code == 503, (resource, answer.status_code, answer.text)
