@@ -50,7 +50,9 @@ _RAW_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
 
 
 def parse_frame_list(text: str) -> list[int]:
-    """``1,3,5`` -> [1, 3, 5] (1-based, as written, repeats kept); InvalidValue."""
+    """``1,3,5`` -> [1, 3, 5] (1-based, in the order written); InvalidValue. A
+    repeated number is sent once, where it first appears (``3,1,3`` -> [3, 1]):
+    one URL cannot ask for the same decoding thousands of times."""
     pieces = text.split(",")
     if len(pieces) > MAX_FRAMES_LISTED:
         raise InvalidValue(f"more than {MAX_FRAMES_LISTED} frames listed")
@@ -60,7 +62,7 @@ def parse_frame_list(text: str) -> list[int]:
         if not piece.isdigit() or not piece.isascii() or len(piece) > 9 or int(piece) < 1:
             raise InvalidValue("a frame list is 1-based frame numbers separated by commas")
         numbers.append(int(piece))
-    return numbers
+    return list(dict.fromkeys(numbers))
 
 
 def frame_parts(

@@ -197,6 +197,21 @@ def test_malformed_and_missing(dicomweb: DicomWeb) -> None:
     assert client.get(f"studies/{generate_uid()}").status_code == 404
 
 
+def test_a_repeated_frame_number_is_sent_once_where_it_first_appears(
+    dicomweb: DicomWeb,
+) -> None:
+    """Before, every repeat was a part of its own: 10,000 decodings for one URL."""
+    (mixed,) = dicomweb.load("mixed")
+    client = raw_client(dicomweb)
+    series, sop = instance_of(mixed, "emri_small.dcm")  # 10 frames
+    instance = f"studies/{mixed.study_instance_uid}/series/{series}/instances/{sop}"
+    one = {n: multipart(client.get(f"{instance}/frames/{n}"))[0][1] for n in (1, 3)}
+    response = client.get(f"{instance}/frames/3,1,3,1,3")
+    assert response.status_code == 200
+    assert [body for _, body in multipart(response)] == [one[3], one[1]]
+    assert one[3] != one[1]
+
+
 def test_referring_physician_gets_404_for_a_study_not_theirs(dicomweb: DicomWeb) -> None:
     (mixed,) = dicomweb.load("mixed")
     client = dicomweb.client("referring_physician")
