@@ -15,7 +15,7 @@ import httpx
 import pydicom
 import pytest
 from requests import HTTPError
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from dicom_node.db.models import AuditEvent, DicomInstance
 from dicom_node.settings import Settings
@@ -323,4 +323,52 @@ def test_a_part_of_another_media_type_fails_with_c000(dicomweb: DicomWeb) -> Non
     assert response.status_code == 409, response.text
     assert response.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]
     assert stow_audits(dicomweb)[-1].details["counts"] == {"not_application_dicom": 1}
+    assert temp_files(dicomweb) == []
+
+
+def _refuse_index_row(dicomweb: DicomWeb, sop_uid: str) -> None:
+    """A real database error for one instance: a trigger that refuses its row."""
+    db = dicomweb.api.db
+    if db.dialect == "sqlite":
+        statements = [
+            "CREATE TRIGGER stow_test_refuse BEFORE INSERT ON dicom_instances "
+            f"WHEN NEW.sop_instance_uid = '{sop_uid}' "
+            "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        ]
+    else:
+        statements = [
+            "CREATE FUNCTION stow_test_refuse() RETURNS trigger AS $$ BEGIN "
+            f"IF NEW.sop_instance_uid = '{sop_uid}' THEN "
+            "RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$ "
+            "LANGUAGE plpgsql",
+            "CREATE TRIGGER stow_test_refuse BEFORE INSERT ON dicom_instances "
+            "FOR EACH ROW EXECUTE FUNCTION stow_test_refuse()",
+        ]
+    with db.engine.begin() as connection:
+        for statement in statements:
+            connection.execute(text(statement))
+
+
+def test_a_database_error_on_one_part_fails_that_part_alone(dicomweb: DicomWeb) -> None:
+    """The database refusing one instance's row (a real error, raised by a
+    trigger) is that instance's A700; the others are stored, and the request's
+    110104 counts both."""
+    study = dicomweb.studies["rle"]
+    first, second = study.instances[0], study.instances[1]
+    _refuse_index_row(dicomweb, second.sop_instance_uid)
+    client = dicomweb.api.client("technologist")
+
+    response = post(client, multipart(first.path.read_bytes(), second.path.read_bytes()))
+
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert sequence_uids(body, "00081199") == [first.sop_instance_uid]
+    [failed] = body["00081198"]["Value"]
+    assert failed["00081197"] == {"vr": "US", "Value": [0xA700]}
+    assert set(stored_paths(dicomweb, {first.sop_instance_uid, second.sop_instance_uid})) == {
+        first.sop_instance_uid
+    }
+    [event] = stow_audits(dicomweb)
+    assert event.outcome == "minor_failure"
+    assert event.details["counts"] == {"stored": 1, "failed": 1}
     assert temp_files(dicomweb) == []
