@@ -125,13 +125,26 @@ def store_parts(
     study_instance_uid: str | None,
 ) -> StowResult:
     """Store each part (in order) through ``store_instance``; then one 110104 for
-    the request. Every part's temp file is consumed (renamed or removed)."""
+    the request. Every part's temp file is consumed (renamed or removed). A part
+    whose storing raises (a database error...) ends the request (500): the
+    110104 is still written, a serious failure with the counts so far, so the
+    instances already stored are not left unaudited."""
     actor = user_actor(principal, source_address)
     source = Source(address=source_address, user=actor)
     result = StowResult()
     try:
         for part in parts:
             result.answers.append(_store_part(db, store, part, source, policy, study_instance_uid))
+    except Exception as exc:
+        reason = (
+            f"request ended by an error after {len(result.answers)} of {len(parts)} "
+            f"part(s): {type(exc).__name__}"
+        )
+        try:
+            record_stow(db, actor, result, reason=reason)
+        except Exception:
+            log.exception("could not write the STOW-RS transfer audit event")
+        raise
     finally:
         for part in parts:
             if part.path is not None:
@@ -149,7 +162,8 @@ def record_stow(
     db: Database, actor: Actor, result: StowResult, *, reason: str | None = None
 ) -> None:
     """The request's one 110104 Instances Transferred (counts per outcome, the
-    studies), also for a request refused whole (``reason``, nothing stored)."""
+    studies), also for a request refused whole or ended by an error (``reason``:
+    a serious failure; the counts are of the parts handled before it)."""
     counts = Counter(a.outcome for a in result.answers)
     studies = sorted({a.study_instance_uid for a in result.stored if a.study_instance_uid})
     patients = {a.patient_id for a in result.stored if a.patient_id}
