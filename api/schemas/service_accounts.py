@@ -4,6 +4,7 @@ only (``ApiKeyIssued``, when it is made); no shape carries its hash."""
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,6 +15,17 @@ from dicom_node.domain.api_keys import KeyScope
 from dicom_node.domain.enums import Role
 
 Description = Annotated[Text, Field(max_length=128)]
+
+
+class ServiceRole(StrEnum):
+    """The roles a service account may hold: every role but admin (a machine
+    never manages users; the service refuses it too)."""
+
+    SCHEDULER = Role.SCHEDULER.value
+    TECHNOLOGIST = Role.TECHNOLOGIST.value
+    RADIOLOGIST = Role.RADIOLOGIST.value
+    REFERRING_PHYSICIAN = Role.REFERRING_PHYSICIAN.value
+    AUDITOR = Role.AUDITOR.value
 
 
 class ServiceAccountPublic(BaseModel):
@@ -32,7 +44,7 @@ class ServiceAccountCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Username
-    role: Role = Field(description="any role but admin")
+    role: ServiceRole = Field(description="any role but admin")
     description: Description | None = None
 
 
