@@ -59,7 +59,7 @@ import threading
 import time
 import urllib.request
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,6 +79,7 @@ DICOM_NODE = Path(sys.executable).parent / "dicom-node"
 DEFAULT_ROOT = Path("/tmp/dicom-node-bench")
 DATA_VERSION = "3"  # bump when the generated data changes; the cache is regenerated
 TARGETS = ("node", "orthanc", "storescp")
+DATABASES = ("sqlite", "postgresql")
 MAX_PDU = 131072  # DCMTK's largest; storescu sends, storescp and Orthanc receive this size
 RSS_INTERVAL = 0.2
 SOAK_INTERVAL = 1.0
@@ -586,6 +587,7 @@ class Server:
     store: Path
     http_port: int = 0
     note: str = ""
+    url: str = ""  # the node's database URL, when not its default SQLite file
 
 
 class Target(Protocol):
@@ -603,12 +605,45 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+# (run directory, database name) -> the node's database URL for one run
+DatabaseUrl = Callable[[Path, str], str]
+
+
+@contextlib.contextmanager
+def database(backend: str) -> Iterator[DatabaseUrl]:
+    """A fresh, empty database for each node run: a SQLite file in the run directory,
+    or a database on one throw-away PostgreSQL server that lives as long as the block
+    (started inside the bench's network namespace, durable: fsync and synchronous
+    commit on, as the node's SQLite syncs its WAL)."""
+    if backend == "sqlite":
+        yield lambda run_dir, name: f"sqlite:///{run_dir / 'data' / 'dicom-node.sqlite3'}"
+        return
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))  # tests.support, run as a script from anywhere
+    import psycopg
+
+    from tests.support import run_postgres
+
+    with run_postgres(durable=True) as server:
+
+        def make(run_dir: Path, name: str) -> str:
+            with psycopg.connect(server.psycopg_dsn(), autocommit=True) as conn:
+                conn.execute(f"CREATE DATABASE bench_{name}")
+            return str(server.url(f"bench_{name}"))
+
+        yield make
+
+
 class NodeTarget:
     name = "node"
 
-    def __init__(self, workers: int | None, *, profile: bool = False) -> None:
+    def __init__(
+        self, workers: int | None, *, profile: bool = False, url: DatabaseUrl | None = None
+    ) -> None:
         self.workers = workers
         self.profile = profile
+        self.url = url
+        self._runs = 0
 
     def start(self, run_dir: Path, clients: int) -> Server:
         empty_config = run_dir / "node.toml"
@@ -623,6 +658,11 @@ class NodeTarget:
             "DICOM_NODE_BIND_HOST": "127.0.0.1",
             "DICOM_NODE_LOG_LEVEL": "WARNING",
         }
+        url = ""
+        if self.url is not None:
+            self._runs += 1
+            url = self.url(run_dir, f"{os.getpid()}_{self._runs}")
+            extra["DICOM_NODE_DATABASE_URL"] = url
         if self.workers is not None:
             extra["DICOM_NODE_DICOM_WORKERS"] = str(self.workers)
         if self.profile:
@@ -632,17 +672,27 @@ class NodeTarget:
         # Not the DICOM port: with worker processes the main process listens (and
         # queues connections) before the workers serve. /health says ok only then.
         _wait_for_health(http, proc, log, timeout=60)
-        return Server(proc, port, "DICOM_NODE", log, data, http)
+        return Server(proc, port, "DICOM_NODE", log, data, http, url=url)
 
     def count(self, server: Server) -> int:
-        return _node_count(server.store)
+        return _node_count(server)
 
 
-def _node_count(data: Path) -> int:
-    db = data / "dicom-node.sqlite3"
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)) as conn:
-        row = conn.execute("select count(*) from dicom_instances").fetchone()
-        return int(row[0])
+def _node_count(server: Server) -> int:
+    if not server.url.startswith("postgresql"):  # the node's default: SQLite in its data dir
+        db = server.store / "dicom-node.sqlite3"
+        uri = f"file:{db}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=30)) as conn:
+            row = conn.execute("select count(*) from dicom_instances").fetchone()
+            return int(row[0])
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(server.url)
+    dsn = f"host={parsed.host} port={parsed.port} user={parsed.username} dbname={parsed.database}"
+    with psycopg.connect(dsn) as conn:
+        found = conn.execute("select count(*) from dicom_instances").fetchone()
+        return int(found[0]) if found else 0
 
 
 class OrthancTarget:
@@ -866,14 +916,21 @@ def warm(data: DataSet) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def soak(data: DataSet, workers: int | None, work: Path, links: Path, clients: int = 4) -> bool:
+def soak(
+    data: DataSet,
+    workers: int | None,
+    work: Path,
+    links: Path,
+    clients: int = 4,
+    url: DatabaseUrl | None = None,
+) -> bool:
     """Whether the soak ran without errors (flat or not is printed)."""
     count = len(data.files)
     print(f"\nsoak: {count} unique small instances to one node, {clients} clients", flush=True)
     dirs = client_dirs(data, clients, links)
     run_dir = work / "soak"
     run_dir.mkdir(parents=True)
-    target = NodeTarget(workers)
+    target = NodeTarget(workers, url=url)
     server = target.start(run_dir, clients)
     samples: list[tuple[float, int, int]] = []  # seconds, RSS kB, instances indexed
     stop = threading.Event()
@@ -882,8 +939,8 @@ def soak(data: DataSet, workers: int | None, work: Path, links: Path, clients: i
         t0 = time.monotonic()
         while True:
             try:
-                indexed = _node_count(server.store)
-            except sqlite3.Error:
+                indexed = _node_count(server)
+            except Exception:  # a busy or starting database: keep the last count
                 indexed = samples[-1][2] if samples else 0
             samples.append((time.monotonic() - t0, _tree_rss_kb(server.proc.pid), indexed))
             if stop.wait(SOAK_INTERVAL):
@@ -898,7 +955,7 @@ def soak(data: DataSet, workers: int | None, work: Path, links: Path, clients: i
         time.sleep(2 * SOAK_INTERVAL)
         stop.set()
         sampler.join()
-        final = _node_count(server.store)
+        final = _node_count(server)
         samples.append((samples[-1][0] + SOAK_INTERVAL, _tree_rss_kb(server.proc.pid), final))
         if final != count:
             errors.append(f"{final} of {count} instances indexed")
@@ -994,7 +1051,7 @@ def facts(args: argparse.Namespace, workers_note: str, fsync: str) -> str:
             f"python {platform.python_version()}, pydicom {pydicom.__version__}, "
             f"pynetdicom {pynetdicom.__version__}, {_version([STORESCU, '--version'])}, "
             f"{_version([ORTHANC, '--version'])}",
-            f"node: fsync={fsync} (the default; kept), full indexing into SQLite, "
+            f"node: fsync={fsync} (the default; kept), full indexing into {_index_note(args)}, "
             f"workers: {workers_note}; Orthanc: default SQLite index, SyncStorageArea default "
             "(true), MaximumPduLength 131072; storescp: -pdu 131072 +xa, no fsync, "
             "--fork at >1 client",
@@ -1002,6 +1059,14 @@ def facts(args: argparse.Namespace, workers_note: str, fsync: str) -> str:
             "storescu, storescp and Orthanc; inside a private network namespace",
         ]
     )
+
+
+def _index_note(args: argparse.Namespace) -> str:
+    if args.database == "sqlite":
+        return "SQLite (WAL)"
+    bin_dir = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+    version = _version([str(bin_dir[-1]), "--version"]) if bin_dir else "PostgreSQL ?"
+    return f"{version} (local, throw-away, fsync and synchronous_commit on)"
 
 
 def table(results: list[Measurement], sets: list[DataSet], clients: list[int]) -> str:
@@ -1069,6 +1134,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=None, help="DICOM_NODE_DICOM_WORKERS")
     parser.add_argument(
         "--profile", action="store_true", help="per-stage ms and CPU per instance of the node"
+    )
+    parser.add_argument(
+        "--database",
+        choices=DATABASES,
+        default="sqlite",
+        help="the node's index: its SQLite file, or a throw-away PostgreSQL server "
+        "started for the run (sqlite)",
     )
     parser.add_argument("--quick", action="store_true", help="small numbers, a smoke run")
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="data cache, work dir")
@@ -1157,8 +1229,19 @@ def inside(args: argparse.Namespace) -> int:
     header = facts(args, workers_note, fsync)
     print(header, flush=True)
 
+    with database(args.database) as url:
+        return _run(args, header, sets, soak_set, url)
+
+
+def _run(
+    args: argparse.Namespace,
+    header: str,
+    sets: list[DataSet],
+    soak_set: DataSet | None,
+    url: DatabaseUrl,
+) -> int:
     targets: dict[str, Target] = {
-        "node": NodeTarget(args.workers, profile=args.profile),
+        "node": NodeTarget(args.workers, profile=args.profile, url=url),
         "orthanc": OrthancTarget(),
         "storescp": StorescpTarget(),
     }
@@ -1201,7 +1284,7 @@ def inside(args: argparse.Namespace) -> int:
                 print("instance; CPU/inst: the node's process tree, user + system):\n")
                 print(profile_table(results))
         if soak_set is not None:
-            soak_ok = soak(soak_set, args.workers, work, links)
+            soak_ok = soak(soak_set, args.workers, work, links, url=url)
     finally:
         _kill_all()
         if all(m.ok for m in results) and soak_ok:

@@ -76,6 +76,7 @@ from bench.ingest import (  # noqa: E402
     _stop,
     _wait_for_health,
     _wait_for_port,
+    database,
     ensure_tools,
 )
 from dicom_node.db import migrate  # noqa: E402
@@ -522,11 +523,11 @@ def inside(args: argparse.Namespace) -> int:
             if not sizes:
                 return 0
         for backend in backends:
-            with _database(backend) as make_url:
+            with database(backend) as make_url:
                 for size in sizes:
                     run_dir = root / f"{backend}-{size}"
                     (run_dir / "data").mkdir(parents=True)
-                    url = make_url(run_dir, size)
+                    url = make_url(run_dir, str(size))
                     start = time.perf_counter()
                     build_index(url, size)
                     print(f"{backend} {size}: index built in {time.perf_counter() - start:.1f} s")
@@ -545,25 +546,6 @@ def inside(args: argparse.Namespace) -> int:
     print()
     print(report(results, sizes))
     return 0
-
-
-@contextlib.contextmanager
-def _database(backend: str):  # type: ignore[no-untyped-def]
-    if backend == "sqlite":
-        yield lambda run_dir, size: f"sqlite:///{run_dir / 'data' / 'dicom-node.sqlite3'}"
-        return
-    import psycopg
-
-    from tests.support import run_postgres
-
-    with run_postgres() as server:
-
-        def make(run_dir: Path, size: int) -> str:
-            with psycopg.connect(server.psycopg_dsn(), autocommit=True) as conn:
-                conn.execute(f"CREATE DATABASE bench_{size}")
-            return str(server.url(f"bench_{size}"))
-
-        yield make
 
 
 def report(results: list[Result], sizes: list[int]) -> str:

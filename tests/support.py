@@ -168,20 +168,24 @@ class PostgresServer:
 
 
 @contextmanager
-def run_postgres() -> Iterator[PostgresServer]:
+def run_postgres(*, durable: bool = False) -> Iterator[PostgresServer]:
     """A throw-away PostgreSQL server in a temp dir on a free loopback port.
 
     initdb refuses to run as root, so as root the server runs as the `postgres`
-    user the Debian package creates.
+    user the Debian package creates. ``durable`` keeps PostgreSQL's own flushes
+    (fsync, synchronous commit, full page writes), as a benchmark must.
     """
-    with run_restartable_postgres() as postgres:
+    with run_restartable_postgres(durable=durable) as postgres:
         yield postgres.server
 
 
 class RestartablePostgres:
     """A throw-away PostgreSQL server a test may stop and start again (same port, same data)."""
 
-    def __init__(self, bin_dir: Path, base: Path, prefix: list[str]) -> None:
+    def __init__(
+        self, bin_dir: Path, base: Path, prefix: list[str], *, durable: bool = False
+    ) -> None:
+        self._durable = durable
         self._pg_ctl = [*prefix, str(bin_dir / "pg_ctl"), "-D", str(base / "data")]
         self._log = base / "server.log"
         self._base = base
@@ -191,9 +195,10 @@ class RestartablePostgres:
         options = (
             f"-p {self.server.port} -k {self._base} -c listen_addresses=127.0.0.1 "
             "-c max_connections=200 "
-            # test data is disposable: skip the flushes that make a real server durable
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         )
+        if not self._durable:
+            # test data is disposable: skip the flushes that make a real server durable
+            options += "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         subprocess.run(
             [*self._pg_ctl, "-l", str(self._log), "-o", options, "-w", "-t", "60", "start"],
             check=True,
@@ -208,7 +213,7 @@ class RestartablePostgres:
 
 
 @contextmanager
-def run_restartable_postgres() -> Iterator[RestartablePostgres]:
+def run_restartable_postgres(*, durable: bool = False) -> Iterator[RestartablePostgres]:
     """``run_postgres`` for tests that also stop and start the server."""
     bin_dir = postgres_bin_dir()
     require(
@@ -230,7 +235,7 @@ def run_restartable_postgres() -> Iterator[RestartablePostgres]:
         check=True,
         capture_output=True,
     )
-    postgres = RestartablePostgres(bin_dir, base, prefix)
+    postgres = RestartablePostgres(bin_dir, base, prefix, durable=durable)
     postgres.start()
     try:
         yield postgres
