@@ -105,7 +105,11 @@ def find_entities(
         with_entity_key=bool(parsed_sequences),
         only_held=True,
     )
-    rows = [dict(row) for row in session.execute(statement).mappings().all()]
+    # a Core SELECT of labelled columns: on the session's connection it skips the
+    # ORM's per-execution layer (measured ~0.1-0.2 ms of a one-answer C-FIND's
+    # ~1.1 ms of SQL); same transaction, same rows
+    result = session.connection().execute(statement)
+    rows = [dict(row) for row in result.mappings().all()]
     matches = rows[:limit]
     if parsed_sequences:
         _answer_sequences(session, level, matches, parsed_sequences)
