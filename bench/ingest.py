@@ -5,6 +5,7 @@ A script, not a timed test. Run as root from the repository:
     .venv/bin/python bench/ingest.py                 # CT 1,500 + small 5,000, 1 and 4 clients
     .venv/bin/python bench/ingest.py --quick         # small numbers, to check the setup
     .venv/bin/python bench/ingest.py --ct 0 --small 0 --soak 20000   # RSS-flat check only
+    .venv/bin/python bench/ingest.py --database postgresql   # the node on a PostgreSQL it starts
 
 What it does:
 
@@ -31,6 +32,10 @@ sync, index, respond: dicom_node_ingest_stage_seconds), the mean group-commit
 batch, and the CPU the node's process tree used per instance (/proc, user +
 system): what the stages do not account for is pynetdicom's own per-message
 work (PDU decoding, thread hand-offs, polling).
+
+``--database postgresql`` runs the node on a throw-away PostgreSQL server
+started inside the namespace (durable: fsync and synchronous commit on), a
+fresh database per node run; the default is the node's own SQLite file.
 
 ``--soak N`` then sends N unique small instances to one node with 4 clients and
 samples the RSS of its process tree every second: RSS flat over the run or not.
