@@ -402,3 +402,30 @@ def test_the_live_event_stream_keeps_a_key_s_stream_open(api: ApiServer) -> None
                 break
     assert events[0] == "event: order.created", events
     assert f'"entity_id": {order_id}' in events[1] or f'"entity_id":{order_id}' in events[1]
+
+
+def test_the_change_feed_shows_a_key_only_the_entities_its_scopes_read(api: ApiServer) -> None:
+    admin = api.client("admin")
+    account = _account(admin, "portal", role="scheduler")
+    feed_only = _with_key(api, _key(admin, account, "read-changes")["key"])
+    with_orders = _with_key(api, _key(admin, account, "read-changes", "read-orders")["key"])
+    with api.db.unit_of_work() as session:
+        order = ImagingRequest(
+            patient_id="P1",
+            patient_name="DOE^JANE",
+            patient_name_folded="doe^jane",
+            requested_modality="CT",
+            status="requested",
+        )
+        session.add(order)
+        session.flush()
+        order_id = order.id
+
+    def entities(client: httpx.Client) -> set[tuple[str, int]]:
+        answer = client.get("/api/changes", params={"since": 0})
+        assert answer.status_code == 200, answer.text
+        return {(item["entity"], item["entity_id"]) for item in answer.json()["items"]}
+
+    # the role (scheduler) reads orders; a key without read-orders does not see them
+    assert ("order", order_id) not in entities(feed_only)
+    assert ("order", order_id) in entities(with_orders)

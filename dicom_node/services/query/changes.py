@@ -1,5 +1,6 @@
 """Reading the change feed, filtered to what the caller may see: the entities
-their role follows, and for a referring physician only entries about orders the
+whose read permission they hold (the one permission table, narrowed by an API
+key's scopes), and for a referring physician only entries about orders the
 visibility rule lets them see (``services/access/visibility.py``), decided at
 read time from each entry's ``order_id``."""
 
@@ -14,19 +15,17 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from dicom_node.db.models import ChangeLogEntry
-from dicom_node.domain.enums import Role
-from dicom_node.domain.permissions import Principal
+from dicom_node.domain.permissions import Permission, Principal
 from dicom_node.services.access.visibility import sees_every_order, visible_order_ids
 
-# which entities each role sees in the feed (a referring physician: only entries
-# about orders they may see, and a report's only once final, db/changes.py)
-FEED_ENTITIES: dict[Role, frozenset[str]] = {
-    Role.ADMIN: frozenset({"order", "study", "worklist_item", "report"}),
-    Role.AUDITOR: frozenset({"order", "study", "worklist_item", "report"}),
-    Role.SCHEDULER: frozenset({"order", "study", "worklist_item"}),
-    Role.TECHNOLOGIST: frozenset({"order", "study", "worklist_item"}),
-    Role.RADIOLOGIST: frozenset({"order", "study", "worklist_item", "report"}),
-    Role.REFERRING_PHYSICIAN: frozenset({"order", "study", "report"}),
+# the permission that lets a caller see each entity of the feed (a referring
+# physician: only entries about orders they may see, and a report's only once
+# final, db/changes.py)
+FEED_ENTITIES: dict[str, Permission] = {
+    "order": Permission.ORDERS_READ,
+    "study": Permission.STUDIES_READ,
+    "worklist_item": Permission.WORKLIST_READ,
+    "report": Permission.REPORTS_READ,
 }
 
 
@@ -41,7 +40,8 @@ class Change:
 
 
 def _visible(principal: Principal) -> ColumnElement[bool]:
-    condition = ChangeLogEntry.entity.in_(FEED_ENTITIES[principal.role])
+    entities = [entity for entity, needed in FEED_ENTITIES.items() if principal.can(needed)]
+    condition = ChangeLogEntry.entity.in_(entities)
     if sees_every_order(principal):
         return condition
     return condition & ChangeLogEntry.order_id.in_(visible_order_ids(principal))
