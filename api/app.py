@@ -10,6 +10,7 @@ from api.deps import ApiContext
 from api.docs import ASSETS_URL, DOCS_PAGES, install_docs
 from api.errors import install_error_handlers
 from api.headers import SecurityHeaders
+from api.http_metrics import HttpMetrics
 from api.listing_audit import RepeatedListingAudit
 from api.routes import (
     audit,
@@ -79,6 +80,8 @@ def create_app(context: ApiContext) -> FastAPI:
         app.include_router(router)
     install_docs(app)
     app.add_middleware(SecurityHeaders, docs_pages=DOCS_PAGES, assets_prefix=ASSETS_URL + "/")
+    # outside the security headers: a request's time includes theirs
+    app.add_middleware(HttpMetrics)
     if settings.cors_origins:
         # added last, so outermost: a browser's preflight (OPTIONS, no token) is
         # answered here, before any route asks for authentication

@@ -73,6 +73,25 @@ FIND_LEVELS = ("patient", "study", "series", "image", "worklist", "unknown")
 # durable), index (queued for and committed by the index writer), respond (the
 # C-STORE-RSP handed to pynetdicom)
 INGEST_STAGES = ("receive", "header", "write", "sync", "index", "respond")
+# what an HTTP request was for, told from its method and path (api/http_metrics.py):
+# the four DICOMweb services apart, the live event stream apart from the rest of
+# the API (it lasts as long as the client stays), then the node's other pages
+HTTP_SERVICES = (
+    "api",
+    "events",
+    "dicomweb_qido",
+    "dicomweb_wado",
+    "dicomweb_rendered",
+    "dicomweb_stow",
+    "metrics",
+    "health",
+    "docs",
+    "other",
+)
+# the status class of the answer; "error" when the request ended in an exception
+# before any status was sent (the client disconnected mid-stream, or a failure
+# the error handler answers outside this count)
+HTTP_STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "error")
 
 INSTANCES_RECEIVED = Counter(
     "dicom_node_instances_received",
@@ -134,6 +153,26 @@ INGEST_STAGE_SECONDS = Summary(
     ["stage"],
     registry=REGISTRY,
 )
+HTTP_REQUESTS = Counter(
+    "dicom_node_http_requests",
+    "HTTP requests by service (see HTTP_SERVICES) and status class, counted when they end",
+    ["service", "status"],
+    registry=REGISTRY,
+)
+HTTP_SECONDS = Histogram(
+    "dicom_node_http_request_seconds",
+    "HTTP request duration, request received to the last byte of the answer sent, "
+    "by service (the live event stream is not timed: it lasts as long as its client)",
+    ["service"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+    registry=REGISTRY,
+)
+HTTP_RESPONSE_BYTES = Counter(
+    "dicom_node_http_response_bytes",
+    "Bytes of HTTP answer bodies sent, by service (WADO-RS throughput)",
+    ["service"],
+    registry=REGISTRY,
+)
 
 # every series of a fixed vocabulary exists from the start at 0, so a rate() over
 # the first refusal sees it rise instead of appear
@@ -143,6 +182,10 @@ for _reason in STORE_REFUSED:
     INSTANCES_REFUSED.labels(reason=_reason)
 for _result in ASSOCIATION_RESULTS:
     ASSOCIATIONS.labels(result=_result)
+for _service in HTTP_SERVICES:
+    HTTP_RESPONSE_BYTES.labels(service=_service)
+    for _status in HTTP_STATUS_CLASSES:
+        HTTP_REQUESTS.labels(service=_service, status=_status)
 _STAGE_SUMMARIES = {stage: INGEST_STAGE_SECONDS.labels(stage=stage) for stage in INGEST_STAGES}
 
 
