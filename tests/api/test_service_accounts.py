@@ -375,10 +375,12 @@ def test_an_operator_makes_a_key_on_the_command_line(tmp_path: Path, db: Databas
 
 
 def test_the_live_event_stream_keeps_a_key_s_stream_open(api: ApiServer) -> None:
-    """The stream re-checks its credential on every poll: a key must pass it."""
+    """The stream re-checks its credential on every poll: a key must pass it.
+    (``read-orders`` beside ``read-changes``: the feed shows a key only the
+    entities its scopes read.)"""
     admin = api.client("admin")
     account = _account(admin, "portal", "scheduler")
-    key = _key(admin, account, "read-changes")["key"]
+    key = _key(admin, account, "read-changes", "read-orders")["key"]
     with api.db.unit_of_work() as session:
         order = ImagingRequest(
             patient_id="P1", patient_name="DOE^J", patient_name_folded="doe^j", status="requested"
