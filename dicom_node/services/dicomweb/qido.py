@@ -350,11 +350,16 @@ def record_qido(
     failure: str | None = None,
 ) -> None:
     """110112 Query: the path, the query parameters asked (bounded as C-FIND's
-    keys are), never the results; ``failure`` if refused or failed."""
+    keys are), never the results; ``failure`` if refused or failed.
+
+    Committed before the answer goes out, without waiting for the disk flush,
+    as C-FIND's Query event (``services/query/find.py record_query``): that
+    wait was most of a selective search's time on SQLite; a power cut may
+    lose the last query records (a crash of the node does not), nothing else."""
     asked: dict[str, str] = {}
     for name, value in params:
         asked[name] = f"{asked[name]},{value}" if name in asked else value
-    with db.unit_of_work() as session:
+    with db.unit_of_work(wait_for_disk=False) as session:
         record_audit_event(
             session,
             query_event(

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from pydicom.uid import generate_uid
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from dicom_node.db.models import AuditEvent, DicomStudy, ImagingRequest, User
 from dicom_node.domain.audit import SystemActor
@@ -374,6 +374,42 @@ def test_each_search_is_one_query_audit_event_with_the_keys_never_the_results(
         "includefield": "all",
     }
     assert "DOE" not in str(event.details)  # the results are not recorded
+
+
+def _flushes(connection: Any, dialect: str) -> bool:
+    """Whether a commit on this DBAPI connection waits for the disk flush now
+    (the tests' PostgreSQL runs with synchronous_commit off: only a session
+    override counts, as in tests/integration/test_commit_durability.py)."""
+    if dialect == "postgresql":
+        setting, source = connection.execute(
+            "SELECT setting, source FROM pg_settings WHERE name = 'synchronous_commit'"
+        ).fetchone()
+        return not (setting == "off" and source == "session")
+    return bool(connection.execute("PRAGMA synchronous").fetchone()[0] == 2)  # FULL
+
+
+def test_the_query_audit_is_committed_without_waiting_for_the_disk(
+    dicomweb: DicomWeb, held: Held
+) -> None:
+    """As C-FIND's Query event: committed before the answer, the disk flush not
+    waited for (it was most of a selective search's time on SQLite)."""
+    http = _raw(dicomweb, "radiologist")
+    engine = dicomweb.api.db.engine
+    seen: list[bool] = []
+
+    def note(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+    ) -> None:
+        if "INSERT INTO audit_events" in statement and "qido_search" in str(parameters):
+            seen.append(_flushes(cursor.connection, engine.dialect.name))
+
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        response = http.get("/dicomweb/studies", params={"PatientID": "P1"})
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+    assert response.status_code == 200 and len(response.json()) == 1
+    assert seen == [False]
 
 
 def test_media_types_and_authentication(dicomweb: DicomWeb, held: Held) -> None:
