@@ -10,7 +10,6 @@ per request, refused ones included.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
@@ -168,7 +167,7 @@ def _search(
             failure=failure,
         )
     assert result is not None
-    answer = Response(json.dumps(result.datasets), media_type=media_type)
+    answer = Response(result.json(), media_type=media_type)
     for text in result.warnings:
         answer.headers.append("Warning", f'299 {service_url}: "{text}"')
     return answer

@@ -26,12 +26,14 @@ never the results; a refused one too (``record_qido``).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag, tag_for_keyword
+from sqlalchemy import RowMapping
 from sqlalchemy.orm import Session
 
 from dicom_node.db.engine import Database
@@ -154,9 +156,14 @@ class QidoQuery:
 
 @dataclass(frozen=True)
 class QidoResult:
-    datasets: list[dict[str, dict[str, Any]]]
+    # each match's DICOM JSON object, serialized as soon as it was made (see search)
+    datasets: list[str]
     # the Warning texts (PS3.18) to answer with
     warnings: list[str]
+
+    def json(self) -> str:
+        """The answer's body: the JSON array of the matches."""
+        return "[" + ", ".join(self.datasets) + "]"
 
 
 def attribute_keyword(attribute_id: str) -> str:
@@ -295,16 +302,24 @@ def search(
     statement = statement.where(study_condition(principal))
     wanted = min(query.limit or max_matches, max_matches)
     statement = statement.offset(query.offset).limit(wanted + 1)
-    rows = [dict(row) for row in session.execute(statement).mappings().all()]
+    # One row at a time, each answer serialized at once: a match's dicts die
+    # with it instead of hundreds living until the whole answer is built. Kept
+    # alive together, they were promoted to the oldest GC generation and set
+    # off a full collection of the process's heap (~0.1 s) every few dozen
+    # searches of a few hundred matches: the p95 of such a search.
+    datasets: list[str] = []
+    more = False
+    for row in session.execute(statement).mappings():
+        if len(datasets) == wanted:
+            more = True
+            break
+        datasets.append(json.dumps(_answer(resource.level, row, service_url)))
 
     warnings = list(query.warnings)
     # the server's cap cut the list (not the client's own limit): say so
-    if len(rows) > wanted and (query.limit is None or query.limit > max_matches):
+    if more and (query.limit is None or query.limit > max_matches):
         warnings.append(CAPPED)
-    return QidoResult(
-        datasets=[_answer(resource.level, row, service_url) for row in rows[:wanted]],
-        warnings=warnings,
-    )
+    return QidoResult(datasets=datasets, warnings=warnings)
 
 
 def _return_keys(resource: Resource, query: QidoQuery) -> list[str]:
@@ -328,7 +343,7 @@ def _return_keys(resource: Resource, query: QidoQuery) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-def _answer(level: Level, row: Mapping[str, Any], service_url: str) -> dict[str, dict[str, Any]]:
+def _answer(level: Level, row: RowMapping, service_url: str) -> dict[str, dict[str, Any]]:
     url = f"{service_url}/studies/{row['StudyInstanceUID']}"
     if level is not Level.STUDY:
         url += f"/series/{row['SeriesInstanceUID']}"
