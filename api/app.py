@@ -12,6 +12,7 @@ from api.errors import install_error_handlers
 from api.headers import SecurityHeaders
 from api.http_metrics import HttpMetrics
 from api.listing_audit import RepeatedListingAudit
+from api.pages import routes as pages
 from api.routes import (
     audit,
     auth,
@@ -19,7 +20,6 @@ from api.routes import (
     dicomweb,
     facilities,
     health,
-    home,
     metrics,
     orders,
     reconciliation,
@@ -36,7 +36,7 @@ from dicom_node.domain.transcode import Transcoder
 from dicom_node.storage import FileStore
 
 ROUTERS = (
-    home.router,
+    pages.router,
     health.router,
     auth.router,
     users.router,
@@ -79,7 +79,13 @@ def create_app(context: ApiContext) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     install_docs(app)
-    app.add_middleware(SecurityHeaders, docs_pages=DOCS_PAGES, assets_prefix=ASSETS_URL + "/")
+    pages.install_static(app)
+    app.add_middleware(
+        SecurityHeaders,
+        docs_pages=DOCS_PAGES,
+        app_pages=pages.PAGE_PATHS,
+        assets_prefixes=(ASSETS_URL + "/", pages.STATIC_URL + "/"),
+    )
     # outside the security headers: a request's time includes theirs
     app.add_middleware(HttpMetrics)
     if settings.cors_origins:
@@ -88,8 +94,9 @@ def create_app(context: ApiContext) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            # bearer tokens and API keys travel in a header, never in a cookie the
-            # browser would attach for another origin's page
+            # never: the browser session's cookie (api/pages/) must not let another
+            # origin's page read answers made with it. A listed origin's viewer
+            # sends a bearer token or API key in a header instead.
             allow_credentials=False,
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Accept", "Content-Type"],

@@ -11,6 +11,8 @@ that got 2xx knows the change is durable. Reads use ``context.db.read()``.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -66,10 +68,58 @@ TranscoderDep = Annotated[Transcoder, Depends(get_transcoder)]
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/auth/token", auto_error=False)
 
 
-async def bearer_token(token: Annotated[str | None, Depends(oauth2_scheme)]) -> str:
-    if not token:
-        raise AuthenticationFailed("sign in first: send 'Authorization: Bearer <token>'")
-    return token
+# The browser session (api/pages/): a sign-in token from the same ``sign_in`` as
+# /api/auth/token, in a cookie, because ``<img>`` and ``EventSource`` cannot send
+# an Authorization header. Expiry, lock-out, revocation and audit stay the token's.
+SESSION_COOKIE = "dicom_node_session"
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf_token"
+# methods that change nothing (RFC 9110 9.2.1): no CSRF token asked for
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_CSRF_LABEL = b"dicom-node csrf v1"
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def csrf_token_for(session_token: str) -> str:
+    """The CSRF token of a session: an HMAC keyed by the session token, which a
+    page of another site cannot read (HttpOnly cookie) and so cannot compute.
+    Derived, not stored: nothing to keep per session, and revoked with it."""
+    return hmac.new(session_token.encode(), _CSRF_LABEL, hashlib.sha256).hexdigest()
+
+
+async def bearer_token(
+    request: Request, token: Annotated[str | None, Depends(oauth2_scheme)]
+) -> str:
+    """The sign-in token (or API key) the request carries: ``Authorization:
+    Bearer``, else the session cookie. The browser attaches the cookie to any
+    request to the node, a forged cross-site one too (SameSite=Strict stops
+    most, not all: a sibling subdomain counts as same-site), so a cookie-borne
+    request that may change something must also send the session's CSRF token
+    (``X-CSRF-Token``, or the ``csrf_token`` field of a form), which only a page
+    of the node has. A bearer token is not ambient: a browser never adds it."""
+    if token:
+        return token
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        raise AuthenticationFailed(
+            "sign in first: send 'Authorization: Bearer <token>' (or sign in at /sign-in)"
+        )
+    if looks_like_key(cookie):
+        # the cookie is set from a person's sign-in only; a key never travels in it
+        raise AuthenticationFailed("unknown token")
+    if request.method not in SAFE_METHODS:
+        sent = request.headers.get(CSRF_HEADER)
+        if sent is None and request.headers.get("content-type", "").startswith(_FORM_TYPES):
+            # read once and kept by Starlette: the route's own Form fields still work
+            field_value = (await request.form()).get(CSRF_FIELD)
+            sent = field_value if isinstance(field_value, str) else None
+        if not sent or not hmac.compare_digest(sent.encode(), csrf_token_for(cookie).encode()):
+            raise Forbidden(
+                f"missing or wrong CSRF token: a request signed in by the session cookie "
+                f"that changes something must send the {CSRF_HEADER} header (or the "
+                f"{CSRF_FIELD} form field) of its page"
+            )
+    return cookie
 
 
 async def source_address(request: Request) -> str | None:
@@ -82,8 +132,9 @@ def current_principal(
     token: Annotated[str, Depends(bearer_token)],
     address: Annotated[str | None, Depends(source_address)] = None,
 ) -> Principal:
-    """The caller: a person's sign-in token, or a service account's API key
-    (``dnk_...``, services/access/api_keys.py), both as ``Bearer``. ``address``
+    """The caller: a person's sign-in token (as ``Bearer``, or the browser's
+    session cookie: ``bearer_token``), or a service account's API key
+    (``dnk_...``, services/access/api_keys.py, as ``Bearer``). ``address``
     (the caller's, for the key's audit events) is None when called directly."""
     if looks_like_key(token):
         return authenticate_key(context.db, token, source_address=address)

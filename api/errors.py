@@ -79,6 +79,12 @@ def error_response(
 
 
 def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
+    return domain_error_response(exc)
+
+
+def domain_error_response(exc: Exception) -> JSONResponse:
+    """The answer a domain error gets; the web pages (api/pages/) show its
+    status and message on a page instead of the JSON."""
     message = str(exc)
     if isinstance(exc, AuthenticationFailed):
         return error_response(401, message, headers={"WWW-Authenticate": "Bearer"})

@@ -15,7 +15,10 @@
 - ``Content-Security-Policy``: the API's answers load nothing (``default-src
   'none'``); the documentation pages load only from the node itself, so a page
   that tried to reach the internet (a CDN, Swagger's validator) is stopped by
-  the browser too.
+  the browser too. The application's pages (api/pages/) get ``APP_CSP``:
+  scripts and styles from the node's own files only, never inline (so an
+  injected ``<script>`` or ``style=`` does not run), forms posted to the node
+  only.
 - ``Strict-Transport-Security`` when the request came over HTTPS.
 
 A pure ASGI middleware (not Starlette's BaseHTTPMiddleware): streamed answers
@@ -42,20 +45,35 @@ DOCS_CSP = (
     "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; "
     "worker-src 'self' blob:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
+# the application's pages (api/pages/): no 'unsafe-inline' anywhere; images from
+# the node, or made by its scripts (data:, blob:: rendered frames, later)
+APP_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 HSTS = "max-age=31536000"
 
 
 class SecurityHeaders:
     """Adds the headers above to every HTTP answer that does not set them itself.
 
-    ``docs_pages`` get ``DOCS_CSP``; answers under ``assets_prefix`` (static
-    files from an installed package, no data) may be cached.
+    ``docs_pages`` get ``DOCS_CSP``, ``app_pages`` ``APP_CSP``; answers under
+    ``assets_prefixes`` (static files from an installed package, no data) may
+    be cached.
     """
 
-    def __init__(self, app: ASGIApp, *, docs_pages: frozenset[str], assets_prefix: str) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        docs_pages: frozenset[str],
+        app_pages: frozenset[str] = frozenset(),
+        assets_prefixes: tuple[str, ...],
+    ) -> None:
         self.app = app
         self.docs_pages = docs_pages
-        self.assets_prefix = assets_prefix
+        self.app_pages = app_pages
+        self.assets_prefixes = assets_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,7 +83,9 @@ class SecurityHeaders:
         wanted = dict(SECURITY_HEADERS)
         if path in self.docs_pages:
             wanted["Content-Security-Policy"] = DOCS_CSP
-        if path.startswith(self.assets_prefix):
+        elif path in self.app_pages:
+            wanted["Content-Security-Policy"] = APP_CSP
+        if path.startswith(self.assets_prefixes):
             del wanted["Cache-Control"], wanted["Pragma"]
         if scope.get("scheme") == "https":
             wanted["Strict-Transport-Security"] = HSTS

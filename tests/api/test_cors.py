@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from dicom_node.settings import Settings
-from tests.api.conftest import ApiServer
+from tests.api.conftest import PASSWORD, ApiServer
 from tests.conftest import node_settings
 
 VIEWER = "https://viewer.example.org:8443"
@@ -65,3 +65,20 @@ def test_an_allowed_origin_may_call_dicomweb_and_the_api(api: ApiServer) -> None
 def test_a_malformed_origin_setting_is_refused() -> None:
     with pytest.raises(ValueError, match="not an origin"):
         Settings(cors_origins="https://viewer.example.org/path")  # type: ignore[arg-type]
+
+
+def test_an_allowed_origin_gets_no_credentialed_access(api: ApiServer) -> None:
+    """The browser session's cookie must not let a listed origin's page read
+    answers: CORS never allows credentials (the viewer sends a bearer token)."""
+    answer = api.anonymous().post(
+        "/sign-in", data={"username": api.user("radiologist"), "password": PASSWORD}
+    )
+    cookie = f"dicom_node_session={answer.cookies['dicom_node_session']}"
+    for path in ("/api/me", "/dicomweb/studies"):
+        read = api.anonymous().get(path, headers={"Origin": VIEWER, "Cookie": cookie})
+        assert read.headers["access-control-allow-origin"] == VIEWER
+        assert "access-control-allow-credentials" not in read.headers
+        preflight = _preflight(api, VIEWER, path)
+        assert "access-control-allow-credentials" not in preflight.headers
+        # the CSRF header is not one a listed origin's script may send
+        assert "x-csrf-token" not in preflight.headers["access-control-allow-headers"].lower()

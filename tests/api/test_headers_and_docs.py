@@ -107,26 +107,39 @@ def test_the_openapi_document_is_public_and_every_route_it_lists_needs_a_token(
     assert api.anonymous().get("/api/orders").status_code == 401
 
 
-def test_the_home_page_links_the_docs_and_health_and_reveals_nothing(api: ApiServer) -> None:
+def test_the_pages_are_html_under_a_policy_without_inline_script_or_style(
+    api: ApiServer,
+) -> None:
+    """The web pages (api/pages/, issue 18): the sign-in form is public, the home
+    page sends a caller without a session there; the pages load only the node's
+    own files, under a policy with no 'unsafe-inline'."""
     anonymous = api.anonymous()
-    page = anonymous.get("/")
-    assert page.status_code == 200
-    assert page.headers["content-type"].startswith("text/html")
-    _assert_security_headers(page)
-    # no script, style or image: the API's policy that loads nothing applies as is
-    assert page.headers["content-security-policy"].startswith("default-src 'none'")
-    assert not re.search(r"<(script|style|img|link|iframe|form)\b", page.text, re.IGNORECASE)
-    links = set(re.findall(r'href="([^"]+)"', page.text))
-    assert links == {"/docs", "/redoc", "/health", "/metrics"}
-    for link in ("/docs", "/redoc", "/health"):
-        assert anonymous.get(link).status_code == 200, link
-    assert "sign-in" in page.text
-    # the same bytes for everyone: no version, no AE title, no data of the signed-in user
-    assert __version__ not in page.text
-    assert api.settings.ae_title not in page.text
-    assert api.client("admin").get("/").text == page.text
-    assert not re.search(r"https?://", page.text)
-    head = anonymous.head("/")
+    home = anonymous.get("/")
+    assert home.status_code == 303 and home.headers["location"] == "/sign-in"
+    loaded = _check_page_offline(api, "/sign-in")
+    assert {"/static/css/app.css", "/static/js/local-time.js"} <= set(loaded)
+    page = anonymous.get("/sign-in")
+    policy = page.headers["content-security-policy"]
+    assert policy == (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    )
+    # nothing inline that the policy would have to allow
+    assert not re.search(r"<script(?![^>]*\bsrc=)|<style\b|\sstyle=|\son\w+=", page.text)
+    assert __version__ not in page.text and api.settings.ae_title not in page.text
+    head = anonymous.head("/sign-in")
     assert head.status_code == 200 and head.content == b""
-    assert head.headers["content-type"].startswith("text/html")
     _assert_security_headers(head)
+    # the assets are static files of the package: cacheable, right types, nosniff
+    script = anonymous.get("/static/js/local-time.js")
+    assert script.headers["content-type"].split(";")[0] in (
+        "text/javascript",
+        "application/javascript",
+    )
+    assert "no-store" not in script.headers.get("cache-control", "")
+    assert anonymous.get("/static/css/app.css").headers["content-type"].startswith("text/css")
+    # signed in (a bearer token works too): the home page, under the same policy
+    signed_in = api.client("radiologist").get("/")
+    assert signed_in.status_code == 200
+    assert signed_in.headers["content-security-policy"] == policy
+    _assert_security_headers(signed_in)

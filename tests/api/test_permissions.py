@@ -19,14 +19,15 @@ from fastapi.routing import APIRoute
 
 from api.app import ROUTERS
 from api.deps import current_principal
+from api.pages.routes import PageRoute
 from api.routes.metrics import metrics_reader
 from dicom_node.domain.enums import Role
 from dicom_node.domain.permissions import ROLE_PERMISSIONS, Permission, permission_table_markdown
 from tests.api.conftest import ApiServer
 
-# public by decision (docs/security.md): liveness, sign-in, and the static home
-# page (api/routes/home.py: links only, no data)
-PUBLIC = {"/", "/health", "/api/auth/token"}
+# public by decision (docs/security.md): liveness, and sign-in (the API's and the
+# web form's, api/pages/routes.py)
+PUBLIC = {"/health", "/api/auth/token", "/sign-in"}
 # routes that also take a credential other than a user's token, and so call
 # current_principal themselves when that is what they were given (GET /metrics:
 # Prometheus's static scrape token). The matrix below still checks their 401/403.
@@ -68,8 +69,8 @@ def test_every_route_answers_each_role_as_the_permission_table_says(api: ApiServ
     clients = {role: api.client(role.value) for role in Role}
     wrong: list[str] = []
     for method, path, permission in routes:
-        if path in ("/api/events", "/api/auth/logout"):
-            continue  # a stream, and a sign-out: both covered in their own tests
+        if path in ("/api/events", "/api/auth/logout", "/sign-out"):
+            continue  # a stream, and sign-outs: covered in their own tests
         for role, client in clients.items():
             body = None if method in ("GET", "DELETE") else {}
             response = client.request(method, _concrete(path), json=body)
@@ -81,15 +82,29 @@ def test_every_route_answers_each_role_as_the_permission_table_says(api: ApiServ
                 wrong.append(f"{role} {method} {path}: expected 403, got {code}")
             if code >= 500:
                 wrong.append(f"{role} {method} {path}: {code}")
-            if code >= 400 and "error" not in response.json():
+            if code >= 400 and path in _page_paths():
+                if not response.headers["content-type"].startswith("text/html"):
+                    wrong.append(f"{role} {method} {path}: a page answered {code} without a page")
+            elif code >= 400 and "error" not in response.json():
                 wrong.append(f"{role} {method} {path}: error body not in the one shape")
     assert not wrong, "\n".join(wrong)
 
 
+def _page_paths() -> set[str]:
+    return {r.path for router in ROUTERS for r in router.routes if isinstance(r, PageRoute)}
+
+
 def test_every_route_refuses_a_caller_without_a_token(api: ApiServer) -> None:
     client = api.anonymous()
+    pages = _page_paths()
+    assert "/" in pages
     for method, path, _ in _api_routes():
         response = client.request(method, _concrete(path))
+        if path in pages:
+            # a person's page sends them to the sign-in form instead of a 401
+            assert response.status_code == 303, f"{method} {path}: {response.status_code}"
+            assert response.headers["location"] == "/sign-in"
+            continue
         assert response.status_code == 401, f"{method} {path}: {response.status_code}"
 
 

@@ -1,0 +1,8 @@
+"""The reading room in a browser (issue 18): server-rendered pages at ``/``.
+
+Jinja2 templates and a few plain JavaScript modules, shipped inside the Python
+package (``templates/``, ``static/``): installed by ``pip`` with the node, no
+build step, no CDN, nothing fetched at run time. The pages call the same
+services as the API and sign in through the same ``api.deps.current_principal``
+(the session cookie is read there); see docs/web.md and docs/security.md.
+"""
