@@ -296,8 +296,9 @@ def test_every_command_of_the_readme_tour_works(tour_env: dict[str, str], tmp_pa
         assert code == 0 and report.strip().isdigit()
         # the API documentation pages the tour points to, with their assets from the node
         http = f"http://127.0.0.1:{tour_env['DICOM_NODE_HTTP_PORT']}"
+        # (and the web application's: "/" sends a browser without a session to its form)
         for page in ("/docs", "/redoc", "/"):
-            answer = httpx.get(http + page, timeout=10)
+            answer = httpx.get(http + page, timeout=10, follow_redirects=True)
             assert answer.status_code == 200, page
             assert "https://" not in answer.text, page  # nothing loaded from elsewhere
         assert node.stop() == 0, "".join(node.lines)
