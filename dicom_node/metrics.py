@@ -75,7 +75,8 @@ FIND_LEVELS = ("patient", "study", "series", "image", "worklist", "unknown")
 INGEST_STAGES = ("receive", "header", "write", "sync", "index", "respond")
 # what an HTTP request was for, told from its method and path (api/http_metrics.py):
 # the four DICOMweb services apart, the live event stream apart from the rest of
-# the API (it lasts as long as the client stays), then the node's other pages
+# the API (it lasts as long as the client stays), the browser pages (api/pages/)
+# with their static files, then the node's other answers
 HTTP_SERVICES = (
     "api",
     "events",
@@ -86,6 +87,7 @@ HTTP_SERVICES = (
     "metrics",
     "health",
     "docs",
+    "pages",
     "other",
 )
 # the status class of the answer; "error" when the request ended in an exception

@@ -56,7 +56,10 @@ def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
         ("GET", "/health", "health"),
         ("GET", "/docs", "docs"),
         ("GET", "/docs-assets/swagger-ui.css", "docs"),
-        ("GET", "/", "other"),
+        ("GET", "/", "pages"),
+        ("POST", "/sign-in", "pages"),
+        ("GET", "/static/css/app.css", "pages"),
+        ("GET", "/nowhere", "other"),
         ("GET", "/dicomwebx/studies", "other"),
     ],
 )
