@@ -13,6 +13,7 @@ from dicom_node.services.dicomweb.multipart import (
     Part,
     PartUnavailable,
     content_type,
+    gathered,
     stream_parts,
 )
 from dicom_node.services.dicomweb.negotiation import (
@@ -137,3 +138,27 @@ def test_multipart_body_parses_and_an_unavailable_part_is_left_out() -> None:
         "application/dicom",
         "application/octet-stream",
     ]
+
+
+def test_the_body_goes_out_in_pieces_of_at_least_the_write_size() -> None:
+    """A study's parts (here 10 of 3 bytes and their headers) leave as a few
+    large pieces, the same bytes in the same order; only the last may be shorter."""
+    parts = [Part("application/dicom", lambda n=n: [b"%03d" % n]) for n in range(10)]
+    pieces = list(gathered(stream_parts(parts, "B"), at_least=100))
+    assert b"".join(pieces) == b"".join(stream_parts(parts, "B"))
+    assert len(pieces) > 1
+    assert all(len(piece) >= 100 for piece in pieces[:-1])
+
+
+def test_a_part_failing_midway_cuts_the_gathered_body_short() -> None:
+    """What was gathered before the failure is not sent: the answer stays cut
+    short (no closing delimiter), never passes for a complete one."""
+
+    def broken() -> Iterator[bytes]:
+        yield b"half"
+        raise PartUnavailable  # after its first byte: the answer is cut short
+
+    parts = [Part("application/dicom", lambda: [b"whole"]), Part("application/dicom", broken)]
+    body = gathered(stream_parts(parts, "B"), at_least=1 << 20)
+    with pytest.raises(PartUnavailable):
+        next(body)

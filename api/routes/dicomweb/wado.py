@@ -7,7 +7,7 @@ a study the caller may not see is 404 as if missing), validates the UIDs and
 lists of the URL (400), picks what it sends from Accept in one place
 (services/dicomweb/negotiation.py; 406 when nothing acceptable can be made),
 and commits one 110103 per study read (with the instance count) before the
-first byte goes out. Answers are streamed: a study is sent a chunk of a file
+first byte goes out. Answers are streamed: a study goes out a few megabytes
 at a time (services/dicomweb/multipart.py), metadata an instance at a time.
 """
 
@@ -46,6 +46,7 @@ from dicom_node.services.dicomweb.multipart import (
     Part,
     bytes_chunks,
     content_type,
+    gathered,
     new_boundary,
     stream_parts,
 )
@@ -172,7 +173,7 @@ def _multipart(
 ) -> Response:
     boundary = new_boundary()
     return StreamingResponse(
-        stream_parts(parts, boundary),
+        gathered(stream_parts(parts, boundary)),
         media_type=content_type(part_type, boundary),
         headers=headers,
     )

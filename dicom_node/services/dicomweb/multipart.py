@@ -3,7 +3,10 @@
 A WADO-RS answer is a sequence of parts, each a Part 10 file, a frame or a bulk
 data value. Parts are given lazily (``Part.chunks`` is called only when the
 part's turn comes) and their bytes go out a chunk at a time, so what a response
-holds in memory is one chunk (or one transcoded instance), never the study.
+holds in memory is a few chunks (or one transcoded instance), never the study.
+
+What goes to the HTTP server is ``gathered``: pieces of at least
+``WRITE_BYTES``, whatever the size of the parts.
 """
 
 from __future__ import annotations
@@ -14,6 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CHUNK_BYTES = 1024 * 1024
+# Each piece a streamed answer yields costs a hand-off to a worker thread (the
+# file reads run there), a pass through the middleware and the HTTP writer, and
+# a wait for the socket to drain. Two pieces per 0.5 MB CT instance were most of
+# the node's CPU in a study retrieve (1,500 instances: 620 MB/s, Orthanc ~950).
+# Gathered: 1 MiB 820 MB/s, 2 MiB 1,140, 4 MiB 1,220; a response's peak memory
+# is about six of them (the pieces, their join, the HTTP writer's framed copy,
+# the socket's unsent rest): ~13 MB at 2 MiB, ~22 MB at 4 MiB.
+WRITE_BYTES = 2 * CHUNK_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +55,8 @@ class PartUnavailable(Exception):
 def stream_parts(parts: Iterable[Part], boundary: str) -> Iterator[bytes]:
     """The body: each part's headers and chunks, then the closing delimiter.
     A part's first chunk is produced before its headers are written, so a part
-    that turns out unavailable is left out whole."""
+    that turns out unavailable is left out whole. The headers and the chunks
+    are separate pieces (``gathered`` joins them, one copy of the bytes)."""
     delimiter = f"--{boundary}\r\n".encode("ascii")
     for part in parts:
         chunks = iter(part.chunks())
@@ -55,12 +67,32 @@ def stream_parts(parts: Iterable[Part], boundary: str) -> Iterator[bytes]:
         head = f"Content-Type: {part.content_type}\r\n"
         if part.location:
             head += f"Content-Location: {part.location}\r\n"
-        yield delimiter + head.encode("ascii") + b"\r\n" + first
+        yield delimiter + head.encode("ascii") + b"\r\n"
+        if first:
+            yield first
         for chunk in chunks:
             if chunk:
                 yield chunk
         yield b"\r\n"
     yield f"--{boundary}--\r\n".encode("ascii")
+
+
+def gathered(pieces: Iterable[bytes], at_least: int = WRITE_BYTES) -> Iterator[bytes]:
+    """``pieces`` joined into pieces of at least ``at_least`` bytes (the last one
+    may be shorter). Whatever a piece raises comes through at once: what was
+    gathered is not sent, so an answer cut short stays cut short."""
+    pending: list[bytes] = []
+    size = 0
+    for piece in pieces:
+        pending.append(piece)
+        size += len(piece)
+        if size >= at_least:
+            joined = b"".join(pending)
+            pending.clear()  # before the yield: the pieces are not held while it is sent
+            size = 0
+            yield joined
+    if pending:
+        yield b"".join(pending)
 
 
 def file_chunks(
