@@ -23,7 +23,10 @@ What it does:
    Orthanc with its DICOMweb plugin (its default SQLite index, no
    authentication, keep-alive on, no HTTP compression);
 3. loads the small studies into both with ``/usr/bin/storescu`` (2 clients
-   each) and checks both hold every instance;
+   each), checks both hold every instance, and waits until what the load set
+   off is over (the node's study-stability job and Orthanc's stable-study
+   events, 60 s after a study's last instance; then both idle for 2 s), as
+   after every load;
 4. QIDO-RS: times study searches on both over one keep-alive connection each
    (``http.client``, opened before the clock), each query alternating between
    the two, ``--repeat`` times after one untimed warm-up: by PatientID, by
@@ -100,6 +103,7 @@ from bench.ingest import (  # noqa: E402
     _phantom,
     _spawn,
     _stop,
+    _tree_cpu_seconds,
     _uid,
     _version,
     _wait_for_health,
@@ -130,6 +134,8 @@ LOAD_CLIENTS = 2
 NODE_ROOT, ORTHANC_ROOT = "/dicomweb", "/dicom-web"
 RETRIEVE_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 TARGET_RENDERED_P50_MS = 50.0
+STABLE_WAIT = 75.0  # the stable age of both (60 s), the node's check interval (10 s), margin
+SETTLE_LIMIT = 600.0
 
 
 # ------------------------------------------------------------------------ data
@@ -401,6 +407,29 @@ def load(targets: list[Target], data: DataSet, work: Path) -> None:
             f"{target.name:8} {data.name}: {count} instances loaded in {seconds:.1f} s",
             flush=True,
         )
+    settle(targets)
+
+
+def settle(targets: list[Target]) -> None:
+    """Wait until what the load set off is over, so that it does not run during
+    the measurements: the node's study-stability job and Orthanc's stable-study
+    events (both 60 s after a study's last instance, the node's checked every
+    10 s: at least ``STABLE_WAIT``), then until every server's process tree
+    used under 2% of a core for 2 s."""
+    started = time.monotonic()
+    time.sleep(STABLE_WAIT)
+    while time.monotonic() - started < SETTLE_LIMIT:
+        before = [_tree_cpu_seconds(t.server.proc.pid) for t in targets]
+        time.sleep(2.0)
+        used = [
+            _tree_cpu_seconds(t.server.proc.pid) - b for t, b in zip(targets, before, strict=True)
+        ]
+        if max(used) < 0.04:
+            print(f"  settled: idle {time.monotonic() - started:.0f} s after the load", flush=True)
+            return
+    print(
+        f"  WARNING: still busy {SETTLE_LIMIT:.0f} s after the load; measuring anyway", flush=True
+    )
 
 
 # ------------------------------------------------------------------------ QIDO-RS
@@ -732,7 +761,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--studies", type=int, default=10_000, help="small studies (10000)")
     parser.add_argument("--ct-instances", type=int, default=1500, help="the CT study (1500)")
     parser.add_argument("--repeat", type=int, default=100, help="timed QIDO requests (100)")
-    parser.add_argument("--rounds", type=int, default=5, help="timed retrieves per target (5)")
+    parser.add_argument("--rounds", type=int, default=7, help="timed retrieves per target (7)")
     parser.add_argument("--render-repeat", type=int, default=50, help="rendered requests (50)")
     parser.add_argument("--database", choices=DATABASES, default="sqlite", help="the node's")
     parser.add_argument("--keep", action="store_true", help="keep the run's data and logs")
