@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from api import pages
 from api.cache import FeedCache
 from api.deps import ApiContext
 from api.docs import ASSETS_URL, DOCS_PAGES, install_docs
@@ -12,7 +13,8 @@ from api.errors import install_error_handlers
 from api.headers import SecurityHeaders
 from api.http_metrics import HttpMetrics
 from api.listing_audit import RepeatedListingAudit
-from api.pages import routes as pages
+from api.pages import home as home_page
+from api.pages.paths import STATIC_URL, is_page_path
 from api.routes import (
     audit,
     auth,
@@ -36,7 +38,7 @@ from dicom_node.domain.transcode import Transcoder
 from dicom_node.storage import FileStore
 
 ROUTERS = (
-    pages.router,
+    *pages.ROUTERS,
     health.router,
     auth.router,
     users.router,
@@ -79,12 +81,12 @@ def create_app(context: ApiContext) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     install_docs(app)
-    pages.install_static(app)
+    home_page.install_static(app)
     app.add_middleware(
         SecurityHeaders,
         docs_pages=DOCS_PAGES,
-        app_pages=pages.PAGE_PATHS,
-        assets_prefixes=(ASSETS_URL + "/", pages.STATIC_URL + "/"),
+        is_app_page=is_page_path,
+        assets_prefixes=(ASSETS_URL + "/", STATIC_URL + "/"),
     )
     # outside the security headers: a request's time includes theirs
     app.add_middleware(HttpMetrics)

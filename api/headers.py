@@ -28,6 +28,8 @@ reaches them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # on every answer, the 500 included (api/errors.py sends that one past us)
@@ -57,9 +59,9 @@ HSTS = "max-age=31536000"
 class SecurityHeaders:
     """Adds the headers above to every HTTP answer that does not set them itself.
 
-    ``docs_pages`` get ``DOCS_CSP``, ``app_pages`` ``APP_CSP``; answers under
-    ``assets_prefixes`` (static files from an installed package, no data) may
-    be cached.
+    ``docs_pages`` get ``DOCS_CSP``, the paths ``is_app_page`` says are pages
+    ``APP_CSP``; answers under ``assets_prefixes`` (static files from an
+    installed package, no data) may be cached.
     """
 
     def __init__(
@@ -67,12 +69,12 @@ class SecurityHeaders:
         app: ASGIApp,
         *,
         docs_pages: frozenset[str],
-        app_pages: frozenset[str] = frozenset(),
+        is_app_page: Callable[[str], bool] = lambda path: False,
         assets_prefixes: tuple[str, ...],
     ) -> None:
         self.app = app
         self.docs_pages = docs_pages
-        self.app_pages = app_pages
+        self.is_app_page = is_app_page
         self.assets_prefixes = assets_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -83,7 +85,7 @@ class SecurityHeaders:
         wanted = dict(SECURITY_HEADERS)
         if path in self.docs_pages:
             wanted["Content-Security-Policy"] = DOCS_CSP
-        elif path in self.app_pages:
+        elif self.is_app_page(path):
             wanted["Content-Security-Policy"] = APP_CSP
         if path.startswith(self.assets_prefixes):
             del wanted["Cache-Control"], wanted["Pragma"]

@@ -19,7 +19,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.docs import ASSETS_URL, DOCS_PAGES
-from api.pages.routes import PAGE_PATHS, STATIC_URL
+from api.pages.paths import STATIC_URL, is_page_path
 from dicom_node.metrics import HTTP_REQUESTS, HTTP_RESPONSE_BYTES, HTTP_SECONDS
 
 DICOMWEB = "/dicomweb/"
@@ -49,7 +49,7 @@ def service_of(method: str, path: str) -> str:
         return "health"
     if path in DOCS_PAGES or path.startswith(ASSETS_URL + "/") or path == "/openapi.json":
         return "docs"
-    if path in PAGE_PATHS or path.startswith(STATIC_URL + "/"):
+    if is_page_path(path) or path.startswith(STATIC_URL + "/"):
         return "pages"
     return "other"
 

@@ -5,4 +5,16 @@ package (``templates/``, ``static/``): installed by ``pip`` with the node, no
 build step, no CDN, nothing fetched at run time. The pages call the same
 services as the API and sign in through the same ``api.deps.current_principal``
 (the session cookie is read there); see docs/web.md and docs/security.md.
+
+One module per area, each with its own ``router``; ``ROUTERS`` is what the
+application includes. URLs and the navigation are in ``paths``, what every
+page shares in ``common``.
 """
+
+from fastapi import APIRouter
+
+from api.pages import home
+
+ROUTERS: list[APIRouter] = [
+    home.router,
+]

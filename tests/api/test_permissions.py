@@ -19,14 +19,14 @@ from fastapi.routing import APIRoute
 
 from api.app import ROUTERS
 from api.deps import current_principal
-from api.pages.routes import PageRoute
+from api.pages.common import PageRoute
 from api.routes.metrics import metrics_reader
 from dicom_node.domain.enums import Role
 from dicom_node.domain.permissions import ROLE_PERMISSIONS, Permission, permission_table_markdown
 from tests.api.conftest import ApiServer
 
 # public by decision (docs/security.md): liveness, and sign-in (the API's and the
-# web form's, api/pages/routes.py)
+# web form's, api/pages/)
 PUBLIC = {"/health", "/api/auth/token", "/sign-in"}
 # routes that also take a credential other than a user's token, and so call
 # current_principal themselves when that is what they were given (GET /metrics:

@@ -28,14 +28,25 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.api.conftest import ApiServer, api, api_settings  # noqa: F401 (fixtures used here)
+from tests.api.conftest import (  # noqa: F401 (fixtures used here)
+    PASSWORD,
+    ApiServer,
+    api,
+    api_settings,
+)
 from tests.support import require
 
 CHROMIUM = Path("/usr/bin/chromium")
+# axe-core, from npm for the tests only (tests/browser/package.json; .ci/run
+# runs `npm ci --prefix tests/browser`)
+AXE_JS = Path(__file__).parent / "node_modules" / "axe-core" / "axe.min.js"
+# the rules axe checks: WCAG 2.0 and 2.1, levels A and AA
+AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 # what a page may load besides the node itself: inline data and its own blobs
 LOCAL_SCHEMES = {"data", "blob", "about"}
 WAIT_SECONDS = 15
+SIGN_IN_PATH = "/sign-in"
 
 
 @pytest.fixture
@@ -91,6 +102,42 @@ class Page:
 
     def active_id(self) -> str:
         return str(self.driver.switch_to.active_element.get_attribute("id") or "")
+
+    def sign_in(self, username: str, password: str = PASSWORD) -> None:
+        """Sign in through the form, as a person does; lands on the home page."""
+        self.open(SIGN_IN_PATH)
+        self.wait_for_path(SIGN_IN_PATH)
+        self.find("input#username").send_keys(username)
+        self.find("input#password").send_keys(password)
+        self.driver.find_element("xpath", "//button[normalize-space()='Sign in']").click()
+        self.wait_for_path("/")
+
+    def check_accessibility(self, *, exclude: list[str] | None = None) -> None:
+        """Run axe-core in the page (WCAG 2.1 A and AA: contrast, labels, names,
+        landmarks...) and fail on any violation. ``exclude``: CSS selectors of
+        parts axe cannot judge (a canvas drawn by the viewer)."""
+        require(
+            AXE_JS.exists(),
+            "axe-core is not installed (npm ci --prefix tests/browser)",
+        )
+        self.driver.execute_script(AXE_JS.read_text())
+        result = self.driver.execute_async_script(
+            """
+            const [tags, exclude, done] = arguments;
+            const context = exclude.length ? {exclude: exclude.map(s => [s])} : document;
+            axe.run(context, {runOnly: {type: "tag", values: tags}, resultTypes: ["violations"]})
+              .then(r => done(r.violations.map(v => ({
+                id: v.id, help: v.help,
+                nodes: v.nodes.slice(0, 5).map(n => n.target.join(" ") + ": " + n.failureSummary),
+              }))))
+              .catch(e => done([{id: "axe-error", help: String(e), nodes: []}]));
+            """,
+            AXE_TAGS,
+            exclude or [],
+        )
+        assert not result, "accessibility (axe-core):\n" + "\n".join(
+            f"{v['id']}: {v['help']}\n    " + "\n    ".join(v["nodes"]) for v in result
+        )
 
     def screenshot(self, step: str) -> Path:
         size = self.driver.execute_script("return [window.innerWidth, window.innerHeight]")

@@ -80,6 +80,7 @@ def test_a_radiologist_signs_in_sees_the_home_page_and_signs_out(
     page.wait_for_path("/sign-in")
     assert page.driver.title == "Sign in - dicom-node"
     _assert_readable(page)
+    page.check_accessibility()
     page.screenshot("sign-in")
     page.find("input#username").send_keys(name)
     page.find("input#password").send_keys(PASSWORD)
@@ -94,6 +95,10 @@ def test_a_radiologist_signs_in_sees_the_home_page_and_signs_out(
     # the session cookie is out of the page's scripts' reach (HttpOnly)
     assert "dicom_node_session" not in page.driver.execute_script("return document.cookie")
     _assert_readable(page)
+    page.check_accessibility()
+    # the header links only to what the role may open (api/pages/paths.py)
+    links = [a.text for a in page.driver.find_elements("css selector", "nav.main-nav a")]
+    assert "Worklist" in links and "Administration" not in links and "Audit trail" not in links
     page.screenshot("home")
     page.driver.find_element("xpath", "//button[normalize-space()='Sign out']").click()
     page.wait_for_path("/sign-in")
