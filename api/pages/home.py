@@ -9,7 +9,7 @@ from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from api.deps import SESSION_COOKIE, Context, CurrentUser, client_address
+from api.deps import SESSION_COOKIE, ApiContext, Context, CurrentUser, client_address
 from api.docs import DOCS_URL, REDOC_URL
 from api.pages.common import (
     PageRoute,
@@ -19,10 +19,11 @@ from api.pages.common import (
     is_secure,
     render,
 )
-from api.pages.paths import HOME_URL, SIGN_IN_URL, SIGN_OUT_URL, STATIC_URL
+from api.pages.paths import HOME_URL, SIGN_IN_URL, SIGN_OUT_URL, STATIC_URL, navigation_for
+from dicom_node.domain.api_keys import looks_like_key
 from dicom_node.domain.errors import AuthenticationFailed
 from dicom_node.domain.permissions import ROLE_PERMISSIONS, Permission
-from dicom_node.services.access.auth import SignInPolicy, sign_in, sign_out
+from dicom_node.services.access.auth import SignInPolicy, authenticate, sign_in, sign_out
 from dicom_node.services.access.passwords import PasswordHashingBusy
 
 SIGN_IN_FAILED = (
@@ -60,12 +61,36 @@ def home(request: Request, user: CurrentUser, token: SessionToken) -> HTMLRespon
     if user.can(Permission.VIEW_METRICS):
         links.append(("/metrics", "Metrics", "the node's counters, in Prometheus's format"))
     permissions = [p.value for p in ROLE_PERMISSIONS if user.can(p)]
-    return render(request, "home.html", user, token, links=links, permissions=permissions)
+    return render(
+        request,
+        "home.html",
+        user,
+        token,
+        pages=navigation_for(user),
+        links=links,
+        permissions=permissions,
+    )
 
 
 @router.api_route(SIGN_IN_URL, methods=["GET", "HEAD"])
-def sign_in_form(request: Request) -> HTMLResponse:
+def sign_in_form(request: Request, context: Context) -> Response:
+    """The form; someone already signed in goes to the home page instead."""
+    if signed_in(context, request):
+        return RedirectResponse(HOME_URL, status_code=303)
     return render(request, "sign_in.html", None, None, username="", message=None)
+
+
+def signed_in(context: ApiContext, request: Request) -> bool:
+    """Whether the request's session cookie is a live sign-in."""
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token or looks_like_key(token):
+        return False
+    try:
+        with context.db.read() as session:
+            authenticate(session, token)
+    except AuthenticationFailed:
+        return False
+    return True
 
 
 @router.post(SIGN_IN_URL)

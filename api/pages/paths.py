@@ -62,20 +62,55 @@ class NavLink:
     url: str
     label: str
     permission: Permission
+    # what the page is for, on the home page
+    about: str
     # a link shown only to a referring physician, or never to one (their pages
     # differ: they read their own referrals, not the reading worklist)
     referrer: bool | None = None
 
 
 NAVIGATION: tuple[NavLink, ...] = (
-    NavLink(WORKLIST_URL, "Worklist", Permission.WORKLIST_READ, referrer=False),
-    NavLink(REFERRALS_URL, "My referrals", Permission.ORDERS_READ, referrer=True),
-    NavLink(ORDERS_URL, "Orders", Permission.ORDERS_SCHEDULE),
-    NavLink(SCHEDULED_STEPS_URL, "Scheduled steps", Permission.ORDERS_READ, referrer=False),
-    NavLink(RECONCILIATION_URL, "Reconciliation", Permission.RECONCILE),
-    NavLink(TURNAROUND_URL, "Turnaround", Permission.TURNAROUND_READ),
-    NavLink(AUDIT_URL, "Audit trail", Permission.AUDIT_READ),
-    NavLink(ADMIN_URL, "Administration", Permission.USERS_MANAGE),
+    NavLink(
+        WORKLIST_URL,
+        "Worklist",
+        Permission.WORKLIST_READ,
+        "the studies waiting to be read: claim one, open it, report it",
+        referrer=False,
+    ),
+    NavLink(
+        REFERRALS_URL,
+        "My referrals",
+        Permission.ORDERS_READ,
+        "your orders, their studies and the signed reports",
+        referrer=True,
+    ),
+    NavLink(ORDERS_URL, "Orders", Permission.ORDERS_SCHEDULE, "book, schedule and cancel orders"),
+    NavLink(
+        SCHEDULED_STEPS_URL,
+        "Scheduled steps",
+        Permission.ORDERS_READ,
+        "what each modality's worklist holds",
+        referrer=False,
+    ),
+    NavLink(
+        RECONCILIATION_URL,
+        "Reconciliation",
+        Permission.RECONCILE,
+        "studies that arrived without a matching order",
+    ),
+    NavLink(
+        TURNAROUND_URL,
+        "Turnaround",
+        Permission.TURNAROUND_READ,
+        "order-to-complete and complete-to-signed times, SLA breaches",
+    ),
+    NavLink(AUDIT_URL, "Audit trail", Permission.AUDIT_READ, "who did what, when; export as CSV"),
+    NavLink(
+        ADMIN_URL,
+        "Administration",
+        Permission.USERS_MANAGE,
+        "users, imaging centers, modalities, node status, sending studies",
+    ),
 )
 
 

@@ -165,3 +165,29 @@ def test_a_sign_in_posted_from_another_site_is_refused(api: ApiServer) -> None:
     # what Chromium sends from the node's own form under Referrer-Policy: no-referrer
     own = _sign_in(api, name, Origin="null", **{"Sec-Fetch-Site": "same-origin"})
     assert own.status_code == 303
+
+
+def test_the_form_sends_someone_already_signed_in_home_and_a_stale_cookie_to_the_form(
+    api: ApiServer,
+) -> None:
+    session = _session(api)
+    answer = _cookie_client(api, session).get("/sign-in")
+    assert answer.status_code == 303 and answer.headers["location"] == "/"
+    # a cookie that is no sign-in (revoked, expired, made up) gets the form
+    stale = _cookie_client(api, "not-a-session").get("/sign-in")
+    assert stale.status_code == 200 and 'id="username"' in stale.text
+
+
+def test_the_home_page_links_only_the_pages_the_role_may_open(api: ApiServer) -> None:
+    pages = {}
+    for role in ("radiologist", "referring_physician", "auditor", "admin"):
+        home = _cookie_client(api, _session(api, role)).get("/")
+        assert home.status_code == 200, home.text
+        pages[role] = home.text
+    assert 'href="/worklist"' in pages["radiologist"]
+    assert 'href="/referrals"' not in pages["radiologist"]
+    assert 'href="/audit"' not in pages["radiologist"]
+    assert 'href="/referrals"' in pages["referring_physician"]
+    assert 'href="/worklist"' not in pages["referring_physician"]
+    assert 'href="/audit"' in pages["auditor"] and 'href="/admin"' not in pages["auditor"]
+    assert 'href="/admin"' in pages["admin"]
