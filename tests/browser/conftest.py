@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,28 +201,52 @@ def window(request: pytest.FixtureRequest) -> tuple[int, int]:
     return size
 
 
+BrowserFactory = Callable[..., Page]
+
+
 @pytest.fixture
-def page(
-    api: ApiServer,  # noqa: F811 (the fixture imported above)
-    window: tuple[int, int],
-    artifacts_dir: Path,
-    request: pytest.FixtureRequest,
-) -> Iterator[Page]:
+def browsers(
+    window: tuple[int, int], artifacts_dir: Path, request: pytest.FixtureRequest
+) -> Iterator[BrowserFactory]:
+    """``browsers(base_url, name=...)`` opens one more browser (its own cookies:
+    one person each) on a node; every one is checked for console errors and
+    requests to other hosts when the test ends, then closed."""
     require(CHROMIUM.exists(), "Chromium is not installed (apt-get install chromium)")
     require(
         CHROMEDRIVER.exists(), "chromedriver is not installed (apt-get install chromium-driver)"
     )
-    service = Service(executable_path=str(CHROMEDRIVER))
-    driver = webdriver.Chrome(service=service, options=chrome_options(*window))
-    try:
+    opened: list[Page] = []
+
+    def open_browser(base_url: str, *, name: str = "") -> Page:
+        service = Service(executable_path=str(CHROMEDRIVER))
+        driver = webdriver.Chrome(service=service, options=chrome_options(*window))
         # the page's own viewport, whatever the window decorations take
         driver.execute_cdp_cmd(
             "Emulation.setDeviceMetricsOverride",
             {"width": window[0], "height": window[1], "deviceScaleFactor": 1, "mobile": False},
         )
-        browser = Page(driver, api.base_url, artifacts_dir, request.node.name)
-        yield browser
-        problems = browser.problems()
+        test_name = f"{request.node.name}-{name}" if name else request.node.name
+        browser = Page(driver, base_url, artifacts_dir, test_name)
+        opened.append(browser)
+        return browser
+
+    try:
+        yield open_browser
+        problems = [
+            f"{browser.test_name}: {problem}"
+            for browser in opened
+            for problem in browser.problems()
+        ]
         assert not problems, "\n".join(problems)
     finally:
-        driver.quit()
+        for browser in opened:
+            browser.driver.quit()
+
+
+@pytest.fixture
+def page(
+    api: ApiServer,  # noqa: F811 (the fixture imported above)
+    browsers: BrowserFactory,
+) -> Page:
+    """One browser on the ``api`` server."""
+    return browsers(api.base_url)
