@@ -6,6 +6,7 @@ claim made by someone else), keyboard-only use, axe-core at both sizes."""
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,9 +18,11 @@ from sqlalchemy import update
 
 from api.pages.paths import VIEWER_URL, WORKLIST_URL
 from dicom_node.db.models import DicomStudy, Patient
-from tests.api.conftest import ApiServer
+from dicom_node.settings import Settings
+from tests.api.conftest import PASSWORD, ApiServer
 from tests.browser.conftest import Page
 from tests.builders import Seeded, seed_study
+from tests.conftest import node_settings
 
 pytestmark = pytest.mark.browser
 
@@ -45,6 +48,13 @@ COLUMNS = [
 NAME, PATIENT_ID, ACCESSION, MODALITY, BODY_PART, STUDY_DATE, PRIORITY, DUE, STATUS, HOLDER = range(
     1, 11
 )
+
+
+@pytest.fixture
+def api_settings(db_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    # the stream-cap test: one live stream per user, so a second tab is refused
+    cap = 1 if "stream_cap" in request.node.name else 4
+    return node_settings(db_url, tmp_path / "data", max_event_streams_per_user=cap)
 
 
 @pytest.fixture
@@ -285,3 +295,24 @@ def test_a_reader_works_the_list_with_the_keyboard_alone(page: Page, api: ApiSer
     page.expected_errors += [r"/viewer/.*404", r"/favicon\.ico.*404"]
     _press(page, Keys.ENTER)
     page.wait_for_path(f"{VIEWER_URL}/{second.study_uid}")
+
+
+def test_beyond_the_stream_cap_the_page_says_so_and_polls_instead(
+    page: Page, api: ApiServer
+) -> None:
+    """Every stream slot of the user taken (another tab): the page still
+    lists, and says that live updates are off (it then refetches every 15 s,
+    which this test does not wait for)."""
+    first = _study(api, name="CAPPED^LIST")
+    username = api.user("radiologist")
+    other_tab = api.anonymous()
+    token = api.token(username, PASSWORD)
+    with other_tab.stream(
+        "GET", "/api/events", headers={"Authorization": f"Bearer {token}"}
+    ) as stream:
+        assert stream.status_code == 200
+        page.expected_errors.append(r"/api/events.*429")
+        page.sign_in(username)
+        page.open(WORKLIST_URL)
+        page.wait_for(lambda _: _ids(page) == [first.item_id])
+        page.wait_for(lambda _: "Live updates: off" in page.find("#live-status").text)
