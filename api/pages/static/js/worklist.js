@@ -244,7 +244,7 @@ function render() {
   }
   rows.replaceChildren(fragment);
   if (!items.some((item) => item.id === selectedId)) selectedId = items.length ? items[0].id : null;
-  select(selectedId, { focus: hadFocus && items.length > 0 });
+  select(selectedId, { focus: hadFocus && items.length > 0, scroll: false });
 
   count.textContent = total
     ? `Items ${numbers.format(offset + 1)} to ${numbers.format(offset + items.length)} of ${numbers.format(total)}`
@@ -259,7 +259,9 @@ function rowElements() {
   return [...rows.querySelectorAll("tr[data-item-id]")];
 }
 
-function select(id, { focus = true } = {}) {
+// ``scroll``: bring the row into view (a key press); a live refresh keeps the
+// page where the reader left it
+function select(id, { focus = true, scroll = true } = {}) {
   selectedId = id;
   for (const tr of rowElements()) {
     const chosen = Number(tr.dataset.itemId) === id;
@@ -268,7 +270,7 @@ function select(id, { focus = true } = {}) {
     tr.tabIndex = chosen ? 0 : -1;
     if (chosen) tr.setAttribute("aria-current", "true");
     else tr.removeAttribute("aria-current");
-    if (chosen && focus) tr.focus();
+    if (chosen && focus) tr.focus({ preventScroll: !scroll });
   }
 }
 
