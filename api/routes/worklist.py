@@ -36,6 +36,7 @@ from dicom_node.services.workflow.worklist_listing import (
     OPEN_STATUSES,
     UNASSIGNED,
     WorklistFilter,
+    WorklistSort,
     list_worklist,
 )
 
@@ -73,10 +74,16 @@ def list_queue(
     ] = None,
     priority: Annotated[Priority | None, Query()] = None,
     overdue: Annotated[bool | None, Query(description="past due now (or escalated)")] = None,
+    sort: Annotated[
+        WorklistSort,
+        Query(description="priority (STAT first, then earliest due), due_at, created_at"),
+    ] = WorklistSort.PRIORITY,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
 ) -> Response:
-    """A queue, STAT -> urgent -> routine, then earliest due first.
+    """A queue, by default STAT -> urgent -> routine, then earliest due first
+    (``sort``: ``due_at`` earliest due first, ``created_at`` / ``-created_at``
+    oldest / newest first).
 
     ``overdue`` on each item is computed now (due time passed), not only the
     flag the escalation job stores. Audited as a Query (110112); the same
@@ -90,6 +97,7 @@ def list_queue(
         modality=modality.upper() if modality else None,
         priority=priority,
         overdue=overdue,
+        sort=sort,
     )
     cache: FeedCache = request.app.state.worklist_cache
     key = (query, offset, limit)
@@ -129,6 +137,7 @@ def list_queue(
                         "modality": query.modality,
                         "priority": priority.value if priority else None,
                         "overdue": overdue,
+                        "sort": sort.value,
                         "offset": offset,
                         "limit": limit,
                     },

@@ -28,6 +28,8 @@ class StudySummaryPublic(BaseModel):
     patient_id: str | None
     series_count: int
     instance_count: int
+    study_date: str | None = Field(description="StudyDate as sent (DA: YYYYMMDD)")
+    body_part: str | None = Field(description="BodyPartExamined")
 
     @classmethod
     def of(cls, study: WorklistStudy) -> StudySummaryPublic:
@@ -42,6 +44,8 @@ class StudySummaryPublic(BaseModel):
             patient_id=study.patient_id,
             series_count=study.series_count,
             instance_count=study.instance_count,
+            study_date=study.study_date,
+            body_part=study.body_part,
         )
 
 

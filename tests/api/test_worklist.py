@@ -92,6 +92,44 @@ def test_worklist_filters_by_queue_status_assignee_modality_and_priority(
     assert client.get("/api/worklist", params={"assigned_to": "you"}).status_code == 422
 
 
+def test_worklist_sorts_by_due_time_or_arrival_across_pending_and_claimed_items(
+    api: ApiServer,
+) -> None:
+    routine_soon = seed_study(api.db, priority="routine", due_in=timedelta(minutes=20))
+    stat_later = seed_study(api.db, priority="stat", due_in=timedelta(hours=1))
+    urgent_latest = seed_study(api.db, priority="urgent", due_in=timedelta(hours=3))
+    undated = seed_study(api.db, priority="stat", due_in=None)
+    client = api.client("radiologist")
+    # a claimed item is merged into the same order as the pending ones
+    assert client.post(f"/api/worklist/{stat_later.item_id}/claim").status_code == 200
+
+    def ids(**params: str) -> list[int]:
+        response = client.get("/api/worklist", params=params)
+        assert response.status_code == 200, response.text
+        return [item["id"] for item in response.json()["items"]]
+
+    arrival = [routine_soon.item_id, stat_later.item_id, urgent_latest.item_id, undated.item_id]
+    assert ids() == [stat_later.item_id, undated.item_id, urgent_latest.item_id, arrival[0]]
+    assert ids(sort="due_at") == arrival  # seeded in due order; no due time last
+    assert ids(sort="created_at") == arrival
+    assert ids(sort="-created_at") == arrival[::-1]
+    # the sort holds across pages: the second page of two continues the first
+    assert ids(sort="-created_at", limit="2", offset="2") == arrival[1::-1]
+    assert client.get("/api/worklist", params={"sort": "patient_name"}).status_code == 422
+
+
+def test_worklist_items_carry_the_study_date_and_body_part(api: ApiServer) -> None:
+    seeded = seed_study(api.db)
+    with api.db.unit_of_work() as session:
+        session.execute(
+            update(DicomStudy)
+            .where(DicomStudy.id == seeded.study_id)
+            .values(study_date="20240501", body_part_examined="CHEST")
+        )
+    study = api.client("radiologist").get("/api/worklist").json()["items"][0]["study"]
+    assert (study["study_date"], study["body_part"]) == ("20240501", "CHEST")
+
+
 def test_worklist_pages_with_total(api: ApiServer) -> None:
     seeded = [seed_study(api.db, due_in=timedelta(minutes=10 + n)) for n in range(5)]
     client = api.client("technologist")

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Row, and_, func, or_, select, union_all
@@ -46,6 +47,9 @@ class WorklistStudy:
     patient_id: str | None
     series_count: int
     instance_count: int
+    # StudyDate as sent (DA, YYYYMMDD) and the study's BodyPartExamined
+    study_date: str | None = None
+    body_part: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +100,19 @@ class WorklistPage:
     total: int
 
 
+class WorklistSort(StrEnum):
+    """The orders a queue can be listed in (``sort`` of ``GET /api/worklist``);
+    each ends with the item id, so pages never overlap."""
+
+    # STAT -> urgent -> routine, then earliest due: the reading order
+    PRIORITY = "priority"
+    # earliest due first, whatever the priority
+    DUE_AT = "due_at"
+    # oldest first (the longest waiting), or newest first
+    CREATED_AT = "created_at"
+    NEWEST = "-created_at"
+
+
 @dataclass(frozen=True, slots=True)
 class WorklistFilter:
     """What ``GET /api/worklist`` narrows by; ``assigned_to`` is a user id,
@@ -107,6 +124,7 @@ class WorklistFilter:
     modality: str | None = None
     priority: Priority | None = None
     overdue: bool | None = None
+    sort: WorklistSort = WorklistSort.PRIORITY
 
 
 UNASSIGNED = -1
@@ -135,13 +153,30 @@ def _is_overdue(
     return (completed_at or now) > due_at
 
 
-def _order_by() -> tuple[Any, ...]:
-    # ix_worklist_items_queue is (queue_type, status, priority_rank, due_at)
-    return (
-        WorklistItem.priority_rank,
-        WorklistItem.due_at.asc().nulls_last(),
-        WorklistItem.id,
-    )
+# the columns each order sorts by, most significant first (True: descending);
+# ix_worklist_items_queue is (queue_type, status, priority_rank, due_at), so the
+# reading order is read off the index; the others sort one status's matches
+_SORT_COLUMNS: dict[WorklistSort, tuple[tuple[str, bool], ...]] = {
+    WorklistSort.PRIORITY: (("priority_rank", False), ("due_at", False), ("id", False)),
+    WorklistSort.DUE_AT: (("due_at", False), ("priority_rank", False), ("id", False)),
+    WorklistSort.CREATED_AT: (("created_at", False), ("id", False)),
+    WorklistSort.NEWEST: (("created_at", True), ("id", True)),
+}
+
+
+def _sort_columns(sort: WorklistSort) -> tuple[str, ...]:
+    return tuple(name for name, _ in _SORT_COLUMNS[sort])
+
+
+def _order_by(sort: WorklistSort, columns: Any) -> tuple[Any, ...]:
+    """``sort`` over ``columns`` (the table's or a subquery's); a missing due
+    time sorts last either way."""
+    clauses = []
+    for name, descending in _SORT_COLUMNS[sort]:
+        column = getattr(columns, name)
+        clause = column.desc() if descending else column.asc()
+        clauses.append(clause.nulls_last() if name == "due_at" else clause)
+    return tuple(clauses)
 
 
 ENTRY_COLUMNS = (
@@ -170,6 +205,8 @@ ENTRY_COLUMNS = (
     Patient.patient_id,
     DicomStudy.series_count,
     DicomStudy.instance_count,
+    DicomStudy.study_date,
+    DicomStudy.body_part_examined,
 )
 
 
@@ -200,6 +237,8 @@ def _entry(row: Sequence[Any], now: datetime) -> WorklistEntry:
         patient_id,
         series_count,
         instance_count,
+        study_date,
+        body_part,
     ) = row[: len(ENTRY_COLUMNS)]
     study = (
         WorklistStudy(
@@ -213,6 +252,8 @@ def _entry(row: Sequence[Any], now: datetime) -> WorklistEntry:
             patient_id=patient_id,
             series_count=series_count,
             instance_count=instance_count,
+            study_date=study_date,
+            body_part=body_part,
         )
         if study_id is not None
         else None
@@ -278,24 +319,27 @@ def list_worklist(
     limit: int,
     now: datetime | None = None,
 ) -> WorklistPage:
-    """One page of a queue, STAT -> urgent -> routine, then earliest due first.
+    """One page of a queue in ``query.sort`` order (by default STAT -> urgent
+    -> routine, then earliest due first).
 
     The page is one statement: for each wanted status, the first
-    ``offset + limit`` item ids in queue order are read straight off
-    ``ix_worklist_items_queue`` (queue_type, status, priority_rank, due_at), so
-    no sort of the whole queue is needed (a plain ``status IN (...)`` would
-    sort every open item on every call); the candidates are merged, the page
-    cut, and only its rows joined to study, patient and assignee. ``total`` is
-    a second, index-only count.
+    ``offset + limit`` item ids in that order (in the default order read
+    straight off ``ix_worklist_items_queue`` (queue_type, status,
+    priority_rank, due_at), so no sort of the whole queue is needed: a plain
+    ``status IN (...)`` would sort every open item on every call); the
+    candidates are merged, the page cut, and only its rows joined to study,
+    patient and assignee. ``total`` is a second, index-only count.
     """
     moment = now or utcnow()
     narrowing = _narrowing(query, moment)
     statuses = [status.value for status in dict.fromkeys(query.statuses)]
+    # every order ends with the id: the candidates carry it
+    sort_columns = [getattr(WorklistItem, name) for name in _sort_columns(query.sort)]
     per_status = [
-        _matching((WorklistItem.id, WorklistItem.priority_rank, WorklistItem.due_at), query)
+        _matching(sort_columns, query)
         .where(WorklistItem.queue_type == query.queue.value, WorklistItem.status == status)
         .where(*narrowing)
-        .order_by(*_order_by())
+        .order_by(*_order_by(query.sort, WorklistItem))
         .limit(offset + limit)
         .subquery()
         for status in statuses
@@ -307,18 +351,14 @@ def list_worklist(
     )
     page = (
         select(candidates.c.id)
-        .order_by(
-            candidates.c.priority_rank,
-            candidates.c.due_at.asc().nulls_last(),
-            candidates.c.id,
-        )
+        .order_by(*_order_by(query.sort, candidates.c))
         .offset(offset)
         .limit(limit)
         .subquery()
     )
     statement = _with_joins(
         select(*ENTRY_COLUMNS).join(page, page.c.id == WorklistItem.id)
-    ).order_by(*_order_by())
+    ).order_by(*_order_by(query.sort, WorklistItem))
     rows = session.execute(statement).all()
     total = session.scalar(
         _matching((func.count(),), query)

@@ -1,0 +1,62 @@
+"""The reading worklist page (issue 18): ``/worklist``.
+
+A server-rendered shell; ``static/js/worklist.js`` fills the table from the
+API the page's user could call themselves (``GET /api/worklist``, the claim and
+release routes) and keeps it current from the event stream (``GET
+/api/events``). The listing's permission check, its audit event (a Query,
+once per interval for a repeated listing) and its errors are therefore the
+API's own; this handler only refuses a role without ``worklist:read`` (as a
+page, through ``PageRoute``) and tells the script what the user may do, so it
+offers only the buttons the API would accept.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+
+from api.deps import CurrentUser
+from api.pages.common import PageRoute, SessionToken, render
+from api.pages.paths import VIEWER_URL, WORKLIST_URL
+from dicom_node.domain.enums import Priority, QueueType
+from dicom_node.domain.errors import Forbidden
+from dicom_node.domain.permissions import Permission
+from dicom_node.services.workflow.reading_worklist import may_reassign
+from dicom_node.services.workflow.worklist_listing import WorklistSort
+
+router = APIRouter(route_class=PageRoute, include_in_schema=False)
+
+# the queues a reader works from (acquisition and reconciliation have their own pages)
+QUEUES = (
+    (QueueType.READING, "Reading"),
+    (QueueType.REVIEW, "Review"),
+    (QueueType.CRITICAL_COMM, "Critical results"),
+)
+SORTS = (
+    (WorklistSort.PRIORITY, "Priority, then due time"),
+    (WorklistSort.DUE_AT, "Due time"),
+    (WorklistSort.CREATED_AT, "Oldest first"),
+    (WorklistSort.NEWEST, "Newest first"),
+)
+PAGE_SIZE = 50
+
+
+@router.api_route(WORKLIST_URL, methods=["GET", "HEAD"])
+def worklist(request: Request, user: CurrentUser, token: SessionToken) -> HTMLResponse:
+    """The reading worklist, for roles with ``worklist:read``."""
+    if not user.can(Permission.WORKLIST_READ):
+        raise Forbidden(f"the {user.role.value} role may not read the worklist")
+    return render(
+        request,
+        "worklist.html",
+        user,
+        token,
+        queues=QUEUES,
+        sorts=SORTS,
+        priorities=list(Priority),
+        page_size=PAGE_SIZE,
+        viewer_url=VIEWER_URL,
+        can_claim=user.can(Permission.WORKLIST_CLAIM),
+        # release someone else's claim: an admin or a lead (the service's own rule)
+        can_release_any=user.can(Permission.WORKLIST_REASSIGN) and may_reassign(user),
+    )
