@@ -13,8 +13,9 @@ page shares in ``common``.
 
 from fastapi import APIRouter
 
-from api.pages import home
+from api.pages import home, viewer
 
 ROUTERS: list[APIRouter] = [
     home.router,
+    viewer.router,
 ]

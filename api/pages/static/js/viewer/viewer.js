@@ -1,0 +1,1 @@
+// the viewer page: built in the next commits
