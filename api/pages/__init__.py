@@ -13,9 +13,11 @@ page shares in ``common``.
 
 from fastapi import APIRouter
 
-from api.pages import home, viewer
+from api.pages import home, referrals, reports, viewer
 
 ROUTERS: list[APIRouter] = [
     home.router,
     viewer.router,
+    reports.router,
+    referrals.router,
 ]
