@@ -21,9 +21,14 @@ const KIND_TEXT = {
   preliminary: "submitted",
   returned: "returned to the author",
   final: "signed",
-  addendum: "addendum submitted",
-  correction: "correction submitted",
 };
+
+// what a stored version was: an addendum (or correction) is stored when it is
+// started (status revised) and again when it is submitted (in_review)
+function versionText(version) {
+  if (KIND_TEXT[version.kind]) return KIND_TEXT[version.kind];
+  return `${version.kind} ${version.status === "revised" ? "started" : "submitted"}`;
+}
 
 const printButton = document.getElementById("print-button");
 if (printButton) printButton.addEventListener("click", () => window.print());
@@ -138,7 +143,10 @@ function startPanel(root) {
         const open = records.find((record) => !record.communicated_at);
         view.finding.value = open ? open.finding : "";
       }
-      if (!view.at.value) view.at.value = localInputValue(new Date());
+      if (!view.at.value) {
+        view.at.value = localInputValue(new Date());
+        view.at.dataset.suggested = view.at.value;
+      }
     }
   }
 
@@ -151,7 +159,7 @@ function startPanel(root) {
         const button = document.createElement("button");
         button.type = "button";
         button.className = "link-button";
-        button.textContent = `Version ${version.version}: ${KIND_TEXT[version.kind] || version.kind}`;
+        button.textContent = `Version ${version.version}: ${versionText(version)}`;
         button.addEventListener("click", () => showVersion(version));
         item.append(button, ", ", timeElement(version.created_at));
         return item;
@@ -163,7 +171,7 @@ function startPanel(root) {
 
   function showVersion(version) {
     const heading = document.createElement("h4");
-    heading.textContent = `Version ${version.version} (${KIND_TEXT[version.kind] || version.kind})`;
+    heading.textContent = `Version ${version.version} (${versionText(version)})`;
     const parts = [heading];
     if (version.comment) parts.push(paragraph(`Reviewer's comment: ${version.comment}`));
     parts.push(paragraph("Findings", "version-label"), paragraph(version.findings, "report-text"),
@@ -265,7 +273,10 @@ function startPanel(root) {
   view.sign.addEventListener("click", sign);
   view.reload.addEventListener("click", load);
   view.addendum.addEventListener("click", async () => {
-    if (await act(`/api/reports/${report.id}/addendum`, "No addendum", { json: { kind: "addendum" } })) {
+    if (await act(`/api/reports/${report.id}/addendum`, "No addendum", {
+      // the API needs text to start from: the signed text, edited from here on
+      json: { kind: "addendum", findings: report.findings, impression: report.impression },
+    })) {
       view.findings.focus();
     }
   });
@@ -282,7 +293,9 @@ function startPanel(root) {
   });
   view.communicationForm.addEventListener("submit", async (event) => {
     event.preventDefault();
-    const when = new Date(view.at.value);
+    // the suggested minute left as it was means "just now": sent to the
+    // second, since a time before the finding was flagged is refused (422)
+    const when = view.at.value === view.at.dataset.suggested ? new Date() : new Date(view.at.value);
     if (Number.isNaN(when.getTime())) {
       showMessage("Give the time of the communication.");
       return;
@@ -296,6 +309,7 @@ function startPanel(root) {
         },
       });
       view.to.value = "";
+      view.at.value = "";
       report = await api(`/api/reports/${report.id}`);
       render();
       showMessage("Communication recorded.", "success");
