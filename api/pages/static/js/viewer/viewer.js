@@ -43,9 +43,10 @@ window.dicomNodeViewer = {
   get idle() { return cache.idle; },
 };
 
-function recordTiming(viewport, index, started) {
+function recordTiming(viewport, index, started, cached) {
   const drawn = performance.now();
-  const entry = { viewport: viewport.number, index, drawn: drawn - started };
+  // cached: the frame was here when asked for (prefetched), else fetched then
+  const entry = { viewport: viewport.number, index, cached, drawn: drawn - started };
   timings.push(entry);
   if (timings.length > TIMINGS_KEPT) timings.shift();
   requestAnimationFrame(() => { entry.painted = performance.now() - started; });
@@ -55,7 +56,7 @@ function makeViewport() {
   const viewport = new Viewport(viewportsArea, cache, {
     number: viewports.length + 1,
     onChange: (changed) => { if (changed === active) syncToolbar(); },
-    onTiming: (index, started) => recordTiming(viewport, index, started),
+    onTiming: (index, started, cached) => recordTiming(viewport, index, started, cached),
   });
   viewport.root.addEventListener("focusin", () => activate(viewport));
   viewport.root.addEventListener("pointerdown", () => activate(viewport));

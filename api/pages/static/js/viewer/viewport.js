@@ -170,6 +170,7 @@ export class Viewport {
       return;
     }
     let frame = this.cache.peek(entry.url);
+    const cached = Boolean(frame);
     if (!frame) {
       try {
         frame = await this.cache.get(entry.url, entry);
@@ -179,7 +180,7 @@ export class Viewport {
       }
       if (this.index !== index) return; // the reader moved on meanwhile
     }
-    this.draw(entry, frame, started);
+    this.draw(entry, frame, started, cached);
   }
 
   step(delta, started) {
@@ -218,12 +219,12 @@ export class Viewport {
       this.drawnFrame = entry;
       this.paint();
       this.root.dataset.drawnFrame = String(index);
-      this.onTiming(index, started);
+      this.onTiming(index, started, false);
     });
     picture.src = `${instancePath(entry)}/frames/${entry.frame}/rendered`;
   }
 
-  draw(entry, frame, started) {
+  draw(entry, frame, started, cached = true) {
     const { info } = entry;
     if (!this.window) this.window = defaultWindow(info, frame);
     if (!this.image || this.image.width !== info.columns || this.image.height !== info.rows) {
@@ -240,7 +241,7 @@ export class Viewport {
     this.paint();
     this.updateOverlay();
     this.root.dataset.drawnFrame = String(this.index);
-    this.onTiming(this.index, started);
+    this.onTiming(this.index, started, cached);
   }
 
   // re-map the frame on screen (a window, an inversion): no request
