@@ -47,6 +47,37 @@ for (let i = 0; i < data.length; i += 4) sum = (sum * 31 + data[i] + 7 * data[i 
 return sum;
 """
 
+# whether viewport 1 shows a pure red, a pure green and a pure blue pixel
+COLOURS_JS = """
+const canvas = document.querySelector('.viewport[data-viewport="1"] canvas');
+const d = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+const found = [false, false, false];
+for (let i = 0; i < d.length; i += 4) {
+  for (let c = 0; c < 3; c++) {
+    if (d[i + c] > 200 && d[i + (c + 1) % 3] < 60 && d[i + (c + 2) % 3] < 60) found[c] = true;
+  }
+}
+return found;
+"""
+
+# two stored samples (0 and 100) drawn under a window of 1..99 (centre 50)
+RENDER_JS = """
+const done = arguments[arguments.length - 1];
+import("/static/js/viewer/render.js").then((render) => {
+  const info = (photometric, intercept) => ({rows: 1, columns: 2, samples: 1, photometric,
+    planar: false, ybr: false, bitsAllocated: 16, bitsStored: 16, signed: false, slope: 1,
+    intercept});
+  const draw = (photometric, intercept, center) => {
+    const i = info(photometric, intercept);
+    const frame = render.parseFrame(new Uint8Array(new Uint16Array([0, 100]).buffer), i);
+    const image = render.renderInto(new ImageData(2, 1), frame, i, {center, width: 100});
+    return [image.data[0], image.data[4]];
+  };
+  done({MONOCHROME2: draw("MONOCHROME2", 0, 50), MONOCHROME1: draw("MONOCHROME1", 0, 50),
+    rescaled: draw("MONOCHROME2", -1024, -974)});
+});
+"""
+
 
 @pytest.fixture
 def ct_study(api: ApiServer, tmp_path: Path) -> tuple[str, str]:
@@ -93,6 +124,14 @@ def drawn(page: Page, viewport: int, index: int) -> None:
             css,
             str(index),
         )
+    )
+
+
+def from_frames(page: Page) -> bool:
+    """Whether the active viewport drew its image from the frame's samples
+    (not the node's rendered JPEG, its fallback)."""
+    return bool(
+        page.driver.execute_script("return Boolean(window.dicomNodeViewer.active.current.frame)")
     )
 
 
@@ -202,6 +241,11 @@ def test_keys_and_wheel_scroll_window_and_zoom_are_drawn_in_the_browser(
     assert page.find(".overlay-measure").text == f"{expected:.1f} mm"
     page.screenshot("measured")
 
+    # the render module itself: MONOCHROME1 shows its lowest value white, a
+    # rescale moves the window in modality units (here: -1024 + stored)
+    grey = page.driver.execute_async_script(RENDER_JS)
+    assert grey == {"MONOCHROME2": [0, 255], "MONOCHROME1": [255, 0], "rescaled": [0, 255]}
+
 
 @ONE_SIZE
 def test_cine_a_compressed_multiframe_and_priors_side_by_side(
@@ -218,7 +262,7 @@ def test_cine_a_compressed_multiframe_and_priors_side_by_side(
     page.find(f'.series-button[data-series="{series_uid}"]').click()
     page.wait_for(lambda _: "Frame 1 / 10" in overlay(page))
     drawn(page, 1, 0)
-    assert page.find('.viewport[data-viewport="1"] .viewport-message').text == ""
+    assert from_frames(page)
     page.find("#fps").clear()
     page.find("#fps").send_keys("30", Keys.TAB)
     page.find("#play").click()
@@ -231,6 +275,16 @@ def test_cine_a_compressed_multiframe_and_priors_side_by_side(
     page.wait_for(played)
     press(page, " ")
     assert page.find("#play").text == "Play"
+
+    # SC_rgb_rle: RGB bands, RLE: decoded by the node, drawn as it comes
+    colour = next(i for i in rle.instances if i.source == "SC_rgb_rle.dcm")
+    series_uid = str(pydicom.dcmread(colour.path, stop_before_pixels=True).SeriesInstanceUID)
+    page.find(f'.series-button[data-series="{series_uid}"]').click()
+    page.wait_for(lambda _: "Frame" not in overlay(page))
+    drawn(page, 1, 0)
+    assert from_frames(page)
+    red, green, blue = page.driver.execute_script(COLOURS_JS)
+    assert red and green and blue, "the RGB bands are not drawn in colour"
 
     prior = page.find(f'.prior-open[data-study="{jpeg_ls.study_instance_uid}"]')
     prior.click()

@@ -217,6 +217,8 @@ function editing(target) {
 
 function onKey(event) {
   if (!active || event.altKey || event.metaKey || editing(event.target)) return;
+  // Space and Enter on a button or link are that control's (Play would toggle twice)
+  if ((event.key === " " || event.key === "Enter") && event.target.closest("button, a")) return;
   const started = event.timeStamp;
   const page = Math.max(1, Math.round(active.stack.length / 10));
   const moves = { ArrowDown: 1, ArrowRight: 1, ArrowUp: -1, ArrowLeft: -1, PageDown: page, PageUp: -page };
