@@ -13,9 +13,18 @@ page shares in ``common``.
 
 from fastapi import APIRouter
 
-from api.pages import home, worklist
+from api.pages import (
+    home,
+    referrals,
+    reports,
+    viewer,
+    worklist,
+)
 
 ROUTERS: list[APIRouter] = [
     home.router,
     worklist.router,
+    viewer.router,
+    reports.router,
+    referrals.router,
 ]

@@ -1,0 +1,47 @@
+"""The study viewer (issue 18): ``/viewer/{study_instance_uid}``.
+
+The page is a shell: the server resolves the study's UID to the node's id
+within the visibility rule (a study the user may not see is a 404 page, as
+the API and DICOMweb answer it, so a referring physician cannot learn that
+another physician's study exists) and renders no patient data. The scripts
+(``static/js/viewer/``) read the study through ``/api/studies/{id}`` and
+DICOMweb with the session cookie, so the permissions, the visibility rule
+and the audit events (110103 per study read) are exactly the API's.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+from sqlalchemy import select
+
+from api.deps import Context, CurrentUser
+from api.pages.common import PageRoute, SessionToken, render
+from api.pages.paths import VIEWER_URL
+from dicom_node.db.models import DicomStudy
+from dicom_node.domain.errors import Forbidden, NotFound
+from dicom_node.domain.permissions import Permission
+from dicom_node.services.access.visibility import study_condition
+from dicom_node.services.dicomweb.instances import checked_uid
+
+router = APIRouter(route_class=PageRoute, include_in_schema=False)
+
+
+@router.api_route(VIEWER_URL + "/{study_uid}", methods=["GET", "HEAD"])
+def viewer(
+    request: Request, context: Context, user: CurrentUser, token: SessionToken, study_uid: str
+) -> HTMLResponse:
+    """The viewer's shell for one study, with the report panel beside the images."""
+    if not user.can(Permission.STUDIES_READ):
+        raise Forbidden("your role may not read studies")
+    checked_uid(study_uid, "StudyInstanceUID")
+    with context.db.read() as session:
+        study_id = session.scalar(
+            select(DicomStudy.id).where(
+                DicomStudy.study_instance_uid == study_uid, study_condition(user)
+            )
+        )
+    if study_id is None:
+        # the same answer for a study that does not exist and one not the user's
+        raise NotFound("no such study")
+    return render(request, "viewer.html", user, token, study_uid=study_uid, study_id=study_id)

@@ -1,0 +1,202 @@
+"""The report editor beside the viewer's images, in a real browser (issue 18):
+a radiologist drafts (autosave survives a reload), records the critical-result
+communication and submits with Ctrl+Enter; another radiologist signs, writes
+an addendum and reads the version history; a role without reports:write sees
+the report without any editing control, one without reports:read sees
+nothing of it; a refusal from the API (the draft submitted elsewhere) is a
+message in the page and autosave stops."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import Select
+from sqlalchemy import select
+
+from dicom_node.db.models import DicomStudy
+from dicom_node.domain.enums import Role
+from dicom_node.domain.permissions import Principal
+from tests.api.conftest import ApiServer
+from tests.browser.conftest import Page
+from tests.builders import Study, claimed_study, new_report, signed_report, user_id
+
+pytestmark = pytest.mark.browser
+
+# the panel's controls that change a report
+EDITING = ("#report-save", "#report-submit", "#report-sign", "#report-addendum", "#report-create")
+
+
+@pytest.fixture
+def window() -> tuple[int, int]:
+    """The editor's journeys at the reading-room size (the viewer's tests check both)."""
+    return (1280, 800)
+
+
+def _radiologist(api: ApiServer) -> Principal:
+    name = api.user("radiologist")
+    return Principal(user_id(api, name), name, Role.RADIOLOGIST)
+
+
+def _uid(api: ApiServer, study: Study) -> str:
+    with api.db.read() as session:
+        uid = session.scalar(
+            select(DicomStudy.study_instance_uid).where(DicomStudy.id == study.study_id)
+        )
+    assert uid is not None
+    return uid
+
+
+def _open_panel(page: Page, username: str, uid: str) -> None:
+    page.driver.delete_all_cookies()
+    page.sign_in(username)
+    page.open(f"/viewer/{uid}")
+    page.wait_for(
+        lambda d: (
+            d.find_element("id", "report-state").text
+            and not d.find_element("id", "report-state").text.startswith("Loading")
+        )
+    )
+
+
+def _shown(page: Page, css: str) -> bool:
+    found = page.driver.find_elements("css selector", css)
+    return bool(found) and found[0].is_displayed()
+
+
+def _state(page: Page, text: str) -> None:
+    page.wait_for(lambda d: text in d.find_element("id", "report-state").text)
+
+
+def _saved(page: Page) -> None:
+    page.wait_for(lambda d: d.find_element("id", "report-save-status").text.startswith("Saved at"))
+
+
+def _ctrl(page: Page, key: str) -> None:
+    ActionChains(page.driver).key_down(Keys.CONTROL).send_keys(key).key_up(Keys.CONTROL).perform()
+
+
+def test_a_report_is_drafted_submitted_signed_and_amended_in_the_panel(
+    page: Page, api: ApiServer
+) -> None:
+    author, reviewer = _radiologist(api), _radiologist(api)
+    study = claimed_study(api.db, author)
+    uid = _uid(api, study)
+
+    _open_panel(page, author.username, uid)
+    assert "No report" in page.find("#report-state").text
+    page.find("#report-create").click()
+    page.wait_for(
+        lambda d: d.find_element("id", "report-findings").get_attribute("readonly") is None
+    )
+    page.find("#report-findings").send_keys("Spiculated nodule, right upper lobe.")
+    page.find("#report-impression").send_keys("Suspicious for malignancy.")
+    _saved(page)  # autosave: no button pressed
+
+    _open_panel(page, author.username, uid)  # a reload shows what was saved
+    assert page.find("#report-findings").get_attribute("value") == (
+        "Spiculated nodule, right upper lobe."
+    )
+    assert page.find("#report-impression").get_attribute("value") == "Suspicious for malignancy."
+
+    page.find("#report-critical").click()
+    page.wait_for(lambda d: _shown(page, "#report-communication-form"))
+    page.find("#communication-to").send_keys("Dr Ward (ED)")
+    Select(page.find("#communication-method")).select_by_value("phone")
+    page.find("#communication-record").click()
+    page.wait_for(
+        lambda d: "told Dr Ward (ED) by phone" in d.find_element("id", "report-communications").text
+    )
+
+    page.find("#report-findings").click()
+    _ctrl(page, Keys.ENTER)  # submit for review
+    _state(page, "In review")
+    assert not _shown(page, "#report-sign")  # the author does not sign their own report
+    assert page.find("#report-findings").get_attribute("readonly") is not None
+    page.screenshot("report-submitted")
+
+    _open_panel(page, reviewer.username, uid)
+    _state(page, "In review")
+    assert _shown(page, "#report-sign") and not _shown(page, "#report-submit")
+    page.find("#report-sign").click()
+    _state(page, "Signed")
+    assert _shown(page, "#report-print") and _shown(page, "#report-addendum")
+
+    page.find("#report-addendum").click()
+    _state(page, "Addendum being written")
+    impression = page.find("#report-impression")
+    impression.send_keys(" Addendum: compare with the 2023 CT.")
+    _saved(page)
+    page.find("#report-submit").click()
+    _state(page, "In review")
+
+    # the addendum is stored when started and again when submitted
+    page.wait_for(lambda d: len(d.find_elements("css selector", "#report-versions li")) == 4)
+    kinds = page.find("#report-versions").text
+    assert "Version 1: submitted" in kinds and "Version 2: signed" in kinds
+    assert "Version 3: addendum started" in kinds and "Version 4: addendum submitted" in kinds
+    page.find("#report-versions li:first-child button").click()
+    page.wait_for(lambda d: _shown(page, "#report-version-view"))
+    older = page.find("#report-version-view").text
+    assert "Suspicious for malignancy." in older and "Addendum" not in older
+    page.check_accessibility(exclude=[".viewer-images"])
+    page.screenshot("report-history")
+
+
+def test_roles_see_only_what_they_may_do_with_a_report(page: Page, api: ApiServer) -> None:
+    author, reviewer = _radiologist(api), _radiologist(api)
+    study = claimed_study(api.db, author)
+    signed_report(api.db, study, author, reviewer)
+    uid = _uid(api, study)
+
+    auditor = api.user("auditor")  # reports:read, nothing else
+    _open_panel(page, auditor, uid)
+    _state(page, "Signed")
+    assert page.find("#report-findings").get_attribute("value") == "Clear lungs."
+    assert page.find("#report-findings").get_attribute("readonly") is not None
+    assert not any(_shown(page, css) for css in EDITING)
+    assert not _shown(page, "#report-communication-form")
+    page.wait_for(lambda d: _shown(page, "#report-history"))
+    page.screenshot("report-read-only")
+
+    technologist = api.user("technologist")  # studies:read, no reports:read
+    page.driver.delete_all_cookies()
+    page.sign_in(technologist)
+    page.open(f"/viewer/{uid}")
+    page.wait_for_path(f"/viewer/{uid}")
+    assert "Your role may not read reports." in page.find("#report-panel").text
+    assert not page.driver.find_elements("id", "report-findings")
+
+
+def test_a_refusal_from_the_api_is_a_message_and_autosave_stops(page: Page, api: ApiServer) -> None:
+    author = _radiologist(api)
+    study = claimed_study(api.db, author)
+    report_id = new_report(api.db, study, author)
+    uid = _uid(api, study)
+    _open_panel(page, author.username, uid)
+    _state(page, "Draft")
+
+    # the same draft is submitted elsewhere (another tab, a script) meanwhile
+    elsewhere = httpx.Client(
+        base_url=api.base_url, headers={"Authorization": f"Bearer {api.token(author.username)}"}
+    )
+    with elsewhere:
+        assert elsewhere.post(f"/api/reports/{report_id}/submit").status_code == 200
+    page.expected_errors.append(r"status of 409")  # the refused PATCH, in the console
+
+    page.find("#report-findings").send_keys(" More text.")
+    _ctrl(page, "s")  # save now
+    message = page.wait_for(
+        lambda d: next(
+            (e for e in d.find_elements("css selector", "#notices .message.error") if e.text),
+            None,
+        )
+    )
+    assert "Not saved" in message.text and "in_review" in message.text
+    assert "{" not in message.text  # a sentence, never raw JSON
+    assert "changed elsewhere" in page.find("#report-save-status").text
+    assert _shown(page, "#report-reload")
+    page.find("#report-reload").click()
+    _state(page, "In review")
+    assert page.find("#report-findings").get_attribute("value") == "Clear lungs."
