@@ -24,7 +24,6 @@ from api.schemas.common import AUTH_ERRORS, MAX_PAGE_SIZE
 from api.schemas.facilities import AeTitle
 from api.schemas.orders import ModalityCode
 from dicom_node.db.models import ImagingRequest
-from dicom_node.domain.errors import InvalidValue
 from dicom_node.domain.permissions import Permission, Principal
 from dicom_node.services.access.visibility import order_condition
 from dicom_node.services.query.modality_worklist import find_scheduled_steps
@@ -52,13 +51,16 @@ class ScheduledSteps(BaseModel):
     truncated: bool = Field(description="more steps matched than `limit`")
 
 
+# the years a DICOM date (DA) can say here; no step starts outside them
+FIRST_DAY, LAST_DAY = date(1800, 1, 1), date(2999, 12, 31)
+
+
 def _dicom_date_range(first: date | None, last: date | None) -> str | None:
+    """The start-date key of these bounds (each clamped to the years DA holds)."""
     if first is None and last is None:
         return None
-    if first is not None and last is not None and first > last:
-        raise InvalidValue("date_from is after date_to", field="date_from")
-    low = first.strftime("%Y%m%d") if first else ""
-    high = last.strftime("%Y%m%d") if last else ""
+    low = min(max(first, FIRST_DAY), LAST_DAY).strftime("%Y%m%d") if first else ""
+    high = min(max(last, FIRST_DAY), LAST_DAY).strftime("%Y%m%d") if last else ""
     return low if low == high else f"{low}-{high}"
 
 
@@ -82,6 +84,8 @@ def list_scheduled_steps(
         step_keys["Modality"] = modality
     if station_ae_title:
         step_keys["ScheduledStationAETitle"] = station_ae_title.strip()
+    if date_from is not None and date_to is not None and date_from > date_to:
+        return ScheduledSteps(items=[], truncated=False)  # a range that holds no day
     when = _dicom_date_range(date_from, date_to)
     if when:
         step_keys["ScheduledProcedureStepStartDate"] = when
