@@ -5,7 +5,9 @@ answers. The journeys run at the desktop size; the layout check at both."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,9 +15,11 @@ import pytest
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select
 
+from dicom_node.node import Node
 from tests.api.conftest import ApiServer
 from tests.browser.conftest import Page
 from tests.builders import user_id
+from tests.support import findscu_w
 
 pytestmark = pytest.mark.browser
 
@@ -103,7 +107,10 @@ def orders_of(client: httpx.Client, patient_id: str) -> list[dict[str, Any]]:
 
 @DESKTOP
 def test_a_scheduler_books_overrides_a_duplicate_schedules_and_cancels(
-    page: Page, api: ApiServer
+    page: Page,
+    api: ApiServer,
+    make_node: Callable[..., Node],
+    tmp_path: Path,
 ) -> None:
     center, device = facilities(api)
     referrer = api.user("referring_physician", display_name="Dr Rita Referrer")
@@ -248,6 +255,29 @@ def test_a_scheduler_books_overrides_a_duplicate_schedules_and_cancels(
     assert row.find_element("css selector", "time").get_attribute("datetime")
     page.check_accessibility()
     page.screenshot("scheduled-steps")
+
+    # and the modality's own query (DCMTK findscu -W) answers the same step
+    node: Node = make_node()
+    sps = "ScheduledProcedureStepSequence[0]"
+    [answer] = findscu_w(
+        node,
+        tmp_path / "mwl",
+        "AccessionNumber",
+        "RequestedProcedureID",
+        "PatientID",
+        f"{sps}.Modality=CT",
+        f"{sps}.ScheduledStationAETitle=CT_ROOM_1",
+        f"{sps}.ScheduledProcedureStepStartDate={day.replace('-', '')}",
+        f"{sps}.ScheduledProcedureStepID",
+        calling="CT_ROOM_1",
+    )
+    assert answer.AccessionNumber == scheduled["accession_number"]
+    assert answer.RequestedProcedureID == step["attributes"]["RequestedProcedureID"]
+    assert answer.PatientID == "PAT-B1"
+    assert (
+        answer.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID
+        == step["step"]["ScheduledProcedureStepID"]
+    )
 
 
 def test_the_pages_fit_the_window_without_sideways_scrolling(page: Page, api: ApiServer) -> None:
