@@ -12,6 +12,8 @@ from typing import Any
 
 import httpx
 import pytest
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select
 
@@ -315,3 +317,37 @@ def test_the_pages_fit_the_window_without_sideways_scrolling(page: Page, api: Ap
         assert overflow <= 0, f"{path} scrolls sideways by {overflow}px"
         page.check_accessibility()
         page.screenshot(path.strip("/").replace("/", "-"))
+
+
+@DESKTOP
+def test_the_list_pages_through_the_orders_by_keyboard(page: Page, api: ApiServer) -> None:
+    scheduler = api.client("scheduler")
+    for n in range(27):
+        created = scheduler.post(
+            "/api/orders",
+            json={
+                "patient_id": f"PAGE{n:02}",
+                "patient_name": "PAGER^PAT",
+                "requested_modality": "MR",
+                "study_description": "MR KNEE",
+            },
+        )
+        assert created.status_code == 201, created.text
+    page.sign_in(api.user("technologist"))  # reads orders, books none
+    page.open("/orders")
+    page.wait_for(lambda _: "Orders 1 to 25 of 27." in page.find("#orders-summary").text)
+    assert not page.driver.find_elements("css selector", "#new-order")
+    assert page.find("#previous-page").get_attribute("disabled")
+    # Tab to Next page (the table region and its links come first), Enter
+    for _ in range(60):
+        ActionChains(page.driver).send_keys(Keys.TAB).perform()
+        if page.active_id() == "next-page":
+            break
+    else:
+        raise AssertionError("Tab never reached Next page")
+    ActionChains(page.driver).send_keys(Keys.ENTER).perform()
+    page.wait_for(lambda _: "Orders 26 to 27 of 27." in page.find("#orders-summary").text)
+    assert len(page.driver.find_elements("css selector", "#orders-table tbody tr")) == 2
+    assert page.find("#next-page").get_attribute("disabled")
+    page.find("#previous-page").click()
+    page.wait_for(lambda _: "Orders 1 to 25 of 27." in page.find("#orders-summary").text)

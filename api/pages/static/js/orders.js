@@ -5,7 +5,7 @@
 // events apply; a refusal is shown as the API's sentence.
 import { api, ApiError, messageOf, showMessage, timeElement } from "./api.js";
 
-const PAGE_SIZE = 25;
+export const PAGE_SIZE = 25;
 const OPEN = new Set(["requested", "scheduled"]); // what may still be scheduled or cancelled
 const FLASH = "orders-flash"; // a message carried to the next page (sessionStorage)
 
@@ -69,6 +69,29 @@ function fillDevices(select, devices, keep) {
   if (keep) select.value = String(keep);
 }
 
+// the Previous/Next page buttons (#previous-page, #next-page) of a listing:
+// ``load`` reads ``pages.offset``; ``pages.show(page)`` after each answer
+export function pager(load) {
+  const previous = document.getElementById("previous-page");
+  const next = document.getElementById("next-page");
+  const pages = {
+    offset: 0,
+    show(page) {
+      previous.disabled = page.offset === 0;
+      next.disabled = page.offset + page.items.length >= page.total;
+    },
+  };
+  previous.addEventListener("click", () => {
+    pages.offset = Math.max(0, pages.offset - PAGE_SIZE);
+    load();
+  });
+  next.addEventListener("click", () => {
+    pages.offset += PAGE_SIZE;
+    load();
+  });
+  return pages;
+}
+
 // ---------------------------------------------------------------- the list
 
 function orderRow(order) {
@@ -95,13 +118,11 @@ function listPage() {
   const form = document.getElementById("order-filters");
   const body = document.querySelector("#orders-table tbody");
   const summary = document.getElementById("orders-summary");
-  const previous = document.getElementById("previous-page");
-  const next = document.getElementById("next-page");
-  let offset = 0;
+  const pages = pager(load);
 
   async function load() {
     const data = new FormData(form);
-    const query = new URLSearchParams({ offset: String(offset), limit: String(PAGE_SIZE) });
+    const query = new URLSearchParams({ offset: String(pages.offset), limit: String(PAGE_SIZE) });
     for (const name of ["status", "modality", "patient_id", "accession_number"]) {
       const value = String(data.get(name) || "").trim();
       if (value) query.set(name, value);
@@ -116,8 +137,7 @@ function listPage() {
       else {
         summary.textContent = `Orders ${page.offset + 1} to ${page.offset + page.items.length} of ${page.total}.`;
       }
-      previous.disabled = offset === 0;
-      next.disabled = offset + page.items.length >= page.total;
+      pages.show(page);
     } catch (error) {
       summary.textContent = "";
       showMessage(messageOf(error));
@@ -126,20 +146,12 @@ function listPage() {
 
   form.addEventListener("submit", (event) => {
     event.preventDefault();
-    offset = 0;
+    pages.offset = 0;
     load();
   });
   form.addEventListener("reset", () => {
-    offset = 0;
+    pages.offset = 0;
     setTimeout(load); // after the browser has cleared the fields
-  });
-  previous.addEventListener("click", () => {
-    offset = Math.max(0, offset - PAGE_SIZE);
-    load();
-  });
-  next.addEventListener("click", () => {
-    offset += PAGE_SIZE;
-    load();
   });
   load();
 }

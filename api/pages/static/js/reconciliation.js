@@ -3,14 +3,11 @@
 // (the candidates: the open orders of the study's patient, from /api/orders),
 // release to reading, or create an order from the study. Each needs a reason.
 import { api, ApiError, messageOf, showMessage, timeElement } from "./api.js";
-import { cell, loadCenters, personName } from "./orders.js";
+import { cell, loadCenters, PAGE_SIZE, pager, personName } from "./orders.js";
 
-const PAGE_SIZE = 25;
 const form = document.getElementById("reconciliation-filters");
 const body = document.querySelector("#reconciliation-table tbody");
 const summary = document.getElementById("reconciliation-summary");
-const previous = document.getElementById("previous-page");
-const next = document.getElementById("next-page");
 const panel = document.getElementById("resolve-panel");
 const resolveForm = document.getElementById("resolve-form");
 const orderSelect = document.getElementById("link-order");
@@ -18,7 +15,7 @@ const submit = document.getElementById("resolve-submit");
 const canReadOrders = document.getElementById("reconciliation-config").dataset.canReadOrders === "true";
 const centers = document.querySelector("[data-centers]");
 const ACTION_LABEL = { link: "Link", release: "Release to reading", create: "Create order" };
-let offset = 0;
+const pages = pager(load);
 let chosen = null; // the entry being resolved
 let opener = null; // the button that opened the panel, for focus on close
 
@@ -64,7 +61,7 @@ function row(entry) {
 
 async function load() {
   const data = new FormData(form);
-  const query = new URLSearchParams({ offset: String(offset), limit: String(PAGE_SIZE) });
+  const query = new URLSearchParams({ offset: String(pages.offset), limit: String(PAGE_SIZE) });
   for (const name of ["metadata_status", "patient_id"]) {
     const value = String(data.get(name) || "").trim();
     if (value) query.set(name, value);
@@ -76,8 +73,7 @@ async function load() {
     summary.textContent = page.total
       ? `${page.offset + 1} to ${page.offset + page.items.length} of ${page.total} to reconcile.`
       : "Nothing to reconcile.";
-    previous.disabled = offset === 0;
-    next.disabled = offset + page.items.length >= page.total;
+    pages.show(page);
   } catch (error) {
     summary.textContent = "";
     showMessage(messageOf(error));
@@ -216,15 +212,7 @@ panel.addEventListener("keydown", (event) => {
 });
 form.addEventListener("submit", (event) => {
   event.preventDefault();
-  offset = 0;
-  load();
-});
-previous.addEventListener("click", () => {
-  offset = Math.max(0, offset - PAGE_SIZE);
-  load();
-});
-next.addEventListener("click", () => {
-  offset += PAGE_SIZE;
+  pages.offset = 0;
   load();
 });
 if (centers) loadCenters(centers).catch((error) => showMessage(messageOf(error)));
