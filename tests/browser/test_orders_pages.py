@@ -194,6 +194,13 @@ def test_a_scheduler_books_overrides_a_duplicate_schedules_and_cancels(
     assert datetime.fromisoformat(scheduled["scheduled_at"]) == when.astimezone()
     assert fact(page, "Accession number") == scheduled["accession_number"]
     page.screenshot("scheduled")
+    page.open(f"/orders/{first}")  # booked: the form offers to move it, from its slot
+    page.wait_for(
+        lambda _: (
+            page.find("#schedule-when").get_attribute("value") == when.strftime("%Y-%m-%dT%H:%M")
+        )
+    )
+    assert page.find("#schedule-heading").text == "Reschedule"
 
     # cancel the second, with a reason
     page.open(f"/orders/{second}")

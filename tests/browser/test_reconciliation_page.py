@@ -61,6 +61,10 @@ def test_a_scheduler_links_releases_and_makes_an_order_from_the_queue(
     # link: the open order of the same patient is offered, and chosen
     resolve(page, to_link, "link", "booked under the right patient, accession missing")
     page.wait_for(lambda _: page.find("#link-order").get_attribute("value") == str(order["id"]))
+    # only the chosen action's fields show
+    assert page.find("#link-order").is_displayed()
+    assert not page.find("#resolve-priority").is_displayed()
+    assert not page.find("#create-force").is_displayed()
     page.check_accessibility()
     page.screenshot("link")
     page.find("#resolve-submit").click()
@@ -72,6 +76,9 @@ def test_a_scheduler_links_releases_and_makes_an_order_from_the_queue(
     # release: onto the reading worklist, still in the queue
     resolve(page, to_release, "release", "trauma scan, order to follow")
     assert page.find("#resolve-submit").text == "Release to reading"
+    assert page.find("#resolve-priority").is_displayed()
+    assert not page.find("#link-order").is_displayed()
+    assert not page.find("#resolve-center").is_displayed()
     page.find("#resolve-submit").click()
     success(page, "released to reading")
     page.wait_for(lambda _: "released to reading" in row(page, to_release)[0].text)

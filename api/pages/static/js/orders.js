@@ -32,6 +32,14 @@ export function dayStart(value, plusDays = 0) {
   return new Date(y, m - 1, d + plusDays).toISOString();
 }
 
+// ISO 8601 -> the value of an <input type=datetime-local> in the user's zone
+function localInput(iso) {
+  const moment = new Date(iso);
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${moment.getFullYear()}-${pad(moment.getMonth() + 1)}-${pad(moment.getDate())}`
+    + `T${pad(moment.getHours())}:${pad(moment.getMinutes())}`;
+}
+
 function label(value) {
   return (value || "").replaceAll("_", " ");
 }
@@ -379,6 +387,8 @@ function detailPage() {
         order.status === "scheduled" ? "Reschedule" : "Schedule";
       fillDevices(deviceSelect, (devices || []).filter((d) =>
         d.status === "active" && d.type === order.requested_modality), order.scheduled_modality_id);
+      const when = document.getElementById("schedule-when");
+      if (order.scheduled_at && !when.value) when.value = localInput(order.scheduled_at);
     }
     if (cancelSection) cancelSection.hidden = !open;
   }
