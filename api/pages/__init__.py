@@ -15,6 +15,8 @@ from fastapi import APIRouter
 
 from api.pages import (
     home,
+    orders,
+    reconciliation,
     referrals,
     reports,
     viewer,
@@ -27,4 +29,6 @@ ROUTERS: list[APIRouter] = [
     viewer.router,
     reports.router,
     referrals.router,
+    orders.router,
+    reconciliation.router,
 ]
