@@ -23,9 +23,11 @@ from api.routes import (
     facilities,
     health,
     metrics,
+    node_status,
     orders,
     reconciliation,
     reports,
+    sending,
     service_accounts,
     studies,
     turnaround,
@@ -53,6 +55,8 @@ ROUTERS = (
     turnaround.router,
     changes.router,
     metrics.router,
+    node_status.router,
+    sending.router,
     dicomweb.router,
 )
 
