@@ -13,8 +13,9 @@ page shares in ``common``.
 
 from fastapi import APIRouter
 
-from api.pages import home
+from api.pages import admin, home
 
 ROUTERS: list[APIRouter] = [
     home.router,
+    admin.router,
 ]
