@@ -23,10 +23,12 @@ from api.routes import (
     facilities,
     health,
     metrics,
+    node_status,
     orders,
     reconciliation,
     reports,
     scheduled_steps,
+    sending,
     service_accounts,
     studies,
     turnaround,
@@ -55,6 +57,8 @@ ROUTERS = (
     turnaround.router,
     changes.router,
     metrics.router,
+    node_status.router,
+    sending.router,
     dicomweb.router,
 )
 

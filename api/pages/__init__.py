@@ -14,6 +14,7 @@ page shares in ``common``.
 from fastapi import APIRouter
 
 from api.pages import (
+    admin,
     home,
     orders,
     reconciliation,
@@ -31,4 +32,5 @@ ROUTERS: list[APIRouter] = [
     referrals.router,
     orders.router,
     reconciliation.router,
+    admin.router,
 ]

@@ -26,6 +26,7 @@ class Permission(StrEnum):
     ORDERS_PERFORM = "orders:perform"
     STUDIES_READ = "studies:read"
     STUDIES_CORRECT = "studies:correct"
+    STUDIES_SEND = "studies:send"
     IMAGES_STORE = "images:store"
     RECONCILE = "reconciliation:manage"
     WORKLIST_READ = "worklist:read"
@@ -60,6 +61,9 @@ ROLE_PERMISSIONS: dict[Permission, frozenset[Role]] = {
     Permission.ORDERS_PERFORM: frozenset({_A, _T}),
     Permission.STUDIES_READ: frozenset({_A, _S, _T, _R, _P, _U}),
     Permission.STUDIES_CORRECT: frozenset({_A, _S, _T}),
+    # a study's instances sent to a configured peer (C-STORE, as a C-MOVE's
+    # sub-operations): the people who route images between systems
+    Permission.STUDIES_SEND: frozenset({_A, _T}),
     # STOW-RS (DICOMweb); reading images is studies:read, within the visibility rule
     Permission.IMAGES_STORE: frozenset({_A, _T}),
     Permission.RECONCILE: frozenset({_A, _S}),
