@@ -13,8 +13,10 @@ page shares in ``common``.
 
 from fastapi import APIRouter
 
-from api.pages import home
+from api.pages import audit, home, turnaround
 
 ROUTERS: list[APIRouter] = [
     home.router,
+    audit.router,
+    turnaround.router,
 ]
