@@ -28,6 +28,8 @@ const FIELD_LABELS = {
   accession_number: "Accession number", reason: "Reason", details: "Details",
 };
 
+const ISO_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}/;
+
 let offset = 0;
 // the latest listing asked for: an older answer arriving late is dropped
 let asked = 0;
@@ -223,6 +225,12 @@ function describe(value) {
       dl.append(dt, dd);
     }
     return dl;
+  }
+  if (typeof value === "string" && ISO_TIME.test(value) && !Number.isNaN(Date.parse(value))) {
+    // a time in the details: in the reader's zone, the recorded value beside it
+    const span = document.createElement("span");
+    span.append(timeElement(value), document.createTextNode(` (${value})`));
+    return span;
   }
   return document.createTextNode(value === null || value === "" ? "none" : String(value));
 }
