@@ -15,11 +15,13 @@ from fastapi import APIRouter
 
 from api.pages import (
     admin,
+    audit,
     home,
     orders,
     reconciliation,
     referrals,
     reports,
+    turnaround,
     viewer,
     worklist,
 )
@@ -33,4 +35,6 @@ ROUTERS: list[APIRouter] = [
     orders.router,
     reconciliation.router,
     admin.router,
+    audit.router,
+    turnaround.router,
 ]

@@ -1,17 +1,25 @@
 """The audit trail, read-only: no route here (or anywhere) changes or deletes an
 event, so PUT, PATCH and DELETE answer 405; the database refuses UPDATE and
-DELETE on ``audit_events`` as well. Reading it writes 110101 Audit Log Used."""
+DELETE on ``audit_events`` as well. Reading it writes 110101 Audit Log Used,
+and so does exporting it as CSV."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import csv
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import StreamingResponse
 
 from api.deps import Context, client_address, require
 from api.schemas.audit import AuditEventPublic
 from api.schemas.common import AUTH_ERRORS, MAX_ID, MAX_PAGE_SIZE, NOT_FOUND, Page
+from dicom_node.db.engine import Database
 from dicom_node.db.types import as_utc
 from dicom_node.domain.enums import AuditOutcome
 from dicom_node.domain.permissions import Permission, Principal
@@ -35,11 +43,7 @@ def _public(event: AuditEventInfo) -> AuditEventPublic:
     return AuditEventPublic.model_validate(event, from_attributes=True)
 
 
-@router.get("/audit-events", response_model=Page[AuditEventPublic], responses=AUTH_ERRORS)
-def list_events(
-    request: Request,
-    context: Context,
-    user: Auditor,
+def audit_filters(
     actor: Annotated[
         str | None, Query(max_length=64, pattern=NO_CONTROLS, description="username or AE")
     ] = None,
@@ -56,15 +60,9 @@ def list_events(
     outcome: AuditOutcome | None = None,
     since: Annotated[datetime | None, Query(alias="from", description="inclusive")] = None,
     until: Annotated[datetime | None, Query(alias="to", description="exclusive")] = None,
-    order: Literal["newest", "oldest"] = "newest",
-    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
-) -> Page[AuditEventPublic]:
-    """Audit events, newest first by default; every filter is an exact match,
-    ``from`` inclusive, ``to`` exclusive (a time without a zone is UTC; an empty
-    interval finds nothing). Admins and auditors only. This read is itself
-    audited (110101)."""
-    filters = AuditFilters(
+) -> AuditFilters:
+    """The trail's filters, the same for the listing and the export."""
+    return AuditFilters(
         actor=actor,
         actor_user_id=actor_user_id,
         action=action,
@@ -78,6 +76,25 @@ def list_events(
         since=since and as_utc(since),  # without a zone: UTC, the trail's own
         until=until and as_utc(until),
     )
+
+
+Filters = Annotated[AuditFilters, Depends(audit_filters)]
+
+
+@router.get("/audit-events", response_model=Page[AuditEventPublic], responses=AUTH_ERRORS)
+def list_events(
+    request: Request,
+    context: Context,
+    user: Auditor,
+    filters: Filters,
+    order: Literal["newest", "oldest"] = "newest",
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
+) -> Page[AuditEventPublic]:
+    """Audit events, newest first by default; every filter is an exact match,
+    ``from`` inclusive, ``to`` exclusive (a time without a zone is UTC; an empty
+    interval finds nothing). Admins and auditors only. This read is itself
+    audited (110101)."""
     with context.db.read() as session:
         page = list_audit_events(
             session, filters=filters, offset=offset, limit=limit, newest_first=order == "newest"
@@ -120,3 +137,109 @@ def one_event(
             target_id=str(event_id),
         )
     return _public(event)
+
+
+# The most rows one CSV export writes (docs/api.md#audit-trail); narrow the
+# filters for more. Rows are read and written EXPORT_BATCH at a time, so memory
+# stays flat whatever the cap.
+AUDIT_EXPORT_MAX_ROWS = 100_000
+EXPORT_BATCH = MAX_PAGE_SIZE
+CSV_COLUMNS = tuple(AuditEventPublic.model_fields)
+# a spreadsheet reads a cell starting with one of these as a formula (CSV
+# injection): an actor name or a reason is free text from outside
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> str:
+    """One cell: None empty, times ISO 8601 UTC, details as JSON; text that a
+    spreadsheet would run as a formula is prefixed with an apostrophe."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return as_utc(value).isoformat()
+    if isinstance(value, dict):
+        text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    else:
+        text = str(value)
+    if text.startswith(FORMULA_STARTS):
+        return "'" + text
+    return text
+
+
+def _csv_rows(
+    db: Database, filters: AuditFilters, *, newest_first: bool, limit: int
+) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+
+    def flush() -> str:
+        text = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        return text
+
+    writer.writerow(CSV_COLUMNS)
+    yield flush()
+    offset = 0
+    while offset < limit:
+        # one short read per batch: no transaction held open while the client reads
+        with db.read() as session:
+            page = list_audit_events(
+                session,
+                filters=filters,
+                offset=offset,
+                limit=min(EXPORT_BATCH, limit - offset),
+                newest_first=newest_first,
+            )
+        for event in page.items:
+            writer.writerow(csv_cell(getattr(event, column)) for column in CSV_COLUMNS)
+        yield flush()
+        offset += len(page.items)
+        if len(page.items) < EXPORT_BATCH:
+            break
+
+
+@router.get(
+    "/audit-events.csv",
+    response_class=StreamingResponse,
+    responses={**AUTH_ERRORS, 200: {"content": {"text/csv": {}}}},
+)
+def export_events(
+    request: Request,
+    context: Context,
+    user: Auditor,
+    filters: Filters,
+    order: Literal["newest", "oldest"] = "oldest",
+    limit: Annotated[int, Query(ge=1, le=AUDIT_EXPORT_MAX_ROWS)] = AUDIT_EXPORT_MAX_ROWS,
+) -> StreamingResponse:
+    """The events matching the listing's filters as CSV, oldest first by
+    default (a study's story in order), at most ``limit`` rows (at most
+    AUDIT_EXPORT_MAX_ROWS): streamed in batches. Text cells that a spreadsheet
+    would run as a formula start with an apostrophe. ``X-Total-Count``: the
+    events matching, which may exceed the rows written. Audited (110101) before
+    the first row, with the filters, the format and the count."""
+    now = datetime.now(UTC)
+    # the rows the export pages through are fixed when it starts: events
+    # written meanwhile (this export's own 110101 among them) would shift the pages
+    until = min(filters.until, now) if filters.until else now
+    fixed = replace(filters, until=until)
+    with context.db.read() as session:
+        total = list_audit_events(session, filters=fixed, offset=0, limit=1).total
+    with context.db.unit_of_work() as session:
+        record_audit_log_use(
+            session,
+            principal=user,
+            filters=filters.asked()
+            | {"order": order, "limit": limit, "format": "csv", "matches": total},
+            source_address=client_address(request),
+        )
+    filename = f"audit-events-{now.strftime('%Y%m%dT%H%M%SZ')}.csv"
+    return StreamingResponse(
+        _csv_rows(context.db, fixed, newest_first=order == "newest", limit=limit),
+        media_type="text/csv; charset=utf-8",
+        headers={
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "X-Total-Count": str(total),
+            "Cache-Control": "no-store",
+        },
+    )
