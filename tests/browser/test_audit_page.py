@@ -148,6 +148,13 @@ def test_an_auditor_follows_a_patient_and_a_study_and_exports_the_trail(
     page.screenshot("event-details")
     dialog.send_keys(Keys.ESCAPE)
     page.wait_for(lambda _: not page.driver.find_elements("css selector", "#event-dialog[open]"))
+    # the keyboard is back where it was: on the row's button, which opens it again
+    focused = page.driver.switch_to.active_element
+    assert (focused.get_attribute("aria-label") or "").startswith("Details of event ")
+    focused.send_keys(Keys.ENTER)
+    page.wait_for(lambda _: page.driver.find_elements("css selector", "#event-dialog[open]"))
+    page.find("#event-dialog-close").send_keys(Keys.ENTER)
+    page.wait_for(lambda _: not page.driver.find_elements("css selector", "#event-dialog[open]"))
 
     # the export of the patient's trail, downloaded with the page's own cookie
     page.find("#clear-filters").click()

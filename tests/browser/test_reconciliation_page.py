@@ -7,8 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydicom.uid import generate_uid
 from selenium.webdriver.remote.webelement import WebElement
 
+from dicom_node.services.workflow.mpps import MppsCreate, ScheduledStepRef, create_mpps
 from dicom_node.storage import FileStore
 from tests.api.conftest import ApiServer
 from tests.api.test_reconciliation import arrive, scheduled_order
@@ -120,3 +122,42 @@ def test_a_reason_is_required_and_a_refusal_is_a_message(
     text = page.find("#notices").text
     assert "{" not in text and "order" in text.lower()
     assert row(page, study)  # still to reconcile
+
+
+def test_an_unscheduled_exam_without_images_is_closed_with_a_reason(
+    page: Page, api: ApiServer
+) -> None:
+    # an exam the modality started (MPPS) with no order, whose images never came
+    create_mpps(
+        api.db,
+        MppsCreate(
+            sop_instance_uid=generate_uid(),
+            status="IN PROGRESS",
+            scheduled_steps=[
+                ScheduledStepRef(study_instance_uid=generate_uid(), accession_number="")
+            ],
+            station_ae_title="CT_ROOM_9",
+        ),
+        actor="CT_ROOM_9",
+    )
+    scheduler = api.client("scheduler")
+    [entry] = scheduler.get("/api/reconciliation").json()["items"]
+    page.sign_in(scheduler.username)  # type: ignore[attr-defined]
+    page.open("/reconciliation")
+    item = f'#reconciliation-table tr[data-item-id="{entry["worklist_item_id"]}"]'
+    page.wait_for(lambda _: page.driver.find_elements("css selector", item))
+    assert "unscheduled exam" in page.find(item).text
+    page.find(f"{item} button").click()
+    page.wait_for(lambda _: page.find("#resolve-panel").is_displayed())
+    assert page.find("#resolve-heading").text == "Close the unscheduled exam"
+    assert "CT_ROOM_9" in page.find("#resolve-facts").text
+    # no study: no link, release or new order; an outcome instead
+    assert not page.find("#action-choices").is_displayed()
+    assert not page.find("#link-order").is_displayed()
+    assert page.find("#item-outcome").is_displayed()
+    page.check_accessibility()
+    page.find("#resolve-reason").send_keys("phantom test scan")
+    page.find("#resolve-submit").click()
+    success(page, "The unscheduled exam is closed (cancelled).")
+    page.wait_for(lambda _: "Nothing to reconcile." in page.find("#reconciliation-summary").text)
+    assert scheduler.get("/api/reconciliation").json()["total"] == 0

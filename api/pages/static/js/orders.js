@@ -321,7 +321,8 @@ function detailPage() {
   const scheduleSection = document.getElementById("schedule-section");
   const cancelSection = document.getElementById("cancel-section");
   const deviceSelect = document.getElementById("schedule-device");
-  const canReadFacilities = Boolean(deviceSelect);
+  // the center's and the device's names (facilities:read), else their ids
+  const canReadFacilities = root.dataset.canReadFacilities === "true";
   let devices = null;
   let centers = null;
 

@@ -34,17 +34,20 @@ function row(entry) {
     released.textContent = "released to reading";
     status.append(released);
   }
-  let action = "";
-  if (entry.kind === "study") {
-    action = document.createElement("button");
-    action.type = "button";
-    action.className = "button secondary";
-    action.textContent = "Resolve";
-    action.setAttribute("aria-label",
-      `Resolve the study of ${personName(entry.patient_name) || "an unknown patient"}, ${entry.study_description || entry.modality || ""}`.trim());
-    action.addEventListener("click", () => open(entry, action));
-  }
+  // a study is resolved through one of the three actions; an unscheduled exam
+  // known only from its procedure step (no images) is closed with an outcome
+  const study = entry.kind === "study";
+  const who = personName(entry.patient_name) || "an unknown patient";
+  const action = document.createElement("button");
+  action.type = "button";
+  action.className = "button secondary";
+  action.textContent = study ? "Resolve" : "Close";
+  action.setAttribute("aria-label", study
+    ? `Resolve the study of ${who}, ${entry.study_description || entry.modality || ""}`.trim()
+    : `Close the unscheduled exam of ${who}`);
+  action.addEventListener("click", () => open(entry, action));
   tr.dataset.studyId = entry.study_id ?? "";
+  tr.dataset.itemId = entry.worklist_item_id ?? "";
   tr.append(
     cell(timeElement(entry.created_at), "nowrap"),
     cell(status, "status"),
@@ -114,14 +117,21 @@ function action() {
   return new FormData(resolveForm).get("action");
 }
 
+function closingItem() {
+  return chosen !== null && chosen.kind === "procedure_step";
+}
+
 function showAction() {
   const chosenAction = action();
-  document.getElementById("link-fields").hidden = chosenAction !== "link";
-  document.getElementById("priority-fields").hidden = chosenAction === "link";
+  const item = closingItem();
+  document.getElementById("action-choices").hidden = item;
+  document.getElementById("item-fields").hidden = !item;
+  document.getElementById("link-fields").hidden = item || chosenAction !== "link";
+  document.getElementById("priority-fields").hidden = item || chosenAction === "link";
   const center = document.getElementById("center-field");
   if (center) center.hidden = chosenAction !== "create";
   document.getElementById("create-force-field").hidden = chosenAction !== "create";
-  submit.textContent = ACTION_LABEL[chosenAction];
+  submit.textContent = item ? "Close the item" : ACTION_LABEL[chosenAction];
 }
 
 function open(entry, button) {
@@ -130,10 +140,13 @@ function open(entry, button) {
   resolveForm.reset();
   const facts = document.getElementById("resolve-facts");
   facts.replaceChildren();
+  document.getElementById("resolve-heading").textContent = entry.kind === "study"
+    ? "Resolve the study" : "Close the unscheduled exam";
   fact(facts, "Patient", `${personName(entry.patient_name)} (${entry.patient_id || "no ID"})`);
   fact(facts, "Study", [entry.modality, entry.study_description].filter(Boolean).join(" "));
   fact(facts, "Accession number", entry.accession_number);
   fact(facts, "Study Instance UID", entry.study_instance_uid);
+  if (entry.performed_station_ae_title) fact(facts, "Performed at", entry.performed_station_ae_title);
   if (entry.linked_order_id) fact(facts, "Order it claims", `Order ${entry.linked_order_id}`);
   // a conflict is linked to the right order, never released (the API refuses it)
   resolveForm.querySelector('input[value="release"]').disabled = entry.metadata_status === "conflict"
@@ -141,7 +154,7 @@ function open(entry, button) {
   showAction();
   panel.hidden = false;
   document.getElementById("resolve-heading").focus();
-  candidates(entry);
+  if (entry.kind === "study") candidates(entry);
 }
 
 function close() {
@@ -162,7 +175,13 @@ async function resolve() {
   const chosenAction = action();
   let text;
   try {
-    if (chosenAction === "link") {
+    if (closingItem()) {
+      const outcome = document.getElementById("item-outcome").value;
+      await api(`/api/reconciliation/items/${chosen.worklist_item_id}/resolve`, {
+        method: "POST", json: { reason, outcome },
+      });
+      text = `The unscheduled exam is closed (${outcome}).`;
+    } else if (chosenAction === "link") {
       const typed = document.getElementById("link-order-id").value;
       const orderId = Number(typed || orderSelect.value);
       if (!orderId) {
