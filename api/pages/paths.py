@@ -84,7 +84,13 @@ NAVIGATION: tuple[NavLink, ...] = (
         "your orders, their studies and the signed reports",
         referrer=True,
     ),
-    NavLink(ORDERS_URL, "Orders", Permission.ORDERS_SCHEDULE, "book, schedule and cancel orders"),
+    NavLink(
+        ORDERS_URL,
+        "Orders",
+        Permission.ORDERS_READ,
+        "the orders: book, schedule and cancel them if your role may",
+        referrer=False,
+    ),
     NavLink(
         SCHEDULED_STEPS_URL,
         "Scheduled steps",
