@@ -16,7 +16,9 @@ Every error body is ``{"error": {"status", "code", "message", ...}}``:
 - 503 ``service_unavailable`` with ``Retry-After``: every password-hashing slot
   stayed busy for the whole wait (a sign-in flood), or every transcoding place
   (a DICOMweb frame, rendering or transcoded instance);
-- 500 ``internal_error``: logged with a traceback, the body says nothing more.
+- 500 ``internal_error``: logged with a traceback, the body says nothing more;
+- 502 ``bad_gateway``: a DICOM peer the node was asked to send a study to
+  could not be reached (nothing was sent).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ _CODES = {
     422: "validation_error",
     429: "too_many_requests",
     500: "internal_error",
+    502: "bad_gateway",
     503: "service_unavailable",
 }
 
