@@ -35,6 +35,7 @@ from api.routes import (
     users,
     worklist,
 )
+from api.routes.dicomweb.image_audit import image_reads
 from api.streams import StreamSlots
 from dicom_node import __version__
 from dicom_node.domain.transcode import Transcoder
@@ -76,6 +77,7 @@ def create_app(context: ApiContext) -> FastAPI:
     app.state.worklist_cache = FeedCache(ttl=1.0)
     app.state.event_streams = StreamSlots(context.settings.max_event_streams_per_user)
     app.state.listing_audit = RepeatedListingAudit()
+    app.state.image_reads = image_reads()
     settings = context.settings
     app.state.file_store = FileStore(settings.data_dir, fsync=settings.fsync)
     # one per process: the API's transcodings share max_concurrent_transcodes

@@ -10,9 +10,10 @@ window, MONOCHROME1, colour, viewport) is ``dicom_node/domain/rendering.py``.
 Order of answers: the instance is looked up first (404, the visibility rule),
 then the parameters and the Accept header are checked (400, 406): a caller
 learns nothing of a parameter's fate on a study it may not see. The image is
-made before the audit event (one 110103 for the one instance disclosed) is
-committed, and sent after it: an instance that cannot be rendered is not
-recorded as disclosed, and a disclosure is never unaudited.
+made before the audit event (one 110103 for the one instance disclosed;
+repeated reads of one study's images counted into the next event:
+image_audit.py) is committed, and sent after it: an instance that cannot be
+rendered is not recorded as disclosed, and a disclosure is never unaudited.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from fastapi.responses import Response
 from PIL import Image
 from starlette.exceptions import HTTPException
 
-from api.deps import ApiContext, Context, Store, TranscoderDep, client_address, require
+from api.deps import ApiContext, Context, Store, TranscoderDep, require
+from api.routes.dicomweb.image_audit import audit_image_read
 from api.routes.dicomweb.wado import InstanceUID, SeriesUID, StudyUID
 from api.schemas.common import AUTH_ERRORS, ErrorResponse
 from dicom_node.domain.errors import InvalidValue
@@ -51,7 +53,6 @@ from dicom_node.domain.transcode import (
 )
 from dicom_node.services.dicomweb.instances import (
     StoredInstance,
-    record_instances_accessed,
     visible_instances,
 )
 from dicom_node.services.dicomweb.negotiation import parse_accept
@@ -166,13 +167,7 @@ class RenderRequest:
             viewport = (THUMBNAIL_SIZE, THUMBNAIL_SIZE)
         image = self._render(instance, index, window, viewport)
         body = encode(image, media_type, quality=quality)
-        record_instances_accessed(
-            self.context.db,
-            self.user,
-            [instance],
-            action="rendered",
-            source_address=client_address(self.request),
-        )
+        audit_image_read(self.request, self.context, self.user, instance, "rendered")
         return Response(body, media_type=media_type.value)
 
     def _render(

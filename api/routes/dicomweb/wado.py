@@ -7,8 +7,11 @@ a study the caller may not see is 404 as if missing), validates the UIDs and
 lists of the URL (400), picks what it sends from Accept in one place
 (services/dicomweb/negotiation.py; 406 when nothing acceptable can be made),
 and commits one 110103 per study read (with the instance count) before the
-first byte goes out. Answers are streamed: a study goes out a few megabytes
-at a time (services/dicomweb/multipart.py), metadata an instance at a time.
+first byte goes out; one image's frames and bulk data, which a viewer asks for
+image after image, are audited once per study, user and address in an
+interval, with the repeats counted (image_audit.py). Answers are streamed: a
+study goes out a few megabytes at a time (services/dicomweb/multipart.py),
+metadata an instance at a time.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from fastapi.responses import Response, StreamingResponse
 
 from api.deps import Context, Store, TranscoderDep, client_address, require
+from api.routes.dicomweb.image_audit import audit_image_read
 from api.routes.dicomweb.urls import service_url as dicomweb_url
 from api.schemas.common import AUTH_ERRORS, NOT_FOUND, ErrorResponse
 from dicom_node.domain.errors import InvalidValue
@@ -385,7 +389,7 @@ def _frames(
         parts = frame_parts(header, path, numbers, form, transcoder, max_dataset_bytes=limit)
     except NotAcceptable as exc:
         raise _not_acceptable(str(exc)) from None
-    _audit(request, context, user, [stored], action)
+    audit_image_read(request, context, user, stored, action)
     part_type = form.content_type.split(";")[0]
     return _multipart(parts, part_type)
 
@@ -445,5 +449,5 @@ def retrieve_bulkdata(
     if element is None:
         raise HTTPException(404, "no bulk data at that tag path")
     value = little_endian_value(element, header)
-    _audit(request, context, user, [stored], "dicomweb_bulkdata")
+    audit_image_read(request, context, user, stored, "dicomweb_bulkdata")
     return _multipart([Part(OCTET_STREAM, lambda: bytes_chunks(value))], OCTET_STREAM)

@@ -248,6 +248,30 @@ def test_one_audit_event_per_study_per_request_with_the_instance_count(dicomweb:
     assert frames.details["instances"] == 1
 
 
+def test_a_viewer_reading_image_after_image_is_audited_once_per_study_then_counted(
+    dicomweb: DicomWeb,
+) -> None:
+    """A viewer asks for each image's frames (and renderings) in turn: the first
+    read of a study by a user is one event at once; the same reads in the next
+    minutes are counted into that key's next event, not one row each."""
+    (mixed,) = dicomweb.load("mixed")
+    series, sop = instance_of(mixed, "CT_small.dcm")
+    reader, other = dicomweb.client("radiologist"), dicomweb.client("radiologist")
+    for _ in range(5):
+        reader.retrieve_instance_frames(mixed.study_instance_uid, series, sop, [1])
+    (first,) = events(dicomweb, "dicomweb_frames")
+    assert first.details["instances"] == 1 and "repeats_since_last_event" not in first.details
+    assert first.study_instance_uid == mixed.study_instance_uid
+    # another reader of the same study: their own event at once
+    other.retrieve_instance_frames(mixed.study_instance_uid, series, sop, [1])
+    assert len(events(dicomweb, "dicomweb_frames")) == 2
+    reader.retrieve_instance_rendered(mixed.study_instance_uid, series, sop)
+    reader.retrieve_instance_rendered(mixed.study_instance_uid, series, sop)
+    assert len(events(dicomweb, "rendered")) == 1
+    # the count carried into the key's next event: RepeatedListingAudit's own
+    # tests (tests/api/test_listing_audit.py)
+
+
 # --------------------------------------------------------------------------- metadata and bulk data
 
 
