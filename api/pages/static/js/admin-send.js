@@ -3,22 +3,13 @@
 // The answer says how many instances the peer stored; a peer that cannot be
 // reached is the API's message.
 import { api, messageOf, showMessage } from "./api.js";
+import { cell, noteRow, succeeded } from "./admin-common.js";
 
 const peerSelect = document.getElementById("peer");
 const results = document.querySelector("#studies tbody");
 
-function cell(content) {
-  const td = document.createElement("td");
-  if (content instanceof Node) td.append(content); else td.textContent = content ?? "";
-  return td;
-}
-
 function message(text) {
-  const tr = document.createElement("tr");
-  const td = cell(text);
-  td.colSpan = 7;
-  tr.append(td);
-  results.replaceChildren(tr);
+  results.replaceChildren(noteRow(7, text));
 }
 
 async function loadPeers() {
@@ -52,7 +43,7 @@ async function send(study, button) {
       const reasons = [...new Set(sent.failures.map((f) => f.reason))].join("; ");
       showMessage(`${stored} of ${sent.instances} instances stored by ${sent.peer}; ${sent.failed} failed: ${reasons}.`);
     } else {
-      showMessage(`Sent: ${sent.peer} stored all ${stored} instances of the study.`, "success", { timeout: 0 });
+      succeeded(`Sent: ${sent.peer} stored all ${stored} instances of the study.`, { timeout: 0 });
     }
   } catch (error) {
     showMessage(messageOf(error));
