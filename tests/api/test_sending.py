@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from dicom_node.db.models import AuditEvent, DicomStudy
+from dicom_node.db.models import AuditEvent, DicomInstance, DicomStudy
 from dicom_node.domain.aetitle import Peer
 from dicom_node.domain.audit import SystemActor
 from dicom_node.domain.enums import Role
@@ -22,7 +22,7 @@ from dicom_node.services.ingest.results import IngestPolicy
 from dicom_node.settings import Settings
 from dicom_node.storage import FileStore
 from tests.api.conftest import ApiServer
-from tests.builders import Destination, add_user, compressed_study
+from tests.builders import Destination, add_user, compressed_study, stored_dataset_bytes
 from tests.conftest import node_settings
 from tests.support import free_port
 
@@ -91,6 +91,20 @@ def test_an_admin_sends_a_study_and_the_peer_receives_every_instance(
     body = response.json()
     assert (body["instances"], body["completed"], body["failed"]) == (3, 3, 0)
     assert set(destination.received) == uids
+    # as a C-MOVE sends them: each in its stored syntax, the stored bytes unchanged
+    store = FileStore(api.settings.data_dir, fsync=False)
+    with api.db.read() as session:
+        stored = session.execute(
+            select(
+                DicomInstance.sop_instance_uid,
+                DicomInstance.transfer_syntax_uid,
+                DicomInstance.file_path,
+            ).where(DicomInstance.sop_instance_uid.in_(uids))
+        ).all()
+    for uid, syntax, path in stored:
+        received = destination.received[uid]
+        assert received.transfer_syntax == syntax
+        assert received.raw == stored_dataset_bytes(store.absolute(path))
     [event] = exports(api, study_id)
     assert event.event_code == "110106"
     assert (event.actor, event.actor_role, event.outcome) == (
