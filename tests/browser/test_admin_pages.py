@@ -223,7 +223,8 @@ def test_an_admin_sends_a_study_and_the_peer_receives_every_instance(
     page.find("#search-value").send_keys("TX1" + Keys.ENTER)
     button = "#studies button"
     page.wait_for(lambda driver: driver.find_elements("css selector", button))
-    assert "3" in _text(page, "#studies tbody")
+    found = _text(page, "#studies tbody")
+    assert "TX1" in found and "2004-08-26" in found  # CT_small's StudyDate, as a date
 
     # a peer that is down: the API's sentence, nothing sent
     Select(page.find("#peer")).select_by_value(DOWN)

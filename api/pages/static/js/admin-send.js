@@ -54,6 +54,11 @@ async function send(study, button) {
   }
 }
 
+// a DICOM date (DA, YYYYMMDD) as ISO 8601 (YYYY-MM-DD); a calendar date, no time zone
+function date(value) {
+  return /^\d{8}$/.test(value ?? "") ? `${value.slice(0, 4)}-${value.slice(4, 6)}-${value.slice(6)}` : value;
+}
+
 function row(study) {
   const tr = document.createElement("tr");
   const button = document.createElement("button");
@@ -62,7 +67,7 @@ function row(study) {
   button.textContent = "Send";
   button.setAttribute("aria-label", `Send study ${study.accession_number || study.study_instance_uid}`);
   button.addEventListener("click", () => send(study, button));
-  tr.append(cell(study.accession_number), cell(study.patient_id), cell(study.study_date),
+  tr.append(cell(study.accession_number), cell(study.patient_id), cell(date(study.study_date)),
     cell(study.modalities.join(", ")), cell(study.study_description), cell(String(study.instance_count)),
     cell(button));
   return tr;
