@@ -78,7 +78,9 @@ def overview(request: Request, user: UserManager, token: SessionToken) -> HTMLRe
 
 @router.api_route(USERS_URL, methods=["GET", "HEAD"])
 def users(request: Request, user: UserManager, token: SessionToken) -> HTMLResponse:
-    return render(request, "admin_users.html", user, token, roles=_role_choices())
+    return render(
+        request, "admin_users.html", user, token, roles=_role_choices(), docs_url=DOCS_URL
+    )
 
 
 @router.api_route(FACILITIES_URL, methods=["GET", "HEAD"])

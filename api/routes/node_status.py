@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from api.deps import Context, require
 from api.schemas.common import AUTH_ERRORS
 from dicom_node.domain.permissions import Permission, Principal
-from dicom_node.services.operations.node_status import node_status
+from dicom_node.services.operations.node_status import Disk, node_status
 
 router = APIRouter(prefix="/api", tags=["metrics"])
 
@@ -72,6 +72,10 @@ class NodeStatusPublic(BaseModel):
     backup: BackupPublic
 
 
+def _disk(disk: Disk | None) -> DiskPublic | None:
+    return DiskPublic.model_validate(disk, from_attributes=True) if disk else None
+
+
 @router.get("/node-status", response_model=NodeStatusPublic, responses=AUTH_ERRORS)
 def read_node_status(context: Context, _reader: Reader) -> NodeStatusPublic:
     """Associations, queues, jobs, disk, the last backup and the health, now."""
@@ -101,17 +105,13 @@ def read_node_status(context: Context, _reader: Reader) -> NodeStatusPublic:
             store_temp_files=status.store_temp_files,
         ),
         job_runs=status.job_runs,
-        store_disk=DiskPublic.model_validate(status.store_disk, from_attributes=True)
-        if status.store_disk
-        else None,
+        store_disk=_disk(status.store_disk),
         backup=BackupPublic(
             configured=status.backups_configured,
             interval_hours=status.backup_interval_hours,
             last=LastBackupPublic.model_validate(status.last_backup, from_attributes=True)
             if status.last_backup
             else None,
-            disk=DiskPublic.model_validate(status.backup_disk, from_attributes=True)
-            if status.backup_disk
-            else None,
+            disk=_disk(status.backup_disk),
         ),
     )

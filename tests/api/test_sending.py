@@ -10,17 +10,19 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from dicom_node.db.models import AuditEvent, DicomStudy
+from dicom_node.db.models import AuditEvent, DicomInstance, DicomStudy
 from dicom_node.domain.aetitle import Peer
 from dicom_node.domain.audit import SystemActor
 from dicom_node.domain.enums import Role
 from dicom_node.domain.permissions import ROLE_PERMISSIONS, Permission
+from dicom_node.domain.transcode import Transcoder
+from dicom_node.scp.send import TIME_LIMIT_REACHED, StudySender
 from dicom_node.services.ingest.importing import import_files
 from dicom_node.services.ingest.results import IngestPolicy
 from dicom_node.settings import Settings
 from dicom_node.storage import FileStore
 from tests.api.conftest import ApiServer
-from tests.builders import Destination, compressed_study
+from tests.builders import Destination, add_user, compressed_study, stored_dataset_bytes
 from tests.conftest import node_settings
 from tests.support import free_port
 
@@ -89,6 +91,20 @@ def test_an_admin_sends_a_study_and_the_peer_receives_every_instance(
     body = response.json()
     assert (body["instances"], body["completed"], body["failed"]) == (3, 3, 0)
     assert set(destination.received) == uids
+    # as a C-MOVE sends them: each in its stored syntax, the stored bytes unchanged
+    store = FileStore(api.settings.data_dir, fsync=False)
+    with api.db.read() as session:
+        stored = session.execute(
+            select(
+                DicomInstance.sop_instance_uid,
+                DicomInstance.transfer_syntax_uid,
+                DicomInstance.file_path,
+            ).where(DicomInstance.sop_instance_uid.in_(uids))
+        ).all()
+    for uid, syntax, path in stored:
+        received = destination.received[uid]
+        assert received.transfer_syntax == syntax
+        assert received.raw == stored_dataset_bytes(store.absolute(path))
     [event] = exports(api, study_id)
     assert event.event_code == "110106"
     assert (event.actor, event.actor_role, event.outcome) == (
@@ -169,3 +185,28 @@ def test_the_peers_and_the_send_are_for_the_roles_the_table_allows(
             assert (peers.status_code, sent.status_code) == (403, 403), role
             assert sent.json()["error"]["message"] == f"role {role.value} may not studies:send"
     assert len(exports(api, study_id)) == len(allowed)
+
+
+def test_what_is_not_sent_within_the_time_limit_fails_with_that_reason(
+    api: ApiServer, destination: Destination, tmp_path: Path
+) -> None:
+    study_id, _ = stored_study(api, tmp_path)
+    settings = api.settings
+    sender = StudySender.from_settings(
+        settings,
+        FileStore(settings.data_dir, fsync=False),
+        Transcoder(max_decoded_bytes=settings.max_transcode_bytes, max_concurrent=1),
+    )
+    sent = sender.send(
+        api.db,
+        study_id=study_id,
+        peer_ae=PEER,
+        principal=add_user(api.db, Role.ADMIN),
+        source_address=None,
+        time_limit=0,
+    )
+    assert sent.result.counts["failed"] == 3
+    assert {reason for _, reason in sent.result.failures} == {TIME_LIMIT_REACHED}
+    assert destination.received == {}
+    [event] = exports(api, study_id)
+    assert event.outcome == "serious_failure"

@@ -81,6 +81,8 @@ def test_an_admin_creates_a_user_who_signs_in_then_changes_resets_and_deactivate
     page.expected_errors.append(r"/api/users - Failed to load resource: .* status of 422")
     page.expected_errors.append(r"/sign-in - Failed to load resource: .* status of 401")
     admin = api.user("admin")
+    viewer = {"name": "ohif", "role": "radiologist", "description": "OHIF, reading room 2"}
+    assert api.client("admin").post("/api/service-accounts", json=viewer).status_code == 201
     page.sign_in(admin)
     page.open(ADMIN_URL)
     page.driver.find_element("link text", "Users").click()
@@ -95,6 +97,11 @@ def test_an_admin_creates_a_user_who_signs_in_then_changes_resets_and_deactivate
     page.find("#new-password").send_keys(PASSWORD + Keys.ENTER)
     _message(page, "success", "Account nurse.kim created.")
     page.wait_for(lambda driver: driver.find_elements("css selector", _row(page, "nurse.kim")))
+    # service accounts: listed, read-only
+    page.wait_for(lambda driver: "OHIF, reading room 2" in _text(page, "#service-accounts"))
+    accounts = page.find("#service-accounts")
+    assert not page.driver.find_elements("css selector", _row(page, "ohif"))
+    assert not accounts.find_elements("css selector", "button, input, select")
     page.screenshot("users")
 
     # the new user signs in with the initial password, through the form
@@ -216,7 +223,8 @@ def test_an_admin_sends_a_study_and_the_peer_receives_every_instance(
     page.find("#search-value").send_keys("TX1" + Keys.ENTER)
     button = "#studies button"
     page.wait_for(lambda driver: driver.find_elements("css selector", button))
-    assert "3" in _text(page, "#studies tbody")
+    found = _text(page, "#studies tbody")
+    assert "TX1" in found and "2004-08-26" in found  # CT_small's StudyDate, as a date
 
     # a peer that is down: the API's sentence, nothing sent
     Select(page.find("#peer")).select_by_value(DOWN)

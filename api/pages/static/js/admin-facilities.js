@@ -2,21 +2,12 @@
 // (/api/modalities): listed, added, edited. One form per kind adds, or, after
 // "Edit" on a row, saves that row's changes (PATCH).
 import { api, messageOf, showMessage } from "./api.js";
+import { cell, noteRow, succeeded } from "./admin-common.js";
 
 let centers = [];
 
-function cell(text) {
-  const td = document.createElement("td");
-  if (text instanceof Node) td.append(text); else td.textContent = text ?? "";
-  return td;
-}
-
 function emptyRow(body, columns, text) {
-  const tr = document.createElement("tr");
-  const td = cell(text);
-  td.colSpan = columns;
-  tr.append(td);
-  body.replaceChildren(tr);
+  body.replaceChildren(noteRow(columns, text));
 }
 
 // a form that adds a record, or edits one after edit(record)
@@ -52,7 +43,7 @@ function editor(form, { noun, path, fields, optional = [], reload }) {
       const saved = editing
         ? await api(`${path}/${editing}`, { method: "PATCH", json: body })
         : await api(path, { method: "POST", json: body });
-      showMessage(`${noun} ${saved.name} ${editing ? "saved" : "added"}.`, "success");
+      succeeded(`${noun} ${saved.name} ${editing ? "saved" : "added"}.`);
       reset();
       await reload();
     } catch (error) {

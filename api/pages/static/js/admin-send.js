@@ -3,22 +3,13 @@
 // The answer says how many instances the peer stored; a peer that cannot be
 // reached is the API's message.
 import { api, messageOf, showMessage } from "./api.js";
+import { cell, noteRow, succeeded } from "./admin-common.js";
 
 const peerSelect = document.getElementById("peer");
 const results = document.querySelector("#studies tbody");
 
-function cell(content) {
-  const td = document.createElement("td");
-  if (content instanceof Node) td.append(content); else td.textContent = content ?? "";
-  return td;
-}
-
 function message(text) {
-  const tr = document.createElement("tr");
-  const td = cell(text);
-  td.colSpan = 7;
-  tr.append(td);
-  results.replaceChildren(tr);
+  results.replaceChildren(noteRow(7, text));
 }
 
 async function loadPeers() {
@@ -52,7 +43,7 @@ async function send(study, button) {
       const reasons = [...new Set(sent.failures.map((f) => f.reason))].join("; ");
       showMessage(`${stored} of ${sent.instances} instances stored by ${sent.peer}; ${sent.failed} failed: ${reasons}.`);
     } else {
-      showMessage(`Sent: ${sent.peer} stored all ${stored} instances of the study.`, "success", { timeout: 0 });
+      succeeded(`Sent: ${sent.peer} stored all ${stored} instances of the study.`, { timeout: 0 });
     }
   } catch (error) {
     showMessage(messageOf(error));
@@ -63,6 +54,11 @@ async function send(study, button) {
   }
 }
 
+// a DICOM date (DA, YYYYMMDD) as ISO 8601 (YYYY-MM-DD); a calendar date, no time zone
+function date(value) {
+  return /^\d{8}$/.test(value ?? "") ? `${value.slice(0, 4)}-${value.slice(4, 6)}-${value.slice(6)}` : value;
+}
+
 function row(study) {
   const tr = document.createElement("tr");
   const button = document.createElement("button");
@@ -71,7 +67,7 @@ function row(study) {
   button.textContent = "Send";
   button.setAttribute("aria-label", `Send study ${study.accession_number || study.study_instance_uid}`);
   button.addEventListener("click", () => send(study, button));
-  tr.append(cell(study.accession_number), cell(study.patient_id), cell(study.study_date),
+  tr.append(cell(study.accession_number), cell(study.patient_id), cell(date(study.study_date)),
     cell(study.modalities.join(", ")), cell(study.study_description), cell(String(study.instance_count)),
     cell(button));
   return tr;

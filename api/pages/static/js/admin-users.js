@@ -2,19 +2,14 @@
 // and per account: change the role, deactivate or reactivate (PATCH
 // /api/users/{id}), set a new password (POST /api/users/{id}/password). Every
 // refusal (password policy, a taken username, the last admin) is the API's
-// own message.
+// own message. Service accounts are listed read-only (GET /api/service-accounts).
 import { api, messageOf, showMessage, timeElement } from "./api.js";
+import { cell, noteRow, succeeded } from "./admin-common.js";
 
 const table = document.querySelector("#users tbody");
 const total = document.getElementById("users-total");
 const roleOptions = document.getElementById("role-options");
 let search = "";
-
-function cell(content) {
-  const td = document.createElement("td");
-  if (content instanceof Node) td.append(content); else td.textContent = content ?? "";
-  return td;
-}
 
 function button(text, onClick, kind = "secondary") {
   const element = document.createElement("button");
@@ -28,8 +23,27 @@ function button(text, onClick, kind = "secondary") {
 async function change(user, changes, done) {
   try {
     const updated = await api(`/api/users/${user.id}`, { method: "PATCH", json: changes });
-    showMessage(done(updated), "success");
-    await load();
+    succeeded(done(updated));
+    await async function loadServiceAccounts() {
+  const body = document.querySelector("#service-accounts tbody");
+  try {
+    const page = await api("/api/service-accounts?limit=200");
+    const rows = page.items.map((account) => {
+      const tr = document.createElement("tr");
+      tr.append(cell(account.name), cell(account.role.replace("_", " ")), cell(account.description),
+        cell(account.is_active ? "Active" : "Deactivated"), cell(String(account.active_keys)),
+        cell(timeElement(account.created_at)));
+      return tr;
+    });
+    if (!rows.length) rows.push(noteRow(6, "No service accounts."));
+    body.replaceChildren(...rows);
+  } catch (error) {
+    showMessage(messageOf(error));
+  }
+}
+
+load();
+loadServiceAccounts();
   } catch (error) {
     showMessage(messageOf(error));
   }
@@ -80,7 +94,7 @@ function passwordControl(user) {
     event.preventDefault();
     try {
       await api(`/api/users/${user.id}/password`, { method: "POST", json: { password: input.value } });
-      showMessage(`New password set for ${user.username}; their sessions were ended.`, "success");
+      succeeded(`New password set for ${user.username}; their sessions were ended.`);
       input.value = "";
       details.open = false;
     } catch (error) {
@@ -122,13 +136,7 @@ async function load() {
   try {
     const page = await api(`/api/users?${query}`);
     table.replaceChildren(...page.items.map(row));
-    if (!page.items.length) {
-      const tr = document.createElement("tr");
-      const td = cell("No accounts match.");
-      td.colSpan = 6;
-      tr.append(td);
-      table.append(tr);
-    }
+    if (!page.items.length) table.append(noteRow(6, "No accounts match."));
     total.textContent = page.total > page.items.length
       ? `Showing ${page.items.length} of ${page.total} accounts: search to narrow.`
       : `${page.total} accounts.`;
@@ -140,7 +148,26 @@ async function load() {
 document.getElementById("user-filter").addEventListener("submit", (event) => {
   event.preventDefault();
   search = document.getElementById("user-search").value.trim();
-  load();
+  async function loadServiceAccounts() {
+  const body = document.querySelector("#service-accounts tbody");
+  try {
+    const page = await api("/api/service-accounts?limit=200");
+    const rows = page.items.map((account) => {
+      const tr = document.createElement("tr");
+      tr.append(cell(account.name), cell(account.role.replace("_", " ")), cell(account.description),
+        cell(account.is_active ? "Active" : "Deactivated"), cell(String(account.active_keys)),
+        cell(timeElement(account.created_at)));
+      return tr;
+    });
+    if (!rows.length) rows.push(noteRow(6, "No service accounts."));
+    body.replaceChildren(...rows);
+  } catch (error) {
+    showMessage(messageOf(error));
+  }
+}
+
+load();
+loadServiceAccounts();
 });
 
 const createForm = document.getElementById("create-user");
@@ -154,12 +181,50 @@ createForm.addEventListener("submit", async (event) => {
   if (email) body.email = email;
   try {
     const user = await api("/api/users", { method: "POST", json: body });
-    showMessage(`Account ${user.username} created.`, "success");
+    succeeded(`Account ${user.username} created.`);
     createForm.reset();
-    await load();
+    await async function loadServiceAccounts() {
+  const body = document.querySelector("#service-accounts tbody");
+  try {
+    const page = await api("/api/service-accounts?limit=200");
+    const rows = page.items.map((account) => {
+      const tr = document.createElement("tr");
+      tr.append(cell(account.name), cell(account.role.replace("_", " ")), cell(account.description),
+        cell(account.is_active ? "Active" : "Deactivated"), cell(String(account.active_keys)),
+        cell(timeElement(account.created_at)));
+      return tr;
+    });
+    if (!rows.length) rows.push(noteRow(6, "No service accounts."));
+    body.replaceChildren(...rows);
+  } catch (error) {
+    showMessage(messageOf(error));
+  }
+}
+
+load();
+loadServiceAccounts();
   } catch (error) {
     showMessage(messageOf(error));
   }
 });
 
+async function loadServiceAccounts() {
+  const body = document.querySelector("#service-accounts tbody");
+  try {
+    const page = await api("/api/service-accounts?limit=200");
+    const rows = page.items.map((account) => {
+      const tr = document.createElement("tr");
+      tr.append(cell(account.name), cell(account.role.replace("_", " ")), cell(account.description),
+        cell(account.is_active ? "Active" : "Deactivated"), cell(String(account.active_keys)),
+        cell(timeElement(account.created_at)));
+      return tr;
+    });
+    if (!rows.length) rows.push(noteRow(6, "No service accounts."));
+    body.replaceChildren(...rows);
+  } catch (error) {
+    showMessage(messageOf(error));
+  }
+}
+
 load();
+loadServiceAccounts();
