@@ -9,19 +9,22 @@ through ``GET /api/audit-events.csv``, so every read is audited by the API
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
-from api.deps import CurrentUser
+from api.deps import require
 from api.pages.common import PageRoute, SessionToken, render
 from api.pages.paths import AUDIT_URL
 from api.routes.audit import AUDIT_EXPORT_MAX_ROWS
 from dicom_node.domain.audit import AuditEventCode
 from dicom_node.domain.enums import AuditOutcome
-from dicom_node.domain.errors import Forbidden
-from dicom_node.domain.permissions import Permission
+from dicom_node.domain.permissions import Permission, Principal
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
+# the permission the page's API calls need, declared as the API's routes do
+Auditor = Annotated[Principal, Depends(require(Permission.AUDIT_READ))]
 
 
 def _label(name: str) -> str:
@@ -29,12 +32,10 @@ def _label(name: str) -> str:
 
 
 @router.api_route(AUDIT_URL, methods=["GET", "HEAD"])
-def audit_page(request: Request, user: CurrentUser, token: SessionToken) -> HTMLResponse:
+def audit_page(request: Request, user: Auditor, token: SessionToken) -> HTMLResponse:
     """The trail's filters and an empty table the script fills. Filters may
     come in the query string (ids only: a study UID, an accession, a patient
     ID), so a link can open one study's trail."""
-    if not user.can(Permission.AUDIT_READ):
-        raise Forbidden("Only administrators and auditors may read the audit trail.")
     return render(
         request,
         "audit.html",

@@ -10,17 +10,20 @@ a table and a sentence for screen readers.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
-from api.deps import CurrentUser
+from api.deps import require
 from api.pages.common import PageRoute, SessionToken, render
 from api.pages.paths import TURNAROUND_URL
-from dicom_node.domain.errors import Forbidden
-from dicom_node.domain.permissions import Permission
+from dicom_node.domain.permissions import Permission, Principal
 from dicom_node.services.reporting.turnaround import GroupBy
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
+# the permission the page's API calls need, declared as the API's routes do
+TurnaroundReader = Annotated[Principal, Depends(require(Permission.TURNAROUND_READ))]
 
 GROUP_LABELS = {
     GroupBy.PRIORITY: "Priority",
@@ -31,9 +34,7 @@ GROUP_LABELS = {
 
 
 @router.api_route(TURNAROUND_URL, methods=["GET", "HEAD"])
-def turnaround_page(request: Request, user: CurrentUser, token: SessionToken) -> HTMLResponse:
-    if not user.can(Permission.TURNAROUND_READ):
-        raise Forbidden("Your role may not read the turnaround figures.")
+def turnaround_page(request: Request, user: TurnaroundReader, token: SessionToken) -> HTMLResponse:
     return render(
         request,
         "turnaround.html",

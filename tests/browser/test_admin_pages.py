@@ -245,7 +245,7 @@ def test_a_scheduler_gets_the_error_page_for_the_administration(page: Page, api:
     for path in (ADMIN_URL, USERS_URL, STATUS_URL, SEND_URL):
         page.open(path)
         page.wait_for(lambda driver: driver.find_elements("css selector", "main h1"))
-        assert _text(page, "main h1") == "That did not work"
+        assert _text(page, "main h1") == "Not open to your role"
         assert "role scheduler may not" in _text(page, ".message.error")
     page.screenshot("refused")
 

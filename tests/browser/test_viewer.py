@@ -304,5 +304,5 @@ def test_a_referring_physician_cannot_open_a_study_not_theirs(page: Page, api: A
     page.sign_in(api.user("referring_physician"))
     page.open(f"/viewer/{other.study_uid}")
     page.wait_for_path(f"/viewer/{other.study_uid}")
-    assert page.find("h1").text == "That did not work"
+    assert page.find("h1").text == "Not found"
     assert not page.driver.find_elements("css selector", "#viewer")

@@ -45,7 +45,7 @@ def test_a_referring_physician_sees_only_their_studies(api: ApiServer) -> None:
     missing = client.get("/viewer/1.2.3.4.5.6.7")
     assert refused.status_code == missing.status_code == 404
     assert refused.headers["content-type"].startswith("text/html")
-    assert "That did not work" in refused.text and other.study_uid not in refused.text
+    assert "<h1>Not found</h1>" in refused.text and other.study_uid not in refused.text
 
 
 def test_signed_out_is_sent_to_the_sign_in_form_and_a_bad_uid_is_a_page(api: ApiServer) -> None:
