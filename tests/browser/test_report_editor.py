@@ -3,8 +3,9 @@ a radiologist drafts (autosave survives a reload), records the critical-result
 communication and submits with Ctrl+Enter; another radiologist signs, writes
 an addendum and reads the version history; a role without reports:write sees
 the report without any editing control, one without reports:read sees
-nothing of it; a refusal from the API (the draft submitted elsewhere) is a
-message in the page and autosave stops."""
+nothing of it; a save from another tab since the text was read, and a
+refusal from the API (the draft submitted elsewhere), are messages in the
+page and autosave stops until the report is reloaded."""
 
 from __future__ import annotations
 
@@ -169,34 +170,56 @@ def test_roles_see_only_what_they_may_do_with_a_report(page: Page, api: ApiServe
     assert not page.driver.find_elements("id", "report-findings")
 
 
-def test_a_refusal_from_the_api_is_a_message_and_autosave_stops(page: Page, api: ApiServer) -> None:
-    author = _radiologist(api)
-    study = claimed_study(api.db, author)
-    report_id = new_report(api.db, study, author)
-    uid = _uid(api, study)
-    _open_panel(page, author.username, uid)
-    _state(page, "Draft")
-
-    # the same draft is submitted elsewhere (another tab, a script) meanwhile
-    elsewhere = httpx.Client(
-        base_url=api.base_url, headers={"Authorization": f"Bearer {api.token(author.username)}"}
-    )
-    with elsewhere:
-        assert elsewhere.post(f"/api/reports/{report_id}/submit").status_code == 200
-    page.expected_errors.append(r"status of 409")  # the refused PATCH, in the console
-
-    page.find("#report-findings").send_keys(" More text.")
-    _ctrl(page, "s")  # save now
+def _refused_save(page: Page, typed: str) -> str:
+    """Type, save with Ctrl+S, and answer the error message the page shows."""
+    page.find("#report-findings").send_keys(typed)
+    _ctrl(page, "s")
     message = page.wait_for(
         lambda d: next(
             (e for e in d.find_elements("css selector", "#notices .message.error") if e.text),
             None,
         )
     )
-    assert "Not saved" in message.text and "in_review" in message.text
-    assert "{" not in message.text  # a sentence, never raw JSON
+    text = str(message.text)
+    assert "Not saved" in text and "{" not in text  # a sentence, never raw JSON
     assert "changed elsewhere" in page.find("#report-save-status").text
     assert _shown(page, "#report-reload")
+    page.driver.execute_script("document.getElementById('notices').replaceChildren()")
+    return text
+
+
+def test_a_concurrent_edit_and_a_refusal_from_the_api_are_messages(
+    page: Page, api: ApiServer
+) -> None:
+    author = _radiologist(api)
+    study = claimed_study(api.db, author)
+    report_id = new_report(api.db, study, author)
+    uid = _uid(api, study)
+    _open_panel(page, author.username, uid)
+    _state(page, "Draft")
+    page.expected_errors.append(r"status of 409")  # the refused PATCHes, in the console
+    # the same author's other tab (or a script) saves the draft meanwhile
+    elsewhere = httpx.Client(
+        base_url=api.base_url, headers={"Authorization": f"Bearer {api.token(author.username)}"}
+    )
+    url = f"/api/reports/{report_id}"
+    with elsewhere:
+        saved = elsewhere.patch(url, json={"findings": "Saved in the other tab."})
+        assert saved.status_code == 200, saved.text
+
+        assert "changed since you read it" in _refused_save(page, " Typed here.")
+        page.find("#report-reload").click()  # the other tab's text, and editing again
+        page.wait_for(
+            lambda d: (
+                d.find_element("id", "report-findings").get_attribute("value")
+                == "Saved in the other tab."
+            )
+        )
+        assert not _shown(page, "#report-reload")
+
+        # then the draft is submitted elsewhere: the state changed under the editor
+        assert elsewhere.post(f"{url}/submit").status_code == 200
+        assert "in_review" in _refused_save(page, " More text.")
     page.find("#report-reload").click()
     _state(page, "In review")
-    assert page.find("#report-findings").get_attribute("value") == "Clear lungs."
+    assert page.find("#report-findings").get_attribute("value") == "Saved in the other tab."

@@ -195,7 +195,10 @@ function startPanel(root) {
     if (saving) await saving;
     if (!dirty || !editable()) return true;
     dirty = false;
-    const body = { findings: view.findings.value, impression: view.impression.value };
+    // the updated_at this text was based on: a save from another tab since
+    // then is a 409 (shown, autosave stops), never silently overwritten
+    const body = { findings: view.findings.value, impression: view.impression.value,
+      expected_updated_at: report.updated_at };
     saving = api(`/api/reports/${report.id}`, { method: "PATCH", json: body });
     try {
       const saved = await saving;
@@ -265,7 +268,7 @@ function startPanel(root) {
   view.critical.addEventListener("change", async () => {
     if (!(await save())) return;
     await act(`/api/reports/${report.id}`, "Not saved", {
-      method: "PATCH", json: { critical_flag: view.critical.checked },
+      method: "PATCH", json: { critical_flag: view.critical.checked, expected_updated_at: report.updated_at },
     });
   });
   view.save.addEventListener("click", () => { dirty = true; save(); });
