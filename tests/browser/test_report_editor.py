@@ -21,7 +21,7 @@ from dicom_node.domain.enums import Role
 from dicom_node.domain.permissions import Principal
 from tests.api.conftest import ApiServer
 from tests.browser.conftest import Page
-from tests.builders import Study, claimed_study, new_report, signed_report, user_id
+from tests.builders import Study, claimed_study, new_report, signed_report, submit, user_id
 
 pytestmark = pytest.mark.browser
 
@@ -109,6 +109,8 @@ def test_a_report_is_drafted_submitted_signed_and_amended_in_the_panel(
     page.wait_for(
         lambda d: "told Dr Ward (ED) by phone" in d.find_element("id", "report-communications").text
     )
+    page.find("#report-communications button").click()  # the read-back
+    page.wait_for(lambda d: "acknowledged" in d.find_element("id", "report-communications").text)
 
     page.find("#report-findings").click()
     _ctrl(page, Keys.ENTER)  # submit for review
@@ -145,6 +147,7 @@ def test_a_report_is_drafted_submitted_signed_and_amended_in_the_panel(
     page.screenshot("report-history")
 
 
+@pytest.mark.parametrize("window", [(1280, 800), (768, 1024)], ids=["1280x800", "768x1024"])
 def test_roles_see_only_what_they_may_do_with_a_report(page: Page, api: ApiServer) -> None:
     author, reviewer = _radiologist(api), _radiologist(api)
     study = claimed_study(api.db, author)
@@ -159,6 +162,11 @@ def test_roles_see_only_what_they_may_do_with_a_report(page: Page, api: ApiServe
     assert not any(_shown(page, css) for css in EDITING)
     assert not _shown(page, "#report-communication-form")
     page.wait_for(lambda d: _shown(page, "#report-history"))
+    overflow = page.driver.execute_script(
+        "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    assert overflow <= 0, f"the page scrolls sideways by {overflow}px"
+    page.check_accessibility(exclude=[".viewer-images"])
     page.screenshot("report-read-only")
 
     technologist = api.user("technologist")  # studies:read, no reports:read
@@ -168,6 +176,43 @@ def test_roles_see_only_what_they_may_do_with_a_report(page: Page, api: ApiServe
     page.wait_for_path(f"/viewer/{uid}")
     assert "Your role may not read reports." in page.find("#report-panel").text
     assert not page.driver.find_elements("id", "report-findings")
+
+
+def test_a_reviewer_returns_a_report_to_its_author_with_a_comment(
+    page: Page, api: ApiServer
+) -> None:
+    author, reviewer = _radiologist(api), _radiologist(api)
+    study = claimed_study(api.db, author)
+    report_id = new_report(api.db, study, author)
+    with api.db.unit_of_work() as session:
+        submit(session, report_id, author)
+    _open_panel(page, reviewer.username, _uid(api, study))
+    _state(page, "In review")
+
+    page.find("#report-return").click()  # no comment: said in the page, nothing sent
+    page.wait_for(lambda d: "Write a comment" in d.find_element("id", "notices").text)
+    page.find("#report-return-comment").send_keys("Measure the nodule.")
+    page.find("#report-return").click()
+
+    _state(page, "Draft")
+    assert not _shown(page, "#report-sign") and not _shown(page, "#report-submit")
+    returned = page.wait_for(
+        lambda d: next(
+            (
+                b
+                for b in d.find_elements("css selector", "#report-versions button")
+                if "returned to the author" in b.text
+            ),
+            None,
+        )
+    )
+    returned.click()
+    page.wait_for(
+        lambda d: (
+            "Reviewer's comment: Measure the nodule."
+            in d.find_element("id", "report-version-view").text
+        )
+    )
 
 
 def _refused_save(page: Page, typed: str) -> str:

@@ -129,6 +129,7 @@ function startPanel(root) {
           timeElement(record.communicated_at),
           record.deadline_met === false ? " (after the deadline)" : "");
         if (record.acknowledged_at) item.append("; acknowledged ", timeElement(record.acknowledged_at));
+        else if (can.communicate) item.append(" ", acknowledgeButton(record));
       } else {
         item.append(`${record.finding}: not communicated yet; due `, timeElement(record.deadline_at),
           record.overdue ? " (overdue)" : "");
@@ -148,6 +149,28 @@ function startPanel(root) {
         view.at.dataset.suggested = view.at.value;
       }
     }
+  }
+
+  // the recipient confirmed they understood the finding (read-back)
+  function acknowledgeButton(record) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "link-button";
+    button.textContent = "Mark acknowledged";
+    button.setAttribute("aria-label", `Mark acknowledged: ${record.finding}, told ${record.communicated_to}`);
+    button.addEventListener("click", async () => {
+      if (!(await save())) return; // the text typed so far, before the panel re-reads
+      try {
+        await api(`/api/reports/${report.id}/critical-communications/${record.id}/acknowledge`,
+          { method: "PATCH" });
+        report = await api(`/api/reports/${report.id}`);
+        render();
+        showMessage("Acknowledgement recorded.", "success");
+      } catch (error) {
+        showMessage(messageOf(error));
+      }
+    });
+    return button;
   }
 
   async function loadVersions() {
@@ -303,6 +326,7 @@ function startPanel(root) {
       showMessage("Give the time of the communication.");
       return;
     }
+    if (!(await save())) return; // the text typed so far, before the panel re-reads
     try {
       await api(`/api/reports/${report.id}/critical-communications`, {
         method: "POST",
