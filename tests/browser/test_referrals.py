@@ -157,6 +157,7 @@ def test_the_printable_report_prints_with_its_own_stylesheet(page: Page, api: Ap
     page.wait_for_path(f"/reports/{report_id}/print")
 
     assert page.find("#print-accession").text == accession
+    assert page.find("#print-patient").text.startswith("PATIENT, ")  # not PATIENT^n
     assert page.find("#print-findings").text == "Clear lungs."
     assert page.find("#print-signer").text == reviewer.principal.username.title()
     # the times are the browser's: local-time.js rewrote the ISO text
