@@ -3,9 +3,9 @@ a radiologist drafts (autosave survives a reload), records the critical-result
 communication and submits with Ctrl+Enter; another radiologist signs, writes
 an addendum and reads the version history; a role without reports:write sees
 the report without any editing control, one without reports:read sees
-nothing of it; a save from another tab since the text was read, and a
-refusal from the API (the draft submitted elsewhere), are messages in the
-page and autosave stops until the report is reloaded."""
+nothing of it; a save from another tab since the text was read is refused
+by the API and shown as a message (autosave stops until the report is
+reloaded); a report submitted elsewhere reaches the open panel live."""
 
 from __future__ import annotations
 
@@ -178,16 +178,21 @@ def test_roles_see_only_what_they_may_do_with_a_report(page: Page, api: ApiServe
     assert not page.driver.find_elements("id", "report-findings")
 
 
-def test_a_reviewer_returns_a_report_to_its_author_with_a_comment(
+def test_a_submitted_report_reaches_the_reviewer_live_and_goes_back_with_a_comment(
     page: Page, api: ApiServer
 ) -> None:
     author, reviewer = _radiologist(api), _radiologist(api)
     study = claimed_study(api.db, author)
     report_id = new_report(api.db, study, author)
-    with api.db.unit_of_work() as session:
-        submit(session, report_id, author)
     _open_panel(page, reviewer.username, _uid(api, study))
-    _state(page, "In review")
+    _state(page, "Draft")  # another radiologist's draft: read only
+    assert not any(_shown(page, css) for css in EDITING)
+    page.wait_for(lambda d: d.find_element("id", "report-panel").get_attribute("data-live"))
+
+    with api.db.unit_of_work() as session:  # the author submits, elsewhere
+        submit(session, report_id, author)
+    _state(page, "In review")  # live, from the event stream: no reload
+    assert _shown(page, "#report-sign")
 
     page.find("#report-return").click()  # no comment: said in the page, nothing sent
     page.wait_for(lambda d: "Write a comment" in d.find_element("id", "notices").text)
@@ -233,7 +238,7 @@ def _refused_save(page: Page, typed: str) -> str:
     return text
 
 
-def test_a_concurrent_edit_and_a_refusal_from_the_api_are_messages(
+def test_a_concurrent_edit_is_refused_as_a_message_and_a_submit_elsewhere_followed_live(
     page: Page, api: ApiServer
 ) -> None:
     author = _radiologist(api)
@@ -262,9 +267,8 @@ def test_a_concurrent_edit_and_a_refusal_from_the_api_are_messages(
         )
         assert not _shown(page, "#report-reload")
 
-        # then the draft is submitted elsewhere: the state changed under the editor
+        # then the draft is submitted elsewhere: the panel follows, live
         assert elsewhere.post(f"{url}/submit").status_code == 200
-        assert "in_review" in _refused_save(page, " More text.")
-    page.find("#report-reload").click()
     _state(page, "In review")
+    assert page.find("#report-findings").get_attribute("readonly") is not None
     assert page.find("#report-findings").get_attribute("value") == "Saved in the other tab."

@@ -360,9 +360,37 @@ function startPanel(root) {
       else if (signable()) sign();
     }
   });
+  // live: the report moved on elsewhere (submitted, signed, returned, an
+  // addendum started) or a report was created for this study. The stream
+  // carries ids and states only; the panel re-reads the report through the
+  // API. Its own saves change neither status nor version, so they are no news.
+  function listen() {
+    const events = new EventSource("/api/events");
+    const onReport = (event) => {
+      const entry = JSON.parse(event.data);
+      const payload = entry.payload || {};
+      if (report ? entry.entity_id !== report.id : payload.study_id !== studyId) return;
+      if (report && payload.status === report.status && payload.version === report.version) return;
+      if (dirty || saving) {
+        // unsaved typing is never replaced under the radiologist's hands
+        stopped = true;
+        render();
+        showMessage("The report was changed elsewhere; reload it to see its current state.");
+        return;
+      }
+      load();
+    };
+    events.addEventListener("report.created", onReport);
+    events.addEventListener("report.updated", onReport);
+    events.addEventListener("end", () => events.close());
+    events.addEventListener("open", () => { root.dataset.live = "true"; });
+    window.addEventListener("pagehide", () => events.close());
+  }
+
   // a draft typed but not yet saved when the page goes: save it on the way out
   window.addEventListener("pagehide", () => { if (dirty) save(); });
 
+  listen();
   load();
 }
 
