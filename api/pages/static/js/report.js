@@ -215,7 +215,11 @@ function startPanel(root) {
 
   async function save() {
     clearTimeout(timer);
-    if (saving) await saving;
+    // one save at a time; a caller (submit) must not pass while one is under way
+    while (saving) {
+      try { await saving; } catch { /* shown by the save that made it */ }
+    }
+    if (stopped) return false;
     if (!dirty || !editable()) return true;
     dirty = false;
     // the updated_at this text was based on: a save from another tab since
@@ -226,8 +230,11 @@ function startPanel(root) {
     try {
       const saved = await saving;
       report = { ...report, ...saved };
-      const at = new Date().toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-      view.saveStatus.textContent = `Saved at ${at}`;
+      // typed while this save was under way: that text is not saved yet
+      if (!dirty) {
+        const at = new Date().toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+        view.saveStatus.textContent = `Saved at ${at}`;
+      }
       return true;
     } catch (error) {
       refused(error, "Not saved");
