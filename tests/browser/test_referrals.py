@@ -140,6 +140,8 @@ def test_a_report_signed_while_the_page_is_open_is_announced_and_listed(
         )
     )
     assert f"report {report_id}" in notice.text and accession in notice.text
+    read = notice.find_element("css selector", "a")
+    assert read.get_attribute("href").endswith(f"/reports/{report_id}/print")
     listed = f'#referral-reports tr[data-report-id="{report_id}"]'
     page.wait_for(lambda d: d.find_elements("css selector", listed))
     assert len(page.driver.find_elements("css selector", "#notices .message")) == 1
