@@ -151,7 +151,8 @@ def edit(
     context: Context, user: Writer, report_id: ReportId, body: ReportUpdate, request: Request
 ) -> ReportPublic:
     """Edit a draft (or an addendum being written): author only (403); any
-    other state is 409 with ``current_state`` (final text is immutable)."""
+    other state is 409 with ``current_state`` (final text is immutable). With
+    ``expected_updated_at``, a report changed since that time is 409 too."""
     with context.db.unit_of_work() as session:
         info = edit_report(
             session,
@@ -161,6 +162,7 @@ def edit(
             findings=body.findings,
             impression=body.impression,
             critical_flag=body.critical_flag,
+            expected_updated_at=body.expected_updated_at,
             source_address=client_address(request),
         )
     return ReportPublic.of(info)

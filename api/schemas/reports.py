@@ -45,6 +45,11 @@ class ReportUpdate(BaseModel):
     findings: Text | None = None
     impression: Text | None = None
     critical_flag: bool | None = None
+    expected_updated_at: UtcTime | None = Field(
+        default=None,
+        description="the updated_at you last read: 409 if the report changed since "
+        "(a save from another tab), instead of overwriting it",
+    )
 
 
 class CriticalCommunicationCreate(BaseModel):

@@ -118,6 +118,28 @@ def test_only_the_author_edits_a_draft_and_edits_are_audited(api: ApiServer) -> 
     assert author.patch(url, json={"findings": "bad\u0000text"}).status_code == 422
 
 
+def test_a_save_from_a_text_read_before_another_save_is_a_conflict(api: ApiServer) -> None:
+    """Two editors of one draft (the author's two tabs): each sends the
+    updated_at it read; the second save from the same text is 409, not a
+    silent overwrite, and the text stays the first save's."""
+    author = api.client("radiologist")
+    _, report = draft(api, author)
+    url = f"/api/reports/{report['id']}"
+    read = report["updated_at"]
+
+    first = ok(author.patch(url, json={"findings": "From tab one.", "expected_updated_at": read}))
+    second = author.patch(url, json={"findings": "From tab two.", "expected_updated_at": read})
+
+    assert second.status_code == 409, second.text
+    assert second.json()["error"]["current_state"] == "draft"
+    assert "changed since you read it" in second.json()["error"]["message"]
+    # the first save's own answer is a good base for the next save
+    again = {"findings": "From tab one, again.", "expected_updated_at": first["updated_at"]}
+    assert ok(author.patch(url, json=again))["findings"] == "From tab one, again."
+    # without the field the old behaviour stays: the last save wins
+    assert ok(author.patch(url, json={"impression": "Last."}))["impression"] == "Last."
+
+
 # --------------------------------------------------------------------------- review cycle
 
 

@@ -140,6 +140,8 @@ def test_a_report_signed_while_the_page_is_open_is_announced_and_listed(
         )
     )
     assert f"report {report_id}" in notice.text and accession in notice.text
+    read = notice.find_element("css selector", "a")
+    assert read.get_attribute("href").endswith(f"/reports/{report_id}/print")
     listed = f'#referral-reports tr[data-report-id="{report_id}"]'
     page.wait_for(lambda d: d.find_elements("css selector", listed))
     assert len(page.driver.find_elements("css selector", "#notices .message")) == 1
@@ -157,6 +159,7 @@ def test_the_printable_report_prints_with_its_own_stylesheet(page: Page, api: Ap
     page.wait_for_path(f"/reports/{report_id}/print")
 
     assert page.find("#print-accession").text == accession
+    assert page.find("#print-patient").text.startswith("PATIENT, ")  # not PATIENT^n
     assert page.find("#print-findings").text == "Clear lungs."
     assert page.find("#print-signer").text == reviewer.principal.username.title()
     # the times are the browser's: local-time.js rewrote the ISO text

@@ -3,8 +3,9 @@ a radiologist drafts (autosave survives a reload), records the critical-result
 communication and submits with Ctrl+Enter; another radiologist signs, writes
 an addendum and reads the version history; a role without reports:write sees
 the report without any editing control, one without reports:read sees
-nothing of it; a refusal from the API (the draft submitted elsewhere) is a
-message in the page and autosave stops."""
+nothing of it; a save from another tab since the text was read is refused
+by the API and shown as a message (autosave stops until the report is
+reloaded); a report submitted elsewhere reaches the open panel live."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from dicom_node.domain.enums import Role
 from dicom_node.domain.permissions import Principal
 from tests.api.conftest import ApiServer
 from tests.browser.conftest import Page
-from tests.builders import Study, claimed_study, new_report, signed_report, user_id
+from tests.builders import Study, claimed_study, new_report, signed_report, submit, user_id
 
 pytestmark = pytest.mark.browser
 
@@ -108,6 +109,8 @@ def test_a_report_is_drafted_submitted_signed_and_amended_in_the_panel(
     page.wait_for(
         lambda d: "told Dr Ward (ED) by phone" in d.find_element("id", "report-communications").text
     )
+    page.find("#report-communications button").click()  # the read-back
+    page.wait_for(lambda d: "acknowledged" in d.find_element("id", "report-communications").text)
 
     page.find("#report-findings").click()
     _ctrl(page, Keys.ENTER)  # submit for review
@@ -144,6 +147,7 @@ def test_a_report_is_drafted_submitted_signed_and_amended_in_the_panel(
     page.screenshot("report-history")
 
 
+@pytest.mark.parametrize("window", [(1280, 800), (768, 1024)], ids=["1280x800", "768x1024"])
 def test_roles_see_only_what_they_may_do_with_a_report(page: Page, api: ApiServer) -> None:
     author, reviewer = _radiologist(api), _radiologist(api)
     study = claimed_study(api.db, author)
@@ -158,6 +162,11 @@ def test_roles_see_only_what_they_may_do_with_a_report(page: Page, api: ApiServe
     assert not any(_shown(page, css) for css in EDITING)
     assert not _shown(page, "#report-communication-form")
     page.wait_for(lambda d: _shown(page, "#report-history"))
+    overflow = page.driver.execute_script(
+        "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    assert overflow <= 0, f"the page scrolls sideways by {overflow}px"
+    page.check_accessibility(exclude=[".viewer-images"])
     page.screenshot("report-read-only")
 
     technologist = api.user("technologist")  # studies:read, no reports:read
@@ -169,34 +178,97 @@ def test_roles_see_only_what_they_may_do_with_a_report(page: Page, api: ApiServe
     assert not page.driver.find_elements("id", "report-findings")
 
 
-def test_a_refusal_from_the_api_is_a_message_and_autosave_stops(page: Page, api: ApiServer) -> None:
-    author = _radiologist(api)
+def test_a_submitted_report_reaches_the_reviewer_live_and_goes_back_with_a_comment(
+    page: Page, api: ApiServer
+) -> None:
+    author, reviewer = _radiologist(api), _radiologist(api)
     study = claimed_study(api.db, author)
     report_id = new_report(api.db, study, author)
-    uid = _uid(api, study)
-    _open_panel(page, author.username, uid)
+    _open_panel(page, reviewer.username, _uid(api, study))
+    _state(page, "Draft")  # another radiologist's draft: read only
+    assert not any(_shown(page, css) for css in EDITING)
+    page.wait_for(lambda d: d.find_element("id", "report-panel").get_attribute("data-live"))
+
+    with api.db.unit_of_work() as session:  # the author submits, elsewhere
+        submit(session, report_id, author)
+    _state(page, "In review")  # live, from the event stream: no reload
+    assert _shown(page, "#report-sign")
+
+    page.find("#report-return").click()  # no comment: said in the page, nothing sent
+    page.wait_for(lambda d: "Write a comment" in d.find_element("id", "notices").text)
+    page.find("#report-return-comment").send_keys("Measure the nodule.")
+    page.find("#report-return").click()
+
     _state(page, "Draft")
-
-    # the same draft is submitted elsewhere (another tab, a script) meanwhile
-    elsewhere = httpx.Client(
-        base_url=api.base_url, headers={"Authorization": f"Bearer {api.token(author.username)}"}
+    assert not _shown(page, "#report-sign") and not _shown(page, "#report-submit")
+    returned = page.wait_for(
+        lambda d: next(
+            (
+                b
+                for b in d.find_elements("css selector", "#report-versions button")
+                if "returned to the author" in b.text
+            ),
+            None,
+        )
     )
-    with elsewhere:
-        assert elsewhere.post(f"/api/reports/{report_id}/submit").status_code == 200
-    page.expected_errors.append(r"status of 409")  # the refused PATCH, in the console
+    returned.click()
+    page.wait_for(
+        lambda d: (
+            "Reviewer's comment: Measure the nodule."
+            in d.find_element("id", "report-version-view").text
+        )
+    )
 
-    page.find("#report-findings").send_keys(" More text.")
-    _ctrl(page, "s")  # save now
+
+def _refused_save(page: Page, typed: str) -> str:
+    """Type, save with Ctrl+S, and answer the error message the page shows."""
+    page.find("#report-findings").send_keys(typed)
+    _ctrl(page, "s")
     message = page.wait_for(
         lambda d: next(
             (e for e in d.find_elements("css selector", "#notices .message.error") if e.text),
             None,
         )
     )
-    assert "Not saved" in message.text and "in_review" in message.text
-    assert "{" not in message.text  # a sentence, never raw JSON
+    text = str(message.text)
+    assert "Not saved" in text and "{" not in text  # a sentence, never raw JSON
     assert "changed elsewhere" in page.find("#report-save-status").text
     assert _shown(page, "#report-reload")
-    page.find("#report-reload").click()
+    page.driver.execute_script("document.getElementById('notices').replaceChildren()")
+    return text
+
+
+def test_a_concurrent_edit_is_refused_as_a_message_and_a_submit_elsewhere_followed_live(
+    page: Page, api: ApiServer
+) -> None:
+    author = _radiologist(api)
+    study = claimed_study(api.db, author)
+    report_id = new_report(api.db, study, author)
+    uid = _uid(api, study)
+    _open_panel(page, author.username, uid)
+    _state(page, "Draft")
+    page.expected_errors.append(r"status of 409")  # the refused PATCHes, in the console
+    # the same author's other tab (or a script) saves the draft meanwhile
+    elsewhere = httpx.Client(
+        base_url=api.base_url, headers={"Authorization": f"Bearer {api.token(author.username)}"}
+    )
+    url = f"/api/reports/{report_id}"
+    with elsewhere:
+        saved = elsewhere.patch(url, json={"findings": "Saved in the other tab."})
+        assert saved.status_code == 200, saved.text
+
+        assert "changed since you read it" in _refused_save(page, " Typed here.")
+        page.find("#report-reload").click()  # the other tab's text, and editing again
+        page.wait_for(
+            lambda d: (
+                d.find_element("id", "report-findings").get_attribute("value")
+                == "Saved in the other tab."
+            )
+        )
+        assert not _shown(page, "#report-reload")
+
+        # then the draft is submitted elsewhere: the panel follows, live
+        assert elsewhere.post(f"{url}/submit").status_code == 200
     _state(page, "In review")
-    assert page.find("#report-findings").get_attribute("value") == "Clear lungs."
+    assert page.find("#report-findings").get_attribute("readonly") is not None
+    assert page.find("#report-findings").get_attribute("value") == "Saved in the other tab."

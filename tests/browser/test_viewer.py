@@ -78,6 +78,20 @@ import("/static/js/viewer/render.js").then((render) => {
 });
 """
 
+# a cache of 10 bytes given frames of 4: a, b, c (a dropped), b read, d (c dropped)
+CACHE_JS = """
+const done = arguments[arguments.length - 1];
+import("/static/js/viewer/frames.js").then(({FrameCache}) => {
+  const cache = new FrameCache({limit: 10, parse: () => null});
+  const kept = () => [...cache.frames.keys()].sort();
+  for (const url of ["a", "b", "c"]) cache.store(url, {bytes: 4});
+  const first = kept();
+  cache.peek("b");
+  cache.store("d", {bytes: 4});
+  done([first, kept(), cache.size]);
+});
+"""
+
 
 @pytest.fixture
 def ct_study(api: ApiServer, tmp_path: Path) -> tuple[str, str]:
@@ -245,6 +259,8 @@ def test_keys_and_wheel_scroll_window_and_zoom_are_drawn_in_the_browser(
     # rescale moves the window in modality units (here: -1024 + stored)
     grey = page.driver.execute_async_script(RENDER_JS)
     assert grey == {"MONOCHROME2": [0, 255], "MONOCHROME1": [255, 0], "rescaled": [0, 255]}
+    # the frame cache keeps to its bound, dropping the least recently used first
+    assert page.driver.execute_async_script(CACHE_JS) == [["b", "c"], ["b", "d"], 8]
 
 
 @ONE_SIZE

@@ -37,6 +37,7 @@ communication a flagged report needs before it is submitted or signed):
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -204,15 +205,28 @@ def edit_report(
     findings: str | None = None,
     impression: str | None = None,
     critical_flag: bool | None = None,
+    expected_updated_at: datetime | None = None,
     source_address: str | None = None,
 ) -> ReportInfo:
-    """Change the working text of a draft (or of an addendum being written)."""
+    """Change the working text of a draft (or of an addendum being written).
+
+    ``expected_updated_at``: the ``updated_at`` the editor last read; a report
+    changed since (the same author saving from another tab, a draft moved to
+    another radiologist) is a Conflict instead of a silent overwrite. Checked
+    under the report's row lock, so of two saves from the same text one wins.
+    """
     report = locked_report(session, report_id)
     _require_author(session, report, principal, "edit")
     # an addendum being written is edited as revised, a first-cycle draft as draft
     in_amendment = amendment_kind(session, report) is not None
     _require_transition(report, "edit_revised" if in_amendment else "edit_draft", "edited")
     _require_reading_holder(session, report, principal, "edit")
+    if expected_updated_at is not None and report.updated_at != expected_updated_at:
+        raise Conflict(
+            "the report was changed since you read it (saved elsewhere); "
+            "reload it to see the current text",
+            current=report.status,
+        )
     before: dict[str, Any] = {}
     after: dict[str, Any] = {}
     for name, value in (

@@ -135,5 +135,9 @@ def test_the_referrals_page_is_the_referring_physicians_own(api: ApiServer) -> N
 
     _assert_page(page, 200)
     assert "/static/js/referrals.js" in page.text and 'id="referral-reports"' in page.text
-    # a role the rule does not narrow would see every order: not this page
-    _assert_page(radiologist.get("/referrals"), 403)
+    assert 'id="not-a-referrer"' not in page.text
+    # a role the rule does not narrow would see every order as "theirs": the
+    # page only tells it where its work is, and loads nothing
+    other = radiologist.get("/referrals")
+    _assert_page(other, 200)
+    assert 'id="not-a-referrer"' in other.text and "referrals.js" not in other.text

@@ -128,8 +128,9 @@ function refreshSoon(announce) {
         if (!announce.has(report.id)) continue;
         announce.delete(report.id);
         const accession = report.accession_number ? `, accession ${report.accession_number}` : "";
-        showMessage(`A report of yours was signed: report ${report.id}${accession}.`, "info",
-          { timeout: 0 });
+        const notice = showMessage(`A report of yours was signed: report ${report.id}${accession}.`,
+          "info", { timeout: 0 });
+        notice.append(" ", link(`/reports/${report.id}/print`, "Read it"));
       }
     } catch (error) {
       showMessage(messageOf(error));

@@ -129,6 +129,7 @@ function startPanel(root) {
           timeElement(record.communicated_at),
           record.deadline_met === false ? " (after the deadline)" : "");
         if (record.acknowledged_at) item.append("; acknowledged ", timeElement(record.acknowledged_at));
+        else if (can.communicate) item.append(" ", acknowledgeButton(record));
       } else {
         item.append(`${record.finding}: not communicated yet; due `, timeElement(record.deadline_at),
           record.overdue ? " (overdue)" : "");
@@ -148,6 +149,28 @@ function startPanel(root) {
         view.at.dataset.suggested = view.at.value;
       }
     }
+  }
+
+  // the recipient confirmed they understood the finding (read-back)
+  function acknowledgeButton(record) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "link-button";
+    button.textContent = "Mark acknowledged";
+    button.setAttribute("aria-label", `Mark acknowledged: ${record.finding}, told ${record.communicated_to}`);
+    button.addEventListener("click", async () => {
+      if (!(await save())) return; // the text typed so far, before the panel re-reads
+      try {
+        await api(`/api/reports/${report.id}/critical-communications/${record.id}/acknowledge`,
+          { method: "PATCH" });
+        report = await api(`/api/reports/${report.id}`);
+        render();
+        showMessage("Acknowledgement recorded.", "success");
+      } catch (error) {
+        showMessage(messageOf(error));
+      }
+    });
+    return button;
   }
 
   async function loadVersions() {
@@ -192,16 +215,26 @@ function startPanel(root) {
 
   async function save() {
     clearTimeout(timer);
-    if (saving) await saving;
+    // one save at a time; a caller (submit) must not pass while one is under way
+    while (saving) {
+      try { await saving; } catch { /* shown by the save that made it */ }
+    }
+    if (stopped) return false;
     if (!dirty || !editable()) return true;
     dirty = false;
-    const body = { findings: view.findings.value, impression: view.impression.value };
+    // the updated_at this text was based on: a save from another tab since
+    // then is a 409 (shown, autosave stops), never silently overwritten
+    const body = { findings: view.findings.value, impression: view.impression.value,
+      expected_updated_at: report.updated_at };
     saving = api(`/api/reports/${report.id}`, { method: "PATCH", json: body });
     try {
       const saved = await saving;
       report = { ...report, ...saved };
-      const at = new Date().toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-      view.saveStatus.textContent = `Saved at ${at}`;
+      // typed while this save was under way: that text is not saved yet
+      if (!dirty) {
+        const at = new Date().toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+        view.saveStatus.textContent = `Saved at ${at}`;
+      }
       return true;
     } catch (error) {
       refused(error, "Not saved");
@@ -265,7 +298,7 @@ function startPanel(root) {
   view.critical.addEventListener("change", async () => {
     if (!(await save())) return;
     await act(`/api/reports/${report.id}`, "Not saved", {
-      method: "PATCH", json: { critical_flag: view.critical.checked },
+      method: "PATCH", json: { critical_flag: view.critical.checked, expected_updated_at: report.updated_at },
     });
   });
   view.save.addEventListener("click", () => { dirty = true; save(); });
@@ -300,6 +333,7 @@ function startPanel(root) {
       showMessage("Give the time of the communication.");
       return;
     }
+    if (!(await save())) return; // the text typed so far, before the panel re-reads
     try {
       await api(`/api/reports/${report.id}/critical-communications`, {
         method: "POST",
@@ -333,9 +367,37 @@ function startPanel(root) {
       else if (signable()) sign();
     }
   });
+  // live: the report moved on elsewhere (submitted, signed, returned, an
+  // addendum started) or a report was created for this study. The stream
+  // carries ids and states only; the panel re-reads the report through the
+  // API. Its own saves change neither status nor version, so they are no news.
+  function listen() {
+    const events = new EventSource("/api/events");
+    const onReport = (event) => {
+      const entry = JSON.parse(event.data);
+      const payload = entry.payload || {};
+      if (report ? entry.entity_id !== report.id : payload.study_id !== studyId) return;
+      if (report && payload.status === report.status && payload.version === report.version) return;
+      if (dirty || saving) {
+        // unsaved typing is never replaced under the radiologist's hands
+        stopped = true;
+        render();
+        showMessage("The report was changed elsewhere; reload it to see its current state.");
+        return;
+      }
+      load();
+    };
+    events.addEventListener("report.created", onReport);
+    events.addEventListener("report.updated", onReport);
+    events.addEventListener("end", () => events.close());
+    events.addEventListener("open", () => { root.dataset.live = "true"; });
+    window.addEventListener("pagehide", () => events.close());
+  }
+
   // a draft typed but not yet saved when the page goes: save it on the way out
   window.addEventListener("pagehide", () => { if (dirty) save(); });
 
+  listen();
   load();
 }
 
