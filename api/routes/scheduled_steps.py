@@ -6,8 +6,11 @@ the page and a modality see the same steps with the same attribute values
 (DICOM keywords, the start date and time in the node's local time as the
 worklist sends them). Each step also carries its order's id and its UTC start
 (``scheduled_at``), for a link to the order and a time in the reader's zone.
-The query is audited as the worklist's Query (110112, level WORKLIST), with the
-user's username as the actor.
+The visibility rule is part of the worklist query itself, so ``limit`` and
+``truncated`` count only the steps the user may see. The query is audited as
+the worklist's Query (110112, level WORKLIST) with the user as the actor (user
+id, username, role), as the API's other events are; a modality's C-FIND names
+its peer.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from api.schemas.orders import ModalityCode
 from dicom_node.db.models import ImagingRequest
 from dicom_node.domain.permissions import Permission, Principal
 from dicom_node.services.access.visibility import order_condition
+from dicom_node.services.audit.subjects import user_actor
 from dicom_node.services.query.modality_worklist import find_scheduled_steps
 
 router = APIRouter(prefix="/api", tags=["orders"])
@@ -89,18 +93,22 @@ def list_scheduled_steps(
     when = _dicom_date_range(date_from, date_to)
     if when:
         step_keys["ScheduledProcedureStepStartDate"] = when
+    address = client_address(request)
     result = find_scheduled_steps(
         context.db,
         top={},
         step=step_keys,
         limit=limit,
-        actor=user.username,
-        source_address=client_address(request),
+        actor=user_actor(user, address),
+        source_address=address,
         max_list_values=context.settings.max_query_list_values,
+        visible=order_condition(user),
     )
     uids = [s.top["StudyInstanceUID"] for s in result.steps if s.top.get("StudyInstanceUID")]
     # every scheduled order has its StudyInstanceUID (assigned when scheduled,
-    # unique): it names the step's order; the visibility rule drops the others
+    # unique): it names the step's order. The steps are the visible ones
+    # already; the rule is applied here again so this read can never name an
+    # order the user may not see (an order whose referrer changed in between)
     with context.db.read() as session:
         orders = {
             uid: (order_id, at)

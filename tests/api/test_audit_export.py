@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import csv
 import io
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
+from sqlalchemy.exc import OperationalError
 
+from api.routes import audit as audit_routes
 from api.routes.audit import AUDIT_EXPORT_MAX_ROWS, EXPORT_BATCH
 from dicom_node.db.models import AuditEvent
 from dicom_node.domain.audit import AuditEventCode, AuditRecord
@@ -70,6 +76,53 @@ def _seed(api: ApiServer) -> None:
 
 def _rows(text: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
+
+
+def _query_events(api: ApiServer, timestamps: list[datetime], *, first: int = 0) -> None:
+    """Query events by CT_SCANNER, ``target_id`` counting from ``first``."""
+    with api.db.unit_of_work() as session:
+        for number, timestamp in enumerate(timestamps, start=first):
+            record_audit_event(
+                session,
+                AuditRecord(
+                    event_code=AuditEventCode.QUERY,
+                    action="query",
+                    actor="CT_SCANNER",
+                    target_id=str(number),
+                ),
+                timestamp=timestamp,
+            )
+
+
+def _reads_events(statement: str) -> bool:
+    return statement.lstrip().upper().startswith("SELECT") and "FROM audit_events" in statement
+
+
+def _is_batch(statement: str) -> bool:
+    """A read of the export's rows (the count and the chain head are unordered)."""
+    return _reads_events(statement) and "ORDER BY audit_events.timestamp" in statement
+
+
+@contextmanager
+def _watch(api: ApiServer, react: Any) -> Iterator[None]:
+    """Call ``react(statement)`` (in the server's thread) after each statement on
+    audit_events the server runs; not after those ``react`` runs itself."""
+    reacting = threading.local()
+
+    def after(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "audit_events" not in statement or getattr(reacting, "now", False):
+            return
+        reacting.now = True
+        try:
+            react(statement)
+        finally:
+            reacting.now = False
+
+    event.listen(api.db.engine, "after_cursor_execute", after)
+    try:
+        yield
+    finally:
+        event.remove(api.db.engine, "after_cursor_execute", after)
 
 
 def test_the_export_has_the_filtered_events_oldest_first_with_formulas_defused(
@@ -159,3 +212,102 @@ def test_only_admins_and_auditors_export_the_audit_log(api: ApiServer, role: str
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "forbidden"
     assert api.anonymous().get(URL).status_code == 401
+
+
+@pytest.mark.parametrize("order", ["oldest", "newest"])
+def test_each_row_is_exported_once_across_batches_sharing_a_timestamp_and_later_commits(
+    api: ApiServer, monkeypatch: pytest.MonkeyPatch, order: str
+) -> None:
+    """Batches of 3 over 8 events, 5 of them with one timestamp (two batch
+    boundaries inside it); an event stamped before every row in the export's
+    order commits after the first batch was read: no row repeats or goes
+    missing, and the late one is not in the file (it was written after the
+    export started)."""
+    monkeypatch.setattr(audit_routes, "EXPORT_BATCH", 3)
+    hour = timedelta(hours=1)
+    shared = T0 + 2 * hour
+    _query_events(api, [T0 + hour, *[shared] * 5, T0 + 3 * hour, T0 + 3 * hour])
+    expected = [str(n) for n in range(8)]
+    if order == "newest":
+        expected.reverse()
+    # first in the export's order, so offset paging would shift by one row
+    late = T0 + timedelta(minutes=1) if order == "oldest" else T0 + 20 * hour
+    client = api.client("auditor")
+    audited: list[str] = []
+    committed: list[str] = []
+
+    def commit_a_late_event(statement: str) -> None:
+        # right after the first batch's rows were selected, which follows the
+        # export's own 110101 (its INSERT)
+        if statement.lstrip().upper().startswith("INSERT"):
+            audited.append(statement)
+        elif audited and not committed and _is_batch(statement):
+            _query_events(api, [late], first=100)
+            committed.append(statement)
+
+    with _watch(api, commit_a_late_event):
+        response = client.get(URL, params={**WINDOW, "actor": "CT_SCANNER", "order": order})
+    assert response.status_code == 200
+    assert committed, "the late event was not committed during the export"
+    assert [row["target_id"] for row in _rows(response.text)] == expected
+    assert response.headers["x-total-count"] == "8"
+    # the late event is in the trail: a new export has it
+    again = client.get(URL, params={**WINDOW, "actor": "CT_SCANNER", "order": order})
+    assert sorted(row["target_id"] for row in _rows(again.text)) == sorted([*expected, "100"])
+
+
+def test_an_export_reads_the_trail_once_per_batch(
+    api: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No COUNT and no OFFSET per batch: six batches cost four SELECTs more than
+    two, whatever the database."""
+    monkeypatch.setattr(audit_routes, "EXPORT_BATCH", 2)
+    _query_events(api, [T0 + timedelta(seconds=n) for n in range(12)])
+    client = api.client("auditor")
+    params = {**WINDOW, "actor": "CT_SCANNER"}
+    client.get(URL, params=params)  # sign-in and first-use reads out of the way
+    reads: dict[int, list[str]] = {}
+    for limit in (4, 12):
+        seen: list[str] = []
+
+        def count(statement: str, seen: list[str] = seen) -> None:
+            if _reads_events(statement):
+                seen.append(statement)
+
+        with _watch(api, count):
+            response = client.get(URL, params={**params, "limit": limit})
+        assert len(_rows(response.text)) == limit
+        reads[limit] = seen
+    assert len(reads[12]) - len(reads[4]) == 4
+    # the batches, one COUNT at the start, the chain head for the export's 110101
+    assert len(reads[12]) <= 6 + 2
+
+
+def test_an_export_stopped_by_a_database_error_says_so_in_its_last_row(
+    api: ApiServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The status is sent with the first byte: a failure after it can only be
+    told in the file (and the log, without the rows' data)."""
+    monkeypatch.setattr(audit_routes, "EXPORT_BATCH", 2)
+    _query_events(api, [T0 + timedelta(seconds=n) for n in range(5)])
+    client = api.client("auditor")
+
+    batches: list[str] = []
+
+    def fail_the_second_batch(statement: str) -> None:
+        if not _is_batch(statement):
+            return
+        batches.append(statement)
+        if len(batches) == 2:  # the database gives way under the second batch
+            raise OperationalError("SELECT", None, ConnectionError("server closed the connection"))
+
+    with _watch(api, fail_the_second_batch):
+        response = client.get(URL, params={**WINDOW, "actor": "CT_SCANNER"})
+    assert response.status_code == 200
+    lines = response.text.splitlines()
+    assert lines[-1].startswith("# EXPORT INCOMPLETE: ")
+    assert "after 2 rows" in lines[-1]
+    assert [row["target_id"] for row in _rows("\n".join(lines[:-1]))] == ["0", "1"]
+    (logged,) = [r for r in caplog.records if "audit CSV export stopped" in r.getMessage()]
+    assert logged.getMessage() == "audit CSV export stopped after 2 rows: OperationalError"
+    assert "CT_SCANNER" not in logged.getMessage()

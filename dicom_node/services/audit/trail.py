@@ -5,13 +5,15 @@ or deletes an audit event, and the database refuses both (triggers, migration
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, UnaryExpression, and_, func, or_, select
 from sqlalchemy.orm import Session
 
+from dicom_node.db.engine import Database
 from dicom_node.db.models import AuditEvent
 from dicom_node.domain.audit import audit_log_used_event
 from dicom_node.domain.enums import AuditOutcome
@@ -75,6 +77,14 @@ class AuditEventPage:
     total: int
 
 
+@dataclass(frozen=True, slots=True)
+class AuditMatches:
+    """How many events match, and the newest of them (``None``: none do)."""
+
+    total: int
+    newest_id: int | None
+
+
 _TEXT_FILTERS = {
     "actor": AuditEvent.actor,
     "action": AuditEvent.action,
@@ -98,16 +108,68 @@ def list_audit_events(
     """One page of the events matching ``filters``, newest first by default."""
     conditions = _conditions(filters)
     total = session.scalar(select(func.count(AuditEvent.id)).where(*conditions)) or 0
-    # id breaks timestamp ties: events of one transaction share a timestamp often
-    order = (
-        (AuditEvent.timestamp.desc(), AuditEvent.id.desc())
-        if newest_first
-        else (AuditEvent.timestamp.asc(), AuditEvent.id.asc())
-    )
     rows = session.scalars(
-        select(AuditEvent).where(*conditions).order_by(*order).offset(offset).limit(limit)
+        select(AuditEvent)
+        .where(*conditions)
+        .order_by(*_order(newest_first))
+        .offset(offset)
+        .limit(limit)
     )
     return AuditEventPage(items=[_info(row) for row in rows], total=int(total))
+
+
+def count_audit_events(session: Session, *, filters: AuditFilters) -> AuditMatches:
+    """The events matching ``filters`` now, in one statement (one snapshot): their
+    number and the newest id, the bound to hand :func:`iter_audit_events` so that
+    it reads these events only."""
+    total, newest_id = session.execute(
+        select(func.count(AuditEvent.id), func.max(AuditEvent.id)).where(*_conditions(filters))
+    ).one()
+    return AuditMatches(
+        total=int(total or 0), newest_id=int(newest_id) if newest_id is not None else None
+    )
+
+
+def iter_audit_events(
+    db: Database,
+    *,
+    filters: AuditFilters,
+    through_id: int,
+    newest_first: bool,
+    max_rows: int,
+    batch_size: int,
+) -> Iterator[list[AuditEventInfo]]:
+    """The events matching ``filters`` with an id up to ``through_id``, in batches
+    of at most ``batch_size``, at most ``max_rows`` in all, ordered by
+    (timestamp, id) like :func:`list_audit_events`. One SELECT per batch, each
+    in a read transaction of its own (none is held while the caller works).
+
+    Keyset paging: each batch starts after the (timestamp, id) of the last row
+    before it, so its cost does not grow with the rows already read (OFFSET
+    would scan them all again), and rows committed meanwhile neither shift nor
+    repeat a row: ids are handed out in commit order (services/audit/record.py),
+    so every event committed after ``through_id`` was read (whatever timestamp
+    it carries) is left out by the id bound.
+    """
+    conditions = [*_conditions(filters), AuditEvent.id <= through_id]
+    after: tuple[datetime, int] | None = None
+    left = max_rows
+    while left > 0:
+        query = select(AuditEvent).where(*conditions)
+        if after is not None:
+            query = query.where(*_after(after, newest_first))
+        limit = min(batch_size, left)
+        with db.read() as session:
+            batch = [
+                _info(row)
+                for row in session.scalars(query.order_by(*_order(newest_first)).limit(limit))
+            ]
+        if batch:
+            yield batch
+        if len(batch) < limit:
+            return
+        left -= len(batch)
+        after = (batch[-1].timestamp, batch[-1].id)
 
 
 def get_audit_event(session: Session, *, event_id: int) -> AuditEventInfo:
@@ -148,6 +210,34 @@ def _conditions(filters: AuditFilters) -> list[ColumnElement[bool]]:
     if filters.until is not None:
         conditions.append(AuditEvent.timestamp < filters.until)
     return conditions
+
+
+def _order(newest_first: bool) -> tuple[UnaryExpression[Any], UnaryExpression[Any]]:
+    # id breaks timestamp ties: events of one transaction share a timestamp often
+    if newest_first:
+        return AuditEvent.timestamp.desc(), AuditEvent.id.desc()
+    return AuditEvent.timestamp.asc(), AuditEvent.id.asc()
+
+
+def _after(last: tuple[datetime, int], newest_first: bool) -> list[ColumnElement[bool]]:
+    """The rows that come after ``last`` (its timestamp and id) in ``_order``."""
+    timestamp, event_id = last
+    if newest_first:
+        # the plain bound on the timestamp lets the timestamp index narrow the scan
+        return [
+            AuditEvent.timestamp <= timestamp,
+            or_(
+                AuditEvent.timestamp < timestamp,
+                and_(AuditEvent.timestamp == timestamp, AuditEvent.id < event_id),
+            ),
+        ]
+    return [
+        AuditEvent.timestamp >= timestamp,
+        or_(
+            AuditEvent.timestamp > timestamp,
+            and_(AuditEvent.timestamp == timestamp, AuditEvent.id > event_id),
+        ),
+    ]
 
 
 def _info(row: AuditEvent) -> AuditEventInfo:

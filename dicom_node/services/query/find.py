@@ -236,16 +236,19 @@ def query_record(
     *,
     level: str | None,
     keys: Mapping[str, str | None],
-    actor: str,
+    actor: Actor | str,
     source_address: str | None,
     failure: str | None = None,
 ) -> AuditRecord:
     """110112 Query: the keys asked (never the results); ``failure`` if refused.
-    ``actor``: the peer's calling AE title; ``level``: the Query/Retrieve level
-    (or ``WORKLIST``), ``None`` when refused before it was known."""
+    ``actor``: a DICOM peer's calling AE title (recorded as the peer at
+    ``source_address``), or an Actor as built, with its own address (a
+    signed-in user's, ``user_actor``: the HTTP front end asking the same
+    service); ``level``: the Query/Retrieve level (or ``WORKLIST``), ``None``
+    when refused before it was known."""
     return query_event(
         "query",
-        Actor.peer(actor, source_address),
+        actor if isinstance(actor, Actor) else Actor.peer(actor, source_address),
         TargetKind(level) if level is not None else None,
         outcome=AuditOutcome.MINOR_FAILURE if failure else AuditOutcome.SUCCESS,
         reason=failure,
@@ -258,7 +261,7 @@ def record_query(
     *,
     level: str | None,
     keys: Mapping[str, str | None],
-    actor: str,
+    actor: Actor | str,
     source_address: str | None,
     failure: str | None = None,
 ) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
+from sqlalchemy import ColumnElement
 
 from dicom_node.db.engine import Database
 from dicom_node.db.models import ImagingCenter, ImagingRequest, Modality
@@ -23,6 +24,7 @@ from dicom_node.db.worklist import (
     compile_worklist,
     time_bounds,
 )
+from dicom_node.domain.audit import Actor
 from dicom_node.domain.query import (
     InvalidQuery,
     Match,
@@ -54,15 +56,23 @@ def find_scheduled_steps(
     top: Mapping[str, str | None],
     step: Mapping[str, str | None],
     limit: int,
-    actor: str,
+    actor: Actor | str,
     source_address: str | None = None,
     station_ae_title: str | None = None,
     max_list_values: int | None = None,
+    visible: ColumnElement[bool] | None = None,
 ) -> WorklistResult:
     """``station_ae_title``: when given and the query leaves ScheduledStationAETitle
     empty, only that station's steps (for modalities that do not fill it in).
     A key listing more than ``max_list_values`` values is refused
-    (UnprocessableQuery), like an integer out of range."""
+    (UnprocessableQuery), like an integer out of range.
+
+    ``actor``: the peer's calling AE title, or a signed-in user's Actor (see
+    ``query_record``). ``visible``: a further condition on ImagingRequest, the
+    orders the asker may see (a user over HTTP: ``order_condition``). It is
+    part of the SELECT, so ``limit`` and ``truncated`` count only the steps it
+    lets through (filtered afterwards, a referrer got a short or empty page and
+    learnt from ``truncated`` that other orders exist)."""
     failure: str | None = "query failed"
     try:
         unsupported: list[str] = []
@@ -72,10 +82,11 @@ def find_scheduled_steps(
         station = step_matches.get("ScheduledStationAETitle", Universal())
         if station_ae_title and isinstance(station, Universal):
             step_matches["ScheduledStationAETitle"] = Single(station_ae_title)
+        statement = compile_worklist(top_matches, step_matches, limit=limit + 1)
+        if visible is not None:
+            statement = statement.where(visible)  # WHERE, so before the LIMIT
         with db.read() as session:
-            rows = session.execute(
-                compile_worklist(top_matches, step_matches, limit=limit + 1)
-            ).all()
+            rows = session.execute(statement).all()
         if "ScheduledProcedureStepStartDate" not in step_matches or isinstance(
             step_matches["ScheduledProcedureStepStartDate"], Universal
         ):
