@@ -104,7 +104,10 @@ class Page:
         return str(self.driver.switch_to.active_element.get_attribute("id") or "")
 
     def sign_in(self, username: str, password: str = PASSWORD) -> None:
-        """Sign in through the form, as a person does; lands on the home page."""
+        """Sign in through the form, as a person does; lands on the home page.
+        Whoever was signed in in this browser is forgotten first (the form sends
+        someone signed in to the home page)."""
+        self.driver.delete_all_cookies()
         self.open(SIGN_IN_PATH)
         self.wait_for_path(SIGN_IN_PATH)
         self.find("input#username").send_keys(username)

@@ -131,6 +131,7 @@ def test_an_admin_creates_a_user_who_signs_in_then_changes_resets_and_deactivate
     assert (user["role"], user["is_active"]) == ("scheduler", False)
 
     # deactivated: the form refuses them
+    page.driver.delete_all_cookies()
     page.open("/sign-in")
     page.find("input#username").send_keys("nurse.kim")
     page.find("input#password").send_keys(NEW_PASSWORD + Keys.ENTER)
