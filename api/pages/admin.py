@@ -20,14 +20,14 @@ from fastapi.responses import HTMLResponse
 from api.deps import require
 from api.docs import DOCS_URL
 from api.pages.common import PageRoute, SessionToken, render
-from api.pages.paths import ADMIN_URL
+from api.pages.paths import ADMIN_URL, SEND_STUDY_URL
 from dicom_node.domain.enums import ModalityStatus, Role
 from dicom_node.domain.permissions import Permission, Principal
 
 USERS_URL = f"{ADMIN_URL}/users"
 FACILITIES_URL = f"{ADMIN_URL}/facilities"
 STATUS_URL = f"{ADMIN_URL}/status"
-SEND_URL = f"{ADMIN_URL}/send"
+SEND_URL = SEND_STUDY_URL  # named in paths.py, where the navigation links to it
 
 # (url, label, what it is for, the permission its page needs)
 SECTIONS: tuple[tuple[str, str, str, Permission], ...] = (

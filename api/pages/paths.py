@@ -30,6 +30,8 @@ RECONCILIATION_URL = "/reconciliation"
 # the referring physician's own orders, studies and signed reports
 REFERRALS_URL = "/referrals"
 ADMIN_URL = "/admin"
+# where a technologist (studies:send without users:manage) sends a study
+SEND_STUDY_URL = ADMIN_URL + "/send"
 AUDIT_URL = "/audit"
 TURNAROUND_URL = "/turnaround"
 
@@ -67,6 +69,8 @@ class NavLink:
     # a link shown only to a referring physician, or never to one (their pages
     # differ: they read their own referrals, not the reading worklist)
     referrer: bool | None = None
+    # not shown to a role holding this one: its page is reached from another link
+    unless: Permission | None = None
 
 
 NAVIGATION: tuple[NavLink, ...] = (
@@ -112,6 +116,13 @@ NAVIGATION: tuple[NavLink, ...] = (
     ),
     NavLink(AUDIT_URL, "Audit trail", Permission.AUDIT_READ, "who did what, when; export as CSV"),
     NavLink(
+        SEND_STUDY_URL,
+        "Send a study",
+        Permission.STUDIES_SEND,
+        "send a study to a configured DICOM peer",
+        unless=Permission.USERS_MANAGE,
+    ),
+    NavLink(
         ADMIN_URL,
         "Administration",
         Permission.USERS_MANAGE,
@@ -126,5 +137,7 @@ def navigation_for(user: Principal) -> list[NavLink]:
     return [
         link
         for link in NAVIGATION
-        if user.can(link.permission) and link.referrer in (None, is_referrer)
+        if user.can(link.permission)
+        and link.referrer in (None, is_referrer)
+        and not (link.unless is not None and user.can(link.unless))
     ]

@@ -180,7 +180,7 @@ def test_the_form_sends_someone_already_signed_in_home_and_a_stale_cookie_to_the
 
 def test_the_home_page_links_only_the_pages_the_role_may_open(api: ApiServer) -> None:
     pages = {}
-    for role in ("radiologist", "referring_physician", "auditor", "admin"):
+    for role in ("radiologist", "referring_physician", "auditor", "admin", "technologist"):
         home = _cookie_client(api, _session(api, role)).get("/")
         assert home.status_code == 200, home.text
         pages[role] = home.text
@@ -191,3 +191,8 @@ def test_the_home_page_links_only_the_pages_the_role_may_open(api: ApiServer) ->
     assert 'href="/worklist"' not in pages["referring_physician"]
     assert 'href="/audit"' in pages["auditor"] and 'href="/admin"' not in pages["auditor"]
     assert 'href="/admin"' in pages["admin"]
+    # a technologist may send studies: a link of its own; an admin reaches it
+    # from Administration
+    assert 'href="/admin/send"' in pages["technologist"]
+    assert 'href="/admin"' not in pages["technologist"]
+    assert 'href="/admin/send"' not in pages["admin"]
