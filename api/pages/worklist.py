@@ -20,9 +20,9 @@ from fastapi.responses import HTMLResponse
 from api.deps import Context, CurrentUser
 from api.pages.common import PageRoute, SessionToken, render
 from api.pages.paths import VIEWER_URL, WORKLIST_URL
-from dicom_node.domain.enums import Priority, QueueType
+from dicom_node.domain.enums import Priority, QueueType, Role
 from dicom_node.domain.errors import Forbidden
-from dicom_node.domain.permissions import Permission, Role
+from dicom_node.domain.permissions import Permission
 from dicom_node.services.access.users import list_users
 from dicom_node.services.workflow.reading_worklist import may_reassign
 from dicom_node.services.workflow.worklist_listing import WorklistSort
