@@ -74,7 +74,7 @@ def test_a_referring_physician_gets_a_refusal_page_not_json(api: ApiServer) -> N
     answer = client.get(WORKLIST_URL)
     assert answer.status_code == 403
     assert answer.headers["content-type"].startswith("text/html")
-    assert "may not read the worklist" in answer.text
+    assert "role referring_physician may not worklist:read" in answer.text
     assert answer.headers["content-security-policy"] == APP_CSP
 
 
