@@ -8,9 +8,9 @@ once per interval for a repeated listing) and its errors are therefore the
 API's own; this handler only refuses a role without ``worklist:read`` (the
 same ``require`` as the API's, answered as a page through ``PageRoute``)
 and tells the script what the user may do, so it offers only the buttons the
-API would accept. For an admin or a lead
-radiologist it also lists the active radiologists to reassign work to (names
-and ids of staff, no patient data: the API's user listing is for admins only).
+API would accept. For an admin or a lead radiologist it also lists the active
+radiologists to reassign work to (names and ids of staff, no patient data: the
+API's user listing is for admins only).
 """
 
 from __future__ import annotations
