@@ -150,8 +150,11 @@ def test_the_worklist_shows_every_column_in_reading_order_at_both_sizes(
     assert "Overdue" not in _row(page, stat.item_id)[DUE]
     assert page.find("#worklist-count").text == "Items 1 to 3 of 3"
     # each row opens the study viewer at /viewer/{study_instance_uid}
-    link = page.find(f'tr[data-item-id="{stat.item_id}"] a.open-study')
-    assert link.get_attribute("href").endswith(f"{VIEWER_URL}/{stat.study_uid}")
+    href = page.driver.execute_script(
+        "return document.querySelector(arguments[0]).href",
+        f'tr[data-item-id="{stat.item_id}"] a.open-study',
+    )
+    assert href.endswith(f"{VIEWER_URL}/{stat.study_uid}")
     page.wait_for(lambda _: page.find("#live-status").text == "Live updates: on")
     # the page never scrolls sideways; the table scrolls inside its own box
     overflow = page.driver.execute_script(
@@ -316,3 +319,23 @@ def test_beyond_the_stream_cap_the_page_says_so_and_polls_instead(
         page.open(WORKLIST_URL)
         page.wait_for(lambda _: _ids(page) == [first.item_id])
         page.wait_for(lambda _: "Live updates: off" in page.find("#live-status").text)
+
+
+def test_a_lead_reassigns_an_item_from_the_keyboard(page: Page, api: ApiServer) -> None:
+    item = _study(api, name="TO^REASSIGN")
+    colleague = api.user("radiologist", display_name="Dr Colleague")
+    _open_worklist(page, api, is_lead=True)
+
+    _press(page, "a")
+    page.wait_for(lambda _: page.find("#reassign-dialog").get_attribute("open") is not None)
+    assert page.active_id() == "reassign-user"
+    assert "accession" in page.find("#reassign-title").text
+    page.check_accessibility()
+    Select(page.find("#reassign-user")).select_by_visible_text(f"Dr Colleague ({colleague})")
+    # keys pressed in the dialog are not shortcuts
+    _press(page, "j", Keys.TAB, Keys.ENTER)
+    page.wait_for(lambda _: _row(page, item.item_id)[HOLDER] == colleague)
+    assert _row(page, item.item_id)[STATUS] == "Claimed"
+    assert page.find("#reassign-dialog").get_attribute("open") is None
+    assert "Reassigned accession" in _notices(page)
+    page.screenshot("reassigned")

@@ -9,10 +9,12 @@ import re
 
 import httpx
 import pytest
+from sqlalchemy import update
 
 from api.deps import SESSION_COOKIE
 from api.headers import APP_CSP
 from api.pages.paths import WORKLIST_URL
+from dicom_node.db.models import User
 from tests.api.conftest import PASSWORD, ApiServer
 
 
@@ -45,15 +47,24 @@ def test_roles_with_worklist_read_get_the_page_with_the_pages_csp(
         assert f'<th scope="col">{column}</th>' in html
 
 
-def test_the_page_offers_claim_to_radiologists_and_release_of_any_claim_to_leads(
+def test_the_page_offers_claim_to_radiologists_and_reassign_to_leads_and_admins(
     api: ApiServer,
 ) -> None:
     reader = _page_client(api, "radiologist").get(WORKLIST_URL).text
-    assert 'data-can-claim="true"' in reader and 'data-can-release-any="false"' in reader
+    assert 'data-can-claim="true"' in reader and 'data-can-reassign="false"' in reader
+    assert "reassign-dialog" not in reader
+    api.user("radiologist", username="dr-active", display_name="Dr Active")
+    api.user("radiologist", username="dr-gone")
+    with api.db.unit_of_work() as session:
+        session.execute(update(User).where(User.username == "dr-gone").values(is_active=False))
     lead = _page_client(api, "radiologist", is_lead=True).get(WORKLIST_URL).text
-    assert 'data-can-release-any="true"' in lead
+    assert 'data-can-reassign="true"' in lead
+    # the dialog offers active radiologists only
+    assert "Dr Active (dr-active)" in lead and "dr-gone" not in lead
+    admin = _page_client(api, "admin").get(WORKLIST_URL).text
+    assert 'data-can-claim="false"' in admin and 'data-can-reassign="true"' in admin
     auditor = _page_client(api, "auditor").get(WORKLIST_URL).text
-    assert 'data-can-claim="false"' in auditor and 'data-can-release-any="false"' in auditor
+    assert 'data-can-claim="false"' in auditor and 'data-can-reassign="false"' in auditor
 
 
 def test_a_referring_physician_gets_a_refusal_page_not_json(api: ApiServer) -> None:
@@ -63,7 +74,7 @@ def test_a_referring_physician_gets_a_refusal_page_not_json(api: ApiServer) -> N
     answer = client.get(WORKLIST_URL)
     assert answer.status_code == 403
     assert answer.headers["content-type"].startswith("text/html")
-    assert "may not read the worklist" in answer.text
+    assert "role referring_physician may not worklist:read" in answer.text
     assert answer.headers["content-security-policy"] == APP_CSP
 
 

@@ -5,8 +5,9 @@
 // the API's POST routes; a refusal shows the API's own sentence.
 //
 // Keyboard first: j/k or the arrow keys move the selection, Enter or o opens
-// the study, c claims, r releases, n/p change page, / goes to the filters,
-// ? shows the list. Keys typed into a form field are never taken.
+// the study, c claims, r releases, a reassigns (admins and leads), n/p change
+// page, / goes to the filters, ? shows the list. Keys typed into a form field
+// or a dialog are never taken.
 import { api, messageOf, showMessage, timeElement } from "./api.js";
 
 const root = document.getElementById("worklist-page");
@@ -20,7 +21,9 @@ const shortcuts = document.getElementById("shortcuts");
 
 const userId = Number(root.dataset.userId);
 const canClaim = root.dataset.canClaim === "true";
-const canReleaseAny = root.dataset.canReleaseAny === "true";
+// release anyone's claim and reassign work (an admin or a lead radiologist)
+const canReassign = root.dataset.canReassign === "true";
+const dialog = document.getElementById("reassign-dialog");
 const viewerUrl = root.dataset.viewerUrl;
 const limit = Number(root.dataset.pageSize);
 const FILTERS = ["queue", "status", "assigned_to", "modality", "priority", "overdue", "sort"];
@@ -40,6 +43,7 @@ let loading = null; // the fetch under way (an AbortController)
 let again = false; // a change arrived during that fetch
 let refreshTimer = null;
 let pollTimer = null;
+let lastDrawn = null; // what the table shows, to redraw only on a change
 
 // ------------------------------------------------------------------ filters and URL
 
@@ -94,6 +98,10 @@ async function load() {
       again = true;
       return;
     }
+    // the same answer again (a change elsewhere in the queue): nothing to redraw
+    const drawn = JSON.stringify([offset, page.total, page.items]);
+    if (drawn === lastDrawn) return;
+    lastDrawn = drawn;
     items = page.items;
     total = page.total;
     render();
@@ -171,7 +179,13 @@ function viewerHref(item) {
 }
 
 function mayRelease(item) {
-  return item.status === "claimed" && (item.assigned_to_id === userId || canReleaseAny);
+  return item.status === "claimed" && (item.assigned_to_id === userId || canReassign);
+}
+
+const OPEN = new Set(["pending", "claimed"]);
+
+function describe(item) {
+  return item.study && item.study.accession_number ? `accession ${item.study.accession_number}` : `item ${item.id}`;
 }
 
 function rowOf(item) {
@@ -181,7 +195,7 @@ function rowOf(item) {
   tr.tabIndex = -1;
   if (item.overdue) tr.classList.add("overdue");
   // what a button's name says, so a screen reader knows which row it acts on
-  const description = study.accession_number ? `accession ${study.accession_number}` : `item ${item.id}`;
+  const description = describe(item);
 
   const name = personName(study.patient_name) || "(no name)";
   const href = viewerHref(item);
@@ -224,6 +238,7 @@ function rowOf(item) {
   actions.className = "actions";
   if (canClaim && item.status === "pending") actions.append(button("Claim", "claim", item, description));
   if (mayRelease(item)) actions.append(button("Release", "release", item, description));
+  if (canReassign && OPEN.has(item.status)) actions.append(button("Reassign", "reassign", item, description));
   tr.append(actions);
 
   tr.addEventListener("click", () => select(item.id, { focus: false }));
@@ -290,16 +305,47 @@ function open(item) {
   if (href) window.location.assign(href);
 }
 
-async function act(action, item) {
+const DONE = { claim: "Claimed", release: "Released", reassign: "Reassigned" };
+
+async function act(action, item, json) {
   if (!item) return;
-  const what = item.study && item.study.accession_number ? `accession ${item.study.accession_number}` : `item ${item.id}`;
+  if (action === "reassign" && json === undefined) {
+    askReassign(item);
+    return;
+  }
   try {
-    await api(`/api/worklist/${item.id}/${action}`, { method: "POST" });
-    showMessage(action === "claim" ? `Claimed ${what}.` : `Released ${what}.`, "success");
+    await api(`/api/worklist/${item.id}/${action}`, { method: "POST", json });
+    showMessage(`${DONE[action]} ${describe(item)}.`, "success");
     refreshSoon();
   } catch (error) {
     showMessage(messageOf(error));
   }
+}
+
+// the reassign dialog (a modal <dialog>: the focus stays in it, Escape closes it)
+let reassigning = null;
+
+function askReassign(item) {
+  if (!dialog || !item) return;
+  reassigning = item;
+  document.getElementById("reassign-what").textContent = describe(item);
+  dialog.showModal();
+  document.getElementById("reassign-user").focus();
+}
+
+if (dialog) {
+  document.getElementById("reassign-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const item = reassigning;
+    const chosen = Number(document.getElementById("reassign-user").value);
+    dialog.close();
+    act("reassign", item, { user_id: chosen });
+  });
+  document.getElementById("reassign-cancel").addEventListener("click", () => dialog.close());
+  dialog.addEventListener("close", () => {
+    reassigning = null;
+    select(selectedId);
+  });
 }
 
 function turnPage(step) {
@@ -320,6 +366,7 @@ function typingInField(target) {
 document.addEventListener("keydown", (event) => {
   if (event.defaultPrevented || event.ctrlKey || event.metaKey || event.altKey) return;
   const target = event.target;
+  if (dialog && dialog.open) return;
   if (typingInField(target)) {
     if (event.key === "Escape" && form.contains(target)) {
       event.preventDefault();
@@ -351,6 +398,9 @@ document.addEventListener("keydown", (event) => {
       break;
     case "r":
       act("release", selectedItem());
+      break;
+    case "a":
+      if (canReassign) askReassign(selectedItem());
       break;
     case "n":
       turnPage(1);
@@ -391,7 +441,8 @@ function listen() {
       clearInterval(pollTimer);
       pollTimer = null;
     }
-    // whatever happened while the stream was down
+    // whatever changed between the list's fetch and the stream's start (and,
+    // on a reconnect, while it was down): an unchanged list is not redrawn
     refreshSoon();
   });
   stream.addEventListener("end", () => {
