@@ -61,6 +61,7 @@ from bench.ingest import (
 from dicom_node.db import migrate
 from dicom_node.db.engine import Database
 from dicom_node.db.models import DicomStudy, ImagingRequest, Patient, WorklistItem
+from dicom_node.domain.audit import Actor, SystemActor
 from dicom_node.services.access.users import create_user
 from tests.support import run_postgres
 
@@ -76,7 +77,11 @@ def seed(url: str, items: int) -> None:
     batch = 2000
     with db.unit_of_work() as session:
         create_user(
-            session, username="reader", password=PASSWORD, role="radiologist", actor="bench"
+            session,
+            username="reader",
+            password=PASSWORD,
+            role="radiologist",
+            actor=Actor.system(SystemActor.CLI),
         )
     for start in range(0, items, batch):
         rows = range(start, min(start + batch, items))
