@@ -28,6 +28,7 @@ from dicom_node.domain.permissions import Permission, Principal
 from dicom_node.domain.transcode import Transcoder
 from dicom_node.services.access.api_keys import authenticate_key
 from dicom_node.services.access.auth import authenticate
+from dicom_node.services.query.retrieve import StudySending
 from dicom_node.settings import Settings
 from dicom_node.storage import FileStore
 
@@ -39,6 +40,10 @@ class ApiContext:
     # Named liveness probes from the other front-ends (e.g. "dicom": is the SCP
     # listening?), passed in by the composition root so api/ never imports scp/.
     probes: dict[str, Callable[[], bool]] = field(default_factory=dict)
+    # Sends a study to a configured peer (POST /api/studies/{id}/send): built
+    # once by the composition root (scp/send.py StudySender, its TLS client
+    # context and its concurrency limit); None: the route answers 503.
+    sender: StudySending | None = None
 
 
 async def get_context(request: Request) -> ApiContext:

@@ -32,6 +32,7 @@ from dicom_node.jobs.maintenance import (
 from dicom_node.jobs.scheduler import JobScheduler, JobSpec, build_scheduler
 from dicom_node.jobs.tokens import run_token_purge
 from dicom_node.jobs.workflow import run_study_stability, run_temp_sweep
+from dicom_node.scp.send import StudySender
 from dicom_node.scp.server import DicomServer, ListenError, configure_pynetdicom, tls_contexts
 from dicom_node.scp.tls import BCP195_TLS12_CIPHERS, TlsConfigError, check_http_certificate
 from dicom_node.services.access import passwords
@@ -304,12 +305,18 @@ class Node:
         from api.deps import ApiContext, proxy_options
 
         assert self.db is not None and self.dicom is not None and self._http_socket is not None
+        assert self.store is not None
         dicom, scheduler = self.dicom, self._scheduler
         assert scheduler is not None
         context = ApiContext(
             db=self.db,
             settings=self.settings,
             probes={"dicom": dicom.is_listening, "scheduler": lambda: bool(scheduler.running)},
+            # once per process: its TLS client context (checked by check_tls_files)
+            # and its limit on concurrent sends
+            sender=StudySender.from_settings(
+                self.settings, self.store, tls=tls_contexts(self.settings).client
+            ),
         )
         https: dict[str, object] = {}
         if self.settings.http_tls_certificate is not None:

@@ -94,6 +94,14 @@ class Settings(BaseSettings):
     # Transcodings run at once in one process (each holds decoded pixels in
     # memory and a core busy); a retrieve waits for a free slot.
     max_concurrent_transcodes: Annotated[int, Field(ge=1, le=64)] = 2
+    # A study sent from the API (POST /api/studies/{id}/send) holds its HTTP
+    # request until the peer has answered every instance: what is not sent
+    # within this long fails, and a peer that stops reading is cut at this
+    # deadline (its socket shut down), so the request always ends.
+    send_time_limit_seconds: Annotated[float, Field(gt=0)] = 300.0
+    # Sends at once in one API process (each holds a worker thread for up to
+    # send_time_limit_seconds); one more is answered 503 with Retry-After.
+    max_concurrent_sends: Annotated[int, Field(ge=1, le=64)] = 2
 
     # --- hostile peers and resource limits (docs/security.md) ----------------
     # Largest data set one C-STORE (or one imported file) may carry, counted as it

@@ -51,7 +51,7 @@ from dicom_node.domain.transcode import (
     can_encode,
     is_lossy,
 )
-from dicom_node.scp.contexts import converts_freely
+from dicom_node.scp.contexts import BEYOND_LIMIT, ContextPlan, converts_freely
 from dicom_node.scp.sub_operations import StoredFile
 from dicom_node.services.query.retrieve import ExportResult, RetrieveItem
 from dicom_node.storage import FileStore
@@ -253,6 +253,15 @@ class Tally:
         return ExportResult(counts=dict(self.counts), failures=self.failures[:FAILED_LIST_IN_AUDIT])
 
 
+def all_failed(items: Sequence[RetrieveItem], why: str) -> ExportResult:
+    """The result of a retrieve (or a send) none of whose instances went: no
+    association to the peer could be used."""
+    tally = Tally(len(items))
+    for item in items:
+        tally.fail(item.sop_instance_uid, why)
+    return tally.result()
+
+
 class Delivery:
     """Reads, and if need be transcodes, the data set a sub-operation sends."""
 
@@ -275,6 +284,26 @@ class Delivery:
 
     def route(self, item: RetrieveItem, accepted: Sequence[str]) -> Route:
         return choose_route(item.transfer_syntax_uid, accepted, transcode=self._transcode)
+
+    def outgoing(
+        self, item: RetrieveItem, link: StoreLink, plan: ContextPlan | None
+    ) -> tuple[Dataset, str] | str:
+        """The data set to send for ``item`` on ``link`` and how it goes
+        (AS_STORED, CONVERTED, TRANSCODED), or why it cannot: the same checks
+        in the same order for a C-MOVE, a C-GET (``plan`` None: the requester
+        proposed the contexts) and a send from the API (``scp/send.py``)."""
+        if not link.is_open:
+            return LINK_LOST
+        if plan is not None and item.sop_class_uid in plan.without_context:
+            return BEYOND_LIMIT
+        route = self.route(item, link.accepted(item.sop_class_uid))
+        if route.how is None:
+            assert route.reason is not None
+            return route.reason
+        dataset = self.dataset(item, route)
+        if isinstance(dataset, str):
+            return dataset
+        return dataset, route.how
 
     def dataset(self, item: RetrieveItem, route: Route) -> Dataset | str:
         """The data set to send along ``route``, or why there is none. The

@@ -26,16 +26,17 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from dicom_node.db.engine import Database
 from dicom_node.domain.aetitle import Peer
+from dicom_node.domain.audit import Actor
 from dicom_node.domain.query import InvalidQuery, Level, UnsupportedQuery
 from dicom_node.domain.transcode import Transcoder
 from dicom_node.scp import status
-from dicom_node.scp.contexts import BEYOND_LIMIT, MAX_CONTEXTS, ContextPlan, plan_contexts
+from dicom_node.scp.contexts import MAX_CONTEXTS, ContextPlan, plan_contexts
 from dicom_node.scp.delivery import (
-    LINK_LOST,
     UNABLE_TO_PERFORM_SUB_OPERATIONS,
     Delivery,
     StoreLink,
     Tally,
+    all_failed,
 )
 from dicom_node.scp.find import failure, identifier_keys, parse_level, reason, refusal_code
 from dicom_node.scp.get_negotiation import GetNegotiation
@@ -197,7 +198,7 @@ class RetrieveHandler:
         """The C-MOVE's answer when no association to the destination could be
         used: every sub-operation failed and listed, 0xA702."""
         log.warning("C-MOVE from %s: %s: %s", event.assoc.requestor.ae_title, destination, why)
-        self._record_export(event, destination, level, keys, _all_failed(items, why), why)
+        self._record_export(event, destination, level, keys, all_failed(items, why), why)
         answer, _ = failure(UNABLE_TO_PERFORM_SUB_OPERATIONS, why)
         listed = Dataset()
         listed.FailedSOPInstanceUIDList = [item.sop_instance_uid for item in items]
@@ -315,7 +316,7 @@ class RetrieveHandler:
                     )
                     yield status.CANCEL, tally.failed_uids()
                     return
-                outgoing = self._outgoing(item, link, plan)
+                outgoing = self._delivery.outgoing(item, link, plan)
                 if isinstance(outgoing, str):
                     tally.fail(item.sop_instance_uid, outgoing)
                     with deliberately_failing():
@@ -344,23 +345,6 @@ class RetrieveHandler:
                     tally.answered(uid, link.answer(uid))
                 self._record_export(event, destination, level, keys, tally.result(), None)
 
-    def _outgoing(
-        self, item: RetrieveItem, link: StoreLink, plan: ContextPlan | None
-    ) -> tuple[Dataset, str] | str:
-        """The data set to send for ``item`` and how it goes, or why it cannot."""
-        if not link.is_open:
-            return LINK_LOST
-        if plan is not None and item.sop_class_uid in plan.without_context:
-            return BEYOND_LIMIT
-        route = self._delivery.route(item, link.accepted(item.sop_class_uid))
-        if route.how is None:
-            assert route.reason is not None
-            return route.reason
-        dataset = self._delivery.dataset(item, route)
-        if isinstance(dataset, str):
-            return dataset
-        return dataset, route.how
-
     def _record_export(
         self,
         event: Event,
@@ -374,8 +358,7 @@ class RetrieveHandler:
         try:
             record_export(
                 self._db,
-                actor=requestor.ae_title,
-                source_address=f"{requestor.address}:{requestor.port}",
+                actor=Actor.peer(requestor.ae_title, f"{requestor.address}:{requestor.port}"),
                 destination=destination,
                 level=level,
                 keys=keys,
@@ -385,13 +368,6 @@ class RetrieveHandler:
         except Exception:
             log.exception("could not audit a retrieve")
         return True
-
-
-def _all_failed(items: list[RetrieveItem], why: str) -> ExportResult:
-    tally = Tally(len(items))
-    for item in items:
-        tally.fail(item.sop_instance_uid, why)
-    return tally.result()
 
 
 def _log_plan(plan: ContextPlan, requestor: str, destination: str) -> None:

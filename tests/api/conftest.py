@@ -19,8 +19,10 @@ from api.deps import ApiContext, proxy_options
 from dicom_node.db.engine import Database
 from dicom_node.domain.audit import Actor, SystemActor
 from dicom_node.node import bind_http_socket
+from dicom_node.scp.send import StudySender
 from dicom_node.services.access.users import create_user
 from dicom_node.settings import Settings
+from dicom_node.storage import FileStore
 from tests.conftest import node_settings
 
 PASSWORD = "correct horse battery"
@@ -78,7 +80,16 @@ def serve(db: Database, settings: Settings) -> tuple[uvicorn.Server, threading.T
     sock = bind_http_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        create_app(ApiContext(db=db, settings=settings)),
+        create_app(
+            ApiContext(
+                db=db,
+                settings=settings,
+                # as node.py builds it (the tests' peers use no TLS)
+                sender=StudySender.from_settings(
+                    settings, FileStore(settings.data_dir, fsync=False), tls=None
+                ),
+            )
+        ),
         log_config=None,
         access_log=False,
         lifespan="off",

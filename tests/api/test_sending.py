@@ -193,17 +193,16 @@ def test_what_is_not_sent_within_the_time_limit_fails_with_that_reason(
     study_id, _ = stored_study(api, tmp_path)
     settings = api.settings
     sender = StudySender.from_settings(
-        settings,
-        FileStore(settings.data_dir, fsync=False),
-        Transcoder(max_decoded_bytes=settings.max_transcode_bytes, max_concurrent=1),
+        settings, FileStore(settings.data_dir, fsync=False), tls=None
     )
+    sender.time_limit = 0
     sent = sender.send(
         api.db,
+        Transcoder(max_decoded_bytes=settings.max_transcode_bytes, max_concurrent=1),
         study_id=study_id,
         peer_ae=PEER,
         principal=add_user(api.db, Role.ADMIN),
         source_address=None,
-        time_limit=0,
     )
     assert sent.result.counts["failed"] == 3
     assert {reason for _, reason in sent.result.failures} == {TIME_LIMIT_REACHED}

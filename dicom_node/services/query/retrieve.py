@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import ColumnElement
 
@@ -22,6 +22,7 @@ from dicom_node.db.models import DicomInstance
 from dicom_node.db.query import compile_query
 from dicom_node.domain.audit import Actor, Subject, TargetKind, export_event
 from dicom_node.domain.enums import AuditOutcome
+from dicom_node.domain.permissions import Principal
 from dicom_node.domain.query import (
     LEVEL_ORDER,
     InvalidQuery,
@@ -32,6 +33,7 @@ from dicom_node.domain.query import (
     check_value_count,
     parse_match,
 )
+from dicom_node.domain.transcode import Transcoder
 from dicom_node.domain.vr import is_valid_uid
 from dicom_node.services.audit.record import record_audit_event
 from dicom_node.services.query.find import audited_keys
@@ -172,38 +174,48 @@ def export_outcome(result: ExportResult, refused: str | None) -> AuditOutcome:
 def record_export(
     db: Database,
     *,
-    actor: str,
-    source_address: str,
+    actor: Actor,
     destination: str,
     level: Level | None,
     keys: Mapping[str, str | None],
     result: ExportResult = NOTHING_SENT,
     refused: str | None = None,
+    target_id: int | None = None,
+    subject: Subject | None = None,
+    requested_by: str | None = None,
 ) -> None:
-    """110106 Export: who (``actor``, the calling AE title) took which
-    instances where (C-MOVE and C-GET), what
+    """110106 Export: who (``actor``: the calling AE of a C-MOVE or C-GET, the
+    signed-in user of a send from the API) took which instances where, what
     the destination answered for them and why the failed ones failed; a
-    refused retrieve (``refused`` says why) is recorded too."""
+    refused retrieve (``refused`` says why) is recorded too.
+
+    ``target_id`` and ``subject``: the study, when the caller knows it (a send
+    names it by id); otherwise the study UID of ``keys`` when it names one.
+    ``requested_by``: set only when not a DICOM request (``"api"``)."""
+    details: dict[str, Any] = {"destination": destination}
+    if requested_by is not None:
+        details["requested_by"] = requested_by
+    details.update(
+        {
+            "keys": audited_keys(keys),
+            "counts": dict(result.counts),
+            "failed_instances": [
+                {"sop_instance_uid": uid, "reason": reason} for uid, reason in result.failures
+            ],
+        }
+    )
     with db.unit_of_work() as session:
         record_audit_event(
             session,
             export_event(
                 "instances_exported",
-                Actor.peer(actor, source_address),
+                actor,
                 TargetKind(level.value) if level is not None else None,
-                None,
-                Subject(study_instance_uid=_one_study(keys)),
+                target_id,
+                subject if subject is not None else Subject(study_instance_uid=_one_study(keys)),
                 outcome=export_outcome(result, refused),
                 reason=refused,
-                details={
-                    "destination": destination,
-                    "keys": audited_keys(keys),
-                    "counts": dict(result.counts),
-                    "failed_instances": [
-                        {"sop_instance_uid": uid, "reason": reason}
-                        for uid, reason in result.failures
-                    ],
-                },
+                details=details,
             ),
         )
 
@@ -228,3 +240,45 @@ class HeldSyntaxes:
     def of(self, sop_classes: Collection[str]) -> dict[str, frozenset[str]]:
         with self._db.read() as session:
             return held_syntaxes(session, sop_classes)
+
+
+# --------------------------------------------------------------------------- send
+# A study sent to a configured peer on a person's request: the use case's
+# vocabulary, implemented by ``scp/send.py`` (built by the composition root) and
+# used by the API, which never imports ``scp/``.
+
+
+@dataclass(frozen=True)
+class SendResult:
+    peer: str
+    study_instance_uid: str
+    instances: int
+    result: ExportResult
+
+
+class PeerUnavailable(Exception):
+    """No association to the peer could be used: nothing was sent (``result``
+    counts every instance failed)."""
+
+    def __init__(self, peer: str, why: str, result: ExportResult) -> None:
+        super().__init__(f"{peer}: {why}; nothing was sent")
+        self.why = why
+        self.result = result
+
+
+class SendersBusy(Exception):
+    """As many sends as the process allows (``max_concurrent_sends``) are
+    running: this one was not started (nothing read, sent or audited)."""
+
+
+class StudySending(Protocol):
+    def send(
+        self,
+        db: Database,
+        transcoder: Transcoder,
+        *,
+        study_id: int,
+        peer_ae: str,
+        principal: Principal,
+        source_address: str | None,
+    ) -> SendResult: ...
