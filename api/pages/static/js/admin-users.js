@@ -24,26 +24,7 @@ async function change(user, changes, done) {
   try {
     const updated = await api(`/api/users/${user.id}`, { method: "PATCH", json: changes });
     succeeded(done(updated));
-    await async function loadServiceAccounts() {
-  const body = document.querySelector("#service-accounts tbody");
-  try {
-    const page = await api("/api/service-accounts?limit=200");
-    const rows = page.items.map((account) => {
-      const tr = document.createElement("tr");
-      tr.append(cell(account.name), cell(account.role.replace("_", " ")), cell(account.description),
-        cell(account.is_active ? "Active" : "Deactivated"), cell(String(account.active_keys)),
-        cell(timeElement(account.created_at)));
-      return tr;
-    });
-    if (!rows.length) rows.push(noteRow(6, "No service accounts."));
-    body.replaceChildren(...rows);
-  } catch (error) {
-    showMessage(messageOf(error));
-  }
-}
-
-load();
-loadServiceAccounts();
+    await load();
   } catch (error) {
     showMessage(messageOf(error));
   }
@@ -148,26 +129,7 @@ async function load() {
 document.getElementById("user-filter").addEventListener("submit", (event) => {
   event.preventDefault();
   search = document.getElementById("user-search").value.trim();
-  async function loadServiceAccounts() {
-  const body = document.querySelector("#service-accounts tbody");
-  try {
-    const page = await api("/api/service-accounts?limit=200");
-    const rows = page.items.map((account) => {
-      const tr = document.createElement("tr");
-      tr.append(cell(account.name), cell(account.role.replace("_", " ")), cell(account.description),
-        cell(account.is_active ? "Active" : "Deactivated"), cell(String(account.active_keys)),
-        cell(timeElement(account.created_at)));
-      return tr;
-    });
-    if (!rows.length) rows.push(noteRow(6, "No service accounts."));
-    body.replaceChildren(...rows);
-  } catch (error) {
-    showMessage(messageOf(error));
-  }
-}
-
-load();
-loadServiceAccounts();
+  load();
 });
 
 const createForm = document.getElementById("create-user");
@@ -183,26 +145,7 @@ createForm.addEventListener("submit", async (event) => {
     const user = await api("/api/users", { method: "POST", json: body });
     succeeded(`Account ${user.username} created.`);
     createForm.reset();
-    await async function loadServiceAccounts() {
-  const body = document.querySelector("#service-accounts tbody");
-  try {
-    const page = await api("/api/service-accounts?limit=200");
-    const rows = page.items.map((account) => {
-      const tr = document.createElement("tr");
-      tr.append(cell(account.name), cell(account.role.replace("_", " ")), cell(account.description),
-        cell(account.is_active ? "Active" : "Deactivated"), cell(String(account.active_keys)),
-        cell(timeElement(account.created_at)));
-      return tr;
-    });
-    if (!rows.length) rows.push(noteRow(6, "No service accounts."));
-    body.replaceChildren(...rows);
-  } catch (error) {
-    showMessage(messageOf(error));
-  }
-}
-
-load();
-loadServiceAccounts();
+    await load();
   } catch (error) {
     showMessage(messageOf(error));
   }
