@@ -11,37 +11,28 @@ and the audit events (110103 per study read) are exactly the API's.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
-from sqlalchemy import select
+from typing import Annotated
 
-from api.deps import Context, CurrentUser
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse
+
+from api.deps import Context, require
 from api.pages.common import PageRoute, SessionToken, render
 from api.pages.paths import VIEWER_URL
-from dicom_node.db.models import DicomStudy
-from dicom_node.domain.errors import Forbidden, NotFound
-from dicom_node.domain.permissions import Permission
-from dicom_node.services.access.visibility import study_condition
+from dicom_node.domain.permissions import Permission, Principal
 from dicom_node.services.dicomweb.instances import checked_uid
+from dicom_node.services.query.studies import visible_study_id
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
+StudyReader = Annotated[Principal, Depends(require(Permission.STUDIES_READ))]
 
 
 @router.api_route(VIEWER_URL + "/{study_uid}", methods=["GET", "HEAD"])
 def viewer(
-    request: Request, context: Context, user: CurrentUser, token: SessionToken, study_uid: str
+    request: Request, context: Context, user: StudyReader, token: SessionToken, study_uid: str
 ) -> HTMLResponse:
     """The viewer's shell for one study, with the report panel beside the images."""
-    if not user.can(Permission.STUDIES_READ):
-        raise Forbidden("your role may not read studies")
     checked_uid(study_uid, "StudyInstanceUID")
     with context.db.read() as session:
-        study_id = session.scalar(
-            select(DicomStudy.id).where(
-                DicomStudy.study_instance_uid == study_uid, study_condition(user)
-            )
-        )
-    if study_id is None:
-        # the same answer for a study that does not exist and one not the user's
-        raise NotFound("no such study")
+        study_id = visible_study_id(session, principal=user, study_uid=study_uid)
     return render(request, "viewer.html", user, token, study_uid=study_uid, study_id=study_id)

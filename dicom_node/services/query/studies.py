@@ -332,6 +332,21 @@ class StudyDetail:
     report_ids: list[int]
 
 
+def visible_study_id(session: Session, *, principal: Principal, study_uid: str) -> int:
+    """The node's id of the study ``study_uid`` (a UID already checked), within
+    the visibility rule: NotFound, the same for a study that does not exist and
+    one the principal may not see (a referring physician learns nothing of
+    another physician's study)."""
+    study_id = session.scalar(
+        select(DicomStudy.id).where(
+            DicomStudy.study_instance_uid == study_uid, study_condition(principal)
+        )
+    )
+    if study_id is None:
+        raise NotFound("no such study")
+    return int(study_id)
+
+
 def get_study(
     session: Session,
     *,
