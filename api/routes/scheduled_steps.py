@@ -20,17 +20,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 
 from api.deps import Context, client_address, require
 from api.schemas.common import AUTH_ERRORS, MAX_PAGE_SIZE
 from api.schemas.facilities import AeTitle
 from api.schemas.orders import ModalityCode
-from dicom_node.db.models import ImagingRequest
 from dicom_node.domain.permissions import Permission, Principal
 from dicom_node.services.access.visibility import order_condition
 from dicom_node.services.audit.subjects import user_actor
-from dicom_node.services.query.modality_worklist import find_scheduled_steps
+from dicom_node.services.query.modality_worklist import find_scheduled_steps, scheduled_orders
 
 router = APIRouter(prefix="/api", tags=["orders"])
 
@@ -105,21 +103,7 @@ def list_scheduled_steps(
         visible=order_condition(user),
     )
     uids = [s.top["StudyInstanceUID"] for s in result.steps if s.top.get("StudyInstanceUID")]
-    # every scheduled order has its StudyInstanceUID (assigned when scheduled,
-    # unique): it names the step's order. The steps are the visible ones
-    # already; the rule is applied here again so this read can never name an
-    # order the user may not see (an order whose referrer changed in between)
-    with context.db.read() as session:
-        orders = {
-            uid: (order_id, at)
-            for order_id, uid, at in session.execute(
-                select(
-                    ImagingRequest.id,
-                    ImagingRequest.study_instance_uid,
-                    ImagingRequest.scheduled_at,
-                ).where(ImagingRequest.study_instance_uid.in_(uids), order_condition(user))
-            )
-        }
+    orders = scheduled_orders(context.db, uids, visible=order_condition(user))
     items = []
     for found in result.steps:
         order = orders.get(found.top.get("StudyInstanceUID") or "")

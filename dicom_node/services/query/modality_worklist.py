@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, select
 
 from dicom_node.db.engine import Database
 from dicom_node.db.models import ImagingCenter, ImagingRequest, Modality
@@ -118,6 +119,28 @@ def find_scheduled_steps(
         truncated=len(rows) > limit,
         unsupported=unsupported,
     )
+
+
+def scheduled_orders(
+    db: Database, study_uids: list[str], *, visible: ColumnElement[bool]
+) -> dict[str, tuple[int, datetime | None]]:
+    """The order id and scheduled time of each scheduled step's order, by its
+    StudyInstanceUID (assigned when the order is scheduled, unique: it names the
+    step's order). ``visible``: the caller's visibility rule, applied to this
+    read too, so it never names an order the caller may not see (an order
+    whose referrer changed since the steps were read)."""
+    with db.read() as session:
+        return {
+            uid: (order_id, at)
+            for order_id, uid, at in session.execute(
+                select(
+                    ImagingRequest.id,
+                    ImagingRequest.study_instance_uid,
+                    ImagingRequest.scheduled_at,
+                ).where(ImagingRequest.study_instance_uid.in_(study_uids), visible)
+            )
+            if uid is not None
+        }
 
 
 def _parse(
