@@ -11,7 +11,8 @@ PostgreSQL, free ports) live in ``tests/support.py``; DICOM data sets in
 - the query table (studies and their C-FIND matching cases), stored by the
   compiler tests and sent over the wire by the findscu tests;
 - the person-name table, the same for PN matching;
-- retrieve peers (a storage SCP with chosen syntaxes) and compressed studies;
+- retrieve peers (a storage SCP with chosen syntaxes, one that stops reading)
+  and compressed studies;
 - users, a claimed study and reports in a given state for the service-level
   reporting and workflow tests.
 """
@@ -19,6 +20,7 @@ PostgreSQL, free ports) live in ``tests/support.py``; DICOM data sets in
 from __future__ import annotations
 
 import itertools
+import socket
 import struct
 import threading
 from collections.abc import Iterator
@@ -37,6 +39,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_role, evt
 from pynetdicom.association import Association
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     ModalityPerformedProcedureStep,
@@ -732,6 +735,37 @@ class Destination:
         return 0xA700 if self.refuse_all or uid in self.refuse else 0x0000
 
     def stop(self) -> None:
+        self._server.shutdown()
+
+
+class StallingPeer:
+    """A storage SCP that accepts every CT context, then stops reading at the
+    first P-DATA-TF until closed (``stalled`` is set then): with its small
+    receive buffer, a large data set fills the socket buffers of both ends and
+    the sender's DUL thread blocks in ``send()``."""
+
+    def __init__(self, ae_title: str = "STALLER") -> None:
+        self.port = free_port()
+        self.stalled = threading.Event()
+        self._release = threading.Event()
+        ae = AE(ae_title=ae_title)
+        ae.add_supported_context(CTImageStorage, ALL_TRANSFER_SYNTAXES)
+        self._server = ae.start_server(
+            ("127.0.0.1", self.port),
+            block=False,
+            evt_handlers=[(evt.EVT_CONN_OPEN, self._small_buffer), (evt.EVT_PDU_RECV, self._stop)],
+        )
+
+    def _small_buffer(self, event: Any) -> None:
+        event.assoc.dul.socket.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+
+    def _stop(self, event: Any) -> None:
+        if isinstance(event.pdu, P_DATA_TF):
+            self.stalled.set()
+            self._release.wait()  # on the peer's reader thread: nothing more is read
+
+    def close(self) -> None:
+        self._release.set()
         self._server.shutdown()
 
 

@@ -19,11 +19,11 @@ Synchronous and bounded: the association's timeouts bound each step, and
 by then fail with :data:`TIME_LIMIT_REACHED` (a study too large for one request
 is better moved by a C-MOVE from the peer). The limit is a deadline, not only a
 check between instances: a peer that stops reading leaves pynetdicom's DUL
-thread blocked in ``send()``, and its DIMSE-timeout abort (``kill()``) waiting
-for that thread for good (the reaper of ``scp/transport.py`` drops an
-association once its own thread has ended, which a requestor's does on
-``kill()``). At the deadline a timer shuts the socket down, which ends the
-blocked write; the request then answers and the Export event is written.
+thread blocked in ``send()``; the DIMSE timeout's abort is cut by the reaper of
+``scp/transport.py`` (it shuts the socket of an association being killed), but
+a peer that reads slowly enough never trips the DIMSE timeout. At the deadline
+a timer shuts the socket down, which ends the blocked write; the request then
+answers and the Export event is written.
 At most ``max_concurrent_sends`` run at once per process (each holds a worker
 thread): one more raises :class:`SendersBusy` before reading anything.
 

@@ -372,11 +372,15 @@ class StalledReadReaper:
     timeout. When its ACSE or network timeout gives up on an association,
     ``Association.kill()`` waits for the reader thread, which waits for bytes
     that never come (a peer gone mid-PDU, a half-sent A-ASSOCIATE-RQ, a peer
-    trickling one byte at a time). The association, its ``max_associations``
+    trickling one byte at a time), or for the sender blocked in ``send()`` to a
+    peer that stopped reading. The association, its ``max_associations``
     slot and any ``stop()`` would stay stuck for good; shutting the socket down
-    wakes the reader. One thread per process looks every 0.25 s at the
-    associations being killed (pynetdicom's ``_kill`` flag; its name is guarded
-    by ``tests/unit/test_polling.py``).
+    wakes the reader (or the sender). One thread per process looks every 0.25 s
+    at the associations being killed (pynetdicom's ``_kill`` flag; its name is
+    guarded by ``tests/unit/test_polling.py``), until both the association's
+    thread and its DUL thread have ended: an association the node requested (a
+    C-MOVE's destination) is killed from another thread (the C-MOVE's, on the
+    DIMSE timeout), so its own thread ends at once while ``kill()`` still waits.
 
     The same pass enforces the pre-association timeout
     (``association_request_timeout_seconds``, see :func:`expect_request_within`):
@@ -413,7 +417,9 @@ class StalledReadReaper:
             watched = list(self._watched)
         now = time.monotonic()
         for assoc in watched:
-            if assoc.ident is not None and not assoc.is_alive():  # started, and over
+            # started, and over: its thread and its DUL's (a requestor's thread
+            # ends on a kill() from another, which still waits for the DUL)
+            if assoc.ident is not None and not assoc.is_alive() and not assoc.dul.is_alive():
                 with self._lock:
                     self._watched.discard(assoc)
             elif _request_overdue(assoc, now):

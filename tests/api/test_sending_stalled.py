@@ -13,7 +13,6 @@ waited for that blocked thread for good.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -24,9 +23,6 @@ import httpx
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
-from pynetdicom.pdu import P_DATA_TF
-from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
 
 from dicom_node.db.models import AuditEvent, DicomStudy
@@ -38,9 +34,9 @@ from dicom_node.services.ingest.results import IngestPolicy
 from dicom_node.settings import Settings
 from dicom_node.storage import FileStore
 from tests.api.conftest import ApiServer
-from tests.builders import pydicom_testfile
+from tests.builders import StallingPeer, pydicom_testfile
 from tests.conftest import node_settings
-from tests.support import free_port, wait_for
+from tests.support import wait_for
 
 STALLER = "STALLER"
 TIME_LIMIT = 4.0
@@ -49,35 +45,6 @@ TIME_LIMIT = 4.0
 MARGIN = 10.0
 # far more than the socket buffers of both ends hold
 PIXELS = 4096 * 4096 * 2
-
-
-class StallingPeer:
-    """Accepts every storage context, then stops reading at the first P-DATA-TF
-    until closed (``stalled`` is set then)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.stalled = threading.Event()
-        self._release = threading.Event()
-        ae = AE(ae_title=STALLER)
-        ae.add_supported_context(CTImageStorage, ALL_TRANSFER_SYNTAXES)
-        self._server = ae.start_server(
-            ("127.0.0.1", self.port),
-            block=False,
-            evt_handlers=[(evt.EVT_CONN_OPEN, self._small_buffer), (evt.EVT_PDU_RECV, self._stop)],
-        )
-
-    def _small_buffer(self, event: Any) -> None:
-        event.assoc.dul.socket.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-
-    def _stop(self, event: Any) -> None:
-        if isinstance(event.pdu, P_DATA_TF):
-            self.stalled.set()
-            self._release.wait()  # on the peer's reader thread: nothing more is read
-
-    def close(self) -> None:
-        self._release.set()
-        self._server.shutdown()
 
 
 @pytest.fixture
@@ -94,8 +61,10 @@ def api_settings(db_url: str, tmp_path: Path, peer: StallingPeer) -> Settings:
         tmp_path / "data",
         peers={STALLER: Peer(STALLER, "127.0.0.1", peer.port)},
         send_time_limit_seconds=TIME_LIMIT,
-        # shorter than the limit: pynetdicom's own abort comes first, and hangs
-        dimse_timeout_seconds=2,
+        # longer than the limit: the send's own deadline is what cuts the
+        # stalled peer here (with a shorter one the reaper of scp/transport.py
+        # cuts it first, as it does a C-MOVE's: tests/e2e/test_stalled_destination.py)
+        dimse_timeout_seconds=30,
         max_concurrent_sends=1,
     )
 

@@ -19,7 +19,9 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ImplicitVRLittleEndian, generate_uid
@@ -30,7 +32,11 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
+from dicom_node.domain.audit import SystemActor
 from dicom_node.node import Node
+from dicom_node.services.ingest.importing import import_files
+from dicom_node.services.ingest.results import IngestPolicy
+from tests.builders import StallingPeer, pydicom_testfile
 from tests.support import wait_for
 
 MOVE = StudyRootQueryRetrieveInformationModelMove
@@ -184,3 +190,96 @@ def test_a_move_destination_stalling_mid_pdu_ends_the_move_frees_the_slot_and_le
     stopper.join(timeout=20)
     assert not stopper.is_alive(), "the node did not stop"
     assert time.monotonic() - started < 20
+
+
+# --------------------------------------------------- a destination that stops reading
+
+# far more than the socket buffers of both ends hold (32 MB of pixel data)
+ROWS = 4096
+
+
+@pytest.fixture
+def reader_staller() -> Iterator[StallingPeer]:
+    stalling = StallingPeer()
+    yield stalling
+    stalling.close()  # the peer reads again: a failing run still ends
+
+
+def _import_big_instance(node: Node, tmp_path: Path) -> str:
+    """One CT instance of 32 MB of pixel data, imported into the node: its study's UID."""
+    assert node.db is not None and node.store is not None
+    ds = pydicom.dcmread(pydicom_testfile("CT_small.dcm"))
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.Rows = ds.Columns = ROWS
+    ds.PixelData = bytes(ROWS * ROWS * 2)
+    path = tmp_path / "big.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    summary = import_files(
+        node.db, node.store, [path], policy=IngestPolicy(), actor=SystemActor.IMPORT
+    )
+    assert summary.ok, summary.describe()
+    return str(ds.StudyInstanceUID)
+
+
+def test_a_move_destination_that_stops_reading_ends_the_move_and_frees_the_slot(
+    make_node: Callable[..., Node],
+    reader_staller: StallingPeer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The destination accepts the association, then stops reading at the first
+    P-DATA-TF: the node's DUL thread blocks in ``send()``. pynetdicom's DIMSE
+    timeout aborts the sub-operation, and its ``kill()`` waits for that thread.
+    Before the fix the reaper had stopped watching the association (its own
+    thread ends on ``kill()``): the C-MOVE never answered and held the slot."""
+    caplog.set_level(logging.WARNING, logger="dicom_node.scp")
+    node = make_node(
+        peers=f"STALLER@127.0.0.1:{reader_staller.port}",
+        acse_timeout_seconds=2,
+        dimse_timeout_seconds=2,
+        network_timeout_seconds=3,
+        max_associations=1,
+    )
+    study = _import_big_instance(node, tmp_path)
+
+    ae = AE(ae_title="REQUESTER")
+    ae.add_requested_context(MOVE)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title="DICOM_NODE")
+    assert assoc.is_established
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = study
+
+    def move() -> list[Dataset]:
+        return [status for status, _ in assoc.send_c_move(identifier, "STALLER", MOVE)]
+
+    started = time.monotonic()
+    mover, answers = _in_thread(move)
+    mover.join(timeout=30)  # DIMSE timeout 2 s + the reaper's pass
+    assert not mover.is_alive(), "the C-MOVE never ended"
+    assert reader_staller.stalled.is_set()
+    assert time.monotonic() - started < 30
+    [responses] = answers
+    assert isinstance(responses, list)
+    final = responses[-1]
+    # the one sub-operation failed: a failure with the counts (PS3.4 C.4.2.1.4)
+    assert (final.Status, final.NumberOfCompletedSuboperations) == (0xA702, 0)
+    assert final.NumberOfFailedSuboperations == 1
+    assoc.release()
+    assert wait_for(
+        lambda: any(
+            "association to STALLER at 127.0.0.1:" in r.getMessage()
+            and "cut: the peer stopped reading what the node sends" in r.getMessage()
+            for r in caplog.records
+        )
+    )
+
+    # the slot is free again: max_associations is 1
+    again = ae.associate("127.0.0.1", node.dicom_port, ae_title="DICOM_NODE")
+    assert again.is_established
+    assert again.send_c_echo().Status == 0x0000
+    again.release()
