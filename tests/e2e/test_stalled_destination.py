@@ -135,6 +135,24 @@ def _in_thread(target: Callable[[], object]) -> tuple[threading.Thread, list[obj
     return thread, result
 
 
+def _assert_cut_and_the_slot_free(
+    caplog: pytest.LogCaptureFixture, ae: AE, node: Node, reason: str
+) -> None:
+    """The node logged that it cut the destination's association for ``reason``,
+    and its one association slot (max_associations 1) serves a C-ECHO again."""
+    assert wait_for(
+        lambda: any(
+            "association to STALLER at 127.0.0.1:" in r.getMessage()
+            and f"cut: {reason}" in r.getMessage()
+            for r in caplog.records
+        )
+    )
+    again = ae.associate("127.0.0.1", node.dicom_port, ae_title="DICOM_NODE")
+    assert again.is_established
+    assert again.send_c_echo().Status == 0x0000
+    again.release()
+
+
 def test_a_move_destination_stalling_mid_pdu_ends_the_move_frees_the_slot_and_lets_the_node_stop(
     make_node: Callable[..., Node],
     destination: StallingDestination,
@@ -170,19 +188,7 @@ def test_a_move_destination_stalling_mid_pdu_ends_the_move_frees_the_slot_and_le
     # could not use, every sub-operation failed (0xA702, not 0xA801)
     assert statuses == [[0xA702]]
     assoc.release()
-    assert wait_for(
-        lambda: any(
-            "association to STALLER at 127.0.0.1:" in r.getMessage()
-            and "cut: the peer stopped in the middle of a PDU" in r.getMessage()
-            for r in caplog.records
-        )
-    )
-
-    # the slot is free again: max_associations is 1
-    again = ae.associate("127.0.0.1", node.dicom_port, ae_title="DICOM_NODE")
-    assert again.is_established
-    assert again.send_c_echo().Status == 0x0000
-    again.release()
+    _assert_cut_and_the_slot_free(caplog, ae, node, "the peer stopped in the middle of a PDU")
 
     # and the node stops promptly (the fixture's stop() is then a no-op)
     stopper, _ = _in_thread(node.stop)
@@ -270,16 +276,4 @@ def test_a_move_destination_that_stops_reading_ends_the_move_and_frees_the_slot(
     assert (final.Status, final.NumberOfCompletedSuboperations) == (0xA702, 0)
     assert final.NumberOfFailedSuboperations == 1
     assoc.release()
-    assert wait_for(
-        lambda: any(
-            "association to STALLER at 127.0.0.1:" in r.getMessage()
-            and "cut: the peer stopped reading what the node sends" in r.getMessage()
-            for r in caplog.records
-        )
-    )
-
-    # the slot is free again: max_associations is 1
-    again = ae.associate("127.0.0.1", node.dicom_port, ae_title="DICOM_NODE")
-    assert again.is_established
-    assert again.send_c_echo().Status == 0x0000
-    again.release()
+    _assert_cut_and_the_slot_free(caplog, ae, node, "the peer stopped reading what the node sends")
