@@ -9,8 +9,12 @@ reloaded); a report submitted elsewhere reaches the open panel live."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import httpx
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select
@@ -22,6 +26,8 @@ from dicom_node.domain.permissions import Principal
 from tests.api.conftest import ApiServer
 from tests.browser.conftest import Page
 from tests.builders import Study, claimed_study, new_report, signed_report, submit, user_id
+
+T = TypeVar("T")
 
 pytestmark = pytest.mark.browser
 
@@ -72,6 +78,14 @@ def _state(page: Page, text: str) -> None:
 
 def _saved(page: Page) -> None:
     page.wait_for(lambda d: d.find_element("id", "report-save-status").text.startswith("Saved at"))
+
+
+def _fresh(read: Callable[[], T]) -> T | None:
+    """``read()``, or None when its element was redrawn under it (to retry)."""
+    try:
+        return read()
+    except StaleElementReferenceException:
+        return None
 
 
 def _ctrl(page: Page, key: str) -> None:
@@ -136,10 +150,13 @@ def test_a_report_is_drafted_submitted_signed_and_amended_in_the_panel(
 
     # the addendum is stored when started and again when submitted
     page.wait_for(lambda d: len(d.find_elements("css selector", "#report-versions li")) == 4)
-    kinds = page.find("#report-versions").text
+    # read and clicked again if the list is redrawn meanwhile (the panel re-reads
+    # its report when the feed says it changed): a stale element is no failure
+    kinds = page.wait_for(lambda d: _fresh(lambda: d.find_element("id", "report-versions").text))
     assert "Version 1: submitted" in kinds and "Version 2: signed" in kinds
     assert "Version 3: addendum started" in kinds and "Version 4: addendum submitted" in kinds
-    page.find("#report-versions li:first-child button").click()
+    first = "#report-versions li:first-child button"
+    page.wait_for(lambda d: _fresh(lambda: d.find_element("css selector", first).click() or True))
     page.wait_for(lambda d: _shown(page, "#report-version-view"))
     older = page.find("#report-version-view").text
     assert "Suspicious for malignancy." in older and "Addendum" not in older
