@@ -10,6 +10,7 @@ from api.cache import FeedCache
 from api.deps import ApiContext
 from api.docs import ASSETS_URL, DOCS_PAGES, install_docs
 from api.errors import install_error_handlers
+from api.graphql.router import graphql_router
 from api.headers import SecurityHeaders
 from api.http_metrics import HttpMetrics
 from api.listing_audit import RepeatedListingAudit
@@ -88,6 +89,7 @@ def create_app(context: ApiContext) -> FastAPI:
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    app.include_router(graphql_router(settings))
     install_docs(app)
     home_page.install_static(app)
     app.add_middleware(

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
+from starlette.requests import HTTPConnection
 
 from dicom_node.db.engine import Database
 from dicom_node.domain.api_keys import looks_like_key
@@ -164,7 +165,7 @@ def require(permission: Permission) -> Callable[[Principal], Awaitable[Principal
     return check
 
 
-def client_address(request: Request) -> str | None:
+def client_address(request: HTTPConnection) -> str | None:
     """The caller's IP address, as the sign-in lock-out counts it and the audit
     trail records it: the TCP peer's, or the one a trusted proxy put in
     X-Forwarded-For (see ``proxy_options``). Anything that is not an IP address

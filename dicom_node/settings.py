@@ -242,6 +242,21 @@ class Settings(BaseSettings):
     password_hash_memory_kib: Annotated[int, Field(ge=1024, le=4_194_304)] = 65536
     password_hash_parallelism: Annotated[int, Field(ge=1, le=64)] = 4
 
+    # --- GraphQL (/graphql, docs/graphql.md) ---------------------------------
+    # deepest selection a query may nest (a worklist item's study's series'
+    # instances is 4); deeper: refused before anything is read
+    graphql_max_depth: Annotated[int, Field(ge=2, le=50)] = 10
+    # estimated cost of a query: each field 1, a connection's fields multiplied
+    # by the page size asked for (``first``); more: refused before anything is read
+    graphql_max_complexity: Annotated[int, Field(ge=10, le=10_000_000)] = 20_000
+    # aliases in one document (an alias repeats a field: a cheap way to multiply work)
+    graphql_max_aliases: Annotated[int, Field(ge=1, le=10_000)] = 30
+    # lexical tokens in one document: a bound on what the parser is asked to do
+    graphql_max_tokens: Annotated[int, Field(ge=100, le=1_000_000)] = 5_000
+    # live subscriptions (graphql-transport-ws) one user may hold open per node
+    # process, over every connection; more: the subscription is refused
+    graphql_max_subscriptions_per_user: Annotated[int, Field(ge=1, le=1000)] = 8
+
     # --- DICOMweb (docs/dicomweb.md) -----------------------------------------
     # scheme://host[:port] the HTTP API is published at (as a reverse proxy or DNS
     # name shows it): RetrieveURL and BulkDataURI values are built on it. Unset:
