@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -12,7 +12,22 @@ from gql.transport.exceptions import TransportQueryError
 from gql.transport.httpx import HTTPXTransport
 from gql.transport.websockets import WebsocketsTransport
 
+from dicom_node.domain.permissions import Permission
 from tests.api.conftest import ApiServer
+
+
+@dataclass(frozen=True)
+class PermissionCase:
+    """One operation that needs ``permission`` (and no other permission the
+    caller might lack), for the permission matrix (test_permission_matrix.py):
+    every role the table grants it must not get FORBIDDEN, every other role
+    must. Ids may name nothing: an allowed role may get NOT_FOUND or a
+    CONFLICT, never FORBIDDEN. Each area lists its cases in
+    ``cases_<area>.py`` as ``CASES``."""
+
+    permission: Permission
+    document: str
+    variables: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
