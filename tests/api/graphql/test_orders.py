@@ -436,3 +436,26 @@ def test_the_batch_service_answers_the_visible_orders_of_a_batch_in_one_statemen
         found = orders_by_ids(session, [*own, other, 987654], principal=physician)
     assert sorted(found) == sorted(own) and found[own[0]].patient_id == "P0"
     assert len([sql for sql in seen if sql.startswith("SELECT")]) == 1
+
+
+def test_the_users_of_an_order_are_for_user_managers_only_as_on_rest(graph: Graph) -> None:
+    """REST shows an order's users as ids and names; a user record is
+    users:manage (/api/users): the edges are refused, the rest of the order
+    answered."""
+    scheduler = graph.client("scheduler")
+    order = create(scheduler)
+    document = """
+    query ($id: Int!) { order(id: $id) {
+      id requestedById referringPhysicianName requestedBy { id } referringPhysician { id }
+    } }
+    """
+    outcome = scheduler.attempt(document, id=order["id"])
+    assert outcome.codes == ["FORBIDDEN", "FORBIDDEN"]
+    assert outcome.data is not None
+    assert outcome.data["order"] == {
+        "id": order["id"],
+        "requestedById": order["requestedById"],
+        "referringPhysicianName": "WHO^REFERS",
+        "requestedBy": None,
+        "referringPhysician": None,
+    }
