@@ -1,11 +1,12 @@
-"""Orders (ImagingRequest) and reconciliation (REST: /api/orders, /api/reconciliation).
+"""Orders (ImagingRequest) (REST: /api/orders).
 
 Every root field calls the service function the matching REST route calls,
 with the same permission, visibility, inputs and audit events
 (api/routes/orders.py); reconciliation is ``api/graphql/reconciliation.py``.
 
-Inputs are checked by the REST request models (api/schemas/orders.py), so a
-value REST answers 422 is BAD_USER_INPUT here, naming the same field.
+Inputs are checked by the REST request models (api/schemas/orders.py) through
+``validated`` (reconciliation.py uses it too), so a value REST answers 422 is
+BAD_USER_INPUT here, naming the same field.
 """
 
 from __future__ import annotations
@@ -128,6 +129,9 @@ class ImagingRequest:
     async def studies(
         self, info: Info[GraphQLContext, None]
     ) -> list[Annotated[DicomStudy, strawberry.lazy("api.graphql.studies")]]:
+        # imported here, as the other areas' loaders below: their modules
+        # import this one (a study's order), and a cycle must not depend on
+        # which module is imported first
         from api.graphql.studies import study_by_id
 
         ids = await info.context.loader(_study_ids).load(self.id)
