@@ -4,6 +4,7 @@ and audited when it reads a patient's record."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 from sqlalchemy import case, select
 from sqlalchemy.orm import Session
 
-from dicom_node.db.models import ImagingRequest
+from dicom_node.db.models import DicomStudy, ImagingRequest
 from dicom_node.db.query import person_name_condition
 from dicom_node.domain.audit import (
     AuditEventCode,
@@ -25,7 +26,7 @@ from dicom_node.domain.errors import InvalidValue
 from dicom_node.domain.permissions import Principal
 from dicom_node.domain.query import Wildcard
 from dicom_node.domain.vr import modality_code
-from dicom_node.services.access.visibility import order_condition
+from dicom_node.services.access.visibility import order_condition, study_condition
 from dicom_node.services.audit.record import record_audit_event
 from dicom_node.services.audit.subjects import order_subject, user_actor
 from dicom_node.services.listing import Listed, SortColumn, count_of, order_by
@@ -186,3 +187,42 @@ def read_order(
         ),
     )
     return order_info(order)
+
+
+def orders_by_ids(
+    session: Session, order_ids: Sequence[int], *, principal: Principal
+) -> dict[int, OrderInfo]:
+    """The orders of ``order_ids`` the principal may see, by id, in one SELECT
+    (an id outside the visibility rule is simply absent, as a missing one).
+
+    Not audited: this resolves a link from a record the caller already read
+    (a worklist item's order, a study's order), whose read is the audited one.
+    """
+    if not order_ids:
+        return {}
+    rows = session.scalars(
+        select(ImagingRequest).where(
+            ImagingRequest.id.in_(set(order_ids)), order_condition(principal)
+        )
+    ).all()
+    return {order.id: order_info(order) for order in rows}
+
+
+def study_ids_of_orders(
+    session: Session, order_ids: Sequence[int], *, principal: Principal
+) -> dict[int, list[int]]:
+    """The ids of the studies linked to each of ``order_ids`` (ascending), in
+    one SELECT for all of them, within the visibility rule (an order the
+    principal may not see has none here)."""
+    if not order_ids:
+        return {}
+    rows = session.execute(
+        select(DicomStudy.imaging_request_id, DicomStudy.id)
+        .where(DicomStudy.imaging_request_id.in_(set(order_ids)), study_condition(principal))
+        .order_by(DicomStudy.id)
+    ).all()
+    found: dict[int, list[int]] = {order_id: [] for order_id in order_ids}
+    for order_id, study_id in rows:
+        if order_id is not None:
+            found[order_id].append(study_id)
+    return found
