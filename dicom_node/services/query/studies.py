@@ -627,13 +627,14 @@ def instances_of_series(
     items: dict[int, list[InstanceInfo]] = {}
     for instance, series_uid in rows:
         items.setdefault(instance.series_pk, []).append(instance_info(instance, series_uid))
-    totals = dict(
-        session.execute(
+    totals = {
+        series_pk: count
+        for series_pk, count in session.execute(
             select(DicomInstance.series_pk, func.count(DicomInstance.id))
             .where(DicomInstance.series_pk.in_(visible))
             .group_by(DicomInstance.series_pk)
-        ).tuples()
-    )
+        )
+    }
     return [
         InstancePage(items=items.get(series_id, []), total=int(totals.get(series_id, 0)))
         for series_id in series_ids
