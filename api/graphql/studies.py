@@ -13,7 +13,7 @@ patients and series is a fixed number of statements.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
@@ -384,13 +384,18 @@ async def patient_of_study(context: GraphQLContext, study_id: int) -> Patient | 
     return Patient.of(found) if found is not None else None
 
 
-def prime_worklist_study(context: GraphQLContext, study: WorklistStudy) -> None:
-    """Let ``study_by_id`` answer a study a worklist page already carries
-    without a statement (its remaining fields are batch-loaded if asked).
-    Only for a caller the visibility rule does not narrow: the page was not
-    read through it, so anyone else's studies are loaded (and checked)."""
+def worklist_study(
+    context: GraphQLContext, study: WorklistStudy
+) -> DicomStudy | Awaitable[DicomStudy | None]:
+    """The study of a worklist entry. For a caller the visibility rule does
+    not narrow (every worklist reader), the entry's summary is the study: no
+    statement and no await (a page of 50 would otherwise pay 50 coroutines for
+    nothing); its other fields are batch-loaded if asked for. Anyone else's
+    goes through the loader, which applies the rule (the page was not read
+    through it)."""
     if sees_every_order(context.user):
-        context.loader(_studies).prime(study.id, DicomStudy.of_worklist(study))
+        return DicomStudy.of_worklist(study)
+    return study_by_id(context, study.id)
 
 
 # --------------------------------------------------------------------------- root fields

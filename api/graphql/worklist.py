@@ -7,16 +7,16 @@ a patient record access), claim / release / reassign (audited by the
 services).
 
 A page is built from the listing's one statement: each entry already carries
-its study's summary, which primes the study loader, so ``study { ... }`` of
-a page costs nothing more unless it asks for a field the summary lacks (then
-one statement for the whole page).
+its study's summary, which is the item's ``study`` (no statement, no await),
+so ``study { ... }`` of a page costs nothing more unless it asks for a field
+the summary lacks (then one statement for the whole page).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import strawberry
 from strawberry.types import Info
@@ -29,8 +29,7 @@ from api.graphql.studies import (
     DicomStudy,
     Patient,
     patient_of_study,
-    prime_worklist_study,
-    study_by_id,
+    worklist_study,
 )
 from api.listing_audit import RepeatedListingAudit, record_listing
 from api.schemas.common import MAX_ID
@@ -109,14 +108,14 @@ class WorklistItem:
             entry=entry,
         )
 
+    # sync on purpose: the entry carries its study's summary, so for a worklist
+    # reader the study is built without an await per item; the executor awaits
+    # the loader's answer in the other case (worklist_study)
     @strawberry.field(extensions=[requires(Permission.STUDIES_READ)])
-    async def study(self, info: Info_) -> DicomStudy | None:
-        study = self.entry.study
-        if study is None:
+    def study(self, info: Info_) -> DicomStudy | None:
+        if self.entry.study is None:
             return None
-        # the entry carries the study's summary: no statement for what it holds
-        prime_worklist_study(info.context, study)
-        return await study_by_id(info.context, study.id)
+        return cast("DicomStudy | None", worklist_study(info.context, self.entry.study))
 
     @strawberry.field(
         description="The study's patient.", extensions=[requires(Permission.STUDIES_READ)]
