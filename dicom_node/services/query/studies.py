@@ -11,7 +11,7 @@ for: workflow filters, paging, sorting and the referring physician's scope
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -407,34 +407,8 @@ def get_study(
     report_ids = session.scalars(reports.order_by(Report.id)).all()
     return StudyDetail(
         study=study_summary(study, patient),
-        series=[
-            SeriesInfo(
-                id=s.id,
-                series_instance_uid=s.series_instance_uid,
-                modality=s.modality,
-                series_number=s.series_number,
-                series_description=s.series_description,
-                body_part_examined=s.body_part_examined,
-                station_name=s.station_name,
-                instance_count=s.instance_count,
-            )
-            for s in series
-        ],
-        instances=[
-            InstanceInfo(
-                id=instance.id,
-                sop_instance_uid=instance.sop_instance_uid,
-                sop_class_uid=instance.sop_class_uid,
-                series_instance_uid=series_uid,
-                instance_number=instance.instance_number,
-                transfer_syntax_uid=instance.transfer_syntax_uid,
-                file_size=instance.file_size,
-                received_at=instance.received_at,
-                calling_ae_title=instance.calling_ae_title,
-                quarantined=instance.quarantined,
-            )
-            for instance, series_uid in instances
-        ],
+        series=[series_info(s) for s in series],
+        instances=[instance_info(instance, series_uid) for instance, series_uid in instances],
         instance_total=int(instance_total or 0),
         order=_order_info(order) if order is not None else None,
         report_ids=list(report_ids),
@@ -456,6 +430,34 @@ def record_study_access(
     )
 
 
+def series_info(series: DicomSeries) -> SeriesInfo:
+    return SeriesInfo(
+        id=series.id,
+        series_instance_uid=series.series_instance_uid,
+        modality=series.modality,
+        series_number=series.series_number,
+        series_description=series.series_description,
+        body_part_examined=series.body_part_examined,
+        station_name=series.station_name,
+        instance_count=series.instance_count,
+    )
+
+
+def instance_info(instance: DicomInstance, series_uid: str) -> InstanceInfo:
+    return InstanceInfo(
+        id=instance.id,
+        sop_instance_uid=instance.sop_instance_uid,
+        sop_class_uid=instance.sop_class_uid,
+        series_instance_uid=series_uid,
+        instance_number=instance.instance_number,
+        transfer_syntax_uid=instance.transfer_syntax_uid,
+        file_size=instance.file_size,
+        received_at=instance.received_at,
+        calling_ae_title=instance.calling_ae_title,
+        quarantined=instance.quarantined,
+    )
+
+
 def _order_info(order: ImagingRequest) -> StudyOrder:
     return StudyOrder(
         id=order.id,
@@ -469,3 +471,171 @@ def _order_info(order: ImagingRequest) -> StudyOrder:
         referring_physician_name=order.referring_physician_name,
         scheduled_at=order.scheduled_at,
     )
+
+
+# --------------------------------------------------------------------------- batches
+#
+# Many records at once, for a front end that resolves them per page (GraphQL's
+# batch loaders): each is ONE statement for every key given, within the
+# visibility rule, and answers one value per key in the keys' order (None, or
+# an empty list, for a key that names nothing the principal may see: missing
+# and invisible look the same, as in get_study).
+
+
+@dataclass(frozen=True, slots=True)
+class PatientInfo:
+    """A patient of the DICOM index (the patients table), as received."""
+
+    id: int
+    patient_id: str
+    issuer_of_patient_id: str
+    patient_name: str | None
+    patient_birth_date: str | None
+    patient_sex: str | None
+
+
+def _patient_info(patient: Patient) -> PatientInfo:
+    return PatientInfo(
+        id=patient.id,
+        patient_id=patient.patient_id,
+        issuer_of_patient_id=patient.issuer_of_patient_id,
+        patient_name=patient.patient_name,
+        patient_birth_date=patient.patient_birth_date,
+        patient_sex=patient.patient_sex,
+    )
+
+
+def study_summaries(
+    session: Session, *, principal: Principal, study_ids: Sequence[int]
+) -> list[StudySummary | None]:
+    """The studies ``study_ids`` (rejected ones too, as get_study shows them)."""
+    rows = session.execute(
+        select(DicomStudy, Patient)
+        .join(Patient, DicomStudy.patient_pk == Patient.id)
+        .where(DicomStudy.id.in_(set(study_ids)), study_condition(principal))
+    )
+    found = {study.id: study_summary(study, patient) for study, patient in rows}
+    return [found.get(study_id) for study_id in study_ids]
+
+
+def patients_by_ids(
+    session: Session, *, principal: Principal, patient_ids: Sequence[int]
+) -> list[PatientInfo | None]:
+    """The patients ``patient_ids``; a referring physician sees only a patient
+    one of whose studies they may see (a patient's demographics are part of
+    those studies' records, and of nothing else of theirs)."""
+    statement = select(Patient).where(Patient.id.in_(set(patient_ids)))
+    if not sees_every_order(principal):
+        statement = statement.where(
+            Patient.id.in_(select(DicomStudy.patient_pk).where(study_condition(principal)))
+        )
+    found = {patient.id: _patient_info(patient) for patient in session.scalars(statement)}
+    return [found.get(patient_id) for patient_id in patient_ids]
+
+
+def patients_of_studies(
+    session: Session, *, principal: Principal, study_ids: Sequence[int]
+) -> list[PatientInfo | None]:
+    """The patient of each study ``study_ids`` (None: no such visible study)."""
+    rows = session.execute(
+        select(DicomStudy.id, Patient)
+        .join(Patient, DicomStudy.patient_pk == Patient.id)
+        .where(DicomStudy.id.in_(set(study_ids)), study_condition(principal))
+    )
+    found = {study_id: _patient_info(patient) for study_id, patient in rows}
+    return [found.get(study_id) for study_id in study_ids]
+
+
+def studies_of_patients(
+    session: Session, *, principal: Principal, patient_ids: Sequence[int]
+) -> list[list[StudySummary]]:
+    """Each patient's studies the principal may see, newest study date first
+    (rejected ones too: they are part of the patient's record, with their status)."""
+    rows = session.execute(
+        select(DicomStudy, Patient)
+        .join(Patient, DicomStudy.patient_pk == Patient.id)
+        .where(DicomStudy.patient_pk.in_(set(patient_ids)), study_condition(principal))
+        .order_by(*_ordering(StudySort.STUDY_DATE, descending=True))
+    )
+    found: dict[int, list[StudySummary]] = {}
+    for study, patient in rows:
+        found.setdefault(patient.id, []).append(study_summary(study, patient))
+    return [found.get(patient_id, []) for patient_id in patient_ids]
+
+
+def series_of_studies(
+    session: Session, *, principal: Principal, study_ids: Sequence[int]
+) -> list[list[SeriesInfo]]:
+    """Each study's series, in get_study's order (series number, then arrival)."""
+    rows = session.scalars(
+        select(DicomSeries)
+        .join(DicomStudy, DicomSeries.study_pk == DicomStudy.id)
+        .where(DicomSeries.study_pk.in_(set(study_ids)), study_condition(principal))
+        .order_by(DicomSeries.series_number.asc().nulls_last(), DicomSeries.id)
+    )
+    found: dict[int, list[SeriesInfo]] = {}
+    for series in rows:
+        found.setdefault(series.study_pk, []).append(series_info(series))
+    return [found.get(study_id, []) for study_id in study_ids]
+
+
+@dataclass(frozen=True, slots=True)
+class InstancePage:
+    items: list[InstanceInfo]
+    total: int
+
+
+def instances_of_series(
+    session: Session,
+    *,
+    principal: Principal,
+    series_ids: Sequence[int],
+    offset: int,
+    limit: int,
+) -> list[InstancePage]:
+    """The same window (``offset``, ``limit``) of each series' instances, in
+    get_study's order (instance number, then arrival), with each series' count.
+
+    A study of thousands of images is never loaded whole: each series' rows
+    are numbered in the database (ROW_NUMBER per series) and only the window
+    leaves it. Two statements for every series given: the windows, and the
+    counts (a window past a series' end still needs its total)."""
+    wanted = set(series_ids)
+    visible = (
+        select(DicomSeries.id)
+        .join(DicomStudy, DicomSeries.study_pk == DicomStudy.id)
+        .where(DicomSeries.id.in_(wanted), study_condition(principal))
+    )
+    position = (
+        func.row_number()
+        .over(
+            partition_by=DicomInstance.series_pk,
+            order_by=(DicomInstance.instance_number.asc().nulls_last(), DicomInstance.id),
+        )
+        .label("position")
+    )
+    numbered = (
+        select(DicomInstance.id, position).where(DicomInstance.series_pk.in_(visible)).subquery()
+    )
+    rows = session.execute(
+        select(DicomInstance, DicomSeries.series_instance_uid)
+        .join(numbered, numbered.c.id == DicomInstance.id)
+        .join(DicomSeries, DicomInstance.series_pk == DicomSeries.id)
+        .where(numbered.c.position > offset, numbered.c.position <= offset + limit)
+        .order_by(DicomInstance.series_pk, numbered.c.position)
+    )
+    items: dict[int, list[InstanceInfo]] = {}
+    for instance, series_uid in rows:
+        items.setdefault(instance.series_pk, []).append(instance_info(instance, series_uid))
+    totals = {
+        series_pk: count
+        for series_pk, count in session.execute(
+            select(DicomInstance.series_pk, func.count(DicomInstance.id))
+            .where(DicomInstance.series_pk.in_(visible))
+            .group_by(DicomInstance.series_pk)
+        )
+    }
+    return [
+        InstancePage(items=items.get(series_id, []), total=int(totals.get(series_id, 0)))
+        for series_id in series_ids
+    ]

@@ -28,6 +28,8 @@ from dicom_node.domain.audit import NO_SUBJECT, Subject
 from dicom_node.domain.enums import Priority, QueueType, WorklistStatus
 from dicom_node.domain.errors import NotFound
 from dicom_node.domain.matching import PRIORITY_RANK
+from dicom_node.domain.permissions import Principal
+from dicom_node.services.access.visibility import sees_every_order, visible_order_ids
 
 OPEN_STATUSES = (WorklistStatus.PENDING, WorklistStatus.CLAIMED)
 
@@ -388,3 +390,24 @@ def get_worklist_entry(session: Session, *, item_id: int) -> WorklistEntry:
     """The item as the list shows it (not audited: no more than the list shows)."""
     entry, _ = load_entry(session, item_id, utcnow())
     return entry
+
+
+def worklist_entries(
+    session: Session,
+    *,
+    principal: Principal,
+    item_ids: Sequence[int],
+    now: datetime | None = None,
+) -> list[WorklistEntry | None]:
+    """The items ``item_ids`` as the list shows them, in one statement (not
+    audited: no more than the list shows); None for an id that names no item
+    the principal may see (a referring physician: an item of one of their
+    orders, the visibility rule)."""
+    moment = now or utcnow()
+    statement = _with_joins(select(*ENTRY_COLUMNS).where(WorklistItem.id.in_(set(item_ids))))
+    if not sees_every_order(principal):
+        statement = statement.where(
+            WorklistItem.imaging_request_id.in_(visible_order_ids(principal))
+        )
+    found = {row[0]: _entry(row, moment) for row in session.execute(statement)}
+    return [found.get(item_id) for item_id in item_ids]
