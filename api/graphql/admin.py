@@ -1,15 +1,35 @@
 """Users, imaging centers and modalities (REST: /api/users, /api/imaging-centers,
-/api/modalities), and ``me``: the caller."""
+/api/modalities), and ``me``: the caller.
+
+A ``User`` is reached from other records (a report's radiologist) by any
+signed-in caller who may read that record: its id, username, display name,
+role and lead flag are what every page of the node shows about a colleague.
+The account's details (email, specialty, active, times) are what REST's
+/api/users shows to admins only, so those fields require users:manage.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
+from typing import Annotated
 
 import strawberry
 from strawberry.types import Info
 
+from api.graphql import relay
+from api.graphql.access import requires
 from api.graphql.context import GraphQLContext
-from dicom_node.domain.permissions import Principal
+from api.graphql.relay import Connection
+from dicom_node.domain.enums import ModalityStatus, Role
+from dicom_node.domain.permissions import Permission, Principal
+from dicom_node.services.access.users import UserInfo, list_users, users_by_id
+from dicom_node.services.workflow.facilities import (
+    CenterInfo,
+    ModalityInfo,
+    list_centers,
+    list_modalities,
+)
 
 
 @strawberry.type
@@ -19,6 +39,8 @@ class User:
     role: str
     display_name: str | None
     is_lead: bool
+    # the account's details: shown only under users:manage (the resolvers below)
+    account: strawberry.Private[UserInfo | None] = None
 
     @classmethod
     def of_principal(cls, principal: Principal) -> User:
@@ -30,9 +52,91 @@ class User:
             is_lead=principal.is_lead,
         )
 
+    @classmethod
+    def of(cls, info: UserInfo) -> User:
+        return cls(
+            id=info.id,
+            username=info.username,
+            role=info.role.value,
+            display_name=info.display_name,
+            is_lead=info.is_lead,
+            account=info,
+        )
+
+    @strawberry.field(extensions=[requires(Permission.USERS_MANAGE)])
+    def email(self) -> str | None:
+        return self.account.email if self.account else None
+
+    @strawberry.field(extensions=[requires(Permission.USERS_MANAGE)])
+    def specialty(self) -> str | None:
+        return self.account.specialty if self.account else None
+
+    @strawberry.field(extensions=[requires(Permission.USERS_MANAGE)])
+    def is_active(self) -> bool | None:
+        return self.account.is_active if self.account else None
+
+    @strawberry.field(extensions=[requires(Permission.USERS_MANAGE)])
+    def created_at(self) -> datetime | None:
+        return self.account.created_at if self.account else None
+
+    @strawberry.field(extensions=[requires(Permission.USERS_MANAGE)])
+    def updated_at(self) -> datetime | None:
+        return self.account.updated_at if self.account else None
+
+
+@strawberry.type
+class ImagingCenter:
+    id: int
+    name: str
+    code: str
+    location: str | None
+    contact_number: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, info: CenterInfo) -> ImagingCenter:
+        return cls(
+            id=info.id,
+            name=info.name,
+            code=info.code,
+            location=info.location,
+            contact_number=info.contact_number,
+            created_at=info.created_at,
+            updated_at=info.updated_at,
+        )
+
+
+@strawberry.type
+class Modality:
+    id: int
+    imaging_center_id: int
+    name: str
+    type: str = strawberry.field(description="DICOM Modality code (0008,0060), e.g. CT")
+    dicom_ae_title: str
+    station_name: str | None
+    status: ModalityStatus
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, info: ModalityInfo) -> Modality:
+        return cls(
+            id=info.id,
+            imaging_center_id=info.imaging_center_id,
+            name=info.name,
+            type=info.type,
+            dicom_ae_title=info.dicom_ae_title,
+            station_name=info.station_name,
+            status=info.status,
+            created_at=info.created_at,
+            updated_at=info.updated_at,
+        )
+
 
 async def _users(context: GraphQLContext, ids: Sequence[int]) -> Sequence[User | None]:
-    raise NotImplementedError("admin area: users by id (one SELECT for all ids)")
+    found = await context.read(users_by_id, ids)
+    return [User.of(found[key]) if key in found else None for key in ids]
 
 
 async def user_by_id(context: GraphQLContext, user_id: int) -> User | None:
@@ -45,3 +149,84 @@ class Query:
     @strawberry.field(description="The caller: who the token signs in as.")
     def me(self, info: Info[GraphQLContext, None]) -> User:
         return User.of_principal(info.context.user)
+
+    @strawberry.field(
+        description="User accounts (people), filtered and sorted as REST's /api/users "
+        "(default by username).",
+        extensions=[requires(Permission.USERS_MANAGE)],
+    )
+    async def users(
+        self,
+        info: Info[GraphQLContext, None],
+        first: int | None = None,
+        after: str | None = None,
+        role: Role | None = None,
+        is_active: bool | None = None,
+        q: Annotated[str | None, strawberry.argument(description="in username or name")] = None,
+        sort: Annotated[
+            str | None, strawberry.argument(description="comma-separated; '-' for descending")
+        ] = None,
+    ) -> Connection[User]:
+        offset, limit = relay.page_window(first, after)
+        listed = await info.context.read(
+            list_users,
+            role=role.value if role else None,
+            is_active=is_active,
+            search=q,
+            sort=sort,
+            offset=offset,
+            limit=limit,
+        )
+        return relay.connection(
+            [User.of(item) for item in listed.items], total=listed.total, offset=offset
+        )
+
+    @strawberry.field(
+        description="Imaging centers, as REST's /api/imaging-centers (default by name).",
+        extensions=[requires(Permission.FACILITIES_READ)],
+    )
+    async def imaging_centers(
+        self,
+        info: Info[GraphQLContext, None],
+        first: int | None = None,
+        after: str | None = None,
+        q: Annotated[str | None, strawberry.argument(description="in name or code")] = None,
+        sort: str | None = None,
+    ) -> Connection[ImagingCenter]:
+        offset, limit = relay.page_window(first, after)
+        listed = await info.context.read(
+            list_centers, search=q, sort=sort, offset=offset, limit=limit
+        )
+        return relay.connection(
+            [ImagingCenter.of(item) for item in listed.items], total=listed.total, offset=offset
+        )
+
+    @strawberry.field(
+        description="Modality devices, as REST's /api/modalities (default by name).",
+        extensions=[requires(Permission.FACILITIES_READ)],
+    )
+    async def modalities(
+        self,
+        info: Info[GraphQLContext, None],
+        first: int | None = None,
+        after: str | None = None,
+        imaging_center_id: int | None = None,
+        type: str | None = None,
+        status: ModalityStatus | None = None,
+        dicom_ae_title: str | None = None,
+        sort: str | None = None,
+    ) -> Connection[Modality]:
+        offset, limit = relay.page_window(first, after)
+        listed = await info.context.read(
+            list_modalities,
+            imaging_center_id=imaging_center_id,
+            type=type,
+            status=status.value if status else None,
+            dicom_ae_title=dicom_ae_title,
+            sort=sort,
+            offset=offset,
+            limit=limit,
+        )
+        return relay.connection(
+            [Modality.of(item) for item in listed.items], total=listed.total, offset=offset
+        )
