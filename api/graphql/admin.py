@@ -19,6 +19,7 @@ from strawberry.types import Info
 
 from api.graphql import relay
 from api.graphql.access import requires
+from api.graphql.audit import plain_text
 from api.graphql.context import GraphQLContext
 from api.graphql.relay import Connection
 from dicom_node.domain.enums import ModalityStatus, Role
@@ -172,8 +173,8 @@ class Query:
             list_users,
             role=role.value if role else None,
             is_active=is_active,
-            search=q,
-            sort=sort,
+            search=plain_text(q, field="q", max_length=64),
+            sort=plain_text(sort, field="sort", max_length=200),
             offset=offset,
             limit=limit,
         )
@@ -195,7 +196,11 @@ class Query:
     ) -> Connection[ImagingCenter]:
         offset, limit = relay.page_window(first, after)
         listed = await info.context.read(
-            list_centers, search=q, sort=sort, offset=offset, limit=limit
+            list_centers,
+            search=plain_text(q, field="q", max_length=128),
+            sort=sort,
+            offset=offset,
+            limit=limit,
         )
         return relay.connection(
             [ImagingCenter.of(item) for item in listed.items], total=listed.total, offset=offset
@@ -222,8 +227,8 @@ class Query:
             imaging_center_id=imaging_center_id,
             type=type,
             status=status.value if status else None,
-            dicom_ae_title=dicom_ae_title,
-            sort=sort,
+            dicom_ae_title=plain_text(dicom_ae_title, field="dicomAeTitle", max_length=64),
+            sort=plain_text(sort, field="sort", max_length=200),
             offset=offset,
             limit=limit,
         )
