@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import event
 
 from tests.api.conftest import ApiServer
 from tests.api.graphql.conftest import Graph, GraphClient
@@ -270,3 +271,40 @@ def test_a_critical_report_needs_a_communication_recorded_then_acknowledged(
     assert author.execute(SUBMIT, id=rid)["submitReport"]["status"] == "IN_REVIEW"
     shown = author.execute(ONE, id=rid)["report"]["criticalCommunications"]
     assert [c["communicatedTo"] for c in shown if c["communicatedTo"]] == ["Dr Ward, ED attending"]
+
+
+def _statements(api: ApiServer, client: GraphClient, document: str) -> int:
+    """How many SQL statements the node ran to answer ``document``."""
+    seen: list[str] = []
+
+    def count(*args: Any) -> None:
+        seen.append(str(args[2]))
+
+    event.listen(api.db.engine, "before_cursor_execute", count)
+    try:
+        client.execute(document)
+    finally:
+        event.remove(api.db.engine, "before_cursor_execute", count)
+    return len(seen)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_page_of_reports_with_their_people_and_communications_is_a_fixed_number_of_statements(
+    graph: Graph, api: ApiServer
+) -> None:
+    page = """
+    { reports(first: 50) { edges { node {
+        id radiologist { username } reviewer { username }
+        criticalCommunications { finding }
+    } } } }
+    """
+    admin = graph.client("admin")
+    for _ in range(2):
+        drafted(graph, graph.client("radiologist"))
+    two = _statements(api, admin, page)
+    for _ in range(4):
+        drafted(graph, graph.client("radiologist"))
+
+    six = _statements(api, admin, page)
+
+    assert six == two
