@@ -10,6 +10,9 @@ import httpx
 import pytest
 from sqlalchemy import event
 
+from dicom_node.domain.enums import Role
+from dicom_node.domain.permissions import Principal
+from dicom_node.services.reporting.views import ReportCore, reports_of_studies
 from tests.api.conftest import ApiServer
 from tests.api.graphql.conftest import Graph, GraphClient
 from tests.builders import Seeded, audit_actions, seed_study, user_id
@@ -308,3 +311,40 @@ def test_a_page_of_reports_with_their_people_and_communications_is_a_fixed_numbe
     six = _statements(api, admin, page)
 
     assert six == two
+
+
+def test_the_batch_loads_apply_the_referring_physicians_rule_per_study(
+    graph: Graph, api: ApiServer
+) -> None:
+    """What a worklist or study page reaches through ``report_of_study``."""
+    referring = graph.client("referring_physician")
+    author, reviewer = graph.client("radiologist"), graph.client("radiologist")
+    seeded, report = drafted(graph, author, requested_by_id=user_id(api, referring.username))
+    other, _ = drafted(graph, author)
+    reader = Principal(
+        user_id=user_id(api, referring.username),
+        username=referring.username,
+        role=Role.REFERRING_PHYSICIAN,
+    )
+    radiologist = Principal(
+        user_id=user_id(api, author.username), username=author.username, role=Role.RADIOLOGIST
+    )
+    studies = [seeded.study_id, other.study_id, 987654]
+
+    def loaded(principal: Principal) -> dict[int, ReportCore]:
+        with api.db.read() as session:
+            return reports_of_studies(session, studies, principal)
+
+    assert loaded(reader) == {}  # a draft: nothing signed yet
+    assert set(loaded(radiologist)) == {seeded.study_id, other.study_id}
+    author.execute(SUBMIT, id=report["id"])
+    reviewer.execute(SIGN, id=report["id"])
+    author.execute(ADDENDUM, id=report["id"], input={"impression": "unsigned"})
+
+    signed = loaded(reader)
+    assert list(signed) == [seeded.study_id]  # not the other order's study
+    assert (signed[seeded.study_id].impression, signed[seeded.study_id].content_version) == (
+        "Normal.",
+        2,
+    )
+    assert loaded(radiologist)[seeded.study_id].impression == "unsigned"
