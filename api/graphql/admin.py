@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import strawberry
+from fastapi.concurrency import run_in_threadpool
 from strawberry.types import Info
 
 from api.graphql import relay
@@ -22,14 +23,29 @@ from api.graphql.access import requires
 from api.graphql.audit import plain_text
 from api.graphql.context import GraphQLContext
 from api.graphql.relay import Connection
+from api.graphql.reports import validated
+from api.schemas.facilities import CenterCreate, CenterUpdate, ModalityCreate, ModalityUpdate
+from api.schemas.users import UserCreate, UserUpdate
 from dicom_node.domain.enums import ModalityStatus, Role
 from dicom_node.domain.permissions import Permission, Principal
-from dicom_node.services.access.users import UserInfo, list_users, users_by_id
+from dicom_node.services.access.users import (
+    UserInfo,
+    create_user,
+    hash_password,
+    list_users,
+    update_user,
+    users_by_id,
+)
+from dicom_node.services.audit.subjects import user_actor
 from dicom_node.services.workflow.facilities import (
     CenterInfo,
     ModalityInfo,
+    create_center,
+    create_modality,
     list_centers,
     list_modalities,
+    update_center,
+    update_modality,
 )
 
 
@@ -235,3 +251,212 @@ class Query:
         return relay.connection(
             [Modality.of(item) for item in listed.items], total=listed.total, offset=offset
         )
+
+
+# --------------------------------------------------------------------------- mutations
+# Inputs are checked by REST's own request models (api/schemas/users.py,
+# facilities.py); only the fields sent change in an update, and null for a
+# field that cannot be empty leaves it as it is, as on REST.
+
+
+@strawberry.input
+class CreateUserInput:
+    username: str
+    password: str = strawberry.field(description="at least 10 characters; never returned")
+    role: Role
+    email: str | None = None
+    display_name: str | None = None
+    specialty: str | None = None
+    is_lead: bool = False
+
+
+@strawberry.input
+class UpdateUserInput:
+    role: Role | None = strawberry.UNSET
+    email: str | None = strawberry.UNSET
+    display_name: str | None = strawberry.UNSET
+    specialty: str | None = strawberry.UNSET
+    is_active: bool | None = strawberry.UNSET
+    is_lead: bool | None = strawberry.UNSET
+
+
+@strawberry.input
+class CreateImagingCenterInput:
+    name: str
+    code: str
+    location: str | None = None
+    contact_number: str | None = None
+
+
+@strawberry.input
+class UpdateImagingCenterInput:
+    name: str | None = strawberry.UNSET
+    code: str | None = strawberry.UNSET
+    location: str | None = strawberry.UNSET
+    contact_number: str | None = strawberry.UNSET
+
+
+@strawberry.input
+class CreateModalityInput:
+    imaging_center_id: int
+    name: str
+    type: str = strawberry.field(description="DICOM Modality code (0008,0060), e.g. CT")
+    dicom_ae_title: str
+    station_name: str | None = None
+    status: ModalityStatus = ModalityStatus.ACTIVE
+
+
+@strawberry.input
+class UpdateModalityInput:
+    imaging_center_id: int | None = strawberry.UNSET
+    name: str | None = strawberry.UNSET
+    type: str | None = strawberry.UNSET
+    dicom_ae_title: str | None = strawberry.UNSET
+    station_name: str | None = strawberry.UNSET
+    status: ModalityStatus | None = strawberry.UNSET
+
+
+def _sent(given: object) -> dict[str, Any]:
+    """The fields of an input the caller sent (unset ones left out)."""
+    return {
+        name: value
+        for name, value in vars(given).items()
+        if value is not strawberry.UNSET and not name.startswith("_")
+    }
+
+
+def _without_nulls(changes: dict[str, Any], required: tuple[str, ...]) -> dict[str, Any]:
+    """null for a field that cannot be empty leaves it as it is (REST's rule)."""
+    return {k: v for k, v in changes.items() if v is not None or k not in required}
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(
+        description="A new account (password at least 10 characters, stored as argon2id); "
+        "CONFLICT if the username is taken. Audited without the password.",
+        extensions=[requires(Permission.USERS_MANAGE)],
+    )
+    async def create_user(self, info: Info[GraphQLContext, None], input: CreateUserInput) -> User:
+        context = info.context
+        body = validated(UserCreate, {**_sent(input), "role": input.role.value})
+        # hashed before the transaction, off the event loop: argon2 (and a wait
+        # for a hashing slot) must hold neither the write lock nor the loop
+        password_hash = await run_in_threadpool(hash_password, body.password)
+        created = await context.write(
+            create_user,
+            username=body.username,
+            password_hash=password_hash,
+            role=body.role.value,
+            email=body.email,
+            display_name=body.display_name,
+            specialty=body.specialty,
+            is_lead=body.is_lead,
+            actor=user_actor(context.user, context.address),
+        )
+        return User.of(created)
+
+    @strawberry.mutation(
+        description="Change role, names, email, active or lead flag (only the fields sent). "
+        "Deactivating revokes the user's tokens; the last active admin stays (CONFLICT).",
+        extensions=[requires(Permission.USERS_MANAGE)],
+    )
+    async def update_user(
+        self, info: Info[GraphQLContext, None], id: int, input: UpdateUserInput
+    ) -> User:
+        context = info.context
+        sent = _sent(input)
+        if isinstance(sent.get("role"), Role):
+            sent["role"] = sent["role"].value
+        body = validated(UserUpdate, sent)
+        changes = _without_nulls(
+            body.model_dump(exclude_unset=True, mode="json"), ("role", "is_active", "is_lead")
+        )
+        updated = await context.write(
+            update_user, id, changes=changes, actor=context.user, source_address=context.address
+        )
+        return User.of(updated)
+
+    @strawberry.mutation(
+        description="A new imaging center; CONFLICT if its code is taken.",
+        extensions=[requires(Permission.FACILITIES_MANAGE)],
+    )
+    async def create_imaging_center(
+        self, info: Info[GraphQLContext, None], input: CreateImagingCenterInput
+    ) -> ImagingCenter:
+        context = info.context
+        body = validated(CenterCreate, _sent(input))
+        created = await context.write(
+            create_center,
+            name=body.name,
+            code=body.code,
+            location=body.location,
+            contact_number=body.contact_number,
+            principal=context.user,
+            source_address=context.address,
+        )
+        return ImagingCenter.of(created)
+
+    @strawberry.mutation(
+        description="Change an imaging center (only the fields sent).",
+        extensions=[requires(Permission.FACILITIES_MANAGE)],
+    )
+    async def update_imaging_center(
+        self, info: Info[GraphQLContext, None], id: int, input: UpdateImagingCenterInput
+    ) -> ImagingCenter:
+        context = info.context
+        body = validated(CenterUpdate, _sent(input))
+        updated = await context.write(
+            update_center,
+            id,
+            changes=_without_nulls(body.model_dump(exclude_unset=True), ("name", "code")),
+            principal=context.user,
+            source_address=context.address,
+        )
+        return ImagingCenter.of(updated)
+
+    @strawberry.mutation(
+        description="A new modality; the AE title must be a valid DICOM AE and unused (CONFLICT).",
+        extensions=[requires(Permission.FACILITIES_MANAGE)],
+    )
+    async def create_modality(
+        self, info: Info[GraphQLContext, None], input: CreateModalityInput
+    ) -> Modality:
+        context = info.context
+        body = validated(ModalityCreate, {**_sent(input), "status": input.status.value})
+        created = await context.write(
+            create_modality,
+            imaging_center_id=body.imaging_center_id,
+            name=body.name,
+            type=body.type,
+            dicom_ae_title=body.dicom_ae_title,
+            station_name=body.station_name,
+            status=body.status.value,
+            principal=context.user,
+            source_address=context.address,
+        )
+        return Modality.of(created)
+
+    @strawberry.mutation(
+        description="Change a modality (only the fields sent).",
+        extensions=[requires(Permission.FACILITIES_MANAGE)],
+    )
+    async def update_modality(
+        self, info: Info[GraphQLContext, None], id: int, input: UpdateModalityInput
+    ) -> Modality:
+        context = info.context
+        sent = _sent(input)
+        if isinstance(sent.get("status"), ModalityStatus):
+            sent["status"] = sent["status"].value
+        body = validated(ModalityUpdate, sent)
+        updated = await context.write(
+            update_modality,
+            id,
+            changes=_without_nulls(
+                body.model_dump(exclude_unset=True, mode="json"),
+                ("imaging_center_id", "name", "type", "dicom_ae_title", "status"),
+            ),
+            principal=context.user,
+            source_address=context.address,
+        )
+        return Modality.of(updated)

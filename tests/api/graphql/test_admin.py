@@ -7,7 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
+from dicom_node.db.models import AuditEvent
 from tests.api.conftest import ApiServer
 from tests.api.graphql.conftest import Graph
 from tests.api.graphql.test_reports import drafted
@@ -139,3 +141,105 @@ def test_centers_and_modalities_list_as_rest_for_staff(graph: Graph, api: ApiSer
     referring = graph.client("referring_physician")
     assert referring.attempt(CENTERS).codes == ["FORBIDDEN"]
     assert referring.attempt(MODALITIES).codes == ["FORBIDDEN"]
+
+
+USER_FIELDS = "id username role displayName isActive isLead email"
+
+
+def test_admins_create_and_change_users_audited_as_rest(graph: Graph, api: ApiServer) -> None:
+    admin = graph.client("admin")
+    created = admin.execute(
+        f"mutation($input: CreateUserInput!) {{ createUser(input: $input) {{ {USER_FIELDS} }} }}",
+        input={
+            "username": "gq-new-rad",
+            "password": "a long secret 1",
+            "role": "RADIOLOGIST",
+            "email": "new@example.org",
+        },
+    )["createUser"]
+    assert (created["username"], created["role"], created["isActive"]) == (
+        "gq-new-rad",
+        "radiologist",
+        True,
+    )
+    assert api.token("gq-new-rad", "a long secret 1")  # the account signs in
+    update = f"""mutation($id: Int!, $input: UpdateUserInput!) {{
+        updateUser(id: $id, input: $input) {{ {USER_FIELDS} }} }}"""
+    changed = admin.execute(update, id=created["id"], input={"isLead": True, "role": None})[
+        "updateUser"
+    ]
+    assert (changed["isLead"], changed["role"]) == (True, "radiologist")  # null: unchanged
+
+    taken = admin.attempt(
+        """mutation { createUser(input: {username: "gq-new-rad", password: "0123456789ab",
+           role: SCHEDULER}) { id } }"""
+    )
+    short = admin.attempt(
+        """mutation { createUser(input: {username: "gq-short", password: "short",
+           role: SCHEDULER}) { id } }"""
+    )
+    me = user_id(api, admin.username)
+    last_admin = admin.attempt(update, id=me, input={"isActive": False})
+
+    assert taken.codes == ["CONFLICT"]
+    assert (
+        short.codes == ["BAD_USER_INPUT"] and short.errors[0]["extensions"]["field"] == "password"
+    )
+    assert last_admin.codes == ["CONFLICT"]  # the only admin of this test's database
+    with api.db.read() as session:
+        actions = session.scalars(
+            select(AuditEvent.action).where(AuditEvent.target_id == str(created["id"]))
+        ).all()
+    assert sorted(actions) == ["sign_in", "user_created", "user_updated"]
+    with api.db.read() as session:
+        texts = [
+            str(details)
+            for details in session.scalars(
+                select(AuditEvent.details).where(AuditEvent.actor == admin.username)
+            )
+        ]
+    assert not any("a long secret 1" in text for text in texts)
+    assert graph.client("scheduler").attempt(update, id=me, input={}).codes == ["FORBIDDEN"]
+
+
+def test_admins_create_and_change_centers_and_modalities(graph: Graph) -> None:
+    admin = graph.client("admin")
+    center = admin.execute(
+        """mutation { createImagingCenter(input: {name: "Center GQ-C", code: "GQ-C",
+           location: "Here"}) { id code location } }"""
+    )["createImagingCenter"]
+    moved = admin.execute(
+        """mutation($id: Int!) { updateImagingCenter(id: $id, input: {location: "There",
+           name: null}) { name location } }""",
+        id=center["id"],
+    )["updateImagingCenter"]
+    modality = admin.execute(
+        """mutation($c: Int!) { createModality(input: {imagingCenterId: $c, name: "CT 9",
+           type: "CT", dicomAeTitle: "GQ_CT_9"}) { id status type } }""",
+        c=center["id"],
+    )["createModality"]
+    serviced = admin.execute(
+        """mutation($id: Int!) { updateModality(id: $id, input: {status: MAINTENANCE}) {
+           status dicomAeTitle } }""",
+        id=modality["id"],
+    )["updateModality"]
+
+    assert moved == {"name": "Center GQ-C", "location": "There"}
+    assert (modality["status"], modality["type"]) == ("ACTIVE", "CT")
+    assert serviced == {"status": "MAINTENANCE", "dicomAeTitle": "GQ_CT_9"}
+    again = admin.attempt(
+        """mutation($c: Int!) { createModality(input: {imagingCenterId: $c, name: "CT 10",
+           type: "CT", dicomAeTitle: "GQ_CT_9"}) { id } }""",
+        c=center["id"],
+    )
+    bad_ae = admin.attempt(
+        """mutation($c: Int!) { createModality(input: {imagingCenterId: $c, name: "CT 10",
+           type: "CT", dicomAeTitle: "BAD\\\\AE"}) { id } }""",
+        c=center["id"],
+    )
+    assert again.codes == ["CONFLICT"]
+    assert bad_ae.codes == ["BAD_USER_INPUT"]
+    tech = graph.client("technologist")
+    assert tech.attempt(
+        'mutation { createImagingCenter(input: {name: "T", code: "T"}) { id } }'
+    ).codes == ["FORBIDDEN"]
