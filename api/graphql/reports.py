@@ -59,6 +59,7 @@ from dicom_node.services.reporting.views import (
     communications_by_report,
     get_report,
     list_reports,
+    record_report_reads,
     reports_by_id,
     reports_of_studies,
     versions_by_report,
@@ -162,8 +163,6 @@ class Report:
     accession_number: str | None
     order_id: int | None
     status: ReportStatus
-    findings: str
-    impression: str
     critical_flag: bool
     author_id: int
     current_author_id: int = strawberry.field(
@@ -179,9 +178,15 @@ class Report:
     content_version: int | None = strawberry.field(
         description="the stored version whose text is shown; null = the working text"
     )
+    findings_text: strawberry.Private[str]
+    impression_text: strawberry.Private[str]
+    # set when the text was read by get_report, which recorded report_read itself
+    read_recorded: strawberry.Private[bool] = False
 
     @classmethod
-    def of(cls, info: ReportCore | ReportInfo) -> Report:
+    def of(cls, info: ReportCore | ReportInfo, *, audited: bool = False) -> Report:
+        """``audited``: the service that made ``info`` recorded its own event
+        (a detail read or a change), so showing its text adds no report_read."""
         return cls(
             id=info.id,
             study_id=info.study_id,
@@ -189,8 +194,6 @@ class Report:
             accession_number=info.accession_number,
             order_id=info.order_id,
             status=ReportStatus(info.status),
-            findings=info.findings,
-            impression=info.impression,
             critical_flag=info.critical_flag,
             author_id=info.author_id,
             current_author_id=info.current_author_id,
@@ -202,7 +205,26 @@ class Report:
             created_at=info.created_at,
             updated_at=info.updated_at,
             content_version=info.content_version,
+            findings_text=info.findings,
+            impression_text=info.impression,
+            read_recorded=audited,
         )
+
+    async def _text_read(self, info: Info[GraphQLContext, None]) -> None:
+        # REST audits every read of a report's text (report_read); one event
+        # per report and operation, however many text fields are asked
+        if not self.read_recorded:
+            await info.context.loader(_text_reads).load((self.id, self.content_version))
+
+    @strawberry.field(description="signed text only, for a referring physician; audited")
+    async def findings(self, info: Info[GraphQLContext, None]) -> str:
+        await self._text_read(info)
+        return self.findings_text
+
+    @strawberry.field(description="signed text only, for a referring physician; audited")
+    async def impression(self, info: Info[GraphQLContext, None]) -> str:
+        await self._text_read(info)
+        return self.impression_text
 
     @strawberry.field(
         description="every stored version, oldest first (final ones only for a referring "
@@ -291,6 +313,13 @@ async def _versions(
     # a write: REST audits every versions read, and so does this
     found = await context.write(versions_by_report, report_ids, context.user, context.address)
     return [found[key] for key in report_ids]
+
+
+async def _text_reads(
+    context: GraphQLContext, reads: Sequence[tuple[int, int | None]]
+) -> Sequence[None]:
+    await context.write(record_report_reads, reads, context.user, context.address)
+    return [None] * len(reads)
 
 
 async def report_by_id(context: GraphQLContext, report_id: int) -> Report | None:
@@ -412,7 +441,7 @@ class Query:
         found = await context.write(
             get_report, report_id=id, principal=context.user, source_address=context.address
         )
-        return Report.of(found)
+        return Report.of(found, audited=True)
 
 
 @strawberry.type
@@ -444,7 +473,7 @@ class Mutation:
             deadline_minutes=context.settings.critical_result_deadline_minutes,
             source_address=context.address,
         )
-        return Report.of(created)
+        return Report.of(created, audited=True)
 
     @strawberry.mutation(
         description="Edit a draft (author only); with expectedUpdatedAt, CONFLICT when the "
@@ -477,7 +506,7 @@ class Mutation:
             expected_updated_at=body.expected_updated_at,
             source_address=context.address,
         )
-        return Report.of(edited)
+        return Report.of(edited, audited=True)
 
     @strawberry.mutation(
         description="draft/revised -> in_review (author only); a critical report needs a "
@@ -500,7 +529,7 @@ class Mutation:
             communication=communication,
             source_address=context.address,
         )
-        return Report.of(submitted)
+        return Report.of(submitted, audited=True)
 
     @strawberry.mutation(
         description="in_review -> draft, with a required comment.",
@@ -519,7 +548,7 @@ class Mutation:
             allow_self_review=context.settings.report_self_review,
             source_address=context.address,
         )
-        return Report.of(returned)
+        return Report.of(returned, audited=True)
 
     @strawberry.mutation(
         description="in_review -> final, by a radiologist who is not the author (REST's finalize).",
@@ -534,7 +563,7 @@ class Mutation:
             allow_self_review=context.settings.report_self_review,
             source_address=context.address,
         )
-        return Report.of(signed)
+        return Report.of(signed, audited=True)
 
     @strawberry.mutation(
         description="After final only: an addendum or correction, submitted and signed again.",
@@ -557,7 +586,7 @@ class Mutation:
             impression=body.impression,
             source_address=context.address,
         )
-        return Report.of(amended)
+        return Report.of(amended, audited=True)
 
     @strawberry.mutation(
         description="Record who told whom about a critical finding, how and when.",

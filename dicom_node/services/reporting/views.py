@@ -467,3 +467,28 @@ def versions_by_report(
             details={"versions": [version.version for version in found[report.id]]},
         )
     return found
+
+
+def record_report_reads(
+    session: Session,
+    reads: Sequence[tuple[int, int | None]],
+    principal: Principal,
+    source_address: str | None = None,
+) -> None:
+    """``report_read`` for each ``(report_id, content_version)`` whose text
+    ``principal`` was shown through a batch (``reports_by_id``), as
+    ``get_report`` records it: a report's text is read with an audit trail
+    whichever way it is reached."""
+    shown = dict(reads)
+    if not shown:
+        return
+    reports = session.scalars(select(Report).where(Report.id.in_(list(shown)))).all()
+    for report in reports:
+        audit_report_event(
+            session,
+            principal,
+            source_address,
+            action="report_read",
+            report=report,
+            details={"status": report.status, "content_version": shown[report.id]},
+        )

@@ -348,3 +348,24 @@ def test_the_batch_loads_apply_the_referring_physicians_rule_per_study(
         2,
     )
     assert loaded(radiologist)[seeded.study_id].impression == "unsigned"
+
+
+def test_text_shown_through_the_listing_is_audited_as_report_read_once_per_report(
+    graph: Graph, api: ApiServer
+) -> None:
+    author = graph.client("radiologist")
+    ids = [drafted(graph, author)[1]["id"] for _ in range(2)]
+    admin = graph.client("admin")
+    without_text = "{ reports { edges { node { id status } } } }"
+    with_text = "{ reports { edges { node { id findings impression } } } }"
+
+    admin.execute(without_text)
+    untouched = {rid: [e.action for e in audit_actions(api, "Report", rid)] for rid in ids}
+    admin.execute(with_text)
+
+    for rid in ids:
+        events = audit_actions(api, "Report", rid)
+        assert [e.action for e in events] == [*untouched[rid], "report_read"]
+        assert events[-1].actor == admin.username
+        assert events[-1].details == {"status": "draft", "content_version": None}
+    assert all(actions == ["report_created"] for actions in untouched.values())
