@@ -22,12 +22,20 @@ from graphql import GraphQLError
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
-from api.graphql import admin, orders, reconciliation, reports, studies, worklist
+from api.graphql import admin, audit, orders, reconciliation, reports, studies, worklist
 from api.graphql.errors import PublicErrors
 from api.graphql.limits import limit_extensions
 from dicom_node.settings import Settings
 
-AREAS: tuple[ModuleType, ...] = (admin, orders, reconciliation, studies, worklist, reports)
+AREAS: tuple[ModuleType, ...] = (
+    admin,
+    orders,
+    reconciliation,
+    studies,
+    worklist,
+    reports,
+    audit,
+)
 
 
 def _root(name: str) -> Any:
