@@ -22,12 +22,12 @@ from graphql import GraphQLError
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
-from api.graphql import admin, orders, reports, studies, worklist
+from api.graphql import admin, orders, reports, studies, subscriptions, worklist
 from api.graphql.errors import PublicErrors
 from api.graphql.limits import limit_extensions
 from dicom_node.settings import Settings
 
-AREAS: tuple[ModuleType, ...] = (admin, orders, studies, worklist, reports)
+AREAS: tuple[ModuleType, ...] = (admin, orders, studies, worklist, reports, subscriptions)
 
 
 def _root(name: str) -> Any:
