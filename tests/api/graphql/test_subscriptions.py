@@ -324,3 +324,27 @@ def test_resuming_from_a_trimmed_part_of_the_feed_is_gone_with_the_feed_start(
     errors = run(test)
     assert [e["extensions"]["code"] for e in errors] == ["GONE"]
     assert errors[0]["extensions"]["feedStart"] == seqs[-1]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("accept", ["application/json", "multipart/mixed;subscriptionSpec=1.0"])
+def test_a_subscription_over_http_is_refused_before_it_runs(
+    graph: Graph, api: ApiServer, accept: str
+) -> None:
+    client = graph.client("scheduler")
+    document = "query Me { me { username } } subscription Feed { changes(since: 0) { seq } }"
+
+    def post(operation: str) -> httpx.Response:
+        return api.anonymous().post(
+            "/graphql",
+            json={"query": document, "operationName": operation},
+            headers={"Authorization": f"Bearer {client.token}", "Accept": accept},
+        )
+
+    refused = post("Feed")
+    assert refused.status_code == 400
+    assert "WebSocket" in refused.text
+    # the same document's query runs
+    answered = post("Me")
+    assert answered.status_code == 200
+    assert answered.json()["data"]["me"]["username"] == client.username
