@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,9 +16,11 @@ import httpx
 import pytest
 from gql import GraphQLRequest
 from gql.client import AsyncClientSession
-from gql.transport.exceptions import TransportQueryError
+from gql.transport.exceptions import TransportError, TransportQueryError
 from sqlalchemy import select
+from websockets.exceptions import ConnectionClosed
 
+from dicom_node.db import notify
 from dicom_node.db.models import ChangeLogEntry
 from dicom_node.jobs.maintenance import run_change_log_trim
 from dicom_node.settings import Settings
@@ -234,32 +237,32 @@ def test_a_user_holds_at_most_the_cap_over_all_connections_and_a_dropped_one_fre
     start = latest(scheduler)
     scheduler.post("/api/orders", json=order_body("CAP"))
 
-    async def holding(client: GraphClient, until: asyncio.Event, held: asyncio.Event) -> None:
+    async def holding(
+        client: GraphClient, until: asyncio.Event, held: asyncio.Event, *, abrupt: bool = False
+    ) -> None:
         # one connection holding one subscription, with its first event received
         async with client.websocket() as session:
             stream = events(session, ORDERS, since=start)
             await next_event(stream)
             held.set()
             await until.wait()
+            if abrupt:
+                # the TCP connection cut, no close frame (a client that crashed)
+                socket = session.transport.adapter.websocket  # type: ignore[attr-defined]
+                socket.transport.abort()
+                with contextlib.suppress(TransportError, ConnectionClosed):
+                    await stream.aclose()
+                return
             await stream.aclose()
 
-    async def test() -> None:
-        drop = [asyncio.Event() for _ in range(CAP)]
-        held = [asyncio.Event() for _ in range(CAP)]
-        tasks = [asyncio.create_task(holding(watcher, drop[i], held[i])) for i in range(CAP)]
-        for event in held:
-            await asyncio.wait_for(event.wait(), WAIT_SECONDS)
-        assert await refusal(watcher, ORDERS, since=start) == ["TOO_MANY_REQUESTS"]
-        # per user: another user is not refused
-        other_held = asyncio.Event()
-        other_done = asyncio.Event()
-        other_done.set()
-        await holding(other, other_done, other_held)
-        assert other_held.is_set()
+    async def hold(**options: bool) -> tuple[asyncio.Task[None], asyncio.Event]:
+        until, held = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(holding(watcher, until, held, **options))
+        await asyncio.wait_for(held.wait(), WAIT_SECONDS)
+        return task, until
 
-        drop[0].set()
-        await tasks[0]
-        # the server frees the slot once it sees the socket closed
+    async def wait_for_a_slot() -> None:
+        # the server frees a slot once it sees the socket closed
         deadline = time.monotonic() + WAIT_SECONDS
         while True:
             try:
@@ -267,14 +270,33 @@ def test_a_user_holds_at_most_the_cap_over_all_connections_and_a_dropped_one_fre
                     stream = events(session, ORDERS, since=start)
                     await next_event(stream)
                     await stream.aclose()
-                break
+                return
             except TransportQueryError as exc:
                 refused = codes(exc)
             assert refused == ["TOO_MANY_REQUESTS"]
-            assert time.monotonic() < deadline, "the dropped subscription kept its slot"
+            assert time.monotonic() < deadline, "a closed subscription kept its slot"
             await asyncio.sleep(0.05)  # the poll interval of this wait
-        drop[1].set()
-        await tasks[1]
+
+    async def test() -> None:
+        first, drop_first = await hold()
+        second, drop_second = await hold(abrupt=True)
+        assert await refusal(watcher, ORDERS, since=start) == ["TOO_MANY_REQUESTS"]
+        # per user: another user is not refused
+        done, other_held = asyncio.Event(), asyncio.Event()
+        done.set()
+        await holding(other, done, other_held)
+        assert other_held.is_set()
+
+        drop_first.set()
+        await first
+        await wait_for_a_slot()
+        third, drop_third = await hold()
+        assert await refusal(watcher, ORDERS, since=start) == ["TOO_MANY_REQUESTS"]
+        drop_second.set()
+        await second
+        await wait_for_a_slot()
+        drop_third.set()
+        await third
 
     run(test)
 
@@ -348,3 +370,32 @@ def test_a_subscription_over_http_is_refused_before_it_runs(
     answered = post("Me")
     assert answered.status_code == 200
     assert answered.json()["data"]["me"]["username"] == client.username
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_with_change_notifications_a_subscription_is_woken_by_a_commit(
+    graph: Graph, api: ApiServer
+) -> None:
+    # as a node runs on PostgreSQL (node.py starts it): waits on LISTEN, not a poll
+    listener = notify.start_listener(api.db)
+    assert listener is not None and listener.connected.is_set()
+    try:
+        watcher = graph.client("scheduler")
+        scheduler = api.client("scheduler")
+        start = latest(scheduler)
+
+        async def test() -> list[dict[str, Any]]:
+            async with watcher.websocket() as session:
+                stream = events(session, ORDERS, since=start)
+                scheduler.post("/api/orders", json=order_body("WOKEN1"))
+                received = [await next_event(stream)]
+                # the subscription now waits for a notification
+                scheduler.post("/api/orders", json=order_body("WOKEN2"))
+                received.append(await next_event(stream))
+                await stream.aclose()
+                return received
+
+        received = run(test)
+    finally:
+        notify.stop_listener(api.db)
+    assert [shape(event) for event in received] == rest_feed(scheduler, start, "order")
