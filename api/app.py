@@ -77,6 +77,11 @@ def create_app(context: ApiContext) -> FastAPI:
     app.state.context = context
     app.state.worklist_cache = FeedCache(ttl=1.0)
     app.state.event_streams = StreamSlots(context.settings.max_event_streams_per_user)
+    # GraphQL subscriptions (api/graphql/subscriptions.py): a cap of their own,
+    # over all of a user's WebSocket connections
+    app.state.graphql_subscriptions = StreamSlots(
+        context.settings.graphql_max_subscriptions_per_user
+    )
     app.state.listing_audit = RepeatedListingAudit()
     app.state.image_reads = image_reads()
     settings = context.settings

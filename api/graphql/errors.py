@@ -115,3 +115,12 @@ class PublicErrors(SchemaExtension):
         result = self.execution_context.result
         if result is not None and result.errors:
             result.errors = [public_error(error) for error in result.errors]
+
+    def on_stream_result(self, result: Any) -> Iterator[None]:
+        """Each result sent over WebSocket (a subscription's events and the error
+        that ends it): ``on_operation`` only sees the operation's end, after
+        every result has been sent."""
+        errors = getattr(result, "errors", None)
+        if errors:
+            result.errors = [public_error(error) for error in errors]
+        yield

@@ -7,15 +7,22 @@
 - ``/graphql`` over WebSocket, sub-protocol ``graphql-transport-ws`` only:
   subscriptions (and queries). The token comes in ``connection_init``
   (context.py); without a valid one the connection is closed with 4403.
+  A subscription sent over HTTP is refused (400): strawberry would run it as
+  a query there (a null for every field, an internal error), or stream it
+  with nothing re-checking the token while it lives.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
+from cross_web import HTTPException
 from fastapi.concurrency import run_in_threadpool
+from graphql import GraphQLError, OperationType, get_operation_ast, parse
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.fastapi import GraphQLRouter
+from strawberry.http import GraphQLRequestData
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.unset import UnsetType
 
@@ -41,7 +48,42 @@ def token_of(params: object) -> str | None:
     return None
 
 
+def is_subscription(request: GraphQLRequestData, max_tokens: int) -> bool:
+    """Whether the operation ``request`` runs is a subscription (False for a
+    document that does not parse: the schema answers that one)."""
+    if request.query is None:
+        return False
+    try:
+        # the token limit of the schema (limits.py): no unbounded parse here either
+        document = parse(request.query, max_tokens=max_tokens)
+    except GraphQLError:
+        return False
+    operation = get_operation_ast(document, request.operation_name)
+    return operation is not None and operation.operation == OperationType.SUBSCRIPTION
+
+
 class NodeGraphQLRouter(GraphQLRouter[GraphQLContext, None]):
+    max_tokens: int
+
+    async def execute_operation(
+        self,
+        request: Any,
+        request_adapter: Any,
+        request_data: GraphQLRequestData | list[GraphQLRequestData],
+        context: GraphQLContext,
+        root_value: None,
+        sub_response: Any,
+    ) -> Any:
+        """Over HTTP: a subscription is refused (400), before it runs."""
+        requests = request_data if isinstance(request_data, list) else [request_data]
+        if any(is_subscription(one, self.max_tokens) for one in requests):
+            raise HTTPException(
+                400, "subscriptions are served over WebSocket (graphql-transport-ws) only"
+            )
+        return await super().execute_operation(
+            request, request_adapter, request_data, context, root_value, sub_response
+        )
+
     async def on_ws_connect(self, context: GraphQLContext) -> UnsetType | dict[str, object] | None:
         token = token_of(context.connection_params)
         if token is None:
@@ -68,4 +110,5 @@ def graphql_router(settings: Settings) -> NodeGraphQLRouter:
         multipart_uploads_enabled=False,
         include_in_schema=False,
     )
+    router.max_tokens = settings.graphql_max_tokens
     return router

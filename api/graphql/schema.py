@@ -22,7 +22,16 @@ from graphql import GraphQLError
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
-from api.graphql import admin, audit, orders, reconciliation, reports, studies, worklist
+from api.graphql import (
+    admin,
+    audit,
+    orders,
+    reconciliation,
+    reports,
+    studies,
+    subscriptions,
+    worklist,
+)
 from api.graphql.errors import PublicErrors
 from api.graphql.limits import limit_extensions
 from dicom_node.settings import Settings
@@ -35,6 +44,7 @@ AREAS: tuple[ModuleType, ...] = (
     worklist,
     reports,
     audit,
+    subscriptions,
 )
 
 
