@@ -164,8 +164,8 @@ class Series:
 
 @strawberry.type(description="A study of the DICOM index (REST: GET /api/studies/{id}).")
 class DicomStudy:
-    # what both a search result and a worklist entry carry: a study primed
-    # from the worklist's page answers these without a statement
+    # what both a search result and a worklist entry carry: a study built
+    # from a worklist entry (worklist_study) answers these without a statement
     id: int
     study_instance_uid: str
     accession_number: str | None
@@ -177,7 +177,7 @@ class DicomStudy:
     series_count: int
     instance_count: int
     status: StudyStatus
-    # the whole summary; None for a study primed from a worklist entry, whose
+    # the whole summary; None for a study built from a worklist entry, whose
     # other fields are loaded (in one batch for the page) when asked for
     summary: strawberry.Private[StudySummary | None]
 
