@@ -13,9 +13,9 @@ patients and series is a fixed number of statements.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar, cast
 
 import strawberry
 from sqlalchemy.orm import Session
@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from api.graphql.reports import Report
 
 Info_ = Info[GraphQLContext, None]
+T = TypeVar("T")
 
 # REST's sort parameter: a field, a leading '-' for descending
 STUDY_SORTS = frozenset(f"{sign}{sort.value}" for sort in StudySort for sign in ("", "-"))
@@ -164,8 +165,8 @@ class Series:
 
 @strawberry.type(description="A study of the DICOM index (REST: GET /api/studies/{id}).")
 class DicomStudy:
-    # what both a search result and a worklist entry carry: a study primed
-    # from the worklist's page answers these without a statement
+    # what both a search result and a worklist entry carry: a study built
+    # from a worklist entry (worklist_study) answers these without a statement
     id: int
     study_instance_uid: str
     accession_number: str | None
@@ -177,7 +178,7 @@ class DicomStudy:
     series_count: int
     instance_count: int
     status: StudyStatus
-    # the whole summary; None for a study primed from a worklist entry, whose
+    # the whole summary; None for a study built from a worklist entry, whose
     # other fields are loaded (in one batch for the page) when asked for
     summary: strawberry.Private[StudySummary | None]
 
@@ -223,49 +224,61 @@ class DicomStudy:
             raise NotFound(f"no study {self.id}")
         return found
 
+    def _summary_field(self, info: Info_, pick: Callable[[StudySummary], T]) -> T:
+        """``pick`` of the whole summary: at once for a search result (no
+        coroutine per field of a page); for a study built from a worklist
+        entry an awaitable the executor awaits (one batch for the page)."""
+        if self.summary is not None:
+            return pick(self.summary)
+
+        async def later() -> T:
+            return pick(await self._full(info))
+
+        return cast(T, later())
+
     @strawberry.field(description="IssuerOfPatientID ('' if none)")
-    async def issuer_of_patient_id(self, info: Info_) -> str:
-        return (await self._full(info)).issuer_of_patient_id
+    def issuer_of_patient_id(self, info: Info_) -> str:
+        return self._summary_field(info, lambda study: study.issuer_of_patient_id)
 
     @strawberry.field
-    async def patient_birth_date(self, info: Info_) -> str | None:
-        return (await self._full(info)).patient_birth_date
+    def patient_birth_date(self, info: Info_) -> str | None:
+        return self._summary_field(info, lambda study: study.patient_birth_date)
 
     @strawberry.field
-    async def patient_sex(self, info: Info_) -> str | None:
-        return (await self._full(info)).patient_sex
+    def patient_sex(self, info: Info_) -> str | None:
+        return self._summary_field(info, lambda study: study.patient_sex)
 
     @strawberry.field
-    async def study_time(self, info: Info_) -> str | None:
-        return (await self._full(info)).study_time
+    def study_time(self, info: Info_) -> str | None:
+        return self._summary_field(info, lambda study: study.study_time)
 
     @strawberry.field
-    async def referring_physician_name(self, info: Info_) -> str | None:
-        return (await self._full(info)).referring_physician_name
+    def referring_physician_name(self, info: Info_) -> str | None:
+        return self._summary_field(info, lambda study: study.referring_physician_name)
 
     @strawberry.field(description="ModalitiesInStudy")
-    async def modalities(self, info: Info_) -> list[str]:
-        return (await self._full(info)).modalities
+    def modalities(self, info: Info_) -> list[str]:
+        return self._summary_field(info, lambda study: study.modalities)
 
     @strawberry.field
-    async def metadata_status(self, info: Info_) -> MetadataStatus:
-        return MetadataStatus((await self._full(info)).metadata_status)
+    def metadata_status(self, info: Info_) -> MetadataStatus:
+        return self._summary_field(info, lambda study: MetadataStatus(study.metadata_status))
 
     @strawberry.field
-    async def completeness(self, info: Info_) -> Completeness:
-        return Completeness((await self._full(info)).completeness)
+    def completeness(self, info: Info_) -> Completeness:
+        return self._summary_field(info, lambda study: Completeness(study.completeness))
 
     @strawberry.field
-    async def order_id(self, info: Info_) -> int | None:
-        return (await self._full(info)).order_id
+    def order_id(self, info: Info_) -> int | None:
+        return self._summary_field(info, lambda study: study.order_id)
 
     @strawberry.field
-    async def first_received_at(self, info: Info_) -> datetime | None:
-        return (await self._full(info)).first_received_at
+    def first_received_at(self, info: Info_) -> datetime | None:
+        return self._summary_field(info, lambda study: study.first_received_at)
 
     @strawberry.field
-    async def last_received_at(self, info: Info_) -> datetime | None:
-        return (await self._full(info)).last_received_at
+    def last_received_at(self, info: Info_) -> datetime | None:
+        return self._summary_field(info, lambda study: study.last_received_at)
 
     @strawberry.field(extensions=[requires(Permission.STUDIES_READ)])
     async def patient(self, info: Info_) -> Patient | None:

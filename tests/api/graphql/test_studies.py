@@ -13,7 +13,10 @@ from pydicom.uid import generate_uid
 from sqlalchemy import event, select
 
 from dicom_node.db.models import AuditEvent, DicomStudy, ImagingRequest, User
+from dicom_node.domain.enums import Role
+from dicom_node.domain.permissions import Principal
 from dicom_node.services.ingest.instances import IngestPolicy, Source, StoreOutcome, store_instance
+from dicom_node.services.query.studies import patients_by_ids
 from dicom_node.storage import FileStore
 from tests.api.conftest import ApiServer
 from tests.api.graphql.conftest import Graph
@@ -378,3 +381,34 @@ def test_the_report_edge_needs_reports_read(graph: Graph, index: Index) -> None:
         assert outcome.codes == ["FORBIDDEN"], role
         assert outcome.errors[0]["path"] == ["study", "report"]
         assert outcome.data == {"study": {"id": index.id["A"], "report": None}}
+
+
+def _principal(api: ApiServer, username: str) -> Principal:
+    with api.db.read() as session:
+        user = session.scalars(select(User).where(User.username == username)).one()
+        return Principal(user_id=user.id, username=user.username, role=Role(user.role))
+
+
+def test_patient_loads_apply_the_visibility_rule(
+    api: ApiServer, graph: Graph, index: Index
+) -> None:
+    """What patient_by_id (other areas' edges to a patient) batches: one
+    statement, one answer per id in order, None for a patient none of whose
+    studies the caller may see."""
+    referring = graph.client("referring_physician")
+    index.order_for("A", referring.username)
+    with api.db.read() as session:
+        rows = session.execute(
+            select(DicomStudy.id, DicomStudy.patient_pk).where(DicomStudy.id.in_(index.id.values()))
+        ).all()
+    pks = {study_id: patient_pk for study_id, patient_pk in rows}
+    wanted = [pks[index.id["B"]], pks[index.id["A"]], 999_999, pks[index.id["A"]]]
+    with api.db.read() as session:
+        theirs = patients_by_ids(
+            session, principal=_principal(api, referring.username), patient_ids=wanted
+        )
+        everyone = patients_by_ids(
+            session, principal=_principal(api, graph.client("admin").username), patient_ids=wanted
+        )
+    assert [p.patient_id if p else None for p in theirs] == [None, "PAT1", None, "PAT1"]
+    assert [p.patient_id if p else None for p in everyone] == ["PAT2", "PAT1", None, "PAT1"]

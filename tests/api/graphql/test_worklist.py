@@ -9,6 +9,9 @@ from typing import Any
 from sqlalchemy import event, select, update
 
 from dicom_node.db.models import AuditEvent, User
+from dicom_node.domain.enums import Role
+from dicom_node.domain.permissions import Principal
+from dicom_node.services.workflow.worklist_listing import WorklistEntry, worklist_entries
 from tests.api.conftest import ApiServer
 from tests.api.graphql.conftest import Graph
 from tests.builders import audit_actions, seed_study, user_id
@@ -291,3 +294,35 @@ def test_roles_without_worklist_permissions_are_forbidden(api: ApiServer, graph:
     assert technologist.attempt(CLAIM, id=seeded.item_id).codes == ["FORBIDDEN"]
     # nothing was claimed, nothing audited as a claim
     assert audit_actions(api, "WorklistItem", seeded.item_id) == []
+
+
+def test_item_loads_apply_the_visibility_rule(api: ApiServer, graph: Graph) -> None:
+    """What worklist_item_by_id (other areas' edges to an item) batches: one
+    answer per id in order, None for an item of an order the caller may not see."""
+    referring = graph.client("referring_physician")
+    theirs = seed_study(api.db, requested_by_id=user_id(api, referring.username))
+    others = seed_study(api.db)
+    wanted = [others.item_id, theirs.item_id, 999_999]
+    with api.db.read() as session:
+        seen = worklist_entries(
+            session,
+            principal=Principal(
+                user_id=user_id(api, referring.username),
+                username=referring.username,
+                role=Role.REFERRING_PHYSICIAN,
+            ),
+            item_ids=wanted,
+        )
+        everything = worklist_entries(
+            session,
+            principal=Principal(user_id=1, username="admin", role=Role.ADMIN),
+            item_ids=wanted,
+        )
+
+    def ids(entries: list[WorklistEntry | None]) -> list[int | None]:
+        return [entry.id if entry else None for entry in entries]
+
+    assert ids(seen) == [None, theirs.item_id, None]
+    assert ids(everything) == [others.item_id, theirs.item_id, None]
+    assert everything[1] is not None and everything[1].study is not None
+    assert everything[1].study.study_instance_uid == theirs.study_uid
