@@ -31,6 +31,7 @@ from dicom_node.domain.permissions import Permission, Principal
 from dicom_node.services.access.users import (
     UserInfo,
     create_user,
+    get_user,
     hash_password,
     list_users,
     update_user,
@@ -42,6 +43,8 @@ from dicom_node.services.workflow.facilities import (
     ModalityInfo,
     create_center,
     create_modality,
+    get_center,
+    get_modality,
     list_centers,
     list_modalities,
     update_center,
@@ -197,6 +200,25 @@ class Query:
         return relay.connection(
             [User.of(item) for item in listed.items], total=listed.total, offset=offset
         )
+
+    @strawberry.field(
+        description="One user account (REST's /api/users/{id}).",
+        extensions=[requires(Permission.USERS_MANAGE)],
+    )
+    async def user(self, info: Info[GraphQLContext, None], id: int) -> User:
+        return User.of(await info.context.read(get_user, id))
+
+    @strawberry.field(
+        description="One imaging center.", extensions=[requires(Permission.FACILITIES_READ)]
+    )
+    async def imaging_center(self, info: Info[GraphQLContext, None], id: int) -> ImagingCenter:
+        return ImagingCenter.of(await info.context.read(get_center, id))
+
+    @strawberry.field(
+        description="One modality.", extensions=[requires(Permission.FACILITIES_READ)]
+    )
+    async def modality(self, info: Info[GraphQLContext, None], id: int) -> Modality:
+        return Modality.of(await info.context.read(get_modality, id))
 
     @strawberry.field(
         description="Imaging centers, as REST's /api/imaging-centers (default by name).",

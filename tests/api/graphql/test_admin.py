@@ -243,3 +243,33 @@ def test_admins_create_and_change_centers_and_modalities(graph: Graph) -> None:
     assert tech.attempt(
         'mutation { createImagingCenter(input: {name: "T", code: "T"}) { id } }'
     ).codes == ["FORBIDDEN"]
+
+
+def test_one_user_center_or_modality_by_id(graph: Graph, api: ApiServer) -> None:
+    http = api.client("admin")
+    center = http.post("/api/imaging-centers", json={"name": "One", "code": "GQ-ONE"}).json()
+    body = {
+        "imaging_center_id": center["id"],
+        "name": "US",
+        "type": "US",
+        "dicom_ae_title": "GQ_US",
+    }
+    modality = http.post("/api/modalities", json=body).json()
+    api.user("scheduler", username="gq-one-user", email="one@example.org")
+    admin = graph.client("admin")
+    one = "query($id: Int!) { user(id: $id) { username email } }"
+
+    assert admin.execute(one, id=user_id(api, "gq-one-user"))["user"] == {
+        "username": "gq-one-user",
+        "email": "one@example.org",
+    }
+    assert admin.attempt(one, id=987654).codes == ["NOT_FOUND"]
+    assert graph.client("radiologist").attempt(one, id=1).codes == ["FORBIDDEN"]
+    tech = graph.client("technologist")
+    assert tech.execute(
+        "query($id: Int!) { imagingCenter(id: $id) { code } }", id=center["id"]
+    ) == {"imagingCenter": {"code": "GQ-ONE"}}
+    assert tech.execute(
+        "query($id: Int!) { modality(id: $id) { dicomAeTitle } }", id=modality["id"]
+    ) == {"modality": {"dicomAeTitle": "GQ_US"}}
+    assert tech.attempt("{ modality(id: 987654) { id } }").codes == ["NOT_FOUND"]
