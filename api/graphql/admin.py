@@ -25,7 +25,7 @@ from api.graphql.context import GraphQLContext
 from api.graphql.relay import Connection
 from api.graphql.reports import validated
 from api.schemas.facilities import CenterCreate, CenterUpdate, ModalityCreate, ModalityUpdate
-from api.schemas.users import UserCreate, UserUpdate
+from api.schemas.users import PasswordReset, UserCreate, UserUpdate
 from dicom_node.domain.enums import ModalityStatus, Role
 from dicom_node.domain.permissions import Permission, Principal
 from dicom_node.services.access.users import (
@@ -34,6 +34,7 @@ from dicom_node.services.access.users import (
     get_user,
     hash_password,
     list_users,
+    reset_password,
     update_user,
     users_by_id,
 )
@@ -398,6 +399,26 @@ class Mutation:
             update_user, id, changes=changes, actor=context.user, source_address=context.address
         )
         return User.of(updated)
+
+    @strawberry.mutation(
+        description="Set a new password; every token of the user is revoked and the "
+        "account's sign-in locks are lifted. Audited, no secret.",
+        extensions=[requires(Permission.USERS_MANAGE)],
+    )
+    async def reset_user_password(
+        self, info: Info[GraphQLContext, None], id: int, password: str
+    ) -> User:
+        context = info.context
+        body = validated(PasswordReset, {"password": password})
+        password_hash = await run_in_threadpool(hash_password, body.password)
+        reset = await context.write(
+            reset_password,
+            id,
+            password_hash=password_hash,
+            actor=context.user,
+            source_address=context.address,
+        )
+        return User.of(reset)
 
     @strawberry.mutation(
         description="A new imaging center; CONFLICT if its code is taken.",
