@@ -25,14 +25,16 @@ from api.graphql.context import GraphQLContext
 from api.graphql.relay import Connection
 from api.graphql.reports import validated
 from api.schemas.facilities import CenterCreate, CenterUpdate, ModalityCreate, ModalityUpdate
-from api.schemas.users import UserCreate, UserUpdate
+from api.schemas.users import PasswordReset, UserCreate, UserUpdate
 from dicom_node.domain.enums import ModalityStatus, Role
 from dicom_node.domain.permissions import Permission, Principal
 from dicom_node.services.access.users import (
     UserInfo,
     create_user,
+    get_user,
     hash_password,
     list_users,
+    reset_password,
     update_user,
     users_by_id,
 )
@@ -42,6 +44,8 @@ from dicom_node.services.workflow.facilities import (
     ModalityInfo,
     create_center,
     create_modality,
+    get_center,
+    get_modality,
     list_centers,
     list_modalities,
     update_center,
@@ -197,6 +201,25 @@ class Query:
         return relay.connection(
             [User.of(item) for item in listed.items], total=listed.total, offset=offset
         )
+
+    @strawberry.field(
+        description="One user account (REST's /api/users/{id}).",
+        extensions=[requires(Permission.USERS_MANAGE)],
+    )
+    async def user(self, info: Info[GraphQLContext, None], id: int) -> User:
+        return User.of(await info.context.read(get_user, id))
+
+    @strawberry.field(
+        description="One imaging center.", extensions=[requires(Permission.FACILITIES_READ)]
+    )
+    async def imaging_center(self, info: Info[GraphQLContext, None], id: int) -> ImagingCenter:
+        return ImagingCenter.of(await info.context.read(get_center, id))
+
+    @strawberry.field(
+        description="One modality.", extensions=[requires(Permission.FACILITIES_READ)]
+    )
+    async def modality(self, info: Info[GraphQLContext, None], id: int) -> Modality:
+        return Modality.of(await info.context.read(get_modality, id))
 
     @strawberry.field(
         description="Imaging centers, as REST's /api/imaging-centers (default by name).",
@@ -376,6 +399,26 @@ class Mutation:
             update_user, id, changes=changes, actor=context.user, source_address=context.address
         )
         return User.of(updated)
+
+    @strawberry.mutation(
+        description="Set a new password; every token of the user is revoked and the "
+        "account's sign-in locks are lifted. Audited, no secret.",
+        extensions=[requires(Permission.USERS_MANAGE)],
+    )
+    async def reset_user_password(
+        self, info: Info[GraphQLContext, None], id: int, password: str
+    ) -> User:
+        context = info.context
+        body = validated(PasswordReset, {"password": password})
+        password_hash = await run_in_threadpool(hash_password, body.password)
+        reset = await context.write(
+            reset_password,
+            id,
+            password_hash=password_hash,
+            actor=context.user,
+            source_address=context.address,
+        )
+        return User.of(reset)
 
     @strawberry.mutation(
         description="A new imaging center; CONFLICT if its code is taken.",

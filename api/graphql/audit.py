@@ -26,6 +26,7 @@ from dicom_node.domain.permissions import Permission
 from dicom_node.services.audit.trail import (
     AuditEventInfo,
     AuditFilters,
+    get_audit_event,
     list_audit_events,
     record_audit_log_use,
 )
@@ -211,6 +212,22 @@ class Query:
         return relay.connection(
             [AuditEvent.of(event) for event in page.items], total=page.total, offset=offset
         )
+
+    @strawberry.field(
+        description="One audit event. Audited (110101).",
+        extensions=[requires(Permission.AUDIT_READ)],
+    )
+    async def audit_event(self, info: Info[GraphQLContext, None], id: int) -> AuditEvent:
+        context = info.context
+        found = await context.read(get_audit_event, event_id=id)
+        await context.write(
+            record_audit_log_use,
+            principal=context.user,
+            filters={},
+            source_address=context.address,
+            target_id=str(id),
+        )
+        return AuditEvent.of(found)
 
     @strawberry.field(
         description="Turnaround metrics for events starting in [from, to) (at most 366 days), "

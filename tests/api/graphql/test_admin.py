@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from gql.transport.exceptions import TransportServerError
 from sqlalchemy import select
 
 from dicom_node.db.models import AuditEvent
@@ -243,3 +244,63 @@ def test_admins_create_and_change_centers_and_modalities(graph: Graph) -> None:
     assert tech.attempt(
         'mutation { createImagingCenter(input: {name: "T", code: "T"}) { id } }'
     ).codes == ["FORBIDDEN"]
+
+
+def test_one_user_center_or_modality_by_id(graph: Graph, api: ApiServer) -> None:
+    http = api.client("admin")
+    center = http.post("/api/imaging-centers", json={"name": "One", "code": "GQ-ONE"}).json()
+    body = {
+        "imaging_center_id": center["id"],
+        "name": "US",
+        "type": "US",
+        "dicom_ae_title": "GQ_US",
+    }
+    modality = http.post("/api/modalities", json=body).json()
+    api.user("scheduler", username="gq-one-user", email="one@example.org")
+    admin = graph.client("admin")
+    one = "query($id: Int!) { user(id: $id) { username email } }"
+
+    assert admin.execute(one, id=user_id(api, "gq-one-user"))["user"] == {
+        "username": "gq-one-user",
+        "email": "one@example.org",
+    }
+    assert admin.attempt(one, id=987654).codes == ["NOT_FOUND"]
+    assert graph.client("radiologist").attempt(one, id=1).codes == ["FORBIDDEN"]
+    tech = graph.client("technologist")
+    assert tech.execute(
+        "query($id: Int!) { imagingCenter(id: $id) { code } }", id=center["id"]
+    ) == {"imagingCenter": {"code": "GQ-ONE"}}
+    assert tech.execute(
+        "query($id: Int!) { modality(id: $id) { dicomAeTitle } }", id=modality["id"]
+    ) == {"modality": {"dicomAeTitle": "GQ_US"}}
+    assert tech.attempt("{ modality(id: 987654) { id } }").codes == ["NOT_FOUND"]
+
+
+def test_a_password_reset_revokes_the_users_tokens_and_is_audited_without_the_secret(
+    graph: Graph, api: ApiServer
+) -> None:
+    admin = graph.client("admin")
+    tech = graph.client("technologist")
+    reset = "mutation($id: Int!, $p: String!) { resetUserPassword(id: $id, password: $p) { id } }"
+    tech_id = user_id(api, tech.username)
+    short = admin.attempt(reset, id=tech_id, p="short")
+    assert (
+        short.codes == ["BAD_USER_INPUT"] and short.errors[0]["extensions"]["field"] == "password"
+    )
+
+    admin.execute(reset, id=tech_id, p="brand new secret")
+
+    with pytest.raises(TransportServerError) as revoked:
+        tech.execute("{ me { username } }")
+    assert revoked.value.code == 401  # the old token no longer signs in
+    assert api.token(tech.username, "brand new secret")
+    with api.db.read() as session:
+        (details,) = session.scalars(
+            select(AuditEvent.details).where(
+                AuditEvent.action == "user_password_reset", AuditEvent.target_id == str(tech_id)
+            )
+        ).all()
+    assert details == {"tokens_revoked": 1}
+    assert graph.client("scheduler").attempt(reset, id=tech_id, p="another secret 2").codes == [
+        "FORBIDDEN"
+    ]

@@ -158,3 +158,26 @@ def test_turnaround_refusals(graph: Graph) -> None:
         TURNAROUND, **{"from": "2025-01-01T00:00:00Z", "to": "2026-03-01T00:00:00Z"}
     )
     assert too_long.codes == ["BAD_USER_INPUT"]
+
+
+def test_one_audit_event_by_id_is_audited_with_its_id(graph: Graph, api: ApiServer) -> None:
+    auditor = graph.client("auditor")
+    with api.db.read() as session:
+        sign_in = session.scalar(
+            select(AuditEvent).where(AuditEvent.actor == auditor.username).limit(1)
+        )
+    assert sign_in is not None
+    one = "query($id: Int!) { auditEvent(id: $id) { id action actor } }"
+
+    shown = auditor.execute(one, id=sign_in.id)["auditEvent"]
+
+    assert shown == {"id": sign_in.id, "action": sign_in.action, "actor": auditor.username}
+    assert auditor.attempt(one, id=99999999).codes == ["NOT_FOUND"]
+    with api.db.read() as session:
+        used = session.scalars(
+            select(AuditEvent).where(
+                AuditEvent.event_code == "110101", AuditEvent.actor == auditor.username
+            )
+        ).all()
+    assert [event.target_id for event in used] == [str(sign_in.id)]
+    assert graph.client("radiologist").attempt(one, id=sign_in.id).codes == ["FORBIDDEN"]
