@@ -12,6 +12,8 @@ connections of 500 each are shallow and short. The complexity limit does: it
 estimates the fields the answer holds (``estimate``), each field counting 1
 for every time it appears in the answer, so fields under a connection count
 once per node of its page (``first``, DEFAULT_PAGE_SIZE when not given).
+A plain list (not a connection) counts as one item: the schema's unpaged lists
+are short by design (a report's versions, a study's series summary).
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ from api.routes.changes import (
     MIN_READ_INTERVAL_SECONDS,
     POLL_SECONDS,
 )
-from api.streams import StreamSlot, StreamSlots
+from api.streams import RETRY_AFTER_SECONDS, StreamSlot, StreamSlots
 from dicom_node.db.notify import listener_for
 from dicom_node.domain.errors import Gone, InvalidValue
 from dicom_node.domain.permissions import Permission
@@ -132,7 +132,7 @@ def _take_slot(context: GraphQLContext) -> StreamSlot:
         raise GraphQLError(
             f"{slots.per_user} subscriptions already open for this user "
             f"(at most {slots.per_user} on this node): stop one first",
-            extensions={"code": "TOO_MANY_REQUESTS"},
+            extensions={"code": "TOO_MANY_REQUESTS", "retryAfter": RETRY_AFTER_SECONDS},
         ) from None
 
 

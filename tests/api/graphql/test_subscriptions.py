@@ -20,6 +20,7 @@ from gql.transport.exceptions import TransportError, TransportQueryError
 from sqlalchemy import select
 from websockets.exceptions import ConnectionClosed
 
+from api.streams import RETRY_AFTER_SECONDS
 from dicom_node.db import notify
 from dicom_node.db.models import ChangeLogEntry
 from dicom_node.jobs.maintenance import run_change_log_trim
@@ -280,7 +281,16 @@ def test_a_user_holds_at_most_the_cap_over_all_connections_and_a_dropped_one_fre
     async def test() -> None:
         first, drop_first = await hold()
         second, drop_second = await hold(abrupt=True)
-        assert await refusal(watcher, ORDERS, since=start) == ["TOO_MANY_REQUESTS"]
+        async with watcher.websocket() as session:
+            with pytest.raises(TransportQueryError) as refused:
+                await next_event(events(session, ORDERS, since=start))
+        assert refused.value.errors == [
+            {
+                "message": f"{CAP} subscriptions already open for this user (at most {CAP} "
+                "on this node): stop one first",
+                "extensions": {"code": "TOO_MANY_REQUESTS", "retryAfter": RETRY_AFTER_SECONDS},
+            }
+        ]
         # per user: another user is not refused
         done, other_held = asyncio.Event(), asyncio.Event()
         done.set()
