@@ -219,7 +219,7 @@ def test_a_referring_physician_gets_only_their_orders_changes(graph: Graph, api:
 
     async def test() -> dict[str, Any]:
         async with physician.websocket() as session:
-            stream = events(session, CHANGES, since=start)
+            stream = events(session, CHANGES, since=start, entities=["order", "report"])
             event = await next_event(stream)
             await stream.aclose()
             return event
