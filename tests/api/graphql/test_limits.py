@@ -14,7 +14,12 @@ from typing import Any
 
 import pytest
 import strawberry
-from graphql import FragmentDefinitionNode, OperationDefinitionNode, parse
+from graphql import (
+    FragmentDefinitionNode,
+    OperationDefinitionNode,
+    get_introspection_query,
+    parse,
+)
 
 from api.graphql.errors import INTERNAL_MESSAGE, PublicErrors
 from api.graphql.limits import estimate, limit_extensions
@@ -161,3 +166,7 @@ def test_the_endpoint_refuses_too_many_aliases_and_tokens_and_introspects_signed
     }
     me = client.execute('{ __type(name: "User") { fields { name } } }')
     assert {"name": "username"} in me["__type"]["fields"]
+    # the full introspection query clients run (fetch_schema_from_transport) is
+    # within every limit
+    full = client.execute(get_introspection_query(descriptions=True))
+    assert "ChangeEvent" in {type_["name"] for type_ in full["__schema"]["types"]}
