@@ -41,6 +41,7 @@ from graphql import (
     ValidationContext,
     VariableNode,
     get_named_type,
+    value_from_ast_untyped,
 )
 from strawberry.extensions import (
     AddValidationRules,
@@ -137,7 +138,13 @@ def estimate(
         OperationType.MUTATION: schema.mutation_type,
         OperationType.SUBSCRIPTION: schema.subscription_type,
     }[operation.operation]
-    return _Estimate(schema, fragments, variables or {}).of(operation.selection_set, root)
+    # a variable not given takes its default from the operation: $first: Int = 500
+    given = dict(variables or {})
+    for definition in operation.variable_definitions or ():
+        name = definition.variable.name.value
+        if name not in given and definition.default_value is not None:
+            given[name] = value_from_ast_untyped(definition.default_value)
+    return _Estimate(schema, fragments, given).of(operation.selection_set, root)
 
 
 def complexity_rule(limit: int, variables: Mapping[str, Any]) -> type[ASTValidationRule]:

@@ -99,6 +99,12 @@ def test_the_estimate_counts_each_field_once_per_node_of_the_pages_above_it() ->
     assert estimate(schema, operation, fragments, {"first": 7}) == 1 + 10 * (5 + 7 * 5)
     # a variable not given, or no first at all: the default page of 50
     assert estimate(schema, operation, fragments, {}) == 1 + 10 * (5 + 50 * 5)
+    # a variable's default in the operation counts when the variable is not given
+    defaulted = parse("query($first: Int = 400) { leaves(first: $first) { totalCount } }")
+    operation = defaulted.definitions[0]
+    assert isinstance(operation, OperationDefinitionNode)
+    assert estimate(schema, operation, {}, {}) == 1 + 400 * 1
+    assert estimate(schema, operation, {}, {"first": 3}) == 1 + 3 * 1
     unpaged = parse("{ leaves { totalCount } }").definitions[0]
     assert isinstance(unpaged, OperationDefinitionNode)
     assert estimate(schema, unpaged, {}, {}) == 1 + 50 * 1
