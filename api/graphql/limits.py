@@ -178,7 +178,9 @@ def complexity_rule(limit: int, variables: Mapping[str, Any]) -> type[ASTValidat
 
 
 class ComplexityLimiter(AddValidationRules):
-    """``complexity_rule`` with the operation's variables (a page size may be one)."""
+    """``complexity_rule`` with the operation's variables (a page size may be
+    one). So the rule's verdict depends on more than the document: strawberry's
+    ValidationCache (validation results cached by document) must not be added."""
 
     def __init__(self, max_complexity: int) -> None:
         super().__init__([])
