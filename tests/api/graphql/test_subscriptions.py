@@ -409,3 +409,34 @@ def test_with_change_notifications_a_subscription_is_woken_by_a_commit(
     finally:
         notify.stop_listener(api.db)
     assert [shape(event) for event in received] == rest_feed(scheduler, start, "order")
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_an_events_record_edge_needs_its_read_permission_and_is_null_for_another_entity(
+    graph: Graph, api: ApiServer
+) -> None:
+    scheduler = graph.client("scheduler")
+    physician = graph.client("referring_physician")
+    own = httpx.Client(
+        base_url=api.base_url, headers={"Authorization": f"Bearer {physician.token}"}
+    )
+    api.clients.append(own)
+    start = latest(own)
+    assert own.post("/api/orders", json=order_body("EDGE")).status_code == 201
+    edge = (
+        "subscription($since: Int) "
+        f"{{ orderChanges(since: $since) {{ {EVENT} worklistItem {{ id }} }} }}"
+    )
+
+    async def test() -> tuple[dict[str, Any], list[str]]:
+        # a scheduler may read worklist items: an order's event has none
+        async with scheduler.websocket() as session:
+            stream = events(session, edge, since=start)
+            event = await next_event(stream)
+            await stream.aclose()
+        # a referring physician may not: the edge is refused, not silently null
+        return event, await refusal(physician, edge, since=start)
+
+    event, codes_ = run(test)
+    assert event["entity"] == "order" and event["worklistItem"] is None
+    assert codes_ == ["FORBIDDEN"]
