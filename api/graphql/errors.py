@@ -12,6 +12,7 @@ The services raise the domain errors REST maps to HTTP statuses
 | Gone | ``GONE`` (+ ``feedStart``) | 410 |
 | InvalidValue | ``BAD_USER_INPUT`` (+ ``field``) | 422 |
 | a capacity limit | ``SERVICE_UNAVAILABLE`` (+ ``retryAfter``) | 503 |
+| a subscription over the user's cap | ``TOO_MANY_REQUESTS`` (+ ``retryAfter``) | 429 |
 | a document that does not validate | ``GRAPHQL_VALIDATION_FAILED`` | |
 | anything else | ``INTERNAL_SERVER_ERROR``, message "internal error" | 500 |
 

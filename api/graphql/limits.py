@@ -12,6 +12,8 @@ connections of 500 each are shallow and short. The complexity limit does: it
 estimates the fields the answer holds (``estimate``), each field counting 1
 for every time it appears in the answer, so fields under a connection count
 once per node of its page (``first``, DEFAULT_PAGE_SIZE when not given).
+A plain list (not a connection) counts as one item: the schema's unpaged lists
+are short by design (a report's versions, a study's series summary).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from graphql import (
     ValidationContext,
     VariableNode,
     get_named_type,
+    value_from_ast_untyped,
 )
 from strawberry.extensions import (
     AddValidationRules,
@@ -135,7 +138,13 @@ def estimate(
         OperationType.MUTATION: schema.mutation_type,
         OperationType.SUBSCRIPTION: schema.subscription_type,
     }[operation.operation]
-    return _Estimate(schema, fragments, variables or {}).of(operation.selection_set, root)
+    # a variable not given takes its default from the operation: $first: Int = 500
+    given = dict(variables or {})
+    for definition in operation.variable_definitions or ():
+        name = definition.variable.name.value
+        if name not in given and definition.default_value is not None:
+            given[name] = value_from_ast_untyped(definition.default_value)
+    return _Estimate(schema, fragments, given).of(operation.selection_set, root)
 
 
 def complexity_rule(limit: int, variables: Mapping[str, Any]) -> type[ASTValidationRule]:
@@ -169,7 +178,9 @@ def complexity_rule(limit: int, variables: Mapping[str, Any]) -> type[ASTValidat
 
 
 class ComplexityLimiter(AddValidationRules):
-    """``complexity_rule`` with the operation's variables (a page size may be one)."""
+    """``complexity_rule`` with the operation's variables (a page size may be
+    one). So the rule's verdict depends on more than the document: strawberry's
+    ValidationCache (validation results cached by document) must not be added."""
 
     def __init__(self, max_complexity: int) -> None:
         super().__init__([])

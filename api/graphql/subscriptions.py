@@ -50,10 +50,10 @@ from api.routes.changes import (
     MIN_READ_INTERVAL_SECONDS,
     POLL_SECONDS,
 )
-from api.streams import StreamSlot, StreamSlots
+from api.streams import RETRY_AFTER_SECONDS, StreamSlot, StreamSlots
 from dicom_node.db.notify import listener_for
 from dicom_node.domain.errors import Gone, InvalidValue
-from dicom_node.domain.permissions import Permission
+from dicom_node.domain.permissions import Permission, Principal
 from dicom_node.services.access.auth import authenticate
 from dicom_node.services.query.changes import (
     Change,
@@ -77,6 +77,11 @@ class ChangeEvent:
     entity_id: int
     action: str
     payload: JSON
+    # what this event's record edge loads with: a context of its own, so each
+    # event reads the record as it is when the event is sent (a connection's
+    # context, and its loaders' cache, live as long as the connection), for the
+    # caller as the token stood at the read
+    scope: strawberry.Private[GraphQLContext]
 
     @strawberry.field(
         description="the changed worklist item (null for another entity, or gone)",
@@ -85,7 +90,7 @@ class ChangeEvent:
     async def worklist_item(self, info: Info[GraphQLContext, None]) -> WorklistItem | None:
         if self.entity != "worklist_item":
             return None
-        return await worklist_item_by_id(info.context, self.entity_id)
+        return await worklist_item_by_id(self.scope, self.entity_id)
 
     @strawberry.field(
         description="the changed report (null for another entity, or one the caller may not see)",
@@ -94,7 +99,7 @@ class ChangeEvent:
     async def report(self, info: Info[GraphQLContext, None]) -> Report | None:
         if self.entity != "report":
             return None
-        return await report_by_id(info.context, self.entity_id)
+        return await report_by_id(self.scope, self.entity_id)
 
     @strawberry.field(
         description="the changed order (null for another entity, or one the caller may not see)",
@@ -103,11 +108,12 @@ class ChangeEvent:
     async def order(self, info: Info[GraphQLContext, None]) -> ImagingRequest | None:
         if self.entity != "order":
             return None
-        return await order_by_id(info.context, self.entity_id)
+        return await order_by_id(self.scope, self.entity_id)
 
     @classmethod
-    def of(cls, change: Change) -> ChangeEvent:
+    def of(cls, change: Change, scope: GraphQLContext) -> ChangeEvent:
         return cls(
+            scope=scope,
             seq=change.seq,
             at=change.at,
             entity=change.entity,
@@ -132,7 +138,7 @@ def _take_slot(context: GraphQLContext) -> StreamSlot:
         raise GraphQLError(
             f"{slots.per_user} subscriptions already open for this user "
             f"(at most {slots.per_user} on this node): stop one first",
-            extensions={"code": "TOO_MANY_REQUESTS"},
+            extensions={"code": "TOO_MANY_REQUESTS", "retryAfter": RETRY_AFTER_SECONDS},
         ) from None
 
 
@@ -151,7 +157,7 @@ async def changes_of(
         )
     db = context.api.db
 
-    def poll(after: int) -> list[Change] | Gone:
+    def poll(after: int) -> tuple[Principal, list[Change]] | Gone:
         with db.read() as session:
             # raises AuthenticationFailed (UNAUTHENTICATED) once revoked or expired
             principal = authenticate(session, token)
@@ -164,7 +170,7 @@ async def changes_of(
                     "changes after this point were trimmed: reload, then resume from feedStart - 1",
                     feed_start=feed_start(session),
                 )
-            return found
+            return principal, found
 
     def present() -> int:
         with db.read() as session:
@@ -178,12 +184,19 @@ async def changes_of(
             # taken before the read: a notification during the read still wakes us
             mark = listener.mark() if listener is not None else 0
             read_at = time.monotonic()
-            found = await run_in_threadpool(poll, after)
-            if isinstance(found, Gone):
-                raise found
+            read = await run_in_threadpool(poll, after)
+            if isinstance(read, Gone):
+                raise read
+            principal, found = read
             for change in found:
                 after = change.seq
-                yield ChangeEvent.of(change)
+                scope = GraphQLContext(
+                    api=context.api,
+                    state=context.state,
+                    address=context.address,
+                    principal=principal,
+                )
+                yield ChangeEvent.of(change, scope)
             if found:
                 continue
             if listener is not None and listener.connected.is_set():

@@ -14,7 +14,12 @@ from typing import Any
 
 import pytest
 import strawberry
-from graphql import FragmentDefinitionNode, OperationDefinitionNode, parse
+from graphql import (
+    FragmentDefinitionNode,
+    OperationDefinitionNode,
+    get_introspection_query,
+    parse,
+)
 
 from api.graphql.errors import INTERNAL_MESSAGE, PublicErrors
 from api.graphql.limits import estimate, limit_extensions
@@ -94,6 +99,12 @@ def test_the_estimate_counts_each_field_once_per_node_of_the_pages_above_it() ->
     assert estimate(schema, operation, fragments, {"first": 7}) == 1 + 10 * (5 + 7 * 5)
     # a variable not given, or no first at all: the default page of 50
     assert estimate(schema, operation, fragments, {}) == 1 + 10 * (5 + 50 * 5)
+    # a variable's default in the operation counts when the variable is not given
+    defaulted = parse("query($first: Int = 400) { leaves(first: $first) { totalCount } }")
+    operation = defaulted.definitions[0]
+    assert isinstance(operation, OperationDefinitionNode)
+    assert estimate(schema, operation, {}, {}) == 1 + 400 * 1
+    assert estimate(schema, operation, {}, {"first": 3}) == 1 + 3 * 1
     unpaged = parse("{ leaves { totalCount } }").definitions[0]
     assert isinstance(unpaged, OperationDefinitionNode)
     assert estimate(schema, unpaged, {}, {}) == 1 + 50 * 1
@@ -161,3 +172,7 @@ def test_the_endpoint_refuses_too_many_aliases_and_tokens_and_introspects_signed
     }
     me = client.execute('{ __type(name: "User") { fields { name } } }')
     assert {"name": "username"} in me["__type"]["fields"]
+    # the full introspection query clients run (fetch_schema_from_transport) is
+    # within every limit
+    full = client.execute(get_introspection_query(descriptions=True))
+    assert "ChangeEvent" in {type_["name"] for type_ in full["__schema"]["types"]}

@@ -20,6 +20,7 @@ from gql.transport.exceptions import TransportError, TransportQueryError
 from sqlalchemy import select
 from websockets.exceptions import ConnectionClosed
 
+from api.streams import RETRY_AFTER_SECONDS
 from dicom_node.db import notify
 from dicom_node.db.models import ChangeLogEntry
 from dicom_node.jobs.maintenance import run_change_log_trim
@@ -218,7 +219,7 @@ def test_a_referring_physician_gets_only_their_orders_changes(graph: Graph, api:
 
     async def test() -> dict[str, Any]:
         async with physician.websocket() as session:
-            stream = events(session, CHANGES, since=start)
+            stream = events(session, CHANGES, since=start, entities=["order", "report"])
             event = await next_event(stream)
             await stream.aclose()
             return event
@@ -280,7 +281,16 @@ def test_a_user_holds_at_most_the_cap_over_all_connections_and_a_dropped_one_fre
     async def test() -> None:
         first, drop_first = await hold()
         second, drop_second = await hold(abrupt=True)
-        assert await refusal(watcher, ORDERS, since=start) == ["TOO_MANY_REQUESTS"]
+        async with watcher.websocket() as session:
+            with pytest.raises(TransportQueryError) as refused:
+                await next_event(events(session, ORDERS, since=start))
+        assert refused.value.errors == [
+            {
+                "message": f"{CAP} subscriptions already open for this user (at most {CAP} "
+                "on this node): stop one first",
+                "extensions": {"code": "TOO_MANY_REQUESTS", "retryAfter": RETRY_AFTER_SECONDS},
+            }
+        ]
         # per user: another user is not refused
         done, other_held = asyncio.Event(), asyncio.Event()
         done.set()
@@ -399,3 +409,34 @@ def test_with_change_notifications_a_subscription_is_woken_by_a_commit(
     finally:
         notify.stop_listener(api.db)
     assert [shape(event) for event in received] == rest_feed(scheduler, start, "order")
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_an_events_record_edge_needs_its_read_permission_and_is_null_for_another_entity(
+    graph: Graph, api: ApiServer
+) -> None:
+    scheduler = graph.client("scheduler")
+    physician = graph.client("referring_physician")
+    own = httpx.Client(
+        base_url=api.base_url, headers={"Authorization": f"Bearer {physician.token}"}
+    )
+    api.clients.append(own)
+    start = latest(own)
+    assert own.post("/api/orders", json=order_body("EDGE")).status_code == 201
+    edge = (
+        "subscription($since: Int) "
+        f"{{ orderChanges(since: $since) {{ {EVENT} worklistItem {{ id }} }} }}"
+    )
+
+    async def test() -> tuple[dict[str, Any], list[str]]:
+        # a scheduler may read worklist items: an order's event has none
+        async with scheduler.websocket() as session:
+            stream = events(session, edge, since=start)
+            event = await next_event(stream)
+            await stream.aclose()
+        # a referring physician may not: the edge is refused, not silently null
+        return event, await refusal(physician, edge, since=start)
+
+    event, codes_ = run(test)
+    assert event["entity"] == "order" and event["worklistItem"] is None
+    assert codes_ == ["FORBIDDEN"]
