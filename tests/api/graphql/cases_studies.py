@@ -2,11 +2,11 @@
 operation per permission their root fields use (ids that name nothing: an
 allowed role gets NOT_FOUND, never FORBIDDEN).
 
+``reassignWorklistItem`` (worklist:reassign): the table grants it to every
+radiologist, the service to a lead only (as on REST): the matrix's
+radiologist is a lead; test_worklist.py checks a plain radiologist's refusal.
+
 Not here, and why:
-- ``reassignWorklistItem`` (worklist:reassign): the table grants it to every
-  radiologist, but the service lets only a lead use it (as on REST), so a
-  plain radiologist is FORBIDDEN whatever the table says; covered by
-  test_worklist.py with a lead and a plain radiologist.
 - the edges ``order`` (orders:read) and ``report`` (reports:read) of a study
   or an item are checked only when there is a study to lead from: the
   report edge is covered by test_studies.py on a stored study.
@@ -40,6 +40,11 @@ CASES: list[PermissionCase] = [
     PermissionCase(
         Permission.WORKLIST_READ,
         "mutation ($id: Int!) { releaseWorklistItem(id: $id) { id } }",
+        {"id": NO_SUCH_ID},
+    ),
+    PermissionCase(
+        Permission.WORKLIST_REASSIGN,
+        "mutation ($id: Int!) { reassignWorklistItem(id: $id, userId: $id) { id } }",
         {"id": NO_SUCH_ID},
     ),
     PermissionCase(

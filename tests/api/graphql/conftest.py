@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from gql import Client, gql
+from gql import Client, GraphQLRequest
 from gql.transport.exceptions import TransportQueryError
 from gql.transport.httpx import HTTPXTransport
 from gql.transport.websockets import WebsocketsTransport
@@ -60,7 +60,8 @@ class GraphClient:
 
     def execute(self, document: str, **variables: Any) -> dict[str, Any]:
         """The data; an error fails the test with its message."""
-        result: dict[str, Any] = self.client.execute(gql(document), variable_values=variables)
+        request = GraphQLRequest(document, variable_values=variables)
+        result: dict[str, Any] = self.client.execute(request)
         return result
 
     def attempt(self, document: str, **variables: Any) -> Outcome:
