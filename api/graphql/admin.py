@@ -20,10 +20,9 @@ from strawberry.types import Info
 
 from api.graphql import relay
 from api.graphql.access import requires
-from api.graphql.audit import plain_text
 from api.graphql.context import GraphQLContext
+from api.graphql.inputs import given_fields, plain_text, validated
 from api.graphql.relay import Connection
-from api.graphql.reports import validated
 from api.schemas.facilities import CenterCreate, CenterUpdate, ModalityCreate, ModalityUpdate
 from api.schemas.users import PasswordReset, UserCreate, UserUpdate
 from dicom_node.domain.enums import ModalityStatus, Role
@@ -339,15 +338,6 @@ class UpdateModalityInput:
     status: ModalityStatus | None = strawberry.UNSET
 
 
-def _sent(given: object) -> dict[str, Any]:
-    """The fields of an input the caller sent (unset ones left out)."""
-    return {
-        name: value
-        for name, value in vars(given).items()
-        if value is not strawberry.UNSET and not name.startswith("_")
-    }
-
-
 def _without_nulls(changes: dict[str, Any], required: tuple[str, ...]) -> dict[str, Any]:
     """null for a field that cannot be empty leaves it as it is (REST's rule)."""
     return {k: v for k, v in changes.items() if v is not None or k not in required}
@@ -362,7 +352,7 @@ class Mutation:
     )
     async def create_user(self, info: Info[GraphQLContext, None], input: CreateUserInput) -> User:
         context = info.context
-        body = validated(UserCreate, {**_sent(input), "role": input.role.value})
+        body = validated(UserCreate, {**given_fields(input), "role": input.role.value})
         # hashed before the transaction, off the event loop: argon2 (and a wait
         # for a hashing slot) must hold neither the write lock nor the loop
         password_hash = await run_in_threadpool(hash_password, body.password)
@@ -388,7 +378,7 @@ class Mutation:
         self, info: Info[GraphQLContext, None], id: int, input: UpdateUserInput
     ) -> User:
         context = info.context
-        sent = _sent(input)
+        sent = given_fields(input)
         if isinstance(sent.get("role"), Role):
             sent["role"] = sent["role"].value
         body = validated(UserUpdate, sent)
@@ -428,7 +418,7 @@ class Mutation:
         self, info: Info[GraphQLContext, None], input: CreateImagingCenterInput
     ) -> ImagingCenter:
         context = info.context
-        body = validated(CenterCreate, _sent(input))
+        body = validated(CenterCreate, given_fields(input))
         created = await context.write(
             create_center,
             name=body.name,
@@ -448,7 +438,7 @@ class Mutation:
         self, info: Info[GraphQLContext, None], id: int, input: UpdateImagingCenterInput
     ) -> ImagingCenter:
         context = info.context
-        body = validated(CenterUpdate, _sent(input))
+        body = validated(CenterUpdate, given_fields(input))
         updated = await context.write(
             update_center,
             id,
@@ -466,7 +456,7 @@ class Mutation:
         self, info: Info[GraphQLContext, None], input: CreateModalityInput
     ) -> Modality:
         context = info.context
-        body = validated(ModalityCreate, {**_sent(input), "status": input.status.value})
+        body = validated(ModalityCreate, {**given_fields(input), "status": input.status.value})
         created = await context.write(
             create_modality,
             imaging_center_id=body.imaging_center_id,
@@ -488,7 +478,7 @@ class Mutation:
         self, info: Info[GraphQLContext, None], id: int, input: UpdateModalityInput
     ) -> Modality:
         context = info.context
-        sent = _sent(input)
+        sent = given_fields(input)
         if isinstance(sent.get("status"), ModalityStatus):
             sent["status"] = sent["status"].value
         body = validated(ModalityUpdate, sent)

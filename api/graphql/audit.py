@@ -6,7 +6,6 @@ and the page asked for), after the page is read, as on REST.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -18,10 +17,10 @@ from strawberry.types import Info
 from api.graphql import relay
 from api.graphql.access import requires
 from api.graphql.context import GraphQLContext
+from api.graphql.inputs import plain_text
 from api.graphql.relay import Connection
 from dicom_node.db.types import as_utc
 from dicom_node.domain.enums import AuditOutcome
-from dicom_node.domain.errors import InvalidValue
 from dicom_node.domain.permissions import Permission
 from dicom_node.services.audit.trail import (
     AuditEventInfo,
@@ -36,21 +35,6 @@ from dicom_node.services.reporting.turnaround import (
     turnaround,
     turnaround_window,
 )
-
-# no control characters: PostgreSQL cannot even compare a NUL (REST's NO_CONTROLS)
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def plain_text(value: str | None, *, field: str, max_length: int) -> str | None:
-    """A text filter as REST accepts it: at most ``max_length`` characters,
-    no control characters (BAD_USER_INPUT on ``field`` otherwise)."""
-    if value is None:
-        return None
-    if len(value) > max_length:
-        raise InvalidValue(f"{field} is longer than {max_length} characters", field=field)
-    if _CONTROLS.search(value):
-        raise InvalidValue(f"{field} must not contain control characters", field=field)
-    return value
 
 
 class AuditOrder(StrEnum):

@@ -31,6 +31,7 @@ from typing import Any
 from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
 
+from api.graphql.inputs import camel
 from dicom_node.domain.errors import (
     AlreadyExists,
     AuthenticationFailed,
@@ -70,7 +71,8 @@ def extensions_of(exc: BaseException) -> dict[str, Any] | None:
     if isinstance(exc, Gone):
         return {"code": "GONE", "feedStart": exc.feed_start}
     if isinstance(exc, InvalidValue):
-        return {"code": "BAD_USER_INPUT", "field": exc.field}
+        # the caller's spelling of the field (the services name it in snake_case)
+        return {"code": "BAD_USER_INPUT", "field": camel(exc.field) if exc.field else None}
     if isinstance(exc, TranscoderBusy):
         return {"code": "SERVICE_UNAVAILABLE"}
     if isinstance(exc, PasswordHashingBusy):

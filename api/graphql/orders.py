@@ -12,16 +12,17 @@ BAD_USER_INPUT here, naming the same field.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import strawberry
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from strawberry.types import Info
 
 from api.graphql.access import requires
 from api.graphql.context import GraphQLContext
+from api.graphql.inputs import given, record_id, validated
 from api.graphql.relay import Connection, connection, page_window
 from api.listing_audit import record_listing
 from api.schemas.common import MAX_ID
@@ -35,7 +36,6 @@ from api.schemas.orders import (
     UtcDatetime,
 )
 from dicom_node.domain.enums import Priority, RequestStatus
-from dicom_node.domain.errors import InvalidValue
 from dicom_node.domain.permissions import Permission
 from dicom_node.services.workflow import order_steps
 from dicom_node.services.workflow import orders as order_service
@@ -52,34 +52,8 @@ if TYPE_CHECKING:
     from api.graphql.admin import User
     from api.graphql.studies import DicomStudy
 
-M = TypeVar("M", bound=BaseModel)
-
 # an order field that cannot be empty: null in an update leaves it as it is (as REST)
 _REQUIRED = ("priority", "study_description", "requested_modality", "patient_name")
-
-
-def validated(model: type[M], values: Mapping[str, Any]) -> M:
-    """``values`` checked by the REST request ``model``; the first broken rule
-    is InvalidValue (BAD_USER_INPUT) naming its field as REST's 422 does."""
-    try:
-        return model.model_validate(dict(values))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(part) for part in first.get("loc", ()))
-        raise InvalidValue(f"{field}: {first.get('msg', 'invalid')}", field=field) from None
-
-
-def record_id(value: int, *, field: str = "id") -> int:
-    """A record id as REST's path accepts it (1..MAX_ID); BAD_USER_INPUT otherwise."""
-    if not 1 <= value <= MAX_ID:
-        raise InvalidValue(f"{field} must be between 1 and {MAX_ID}", field=field)
-    return value
-
-
-def given(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The input fields the caller sent (an omitted one is UNSET, an explicit
-    null is None): what REST's ``exclude_unset`` keeps."""
-    return {name: value for name, value in values.items() if value is not strawberry.UNSET}
 
 
 @strawberry.type(description="An order (REST: /api/orders/{id}).")

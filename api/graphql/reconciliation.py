@@ -19,7 +19,8 @@ from strawberry.types import Info
 
 from api.graphql.access import requires
 from api.graphql.context import GraphQLContext
-from api.graphql.orders import ImagingRequest, order_by_id, record_id, validated
+from api.graphql.inputs import record_id, validated
+from api.graphql.orders import ImagingRequest, order_by_id
 from api.graphql.relay import Connection, connection, page_window
 from api.listing_audit import record_listing
 from api.schemas.orders import Text

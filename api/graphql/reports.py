@@ -16,15 +16,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import strawberry
-from pydantic import BaseModel, ValidationError
 from strawberry.types import Info
 
 from api.graphql import relay
 from api.graphql.access import requires
 from api.graphql.context import GraphQLContext
+from api.graphql.inputs import given, validated
 from api.graphql.relay import Connection
 from api.schemas.reports import (
     AcknowledgeRequest,
@@ -35,7 +35,6 @@ from api.schemas.reports import (
     ReturnRequest,
 )
 from dicom_node.domain.enums import ReportStatus
-from dicom_node.domain.errors import InvalidValue
 from dicom_node.domain.permissions import Permission
 from dicom_node.services.reporting.critical_results import (
     CommunicationInput,
@@ -69,24 +68,6 @@ if TYPE_CHECKING:
     from api.graphql.admin import User
     from api.graphql.orders import ImagingRequest
     from api.graphql.studies import DicomStudy
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def validated(model: type[M], values: dict[str, Any]) -> M:
-    """``values`` checked by REST's request model; its first complaint is
-    BAD_USER_INPUT naming the field (camelCase, as the caller sent it)."""
-    try:
-        return model.model_validate(values)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(_camel(str(part)) for part in first["loc"])
-        raise InvalidValue(f"{field}: {first['msg']}", field=field) from None
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
 
 
 @strawberry.type
@@ -374,10 +355,6 @@ class AddendumInput:
     impression: str | None = None
 
 
-def _sent(values: dict[str, Any]) -> dict[str, Any]:
-    return {name: value for name, value in values.items() if value is not strawberry.UNSET}
-
-
 def _communication(given: CriticalCommunicationInput) -> CommunicationInput:
     body = validated(
         CriticalCommunicationCreate,
@@ -486,7 +463,7 @@ class Mutation:
         context = info.context
         body = validated(
             ReportUpdate,
-            _sent(
+            given(
                 {
                     "findings": input.findings,
                     "impression": input.impression,

@@ -124,16 +124,16 @@ def test_a_created_order_is_requested_by_the_caller_and_audited(
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
-        ({"patientName": ""}, "patient_name"),
-        ({"patientBirthDate": "19801340"}, "patient_birth_date"),
-        ({"patientBirthDate": "1980-01-01"}, "patient_birth_date"),
-        ({"requestedModality": "XYZ"}, "requested_modality"),
-        ({"patientSex": "X"}, "patient_sex"),
-        ({"patientName": "A=B=C=D"}, "patient_name"),
-        ({"studyDescription": "   "}, "study_description"),
-        ({"force": True}, "force_reason"),
-        ({"force": True, "forceReason": "  "}, "force_reason"),
-        ({"imagingCenterId": 0}, "imaging_center_id"),
+        ({"patientName": ""}, "patientName"),
+        ({"patientBirthDate": "19801340"}, "patientBirthDate"),
+        ({"patientBirthDate": "1980-01-01"}, "patientBirthDate"),
+        ({"requestedModality": "XYZ"}, "requestedModality"),
+        ({"patientSex": "X"}, "patientSex"),
+        ({"patientName": "A=B=C=D"}, "patientName"),
+        ({"studyDescription": "   "}, "studyDescription"),
+        ({"force": True}, "forceReason"),
+        ({"force": True, "forceReason": "  "}, "forceReason"),
+        ({"imagingCenterId": 0}, "imagingCenterId"),
     ],
 )
 def test_invalid_order_input_is_bad_user_input_naming_the_field_as_rest(
@@ -283,7 +283,7 @@ def test_the_connection_pages_as_the_rest_listing(graph: Graph, api: ApiServer) 
         ({"after": "not-a-cursor"}, "after"),
         ({"sort": "secret"}, "sort"),
         ({"modality": "XYZ"}, "modality"),
-        ({"patientId": "x" * 65}, "patient_id"),
+        ({"patientId": "x" * 65}, "patientId"),
     ],
 )
 def test_bad_listing_arguments_are_bad_user_input(
@@ -396,7 +396,7 @@ def test_an_edit_changes_only_the_fields_sent_and_is_audited_before_and_after(
     assert cleared["updateOrder"]["clinicalIndication"] is None
 
     bad = scheduler.attempt(UPDATE, id=order["id"], input={"patientSex": "X"})
-    assert bad.codes == ["BAD_USER_INPUT"] and bad.errors[0]["extensions"]["field"] == "patient_sex"
+    assert bad.codes == ["BAD_USER_INPUT"] and bad.errors[0]["extensions"]["field"] == "patientSex"
     assert graph.client("technologist").attempt(
         UPDATE, id=order["id"], input={"priority": "STAT"}
     ).codes == ["FORBIDDEN"]

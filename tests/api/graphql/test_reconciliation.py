@@ -213,7 +213,7 @@ def test_the_listing_pages_as_rest_and_links_to_the_claimed_order_in_one_stateme
     assert plain_queries() == before + 1
 
     for variables, field in (
-        ({"metadataStatus": "matched"}, "metadata_status"),
+        ({"metadataStatus": "matched"}, "metadataStatus"),
         ({"sort": "secret"}, "sort"),
         ({"first": 0}, "first"),
     ):

@@ -230,7 +230,7 @@ def test_bad_search_input_is_bad_user_input_naming_the_field(graph: Graph, index
     assert field(keys=_keys(ModalitiesInStudy="C*")) == "ModalitiesInStudy"
     assert field(keys=[*_keys(PatientID="PAT1"), *_keys(PatientID="PAT2")]) == "PatientID"
     assert field(keys=_keys(PatientID="\\".join(["P"] * 1001))) == "PatientID"
-    assert field(metadataStatus="REJECTED") == "metadata_status"
+    assert field(metadataStatus="REJECTED") == "metadataStatus"
     assert field(sort="patient") == "sort"
     assert field(first=501) == "first"
 

@@ -272,7 +272,7 @@ def test_release_by_the_holder_and_reassign_by_a_lead_or_admin(
     technologist = user_id(api, api.user("technologist"))
     refused = graph.client("admin").attempt(REASSIGN, id=seeded.item_id, user=technologist)
     assert refused.codes == ["BAD_USER_INPUT"]
-    assert refused.errors[0]["extensions"]["field"] == "user_id"
+    assert refused.errors[0]["extensions"]["field"] == "userId"
 
     moved = lead.execute(REASSIGN, id=seeded.item_id, user=target)["reassignWorklistItem"]
 
