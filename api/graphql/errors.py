@@ -14,6 +14,7 @@ The services raise the domain errors REST maps to HTTP statuses
 | a capacity limit | ``SERVICE_UNAVAILABLE`` (+ ``retryAfter``) | 503 |
 | a subscription over the user's cap | ``TOO_MANY_REQUESTS`` (+ ``retryAfter``) | 429 |
 | a document that does not validate | ``GRAPHQL_VALIDATION_FAILED`` | |
+| a variable its type refuses | ``BAD_USER_INPUT`` | 422 |
 | anything else | ``INTERNAL_SERVER_ERROR``, message "internal error" | 500 |
 
 The last is logged here with its traceback (the answer says nothing more:
@@ -91,6 +92,12 @@ def public_error(error: GraphQLError) -> GraphQLError:
         extensions.setdefault("code", "GRAPHQL_VALIDATION_FAILED")
         return GraphQLError(
             error.message, nodes=error.nodes, path=error.path, extensions=extensions
+        )
+    if error.path is None and isinstance(original, GraphQLError):
+        # a variable's value its declared type refuses (an unknown enum name, an
+        # Int past 32 bits): graphql-core's coercion, before any resolver ran
+        return GraphQLError(
+            error.message, nodes=error.nodes, extensions={"code": "BAD_USER_INPUT"}
         )
     if isinstance(original, GraphQLError) and (original.extensions or {}).get("code"):
         return error
