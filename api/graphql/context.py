@@ -21,7 +21,8 @@ process).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+import copy
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from fastapi import Request
@@ -30,6 +31,7 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import State
 from starlette.requests import HTTPConnection
 from strawberry.dataloader import DataLoader
+from strawberry.extensions import SchemaExtension
 from strawberry.fastapi import BaseContext
 from strawberry.types import Info
 
@@ -106,6 +108,12 @@ class GraphQLContext(BaseContext):
 
         return await run_in_threadpool(call)
 
+    def for_operation(self) -> GraphQLContext:
+        """This context (the caller, the connection) with no loaders yet."""
+        fresh = copy.copy(self)
+        fresh._loaders = {}
+        return fresh
+
     def loader(
         self, batch: Callable[[GraphQLContext, Sequence[K]], Awaitable[Sequence[V]]]
     ) -> DataLoader[K, V]:
@@ -123,6 +131,20 @@ class GraphQLContext(BaseContext):
             existing = DataLoader(load_fn=load)
             self._loaders[batch] = existing
         return existing
+
+
+class OperationLoaders(SchemaExtension):
+    """Each operation gets its own DataLoaders. Over HTTP a context is one
+    request's anyway; over WebSocket one context serves the whole connection,
+    and its loaders' caches would answer a later query (or a subscription's
+    next event) with the record as the first operation read it."""
+
+    def on_operation(self) -> Iterator[None]:
+        context = self.execution_context.context
+        if isinstance(context, GraphQLContext):
+            # read by strawberry after this hook has started
+            self.execution_context.context = context.for_operation()
+        yield
 
 
 def context_of(info: Info[GraphQLContext, Any]) -> GraphQLContext:

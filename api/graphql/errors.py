@@ -96,9 +96,7 @@ def public_error(error: GraphQLError) -> GraphQLError:
     if error.path is None and isinstance(original, GraphQLError):
         # a variable's value its declared type refuses (an unknown enum name, an
         # Int past 32 bits): graphql-core's coercion, before any resolver ran
-        return GraphQLError(
-            error.message, nodes=error.nodes, extensions={"code": "BAD_USER_INPUT"}
-        )
+        return GraphQLError(error.message, nodes=error.nodes, extensions={"code": "BAD_USER_INPUT"})
     if isinstance(original, GraphQLError) and (original.extensions or {}).get("code"):
         return error
     known = extensions_of(original)

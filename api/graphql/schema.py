@@ -32,6 +32,7 @@ from api.graphql import (
     subscriptions,
     worklist,
 )
+from api.graphql.context import OperationLoaders
 from api.graphql.errors import PublicErrors
 from api.graphql.limits import limit_extensions
 from dicom_node.settings import Settings
@@ -68,5 +69,5 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         query=_root("Query"),
         mutation=_root("Mutation"),
         subscription=_root("Subscription"),
-        extensions=[*limit_extensions(settings), PublicErrors],
+        extensions=[*limit_extensions(settings), PublicErrors, OperationLoaders],
     )
