@@ -175,7 +175,8 @@ class Node:
         self._http_server: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
         self._http_socket: socket.socket | None = None
-        self._event_streams: StreamSlots | None = None
+        # the live streams of the HTTP API: SSE event streams, GraphQL subscriptions
+        self._live_streams: tuple[StreamSlots, ...] = ()
         self._scheduler: JobScheduler | None = None
         # stop() left jobs running: the process should exit without joining them
         self.jobs_abandoned = False
@@ -329,7 +330,7 @@ class Node:
                 "ssl_ciphers": BCP195_TLS12_CIPHERS,
             }
         app = create_app(context)
-        self._event_streams = app.state.event_streams
+        self._live_streams = (app.state.event_streams, app.state.graphql_subscriptions)
         config = uvicorn.Config(
             app,
             log_config=None,
@@ -364,10 +365,11 @@ class Node:
         """Stop serving HTTP, then DICOM (in-flight associations get a grace period)."""
         if isinstance(self.dicom, WorkerPool):
             self.dicom.begin_stop()  # a worker exiting from here on is not replaced
-        if self._event_streams is not None:
-            # each gets its last event and ends; uvicorn would cancel them (ERROR lines)
-            self._event_streams.end_all(STREAM_END_WAIT_SECONDS)
-            self._event_streams = None
+        for streams in self._live_streams:
+            # each gets its last event (a subscription completes) and ends;
+            # uvicorn would cancel them (ERROR lines, a socket dropped mid-frame)
+            streams.end_all(STREAM_END_WAIT_SECONDS)
+        self._live_streams = ()
         if self._http_server is not None and self._http_thread is not None:
             self._http_server.should_exit = True
             self._http_thread.join(timeout=10)
