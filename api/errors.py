@@ -59,6 +59,7 @@ _CODES = {
     406: "not_acceptable",
     409: "conflict",
     410: "gone",
+    411: "length_required",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "validation_error",

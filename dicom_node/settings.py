@@ -253,6 +253,9 @@ class Settings(BaseSettings):
     graphql_max_aliases: Annotated[int, Field(ge=1, le=10_000)] = 30
     # lexical tokens in one document: a bound on what the parser is asked to do
     graphql_max_tokens: Annotated[int, Field(ge=100, le=1_000_000)] = 5_000
+    # size of a POST /graphql body (the query and its variables); larger: 413,
+    # before it is read. A body without Content-Length (chunked) is 411
+    graphql_max_request_bytes: Annotated[int, Field(ge=4096, le=104_857_600)] = 1_048_576
     # live subscriptions (graphql-transport-ws) one user may hold open per node
     # process, over every connection; more: the subscription is refused
     graphql_max_subscriptions_per_user: Annotated[int, Field(ge=1, le=1000)] = 8

@@ -25,7 +25,7 @@ import copy
 from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 from starlette.datastructures import State
@@ -147,6 +147,20 @@ class OperationLoaders(SchemaExtension):
         yield
 
 
+def check_body_size(request: Request, limit: int) -> None:
+    """Refuse a body over ``limit`` bytes before anything reads it (the token
+    limit bounds the parser, but only once the JSON has been read whole): by
+    its Content-Length, which uvicorn holds the client to. A POST without one
+    (chunked) could be of any size: 411."""
+    if request.method != "POST":
+        return
+    declared = request.headers.get("content-length")
+    if declared is None:
+        raise HTTPException(411, "send Content-Length with a GraphQL request")
+    if not declared.isdigit() or int(declared) > limit:
+        raise HTTPException(413, f"a GraphQL request is at most {limit} bytes")
+
+
 def context_of(info: Info[GraphQLContext, Any]) -> GraphQLContext:
     """The operation's context (typed)."""
     return info.context
@@ -164,6 +178,7 @@ async def http_context(connection: HTTPConnection) -> GraphQLContext:
         )
     assert isinstance(connection, Request)  # FastAPI passes the request itself
     request = connection
+    check_body_size(request, context.settings.graphql_max_request_bytes)
     token = await bearer_token(request, await oauth2_scheme(request))
     address = client_address(request)
     principal = await run_in_threadpool(current_principal, context, token, address)

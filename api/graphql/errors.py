@@ -32,7 +32,7 @@ from typing import Any
 from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
 
-from api.graphql.inputs import camel
+from api.graphql.inputs import camel, camel_keys
 from dicom_node.domain.errors import (
     AlreadyExists,
     AuthenticationFailed,
@@ -65,7 +65,8 @@ def extensions_of(exc: BaseException) -> dict[str, Any] | None:
         if exc.current is not None:
             found["currentState"] = exc.current
         if exc.existing is not None:
-            found["existing"] = exc.existing
+            # the REST shape of the record in the way, in this API's spelling
+            found["existing"] = camel_keys(exc.existing)
         return found
     if isinstance(exc, AlreadyExists):
         return {"code": "CONFLICT"}

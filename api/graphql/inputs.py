@@ -65,6 +65,15 @@ def plain_text(value: str | None, *, field: str, max_length: int) -> str | None:
     return value
 
 
+def camel_keys(value: Any) -> Any:
+    """``value`` with every dictionary key in camelCase, at any depth."""
+    if isinstance(value, dict):
+        return {camel(str(key)): camel_keys(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [camel_keys(item) for item in value]
+    return value
+
+
 def camel(name: str) -> str:
     """``patient_name`` -> ``patientName`` (each dotted part)."""
     parts = []

@@ -295,7 +295,7 @@ def test_another_patients_order_is_a_conflict_with_existing_until_forced(
     )
     assert refused.codes == ["CONFLICT"]
     existing = refused.errors[0]["extensions"]["existing"]
-    assert (existing["id"], existing["patient_id"]) == (order["id"], "PAT9")
+    assert (existing["id"], existing["patientId"]) == (order["id"], "PAT9")
     forced = admin.execute(
         LINK,
         studyId=study_id,

@@ -233,7 +233,7 @@ def test_claim_is_rest_s_claim_with_its_audit_event_and_conflicts(
     assert refused.codes == ["CONFLICT"]
     extensions = refused.errors[0]["extensions"]
     assert extensions["currentState"] == "claimed"
-    assert extensions["existing"]["assigned_to"] == first.username
+    assert extensions["existing"]["assignedTo"] == first.username
     assert second.attempt(CLAIM, id=999999).codes == ["NOT_FOUND"]
     assert second.attempt(CLAIM, id=seeded.item_id, version=0).codes == ["BAD_USER_INPUT"]
 
