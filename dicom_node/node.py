@@ -339,6 +339,8 @@ class Node:
             lifespan="off",
             # open SSE streams are ended before (stop); this bounds a client not reading
             timeout_graceful_shutdown=3,
+            # a GraphQL WebSocket message is held to the size of a POST body
+            ws_max_size=self.settings.graphql_max_request_bytes,
             # X-Forwarded-For only from settings.trusted_proxies (none by default),
             # whatever uvicorn's defaults and FORWARDED_ALLOW_IPS say
             **proxy_options(self.settings.trusted_proxies),

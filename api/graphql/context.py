@@ -22,7 +22,7 @@ process).
 from __future__ import annotations
 
 import copy
-from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from fastapi import HTTPException, Request
@@ -63,6 +63,8 @@ class GraphQLContext(BaseContext):
         # subscription lives, so a revoked or expired token ends it
         self.token: str | None = None
         self._loaders: dict[Callable[..., Any], DataLoader[Any, Any]] = {}
+        # why the caller is not (or no longer) signed in, for ``user`` to say
+        self._refusal = "sign in first: send the token in connection_init"
 
     @property
     def settings(self) -> Settings:
@@ -74,7 +76,7 @@ class GraphQLContext(BaseContext):
         ``connection_init`` carried a valid token (the router refuses any
         operation before that)."""
         if self._principal is None:
-            raise AuthenticationFailed("sign in first: send the token in connection_init")
+            raise AuthenticationFailed(self._refusal)
         return self._principal
 
     def sign_in(self, token: str) -> Principal:
@@ -108,10 +110,24 @@ class GraphQLContext(BaseContext):
 
         return await run_in_threadpool(call)
 
-    def for_operation(self) -> GraphQLContext:
-        """This context (the caller, the connection) with no loaders yet."""
+    async def for_operation(self) -> GraphQLContext:
+        """This context (the caller, the connection) with no loaders yet.
+
+        On a WebSocket the caller is authenticated again, from the token of
+        ``connection_init``: a connection lives for hours, and a token revoked
+        (signed out, the user deactivated or given another role, the API key
+        revoked) must stop working on it as it does on HTTP at the next
+        request, not when the socket closes."""
         fresh = copy.copy(self)
         fresh._loaders = {}
+        if self.token is not None:
+            try:
+                fresh._principal = await run_in_threadpool(
+                    current_principal, self.api, self.token, self.address
+                )
+            except AuthenticationFailed as exc:
+                fresh._principal = None
+                fresh._refusal = str(exc)
         return fresh
 
     def loader(
@@ -134,16 +150,17 @@ class GraphQLContext(BaseContext):
 
 
 class OperationLoaders(SchemaExtension):
-    """Each operation gets its own DataLoaders. Over HTTP a context is one
+    """Each operation gets its own DataLoaders, and on a WebSocket its caller
+    authenticated again (``for_operation``). Over HTTP a context is one
     request's anyway; over WebSocket one context serves the whole connection,
     and its loaders' caches would answer a later query (or a subscription's
     next event) with the record as the first operation read it."""
 
-    def on_operation(self) -> Iterator[None]:
+    async def on_operation(self) -> AsyncIterator[None]:
         context = self.execution_context.context
         if isinstance(context, GraphQLContext):
             # read by strawberry after this hook has started
-            self.execution_context.context = context.for_operation()
+            self.execution_context.context = await context.for_operation()
         yield
 
 

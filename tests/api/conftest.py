@@ -94,6 +94,7 @@ def serve(db: Database, settings: Settings) -> tuple[uvicorn.Server, threading.T
         access_log=False,
         lifespan="off",
         timeout_graceful_shutdown=3,
+        ws_max_size=settings.graphql_max_request_bytes,  # as node.py
         # as node.py: X-Forwarded-For only from settings.trusted_proxies
         **proxy_options(settings.trusted_proxies),
     )

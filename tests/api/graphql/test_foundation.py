@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import websockets
@@ -102,3 +103,23 @@ def test_a_websocket_without_a_valid_token_in_connection_init_is_closed_4403(
         return None
 
     assert asyncio.run(connect()) == 4403
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_websocket_message_over_the_cap_closes_the_connection(make_node: Any) -> None:
+    """Over WebSocket the cap is uvicorn's ws_max_size, set by node.py."""
+    node = make_node(graphql_max_request_bytes=4096)
+    url = f"ws://127.0.0.1:{node.http_port}/graphql"
+
+    async def send_big() -> int | None:
+        async with websockets.connect(
+            url, subprotocols=[Subprotocol("graphql-transport-ws")]
+        ) as socket:
+            await socket.send(json.dumps({"type": "connection_init", "payload": {"x": "y" * 8192}}))
+            try:
+                await asyncio.wait_for(socket.recv(), 10)
+            except websockets.ConnectionClosed as closed:
+                return closed.rcvd.code if closed.rcvd else None
+        return None
+
+    assert asyncio.run(send_big()) == 1009  # message too big
