@@ -116,6 +116,13 @@ def expectations() -> list[Expectation]:
             r"^curl .*/dicomweb/studies/\$STUDY_UID/thumbnail",
             ("200 image/jpeg",),
         ),
+        Expectation(
+            "graphql worklist",
+            r"^curl .*/graphql ",
+            # the STAT item was reported in steps 6 and 7: the other two, most urgent first
+            ("URGENT DEMOACC0001 DOE^JANE", "ROUTINE DEMOACC0002 SMITH^JOHN^A"),
+            in_order=True,
+        ),
     ]
 
 
