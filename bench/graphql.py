@@ -17,15 +17,31 @@ What it does:
 2. serves the node's HTTP application on a loopback port and signs the
    reading radiologist in for a bearer token;
 3. ``--rounds`` times, ``--interval`` seconds apart (longer than the second
-   the REST listing's cache keeps an answer, api/cache.py: both are cold),
-   asks for the first page both ways, one request at a time on one keep-alive
-   connection, in alternating order (neither always runs second, on warmer
-   caches): REST ``GET /api/worklist?limit=50`` (the items with their study
-   and order summary, as the worklist page shows them) and the GraphQL query
-   ``PAGE_QUERY``: the same 50 items with their study, patient, order and
-   report, each edge resolved by the areas' batch loaders (a fixed number of
-   statements per page, not one per item);
-4. prints p50, p95 and max of each and the ratio of the medians.
+   the REST listing's page cache keeps an answer, api/cache.py), asks for the
+   first page three ways, one request at a time on one keep-alive connection,
+   GraphQL first in every other round (neither side always runs on the
+   warmer caches):
+
+   - REST ``GET /api/worklist?limit=50`` *uncached*: the first REST request of
+     the round, its cached page expired, as when the change feed has moved
+     (a claim, a new item, a report change): the listing's statement and the
+     JSON are made again;
+   - REST the same, *cached*: right after, nothing changed, the cached page
+     (with the listing audit still written when due, as for every request).
+     This is REST as a poller sees it most of the time: the cache is part of
+     REST, so it is compared as well, not hidden;
+   - GraphQL ``PAGE_QUERY``: the same 50 items with every field of REST's
+     item and its study summary (``modalities`` standing for REST's
+     ``modality``: the GraphQL study has no single modality, and asking for
+     it loads the studies' whole summaries, one more statement), plus the
+     study's patient, the order and the report's status, each edge resolved
+     by the areas' batch loaders (a fixed number of statements per page, not
+     one per item). GraphQL has no page cache: every request executes;
+
+4. prints min, p50, p95 and max of each and the ratios of the medians,
+   GraphQL / REST uncached and GraphQL / REST cached (issue 19 asks for the
+   page "within 1.5x of the REST listing's latency": both are printed, the
+   uncached one compares the same work, the cached one what clients get).
 
 Each GraphQL answer is checked (no errors, 50 edges): a failing query ends the
 run with its errors instead of timing error answers.
@@ -47,6 +63,7 @@ import contextlib  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -71,18 +88,35 @@ query WorklistPage($first: Int!) {
     edges {
       node {
         id
+        queueType
         status
         priority
         dueAt
         overdue
+        assignedToId
+        assignedToUsername
+        claimedAt
+        completedAt
+        createdAt
+        version
+        orderId
+        performedProcedureStepId
+        notes
         study {
           id
           studyInstanceUid
-          modality
+          accessionNumber
+          modalities
           studyDescription
+          status
+          patientName
+          patientId
+          seriesCount
           instanceCount
-          patient { id patientId patientName }
+          studyDate
+          bodyPartExamined
         }
+        patient { id patientId name }
         order { id accessionNumber status }
         report { id status }
       }
@@ -147,7 +181,8 @@ def row(name: str, values: list[float]) -> str:
     ordered = sorted(values)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
     return (
-        f"| {name} | {len(values)} | {statistics.median(values):.1f} | {p95:.1f} "
+        f"| {name} | {len(values)} | {ordered[0]:.1f} | {statistics.median(values):.1f} "
+        f"| {p95:.1f} "
         f"| {ordered[-1]:.1f} |"
     )
 
@@ -161,25 +196,36 @@ def measure(base_url: str, rounds: int, interval: float) -> list[str]:
         rest(client)
         graph(client)
         time.sleep(interval)
-        times: dict[str, list[float]] = {"REST": [], "GraphQL": []}
+        times: dict[str, list[float]] = {"uncached": [], "cached": [], "GraphQL": []}
         for index in range(rounds):
             started = time.monotonic()
-            ways = (("REST", rest), ("GraphQL", graph))
-            for name, way in ways if index % 2 == 0 else reversed(ways):
+            # the REST page cache has expired (interval > its second): the first
+            # REST request of a round is uncached, the second, right after it
+            # with no change in between, is the cached page a poller gets
+            ways: list[tuple[str, Callable[[httpx.Client], float]]] = [
+                ("uncached", rest),
+                ("cached", rest),
+                ("GraphQL", graph),
+            ]
+            if index % 2:
+                # GraphQL first: neither side always runs on the warmer caches
+                ways = [ways[2], ways[0], ways[1]]
+            for name, way in ways:
                 times[name].append(way(client))
             time.sleep(max(0.0, interval - (time.monotonic() - started)))
-    graphql = times["GraphQL"]
-    ratio = statistics.median(graphql) / statistics.median(times["REST"])
+    graphql = statistics.median(times["GraphQL"])
     return [
-        "| request | n | p50 ms | p95 ms | max ms |",
-        "|---|---:|---:|---:|---:|",
-        row(f"REST GET {REST_PAGE}", times["REST"]),
+        "| request | n | min ms | p50 ms | p95 ms | max ms |",
+        "|---|---:|---:|---:|---:|---:|",
+        row(f"REST GET {REST_PAGE}, uncached (the feed moved)", times["uncached"]),
+        row(f"REST GET {REST_PAGE}, cached (as a poller gets it)", times["cached"]),
         row(
             f"GraphQL worklist(first: {PAGE_SIZE}) + study, patient, order, report",
             times["GraphQL"],
         ),
         "",
-        f"GraphQL / REST (p50): {ratio:.2f}",
+        f"GraphQL / REST uncached (p50): {graphql / statistics.median(times['uncached']):.2f}",
+        f"GraphQL / REST cached (p50): {graphql / statistics.median(times['cached']):.2f}",
     ]
 
 

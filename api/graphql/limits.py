@@ -18,12 +18,17 @@ are short by design (a report's versions, a study's series summary).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from functools import partial
+import contextlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from functools import lru_cache, partial
 from typing import Any
 
 from graphql import (
+    ArgumentNode,
     ASTValidationRule,
+    DocumentNode,
     FieldNode,
     FragmentDefinitionNode,
     FragmentSpreadNode,
@@ -38,24 +43,27 @@ from graphql import (
     OperationDefinitionNode,
     OperationType,
     SelectionSetNode,
-    ValidationContext,
     VariableNode,
+    Visitor,
     get_named_type,
+    parse,
     value_from_ast_untyped,
+    visit,
 )
 from strawberry.extensions import (
-    AddValidationRules,
     MaxAliasesLimiter,
-    MaxTokensLimiter,
     QueryDepthLimiter,
     SchemaExtension,
 )
+from strawberry.schema.schema import validate_document
 
 from api.graphql.relay import DEFAULT_PAGE_SIZE
 from dicom_node.settings import Settings
 
 # the argument that makes a field a page of many (relay.py: every connection has it)
 PAGE_ARGUMENT = "first"
+# documents (and page sizes of a document) remembered: a few clients' queries
+CACHE_SIZE = 256
 
 
 class _Estimate:
@@ -147,57 +155,207 @@ def estimate(
     return _Estimate(schema, fragments, given).of(operation.selection_set, root)
 
 
-def complexity_rule(limit: int, variables: Mapping[str, Any]) -> type[ASTValidationRule]:
-    """A validation rule refusing an operation whose ``estimate`` is over ``limit``."""
+def page_variables(document: DocumentNode) -> tuple[str, ...]:
+    """The variables a ``first`` argument takes anywhere in ``document``: the
+    only variables ``estimate`` reads (a superset is harmless: a cache key)."""
+    names: dict[str, None] = {}
 
-    class ComplexityLimit(ASTValidationRule):
-        def __init__(self, context: ValidationContext) -> None:
-            super().__init__(context)
-            document = context.document
+    class Collect(Visitor):
+        def enter_argument(self, node: ArgumentNode, *_: object) -> None:
+            if node.name.value == PAGE_ARGUMENT and isinstance(node.value, VariableNode):
+                names[node.value.name.value] = None
+
+    visit(document, Collect())
+    return tuple(names)
+
+
+# how a page variable counts in ``estimate``: not given (the operation's
+# default applies), an int, or anything else (the default page)
+_NOT_GIVEN = "not given"
+_OTHER = "other"
+
+
+def _page_value(variables: Mapping[str, Any], name: str) -> int | str:
+    if name not in variables:
+        return _NOT_GIVEN
+    value = variables[name]
+    return value if isinstance(value, int) and not isinstance(value, bool) else _OTHER
+
+
+class _Lru:
+    """A small bounded mapping, least recently used out first (thread-safe:
+    the subscription and test loops may run in other threads)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.lock = threading.Lock()
+        self.entries: OrderedDict[Hashable, Any] = OrderedDict()
+
+    def get(self, key: Hashable) -> Any:
+        with self.lock:
+            value = self.entries.get(key)
+            if value is not None:
+                self.entries.move_to_end(key)
+            return value
+
+    def put(self, key: Hashable, value: Any) -> None:
+        with self.lock:
+            self.entries[key] = value
+            self.entries.move_to_end(key)
+            while len(self.entries) > self.size:
+                self.entries.popitem(last=False)
+
+
+# the parse of a document text does not depend on the schema: one cache for
+# the process (as strawberry's ParserCache), also used by the router to tell
+# a subscription (router.py). A document that does not parse raises, and is
+# not cached.
+parse_document = lru_cache(maxsize=CACHE_SIZE)(parse)
+
+
+def _copy(error: GraphQLError) -> GraphQLError:
+    """A fresh error of a cached one: the errors of an answer are formatted
+    (and may be annotated) per answer."""
+    return GraphQLError(
+        error.message,
+        error.nodes,
+        error.source,
+        error.positions,
+        error.path,
+        error.original_error,
+        error.extensions,
+    )
+
+
+class DocumentChecks:
+    """The limits of one schema's settings, with what can be kept between
+    requests: a client sends the same few documents again and again (the
+    worklist page every second), and walking each one for graphql-core's
+    rules, the depth and alias limits and the estimate is most of the cost of
+    a small answer.
+
+    - parse: by the text and the token limit (``parse_document``);
+    - validation (graphql-core's rules, strawberry's, depth and aliases): by
+      the text, under this schema; the verdict depends on nothing else;
+    - complexity: depends on the variables too (a ``first`` may be one), so
+      it is computed per (text, the values of the document's page variables
+      only): a poller sending the same variables hits the cache; another
+      ``first`` costs one walk, as without the cache.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.max_tokens = settings.graphql_max_tokens
+        self.max_complexity = settings.graphql_max_complexity
+        # strawberry's limiters make their rule class when constructed: made
+        # once here, so the rules (and the cache key) are the same each request
+        self.rules: tuple[type[ASTValidationRule], ...] = (
+            *MaxAliasesLimiter(max_alias_count=settings.graphql_max_aliases).validation_rules,
+            *QueryDepthLimiter(max_depth=settings.graphql_max_depth).validation_rules,
+        )
+        self.validated = _Lru(CACHE_SIZE)
+        self.costs = _Lru(CACHE_SIZE)
+
+    def errors(
+        self,
+        schema: GraphQLSchema,
+        text: str,
+        document: DocumentNode,
+        rules: tuple[type[ASTValidationRule], ...],
+        variables: Mapping[str, Any],
+    ) -> list[GraphQLError]:
+        """Every validation error of ``document`` (``text`` parsed), the
+        complexity limit's last."""
+        key = (schema, text, rules)
+        found: tuple[tuple[GraphQLError, ...], tuple[str, ...]] | None = self.validated.get(key)
+        if found is None:
+            errors = validate_document(schema, document, (*rules, *self.rules))
+            found = (tuple(errors), page_variables(document))
+            self.validated.put(key, found)
+        static, names = found
+        return [_copy(error) for error in static] + self.complexity_errors(
+            schema, text, document, names, variables
+        )
+
+    def complexity_errors(
+        self,
+        schema: GraphQLSchema,
+        text: str,
+        document: DocumentNode,
+        names: tuple[str, ...],
+        variables: Mapping[str, Any],
+    ) -> list[GraphQLError]:
+        key = (schema, text, tuple(_page_value(variables, name) for name in names))
+        costs: list[tuple[OperationDefinitionNode, int]] | None = self.costs.get(key)
+        if costs is None:
             fragments = {
                 node.name.value: node
                 for node in document.definitions
                 if isinstance(node, FragmentDefinitionNode)
             }
-            for node in document.definitions:
-                if not isinstance(node, OperationDefinitionNode):
-                    continue
-                cost = estimate(context.schema, node, fragments, variables)
-                if cost > limit:
-                    name = f"'{node.name.value}' " if node.name else ""
-                    context.report_error(
-                        GraphQLError(
-                            f"operation {name}is too complex: an estimated {cost} fields "
-                            f"(each field once per node of the pages it is under), at "
-                            f"most {limit}: ask for smaller pages or fewer fields",
-                            node,
-                        )
-                    )
-
-    return ComplexityLimit
+            costs = [
+                (node, estimate(schema, node, fragments, variables))
+                for node in document.definitions
+                if isinstance(node, OperationDefinitionNode)
+            ]
+            self.costs.put(key, costs)
+        return [
+            complexity_error(node, cost, self.max_complexity)
+            for node, cost in costs
+            if cost > self.max_complexity
+        ]
 
 
-class ComplexityLimiter(AddValidationRules):
-    """``complexity_rule`` with the operation's variables (a page size may be
-    one). So the rule's verdict depends on more than the document: strawberry's
-    ValidationCache (validation results cached by document) must not be added."""
+def complexity_error(node: OperationDefinitionNode, cost: int, limit: int) -> GraphQLError:
+    name = f"'{node.name.value}' " if node.name else ""
+    return GraphQLError(
+        f"operation {name}is too complex: an estimated {cost} fields "
+        f"(each field once per node of the pages it is under), at "
+        f"most {limit}: ask for smaller pages or fewer fields",
+        node,
+    )
 
-    def __init__(self, max_complexity: int) -> None:
-        super().__init__([])
-        self.max_complexity = max_complexity
+
+class DocumentLimits(SchemaExtension):
+    """The limits (``DocumentChecks``) on one operation: the token limit on
+    the parse, the others with validation, both from the checks' caches.
+    Strawberry skips its own parse and validation when an extension has
+    done them (a document is set, pre-execution errors are set)."""
+
+    def __init__(self, checks: DocumentChecks) -> None:
+        self.checks = checks
 
     def on_operation(self) -> Iterator[None]:
-        variables = self.execution_context.variables or {}
-        self.validation_rules = [complexity_rule(self.max_complexity, variables)]
-        yield from super().on_operation()
+        # for strawberry's own parse, when ours did not (a document over the
+        # token limit or not GraphQL: it reports that error as usual)
+        self.execution_context.parse_options["max_tokens"] = self.checks.max_tokens
+        yield
+
+    def on_parse(self) -> Iterator[None]:
+        context = self.execution_context
+        if context.query is not None and context.graphql_document is None:
+            # a refused parse raised here would escape strawberry's handling
+            with contextlib.suppress(GraphQLError):
+                context.graphql_document = parse_document(
+                    context.query, max_tokens=self.checks.max_tokens
+                )
+        yield
+
+    def on_validate(self) -> Iterator[None]:
+        context = self.execution_context
+        document = context.graphql_document
+        if context.query is not None and document is not None:
+            context.pre_execution_errors = self.checks.errors(
+                context.schema._schema,
+                context.query,
+                document,
+                context.validation_rules,
+                context.variables or {},
+            )
+        yield
 
 
 def limit_extensions(settings: Settings) -> list[Callable[[], SchemaExtension]]:
     """The schema extensions that enforce the settings' limits (factories:
-    strawberry makes one of each per operation)."""
-    return [
-        partial(MaxTokensLimiter, max_token_count=settings.graphql_max_tokens),
-        partial(MaxAliasesLimiter, max_alias_count=settings.graphql_max_aliases),
-        partial(QueryDepthLimiter, max_depth=settings.graphql_max_depth),
-        partial(ComplexityLimiter, max_complexity=settings.graphql_max_complexity),
-    ]
+    strawberry makes one of each per operation; the caches are the schema's)."""
+    checks = DocumentChecks(settings)
+    return [partial(DocumentLimits, checks)]

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Generic, TypeVar
 
 import strawberry
+from strawberry.types.nodes import SelectedField, Selection
 
 from api.schemas.common import MAX_PAGE_SIZE
 from dicom_node.domain.errors import InvalidValue
@@ -82,3 +83,24 @@ def connection(nodes: Sequence[T], *, total: int, offset: int) -> Connection[T]:
         ),
         total_count=total,
     )
+
+
+def _fields(selections: Sequence[Selection]) -> Iterator[SelectedField]:
+    for selection in selections:
+        if isinstance(selection, SelectedField):
+            yield selection
+        else:  # a fragment: its fields are the parent's
+            yield from _fields(selection.selections)
+
+
+def selected(selections: Sequence[Selection], *path: str) -> set[str]:
+    """The names of the fields asked for at ``path`` below ``selections``,
+    through fragments (directives ignored: at worst something is loaded that
+    is not sent), e.g. of each node of a page:
+    ``selected(info.selected_fields, "worklist", "edges", "node")``."""
+    level: list[Selection] = list(selections)
+    for name in path:
+        level = [
+            child for field in _fields(level) if field.name == name for child in field.selections
+        ]
+    return {field.name for field in _fields(level)}

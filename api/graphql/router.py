@@ -19,7 +19,7 @@ from typing import Any
 
 from cross_web import HTTPException
 from fastapi.concurrency import run_in_threadpool
-from graphql import GraphQLError, OperationType, get_operation_ast, parse
+from graphql import GraphQLError, OperationType, get_operation_ast
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.fastapi import GraphQLRouter
 from strawberry.http import GraphQLRequestData
@@ -27,6 +27,7 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.unset import UnsetType
 
 from api.graphql.context import GraphQLContext, http_context
+from api.graphql.limits import parse_document
 from api.graphql.schema import build_schema
 from dicom_node.domain.errors import DomainError
 from dicom_node.settings import Settings
@@ -54,8 +55,9 @@ def is_subscription(request: GraphQLRequestData, max_tokens: int) -> bool:
     if request.query is None:
         return False
     try:
-        # the token limit of the schema (limits.py): no unbounded parse here either
-        document = parse(request.query, max_tokens=max_tokens)
+        # the token limit of the schema (limits.py): no unbounded parse here
+        # either; the schema's parse cache, so the document is parsed once
+        document = parse_document(request.query, max_tokens=max_tokens)
     except GraphQLError:
         return False
     operation = get_operation_ast(document, request.operation_name)

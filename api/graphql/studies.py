@@ -411,6 +411,43 @@ def worklist_study(
     return study_by_id(context, study.id)
 
 
+# the fields of DicomStudy a worklist entry's summary does not carry (those
+# read from the whole summary, ``_summary_field``): asked of a page's studies,
+# the page loads the summaries in one batch first (``worklist_studies``)
+SUMMARY_FIELDS = frozenset(
+    {
+        "issuerOfPatientId",
+        "patientBirthDate",
+        "patientSex",
+        "studyTime",
+        "referringPhysicianName",
+        "modalities",
+        "metadataStatus",
+        "completeness",
+        "orderId",
+        "firstReceivedAt",
+        "lastReceivedAt",
+    }
+)
+
+
+async def worklist_studies(
+    context: GraphQLContext, studies: Sequence[WorklistStudy]
+) -> list[DicomStudy | None]:
+    """The whole studies of a page of worklist entries, in one batch (None
+    for a study the caller may not see): for a page that asks for fields the
+    entries' summaries lack, so each study's fields are then answered at once
+    instead of one awaitable per field of each item."""
+    found = await context.loader(_summaries).load_many([study.id for study in studies])
+    return [DicomStudy.of(summary) if summary is not None else None for summary in found]
+
+
+async def study_patients(context: GraphQLContext, study_ids: Sequence[int]) -> list[Patient | None]:
+    """The studies' patients, in one batch (as ``patient_of_study`` each)."""
+    found = await context.loader(_study_patients).load_many(study_ids)
+    return [Patient.of(patient) if patient is not None else None for patient in found]
+
+
 # --------------------------------------------------------------------------- root fields
 
 

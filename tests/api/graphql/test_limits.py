@@ -176,3 +176,25 @@ def test_the_endpoint_refuses_too_many_aliases_and_tokens_and_introspects_signed
     # within every limit
     full = client.execute(get_introspection_query(descriptions=True))
     assert "ChangeEvent" in {type_["name"] for type_ in full["__schema"]["types"]}
+
+
+def test_cached_verdicts_follow_the_schema_and_the_page_size_of_each_request() -> None:
+    """Parse and validation are cached per document (limits.py DocumentChecks):
+    the same text must still get each schema's verdict, and the complexity
+    verdict of the page size this request sends."""
+    strict = toy(graphql_max_complexity=1000, graphql_max_depth=3)
+    loose = toy()
+    document = f"query($first: Int = 300) {{ {PAGE} }}"
+    deep = "{ leaves { edges { node { child { child { name } } } } } }"
+    for _ in range(2):
+        # the operation's default, 300: 1 + 300 x 4
+        refused = outcome(strict, document)
+        assert refused["codes"] == ["GRAPHQL_VALIDATION_FAILED"]
+        assert "1201" in refused["errors"][0]["message"]
+        assert outcome(strict, document, first=200)["errors"] == []
+        # a null first is the default page (50)
+        assert outcome(strict, document, first=None)["errors"] == []
+        assert outcome(strict, document, first=300)["codes"] == ["GRAPHQL_VALIDATION_FAILED"]
+        assert outcome(loose, document)["errors"] == []
+        assert outcome(strict, deep)["codes"] == ["GRAPHQL_VALIDATION_FAILED"]
+        assert outcome(loose, deep)["errors"] == []
