@@ -199,6 +199,10 @@ async def worklist_item_by_id(context: GraphQLContext, item_id: int) -> Worklist
     return await context.loader(_items).load(item_id)
 
 
+# a worklist item's fields that lead to another record
+EDGES = frozenset({"study", "patient", "order", "report", "assignedTo"})
+
+
 async def prefetch(info: Info_, items: Sequence[WorklistItem]) -> None:
     """The edges each item of the page is asked for (study, patient, order,
     report), loaded for the whole page at once and set on the items.
@@ -324,9 +328,17 @@ class Query:
             sort=sort,
         )
         page = await context.read(list_worklist, query=query, offset=offset, limit=limit)
+        # the records each item was shown with: the page's Query event names
+        # them (the patient's demographics, the order, the report), as a
+        # listing audits what it shows; a page asking other edges is another query
+        shown = sorted(relay.selected(info.selected_fields, "worklist", "edges", "node") & EDGES)
         audit: RepeatedListingAudit = context.state.listing_audit
         # apart from REST's key: a REST poll does not hide a GraphQL one
-        audit_key = (user.user_id, context.address, ("graphql", query, offset, limit))
+        audit_key = (
+            user.user_id,
+            context.address,
+            ("graphql", query, offset, limit, tuple(shown)),
+        )
         repeats = audit.due(audit_key)
         if repeats is not None:
             try:
@@ -335,7 +347,7 @@ class Query:
                     principal=user,
                     action="worklist_queried",
                     target_class="WorklistItem",
-                    query=_audited_query(query, assigned_to, offset, limit),
+                    query={**_audited_query(query, assigned_to, offset, limit), "edges": shown},
                     matches=page.total,
                     returned=len(page.items),
                     source_address=context.address,

@@ -146,6 +146,11 @@ def test_the_listing_is_audited_as_rest_once_per_interval_apart_from_rest(
     assert len(_listing_events(api)) == 2
     client.execute(LISTING, first=2)  # another listing: its own event
     assert len(_listing_events(api)) == 3
+    assert "edges" not in _listing_events(api)[-1].details["query"]  # none asked
+    # the records a page shows its items with are named by its event
+    client.execute("{ worklist(first: 2) { edges { node { id patient { name } order { id } } } } }")
+    events = _listing_events(api)
+    assert len(events) == 4 and events[-1].details["query"]["edges"] == ["order", "patient"]
 
 
 def test_opening_an_item_is_audited_as_a_patient_record_access(
