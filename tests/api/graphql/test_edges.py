@@ -12,16 +12,31 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom.uid import generate_uid
 from sqlalchemy import event as sql_event
+from sqlalchemy import select
 
+from dicom_node.db.models import DicomStudy, ImagingRequest
 from dicom_node.domain.enums import Role
+from dicom_node.domain.permissions import Principal
+from dicom_node.services.ingest.instances import IngestPolicy, Source, StoreOutcome, store_instance
 from dicom_node.storage import FileStore
 from tests.api.conftest import ApiServer
 from tests.api.graphql.conftest import Graph
 from tests.api.graphql.test_orders import create, user_id
 from tests.api.graphql.test_reconciliation import LINK, scheduled_order
-from tests.api.test_reconciliation import arrive
-from tests.builders import add_user, claimed_study, new_report
+from tests.api.graphql.test_worklist import CLAIM
+from tests.api.test_reconciliation import arrive, complete
+from tests.builders import (
+    Study,
+    add_user,
+    claimed_study,
+    finalize,
+    new_report,
+    signed_report,
+    submit,
+)
+from tests.dicomfiles import ct_dataset, to_bytes
 
 
 @contextmanager
@@ -141,3 +156,163 @@ def test_an_orders_studies_and_users_through_the_other_areas(
     # ids, then those studies
     studies = [s for s in seen if "FROM dicom_studies" in s]
     assert len(studies) == 2, studies
+
+
+# --------------------------------------------------------------------------- a study's neighbours
+
+STUDY_EDGES = """
+query ($id: Int!) { study(id: $id) {
+  id order { id } report { id status } patient { patientId studies { id } }
+  series { seriesInstanceUid instances(first: 2) {
+    totalCount edges { node { sopInstanceUid } } } }
+} }
+"""
+REPORT_EDGES = """
+query ($id: Int!) { report(id: $id) {
+  id study { id } order { id } radiologist { username }
+} }
+"""
+ITEM_EDGES = """
+query ($id: Int!) { worklistItem(id: $id) {
+  id study { id } order { id } report { id }
+} }
+"""
+RECONCILIATION_EDGES = """
+{ reconciliation(first: 50) { edges { node { studyId study { id studyInstanceUid } } } } }
+"""
+
+
+def three_images(api: ApiServer, store: FileStore, uid: str, series: str, patient_id: str) -> int:
+    """A complete, unmatched CT study of three images in one series; its id."""
+    for n in range(1, 4):
+        image = ct_dataset(
+            study_uid=uid, series_uid=series, patient_id=patient_id, instance_number=n
+        )
+        result = store_instance(
+            api.db,
+            store,
+            part10=to_bytes(image),
+            source=Source(calling_ae_title="CT_MAIN_1"),
+            policy=IngestPolicy(),
+        )
+        assert result.outcome is StoreOutcome.STORED
+    with api.db.read() as session:
+        study_id = session.scalar(select(DicomStudy.id).where(DicomStudy.study_instance_uid == uid))
+    assert study_id is not None
+    complete(api, study_id)
+    return study_id
+
+
+def test_a_studys_order_report_patient_and_images_and_the_way_back(
+    graph: Graph, api: ApiServer, store: FileStore
+) -> None:
+    admin = graph.client("admin")
+    reader = graph.client("radiologist")
+    radiologist = Principal(user_id(api, reader.username), reader.username, Role.RADIOLOGIST)
+    order = scheduled_order(api, admin, patient_id="EDGE1")
+    uid, series = generate_uid(), generate_uid()
+    study_id = three_images(api, store, uid, series, "EDGE1")
+
+    # unmatched: a reconciliation entry, whose study is the study
+    entries = admin.execute(RECONCILIATION_EDGES)["reconciliation"]["edges"]
+    assert {"studyId": study_id, "study": {"id": study_id, "studyInstanceUid": uid}} in [
+        edge["node"] for edge in entries
+    ]
+
+    linked = admin.execute(LINK, studyId=study_id, input={"orderId": order["id"], "reason": "x"})
+    item_id = linked["linkStudyToOrder"]["readingItemId"]
+    reader.execute(CLAIM, id=item_id)
+    report_id = new_report(api.db, Study(study_id, order["id"], item_id), radiologist)
+
+    study = admin.execute(STUDY_EDGES, id=study_id)["study"]
+    assert study["order"] == {"id": order["id"]}
+    assert study["report"] == {"id": report_id, "status": "DRAFT"}
+    assert study["patient"]["patientId"] == "EDGE1"
+    assert study["patient"]["studies"] == [{"id": study_id}]
+    [images] = study["series"]
+    assert images["seriesInstanceUid"] == series
+    assert images["instances"]["totalCount"] == 3
+    assert len(images["instances"]["edges"]) == 2
+
+    report = admin.execute(REPORT_EDGES, id=report_id)["report"]
+    assert report == {
+        "id": report_id,
+        "study": {"id": study_id},
+        "order": {"id": order["id"]},
+        "radiologist": {"username": reader.username},
+    }
+    item = reader.execute(ITEM_EDGES, id=item_id)["worklistItem"]
+    assert item == {
+        "id": item_id,
+        "study": {"id": study_id},
+        "order": {"id": order["id"]},
+        "report": {"id": report_id},
+    }
+
+
+# --------------------------------------------------------------------------- a referring physician
+
+REFERRER_ORDER = """
+query ($id: Int!) { order(id: $id) { id studies { id report { id status } } } }
+"""
+REFERRER_STUDY = """
+query ($id: Int!) { study(id: $id) {
+  id report { id status } order { id } patient { studies { id } }
+} }
+"""
+REFERRER_REPORT = "query ($id: Int!) { report(id: $id) { id status study { id } } }"
+
+
+def test_a_referring_physician_reaches_only_their_orders_and_signed_reports_through_edges(
+    graph: Graph, api: ApiServer, store: FileStore
+) -> None:
+    physician = graph.client("referring_physician")
+    rest = api.anonymous()
+    rest.headers["Authorization"] = f"Bearer {physician.token}"
+    author = add_user(api.db, Role.RADIOLOGIST)
+    reviewer = add_user(api.db, Role.RADIOLOGIST)
+    own = claimed_study(api.db, author, referring_physician_id=user_id(api, physician.username))
+    other = claimed_study(api.db, author)
+    draft = new_report(api.db, own, author)
+    others_signed = signed_report(api.db, other, author, reviewer)
+    # another study of the same patient, of no order of theirs
+    with api.db.read() as session:
+        patient_id = session.scalar(
+            select(ImagingRequest.patient_id).where(ImagingRequest.id == own.order_id)
+        )
+    assert patient_id is not None
+    stranger = three_images(api, store, generate_uid(), generate_uid(), patient_id)
+    everyone = graph.client("admin").execute(REFERRER_STUDY, id=own.study_id)["study"]
+    assert {s["id"] for s in everyone["patient"]["studies"]} == {own.study_id, stranger}
+
+    # a draft is not theirs to see (REST: 404): null through every edge
+    order = physician.execute(REFERRER_ORDER, id=own.order_id)["order"]
+    assert order == {"id": own.order_id, "studies": [{"id": own.study_id, "report": None}]}
+    study = physician.execute(REFERRER_STUDY, id=own.study_id)["study"]
+    assert study == {
+        "id": own.study_id,
+        "report": None,
+        "order": {"id": own.order_id},
+        "patient": {"studies": [{"id": own.study_id}]},
+    }
+    assert rest.get(f"/api/reports/{draft}").status_code == 404
+    assert physician.attempt(REFERRER_REPORT, id=draft).codes == ["NOT_FOUND"]
+
+    # someone else's order, study and (signed) report: NOT_FOUND, as REST's 404
+    assert physician.attempt(REFERRER_ORDER, id=other.order_id).codes == ["NOT_FOUND"]
+    assert physician.attempt(REFERRER_STUDY, id=other.study_id).codes == ["NOT_FOUND"]
+    assert physician.attempt(REFERRER_STUDY, id=stranger).codes == ["NOT_FOUND"]
+    assert physician.attempt(REFERRER_REPORT, id=others_signed).codes == ["NOT_FOUND"]
+    assert rest.get(f"/api/reports/{others_signed}").status_code == 404
+
+    with api.db.unit_of_work() as session:
+        submit(session, draft, author)
+    with api.db.unit_of_work() as session:
+        finalize(session, draft, reviewer)
+    signed = {"id": draft, "status": "FINAL"}
+    order = physician.execute(REFERRER_ORDER, id=own.order_id)["order"]
+    assert order["studies"] == [{"id": own.study_id, "report": signed}]
+    assert physician.execute(REFERRER_STUDY, id=own.study_id)["study"]["report"] == signed
+    report = physician.execute(REFERRER_REPORT, id=draft)["report"]
+    assert report == signed | {"study": {"id": own.study_id}}
+    assert rest.get(f"/api/reports/{draft}").status_code == 200
