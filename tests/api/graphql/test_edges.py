@@ -25,6 +25,7 @@ from tests.api.conftest import ApiServer
 from tests.api.graphql.conftest import Graph
 from tests.api.graphql.test_orders import create, user_id
 from tests.api.graphql.test_reconciliation import LINK, scheduled_order
+from tests.api.graphql.test_subscriptions import claim, events, latest, next_event, release, run
 from tests.api.graphql.test_worklist import CLAIM
 from tests.api.test_reconciliation import arrive, complete
 from tests.builders import (
@@ -33,6 +34,7 @@ from tests.builders import (
     claimed_study,
     finalize,
     new_report,
+    seed_study,
     signed_report,
     submit,
 )
@@ -316,3 +318,68 @@ def test_a_referring_physician_reaches_only_their_orders_and_signed_reports_thro
     report = physician.execute(REFERRER_REPORT, id=draft)["report"]
     assert report == signed | {"study": {"id": own.study_id}}
     assert rest.get(f"/api/reports/{draft}").status_code == 200
+
+
+# --------------------------------------------------------------------------- subscriptions
+
+ITEM_CHANGES = """
+subscription ($since: Int) { worklistChanges(since: $since) {
+  seq action entityId worklistItem { id status assignedTo { username } }
+} }
+"""
+REPORT_CHANGES = """
+subscription ($since: Int) { reportChanges(since: $since) {
+  seq action entityId report { id status study { id } }
+} }
+"""
+
+
+def test_a_change_events_record_is_the_record_as_it_was_when_the_event_was_sent(
+    graph: Graph, api: ApiServer
+) -> None:
+    reader = graph.client("radiologist")
+    rest = api.anonymous()
+    rest.headers["Authorization"] = f"Bearer {reader.token}"
+    me = Principal(user_id(api, reader.username), reader.username, Role.RADIOLOGIST)
+    pending = seed_study(api.db)
+    mine = claimed_study(api.db, me)
+    report_id = new_report(api.db, mine, me)
+    start = latest(rest)
+
+    async def test() -> list[dict[str, Any]]:
+        async with reader.websocket() as session:
+            items = events(session, ITEM_CHANGES, since=start)
+            # each change waits for the event before the next: the event's
+            # record is read when it is sent
+            claim(rest, pending.item_id)
+            claimed = await next_event(items)
+            release(rest, pending.item_id)
+            released = await next_event(items)
+            await items.aclose()
+
+            reports = events(session, REPORT_CHANGES, since=start)
+            submitted = rest.post(f"/api/reports/{report_id}/submit")
+            assert submitted.status_code == 200, submitted.text
+            report = await next_event(reports)
+            await reports.aclose()
+        return [claimed, released, report]
+
+    claimed, released, report = run(test)
+    assert claimed["entityId"] == pending.item_id
+    assert claimed["worklistItem"] == {
+        "id": pending.item_id,
+        "status": "CLAIMED",
+        "assignedTo": {"username": reader.username},
+    }
+    assert released["seq"] > claimed["seq"]
+    assert released["worklistItem"] == {
+        "id": pending.item_id,
+        "status": "PENDING",
+        "assignedTo": None,
+    }
+    assert report["entityId"] == report_id
+    assert report["report"] == {
+        "id": report_id,
+        "status": "IN_REVIEW",
+        "study": {"id": mine.study_id},
+    }
