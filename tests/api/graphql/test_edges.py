@@ -383,3 +383,38 @@ def test_a_change_events_record_is_the_record_as_it_was_when_the_event_was_sent(
         "status": "IN_REVIEW",
         "study": {"id": mine.study_id},
     }
+
+
+# --------------------------------------------------------------------------- a field refused alone
+
+TECHNOLOGIST_PAGE = """
+{ worklist(first: 10) { totalCount edges { node {
+  id study { id } order { id } report { status }
+} } } }
+"""
+
+
+def test_a_technologist_gets_forbidden_on_the_reports_and_the_rest_of_the_page(
+    graph: Graph, api: ApiServer
+) -> None:
+    technologist = graph.client("technologist")
+    holder = add_user(api.db, Role.RADIOLOGIST)
+    studies = [claimed_study(api.db, holder) for _ in range(3)]
+    for study in studies:
+        new_report(api.db, study, holder)
+
+    got = technologist.attempt(TECHNOLOGIST_PAGE)
+    # one FORBIDDEN per report asked (no reports:read), at that field's path:
+    # not a silent null, and not the whole page refused
+    assert got.codes == ["FORBIDDEN"] * 3
+    assert sorted(tuple(error["path"]) for error in got.errors) == [
+        ("worklist", "edges", n, "node", "report") for n in range(3)
+    ]
+    assert got.data is not None
+    page = got.data["worklist"]
+    assert page["totalCount"] == 3
+    assert sorted(
+        (edge["node"]["id"], edge["node"]["study"]["id"], edge["node"]["order"]["id"])
+        for edge in page["edges"]
+    ) == sorted((s.reading_item_id, s.study_id, s.order_id) for s in studies)
+    assert [edge["node"]["report"] for edge in page["edges"]] == [None] * 3
