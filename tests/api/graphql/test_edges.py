@@ -6,14 +6,11 @@ and a field refused on its own while the rest of the page comes back."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydicom.uid import generate_uid
-from sqlalchemy import event as sql_event
 from sqlalchemy import select
 
 from dicom_node.db.models import DicomStudy, ImagingRequest
@@ -23,7 +20,7 @@ from dicom_node.services.ingest.instances import IngestPolicy, Source, StoreOutc
 from dicom_node.storage import FileStore
 from tests.api.conftest import ApiServer
 from tests.api.graphql.conftest import Graph
-from tests.api.graphql.test_orders import create, user_id
+from tests.api.graphql.test_orders import create, statements, user_id
 from tests.api.graphql.test_orders import events as audit_rows
 from tests.api.graphql.test_reconciliation import LINK, scheduled_order
 from tests.api.graphql.test_subscriptions import claim, events, latest, next_event, release, run
@@ -40,22 +37,6 @@ from tests.builders import (
     submit,
 )
 from tests.dicomfiles import ct_dataset, to_bytes
-
-
-@contextmanager
-def statements(api: ApiServer) -> Iterator[list[str]]:
-    """The SQL statements run meanwhile (the server runs in this process)."""
-    seen: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        seen.append(statement)
-
-    sql_event.listen(api.db.engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        sql_event.remove(api.db.engine, "before_cursor_execute", record)
-
 
 # --------------------------------------------------------------------------- worklist page
 
