@@ -416,6 +416,37 @@ def test_a_change_events_record_is_the_record_as_it_was_when_the_event_was_sent(
     }
 
 
+def test_a_referring_physicians_report_events_carry_only_the_signed_report(
+    graph: Graph, api: ApiServer
+) -> None:
+    physician = graph.client("referring_physician")
+    writer, signer = graph.client("radiologist"), graph.client("radiologist")
+    author = Principal(user_id(api, writer.username), writer.username, Role.RADIOLOGIST)
+    study = claimed_study(api.db, author, referring_physician_id=user_id(api, physician.username))
+    report_id = new_report(api.db, study, author)
+    sessions = {}
+    for client in (writer, signer):
+        sessions[client.username] = api.anonymous()
+        sessions[client.username].headers["Authorization"] = f"Bearer {client.token}"
+    start = latest(sessions[writer.username])
+
+    async def test() -> dict[str, Any]:
+        async with physician.websocket() as session:
+            reports = events(session, REPORT_CHANGES, since=start)
+            # the submit's event is not theirs (nothing signed): the first
+            # they get is the signing's, its report as signed
+            for client, step in ((writer, "submit"), (signer, "finalize")):
+                done = sessions[client.username].post(f"/api/reports/{report_id}/{step}")
+                assert done.status_code == 200, done.text
+            event = await next_event(reports)
+            await reports.aclose()
+        return event
+
+    event = run(test)
+    assert event["entityId"] == report_id
+    assert event["report"] == {"id": report_id, "status": "FINAL", "study": {"id": study.study_id}}
+
+
 # --------------------------------------------------------------------------- a field refused alone
 
 TECHNOLOGIST_PAGE = """
