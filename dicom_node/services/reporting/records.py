@@ -4,11 +4,13 @@ actor the signed-in user, subject the report's study)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dicom_node.db.models import DicomStudy, Report
+from dicom_node.db.models import DicomStudy, Patient, Report
 from dicom_node.domain.audit import NO_SUBJECT, Subject, TargetKind, patient_record_event
 from dicom_node.domain.errors import NotFound
 from dicom_node.domain.permissions import Principal
@@ -40,6 +42,37 @@ def report_state(report: Report) -> dict[str, Any]:
     }
 
 
+def reports_with_subjects(
+    session: Session, report_ids: Sequence[int]
+) -> list[tuple[Report, Subject]]:
+    """The reports of ``report_ids`` each with its audit subject, in one
+    statement: a batch read audits every report it shows, and
+    ``report_subject`` per report would cost two statements each (the study,
+    then its patient)."""
+    if not report_ids:
+        return []
+    rows = session.execute(
+        select(
+            Report, DicomStudy.study_instance_uid, DicomStudy.accession_number, Patient.patient_id
+        )
+        .outerjoin(DicomStudy, DicomStudy.id == Report.dicom_study_id)
+        .outerjoin(Patient, Patient.id == DicomStudy.patient_pk)
+        .where(Report.id.in_(list(set(report_ids))))
+        .order_by(Report.id)
+    ).all()
+    return [
+        (
+            report,
+            # a report without its study (not kept by the schema, but as
+            # report_subject): the event names no patient
+            NO_SUBJECT
+            if uid is None
+            else Subject(patient_id=patient_id, study_instance_uid=uid, accession_number=accession),
+        )
+        for report, uid, accession, patient_id in rows
+    ]
+
+
 def audit_report_event(
     session: Session,
     principal: Principal,
@@ -50,8 +83,11 @@ def audit_report_event(
     details: dict[str, Any],
     reason: str | None = None,
     target: tuple[TargetKind, int] | None = None,
+    subject: Subject | None = None,
 ) -> None:
-    """A user wrote or read ``report`` (or, with ``target``, a record of it)."""
+    """A user wrote or read ``report`` (or, with ``target``, a record of it);
+    ``subject``: the report's, when the caller loaded it already
+    (``reports_with_subjects``)."""
     kind, target_id = target or (TargetKind.REPORT, report.id)
     record_audit_event(
         session,
@@ -60,7 +96,7 @@ def audit_report_event(
             user_actor(principal, source_address),
             kind,
             target_id,
-            report_subject(session, report),
+            subject if subject is not None else report_subject(session, report),
             reason=reason,
             details=details,
         ),

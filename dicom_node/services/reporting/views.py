@@ -44,7 +44,7 @@ from dicom_node.services.reporting.critical_results import (
     signed_communication,
     signed_critical_flag,
 )
-from dicom_node.services.reporting.records import audit_report_event
+from dicom_node.services.reporting.records import audit_report_event, reports_with_subjects
 from dicom_node.services.reporting.versions import (
     AMENDMENTS,
     ReportVersionInfo,
@@ -456,8 +456,7 @@ def versions_by_report(
         query = query.where(ReportVersion.kind == VersionKind.FINAL.value)
     for row in session.scalars(query.order_by(ReportVersion.report_id, ReportVersion.version)):
         found[row.report_id].append(version_info(row))
-    reports = session.scalars(select(Report).where(Report.id.in_(list(found)))).all()
-    for report in reports:
+    for report, subject in reports_with_subjects(session, list(found)):
         audit_report_event(
             session,
             principal,
@@ -465,6 +464,7 @@ def versions_by_report(
             action="report_versions_read",
             report=report,
             details={"versions": [version.version for version in found[report.id]]},
+            subject=subject,
         )
     return found
 
@@ -482,8 +482,7 @@ def record_report_reads(
     shown = dict(reads)
     if not shown:
         return
-    reports = session.scalars(select(Report).where(Report.id.in_(list(shown)))).all()
-    for report in reports:
+    for report, subject in reports_with_subjects(session, list(shown)):
         audit_report_event(
             session,
             principal,
@@ -491,4 +490,5 @@ def record_report_reads(
             action="report_read",
             report=report,
             details={"status": report.status, "content_version": shown[report.id]},
+            subject=subject,
         )
