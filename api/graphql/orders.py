@@ -44,6 +44,7 @@ from dicom_node.services.workflow.order_listing import (
     list_orders,
     orders_by_ids,
     read_order,
+    record_order_reads,
     study_ids_of_orders,
 )
 from dicom_node.services.workflow.orders import NewOrder, OrderInfo
@@ -155,6 +156,23 @@ async def order_by_id(context: GraphQLContext, order_id: int) -> ImagingRequest 
     """An order by id, batched per operation; None when there is none the
     caller may see (the visibility rule)."""
     return await context.loader(_orders).load(order_id)
+
+
+async def _order_reads(context: GraphQLContext, ids: Sequence[int]) -> Sequence[None]:
+    await context.write(
+        record_order_reads, ids, principal=context.user, source_address=context.address
+    )
+    return [None] * len(ids)
+
+
+async def order_read_by_id(context: GraphQLContext, order_id: int) -> ImagingRequest | None:
+    """``order_by_id`` audited as REST's order detail (``order_read``), once per
+    order and operation: for an order shown on its own, not as a link from a
+    record whose own read is audited (a study's order, a worklist page's)."""
+    order = await order_by_id(context, order_id)
+    if order is not None:
+        await context.loader(_order_reads).load(order_id)
+    return order
 
 
 # --------------------------------------------------------------------------- inputs

@@ -223,6 +223,8 @@ class Report:
     async def critical_communications(
         self, info: Info[GraphQLContext, None]
     ) -> list[CriticalCommunication]:
+        # the finding is the report's text: audited as its text is (report_read)
+        await self._text_read(info)
         rows = await info.context.loader(_communications).load(self.id)
         return [CriticalCommunication.of(row) for row in rows]
 

@@ -44,6 +44,7 @@ from dicom_node.services.query.studies import (
     patients_of_studies,
     record_study_access,
     record_study_search,
+    record_study_views,
     search_studies,
     series_of_studies,
     studies_of_patients,
@@ -289,6 +290,9 @@ class DicomStudy:
         extensions=[requires(Permission.STUDIES_READ)],
     )
     async def series(self, info: Info_) -> list[Series]:
+        # the study's detail (its series, their instances): audited as REST's
+        # detail is (study_viewed), once per study and operation, however reached
+        await info.context.loader(_study_views).load(self.id)
         return [Series.of(s) for s in await info.context.loader(_study_series).load(self.id)]
 
     @strawberry.field(
@@ -341,6 +345,13 @@ async def _patient_studies(
     context: GraphQLContext, patient_ids: Sequence[int]
 ) -> Sequence[list[StudySummary]]:
     return await context.read(studies_of_patients, principal=context.user, patient_ids=patient_ids)
+
+
+async def _study_views(context: GraphQLContext, study_ids: Sequence[int]) -> Sequence[None]:
+    await context.write(
+        record_study_views, study_ids, principal=context.user, source_address=context.address
+    )
+    return [None] * len(study_ids)
 
 
 async def _study_series(
@@ -483,6 +494,8 @@ async def _opened(info: Info_, summary: StudySummary | None, label: str) -> Dico
     await context.write(
         record_study_access, principal=context.user, study=summary, source_address=context.address
     )
+    # its series, if asked, are part of this audited read
+    context.loader(_study_views).prime(summary.id, None)
     return DicomStudy.of(summary)
 
 

@@ -39,9 +39,9 @@ from strawberry.types import Info
 
 from api.graphql.access import requires
 from api.graphql.context import GraphQLContext
-from api.graphql.orders import ImagingRequest, order_by_id
+from api.graphql.orders import ImagingRequest, order_read_by_id
 from api.graphql.reports import Report, report_by_id
-from api.graphql.worklist import WorklistItem, worklist_item_by_id
+from api.graphql.worklist import WorklistItem, worklist_item_read_by_id
 from api.routes.changes import (
     BATCH,
     ENTITIES,
@@ -90,7 +90,8 @@ class ChangeEvent:
     async def worklist_item(self, info: Info[GraphQLContext, None]) -> WorklistItem | None:
         if self.entity != "worklist_item":
             return None
-        return await worklist_item_by_id(self.scope, self.entity_id)
+        # a record pushed on its own: audited as its REST detail read
+        return await worklist_item_read_by_id(self.scope, self.entity_id)
 
     @strawberry.field(
         description="the changed report (null for another entity, or one the caller may not see)",
@@ -108,7 +109,7 @@ class ChangeEvent:
     async def order(self, info: Info[GraphQLContext, None]) -> ImagingRequest | None:
         if self.entity != "order":
             return None
-        return await order_by_id(self.scope, self.entity_id)
+        return await order_read_by_id(self.scope, self.entity_id)
 
     @classmethod
     def of(cls, change: Change, scope: GraphQLContext) -> ChangeEvent:

@@ -43,6 +43,7 @@ from dicom_node.domain.permissions import Permission, Principal
 from dicom_node.services.workflow.reading_worklist import (
     claim_worklist_item,
     reassign_worklist_item,
+    record_item_reads,
     release_worklist_item,
     worklist_item_detail,
 )
@@ -197,6 +198,23 @@ async def worklist_item_by_id(context: GraphQLContext, item_id: int) -> Worklist
     """A worklist item by id, batched per operation; None when there is none
     the caller may see."""
     return await context.loader(_items).load(item_id)
+
+
+async def _item_reads(context: GraphQLContext, ids: Sequence[int]) -> Sequence[None]:
+    await context.write(
+        record_item_reads, ids, principal=context.user, source_address=context.address
+    )
+    return [None] * len(ids)
+
+
+async def worklist_item_read_by_id(context: GraphQLContext, item_id: int) -> WorklistItem | None:
+    """``worklist_item_by_id`` audited as REST's item detail
+    (``worklist_item_read``, with the patient), once per item and operation:
+    for an item shown on its own, outside a listing whose Query event covers it."""
+    item = await worklist_item_by_id(context, item_id)
+    if item is not None:
+        await context.loader(_item_reads).load(item_id)
+    return item
 
 
 # a worklist item's fields that lead to another record

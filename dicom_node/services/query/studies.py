@@ -430,6 +430,24 @@ def record_study_access(
     )
 
 
+def record_study_views(
+    session: Session,
+    study_ids: Sequence[int],
+    *,
+    principal: Principal,
+    source_address: str | None,
+) -> None:
+    """``study_viewed`` (110103) for each study of ``study_ids`` the principal
+    may see, as the detail (``get_study``, with its series and instances)
+    records it: a study's series and instances are read with an audit trail
+    whichever way they are reached."""
+    for study in study_summaries(session, principal=principal, study_ids=study_ids):
+        if study is not None:
+            record_study_access(
+                session, principal=principal, study=study, source_address=source_address
+            )
+
+
 def series_info(series: DicomSeries) -> SeriesInfo:
     return SeriesInfo(
         id=series.id,

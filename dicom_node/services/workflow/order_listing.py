@@ -176,6 +176,32 @@ def read_order(
 ) -> OrderInfo:
     """One order; the read is audited as a patient record access (110110)."""
     order = load_order(session, order_id, principal=principal)
+    _record_order_read(session, order, principal, source_address)
+    return order_info(order)
+
+
+def record_order_reads(
+    session: Session,
+    order_ids: Sequence[int],
+    *,
+    principal: Principal,
+    source_address: str | None = None,
+) -> None:
+    """``order_read`` for each order of ``order_ids`` the principal may see, as
+    ``read_order`` records it: an order shown on its own (a subscription's
+    record) is read with an audit trail whichever way it is reached."""
+    orders = session.scalars(
+        select(ImagingRequest).where(
+            ImagingRequest.id.in_(set(order_ids)), order_condition(principal)
+        )
+    ).all()
+    for order in orders:
+        _record_order_read(session, order, principal, source_address)
+
+
+def _record_order_read(
+    session: Session, order: ImagingRequest, principal: Principal, source_address: str | None
+) -> None:
     record_audit_event(
         session,
         patient_record_event(
@@ -186,7 +212,6 @@ def read_order(
             order_subject(order),
         ),
     )
-    return order_info(order)
 
 
 def orders_by_ids(

@@ -25,6 +25,7 @@ Opening one item (``worklist_item_detail``) shows patient data and is audited.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select, update
@@ -53,6 +54,7 @@ from dicom_node.services.workflow.worklist_listing import (
     WorklistItemDetail,
     get_worklist_entry,
     load_entry,
+    worklist_entries,
 )
 
 # radiologists claim reading work; reconciliation and acquisition items are
@@ -78,17 +80,7 @@ def worklist_item_detail(
         ).first()
         if found is not None:
             report_id, report_status = found
-    record_audit_event(
-        session,
-        patient_record_event(
-            "worklist_item_read",
-            user_actor(principal, source_address),
-            TargetKind.WORK_ITEM,
-            entry.id,
-            entry.subject,
-            details={"queue_type": entry.queue_type, "status": entry.status},
-        ),
-    )
+    _record_item_read(session, entry, principal, source_address)
     return WorklistItemDetail(
         entry=entry,
         patient_birth_date=birth_date,
@@ -500,3 +492,35 @@ def reassign_worklist_item(
             entry=entry,
         )
     return get_worklist_entry(session, item_id=item_id)
+
+
+def record_item_reads(
+    session: Session,
+    item_ids: Sequence[int],
+    *,
+    principal: Principal,
+    source_address: str | None = None,
+) -> None:
+    """``worklist_item_read`` for each item of ``item_ids`` the principal may
+    see, as ``worklist_item_detail`` records it: an item shown on its own (a
+    subscription's record, with its patient) is audited whichever way it is
+    reached."""
+    for entry in worklist_entries(session, principal=principal, item_ids=item_ids):
+        if entry is not None:
+            _record_item_read(session, entry, principal, source_address)
+
+
+def _record_item_read(
+    session: Session, entry: WorklistEntry, principal: Principal, source_address: str | None
+) -> None:
+    record_audit_event(
+        session,
+        patient_record_event(
+            "worklist_item_read",
+            user_actor(principal, source_address),
+            TargetKind.WORK_ITEM,
+            entry.id,
+            entry.subject,
+            details={"queue_type": entry.queue_type, "status": entry.status},
+        ),
+    )
