@@ -12,8 +12,10 @@ connections of 500 each are shallow and short. The complexity limit does: it
 estimates the fields the answer holds (``estimate``), each field counting 1
 for every time it appears in the answer, so fields under a connection count
 once per node of its page (``first``, DEFAULT_PAGE_SIZE when not given).
-A plain list (not a connection) counts as one item: the schema's unpaged lists
-are short by design (a report's versions, a study's series summary).
+A plain list (not a connection's page) counts as LIST_ESTIMATE items: the
+schema's unpaged lists are short in practice (a study's series, a report's
+versions), but not bounded, and they nest (a patient's studies' patient's
+studies...): counted as one, a shallow document could ask for millions.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from graphql import (
     GraphQLError,
     GraphQLField,
     GraphQLInterfaceType,
+    GraphQLList,
     GraphQLNamedType,
     GraphQLObjectType,
     GraphQLSchema,
@@ -46,6 +49,7 @@ from graphql import (
     VariableNode,
     Visitor,
     get_named_type,
+    get_nullable_type,
     parse,
     value_from_ast_untyped,
     visit,
@@ -62,6 +66,10 @@ from dicom_node.settings import Settings
 
 # the argument that makes a field a page of many (relay.py: every connection has it)
 PAGE_ARGUMENT = "first"
+# how many items a plain list field counts for (see the module's docstring)
+LIST_ESTIMATE = DEFAULT_PAGE_SIZE
+# the types relay.Connection makes: ImagingRequestConnection, WorklistItemConnection...
+CONNECTION_SUFFIX = "Connection"
 # documents (and page sizes of a document) remembered: a few clients' queries
 CACHE_SIZE = 256
 
@@ -79,11 +87,23 @@ class _Estimate:
         self.fragments = fragments
         self.variables = variables
 
-    def page_size(self, node: FieldNode, definition: GraphQLField | None) -> int:
-        """How many nodes a connection field's page holds at most (1 for any
-        other field): its ``first``, from the document or a variable."""
-        if definition is None or PAGE_ARGUMENT not in definition.args:
+    def page_size(
+        self, node: FieldNode, definition: GraphQLField | None, parent: GraphQLNamedType | None
+    ) -> int:
+        """How many nodes a connection field's page holds at most: its
+        ``first``, from the document or a variable; LIST_ESTIMATE for a plain
+        list (a connection's own ``edges`` are its page, counted at the
+        connection); 1 for any other field."""
+        if definition is None:
             return 1
+        if PAGE_ARGUMENT not in definition.args:
+            listed = isinstance(get_nullable_type(definition.type), GraphQLList)
+            # a connection's edges are its page; the introspection types'
+            # lists are as long as the schema is, the same for every caller
+            bounded = parent is not None and (
+                parent.name.endswith(CONNECTION_SUFFIX) or parent.name.startswith("__")
+            )
+            return LIST_ESTIMATE if listed and not bounded else 1
         for argument in node.arguments or ():
             if argument.name.value != PAGE_ARGUMENT:
                 continue
@@ -116,7 +136,7 @@ class _Estimate:
                 if isinstance(parent, GraphQLObjectType | GraphQLInterfaceType):
                     definition = parent.fields.get(selection.name.value)
                 child = get_named_type(definition.type) if definition is not None else None
-                nodes = self.page_size(selection, definition)
+                nodes = self.page_size(selection, definition, parent)
                 total += 1 + nodes * self.of(selection.selection_set, child, seen)
             elif isinstance(selection, InlineFragmentNode):
                 condition = selection.type_condition

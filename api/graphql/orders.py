@@ -113,11 +113,12 @@ class ImagingRequest:
         found = await asyncio.gather(*(study_by_id(info.context, i) for i in ids))
         return [study for study in found if study is not None]
 
-    # users are read on REST only by user managers (/api/users): the same here;
-    # requestedById / referringPhysicianId / referringPhysicianName stay for everyone
+    # as every edge to a user (a report's radiologist, an item's holder): who
+    # they are (id, username, name, role) for whoever may read the order; the
+    # account itself (email, active...) only for user managers (admin.User)
     @strawberry.field(
         description="The user who placed the order.",
-        extensions=[requires(Permission.USERS_MANAGE)],
+        extensions=[requires(Permission.ORDERS_READ)],
     )
     async def requested_by(
         self, info: Info[GraphQLContext, None]
@@ -130,7 +131,7 @@ class ImagingRequest:
 
     @strawberry.field(
         description="The referring physician as a user, if known.",
-        extensions=[requires(Permission.USERS_MANAGE)],
+        extensions=[requires(Permission.ORDERS_READ)],
     )
     async def referring_physician(
         self, info: Info[GraphQLContext, None]

@@ -24,6 +24,9 @@ from dicom_node.domain.errors import InvalidValue
 T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 50
+# the largest offset a REST listing takes (``offset`` le=1_000_000_000): a deep
+# OFFSET is a scan the database does before it answers
+MAX_OFFSET = 1_000_000_000
 _PREFIX = "offset:"
 
 
@@ -65,7 +68,12 @@ def page_window(first: int | None, after: str | None) -> tuple[int, int]:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise InvalidValue("after is not a cursor of this API", field="after") from None
     digits = text.removeprefix(_PREFIX)
-    if not text.startswith(_PREFIX) or not digits.isdigit() or len(digits) > 10:
+    if (
+        not text.startswith(_PREFIX)
+        or not digits.isdigit()
+        or len(digits) > 10
+        or int(digits) >= MAX_OFFSET
+    ):
         raise InvalidValue("after is not a cursor of this API", field="after")
     return int(digits) + 1, limit
 

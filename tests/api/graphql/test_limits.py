@@ -23,8 +23,9 @@ from graphql import (
 
 from api.graphql.errors import INTERNAL_MESSAGE, PublicErrors
 from api.graphql.limits import estimate, limit_extensions
-from api.graphql.relay import Connection, connection, page_window
+from api.graphql.relay import MAX_OFFSET, Connection, connection, cursor_of, page_window
 from api.graphql.schema import NodeSchema
+from dicom_node.domain.errors import InvalidValue
 from dicom_node.settings import Settings
 from tests.api.graphql.conftest import Graph
 
@@ -40,6 +41,11 @@ class Leaf:
     def child(self) -> Leaf:
         calls.append("child")
         return Leaf(name=f"{self.name}.child")
+
+    @strawberry.field
+    def siblings(self) -> list[Leaf]:
+        calls.append("siblings")
+        return [Leaf(name=f"{self.name}.sibling")]
 
     @strawberry.field
     def children(self, first: int | None = None, after: str | None = None) -> Connection[Leaf]:
@@ -108,6 +114,24 @@ def test_the_estimate_counts_each_field_once_per_node_of_the_pages_above_it() ->
     unpaged = parse("{ leaves { totalCount } }").definitions[0]
     assert isinstance(unpaged, OperationDefinitionNode)
     assert estimate(schema, unpaged, {}, {}) == 1 + 50 * 1
+
+
+def test_a_plain_list_counts_as_a_page_of_fifty_and_nests() -> None:
+    """A list that is not a connection is unbounded too: nested (a patient's
+    studies' patient's studies), counted as one it let a short document ask
+    for a million records."""
+    schema = toy()._schema
+    nested = parse("{ leaves(first: 2) { edges { node { siblings { siblings { name } } } } } }")
+    operation = nested.definitions[0]
+    assert isinstance(operation, OperationDefinitionNode)
+    # leaves 1 + 2 x (edges 1 + node 1 + siblings (1 + 50 x (siblings 1 + 50 x name 1)))
+    # (a connection's edges are its page: counted by first, not again as a list)
+    assert estimate(schema, operation, {}, {}) == 1 + 2 * (2 + 1 + 50 * (1 + 50))
+    refused = outcome(
+        toy(graphql_max_complexity=5000),
+        "{ leaves(first: 2) { edges { node { siblings { siblings { name } } } } } }",
+    )
+    assert refused["codes"] == ["GRAPHQL_VALIDATION_FAILED"] and calls == []
 
 
 def test_a_document_over_the_complexity_limit_is_refused_before_any_resolver_runs() -> None:
@@ -198,3 +222,10 @@ def test_cached_verdicts_follow_the_schema_and_the_page_size_of_each_request() -
         assert outcome(loose, document)["errors"] == []
         assert outcome(strict, deep)["codes"] == ["GRAPHQL_VALIDATION_FAILED"]
         assert outcome(loose, deep)["errors"] == []
+
+
+def test_a_cursor_past_rest_s_largest_offset_is_bad_user_input() -> None:
+    assert page_window(10, cursor_of(MAX_OFFSET - 2)) == (MAX_OFFSET - 1, 10)
+    with pytest.raises(InvalidValue) as refused:
+        page_window(10, cursor_of(MAX_OFFSET))
+    assert refused.value.field == "after"

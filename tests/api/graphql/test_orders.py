@@ -438,24 +438,29 @@ def test_the_batch_service_answers_the_visible_orders_of_a_batch_in_one_statemen
     assert len([sql for sql in seen if sql.startswith("SELECT")]) == 1
 
 
-def test_the_users_of_an_order_are_for_user_managers_only_as_on_rest(graph: Graph) -> None:
-    """REST shows an order's users as ids and names; a user record is
-    users:manage (/api/users): the edges are refused, the rest of the order
-    answered."""
+def test_the_users_of_an_order_show_who_they_are_and_their_account_only_to_admins(
+    graph: Graph,
+) -> None:
+    """As every edge to a user: who placed the order (id, username, name,
+    role) for whoever may read it; the account (email...) is users:manage."""
     scheduler = graph.client("scheduler")
     order = create(scheduler)
     document = """
     query ($id: Int!) { order(id: $id) {
-      id requestedById referringPhysicianName requestedBy { id } referringPhysician { id }
+      id requestedById referringPhysicianName requestedBy { id username } referringPhysician { id }
     } }
     """
     outcome = scheduler.attempt(document, id=order["id"])
-    assert outcome.codes == ["FORBIDDEN", "FORBIDDEN"]
+    assert outcome.codes == []
     assert outcome.data is not None
     assert outcome.data["order"] == {
         "id": order["id"],
         "requestedById": order["requestedById"],
         "referringPhysicianName": "WHO^REFERS",
-        "requestedBy": None,
+        "requestedBy": {"id": order["requestedById"], "username": scheduler.username},
         "referringPhysician": None,
     }
+    account = scheduler.attempt(
+        "query ($id: Int!) { order(id: $id) { requestedBy { email } } }", id=order["id"]
+    )
+    assert account.codes == ["FORBIDDEN"]
