@@ -75,7 +75,7 @@ def create_app(context: ApiContext) -> FastAPI:
         redoc_url=None,
     )
     app.state.context = context
-    app.state.worklist_cache = FeedCache(ttl=1.0)
+    app.state.worklist_cache = FeedCache[bytes](ttl=1.0)
     app.state.event_streams = StreamSlots(context.settings.max_event_streams_per_user)
     # GraphQL subscriptions (api/graphql/subscriptions.py): a cap of their own,
     # over all of a user's WebSocket connections

@@ -15,16 +15,21 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
 
 
-class FeedCache:
+class FeedCache(Generic[V]):
+    """Answers (REST: serialized pages; GraphQL: execution results) by key."""
+
     def __init__(self, *, ttl: float = 1.0, size: int = 256) -> None:
         self._ttl = ttl
         self._size = size
         self._lock = threading.Lock()
-        self._entries: OrderedDict[Hashable, tuple[int, float, bytes]] = OrderedDict()
+        self._entries: OrderedDict[Hashable, tuple[int, float, V]] = OrderedDict()
 
-    def get(self, key: Hashable, seq: int) -> bytes | None:
+    def get(self, key: Hashable, seq: int) -> V | None:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
@@ -36,7 +41,7 @@ class FeedCache:
             self._entries.move_to_end(key)
             return body
 
-    def put(self, key: Hashable, seq: int, body: bytes) -> None:
+    def put(self, key: Hashable, seq: int, body: V) -> None:
         with self._lock:
             self._entries[key] = (seq, time.monotonic(), body)
             self._entries.move_to_end(key)

@@ -22,7 +22,8 @@ process).
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from fastapi import HTTPException, Request
@@ -46,6 +47,23 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
+@dataclass(frozen=True)
+class Listing:
+    """A listing's audit: the throttle's key and record_listing's arguments
+    (principal, action, query, counts, address), without ``repeats``."""
+
+    key: Hashable
+    record: Mapping[str, Any]
+
+
+@dataclass
+class OperationTrace:
+    """What one HTTP operation did that its answer's reuse depends on."""
+
+    writes: int = 0
+    listings: list[Listing] = field(default_factory=list)
+
+
 class GraphQLContext(BaseContext):
     """One per HTTP request, or one per WebSocket connection."""
 
@@ -63,6 +81,9 @@ class GraphQLContext(BaseContext):
         # subscription lives, so a revoked or expired token ends it
         self.token: str | None = None
         self._loaders: dict[Callable[..., Any], DataLoader[Any, Any]] = {}
+        # shared with the operation's copy (for_operation): read by the router
+        # to decide whether the answer may be reused (answers.py)
+        self.trace = OperationTrace()
         # why the caller is not (or no longer) signed in, for ``user`` to say
         self._refusal = "sign in first: send the token in connection_init"
 
@@ -108,6 +129,7 @@ class GraphQLContext(BaseContext):
             with self.api.db.unit_of_work() as session:
                 return fn(session, *args, **kwargs)
 
+        self.trace.writes += 1
         return await run_in_threadpool(call)
 
     async def for_operation(self) -> GraphQLContext:

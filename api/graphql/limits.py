@@ -12,7 +12,7 @@ connections of 500 each are shallow and short. The complexity limit does: it
 estimates the fields the answer holds (``estimate``), each field counting 1
 for every time it appears in the answer, so fields under a connection count
 once per node of its page (``first``, DEFAULT_PAGE_SIZE when not given).
-A plain list (not a connection's page) counts as LIST_ESTIMATE items: the
+A plain list (not a connection's page) counts as LIST_ESTIMATE (10) items: the
 schema's unpaged lists are short in practice (a study's series, a report's
 versions), but not bounded, and they nest (a patient's studies' patient's
 studies...): counted as one, a shallow document could ask for millions.
@@ -66,8 +66,9 @@ from dicom_node.settings import Settings
 
 # the argument that makes a field a page of many (relay.py: every connection has it)
 PAGE_ARGUMENT = "first"
-# how many items a plain list field counts for (see the module's docstring)
-LIST_ESTIMATE = DEFAULT_PAGE_SIZE
+# how many items a plain list field counts for (see the module's docstring): a
+# study's series, a patient's studies, a report's versions are ten or so
+LIST_ESTIMATE = 10
 # the types relay.Connection makes: ImagingRequestConnection, WorklistItemConnection...
 CONNECTION_SUFFIX = "Connection"
 # documents (and page sizes of a document) remembered: a few clients' queries

@@ -24,12 +24,16 @@ from strawberry.exceptions import ConnectionRejectionError
 from strawberry.fastapi import GraphQLRouter
 from strawberry.http import GraphQLRequestData
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.types import ExecutionResult
 from strawberry.types.unset import UnsetType
 
+from api.cache import FeedCache
+from api.graphql.answers import CachedAnswer, answer_key, audit_listing
 from api.graphql.context import GraphQLContext, http_context
 from api.graphql.limits import parse_document
 from api.graphql.schema import build_schema
 from dicom_node.domain.errors import DomainError
+from dicom_node.services.query.changes import latest_seq
 from dicom_node.settings import Settings
 
 PATH = "/graphql"
@@ -66,6 +70,8 @@ def is_subscription(request: GraphQLRequestData, max_tokens: int) -> bool:
 
 class NodeGraphQLRouter(GraphQLRouter[GraphQLContext, None]):
     max_tokens: int
+    # worklist pages' answers (answers.py), as REST's worklist_cache
+    answers: FeedCache[CachedAnswer]
 
     async def execute_operation(
         self,
@@ -85,6 +91,37 @@ class NodeGraphQLRouter(GraphQLRouter[GraphQLContext, None]):
         return await super().execute_operation(
             request, request_adapter, request_data, context, root_value, sub_response
         )
+
+    async def execute_single(
+        self,
+        request: Any,
+        request_adapter: Any,
+        sub_response: Any,
+        context: GraphQLContext,
+        root_value: None,
+        request_data: GraphQLRequestData,
+    ) -> ExecutionResult:
+        """A worklist page's answer, reused while the change feed has not
+        moved (answers.py); any other operation as strawberry runs it."""
+        key = answer_key(context, request_data, self.max_tokens)
+        if key is None:
+            return await super().execute_single(
+                request, request_adapter, sub_response, context, root_value, request_data
+            )
+        # read before the page: a change committed meanwhile moves the feed
+        # past it, and the next request computes the page again
+        seq = await context.read(latest_seq)
+        cached = self.answers.get(key, seq)
+        if cached is not None:
+            for listing in cached.listings:
+                await audit_listing(context, listing)
+            return cached.result
+        result = await super().execute_single(
+            request, request_adapter, sub_response, context, root_value, request_data
+        )
+        if not result.errors and context.trace.writes == 0:
+            self.answers.put(key, seq, CachedAnswer(result, tuple(context.trace.listings)))
+        return result
 
     async def on_ws_connect(self, context: GraphQLContext) -> UnsetType | dict[str, object] | None:
         token = token_of(context.connection_params)
@@ -113,4 +150,5 @@ def graphql_router(settings: Settings) -> NodeGraphQLRouter:
         include_in_schema=False,
     )
     router.max_tokens = settings.graphql_max_tokens
+    router.answers = FeedCache[CachedAnswer](ttl=1.0)
     return router

@@ -24,7 +24,8 @@ from strawberry.types import Info
 
 from api.graphql import relay
 from api.graphql.access import requires
-from api.graphql.context import GraphQLContext
+from api.graphql.answers import audit_listing
+from api.graphql.context import GraphQLContext, Listing
 from api.graphql.relay import Connection
 from api.graphql.studies import (
     SUMMARY_FIELDS,
@@ -35,7 +36,6 @@ from api.graphql.studies import (
     worklist_studies,
     worklist_study,
 )
-from api.listing_audit import RepeatedListingAudit, record_listing
 from api.schemas.common import MAX_ID
 from dicom_node.domain.enums import Priority, QueueType, WorklistStatus
 from dicom_node.domain.errors import InvalidValue
@@ -350,31 +350,20 @@ class Query:
         # them (the patient's demographics, the order, the report), as a
         # listing audits what it shows; a page asking other edges is another query
         shown = sorted(relay.selected(info.selected_fields, "worklist", "edges", "node") & EDGES)
-        audit: RepeatedListingAudit = context.state.listing_audit
-        # apart from REST's key: a REST poll does not hide a GraphQL one
-        audit_key = (
-            user.user_id,
-            context.address,
-            ("graphql", query, offset, limit, tuple(shown)),
+        listing = Listing(
+            # apart from REST's key: a REST poll does not hide a GraphQL one
+            key=(user.user_id, context.address, ("graphql", query, offset, limit, tuple(shown))),
+            record={
+                "principal": user,
+                "action": "worklist_queried",
+                "target_class": "WorklistItem",
+                "query": {**_audited_query(query, assigned_to, offset, limit), "edges": shown},
+                "matches": page.total,
+                "returned": len(page.items),
+                "source_address": context.address,
+            },
         )
-        repeats = audit.due(audit_key)
-        if repeats is not None:
-            try:
-                await context.write(
-                    record_listing,
-                    principal=user,
-                    action="worklist_queried",
-                    target_class="WorklistItem",
-                    query={**_audited_query(query, assigned_to, offset, limit), "edges": shown},
-                    matches=page.total,
-                    returned=len(page.items),
-                    source_address=context.address,
-                    repeats=repeats,
-                )
-            except BaseException:
-                # no event, no page (as REST): the next listing writes it
-                audit.not_written(audit_key, repeats)
-                raise
+        await audit_listing(context, listing)
         items = [WorklistItem.of(entry) for entry in page.items]
         await prefetch(info, items)
         return relay.connection(items, total=page.total, offset=offset)

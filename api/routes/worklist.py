@@ -99,7 +99,7 @@ def list_queue(
         overdue=overdue,
         sort=sort,
     )
-    cache: FeedCache = request.app.state.worklist_cache
+    cache: FeedCache[bytes] = request.app.state.worklist_cache
     key = (query, offset, limit)
     with context.db.read() as session:
         seq = latest_seq(session)
