@@ -1,5 +1,6 @@
-"""The worklist page's answer, reused while the change feed has not moved, as
-REST's page is (api/cache.py).
+"""How a GraphQL listing is audited (``audited_page``, ``audit_listing``: as
+its REST route), and the worklist page's answer, reused while the change feed
+has not moved, as REST's page is (api/cache.py), its listing audit replayed.
 
 Workstations poll the worklist; REST answers a repeated listing from a cache
 that the change feed invalidates (any claim, release, new item or report
@@ -23,8 +24,9 @@ is ``worklist`` is answered from the same kind of cache:
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 from graphql import FieldNode, GraphQLError, OperationType, get_operation_ast
 from strawberry.http import GraphQLRequestData
@@ -58,6 +60,50 @@ async def audit_listing(context: GraphQLContext, listing: Listing) -> None:
         # no event, no page (as REST): the next listing writes it
         audit.not_written(listing.key, repeats)
         raise
+
+
+class Page(Protocol):
+    """A listing service's page (services/listing.py: Listed, and its kin)."""
+
+    @property
+    def total(self) -> int: ...
+
+    @property
+    def items(self) -> Sequence[object]: ...
+
+
+PageT = TypeVar("PageT", bound=Page)
+
+
+async def audited_page(
+    context: GraphQLContext,
+    list_page: Callable[..., PageT],
+    *,
+    narrowed: bool,
+    action: str,
+    target_class: str,
+    query: Mapping[str, Any],
+    **arguments: Any,
+) -> PageT:
+    """A REST listing's page with its Query event, as its REST route makes
+    them: narrowed to a patient, the listing service audits the query itself
+    (naming the patient) in its own unit of work; otherwise the page is a read
+    and one event records ``query`` and the counts (every time: only the
+    polled worklist is throttled, ``audit_listing``)."""
+    run = context.write if narrowed else context.read
+    page = await run(list_page, principal=context.user, source_address=context.address, **arguments)
+    if not narrowed:
+        await context.write(
+            record_listing,
+            principal=context.user,
+            action=action,
+            target_class=target_class,
+            query=query,
+            matches=page.total,
+            returned=len(page.items),
+            source_address=context.address,
+        )
+    return page
 
 
 def answer_key(

@@ -21,10 +21,10 @@ from pydantic import BaseModel, Field
 from strawberry.types import Info
 
 from api.graphql.access import requires
+from api.graphql.answers import audited_page
 from api.graphql.context import GraphQLContext
 from api.graphql.inputs import given, record_id, validated
 from api.graphql.relay import Connection, connection, page_window
-from api.listing_audit import record_listing
 from api.schemas.common import MAX_ID
 from api.schemas.orders import (
     ModalityCode,
@@ -322,35 +322,18 @@ class Query:
             created_from=query.created_from,
             created_to=query.created_to,
         )
-        # as REST: narrowed to a patient, the service audits the query (with
-        # the patient id) in its own unit of work; otherwise a read, audited after
-        by_patient = query.patient_id is not None or bool(query.patient_name)
-        run = context.write if by_patient else context.read
-        listed = await run(
+        listed = await audited_page(
+            context,
             list_orders,
-            principal=context.user,
+            narrowed=query.patient_id is not None or bool(query.patient_name),
+            action="orders_queried",
+            target_class="ImagingRequest",
+            query={**filters.query_keys(), "sort": query.sort, "offset": offset, "limit": limit},
             filters=filters,
             sort=query.sort,
             offset=offset,
             limit=limit,
-            source_address=context.address,
         )
-        if not by_patient:
-            await context.write(
-                record_listing,
-                principal=context.user,
-                action="orders_queried",
-                target_class="ImagingRequest",
-                query={
-                    **filters.query_keys(),
-                    "sort": query.sort,
-                    "offset": offset,
-                    "limit": limit,
-                },
-                matches=listed.total,
-                returned=len(listed.items),
-                source_address=context.address,
-            )
         return connection(
             [ImagingRequest.of(o) for o in listed.items], total=listed.total, offset=offset
         )

@@ -18,11 +18,11 @@ from pydantic import BaseModel, Field
 from strawberry.types import Info
 
 from api.graphql.access import requires
+from api.graphql.answers import audited_page
 from api.graphql.context import GraphQLContext
 from api.graphql.inputs import record_id, validated
 from api.graphql.orders import ImagingRequest, order_by_id
 from api.graphql.relay import Connection, connection, page_window
-from api.listing_audit import record_listing
 from api.schemas.orders import Text
 from api.schemas.reconciliation import (
     CreateOrderRequest,
@@ -192,36 +192,24 @@ class Query:
         context = info.context
         offset, limit = page_window(first, after)
         query = validated(ReconciliationQuery, {"patient_id": patient_id, "sort": sort})
-        # as REST: narrowed to a patient, the service audits the query (with
-        # the patient id) in its own unit of work; otherwise a read, audited after
-        by_patient = query.patient_id is not None
-        run = context.write if by_patient else context.read
-        listed = await run(
+        listed = await audited_page(
+            context,
             list_reconciliation,
-            principal=context.user,
+            narrowed=query.patient_id is not None,
+            action="reconciliation_queried",
+            target_class="DicomStudy",
+            query={
+                "metadata_status": metadata_status,
+                "sort": query.sort,
+                "offset": offset,
+                "limit": limit,
+            },
             metadata_status=metadata_status,
             patient_id=query.patient_id,
             sort=query.sort,
             offset=offset,
             limit=limit,
-            source_address=context.address,
         )
-        if not by_patient:
-            await context.write(
-                record_listing,
-                principal=context.user,
-                action="reconciliation_queried",
-                target_class="DicomStudy",
-                query={
-                    "metadata_status": metadata_status,
-                    "sort": query.sort,
-                    "offset": offset,
-                    "limit": limit,
-                },
-                matches=listed.total,
-                returned=len(listed.items),
-                source_address=context.address,
-            )
         return connection(
             [ReconciliationEntry.of(e) for e in listed.items], total=listed.total, offset=offset
         )
