@@ -7,9 +7,9 @@ the caller's role and visibility: ``services/query/changes.py``), and its
 it got as ``since`` and gets every change after it, none twice. Without
 ``since`` a subscription starts at the present.
 
-Waking up is the SSE stream's (api/routes/changes.py): on PostgreSQL the change
-notification (LISTEN/NOTIFY, ``dicom_node.db.notify``) with a fallback poll,
-on SQLite a poll. Every read re-checks the connection's token, so a revoked or
+Reading and waking up are the SSE stream's (api/feed.py): on PostgreSQL the
+change notification (LISTEN/NOTIFY) with a fallback poll, on SQLite a poll.
+Every read re-checks the connection's token, so a revoked or
 expired token ends the subscription with ``UNAUTHENTICATED``; a ``since`` older
 than the trimmed feed keeps ends it with ``GONE`` (``feedStart``: reload, then
 resume from ``feedStart - 1``).
@@ -24,7 +24,6 @@ cancels the operation, which runs the generator's ``finally``).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncGenerator
 from datetime import datetime
@@ -37,30 +36,19 @@ from graphql import GraphQLError
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
+from api.feed import ENTITIES, MAX_SEQ, read_feed, wait_for_changes
 from api.graphql.access import requires
 from api.graphql.context import GraphQLContext
 from api.graphql.orders import ImagingRequest, order_read_by_id
 from api.graphql.reports import Report, report_by_id
 from api.graphql.worklist import WorklistItem, worklist_item_read_by_id
-from api.routes.changes import (
-    BATCH,
-    ENTITIES,
-    FALLBACK_POLL_SECONDS,
-    MAX_SEQ,
-    MIN_READ_INTERVAL_SECONDS,
-    POLL_SECONDS,
-)
 from api.streams import RETRY_AFTER_SECONDS, StreamSlot, StreamSlots
 from dicom_node.db.notify import listener_for
 from dicom_node.domain.errors import Gone, InvalidValue
-from dicom_node.domain.permissions import Permission, Principal
-from dicom_node.services.access.auth import authenticate
+from dicom_node.domain.permissions import Permission
 from dicom_node.services.query.changes import (
     Change,
-    feed_start,
     latest_seq,
-    list_changes,
-    missed_trimmed_changes,
 )
 
 # the slots object on app.state (api/app.py): one per process, as the SSE streams'
@@ -158,21 +146,6 @@ async def changes_of(
         )
     db = context.api.db
 
-    def poll(after: int) -> tuple[Principal, list[Change]] | Gone:
-        with db.read() as session:
-            # raises AuthenticationFailed (UNAUTHENTICATED) once revoked or expired
-            principal = authenticate(session, token)
-            found = list_changes(
-                session, principal=principal, since=after, limit=BATCH, entities=entities
-            )
-            # after the read, in its session: a trim committed meanwhile is seen here
-            if after and missed_trimmed_changes(session, since=after):
-                return Gone(
-                    "changes after this point were trimmed: reload, then resume from feedStart - 1",
-                    feed_start=feed_start(session),
-                )
-            return principal, found
-
     def present() -> int:
         with db.read() as session:
             return latest_seq(session)
@@ -185,28 +158,25 @@ async def changes_of(
             # taken before the read: a notification during the read still wakes us
             mark = listener.mark() if listener is not None else 0
             read_at = time.monotonic()
-            read = await run_in_threadpool(poll, after)
-            if isinstance(read, Gone):
-                raise read
-            principal, found = read
-            for change in found:
+            # raises AuthenticationFailed (UNAUTHENTICATED) once revoked or expired
+            read = await run_in_threadpool(read_feed, db, token, after=after, entities=entities)
+            if read.trimmed_to is not None:
+                raise Gone(
+                    "changes after this point were trimmed: reload, then resume from feedStart - 1",
+                    feed_start=read.trimmed_to,
+                )
+            for change in read.changes:
                 after = change.seq
                 scope = GraphQLContext(
                     api=context.api,
                     state=context.state,
                     address=context.address,
-                    principal=principal,
+                    principal=read.principal,
                 )
                 yield ChangeEvent.of(change, scope)
-            if found:
+            if read.changes:
                 continue
-            if listener is not None and listener.connected.is_set():
-                await slot.pause(listener.wait(mark, FALLBACK_POLL_SECONDS))
-                rest = read_at + MIN_READ_INTERVAL_SECONDS - time.monotonic()
-                if rest > 0:
-                    await slot.pause(asyncio.sleep(rest))
-            else:
-                await slot.pause(asyncio.sleep(POLL_SECONDS))
+            await wait_for_changes(slot, listener, mark=mark, read_at=read_at)
     finally:
         slot.release()
 

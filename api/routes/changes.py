@@ -6,18 +6,14 @@ see. The SSE stream uses the feed sequence number as the event id, so a client
 that reconnects with ``Last-Event-ID`` (browsers do this by themselves) resumes
 exactly after the last event it got.
 
-On PostgreSQL the stream wakes on the change notification every commit that
-writes the feed sends (LISTEN/NOTIFY, ``dicom_node.db.notify``), whichever node
-or process made the change, and polls every ``FALLBACK_POLL_SECONDS`` as a
-safety net. On SQLite, or while the notification connection is down, it polls
-every ``POLL_SECONDS``. Either way it reads ``change_log`` itself, re-checking
-the token at every read, so a revoked or expired token ends the stream (within
-the fallback interval at most).
+The stream reads and waits as GraphQL subscriptions do (api/feed.py): woken
+by the commit notification on PostgreSQL, polling on SQLite, the token checked
+again at every read, so a revoked or expired token ends the stream (within the
+fallback interval at most).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -28,12 +24,12 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from api.deps import Context, bearer_token, require
+from api.feed import ENTITIES, MAX_SEQ, FeedRead, read_feed, wait_for_changes
 from api.schemas.common import AUTH_ERRORS, ErrorResponse
 from api.streams import SHUTDOWN_EVENT, SlotStreamingResponse, StreamSlot, StreamSlots
 from dicom_node.db.notify import listener_for
 from dicom_node.domain.errors import AuthenticationFailed, Gone
 from dicom_node.domain.permissions import Permission, Principal
-from dicom_node.services.access.auth import authenticate
 from dicom_node.services.query.changes import (
     Change,
     feed_start,
@@ -44,17 +40,7 @@ from dicom_node.services.query.changes import (
 
 router = APIRouter(prefix="/api", tags=["changes"])
 
-# without notifications (SQLite, or the listener reconnecting)
-POLL_SECONDS = 0.25
-# with notifications: a safety net for a lost one, and the token re-check
-FALLBACK_POLL_SECONDS = 3.0
-# a burst of notifications (one per commit) is read in batches, not once each
-MIN_READ_INTERVAL_SECONDS = 0.05
 HEARTBEAT_SECONDS = 15.0
-BATCH = 200
-# as for every id of the API: within what a JSON number holds exactly (larger: 422)
-MAX_SEQ = 2**53 - 1
-ENTITIES = ("order", "study", "worklist_item", "report")
 
 
 class ChangePublic(BaseModel):
@@ -161,21 +147,12 @@ def stream_events(
     wanted = _entities(entity)
     start = last_event_id if last_event_id is not None else since
 
-    def poll(after: int) -> list[Change] | int | None:
-        """The next changes; None once the token is no longer valid; an int (where
-        the feed now starts) when a trim took changes after ``after``."""
-        with context.db.read() as session:
-            try:
-                principal = authenticate(session, token)
-            except AuthenticationFailed:
-                return None
-            changes = list_changes(
-                session, principal=principal, since=after, limit=BATCH, entities=wanted
-            )
-            # after the read, in its session: a trim committed meanwhile is seen here
-            if after and missed_trimmed_changes(session, since=after):
-                return feed_start(session)
-            return changes
+    def poll(after: int) -> FeedRead | None:
+        """The next read; None once the token is no longer valid."""
+        try:
+            return read_feed(context.db, token, after=after, entities=wanted)
+        except AuthenticationFailed:
+            return None
 
     def current() -> int:
         with context.db.read() as session:
@@ -196,16 +173,17 @@ def stream_events(
             # taken before the read: a notification during the read still wakes us
             mark = listener.mark() if listener is not None else 0
             read_at = time.monotonic()
-            changes = await run_in_threadpool(poll, after)
-            if changes is None:
+            read = await run_in_threadpool(poll, after)
+            if read is None:
                 yield 'event: end\ndata: {"reason": "token expired or revoked"}\n\n'
                 return
-            if isinstance(changes, int):
+            if read.trimmed_to is not None:
                 # changes after ``after`` were trimmed: the client reloads; the rest
                 # follows. The id moves the browser's Last-Event-ID past the gap.
-                after = changes - 1
-                yield f'id: {after}\nevent: reset\ndata: {{"feed_start": {changes}}}\n\n'
+                after = read.trimmed_to - 1
+                yield f'id: {after}\nevent: reset\ndata: {{"feed_start": {read.trimmed_to}}}\n\n'
                 continue
+            changes = read.changes
             for change in changes:
                 after = change.seq
                 data = _public(change).model_dump_json()
@@ -213,13 +191,7 @@ def stream_events(
             if changes:
                 last_sent = time.monotonic()
                 continue
-            if listener is not None and listener.connected.is_set():
-                await slot.pause(listener.wait(mark, FALLBACK_POLL_SECONDS))
-                rest = read_at + MIN_READ_INTERVAL_SECONDS - time.monotonic()
-                if rest > 0:
-                    await slot.pause(asyncio.sleep(rest))
-            else:
-                await slot.pause(asyncio.sleep(POLL_SECONDS))
+            await wait_for_changes(slot, listener, mark=mark, read_at=read_at)
             if time.monotonic() - last_sent >= HEARTBEAT_SECONDS:
                 last_sent = time.monotonic()
                 yield ": heartbeat\n\n"
