@@ -32,6 +32,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.headers import SECURITY_HEADERS
+from api.streams import TooManyStreams
 from dicom_node.domain.errors import (
     AlreadyExists,
     AuthenticationFailed,
@@ -107,6 +108,8 @@ def domain_error_response(exc: Exception) -> JSONResponse:
     if isinstance(exc, TranscoderBusy):
         # a capacity limit, not the request's fault: the client may come back
         return error_response(503, message, headers={"Retry-After": str(TRANSCODER_RETRY_AFTER)})
+    if isinstance(exc, TooManyStreams):
+        return error_response(429, message, headers={"Retry-After": str(exc.retry_after)})
     if isinstance(exc, PasswordHashingBusy):
         return error_response(503, message, headers={"Retry-After": str(exc.retry_after)})
     log.error("unmapped domain error %s: %s", type(exc).__name__, message)

@@ -30,10 +30,10 @@ import threading
 from collections.abc import AsyncIterable, Coroutine, Mapping
 from typing import Any
 
-from fastapi import HTTPException
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from dicom_node.domain.errors import DomainError
 from dicom_node.log_limit import LogLimiter
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,14 @@ class StreamSlot:
         await self._owner.pause(waiting)
 
 
+class TooManyStreams(DomainError):
+    """A user holds as many live streams as they may; ``retry_after`` seconds."""
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class StreamSlots:
     """How many streams each user holds open in this process."""
 
@@ -88,7 +96,8 @@ class StreamSlots:
         self._pausing: set[_Waiter] = set()
 
     def take(self, user_id: int) -> StreamSlot:
-        """A slot for one more stream, or 429 (HTTPException, in the error shape)."""
+        """A slot for one more stream, or TooManyStreams (REST: 429 with
+        Retry-After, api/errors.py; GraphQL: TOO_MANY_REQUESTS)."""
         with self._lock:
             held = self._held.get(user_id, 0)
             if held >= self.per_user:
@@ -98,13 +107,10 @@ class StreamSlots:
                     user_id,
                     held,
                 )
-                raise HTTPException(
-                    status_code=429,
-                    detail=(
-                        f"{held} live-event streams already open for this user "
-                        f"(at most {self.per_user}): close one first"
-                    ),
-                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                raise TooManyStreams(
+                    f"{held} live-event streams already open for this user "
+                    f"(at most {self.per_user}): close one first",
+                    retry_after=RETRY_AFTER_SECONDS,
                 )
             self._held[user_id] = held + 1
         return StreamSlot(self, user_id)

@@ -33,6 +33,7 @@ from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
 
 from api.graphql.inputs import camel, camel_keys
+from api.streams import TooManyStreams
 from dicom_node.domain.errors import (
     AlreadyExists,
     AuthenticationFailed,
@@ -77,6 +78,8 @@ def extensions_of(exc: BaseException) -> dict[str, Any] | None:
         return {"code": "BAD_USER_INPUT", "field": camel(exc.field) if exc.field else None}
     if isinstance(exc, TranscoderBusy):
         return {"code": "SERVICE_UNAVAILABLE"}
+    if isinstance(exc, TooManyStreams):
+        return {"code": "TOO_MANY_REQUESTS", "retryAfter": exc.retry_after}
     if isinstance(exc, PasswordHashingBusy):
         return {"code": "SERVICE_UNAVAILABLE", "retryAfter": exc.retry_after}
     if isinstance(exc, DomainError):

@@ -30,7 +30,6 @@ from datetime import datetime
 from typing import Annotated, cast
 
 import strawberry
-from fastapi import HTTPException
 from fastapi.concurrency import run_in_threadpool
 from graphql import GraphQLError
 from strawberry.scalars import JSON
@@ -42,7 +41,7 @@ from api.graphql.context import GraphQLContext
 from api.graphql.orders import ImagingRequest, order_read_by_id
 from api.graphql.reports import Report, report_by_id
 from api.graphql.worklist import WorklistItem, worklist_item_read_by_id
-from api.streams import RETRY_AFTER_SECONDS, StreamSlot, StreamSlots
+from api.streams import StreamSlot, StreamSlots, TooManyStreams
 from dicom_node.db.notify import listener_for
 from dicom_node.domain.errors import Gone, InvalidValue
 from dicom_node.domain.permissions import Permission
@@ -122,12 +121,12 @@ def _take_slot(context: GraphQLContext) -> StreamSlot:
     slots: StreamSlots = getattr(context.state, SLOTS_STATE)
     try:
         return slots.take(context.user.user_id)
-    except HTTPException:
-        # StreamSlots answers REST's 429; here it is the subscription's error
-        raise GraphQLError(
+    except TooManyStreams as refused:
+        # in a subscription's words (TOO_MANY_REQUESTS, errors.py)
+        raise TooManyStreams(
             f"{slots.per_user} subscriptions already open for this user "
             f"(at most {slots.per_user} on this node): stop one first",
-            extensions={"code": "TOO_MANY_REQUESTS", "retryAfter": RETRY_AFTER_SECONDS},
+            retry_after=refused.retry_after,
         ) from None
 
 
