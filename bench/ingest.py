@@ -21,9 +21,11 @@ What it does:
    empty storage directory, sends the set with K parallel ``/usr/bin/storescu``
    (disjoint parts, TCP_NODELAY=1), times first start to last exit, checks that every
    storescu exited 0 and that the target holds every instance (the node's SQLite
-   index, Orthanc's /statistics, storescp's files), samples the peak RSS of the
-   target's process tree every 0.2 s, and stops the target;
-4. prints a table: instances/s, node/Orthanc and node/storescp ratios, peak RSS.
+   index, Orthanc's /statistics, storescp's files), samples the peak RSS and PSS of
+   the target's process tree every 0.2 s, and stops the target;
+4. prints a table: instances/s, node/Orthanc and node/storescp ratios, peak RSS
+   (summed over the node's processes, each counting the pages they share) and
+   peak PSS (shared pages split among them: what the tree costs the machine).
 
 ``--profile`` then reads the node's /metrics after each node run (its worker
 processes' figures merged by prometheus_client's multiprocess mode) and prints
@@ -36,6 +38,10 @@ work (PDU decoding, thread hand-offs, polling).
 ``--database postgresql`` runs the node on a throw-away PostgreSQL server
 started inside the namespace (durable: fsync and synchronous commit on), a
 fresh database per node run; the default is the node's own SQLite file.
+
+``--node-env KEY=VALUE`` (repeatable) runs the node with that setting in its
+environment, e.g. ``--node-env DICOM_NODE_FSYNC=false`` to see what the disk
+flushes cost; the first line of the output names it.
 
 ``--soak N`` then sends N unique small instances to one node with 4 clients and
 samples the RSS of its process tree every second: RSS flat over the run or not.
@@ -529,8 +535,13 @@ def profile_table(results: list[Measurement]) -> str:
     return "\n".join(lines)
 
 
-def _tree_rss_kb(root: int) -> int:
-    """Sum of VmRSS over a process and all its descendants (walks /proc by PPid)."""
+def _tree_memory_kb(root: int) -> tuple[int, int]:
+    """(RSS, PSS) in kB summed over a process and all its descendants (walks /proc
+    by PPid). RSS counts a page shared by several processes (a shared library, the
+    node's worker processes' copies of the same code) once per process; PSS
+    (proportional set size) splits it among them, so a tree of processes that
+    share pages is not charged several times for one page. For a single process
+    (Orthanc) the two are about equal."""
     parents: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -541,36 +552,44 @@ def _tree_rss_kb(root: int) -> int:
             continue
         ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
         parents.setdefault(ppid, []).append(int(entry.name))
-    total, todo = 0, [root]
+    rss = pss = 0
+    todo = [root]
     while todo:
         pid = todo.pop()
         todo.extend(parents.get(pid, ()))
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+                    rss += int(line.split()[1])
+                    break
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    pss += int(line.split()[1])
                     break
         except OSError:
             continue
-    return total
+    return rss, pss
 
 
 class RssSampler(threading.Thread):
-    """Samples the RSS of a process tree until stopped; keeps the peak and the samples."""
+    """Samples the RSS and PSS of a process tree until stopped; keeps the peaks and
+    the RSS samples."""
 
     def __init__(self, pid: int, interval: float) -> None:
         super().__init__(daemon=True)
         self.pid = pid
         self.interval = interval
         self.peak_kb = 0
+        self.peak_pss_kb = 0
         self.samples: list[tuple[float, int]] = []
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         while not self._stop_event.is_set():
-            rss = _tree_rss_kb(self.pid)
+            rss, pss = _tree_memory_kb(self.pid)
             self.samples.append((time.monotonic(), rss))
             self.peak_kb = max(self.peak_kb, rss)
+            self.peak_pss_kb = max(self.peak_pss_kb, pss)
             self._stop_event.wait(self.interval)
 
     def stop(self) -> None:
@@ -643,9 +662,15 @@ class NodeTarget:
     name = "node"
 
     def __init__(
-        self, workers: int | None, *, profile: bool = False, url: DatabaseUrl | None = None
+        self,
+        workers: int | None,
+        *,
+        profile: bool = False,
+        url: DatabaseUrl | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.workers = workers
+        self.env = env or {}
         self.profile = profile
         self.url = url
         self._runs = 0
@@ -672,6 +697,7 @@ class NodeTarget:
             extra["DICOM_NODE_DICOM_WORKERS"] = str(self.workers)
         if self.profile:
             extra["DICOM_NODE_METRICS_TOKEN"] = PROFILE_TOKEN
+        extra.update(self.env)  # --node-env
         log = run_dir / "node.log"
         proc = _spawn([DICOM_NODE, "serve"], log=log, env=_env(extra), cwd=run_dir)
         # Not the DICOM port: with worker processes the main process listens (and
@@ -786,6 +812,7 @@ class Measurement:
     instances: int
     seconds: float = 0.0
     peak_rss_kb: int = 0
+    peak_pss_kb: int = 0
     stored: int = -1
     errors: list[str] = field(default_factory=list)
     note: str = ""
@@ -887,6 +914,7 @@ def measure(target: Target, data: DataSet, clients: int, work: Path, links: Path
         if sampler is not None:
             sampler.stop()
             result.peak_rss_kb = sampler.peak_kb
+            result.peak_pss_kb = sampler.peak_pss_kb
         if server is not None:
             _stop(server.proc)
             if not result.ok:
@@ -928,6 +956,7 @@ def soak(
     links: Path,
     clients: int = 4,
     url: DatabaseUrl | None = None,
+    env: dict[str, str] | None = None,
 ) -> bool:
     """Whether the soak ran without errors (flat or not is printed)."""
     count = len(data.files)
@@ -935,9 +964,9 @@ def soak(
     dirs = client_dirs(data, clients, links)
     run_dir = work / "soak"
     run_dir.mkdir(parents=True)
-    target = NodeTarget(workers, url=url)
+    target = NodeTarget(workers, url=url, env=env)
     server = target.start(run_dir, clients)
-    samples: list[tuple[float, int, int]] = []  # seconds, RSS kB, instances indexed
+    samples: list[tuple[float, int, int, int]] = []  # seconds, RSS kB, PSS kB, indexed
     stop = threading.Event()
 
     def sample() -> None:
@@ -946,8 +975,8 @@ def soak(
             try:
                 indexed = _node_count(server)
             except Exception:  # a busy or starting database: keep the last count
-                indexed = samples[-1][2] if samples else 0
-            samples.append((time.monotonic() - t0, _tree_rss_kb(server.proc.pid), indexed))
+                indexed = samples[-1][3] if samples else 0
+            samples.append((time.monotonic() - t0, *_tree_memory_kb(server.proc.pid), indexed))
             if stop.wait(SOAK_INTERVAL):
                 return
 
@@ -961,7 +990,7 @@ def soak(
         stop.set()
         sampler.join()
         final = _node_count(server)
-        samples.append((samples[-1][0] + SOAK_INTERVAL, _tree_rss_kb(server.proc.pid), final))
+        samples.append((samples[-1][0] + SOAK_INTERVAL, *_tree_memory_kb(server.proc.pid), final))
         if final != count:
             errors.append(f"{final} of {count} instances indexed")
     finally:
@@ -973,21 +1002,22 @@ def soak(
         return False
     shutil.rmtree(run_dir, ignore_errors=True)
 
-    def at(fraction: float) -> tuple[float, int, int]:
+    def at(fraction: float) -> tuple[float, int, int, int]:
         if fraction == 0:
             return samples[0]
         if fraction == 1:
             return samples[-1]
-        return next(s for s in samples if s[2] >= fraction * count)
+        return next(s for s in samples if s[3] >= fraction * count)
 
     print(f"  {count} instances in {seconds:.1f} s = {count / seconds:.1f} inst/s")
-    print("  | point | t (s) | indexed | RSS (MB) |\n  | --- | ---: | ---: | ---: |")
+    print("  | point | t (s) | indexed | RSS (MB) | PSS (MB) |")
+    print("  | --- | ---: | ---: | ---: | ---: |")
     marks = {}
     for label, fraction in (("start", 0.0), ("25%", 0.25), ("50%", 0.5), ("75%", 0.75)):
         marks[label] = at(fraction)
     marks["end"] = at(1.0)
-    for label, (t, rss, indexed) in marks.items():
-        print(f"  | {label} | {t:.0f} | {indexed} | {rss / 1024:.1f} |")
+    for label, (t, rss, pss, indexed) in marks.items():
+        print(f"  | {label} | {t:.0f} | {indexed} | {rss / 1024:.1f} | {pss / 1024:.1f} |")
     base, end = marks["25%"][1], marks["end"][1]
     growth = (end - base) / base * 100 if base else 0.0
     peak = max(s[1] for s in samples)
@@ -1056,7 +1086,8 @@ def facts(args: argparse.Namespace, workers_note: str, fsync: str) -> str:
             f"python {platform.python_version()}, pydicom {pydicom.__version__}, "
             f"pynetdicom {pynetdicom.__version__}, {_version([STORESCU, '--version'])}, "
             f"{_version([ORTHANC, '--version'])}",
-            f"node: fsync={fsync} (the default; kept), full indexing into {_index_note(args)}, "
+            f"node: fsync={fsync} ({_settings_note(args)}), "
+            f"full indexing into {_index_note(args)}, "
             f"workers: {workers_note}; Orthanc: default SQLite index, SyncStorageArea default "
             "(true), MaximumPduLength 131072; storescp: -pdu 131072 +xa, no fsync, "
             "--fork at >1 client",
@@ -1064,6 +1095,12 @@ def facts(args: argparse.Namespace, workers_note: str, fsync: str) -> str:
             "storescu, storescp and Orthanc; inside a private network namespace",
         ]
     )
+
+
+def _settings_note(args: argparse.Namespace) -> str:
+    if not args.node_env:
+        return "the default; kept"
+    return "defaults but --node-env " + " ".join(f"{k}={v}" for k, v in args.node_env.items())
 
 
 def _index_note(args: argparse.Namespace) -> str:
@@ -1098,10 +1135,14 @@ def table(results: list[Measurement], sets: list[DataSet], clients: list[int]) -
     def rss(m: Measurement | None) -> str:
         return "-" if m is None else f"{m.peak_rss_kb / 1024:.0f}"
 
+    def pss(m: Measurement | None) -> str:
+        return "-" if m is None else f"{m.peak_pss_kb / 1024:.0f}"
+
     lines = [
         "| set | clients | node inst/s | orthanc inst/s | storescp inst/s | node/orthanc "
-        "| node/storescp | peak RSS MB node | orthanc | storescp |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| node/storescp | peak RSS MB node | orthanc | storescp | peak PSS MB node "
+        "| orthanc |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for data in sets:
         label = f"{data.name} ({len(data.files)} x {data.mean_kb:.1f} KB, {data.studies} studies)"
@@ -1110,7 +1151,7 @@ def table(results: list[Measurement], sets: list[DataSet], clients: list[int]) -
             lines.append(
                 f"| {label} | {k} | {rate(node)} | {rate(orthanc)} | {rate(scp)} "
                 f"| {ratio(node, orthanc)} | {ratio(node, scp)} "
-                f"| {rss(node)} | {rss(orthanc)} | {rss(scp)} |"
+                f"| {rss(node)} | {rss(orthanc)} | {rss(scp)} | {pss(node)} | {pss(orthanc)} |"
             )
     return "\n".join(lines)
 
@@ -1137,6 +1178,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "(20000; 1000 with --quick)",
     )
     parser.add_argument("--workers", type=int, default=None, help="DICOM_NODE_DICOM_WORKERS")
+    parser.add_argument(
+        "--node-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a DICOM_NODE_* setting for the node's runs (repeatable), e.g. DICOM_NODE_FSYNC=false",
+    )
     parser.add_argument(
         "--profile", action="store_true", help="per-stage ms and CPU per instance of the node"
     )
@@ -1166,6 +1214,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--clients: positive integers, e.g. 1,4")
     if not args.only:
         parser.error(f"--only: some of {','.join(TARGETS)}")
+    node_env = dict(item.partition("=")[::2] for item in args.node_env)
+    if any(not key.startswith("DICOM_NODE_") or not value for key, value in node_env.items()):
+        parser.error("--node-env: DICOM_NODE_<SETTING>=<value>")
+    args.node_env = node_env
     return args
 
 
@@ -1218,7 +1270,7 @@ def inside(args: argparse.Namespace) -> int:
         sys.exit(f"bench: not in a private network namespace (interfaces: {interfaces})")
     sets, soak_set = prepare_all(args)
 
-    defaults = _node_config({})
+    defaults = _node_config(args.node_env)
     fsync = defaults.get("fsync", "?")
     if args.workers is None:
         workers_note = (
@@ -1246,7 +1298,7 @@ def _run(
     url: DatabaseUrl,
 ) -> int:
     targets: dict[str, Target] = {
-        "node": NodeTarget(args.workers, profile=args.profile, url=url),
+        "node": NodeTarget(args.workers, profile=args.profile, url=url, env=args.node_env),
         "orthanc": OrthancTarget(),
         "storescp": StorescpTarget(),
     }
@@ -1289,7 +1341,7 @@ def _run(
                 print("instance; CPU/inst: the node's process tree, user + system):\n")
                 print(profile_table(results))
         if soak_set is not None:
-            soak_ok = soak(soak_set, args.workers, work, links, url=url)
+            soak_ok = soak(soak_set, args.workers, work, links, url=url, env=args.node_env)
     finally:
         _kill_all()
         if all(m.ok for m in results) and soak_ok:
