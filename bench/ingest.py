@@ -1196,6 +1196,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "started for the run (sqlite)",
     )
     parser.add_argument("--quick", action="store_true", help="small numbers, a smoke run")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="also write the measurements to this file"
+    )
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="data cache, work dir")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1340,6 +1343,8 @@ def _run(
                 print("\nnode, ms per instance by stage (wall/inst: the run's wall time per")
                 print("instance; CPU/inst: the node's process tree, user + system):\n")
                 print(profile_table(results))
+            if args.json is not None:
+                _write_json(args.json, results, sets)
         if soak_set is not None:
             soak_ok = soak(soak_set, args.workers, work, links, url=url, env=args.node_env)
     finally:
@@ -1349,6 +1354,29 @@ def _run(
         else:  # failed runs keep their logs
             shutil.rmtree(links, ignore_errors=True)
     return 0 if all(m.ok for m in results) and soak_ok else 1
+
+
+def _write_json(path: Path, results: list[Measurement], sets: list[DataSet]) -> None:
+    """The measurements, for a script that runs the bench several times
+    (bench/ingest_rounds.py): one object per target, set and client count."""
+    kb = {data.name: data.mean_kb for data in sets}
+    rows = [
+        {
+            "target": m.target,
+            "set": m.set_name,
+            "mean_kb": kb.get(m.set_name, 0.0),
+            "clients": m.clients,
+            "instances": m.instances,
+            "seconds": m.seconds,
+            "rate": m.rate if m.ok else None,
+            "peak_rss_mb": m.peak_rss_kb / 1024,
+            "peak_pss_mb": m.peak_pss_kb / 1024,
+            "profile": m.profile,
+            "errors": m.errors,
+        }
+        for m in results
+    ]
+    path.write_text(json.dumps({"loadavg": os.getloadavg(), "results": rows}, indent=1))
 
 
 def _verdict(results: list[Measurement], sets: list[DataSet], clients: list[int]) -> None:
