@@ -5,8 +5,10 @@ Single ingest runs move by 20-30% on a small shared machine, and ratios near
 Each round runs, one after the other, the node on each database asked for
 (each run with Orthanc beside it, so every run has its own Orthanc figure and
 ratio) and, with ``--baseline DIR``, an older checkout of the node (node only,
-on SQLite, ``PYTHONPATH=DIR``); the order inside a round turns with each
-round. A script, run as root from the repository:
+on SQLite, ``PYTHONPATH=DIR``) and, with ``--variant NAME:DICOM_NODE_X=VALUE``,
+the node with a setting changed (node only, on the first database; e.g.
+``--variant no-fsync:DICOM_NODE_FSYNC=false``); the order inside a round turns
+with each round. A script, run as root from the repository:
 
     .venv/bin/python bench/ingest_rounds.py --rounds 3
     .venv/bin/python bench/ingest_rounds.py --rounds 3 --databases sqlite \\
@@ -43,10 +45,11 @@ class Run:
     label: str  # the table's column: "node sqlite", "before", ...
     database: str
     pythonpath: str | None = None  # an older checkout, first on the path
+    node_env: list[str] = field(default_factory=list)  # a variant's settings
 
     @property
     def with_orthanc(self) -> bool:
-        return self.pythonpath is None
+        return self.pythonpath is None and not self.node_env
 
 
 @dataclass
@@ -61,6 +64,9 @@ def _runs(args: argparse.Namespace) -> list[Run]:
     runs = [Run(f"node {db}", db) for db in args.databases]
     if args.baseline is not None:
         runs.append(Run("before", "sqlite", str(args.baseline)))
+    for variant in args.variant:
+        name, _, setting = variant.partition(":")
+        runs.append(Run(name, args.databases[0], node_env=[setting]))
     return runs
 
 
@@ -68,6 +74,8 @@ def _one(run: Run, passthrough: list[str], out: Path) -> dict[str, Any]:
     only = "node,orthanc" if run.with_orthanc else "node"
     command = [sys.executable, str(BENCH), "--only", only, "--database", run.database]
     command += [*passthrough, "--json", str(out)]
+    for setting in run.node_env:
+        command += ["--node-env", setting]
     env = dict(os.environ)
     if run.pythonpath is not None:
         env["PYTHONPATH"] = run.pythonpath
@@ -96,6 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--databases", default="sqlite,postgresql", help="sqlite,postgresql")
     parser.add_argument("--baseline", type=Path, default=None, help="an older checkout")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:DICOM_NODE_X=VALUE",
+        help="also the node with this setting, on the first database, labelled NAME (repeatable)",
+    )
     args = parser.parse_args(ours)
     args.databases = [db.strip() for db in args.databases.split(",") if db.strip()]
     if os.geteuid() != 0:
@@ -128,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                     if label != "orthanc" and theirs:
                         cell.ratios.append(r["rate"] / theirs)
     labels = [run.label for run in runs] + ["orthanc"]
+    baselines = {run.label for run in runs if not run.with_orthanc}  # no ratio of their own
     print(
         f"\n{args.rounds} rounds, {started:%Y-%m-%d %H:%M}-{datetime.now(UTC):%H:%M} UTC, "
         f"load average (1 min) at each run's end: {', '.join(f'{x:.1f}' for x in loads)}; "
@@ -138,12 +154,16 @@ def main(argv: list[str] | None = None) -> int:
         "| set | clients | "
         + " | ".join(labels)
         + " | "
-        + " | ".join(f"{label} / orthanc" for label in labels if label not in ("orthanc", "before"))
+        + " | ".join(
+            f"{label} / orthanc"
+            for label in labels
+            if label != "orthanc" and label not in baselines
+        )
         + " | peak RSS / PSS MB: "
         + ", ".join(labels)
         + " |"
     )
-    nodes = [label for label in labels if label not in ("orthanc", "before")]
+    nodes = [label for label in labels if label != "orthanc" and label not in baselines]
     print("| --- | ---: |" + " ---: |" * (len(labels) + len(nodes)) + " --- |")
     for set_name in sets:
         for k in sorted({key[2] for key in cells if key[1] == set_name}):
