@@ -813,6 +813,7 @@ class Measurement:
     seconds: float = 0.0
     peak_rss_kb: int = 0
     peak_pss_kb: int = 0
+    cpu_ms: float = 0.0  # the server's process tree, user + system, per instance
     stored: int = -1
     errors: list[str] = field(default_factory=list)
     note: str = ""
@@ -894,12 +895,14 @@ def measure(target: Target, data: DataSet, clients: int, work: Path, links: Path
         sampler = RssSampler(server.proc.pid, RSS_INTERVAL)
         sampler.start()
         profiling = isinstance(target, NodeTarget) and target.profile
-        cpu_before = _tree_cpu_seconds(server.proc.pid) if profiling else 0.0
+        cpu_before = _tree_cpu_seconds(server.proc.pid)
         seconds, errors = send(
             dirs, server.port, server.ae_title, run_dir, timeout=300 + len(data.files) * 0.5
         )
+        cpu = _tree_cpu_seconds(server.proc.pid) - cpu_before
+        # storescp --fork's children have exited by now: its figure is its parent's only
+        result.cpu_ms = cpu * 1000 / len(data.files)
         if profiling:
-            cpu = _tree_cpu_seconds(server.proc.pid) - cpu_before
             result.profile = _node_profile(server, len(data.files), cpu)
         result.seconds = seconds
         result.errors += errors
@@ -1322,7 +1325,8 @@ def _run(
                         f"{name:8} {data.name:16} {k} client(s) {m.note:6}: "
                         f"{m.instances} in {m.seconds:.1f} s = {m.rate:.1f} inst/s, "
                         f"{m.instances * data.mean_kb / 1024 / max(m.seconds, 1e-9):.1f} MB/s, "
-                        f"peak RSS {m.peak_rss_kb / 1024:.0f} MB, stored {m.stored}: {state}",
+                        f"peak RSS {m.peak_rss_kb / 1024:.0f} MB, "
+                        f"CPU {m.cpu_ms:.2f} ms/instance, stored {m.stored}: {state}",
                         flush=True,
                     )
                     for error in m.errors:
@@ -1371,6 +1375,7 @@ def _write_json(path: Path, results: list[Measurement], sets: list[DataSet]) -> 
             "rate": m.rate if m.ok else None,
             "peak_rss_mb": m.peak_rss_kb / 1024,
             "peak_pss_mb": m.peak_pss_kb / 1024,
+            "cpu_ms": m.cpu_ms,
             "profile": m.profile,
             "errors": m.errors,
         }

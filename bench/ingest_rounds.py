@@ -17,8 +17,9 @@ with each round. A script, run as root from the repository:
 Arguments after ``--`` go to every bench/ingest.py run (sets, clients,
 ``--profile``, ``--node-env``...). Prints each run's output as it goes, then
 one table: per set and client count, the median instances/s of each target
-with each run's figure, the median of the runs' node/Orthanc ratios, and the
-peak RSS and PSS of the node and Orthanc.
+with each run's figure, the median of the runs' node/Orthanc ratios, the
+median CPU per instance of each server (its process tree, user + system) and
+the peak RSS and PSS of each.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Cell:
     ratios: list[float] = field(default_factory=list)  # to the same run's Orthanc
     rss: list[float] = field(default_factory=list)
     pss: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # ms per instance
 
 
 def _runs(args: argparse.Namespace) -> list[Run]:
@@ -139,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                     cell.rates.append(r["rate"])
                     cell.rss.append(r["peak_rss_mb"])
                     cell.pss.append(r["peak_pss_mb"])
+                    cell.cpu.append(r.get("cpu_ms", 0.0))
                     theirs = orthanc.get((r["set"], r["clients"]))
                     if label != "orthanc" and theirs:
                         cell.ratios.append(r["rate"] / theirs)
@@ -159,12 +162,14 @@ def main(argv: list[str] | None = None) -> int:
             for label in labels
             if label != "orthanc" and label not in baselines
         )
+        + " | CPU ms/instance: "
+        + ", ".join(labels)
         + " | peak RSS / PSS MB: "
         + ", ".join(labels)
         + " |"
     )
     nodes = [label for label in labels if label != "orthanc" and label not in baselines]
-    print("| --- | ---: |" + " ---: |" * (len(labels) + len(nodes)) + " --- |")
+    print("| --- | ---: |" + " ---: |" * (len(labels) + len(nodes)) + " --- | --- |")
     for set_name in sets:
         for k in sorted({key[2] for key in cells if key[1] == set_name}):
             row = [cells.get((label, set_name, k), Cell()) for label in labels]
@@ -173,12 +178,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"{statistics.median(c.rss):.0f} / {statistics.median(c.pss):.0f}" if c.rss else "-"
                 for c in row
             )
+            cpu = ", ".join(f"{statistics.median(c.cpu):.2f}" if c.cpu else "-" for c in row)
             print(
                 f"| {set_name} ({sets[set_name]:.1f} KB) | {k} | "
                 + " | ".join(_median(c.rates) for c in row)
                 + " | "
                 + " | ".join(_median(r, 2) for r in ratios)
-                + f" | {memory} |"
+                + f" | {cpu} | {memory} |"
             )
     return 0
 
