@@ -8,7 +8,9 @@ ratio) and, with ``--baseline DIR``, an older checkout of the node (node only,
 on SQLite, ``PYTHONPATH=DIR``) and, with ``--variant NAME:DICOM_NODE_X=VALUE``,
 the node with a setting changed (node only, on the first database; e.g.
 ``--variant no-fsync:DICOM_NODE_FSYNC=false``); the order inside a round turns
-with each round. A script, run as root from the repository:
+with each round. To compare two nodes, run them alike: ``--no-orthanc`` leaves
+Orthanc out (a node run right after an Orthanc run is not measured as one
+after a node run: the disk is still busy with Orthanc's files). A script, run as root from the repository:
 
     .venv/bin/python bench/ingest_rounds.py --rounds 3
     .venv/bin/python bench/ingest_rounds.py --rounds 3 --databases sqlite \\
@@ -48,9 +50,11 @@ class Run:
     pythonpath: str | None = None  # an older checkout, first on the path
     node_env: list[str] = field(default_factory=list)  # a variant's settings
 
+    orthanc: bool = True  # --no-orthanc: node runs only (an A/B of two nodes)
+
     @property
     def with_orthanc(self) -> bool:
-        return self.pythonpath is None and not self.node_env
+        return self.orthanc and self.pythonpath is None and not self.node_env
 
 
 @dataclass
@@ -63,7 +67,7 @@ class Cell:
 
 
 def _runs(args: argparse.Namespace) -> list[Run]:
-    runs = [Run(f"node {db}", db) for db in args.databases]
+    runs = [Run(f"node {db}", db, orthanc=args.orthanc) for db in args.databases]
     if args.baseline is not None:
         runs.append(Run("before", "sqlite", str(args.baseline)))
     for variant in args.variant:
@@ -106,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--databases", default="sqlite,postgresql", help="sqlite,postgresql")
     parser.add_argument("--baseline", type=Path, default=None, help="an older checkout")
+    parser.add_argument(
+        "--no-orthanc",
+        dest="orthanc",
+        action="store_false",
+        help="node runs only: comparing two nodes, each run alike (no Orthanc run between)",
+    )
     parser.add_argument(
         "--variant",
         action="append",
