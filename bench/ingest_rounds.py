@@ -166,9 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "| set | clients | "
         + " | ".join(labels)
-        + " | "
-        + " | ".join(
-            f"{label} / orthanc"
+        + "".join(
+            f" | {label} / orthanc"
             for label in labels
             if label != "orthanc" and label not in baselines
         )
@@ -192,8 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"| {set_name} ({sets[set_name]:.1f} KB) | {k} | "
                 + " | ".join(_median(c.rates) for c in row)
-                + " | "
-                + " | ".join(_median(r, 2) for r in ratios)
+                + "".join(f" | {_median(r, 2)}" for r in ratios)
                 + f" | {cpu} | {memory} |"
             )
     return 0
