@@ -10,7 +10,8 @@ the node with a setting changed (node only, on the first database; e.g.
 ``--variant no-fsync:DICOM_NODE_FSYNC=false``); the order inside a round turns
 with each round. To compare two nodes, run them alike: ``--no-orthanc`` leaves
 Orthanc out (a node run right after an Orthanc run is not measured as one
-after a node run: the disk is still busy with Orthanc's files). A script, run as root from the repository:
+after a node run: the disk is still busy with Orthanc's files). A script, run
+as root from the repository:
 
     .venv/bin/python bench/ingest_rounds.py --rounds 3
     .venv/bin/python bench/ingest_rounds.py --rounds 3 --databases sqlite \\
