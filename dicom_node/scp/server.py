@@ -38,6 +38,7 @@ from dicom_node.scp.reactor import install_reactor_gate
 from dicom_node.scp.retrieve import RetrieveHandler
 from dicom_node.scp.store import StoreHandler
 from dicom_node.scp.sub_operations import install_log_filter
+from dicom_node.scp.wakeup import install_reactor_wakeup
 from dicom_node.services.access.refusals import Refusal
 from dicom_node.services.ingest.instances import IngestPolicy
 from dicom_node.settings import Settings
@@ -95,6 +96,8 @@ def configure_pynetdicom(*, log_phi: bool, accept_unknown_sop_classes: bool) -> 
     _config.UNRESTRICTED_STORAGE_SERVICE = accept_unknown_sop_classes
     # pynetdicom's reactor can steal the reply a sending thread waits for (reactor.py)
     install_reactor_gate()
+    # ... and sleeps 1 ms a pass before looking for a request: woken instead (wakeup.py)
+    install_reactor_wakeup()
     # A data set given to send_c_store as a file path (scp/sub_operations.py: an
     # instance retrieved in its stored syntax, the node's only use of a path) is
     # streamed from the file after its file meta: the stored bytes, never decoded.
