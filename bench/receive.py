@@ -60,12 +60,12 @@ def build(mode: str, scratch: Path) -> tuple[AE, list[Any]]:
 
         return ae, [(evt.EVT_C_STORE, stock)]
 
-    from dicom_node.scp import lean_receive, reactor
+    from dicom_node.scp import lean_receive, wakeup
     from dicom_node.scp.dataset_limit import bound_messages, claim_received
     from dicom_node.scp.handlers import handle_connection_opened
     from dicom_node.scp.store import part10_prefix
 
-    reactor.install_reactor_gate()
+    wakeup.install_reactor_wakeup()  # and the reactor gate, as the node
     lean_receive.configure(enabled=mode != "node")  # bound_messages switches to it
     prefix = part10_prefix
     if mode == "lean+prefix":

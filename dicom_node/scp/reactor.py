@@ -19,6 +19,7 @@ be past the gate when the sender goes on.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from pynetdicom.association import Association
@@ -35,6 +36,9 @@ class ReactorGate:
         self._open = True
         self._parked = False
         self._reactor: int | None = None
+        # ends the reactor's sleep between passes (scp/wakeup.py), so that it
+        # parks now instead of after up to 1 ms
+        self.wake: Callable[[], None] | None = None
 
     def is_set(self) -> bool:
         return self._open
@@ -49,6 +53,8 @@ class ReactorGate:
             self._open = False
             if self._reactor == threading.get_ident():
                 return  # the reactor pausing itself (network-timeout release)
+            if self.wake is not None and not self._parked:
+                self.wake()
             self._cond.wait_for(lambda: self._parked, timeout=_PARK_TIMEOUT_SECONDS)
 
     def wait(self, timeout: float | None = None) -> bool:

@@ -13,7 +13,10 @@ or pynetdicom's own end-of-association marker). A pass then runs as soon as a
 message arrives, and still at least every 1 ms otherwise, so the release,
 abort, DUL-thread and idle-timer checks that follow it keep their old pace.
 Nothing else in the loop changes: the same pass, in the same order, only
-without waiting out a sleep when there is work. Every other ``time.sleep`` in
+without waiting out a sleep when there is work. A thread that wants the
+reactor parked (``send_c_store`` on one of the node's own associations, each
+C-MOVE or C-GET sub-operation) closes its gate (scp/reactor.py), which wakes
+it too: the reactor parks at once instead of after its sleep. Every other ``time.sleep`` in
 ``pynetdicom.association`` (the send loops' 0.1 ms waits for the reactor to
 pause, the requestor's waits) sleeps as before: the reactor's is recognised by
 its duration, ``REACTOR_SLEEP``, on an association's own thread.
@@ -34,6 +37,8 @@ from typing import Any
 
 import pynetdicom.association as association_module
 from pynetdicom.association import Association
+
+from dicom_node.scp.reactor import ReactorGate, install_reactor_gate
 
 # the fixed sleep of Association._run_reactor, its only sleep of that length
 REACTOR_SLEEP = 0.001
@@ -64,8 +69,8 @@ def reactor_sleep(seconds: float) -> None:
     # again, so the wait below cannot miss it.
     wakeup.clear()
     assert isinstance(thread, Association)
-    if thread.dimse.msg_queue.qsize():
-        return  # work is waiting: the pass runs now
+    if thread.dimse.msg_queue.qsize() or not thread._reactor_checkpoint.is_set():
+        return  # work is waiting, or a sender waits for the reactor to park: go on now
     wakeup.wait(seconds)
 
 
@@ -87,6 +92,7 @@ def install_reactor_wakeup() -> None:
     global _installed
     if _installed:
         return
+    install_reactor_gate()  # first: each new association's gate is then there to link
     original = Association.__init__
 
     def init(self: Association, *args: Any, **kwargs: Any) -> None:
@@ -94,6 +100,8 @@ def install_reactor_wakeup() -> None:
         wakeup = threading.Event()
         self.dimse.msg_queue = WakingQueue(wakeup)
         _wakeups[self] = wakeup
+        if isinstance(self._reactor_checkpoint, ReactorGate):
+            self._reactor_checkpoint.wake = wakeup.set
 
     Association.__init__ = init  # type: ignore[method-assign]
     association_module.time = _AssociationClock()  # type: ignore[attr-defined,assignment]

@@ -17,6 +17,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 
 from dicom_node.scp import wakeup
+from dicom_node.scp.reactor import ReactorGate
 from dicom_node.scp.wakeup import REACTOR_SLEEP, WakingQueue, install_reactor_wakeup
 
 
@@ -29,6 +30,18 @@ def test_pynetdicom_still_sleeps_its_reactor_through_the_time_module() -> None:
     # recognises it by its duration
     assert len(re.findall(r"time\.sleep\(0\.001\)", source)) == 1
     assert "import time\n" in source
+
+
+def test_pynetdicom_still_takes_a_message_on_every_open_pass() -> None:
+    # reactor_sleep returns at once while a message is queued: safe only because
+    # every pass past the gate takes one (else it would spin)
+    reactor = inspect.getsource(Association._run_reactor)
+    sleep = reactor.index("time.sleep(0.001)")
+    gate = reactor.index("self._reactor_checkpoint.wait()")
+    take = reactor.index("self.dimse.get_msg(block=False)")
+    assert sleep < gate < take
+    assert reactor.count("self.dimse.get_msg(") == 1
+    assert "while not self._kill:" in reactor[:sleep]
 
 
 def test_pynetdicom_still_fills_the_dimse_queue_with_put() -> None:
@@ -91,3 +104,17 @@ def test_other_threads_sleep_as_before(long_reactor_sleep: float) -> None:
     started = time.monotonic()
     association_module.time.sleep(0.05)  # not an association's thread: a real sleep
     assert time.monotonic() - started >= 0.05
+
+
+def test_closing_the_gate_ends_the_reactor_sleep(long_reactor_sleep: float) -> None:
+    # a thread that sends on the association (a C-MOVE sub-operation) closes the
+    # gate and waits for the reactor to park: it must not wait out the sleep
+    install_reactor_wakeup()
+    assoc = Association(AE(), "requestor")
+    gate = assoc._reactor_checkpoint
+    assert isinstance(gate, ReactorGate)
+    returned = _sleep_on_association_thread(assoc, long_reactor_sleep)
+    assert not returned.wait(0.2)
+    gate.clear()  # our stand-in never parks: clear() gives up after its 0.5 s
+    assert returned.wait(10), "the reactor slept on behind a closed gate"
+    gate.set()
