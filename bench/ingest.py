@@ -813,7 +813,9 @@ class Measurement:
     seconds: float = 0.0
     peak_rss_kb: int = 0
     peak_pss_kb: int = 0
-    cpu_ms: float = 0.0  # the server's process tree, user + system, per instance
+    # the server's process tree, user + system, per instance; None: not known
+    # (storescp --fork: its children's CPU is not counted)
+    cpu_ms: float | None = None
     stored: int = -1
     errors: list[str] = field(default_factory=list)
     note: str = ""
@@ -900,8 +902,8 @@ def measure(target: Target, data: DataSet, clients: int, work: Path, links: Path
             dirs, server.port, server.ae_title, run_dir, timeout=300 + len(data.files) * 0.5
         )
         cpu = _tree_cpu_seconds(server.proc.pid) - cpu_before
-        # storescp --fork's children have exited by now: its figure is its parent's only
-        result.cpu_ms = cpu * 1000 / len(data.files)
+        if not (isinstance(target, StorescpTarget) and clients > 1):
+            result.cpu_ms = cpu * 1000 / len(data.files)
         if profiling:
             result.profile = _node_profile(server, len(data.files), cpu)
         result.seconds = seconds
@@ -1111,7 +1113,10 @@ def _index_note(args: argparse.Namespace) -> str:
         return "SQLite (WAL)"
     bin_dir = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
     version = _version([str(bin_dir[-1]), "--version"]) if bin_dir else "PostgreSQL ?"
-    return f"{version} (local, throw-away, fsync and synchronous_commit on)"
+    return (
+        f"{version} (local, throw-away, fsync and synchronous_commit on; started by the "
+        "bench, so the node's CPU and memory figures leave the database server out)"
+    )
 
 
 def table(results: list[Measurement], sets: list[DataSet], clients: list[int]) -> str:
@@ -1326,7 +1331,7 @@ def _run(
                         f"{m.instances} in {m.seconds:.1f} s = {m.rate:.1f} inst/s, "
                         f"{m.instances * data.mean_kb / 1024 / max(m.seconds, 1e-9):.1f} MB/s, "
                         f"peak RSS {m.peak_rss_kb / 1024:.0f} MB, "
-                        f"CPU {m.cpu_ms:.2f} ms/instance, stored {m.stored}: {state}",
+                        f"CPU {_cpu(m)} ms/instance, stored {m.stored}: {state}",
                         flush=True,
                     )
                     for error in m.errors:
@@ -1358,6 +1363,10 @@ def _run(
         else:  # failed runs keep their logs
             shutil.rmtree(links, ignore_errors=True)
     return 0 if all(m.ok for m in results) and soak_ok else 1
+
+
+def _cpu(m: Measurement) -> str:
+    return "-" if m.cpu_ms is None else f"{m.cpu_ms:.2f}"
 
 
 def _write_json(path: Path, results: list[Measurement], sets: list[DataSet]) -> None:

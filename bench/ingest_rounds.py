@@ -126,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(ours)
     args.databases = [db.strip() for db in args.databases.split(",") if db.strip()]
+    for variant in args.variant:
+        name, _, setting = variant.partition(":")
+        if not name or not setting.startswith("DICOM_NODE_") or "=" not in setting:
+            parser.error(f"--variant {variant!r}: NAME:DICOM_NODE_X=VALUE")
     if os.geteuid() != 0:
         sys.exit("bench: run as root (bench/ingest.py measures in a private network namespace)")
     runs = _runs(args)
@@ -152,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                     cell.rates.append(r["rate"])
                     cell.rss.append(r["peak_rss_mb"])
                     cell.pss.append(r["peak_pss_mb"])
-                    cell.cpu.append(r.get("cpu_ms", 0.0))
+                    if r.get("cpu_ms") is not None:
+                        cell.cpu.append(r["cpu_ms"])
                     theirs = orthanc.get((r["set"], r["clients"]))
                     if label != "orthanc" and theirs:
                         cell.ratios.append(r["rate"] / theirs)
@@ -164,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         f"bench/ingest.py {' '.join(passthrough)}\n"
     )
     print("instances/s, median (each run); node/Orthanc: median of the runs' ratios")
+    if "postgresql" in args.databases:
+        print("(the CPU and memory of a node on PostgreSQL leave its database server out)")
     print(
         "| set | clients | "
         + " | ".join(labels)
